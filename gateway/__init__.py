@@ -1,0 +1,1 @@
+"""llmgate: an OpenAI-compatible gateway whose features are plugins."""

@@ -1,0 +1,64 @@
+"""What every backend kind provides: one chat request in the OpenAI shape, answered whole or streamed.
+
+The OpenAI chat format is the gateway's lingua franca. A backend receives the caller's validated
+body with `model` already set to its own model id, and returns a `chat.completion` dict, or yields
+`chat.completion.chunk` dicts; kinds that speak another API translate both ways. Failures are
+raised as `UpstreamError` / `UpstreamTimeout` with `retryable` set, so the router can retry or fall back.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, AsyncIterator, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Timeouts(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    connect: float = Field(5.0, gt=0, description="seconds to open a connection")
+    first_byte: float = Field(60.0, gt=0, description="seconds to wait for the answer to start, and between stream chunks")
+    total: float = Field(600.0, gt=0, description="seconds for the whole exchange")
+
+
+class BackendSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: str
+    model: str
+    timeout: Timeouts = Timeouts()
+    max_concurrency: int = Field(64, ge=1, description="requests in flight to this backend at once")
+
+
+class Backend(ABC):
+    """One configured upstream model."""
+
+    kind: ClassVar[str]
+    Settings: ClassVar[type[BackendSettings]] = BackendSettings
+    secret_fields: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, name: str, settings: BackendSettings, unset_env: dict[str, str]):
+        self.name = name
+        self.settings = settings
+        self.model = settings.model
+        self._unset_env = unset_env  # field -> environment variable that was not set
+
+    def missing_credentials(self) -> list[str]:
+        """Environment variables to set before this backend can be called; empty when ready."""
+        return [self._unset_env[f] for f in self.secret_fields
+                if getattr(self.settings, f, None) is None and f in self._unset_env]
+
+    def upstream_body(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {**body, "model": self.model}
+
+    async def start(self) -> None:
+        """Open connections or clients; called once before the first request."""
+
+    async def close(self) -> None:
+        """Release what `start` opened; called after the last request."""
+
+    @abstractmethod
+    async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Answer a non-streaming request with a chat.completion dict."""
+
+    @abstractmethod
+    def stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Yield chat.completion.chunk dicts; the last carries `usage` (choices empty)."""

@@ -1,0 +1,109 @@
+"""What the HTTP backend kinds share: one pooled aiohttp session per backend, error mapping, SSE reading."""
+from __future__ import annotations
+
+import asyncio
+import json
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
+
+import aiohttp
+
+from ..errors import UpstreamError, UpstreamTimeout, from_upstream_status
+from .base import Backend
+
+
+async def iter_sse(content: aiohttp.StreamReader) -> AsyncIterator[tuple[str | None, str]]:
+    """Yield (event, data) for each server-sent event; comments and ids are skipped."""
+    event: str | None = None
+    data: list[str] = []
+    async for raw in content:
+        line = raw.decode("utf-8").rstrip("\r\n")
+        if not line:
+            if data:
+                yield event, "\n".join(data)
+            event, data = None, []
+            continue
+        if line.startswith(":"):
+            continue
+        field, _, value = line.partition(":")
+        if value.startswith(" "):
+            value = value[1:]
+        if field == "data":
+            data.append(value)
+        elif field == "event":
+            event = value
+    if data:
+        yield event, "\n".join(data)
+
+
+def _retry_after(headers) -> float | None:
+    value = headers.get("retry-after")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def error_detail(text: str) -> str:
+    """The provider's own error message when the body has one (OpenAI and Anthropic both nest it)."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return text[:500]
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return error["message"][:500]
+        if isinstance(error, str):
+            return error[:500]
+    return text[:500]
+
+
+class HttpBackend(Backend):
+    """A backend reached over HTTP with aiohttp."""
+
+    def _headers(self) -> dict[str, str]:
+        return {}
+
+    async def start(self) -> None:
+        t = self.settings.timeout
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self.settings.max_concurrency, ttl_dns_cache=300),
+            timeout=aiohttp.ClientTimeout(total=t.total, sock_connect=t.connect, sock_read=t.first_byte),
+            headers=self._headers(), read_bufsize=2**20)
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    @asynccontextmanager
+    async def post(self, url: str, body: dict[str, Any]) -> AsyncIterator[aiohttp.ClientResponse]:
+        """POST `body`; yield a 2xx response or raise an UpstreamError that says what went wrong."""
+        t = self.settings.timeout
+        try:
+            async with self._session.post(url, json=body) as resp:
+                if resp.status >= 400:
+                    detail = error_detail(await resp.text(errors="replace"))
+                    raise from_upstream_status(self.name, resp.status, detail, _retry_after(resp.headers))
+                yield resp
+        except UpstreamError:
+            raise
+        except aiohttp.ConnectionTimeoutError:
+            raise UpstreamTimeout(f"backend '{self.name}' did not accept a connection within {t.connect:g}s") from None
+        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+            raise UpstreamTimeout(f"backend '{self.name}' did not answer within its timeout "
+                                  f"(first byte {t.first_byte:g}s, total {t.total:g}s)") from None
+        except aiohttp.ClientConnectorError as exc:
+            raise UpstreamError(f"could not connect to backend '{self.name}': {exc.os_error.strerror or exc}",
+                                retryable=True) from None
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            raise UpstreamError(f"backend '{self.name}' broke the connection: {type(exc).__name__}",
+                                retryable=True) from None
+
+    async def json_body(self, resp: aiohttp.ClientResponse) -> dict[str, Any]:
+        try:
+            body = await resp.json(content_type=None)
+        except ValueError:
+            raise UpstreamError(f"backend '{self.name}' answered with a body that is not JSON", retryable=True) from None
+        if not isinstance(body, dict):
+            raise UpstreamError(f"backend '{self.name}' answered with JSON that is not an object", retryable=True)
+        return body

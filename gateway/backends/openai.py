@@ -1,0 +1,56 @@
+"""The `openai` kind: any server that speaks the OpenAI chat-completions API (OpenAI, vLLM, llama.cpp, TGI, Ollama)."""
+from __future__ import annotations
+
+import json
+from typing import Any, AsyncIterator
+
+from ..errors import UpstreamError
+from .base import BackendSettings
+from .http import HttpBackend, error_detail, iter_sse
+
+
+class OpenAISettings(BackendSettings):
+    base_url: str = "https://api.openai.com/v1"
+    api_key: str | None = None
+    organization: str | None = None
+    headers: dict[str, str] = {}
+
+
+class OpenAIBackend(HttpBackend):
+    kind = "openai"
+    Settings = OpenAISettings
+    secret_fields = ("api_key",)
+
+    def _headers(self) -> dict[str, str]:
+        s = self.settings
+        headers = dict(s.headers)
+        if s.api_key and s.api_key.lower() != "none":
+            headers["Authorization"] = f"Bearer {s.api_key}"
+        if s.organization:
+            headers["OpenAI-Organization"] = s.organization
+        return headers
+
+    async def start(self) -> None:
+        await super().start()
+        self._url = self.settings.base_url.rstrip("/") + "/chat/completions"
+
+    async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        async with self.post(self._url, self.upstream_body(body)) as resp:
+            return await self.json_body(resp)
+
+    async def stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        request = self.upstream_body(body)
+        request["stream"] = True
+        request["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        async with self.post(self._url, request) as resp:
+            async for _event, data in iter_sse(resp.content):
+                if data == "[DONE]":
+                    return
+                try:
+                    chunk = json.loads(data)
+                except ValueError:
+                    raise UpstreamError(f"backend '{self.name}' sent a stream event that is not JSON",
+                                        retryable=True) from None
+                if "error" in chunk:
+                    raise UpstreamError(f"backend '{self.name}' failed mid-stream: {error_detail(data)}")
+                yield chunk

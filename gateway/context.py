@@ -1,0 +1,110 @@
+"""One request's life: what the caller sent, what the gateway decided, what came back.
+
+Plugins read and annotate it; `record()` turns it into the traffic-log row every sink stores.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Mapping
+
+if TYPE_CHECKING:
+    from .config import RouteSettings
+    from .errors import GatewayError
+
+
+def stable_hash(*parts: str) -> str:
+    """A hash that is the same in every process and on every replica (unlike Python's salted `hash`)."""
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+@dataclass
+class Attempt:
+    backend: str
+    status: int
+    latency_ms: float
+    error: str | None = None
+
+
+@dataclass
+class RequestContext:
+    request_id: str
+    route_name: str
+    route: "RouteSettings"
+    body: dict[str, Any]
+    headers: Mapping[str, str]
+    api_key: str | None = None
+    tenant: str | None = None
+    received_at: float = field(default_factory=time.time)
+    started: float = field(default_factory=time.perf_counter)
+    variant: str | None = None          # the backend the router chose
+    served_by: str | None = None        # the backend (or plugin) whose answer the caller got
+    response: dict[str, Any] | None = None
+    status: int = 200
+    error: "GatewayError | None" = None
+    first_token_at: float | None = None
+    finished_at: float | None = None
+    cost_usd: float | None = None
+    attempts: list[Attempt] = field(default_factory=list)
+    annotations: dict[str, Any] = field(default_factory=dict)  # plugins' notes, logged with the record
+
+    @property
+    def stream(self) -> bool:
+        return bool(self.body.get("stream"))
+
+    @property
+    def sticky_key(self) -> str:
+        """Who this request is for, for sticky assignment: `user`, then x-llmgate-user, then the API key, then the request."""
+        user = self.body.get("user")
+        if isinstance(user, str) and user:
+            return f"user:{user}"
+        header = self.headers.get("x-llmgate-user")
+        if header:
+            return f"user:{header}"
+        if self.api_key:
+            return f"key:{self.api_key}"
+        return f"request:{self.request_id}"
+
+    @property
+    def usage(self) -> dict[str, Any]:
+        return (self.response or {}).get("usage") or {}
+
+    @property
+    def latency_ms(self) -> float | None:
+        return None if self.finished_at is None else (self.finished_at - self.started) * 1000
+
+    @property
+    def ttft_ms(self) -> float | None:
+        return None if self.first_token_at is None else (self.first_token_at - self.started) * 1000
+
+    def record(self, bodies: bool = True) -> dict[str, Any]:
+        """The traffic-log row for this exchange; no secret goes in (the sticky key is hashed)."""
+        usage = self.usage
+        return {
+            "request_id": self.request_id,
+            "ts": self.received_at,
+            "route": self.route_name,
+            "variant": self.variant,
+            "served_by": self.served_by,
+            "status": self.status,
+            "error_type": self.error.type if self.error else None,
+            "error_message": self.error.message if self.error else None,
+            "stream": self.stream,
+            "latency_ms": self.latency_ms,
+            "ttft_ms": self.ttft_ms,
+            "prompt_tokens": usage.get("prompt_tokens"),
+            "completion_tokens": usage.get("completion_tokens"),
+            "cost_usd": self.cost_usd,
+            "sticky_hash": stable_hash(self.route_name, self.sticky_key)[:16],
+            "tenant": self.tenant,
+            "attempts": [a.__dict__ for a in self.attempts],
+            "annotations": self.annotations,
+            "request": self.body if bodies else None,
+            "response": self.response if bodies else None,
+        }
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)

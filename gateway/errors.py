@@ -1,0 +1,123 @@
+"""Errors a caller can see, in the OpenAI error shape, and the scrubbing that keeps secrets out of them.
+
+Every failure that reaches a client goes through `GatewayError`, so the official SDKs raise
+their matching exception (`BadRequestError` for 400, `NotFoundError` for 404, ...).
+"""
+from __future__ import annotations
+
+import re
+from typing import Iterable
+
+
+class GatewayError(Exception):
+    """A failure with an HTTP status and an OpenAI-style `error` object."""
+
+    status = 500
+    type = "server_error"
+
+    def __init__(self, message: str, *, status: int | None = None, type: str | None = None,
+                 code: str | None = None, param: str | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+        if type is not None:
+            self.type = type
+        self.code = code
+        self.param = param
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class InvalidRequest(GatewayError):
+    status, type = 400, "invalid_request_error"
+
+
+class NotFound(GatewayError):
+    status, type = 404, "invalid_request_error"
+
+
+class BodyTooLarge(GatewayError):
+    status, type = 413, "invalid_request_error"
+
+
+class UnsupportedMediaType(GatewayError):
+    status, type = 415, "invalid_request_error"
+
+
+class Unauthorized(GatewayError):
+    status, type = 401, "authentication_error"
+
+
+class RateLimited(GatewayError):
+    status, type = 429, "rate_limit_error"
+
+
+class MissingCredentials(GatewayError):
+    """A backend cannot be called until an operator sets its secret."""
+    status, type = 503, "configuration_error"
+
+
+class UpstreamError(GatewayError):
+    """The backend answered with an error, or could not be reached.
+
+    `retryable` says whether the same request may succeed on a second try or on another backend.
+    """
+    status, type = 502, "upstream_error"
+
+    def __init__(self, message: str, *, upstream_status: int | None = None, retryable: bool = False,
+                 retry_after: float | None = None, **kw):
+        super().__init__(message, **kw)
+        self.upstream_status = upstream_status
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class UpstreamTimeout(UpstreamError):
+    status, type = 504, "timeout_error"
+
+    def __init__(self, message: str, **kw):
+        kw.setdefault("retryable", True)
+        super().__init__(message, **kw)
+
+
+RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
+
+
+def from_upstream_status(backend: str, status: int, detail: str, retry_after: float | None = None) -> UpstreamError:
+    """Map an upstream HTTP error to what the caller should see.
+
+    The caller's own mistakes (400, 404, 413, 422) stay 400s; the gateway's problems with its
+    provider (401, 403: our key) and the provider's failures become 502; a provider's 429 stays 429.
+    """
+    message = f"backend '{backend}' answered {status}: {detail}" if detail else f"backend '{backend}' answered {status}"
+    retryable = status in RETRYABLE_STATUSES
+    if status == 429:
+        return UpstreamError(message, status=429, type="rate_limit_error", upstream_status=status,
+                             retryable=True, retry_after=retry_after)
+    if status in (400, 404, 413, 422):
+        return UpstreamError(message, status=400, type="invalid_request_error", upstream_status=status)
+    return UpstreamError(message, upstream_status=status, retryable=retryable, retry_after=retry_after)
+
+
+_KEY_SHAPES = re.compile(
+    r"(sk-[A-Za-z0-9_\-]{8,}|sk-ant-[A-Za-z0-9_\-]{8,}|AKIA[0-9A-Z]{16}|ASIA[0-9A-Z]{16}|Bearer\s+[A-Za-z0-9._\-]{8,})")
+
+
+class Scrubber:
+    """Removes known secret values, and strings shaped like provider keys, from text.
+
+    The config registers every value that came from a secret (API keys, `${ENV}` values), so an
+    upstream that echoes our key in its error message never passes it on.
+    """
+
+    def __init__(self, secrets: Iterable[str] = ()):
+        self._secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, "***")
+        return _KEY_SHAPES.sub("***", text)

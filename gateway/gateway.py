@@ -1,0 +1,155 @@
+"""The gateway's runtime: config, plugins, backends and state, started and stopped as one.
+
+Requests take a `Generation` (the backends of one config) when they start and keep it to the
+end, so a SIGHUP reload swaps in new backends without touching requests in flight; the old
+generation's replaced backends are closed once its last request finishes.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from .backends.base import Backend
+from .config import Config, ConfigError, RouteSettings, _format_validation
+from .errors import GatewayError, NotFound, Scrubber, Unauthorized
+from .plugins import HookRunner, build_plugin_manager
+from .state import StateStore, open_state_store
+
+log = logging.getLogger("llmgate")
+
+
+@dataclass
+class Generation:
+    config: Config
+    backends: dict[str, Backend]
+    inflight: int = 0
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def enter(self) -> None:
+        self.inflight += 1
+        self.idle.clear()
+
+    def leave(self) -> None:
+        self.inflight -= 1
+        if self.inflight == 0:
+            self.idle.set()
+
+
+def build_backends(config: Config, kinds: dict[str, type[Backend]],
+                   reuse: dict[str, Backend] | None = None) -> dict[str, Backend]:
+    """Validate each backend's settings against its kind and make it; reuse unchanged ones."""
+    problems, backends = [], {}
+    for name, raw in config.settings.backends.items():
+        kind_cls = kinds.get(raw["kind"])
+        if kind_cls is None:
+            problems.append(f"backends.{name}.kind: unknown kind '{raw['kind']}' (known: {', '.join(sorted(kinds))})")
+            continue
+        prefix = f"backends.{name}."
+        unset = {path[len(prefix):]: var for path, var in config.unset_env.items() if path.startswith(prefix)}
+        try:
+            settings = kind_cls.Settings.model_validate(raw)
+        except ValidationError as exc:
+            problems += [prefix + p for p in _format_validation(exc, unset)]
+            continue
+        old = (reuse or {}).get(name)
+        if old is not None and type(old) is kind_cls and old.settings == settings and old._unset_env == unset:
+            backends[name] = old
+        else:
+            backends[name] = kind_cls(name, settings, unset)
+    if problems:
+        raise ConfigError(config.source, problems)
+    return backends
+
+
+class Gateway:
+    """Everything a request needs, owned by the aiohttp app for its lifetime."""
+
+    def __init__(self, config: Config):
+        self.pm, plugin_settings = build_plugin_manager(config)
+        self.hooks = HookRunner(self.pm, plugin_settings, order=list(config.settings.plugins))
+        self.kinds: dict[str, type[Backend]] = {}
+        for provided in self.hooks.collect("register_backend_kinds").values():
+            self.kinds.update(provided)
+        self.generation = Generation(config, build_backends(config, self.kinds))
+        self.scrub = Scrubber(config.secrets)
+        self.store: StateStore = open_state_store(config.settings.state)
+        self._retiring: set[asyncio.Task] = set()
+
+    @property
+    def config(self) -> Config:
+        return self.generation.config
+
+    @property
+    def backends(self) -> dict[str, Backend]:
+        return self.generation.backends
+
+    def route(self, name: str) -> RouteSettings:
+        route = self.config.settings.routes.get(name)
+        if route is None:
+            known = ", ".join(sorted(self.config.settings.routes)) or "none configured"
+            raise NotFound(f"the model '{name}' does not exist: it is not a route of this gateway (routes: {known})",
+                           param="model", code="model_not_found")
+        return route
+
+    def require_admin(self, request: web.Request) -> None:
+        """Refuse an admin request without the admin token (compared in constant time)."""
+        expected = self.config.server.admin_token
+        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not expected:
+            raise Unauthorized("admin actions are disabled: set server.admin_token or LLMGATE_ADMIN_TOKEN",
+                               code="admin_disabled")
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            raise Unauthorized("a valid admin token is required (Authorization: Bearer <token>)",
+                               code="invalid_admin_token")
+
+    def missing_credentials(self) -> dict[str, list[str]]:
+        return {name: missing for name, b in self.backends.items() if (missing := b.missing_credentials())}
+
+    async def start(self) -> None:
+        await self.store.open()
+        for backend in self.backends.values():
+            await backend.start()
+        await self.hooks.each("startup", gateway=self)
+
+    async def stop(self) -> None:
+        await self.hooks.each("shutdown", reverse=True, gateway=self)
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
+        for backend in self.backends.values():
+            await backend.close()
+        await self.store.close()
+
+    async def reload(self, config: Config) -> None:
+        """Swap in a new config; raise ConfigError (and keep serving the old one) if it is invalid."""
+        if set(config.settings.plugins) != set(self.config.settings.plugins) or any(
+                config.settings.plugins[n].enabled != self.config.settings.plugins[n].enabled
+                for n in config.settings.plugins):
+            log.warning("plugins were enabled or disabled in the new config: that takes effect at the next restart")
+        old = self.generation
+        backends = build_backends(config, self.kinds, reuse=old.backends)
+        fresh = [b for name, b in backends.items() if old.backends.get(name) is not b]
+        for backend in fresh:
+            await backend.start()
+        self.generation = Generation(config, backends)
+        self.scrub = Scrubber(config.secrets | old.config.secrets)
+        retired = [b for name, b in old.backends.items() if backends.get(name) is not b]
+        task = asyncio.create_task(self._retire(old, retired))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+        await self.hooks.each("config_reloaded", gateway=self, config=config)
+        log.info("config reloaded from %s: %d backends (%d new), %d routes", config.source, len(backends),
+                 len(fresh), len(config.settings.routes))
+
+    async def _retire(self, generation: Generation, backends: list[Backend]) -> None:
+        if generation.inflight:
+            try:
+                await asyncio.wait_for(generation.idle.wait(), self.config.server.shutdown_timeout)
+            except TimeoutError:
+                log.warning("closing replaced backends with %d requests still in flight", generation.inflight)
+        for backend in backends:
+            await backend.close()

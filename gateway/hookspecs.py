@@ -1,0 +1,78 @@
+"""Every hook a plugin can implement: the whole extension surface of llmgate, in request order.
+
+Calling convention (pluggy has no async hooks, so the gateway calls implementations itself):
+an implementation may be a plain function or an `async def`; the gateway awaits what it returns.
+Each implementation runs in isolation: one that raises or exceeds its plugin's `timeout_ms` is
+logged and skipped, unless its plugin is configured `fail_closed: true`, in which case the
+request fails with a 503. Raising a `gateway.errors.GatewayError` is never a fault: it is how a
+plugin refuses a request (a quota, a policy) and the caller receives that error.
+
+Implementations run in the order the config's `plugins:` section lists their plugins, then the
+unlisted ones in registration order (`tryfirst`/`trylast` apply among those).
+"""
+import pluggy
+
+hookspec = pluggy.HookspecMarker("llmgate")
+hookimpl = pluggy.HookimplMarker("llmgate")
+
+
+@hookspec
+def register_backend_kinds():
+    """Return {kind: Backend subclass} for backend kinds this plugin provides.
+
+    Called once at start-up; a config's `backends.<name>.kind` selects one."""
+
+
+@hookspec
+def register_routes(gateway):
+    """Return a list of aiohttp RouteDefs to add to the server (an admin API, a feedback endpoint).
+
+    Admin routes must check the admin token with `gateway.require_admin(request)`."""
+
+
+@hookspec
+def startup(gateway):
+    """Set up what the plugin needs for the gateway's lifetime: queues, workers, connections.
+
+    Runs before the server accepts requests."""
+
+
+@hookspec
+def shutdown(gateway):
+    """Drain and close what `startup` made. Runs in reverse order, after in-flight requests end."""
+
+
+@hookspec
+def config_reloaded(gateway, config):
+    """The config was replaced (SIGHUP). Re-read settings; enabling or disabling plugins needs a restart."""
+
+
+@hookspec
+def before_route(ctx):
+    """Look at a validated request before any backend is chosen; may answer it.
+
+    Return a chat.completion dict to answer the request yourself (a cache hit): the first
+    non-None result wins and later implementations are not called. Set `ctx.served_by` to name
+    what answered (defaults to the plugin's name). Raise a GatewayError to refuse the request."""
+
+
+@hookspec
+def choose_variant(ctx):
+    """Return the name of the backend that should serve `ctx`; the first non-None result wins.
+
+    With no answer the route's baseline serves. `ctx.route` holds the route's settings."""
+
+
+@hookspec
+def after_response(ctx):
+    """Observe a finished exchange: `ctx.response` (assembled for streams), `ctx.error`, timings, usage.
+
+    Runs after the last byte went to the caller, still on the request's task: put work on a
+    bounded queue and return; never wait on slow work here."""
+
+
+@hookspec
+def readiness(gateway):
+    """Return {check name: problem text or None} to add to GET /readyz.
+
+    A problem marks the gateway degraded (it still serves); only the core's own checks make it 503."""

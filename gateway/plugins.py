@@ -1,0 +1,171 @@
+"""Finding, enabling and calling plugins.
+
+Built-in plugins go through the same door as third-party ones: each is a name and an import
+path, loaded by one function. Third-party plugins arrive through the `llmgate` entry-point group.
+A plugin is a module or a class of hook implementations; a class is instantiated once per
+gateway with its settings (validated by its nested `Settings` model when it has one).
+"""
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import logging
+import os
+from importlib.metadata import entry_points
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .config import Config, PluginSettings
+from .errors import GatewayError
+
+log = logging.getLogger("llmgate.plugins")
+
+ENTRY_POINT_GROUP = "llmgate"
+
+# name -> "module:attribute"; enabled unless the plugin says otherwise (DEFAULT_ENABLED = False).
+DEFAULT_PLUGINS = {
+    "backends": "gateway.backends:BuiltinBackends",
+    "traffic_log": "plugins.traffic_log:TrafficLog",
+}
+
+
+class PluginFault(GatewayError):
+    status, type = 503, "plugin_error"
+
+
+def discover() -> dict[str, str]:
+    """Every known plugin: the built-in ones, then entry points (which may not shadow a built-in)."""
+    found = dict(DEFAULT_PLUGINS)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in found and found[ep.name] != ep.value:
+            log.warning("plugin %r from %s ignored: the name is taken by %s", ep.name, ep.value, found[ep.name])
+            continue
+        found[ep.name] = ep.value
+    return found
+
+
+def _import(target: str) -> Any:
+    module_name, _, attribute = target.partition(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, attribute) if attribute else module
+
+
+def _validated_settings(obj: Any, name: str, raw: PluginSettings) -> Any:
+    options = {k: v for k, v in (raw.model_extra or {}).items()}
+    model = getattr(obj, "Settings", None)
+    if model is None:
+        return options
+    from pydantic import ValidationError
+    try:
+        return model.model_validate(options)
+    except ValidationError as exc:
+        from .config import ConfigError, _format_validation
+        problems = [f"plugins.{name}.{p}" for p in _format_validation(exc, {})]
+        raise ConfigError("plugins", problems) from None
+
+
+def build_plugin_manager(config: Config) -> tuple[pluggy.PluginManager, dict[str, PluginSettings]]:
+    """Load and register every enabled plugin; return the manager and each plugin's core settings."""
+    pm = pluggy.PluginManager("llmgate")
+    pm.add_hookspecs(hookspecs)
+    configured = config.settings.plugins
+    known = discover()
+    unknown = sorted(set(configured) - set(known))
+    if unknown:
+        from .config import ConfigError
+        raise ConfigError(config.source, [f"plugins.{n}: no such plugin (known: {', '.join(sorted(known))})" for n in unknown])
+    core_settings: dict[str, PluginSettings] = {}
+    for name, target in known.items():
+        settings = configured.get(name, PluginSettings())
+        obj = _import(target)
+        enabled = settings.enabled if settings.enabled is not None else getattr(obj, "DEFAULT_ENABLED", True)
+        if not enabled:
+            continue
+        options = _validated_settings(obj, name, settings)
+        plugin = obj(options) if inspect.isclass(obj) else obj
+        pm.register(plugin, name=name)
+        core_settings[name] = settings
+    if os.environ.get("LLMGATE_TRACE_HOOKS"):
+        pm.add_hookcall_monitoring(
+            lambda hook, impls, kw: log.info("hook %s -> %s %s", hook, [i.plugin_name for i in impls], kw),
+            lambda outcome, hook, impls, kw: log.info("hook %s returned %r", hook, outcome.get_result()))
+    return pm, core_settings
+
+
+class HookRunner:
+    """Calls hook implementations one by one with isolation, awaiting async ones.
+
+    pluggy gives registration, validation and ordering; this gives what an async gateway needs
+    from a call: a per-plugin time budget, fault isolation, and first-result-wins over coroutines.
+    """
+
+    def __init__(self, pm: pluggy.PluginManager, settings: dict[str, PluginSettings], order: list[str]):
+        self.pm = pm
+        self.settings = settings
+        self.faults: dict[str, int] = {}
+        self.trace = bool(os.environ.get("LLMGATE_TRACE_HOOKS"))
+        position = {name: i for i, name in enumerate(order)}
+        self._impls: dict[str, list] = {}
+        for hook_name in dir(pm.hook):
+            caller = getattr(pm.hook, hook_name)
+            if not isinstance(caller, pluggy.HookCaller):
+                continue
+            impls = list(reversed(caller.get_hookimpls()))  # pluggy calls the last registered first
+            impls.sort(key=lambda impl: position.get(impl.plugin_name, len(position)))
+            for impl in impls:
+                if impl.hookwrapper or impl.wrapper:
+                    raise TypeError(f"plugin {impl.plugin_name}: hook wrappers are not supported on {hook_name}")
+            self._impls[hook_name] = impls
+
+    def implemented(self, hook_name: str) -> bool:
+        return bool(self._impls.get(hook_name))
+
+    async def _call(self, impl, kwargs: dict) -> Any:
+        name = impl.plugin_name
+        settings = self.settings.get(name)
+        try:
+            result = impl.function(*[kwargs[arg] for arg in impl.argnames])
+            if inspect.isawaitable(result):
+                budget = settings.timeout_ms / 1000 if settings else None
+                async with asyncio.timeout(budget):
+                    result = await result
+        except GatewayError:
+            raise
+        except Exception as exc:
+            self.faults[name] = self.faults.get(name, 0) + 1
+            if isinstance(exc, TimeoutError):
+                log.error("plugin %s timed out in %s", name, impl.function.__name__)
+            else:
+                log.error("plugin %s raised in %s", name, impl.function.__name__, exc_info=exc)
+            if settings and settings.fail_closed:
+                raise PluginFault(f"plugin '{name}' failed and is configured fail-closed") from exc
+            return None
+        if self.trace:
+            log.info("hook %s.%s -> %r", name, impl.function.__name__, result)
+        return result
+
+    async def first(self, hook_name: str, **kwargs) -> tuple[str | None, Any]:
+        """(plugin name, result) of the first implementation that returns non-None."""
+        for impl in self._impls.get(hook_name, ()):
+            result = await self._call(impl, kwargs)
+            if result is not None:
+                return impl.plugin_name, result
+        return None, None
+
+    async def each(self, hook_name: str, *, reverse: bool = False, **kwargs) -> dict[str, Any]:
+        """Call every implementation; {plugin name: result} of those that returned non-None."""
+        impls = self._impls.get(hook_name, ())
+        results = {}
+        for impl in (reversed(impls) if reverse else impls):
+            result = await self._call(impl, kwargs)
+            if result is not None:
+                results[impl.plugin_name] = result
+        return results
+
+    def collect(self, hook_name: str, **kwargs) -> dict[str, Any]:
+        """Synchronous registration hooks, called at start-up where a fault should stop the gateway."""
+        return {impl.plugin_name: r for impl in self._impls.get(hook_name, ())
+                if (r := impl.function(*[kwargs[a] for a in impl.argnames])) is not None}

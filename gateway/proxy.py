@@ -1,0 +1,266 @@
+"""The request path for POST /v1/chat/completions, as a short visible pipeline:
+
+read and validate → `before_route` plugins (may answer) → `choose_variant` → backend chain
+(retries on retryable errors, then the route's fallbacks) → write the answer (JSON or SSE)
+→ `after_response` plugins, once the last byte is out.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
+
+from aiohttp import web
+
+from .backends.base import Backend
+from .chat import StreamAssembler, completion_to_chunks, validate_chat_request
+from .context import Attempt, RequestContext, dumps
+from .errors import (BodyTooLarge, GatewayError, InvalidRequest, MissingCredentials, UnsupportedMediaType,
+                     UpstreamError)
+from .gateway import Gateway, Generation
+
+log = logging.getLogger("llmgate.proxy")
+T = TypeVar("T")
+GATEWAY = web.AppKey("gateway", Gateway)
+REQUEST_ID = web.RequestKey("request_id", str)
+
+
+async def read_json(request: web.Request, max_bytes: int) -> Any:
+    content_type = request.headers.get("Content-Type")
+    if content_type is not None and request.content_type != "application/json" \
+            and not request.content_type.endswith("+json"):
+        raise UnsupportedMediaType(f"the body must be JSON sent as application/json, not {request.content_type!r}",
+                                   code="unsupported_media_type")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise BodyTooLarge(f"the request body is larger than this gateway's limit of {max_bytes} bytes",
+                           code="body_too_large") from None
+    if not raw:
+        raise InvalidRequest("the request body is empty: send a JSON object", code="invalid_json")
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        reason = "it nests too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise InvalidRequest(f"the request body is not valid JSON: {reason}", code="invalid_json") from None
+
+
+def _bearer(request: web.Request) -> str | None:
+    value = request.headers.get("Authorization", "")
+    return value[7:].strip() or None if value[:7].lower() == "bearer " else None
+
+
+def backend_chain(ctx: RequestContext) -> list[str]:
+    """The chosen variant, then the baseline (if a candidate was chosen), then the route's fallbacks."""
+    order = [ctx.variant, ctx.route.baseline, *ctx.route.fallback]
+    return list(dict.fromkeys(order))
+
+
+def _backoff(attempt: int, retry_after: float | None) -> float:
+    if retry_after is not None:
+        return min(retry_after, 2.0)
+    return random.uniform(0, min(2.0, 0.1 * 2 ** attempt))  # full jitter
+
+
+async def call_chain(ctx: RequestContext, generation: Generation, call: Callable[[Backend], Awaitable[T]]) -> T:
+    """Run `call` on each backend of the chain until one succeeds.
+
+    A retryable failure is retried on the same backend `route.retries` times; a failure that is
+    the backend's (5xx, 429, timeout, missing credentials) moves on to the next backend; a failure
+    that is the caller's (4xx) ends the chain at once.
+    """
+    last_error: GatewayError | None = None
+    for name in backend_chain(ctx):
+        backend = generation.backends[name]
+        missing = backend.missing_credentials()
+        if missing:
+            last_error = MissingCredentials(
+                f"backend '{name}' has no credentials: set {', '.join(missing)} in the gateway's environment",
+                code="missing_credentials")
+            ctx.attempts.append(Attempt(name, last_error.status, 0.0, last_error.message))
+            continue
+        for attempt in range(ctx.route.retries + 1):
+            started = time.perf_counter()
+            try:
+                result = await call(backend)
+            except UpstreamError as err:
+                ctx.attempts.append(Attempt(name, err.upstream_status or err.status,
+                                            (time.perf_counter() - started) * 1000, err.message))
+                last_error = err
+                if not err.retryable or attempt == ctx.route.retries:
+                    break
+                await asyncio.sleep(_backoff(attempt, err.retry_after))
+                continue
+            ctx.attempts.append(Attempt(name, 200, (time.perf_counter() - started) * 1000))
+            ctx.served_by = name
+            return result
+        if last_error.status < 500 and last_error.status != 429:
+            raise last_error
+    assert last_error is not None
+    raise last_error
+
+
+async def open_stream(backend: Backend, body: dict) -> tuple[dict | None, AsyncIterator[dict]]:
+    """Start a stream and wait for its first chunk, so a failure to start can still fall back."""
+    chunks = backend.stream(body).__aiter__()
+    try:
+        return await chunks.__anext__(), chunks
+    except StopAsyncIteration:
+        return None, chunks
+    except BaseException:
+        await chunks.aclose()
+        raise
+
+
+def _headers(ctx: RequestContext) -> dict[str, str]:
+    return {"x-request-id": ctx.request_id, "x-llmgate-variant": ctx.served_by or ctx.variant or ""}
+
+
+class SseWriter:
+    """Writes chunks as server-sent events, keeping the usage chunk only if the caller asked for it."""
+
+    def __init__(self, response: web.StreamResponse, ctx: RequestContext):
+        self.response = response
+        self.ctx = ctx
+        self.assembler = StreamAssembler()
+        self.include_usage = bool((ctx.body.get("stream_options") or {}).get("include_usage"))
+
+    async def send(self, chunk: dict) -> None:
+        self.assembler.add(chunk)
+        if self.ctx.first_token_at is None and any(
+                (c.get("delta") or {}).get("content") or (c.get("delta") or {}).get("tool_calls")
+                for c in chunk.get("choices") or ()):
+            self.ctx.first_token_at = time.perf_counter()
+        if not self.include_usage:
+            if not chunk.get("choices"):
+                return
+            chunk.pop("usage", None)
+        await self.response.write(b"data: " + dumps(chunk).encode() + b"\n\n")
+
+    async def finish(self, error: GatewayError | None) -> None:
+        if error is not None:
+            await self.response.write(b"data: " + dumps(error.body()).encode() + b"\n\n")
+        else:
+            await self.response.write(b"data: [DONE]\n\n")
+        await self.response.write_eof()
+
+
+async def _prepare_sse(request: web.Request, ctx: RequestContext) -> web.StreamResponse:
+    response = web.StreamResponse(headers={**_headers(ctx), "Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache"})
+    await response.prepare(request)
+    return response
+
+
+async def _stream_answer(request: web.Request, ctx: RequestContext, generation: Generation) -> web.StreamResponse:
+    first, chunks = await call_chain(ctx, generation, lambda b: open_stream(b, ctx.body))
+    writer = SseWriter(await _prepare_sse(request, ctx), ctx)
+    error: GatewayError | None = None
+    try:
+        if first is not None:
+            await writer.send(first)
+        async for chunk in chunks:
+            await writer.send(chunk)
+    except GatewayError as err:  # the stream broke after it started: tell the caller, never end silently
+        error = err
+    except Exception:
+        log.exception("request %s: the stream failed inside the gateway", ctx.request_id)
+        error = GatewayError(f"the stream failed inside the gateway (request id {ctx.request_id})")
+    finally:
+        await chunks.aclose()
+        ctx.response = writer.assembler.result()
+    if error is not None:
+        error.message = request.app[GATEWAY].scrub(error.message)
+        ctx.error, ctx.status = error, error.status
+    await writer.finish(error)
+    return writer.response
+
+
+async def _write_json(request: web.Request, ctx: RequestContext, body: dict, status: int = 200) -> web.Response:
+    response = web.Response(body=dumps(body).encode(), status=status, content_type="application/json",
+                            headers=_headers(ctx))
+    await response.prepare(request)
+    await response.write_eof()
+    return response
+
+
+async def _replay(request: web.Request, ctx: RequestContext, answer: dict) -> web.StreamResponse:
+    """Send an answer a plugin produced, as a stream if the caller asked for one."""
+    ctx.response = answer
+    if not ctx.stream:
+        return await _write_json(request, ctx, answer)
+    writer = SseWriter(await _prepare_sse(request, ctx), ctx)
+    for chunk in completion_to_chunks(answer):
+        await writer.send(chunk)
+    await writer.finish(None)
+    return writer.response
+
+
+def _cost(gateway: Gateway, ctx: RequestContext) -> float | None:
+    backend = gateway.backends.get(ctx.served_by or "")
+    price = gateway.config.price_for(ctx.served_by or "", backend.model if backend else None)
+    usage = ctx.usage
+    if price is None or not usage:
+        return None
+    prompt, completion = usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0
+    cached = ((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0) if price.cached_input is not None else 0
+    return ((prompt - cached) * price.input + cached * (price.cached_input or 0) + completion * price.output) / 1e6
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    gateway = request.app[GATEWAY]
+    body = await read_json(request, gateway.config.server.max_body_bytes)
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object", code="invalid_json")
+    generation = gateway.generation
+    route_name = body.get("model")
+    if not isinstance(route_name, str) or not route_name:
+        raise InvalidRequest("you must provide a model parameter naming a route (GET /v1/models lists them)",
+                             param="model", code="missing_model")
+    route = gateway.route(route_name)
+    api_key = _bearer(request)
+    ctx = RequestContext(request_id=request[REQUEST_ID], route_name=route_name, route=route, body=body,
+                         headers=request.headers, api_key=api_key)
+    generation.enter()
+    try:
+        response = await _serve(request, gateway, generation, ctx)
+    finally:
+        generation.leave()
+        ctx.finished_at = time.perf_counter()
+        ctx.cost_usd = _cost(gateway, ctx)
+    await gateway.hooks.each("after_response", ctx=ctx)
+    return response
+
+
+async def _serve(request: web.Request, gateway: Gateway, generation: Generation,
+                 ctx: RequestContext) -> web.StreamResponse:
+    try:
+        validate_chat_request(ctx.body)
+        plugin, answer = await gateway.hooks.first("before_route", ctx=ctx)
+        if answer is not None:
+            ctx.served_by = ctx.served_by or plugin
+            return await _replay(request, ctx, answer)
+        _, variant = await gateway.hooks.first("choose_variant", ctx=ctx)
+        if variant is not None and variant not in generation.backends:
+            log.warning("choose_variant named unknown backend %r for route %s; using the baseline", variant, ctx.route_name)
+            variant = None
+        ctx.variant = variant or ctx.route.baseline
+        if ctx.stream:
+            return await _stream_answer(request, ctx, generation)
+        ctx.response = await call_chain(ctx, generation, lambda b: b.complete(ctx.body))
+        return await _write_json(request, ctx, ctx.response)
+    except GatewayError as err:
+        err.message = gateway.scrub(err.message)
+        ctx.error, ctx.status = err, err.status
+        return await _write_json(request, ctx, err.body(), status=err.status)
+    except (ConnectionResetError, asyncio.CancelledError):
+        ctx.status = 499  # the caller went away
+        raise
+    except Exception:
+        log.exception("request %s failed inside the gateway", ctx.request_id)
+        err = GatewayError(f"the gateway failed to handle this request (request id {ctx.request_id})")
+        ctx.error, ctx.status = err, err.status
+        return await _write_json(request, ctx, err.body(), status=err.status)

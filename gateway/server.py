@@ -1,0 +1,54 @@
+"""Running the daemon: listen, reload on SIGHUP, drain and stop on SIGTERM/SIGINT."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from aiohttp import web
+
+from .app import create_app
+from .config import Config, ConfigError, load_config
+from .proxy import GATEWAY
+
+log = logging.getLogger("llmgate")
+
+
+async def serve(config: Config, config_path: str | None, host: str | None = None, port: int | None = None) -> None:
+    app = create_app(config)
+    gateway = app[GATEWAY]
+    host = host or config.server.host
+    port = config.server.port if port is None else port
+    runner = web.AppRunner(app, handle_signals=False, access_log=None,
+                           shutdown_timeout=config.server.shutdown_timeout)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    bound = runner.addresses[0] if runner.addresses else (host, port)
+    log.info("llmgate serving %d routes on http://%s:%s (config %s)", len(config.settings.routes), bound[0], bound[1],
+             config.source)
+    for backend, missing in gateway.missing_credentials().items():
+        log.warning("backend %s has no credentials: set %s", backend, ", ".join(missing))
+
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+
+    async def reload() -> None:
+        try:
+            await gateway.reload(load_config(config_path))
+        except ConfigError as exc:
+            log.error("reload refused, still serving the previous config: %s", exc)
+        except Exception:
+            log.exception("reload failed, still serving the previous config")
+
+    loop.add_signal_handler(signal.SIGTERM, stopping.set)
+    loop.add_signal_handler(signal.SIGINT, stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload()))
+    try:
+        await stopping.wait()
+        log.info("stopping: draining in-flight requests (up to %gs)", config.server.shutdown_timeout)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        await runner.cleanup()  # stop listening, finish in-flight requests, then the gateway's own shutdown
+    log.info("stopped")

@@ -1,0 +1,74 @@
+"""The embedded state store: one SQLite file, durable across restarts, for a single node."""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from ..sqlite import SqliteThread, transaction
+from .base import StateStore
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, body TEXT NOT NULL);
+"""
+
+
+class SqliteStateStore(StateStore):
+    engine = "sqlite"
+
+    def __init__(self, path: str):
+        self._db = SqliteThread(path, SCHEMA)
+
+    async def open(self) -> None:
+        await self._db.open()
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def ping(self) -> bool:
+        try:
+            return await self._db.run(lambda c: c.execute("SELECT 1").fetchone()[0] == 1)
+        except Exception:
+            return False
+
+    async def get(self, key: str) -> Any | None:
+        row = await self._db.run(lambda c: c.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone())
+        return json.loads(row[0]) if row else None
+
+    async def set(self, key: str, value: Any) -> None:
+        text = json.dumps(value)
+        await self._db.run(lambda c: c.execute(
+            "INSERT INTO state (key, value, updated) VALUES (?, ?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated = excluded.updated",
+            (key, text, time.time())))
+
+    async def delete(self, key: str) -> None:
+        await self._db.run(lambda c: c.execute("DELETE FROM state WHERE key = ?", (key,)))
+
+    async def items(self, prefix: str = "") -> dict[str, Any]:
+        like = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        rows = await self._db.run(lambda c: c.execute(
+            "SELECT key, value FROM state WHERE key LIKE ? ESCAPE '\\' ORDER BY key", (like,)).fetchall())
+        return {key: json.loads(value) for key, value in rows}
+
+    async def append_event(self, event: dict[str, Any]) -> dict[str, Any]:
+        ts = event.get("ts") or time.time()
+
+        def insert(c):
+            cursor = c.execute("INSERT INTO events (ts, body) VALUES (?, ?)", (ts, json.dumps(event)))
+            return cursor.lastrowid
+        event_id = await self._db.run(lambda c: transaction(c, insert))
+        return {**event, "id": event_id, "ts": ts}
+
+    async def events(self, limit: int = 100, **match: Any) -> list[dict[str, Any]]:
+        def select(c):
+            found = []
+            for event_id, ts, body in c.execute("SELECT id, ts, body FROM events ORDER BY id DESC"):
+                event = json.loads(body)
+                if all(event.get(k) == v for k, v in match.items()):
+                    found.append({**event, "id": event_id, "ts": ts})
+                    if len(found) >= limit:
+                        break
+            return found
+        return await self._db.run(select)

@@ -1,0 +1,133 @@
+"""traffic_log: every exchange, recorded in SQLite off the request path.
+
+`after_response` only puts the record on a bounded queue; a writer task commits batches on the
+database's own thread. When the queue is full the record is dropped and counted (and /readyz
+says so) rather than slowing requests. On shutdown the queue is drained before the file closes,
+and committed rows survive a crash (WAL).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+from typing import Any, Iterator
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.context import dumps
+from gateway.hookspecs import hookimpl
+from gateway.sqlite import SqliteThread, transaction
+
+log = logging.getLogger("llmgate.traffic_log")
+
+COLUMNS = ("request_id", "ts", "route", "variant", "served_by", "status", "error_type", "error_message", "stream",
+           "latency_ms", "ttft_ms", "prompt_tokens", "completion_tokens", "cost_usd", "sticky_hash", "tenant",
+           "attempts", "annotations", "request", "response")
+JSON_COLUMNS = frozenset({"attempts", "annotations", "request", "response"})
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS traffic (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    request_id TEXT NOT NULL, ts REAL NOT NULL, route TEXT NOT NULL, variant TEXT, served_by TEXT,
+    status INTEGER NOT NULL, error_type TEXT, error_message TEXT, stream INTEGER NOT NULL,
+    latency_ms REAL, ttft_ms REAL, prompt_tokens INTEGER, completion_tokens INTEGER, cost_usd REAL,
+    sticky_hash TEXT, tenant TEXT, attempts TEXT, annotations TEXT, request TEXT, response TEXT);
+CREATE INDEX IF NOT EXISTS traffic_route_ts ON traffic (route, ts);
+CREATE INDEX IF NOT EXISTS traffic_request_id ON traffic (request_id);
+"""
+_INSERT = f"INSERT INTO traffic ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: str = "var/traffic.db"
+    bodies: bool = Field(True, description="store request and response bodies")
+    queue_size: int = Field(10_000, ge=1)
+    batch_size: int = Field(500, ge=1)
+
+
+def _row(record: dict[str, Any]) -> tuple:
+    return tuple(dumps(record[c]) if c in JSON_COLUMNS and record[c] is not None else record[c] for c in COLUMNS)
+
+
+def read_records(path: str, where: str = "", params: tuple = ()) -> Iterator[dict[str, Any]]:
+    """Read logged records back (for reports and dataset building), oldest first."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        query = f"SELECT {', '.join(COLUMNS)} FROM traffic {('WHERE ' + where) if where else ''} ORDER BY id"
+        for values in conn.execute(query, params):
+            record = dict(zip(COLUMNS, values))
+            for column in JSON_COLUMNS:
+                if record[column] is not None:
+                    record[column] = json.loads(record[column])
+            record["stream"] = bool(record["stream"])
+            yield record
+    finally:
+        conn.close()
+
+
+class TrafficLog:
+    Settings = Settings
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.dropped = 0
+        self.written = 0
+        self._queue: asyncio.Queue[dict] | None = None
+        self._writer: asyncio.Task | None = None
+        self._db = SqliteThread(settings.path, SCHEMA)
+
+    @hookimpl
+    async def startup(self, gateway):
+        await self._db.open()
+        self._queue = asyncio.Queue(self.settings.queue_size)
+        self._writer = asyncio.create_task(self._write_forever(), name="traffic_log writer")
+
+    @hookimpl
+    def after_response(self, ctx):
+        try:
+            self._queue.put_nowait(ctx.record(bodies=self.settings.bodies))
+        except asyncio.QueueFull:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.warning("traffic log queue full: %d records dropped so far", self.dropped)
+
+    @hookimpl
+    def readiness(self, gateway):
+        problem = f"{self.dropped} records dropped (queue full)" if self.dropped else None
+        return {"traffic_log": problem}
+
+    @hookimpl
+    async def shutdown(self, gateway):
+        if self._writer is not None:
+            await self._queue.put(None)  # after every record already queued
+            await self._writer
+        await self._db.close()
+
+    async def _write_forever(self) -> None:
+        """Write whatever is queued as one batch; batches grow by themselves while a write is under way."""
+        queue = self._queue
+        while True:
+            item = await queue.get()
+            batch, done = [], False
+            while True:
+                if item is None:
+                    done = True
+                    break
+                batch.append(item)
+                if len(batch) >= self.settings.batch_size or queue.empty():
+                    break
+                item = queue.get_nowait()
+            if batch:
+                await self._flush(batch)
+            if done:
+                return
+
+    async def _flush(self, batch: list[dict]) -> None:
+        rows = [_row(r) for r in batch]
+        try:
+            await self._db.run(lambda c: transaction(c, lambda c: c.executemany(_INSERT, rows)))
+            self.written += len(rows)
+        except Exception:
+            log.exception("traffic log: could not write %d records", len(rows))

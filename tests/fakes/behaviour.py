@@ -1,0 +1,50 @@
+"""What every fake upstream does with a conversation, whatever protocol it speaks.
+
+The last user message steers it, so one test can drive the same scenario through each backend kind:
+- "[tool]" with tools offered: call the first tool with {"city": "Paris"};
+- "[status 503]" (any code): answer with that HTTP error;
+- "[sleep 0.5]": wait that many seconds before answering;
+- "[cut]": start streaming, then drop the connection;
+- otherwise: answer "echo: <text>" in a few chunks.
+A tool result in the conversation is answered with "tool said: <result>".
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Reply:
+    text: str = ""
+    tool_name: str | None = None
+    tool_args: dict = field(default_factory=dict)
+    status: int | None = None
+    delay: float = 0.0
+    cut: bool = False
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def pieces(self) -> list[str]:
+        words = self.text.split(" ")
+        return [w if i == 0 else " " + w for i, w in enumerate(words)]
+
+
+def decide(last_user_text: str, tool_names: list[str], tool_result: str | None, prompt_words: int) -> Reply:
+    reply = Reply(prompt_tokens=max(1, prompt_words))
+    if m := re.search(r"\[sleep ([0-9.]+)\]", last_user_text):
+        reply.delay = float(m.group(1))
+    if m := re.search(r"\[status (\d{3})\]", last_user_text):
+        reply.status = int(m.group(1))
+        return reply
+    reply.cut = "[cut]" in last_user_text
+    if tool_result is not None:
+        reply.text = f"tool said: {tool_result}"
+    elif "[tool]" in last_user_text and tool_names:
+        reply.tool_name = tool_names[0]
+        reply.tool_args = {"city": "Paris"}
+    else:
+        reply.text = f"echo: {last_user_text}"
+    reply.completion_tokens = len(reply.text.split()) if reply.text else 5
+    return reply

@@ -1,0 +1,108 @@
+"""A fake OpenAI chat-completions server, speaking the real wire format (JSON and SSE)."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+
+from aiohttp import web
+
+from .behaviour import Reply, decide
+
+
+def _text(content) -> str:
+    if isinstance(content, str):
+        return content
+    return " ".join(p.get("text", "") for p in content or [] if isinstance(p, dict))
+
+
+class FakeOpenAI:
+    """Records every request it receives; `fail_next` makes the next N requests fail with a status."""
+
+    def __init__(self, api_key: str | None = None):
+        self.api_key = api_key
+        self.requests: list[dict] = []
+        self.headers: list[dict] = []
+        self.failures: list[int] = []
+
+    def fail_next(self, *statuses: int) -> None:
+        self.failures.extend(statuses)
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self.chat)
+        return app
+
+    def _error(self, status: int, message: str) -> web.Response:
+        return web.json_response({"error": {"message": message, "type": "fake_error", "code": None, "param": None}},
+                                 status=status)
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.requests.append(body)
+        self.headers.append(dict(request.headers))
+        if self.api_key and request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return self._error(401, f"Incorrect API key provided: {request.headers.get('Authorization', '')[7:]}")
+        if self.failures:
+            return self._error(self.failures.pop(0), "scripted failure")
+        messages = body["messages"]
+        last_user = next((_text(m["content"]) for m in reversed(messages) if m["role"] == "user"), "")
+        tool_result = _text(messages[-1]["content"]) if messages[-1]["role"] == "tool" else None
+        tools = [t["function"]["name"] for t in body.get("tools") or []]
+        words = sum(len(_text(m.get("content")).split()) for m in messages)
+        reply = decide(last_user, tools, tool_result, words)
+        if reply.delay:
+            await asyncio.sleep(reply.delay)
+        if reply.status:
+            return self._error(reply.status, f"upstream says {reply.status}")
+        if body.get("stream"):
+            return await self._stream(request, body, reply)
+        message = {"role": "assistant", "content": reply.text or None}
+        finish = "stop"
+        if reply.tool_name:
+            message["tool_calls"] = [{"id": "call_1", "type": "function",
+                                      "function": {"name": reply.tool_name, "arguments": json.dumps(reply.tool_args)}}]
+            finish = "tool_calls"
+        return web.json_response({
+            "id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion", "created": int(time.time()),
+            "model": body["model"],
+            "choices": [{"index": i, "message": message, "finish_reason": finish, "logprobs": None}
+                        for i in range(body.get("n") or 1)],
+            "usage": {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens,
+                      "total_tokens": reply.prompt_tokens + reply.completion_tokens}})
+
+    async def _stream(self, request: web.Request, body: dict, reply: Reply) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        id, model = f"chatcmpl-{uuid.uuid4().hex[:12]}", body["model"]
+
+        async def send(delta, finish=None, usage=None, choices=True):
+            chunk = {"id": id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}] if choices else []}
+            if (body.get("stream_options") or {}).get("include_usage"):
+                chunk["usage"] = usage
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+
+        await send({"role": "assistant", "content": ""})
+        if reply.tool_name:
+            args = json.dumps(reply.tool_args)
+            await send({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                        "function": {"name": reply.tool_name, "arguments": ""}}]})
+            for part in (args[: len(args) // 2], args[len(args) // 2:]):
+                await send({"tool_calls": [{"index": 0, "function": {"arguments": part}}]})
+            finish = "tool_calls"
+        else:
+            for i, piece in enumerate(reply.pieces):
+                if reply.cut and i == 1:
+                    request.transport.close()  # drop the connection mid-stream
+                    return response
+                await send({"content": piece})
+            finish = "stop"
+        await send({}, finish)
+        if (body.get("stream_options") or {}).get("include_usage"):
+            await send(None, usage={"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens,
+                                    "total_tokens": reply.prompt_tokens + reply.completion_tokens}, choices=False)
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
