@@ -34,3 +34,51 @@ def make_gateway(tmp_path):
     yield make
     for server in started:
         server.stop()
+
+
+UPSTREAM_KEY = "sk-upstream-secret-0123456789"
+BEDROCK_MODEL = "arn:aws:bedrock:us-east-1:123456789012:provisioned-model/abc123"
+
+
+@pytest.fixture
+def aws_env(monkeypatch):
+    """Credentials the standard AWS chain finds; the fakes and moto accept any."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAFAKEFAKEFAKEFAKE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "fake-aws-secret-key-for-tests-only")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+
+
+@pytest.fixture
+def fake_anthropic():
+    from tests.fakes.anthropic_api import FakeAnthropic
+    fake = FakeAnthropic(api_key=UPSTREAM_KEY)
+    with ServerThread(fake.app) as server:
+        fake.url = server.url
+        yield fake
+
+
+@pytest.fixture
+def fake_bedrock(aws_env):
+    from tests.fakes.bedrock_api import FakeBedrock
+    fake = FakeBedrock()
+    with ServerThread(fake.app) as server:
+        fake.url = server.url
+        yield fake
+
+
+def backend_config(kind: str, fake) -> dict:
+    """A backend entry of `kind` pointed at its fake upstream."""
+    if kind == "openai":
+        return {"kind": "openai", "base_url": fake.url + "/v1", "model": "gpt-test", "api_key": UPSTREAM_KEY}
+    if kind == "anthropic":
+        return {"kind": "anthropic", "base_url": fake.url, "model": "claude-test", "api_key": UPSTREAM_KEY}
+    if kind == "bedrock":
+        return {"kind": "bedrock", "model": BEDROCK_MODEL, "region": "us-east-1", "endpoint_url": fake.url}
+    raise ValueError(kind)
+
+
+@pytest.fixture(params=["openai", "anthropic", "bedrock"])
+def upstream(request):
+    """(kind, fake) for each backend kind in turn."""
+    fake = request.getfixturevalue(f"fake_{request.param}")
+    return request.param, fake

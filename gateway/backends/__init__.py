@@ -11,8 +11,10 @@ class BuiltinBackends:
 
     @hookimpl
     def register_backend_kinds(self):
+        from .anthropic import AnthropicBackend
+        from .bedrock import BedrockBackend
         from .openai import OpenAIBackend
-        return {b.kind: b for b in (OpenAIBackend,)}
+        return {b.kind: b for b in (OpenAIBackend, AnthropicBackend, BedrockBackend)}
 
 
 __all__ = ["Backend", "BackendSettings", "Timeouts", "BuiltinBackends"]
