@@ -95,8 +95,9 @@ def from_upstream_status(backend: str, status: int, detail: str, retry_after: fl
     message = f"backend '{backend}' answered {status}: {detail}" if detail else f"backend '{backend}' answered {status}"
     retryable = status in RETRYABLE_STATUSES
     if status == 429:
+        headers = {"Retry-After": str(max(1, round(retry_after)))} if retry_after is not None else None
         return UpstreamError(message, status=429, type="rate_limit_error", upstream_status=status,
-                             retryable=True, retry_after=retry_after)
+                             retryable=True, retry_after=retry_after, headers=headers)
     if status in (400, 404, 413, 422):
         return UpstreamError(message, status=400, type="invalid_request_error", upstream_status=status)
     return UpstreamError(message, upstream_status=status, retryable=retryable, retry_after=retry_after)

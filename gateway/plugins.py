@@ -2,8 +2,10 @@
 
 Built-in plugins go through the same door as third-party ones: each is a name and an import
 path, loaded by one function. Third-party plugins arrive through the `llmgate` entry-point group.
-A plugin is a module or a class of hook implementations; a class is instantiated once per
-gateway with its settings (validated by its nested `Settings` model when it has one).
+A plugin that is not packaged can be named by import path in its config section
+(`plugins: {mine: {module: "my_plugins:Mine"}}`). A plugin is a module or a class of hook
+implementations; a class is instantiated once per gateway, with its settings when its constructor
+takes an argument (validated by its nested `Settings` model when it has one).
 """
 from __future__ import annotations
 
@@ -54,7 +56,7 @@ def _import(target: str) -> Any:
 
 
 def _validated_settings(obj: Any, name: str, raw: PluginSettings) -> Any:
-    options = {k: v for k, v in (raw.model_extra or {}).items()}
+    options = {k: v for k, v in (raw.model_extra or {}).items() if k != "module"}
     model = getattr(obj, "Settings", None)
     if model is None:
         return options
@@ -67,12 +69,21 @@ def _validated_settings(obj: Any, name: str, raw: PluginSettings) -> Any:
         raise ConfigError("plugins", problems) from None
 
 
+def _instantiate(cls: type, options: Any) -> Any:
+    """A plugin class takes its settings as its one argument, or no argument if it has none to read."""
+    takes_settings = len(inspect.signature(cls).parameters) > 0
+    return cls(options) if takes_settings else cls()
+
+
 def build_plugin_manager(config: Config) -> tuple[pluggy.PluginManager, dict[str, PluginSettings]]:
     """Load and register every enabled plugin; return the manager and each plugin's core settings."""
     pm = pluggy.PluginManager("llmgate")
     pm.add_hookspecs(hookspecs)
     configured = config.settings.plugins
     known = discover()
+    for name, settings in configured.items():  # a plugin that is not packaged: named by import path
+        if isinstance((settings.model_extra or {}).get("module"), str):
+            known[name] = settings.model_extra["module"]
     unknown = sorted(set(configured) - set(known))
     if unknown:
         from .config import ConfigError
@@ -85,7 +96,7 @@ def build_plugin_manager(config: Config) -> tuple[pluggy.PluginManager, dict[str
         if not enabled:
             continue
         options = _validated_settings(obj, name, settings)
-        plugin = obj(options) if inspect.isclass(obj) else obj
+        plugin = _instantiate(obj, options) if inspect.isclass(obj) else obj
         pm.register(plugin, name=name)
         core_settings[name] = settings
     if os.environ.get("LLMGATE_TRACE_HOOKS"):

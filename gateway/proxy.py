@@ -116,7 +116,12 @@ async def open_stream(backend: Backend, body: dict) -> tuple[dict | None, AsyncI
 
 
 def _headers(ctx: RequestContext) -> dict[str, str]:
-    return {"x-request-id": ctx.request_id, "x-llmgate-variant": ctx.served_by or ctx.variant or ""}
+    headers = {"x-request-id": ctx.request_id}
+    if ctx.served_by or ctx.variant:
+        headers["x-llmgate-variant"] = ctx.served_by or ctx.variant
+    if ctx.error is not None:
+        headers.update(ctx.error.headers)
+    return headers
 
 
 class SseWriter:

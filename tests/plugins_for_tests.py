@@ -1,0 +1,77 @@
+"""Plugins the tests load by import path, each showing one part of the hook contract."""
+import asyncio
+
+from gateway.chat import completion, usage
+from gateway.errors import RateLimited
+from gateway.hookspecs import hookimpl
+
+
+class Answerer:
+    """Answers requests whose last message is 'cached?' itself (a cache hit, say)."""
+
+    def __init__(self, settings):
+        self.reply = settings.get("reply", "from the plugin")
+
+    @hookimpl
+    async def before_route(self, ctx):
+        if ctx.body["messages"][-1]["content"] == "cached?":
+            return completion("chatcmpl-plugin", "plugin", {"role": "assistant", "content": self.reply}, "stop",
+                              usage(1, 3))
+
+
+class Chooser:
+    """Sends users whose name starts with 'c' to the backend named in its settings."""
+
+    def __init__(self, settings):
+        self.backend = settings["backend"]
+
+    @hookimpl
+    def choose_variant(self, ctx):
+        return self.backend if (ctx.body.get("user") or "").startswith("c") else None
+
+
+class Raiser:
+    @hookimpl
+    def before_route(self, ctx):
+        raise RuntimeError("this plugin is broken")
+
+    @hookimpl
+    def choose_variant(self, ctx):
+        raise KeyError("broken too")
+
+    @hookimpl
+    def after_response(self, ctx):
+        raise ValueError("and here")
+
+
+class Sleeper:
+    @hookimpl
+    async def before_route(self, ctx):
+        await asyncio.sleep(5)
+
+
+class Refuser:
+    @hookimpl
+    def before_route(self, ctx):
+        if ctx.body.get("user") == "over-quota":
+            raise RateLimited("team quota exhausted", headers={"Retry-After": "7"})
+
+
+class Observer:
+    seen: list = []
+
+    @hookimpl
+    def after_response(self, ctx):
+        Observer.seen.append((ctx.request_id, ctx.served_by, ctx.status, ctx.response))
+
+
+class Recorder:
+    """Records the order plugins are called in."""
+    calls: list = []
+
+    def __init__(self, settings):
+        self.name = settings["name"]
+
+    @hookimpl
+    def before_route(self, ctx):
+        Recorder.calls.append(self.name)
