@@ -57,7 +57,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     gateway = Gateway(config)
     settings = config.settings
     print(f"{config.source}: valid: {len(settings.backends)} backends, {len(settings.routes)} routes, "
-          f"plugins: {', '.join(gateway.pm.list_name_plugin() and sorted(n for n, _ in gateway.pm.list_name_plugin()))}")
+          f"plugins: {', '.join(sorted(name for name, _ in gateway.pm.list_name_plugin()))}")
     for backend, missing in gateway.missing_credentials().items():
         print(f"  backend {backend}: set {', '.join(missing)} before it can serve")
     return 0

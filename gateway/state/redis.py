@@ -20,8 +20,9 @@ class RedisStateStore(StateStore):
     def __init__(self, url: str, max_connections: int = 32):
         # A blocking pool waits for a free connection under load instead of raising.
         self._pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=5,
-                                                             socket_connect_timeout=2, socket_timeout=5)
-        self.client = aioredis.Redis(connection_pool=self._pool, decode_responses=True)
+                                                             socket_connect_timeout=2, socket_timeout=5,
+                                                             decode_responses=True)
+        self.client = aioredis.Redis(connection_pool=self._pool)
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -1,0 +1,75 @@
+"""The state store keeps values and events, the same on SQLite and on a real Redis, across restarts."""
+import openai
+import pytest
+
+from gateway.config import StateSettings
+from gateway.state import open_state_store
+from tests.conftest import UPSTREAM_KEY
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def settings(request, tmp_path):
+    if request.param == "redis":
+        return StateSettings(redis_url=request.getfixturevalue("redis_url"))
+    return StateSettings(sqlite_path=str(tmp_path / "state.db"))
+
+
+async def test_values_and_events(settings):
+    store = open_state_store(settings)
+    await store.open()
+    try:
+        assert await store.ping()
+        assert await store.get("rollout:bot") is None
+        await store.set("rollout:bot", {"ft-v2": 10})
+        await store.set("rollout:bot", {"ft-v2": 25})
+        await store.set("rollout:other", {"x": 1})
+        await store.set("kill:bot", True)
+        assert await store.get("rollout:bot") == {"ft-v2": 25}
+        assert await store.items("rollout:") == {"rollout:bot": {"ft-v2": 25}, "rollout:other": {"x": 1}}
+        assert await store.items("rollout_") == {}, "prefixes are literal, not patterns"
+        await store.delete("rollout:other")
+        assert list(await store.items("rollout:")) == ["rollout:bot"]
+        for i in range(5):
+            await store.append_event({"kind": "rollout", "route": "bot" if i % 2 == 0 else "x", "n": i})
+        events = await store.events(limit=2, route="bot")
+        assert [e["n"] for e in events] == [4, 2]
+        assert all(e["id"] and e["ts"] for e in events)
+        assert [e["n"] for e in await store.events()] == [4, 3, 2, 1, 0]
+    finally:
+        await store.close()
+
+
+async def test_state_survives_a_restart(settings):
+    first = open_state_store(settings)
+    await first.open()
+    await first.set("rollout:bot", {"ft-v2": 40})
+    await first.append_event({"kind": "rollback", "route": "bot"})
+    await first.close()
+    second = open_state_store(settings)
+    await second.open()
+    try:
+        assert await second.get("rollout:bot") == {"ft-v2": 40}
+        assert (await second.events(route="bot"))[0]["kind"] == "rollback"
+    finally:
+        await second.close()
+
+
+async def test_unreachable_redis_is_reported_not_raised():
+    store = open_state_store(StateSettings(redis_url="redis://127.0.0.1:9/0"))
+    try:
+        assert await store.ping() is False
+    finally:
+        await store.close()
+
+
+def test_gateway_readiness_reports_its_state_engine(fake_openai, make_gateway, redis_url):
+    from tests.test_routing import get_json
+    gw = make_gateway({"state": {"redis_url": redis_url},
+                       "backends": {"up": {"kind": "openai", "base_url": fake_openai.url + "/v1", "model": "m",
+                                           "api_key": UPSTREAM_KEY}},
+                       "routes": {"bot": {"baseline": "up"}}})
+    status, ready = get_json(gw.url + "/readyz")
+    assert status == 200 and ready["state_store"] == {"engine": "redis", "reachable": True}
+    answer = openai.OpenAI(base_url=gw.url + "/v1", api_key="k", max_retries=0).chat.completions.create(
+        model="bot", messages=[{"role": "user", "content": "hi"}])
+    assert answer.choices[0].message.content == "echo: hi"
