@@ -98,7 +98,7 @@ def validate_chat_request(body: Any) -> dict:
     choice = body.get("tool_choice")
     if choice is not None:
         named = isinstance(choice, dict) and isinstance((choice.get("function") or {}).get("name"), str)
-        _require(choice in TOOL_CHOICES or named,
+        _require(named or (isinstance(choice, str) and choice in TOOL_CHOICES),
                  "'tool_choice' must be 'none', 'auto', 'required' or {'type': 'function', 'function': {'name': ...}}",
                  "tool_choice")
     fmt = body.get("response_format")
