@@ -73,14 +73,16 @@ async def call_chain(ctx: RequestContext, generation: Generation, call: Callable
     that is the caller's (4xx) ends the chain at once.
     """
     last_error: GatewayError | None = None
+    uncredentialed: list[str] = []
     for name in backend_chain(ctx):
         backend = generation.backends[name]
         missing = backend.missing_credentials()
         if missing:
+            uncredentialed.append(f"backend '{name}' needs {', '.join(missing)}")
             last_error = MissingCredentials(
-                f"backend '{name}' has no credentials: set {', '.join(missing)} in the gateway's environment",
-                code="missing_credentials")
-            ctx.attempts.append(Attempt(name, last_error.status, 0.0, last_error.message))
+                f"no credentials to serve route '{ctx.route_name}': {'; '.join(uncredentialed)} "
+                "set in the gateway's environment", code="missing_credentials")
+            ctx.attempts.append(Attempt(name, last_error.status, 0.0, f"missing {', '.join(missing)}"))
             continue
         for attempt in range(ctx.route.retries + 1):
             started = time.perf_counter()

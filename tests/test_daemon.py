@@ -162,7 +162,8 @@ def test_shipped_config_serves_without_keys_and_names_what_is_missing(tmp_path):
         with pytest.raises(openai.InternalServerError) as err:
             client.chat.completions.create(model="general", messages=[{"role": "user", "content": "hi"}])
         assert err.value.status_code == 503
-        assert "set OPENAI_API_KEY" in err.value.message or "set ANTHROPIC_API_KEY" in err.value.message
+        assert "backend 'gpt-base' needs OPENAI_API_KEY; backend 'claude-base' needs ANTHROPIC_API_KEY" \
+            in err.value.message
         assert (tmp_path / "var" / "llmgate.db").exists(), "embedded state lives under var/ by default"
     finally:
         gw.stop()

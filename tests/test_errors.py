@@ -159,7 +159,7 @@ def test_missing_credentials_name_the_variable(gw):
         ask(client(gw), model="nokey")
     assert err.value.status_code == 503
     assert err.value.code == "missing_credentials"
-    assert "set LLMGATE_TEST_UNSET_KEY" in err.value.message
+    assert "backend 'nokey' needs LLMGATE_TEST_UNSET_KEY set in the gateway's environment" in err.value.message
 
 
 def test_stream_cut_midway_ends_with_an_error_event(gw):
