@@ -12,7 +12,7 @@ import uuid
 
 from aiohttp import web
 
-from .behaviour import Reply, decide
+from .behaviour import FakeUpstream, Reply, decide
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
@@ -65,7 +65,7 @@ def _problem(body: dict) -> str | None:
     return None
 
 
-class FakeAnthropic:
+class FakeAnthropic(FakeUpstream):
     """Records every request it receives; `fail_next` makes the next requests fail with those statuses.
 
     `cache_read_tokens` reports that many of the prompt's tokens as read from the prompt cache (the total
@@ -74,14 +74,9 @@ class FakeAnthropic:
 
     def __init__(self, api_key: str | None = None):
         self.api_key = api_key
-        self.requests: list[dict] = []
-        self.headers: list[dict] = []
-        self.failures: list[int] = []
+        super().__init__()
         self.cache_read_tokens = 0
         self.stream_error_next: str | None = None
-
-    def fail_next(self, *statuses: int) -> None:
-        self.failures.extend(statuses)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -100,16 +95,14 @@ class FakeAnthropic:
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
-        self.requests.append(body)
-        self.headers.append(dict(request.headers))
+        if (failure := self.received(request, body)) is not None:
+            return failure
         # The API takes the key as x-api-key; SDK 2.x sends it as a bearer token instead, also accepted.
         key = request.headers.get("x-api-key") or request.headers.get("Authorization", "").removeprefix("Bearer ")
         if self.api_key and key != self.api_key:
             return self._error(401, "invalid x-api-key")
         if not request.headers.get("anthropic-version"):
             return self._error(400, "anthropic-version: header is required")
-        if self.failures:
-            return self._error(self.failures.pop(0), "scripted failure")
         if problem := _problem(body):
             return self._error(400, problem)
         messages = body["messages"]

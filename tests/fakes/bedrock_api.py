@@ -15,7 +15,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from .behaviour import Reply, decide
+from .behaviour import FakeUpstream, Reply, decide
 
 ERROR_TYPES = {400: "ValidationException", 403: "AccessDeniedException", 404: "ResourceNotFoundException",
                408: "ModelTimeoutException", 424: "ModelErrorException", 429: "ThrottlingException",
@@ -49,18 +49,13 @@ def _texts(blocks) -> list[str]:
     return [b["text"] for b in blocks or () if isinstance(b, dict) and "text" in b]
 
 
-class FakeBedrock:
+class FakeBedrock(FakeUpstream):
     """Records (model_id, body) for every request; `fail_next` makes the next requests fail with a status."""
 
     def __init__(self):
-        self.requests: list[tuple[str, dict]] = []
-        self.headers: list[dict] = []
-        self.failures: list[int] = []
+        super().__init__()
         self.stream_failures: list[str] = []
         self.stream_pauses: list[float] = []
-
-    def fail_next(self, *statuses: int) -> None:
-        self.failures.extend(statuses)
 
     def fail_next_stream(self, *exception_types: str) -> None:
         """The next streams break after their first text with an in-stream exception (e.g. throttlingException)."""
@@ -104,10 +99,8 @@ class FakeBedrock:
             return self._error(404, f"no such operation: {request.raw_path}")
         model_id = unquote(m.group("model"))
         body = await request.json()
-        self.requests.append((model_id, body))
-        self.headers.append(dict(request.headers))
-        if self.failures:
-            return self._error(self.failures.pop(0), "scripted failure")
+        if (failure := self.received(request, (model_id, body))) is not None:
+            return failure
         reply = self._decide(body)
         if reply.delay:
             await asyncio.sleep(reply.delay)

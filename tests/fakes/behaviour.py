@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
 
 
 @dataclass
@@ -48,3 +51,25 @@ def decide(last_user_text: str, tool_names: list[str], tool_result: str | None, 
         reply.text = f"echo: {last_user_text}"
     reply.completion_tokens = len(reply.text.split()) if reply.text else 5
     return reply
+
+
+class FakeUpstream:
+    """What every fake keeps: each request it received, its headers, and the failures scripted next."""
+
+    def __init__(self) -> None:
+        self.requests: list[Any] = []
+        self.headers: list[dict] = []
+        self.failures: list[int] = []
+
+    def fail_next(self, *statuses: int) -> None:
+        """The next requests answer these HTTP statuses, in order, in the provider's error shape."""
+        self.failures.extend(statuses)
+
+    def received(self, request: web.Request, record: Any) -> web.Response | None:
+        """Record a request; the scripted failure to answer with, if one is due."""
+        self.requests.append(record)
+        self.headers.append(dict(request.headers))
+        return self._error(self.failures.pop(0), "scripted failure") if self.failures else None
+
+    def _error(self, status: int, message: str) -> web.Response:
+        raise NotImplementedError

@@ -8,7 +8,7 @@ import uuid
 
 from aiohttp import web
 
-from .behaviour import Reply, decide
+from .behaviour import FakeUpstream, Reply, decide
 
 
 def _text(content) -> str:
@@ -17,17 +17,12 @@ def _text(content) -> str:
     return " ".join(p.get("text", "") for p in content or [] if isinstance(p, dict))
 
 
-class FakeOpenAI:
+class FakeOpenAI(FakeUpstream):
     """Records every request it receives; `fail_next` makes the next N requests fail with a status."""
 
     def __init__(self, api_key: str | None = None):
         self.api_key = api_key
-        self.requests: list[dict] = []
-        self.headers: list[dict] = []
-        self.failures: list[int] = []
-
-    def fail_next(self, *statuses: int) -> None:
-        self.failures.extend(statuses)
+        super().__init__()
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -40,12 +35,10 @@ class FakeOpenAI:
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
-        self.requests.append(body)
-        self.headers.append(dict(request.headers))
+        if (failure := self.received(request, body)) is not None:
+            return failure
         if self.api_key and request.headers.get("Authorization") != f"Bearer {self.api_key}":
             return self._error(401, f"Incorrect API key provided: {request.headers.get('Authorization', '')[7:]}")
-        if self.failures:
-            return self._error(self.failures.pop(0), "scripted failure")
         messages = body["messages"]
         last_user = next((_text(m["content"]) for m in reversed(messages) if m["role"] == "user"), "")
         tool_result = _text(messages[-1]["content"]) if messages[-1]["role"] == "tool" else None
