@@ -7,7 +7,7 @@ import uuid
 
 from aiohttp import web
 
-from . import proxy
+from . import admin, proxy
 from .config import Config
 from .context import dumps
 from .errors import GatewayError
@@ -101,6 +101,7 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/v1/models/{model}", get_model)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_routes(admin.routes(GATEWAY))
     for route_defs in gateway.hooks.collect("register_routes", gateway=gateway).values():
         app.router.add_routes(route_defs)
     return app

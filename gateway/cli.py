@@ -12,7 +12,9 @@ DESCRIPTION = """\
 llmgate: an OpenAI-compatible gateway that routes, mirrors and evaluates LLM traffic.
 
 Point an application's OpenAI base URL at http://HOST:PORT/v1 and use a route name as the model.
-Start with `llmgate serve`, check a config with `llmgate check-config FILE`."""
+Start with `llmgate serve`, check a config with `llmgate check-config FILE`. Operator commands
+(status, rollout, rollback, promote, events, ...) talk to a running gateway at --url with the
+admin token from LLMGATE_ADMIN_TOKEN."""
 
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:
@@ -36,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a config file and say what is missing",
                                 description="Load FILE as the daemon would; exit 1 and name each problem if it is invalid.")
     check.add_argument("file")
+
+    from .cli_admin import add_commands
+    add_commands(commands)
     return parser
 
 
@@ -66,13 +71,18 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .admin_client import AdminClient, AdminError
+    from .cli_admin import HANDLERS
+
     handlers = {"serve": cmd_serve, "check-config": cmd_check_config}
     if args.command is None:
         parser.print_help()
         return 2
     try:
+        if args.command in HANDLERS:
+            return HANDLERS[args.command](AdminClient(args.url), args)
         return handlers[args.command](args)
-    except ConfigError as exc:
+    except (ConfigError, AdminError) as exc:
         print(f"llmgate: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -127,6 +127,17 @@ class Config:
         prices = self.settings.prices
         return prices.get(backend) or (prices.get(model) if model else None)
 
+    def cost(self, backend: str, model: str | None, usage: dict | None) -> float | None:
+        """USD for one answer's usage, from the price table; None when the price or usage is unknown."""
+        price = self.price_for(backend, model)
+        if price is None or not usage:
+            return None
+        prompt, completion = usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0
+        cached = 0
+        if price.cached_input is not None:
+            cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+        return ((prompt - cached) * price.input + cached * (price.cached_input or 0) + completion * price.output) / 1e6
+
 
 def _interpolate(node: Any, path: str, unset: dict[str, str], secrets: set[str]) -> Any:
     if isinstance(node, dict):
@@ -185,8 +196,9 @@ def parse_config(raw: Any, source: str = "<config>") -> Config:
         for key in ("api_key", "aws_secret_access_key", "aws_session_token"):
             if isinstance(backend.get(key), str):
                 secrets.add(backend[key])
-    if settings.server.admin_token:
-        secrets.add(settings.server.admin_token)
+    for token in (settings.server.admin_token, os.environ.get("LLMGATE_ADMIN_TOKEN")):
+        if token:
+            secrets.add(token)
     return Config(settings=settings, source=source, unset_env=unset, secrets=secrets)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -98,7 +99,7 @@ class Gateway:
 
     def require_admin(self, request: web.Request) -> None:
         """Refuse an admin request without the admin token (compared in constant time)."""
-        expected = self.config.server.admin_token
+        expected = self.config.server.admin_token or os.environ.get("LLMGATE_ADMIN_TOKEN")
         given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
         if not expected:
             raise Unauthorized("admin actions are disabled: set server.admin_token or LLMGATE_ADMIN_TOKEN",

@@ -76,3 +76,10 @@ def readiness(gateway):
     """Return {check name: problem text or None} to add to GET /readyz.
 
     A problem marks the gateway degraded (it still serves); only the core's own checks make it 503."""
+
+
+@hookspec
+def admin_status(gateway):
+    """Return {section: JSON-able data} for GET /admin/status (and so `llmgate status` and the console).
+
+    Called per status request, off the request path; keep it to what the plugin holds in memory."""

@@ -208,13 +208,7 @@ async def _replay(request: web.Request, ctx: RequestContext, answer: dict) -> we
 
 def _cost(gateway: Gateway, ctx: RequestContext) -> float | None:
     backend = gateway.backends.get(ctx.served_by or "")
-    price = gateway.config.price_for(ctx.served_by or "", backend.model if backend else None)
-    usage = ctx.usage
-    if price is None or not usage:
-        return None
-    prompt, completion = usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0
-    cached = ((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0) if price.cached_input is not None else 0
-    return ((prompt - cached) * price.input + cached * (price.cached_input or 0) + completion * price.output) / 1e6
+    return gateway.config.cost(ctx.served_by or "", backend.model if backend else None, ctx.usage)
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
