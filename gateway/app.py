@@ -11,8 +11,8 @@ from . import admin, proxy
 from .config import Config
 from .context import dumps
 from .errors import GatewayError
-from .gateway import Gateway
-from .proxy import GATEWAY, REQUEST_ID
+from .gateway import GATEWAY, Gateway
+from .proxy import REQUEST_ID
 
 log = logging.getLogger("llmgate")
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")

@@ -154,3 +154,6 @@ class Gateway:
                 log.warning("closing replaced backends with %d requests still in flight", generation.inflight)
         for backend in backends:
             await backend.close()
+
+
+GATEWAY = web.AppKey("gateway", Gateway)

@@ -31,6 +31,8 @@ ENTRY_POINT_GROUP = "llmgate"
 DEFAULT_PLUGINS = {
     "backends": "gateway.backends:BuiltinBackends",
     "traffic_log": "plugins.traffic_log:TrafficLog",
+    "shadow": "plugins.shadow:Shadow",
+    "rollout": "plugins.rollout:Rollout",
 }
 
 

@@ -20,11 +20,10 @@ from .chat import StreamAssembler, completion_to_chunks, validate_chat_request
 from .context import Attempt, RequestContext, dumps
 from .errors import (BodyTooLarge, GatewayError, InvalidRequest, MissingCredentials, UnsupportedMediaType,
                      UpstreamError)
-from .gateway import Gateway, Generation
+from .gateway import GATEWAY, Gateway, Generation
 
 log = logging.getLogger("llmgate.proxy")
 T = TypeVar("T")
-GATEWAY = web.AppKey("gateway", Gateway)
 REQUEST_ID = web.RequestKey("request_id", str)
 
 

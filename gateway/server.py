@@ -9,7 +9,7 @@ from aiohttp import web
 
 from .app import create_app
 from .config import Config, ConfigError, load_config
-from .proxy import GATEWAY
+from .gateway import GATEWAY
 
 log = logging.getLogger("llmgate")
 
