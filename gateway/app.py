@@ -41,6 +41,10 @@ async def errors_middleware(request: web.Request, handler) -> web.StreamResponse
         message = {404: f"no such endpoint: {request.method} {request.path}",
                    405: f"method {request.method} is not allowed on {request.path}"}.get(exc.status, exc.reason)
         return _error_response(GatewayError(message, status=exc.status, type=kind), request[REQUEST_ID])
+    except Exception:
+        log.exception("request %s %s %s failed inside the gateway", request[REQUEST_ID], request.method, request.path)
+        error = GatewayError(f"the gateway failed to handle this request (request id {request[REQUEST_ID]})")
+        return _error_response(error, request[REQUEST_ID])
 
 
 async def _stamp_request_id(request: web.Request, response: web.StreamResponse) -> None:

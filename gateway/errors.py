@@ -60,6 +60,11 @@ class MissingCredentials(GatewayError):
     status, type = 503, "configuration_error"
 
 
+class StoreUnavailable(GatewayError):
+    """The shared state store cannot be reached: requests still route, changes cannot be made."""
+    status, type = 503, "state_store_unavailable"
+
+
 class UpstreamError(GatewayError):
     """The backend answered with an error, or could not be reached.
 

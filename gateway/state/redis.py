@@ -7,9 +7,14 @@ import logging
 import time
 from typing import Any
 
+import functools
+
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.exceptions import WatchError
 
+from ..errors import StoreUnavailable
 from .base import StateStore
 
 log = logging.getLogger("llmgate.state")
@@ -17,6 +22,18 @@ PREFIX = "llmgate:state:"
 EVENTS = "llmgate:events"
 CHANNEL = "llmgate:changes"
 MAX_EVENTS = 10_000
+
+
+def _reachable(method):
+    """Redis being unreachable is an operational state, not a bug: say so in the caller's terms."""
+    @functools.wraps(method)
+    async def call(self, *args, **kwargs):
+        try:
+            return await method(self, *args, **kwargs)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise StoreUnavailable(f"the state store (redis) is unreachable, nothing was changed: "
+                                   f"{type(exc).__name__}", code="state_store_unavailable") from None
+    return call
 
 
 class RedisStateStore(StateStore):
@@ -84,6 +101,7 @@ class RedisStateStore(StateStore):
                 except Exception:
                     pass
 
+    @_reachable
     async def update(self, key: str, change) -> tuple[Any | None, Any]:
         name = PREFIX + key
         async with self.client.pipeline(transaction=True) as pipe:
@@ -100,6 +118,7 @@ class RedisStateStore(StateStore):
                 except WatchError:  # another writer changed it first: read again
                     continue
 
+    @_reachable
     async def publish(self, message: dict[str, Any]) -> None:
         await self.client.publish(CHANNEL, json.dumps(message))
 
@@ -109,16 +128,20 @@ class RedisStateStore(StateStore):
         except Exception:
             return False
 
+    @_reachable
     async def get(self, key: str) -> Any | None:
         value = await self.client.get(PREFIX + key)
         return None if value is None else json.loads(value)
 
+    @_reachable
     async def set(self, key: str, value: Any) -> None:
         await self.client.set(PREFIX + key, json.dumps(value))
 
+    @_reachable
     async def delete(self, key: str) -> None:
         await self.client.delete(PREFIX + key)
 
+    @_reachable
     async def items(self, prefix: str = "") -> dict[str, Any]:
         keys = [k async for k in self.client.scan_iter(match=_glob_escape(PREFIX + prefix) + "*", count=500)]
         if not keys:
@@ -126,12 +149,14 @@ class RedisStateStore(StateStore):
         values = await self.client.mget(keys)
         return {k[len(PREFIX):]: json.loads(v) for k, v in sorted(zip(keys, values)) if v is not None}
 
+    @_reachable
     async def append_event(self, event: dict[str, Any]) -> dict[str, Any]:
         ts = event.get("ts") or time.time()
         event_id = await self.client.xadd(EVENTS, {"ts": ts, "body": json.dumps(event)}, maxlen=MAX_EVENTS,
                                           approximate=True)
         return {**event, "id": event_id, "ts": ts}
 
+    @_reachable
     async def events(self, limit: int = 100, **match: Any) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = []
         last = "+"
