@@ -52,7 +52,8 @@ def routes(gateway_key) -> list[web.RouteDef]:
                               "fallback": r.fallback} for name, r in settings.routes.items()},
             "state_store": {"engine": gateway.store.engine, "degraded": gateway.store.degraded},
         }
-        body.update(await gateway.hooks.each("admin_status", gateway=gateway))
+        for sections in (await gateway.hooks.each("admin_status", gateway=gateway)).values():
+            body.update(sections)  # each plugin returns {section: data}, as the hookspec says
         return web.json_response(body, dumps=lambda v: json.dumps(v, default=str))
 
     async def events(request: web.Request) -> web.Response:

@@ -2,8 +2,8 @@
 
 Calling convention (pluggy has no async hooks, so the gateway calls implementations itself):
 an implementation may be a plain function or an `async def`; the gateway awaits what it returns.
-Each implementation runs in isolation: one that raises or exceeds its plugin's `timeout_ms` is
-logged and skipped, unless its plugin is configured `fail_closed: true`, in which case the
+Each implementation runs in isolation: one that raises, or on the request path (`before_route`,
+`choose_variant`, `after_response`) exceeds its plugin's `timeout_ms`, is logged and skipped, unless its plugin is configured `fail_closed: true`, in which case the
 request fails with a 503. Raising a `gateway.errors.GatewayError` is never a fault: it is how a
 plugin refuses a request (a quota, a policy) and the caller receives that error.
 
@@ -69,6 +69,16 @@ def after_response(ctx):
 
     Runs after the last byte went to the caller, still on the request's task: put work on a
     bounded queue and return; never wait on slow work here."""
+
+
+@hookspec
+def record_score(route, variant, name, value):
+    """A plugin that measured an answer's quality (a judge score, user feedback) reports it here.
+
+    Window-keeping plugins (auto_rollback) count it per route and variant, higher meaning better;
+    only observes. Report with `await gateway.hooks.each("record_score", route=..., variant=...,
+    name=..., value=...)`; an implementation only adds to counters, so it may also be called
+    synchronously through `gateway.pm.hook.record_score(...)`."""
 
 
 @hookspec

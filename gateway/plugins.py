@@ -33,7 +33,12 @@ DEFAULT_PLUGINS = {
     "traffic_log": "plugins.traffic_log:TrafficLog",
     "shadow": "plugins.shadow:Shadow",
     "rollout": "plugins.rollout:Rollout",
+#    "auto_rollback": "plugins.auto_rollback:AutoRollback",
 }
+
+
+# Hooks that run while a caller waits: each plugin's `timeout_ms` applies to these.
+REQUEST_HOOKS = frozenset({"before_route", "choose_variant", "after_response"})
 
 
 class PluginFault(GatewayError):
@@ -136,13 +141,14 @@ class HookRunner:
     def implemented(self, hook_name: str) -> bool:
         return bool(self._impls.get(hook_name))
 
-    async def _call(self, impl, kwargs: dict) -> Any:
+    async def _call(self, impl, kwargs: dict, hook_name: str) -> Any:
         name = impl.plugin_name
         settings = self.settings.get(name)
         try:
             result = impl.function(*[kwargs[arg] for arg in impl.argnames])
             if inspect.isawaitable(result):
-                budget = settings.timeout_ms / 1000 if settings else None
+                # The budget guards requests; start-up and shutdown (a drain, a flush) take what they need.
+                budget = settings.timeout_ms / 1000 if settings and hook_name in REQUEST_HOOKS else None
                 async with asyncio.timeout(budget):
                     result = await result
         except GatewayError:
@@ -163,7 +169,7 @@ class HookRunner:
     async def first(self, hook_name: str, **kwargs) -> tuple[str | None, Any]:
         """(plugin name, result) of the first implementation that returns non-None."""
         for impl in self._impls.get(hook_name, ()):
-            result = await self._call(impl, kwargs)
+            result = await self._call(impl, kwargs, hook_name)
             if result is not None:
                 return impl.plugin_name, result
         return None, None
@@ -173,7 +179,7 @@ class HookRunner:
         impls = self._impls.get(hook_name, ())
         results = {}
         for impl in (reversed(impls) if reverse else impls):
-            result = await self._call(impl, kwargs)
+            result = await self._call(impl, kwargs, hook_name)
             if result is not None:
                 results[impl.plugin_name] = result
         return results

@@ -312,7 +312,8 @@ class Rollout:
                 raise NotFound(f"no admin action '{action}' (rollout, rollback, promote, kill, canary)")
             return web.json_response(event)
 
-        return [web.post("/admin/routes/{route}/{action}", act)]
+        # "schedule" is left to auto_rollback's /admin/routes/{route}/schedule, whatever the plugin order.
+        return [web.post("/admin/routes/{route}/{action:(?!schedule$)[^/]+}", act)]
 
     async def _send_webhooks(self) -> None:
         """POST each event to every webhook, off the request path, retrying a failed delivery twice."""

@@ -80,3 +80,10 @@ class StateStore(ABC):
     @abstractmethod
     async def events(self, limit: int = 100, **match: Any) -> list[dict[str, Any]]:
         """The newest events first, only those whose fields equal `match`."""
+
+    @abstractmethod
+    async def acquire_lease(self, name: str, holder: str, ttl_seconds: float) -> bool:
+        """Take or renew the lease `name` for `holder`: True while `holder` holds it, False while another does.
+
+        A lease ends `ttl_seconds` after its last renewal, so a holder that stops (or loses the
+        store) gives way to another by itself; renew well within the TTL to keep it."""

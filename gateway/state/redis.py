@@ -21,6 +21,14 @@ log = logging.getLogger("llmgate.state")
 PREFIX = "llmgate:state:"
 EVENTS = "llmgate:events"
 CHANNEL = "llmgate:changes"
+LEASES = "llmgate:lease:"
+# Renew a lease only for the holder that has it (a plain SET would take it from another holder).
+EXTEND_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
 MAX_EVENTS = 10_000
 
 
@@ -47,6 +55,7 @@ class RedisStateStore(StateStore):
                                                              socket_connect_timeout=2, socket_timeout=5,
                                                              decode_responses=True)
         self.client = aioredis.Redis(connection_pool=self._pool)
+        self._extend_lease = self.client.register_script(EXTEND_LEASE)
         self._listener: asyncio.Task | None = None
         self._lost: str | None = None
         self._closing = False
@@ -174,6 +183,12 @@ class RedisStateStore(StateStore):
                         break
             last = batch[-1][0]
         return found
+
+    async def acquire_lease(self, name: str, holder: str, ttl_seconds: float) -> bool:
+        key, ttl_ms = LEASES + name, max(1, int(ttl_seconds * 1000))
+        if await self.client.set(key, holder, nx=True, px=ttl_ms):
+            return True
+        return bool(await self._extend_lease(keys=[key], args=[holder, ttl_ms]))
 
 
 def _glob_escape(text: str) -> str:

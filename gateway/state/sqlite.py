@@ -11,6 +11,7 @@ from .base import StateStore
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires REAL NOT NULL);
 """
 
 
@@ -87,3 +88,14 @@ class SqliteStateStore(StateStore):
                         break
             return found
         return await self._db.run(select)
+
+    async def acquire_lease(self, name: str, holder: str, ttl_seconds: float) -> bool:
+        def take(c):
+            now = time.time()
+            row = c.execute("SELECT holder, expires FROM leases WHERE name = ?", (name,)).fetchone()
+            if row is not None and row[0] != holder and row[1] > now:
+                return False
+            c.execute("INSERT INTO leases (name, holder, expires) VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE "
+                      "SET holder = excluded.holder, expires = excluded.expires", (name, holder, now + ttl_seconds))
+            return True
+        return await self._db.run(lambda c: transaction(c, take))

@@ -1,0 +1,339 @@
+"""shadow: mirror a route's requests to its `shadow` backends off the request path, and compare.
+
+`after_response` only puts one job per shadow backend on a bounded queue (dropped and counted
+when full); a fixed set of `max_concurrent` workers makes the shadow calls, so shadow load has a
+ceiling whatever the traffic, and a slow, failing or absent shadow never touches the caller's
+answer. Each comparison (both answers, tokens, latency, cost, errors) is written to SQLite in
+batches; GET /admin/shadow/report (and `llmgate shadow report`) summarises those rows.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import sqlite3
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.context import dumps, stable_hash
+from gateway.errors import GatewayError, InvalidRequest
+from gateway.gateway import Generation
+from gateway.hookspecs import hookimpl
+from gateway.sqlite import SqliteThread, transaction
+
+log = logging.getLogger("llmgate.shadow")
+
+COLUMNS = ("ts", "request_id", "route", "primary_backend", "shadow_backend", "primary_status", "shadow_status",
+           "shadow_error", "primary_latency_ms", "shadow_latency_ms", "primary_prompt_tokens",
+           "primary_completion_tokens", "shadow_prompt_tokens", "shadow_completion_tokens", "primary_cost_usd",
+           "shadow_cost_usd", "primary_answer", "shadow_answer")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS comparisons (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts REAL NOT NULL, request_id TEXT NOT NULL, route TEXT NOT NULL,
+    primary_backend TEXT NOT NULL, shadow_backend TEXT NOT NULL,
+    primary_status INTEGER NOT NULL, shadow_status INTEGER NOT NULL, shadow_error TEXT,
+    primary_latency_ms REAL, shadow_latency_ms REAL,
+    primary_prompt_tokens INTEGER, primary_completion_tokens INTEGER,
+    shadow_prompt_tokens INTEGER, shadow_completion_tokens INTEGER,
+    primary_cost_usd REAL, shadow_cost_usd REAL, primary_answer TEXT, shadow_answer TEXT,
+    judge_score REAL NULL);
+CREATE INDEX IF NOT EXISTS comparisons_route_ts ON comparisons (route, ts);
+"""
+_INSERT = f"INSERT INTO comparisons ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
+
+BATCH_SIZE = 500
+RECENT_PAIRS = 3
+ANSWER_PREVIEW = 500
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sample_rate: float = Field(1.0, ge=0, le=1, description="share of a route's requests mirrored")
+    max_concurrent: int = Field(4, ge=1, description="shadow calls in flight at once")
+    queue_size: int = Field(1000, ge=1, description="shadow calls waiting; more are dropped and counted")
+    path: str = "var/shadow.db"
+    bodies: bool = Field(True, description="store both answers' texts")
+    drain_seconds: float = Field(5.0, ge=0, description="on shutdown, how long shadow calls in flight may finish")
+
+
+@dataclass
+class Job:
+    generation: Generation  # held (entered) until the job ends, so a reload does not close its backend
+    backend: str
+    body: dict[str, Any]
+    primary: dict[str, Any]  # the primary's half of the comparison row
+
+
+def answer_text(response: dict[str, Any] | None) -> str | None:
+    """What a person compares: the first choice's text, or its tool calls."""
+    choices = (response or {}).get("choices") or []
+    message = (choices[0].get("message") or {}) if choices else {}
+    if message.get("content"):
+        return message["content"]
+    return dumps(message["tool_calls"]) if message.get("tool_calls") else None
+
+
+class Shadow:
+    Settings = Settings
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.completed = 0
+        self.dropped = 0
+        self.errors = 0
+        self.in_flight = 0
+        self.closing = False
+        self._gateway = None
+        self._jobs: asyncio.Queue[Job] | None = None
+        self._rows: asyncio.Queue[tuple | None] | None = None
+        self._workers: list[asyncio.Task] = []
+        self._writer: asyncio.Task | None = None
+        self._quiet = asyncio.Event()  # set while no shadow call is in flight
+        self._quiet.set()
+        self._db = SqliteThread(settings.path, SCHEMA)
+
+    @hookimpl
+    async def startup(self, gateway):
+        self._gateway = gateway
+        if any(route.shadow for route in gateway.config.settings.routes.values()):
+            await self._db.open()  # a bad path shows at start-up; without shadow routes no file is made until asked
+        self._jobs = asyncio.Queue(self.settings.queue_size)
+        # Unbounded: only the workers feed it, one row per shadow call, and a batch write is far faster than a call.
+        self._rows = asyncio.Queue()
+        self._workers = [asyncio.create_task(self._work(), name=f"shadow worker {i}")
+                         for i in range(self.settings.max_concurrent)]
+        self._writer = asyncio.create_task(self._write_forever(), name="shadow writer")
+
+    @hookimpl
+    def after_response(self, ctx):
+        generation = self._gateway.generation
+        if (not ctx.route.shadow or self.closing or ctx.served_by not in generation.backends
+                or not self._sampled(ctx.request_id)):
+            return
+        body = {k: v for k, v in ctx.body.items() if k != "stream_options"}
+        body["stream"] = False  # a shadow answer is compared whole
+        usage = ctx.usage
+        primary = {
+            "ts": ctx.received_at, "request_id": ctx.request_id, "route": ctx.route_name,
+            "primary_backend": ctx.served_by, "primary_status": ctx.status, "primary_latency_ms": ctx.latency_ms,
+            "primary_prompt_tokens": usage.get("prompt_tokens"),
+            "primary_completion_tokens": usage.get("completion_tokens"), "primary_cost_usd": ctx.cost_usd,
+            "primary_answer": answer_text(ctx.response) if self.settings.bodies else None,
+        }
+        for name in ctx.route.shadow:
+            try:
+                self._jobs.put_nowait(Job(generation, name, body, primary))
+            except asyncio.QueueFull:
+                self.dropped += 1
+                if self.dropped == 1 or self.dropped % 1000 == 0:
+                    log.warning("shadow queue full: %d shadow calls dropped so far", self.dropped)
+                continue
+            generation.enter()
+
+    @hookimpl
+    def admin_status(self, gateway):
+        return {"shadow": {"queued": self._jobs.qsize() if self._jobs else 0, "in_flight": self.in_flight,
+                           "completed": self.completed, "dropped": self.dropped, "errors": self.errors}}
+
+    @hookimpl
+    def readiness(self, gateway):
+        problem = f"{self.dropped} shadow calls dropped (queue full)" if self.dropped else None
+        return {"shadow": problem}
+
+    @hookimpl
+    def register_routes(self, gateway):
+        return [web.get("/admin/shadow/report", self._report_endpoint)]
+
+    @hookimpl
+    async def shutdown(self, gateway):
+        """Start no queued call, give those in flight `drain_seconds`, then flush and close."""
+        self.closing = True
+        if self._writer is None:
+            await self._db.close()
+            return
+        if unstarted := self._jobs.qsize():
+            log.warning("shutdown: %d queued shadow calls dropped", unstarted)
+        while not self._jobs.empty():
+            self._jobs.get_nowait().generation.leave()
+            self.dropped += 1
+        try:
+            await asyncio.wait_for(self._quiet.wait(), self.settings.drain_seconds)
+        except TimeoutError:
+            log.warning("shutdown: cancelling %d shadow calls still in flight", self.in_flight)
+        for worker in self._workers:
+            worker.cancel()  # a call still in flight is recorded as cancelled
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._rows.put_nowait(None)
+        await self._writer
+        await self._db.close()
+
+    def _sampled(self, request_id: str) -> bool:
+        """Deterministic per request id, so a replayed request is mirrored (or not) the same way."""
+        return int(stable_hash("shadow", request_id)[:8], 16) / 2 ** 32 < self.settings.sample_rate
+
+    async def _work(self) -> None:
+        while True:
+            job = await self._jobs.get()
+            self.in_flight += 1
+            self._quiet.clear()
+            try:
+                shadow = await self._call(job)
+            except asyncio.CancelledError:
+                self._record(job, {"shadow_status": 499,
+                                   "shadow_error": "the gateway stopped before the shadow answered"})
+                raise
+            finally:
+                self.in_flight -= 1
+                if not self.in_flight:
+                    self._quiet.set()
+                job.generation.leave()
+            self._record(job, shadow)
+
+    async def _call(self, job: Job) -> dict[str, Any]:
+        """The shadow's half of the row; every failure is an answer here, never an exception."""
+        backend = job.generation.backends.get(job.backend)
+        if backend is None:
+            return {"shadow_status": 503, "shadow_error": f"backend '{job.backend}' is no longer configured"}
+        if missing := backend.missing_credentials():
+            return {"shadow_status": 503, "shadow_error": f"backend '{job.backend}' needs {', '.join(missing)}"}
+        started = time.perf_counter()
+        try:
+            answer = await backend.complete(job.body)
+        except GatewayError as err:
+            status = getattr(err, "upstream_status", None) or err.status
+            return {"shadow_status": status, "shadow_error": self._gateway.scrub(err.message),
+                    "shadow_latency_ms": (time.perf_counter() - started) * 1000}
+        except Exception as exc:
+            log.exception("shadow call to %s failed inside the gateway", job.backend)
+            return {"shadow_status": 500, "shadow_error": f"the gateway failed: {type(exc).__name__}",
+                    "shadow_latency_ms": (time.perf_counter() - started) * 1000}
+        usage = answer.get("usage") or {}
+        return {"shadow_status": 200, "shadow_latency_ms": (time.perf_counter() - started) * 1000,
+                "shadow_prompt_tokens": usage.get("prompt_tokens"),
+                "shadow_completion_tokens": usage.get("completion_tokens"),
+                "shadow_cost_usd": self._gateway.config.cost(job.backend, backend.model, usage),
+                "shadow_answer": answer_text(answer) if self.settings.bodies else None}
+
+    def _record(self, job: Job, shadow: dict[str, Any]) -> None:
+        self.completed += 1
+        self.errors += bool(shadow.get("shadow_error"))
+        row = {**job.primary, "shadow_backend": job.backend, **shadow}
+        self._rows.put_nowait(tuple(row.get(column) for column in COLUMNS))
+
+    async def _write_forever(self) -> None:
+        """Write whatever is queued as one batch; batches grow by themselves while a write is under way."""
+        while True:
+            item = await self._rows.get()
+            batch, done = [], False
+            while True:
+                if item is None:
+                    done = True
+                    break
+                batch.append(item)
+                if len(batch) >= BATCH_SIZE or self._rows.empty():
+                    break
+                item = self._rows.get_nowait()
+            if batch:
+                try:
+                    await self._db.run(lambda c: transaction(c, lambda c: c.executemany(_INSERT, batch)))
+                except Exception:
+                    log.exception("shadow: could not write %d comparisons", len(batch))
+            if done:
+                return
+
+    async def _report_endpoint(self, request: web.Request) -> web.Response:
+        gateway = self._gateway
+        gateway.require_admin(request)
+        name = request.query.get("route")
+        if not name:
+            raise InvalidRequest("name the route: ?route=NAME", param="route")
+        route = gateway.route(name)
+        try:
+            since = float(request.query.get("since", "86400"))
+        except ValueError:
+            since = -1
+        if not since > 0 or math.isinf(since):
+            raise InvalidRequest("'since' must be a positive number of seconds", param="since")
+        now = time.time()
+        rows, recent = await self._db.run(lambda c: _read(c, name, now - since))
+        shadows = list(dict.fromkeys([*route.shadow, *(r["shadow_backend"] for r in rows)]))
+        report = {"route": name, "since_s": since, "sample_rate": self.settings.sample_rate,
+                  "shadows": {s: summarise([r for r in rows if r["shadow_backend"] == s], recent.get(s, []),
+                                           since, self.settings.sample_rate) for s in shadows}}
+        return web.json_response(report)
+
+
+def _read(conn: sqlite3.Connection, route: str, start: float) -> tuple[list[dict], dict[str, list[dict]]]:
+    """The window's figures for a route, and each shadow's most recent answer pairs."""
+    def query(sql: str, *params) -> list[dict]:
+        cursor = conn.cursor()
+        cursor.row_factory = sqlite3.Row
+        return [dict(r) for r in cursor.execute(sql, params)]
+
+    rows = query("SELECT shadow_backend, primary_status, shadow_error, primary_latency_ms, shadow_latency_ms, "
+                 "primary_prompt_tokens, primary_completion_tokens, shadow_prompt_tokens, shadow_completion_tokens, "
+                 "primary_cost_usd, shadow_cost_usd, judge_score FROM comparisons WHERE route = ? AND ts >= ?",
+                 route, start)
+    recent = {shadow: query("SELECT request_id, ts, substr(primary_answer, 1, ?) AS primary_answer, "
+                            "substr(shadow_answer, 1, ?) AS shadow_answer FROM comparisons "
+                            "WHERE route = ? AND shadow_backend = ? AND ts >= ? ORDER BY id DESC LIMIT ?",
+                            ANSWER_PREVIEW, ANSWER_PREVIEW, route, shadow, start, RECENT_PAIRS)
+              for shadow in {r["shadow_backend"] for r in rows}}
+    return rows, recent
+
+
+def _mean(values: list) -> float | None:
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None
+
+
+def _minus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def percentile(values: list[float], p: float) -> float | None:
+    """Nearest rank: the smallest value with at least p% of the values at or below it."""
+    ordered = sorted(v for v in values if v is not None)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)] if ordered else None
+
+
+def _side(rows: list[dict], prefix: str, failed) -> dict[str, Any]:
+    ok = [r for r in rows if not failed(r)]
+    latencies = [r[f"{prefix}_latency_ms"] for r in ok]
+    return {
+        "error_rate": sum(1 for r in rows if failed(r)) / len(rows) if rows else None,
+        "latency_ms": {f"p{p}": percentile(latencies, p) for p in (50, 95, 99)},
+        "prompt_tokens_mean": _mean([r[f"{prefix}_prompt_tokens"] for r in ok]),
+        "completion_tokens_mean": _mean([r[f"{prefix}_completion_tokens"] for r in ok]),
+        "cost_per_request_usd": _mean([r[f"{prefix}_cost_usd"] for r in ok]),
+    }
+
+
+def summarise(rows: list[dict], recent: list[dict], since: float, sample_rate: float) -> dict[str, Any]:
+    """One shadow backend's comparison with the primary over a window of `since` seconds.
+
+    Latency, tokens and cost are over the calls that succeeded; requests per day scale the window's
+    comparisons back up by the sample rate, and the monthly saving is what answering them all with
+    the shadow instead would have saved (negative when the shadow costs more)."""
+    primary = _side(rows, "primary", lambda r: r["primary_status"] >= 400)
+    shadow = _side(rows, "shadow", lambda r: r["shadow_error"] is not None)
+    per_day = len(rows) / sample_rate / (since / 86400) if sample_rate else None
+    cost_gap = _minus(primary["cost_per_request_usd"], shadow["cost_per_request_usd"])
+    scores = [r["judge_score"] for r in rows if r["judge_score"] is not None]
+    return {
+        "count": len(rows),
+        "primary": primary,
+        "shadow": shadow,
+        "difference": {key: _minus(shadow[key], primary[key])
+                       for key in ("prompt_tokens_mean", "completion_tokens_mean", "cost_per_request_usd")},
+        "requests_per_day": per_day,
+        "projected_monthly_saving_usd": None if cost_gap is None or per_day is None else cost_gap * per_day * 30,
+        "judge": {"mean": sum(scores) / len(scores), "count": len(scores)} if scores else None,
+        "recent": recent,
+    }
