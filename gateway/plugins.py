@@ -33,7 +33,7 @@ DEFAULT_PLUGINS = {
     "traffic_log": "plugins.traffic_log:TrafficLog",
     "shadow": "plugins.shadow:Shadow",
     "rollout": "plugins.rollout:Rollout",
-#    "auto_rollback": "plugins.auto_rollback:AutoRollback",
+    "auto_rollback": "plugins.auto_rollback:AutoRollback",
 }
 
 

@@ -58,7 +58,8 @@ class ErrorRateRule(_Strict):
 class LatencyRule(_Strict):
     ratio: float | None = Field(1.5, gt=0, description="fails when p95 is above this multiple of the baseline's")
     max_ms: float | None = Field(None, gt=0, description="or above this many milliseconds")
-    alpha: float = Field(0.01, gt=0, lt=1, description="and the share of calls above the limit is significantly over 5%")
+    alpha: float = Field(0.01, gt=0, lt=1,
+                         description="and the share of calls above the limit is significantly over 5%")
 
 
 class CostRule(_Strict):
@@ -396,7 +397,8 @@ class AutoRollback:
             held = False
         self._lease_until = asked + ttl if held else 0.0
         if held != was:
-            log.info("auto-rollback: this replica (%s) %s the leader", self.holder, "is now" if held else "is no longer")
+            log.info("auto-rollback: this replica (%s) %s the leader", self.holder,
+                     "is now" if held else "is no longer")
 
     async def _read(self, route: str, variant: str, since: float, until: float) -> Figures:
         key = (route, variant, since, until)
@@ -451,7 +453,8 @@ class AutoRollback:
             outcomes[result.outcome] = outcomes.get(result.outcome, 0) + 1
             self.evaluations.setdefault(route, {})[candidate] = {
                 "outcome": result.outcome, "failing": failing, "at": now, "count": sum(outcomes.values()),
-                "outcomes": outcomes, "checks": {c.rule: {"failed": c.failed, "detail": c.detail} for c in result.checks}}
+                "outcomes": outcomes,
+                "checks": {c.rule: {"failed": c.failed, "detail": c.detail} for c in result.checks}}
             if failing >= policy.failure_limit and self.leader:
                 rule = result.failed[0].rule
                 reason = f"auto-rollback: {result.reason()} ({failing} evaluations in a row)"
@@ -500,8 +503,8 @@ class AutoRollback:
     async def _advance(self, route: str, schedule: dict, now: float) -> None:
         candidate, steps, i = schedule["candidate"], schedule["steps"], schedule["step"]
         if (record := self._rolled_back_since(route, schedule)) is not None:
-            await self._transition(route, schedule, "schedule", status=ABORTED,
-                                   reason=f"{candidate} was rolled back by {record.get('actor')}: {record.get('reason')}")
+            why = f"{candidate} was rolled back by {record.get('actor')}: {record.get('reason')}"
+            await self._transition(route, schedule, "schedule", status=ABORTED, reason=why)
             return
         # Counts are per second: a step is judged on the whole seconds after it began, so the
         # previous step's traffic never leaks in, and it holds for hold_seconds of those.
@@ -536,6 +539,11 @@ class AutoRollback:
                                                                failed=[c.rule for c in result.failed]))
             await self._transition(route, schedule, "schedule", status=ABORTED, last_analysis=analysis, reason=reason)
 
+    def _require_rollout(self) -> None:
+        if self.rollout is None:
+            raise GatewayError("schedules need the rollout plugin, which is disabled", status=503,
+                               type="configuration_error")
+
     async def _transition(self, route: str, expected: dict, who: str, **changes) -> dict | None:
         """Change a schedule unless someone else changed it first; audit and announce the change."""
         def change(old: dict | None) -> dict | None:
@@ -560,6 +568,7 @@ class AutoRollback:
     async def start_schedule(self, route: str, candidate: str, steps: list[float], hold_seconds: float, *,
                              actor: str, reason: str | None = None) -> dict:
         """Begin a staged rollout: the first step's percent at once (re-enabling a rolled-back candidate)."""
+        self._require_rollout()
         settings = self.gateway.config.settings.routes.get(route)
         if settings is None:
             raise NotFound(f"no route named '{route}'", param="route", code="route_not_found")
@@ -593,6 +602,7 @@ class AutoRollback:
 
     async def act_on_schedule(self, route: str, action: str, *, actor: str, reason: str | None) -> dict:
         """An operator pauses, resumes or aborts (to the baseline) a route's schedule."""
+        self._require_rollout()
         schedule = await self.gateway.store.get(SCHEDULE_KEY + route)
         if not isinstance(schedule, dict):
             raise NotFound(f"route '{route}' has no schedule", param="route", code="schedule_not_found")
@@ -602,7 +612,8 @@ class AutoRollback:
                                    code="schedule_state")
         candidate = schedule["candidate"]
         if action == "pause":
-            return await self._transition(route, schedule, actor, status=PAUSED, reason=reason or "paused by an operator")
+            return await self._transition(route, schedule, actor, status=PAUSED,
+                                          reason=reason or "paused by an operator")
         if action == "abort":
             reason = reason or "schedule aborted by an operator"
             if self._rolled_back_since(route, schedule) is None:

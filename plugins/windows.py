@@ -14,16 +14,13 @@ never waits on anything: it only adds to a dict.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-log = logging.getLogger("llmgate.windows")
-
 GROWTH = 1.1          # each latency bucket is 10% wider than the one before
-TOP_BUCKET = 160      # 1.1**159 ms is about 11 hours: everything slower shares the last bucket
+TOP_BUCKET = 160      # 1.1**159 ms is about an hour: everything slower shares the last bucket
 REDIS_PREFIX = "llmgate:win:"
 REDIS_PAIRS = "llmgate:win:pairs"
 

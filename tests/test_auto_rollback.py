@@ -466,9 +466,9 @@ def test_judge_scores_below_the_floor_roll_the_candidate_back(upstreams, make_ga
 
     async def report():
         for i in range(30):
-            await hooks.each("record_score", route="bot", variant="cand", name="judge_win_rate", value=0.1 + 0.1 * (i % 2))
-            await hooks.each("record_score", route="bot", variant="cand", name="thumbs_up", value=1.0)
-            await hooks.each("record_score", route="bot", variant="base", name="judge_win_rate", value=0.5)
+            for variant, name, value in (("cand", "judge_win_rate", 0.1 + 0.1 * (i % 2)), ("cand", "thumbs_up", 1.0),
+                                         ("base", "judge_win_rate", 0.5)):
+                await hooks.each("record_score", route="bot", variant=variant, name=name, value=value)
     gw.call(report())
     event = wait_until(lambda: events(gw, kind="rollback"), what="a rollback on the judge score")[0]
     assert event["rule"] == "score:judge_win_rate" and event["figures"]["failed"] == ["score:judge_win_rate"]
@@ -548,19 +548,28 @@ def test_an_inconclusive_step_pauses_and_advances_after_resume_with_traffic(upst
     assert code == 200 and event["after"]["status"] == "running" and event["reason"] == "traffic is back"
     with Traffic(both_variants(gw)):
         wait_until(lambda: schedule_of(gw)["step"] == 1, what="the next step")
-        assert status(gw)["rollout"]["routes"]["bot"]["percents"] == {"cand": 50.0}
-        code, event = admin(gw, "/admin/routes/bot/schedule/pause", {"reason": "looking at something"})
-    assert code == 200 and event["after"] == {"status": "paused", "step": 2, "percent": 50.0}
-    code, event = admin(gw, "/admin/routes/bot/schedule/abort", {"reason": "changed our minds"})
-    assert code == 200 and event["after"]["status"] == "aborted"
-    assert status(gw)["rollout"]["routes"]["bot"]["rolled_back"]["cand"]["reason"] == "changed our minds"
-    kinds = [e["kind"] for e in events(gw) if e["kind"] in ("schedule", "rollback")]
-    assert kinds[:2] == ["schedule", "rollback"]
+    assert status(gw)["rollout"]["routes"]["bot"]["percents"] == {"cand": 50.0}
+    passed = [e for e in events(gw, kind="schedule") if e["after"]["step"] == 2]
+    assert len(passed) == 1 and passed[0]["reason"] == "step 1/2 (10%) passed its analysis"
 
 
-def test_schedule_requests_are_checked(upstreams, make_gateway):
+def test_operators_pause_resume_and_abort_and_requests_are_checked(upstreams, make_gateway):
     baseline, candidate = upstreams(FakeOpenAI(api_key=UPSTREAM_KEY), FakeOpenAI(api_key=UPSTREAM_KEY))
     gw = make_gateway(config(baseline, candidate, percent=0))
+    code, _ = admin(gw, "/admin/routes/bot/schedule", {"candidate": "cand", "steps": [5, 50], "hold_seconds": 600})
+    assert code == 200
+    code, event = admin(gw, "/admin/routes/bot/schedule/pause", {"reason": "looking at something"})
+    assert code == 200 and event["after"] == {"status": "paused", "step": 1, "percent": 5.0}
+    assert event["before"]["status"] == "running" and event["reason"] == "looking at something"
+    assert admin(gw, "/admin/routes/bot/schedule/pause", {})[0] == 409
+    code, event = admin(gw, "/admin/routes/bot/schedule/resume", {})
+    assert code == 200 and event["after"]["status"] == "running"
+    code, event = admin(gw, "/admin/routes/bot/schedule/abort", {"reason": "changed our minds"})
+    assert code == 200 and event["after"]["status"] == "aborted"
+    rollout = status(gw)["rollout"]["routes"]["bot"]
+    assert rollout["percents"] == {} and rollout["rolled_back"]["cand"]["reason"] == "changed our minds"
+    assert [e["kind"] for e in events(gw)][:2] == ["schedule", "rollback"]
+    assert admin(gw, "/admin/routes/bot/schedule/abort", {})[0] == 409
     for body, param in (({"candidate": "nope", "steps": [5]}, "candidate"),
                         ({"candidate": "cand", "steps": [50, 25]}, "steps"),
                         ({"candidate": "cand", "steps": [5, 150]}, "steps"),
@@ -568,7 +577,8 @@ def test_schedule_requests_are_checked(upstreams, make_gateway):
         code, answer = admin(gw, "/admin/routes/bot/schedule", body)
         assert code == 400 and answer["error"]["param"] == param
     assert admin(gw, "/admin/routes/nope/schedule", {"candidate": "cand", "steps": [5]})[0] == 404
-    assert admin(gw, "/admin/routes/bot/schedule/pause", {})[0] == 404
+    assert admin(gw, "/admin/routes/nope/schedule/pause", {})[0] == 404
+    assert admin(gw, "/admin/routes/bot/schedule/jump", {})[0] == 404
     request = urllib.request.Request(gw.url + "/admin/routes/bot/schedule", data=b"{}", method="POST")
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(request)
