@@ -23,7 +23,7 @@ from gateway.context import dumps, stable_hash
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.gateway import Generation
 from gateway.hookspecs import hookimpl
-from gateway.sqlite import SqliteThread, transaction
+from gateway.sqlite import BatchWriter, SqliteThread
 
 log = logging.getLogger("llmgate.shadow")
 
@@ -91,9 +91,8 @@ class Shadow:
         self.closing = False
         self._gateway = None
         self._jobs: asyncio.Queue[Job] | None = None
-        self._rows: asyncio.Queue[tuple | None] | None = None
         self._workers: list[asyncio.Task] = []
-        self._writer: asyncio.Task | None = None
+        self._writer: BatchWriter | None = None
         self._quiet = asyncio.Event()  # set while no shadow call is in flight
         self._quiet.set()
         self._db = SqliteThread(settings.path, SCHEMA)
@@ -105,10 +104,10 @@ class Shadow:
             await self._db.open()  # a bad path shows at start-up; without shadow routes no file is made until asked
         self._jobs = asyncio.Queue(self.settings.queue_size)
         # Unbounded: only the workers feed it, one row per shadow call, and a batch write is far faster than a call.
-        self._rows = asyncio.Queue()
+        self._writer = BatchWriter(self._db, _INSERT, queue_size=0, batch_size=BATCH_SIZE, name="shadow")
+        self._writer.start()
         self._workers = [asyncio.create_task(self._work(), name=f"shadow worker {i}")
                          for i in range(self.settings.max_concurrent)]
-        self._writer = asyncio.create_task(self._write_forever(), name="shadow writer")
 
     @hookimpl
     def after_response(self, ctx):
@@ -169,8 +168,7 @@ class Shadow:
         for worker in self._workers:
             worker.cancel()  # a call still in flight is recorded as cancelled
         await asyncio.gather(*self._workers, return_exceptions=True)
-        self._rows.put_nowait(None)
-        await self._writer
+        await self._writer.close()
         await self._db.close()
 
     def _sampled(self, request_id: str) -> bool:
@@ -224,28 +222,7 @@ class Shadow:
         self.completed += 1
         self.errors += bool(shadow.get("shadow_error"))
         row = {**job.primary, "shadow_backend": job.backend, **shadow}
-        self._rows.put_nowait(tuple(row.get(column) for column in COLUMNS))
-
-    async def _write_forever(self) -> None:
-        """Write whatever is queued as one batch; batches grow by themselves while a write is under way."""
-        while True:
-            item = await self._rows.get()
-            batch, done = [], False
-            while True:
-                if item is None:
-                    done = True
-                    break
-                batch.append(item)
-                if len(batch) >= BATCH_SIZE or self._rows.empty():
-                    break
-                item = self._rows.get_nowait()
-            if batch:
-                try:
-                    await self._db.run(lambda c: transaction(c, lambda c: c.executemany(_INSERT, batch)))
-                except Exception:
-                    log.exception("shadow: could not write %d comparisons", len(batch))
-            if done:
-                return
+        self._writer.put_nowait(tuple(row.get(column) for column in COLUMNS))
 
     async def _report_endpoint(self, request: web.Request) -> web.Response:
         gateway = self._gateway

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.context import dumps
 from gateway.hookspecs import hookimpl
-from gateway.sqlite import SqliteThread, transaction
+from gateway.sqlite import BatchWriter, SqliteThread
 
 log = logging.getLogger("llmgate.traffic_log")
 
@@ -73,21 +73,24 @@ class TrafficLog:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.dropped = 0
-        self.written = 0
-        self._queue: asyncio.Queue[dict] | None = None
-        self._writer: asyncio.Task | None = None
         self._db = SqliteThread(settings.path, SCHEMA)
+        self._writer: BatchWriter | None = None
+
+    @property
+    def written(self) -> int:
+        return self._writer.written if self._writer else 0
 
     @hookimpl
     async def startup(self, gateway):
         await self._db.open()
-        self._queue = asyncio.Queue(self.settings.queue_size)
-        self._writer = asyncio.create_task(self._write_forever(), name="traffic_log writer")
+        self._writer = BatchWriter(self._db, _INSERT, queue_size=self.settings.queue_size,
+                                   batch_size=self.settings.batch_size, to_row=_row, name="traffic log")
+        self._writer.start()
 
     @hookimpl
     def after_response(self, ctx):
         try:
-            self._queue.put_nowait(ctx.record(bodies=self.settings.bodies))
+            self._writer.put_nowait(ctx.record(bodies=self.settings.bodies))
         except asyncio.QueueFull:
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 1000 == 0:
@@ -101,33 +104,5 @@ class TrafficLog:
     @hookimpl
     async def shutdown(self, gateway):
         if self._writer is not None:
-            await self._queue.put(None)  # after every record already queued
-            await self._writer
+            await self._writer.close()
         await self._db.close()
-
-    async def _write_forever(self) -> None:
-        """Write whatever is queued as one batch; batches grow by themselves while a write is under way."""
-        queue = self._queue
-        while True:
-            item = await queue.get()
-            batch, done = [], False
-            while True:
-                if item is None:
-                    done = True
-                    break
-                batch.append(item)
-                if len(batch) >= self.settings.batch_size or queue.empty():
-                    break
-                item = queue.get_nowait()
-            if batch:
-                await self._flush(batch)
-            if done:
-                return
-
-    async def _flush(self, batch: list[dict]) -> None:
-        rows = [_row(r) for r in batch]
-        try:
-            await self._db.run(lambda c: transaction(c, lambda c: c.executemany(_INSERT, rows)))
-            self.written += len(rows)
-        except Exception:
-            log.exception("traffic log: could not write %d records", len(rows))
