@@ -7,7 +7,6 @@ never as a verdict.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from dataclasses import dataclass, field
@@ -124,12 +123,11 @@ class PairwiseJudge:
         """Judge `first` against `second` in both orders; agreement wins, disagreement is a tie."""
         conversation = render_conversation(messages)
         usage = JudgeCall()
-        try:
-            straight, swapped = await asyncio.gather(
-                _ask(self.backend, self.system, self._prompt(conversation, first, second), _parse_pairwise,
-                     self.retries, usage),
-                _ask(self.backend, self.system, self._prompt(conversation, second, first), _parse_pairwise,
-                     self.retries, usage))
+        try:  # one order after the other: a failed first order spends no more of the judge's budget
+            straight = await _ask(self.backend, self.system, self._prompt(conversation, first, second),
+                                  _parse_pairwise, self.retries, usage)
+            swapped = await _ask(self.backend, self.system, self._prompt(conversation, second, first),
+                                 _parse_pairwise, self.retries, usage)
         except (JudgeOutputError, GatewayError) as exc:
             return PairVerdict("error", error=f"{type(exc).__name__}: {exc}", usage=usage)
         # In the swapped order, A is `second`: map both to the caller's answers.
