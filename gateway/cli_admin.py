@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from typing import Any, Callable
+from typing import Callable
 
 from .admin_client import DEFAULT_URL, AdminClient
 

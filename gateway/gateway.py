@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from .backends.base import Backend
 from .config import Config, ConfigError, RouteSettings, _format_validation
-from .errors import GatewayError, NotFound, Scrubber, Unauthorized
+from .errors import NotFound, Scrubber, Unauthorized
 from .plugins import HookRunner, build_plugin_manager
 from .state import StateStore, open_state_store
 

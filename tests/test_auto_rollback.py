@@ -19,7 +19,7 @@ from gateway.allocation import bucket_of
 from gateway.config import StateSettings
 from gateway.gateway import GATEWAY
 from gateway.state import open_state_store
-from plugins.auto_rollback import FAILED, INCONCLUSIVE, SUCCESSFUL, Policy, analyse
+from plugins.analysis import FAILED, INCONCLUSIVE, SUCCESSFUL, Policy, analyse
 from plugins.windows import (Figures, Windows, count_above, latency_bucket, mean_below_p, quantile, rate_above_p,
                              two_proportion_p)
 from tests.conftest import UPSTREAM_KEY
