@@ -6,7 +6,7 @@ CONFIG ?= config/gateway.yaml
 # Keep botocore from probing the EC2 metadata address for credentials on a machine that is not in AWS.
 export AWS_EC2_METADATA_DISABLED ?= true
 
-.PHONY: run test install install-test install-demo redis-server demo bench clean
+.PHONY: run test install install-test install-demo redis-server demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
