@@ -124,6 +124,15 @@ def usage(prompt: int, completion: int, cached: int | None = None) -> dict:
     return out
 
 
+def answer_text(answer: dict | None) -> str | None:
+    """What a person or a judge reads of an answer: the first choice's text, or its tool calls as JSON."""
+    choices = (answer or {}).get("choices") or []
+    message = (choices[0].get("message") or {}) if choices else {}
+    if message.get("content"):
+        return message["content"]
+    return json.dumps(message["tool_calls"], separators=(",", ":")) if message.get("tool_calls") else None
+
+
 def completion(id: str, model: str, message: dict, finish_reason: str | None, usage: dict | None) -> dict:
     return {"id": id, "object": "chat.completion", "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "message": message, "finish_reason": finish_reason, "logprobs": None}],

@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .cli_admin import add_commands
     add_commands(commands)
+    from evaluators.offline import add_eval_command
+    add_eval_command(commands)
     return parser
 
 
@@ -74,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     from .admin_client import AdminClient, AdminError
     from .cli_admin import HANDLERS
 
-    handlers = {"serve": cmd_serve, "check-config": cmd_check_config}
+    from evaluators.offline import main as cmd_eval
+
+    handlers = {"serve": cmd_serve, "check-config": cmd_check_config, "eval": cmd_eval}
     if args.command is None:
         parser.print_help()
         return 2

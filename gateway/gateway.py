@@ -77,9 +77,15 @@ class Gateway:
         for provided in self.hooks.collect("register_backend_kinds").values():
             self.kinds.update(provided)
         self.generation = Generation(config, build_backends(config, self.kinds))
+        self._check_plugins(config)
         self.scrub = Scrubber(config.secrets)
         self.store: StateStore = open_state_store(config.settings.state)
         self._retiring: set[asyncio.Task] = set()
+
+    def _check_plugins(self, config: Config) -> None:
+        problems = [p for found in self.hooks.collect("config_problems", config=config).values() for p in found]
+        if problems:
+            raise ConfigError(config.source, problems)
 
     @property
     def config(self) -> Config:
@@ -133,6 +139,7 @@ class Gateway:
             log.warning("plugins were enabled or disabled in the new config: that takes effect at the next restart")
         old = self.generation
         backends = build_backends(config, self.kinds, reuse=old.backends)
+        self._check_plugins(config)
         fresh = [b for name, b in backends.items() if old.backends.get(name) is not b]
         for backend in fresh:
             await backend.start()

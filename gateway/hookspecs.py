@@ -24,6 +24,14 @@ def register_backend_kinds():
 
 
 @hookspec
+def config_problems(config):
+    """Return a list of problems ("plugins.<name>.<key>: what is wrong") this plugin finds in the config.
+
+    Called when a gateway is built (so `llmgate check-config` reports them) and before a reload is
+    accepted; any problem refuses the config. Check references to backends and routes here."""
+
+
+@hookspec
 def register_routes(gateway):
     """Return a list of aiohttp RouteDefs to add to the server (an admin API, a feedback endpoint).
 
@@ -79,6 +87,25 @@ def record_score(route, variant, name, value):
     only observes. Report with `await gateway.hooks.each("record_score", route=..., variant=...,
     name=..., value=...)`; an implementation only adds to counters, so it may also be called
     synchronously through `gateway.pm.hook.record_score(...)`."""
+
+
+@hookspec
+def register_evaluators():
+    """Return a list of evaluator objects for offline and online evaluation.
+
+    Each has a `name`, `higher_is_better`, a gate `tolerance` (None: not gated) and
+    `evaluate(case, answer, exchange) -> float | None`; see evaluators/metrics.py."""
+
+
+@hookspec
+def shadow_compared(comparison):
+    """The shadow plugin recorded a comparison of a primary answer with a shadow's (off the request path).
+
+    `comparison` is the stored row (`request_id`, `route`, `primary_backend`, `shadow_backend`,
+    `primary_answer`, `shadow_answer`: None when the shadow failed or `bodies` is off, ...) plus
+    the request's `messages`. An evaluator scores it off this call (enqueue and return: the shadow
+    worker waits for implementations) and writes the score, higher meaning the shadow did better,
+    with `await gateway.pm.get_plugin("shadow").set_judge_score(request_id, shadow_backend, score)`."""
 
 
 @hookspec

@@ -34,6 +34,9 @@ DEFAULT_PLUGINS = {
     "shadow": "plugins.shadow:Shadow",
     "rollout": "plugins.rollout:Rollout",
     "auto_rollback": "plugins.auto_rollback:AutoRollback",
+    "judge": "plugins.judge:Judge",
+    "feedback": "plugins.feedback:Feedback",
+    "evaluators": "evaluators.metrics:BuiltinEvaluators",
 }
 
 

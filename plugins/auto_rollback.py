@@ -446,6 +446,12 @@ class AutoRollback:
     # --- operator surface ----------------------------------------------------------------------
 
     @hookimpl
+    def config_problems(self, config):
+        known = ", ".join(sorted(config.settings.routes)) or "none"
+        return [f"plugins.auto_rollback.routes.{route}: unknown route (defined: {known})"
+                for route in self.settings.routes if route not in config.settings.routes]
+
+    @hookimpl
     def admin_status(self, gateway):
         schedules = {route: {**s, "percent": s["steps"][s["step"]]} for route, s in self.schedules.items()}
         return {"auto_rollback": {"leader": self.leader, "routes": self.figures, "evaluations": self.evaluations,

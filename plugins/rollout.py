@@ -272,6 +272,18 @@ class Rollout:
     # --- operator surface ---------------------------------------------------------------------
 
     @hookimpl
+    def config_problems(self, config):
+        problems = []
+        for route, candidates in self.settings.canary.items():
+            settings = config.settings.routes.get(route)
+            if settings is None:
+                problems.append(f"plugins.rollout.canary.{route}: unknown route")
+                continue
+            problems += [f"plugins.rollout.canary.{route}.{c}: not a candidate of route '{route}'"
+                         for c in candidates if c not in settings.candidates]
+        return problems
+
+    @hookimpl
     def admin_status(self, gateway):
         return {"rollout": {"routes": {name: state.summary() for name, state in self.routes.items()}}}
 

@@ -4,7 +4,9 @@
 when full); a fixed set of `max_concurrent` workers makes the shadow calls, so shadow load has a
 ceiling whatever the traffic, and a slow, failing or absent shadow never touches the caller's
 answer. Each comparison (both answers, tokens, latency, cost, errors) is written to SQLite in
-batches; GET /admin/shadow/report (and `llmgate shadow report`) summarises those rows.
+batches; GET /admin/shadow/report (and `llmgate shadow report`) summarises those rows. Each
+recorded comparison is handed to the `shadow_compared` hook, so an evaluator can score it and
+write the score back with `set_judge_score`.
 """
 from __future__ import annotations
 
@@ -19,7 +21,9 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.context import dumps, stable_hash
+from evaluators.stats import percentile
+from gateway.chat import answer_text
+from gateway.context import stable_hash
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.gateway import Generation
 from gateway.hookspecs import hookimpl
@@ -68,15 +72,6 @@ class Job:
     backend: str
     body: dict[str, Any]
     primary: dict[str, Any]  # the primary's half of the comparison row
-
-
-def answer_text(response: dict[str, Any] | None) -> str | None:
-    """What a person compares: the first choice's text, or its tool calls."""
-    choices = (response or {}).get("choices") or []
-    message = (choices[0].get("message") or {}) if choices else {}
-    if message.get("content"):
-        return message["content"]
-    return dumps(message["tool_calls"]) if message.get("tool_calls") else None
 
 
 class Shadow:
@@ -191,7 +186,8 @@ class Shadow:
                 if not self.in_flight:
                     self._quiet.set()
                 job.generation.leave()
-            self._record(job, shadow)
+            row = self._record(job, shadow)
+            await self._gateway.hooks.each("shadow_compared", comparison={**row, "messages": job.body.get("messages")})
 
     async def _call(self, job: Job) -> dict[str, Any]:
         """The shadow's half of the row; every failure is an answer here, never an exception."""
@@ -218,11 +214,18 @@ class Shadow:
                 "shadow_cost_usd": self._gateway.config.cost(job.backend, backend.model, usage),
                 "shadow_answer": answer_text(answer) if self.settings.bodies else None}
 
-    def _record(self, job: Job, shadow: dict[str, Any]) -> None:
+    def _record(self, job: Job, shadow: dict[str, Any]) -> dict[str, Any]:
         self.completed += 1
         self.errors += bool(shadow.get("shadow_error"))
         row = {**job.primary, "shadow_backend": job.backend, **shadow}
         self._writer.put_nowait(tuple(row.get(column) for column in COLUMNS))
+        return row
+
+    async def set_judge_score(self, request_id: str, shadow_backend: str, score: float) -> bool:
+        """An evaluator's score (higher: the shadow did better) for a comparison; False when none matched."""
+        sql = ("UPDATE comparisons SET judge_score = ? WHERE id = (SELECT max(id) FROM comparisons "
+               "WHERE request_id = ? AND shadow_backend = ?)")
+        return await self._db.run(lambda c: c.execute(sql, (score, request_id, shadow_backend)).rowcount > 0)
 
     async def _report_endpoint(self, request: web.Request) -> web.Response:
         gateway = self._gateway
@@ -272,12 +275,6 @@ def _mean(values: list) -> float | None:
 
 def _minus(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
-
-
-def percentile(values: list[float], p: float) -> float | None:
-    """Nearest rank: the smallest value with at least p% of the values at or below it."""
-    ordered = sorted(v for v in values if v is not None)
-    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)] if ordered else None
 
 
 def _side(rows: list[dict], prefix: str, failed) -> dict[str, Any]:

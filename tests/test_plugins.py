@@ -137,3 +137,13 @@ def test_unknown_plugins_and_bad_plugin_settings_are_config_errors(tmp_path):
     with pytest.raises(ConfigError) as err:
         Gateway(parse_config({**base, "plugins": {"traffic_log": {"queue_size": 0}}}))
     assert "plugins.traffic_log.queue_size" in str(err.value)
+
+
+def test_plugins_check_the_config_they_refer_to(tmp_path):
+    base = {"backends": {"b": {"kind": "openai", "model": "m", "api_key": "none"}},
+            "routes": {"bot": {"baseline": "b"}}, "state": {"sqlite_path": str(tmp_path / "s.db")}}
+    with pytest.raises(ConfigError) as err:
+        Gateway(parse_config({**base, "plugins": {"rollout": {"canary": {"nope": {"x": ["u"]}}},
+                                                  "auto_rollback": {"routes": {"ghost": {}}}}}))
+    assert "plugins.rollout.canary.nope: unknown route" in str(err.value)
+    assert "plugins.auto_rollback.routes.ghost: unknown route (defined: bot)" in str(err.value)

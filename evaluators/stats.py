@@ -1,0 +1,38 @@
+"""The statistics a deploy gate needs: a win rate with its confidence interval, and percentiles."""
+from __future__ import annotations
+
+import math
+
+Z95 = 1.959963984540054  # the standard normal quantile for a two-sided 95% interval
+
+
+def win_rate(wins: int, losses: int, ties: int) -> float | None:
+    """The candidate's share of judged comparisons, a tie counting half a win.
+
+    Splitting ties keeps "as good as the baseline" at exactly 50%: counting ties as losses would
+    fail a candidate that matches the baseline everywhere, counting them as wins would pass it,
+    and dropping them would let a handful of decisive cases speak for a mostly tied run."""
+    judged = wins + losses + ties
+    return (wins + ties / 2) / judged if judged else None
+
+
+def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, float] | None:
+    """The Wilson score interval for a proportion of `successes` out of `n` (95% by default).
+
+    Wilson rather than the normal approximation because it stays inside [0, 1] and keeps its
+    coverage near 0 and 1 and for small samples, which is where a gate's decisions are made.
+    With ties split, `successes` may be fractional: a tie contributes less variance than a coin
+    flip between win and loss, so treating the split count as binomial errs on the wide side."""
+    if n <= 0:
+        return None
+    p = successes / n
+    centre = p + z * z / (2 * n)
+    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    denominator = 1 + z * z / n
+    return max(0.0, (centre - spread) / denominator), min(1.0, (centre + spread) / denominator)
+
+
+def percentile(values: list[float], p: float) -> float | None:
+    """Nearest rank: the smallest value with at least p% of the values at or below it."""
+    ordered = sorted(v for v in values if v is not None)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)] if ordered else None

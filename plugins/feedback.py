@@ -1,0 +1,147 @@
+"""feedback: users rate answers by request id, and the rating counts for the variant that answered.
+
+POST /v1/feedback takes `{"request_id", "rating": "helpful" | "not_helpful" | 1-5, "comment"?}`
+from any caller of the API (the id in `x-request-id` is the caller's handle on an answer). The
+rating is normalised to 0..1 (helpful 1, not_helpful 0, r -> (r-1)/4) and reported as the
+variant's `feedback` score through `record_score`, so auto-rollback can hold a floor on it.
+
+Which route and variant answered: a bounded in-memory map of recent request ids, filled in
+`after_response` (a dict insert, nothing more), then the traffic log for older ones (read on a
+thread). Each rating is stored in its own SQLite file (`path`) before it is acknowledged; one
+rating per request id (a second is refused), so repeated posts cannot stuff the score.
+"""
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections import OrderedDict
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.admin import read_body
+from gateway.errors import GatewayError, InvalidRequest, NotFound
+from gateway.gateway import GATEWAY
+from gateway.hookspecs import hookimpl
+from gateway.sqlite import SqliteThread
+from plugins.traffic_log import read_records
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS feedback (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, request_id TEXT NOT NULL UNIQUE,
+    route TEXT NOT NULL, variant TEXT NOT NULL, rating TEXT NOT NULL, score REAL NOT NULL, comment TEXT);
+CREATE INDEX IF NOT EXISTS feedback_route_ts ON feedback (route, ts);
+"""
+COLUMNS = ("ts", "request_id", "route", "variant", "rating", "score", "comment")
+_INSERT = f"INSERT INTO feedback ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
+WORDS = {"helpful": 1.0, "not_helpful": 0.0}
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: str = "var/feedback.db"
+    remember: int = Field(100_000, ge=1, description="recent request ids kept in memory to attribute ratings")
+    max_comment_chars: int = Field(2000, ge=0)
+
+
+class AlreadyRated(GatewayError):
+    status, type = 409, "invalid_request_error"
+
+
+def normalise(rating: Any) -> float:
+    """helpful 1, not_helpful 0, a whole 1-5 rating r as (r-1)/4; anything else is the caller's mistake."""
+    if isinstance(rating, str) and rating in WORDS:
+        return WORDS[rating]
+    if isinstance(rating, (int, float)) and not isinstance(rating, bool) and rating in (1, 2, 3, 4, 5):
+        return (rating - 1) / 4
+    raise InvalidRequest(f"'rating' must be \"helpful\", \"not_helpful\" or a whole number from 1 to 5, "
+                         f"got {rating!r}", param="rating", code="invalid_rating")
+
+
+class Feedback:
+    Settings = Settings
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._recent: OrderedDict[str, tuple[str, str]] = OrderedDict()  # request id -> (route, variant)
+        self._counts: dict[tuple[str, str], list[float]] = {}           # (route, variant) -> [count, sum]
+        self._db = SqliteThread(settings.path, SCHEMA)  # opened by the first rating
+        self._traffic_log: str | None = None
+
+    @hookimpl
+    def startup(self, gateway):
+        traffic_log = gateway.pm.get_plugin("traffic_log")
+        self._traffic_log = traffic_log.settings.path if traffic_log is not None else None
+
+    @hookimpl
+    async def shutdown(self, gateway):
+        await self._db.close()
+
+    @hookimpl
+    def after_response(self, ctx):
+        if ctx.served_by is None:  # nothing answered: nothing to rate
+            return
+        self._recent[ctx.request_id] = (ctx.route_name, ctx.served_by)
+        if len(self._recent) > self.settings.remember:
+            self._recent.popitem(last=False)
+
+    @hookimpl
+    def register_routes(self, gateway):
+        return [web.post("/v1/feedback", self._endpoint)]
+
+    @hookimpl
+    def admin_status(self, gateway):
+        routes: dict[str, dict[str, dict]] = {}
+        for (route, variant), (count, total) in sorted(self._counts.items()):
+            routes.setdefault(route, {})[variant] = {"count": int(count), "mean": total / count}
+        return {"feedback": {"routes": routes, "remembered": len(self._recent)}}
+
+    async def _served(self, request_id: str) -> tuple[str, str] | None:
+        """(route, variant) that answered the request, from memory, else from the traffic log."""
+        if (found := self._recent.get(request_id)) is not None:
+            return found
+        if self._traffic_log is None:
+            return None
+
+        def look_up() -> tuple[str, str] | None:
+            try:
+                records = list(read_records(self._traffic_log, "request_id = ? AND served_by IS NOT NULL",
+                                            (request_id,)))
+            except sqlite3.Error:  # no traffic log written yet
+                return None
+            return (records[-1]["route"], records[-1]["served_by"]) if records else None
+        return await asyncio.to_thread(look_up)
+
+    async def _endpoint(self, request: web.Request) -> web.Response:
+        body = await read_body(request)
+        request_id = body.get("request_id")
+        if not isinstance(request_id, str) or not request_id:
+            raise InvalidRequest("'request_id' is required: the x-request-id of the answer rated",
+                                 param="request_id")
+        score = normalise(body.get("rating"))
+        comment = body.get("comment")
+        if comment is not None and not isinstance(comment, str):
+            raise InvalidRequest("'comment' must be a string", param="comment")
+        if comment is not None and len(comment) > self.settings.max_comment_chars:
+            raise InvalidRequest(f"'comment' is longer than {self.settings.max_comment_chars} characters",
+                                 param="comment")
+        served = await self._served(request_id)
+        if served is None:
+            raise NotFound(f"no answered request with id '{request_id}' is known to this gateway",
+                           param="request_id", code="request_not_found")
+        route, variant = served
+        record = {"ts": time.time(), "request_id": request_id, "route": route, "variant": variant,
+                  "rating": body["rating"], "score": score, "comment": comment}
+        try:
+            await self._db.run(lambda c: c.execute(_INSERT, tuple(record[k] for k in COLUMNS)))
+        except sqlite3.IntegrityError:
+            raise AlreadyRated(f"request '{request_id}' was already rated", param="request_id",
+                               code="already_rated") from None
+        counts = self._counts.setdefault((route, variant), [0, 0.0])
+        counts[0] += 1
+        counts[1] += score
+        await request.app[GATEWAY].hooks.each("record_score", route=route, variant=variant, name="feedback",
+                                              value=score)
+        return web.json_response(record)
