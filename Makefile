@@ -16,8 +16,10 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q -e .
 	touch $@
 
+# torch first, pinned to its CPU wheel: the embeddings extra would otherwise pull a newer torch and CUDA.
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test,embeddings]'
 	touch $@
 
 install: $(VENV)/.installed

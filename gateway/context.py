@@ -49,6 +49,7 @@ class RequestContext:
     cost_usd: float | None = None
     attempts: list[Attempt] = field(default_factory=list)
     annotations: dict[str, Any] = field(default_factory=dict)  # plugins' notes, logged with the record
+    response_headers: dict[str, str] = field(default_factory=dict)  # headers plugins add to the caller's answer
 
     @property
     def stream(self) -> bool:

@@ -34,6 +34,7 @@ DEFAULT_PLUGINS = {
     "shadow": "plugins.shadow:Shadow",
     "rollout": "plugins.rollout:Rollout",
     "auto_rollback": "plugins.auto_rollback:AutoRollback",
+    "semantic_cache": "plugins.semantic_cache:SemanticCache",
     "judge": "plugins.judge:Judge",
     "feedback": "plugins.feedback:Feedback",
     "evaluators": "evaluators.metrics:BuiltinEvaluators",

@@ -117,7 +117,7 @@ async def open_stream(backend: Backend, body: dict) -> tuple[dict | None, AsyncI
 
 
 def _headers(ctx: RequestContext) -> dict[str, str]:
-    headers = {"x-request-id": ctx.request_id}
+    headers = {**ctx.response_headers, "x-request-id": ctx.request_id}  # a plugin's cannot replace the core's
     if ctx.served_by or ctx.variant:
         headers["x-llmgate-variant"] = ctx.served_by or ctx.variant
     if ctx.error is not None:

@@ -1,0 +1,310 @@
+"""The semantic cache through real gateways and the fake upstream: tiers, scope, guards, TTL, bounds, streams.
+
+The embedding model is loaded once per test session (the embedder keeps one copy per process and
+model path), so each gateway starts in milliseconds.
+"""
+import asyncio
+import time
+
+import numpy as np
+import openai
+import pytest
+
+from bench import cache_eval
+from gateway.gateway import GATEWAY
+from plugins.cache_embedder import Embedder, load_model
+from plugins.cache_guards import check, extract
+from plugins.cache_index import CacheIndex
+from plugins.traffic_log import read_records
+from tests.conftest import UPSTREAM_KEY
+
+ROUTE = "bot"
+
+
+@pytest.fixture(scope="session")
+def model():
+    return load_model()
+
+
+def config(fake, **cache):
+    return {
+        "backends": {"up": {"kind": "openai", "base_url": fake.url + "/v1", "model": "m-up", "api_key": UPSTREAM_KEY}},
+        "routes": {ROUTE: {"baseline": "up"}, "other": {"baseline": "up"}},
+        "plugins": {"semantic_cache": {"enabled": True, "timeout_ms": 10_000, **cache}},
+    }
+
+
+def client(gw, key="key-a"):
+    return openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0)
+
+
+def ask(gw, content, key="key-a", system=None, route=ROUTE, **kw):
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": content}]
+    raw = client(gw, key).chat.completions.with_raw_response.create(model=route, messages=messages, **kw)
+    return raw.headers.get("x-llmgate-cache"), raw.parse().choices[0].message.content, raw.headers
+
+
+def plugin(gw, name="semantic_cache"):
+    return gw.app[GATEWAY].pm.get_plugin(name)
+
+
+def wait_until(predicate, what, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+    return value
+
+
+def wait_stored(gw, n):
+    wait_until(lambda: plugin(gw).counts["stored"] >= n, f"{n} answers stored")
+
+
+def cached(gw, content, **kw):
+    """Ask once (a miss that the backend answers) and wait until the answer is stored."""
+    before = plugin(gw).counts["stored"]
+    result = ask(gw, content, **kw)
+    assert result[0] == "miss", result
+    wait_stored(gw, before + 1)
+    return result
+
+
+# --- the two tiers -------------------------------------------------------------------------------
+
+def test_an_exact_repeat_is_served_from_the_exact_tier(model, fake_openai, make_gateway):
+    gw = make_gateway(config(fake_openai))
+    cached(gw, "How do I reset my password?")
+    state, text, headers = ask(gw, "How do I reset my password?")
+    assert (state, text) == ("hit-exact", "echo: How do I reset my password?")
+    assert headers["x-llmgate-variant"] == "semantic_cache"
+    assert len(fake_openai.requests) == 1
+
+
+def test_a_paraphrase_is_served_from_the_semantic_tier(model, fake_openai, make_gateway):
+    gw = make_gateway(config(fake_openai))
+    cached(gw, "How do I reset my password?")
+    state, text, _ = ask(gw, "What's the way to reset my password?")
+    assert (state, text) == ("hit-semantic", "echo: How do I reset my password?")
+    assert len(fake_openai.requests) == 1
+
+
+@pytest.mark.parametrize("stored, asked, guard", [
+    ("How do I enable two-factor authentication?", "How do I disable two-factor authentication?", "actions"),
+    ("Why is the BGP session to AS 65001 down?", "Why is the BGP session to AS 65002 down?", "identifiers"),
+    ("Can I return an item with a receipt?", "Can I return an item without a receipt?", "negation"),
+    ("How do I set the MTU to 1500 on eth0?", "How do I set the MTU to 9000 on eth0?", "numbers"),
+])
+def test_a_near_miss_is_refused_by_a_guard(model, fake_openai, make_gateway, stored, asked, guard):
+    gw = make_gateway(config(fake_openai))
+    cached(gw, stored)
+    state, text, _ = ask(gw, asked)
+    assert (state, text) == ("miss", f"echo: {asked}")
+    assert plugin(gw).refused == {guard: 1}, "the threshold alone would have served the wrong answer"
+
+
+def test_with_guards_off_the_same_near_miss_would_be_served(model, fake_openai, make_gateway):
+    guards = {g: False for g in ("negation", "numbers", "identifiers", "entities", "actions", "order")}
+    gw = make_gateway(config(fake_openai, guards=guards))
+    cached(gw, "How do I enable two-factor authentication?")
+    assert ask(gw, "How do I disable two-factor authentication?")[0] == "hit-semantic"
+
+
+# --- scope ---------------------------------------------------------------------------------------
+
+def test_a_tenant_never_receives_another_tenants_answer(model, fake_openai, make_gateway):
+    gw = make_gateway(config(fake_openai, tenant_header="x-llmgate-team"))
+    cached(gw, "Where is my order?", key="key-a")
+    assert ask(gw, "Can you tell me where my order is?", key="key-b")[:2] == (
+        "miss", "echo: Can you tell me where my order is?")
+    assert ask(gw, "Where is my order?", key="key-a")[0] == "hit-exact"
+    # a team header narrows a key's scope: the same key with another team is another tenant
+    raw = client(gw, "key-a").chat.completions.with_raw_response.create(
+        model=ROUTE, messages=[{"role": "user", "content": "Where is my order?"}],
+        extra_headers={"x-llmgate-team": "blue"})
+    assert raw.headers["x-llmgate-cache"] == "miss"
+    assert len(fake_openai.requests) == 3
+
+
+def test_system_prompt_tools_parameters_and_route_scope_entries(model, fake_openai, make_gateway):
+    gw = make_gateway(config(fake_openai))
+    cached(gw, "What is your return policy?", system="You are a support agent.", temperature=0)
+    question = "What is your return policy?"
+    assert ask(gw, question, system="You are a support agent.", temperature=0)[0] == "hit-exact"
+    assert ask(gw, question, system="You are a pirate.", temperature=0)[0] == "miss"
+    assert ask(gw, question, temperature=0)[0] == "miss"
+    assert ask(gw, question, system="You are a support agent.", temperature=0.5)[0] == "miss"
+    assert ask(gw, question, system="You are a support agent.", temperature=0, max_tokens=5)[0] == "miss"
+    tools = [{"type": "function", "function": {"name": "lookup_policy", "parameters": {"type": "object"}}}]
+    assert ask(gw, question, system="You are a support agent.", temperature=0, tools=tools)[0] == "miss"
+    assert ask(gw, question, system="You are a support agent.", temperature=0, route="other")[0] == "miss"
+
+
+def test_requests_whose_answer_is_not_repeatable_bypass_the_cache(model, fake_openai, make_gateway):
+    gw = make_gateway(config(fake_openai, max_temperature=1.0))
+    for _ in range(2):
+        assert ask(gw, "Tell me a story", temperature=1.5)[0] == "miss"
+        assert ask(gw, "Tell me a story", n=2)[0] == "miss"
+    messages = [{"role": "user", "content": "weather? [tool]"},
+                {"role": "assistant", "content": None, "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]
+    raw = client(gw).chat.completions.with_raw_response.create(model=ROUTE, messages=messages)
+    assert raw.headers["x-llmgate-cache"] == "miss"
+    assert len(fake_openai.requests) == 5
+    assert plugin(gw).counts["stored"] == 0
+    assert plugin(gw).counts["bypass"] == 5, "none of them was looked up or stored"
+
+
+def test_only_the_configured_routes_are_cached(model, fake_openai, make_gateway):
+    gw = make_gateway(config(fake_openai, routes=["other"]))
+    for _ in range(2):
+        assert ask(gw, "Where is my order?")[0] is None
+    assert ask(gw, "Where is my order?", route="other")[0] == "miss"
+
+
+# --- lifetime and size ---------------------------------------------------------------------------
+
+def test_an_entry_expires_after_its_ttl(model, fake_openai, make_gateway):
+    gw = make_gateway(config(fake_openai, ttl_seconds=0.5))
+    cached(gw, "How do I track my package?")
+    assert ask(gw, "How do I track my package?")[0] == "hit-exact"
+    time.sleep(0.6)
+    assert ask(gw, "How do I track my package?")[0] == "miss"
+    assert ask(gw, "How can I see where my package is?")[0] == "miss"
+
+
+def test_the_store_never_holds_more_than_its_bound(model, fake_openai, make_gateway):
+    gw = make_gateway(config(fake_openai, max_entries=3))
+    questions = ["How do I reset my password?", "Do you ship internationally?", "Is my data encrypted?",
+                 "What is a VLAN trunk?", "How do I flush the DNS cache on Windows?"]
+    for question in questions:
+        cached(gw, question)
+        assert len(plugin(gw).index) <= 3
+    assert plugin(gw).index.evicted == 2
+    assert ask(gw, questions[0])[0] == "miss", "the least recently used entry was evicted"
+    assert ask(gw, questions[-1])[0] == "hit-exact"
+
+
+# --- what the caller and the logs see ------------------------------------------------------------
+
+def test_a_streamed_request_gets_a_hit_as_a_proper_sse_stream(model, fake_openai, make_gateway):
+    gw = make_gateway(config(fake_openai))
+    cached(gw, "How do I export my data?")
+    raw = client(gw).chat.completions.with_raw_response.create(
+        model=ROUTE, messages=[{"role": "user", "content": "Is there a way to export all of my data?"}],
+        stream=True, stream_options={"include_usage": True})
+    assert raw.headers["x-llmgate-cache"] == "hit-semantic"
+    assert raw.headers["content-type"].startswith("text/event-stream")
+    chunks = list(raw.parse())
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "echo: How do I export my data?"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].usage.completion_tokens == 7  # the cached answer's usage
+    assert len(fake_openai.requests) == 1
+
+
+def test_a_streamed_answer_is_cached_and_served_whole(model, fake_openai, make_gateway):
+    gw = make_gateway(config(fake_openai))
+    stream = client(gw).chat.completions.create(model=ROUTE, stream=True,
+                                                messages=[{"role": "user", "content": "Do you have a mobile app?"}])
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "echo: Do you have a mobile app?"
+    wait_stored(gw, 1)
+    assert ask(gw, "Do you have a mobile app?")[:2] == ("hit-exact", "echo: Do you have a mobile app?")
+
+
+def test_the_traffic_log_records_the_similarity_of_a_hit(model, fake_openai, make_gateway, tmp_path):
+    gw = make_gateway(config(fake_openai))
+    cached(gw, "How do I reset my password?")
+    _, _, headers = ask(gw, "What's the way to reset my password?")
+    _, _, refused = ask(gw, "I forgot my password, how do I reset it? Not the PIN.")
+    path = str(tmp_path / "traffic.db")
+
+    def record(request_id):
+        rows = list(read_records(path, "request_id = ?", (request_id,)))
+        return rows[0] if rows else None
+    hit = wait_until(lambda: record(headers["x-request-id"]), "the hit's traffic record")
+    assert hit["served_by"] == "semantic_cache"
+    assert hit["annotations"]["cache"]["result"] == "hit-semantic"
+    assert 0.8 <= hit["annotations"]["cache"]["similarity"] < 1.0
+    miss = wait_until(lambda: record(refused["x-request-id"]), "the miss's traffic record")
+    assert miss["annotations"]["cache"]["result"] == "miss"
+
+
+def test_hits_are_counted_as_their_own_variant(model, fake_openai, make_gateway):
+    gw = make_gateway(config(fake_openai))
+    cached(gw, "How do I reset my password?")
+    ask(gw, "How do I reset my password?")
+    ask(gw, "What's the way to reset my password?")
+    windows = plugin(gw, "auto_rollback").windows
+    now = time.time()
+    served = wait_until(lambda: gw.call(windows.read(ROUTE, "semantic_cache", now - 60, now + 1)).requests == 2,
+                        "two hits in the windows")
+    assert served
+    assert gw.call(windows.read(ROUTE, "up", now - 60, now + 1)).requests == 1, "the backend kept only its own call"
+
+
+def test_the_cache_off_by_default(fake_openai, make_gateway):
+    cfg = config(fake_openai)
+    del cfg["plugins"]["semantic_cache"]
+    gw = make_gateway(cfg)
+    assert gw.app[GATEWAY].pm.get_plugin("semantic_cache") is None
+    assert ask(gw, "Where is my order?")[0] is None
+
+
+# --- the parts on their own ----------------------------------------------------------------------
+
+def test_the_guards_read_network_identifiers():
+    facts = extract("Why is Gi0/1 on 10.0.0.1/30 in VLAN 20 flapping toward AS 65001 and core-sw1?")
+    assert facts.identifiers == {"if:gigabitethernet0/1", "ip:10.0.0.1/30", "vlan:20", "as:65001", "id:core-sw1"}
+    same = extract("Why does GigabitEthernet0/1 (10.0.0.1/30, vlan20) keep flapping toward as65001 and core-sw1?")
+    assert check(facts, same) is None
+    assert check(extract("Set 10GB quota"), extract("Set 10 GB quota")) is None
+    assert check(extract("Set a 10 GB quota"), extract("Set a 10 MB quota")) == "numbers"
+    assert check(extract("I need two licenses"), extract("I need 3 licenses")) == "numbers"
+    assert check(extract("How do I configure BGP on the router?"),
+                 extract("How do I configure ospf on the router?")) == "entities"
+    assert check(extract("How do I migrate from Okta to Azure?"),
+                 extract("How do I migrate from Azure to Okta?")) == "order"
+    assert check(extract("Why is the order refundable?"), extract("Why is the order non-refundable?")) == "negation"
+
+
+def test_the_index_evicts_the_least_recently_used_and_expires_by_ttl():
+    now = [1000.0]
+    index = CacheIndex(4, max_entries=2, clock=lambda: now[0])
+    vec = lambda *v: np.array(v, np.float32) / np.linalg.norm(v)  # noqa: E731
+    a = index.add(scope="s", route="r", exact_key="a", text="a", facts=None, answer={}, ttl=10, vector=vec(1, 0, 0, 0))
+    index.add(scope="s", route="r", exact_key="b", text="b", facts=None, answer={}, ttl=10, vector=vec(0, 1, 0, 0))
+    index.touch(a)
+    index.add(scope="s", route="r", exact_key="c", text="c", facts=None, answer={}, ttl=1, vector=vec(0, 0, 1, 0))
+    assert index.exact("b") is None and index.exact("a") is a and len(index) == 2
+    assert [e.text for _, e in index.search("s", vec(1, 0, 1, 0), 5, 0.5)] == ["a", "c"] or \
+        [e.text for _, e in index.search("s", vec(1, 0, 1, 0), 5, 0.5)] == ["c", "a"]
+    assert index.search("other scope", vec(1, 0, 0, 0), 5, 0.0) == []
+    now[0] += 2
+    assert [e.text for _, e in index.search("s", vec(0, 0, 1, 0), 5, 0.5)] == [], "c expired"
+    assert index.exact("a") is a
+    assert index.clear("r") == 1 and len(index) == 0
+
+
+async def test_concurrent_lookups_are_embedded_together(model):
+    embedder = Embedder(model, max_batch=32)
+    embedder.start()
+    try:
+        vectors = await embedder.embed_many([f"question number {i}" for i in range(20)])
+    finally:
+        await embedder.close()
+    assert vectors.shape == (20, model.dimension)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+    assert embedder.batches <= 2, "twenty concurrent lookups share model calls"
+
+
+def test_the_evaluation_set_meets_the_targets_at_the_configured_threshold(model):
+    pairs = cache_eval.load_pairs()
+    assert len(pairs) >= 200
+    assert {p["kind"] for p in pairs} == {"paraphrase", "negation", "number", "entity", "action"}
+    assert {p["domain"] for p in pairs} == {"support", "netops"}
+    settings = cache_eval.Settings()
+    result = cache_eval.evaluate(pairs, cache_eval.score_pairs(pairs), settings.threshold,
+                                 cache_eval.guard_config(settings.guards))
+    assert result["false_hit_rate"] <= cache_eval.TARGET_FALSE_HIT, result["errors"]
+    assert result["paraphrase_hit_rate"] >= cache_eval.TARGET_PARAPHRASE_HIT
