@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from plugins.cache_embedder import load_model  # noqa: E402
 from plugins.cache_guards import GuardConfig, check, extract  # noqa: E402
-from plugins.semantic_cache import Settings, guard_config  # noqa: E402
+from plugins.semantic_cache import Settings  # noqa: E402
 
 PAIRS = Path(__file__).with_name("cache_eval_pairs.jsonl")
 TARGET_FALSE_HIT = 0.01
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = Settings()
     threshold = settings.threshold if args.threshold is None else args.threshold
-    guards = None if args.no_guards else guard_config(settings.guards)
+    guards = None if args.no_guards else settings.guards
     pairs = load_pairs(args.pairs)
     similarities = score_pairs(pairs, settings.model)
     result = evaluate(pairs, similarities, threshold, guards)

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass, field
-from typing import Iterable
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 # --- negation ------------------------------------------------------------------------------------
 
@@ -169,20 +170,21 @@ class Facts:
     actions: tuple            # per OPPOSITES group: frozenset of the sides the text names
 
 
-@dataclass
-class GuardConfig:
+class GuardConfig(BaseModel):
+    """Which false-hit guards run (all by default), and domain words to add to them."""
+    model_config = ConfigDict(extra="forbid")
     negation: bool = True
     numbers: bool = True
     identifiers: bool = True
     entities: bool = True
     actions: bool = True
     order: bool = True
-    terms: Iterable[str] = ()                      # more domain terms
-    opposites: Iterable[Iterable[str]] = ()        # more groups: ["promote", "demote"], or "a,b" sides
-    _groups: tuple = field(default=(), init=False, repr=False)
-    _terms: frozenset = field(default=frozenset(), init=False, repr=False)
+    terms: list[str] = Field([], description="more domain terms that name a thing (product names, protocols)")
+    opposites: list[list[str]] = Field([], description='more opposite groups, a side per item: ["promote", "demote"]')
+    _groups: tuple = PrivateAttr(())
+    _terms: frozenset = PrivateAttr(frozenset())
 
-    def __post_init__(self) -> None:
+    def model_post_init(self, context) -> None:
         extra = tuple(tuple(frozenset(s.lower().split(",")) for s in g) for g in self.opposites)
         self._groups = OPPOSITES + extra
         self._terms = DOMAIN_TERMS | {t.lower() for t in self.terms}

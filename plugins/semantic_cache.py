@@ -50,19 +50,6 @@ NEUTRAL_KEYS = frozenset({"model", "messages", "stream", "stream_options", "user
 PENDING_LIMIT = 10_000
 
 
-class GuardSettings(BaseModel):
-    """Which false-hit guards run (all by default), and domain words to add to them."""
-    model_config = ConfigDict(extra="forbid")
-    negation: bool = True
-    numbers: bool = True
-    identifiers: bool = True
-    entities: bool = True
-    actions: bool = True
-    order: bool = True
-    terms: list[str] = Field([], description="more domain terms that name a thing (product names, protocols)")
-    opposites: list[list[str]] = Field([], description='more opposite groups, a side per item: ["promote", "demote"]')
-
-
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     routes: list[str] | None = Field(None, description="routes to cache; every route when unset")
@@ -80,13 +67,7 @@ class Settings(BaseModel):
     tenant_header: str | None = Field(None, description="a header that narrows the tenant (a team), never widens it")
     queue_size: int = Field(1000, ge=1, description="answers waiting to be stored; more are dropped and counted")
     sweep_seconds: float = Field(60, gt=0, description="how often expired entries are removed")
-    guards: GuardSettings = GuardSettings()
-
-
-def guard_config(settings: GuardSettings) -> GuardConfig:
-    return GuardConfig(negation=settings.negation, numbers=settings.numbers, identifiers=settings.identifiers,
-                       entities=settings.entities, actions=settings.actions, order=settings.order, terms=settings.terms,
-                       opposites=settings.opposites)
+    guards: GuardConfig = GuardConfig()
 
 
 @dataclass
@@ -134,7 +115,7 @@ class SemanticCache:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.guards = guard_config(settings.guards)
+        self.guards = settings.guards
         self.index = CacheIndex(None, settings.max_entries)
         self.embedder = None
         self.problem: str | None = None

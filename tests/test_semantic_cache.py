@@ -305,6 +305,6 @@ def test_the_evaluation_set_meets_the_targets_at_the_configured_threshold(model)
     assert {p["domain"] for p in pairs} == {"support", "netops"}
     settings = cache_eval.Settings()
     result = cache_eval.evaluate(pairs, cache_eval.score_pairs(pairs), settings.threshold,
-                                 cache_eval.guard_config(settings.guards))
+                                 settings.guards)
     assert result["false_hit_rate"] <= cache_eval.TARGET_FALSE_HIT, result["errors"]
     assert result["paraphrase_hit_rate"] >= cache_eval.TARGET_PARAPHRASE_HIT
