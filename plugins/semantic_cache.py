@@ -131,7 +131,7 @@ class SemanticCache:
     @hookimpl
     async def startup(self, gateway):
         if self.settings.semantic:
-            from .cache_embedder import Embedder, EmbeddingsUnavailable, load_model
+            from .embeddings import Embedder, EmbeddingsUnavailable, load_model
             try:
                 # Loading takes seconds: do it before serving, off the loop, once per process and model.
                 model = await asyncio.to_thread(load_model, self.settings.model, self.settings.threads)

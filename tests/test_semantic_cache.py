@@ -12,7 +12,7 @@ import pytest
 
 from bench import cache_eval
 from gateway.gateway import GATEWAY
-from plugins.cache_embedder import Embedder, load_model
+from plugins.embeddings import Embedder, load_model
 from plugins.cache_guards import check, extract
 from plugins.cache_index import CacheIndex
 from plugins.traffic_log import read_records
@@ -308,3 +308,15 @@ def test_the_evaluation_set_meets_the_targets_at_the_configured_threshold(model)
                                  settings.guards)
     assert result["false_hit_rate"] <= cache_eval.TARGET_FALSE_HIT, result["errors"]
     assert result["paraphrase_hit_rate"] >= cache_eval.TARGET_PARAPHRASE_HIT
+
+
+def test_the_embedding_similarity_evaluator_shares_the_loaded_model(model):
+    from evaluators.metrics import EmbeddingSimilarity, Exchange
+    evaluator = EmbeddingSimilarity()
+    assert evaluator.unavailable is None
+    case = {"reference": "Go to Settings, then Security, and choose Reset password."}
+    exchange = Exchange(backend="candidate", latency_ms=1.0)
+    close = evaluator.evaluate(case, "Open Settings > Security and pick 'Reset password'.", exchange)
+    far = evaluator.evaluate(case, "Our office is closed on public holidays.", exchange)
+    assert close > 0.7 and far < 0.3, (close, far)
+    assert evaluator.evaluate({}, "no reference", exchange) is None
