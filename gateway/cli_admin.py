@@ -187,6 +187,13 @@ def shadow_report(client: AdminClient, args: argparse.Namespace) -> int:
     return 0
 
 
+@command("cache")
+def cache(client: AdminClient, args: argparse.Namespace) -> int:
+    removed = client.post("/admin/cache/clear", {"route": args.route, "reason": args.reason})["removed"]
+    print(f"route {args.route}: {removed} cached answer{'s' if removed != 1 else ''} removed")
+    return 0
+
+
 def add_commands(commands: argparse._SubParsersAction) -> None:
     def admin(name: str, help: str, under: argparse._SubParsersAction = commands) -> argparse.ArgumentParser:
         parser = under.add_parser(name, help=help, description=help)
@@ -195,6 +202,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
     p = admin("status", "routes, variants, percents, schedule steps, window figures and the last events")
     p.add_argument("--json", action="store_true")
+    cache_commands = commands.add_parser("cache", help="the semantic cache",
+                                         description="The semantic cache: invalidate a route's cached answers.",
+                                         ).add_subparsers(dest="cache_command", metavar="COMMAND", required=True)
+    p = admin("clear", "remove every cached answer of ROUTE (exact and semantic tiers), audited as cache_clear",
+              under=cache_commands)
+    p.add_argument("route")
+    p.add_argument("--reason", default=None)
     p = admin("rollout", "set a candidate's percent of a route's users (sticky: raising only adds users)")
     p.add_argument("route")
     p.add_argument("candidate")

