@@ -117,3 +117,12 @@ def redis_url(redis_server):
     import redis
     redis.Redis.from_url(redis_server).flushall()
     return redis_server
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def state_settings(request, tmp_path):
+    """State-store settings for each engine in turn: the embedded SQLite file, then the real Redis."""
+    from gateway.config import StateSettings
+    if request.param == "redis":
+        return StateSettings(redis_url=request.getfixturevalue("redis_url"))
+    return StateSettings(sqlite_path=str(tmp_path / "state.db"))

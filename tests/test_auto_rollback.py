@@ -16,7 +16,6 @@ import redis as redis_sync
 from aiohttp import web
 
 from gateway.allocation import bucket_of
-from gateway.config import StateSettings
 from gateway.gateway import GATEWAY
 from gateway.state import open_state_store
 from plugins.analysis import FAILED, INCONCLUSIVE, SUCCESSFUL, Policy, analyse
@@ -299,13 +298,6 @@ def test_missing_data_is_inconclusive_and_never_fails():
 
 
 # --- the lease ------------------------------------------------------------------------------------
-
-@pytest.fixture(params=["sqlite", "redis"])
-def state_settings(request, tmp_path):
-    if request.param == "redis":
-        return StateSettings(redis_url=request.getfixturevalue("redis_url"))
-    return StateSettings(sqlite_path=str(tmp_path / "state.db"))
-
 
 async def test_a_lease_has_one_holder_until_it_lapses(state_settings):
     first, second = open_state_store(state_settings), open_state_store(state_settings)

@@ -1,21 +1,13 @@
 """The state store keeps values and events, the same on SQLite and on a real Redis, across restarts."""
 import openai
-import pytest
 
 from gateway.config import StateSettings
 from gateway.state import open_state_store
 from tests.conftest import UPSTREAM_KEY
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def settings(request, tmp_path):
-    if request.param == "redis":
-        return StateSettings(redis_url=request.getfixturevalue("redis_url"))
-    return StateSettings(sqlite_path=str(tmp_path / "state.db"))
-
-
-async def test_values_and_events(settings):
-    store = open_state_store(settings)
+async def test_values_and_events(state_settings):
+    store = open_state_store(state_settings)
     await store.open()
     try:
         assert await store.ping()
@@ -39,13 +31,13 @@ async def test_values_and_events(settings):
         await store.close()
 
 
-async def test_state_survives_a_restart(settings):
-    first = open_state_store(settings)
+async def test_state_survives_a_restart(state_settings):
+    first = open_state_store(state_settings)
     await first.open()
     await first.set("rollout:bot", {"ft-v2": 40})
     await first.append_event({"kind": "rollback", "route": "bot"})
     await first.close()
-    second = open_state_store(settings)
+    second = open_state_store(state_settings)
     await second.open()
     try:
         assert await second.get("rollout:bot") == {"ft-v2": 40}
@@ -75,9 +67,9 @@ def test_gateway_readiness_reports_its_state_engine(fake_openai, make_gateway, r
     assert answer.choices[0].message.content == "echo: hi"
 
 
-async def test_concurrent_updates_are_atomic(settings):
+async def test_concurrent_updates_are_atomic(state_settings):
     import asyncio
-    stores = [open_state_store(settings) for _ in range(3)]
+    stores = [open_state_store(state_settings) for _ in range(3)]
     for store in stores:
         await store.open()
     try:
@@ -91,9 +83,9 @@ async def test_concurrent_updates_are_atomic(settings):
             await store.close()
 
 
-async def test_change_notices_reach_every_store_sharing_the_engine(settings):
+async def test_change_notices_reach_every_store_sharing_the_engine(state_settings):
     import asyncio
-    stores = [open_state_store(settings) for _ in range(2 if settings.redis_url else 1)]
+    stores = [open_state_store(state_settings) for _ in range(2 if state_settings.redis_url else 1)]
     received = [[] for _ in stores]
     for store, inbox in zip(stores, received):
         store.subscribe(inbox.append)
