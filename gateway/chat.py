@@ -124,6 +124,13 @@ def usage(prompt: int, completion: int, cached: int | None = None) -> dict:
     return out
 
 
+def whole_answer_request(body: dict) -> dict:
+    """The same request asking for one whole answer: what a replay off the request path (shadow, judge) sends."""
+    request = {k: v for k, v in body.items() if k != "stream_options"}
+    request["stream"] = False
+    return request
+
+
 def answer_text(answer: dict | None) -> str | None:
     """What a person or a judge reads of an answer: the first choice's text, or its tool calls as JSON."""
     choices = (answer or {}).get("choices") or []

@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from evaluators.judges import DEFAULT_CRITERIA, PairwiseJudge
-from gateway.chat import answer_text
+from gateway.chat import answer_text, whole_answer_request
 from gateway.context import stable_hash
 from gateway.errors import GatewayError
 from gateway.gateway import Generation
@@ -151,8 +151,7 @@ class Judge:
         answer = answer_text(ctx.response)
         if not answer or not sampled(self.settings.sample_rate, ctx.request_id):
             return
-        body = {k: v for k, v in ctx.body.items() if k != "stream_options"}
-        body["stream"] = False
+        body = whole_answer_request(ctx.body)  # compared whole, even when the caller streamed
         self._submit(kind="candidate", route=ctx.route_name, request_id=ctx.request_id, variant=ctx.served_by,
                      answer=answer, opponent=route.baseline, messages=ctx.body.get("messages") or [], body=body)
 

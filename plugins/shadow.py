@@ -22,7 +22,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from evaluators.stats import percentile
-from gateway.chat import answer_text
+from gateway.chat import answer_text, whole_answer_request
 from gateway.context import stable_hash
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.gateway import Generation
@@ -110,8 +110,7 @@ class Shadow:
         if (not ctx.route.shadow or self.closing or ctx.served_by not in generation.backends
                 or not self._sampled(ctx.request_id)):
             return
-        body = {k: v for k, v in ctx.body.items() if k != "stream_options"}
-        body["stream"] = False  # a shadow answer is compared whole
+        body = whole_answer_request(ctx.body)  # compared whole, even when the caller streamed
         usage = ctx.usage
         primary = {
             "ts": ctx.received_at, "request_id": ctx.request_id, "route": ctx.route_name,
