@@ -72,7 +72,7 @@ class AutoRollback:
         self._failing: dict[tuple[str, str], int] = {}
         self._first_tick = True
         self._cache: dict[tuple, Figures] = {}
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: list[asyncio.Task] = []  # loops that live as long as the gateway
         self._closing = False
         self._store_problem: str | None = None
         self._flush_problem: str | None = None
@@ -97,14 +97,14 @@ class AutoRollback:
             return
         if gateway.store.engine == "redis":
             self.windows.redis = gateway.store.client
-            self._spawn(self._flush_forever())
+            self._tasks.append(asyncio.create_task(self._flush_forever(), name="auto_rollback flush"))
         self.windows.retention_seconds = self._retention()
         gateway.store.subscribe(self._on_change)
         try:
             await self._load_schedules()
         except Exception as exc:
             log.warning("could not read rollout schedules at start-up: %s", exc)
-        self._spawn(self._evaluate_forever())
+        self._tasks.append(asyncio.create_task(self._evaluate_forever(), name="auto_rollback evaluate"))
 
     @hookimpl
     async def shutdown(self, gateway):
@@ -118,11 +118,6 @@ class AutoRollback:
             await self.windows.flush()
         except Exception as exc:
             log.warning("last window counts not sent: %s", exc)
-
-    def _spawn(self, coro) -> None:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     # --- counting (the request path: memory only) ----------------------------------------------
 

@@ -73,7 +73,7 @@ class Rollout:
         self.routes: dict[str, RouteRollout] = {}
         self._canary_index: dict[str, dict[str, str]] = {}  # route -> user -> candidate
         self.gateway = None
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: list[asyncio.Task] = []  # loops that live as long as the gateway
         self._webhook_queue: asyncio.Queue | None = None
 
     # --- lifetime -----------------------------------------------------------------------------
@@ -84,26 +84,22 @@ class Rollout:
         gateway.store.subscribe(self._on_change)
         await self._apply_config(gateway.config, "startup")
         await self.reload()
-        self._spawn(self._resync_forever())
+        self._tasks.append(asyncio.create_task(self._resync_forever(), name="rollout resync"))
         if self.settings.webhooks:
             self._webhook_queue = asyncio.Queue(1000)
-            self._spawn(self._send_webhooks())
+            self._tasks.append(asyncio.create_task(self._send_webhooks(), name="rollout webhooks"))
 
     @hookimpl
     async def shutdown(self, gateway):
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:  # bounded: redis-py can swallow a cancellation inside a call
+            await asyncio.wait(self._tasks, timeout=3)
 
     @hookimpl
     async def config_reloaded(self, gateway, config):
         await self._apply_config(config, "config reload")
         await self.reload()
-
-    def _spawn(self, coro) -> None:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     # --- the request path ---------------------------------------------------------------------
 
