@@ -205,9 +205,10 @@ async def _replay(request: web.Request, ctx: RequestContext, answer: dict) -> we
     return writer.response
 
 
-def _cost(gateway: Gateway, ctx: RequestContext) -> float | None:
-    backend = gateway.backends.get(ctx.served_by or "")
-    return gateway.config.cost(ctx.served_by or "", backend.model if backend else None, ctx.usage)
+def _cost(generation: Generation, ctx: RequestContext) -> float | None:
+    """Priced with the config the request ran on, even if a reload came in between."""
+    backend = generation.backends.get(ctx.served_by or "")
+    return generation.config.cost(ctx.served_by or "", backend.model if backend else None, ctx.usage)
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -230,7 +231,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     finally:
         generation.leave()
         ctx.finished_at = time.perf_counter()
-        ctx.cost_usd = _cost(gateway, ctx)
+        ctx.cost_usd = _cost(generation, ctx)
     await gateway.hooks.each("after_response", ctx=ctx)
     return response
 
