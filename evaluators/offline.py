@@ -429,6 +429,7 @@ def add_eval_command(commands) -> None:
     """`llmgate eval run ...`, added to the CLI's subcommands."""
     evaluate = commands.add_parser("eval", help="offline evaluation of a candidate against a route's baseline",
                                    description="Offline evaluation; needs no running gateway.")
+    evaluate.set_defaults(handler=main)
     runs = evaluate.add_subparsers(dest="eval_command", metavar="COMMAND", required=True)
     run = runs.add_parser(
         "run", help="run a dataset through baseline and candidate, judge them, gate the candidate",

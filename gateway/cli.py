@@ -41,8 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .cli_admin import add_commands
     add_commands(commands)
-    from evaluators.offline import add_eval_command
-    add_eval_command(commands)
+    from .plugins import command_plugins
+    command_plugins().hook.register_commands(commands=commands)
     return parser
 
 
@@ -76,16 +76,16 @@ def main(argv: list[str] | None = None) -> int:
     from .admin_client import AdminClient, AdminError
     from .cli_admin import HANDLERS
 
-    from evaluators.offline import main as cmd_eval
-
-    handlers = {"serve": cmd_serve, "check-config": cmd_check_config, "eval": cmd_eval}
+    handlers = {"serve": cmd_serve, "check-config": cmd_check_config}
     if args.command is None:
         parser.print_help()
         return 2
     try:
         if args.command in HANDLERS:
             return HANDLERS[args.command](AdminClient(args.url), args)
-        return handlers[args.command](args)
+        if args.command in handlers:
+            return handlers[args.command](args)
+        return args.handler(args)
     except (ConfigError, AdminError) as exc:
         print(f"llmgate: {exc}", file=sys.stderr)
         return 1

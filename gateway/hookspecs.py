@@ -32,6 +32,15 @@ def config_problems(config):
 
 
 @hookspec
+def register_commands(commands):
+    """Add subcommands to the `llmgate` command line; `commands` is argparse's subparsers object.
+
+    A command's parser names its handler with `set_defaults(handler=fn)`; `fn(args)` returns the exit
+    code. Implement this at module level: the command line imports each known plugin's module (the
+    built-in ones and the entry points), not its class, and needs no config to list the commands."""
+
+
+@hookspec
 def register_routes(gateway):
     """Return a list of aiohttp RouteDefs to add to the server (an admin API, a feedback endpoint).
 

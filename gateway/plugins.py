@@ -66,6 +66,17 @@ def _import(target: str) -> Any:
     return getattr(module, attribute) if attribute else module
 
 
+def command_plugins() -> pluggy.PluginManager:
+    """A manager holding the module of every known plugin, for the command line's `register_commands`."""
+    pm = pluggy.PluginManager("llmgate")
+    pm.add_hookspecs(hookspecs)
+    for name, target in discover().items():
+        module = importlib.import_module(target.partition(":")[0])
+        if pm.get_plugin(module.__name__) is None:
+            pm.register(module, name=module.__name__)
+    return pm
+
+
 def _validated_settings(obj: Any, name: str, raw: PluginSettings) -> Any:
     options = {k: v for k, v in (raw.model_extra or {}).items() if k != "module"}
     model = getattr(obj, "Settings", None)
