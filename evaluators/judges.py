@@ -183,3 +183,30 @@ class RubricJudge:
         except (JudgeOutputError, GatewayError) as exc:
             return RubricVerdict({}, error=f"{type(exc).__name__}: {exc}", usage=usage)
         return RubricVerdict(result["scores"], result["reasoning"], usage=usage)
+
+
+EQUIVALENCE_SYSTEM = """You decide whether an answer stored for one user question may be reused for another.
+Two questions are "same" only when one correct answer serves both fully and correctly. A different
+negation, number, name, identifier, action, direction or scope makes them different, however alike
+they read. Reply with JSON only, no other text:
+{"same": true | false, "reasoning": "<one sentence>"}"""
+
+
+def _parse_equivalence(content: str) -> bool:
+    same = parse_json_object(content).get("same")
+    if not isinstance(same, bool):
+        raise JudgeOutputError(f"'same' must be true or false, got {same!r}")
+    return same
+
+
+class EquivalenceJudge:
+    """Asks whether two questions want the same answer (the semantic cache's check on borderline hits)."""
+
+    def __init__(self, backend: Backend, retries: int = 1):
+        self.backend = backend
+        self.retries = retries
+
+    async def same(self, asked: str, cached: str) -> bool:
+        """True when the answer to `cached` may answer `asked`; raises JudgeOutputError on malformed output."""
+        prompt = f"[Question 1]\n{asked}\n\n[Question 2]\n{cached}"
+        return await _ask(self.backend, EQUIVALENCE_SYSTEM, prompt, _parse_equivalence, self.retries, JudgeCall())

@@ -12,9 +12,13 @@ API key's hash; narrowed by `tenant_header` when set), system prompt and convers
 answer is not repeatable are not cached: temperature above `max_temperature`, n > 1, tool results,
 non-text content (each configurable except the last).
 
-The lookup embeds the query on the embedder's thread, batched with concurrent lookups; storing
+The lookup embeds the query on the embedder's thread, batched with concurrent lookups, and searches
+the index on the index's own thread (plugins/cache_index.py: an HNSW graph per scope), so neither
+blocks the event loop. A semantic hit less similar than `verify.below` can be confirmed by a judge
+backend first (`verify`); a "different" verdict, an error or a timeout makes it a miss. Storing
 happens off the request path: `after_response` puts the answer on a bounded queue and a worker
-embeds (when the lookup could not) and stores it. A hit is answered as the plugin (`served_by`
+embeds (when the lookup could not) and stores it. With Redis (`shared`, the default when the state
+store is Redis) replicas share their entries (plugins/cache_sharing.py). A hit is answered as the plugin (`served_by`
 "semantic_cache", so rollout windows count hits as their own variant), as a stream when asked;
 every response of a cached route carries `x-llmgate-cache: hit-exact | hit-semantic | miss` (a
 request that is not cacheable is a miss, its reason in the annotations), and the traffic log's
@@ -24,11 +28,13 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import json
 import logging
 import time
 import uuid
 from collections import Counter, OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -42,6 +48,7 @@ from gateway.hookspecs import hookimpl
 
 from .cache_guards import Facts, GuardConfig, check, extract, normalize
 from .cache_index import CacheIndex, Entry
+from .cache_sharing import SharedEntries, SharedEntry
 
 log = logging.getLogger("llmgate.semantic_cache")
 
@@ -51,6 +58,15 @@ HEADER = "x-llmgate-cache"
 NEUTRAL_KEYS = frozenset({"model", "messages", "stream", "stream_options", "user", "metadata", "store",
                           "service_tier", "safety_identifier", "prompt_cache_key"})
 PENDING_LIMIT = 10_000
+VERDICTS_LIMIT = 10_000
+
+
+class Verify(BaseModel):
+    """Borderline semantic hits confirmed by a judge before they are served."""
+    model_config = ConfigDict(extra="forbid")
+    backend: str = Field(description="the configured backend that judges whether two questions are the same")
+    below: float = Field(0.9, ge=0, le=1, description="hits less similar than this are confirmed first")
+    timeout_ms: float = Field(3000, gt=0, description="a verdict slower than this makes the hit a miss")
 
 
 class Settings(BaseModel):
@@ -75,6 +91,10 @@ class Settings(BaseModel):
     queue_size: int = Field(1000, ge=1, description="answers waiting to be stored; more are dropped and counted")
     sweep_seconds: float = Field(60, gt=0, description="how often expired entries are removed")
     guards: GuardConfig = GuardConfig()
+    ann: bool | None = Field(None, description="an HNSW index per scope (usearch); unset: when usearch is installed")
+    shared: bool | None = Field(None, description="share entries between replicas through the state store's "
+                                                  "Redis; unset: when the state store is Redis")
+    verify: Verify | None = Field(None, description="confirm borderline semantic hits with a judge backend")
 
 
 @dataclass
@@ -123,8 +143,14 @@ class SemanticCache:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.guards = settings.guards
-        self.index = CacheIndex(None, settings.max_entries)
+        self.index = CacheIndex(None, settings.max_entries, ann=settings.ann)
+        # Every index call runs on this one thread, in order: the index is not thread-safe, and a search
+        # of a large scope must not hold up the event loop.
+        self._index_thread = ThreadPoolExecutor(1, thread_name_prefix="llmgate-cache-index")
         self.embedder = None
+        self.sharing: SharedEntries | None = None
+        self.gateway = None
+        self._verdicts: OrderedDict[tuple[int, str], bool] = OrderedDict()
         self.problem: str | None = None
         self.counts: Counter = Counter()
         self.refused: Counter = Counter()
@@ -135,8 +161,22 @@ class SemanticCache:
 
     # --- lifetime ----------------------------------------------------------------------------------
 
+    async def _run(self, fn, *args, **kwargs):
+        """Call an index method on the index's thread."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._index_thread, functools.partial(fn, *args, **kwargs))
+
+    @hookimpl
+    def config_problems(self, config):
+        verify = self.settings.verify
+        if verify is not None and verify.backend not in config.settings.backends:
+            return [f"plugins.semantic_cache.verify.backend: unknown backend '{verify.backend}' "
+                    f"(defined: {', '.join(sorted(config.settings.backends)) or 'none'})"]
+        return []
+
     @hookimpl
     async def startup(self, gateway):
+        self.gateway = gateway
         if self.settings.semantic:
             from .embeddings import Embedder, EmbeddingsUnavailable, load_model
             try:
@@ -153,29 +193,45 @@ class SemanticCache:
         self._jobs = asyncio.Queue(self.settings.queue_size)
         self._tasks = [asyncio.create_task(self._store_forever(), name="semantic cache writer"),
                        asyncio.create_task(self._sweep_forever(), name="semantic cache sweeper")]
+        redis_url = gateway.config.settings.state.redis_url
+        if self.settings.shared or (self.settings.shared is None and redis_url):
+            if not redis_url:
+                self.problem = "shared: true needs state.redis_url; entries stay on this replica"
+                log.warning("semantic cache: %s", self.problem)
+            else:
+                self.sharing = SharedEntries(redis_url, self.settings.max_entries, self._add_shared,
+                                             self._clear_shared)
+                self.sharing.start()
 
     @hookimpl
     async def shutdown(self, gateway):
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.sharing is not None:
+            await self.sharing.close()
         if self.embedder is not None:
             await self.embedder.close()
+        self._index_thread.shutdown(wait=False)
 
     @hookimpl
     def readiness(self, gateway):
         problems = [p for p in (self.problem, f"{self.dropped} answers not cached (queue full)" if self.dropped
-                                else None) if p]
+                                else None, self.sharing and self.sharing.problem) if p]
         return {NAME: "; ".join(problems) or None}
 
     @hookimpl
     def admin_status(self, gateway):
         return {NAME: {**self.index.stats(), **self.counts, "refused_by": dict(self.refused), "dropped": self.dropped,
-                       "embedder": self.embedder.stats() if self.embedder else None}}
+                       "embedder": self.embedder.stats() if self.embedder else None,
+                       "sharing": self.sharing.stats() if self.sharing else None}}
 
-    def clear(self, route: str | None = None) -> int:
-        """Invalidate a route's entries (all when None); how many were removed."""
-        return self.index.clear(route)
+    async def clear(self, route: str | None = None) -> int:
+        """Invalidate a route's entries (all when None) here and, when shared, on every replica."""
+        removed = await self._run(self.index.clear, route)
+        if self.sharing is not None:
+            await self.sharing.publish_clear(route)
+        return removed
 
     @hookimpl
     def register_routes(self, gateway):
@@ -187,7 +243,7 @@ class SemanticCache:
             if not isinstance(route, str) or not route:
                 raise InvalidRequest("'route' must be a route name", param="route")
             before = len(self.index)
-            removed = self.clear(route)
+            removed = await self.clear(route)
             await audit(gateway, "cache_clear", route, actor(request), before={"entries": before},
                         after={"entries": len(self.index)}, reason=body.get("reason"), removed=removed)
             return web.json_response({"removed": removed})
@@ -207,7 +263,7 @@ class SemanticCache:
             ctx.annotations["cache"] = {"result": "bypass", "reason": reason}
             return None
         ctx.response_headers[HEADER] = "miss"
-        entry = self.index.exact(key.exact)
+        entry = await self._run(self.index.exact, key.exact)
         if entry is not None:
             return self._hit(ctx, entry, "hit-exact", 1.0)
         pending = Pending(key, extract(key.text, self.guards))
@@ -218,9 +274,11 @@ class SemanticCache:
             self.counts["miss"] += 1
             return None
         pending.vector = await self.embedder.embed(key.text)
-        for similarity, candidate in self.index.search(key.scope, pending.vector, self.settings.candidates,
-                                                       self.settings.threshold):
-            refusal = check(pending.facts, candidate.facts, self.guards)
+        for similarity, candidate, refusal in await self._run(self._nearest, key.scope, pending):
+            if refusal is None and self._borderline(similarity):
+                refusal = await self._verify(pending.key, candidate)
+                note.setdefault("verified", []).append(
+                    {"similarity": round(similarity, 4), "verdict": refusal or "same"})
             if refusal is None:
                 return self._hit(ctx, candidate, "hit-semantic", similarity)
             self.refused[refusal] += 1
@@ -229,8 +287,45 @@ class SemanticCache:
         self.counts["miss"] += 1
         return None
 
+    def _nearest(self, scope: str, pending: Pending) -> list[tuple[float, Entry, str | None]]:
+        """On the index thread: the nearest entries above the threshold, each with the guard that refuses it."""
+        found = self.index.search(scope, pending.vector, self.settings.candidates, self.settings.threshold)
+        return [(similarity, entry, check(pending.facts, entry.facts, self.guards)) for similarity, entry in found]
+
+    def _borderline(self, similarity: float) -> bool:
+        verify = self.settings.verify
+        return verify is not None and similarity < verify.below
+
+    async def _verify(self, key: Key, entry: Entry) -> str | None:
+        """None when the judge says the cached question is the same as this one, else why not ("judge", ...).
+        Verdicts are remembered per (entry, question), so a popular borderline pair is judged once."""
+        from evaluators.judges import EquivalenceJudge, JudgeOutputError
+        verify = self.settings.verify
+        memo = (entry.id, key.exact)
+        if memo in self._verdicts:
+            self._verdicts.move_to_end(memo)
+            return None if self._verdicts[memo] else "judge"
+        backend = self.gateway.backends.get(verify.backend) if self.gateway else None
+        if backend is None:
+            return "judge_unavailable"
+        try:
+            async with asyncio.timeout(verify.timeout_ms / 1000):
+                same = await EquivalenceJudge(backend).same(key.text, entry.text)
+        except TimeoutError:
+            self.counts["verify_timeout"] += 1
+            return "judge_timeout"
+        except (JudgeOutputError, Exception) as exc:  # a judge that fails never lets a hit through
+            self.counts["verify_error"] += 1
+            log.warning("semantic cache: the judge could not verify a hit (%s)", type(exc).__name__)
+            return "judge_error"
+        self._verdicts[memo] = same
+        while len(self._verdicts) > VERDICTS_LIMIT:
+            self._verdicts.popitem(last=False)
+        self.counts["verified_same" if same else "verified_different"] += 1
+        return None if same else "judge"
+
     def _hit(self, ctx: RequestContext, entry: Entry, result: str, similarity: float) -> dict[str, Any]:
-        self.index.touch(entry)
+        self._index_thread.submit(self.index.touch, entry)  # in order with other index calls; nothing to wait for
         self.counts[result] += 1
         self._pending.pop(ctx.request_id, None)
         ctx.served_by = NAME
@@ -326,12 +421,29 @@ class SemanticCache:
         vector = pending.vector
         if vector is None and self.embedder is not None:
             vector = await self.embedder.embed(pending.key.text)
-        self.index.add(scope=pending.key.scope, route=pending.key.route, exact_key=pending.key.exact,
-                       text=pending.key.text, facts=pending.facts, answer=job.answer, ttl=self.settings.ttl_seconds,
-                       vector=vector, request_id=job.request_id)
+        entry = await self._run(self.index.add, scope=pending.key.scope, route=pending.key.route,
+                                exact_key=pending.key.exact, text=pending.key.text, facts=pending.facts,
+                                answer=job.answer, ttl=self.settings.ttl_seconds, vector=vector,
+                                request_id=job.request_id)
         self.counts["stored"] += 1
+        if self.sharing is not None:
+            await self.sharing.publish_add(SharedEntry(entry.scope, entry.route, entry.exact_key, entry.text,
+                                                       entry.answer, entry.expires_at, vector, entry.request_id))
+
+    async def _add_shared(self, shared: SharedEntry) -> None:
+        """Another replica's answer, into this replica's index."""
+        def add() -> None:
+            self.index.add(scope=shared.scope, route=shared.route, exact_key=shared.exact_key, text=shared.text,
+                           facts=extract(shared.text, self.guards), answer=shared.answer, ttl=0,
+                           vector=shared.vector if self.index.dimension else None, request_id=shared.request_id,
+                           expires_at=shared.expires_at)
+        await self._run(add)
+        self.counts["shared_in"] += 1
+
+    async def _clear_shared(self, route: str | None) -> None:
+        await self._run(self.index.clear, route)
 
     async def _sweep_forever(self) -> None:
         while True:
             await asyncio.sleep(self.settings.sweep_seconds)
-            self.index.sweep()
+            await self._run(self.index.sweep)

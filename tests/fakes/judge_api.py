@@ -6,6 +6,8 @@
 - "first": always says "A" (pure position bias).
 - "garbage": answers prose, never the JSON asked for.
 - "flaky": garbage on each prompt's first try, valid (oracle) JSON on the retry.
+Asked whether two questions are the same (the semantic cache's verification), it answers
+`same_questions(q1, q2)` (default: always the same); `equivalence_asked` counts those questions.
 """
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ class FakeJudge(FakeUpstream):
         super().__init__()
         self.mode = mode
         self._seen: set[str] = set()
+        self.same_questions = lambda first, second: True
+        self.equivalence_asked = 0
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -38,6 +42,11 @@ class FakeJudge(FakeUpstream):
         if self.mode == "garbage" or (self.mode == "flaky" and user not in self._seen):
             self._seen.add(user)
             return "I think both answers have merit, but on balance the first is nicer."
+        if '"same"' in system:  # equivalence of two questions
+            self.equivalence_asked += 1
+            first = user.split("[Question 1]", 1)[1].split("[Question 2]", 1)[0].strip()
+            second = user.split("[Question 2]", 1)[1].strip()
+            return json.dumps({"same": bool(self.same_questions(first, second)), "reasoning": "fake"})
         if "scores" in system:  # rubric
             answer = user.split("[Answer]", 1)[1].split("[Reference answer]")[0]
             score = 9 if QUALITY_MARK in answer else 3
