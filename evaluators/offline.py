@@ -464,6 +464,8 @@ def prepare(args: argparse.Namespace) -> Evaluation:
     for provided in hooks.collect("register_backend_kinds").values():
         kinds.update(provided)
     backends = build_backends(config, kinds)
+    for backend in backends.values():  # an evaluation wants every case's own answer, not a breaker's refusal
+        backend.breaker.settings = backend.breaker.settings.model_copy(update={"enabled": False})
     route = config.settings.routes.get(args.route)
     if route is None:
         raise UsageError(f"unknown route '{args.route}' (routes: {', '.join(sorted(config.settings.routes)) or 'none'})")

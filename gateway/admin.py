@@ -11,7 +11,8 @@ from typing import Any
 
 from aiohttp import web
 
-from .errors import InvalidRequest
+from .bodies import check_encodable
+from .errors import InvalidRequest, UnsupportedMediaType
 
 ACTOR_HEADER = "X-LLMgate-Actor"
 
@@ -23,14 +24,20 @@ def actor(request: web.Request) -> str:
 
 
 async def read_body(request: web.Request) -> dict[str, Any]:
+    """The JSON object an admin action (or /v1/feedback) was sent; the caller's mistakes as 400/415."""
     if not request.can_read_body:
         return {}
+    if request.headers.get("Content-Type") is not None and request.content_type != "application/json" \
+            and not request.content_type.endswith("+json"):
+        raise UnsupportedMediaType(f"the body must be JSON sent as application/json, not {request.content_type!r}",
+                                   code="unsupported_media_type")
     try:
         body = await request.json()
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deeply to parse
         raise InvalidRequest("the body must be a JSON object", code="invalid_json") from None
     if not isinstance(body, dict):
         raise InvalidRequest("the body must be a JSON object", code="invalid_json")
+    check_encodable(body)
     return body
 
 
@@ -51,6 +58,7 @@ def routes(gateway_key) -> list[web.RouteDef]:
             "routes": {name: {"baseline": r.baseline, "candidates": r.candidates, "shadow": r.shadow,
                               "fallback": r.fallback} for name, r in settings.routes.items()},
             "state_store": {"engine": gateway.store.engine, "degraded": gateway.store.degraded},
+            "breakers": {name: backend.breaker.snapshot() for name, backend in gateway.backends.items()},
         }
         for sections in (await gateway.hooks.each("admin_status", gateway=gateway)).values():
             body.update(sections)  # each plugin returns {section: data}, as the hookspec says
@@ -62,8 +70,11 @@ def routes(gateway_key) -> list[web.RouteDef]:
         try:
             limit = min(int(request.query.get("limit", "50")), 1000)
         except ValueError:
-            raise InvalidRequest("'limit' must be an integer", param="limit") from None
+            limit = 0
+        if limit < 1:  # a negative LIMIT is no limit at all to the store
+            raise InvalidRequest("'limit' must be a positive integer", param="limit")
         match = {k: request.query[k] for k in ("route", "kind") if request.query.get(k)}
         return web.json_response({"events": await gateway.store.events(limit=limit, **match)})
 
-    return [web.get("/admin/status", status), web.get("/admin/events", events)]
+    from . import models_registry  # run-time model registration: /admin/models
+    return [web.get("/admin/status", status), web.get("/admin/events", events), *models_registry.routes(gateway_key)]

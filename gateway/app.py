@@ -3,19 +3,24 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import uuid
+from collections import Counter
 
 from aiohttp import web
 
-from . import admin, proxy
+from . import admin, proxy, tracing
 from .config import Config
 from .context import dumps
-from .errors import GatewayError
+from .breaker import breaker_problems
+from .errors import GatewayError, InvalidRequest
 from .gateway import GATEWAY, Gateway
-from .proxy import REQUEST_ID
+from .logs import current_request_id, log_access
+from .proxy import OVERHEAD_HEADER, REQUEST_CONTEXT, REQUEST_ID
 
 log = logging.getLogger("llmgate")
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+RECEIVED = web.RequestKey("received", float)  # perf_counter() when the handler chain began
 
 
 def _error_response(err: GatewayError, request_id: str) -> web.Response:
@@ -26,11 +31,50 @@ def _error_response(err: GatewayError, request_id: str) -> web.Response:
 
 @web.middleware
 async def errors_middleware(request: web.Request, handler) -> web.StreamResponse:
-    """Give every request an id, and every failure the OpenAI error shape."""
+    """Give every request an id (in its log lines too), an access line, and every failure the OpenAI error shape."""
+    request[RECEIVED] = time.perf_counter()
     given = request.headers.get("x-request-id", "")
     request[REQUEST_ID] = given if _SAFE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    bound = current_request_id.set(request[REQUEST_ID])
+    response = None
     try:
+        response = await _handle(request, handler)
+        return response
+    finally:
+        ctx = request.get(REQUEST_CONTEXT)
+        latency = ctx.latency_ms if ctx is not None and ctx.latency_ms is not None else \
+            (time.perf_counter() - request[RECEIVED]) * 1000
+        log_access(request.method, request.path, response.status if response is not None else 499, latency, ctx)
+        current_request_id.reset(bound)
+
+
+def _require_utf8_headers(request: web.Request) -> None:
+    """Refuse header values that are not UTF-8: read as text (a token, a user, an actor) they would be half-decoded."""
+    for name, value in request.raw_headers:
+        if not value.isascii():
+            try:
+                value.decode("utf-8")
+            except UnicodeDecodeError:
+                header = name.decode("ascii", "replace")[:100]
+                raise InvalidRequest(f"the {header} header is not valid UTF-8", param=header,
+                                     code="invalid_header") from None
+
+
+async def _handle(request: web.Request, handler) -> web.StreamResponse:
+    try:
+        _require_utf8_headers(request)
         return await handler(request)
+    except web.RequestPayloadError:  # a body cut short, or not encoded as Content-Encoding says
+        error = InvalidRequest("the request body could not be read: it does not match its framing or "
+                               "Content-Encoding headers", code="invalid_body")
+        return _error_response(error, request[REQUEST_ID])
+    except ConnectionResetError:
+        if request.content.exception() is None:  # not the body: the caller left while being answered
+            raise
+        # the body broke off (the parser refused its framing and has answered, or the caller left): the caller's
+        # doing, not a fault of the gateway's to log with a traceback
+        error = InvalidRequest("the connection broke before the request body was complete", code="incomplete_body")
+        return _error_response(error, request[REQUEST_ID])
     except GatewayError as err:
         err.message = request.app[GATEWAY].scrub(err.message)
         return _error_response(err, request[REQUEST_ID])
@@ -50,6 +94,8 @@ async def errors_middleware(request: web.Request, handler) -> web.StreamResponse
 async def _stamp_request_id(request: web.Request, response: web.StreamResponse) -> None:
     if REQUEST_ID in request and "x-request-id" not in response.headers:
         response.headers["x-request-id"] = request[REQUEST_ID]
+    if RECEIVED in request and OVERHEAD_HEADER not in response.headers:  # no upstream: all of it is the gateway's
+        response.headers[OVERHEAD_HEADER] = f"{(time.perf_counter() - request[RECEIVED]) * 1000:.3f}"
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -57,20 +103,28 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when the config is loaded and the state store answers; lists what would fail a request."""
+    """Ready when the config is loaded and the state store answers; lists what would fail a request.
+
+    A shared store (Redis) that is away leaves the gateway serving with the state it last knew, so
+    it reads "degraded" (200): failing the probe would take every replica out at once."""
     gateway = request.app[GATEWAY]
     store_ok = await gateway.store.ping()
     degraded = {name: problem for checks in (await gateway.hooks.each("readiness", gateway=gateway)).values()
                 for name, problem in checks.items() if problem}
+    if problem := breaker_problems(gateway.backends):
+        degraded["breakers"] = problem
+    serving = store_ok or gateway.store.engine == "redis"
+    if not store_ok and serving:
+        degraded.setdefault("state_store", gateway.store.degraded or "redis does not answer")
     body = {
-        "status": "ready" if store_ok else "not_ready",
+        "status": ("ready" if store_ok else "degraded") if serving else "not_ready",
         "config": gateway.config.source,
         "state_store": {"engine": gateway.store.engine, "reachable": store_ok},
         "missing_credentials": gateway.missing_credentials(),
         "degraded": degraded,
         "plugin_faults": dict(gateway.hooks.faults),
     }
-    return web.json_response(body, status=200 if store_ok else 503)
+    return web.json_response(body, status=200 if serving else 503)
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -90,8 +144,13 @@ def _model(name: str) -> dict:
 
 def create_app(config: Config) -> web.Application:
     gateway = Gateway(config)
-    app = web.Application(client_max_size=config.server.max_body_bytes, middlewares=[errors_middleware])
+    gateway.hooks.tracer = next(iter(gateway.hooks.collect("register_tracer", gateway=gateway).values()), None)
+    middlewares = [errors_middleware]
+    if gateway.hooks.tracer is not None:  # outermost, so the span sees the final status
+        middlewares.insert(0, tracing.server_middleware(gateway.hooks.tracer))
+    app = web.Application(client_max_size=config.server.max_body_bytes, middlewares=middlewares)
     app[GATEWAY] = gateway
+    app[proxy.IN_FLIGHT] = Counter()
 
     async def lifetime(app: web.Application):
         await gateway.start()

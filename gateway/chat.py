@@ -10,16 +10,26 @@ import json
 import time
 from typing import Any, Iterator
 
+from .bodies import check_encodable
 from .errors import InvalidRequest
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 TOOL_CHOICES = frozenset({"none", "auto", "required"})
 RESPONSE_FORMATS = frozenset({"text", "json_object", "json_schema"})
+DEFAULT_MAX_MESSAGES = 2048  # a conversation longer than this is a mistake or an attack, not a chat
+MAX_TOKENS_LIMIT = 2**31 - 1  # what an int32 field (Bedrock's maxTokens, most servers') can hold
+SHOWN_CHARS = 60  # of a caller's value echoed in an error: enough to recognise it, never the whole of a hostile one
 
 
 def _require(condition: bool, message: str, param: str) -> None:
     if not condition:
         raise InvalidRequest(message, param=param, code="invalid_value")
+
+
+def _shown(value: Any) -> str:
+    """A caller's value as an error quotes it: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= SHOWN_CHARS else f"{text[:SHOWN_CHARS]}... ({len(text)} characters)"
 
 
 def _is_number(value: Any) -> bool:
@@ -34,7 +44,8 @@ def _validate_message(i: int, message: Any) -> None:
     where = f"messages[{i}]"
     _require(isinstance(message, dict), f"{where} must be an object", where)
     role = message.get("role")
-    _require(role in ROLES, f"{where}.role must be one of {', '.join(sorted(ROLES))}, got {role!r}", f"{where}.role")
+    _require(isinstance(role, str) and role in ROLES,
+             f"{where}.role must be one of {', '.join(sorted(ROLES))}, got {_shown(role)}", f"{where}.role")
     content = message.get("content")
     if role == "assistant" and content is None:
         _require(bool(message.get("tool_calls") or message.get("function_call")),
@@ -46,6 +57,11 @@ def _validate_message(i: int, message: Any) -> None:
         for j, part in enumerate(content):
             _require(isinstance(part, dict) and isinstance(part.get("type"), str),
                      f"{where}.content[{j}] must be an object with a 'type'", f"{where}.content[{j}]")
+            if part["type"] == "text":
+                _require(isinstance(part.get("text"), str), f"{where}.content[{j}].text must be a string",
+                         f"{where}.content[{j}].text")
+    name = message.get("name")
+    _require(name is None or isinstance(name, str), f"{where}.name must be a string", f"{where}.name")
     if role == "tool":
         _require(isinstance(message.get("tool_call_id"), str), f"{where}.tool_call_id is required for role 'tool'",
                  f"{where}.tool_call_id")
@@ -58,7 +74,28 @@ def _validate_message(i: int, message: Any) -> None:
                      f"{where}.tool_calls[{j}] needs an id and function.name", f"{where}.tool_calls[{j}]")
 
 
-def validate_chat_request(body: Any) -> dict:
+def _validate_passthrough(body: dict) -> None:
+    """Types of the parameters the gateway passes on or keys on (`user` picks the rollout bucket,
+    `metadata` is logged): a wrong one would otherwise fail at a provider as an opaque error."""
+    user = body.get("user")
+    _require(user is None or isinstance(user, str), "'user' must be a string", "user")
+    metadata = body.get("metadata")
+    _require(metadata is None or (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())),
+             "'metadata' must be an object whose values are strings", "metadata")
+    seed = body.get("seed")
+    _require(seed is None or _is_int(seed), "'seed' must be an integer", "seed")
+    for name in ("logprobs", "parallel_tool_calls"):
+        value = body.get(name)
+        _require(value is None or isinstance(value, bool), f"'{name}' must be a boolean", name)
+    top = body.get("top_logprobs")
+    _require(top is None or (_is_int(top) and 0 <= top <= 20), "'top_logprobs' must be an integer from 0 to 20",
+             "top_logprobs")
+    bias = body.get("logit_bias")
+    _require(bias is None or (isinstance(bias, dict) and all(_is_number(v) for v in bias.values())),
+             "'logit_bias' must be an object mapping token ids to numbers", "logit_bias")
+
+
+def validate_chat_request(body: Any, max_messages: int = DEFAULT_MAX_MESSAGES) -> dict:
     """Check a chat-completions body; raise InvalidRequest naming the parameter that is wrong."""
     _require(isinstance(body, dict), "the request body must be a JSON object", "body")
     _require(isinstance(body.get("model"), str) and body["model"] != "",
@@ -66,6 +103,9 @@ def validate_chat_request(body: Any) -> dict:
     messages = body.get("messages")
     _require(messages is not None, "'messages' is a required parameter", "messages")
     _require(isinstance(messages, list) and len(messages) > 0, "'messages' must be a non-empty array", "messages")
+    _require(len(messages) <= max_messages,
+             f"'messages' has {len(messages)} messages, more than this gateway's limit of {max_messages}", "messages")
+    check_encodable(body)
     for i, message in enumerate(messages):
         _validate_message(i, message)
     stream = body.get("stream", False)
@@ -83,7 +123,9 @@ def validate_chat_request(body: Any) -> dict:
                  f"'{name}' must be a number from {low} to {high}", name)
     for name in ("max_tokens", "max_completion_tokens"):
         value = body.get(name)
-        _require(value is None or (_is_int(value) and value > 0), f"'{name}' must be a positive integer", name)
+        _require(value is None or (_is_int(value) and 0 < value <= MAX_TOKENS_LIMIT),
+                 f"'{name}' must be a positive integer no larger than {MAX_TOKENS_LIMIT}", name)
+    _validate_passthrough(body)
     stop = body.get("stop")
     _require(stop is None or isinstance(stop, str) or
              (isinstance(stop, list) and len(stop) <= 4 and all(isinstance(s, str) for s in stop)),
@@ -97,13 +139,14 @@ def validate_chat_request(body: Any) -> dict:
                      f"tools[{i}] must be {{'type': 'function', 'function': {{'name': ...}}}}", f"tools[{i}]")
     choice = body.get("tool_choice")
     if choice is not None:
-        named = isinstance(choice, dict) and isinstance((choice.get("function") or {}).get("name"), str)
+        function = choice.get("function") if isinstance(choice, dict) else None
+        named = isinstance(function, dict) and isinstance(function.get("name"), str)
         _require(named or (isinstance(choice, str) and choice in TOOL_CHOICES),
                  "'tool_choice' must be 'none', 'auto', 'required' or {'type': 'function', 'function': {'name': ...}}",
                  "tool_choice")
     fmt = body.get("response_format")
     if fmt is not None:
-        _require(isinstance(fmt, dict) and fmt.get("type") in RESPONSE_FORMATS,
+        _require(isinstance(fmt, dict) and isinstance(fmt.get("type"), str) and fmt["type"] in RESPONSE_FORMATS,
                  "'response_format.type' must be one of text, json_object, json_schema", "response_format")
     return body
 

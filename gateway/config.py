@@ -38,6 +38,7 @@ class ServerSettings(Strict):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     max_body_bytes: int = Field(10 * 1024 * 1024, gt=0)
+    max_messages: int = Field(2048, gt=0, description="messages in one chat request")
     admin_token: str | None = None
     shutdown_timeout: float = Field(30.0, gt=0, description="seconds to drain in-flight requests on SIGTERM")
 

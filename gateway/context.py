@@ -34,8 +34,8 @@ class RequestContext:
     route_name: str
     route: "RouteSettings"
     body: dict[str, Any]
-    headers: Mapping[str, str]
-    api_key: str | None = None
+    headers: Mapping[str, str] = field(repr=False)      # carries the caller's key: kept out of reprs (hook traces)
+    api_key: str | None = field(default=None, repr=False)
     tenant: str | None = None
     received_at: float = field(default_factory=time.time)
     started: float = field(default_factory=time.perf_counter)
@@ -47,6 +47,8 @@ class RequestContext:
     first_token_at: float | None = None
     finished_at: float | None = None
     cost_usd: float | None = None
+    upstream_ms: float = 0.0            # waiting on backends (attempts, retry backoff; a stream's up to its first chunk)
+    overhead_ms: float | None = None    # the gateway's own time before the answer started: x-llmgate-overhead-ms
     attempts: list[Attempt] = field(default_factory=list)
     annotations: dict[str, Any] = field(default_factory=dict)  # plugins' notes, logged with the record
     response_headers: dict[str, str] = field(default_factory=dict)  # headers plugins add to the caller's answer

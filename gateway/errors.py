@@ -28,7 +28,25 @@ class GatewayError(Exception):
         self.headers = headers or {}
 
     def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        return {"error": {"message": presentable(self.message), "type": self.type,
+                          "param": presentable(self.param, 200) if self.param else self.param, "code": self.code}}
+
+
+MAX_MESSAGE_CHARS = 1000
+
+
+def presentable(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """Text an answer can carry: valid UTF-8 (a caller's lone surrogate becomes "?"), and the middle of
+    an over-long message (one echoing a hostile value) left out, keeping its start and its end.
+
+    Applied when the error is written, after scrubbing, so a secret is never cut into an unrecognisable piece.
+    """
+    if not text.isascii():
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    if len(text) <= limit:
+        return text
+    head, tail = limit * 2 // 3, limit // 4
+    return f"{text[:head]} ... ({len(text) - head - tail} characters left out) ... {text[-tail:]}"
 
 
 class InvalidRequest(GatewayError):
@@ -49,6 +67,11 @@ class UnsupportedMediaType(GatewayError):
 
 class Unauthorized(GatewayError):
     status, type = 401, "authentication_error"
+
+
+class PermissionDenied(GatewayError):
+    """The caller is known but may not do this (a route outside its team's)."""
+    status, type = 403, "permission_error"
 
 
 class RateLimited(GatewayError):

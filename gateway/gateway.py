@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from .backends.base import Backend
 from .config import Config, ConfigError, RouteSettings, _format_validation
 from .errors import NotFound, Scrubber, Unauthorized
+from . import models_registry
 from .plugins import HookRunner, build_plugin_manager
 from .state import StateStore, open_state_store
 
@@ -81,6 +82,10 @@ class Gateway:
         self.scrub = Scrubber(config.secrets)
         self.store: StateStore = open_state_store(config.settings.state)
         self._retiring: set[asyncio.Task] = set()
+        # The config as the file says; `self.config` adds the models registered at run time (models_registry).
+        self.file_config = config
+        self.registered: dict[str, dict] = {}
+        self._swap_lock = asyncio.Lock()
 
     def _check_plugins(self, config: Config) -> None:
         problems = [p for found in self.hooks.collect("config_problems", config=config).values() for p in found]
@@ -119,6 +124,8 @@ class Gateway:
 
     async def start(self) -> None:
         await self.store.open()
+        await self._load_registered()
+        self.store.subscribe(self._on_store_change)
         for backend in self.backends.values():
             await backend.start()
         await self.hooks.each("startup", gateway=self)
@@ -137,6 +144,38 @@ class Gateway:
                 config.settings.plugins[n].enabled != self.config.settings.plugins[n].enabled
                 for n in config.settings.plugins):
             log.warning("plugins were enabled or disabled in the new config: that takes effect at the next restart")
+        await self._swap(config, "config reloaded from")
+
+    async def _load_registered(self) -> None:
+        """At start-up, before backends start: add the registered models (a store outage only delays them)."""
+        try:
+            self.registered = await self.store.items(models_registry.KEY)
+        except Exception as exc:
+            log.warning("registered models not loaded (the state store failed: %s); they join when it answers", exc)
+            return
+        if self.registered:
+            config = models_registry.merged(self.file_config, self.registered, self.kinds)
+            self.generation = Generation(config, build_backends(config, self.kinds, reuse=self.backends))
+
+    async def refresh_registered(self) -> None:
+        """Re-read the registered models and swap in a Generation with them, when they changed."""
+        registered = await self.store.items(models_registry.KEY)
+        if registered == self.registered:
+            return
+        self.registered = registered
+        await self._swap(self.file_config, "registered models changed:")
+
+    async def _on_store_change(self, message: dict) -> None:
+        if message.get("kind") in (models_registry.NOTICE, "resync"):
+            await self.refresh_registered()
+
+    async def _swap(self, file_config: Config, why: str) -> None:
+        """One swap at a time: the file's config plus the registered models becomes the new Generation."""
+        async with self._swap_lock:
+            await self._swap_locked(models_registry.merged(file_config, self.registered, self.kinds), why)
+            self.file_config = file_config
+
+    async def _swap_locked(self, config: Config, why: str) -> None:
         old = self.generation
         backends = build_backends(config, self.kinds, reuse=old.backends)
         self._check_plugins(config)
@@ -150,7 +189,7 @@ class Gateway:
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
         await self.hooks.each("config_reloaded", gateway=self, config=config)
-        log.info("config reloaded from %s: %d backends (%d new), %d routes", config.source, len(backends),
+        log.info("%s %s: %d backends (%d new), %d routes", why, config.source, len(backends),
                  len(fresh), len(config.settings.routes))
 
     async def _retire(self, generation: Generation, backends: list[Backend]) -> None:

@@ -129,3 +129,30 @@ def admin_status(gateway):
     """Return {section: JSON-able data} for GET /admin/status (and so `llmgate status` and the console).
 
     Called per status request, off the request path; keep it to what the plugin holds in memory."""
+
+
+@hookspec
+def register_tracer(gateway):
+    """Return an OpenTelemetry `Tracer` for the gateway's spans; the first non-None result wins.
+
+    Called once as the app is built. With none, tracing is off and costs nothing. With one, each
+    request gets a SERVER span (continuing the caller's `traceparent`), each hook implementation
+    and each backend attempt a child span, and backends send `traceparent` upstream."""
+
+
+@hookspec
+def collect_metrics(gateway):
+    """Return a list of `(name, help, labels, value)` figures this plugin holds, for GET /metrics.
+
+    Called at each scrape, off the request path: read what is in memory (queue depths, drop
+    counts) and return. `name` is Prometheus-style (`llmgate_shadow_queue_depth`); one ending in
+    `_total` is exposed as a counter, any other as a gauge. `labels` is a dict whose values come
+    from a bounded set (route, backend, plugin names): never a tenant, user, key or request id."""
+
+
+@hookspec
+def rollout_changed(event):
+    """A rollout change was recorded (`event["kind"]`: rollout, rollback, promote, kill, canary, ...).
+
+    `event` is the audit event as stored (route, actor, before, after, reason). Only observes
+    (a metric, a notification); called on the replica that made the change."""

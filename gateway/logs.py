@@ -1,12 +1,30 @@
-"""Log set-up: plain or JSON lines, with every configured secret scrubbed from every record."""
+"""Log set-up: plain or JSON lines, with every configured secret scrubbed from every record.
+
+Each request's id lives in a context variable for the request's task (and tasks it starts), so
+every line logged while serving it carries `request_id` without the code passing it around. One
+access line per request (logger `llmgate.access`, INFO) says what the request became: method,
+path, status, latency and, for chat requests, route, variant, backend and the gateway's overhead.
+"""
 from __future__ import annotations
 
 import json
 import logging
 import sys
 import time
+from contextvars import ContextVar
+
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web import RequestPayloadError
 
 from .errors import Scrubber
+
+current_request_id: ContextVar[str | None] = ContextVar("llmgate_request_id", default=None)
+access_log = logging.getLogger("llmgate.access")
+
+# Fields a record may carry (`extra=`) that a JSON line keeps.
+FIELDS = ("request_id", "method", "path", "status", "latency_ms", "route", "variant", "served_by", "overhead_ms",
+          "upstream_ms", "ttft_ms", "error_type")
+QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})  # probes and scrapes: DEBUG, not INFO
 
 
 class ScrubbingFormatter(logging.Formatter):
@@ -18,16 +36,42 @@ class ScrubbingFormatter(logging.Formatter):
         self.as_json = as_json
 
     def format(self, record: logging.LogRecord) -> str:
+        request_id = getattr(record, "request_id", None) or current_request_id.get()
         if not self.as_json:
-            return self.scrub(super().format(record))
+            text = super().format(record)
+            return self.scrub(f"{text} [request {request_id}]" if request_id and record.name != access_log.name
+                              else text)
         entry = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
                  "level": record.levelname.lower(), "logger": record.name, "message": record.getMessage()}
-        for key in ("request_id", "route", "variant"):
-            if hasattr(record, key):
-                entry[key] = getattr(record, key)
+        if request_id:
+            entry["request_id"] = request_id
+        for key in FIELDS[1:]:
+            value = getattr(record, key, None)
+            if value is not None:
+                entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return self.scrub(json.dumps(entry))
+        return self.scrub(json.dumps(entry, default=str))
+
+
+class MalformedRequestLine(logging.Filter):
+    """aiohttp logs each request its HTTP parser refuses (bad framing, a header too long) at ERROR with a
+    traceback; the caller already has its 400, so one INFO line says it, and a hostile client cannot flood the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, RequestPayloadError):  # the body's own refusal, met again while draining it
+            exc = exc.__cause__
+        if isinstance(exc, HttpProcessingError):
+            reason = (exc.message or type(exc).__name__).strip().splitlines()[0][:200]
+            remote = record.args[0] if isinstance(record.args, tuple) and record.args else "a client"
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg, record.args = "refused a malformed request from %s: %s", (remote, reason)
+            record.exc_info = record.exc_text = None
+        return True
+
+
+_MALFORMED_REQUEST_LINE = MalformedRequestLine()
 
 
 def setup_logging(scrub: Scrubber, level: str = "INFO", as_json: bool = False) -> None:
@@ -36,3 +80,22 @@ def setup_logging(scrub: Scrubber, level: str = "INFO", as_json: bool = False) -
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    logging.getLogger("aiohttp.server").addFilter(_MALFORMED_REQUEST_LINE)
+
+
+def log_access(method: str, path: str, status: int, latency_ms: float, ctx=None) -> None:
+    """The request's access line; `ctx` (a chat request's RequestContext) adds what the gateway decided."""
+    level = logging.DEBUG if path in QUIET_PATHS else logging.INFO
+    if not access_log.isEnabledFor(level):
+        return
+    fields = {"method": method, "path": path, "status": status, "latency_ms": round(latency_ms, 3)}
+    text = f"{method} {path} {status} {latency_ms:.1f}ms"
+    if ctx is not None:
+        fields.update(route=ctx.route_name, variant=ctx.variant, served_by=ctx.served_by,
+                      overhead_ms=None if ctx.overhead_ms is None else round(ctx.overhead_ms, 3),
+                      upstream_ms=round(ctx.upstream_ms, 3),
+                      ttft_ms=None if ctx.ttft_ms is None else round(ctx.ttft_ms, 3),
+                      error_type=ctx.error.type if ctx.error else None)
+        text += (f" route={ctx.route_name} variant={ctx.variant} served_by={ctx.served_by}"
+                 f" overhead={fields['overhead_ms']}ms")
+    access_log.log(level, text, extra=fields)

@@ -9,13 +9,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import random
 import time
+from collections import Counter
 from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 from aiohttp import web
 
+from . import tracing
 from .backends.base import Backend
+from .breaker import CLOSED, CircuitBreaker, CircuitOpen
 from .chat import StreamAssembler, completion_to_chunks, validate_chat_request
 from .context import Attempt, RequestContext, dumps
 from .errors import (BodyTooLarge, GatewayError, InvalidRequest, MissingCredentials, UnsupportedMediaType,
@@ -25,6 +29,9 @@ from .gateway import GATEWAY, Gateway, Generation
 log = logging.getLogger("llmgate.proxy")
 T = TypeVar("T")
 REQUEST_ID = web.RequestKey("request_id", str)
+REQUEST_CONTEXT = web.RequestKey("request_context", RequestContext)  # for the access log and the server span
+IN_FLIGHT = web.AppKey("in_flight", Counter)  # route -> chat requests being served now (GET /metrics)
+OVERHEAD_HEADER = "x-llmgate-overhead-ms"
 
 
 async def read_json(request: web.Request, max_bytes: int) -> Any:
@@ -69,10 +76,12 @@ async def call_chain(ctx: RequestContext, generation: Generation, call: Callable
 
     A retryable failure is retried on the same backend `route.retries` times; a failure that is
     the backend's (5xx, 429, timeout, missing credentials) moves on to the next backend; a failure
-    that is the caller's (4xx) ends the chain at once.
+    that is the caller's (4xx) ends the chain at once. A backend whose circuit breaker is open is
+    skipped; when every backend was skipped so, the caller gets a 503 `circuit_open` with Retry-After.
     """
     last_error: GatewayError | None = None
     uncredentialed: list[str] = []
+    open_circuits: list[CircuitBreaker] = []
     for name in backend_chain(ctx):
         backend = generation.backends[name]
         missing = backend.missing_credentials()
@@ -83,24 +92,47 @@ async def call_chain(ctx: RequestContext, generation: Generation, call: Callable
                 "set in the gateway's environment", code="missing_credentials")
             ctx.attempts.append(Attempt(name, last_error.status, 0.0, f"missing {', '.join(missing)}"))
             continue
+        breaker, tried = backend.breaker, False
         for attempt in range(ctx.route.retries + 1):
+            if not breaker.allow():
+                open_circuits.append(breaker)
+                ctx.attempts.append(Attempt(name, CircuitOpen.status, 0.0, "circuit open"))
+                break
+            tried = True
             started = time.perf_counter()
             try:
                 result = await call(backend)
             except UpstreamError as err:
-                ctx.attempts.append(Attempt(name, err.upstream_status or err.status,
-                                            (time.perf_counter() - started) * 1000, err.message))
+                breaker.record(err)
+                elapsed = (time.perf_counter() - started) * 1000
+                ctx.upstream_ms += elapsed
+                ctx.attempts.append(Attempt(name, err.upstream_status or err.status, elapsed, err.message))
                 last_error = err
                 if not err.retryable or attempt == ctx.route.retries:
                     break
-                await asyncio.sleep(_backoff(attempt, err.retry_after))
+                if breaker.state != CLOSED:
+                    continue  # it just opened: no pause, the next turn skips to the next backend
+                pause = _backoff(attempt, err.retry_after)
+                await asyncio.sleep(pause)
+                ctx.upstream_ms += pause * 1000
                 continue
-            ctx.attempts.append(Attempt(name, 200, (time.perf_counter() - started) * 1000))
+            except BaseException:
+                breaker.released()  # cancelled, or failed inside the gateway: nothing learnt about the backend
+                raise
+            breaker.succeeded()
+            elapsed = (time.perf_counter() - started) * 1000
+            ctx.upstream_ms += elapsed
+            ctx.attempts.append(Attempt(name, 200, elapsed))
             ctx.served_by = name
             return result
-        if last_error.status < 500 and last_error.status != 429:
+        if tried and last_error.status < 500 and last_error.status != 429:
             raise last_error
-    assert last_error is not None
+    if last_error is None:
+        names = ", ".join(f"'{b.backend}'" for b in open_circuits)
+        retry_after = min(b.retry_after() for b in open_circuits)
+        raise CircuitOpen(f"route '{ctx.route_name}' cannot be served now: the circuit breaker of every backend "
+                          f"it may use is open after repeated failures ({names}); retry after "
+                          f"{max(1, math.ceil(retry_after))}s", retry_after)
     raise last_error
 
 
@@ -117,7 +149,10 @@ async def open_stream(backend: Backend, body: dict) -> tuple[dict | None, AsyncI
 
 
 def _headers(ctx: RequestContext) -> dict[str, str]:
-    headers = {**ctx.response_headers, "x-request-id": ctx.request_id}  # a plugin's cannot replace the core's
+    """The answer's headers, made as it starts: so the overhead counts everything before the first byte."""
+    ctx.overhead_ms = max(0.0, (time.perf_counter() - ctx.started) * 1000 - ctx.upstream_ms)
+    headers = {**ctx.response_headers, "x-request-id": ctx.request_id,  # a plugin's cannot replace the core's
+               OVERHEAD_HEADER: f"{ctx.overhead_ms:.3f}"}
     if ctx.served_by or ctx.variant:
         headers["x-llmgate-variant"] = ctx.served_by or ctx.variant
     if ctx.error is not None:
@@ -162,7 +197,14 @@ async def _prepare_sse(request: web.Request, ctx: RequestContext) -> web.StreamR
 
 
 async def _stream_answer(request: web.Request, ctx: RequestContext, generation: Generation) -> web.StreamResponse:
-    first, chunks = await call_chain(ctx, generation, lambda b: open_stream(b, ctx.body))
+    tracer = request.app[GATEWAY].hooks.tracer
+
+    async def start(backend: Backend) -> tuple[dict | None, AsyncIterator[dict]]:
+        with tracing.upstream_span(tracer, backend, ctx.route_name) as span:
+            first, chunks = await open_stream(backend, ctx.body)
+        return first, chunks if span is None else tracing.StreamSpan(chunks, span)
+
+    first, chunks = await call_chain(ctx, generation, start)
     writer = SseWriter(await _prepare_sse(request, ctx), ctx)
     error: GatewayError | None = None
     try:
@@ -172,6 +214,8 @@ async def _stream_answer(request: web.Request, ctx: RequestContext, generation: 
             await writer.send(chunk)
     except GatewayError as err:  # the stream broke after it started: tell the caller, never end silently
         error = err
+        if (backend := generation.backends.get(ctx.served_by or "")) is not None:
+            backend.breaker.record(err)
     except Exception:
         log.exception("request %s: the stream failed inside the gateway", ctx.request_id)
         error = GatewayError(f"the stream failed inside the gateway (request id {ctx.request_id})")
@@ -225,21 +269,38 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     api_key = _bearer(request)
     ctx = RequestContext(request_id=request[REQUEST_ID], route_name=route_name, route=route, body=body,
                          headers=request.headers, api_key=api_key)
+    request[REQUEST_CONTEXT] = ctx
+    in_flight = request.app[IN_FLIGHT]
+    in_flight[route_name] += 1
     generation.enter()
     try:
         response = await _serve(request, gateway, generation, ctx)
     finally:
         generation.leave()
+        in_flight[route_name] -= 1
         ctx.finished_at = time.perf_counter()
         ctx.cost_usd = _cost(generation, ctx)
     await gateway.hooks.each("after_response", ctx=ctx)
     return response
 
 
+def _completer(tracer, ctx: RequestContext) -> Callable[[Backend], Awaitable[dict]]:
+    """The non-streaming call of one attempt: the backend's own, or wrapped in a CLIENT span."""
+    if tracer is None:
+        return lambda backend: backend.complete(ctx.body)
+
+    async def complete(backend: Backend) -> dict:
+        with tracing.upstream_span(tracer, backend, ctx.route_name) as span:
+            answer = await backend.complete(ctx.body)
+        tracing.finish_upstream(span, answer)
+        return answer
+    return complete
+
+
 async def _serve(request: web.Request, gateway: Gateway, generation: Generation,
                  ctx: RequestContext) -> web.StreamResponse:
     try:
-        validate_chat_request(ctx.body)
+        validate_chat_request(ctx.body, gateway.config.server.max_messages)
         plugin, answer = await gateway.hooks.first("before_route", ctx=ctx)
         if answer is not None:
             ctx.served_by = ctx.served_by or plugin
@@ -251,7 +312,7 @@ async def _serve(request: web.Request, gateway: Gateway, generation: Generation,
         ctx.variant = variant or ctx.route.baseline
         if ctx.stream:
             return await _stream_answer(request, ctx, generation)
-        ctx.response = await call_chain(ctx, generation, lambda b: b.complete(ctx.body))
+        ctx.response = await call_chain(ctx, generation, _completer(gateway.hooks.tracer, ctx))
         return await _write_json(request, ctx, ctx.response)
     except GatewayError as err:
         err.message = gateway.scrub(err.message)

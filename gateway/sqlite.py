@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -67,7 +68,13 @@ class BatchWriter:
     A batch is whatever was queued while the previous write ran, so batches grow by themselves
     under load and a lone row is written at once. `put_nowait` never waits: a full queue raises
     asyncio.QueueFull for the caller to count. `close` writes everything queued before it.
+
+    A batch the database refuses for a passing reason (locked, disk full, an I/O error) is kept and
+    retried with backoff, so records are never dropped silently: `waiting` and `last_error` say so
+    meanwhile, and the queue behind it fills up (and sheds) instead. At `close` the retries stop
+    after `close_timeout` seconds; what is still unwritten then is logged and counted in `lost`.
     """
+    close_timeout = 10.0
 
     def __init__(self, db: SqliteThread, insert_sql: str, *, queue_size: int, batch_size: int,
                  to_row: Callable[[Any], tuple] = tuple, name: str = "rows"):
@@ -75,6 +82,10 @@ class BatchWriter:
         self._queue: asyncio.Queue = asyncio.Queue(queue_size)
         self._task: asyncio.Task | None = None
         self.written = 0
+        self.waiting = 0  # rows of a batch the database refused, being retried
+        self.lost = 0
+        self.last_error: str | None = None
+        self._give_up_at: float | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._write_forever(), name=f"{self.name} writer")
@@ -87,6 +98,7 @@ class BatchWriter:
 
     async def close(self) -> None:
         if self._task is not None:
+            self._give_up_at = time.monotonic() + self.close_timeout
             await self._queue.put(None)  # after every row already queued
             await self._task
             self._task = None
@@ -110,9 +122,33 @@ class BatchWriter:
                 return
 
     async def _flush(self, batch: list) -> None:
-        try:
-            rows = [self._to_row(item) for item in batch]
-            await self._db.run(lambda c: transaction(c, lambda c: c.executemany(self._insert, rows)))
+        pause, tries = 0.1, 0
+        while True:
+            try:
+                rows = [self._to_row(item) for item in batch]
+                await self._db.run(lambda c: transaction(c, lambda c: c.executemany(self._insert, rows)))
+            except sqlite3.OperationalError as exc:  # locked, full, I/O: may pass, so keep the rows and retry
+                tries += 1
+                self.waiting, self.last_error = len(batch), str(exc)
+                if tries == 1:
+                    log.warning("%s: the database refused %d rows (%s); retrying", self.name, len(batch), exc)
+                if self._give_up_at is not None and time.monotonic() > self._give_up_at:
+                    self._lose(batch, f"still refused at shutdown: {exc}")
+                    return
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 5.0)
+                continue
+            except Exception as exc:  # a row the database can never take: retrying would block the rest
+                log.exception("%s: could not write %d rows", self.name, len(batch))
+                self._lose(batch, str(exc))
+                return
             self.written += len(rows)
-        except Exception:
-            log.exception("%s: could not write %d rows", self.name, len(batch))
+            if tries:
+                log.warning("%s: %d rows written after %d refused tries", self.name, len(rows), tries)
+            self.waiting, self.last_error = 0, None
+            return
+
+    def _lose(self, batch: list, why: str) -> None:
+        self.lost += len(batch)
+        self.waiting = 0
+        log.error("%s: %d rows lost (%d so far): %s", self.name, len(batch), self.lost, why)

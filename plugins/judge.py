@@ -24,6 +24,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from evaluators.judges import DEFAULT_CRITERIA, PairwiseJudge
+from gateway import tracing
 from gateway.chat import answer_text, whole_answer_request
 from gateway.context import stable_hash
 from gateway.errors import GatewayError
@@ -69,6 +70,7 @@ class Job:
     messages: list[dict]
     body: dict[str, Any] = field(default_factory=dict)  # the request, to ask the baseline
     opponent_answer: str | None = None
+    link: Any = None            # the span it came from (a request's, a shadow call's) when tracing is on
 
 
 class Tally:
@@ -181,7 +183,8 @@ class Judge:
             return
         generation = self._gateway.generation
         try:
-            self._jobs.put_nowait(Job(generation=generation, day=self._day, **job))
+            link = tracing.current_link() if self._gateway.hooks.tracer is not None else None
+            self._jobs.put_nowait(Job(generation=generation, day=self._day, link=link, **job))
         except asyncio.QueueFull:
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 1000 == 0:
@@ -196,7 +199,10 @@ class Judge:
         while True:
             job = await self._jobs.get()
             try:
-                await self._judge(job)
+                with tracing.linked_span(self._gateway.hooks.tracer, f"judge {job.kind}", job.link,
+                                         **{"llmgate.route": job.route, "llmgate.variant": job.variant,
+                                            "llmgate.request_id": job.request_id}):
+                    await self._judge(job)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -267,6 +273,18 @@ class Judge:
                           "errors": self.errors, "baseline_errors": self.baseline_errors, "dropped": self.dropped,
                           "over_budget": self.over_budget, "budget_left_today": self.budget_left(),
                           "win_rate": self._rates("candidate"), "shadow_win_rate": self._rates("shadow")}}
+
+    @hookimpl
+    def collect_metrics(self, gateway):
+        return [("llmgate_judge_queue_depth", "Judgements waiting.", {}, self._jobs.qsize() if self._jobs else 0),
+                ("llmgate_judgements_total", "Judgements made.", {}, self.judged),
+                ("llmgate_judge_errors_total", "Judge calls that failed or answered nonsense.", {}, self.errors),
+                ("llmgate_judge_baseline_errors_total", "Baseline answers that could not be had.", {},
+                 self.baseline_errors),
+                ("llmgate_judge_dropped_total", "Judgements dropped (queue full).", {}, self.dropped),
+                ("llmgate_judge_over_budget_total", "Samples skipped: the daily budget was spent.", {},
+                 self.over_budget),
+                ("llmgate_judge_budget_left", "Judgements left in today's budget.", {}, self.budget_left())]
 
     @hookimpl
     def readiness(self, gateway):

@@ -16,15 +16,17 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from aiohttp import ClientSession, ClientTimeout, web
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.admin import actor, audit, read_body
 from gateway.allocation import Allocation, bucket_of
-from gateway.errors import InvalidRequest, NotFound
+from gateway.errors import InvalidRequest, NotFound, StoreUnavailable
 from gateway.hookspecs import hookimpl
 from gateway.gateway import GATEWAY
+from plugins.rollout_snapshot import RolloutSnapshot
 
 log = logging.getLogger("llmgate.rollout")
 KEY = "rollout:"
@@ -36,6 +38,8 @@ class Settings(BaseModel):
     canary: dict[str, dict[str, list[str]]] = Field({}, description="route -> candidate -> users always sent to it")
     webhooks: list[str] = Field([], description="URLs that receive a JSON POST for each event of webhook_kinds")
     webhook_kinds: list[str] = ["rollback", "promote", "kill"]
+    snapshot_path: str | None = Field(None, description="local copy of the shared rollout state, used when a "
+                                      "replica starts while Redis is unreachable (default: next to state.sqlite_path)")
 
 
 @dataclass
@@ -75,15 +79,24 @@ class Rollout:
         self.gateway = None
         self._tasks: list[asyncio.Task] = []  # loops that live as long as the gateway
         self._webhook_queue: asyncio.Queue | None = None
+        self._snapshot: RolloutSnapshot | None = None  # only with a shared store: SQLite is local already
+        self._offline: str | None = None  # set while serving a state the store has not confirmed (started without it)
+        self._pending_config = None  # (config, why) still to apply to the store once it answers
 
     # --- lifetime -----------------------------------------------------------------------------
 
     @hookimpl
     async def startup(self, gateway):
         self.gateway = gateway
+        if gateway.store.engine == "redis":
+            path = self.settings.snapshot_path or str(Path(gateway.config.settings.state.sqlite_path).parent
+                                                      / "rollout-snapshot.json")
+            self._snapshot = RolloutSnapshot(path)
         gateway.store.subscribe(self._on_change)
-        await self._apply_config(gateway.config, "startup")
-        await self.reload()
+        try:
+            await self._sync(gateway.config, "startup")
+        except StoreUnavailable as exc:  # start anyway: route with the last state known, join the store later
+            self._start_offline(gateway.config, "startup", exc)
         self._tasks.append(asyncio.create_task(self._resync_forever(), name="rollout resync"))
         if self.settings.webhooks:
             self._webhook_queue = asyncio.Queue(1000)
@@ -98,8 +111,52 @@ class Rollout:
 
     @hookimpl
     async def config_reloaded(self, gateway, config):
-        await self._apply_config(config, "config reload")
+        try:
+            await self._sync(config, "config reload")
+        except StoreUnavailable as exc:
+            self._start_offline(config, "config reload", exc)
+
+    # --- serving without the store ------------------------------------------------------------
+
+    async def _sync(self, config, why: str) -> None:
+        """Apply the config's percents to the store and read every route back; raises StoreUnavailable."""
+        await self._apply_config(config, why)
+        self._pending_config = None
         await self.reload()
+        if self._offline:
+            log.warning("rollout state shared again through the state store (was: %s)", self._offline)
+            self._offline = None
+            await self._save_snapshot()
+
+    def _start_offline(self, config, why: str, exc: StoreUnavailable) -> None:
+        """Serve each route from the local snapshot (else from the config) until the store answers."""
+        snapshot = self._snapshot.load() if self._snapshot is not None else None
+        stored, source = {}, "the config's percents (no local snapshot)"
+        if snapshot is not None:
+            stored, saved_at = snapshot
+            source = f"the local snapshot saved {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(saved_at))}"
+        for route, settings in config.settings.routes.items():
+            if route in self.routes and route not in stored:
+                continue  # keep what was being served
+            self._install(route, RouteRollout.from_json(_with_config(route, stored.get(route), settings.candidates)))
+        self._pending_config = (config, why)
+        self._offline = f"the state store did not answer at {why}; routing with {source}"
+        log.warning("rollout: %s", self._offline)
+        if not any(t.get_name() == "rollout rejoin" and not t.done() for t in self._tasks):
+            self._tasks.append(asyncio.create_task(self._rejoin(), name="rollout rejoin"))
+
+    async def _rejoin(self) -> None:
+        """Retry with backoff until the store takes the pending config and the state is read back."""
+        pause = 0.5
+        while self._pending_config is not None:
+            await asyncio.sleep(pause)
+            if self._pending_config is None:  # a resync notice got there first
+                return
+            try:
+                await self._sync(*self._pending_config)
+            except Exception as exc:
+                log.debug("rollout: the state store still does not answer: %s", exc)
+                pause = min(pause * 2, 5.0)
 
     # --- the request path ---------------------------------------------------------------------
 
@@ -126,14 +183,40 @@ class Rollout:
     async def reload(self, route: str | None = None) -> None:
         if route is not None:
             self._install(route, RouteRollout.from_json(await self.gateway.store.get(KEY + route)))
+            await self._save_snapshot()
             return
         stored = await self.gateway.store.items(KEY)
         for name in self.gateway.config.settings.routes:
-            self._install(name, RouteRollout.from_json(stored.get(KEY + name)))
+            state = stored.get(KEY + name)
+            if state is None and name in self.routes:
+                state = await self._reseed(name)
+            self._install(name, RouteRollout.from_json(state))
+        await self._save_snapshot()
+
+    async def _reseed(self, route: str) -> dict:
+        """The store lost a route's state (a Redis restarted empty): give it back the state this replica serves.
+
+        Atomic, so when several replicas do it at once the first one's copy is the one every replica reads."""
+        mine = self.routes[route].to_json()
+        _, state = await self.gateway.store.update(KEY + route, lambda old: old if old is not None else mine)
+        if state == mine:
+            log.warning("rollout: the state store had no state for route %s; restored the one this replica served",
+                        route)
+        return state
+
+    async def _save_snapshot(self) -> None:
+        if self._snapshot is not None and self._offline is None:
+            await self._snapshot.save({name: state.to_json() for name, state in self.routes.items()})
 
     async def _on_change(self, message: dict) -> None:
         if message.get("kind") == "resync":
-            await self.reload()
+            try:
+                if self._pending_config is not None:
+                    await self._sync(*self._pending_config)
+                else:
+                    await self.reload()
+            except StoreUnavailable as exc:  # lost again already: the resync loop tries later
+                log.warning("rollout resync failed, keeping the state served: %s", exc.message)
         elif message.get("kind") == "rollout" and message.get("route") in self.gateway.config.settings.routes:
             await self.reload(message["route"])
 
@@ -141,29 +224,21 @@ class Rollout:
         while True:
             await asyncio.sleep(self.settings.resync_interval)
             try:
-                await self.reload()
+                if self._pending_config is not None:
+                    await self._sync(*self._pending_config)
+                else:
+                    await self.reload()
             except Exception as exc:  # the store is down: keep serving with what we know
                 log.warning("rollout state resync failed, keeping the last state known: %s", exc)
 
     async def _apply_config(self, config, why: str) -> None:
         """Apply the config's candidate percents that changed since they were last applied."""
         for route, settings in config.settings.routes.items():
-            wanted = dict(settings.candidates)
+            served = self.routes[route].to_json() if route in self.routes else None
 
-            def change(old: dict | None, wanted=wanted) -> dict:
-                state = RouteRollout.from_json(old)
-                for candidate in list(state.allocation.ranges):
-                    if candidate not in wanted:  # removed from the config: its users go back to the baseline
-                        state.allocation = state.allocation.set_percent(candidate, 0)
-                for candidate, percent in sorted(wanted.items()):
-                    if state.applied_config.get(candidate) != percent and candidate not in state.rolled_back:
-                        try:
-                            state.allocation = state.allocation.set_percent(candidate, percent)
-                        except ValueError as exc:
-                            log.error("route %s: config percent for %s not applied: %s", route, candidate, exc)
-                            continue
-                state.applied_config = wanted
-                return state.to_json()
+            def change(old: dict | None, route=route, wanted=dict(settings.candidates), served=served) -> dict:
+                # A store that lost the route (restarted empty) gets the state this replica serves, not the config's.
+                return _with_config(route, old if old is not None else served, wanted)
 
             old, new = await self.gateway.store.update(KEY + route, change)
             before = RouteRollout.from_json(old).allocation.percents()
@@ -201,6 +276,7 @@ class Rollout:
     async def _record(self, kind: str, route: str, who: str, before, after, reason, **details) -> dict:
         event = await audit(self.gateway, kind, route, who, before=before, after=after, reason=reason, **details)
         await self.gateway.store.publish({"kind": "rollout", "route": route})
+        await self.gateway.hooks.each("rollout_changed", event=event)
         if self._webhook_queue is not None and kind in self.settings.webhook_kinds:
             try:
                 self._webhook_queue.put_nowait(event)
@@ -285,6 +361,8 @@ class Rollout:
 
     @hookimpl
     def readiness(self, gateway):
+        if self._offline:
+            return {"rollout": f"serving with a rollout state the store has not confirmed: {self._offline}"}
         problem = gateway.store.degraded
         return {"rollout": f"serving with the last rollout state known: {problem}" if problem else None}
 
@@ -336,6 +414,24 @@ class Rollout:
                         except Exception as exc:
                             log.warning("webhook %s failed (%s), attempt %d", url, type(exc).__name__, attempt + 1)
                         await asyncio.sleep(0.5 * 2 ** attempt)
+
+
+def _with_config(route: str, stored: dict | None, candidates: dict[str, float]) -> dict:
+    """A route's stored state with the config's candidate percents applied where they changed since last applied."""
+    wanted = dict(candidates)
+    state = RouteRollout.from_json(stored)
+    for candidate in list(state.allocation.ranges):
+        if candidate not in wanted:  # removed from the config: its users go back to the baseline
+            state.allocation = state.allocation.set_percent(candidate, 0)
+    for candidate, percent in sorted(wanted.items()):
+        if state.applied_config.get(candidate) != percent and candidate not in state.rolled_back:
+            try:
+                state.allocation = state.allocation.set_percent(candidate, percent)
+            except ValueError as exc:
+                log.error("route %s: config percent for %s not applied: %s", route, candidate, exc)
+                continue
+    state.applied_config = wanted
+    return state.to_json()
 
 
 def _required(body: dict, name: str) -> str:

@@ -22,6 +22,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from evaluators.stats import percentile
+from gateway import tracing
 from gateway.chat import answer_text, whole_answer_request
 from gateway.context import stable_hash
 from gateway.errors import GatewayError, InvalidRequest
@@ -72,6 +73,7 @@ class Job:
     backend: str
     body: dict[str, Any]
     primary: dict[str, Any]  # the primary's half of the comparison row
+    link: Any = None         # the request's span, when tracing is on: the shadow call's span links to it
 
 
 class Shadow:
@@ -119,9 +121,10 @@ class Shadow:
             "primary_completion_tokens": usage.get("completion_tokens"), "primary_cost_usd": ctx.cost_usd,
             "primary_answer": answer_text(ctx.response) if self.settings.bodies else None,
         }
+        link = tracing.current_link() if self._gateway.hooks.tracer is not None else None
         for name in ctx.route.shadow:
             try:
-                self._jobs.put_nowait(Job(generation, name, body, primary))
+                self._jobs.put_nowait(Job(generation, name, body, primary, link))
             except asyncio.QueueFull:
                 self.dropped += 1
                 if self.dropped == 1 or self.dropped % 1000 == 0:
@@ -133,6 +136,14 @@ class Shadow:
     def admin_status(self, gateway):
         return {"shadow": {"queued": self._jobs.qsize() if self._jobs else 0, "in_flight": self.in_flight,
                            "completed": self.completed, "dropped": self.dropped, "errors": self.errors}}
+
+    @hookimpl
+    def collect_metrics(self, gateway):
+        return [("llmgate_shadow_queue_depth", "Shadow calls waiting.", {}, self._jobs.qsize() if self._jobs else 0),
+                ("llmgate_shadow_in_flight", "Shadow calls being made.", {}, self.in_flight),
+                ("llmgate_shadow_calls_total", "Shadow calls recorded.", {}, self.completed),
+                ("llmgate_shadow_errors_total", "Shadow calls that failed.", {}, self.errors),
+                ("llmgate_shadow_dropped_total", "Shadow calls dropped (queue full, shutdown).", {}, self.dropped)]
 
     @hookimpl
     def readiness(self, gateway):
@@ -172,21 +183,33 @@ class Shadow:
     async def _work(self) -> None:
         while True:
             job = await self._jobs.get()
-            self.in_flight += 1
-            self._quiet.clear()
-            try:
-                shadow = await self._call(job)
-            except asyncio.CancelledError:
-                self._record(job, {"shadow_status": 499,
-                                   "shadow_error": "the gateway stopped before the shadow answered"})
-                raise
-            finally:
-                self.in_flight -= 1
-                if not self.in_flight:
-                    self._quiet.set()
-                job.generation.leave()
-            row = self._record(job, shadow)
-            await self._gateway.hooks.each("shadow_compared", comparison={**row, "messages": job.body.get("messages")})
+            with tracing.linked_span(self._gateway.hooks.tracer, f"shadow {job.backend}", job.link,
+                                     **{"llmgate.route": job.primary["route"], "llmgate.backend": job.backend,
+                                        "llmgate.request_id": job.primary["request_id"]}) as span:
+                await self._serve(job, span)
+
+    async def _serve(self, job: Job, span) -> None:
+        """One shadow call, recorded and handed to `shadow_compared` (inside the call's span, when tracing)."""
+        self.in_flight += 1
+        self._quiet.clear()
+        try:
+            shadow = await self._call(job)
+        except asyncio.CancelledError:
+            self._record(job, {"shadow_status": 499,
+                               "shadow_error": "the gateway stopped before the shadow answered"})
+            raise
+        finally:
+            self.in_flight -= 1
+            if not self.in_flight:
+                self._quiet.set()
+            job.generation.leave()
+        if span is not None:
+            tokens = {"prompt_tokens": shadow.get("shadow_prompt_tokens"),
+                      "completion_tokens": shadow.get("shadow_completion_tokens")}
+            span.set_attributes({"http.response.status_code": shadow["shadow_status"],
+                                 **tracing.usage_attributes(tokens)})
+        row = self._record(job, shadow)
+        await self._gateway.hooks.each("shadow_compared", comparison={**row, "messages": job.body.get("messages")})
 
     async def _call(self, job: Job) -> dict[str, Any]:
         """The shadow's half of the row; every failure is an answer here, never an exception."""

@@ -48,7 +48,20 @@ class Settings(BaseModel):
 
 
 def _row(record: dict[str, Any]) -> tuple:
-    return tuple(dumps(record[c]) if c in JSON_COLUMNS and record[c] is not None else record[c] for c in COLUMNS)
+    return tuple(_json_text(record[c]) if c in JSON_COLUMNS and record[c] is not None else record[c] for c in COLUMNS)
+
+
+def _json_text(value: Any) -> str:
+    """JSON text SQLite can store: a refused request may hold a lone surrogate ("\\ud800"), which no UTF-8
+    encoder writes and which would lose the whole batch; escaped, it reads back as it was sent."""
+    text = dumps(value)
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value, separators=(",", ":"))
+    return text
 
 
 def read_records(path: str, where: str = "", params: tuple = ()) -> Iterator[dict[str, Any]]:
@@ -97,9 +110,22 @@ class TrafficLog:
                 log.warning("traffic log queue full: %d records dropped so far", self.dropped)
 
     @hookimpl
+    def collect_metrics(self, gateway):
+        return [("llmgate_traffic_log_queue_depth", "Records waiting to be written.", {},
+                 self._writer.qsize() if self._writer else 0),
+                ("llmgate_traffic_log_written_total", "Records written.", {}, self.written),
+                ("llmgate_traffic_log_dropped_total", "Records dropped (queue full).", {}, self.dropped)]
+
+    @hookimpl
     def readiness(self, gateway):
-        problem = f"{self.dropped} records dropped (queue full)" if self.dropped else None
-        return {"traffic_log": problem}
+        problems = [f"{self.dropped} records dropped (queue full)"] if self.dropped else []
+        writer = self._writer
+        if writer is not None and writer.waiting:
+            problems.append(f"{writer.waiting + writer.qsize()} records waiting: the database refused the last "
+                            f"write ({writer.last_error}); retrying")
+        if writer is not None and writer.lost:
+            problems.append(f"{writer.lost} records lost (the database refused them)")
+        return {"traffic_log": "; ".join(problems) or None}
 
     @hookimpl
     async def shutdown(self, gateway):

@@ -455,7 +455,8 @@ def test_replicas_share_entries_through_redis(model, fake_openai, make_gateway, 
     assert ask(three, "Where can I find my order?")[0] == "hit-semantic"
 
     request = urllib.request.Request(two.url + "/admin/cache/clear", data=json.dumps({"route": ROUTE}).encode(),
-                                     headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, method="POST")
+                                     headers={"Authorization": f"Bearer {ADMIN_TOKEN}",
+                                              "Content-Type": "application/json"}, method="POST")
     with urllib.request.urlopen(request, timeout=10) as resp:
         assert json.loads(resp.read())["removed"] >= 2
     wait_until(lambda: len(plugin(one).index) == 0 and len(plugin(three).index) == 0,

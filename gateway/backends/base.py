@@ -12,6 +12,8 @@ from typing import Any, AsyncIterator, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..breaker import BreakerSettings, CircuitBreaker
+
 
 class Timeouts(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -26,6 +28,7 @@ class BackendSettings(BaseModel):
     model: str
     timeout: Timeouts = Timeouts()
     max_concurrency: int = Field(64, ge=1, description="requests in flight to this backend at once")
+    breaker: BreakerSettings = BreakerSettings()
 
 
 class Backend(ABC):
@@ -40,6 +43,7 @@ class Backend(ABC):
         self.settings = settings
         self.model = settings.model
         self._unset_env = unset_env  # field -> environment variable that was not set
+        self.breaker = CircuitBreaker(name, settings.breaker)  # kept while this backend object is reused
 
     def missing_credentials(self) -> list[str]:
         """Environment variables to set before this backend can be called; empty when ready."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextvars
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,7 @@ from botocore.exceptions import (BotoCoreError, ClientError, ConnectTimeoutError
                                  NoCredentialsError, ParamValidationError, ProfileNotFound, ReadTimeoutError)
 from urllib3.exceptions import HTTPError as Urllib3Error, ReadTimeoutError as Urllib3ReadTimeout
 
+from .. import tracing
 from ..chat import completion, max_tokens_of, stop_list, usage
 from ..errors import GatewayError, InvalidRequest, UpstreamError, UpstreamTimeout, from_upstream_status
 from . import turns
@@ -95,8 +97,11 @@ class BedrockBackend(Backend):
         # In Config, retries' `max_attempts` counts retries (1 would mean two tries); one try in all:
         config = Config(max_pool_connections=n, connect_timeout=t.connect, read_timeout=t.first_byte,
                         retries={"total_max_attempts": 1, "mode": "standard"})
-        return session.client("bedrock-runtime", region_name=self.settings.region,
-                              endpoint_url=self.settings.endpoint_url, config=config)
+        client = session.client("bedrock-runtime", region_name=self.settings.region,
+                                endpoint_url=self.settings.endpoint_url, config=config)
+        # traceparent of the attempt's span (the pool thread runs in the caller's copied context)
+        client.meta.events.register("before-send.bedrock-runtime.*", _add_traceparent)
+        return client
 
     async def start(self) -> None:
         self._executor = ThreadPoolExecutor(self.settings.max_concurrency, thread_name_prefix=f"bedrock-{self.name}")
@@ -204,7 +209,8 @@ class BedrockBackend(Backend):
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         request = self._request(body)
         self._ready()
-        call = asyncio.get_running_loop().run_in_executor(self._executor, partial(self._client.converse, **request))
+        call = asyncio.get_running_loop().run_in_executor(
+            self._executor, contextvars.copy_context().run, partial(self._client.converse, **request))
         try:
             response = await asyncio.wait_for(call, self.settings.timeout.total)
         except TimeoutError:
@@ -258,7 +264,7 @@ class BedrockBackend(Backend):
                 if "events" in holder:
                     holder["events"].close()
 
-        loop.run_in_executor(self._executor, pump)
+        loop.run_in_executor(self._executor, contextvars.copy_context().run, pump)
         deadline = loop.time() + self.settings.timeout.total
         done = False
         try:
@@ -320,6 +326,13 @@ class BedrockBackend(Backend):
             raise UpstreamError(f"backend '{self.name}' ended the stream before the answer was complete",
                                 retryable=True)
         yield out.usage()
+
+
+def _add_traceparent(request, **_) -> None:
+    """botocore's before-send event: the current span's traceparent on the outgoing request, if any."""
+    headers = tracing.inject({})
+    for name, value in headers.items():
+        request.headers[name] = value
 
 
 def _usage(u: dict) -> dict:

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
 import aiohttp
 
+from .. import tracing
 from ..errors import UpstreamError, UpstreamTimeout, from_upstream_status
 from .base import Backend
 
@@ -34,6 +36,9 @@ async def iter_sse(content: aiohttp.StreamReader) -> AsyncIterator[tuple[str | N
             event = value
     if data:
         yield event, "\n".join(data)
+
+
+_CREDENTIAL_HEADER = re.compile(r"authorization|key|token|secret", re.IGNORECASE)
 
 
 def _retry_after(headers) -> float | None:
@@ -65,6 +70,17 @@ class HttpBackend(Backend):
     def _headers(self) -> dict[str, str]:
         return {}
 
+    def _without_credentials(self, text: str) -> str:
+        """The provider's error text without the credentials this backend sent (some providers echo a bad key).
+
+        Cut here, where the error is made, so the key reaches no attempt record, log, trace or caller."""
+        for name, value in self._headers().items():
+            if _CREDENTIAL_HEADER.search(name) and value:
+                for secret in {value, value.removeprefix("Bearer ").strip()}:
+                    if len(secret) >= 4:
+                        text = text.replace(secret, "***")
+        return text
+
     async def start(self) -> None:
         t = self.settings.timeout
         self._session = aiohttp.ClientSession(
@@ -80,9 +96,10 @@ class HttpBackend(Backend):
         """POST `body`; yield a 2xx response or raise an UpstreamError that says what went wrong."""
         t = self.settings.timeout
         try:
-            async with self._session.post(url, json=body) as resp:
+            # traceparent of the attempt's span when tracing is on: the upstream's trace continues this one
+            async with self._session.post(url, json=body, headers=tracing.inject({}) or None) as resp:
                 if resp.status >= 400:
-                    detail = error_detail(await resp.text(errors="replace"))
+                    detail = self._without_credentials(error_detail(await resp.text(errors="replace")))
                     raise from_upstream_status(self.name, resp.status, detail, _retry_after(resp.headers))
                 yield resp
         except UpstreamError:

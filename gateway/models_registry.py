@@ -1,0 +1,183 @@
+"""Models registered at run time: backends (and shadow targets of routes) that live in the state store.
+
+A fine-tuned model finishes training while the gateway runs; it should start serving shadow
+traffic without anyone editing the config file. A registration is one record in the state store
+under `models:<backend name>`:
+
+    {"backend": {"like": "claude-base", "model": "arn:...:provisioned-model/abc"},
+     "shadow": ["support-bot"], "registered_by": "...", "registered_at": 1700000000.0, "details": {...}}
+
+`backend` is a backend entry as in the config's `backends:`; `like` names a configured backend
+whose settings (kind, region, endpoint, credentials) it copies before its own keys apply, so a
+registration never carries a secret (other secrets may only be `${VAR}` references). The
+Gateway merges every record into the config it builds a Generation from (at start-up, on SIGHUP
+and when a change notice arrives), so a registration survives restarts and, with Redis, reaches
+every replica. The config file wins a name clash, and a record that does not fit the config
+(unknown route or `like`, invalid settings) is skipped with a log line, never fatal.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import time
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from .config import Config, _format_validation, _interpolate
+from .errors import InvalidRequest, NotFound
+
+log = logging.getLogger("llmgate.models")
+
+KEY = "models:"
+NOTICE = "models"  # the change notice's kind
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,99}")
+_SECRET_KEY = re.compile(r"key|token|secret|password|credential", re.IGNORECASE)
+_ENV_ONLY = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::-[^}]*)?\}")
+
+
+def _backend_settings(name: str, record: dict, config: Config) -> tuple[dict[str, Any], dict[str, str], set[str]]:
+    """The backend entry a record stands for, with the unset variables and secrets it refers to."""
+    wanted = dict(record.get("backend") or {})
+    like = wanted.pop("like", None)
+    unset: dict[str, str] = {}
+    secrets: set[str] = set()
+    base: dict[str, Any] = {}
+    if like is not None:
+        if like not in config.settings.backends:
+            raise ValueError(f"like: no configured backend '{like}'")
+        base = dict(config.settings.backends[like])
+        prefix = f"backends.{like}."
+        unset = {f"backends.{name}.{path[len(prefix):]}": var for path, var in config.unset_env.items()
+                 if path.startswith(prefix)}
+    own = _interpolate(wanted, f"backends.{name}", unset, secrets)
+    return {**base, **own}, unset, secrets
+
+
+def problems_of(name: str, record: dict, config: Config, kinds: dict) -> list[str]:
+    """Why a record cannot join `config` (empty when it can)."""
+    if not _NAME.fullmatch(name):
+        return [f"'{name}' is not a valid backend name (letters, digits, . _ : -)"]
+    if name in config.settings.backends:
+        return [f"'{name}' is already a backend of the config file"]
+    routes = record.get("shadow") or []
+    problems = [f"shadow: no route named '{r}'" for r in routes if r not in config.settings.routes]
+    try:
+        settings, unset, _ = _backend_settings(name, record, config)
+    except ValueError as exc:
+        return problems + [str(exc)]
+    kind = kinds.get(settings.get("kind"))
+    if kind is None:
+        return problems + [f"backend.kind: unknown kind '{settings.get('kind')}' (known: {', '.join(sorted(kinds))})"]
+    try:
+        kind.Settings.model_validate(settings)
+    except ValidationError as exc:
+        own_unset = {path.removeprefix(f"backends.{name}."): var for path, var in unset.items()}
+        problems += [f"backend.{p}" for p in _format_validation(exc, own_unset)]
+    return problems
+
+
+def merged(config: Config, records: dict[str, dict], kinds: dict) -> Config:
+    """`config` plus every registered model that fits it (the others are logged and left out)."""
+    if not records:
+        return config
+    backends = dict(config.settings.backends)
+    routes = dict(config.settings.routes)
+    unset, secrets = dict(config.unset_env), set(config.secrets)
+    for key, record in sorted(records.items()):
+        name = key.removeprefix(KEY)
+        if problems := problems_of(name, record, config, kinds):
+            log.error("registered model %s left out: %s", name, "; ".join(problems))
+            continue
+        backends[name], more_unset, more_secrets = _backend_settings(name, record, config)
+        unset.update(more_unset)
+        secrets |= more_secrets
+        for route in record.get("shadow") or []:
+            if name not in routes[route].shadow:
+                routes[route] = routes[route].model_copy(update={"shadow": [*routes[route].shadow, name]})
+    settings = config.settings.model_copy(update={"backends": backends, "routes": routes})
+    return Config(settings=settings, source=config.source, unset_env=unset, secrets=secrets)
+
+
+def _literal_secrets(backend: dict) -> list[str]:
+    return [k for k, v in backend.items() if _SECRET_KEY.search(k) and isinstance(v, str)
+            and v != "none" and not _ENV_ONLY.fullmatch(v)]
+
+
+async def register(gateway, name: str, backend: dict, shadow: list[str], who: str, *,
+                   reason: str | None = None, details: dict | None = None) -> dict:
+    """Store a registration, audit it, rebuild this gateway's backends and tell the other replicas.
+
+    Returns the record. Raises InvalidRequest when it does not fit the config."""
+    if not isinstance(backend, dict) or not (backend.get("like") or backend.get("kind")):
+        raise InvalidRequest("'backend' must be an object with 'like' (a configured backend to copy) or 'kind'",
+                             param="backend")
+    if secrets := _literal_secrets(backend):
+        raise InvalidRequest(f"backend.{secrets[0]}: pass secrets as ${{VAR}} references or copy them with 'like'; "
+                             "a registration is stored in the state store", param="backend")
+    if not isinstance(shadow, list) or not all(isinstance(r, str) for r in shadow):
+        raise InvalidRequest("'shadow' must be a list of route names", param="shadow")
+    record = {"backend": backend, "shadow": shadow, "registered_by": who, "registered_at": time.time(),
+              "details": details or {}}
+    if problems := problems_of(name, record, gateway.file_config, gateway.kinds):
+        raise InvalidRequest(f"model '{name}' cannot be registered: " + "; ".join(problems), param="name")
+    old = await gateway.store.get(KEY + name)
+    await gateway.store.set(KEY + name, record)
+    await gateway.refresh_registered()
+    await gateway.store.publish({"kind": NOTICE, "name": name})
+    from .admin import audit
+    for route in shadow or [None]:
+        await audit(gateway, "register_model", route, who, before=(old or {}).get("backend"), after=backend,
+                    reason=reason, backend=name)
+    return record
+
+
+async def unregister(gateway, name: str, who: str, reason: str | None = None) -> dict:
+    old = await gateway.store.get(KEY + name)
+    if old is None:
+        raise NotFound(f"no registered model named '{name}'", param="name", code="model_not_found")
+    await gateway.store.delete(KEY + name)
+    await gateway.refresh_registered()
+    await gateway.store.publish({"kind": NOTICE, "name": name})
+    from .admin import audit
+    for route in old.get("shadow") or [None]:
+        await audit(gateway, "unregister_model", route, who, before=old.get("backend"), after=None, reason=reason,
+                    backend=name)
+    return old
+
+
+def routes(gateway_key) -> list[web.RouteDef]:
+    """GET /admin/models, POST /admin/models {name, backend, shadow, reason}, DELETE /admin/models/{name}."""
+    from .admin import actor, read_body
+
+    async def listing(request: web.Request) -> web.Response:
+        gateway = request.app[gateway_key]
+        gateway.require_admin(request)
+        records = await gateway.store.items(KEY)
+        serving = gateway.backends
+        return web.json_response({"models": {k.removeprefix(KEY): {**r, "serving": k.removeprefix(KEY) in serving}
+                                             for k, r in records.items()}})
+
+    async def add(request: web.Request) -> web.Response:
+        gateway = request.app[gateway_key]
+        gateway.require_admin(request)
+        body = await read_body(request)
+        name = body.get("name")
+        if not isinstance(name, str) or not name:
+            raise InvalidRequest("'name' (the new backend's name) is required", param="name")
+        record = await register(gateway, name, body.get("backend"), body.get("shadow") or [], actor(request),
+                                reason=body.get("reason"), details=body.get("details") if isinstance(
+                                    body.get("details"), dict) else None)
+        return web.json_response({"name": name, **record, "serving": name in gateway.backends})
+
+    async def remove(request: web.Request) -> web.Response:
+        gateway = request.app[gateway_key]
+        gateway.require_admin(request)
+        body = await read_body(request)
+        name = request.match_info["name"]
+        return web.json_response({"name": name, "removed": await unregister(gateway, name, actor(request),
+                                                                            body.get("reason"))})
+
+    return [web.get("/admin/models", listing), web.post("/admin/models", add),
+            web.delete("/admin/models/{name}", remove)]

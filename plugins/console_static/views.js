@@ -1,0 +1,305 @@
+// What the page shows, as functions of the data: one section per route (variants, charts,
+// schedule, shadow comparison) and the event history. Each returns fresh nodes; app.js decides
+// when to put them on the page. Buttons carry data-action; actions.js handles them.
+
+import { h } from "./dom.js";
+import * as f from "./format.js";
+import { chart } from "./chart.js";
+
+const BASELINE_COLOR = "#3b6fd8";
+const PALETTE = ["#e07b00", "#12a06b", "#c2307a", "#7b52d3", "#0d9bb5", "#9a6a1d"];
+const OTHER_COLOR = "#8a8f98";
+
+export const METRICS = [
+  { key: "rps", title: "Requests / s", format: f.rate },
+  { key: "error_rate", title: "Error rate", format: (v) => f.pct(v) },
+  { key: "p50_ms", title: "p50 latency", format: f.ms },
+  { key: "p95_ms", title: "p95 latency", format: f.ms },
+  { key: "cost_per_request", title: "Cost / 1k requests", format: (v) => f.usd(v === null ? null : v * 1000) },
+  { key: "judge_win_rate", title: "Judge win rate", format: f.score, max: 1 },
+];
+
+/** The variants of a route in display order, each with its role and colour. */
+export function variantsOf(name, status, series) {
+  const cfg = status.routes[name];
+  const list = [{ name: cfg.baseline, role: "baseline", color: BASELINE_COLOR }];
+  Object.keys(cfg.candidates || {}).forEach((c, i) => {
+    list.push({ name: c, role: "candidate", color: PALETTE[i % PALETTE.length] });
+  });
+  const seen = new Set(list.map((v) => v.name));
+  const observed = new Set(Object.keys((series.window || {})[name] || {}));
+  for (const sample of series.samples || []) {
+    for (const v of Object.keys(sample.routes?.[name]?.variants || {})) observed.add(v);
+  }
+  for (const v of [...observed].sort()) {
+    if (!seen.has(v)) list.push({ name: v, role: v === "semantic_cache" ? "cache" : "other", color: OTHER_COLOR });
+  }
+  return list;
+}
+
+const per1k = (v) => (v === null || v === undefined ? null : v * 1000);
+
+function badge(text, kind, title) {
+  return h("span", { class: `badge ${kind || ""}`, title }, text);
+}
+
+function shareBar(percent, color, killed) {
+  return h("div", { class: "share" },
+    h("span", { class: "bar" }, h("i", { style: { width: `${Math.max(0, Math.min(100, percent))}%`, background: color } })),
+    h("span", { class: "num" }, killed && percent === 0 ? "0%" : f.percent(percent)));
+}
+
+function button(label, action, data, kind) {
+  return h("button", { type: "button", class: kind || "", dataset: { action, ...data } }, label);
+}
+
+function verdict(evaluation) {
+  if (!evaluation) return h("span", { class: "muted" }, "–");
+  const kind = { Successful: "ok", Failed: "bad", Inconclusive: "warn" }[evaluation.outcome] || "";
+  const checks = Object.entries(evaluation.checks || {})
+    .map(([rule, c]) => `${rule}: ${c.failed === true ? "FAILED" : c.failed === false ? "ok" : "no data"} — ${c.detail}`)
+    .join("\n");
+  const failing = evaluation.failing ? ` ×${evaluation.failing}` : "";
+  return badge(`${evaluation.outcome}${failing}`, kind, checks);
+}
+
+function variantsTable(name, status, series, variants) {
+  const cfg = status.routes[name];
+  const rollout = status.rollout?.routes?.[name] || { percents: {}, rolled_back: {}, canary: {} };
+  const evaluations = status.auto_rollback?.evaluations?.[name] || {};
+  const schedule = status.auto_rollback?.schedules?.[name];
+  const figures = (series.window || {})[name] || {};
+  const candidatesShare = Object.values(rollout.percents || {}).reduce((a, b) => a + b, 0);
+  const windowLabel = series.window_seconds?.[name] ? `last ${f.duration(series.window_seconds[name])}` : "window";
+  const rows = variants.map((v) => {
+    let share = null;
+    const state = [];
+    if (v.role === "baseline") {
+      share = rollout.killed ? 100 : Math.max(0, 100 - candidatesShare);
+    } else if (v.role === "candidate") {
+      share = rollout.killed ? 0 : rollout.percents?.[v.name] || 0;
+      const back = rollout.rolled_back?.[v.name];
+      if (back) {
+        state.push(badge("rolled back", "bad", `by ${back.actor || "?"} at ${f.time(back.ts)}`),
+          h("span", { class: "reason", title: back.reason || "" }, back.reason || ""));
+      }
+      if (rollout.canary?.[v.name]) state.push(badge(`canary ${rollout.canary[v.name]}`, "info"));
+      if (schedule && schedule.candidate === v.name && ["running", "paused"].includes(schedule.status)) {
+        state.push(badge(`schedule ${schedule.step + 1}/${schedule.steps.length}`, "info"));
+      }
+    } else {
+      state.push(h("span", { class: "muted" }, v.role === "cache" ? "cache hits" : "fallback / other"));
+    }
+    const x = figures[v.name] || {};
+    const actions = v.role === "candidate" ? [
+      button("Set %", "percent", { route: name, candidate: v.name }),
+      button("Promote", "promote", { route: name, candidate: v.name }),
+      button("Roll back", "rollback", { route: name, candidate: v.name }, "danger"),
+    ] : [];
+    return h("tr", { dataset: { variant: v.name, role: v.role } },
+      h("th", { scope: "row", class: "variant" }, h("i", { class: "swatch", style: { background: v.color } }),
+        h("span", { class: "vname" }, v.name), h("span", { class: "role" }, v.role)),
+      h("td", { class: "share-cell" }, share === null ? h("span", { class: "muted" }, "–") : shareBar(share, v.color, rollout.killed)),
+      h("td", { class: `state ${state.length ? "" : "empty"}` }, state),
+      h("td", { class: "num", "data-label": "requests" }, f.count(x.requests)),
+      h("td", { class: `num ${x.error_rate > 0.05 ? "alarm" : ""}`, "data-label": "errors" }, f.pct(x.error_rate, 2)),
+      h("td", { class: "num", "data-label": "p50" }, f.ms(x.p50_ms)),
+      h("td", { class: "num", "data-label": "p95" }, f.ms(x.p95_ms)),
+      h("td", { class: "num", "data-label": "$ / 1k req" }, f.usd(per1k(x.cost_per_request))),
+      h("td", { class: "num", "data-label": "judge" }, x.judge_n ? `${f.score(x.judge_win_rate)} (${x.judge_n})` : "–"),
+      h("td", { class: `verdict ${v.role === "candidate" ? "" : "empty"}`, "data-label": "verdict" },
+        v.role === "candidate" ? verdict(evaluations[v.name]) : ""),
+      h("td", { class: `actions ${actions.length ? "" : "empty"}` }, actions));
+  });
+  return h("div", { class: "scroll" }, h("table", { class: "variants" },
+    h("thead", {}, h("tr", {}, h("th", {}, "variant"), h("th", {}, "share"), h("th", {}, "state"),
+      h("th", { class: "num", title: windowLabel }, "requests"), h("th", { class: "num" }, "errors"),
+      h("th", { class: "num" }, "p50"), h("th", { class: "num" }, "p95"), h("th", { class: "num", title: "cost per 1,000 requests" }, "$ / 1k req"),
+      h("th", { class: "num" }, "judge"), h("th", {}, "verdict"), h("th", {}, ""))),
+    h("tbody", {}, rows),
+    h("caption", {}, `Figures over the ${windowLabel}; share is the percent of users routed.`)));
+}
+
+function charts(name, series, variants, cacheOn) {
+  const samples = series.samples || [];
+  const step = series.interval_seconds || 5;
+  const t1 = samples.length ? samples[samples.length - 1].t : Date.now() / 1000;
+  // From the route's first point with traffic (the ring's length at most), never narrower than 30 points.
+  const first = samples.find((s) => s.routes?.[name]);
+  const oldest = first ? first.t - step : t1;
+  const t0 = Math.min(Math.max(oldest, t1 - step * (series.capacity || 180)), t1 - step * 30);
+  const span = `−${f.duration(t1 - t0)}`;
+  const out = METRICS.map((m) => chart({
+    title: m.title, format: m.format, t0, t1, max: m.max, span,
+    series: variants.map((v) => ({
+      name: v.name, color: v.color,
+      points: samples.map((s) => {
+        const fig = s.routes?.[name]?.variants?.[v.name];
+        return [s.t, fig ? fig[m.key] : (m.key === "rps" ? 0 : null)];
+      }),
+    })).filter((s) => s.points.some((p) => p[1] !== null && p[1] !== 0) || variants.length <= 4),
+  }));
+  out.push(chart({
+    title: "Cache hit rate", format: (v) => f.pct(v), t0, t1, max: 1, span,
+    empty: cacheOn ? null : "semantic cache off",
+    series: cacheOn ? [{ name: "route", color: OTHER_COLOR,
+                         points: samples.map((s) => [s.t, s.routes?.[name]?.cache_hit_rate ?? null]) }] : [],
+  }));
+  return h("div", { class: "charts" }, out);
+}
+
+function scheduleBlock(name, status) {
+  const schedule = status.auto_rollback?.schedules?.[name];
+  const cfg = status.routes[name];
+  const start = Object.keys(cfg.candidates || {}).length
+    ? button("Start schedule…", "schedule-start", { route: name }) : null;
+  if (!schedule) {
+    return h("div", { class: "schedule" }, h("span", { class: "label" }, "Schedule"),
+      h("span", { class: "muted" }, "none"), start);
+  }
+  const active = ["running", "paused"].includes(schedule.status);
+  const kind = { running: "info", paused: "warn", aborted: "bad", done: "ok" }[schedule.status] || "";
+  const steps = schedule.steps.map((p, i) => h("span", {
+    class: `step ${i < schedule.step ? "past" : i === schedule.step ? "now" : ""}`,
+  }, f.percent(p)));
+  const began = schedule.step_started ? `step began ${f.ago(schedule.step_started)}` : "";
+  const analysis = schedule.last_analysis?.outcome ? `last analysis: ${schedule.last_analysis.outcome}` : "";
+  return h("div", { class: "schedule" },
+    h("span", { class: "label" }, "Schedule"),
+    badge(schedule.status, kind), h("b", {}, schedule.candidate),
+    h("span", { class: "steps" }, steps),
+    h("span", { class: "muted" }, [`hold ${f.duration(schedule.hold_seconds)}`, began, analysis].filter(Boolean).join(" · ")),
+    schedule.reason ? h("span", { class: "muted", title: schedule.reason }, `“${schedule.reason}”`) : null,
+    h("span", { class: "grow" }),
+    schedule.status === "running" ? button("Pause", "schedule-pause", { route: name }) : null,
+    schedule.status === "paused" ? button("Resume", "schedule-resume", { route: name }) : null,
+    active ? button("Abort", "schedule-abort", { route: name }, "danger") : start);
+}
+
+function shadowBlock(name, status, shadow, openKeys) {
+  const cfg = status.routes[name];
+  if (!cfg.shadow || !cfg.shadow.length) return null;
+  const report = shadow?.report;
+  const pairs = shadow?.pairs || [];
+  const parts = [h("h3", {}, "Shadow comparison ", h("span", { class: "muted" },
+    report ? `last ${f.duration(report.since_s)}, sample rate ${f.pct(report.sample_rate, 0)}` : "loading…"))];
+  for (const [backend, s] of Object.entries(report?.shadows || {})) {
+    const row = (label, p, q, fmt, diff) => h("tr", {}, h("th", { scope: "row" }, label),
+      h("td", { class: "num" }, fmt(p)), h("td", { class: "num" }, fmt(q)),
+      h("td", { class: "num muted" }, diff === undefined ? "" : diff));
+    const delta = (a, b, fmt) => (a === null || a === undefined || b === null || b === undefined) ? "–"
+      : `${b - a >= 0 ? "+" : "−"}${fmt(Math.abs(b - a))}`;
+    const pp = s.primary, sh = s.shadow;
+    parts.push(h("div", { class: "shadow-summary" },
+      h("div", { class: "shadow-head" }, h("b", {}, backend), ` ${f.count(s.count)} comparisons`,
+        s.judge ? ` · judge mean ${f.score(s.judge.mean)} (${s.judge.count})` : "",
+        s.projected_monthly_saving_usd !== null && s.projected_monthly_saving_usd !== undefined
+          ? h("span", { class: s.projected_monthly_saving_usd >= 0 ? "good" : "alarm" },
+            ` · projected saving ${f.usd(s.projected_monthly_saving_usd)}/month`) : ""),
+      h("div", { class: "scroll" }, h("table", { class: "compare" },
+        h("thead", {}, h("tr", {}, h("th", {}, ""), h("th", { class: "num" }, "primary"),
+          h("th", { class: "num" }, "shadow"), h("th", { class: "num" }, "difference"))),
+        h("tbody", {},
+          row("error rate", pp.error_rate, sh.error_rate, (v) => f.pct(v, 1), delta(pp.error_rate, sh.error_rate, (v) => f.pct(v, 1))),
+          row("p50", pp.latency_ms?.p50, sh.latency_ms?.p50, f.ms, delta(pp.latency_ms?.p50, sh.latency_ms?.p50, f.ms)),
+          row("p95", pp.latency_ms?.p95, sh.latency_ms?.p95, f.ms, delta(pp.latency_ms?.p95, sh.latency_ms?.p95, f.ms)),
+          row("completion tokens", pp.completion_tokens_mean, sh.completion_tokens_mean, f.count,
+            delta(pp.completion_tokens_mean, sh.completion_tokens_mean, f.count)),
+          row("cost / 1k requests", per1k(pp.cost_per_request_usd), per1k(sh.cost_per_request_usd), f.usd,
+            delta(per1k(pp.cost_per_request_usd), per1k(sh.cost_per_request_usd), f.usd)))))));
+  }
+  if (pairs.length) {
+    parts.push(h("h4", {}, `Latest paired answers (${pairs.length})`));
+    pairs.forEach((p, i) => {
+      const key = `pair:${name}:${p.id}`;
+      const failed = p.shadow_error || p.shadow_status >= 400;
+      const details = h("details", { class: "pair", dataset: { key }, open: openKeys.has(key) || (i === 0 && !openKeys.has(`closed:${key}`)) },
+        h("summary", {}, h("span", { class: "muted" }, f.time(p.ts)), " ",
+          h("b", {}, `${p.primary_backend} ↔ ${p.shadow_backend}`), " ",
+          failed ? badge(`shadow ${p.shadow_status}`, "bad") : badge("both answered", "ok"),
+          p.judge_score !== null && p.judge_score !== undefined ? badge(`judge ${f.score(p.judge_score)}`, "info") : "",
+          h("span", { class: "muted" }, ` ${f.ms(p.primary_latency_ms)} vs ${f.ms(p.shadow_latency_ms)}`)),
+        h("div", { class: "sides" },
+          h("div", { class: "side" }, h("div", { class: "side-head" }, `primary · ${p.primary_backend} · ${p.primary_status}`),
+            h("pre", {}, p.primary_answer ?? "(answer not stored)", p.primary_chars > (p.primary_answer || "").length ? " …" : "")),
+          h("div", { class: "side" }, h("div", { class: "side-head" }, `shadow · ${p.shadow_backend} · ${p.shadow_status}`),
+            h("pre", { class: failed ? "failed" : "" }, p.shadow_error || p.shadow_answer || "(answer not stored)",
+              p.shadow_chars > (p.shadow_answer || "").length ? " …" : ""))));
+      parts.push(details);
+    });
+  } else if (report) {
+    parts.push(h("p", { class: "muted" }, "No paired answers recorded yet."));
+  }
+  return h("div", { class: "shadow" }, parts);
+}
+
+export function routeSection(name, status, series, shadow, openKeys) {
+  const cfg = status.routes[name];
+  const rollout = status.rollout?.routes?.[name] || {};
+  const variants = variantsOf(name, status, series);
+  const hasCandidates = Object.keys(cfg.candidates || {}).length > 0;
+  const cacheRate = (series.samples || []).slice(-12).reduce((acc, s) => {
+    const r = s.routes?.[name];
+    if (r?.requests) { acc.n += r.requests; acc.hits += (r.cache_hit_rate || 0) * r.requests; }
+    return acc;
+  }, { n: 0, hits: 0 });
+  return h("section", { class: `route panel ${rollout.killed ? "killed" : ""}`, id: `route-${name}`, dataset: { route: name } },
+    h("div", { class: "panel-head" },
+      h("h2", {}, name),
+      rollout.killed ? badge("KILL SWITCH ON: all traffic to baseline", "bad") : null,
+      h("span", { class: "muted" }, `baseline ${cfg.baseline}`,
+        cfg.shadow?.length ? ` · shadow ${cfg.shadow.join(", ")}` : "",
+        cfg.fallback?.length ? ` · fallback ${cfg.fallback.join(", ")}` : "",
+        cacheRate.n && status.semantic_cache ? ` · cache hits ${f.pct(cacheRate.hits / cacheRate.n, 0)}` : ""),
+      h("span", { class: "grow" }),
+      button(rollout.killed ? "Kill switch off" : "Kill switch", "kill", { route: name, on: rollout.killed ? "false" : "true" },
+        rollout.killed ? "" : "danger"),
+      hasCandidates ? button("Roll back all", "rollback", { route: name }, "danger") : null),
+    variantsTable(name, status, series, variants),
+    scheduleBlock(name, status),
+    charts(name, series, variants, Boolean(status.semantic_cache)),
+    shadowBlock(name, status, shadow, openKeys));
+}
+
+function changeText(event) {
+  const show = (v) => (v === null || v === undefined) ? "–"
+    : (typeof v === "object" && !Array.isArray(v) && Object.values(v).every((x) => typeof x === "number"))
+      ? f.percents(v) : typeof v === "object" ? Object.entries(v).map(([k, x]) => `${k} ${x}`).join(", ") : String(v);
+  if (event.before === undefined && event.after === undefined) return "";
+  return `${show(event.before)} → ${show(event.after)}`;
+}
+
+function figuresList(figures) {
+  if (!figures || typeof figures !== "object") return null;
+  const items = [];
+  for (const side of ["candidate", "baseline"]) {
+    const x = figures[side];
+    if (x) {
+      items.push(h("li", {}, h("b", {}, side), ` ${x.requests ?? "?"} calls, errors ${f.pct(x.error_rate, 2)}, `,
+        `p95 ${f.ms(x.p95_ms)}, ${f.usd(x.cost_per_request)}/req`,
+        x.judge_win_rate !== undefined ? `, judge ${f.score(x.judge_win_rate)}` : ""));
+    }
+  }
+  for (const [rule, c] of Object.entries(figures.checks || {})) {
+    items.push(h("li", { class: c.failed ? "alarm" : "" }, h("b", {}, rule), ` ${c.failed ? "FAILED" : c.failed === false ? "ok" : "no data"}: ${c.detail}`));
+  }
+  return items.length ? h("ul", { class: "figures" }, items) : null;
+}
+
+export function eventRow(event, openKeys) {
+  const key = `event:${event.id}`;
+  const detail = figuresList(event.figures);
+  const extra = [];
+  if (event.rule) extra.push(badge(`rule ${event.rule}`, "bad"));
+  if (event.candidate) extra.push(h("span", { class: "muted" }, ` candidate ${event.candidate}`));
+  if (event.steps) extra.push(h("span", { class: "muted" }, ` steps ${event.steps.map(f.percent).join("→")}`));
+  return h("tr", { class: `kind-${event.kind}`, dataset: { eventId: event.id, kind: event.kind } },
+    h("td", { class: "nowrap when", title: new Date(event.ts * 1000).toISOString() }, f.time(event.ts)),
+    h("td", { class: "num muted id" }, `#${event.id}`),
+    h("td", { class: "route-name" }, event.route || "–"),
+    h("td", { class: "kind-cell" }, badge(event.kind, `kind ${event.kind}`)),
+    h("td", { class: "actor" }, event.actor || "–"),
+    h("td", { class: "change" }, changeText(event)),
+    h("td", { class: "why" }, event.reason || "", extra,
+      detail ? h("details", { dataset: { key }, open: openKeys.has(key) }, h("summary", {}, "figures that fired it"), detail) : null));
+}

@@ -1,0 +1,459 @@
+"""dataset: fine-tuning datasets built from the traffic the gateway logged (`llmgate dataset ...`).
+
+`llmgate dataset build` reads a route's logged exchanges (plugins.traffic_source: the local
+traffic log or the S3 sink), keeps those that pass the filters (time, variant, status, judge
+score, user feedback), cleans them (incomplete answers and tool or image content dropped, PII
+replaced by typed placeholders, per-message length bounds, exact then near duplicates removed),
+converts them to a provider's format (plugins.dataset_formats), splits them 80/10/10 by a seeded
+hash (the same input and seed give the same files), and writes train/validation/test JSONL plus
+`manifest.json`: counts, filters, the source's time range, file hashes, what was dropped and why,
+and the PII replaced per kind. Each record is dropped for the first reason that applies.
+
+`llmgate dataset validate FILE --format F` checks a file line by line and names every bad line.
+
+A command-line module only: no hooks run while the gateway serves.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+from gateway.config import Config, load_config
+from gateway.hookspecs import hookimpl
+from plugins import traffic_source
+from plugins.dataset_formats import FORMAT_NAMES, SPLITS, ChatFormat, make_format, split_of, validate_file
+from plugins.near_duplicates import NearDuplicateIndex
+from plugins.pii import KINDS, scrub
+
+# Why a record was left out, in the order the checks run (the manifest repeats the ones that occurred).
+REASONS = {
+    "status": "the exchange's status is not one kept (--status, default 200)",
+    "variant": "answered by a backend other than --variant",
+    "judge_unscored": "no judge score for the answer (--min-judge-score)",
+    "judge_below_min": "the judge scored the answer below --min-judge-score",
+    "feedback_missing": "no user rating for the answer (--feedback)",
+    "feedback_mismatch": "the user rating does not match --feedback",
+    "no_bodies": "the traffic log kept no request or response body",
+    "incomplete": "no answer text, an answer cut off (length, content filter), or no user turn to answer",
+    "unsupported_content": "tools, tool calls, or content other than text",
+    "too_short": "a message shorter than --min-chars",
+    "too_long": "a message longer than --max-chars",
+    "invalid_for_format": "the record breaks the format's rules or its token limit",
+    "duplicate_exact": "the same record (after PII scrubbing) as one kept earlier",
+    "duplicate_near": "nearly the same text as one kept earlier (--near-duplicate-threshold)",
+    "over_provider_limit": "more records than the provider takes in one file",
+}
+FEEDBACK_CHOICES = ("helpful", "not_helpful", "rated")
+HELPFUL_SCORE = 0.75  # "helpful", or 4-5 of 5 (feedback normalises a rating r to (r-1)/4)
+TRUNCATED = {"length", "content_filter"}
+
+
+@dataclass
+class BuildOptions:
+    route: str
+    format: ChatFormat
+    out: Path
+    since: float | None = None
+    until: float | None = None
+    variants: list[str] | None = None
+    statuses: tuple[int, ...] = (200,)
+    min_judge_score: float | None = None
+    feedback: str | None = None
+    min_chars: int = 1
+    max_chars: int = 32_000
+    near_duplicate_threshold: float = 0.85
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seed: int = 0
+
+
+@dataclass
+class Example:
+    request_id: str
+    ts: float
+    line: str                # the record in the output format, as written
+    pii: Counter = field(default_factory=Counter)
+
+
+class Drop(Exception):
+    """A record left out of the dataset, for `reason` (one of REASONS)."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(detail or reason)
+        self.reason = reason
+
+
+# --- conversations from logged exchanges ----------------------------------------------------------
+
+def _text(content: Any) -> str:
+    """A message's text; content parts other than text cannot go into a text dataset."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise Drop("unsupported_content", "a content part that is not text")
+            parts.append(part["text"])
+        return "".join(parts)
+    raise Drop("unsupported_content", "content that is not text")
+
+
+def conversation_of(record: dict[str, Any]) -> dict[str, Any]:
+    """The exchange as {"system", "messages"}: the request's turns and the answer the caller got.
+
+    System (and developer) messages are joined into `system`; consecutive turns of one role are
+    joined, as the providers would read them. Raises Drop when the exchange cannot be an example."""
+    request, response = record.get("request"), record.get("response")
+    if not isinstance(request, dict) or not isinstance(response, dict):
+        raise Drop("no_bodies", "the traffic log kept no bodies (plugins.traffic_log.bodies: false)")
+    if request.get("tools") or request.get("functions"):
+        raise Drop("unsupported_content", "the request offered tools")
+    choices = response.get("choices") or []
+    answer = (choices[0].get("message") or {}) if choices and isinstance(choices[0], dict) else {}
+    if answer.get("tool_calls") or answer.get("function_call"):
+        raise Drop("unsupported_content", "the answer called a tool")
+    if choices and choices[0].get("finish_reason") in TRUNCATED:
+        raise Drop("incomplete", f"the answer was cut off ({choices[0]['finish_reason']})")
+    answer_text = _text(answer.get("content"))
+    if not answer_text.strip():
+        raise Drop("incomplete", "no answer text")
+    system, turns = [], []
+    for message in request.get("messages") or []:
+        role = message.get("role") if isinstance(message, dict) else None
+        if role in ("system", "developer"):
+            system.append(_text(message.get("content")))
+        elif role in ("user", "assistant"):
+            if message.get("tool_calls"):
+                raise Drop("unsupported_content", "a tool call in the conversation")
+            text = _text(message.get("content"))
+            if turns and turns[-1]["role"] == role:
+                turns[-1]["content"] += "\n\n" + text
+            else:
+                turns.append({"role": role, "content": text})
+        else:
+            raise Drop("unsupported_content", f"a {role!r} message")
+    if not turns or turns[-1]["role"] != "user" or turns[0]["role"] != "user":
+        raise Drop("incomplete", "the conversation does not start and end with the user's turn")
+    turns.append({"role": "assistant", "content": answer_text})
+    return {"system": "\n\n".join(s for s in system if s) or None, "messages": turns}
+
+
+def scrub_conversation(conversation: dict[str, Any]) -> tuple[dict[str, Any], Counter]:
+    counts: Counter = Counter()
+    system = scrub(conversation["system"], counts)[0] if conversation.get("system") else None
+    messages = [{"role": m["role"], "content": scrub(m["content"], counts)[0]} for m in conversation["messages"]]
+    return {"system": system, "messages": messages}, counts
+
+
+def _check_lengths(conversation: dict[str, Any], options: BuildOptions) -> None:
+    texts = ([conversation["system"]] if conversation.get("system") else []) + \
+        [m["content"] for m in conversation["messages"]]
+    if any(len(t.strip()) < options.min_chars for t in texts):
+        raise Drop("too_short", f"a message shorter than {options.min_chars} characters")
+    if any(len(t) > options.max_chars for t in texts):
+        raise Drop("too_long", f"a message longer than {options.max_chars} characters")
+
+
+# --- selection -------------------------------------------------------------------------------------
+
+@dataclass
+class Selection:
+    """The joins the filters need: judge scores and feedback by request id."""
+    judge: dict[str, float]
+    feedback: dict[str, dict[str, Any]]
+
+    @classmethod
+    def load(cls, config: Config, options: BuildOptions) -> "Selection":
+        judge = traffic_source.judge_scores_by_request(config) if options.min_judge_score is not None else {}
+        feedback = traffic_source.feedback_by_request(config) if options.feedback else {}
+        return cls(judge, feedback)
+
+    def judge_score(self, record: dict[str, Any]) -> float | None:
+        noted = (record.get("annotations") or {}).get("judge_score")
+        if isinstance(noted, (int, float)) and not isinstance(noted, bool):
+            return float(noted)
+        return self.judge.get(record["request_id"])
+
+    def check(self, record: dict[str, Any], options: BuildOptions) -> None:
+        if record.get("status") not in options.statuses:
+            raise Drop("status")
+        if options.variants and record.get("served_by") not in options.variants:
+            raise Drop("variant")
+        if options.min_judge_score is not None:
+            score = self.judge_score(record)
+            if score is None:
+                raise Drop("judge_unscored")
+            if score < options.min_judge_score:
+                raise Drop("judge_below_min")
+        if options.feedback:
+            rated = self.feedback.get(record["request_id"])
+            if rated is None:
+                raise Drop("feedback_missing")
+            helpful = rated["score"] >= HELPFUL_SCORE
+            if (options.feedback == "helpful" and not helpful) or (options.feedback == "not_helpful" and helpful):
+                raise Drop("feedback_mismatch")
+
+
+# --- the build -------------------------------------------------------------------------------------
+
+def _dumps(record: dict[str, Any]) -> str:
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _split_sizes(n: int, split: tuple[float, float, float]) -> tuple[int, int, int]:
+    validation, test = round(n * split[1]), round(n * split[2])
+    return n - validation - test, validation, test
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def select_examples(records: Iterable[dict[str, Any]], selection: Selection, options: BuildOptions,
+                    dropped: Counter, seen_range: list) -> list[Example]:
+    """Records that pass the filters and cleaning, oldest first; `dropped` counts the others by reason."""
+    fmt = options.format
+    exact: set[str] = set()
+    near = NearDuplicateIndex(options.near_duplicate_threshold)
+    kept: list[Example] = []
+    for record in records:
+        ts = record.get("ts")
+        if ts is not None:
+            seen_range[0] = ts if seen_range[0] is None else min(seen_range[0], ts)
+            seen_range[1] = ts if seen_range[1] is None else max(seen_range[1], ts)
+        try:
+            selection.check(record, options)
+            conversation, pii = scrub_conversation(conversation_of(record))
+            _check_lengths(conversation, options)
+            converted = fmt.convert(conversation)
+            if fmt.record_problems(converted):
+                raise Drop("invalid_for_format")
+            line = _dumps(converted)
+            digest = hashlib.sha256(line.encode()).hexdigest()
+            if digest in exact:
+                raise Drop("duplicate_exact")
+            exact.add(digest)
+            text = "\n".join([conversation.get("system") or ""] + [m["content"] for m in conversation["messages"]])
+            if near.seen(text):
+                raise Drop("duplicate_near")
+        except Drop as drop:
+            dropped[drop.reason] += 1
+            continue
+        kept.append(Example(record["request_id"], ts, line, pii))
+    return kept
+
+
+def split_examples(examples: list[Example], options: BuildOptions, dropped: Counter) -> dict[str, list[Example]]:
+    """Seeded, order-free split: examples sorted by a hash of the seed and their content."""
+    ordered = sorted(examples, key=lambda e: hashlib.sha256(f"{options.seed}\x1f{e.line}".encode()).digest())
+    n_train, n_validation, _ = _split_sizes(len(ordered), options.split)
+    parts = {"train": ordered[:n_train], "validation": ordered[n_train:n_train + n_validation],
+             "test": ordered[n_train + n_validation:]}
+    for name, limit in options.format.max_records.items():
+        if len(parts[name]) > limit:  # the provider refuses bigger files: keep the first `limit`
+            dropped["over_provider_limit"] += len(parts[name]) - limit
+            parts[name] = parts[name][:limit]
+    return parts
+
+
+def build(config: Config, options: BuildOptions) -> dict[str, Any]:
+    """Build the dataset into `options.out`; the manifest written there is returned."""
+    if abs(sum(options.split) - 1) > 1e-6 or any(p < 0 for p in options.split):
+        raise ValueError("the split shares must be non-negative and add up to 100")
+    started = time.time()
+    selection = Selection.load(config, options)
+    dropped: Counter = Counter()
+    seen_range: list = [None, None]
+    read = 0
+
+    def counted(records: Iterable[dict[str, Any]]) -> Iterable[dict[str, Any]]:
+        nonlocal read
+        for record in records:
+            read += 1
+            yield record
+
+    records = traffic_source.iter_records(config, route=options.route, since=options.since, until=options.until)
+    kept = select_examples(counted(records), selection, options, dropped, seen_range)
+    parts = split_examples(kept, options, dropped)
+    written = [e for name in SPLITS for e in parts[name]]
+
+    options.out.mkdir(parents=True, exist_ok=True)
+    files, problems, pii = {}, [], Counter()
+    for name in SPLITS:
+        path = options.out / f"{name}.jsonl"
+        with open(path, "w", encoding="utf-8") as f:
+            for example in parts[name]:
+                f.write(example.line + "\n")
+        report = validate_file(path, options.format, name)
+        problems += [f"{path.name}: {p}" for p in report.problems]
+        files[path.name] = {"records": len(parts[name]), "sha256": _sha256(path), "bytes": path.stat().st_size,
+                            "valid": report.ok}
+    for example in written:
+        pii.update(example.pii)
+    kept_ts = [e.ts for e in written if e.ts is not None]
+    manifest = {
+        "created_at": _iso(started),
+        "route": options.route,
+        "format": options.format.name,
+        "format_limits": options.format.limits(),
+        "filters": {
+            "route": options.route, "since": _iso(options.since), "until": _iso(options.until),
+            "variants": options.variants, "statuses": list(options.statuses),
+            "min_judge_score": options.min_judge_score, "feedback": options.feedback,
+        },
+        "cleaning": {"min_chars_per_message": options.min_chars, "max_chars_per_message": options.max_chars,
+                     "near_duplicate_threshold": options.near_duplicate_threshold, "pii_kinds": list(KINDS)},
+        "split": {"shares": dict(zip(SPLITS, options.split)), "seed": options.seed},
+        "source": {**traffic_source.describe_source(config),
+                   "time_range": {"first": _iso(seen_range[0]), "last": _iso(seen_range[1])},
+                   "judge_scores": traffic_source.shadow_path(config) if options.min_judge_score is not None else None,
+                   "feedback": traffic_source.feedback_path(config) if options.feedback else None},
+        "counts": {"read": read, "kept": len(written), **{name: len(parts[name]) for name in SPLITS},
+                   "dropped": sum(dropped.values())},
+        "dropped": {reason: dropped[reason] for reason in REASONS if dropped[reason]},
+        "drop_reasons": {reason: why for reason, why in REASONS.items() if dropped[reason]},
+        "pii_replaced": {kind: pii[kind] for kind in KINDS},
+        "kept_time_range": {"first": _iso(min(kept_ts)) if kept_ts else None,
+                            "last": _iso(max(kept_ts)) if kept_ts else None},
+        "files": files,
+        "problems": problems,
+    }
+    with open(options.out / "manifest.json", "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+    return manifest
+
+
+# --- the command line ----------------------------------------------------------------------------
+
+def _shares(text: str) -> tuple[float, float, float]:
+    try:
+        parts = [float(p) for p in text.split("/")]
+    except ValueError:
+        parts = []
+    if len(parts) != 3 or any(p < 0 for p in parts) or abs(sum(parts) - 100) > 1e-6:
+        raise argparse.ArgumentTypeError(f"not a split: {text!r} (train/validation/test percents adding to 100, "
+                                         "like 80/10/10)")
+    return parts[0] / 100, parts[1] / 100, parts[2] / 100
+
+
+def _score(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"not a score: {text!r} (from 0 to 1)")
+    return value
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    options = BuildOptions(
+        route=args.route, format=make_format(args.format, args.max_tokens), out=Path(args.out),
+        since=args.since, until=args.until,
+        variants=args.variant, statuses=tuple(args.status or (200,)), min_judge_score=args.min_judge_score,
+        feedback=args.feedback, min_chars=args.min_chars, max_chars=args.max_chars,
+        near_duplicate_threshold=args.near_duplicate_threshold, split=args.split, seed=args.seed)
+    if args.route not in config.settings.routes:
+        print(f"llmgate: note: route '{args.route}' is not in {config.source}; reading its logged traffic anyway",
+              file=sys.stderr)
+    try:
+        manifest = build(config, options)
+    except traffic_source.SourceError as exc:
+        print(f"llmgate: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(manifest, indent=2))
+    else:
+        counts = manifest["counts"]
+        print(f"{options.out}: {counts['kept']} of {counts['read']} exchanges of route '{options.route}' "
+              f"({options.format.name}): train {counts['train']}, validation {counts['validation']}, "
+              f"test {counts['test']}")
+        if manifest["dropped"]:
+            print("  dropped: " + ", ".join(f"{reason} {n}" for reason, n in manifest["dropped"].items()))
+        replaced = {k: v for k, v in manifest["pii_replaced"].items() if v}
+        print("  PII replaced: " + (", ".join(f"{k} {v}" for k, v in replaced.items()) or "none"))
+    for problem in manifest["problems"]:
+        print(f"  problem: {problem}", file=sys.stderr)
+    if not manifest["counts"]["kept"]:
+        print("llmgate: no exchange was kept: loosen the filters or widen --since", file=sys.stderr)
+    return 1 if manifest["problems"] or not manifest["counts"]["kept"] else 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    fmt = make_format(args.format, args.max_tokens)
+    split = args.split or split_of(args.file)
+    try:
+        report = validate_file(args.file, fmt, split)
+    except OSError as exc:
+        print(f"llmgate: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except UnicodeDecodeError:
+        print(f"llmgate: {args.file} is not UTF-8 text", file=sys.stderr)
+        return 1
+    for problem in report.problems:
+        print(f"{args.file}: {problem}")
+    verdict = "valid" if report.ok else f"{len(report.bad_lines)} bad lines, {len(report.problems)} problems"
+    print(f"{args.file}: {report.records} records ({fmt.name}{', ' + split if split else ''}): {verdict}")
+    return 0 if report.ok else 1
+
+
+@hookimpl
+def register_commands(commands):
+    """`llmgate dataset build` and `llmgate dataset validate`."""
+    dataset = commands.add_parser("dataset", help="build and check fine-tuning datasets from logged traffic",
+                                  description="Fine-tuning datasets from the traffic log.")
+    actions = dataset.add_subparsers(dest="dataset_command", metavar="ACTION", required=True)
+
+    build_parser = actions.add_parser(
+        "build", help="select, clean, split and write a dataset",
+        description="Select a route's logged exchanges, clean them (PII, duplicates, lengths), and write "
+                    "train/validation/test JSONL and manifest.json to --out.")
+    build_parser.add_argument("--config", "-c", default=None, help="config file (default: $LLMGATE_CONFIG, else config/gateway.yaml)")
+    build_parser.add_argument("--route", required=True)
+    build_parser.add_argument("--format", choices=FORMAT_NAMES, required=True)
+    build_parser.add_argument("--out", required=True, help="directory to write the files to")
+    build_parser.add_argument("--since", type=traffic_source.moment,
+                              help="from: 30d, 24h, 3600 (seconds back) or an ISO time (UTC)")
+    build_parser.add_argument("--until", type=traffic_source.moment, help="up to (excluded), in the same forms")
+    build_parser.add_argument("--variant", action="append", help="only answers from this backend (repeatable)")
+    build_parser.add_argument("--status", type=int, action="append", help="keep these statuses (default 200)")
+    build_parser.add_argument("--min-judge-score", type=_score, help="keep answers the judge scored at least this (0-1)")
+    build_parser.add_argument("--feedback", choices=FEEDBACK_CHOICES,
+                              help="keep answers users rated helpful (or 4-5 of 5), not_helpful, or rated at all")
+    build_parser.add_argument("--min-chars", type=int, default=1, help="shortest message kept (default 1)")
+    build_parser.add_argument("--max-chars", type=int, default=32_000, help="longest message kept (default 32000)")
+    build_parser.add_argument("--near-duplicate-threshold", type=_score, default=0.85,
+                              help="Jaccard similarity of character 5-grams from which texts are duplicates (0.85)")
+    build_parser.add_argument("--split", type=_shares, default=(0.8, 0.1, 0.1), help="train/validation/test percents (80/10/10)")
+    build_parser.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
+    build_parser.add_argument("--max-tokens", type=int, help="the target model's tokens per example "
+                                                             "(default: openai 65536, bedrock 32000)")
+    build_parser.add_argument("--json", action="store_true", help="print the manifest")
+    build_parser.set_defaults(handler=cmd_build)
+
+    check = actions.add_parser("validate", help="check a JSONL file against a format; name every bad line",
+                               description="Check FILE line by line against the format's documented rules.")
+    check.add_argument("file")
+    check.add_argument("--format", choices=FORMAT_NAMES, required=True)
+    check.add_argument("--split", choices=SPLITS, help="which file this is, for record-count limits "
+                                                       "(default: from its name, e.g. train.jsonl)")
+    check.add_argument("--max-tokens", type=int, help="the target model's tokens per example")
+    check.set_defaults(handler=cmd_validate)

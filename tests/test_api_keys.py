@@ -1,0 +1,248 @@
+"""Client API keys: the team a key names, the routes it may use, the key command, and no secret in any output."""
+import json
+import re
+import sqlite3
+import time
+import urllib.error
+import urllib.request
+
+import openai
+import pytest
+
+from gateway.cli import main as cli_main
+from gateway.config import ConfigError, parse_config
+from gateway.gateway import Gateway
+from plugins.api_keys import hash_key, new_key
+from plugins.traffic_log import read_records
+from tests.conftest import UPSTREAM_KEY, backend_config
+
+SUPPORT_KEY = "sk-lg-support-team-key-0123456789abcdef"
+SALES_KEY = "sales-team-plain-key-5f0c1d2e3a4b"  # not shaped like a provider key: no pattern would hide it
+
+
+def tenancy_config(fake, tmp_path, **plugins) -> dict:
+    return {
+        "backends": {"up": backend_config("openai", fake)},
+        "routes": {"support-bot": {"baseline": "up"}, "sales-bot": {"baseline": "up"}},
+        "plugins": {
+            "api_keys": {"enabled": True, "teams": {
+                "support": {"keys": [hash_key(SUPPORT_KEY)], "routes": ["support-bot"]},
+                "sales": {"keys": [hash_key(SALES_KEY)]},  # no routes: every route
+            }},
+            "traffic_log": {"path": str(tmp_path / "traffic.db")},
+            **plugins,
+        },
+    }
+
+
+def client(gw, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0)
+
+
+def ask(gw, key: str, route: str = "support-bot", text: str = "hello"):
+    return client(gw, key).chat.completions.create(model=route, messages=[{"role": "user", "content": text}])
+
+
+def wait_for_records(path, count: int, timeout: float = 20.0) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            records = list(read_records(str(path)))
+        except sqlite3.Error:
+            records = []
+        if len(records) >= count:
+            return records
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(records)} traffic records, expected {count}")
+        time.sleep(0.05)
+
+
+def test_unknown_or_missing_key_is_refused_in_the_openai_shape(fake_openai, make_gateway, tmp_path):
+    gw = make_gateway(tenancy_config(fake_openai, tmp_path))
+    with pytest.raises(openai.AuthenticationError) as refused:
+        ask(gw, "sk-lg-not-a-key-of-this-gateway-000000")
+    assert refused.value.status_code == 401
+    assert refused.value.body["type"] == "authentication_error"
+    assert refused.value.body["code"] == "invalid_api_key"
+
+    request = urllib.request.Request(gw.url + "/v1/chat/completions", method="POST",
+                                     headers={"Content-Type": "application/json"},
+                                     data=json.dumps({"model": "support-bot",
+                                                      "messages": [{"role": "user", "content": "hi"}]}).encode())
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        urllib.request.urlopen(request, timeout=10)
+    assert missing.value.code == 401
+    body = json.loads(missing.value.read())
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["code"] == "missing_api_key"
+    assert fake_openai.requests == []  # refused before any backend was called
+
+
+def test_a_route_outside_the_team_is_forbidden(fake_openai, make_gateway, tmp_path):
+    gw = make_gateway(tenancy_config(fake_openai, tmp_path))
+    with pytest.raises(openai.PermissionDeniedError) as refused:
+        ask(gw, SUPPORT_KEY, route="sales-bot")
+    assert refused.value.status_code == 403
+    assert refused.value.body["type"] == "permission_error"
+    assert refused.value.body["param"] == "model"
+    assert fake_openai.requests == []
+
+
+def test_a_known_key_is_served_as_its_team(fake_openai, make_gateway, tmp_path):
+    gw = make_gateway(tenancy_config(fake_openai, tmp_path))
+    assert ask(gw, SUPPORT_KEY, text="where is my order").choices[0].message.content == "echo: where is my order"
+    assert ask(gw, SALES_KEY, route="support-bot").choices[0].message.content == "echo: hello"
+    assert ask(gw, SALES_KEY, route="sales-bot").choices[0].message.content == "echo: hello"
+    records = wait_for_records(tmp_path / "traffic.db", 3)
+    assert [(r["route"], r["tenant"]) for r in records] == [
+        ("support-bot", "support"), ("support-bot", "sales"), ("sales-bot", "sales")]
+    # The upstream sees the gateway's provider key, never the caller's.
+    assert {h["Authorization"] for h in fake_openai.headers} == {f"Bearer {UPSTREAM_KEY}"}
+
+
+def test_without_the_plugin_any_key_passes_as_before(fake_openai, make_gateway, tmp_path):
+    config = tenancy_config(fake_openai, tmp_path)
+    del config["plugins"]["api_keys"]
+    gw = make_gateway(config)
+    assert ask(gw, "any-key-at-all").choices[0].message.content == "echo: hello"
+    assert wait_for_records(tmp_path / "traffic.db", 1)[0]["tenant"] is None
+
+
+def test_the_keys_command_makes_a_key_the_gateway_accepts(fake_openai, make_gateway, tmp_path, capsys):
+    assert cli_main(["keys", "new", "--team", "support"]) == 0
+    printed = capsys.readouterr().out
+    key = re.search(r"^\s+(sk-lg-\S+)$", printed, re.MULTILINE).group(1)
+    hashed = re.search(r'"(sha256:[0-9a-f]{64})"', printed).group(1)
+    assert hashed == hash_key(key)
+    assert key != new_key()  # random each time
+
+    assert cli_main(["keys", "hash", key]) == 0
+    assert capsys.readouterr().out.strip() == hashed
+
+    config = tenancy_config(fake_openai, tmp_path)
+    config["plugins"]["api_keys"]["teams"]["support"]["keys"] = [hashed]
+    gw = make_gateway(config)
+    assert ask(gw, key).choices[0].message.content == "echo: hello"
+
+
+def _problems(config: dict) -> list[str]:
+    with pytest.raises(ConfigError) as invalid:
+        Gateway(parse_config(config, "<test>"))
+    return invalid.value.problems
+
+
+def test_config_problems_are_named_without_echoing_a_key(fake_openai, tmp_path):
+    pasted = tenancy_config(fake_openai, tmp_path)
+    pasted["plugins"]["api_keys"]["teams"]["support"]["keys"] = [SUPPORT_KEY]  # a key instead of its hash
+    problems = _problems(pasted)
+    assert any("plugins.api_keys.teams.support.keys" in p and "sha256" in p for p in problems)
+    assert SUPPORT_KEY not in "\n".join(problems)
+
+    unknown_route = tenancy_config(fake_openai, tmp_path)
+    unknown_route["plugins"]["api_keys"]["teams"]["support"]["routes"] = ["no-such-route"]
+    assert any("teams.support.routes: unknown route 'no-such-route'" in p for p in _problems(unknown_route))
+
+    answering_first = tenancy_config(fake_openai, tmp_path)
+    answering_first["plugins"] = {"answerer": {"module": "tests.plugins_for_tests:Answerer"},
+                                  **answering_first["plugins"]}
+    assert any("list it before 'answerer'" in p for p in _problems(answering_first))
+
+    quotas_alone = tenancy_config(fake_openai, tmp_path)
+    del quotas_alone["plugins"]["api_keys"]
+    quotas_alone["plugins"]["quotas"] = {"enabled": True}
+    assert any(p.startswith("plugins.quotas: needs the api_keys plugin") for p in _problems(quotas_alone))
+
+
+def test_too_many_messages_are_refused(fake_openai, make_gateway, tmp_path):
+    gw = make_gateway(tenancy_config(fake_openai, tmp_path))
+    messages = [{"role": "user", "content": "hi"}] * 2049
+    with pytest.raises(openai.BadRequestError) as refused:
+        client(gw, SUPPORT_KEY).chat.completions.create(model="support-bot", messages=messages)
+    assert refused.value.body["param"] == "messages"
+    assert "limit of 2048" in refused.value.body["message"]
+    assert fake_openai.requests == []
+
+
+@pytest.mark.slow
+def test_no_secret_reaches_the_logs_the_hook_traces_or_the_files(tmp_path):
+    """A real gateway process with a provider key, client keys and the admin token, through good and failing
+    requests (an upstream that echoes the key it was sent included): none of them in any output."""
+    import secrets as random_secrets
+
+    from tests.fakes.openai_api import FakeOpenAI
+    from tests.support import GatewayProcess, ServerThread
+
+    provider_key = f"provider-key-{random_secrets.token_hex(12)}"       # shaped like nothing a pattern knows
+    wrong_provider_key = f"stale-provider-key-{random_secrets.token_hex(12)}"
+    admin_token = f"admin-token-{random_secrets.token_hex(12)}"
+    support_key = new_key()
+    sales_key = f"sales-plain-key-{random_secrets.token_hex(12)}"
+    guessed_key = f"guessed-key-{random_secrets.token_hex(12)}"
+    wrong_admin = f"wrong-admin-{random_secrets.token_hex(12)}"
+    all_secrets = [provider_key, wrong_provider_key, admin_token, support_key, sales_key, guessed_key, wrong_admin]
+
+    fake = FakeOpenAI(api_key=provider_key)  # answers 401 echoing the key it was sent, as providers do
+    with ServerThread(fake.app) as upstream:
+        config = {
+            "server": {"admin_token": "${TEST_ADMIN_TOKEN}"},
+            "state": {"sqlite_path": str(tmp_path / "state.db")},
+            "backends": {
+                "up": {"kind": "openai", "base_url": upstream.url + "/v1", "model": "m", "api_key": "${TEST_PROVIDER_KEY}"},
+                "stale": {"kind": "openai", "base_url": upstream.url + "/v1", "model": "m",
+                          "api_key": "${TEST_STALE_PROVIDER_KEY}"},
+            },
+            "routes": {"support-bot": {"baseline": "up", "retries": 0}, "stale-bot": {"baseline": "stale", "retries": 0}},
+            "plugins": {
+                "api_keys": {"enabled": True, "teams": {
+                    "support": {"keys": [hash_key(support_key)], "routes": ["support-bot"]},
+                    "sales": {"keys": [hash_key(sales_key)], "requests_per_minute": 4}}},
+                "quotas": {"enabled": True},
+                "traffic_log": {"path": str(tmp_path / "traffic.db")},
+            },
+        }
+        env = {"TEST_PROVIDER_KEY": provider_key, "TEST_STALE_PROVIDER_KEY": wrong_provider_key,
+               "TEST_ADMIN_TOKEN": admin_token, "LLMGATE_TRACE_HOOKS": "1", "LLMGATE_LOG_LEVEL": "DEBUG"}
+        gw = GatewayProcess(config, tmp_path, env=env).start()
+        answers = []
+        try:
+            answers.append(ask(gw, support_key).model_dump_json())
+            stream = client(gw, support_key).chat.completions.create(
+                model="support-bot", messages=[{"role": "user", "content": "stream it"}], stream=True)
+            answers.append("".join(c.choices[0].delta.content or "" for c in stream if c.choices))
+            failures = [
+                lambda: ask(gw, sales_key, route="stale-bot"),               # upstream 401 echoing the stale key
+                lambda: ask(gw, sales_key, text="[status 500]"),             # upstream failure
+                lambda: ask(gw, guessed_key),                                # unknown key
+                lambda: ask(gw, support_key, route="stale-bot"),             # route outside the team
+                *[lambda: ask(gw, sales_key)] * 3,                           # past the team's quota
+            ]
+            for fail in failures:
+                try:
+                    answers.append(fail().model_dump_json())
+                except openai.APIStatusError as err:
+                    answers.append(f"{err.status_code} {err.response.text} {dict(err.response.headers)}")
+            statuses = [a.split(" ", 1)[0] for a in answers[2:]]
+            assert statuses[:4] == ["502", "502", "401", "403"] and statuses[-1] == "429"
+            for token, path in ((sales_key, "/v1/usage"), (guessed_key, "/v1/usage"),
+                                (admin_token, "/admin/status"), (wrong_admin, "/admin/status")):
+                request = urllib.request.Request(gw.url + path, headers={"Authorization": f"Bearer {token}"})
+                try:
+                    with urllib.request.urlopen(request, timeout=10) as response:
+                        answers.append(f"{response.status} {response.read().decode()}")
+                except urllib.error.HTTPError as err:
+                    answers.append(f"{err.code} {err.read().decode()}")
+            assert [a.split(" ", 1)[0] for a in answers[-4:]] == ["200", "401", "200", "401"]
+            wait_for_records(tmp_path / "traffic.db", 9)
+        finally:
+            assert gw.stop() == 0
+    assert fake.headers[0]["Authorization"] == f"Bearer {provider_key}"  # the provider did get its key
+
+    outputs = {"the caller's answers": "\n".join(answers), "the process's stdout and stderr": gw.log()}
+    for path in tmp_path.rglob("*"):  # the traffic log, the state store, the config file
+        if path.is_file():
+            outputs[str(path.relative_to(tmp_path))] = path.read_bytes().decode("latin-1")
+    assert "api_keys.before_route" in outputs["the process's stdout and stderr"]  # hook tracing was on
+    assert "traffic.db" in outputs
+    for where, text in outputs.items():
+        for secret in all_secrets:
+            assert secret not in text, f"a secret ({secret[:8]}...) reached {where}"

@@ -1,0 +1,121 @@
+"""Structured logs: every line logged while serving a request carries its id, one access line per
+request says what it became (route, variant, status, latency, overhead), and no secret is written.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+
+import openai
+import pytest
+import yaml
+
+from gateway.errors import Scrubber
+from gateway.hookspecs import hookimpl
+from gateway.logs import ScrubbingFormatter
+from tests.conftest import UPSTREAM_KEY, backend_config
+from tests.support import free_port, wait_for_http
+
+
+class LeakyFailure:
+    """Fails in after_response with the upstream key in its message, as careless code might."""
+
+    @hookimpl
+    def after_response(self, ctx):
+        raise RuntimeError(f"could not reach upstream with key {UPSTREAM_KEY}")
+
+
+def wait_for(condition, timeout: float = 20.0):
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
+    return result
+
+
+@pytest.fixture
+def json_lines():
+    """The JSON lines logged while the test runs (access lines included), scrubbed like the daemon's."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(ScrubbingFormatter(Scrubber({UPSTREAM_KEY}), as_json=True))
+    root, access = logging.getLogger(), logging.getLogger("llmgate.access")
+    root.addHandler(handler)
+    access.setLevel(logging.INFO)
+    try:
+        yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
+    finally:
+        root.removeHandler(handler)
+        access.setLevel(logging.NOTSET)
+
+
+def test_request_lines_carry_the_request_id_and_the_access_line_says_what_happened(fake_openai, make_gateway,
+                                                                                     json_lines):
+    gw = make_gateway({"backends": {"base": backend_config("openai", fake_openai)},
+                       "routes": {"bot": {"baseline": "base"}},
+                       "plugins": {"leaky": {"module": "tests.test_logs:LeakyFailure"}}})
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key="sk-caller", max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model="bot", messages=[{"role": "user", "content": "hi"}], extra_headers={"x-request-id": "req-logs-1"})
+    assert raw.headers["x-request-id"] == "req-logs-1"
+
+    # after_response runs once the answer is out: wait for its lines rather than assume they are there
+    lines = wait_for(lambda: (got := json_lines()) and any(line["logger"] == "llmgate.access" for line in got)
+                     and got)
+    fault = [line for line in lines if line["logger"] == "llmgate.plugins"]
+    assert fault and all(line["request_id"] == "req-logs-1" for line in fault)
+    assert fault[0]["level"] == "error" and "exception" in fault[0]
+    [access] = [line for line in lines if line["logger"] == "llmgate.access"]
+    assert access["request_id"] == "req-logs-1"
+    assert (access["method"], access["path"], access["status"]) == ("POST", "/v1/chat/completions", 200)
+    assert (access["route"], access["variant"], access["served_by"]) == ("bot", "base", "base")
+    assert access["latency_ms"] >= access["overhead_ms"] >= 0
+    assert access["overhead_ms"] == pytest.approx(float(raw.headers["x-llmgate-overhead-ms"]), abs=0.001)
+    everything = json.dumps(lines)
+    assert UPSTREAM_KEY not in everything and "sk-caller" not in everything
+
+
+def test_unrouted_requests_get_an_access_line_too(fake_openai, make_gateway, json_lines):
+    gw = make_gateway({"backends": {"base": backend_config("openai", fake_openai)},
+                       "routes": {"bot": {"baseline": "base"}}})
+    request = urllib.request.Request(gw.url + "/v1/models", headers={"x-request-id": "req-models"})
+    with urllib.request.urlopen(request) as resp:
+        assert resp.status == 200
+    lines = wait_for(lambda: [line for line in json_lines() if line["logger"] == "llmgate.access"])
+    [access] = lines
+    assert (access["request_id"], access["path"], access["status"]) == ("req-models", "/v1/models", 200)
+    assert "route" not in access
+
+
+@pytest.mark.slow
+def test_the_daemon_writes_json_lines_with_log_json(fake_openai, tmp_path):
+    config = {"backends": {"base": backend_config("openai", fake_openai)}, "routes": {"bot": {"baseline": "base"}},
+              "state": {"sqlite_path": str(tmp_path / "state.db")},
+              "plugins": {"traffic_log": {"path": str(tmp_path / "traffic.db")}}}
+    (tmp_path / "gateway.yaml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(tmp_path / "gateway.yaml"),
+                             "--port", str(port), "--log-json"], cwd=tmp_path, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": os.getcwd()})
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/healthz")
+        openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-caller", max_retries=0) \
+            .chat.completions.create(model="bot", messages=[{"role": "user", "content": "hi"}],
+                                     extra_headers={"x-request-id": "req-daemon"})
+    finally:
+        proc.terminate()
+        _, stderr = proc.communicate(timeout=30)
+    # every log line is JSON (a library's own warnings, printed outside logging, are not log lines)
+    lines = [json.loads(line) for line in stderr.decode().splitlines() if line.startswith("{")]
+    [access] = [line for line in lines if line.get("request_id") == "req-daemon"]
+    assert access["logger"] == "llmgate.access" and access["route"] == "bot" and access["status"] == 200
+    assert isinstance(access["overhead_ms"], float)
+    assert not [line for line in lines if line.get("path") == "/healthz" and line["level"] == "info"]  # probes: DEBUG
+    assert UPSTREAM_KEY not in stderr.decode()
