@@ -28,6 +28,7 @@ from evaluators.metrics import Exchange
 from evaluators.stats import percentile, wilson_interval, win_rate
 from gateway.backends.base import Backend
 from gateway.chat import answer_text, validate_chat_request
+from gateway.cli import add_config_arg
 from gateway.config import Config, ConfigError, RouteSettings, load_config
 from gateway.context import RequestContext, stable_hash
 from gateway.errors import GatewayError, Scrubber
@@ -437,7 +438,7 @@ def add_eval_command(commands) -> None:
                     "the JUDGE backend, compute deterministic metrics, write the report, and gate the candidate. "
                     "Exit 0 when the gate passes, 1 when it fails, 2 for usage or config errors. A rerun with the "
                     "same arguments resumes from <out>.cases.jsonl.")
-    run.add_argument("--config", "-c", default=None, help="config file (default: $LLMGATE_CONFIG, else the default)")
+    add_config_arg(run)
     run.add_argument("--route", required=True, help="the route whose baseline is compared")
     run.add_argument("--candidate", required=True, help="the backend to evaluate")
     run.add_argument("--judge", required=True, help="the backend that judges each pair of answers")

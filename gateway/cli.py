@@ -17,7 +17,8 @@ Start with `llmgate serve`, check a config with `llmgate check-config FILE`. Ope
 admin token from LLMGATE_ADMIN_TOKEN."""
 
 
-def _config_arg(parser: argparse.ArgumentParser) -> None:
+def add_config_arg(parser: argparse.ArgumentParser) -> None:
+    """The `--config/-c` option every command that reads a config file takes."""
     parser.add_argument("--config", "-c", default=None,
                         help=f"config file (default: $LLMGATE_CONFIG, else {DEFAULT_CONFIG_PATH})")
 
@@ -29,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the gateway daemon",
                                 description="Run the gateway. SIGHUP reloads the config; SIGTERM drains and stops.")
-    _config_arg(serve)
+    add_config_arg(serve)
     serve.add_argument("--host", help="address to listen on (default: server.host, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default: server.port, 8080)")
     serve.add_argument("--log-level", default=os.environ.get("LLMGATE_LOG_LEVEL", "INFO"))

@@ -125,8 +125,9 @@ class BatchWriter:
         pause, tries = 0.1, 0
         while True:
             try:
-                rows = [self._to_row(item) for item in batch]
-                await self._db.run(lambda c: transaction(c, lambda c: c.executemany(self._insert, rows)))
+                # Rows are made on the database's thread: serialising (and redacting) a record is no work for the loop.
+                await self._db.run(lambda c: transaction(c, lambda c: c.executemany(
+                    self._insert, [self._to_row(item) for item in batch])))
             except sqlite3.OperationalError as exc:  # locked, full, I/O: may pass, so keep the rows and retry
                 tries += 1
                 self.waiting, self.last_error = len(batch), str(exc)
@@ -142,9 +143,9 @@ class BatchWriter:
                 log.exception("%s: could not write %d rows", self.name, len(batch))
                 self._lose(batch, str(exc))
                 return
-            self.written += len(rows)
+            self.written += len(batch)
             if tries:
-                log.warning("%s: %d rows written after %d refused tries", self.name, len(rows), tries)
+                log.warning("%s: %d rows written after %d refused tries", self.name, len(batch), tries)
             self.waiting, self.last_error = 0, None
             return
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.background import stop_tasks
 from gateway.admin import actor, audit, read_body
 from gateway.errors import GatewayError, InvalidRequest, NotFound
 from gateway.gateway import GATEWAY
@@ -110,10 +111,7 @@ class AutoRollback:
     async def shutdown(self, gateway):
         # redis-py can swallow a cancellation inside a call, so the loops also check a flag.
         self._closing = True
-        for task in self._tasks:
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=3)
+        await stop_tasks(self._tasks)
         try:
             await self.windows.flush()
         except Exception as exc:

@@ -22,6 +22,8 @@ from typing import Any, Awaitable, Callable
 
 import numpy as np
 
+from gateway.background import stop_tasks
+
 log = logging.getLogger("llmgate.semantic_cache")
 
 STREAM = "llmgate:cache:entries"
@@ -87,9 +89,7 @@ class SharedEntries:
     async def close(self) -> None:
         # redis-py can swallow a cancellation inside a blocking read, so the loop also checks a flag.
         self._closing = True
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.wait({self._task}, timeout=3)
+        await stop_tasks([self._task])
         await self.client.aclose()
         await self._pool.disconnect()
 

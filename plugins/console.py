@@ -31,6 +31,7 @@ from pathlib import Path
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.background import stop_tasks
 from gateway.errors import InvalidRequest, NotFound
 from gateway.gateway import GATEWAY
 from gateway.hookspecs import hookimpl
@@ -121,9 +122,7 @@ class Console:
 
     @hookimpl
     async def shutdown(self, gateway):
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.wait([self._task], timeout=3)  # bounded: a redis call can swallow a cancellation
+        await stop_tasks([self._task])
         self._reader.shutdown(wait=False, cancel_futures=True)
 
     def _windows(self):

@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
+from gateway.cli import add_config_arg
 from gateway.config import Config, load_config
 from gateway.hookspecs import hookimpl
 from plugins import traffic_source
@@ -426,7 +427,7 @@ def register_commands(commands):
         "build", help="select, clean, split and write a dataset",
         description="Select a route's logged exchanges, clean them (PII, duplicates, lengths), and write "
                     "train/validation/test JSONL and manifest.json to --out.")
-    build_parser.add_argument("--config", "-c", default=None, help="config file (default: $LLMGATE_CONFIG, else config/gateway.yaml)")
+    add_config_arg(build_parser)
     build_parser.add_argument("--route", required=True)
     build_parser.add_argument("--format", choices=FORMAT_NAMES, required=True)
     build_parser.add_argument("--out", required=True, help="directory to write the files to")

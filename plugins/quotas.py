@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from gateway.background import stop_tasks
 from gateway.chat import max_tokens_of
 from gateway.errors import InvalidRequest, RateLimited
 from gateway.hookspecs import hookimpl
@@ -121,11 +122,7 @@ class Quotas:
                 await asyncio.wait_for(self._corrections.join(), 5)
             except TimeoutError:
                 log.warning("quotas: %d token corrections not applied at shutdown", self._corrections.qsize())
-        tasks = [t for t in (self._worker, self._probe) if t is not None]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=3)
+        await stop_tasks([self._worker, self._probe])
 
     @hookimpl
     def config_problems(self, config):

@@ -30,6 +30,8 @@ from typing import Any, Awaitable, Callable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from gateway.background import stop_tasks
+from gateway.cli import add_config_arg
 from gateway.errors import GatewayError
 from gateway.hookspecs import hookimpl
 from plugins.retrain_providers import (BedrockProvider, BedrockSettings, Dataset, OpenAIProvider,
@@ -257,9 +259,7 @@ class Retrain:
 
     @hookimpl
     async def shutdown(self, gateway):
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.wait({self._task}, timeout=3)
+        await stop_tasks([self._task])
 
     @hookimpl
     def admin_status(self, gateway):
@@ -401,8 +401,7 @@ def register_commands(commands):
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
         parser = sub.add_parser(name, help=help, description=help)
-        parser.add_argument("--config", "-c", default=None, help="config file (default: $LLMGATE_CONFIG, else "
-                                                                 "config/gateway.yaml)")
+        add_config_arg(parser)
         return parser
 
     def polling(parser: argparse.ArgumentParser) -> None:

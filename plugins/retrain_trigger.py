@@ -26,6 +26,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.background import stop_tasks
 from gateway.hookspecs import hookimpl
 from plugins.retrain_providers import dataset_size
 
@@ -96,9 +97,7 @@ class RetrainTrigger:
 
     @hookimpl
     async def shutdown(self, gateway):
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.wait({self._task}, timeout=3)
+        await stop_tasks([self._task])
 
     @hookimpl
     def record_score(self, route, variant, name, value):

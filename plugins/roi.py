@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from gateway.cli import add_config_arg
 from gateway.config import Config, Price, load_config
 from gateway.hookspecs import hookimpl
 from plugins import traffic_source
@@ -170,7 +171,7 @@ def register_commands(commands):
         "roi", help="fine-tuning break-even from the traffic log's token counts and the config's prices",
         description="Price a route's logged tokens at the current backend's and a fine-tuned candidate's rates; "
                     "print the monthly saving, the break-even in days and the annual ROI.")
-    roi.add_argument("--config", "-c", default=None, help="config file (default: $LLMGATE_CONFIG, else config/gateway.yaml)")
+    add_config_arg(roi)
     roi.add_argument("--route", required=True)
     roi.add_argument("--candidate", required=True, help="the fine-tuned backend (or model id) with a price in the config")
     roi.add_argument("--current", help="the backend serving now (default: the route's baseline)")

@@ -21,6 +21,7 @@ from pathlib import Path
 from aiohttp import ClientSession, ClientTimeout, web
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.background import stop_tasks
 from gateway.admin import actor, audit, read_body
 from gateway.allocation import Allocation, bucket_of
 from gateway.errors import InvalidRequest, NotFound, StoreUnavailable
@@ -104,10 +105,7 @@ class Rollout:
 
     @hookimpl
     async def shutdown(self, gateway):
-        for task in self._tasks:
-            task.cancel()
-        if self._tasks:  # bounded: redis-py can swallow a cancellation inside a call
-            await asyncio.wait(self._tasks, timeout=3)
+        await stop_tasks(self._tasks)
 
     @hookimpl
     async def config_reloaded(self, gateway, config):

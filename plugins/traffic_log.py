@@ -8,6 +8,7 @@ and committed rows survive a crash (WAL).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import sqlite3
@@ -43,11 +44,16 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     path: str = "var/traffic.db"
     bodies: bool = Field(True, description="store request and response bodies")
+    redact_pii: bool = Field(False, description="replace e-mails, phone numbers, card numbers, SSNs, IPs, AWS keys "
+                                                "and passwords in the stored bodies with typed placeholders")
     queue_size: int = Field(10_000, ge=1)
     batch_size: int = Field(500, ge=1)
 
 
-def _row(record: dict[str, Any]) -> tuple:
+def _row(record: dict[str, Any], redact: bool = False) -> tuple:
+    if redact:
+        from .pii import scrub_value
+        record = {**record, "request": scrub_value(record["request"]), "response": scrub_value(record["response"])}
     return tuple(_json_text(record[c]) if c in JSON_COLUMNS and record[c] is not None else record[c] for c in COLUMNS)
 
 
@@ -97,7 +103,8 @@ class TrafficLog:
     async def startup(self, gateway):
         await self._db.open()
         self._writer = BatchWriter(self._db, _INSERT, queue_size=self.settings.queue_size,
-                                   batch_size=self.settings.batch_size, to_row=_row, name="traffic log")
+                                   batch_size=self.settings.batch_size,
+                                   to_row=functools.partial(_row, redact=self.settings.redact_pii), name="traffic log")
         self._writer.start()
 
     @hookimpl

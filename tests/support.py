@@ -177,3 +177,13 @@ class RedisProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(10)
+
+
+def wait_until(predicate: Callable[[], object], what: str = "condition", timeout: float = 30.0):
+    """Poll until `predicate()` is truthy and return its value; the deadline only turns a hang into a failure."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+    return value

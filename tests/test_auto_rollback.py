@@ -23,7 +23,7 @@ from plugins.windows import (Figures, Windows, count_above, latency_bucket, mean
                              two_proportion_p)
 from tests.conftest import UPSTREAM_KEY
 from tests.fakes.openai_api import FakeOpenAI
-from tests.support import ServerThread
+from tests.support import ServerThread, wait_until
 
 TOKEN = "admin-token-for-tests"
 
@@ -134,15 +134,6 @@ def events(gw, **match):
 
 def plugin(gw, name="auto_rollback"):
     return gw.app[GATEWAY].pm.get_plugin(name)
-
-
-def wait_until(predicate, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not (result := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for: {what}")
-        time.sleep(0.05)
-    return result
 
 
 def user_for(gw, variant, route="bot"):

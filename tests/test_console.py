@@ -16,6 +16,7 @@ import pytest
 
 from gateway.gateway import GATEWAY
 from tests.conftest import UPSTREAM_KEY
+from tests.support import wait_until
 
 TOKEN = "console-admin-token-0123456789"
 CHROMIUM = "/usr/bin/chromium"
@@ -94,17 +95,6 @@ def background_traffic(url: str, per_second: float = 6):
     finally:
         stop.set()
         thread.join(10)
-
-
-def wait_until(check, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 # --- the endpoints, without a browser --------------------------------------------------------------
@@ -296,7 +286,6 @@ def test_the_sign_in_refuses_a_wrong_token(browser, fake_openai, make_gateway, t
     assert "refused" in page.inner_text("#login-error") and page.evaluate("sessionStorage.length") == 0
     assert not page.is_visible('section[data-route="bot"]')
     context.close()
-
 
 
 def test_schedule_and_promote_from_the_page(browser, fake_openai, make_gateway, tmp_path):

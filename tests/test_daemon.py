@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import openai
@@ -13,7 +12,7 @@ import yaml
 
 from plugins.traffic_log import read_records
 from tests.conftest import UPSTREAM_KEY
-from tests.support import GatewayProcess
+from tests.support import GatewayProcess, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -29,14 +28,6 @@ def config(fake, tmp_path, **extra):
         "plugins": {"traffic_log": {"path": str(tmp_path / "traffic.db")}},
         **extra,
     }
-
-
-def wait_until(predicate, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        time.sleep(0.02)
 
 
 def test_sigterm_under_load_drains_and_loses_no_logged_request(fake_openai, tmp_path):

@@ -10,7 +10,6 @@ import asyncio
 import json
 import logging
 import sqlite3
-import time
 import urllib.error
 import urllib.request
 
@@ -20,7 +19,7 @@ import pytest
 
 from plugins.traffic_log import read_records
 from tests.fakes.faulty_api import FaultyOpenAI
-from tests.support import ServerThread
+from tests.support import ServerThread, wait_until
 
 ADMIN_TOKEN = "admin-token-for-fault-tests"
 FAST_TIMEOUT = {"connect": 1, "first_byte": 1, "total": 3}
@@ -76,17 +75,6 @@ def breaker_of(url: str, backend_name: str = "primary") -> dict:
     status, body = get_json(url + "/admin/status", ADMIN_TOKEN)
     assert status == 200, body
     return body["breakers"][backend_name]
-
-
-def wait_until(predicate, what: str, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 # --- one faulty upstream: what the caller gets ---------------------------------------------------

@@ -29,21 +29,12 @@ from aiohttp import web
 from plugins.log_sink_s3 import LogSinkS3, S3ReadError, Settings, read_records_s3
 from plugins.s3_layout import encode_object, hour_prefix
 from tests.conftest import backend_config
-from tests.support import GatewayProcess, ServerThread, free_port
+from tests.support import GatewayProcess, ServerThread, free_port, wait_until
 
 ADMIN = "admin-token-for-s3-sink-tests"
 SECRET = "s3-sink-secret-key-never-shown-0123456789"
 KEY_PATTERN = re.compile(r"^(?P<prefix>.+)/route=(?P<route>[^/]+)/dt=(?P<dt>\d{4}-\d{2}-\d{2})/hour=(?P<hour>\d{2})/"
                          r"(?P<replica>[A-Za-z0-9._-]+)-(?P<first>\d+)-(?P<last>\d+)\.jsonl\.gz$")
-
-
-def wait_until(predicate, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while not (result := predicate()):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not met within {timeout}s")
-        time.sleep(0.05)
-    return result
 
 
 @pytest.fixture(scope="module")

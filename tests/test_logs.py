@@ -9,7 +9,6 @@ import logging
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 
 import openai
@@ -20,7 +19,7 @@ from gateway.errors import Scrubber
 from gateway.hookspecs import hookimpl
 from gateway.logs import ScrubbingFormatter
 from tests.conftest import UPSTREAM_KEY, backend_config
-from tests.support import free_port, wait_for_http
+from tests.support import free_port, wait_for_http, wait_until
 
 
 class LeakyFailure:
@@ -29,15 +28,6 @@ class LeakyFailure:
     @hookimpl
     def after_response(self, ctx):
         raise RuntimeError(f"could not reach upstream with key {UPSTREAM_KEY}")
-
-
-def wait_for(condition, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
-    return result
 
 
 @pytest.fixture
@@ -67,7 +57,7 @@ def test_request_lines_carry_the_request_id_and_the_access_line_says_what_happen
     assert raw.headers["x-request-id"] == "req-logs-1"
 
     # after_response runs once the answer is out: wait for its lines rather than assume they are there
-    lines = wait_for(lambda: (got := json_lines()) and any(line["logger"] == "llmgate.access" for line in got)
+    lines = wait_until(lambda: (got := json_lines()) and any(line["logger"] == "llmgate.access" for line in got)
                      and got)
     fault = [line for line in lines if line["logger"] == "llmgate.plugins"]
     assert fault and all(line["request_id"] == "req-logs-1" for line in fault)
@@ -88,7 +78,7 @@ def test_unrouted_requests_get_an_access_line_too(fake_openai, make_gateway, jso
     request = urllib.request.Request(gw.url + "/v1/models", headers={"x-request-id": "req-models"})
     with urllib.request.urlopen(request) as resp:
         assert resp.status == 200
-    lines = wait_for(lambda: [line for line in json_lines() if line["logger"] == "llmgate.access"])
+    lines = wait_until(lambda: [line for line in json_lines() if line["logger"] == "llmgate.access"])
     [access] = lines
     assert (access["request_id"], access["path"], access["status"]) == ("req-models", "/v1/models", 200)
     assert "route" not in access

@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.hookspecs import hookimpl
 from tests.conftest import UPSTREAM_KEY, backend_config
+from tests.support import wait_until
 
 CALLER_KEY = "sk-caller-key-that-must-not-leak-42"
 ADMIN = "admin-token-for-metrics-tests"
@@ -57,17 +58,6 @@ def value(text: str, name: str, **labels) -> float | None:
     """The sum of the samples named `name` whose labels include `labels` (None when there is none)."""
     found = [s.value for s in samples(text) if s.name == name and labels.items() <= s.labels.items()]
     return sum(found) if found else None
-
-
-def wait_for(condition, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
 
 
 def client(url: str) -> openai.OpenAI:
@@ -111,7 +101,7 @@ def test_counts_histograms_tokens_and_cost_after_known_traffic(fake_openai, make
     assert value(text, "llmgate_requests_in_flight", route="bot") == 0
     # the traffic log's own figures, read at scrape time through the collect_metrics hook
     assert value(text, "llmgate_traffic_log_queue_depth") is not None
-    assert wait_for(lambda: value(scrape(gw.url)[1], "llmgate_traffic_log_written_total") == 5)
+    assert wait_until(lambda: value(scrape(gw.url)[1], "llmgate_traffic_log_written_total") == 5)
 
 
 def test_other_plugins_gauges_and_faults(fake_openai, make_gateway):
@@ -125,7 +115,7 @@ def test_other_plugins_gauges_and_faults(fake_openai, make_gateway):
         sdk.chat.completions.create(model="bot", messages=[{"role": "user", "content": text}])
     sdk.chat.completions.create(model="bot", messages=[{"role": "user", "content": "cached?"}])
 
-    text = wait_for(lambda: (t := scrape(gw.url)[1]) and value(t, "llmgate_shadow_calls_total") == 3 and t)
+    text = wait_until(lambda: (t := scrape(gw.url)[1]) and value(t, "llmgate_shadow_calls_total") == 3 and t)
     assert value(text, "llmgate_shadow_dropped_total") == 0
     assert value(text, "llmgate_shadow_errors_total") == 0
     assert value(text, "llmgate_shadow_queue_depth") == 0

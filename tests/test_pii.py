@@ -87,3 +87,26 @@ def test_luhn():
 
 def test_every_kind_has_a_placeholder_name():
     assert set(KINDS) == {"EMAIL", "PHONE", "SSN", "CREDIT_CARD", "IPV4", "IPV6", "AWS_ACCESS_KEY", "PASSWORD"}
+
+
+def test_the_traffic_log_can_store_bodies_with_pii_redacted(fake_openai, make_gateway, tmp_path):
+    """`traffic_log.redact_pii`: the stored request and answer carry placeholders, never the values."""
+    import openai
+
+    from plugins.traffic_log import read_records
+    from tests.conftest import UPSTREAM_KEY
+    from tests.support import wait_until
+
+    path = tmp_path / "redacted.db"
+    gw = make_gateway({
+        "backends": {"up": {"kind": "openai", "base_url": fake_openai.url + "/v1", "model": "m", "api_key": UPSTREAM_KEY}},
+        "routes": {"bot": {"baseline": "up"}},
+        "plugins": {"traffic_log": {"path": str(path), "redact_pii": True}}})
+    secret = "mail jane.doe@example.com, card 4111 1111 1111 1111, from 203.0.113.9"
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key="k", max_retries=0)
+    client.chat.completions.create(model="bot", messages=[{"role": "user", "content": secret}])
+    record = wait_until(lambda: next(iter(read_records(str(path))), None) if path.exists() else None, "the record")
+    stored = str(record["request"]) + str(record["response"])
+    for value in ("jane.doe@example.com", "4111 1111 1111 1111", "203.0.113.9"):
+        assert value not in stored
+    assert "[EMAIL]" in stored and "[CREDIT_CARD]" in stored and "[IPV4]" in stored

@@ -1,6 +1,4 @@
 """The hook contract: short-circuit, variant choice, isolation of faulty plugins, order, discovery."""
-import json
-import sys
 import textwrap
 
 import openai

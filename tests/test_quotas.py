@@ -14,7 +14,7 @@ import redis
 from plugins.api_keys import hash_key
 from plugins.quotas import estimate_tokens
 from tests.conftest import backend_config
-from tests.support import RedisProcess, free_port
+from tests.support import RedisProcess, wait_until
 
 TEAM_KEY = "sk-lg-quota-team-key-0123456789abcdef"
 OTHER_KEY = "sk-lg-other-team-key-0123456789abcdef"
@@ -47,17 +47,6 @@ def usage(gw, key: str = TEAM_KEY) -> dict:
     request = urllib.request.Request(gw.url + "/v1/usage", headers={"Authorization": f"Bearer {key}"})
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
-
-
-def wait_until(predicate, what: str, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not met within {timeout}s: {what}")
-        time.sleep(0.05)
 
 
 def test_requests_per_minute_hold_across_two_replicas(fake_openai, make_gateway, tmp_path, redis_url):

@@ -10,7 +10,6 @@ through moto's backend (the server runs in this process). The trained model is s
 Bedrock runtime (tests/fakes/bedrock_api.py). OpenAI: tests/fakes/openai_finetune_api.py (files,
 fine-tuning jobs, and chat for the fine-tuned model), driven by the official SDK.
 """
-import asyncio
 import json
 import sqlite3
 import time
@@ -33,7 +32,7 @@ from plugins.retrain_providers import (OpenAIProvider, OpenAIProviderSettings, R
 from tests.conftest import UPSTREAM_KEY
 from tests.fakes.bedrock_control import BedrockControlFront
 from tests.fakes.openai_finetune_api import FakeOpenAIFineTuning
-from tests.support import ServerThread, free_port, gateway_thread
+from tests.support import ServerThread, free_port, gateway_thread, wait_until
 
 ADMIN = "admin-token-for-retrain-tests"
 BUCKET = "retrain-data"
@@ -126,18 +125,6 @@ def openai_setup(tmp_path, api, retrain_extra=None, **plugins) -> dict:
                          "api_key": UPSTREAM_KEY}}
     retrain = {"openai": {"backend": "base", "base_model": "gpt-4o-mini-2024-07-18"}, **(retrain_extra or {})}
     return base_config(tmp_path, backends, retrain, **plugins)
-
-
-def eventually(check, timeout: float = 30.0, what: str = "the condition"):
-    """Poll for something that must happen; the deadline only turns a hang into a failure."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout}s")
-        time.sleep(0.05)
 
 
 def job_status(config_path: str, capsys, job_id: str | None = None) -> list[dict]:
@@ -240,7 +227,7 @@ def test_bedrock_launch_poll_register_then_shadow_traffic(tmp_path, aws, fake_be
         raw = ask(gw, f"where is my order {i}?")
         assert raw.headers["x-llmgate-variant"] == "base"
         assert raw.parse().choices[0].message.content == f"echo: where is my order {i}?"
-    rows = eventually(lambda: len(shadow_rows(tmp_path, "bot-ft1")) >= 3 and shadow_rows(tmp_path, "bot-ft1"),
+    rows = wait_until(lambda: len(shadow_rows(tmp_path, "bot-ft1")) >= 3 and shadow_rows(tmp_path, "bot-ft1"),
                       what="three shadow comparisons with the new model")
     assert all(r["shadow_status"] == 200 and r["primary_backend"] == "base" for r in rows)
     assert {r["shadow_answer"] for r in rows} == {f"echo: where is my order {i}?" for i in range(3)}
@@ -268,7 +255,7 @@ def test_openai_launch_polled_and_registered_by_the_daemon_then_shadow_traffic(t
     assert finetune_api.file_bodies[ft_job["validation_file"]] == (dataset / "validation.jsonl").read_bytes()
 
     # The daemon's poller (the retrain plugin, enabled) takes it from here.
-    job = eventually(lambda: (j := job_status(path, capsys, job_id)[0])["status"] == "registered" and j,
+    job = wait_until(lambda: (j := job_status(path, capsys, job_id)[0])["status"] == "registered" and j,
                      what="the daemon registering the fine-tuned model")
     model = ft_job["fine_tuned_model"]
     assert job["result_model"] == model and job["serving_model"] == model
@@ -277,7 +264,7 @@ def test_openai_launch_polled_and_registered_by_the_daemon_then_shadow_traffic(t
 
     for i in range(2):
         assert ask(gw, f"hello {i}").parse().choices[0].message.content == f"echo: hello {i}"
-    rows = eventually(lambda: len(shadow_rows(tmp_path, name)) >= 2 and shadow_rows(tmp_path, name),
+    rows = wait_until(lambda: len(shadow_rows(tmp_path, name)) >= 2 and shadow_rows(tmp_path, name),
                       what="shadow comparisons with the fine-tuned model")
     assert all(r["shadow_status"] == 200 for r in rows)
     asked = [body["model"] for body in finetune_api.requests if isinstance(body, dict) and "messages" in body]
@@ -418,7 +405,7 @@ def test_registration_is_checked_audited_and_survives_a_restart(tmp_path, finetu
         status, body = admin(gw, "POST", "/admin/models", {**model, "reason": "nightly retrain"})
         assert status == 200 and body["serving"] is True
         assert ask(gw, "hi").parse().choices[0].message.content == "echo: hi"
-        eventually(lambda: any(isinstance(b, dict) and b.get("model") == "ft:gpt-4o-mini:org::x1"
+        wait_until(lambda: any(isinstance(b, dict) and b.get("model") == "ft:gpt-4o-mini:org::x1"
                                for b in finetune_api.requests), what="a shadow call to the registered model")
         [event] = admin(gw, "GET", "/admin/events?kind=register_model")[1]["events"]
         assert event["reason"] == "nightly retrain" and event["after"] == model["backend"]
@@ -445,7 +432,7 @@ def test_a_registration_reaches_every_replica(tmp_path, finetune_api, redis_url)
     try:
         model = {"name": "bot-ft", "backend": {"like": "base", "model": "ft:gpt-4o-mini:org::r1"}, "shadow": ["bot"]}
         assert admin(first, "POST", "/admin/models", model)[0] == 200
-        eventually(lambda: admin(second, "GET", "/admin/status")[1]["routes"]["bot"]["shadow"] == ["bot-ft"],
+        wait_until(lambda: admin(second, "GET", "/admin/status")[1]["routes"]["bot"]["shadow"] == ["bot-ft"],
                    what="the other replica adding the registered model")
         assert "bot-ft" in second.app[GATEWAY].backends
     finally:

@@ -3,7 +3,6 @@
 The embedding model is loaded once per test session (the embedder keeps one copy per process and
 model path), so each gateway starts in milliseconds.
 """
-import asyncio
 import time
 
 import numpy as np
@@ -17,6 +16,7 @@ from plugins.cache_guards import check, extract
 from plugins.cache_index import CacheIndex
 from plugins.traffic_log import read_records
 from tests.conftest import UPSTREAM_KEY
+from tests.support import wait_until
 
 ROUTE = "bot"
 
@@ -46,15 +46,6 @@ def ask(gw, content, key="key-a", system=None, route=ROUTE, **kw):
 
 def plugin(gw, name="semantic_cache"):
     return gw.app[GATEWAY].pm.get_plugin(name)
-
-
-def wait_until(predicate, what, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-    return value
 
 
 def wait_stored(gw, n):

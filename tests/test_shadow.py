@@ -12,7 +12,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 
 import openai
@@ -21,7 +20,7 @@ import pytest
 from gateway.gateway import GATEWAY
 from tests.conftest import UPSTREAM_KEY
 from tests.fakes.openai_api import FakeOpenAI
-from tests.support import ServerThread, free_port
+from tests.support import ServerThread, free_port, wait_until
 from tests.test_routing import get_json
 
 ADMIN = "admin-token-for-shadow-tests"
@@ -116,16 +115,6 @@ def rows(tmp_path) -> list[dict]:
         return [dict(r) for r in conn.execute("SELECT * FROM comparisons ORDER BY id")]
     finally:
         conn.close()
-
-
-def wait_until(condition, what: str, timeout: float = 15.0):
-    """Poll for something that must happen; the deadline only turns a hang into a failure."""
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up waiting for {what}")
-        time.sleep(0.02)
-    return result
 
 
 def wait_rows(tmp_path, n: int) -> list[dict]:

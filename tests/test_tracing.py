@@ -7,7 +7,6 @@ from a real OTLP/HTTP endpoint on loopback that decodes what the SDK's exporter 
 from __future__ import annotations
 
 import threading
-import time
 
 import openai
 from aiohttp import web
@@ -16,7 +15,7 @@ from opentelemetry.trace import SpanKind
 
 from gateway.gateway import GATEWAY
 from tests.conftest import UPSTREAM_KEY, backend_config
-from tests.support import ServerThread
+from tests.support import ServerThread, wait_until
 
 CALLER_KEY = "sk-caller-key-for-tracing-tests-77"
 TRACE_ID = 0x4BF92F3577B34DA6A3CE929D0E0E4736
@@ -34,15 +33,6 @@ def config(fake, plugins: dict | None = None, **route) -> dict:
 
 def spans_of(gw) -> list:
     return list(gw.app[GATEWAY].pm.get_plugin("tracing").memory.get_finished_spans())
-
-
-def wait_for(condition, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
-    return result
 
 
 def sdk(gw, traceparent: str | None = TRACEPARENT) -> openai.OpenAI:
@@ -66,7 +56,7 @@ def test_one_trace_from_the_caller_through_hooks_to_the_upstream(fake_openai, ma
                                                    "raiser": {"module": "tests.plugins_for_tests:Raiser"}}))
     answer = sdk(gw).chat.completions.create(model="bot", messages=[{"role": "user", "content": "hello there"}],
                                              user="carol")
-    spans = wait_for(lambda: (s := spans_of(gw)) and any(x.kind == SpanKind.SERVER for x in s) and s)
+    spans = wait_until(lambda: (s := spans_of(gw)) and any(x.kind == SpanKind.SERVER for x in s) and s)
 
     root = server_span(spans)
     assert root.context.trace_id == TRACE_ID
@@ -107,7 +97,7 @@ def test_stream_attempt_span_covers_the_stream_and_failed_attempts_are_spans(fak
     stream = sdk(gw).chat.completions.create(model="bot", messages=[{"role": "user", "content": "a b c"}],
                                              stream=True, stream_options={"include_usage": True})
     usage = [c.usage for c in stream if c.usage][-1]
-    spans = wait_for(lambda: (s := spans_of(gw)) and any(x.kind == SpanKind.SERVER for x in s) and s)
+    spans = wait_until(lambda: (s := spans_of(gw)) and any(x.kind == SpanKind.SERVER for x in s) and s)
     failed, served = sorted((s for s in spans if s.kind == SpanKind.CLIENT), key=lambda s: s.start_time)
     assert failed.attributes["llmgate.backend"] == "base"
     assert failed.attributes["http.response.status_code"] == 503
@@ -121,7 +111,7 @@ def test_stream_attempt_span_covers_the_stream_and_failed_attempts_are_spans(fak
 def test_shadow_call_is_a_span_linked_to_its_request(fake_openai, make_gateway):
     gw = make_gateway(config(fake_openai, shadow=["cheap"]))
     sdk(gw).chat.completions.create(model="bot", messages=[{"role": "user", "content": "mirror me"}])
-    spans = wait_for(lambda: (s := spans_of(gw)) and any(x.name == "shadow cheap" for x in s) and s)
+    spans = wait_until(lambda: (s := spans_of(gw)) and any(x.name == "shadow cheap" for x in s) and s)
     root = server_span(spans)
     [shadow] = [s for s in spans if s.name == "shadow cheap"]
     assert shadow.parent is None  # off the request path: its own trace ...
@@ -143,7 +133,7 @@ def test_no_secret_in_any_span(fake_openai, make_gateway):
         client.chat.completions.create(model="bot", messages=[{"role": "user", "content": "[status 401]"}])
     except openai.APIStatusError:
         pass
-    spans = wait_for(lambda: (s := spans_of(gw)) and len([x for x in s if x.kind == SpanKind.SERVER]) == 2 and s)
+    spans = wait_until(lambda: (s := spans_of(gw)) and len([x for x in s if x.kind == SpanKind.SERVER]) == 2 and s)
     text = " ".join(f"{s.name} {dict(s.attributes)} {s.status.description} {s.events}" for s in spans)
     assert UPSTREAM_KEY not in text and CALLER_KEY not in text and "Bearer" not in text
 
@@ -201,7 +191,7 @@ def test_bedrock_calls_carry_the_traceparent_too(fake_bedrock, make_gateway):
     client = sdk(gw)
     client.chat.completions.create(model="bot", messages=[{"role": "user", "content": "hi"}])
     list(client.chat.completions.create(model="bot", messages=[{"role": "user", "content": "hi"}], stream=True))
-    spans = wait_for(lambda: (s := spans_of(gw)) and len([x for x in s if x.kind == SpanKind.CLIENT]) == 2 and s)
+    spans = wait_until(lambda: (s := spans_of(gw)) and len([x for x in s if x.kind == SpanKind.CLIENT]) == 2 and s)
     attempts = sorted((s for s in spans if s.kind == SpanKind.CLIENT), key=lambda s: s.start_time)
     sent = [header(h, "traceparent") for h in fake_bedrock.headers]
     assert [int(t.split("-")[2], 16) for t in sent] == [a.context.span_id for a in attempts]

@@ -14,6 +14,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.exceptions import WatchError
 
+from ..background import stop_tasks
 from ..errors import StoreUnavailable
 from .base import StateStore
 
@@ -66,9 +67,7 @@ class RedisStateStore(StateStore):
     async def close(self) -> None:
         # redis-py can swallow a cancellation inside get_message, so the listener also checks a flag.
         self._closing = True
-        if self._listener is not None:
-            self._listener.cancel()
-            await asyncio.wait({self._listener}, timeout=3)
+        await stop_tasks([self._listener])
         await self.client.aclose()
         await self._pool.disconnect()
 

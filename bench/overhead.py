@@ -1,0 +1,375 @@
+"""How much latency, CPU and memory llmgate adds to an LLM call, measured against its peers in one run.
+
+One fixed-latency fake upstream (bench/upstream.py, 50 ms by default, streaming too) is shared by
+every system, each run as its own process on this machine: the upstream direct, a minimal aiohttp
+forwarder (the floor for a Python proxy), llmgate with plugins off, llmgate with rollout + shadow
++ traffic log on, llmgate with the semantic cache (miss and hit) and the LiteLLM proxy (pinned, in
+its own venv: bench/setup_litellm.sh; skipped with the reason when it is not installed).
+
+For each system, after a warm-up: a sequential run (one request at a time, JSON and stream), an
+open-loop run at each pinned rate (bench/loadgen.py: sends on schedule whatever the answers do),
+an open-loop stream run (time to first token), and a search for the highest rate it sustains
+(achieved within a few % of offered, errors under --max-error-rate). CPU time and RSS of the
+system's processes are sampled throughout. Then a memory soak (RSS over --soak seconds at a
+constant rate) and a py-spy profile of one system under load. Added latency is the system's
+percentile minus the direct run's at the same rate, in the same run.
+
+Writes <output-dir>/<name>.json, <name>.md (tables, targets, profile) and <name>.png (overhead
+against rate). A smoke run:
+
+    .venv/bin/python bench/overhead.py --duration 5 --rates 50,100 --soak 20 --no-search \
+        --output-dir /tmp/bench-smoke
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import loadgen  # noqa: E402
+import profiling  # noqa: E402
+import report  # noqa: E402
+from systems import (LITELLM_PIN, SYSTEMS, ResourceMonitor, Running, System, Unavailable, chat,  # noqa: E402
+                     start_system, start_upstream)
+
+ACHIEVED_SHARE = 0.97  # a rate is sustained when at least this share of it is achieved ...
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+class Bench:
+    """Runs the measurements of one system at a time against the shared upstream.
+
+    After a run that the system did not sustain, it may still be working through a backlog (a
+    server that does not cancel the work of callers who gave up); the next run starts only once it
+    answers promptly again (`recover`), else on a fresh process, so one overload does not spill
+    into the next figure.
+    """
+
+    def __init__(self, args: argparse.Namespace, upstream: str, workdir: Path):
+        self.args = args
+        self.upstream = upstream
+        self.workdir = workdir
+        self.running: Running | None = None
+        self.restarts: list[dict] = []
+        self.peak_rss_mb: float | None = None
+
+    def spec(self, system: System, rate: float, duration: float, stream: bool = False) -> loadgen.LoadSpec:
+        workers = max(1, math.ceil(rate / self.args.rate_per_worker))
+        return loadgen.LoadSpec(url=self.running.url, rate=rate, duration=duration, stream=stream,
+                                unique_prompts=system.unique_prompts, workers=workers, timeout=self.args.timeout,
+                                headers={"Authorization": f"Bearer {self.running.api_key}"})
+
+    def open_loop(self, system: System, rate: float, duration: float, stream: bool = False,
+                  may_restart: bool = True) -> dict:
+        spec = self.spec(system, rate, duration, stream)
+        monitor = ResourceMonitor(self.running.process).start()
+        samples = loadgen.open_loop(spec)
+        resources = monitor.stop()
+        summary = loadgen.summarize(samples, rate, duration)
+        summary["loadgen_workers"] = spec.workers
+        if resources is not None:
+            resources["cpu_percent"] = round(100 * resources["cpu_seconds"] / duration, 1)
+            resources["cpu_ms_per_request"] = round(1000 * resources["cpu_seconds"] / max(1, summary["ok"]), 3)
+            summary["resources"] = resources
+        self.recover(system, clean=self.sustained(summary), may_restart=may_restart)
+        return summary
+
+    def sustained(self, summary: dict) -> bool:
+        return (summary["error_rate"] is not None and summary["error_rate"] < self.args.max_error_rate
+                and summary["achieved_rps"] >= ACHIEVED_SHARE * summary["offered_rps"])
+
+    def start(self, system: System) -> None:
+        self.running = start_system(system, self.upstream, self.workdir)
+
+    def stop(self) -> None:
+        if self.running is not None:
+            if self.running.process is not None:
+                peak = self.running.process.peak_rss_mb()
+                if peak is not None:
+                    self.peak_rss_mb = max(peak, self.peak_rss_mb or 0)
+            self.running.stop()
+            self.running = None
+
+    def recover(self, system: System, clean: bool, may_restart: bool = True) -> None:
+        """Pause; after an overload, wait until 3 answers in a row come promptly, else restart the system."""
+        time.sleep(self.args.pause)
+        if clean or self.running.process is None:
+            return
+        prompt = self.args.latency + 1.0
+        deadline = time.monotonic() + self.args.settle_timeout
+        in_a_row = 0
+        while time.monotonic() < deadline and in_a_row < 3:
+            began = time.monotonic()
+            try:
+                status, _ = chat(self.running.url, api_key=self.running.api_key, timeout=self.args.timeout)
+            except OSError:
+                status = 0
+            in_a_row = in_a_row + 1 if status == 200 and time.monotonic() - began < prompt else 0
+            if in_a_row == 0:
+                time.sleep(0.5)
+        if in_a_row >= 3 or not may_restart:
+            return
+        log(f"  {system.name} still had a backlog after {self.args.settle_timeout:g}s: restarting it")
+        self.restarts.append({"system": system.name, "at": time.strftime("%H:%M:%S")})
+        self.stop()
+        self.start(system)
+        self.warm_up(system)
+
+    def search_max(self, system: System, passed: list[float]) -> dict:
+        """The highest rate sustained: grow by --search-factor from the best pinned rate, then bisect."""
+        args = self.args
+        probes = []
+
+        def probe(rate: float) -> bool:
+            rate = round(rate)
+            summary = self.open_loop(system, rate, args.search_duration)
+            ok = self.sustained(summary)
+            probes.append({"rate": rate, "sustained": ok, "achieved_rps": summary["achieved_rps"],
+                           "errors": summary["errors"], "error_rate": summary["error_rate"],
+                           "latency_ms": summary["latency_ms"], "resources": summary.get("resources")})
+            log(f"  search {system.name} {rate} rps: {'sustained' if ok else 'not sustained'} "
+                f"(achieved {summary['achieved_rps']}, errors {summary['errors']})")
+            return ok
+
+        low = max(passed) if passed else None
+        high = None
+        if low is None:  # not even the lowest pinned rate: look below it
+            rate = min(args.rates) / 2
+            while rate >= 5 and not probe(rate):
+                high, rate = rate, rate / 2
+            low = rate if rate >= 5 else None
+            if low is None:
+                return {"rate": 0, "probes": probes}
+        while high is None:
+            rate = low * args.search_factor
+            if rate > args.max_rate:
+                break
+            if probe(rate):
+                low = rate
+            else:
+                high = rate
+        for _ in range(args.search_steps if high is not None else 0):
+            middle = (low + high) / 2
+            if probe(middle):
+                low = middle
+            else:
+                high = middle
+        best = next((p for p in probes if p["rate"] == round(low)), None)
+        return {"rate": round(low), "errors": best["errors"] if best else 0,
+                "capped_at_max_rate": high is None, "probes": probes}
+
+    def warm_up(self, system: System) -> dict:
+        """Warm connections, code paths and (for the cache-hit system) the cache; check the cache header.
+
+        At half the lowest pinned rate, so that a system that cannot take even that still gets warm.
+        """
+        self.open_loop(system, min(self.args.rates) / 2, self.args.warmup, may_restart=False)
+        found = {}
+        if system.expect_cache:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                prompt = f"a question never asked before {time.time_ns()}" if system.unique_prompts else None
+                status, headers = chat(self.running.url, prompt=prompt or loadgen.LoadSpec.prompt,
+                                       api_key=self.running.api_key)
+                found = {"status": status, "x-llmgate-cache": headers.get("x-llmgate-cache")}
+                if found["x-llmgate-cache"] == system.expect_cache:
+                    break
+                time.sleep(0.5)
+            if found.get("x-llmgate-cache") != system.expect_cache:
+                raise Unavailable(f"{system.name}: expected x-llmgate-cache {system.expect_cache}, got {found}")
+        return found
+
+    def measure(self, system: System) -> dict:
+        args = self.args
+        result: dict = {"label": system.label, "kind": system.kind}
+        log(f"{system.name}: starting")
+        started = time.monotonic()
+        self.restarts, self.peak_rss_mb = [], None
+        self.start(system)
+        result["start_seconds"] = round(time.monotonic() - started, 1)
+        try:
+            result["cache_probe"] = self.warm_up(system)
+            if args.sequential:
+                one = self.spec(system, 1, 1)
+                result["sequential"] = loadgen.summarize(loadgen.sequential(one, args.sequential), None, None)
+                one.stream = True
+                result["sequential_stream"] = loadgen.summarize(loadgen.sequential(one, args.sequential), None, None)
+                log(f"  {system.name} sequential: p50 {(result['sequential']['latency_ms'] or {}).get('p50')} ms")
+            result["rates"] = []
+            for rate in args.rates:
+                summary = self.open_loop(system, rate, args.duration)
+                result["rates"].append(summary)
+                lat = summary["latency_ms"] or {}
+                log(f"  {system.name} {rate:g} rps: achieved {summary['achieved_rps']}, errors {summary['errors']}, "
+                    f"p50 {lat.get('p50')} p99 {lat.get('p99')} ms, "
+                    f"cpu {(summary.get('resources') or {}).get('cpu_percent')}%")
+            if args.stream_rate:
+                result["stream"] = self.open_loop(system, args.stream_rate, args.duration, stream=True)
+                log(f"  {system.name} stream {args.stream_rate:g} rps: ttft p50 "
+                    f"{(result['stream']['ttft_ms'] or {}).get('p50')} ms")
+            if args.search:
+                passed = [s["offered_rps"] for s in result["rates"] if self.sustained(s)]
+                result["max_sustained"] = self.search_max(system, passed)
+            if args.profile == system.name:
+                result["profile"] = self.profile(system)
+        finally:
+            self.stop()
+        result["peak_rss_mb"] = self.peak_rss_mb
+        result["restarts"] = self.restarts
+        log(f"{system.name}: done in {time.monotonic() - started:.0f}s")
+        return result
+
+    def profile(self, system: System) -> dict | None:
+        """py-spy over the process while it serves --profile-rate; a run of its own, not in the figures."""
+        process = self.running.process
+        if process is None:
+            return None
+        args = self.args
+        output = self.workdir / f"profile-{system.name}.txt"
+        spy = profiling.record(process.pid, args.profile_seconds, output, subprocesses=system.kind == "litellm")
+        time.sleep(1.0)  # py-spy attaches
+        summary = self.open_loop(system, args.profile_rate, args.profile_seconds)
+        _, errors = spy.communicate(timeout=args.profile_seconds + 60)
+        if not output.exists():
+            log(f"  profile of {system.name} failed: {errors.decode(errors='replace')[-500:]}")
+            return {"error": errors.decode(errors="replace")[-500:]}
+        collapsed = Path(args.output_dir) / f"{args.name}_profile_{system.name}.collapsed.txt"
+        shutil.copyfile(output, collapsed)
+        result = profiling.summarize(output)
+        result.update({"system": system.name, "rate": args.profile_rate, "seconds": args.profile_seconds,
+                       "cpu_percent": (summary.get("resources") or {}).get("cpu_percent"),
+                       "collapsed_stacks": str(collapsed), "latency_ms": summary["latency_ms"]})
+        log(f"  profile of {system.name}: {result['samples']} samples, stacks in {collapsed}")
+        return result
+
+    def soak(self, system: System) -> dict:
+        """RSS over a long constant-rate run; growth compares the first and last tenths of the run."""
+        args = self.args
+        log(f"soak {system.name}: {args.soak_rate} rps for {args.soak}s")
+        if system.kind == "direct":
+            raise Unavailable("the upstream direct has no process of its own to watch")
+        self.peak_rss_mb = None
+        self.start(system)
+        try:
+            self.warm_up(system)
+            spec = self.spec(system, args.soak_rate, args.soak)
+            monitor = ResourceMonitor(self.running.process, interval=1.0).start()
+            samples = loadgen.open_loop(spec)
+            resources = monitor.stop()
+        finally:
+            self.stop()
+        peak = self.peak_rss_mb
+        series = monitor.rss_series
+        tenth = max(1, len(series) // 10)
+        first = sum(mb for _, mb in series[:tenth]) / tenth
+        last = sum(mb for _, mb in series[-tenth:]) / tenth
+        summary = loadgen.summarize(samples, args.soak_rate, args.soak)
+        step = max(1, len(series) // 300)
+        return {"rate": args.soak_rate, "seconds": args.soak, "rss_first_tenth_mb": round(first, 1),
+                "rss_last_tenth_mb": round(last, 1), "growth_percent": round(100 * (last - first) / first, 2),
+                "peak_rss_mb": peak, "resources": resources, "summary": summary,
+                "rss_series": series[::step]}
+
+
+def machine() -> dict:
+    load = os.getloadavg()
+    return {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
+            "load_average_at_start": [round(x, 2) for x in load], "litellm_pin": LITELLM_PIN}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    rates = lambda text: [float(r) for r in text.split(",") if r]  # noqa: E731
+    parser.add_argument("--systems", default=",".join(SYSTEMS),
+                        help=f"comma-separated, from: {', '.join(SYSTEMS)} (direct always runs first)")
+    parser.add_argument("--rates", type=rates, default=[100, 300, 600], help="pinned open-loop rates (RPS)")
+    parser.add_argument("--duration", type=float, default=20, help="seconds of each measured run")
+    parser.add_argument("--warmup", type=float, default=3, help="seconds of load before measuring a system")
+    parser.add_argument("--sequential", type=int, default=200, help="requests of the one-at-a-time runs (0: skip)")
+    parser.add_argument("--stream-rate", type=float, default=100, help="rate of the streamed run (0: skip)")
+    parser.add_argument("--search", action=argparse.BooleanOptionalAction, default=True,
+                        help="search each system's highest sustained rate")
+    parser.add_argument("--search-duration", type=float, default=10, help="seconds of each search probe")
+    parser.add_argument("--search-factor", type=float, default=1.5)
+    parser.add_argument("--search-steps", type=int, default=3, help="bisection steps after the first failure")
+    parser.add_argument("--max-rate", type=float, default=5000)
+    parser.add_argument("--max-error-rate", type=float, default=0.001, help="errors allowed at a sustained rate")
+    parser.add_argument("--soak", type=float, default=600, help="seconds of the memory soak (0: skip)")
+    parser.add_argument("--soak-rate", type=float, default=300)
+    parser.add_argument("--soak-systems", default="llmgate-full")
+    parser.add_argument("--profile", default="llmgate-full", help="system to profile with py-spy ('' : none)")
+    parser.add_argument("--profile-rate", type=float, default=300)
+    parser.add_argument("--profile-seconds", type=float, default=15)
+    parser.add_argument("--latency", type=float, default=0.05, help="the upstream's fixed latency (seconds)")
+    parser.add_argument("--chunks", type=int, default=8, help="streamed chunks after the first token")
+    parser.add_argument("--chunk-interval", type=float, default=0.002)
+    parser.add_argument("--timeout", type=float, default=15, help="a request slower than this is an error")
+    parser.add_argument("--rate-per-worker", type=float, default=1000, help="rate one generator process sends")
+    parser.add_argument("--pause", type=float, default=1.0, help="seconds between runs, to let queues drain")
+    parser.add_argument("--settle-timeout", type=float, default=60,
+                        help="after an overload, seconds to wait for prompt answers before restarting the system")
+    parser.add_argument("--output-dir", default=str(Path(__file__).resolve().parent / "results"))
+    parser.add_argument("--name", default="overhead", help="file name stem of the results")
+    parser.add_argument("--note", default="", help="a line for the report (e.g. 'busy machine')")
+    args = parser.parse_args(argv)
+    names = [n for n in args.systems.split(",") if n]
+    unknown = sorted(set(names) - set(SYSTEMS))
+    if unknown:
+        parser.error(f"unknown systems: {', '.join(unknown)} (known: {', '.join(SYSTEMS)})")
+    args.system_names = ["direct", *[n for n in names if n != "direct"]]
+    args.soak_names = [n for n in args.soak_systems.split(",") if n]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict = {"meta": {**machine(), "args": {k: v for k, v in vars(args).items()}, "note": args.note,
+                              "started": time.strftime("%Y-%m-%d %H:%M:%S")},
+                     "systems": {}, "soak": {}, "skipped": {}}
+    workdir = Path(tempfile.mkdtemp(prefix="llmgate-bench-"))
+    upstream_process, upstream = start_upstream(workdir, args.latency, args.chunks, args.chunk_interval)
+    bench = Bench(args, upstream, workdir)
+    try:
+        for name in args.system_names:
+            try:
+                results["systems"][name] = bench.measure(SYSTEMS[name])
+            except Unavailable as exc:
+                log(f"{name}: skipped: {exc}")
+                results["skipped"][name] = str(exc)
+        if args.soak:
+            for name in args.soak_names:
+                try:
+                    results["soak"][name] = bench.soak(SYSTEMS[name])
+                    log(f"soak {name}: RSS growth {results['soak'][name]['growth_percent']}%")
+                except Unavailable as exc:
+                    results["skipped"][f"soak {name}"] = str(exc)
+    finally:
+        upstream_process.stop()
+        results["meta"]["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        results["meta"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        path = out / f"{args.name}.json"
+        path.write_text(json.dumps(results, indent=1))
+        log(f"results: {path}")
+    written = report.write(results, out, args.name)
+    for p in written:
+        log(f"wrote {p}")
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,293 @@
+"""The overhead benchmark's report: Markdown tables, the targets, and a PNG of overhead against rate.
+
+Added latency is a system's percentile minus the upstream-direct percentile at the same offered
+rate in the same run (a difference of percentiles, as gateway benchmarks report it). Reads the
+JSON that bench/overhead.py writes; can be rerun on its own:
+
+    .venv/bin/python bench/report.py bench/results/overhead.json
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+TARGET_RATE = 300
+TARGET_P50_MS = 1.5
+TARGET_P99_MS = 10.0
+TARGET_LITELLM_FACTOR = 3.0
+TARGET_SOAK_GROWTH = 5.0
+TARGET_SYSTEM = "llmgate-full"
+
+
+def _at_rate(system: dict, rate: float) -> dict | None:
+    return next((s for s in system.get("rates", ()) if s["offered_rps"] == rate), None)
+
+
+def _overhead(summary: dict | None, direct: dict | None, key: str = "latency_ms") -> dict | None:
+    if not summary or not direct or not summary.get(key) or not direct.get(key):
+        return None
+    return {q: round(summary[key][q] - direct[key][q], 3) for q in ("p50", "p95", "p99")}
+
+
+def _fmt(value, digits: int = 2) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def overheads(results: dict) -> dict[str, dict[float, dict]]:
+    """{system: {rate: {"p50", "p95", "p99"}}} of added latency over direct at the pinned rates."""
+    direct = results["systems"].get("direct", {})
+    table: dict[str, dict[float, dict]] = {}
+    for name, system in results["systems"].items():
+        if name == "direct":
+            continue
+        table[name] = {}
+        for summary in system.get("rates", ()):
+            added = _overhead(summary, _at_rate(direct, summary["offered_rps"]))
+            if added is not None:
+                table[name][summary["offered_rps"]] = added
+    return table
+
+
+def targets(results: dict) -> list[dict]:
+    """The issue's targets for llmgate with rollout + shadow + logging, each with its value and verdict."""
+    rows = []
+    systems = results["systems"]
+    full = systems.get(TARGET_SYSTEM)
+    added = overheads(results).get(TARGET_SYSTEM, {}).get(TARGET_RATE) if full else None
+    for q, limit in (("p50", TARGET_P50_MS), ("p99", TARGET_P99_MS)):
+        value = added[q] if added else None
+        rows.append({"target": f"{q} overhead at {TARGET_RATE} RPS < {limit} ms", "value": value,
+                     "met": None if value is None else value < limit})
+    ours = (full or {}).get("max_sustained")
+    theirs = systems.get("litellm", {}).get("max_sustained")
+    if ours and theirs and theirs["rate"]:
+        factor = ours["rate"] / theirs["rate"]
+        rows.append({"target": f"sustained rate >= {TARGET_LITELLM_FACTOR:g}x LiteLLM's, 0 errors",
+                     "value": f"{ours['rate']} vs {theirs['rate']} RPS ({factor:.1f}x), {ours.get('errors')} errors",
+                     "met": factor >= TARGET_LITELLM_FACTOR and not ours.get("errors")})
+    else:
+        rows.append({"target": f"sustained rate >= {TARGET_LITELLM_FACTOR:g}x LiteLLM's, 0 errors", "value": None,
+                     "met": None})
+    soak = results.get("soak", {}).get(TARGET_SYSTEM)
+    rows.append({"target": f"RSS growth over the soak < {TARGET_SOAK_GROWTH:g}%",
+                 "value": f"{soak['growth_percent']}% over {soak['seconds']:g}s" if soak else None,
+                 "met": None if not soak else soak["growth_percent"] < TARGET_SOAK_GROWTH})
+    return rows
+
+
+def markdown(results: dict) -> str:
+    meta = results["meta"]
+    args = meta["args"]
+    systems = results["systems"]
+    direct = systems.get("direct", {})
+    added = overheads(results)
+    lines = [f"# Gateway overhead benchmark ({meta['started']})", ""]
+    if meta.get("note"):
+        lines += [f"**{meta['note']}**", ""]
+    lines += [f"Machine: {meta['cpus']} CPUs, {meta['platform']}, Python {meta['python']}; load average at start "
+              f"{meta['load_average_at_start']}, at end {meta.get('load_average_at_end')}. Upstream: fixed "
+              f"{args['latency'] * 1000:g} ms, streams {args['chunks'] + 1} content chunks. Every system and the "
+              f"load generator share this machine. Runs of {args['duration']:g} s after {args['warmup']:g} s of "
+              "warm-up; latency counted from when each request was due (open loop).", ""]
+
+    lines += ["## Added latency over the upstream direct (ms)", "",
+              "| system | RPS | achieved | errors | p50 | p95 | p99 | +p50 | +p95 | +p99 | CPU % | CPU ms/req | RSS MiB |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, system in systems.items():
+        for summary in system.get("rates", ()):
+            lat = summary.get("latency_ms") or {}
+            extra = added.get(name, {}).get(summary["offered_rps"]) or {}
+            res = summary.get("resources") or {}
+            lines.append(
+                f"| {system['label']} | {summary['offered_rps']:g} | {summary['achieved_rps']} | {summary['errors']} | "
+                f"{_fmt(lat.get('p50'))} | {_fmt(lat.get('p95'))} | {_fmt(lat.get('p99'))} | "
+                f"{_fmt(extra.get('p50'))} | {_fmt(extra.get('p95'))} | {_fmt(extra.get('p99'))} | "
+                f"{_fmt(res.get('cpu_percent'), 1)} | {_fmt(res.get('cpu_ms_per_request'))} | "
+                f"{_fmt(res.get('rss_peak_mb'), 0)} |")
+    lines.append("")
+
+    lines += ["## Sequential (one request at a time) and streams", "",
+              "| system | seq p50 | seq +p50 | seq +p99 | stream seq TTFT +p50 | stream "
+              f"{args['stream_rate']:g} RPS TTFT p50 | TTFT +p50 | TTFT +p99 | peak RSS MiB | start s |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, system in systems.items():
+        seq = system.get("sequential") or {}
+        seq_added = _overhead(seq, direct.get("sequential")) or {}
+        seq_ttft = _overhead(system.get("sequential_stream"), direct.get("sequential_stream"), "ttft_ms") or {}
+        stream = system.get("stream") or {}
+        ttft_added = _overhead(stream, direct.get("stream"), "ttft_ms") or {}
+        lines.append(
+            f"| {system['label']} | {_fmt((seq.get('latency_ms') or {}).get('p50'))} | {_fmt(seq_added.get('p50'))} | "
+            f"{_fmt(seq_added.get('p99'))} | {_fmt(seq_ttft.get('p50'))} | "
+            f"{_fmt((stream.get('ttft_ms') or {}).get('p50'))} | {_fmt(ttft_added.get('p50'))} | "
+            f"{_fmt(ttft_added.get('p99'))} | {_fmt(system.get('peak_rss_mb'), 0)} | {_fmt(system.get('start_seconds'), 1)} |")
+    lines.append("")
+
+    searched = {n: s["max_sustained"] for n, s in systems.items() if s.get("max_sustained")}
+    if searched:
+        lines += ["## Highest rate sustained", "",
+                  f"Achieved within 3% of offered and errors under {args['max_error_rate'] * 100:g}%, probes of "
+                  f"{args['search_duration']:g} s. The direct figure is the ceiling of the load generator and "
+                  "upstream on this machine: no system behind them can show more.", "",
+                  "| system | sustained RPS | errors there | CPU % there | probes (RPS: sustained?) |", "|---|---|---|---|---|"]
+        for name, found in searched.items():
+            best = next((p for p in found["probes"] if p["rate"] == found["rate"]), None)
+            cpu = ((best or {}).get("resources") or {}).get("cpu_percent")
+            probes = ", ".join(f"{p['rate']}: {'yes' if p['sustained'] else 'no'}" for p in found["probes"])
+            capped = " (hit --max-rate)" if found.get("capped_at_max_rate") else ""
+            lines.append(f"| {systems[name]['label']} | {found['rate']}{capped} | {_fmt(found.get('errors'))} | "
+                         f"{_fmt(cpu, 1)} | {probes} |")
+        lines.append("")
+
+    floor = [(s["offered_rps"], s.get("send_lag_ms") or {}, s.get("latency_ms") or {}) for s in direct.get("rates", ())]
+    if floor:
+        lines += ["## The load generator's own floor", "",
+                  "Measured against the upstream direct: how late sends left the generator, and what the client "
+                  f"and loopback add to the upstream's fixed {args['latency'] * 1000:g} ms.", "",
+                  "| RPS | send lag p50 | send lag p99 | direct p50 - upstream | direct p99 - upstream |",
+                  "|---|---|---|---|---|"]
+        for rate, lag, lat in floor:
+            base = args["latency"] * 1000
+            lines.append(f"| {rate:g} | {_fmt(lag.get('p50'))} | {_fmt(lag.get('p99'))} | "
+                         f"{_fmt(lat.get('p50') - base if lat else None)} | {_fmt(lat.get('p99') - base if lat else None)} |")
+        lines.append("")
+
+    if results.get("soak"):
+        lines += ["## Memory soak", "", "| system | RPS | seconds | RSS first tenth MiB | last tenth MiB | growth | errors |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, soak in results["soak"].items():
+            lines.append(f"| {name} | {soak['rate']:g} | {soak['seconds']:g} | {soak['rss_first_tenth_mb']} | "
+                         f"{soak['rss_last_tenth_mb']} | {soak['growth_percent']}% | {soak['summary']['errors']} |")
+        lines.append("")
+
+    lines += ["## Targets (llmgate with rollout + shadow + logging)", "", "| target | value | met |", "|---|---|---|"]
+    for row in targets(results):
+        met = {True: "yes", False: "**no**", None: "not measured"}[row["met"]]
+        lines.append(f"| {row['target']} | {_fmt(row['value'])} | {met} |")
+    lines.append("")
+
+    for name, system in systems.items():
+        prof = system.get("profile")
+        if not prof or "samples" not in prof:
+            continue
+        lines += [f"## Where {system['label']} spends its time (py-spy, {prof['rate']:g} RPS, {prof['seconds']:g} s, "
+                  f"{prof['samples']} busy samples, CPU {_fmt(prof.get('cpu_percent'), 1)}%)", "",
+                  "By owner (the project module that was running, library time charged to its caller):", "",
+                  "| owner | share |", "|---|---|"]
+        lines += [f"| {row['function']} | {row['share'] * 100:.1f}% |" for row in prof["by_owner"][:15]]
+        lines += ["", "By area (the innermost library or module):", "", "| area | share |", "|---|---|"]
+        lines += [f"| {row['function']} | {row['share'] * 100:.1f}% |" for row in prof["by_area"][:15]]
+        lines += ["", "Functions, inclusive (on the stack) and self (innermost):", "",
+                  "| inclusive | share | self | share |", "|---|---|---|---|"]
+        for inc, own in zip(prof["top_inclusive"][:20], prof["top_self"][:20]):
+            lines.append(f"| `{inc['function']}` | {inc['share'] * 100:.1f}% | `{own['function']}` | "
+                         f"{own['share'] * 100:.1f}% |")
+        lines += ["", f"Collapsed stacks: `{Path(prof['collapsed_stacks']).name}` (feed to any flame-graph tool).", ""]
+
+    restarted = {system["label"]: len(system["restarts"]) for system in systems.values() if system.get("restarts")}
+    if restarted:
+        lines += ["## Restarts", "", "A system still working through a backlog a minute after an overloaded run was "
+                  "restarted (and warmed up) before the next run:", ""]
+        lines += [f"- {label}: {count}" for label, count in restarted.items()]
+        lines.append("")
+
+    if results.get("skipped"):
+        lines += ["## Skipped", ""]
+        lines += [f"- {name}: {reason.splitlines()[0]}" for name, reason in results["skipped"].items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: Path) -> Path | None:
+    """Overhead p50 and p99 against rate, absolute p99 with every search probe, and the soak's RSS."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install matplotlib)", file=sys.stderr)
+        return None
+    systems = results["systems"]
+    added = overheads(results)
+    palette = plt.get_cmap("tab10").colors
+    color = {name: palette[i % len(palette)] for i, name in enumerate(systems)}  # one colour per system everywhere
+    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
+    for ax, q in ((axes[0][0], "p50"), (axes[0][1], "p99")):
+        for name, by_rate in added.items():
+            if by_rate:
+                rates = sorted(by_rate)
+                ax.plot(rates, [by_rate[r][q] for r in rates], marker="o", label=systems[name]["label"],
+                        color=color[name])
+        ax.set_title(f"added latency over direct, {q}")
+        ax.set_xlabel("offered rate (RPS)")
+        ax.set_ylabel("ms")
+        ax.set_yscale("symlog", linthresh=1.0)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    ax = axes[1][0]
+    for name, system in systems.items():
+        points = {s["offered_rps"]: (s.get("latency_ms") or {}).get("p99") for s in system.get("rates", ())}
+        for probe in (system.get("max_sustained") or {}).get("probes", ()):
+            points.setdefault(probe["rate"], (probe.get("latency_ms") or {}).get("p99"))
+        points = {r: v for r, v in points.items() if v is not None}
+        if points:
+            rates = sorted(points)
+            ax.plot(rates, [points[r] for r in rates], marker=".", label=system["label"], color=color[name])
+    ax.set_title("p99 latency, pinned rates and search probes")
+    ax.set_xlabel("offered rate (RPS)")
+    ax.set_ylabel("ms")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax = axes[1][1]
+    for name, soak in results.get("soak", {}).items():
+        series = soak["rss_series"]
+        ax.plot([t for t, _ in series], [mb for _, mb in series], label=f"{name} at {soak['rate']:g} RPS",
+                color=color.get(name))
+    ax.set_title("memory soak: RSS")
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("MiB")
+    ax.grid(True, alpha=0.3)
+    if results.get("soak"):
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no soak in this run", ha="center", va="center", transform=ax.transAxes)
+    note = results["meta"].get("note")
+    fig.suptitle(f"gateway overhead, upstream {results['meta']['args']['latency'] * 1000:g} ms"
+                 + (f" ({note})" if note else ""))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write(results: dict, out: Path, name: str) -> list[Path]:
+    """<name>.md and <name>.png in `out`; the paths written."""
+    results["targets"] = targets(results)
+    md = out / f"{name}.md"
+    md.write_text(markdown(results))
+    (out / f"{name}.json").write_text(json.dumps(results, indent=1))
+    written = [md, out / f"{name}.json"]
+    png = plot(results, out / f"{name}.png")
+    return written + ([png] if png else [])
+
+
+def main() -> int:
+    if len(sys.argv) != 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    path = Path(sys.argv[1])
+    results = json.loads(path.read_text())
+    for written in write(results, path.parent, path.stem):
+        print(written)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

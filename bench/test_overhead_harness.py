@@ -1,0 +1,134 @@
+"""The overhead harness measures what it says: an open-loop schedule, complete answers, TTFT, resources, report.
+
+Run with: .venv/bin/python -m pytest bench/test_overhead_harness.py -q
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import loadgen  # noqa: E402
+import profiling  # noqa: E402
+import report  # noqa: E402
+from systems import SYSTEMS, ResourceMonitor, start_system, start_upstream  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def slow_upstream(tmp_path_factory):
+    """An upstream that takes 3 s to answer: longer than the whole 1 s schedule of a test run."""
+    process, origin = start_upstream(tmp_path_factory.mktemp("slow"), latency=3.0, chunks=3, chunk_interval=0.01)
+    yield origin
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def fast_upstream(tmp_path_factory):
+    process, origin = start_upstream(tmp_path_factory.mktemp("fast"), latency=0.02, chunks=3, chunk_interval=0.005)
+    yield origin
+    process.stop()
+
+
+def test_sends_on_schedule_without_waiting_for_answers(slow_upstream):
+    spec = loadgen.LoadSpec(url=slow_upstream + "/v1/chat/completions", rate=20, duration=1.0, timeout=30)
+    samples = loadgen.open_loop(spec)
+    assert len(samples) == 20
+    assert all(s.outcome == loadgen.OK for s in samples)
+    last_sent = max(s.due + s.lag for s in samples)
+    first_answer = min(s.due + s.latency for s in samples)
+    assert last_sent < first_answer  # every request left before any answer came back: open loop
+    assert sorted(s.due for s in samples) == pytest.approx([i / 20 for i in range(20)])
+    assert all(s.latency >= 3.0 for s in samples)  # counted from when each was due
+
+
+def test_two_workers_share_one_schedule(fast_upstream):
+    spec = loadgen.LoadSpec(url=fast_upstream + "/v1/chat/completions", rate=40, duration=1.0, workers=2)
+    samples = loadgen.open_loop(spec)
+    assert sorted(s.due for s in samples) == pytest.approx([i / 40 for i in range(40)])
+    summary = loadgen.summarize(samples, 40, 1.0)
+    assert summary["ok"] == 40 and summary["errors"] == 0 and summary["error_rate"] == 0
+    assert summary["latency_ms"]["p50"] >= 20.0
+
+
+def test_streams_report_time_to_first_token_before_the_last_byte(fast_upstream):
+    spec = loadgen.LoadSpec(url=fast_upstream + "/v1/chat/completions", stream=True)
+    samples = loadgen.sequential(spec, 5)
+    assert [s.outcome for s in samples] == [loadgen.OK] * 5
+    assert all(0.02 <= s.ttft < s.latency for s in samples)
+
+
+def test_errors_are_counted_not_hidden(fast_upstream):
+    spec = loadgen.LoadSpec(url=fast_upstream + "/v1/no-such-endpoint", rate=20, duration=0.5)
+    summary = loadgen.summarize(loadgen.open_loop(spec), 20, 0.5)
+    assert summary["ok"] == 0 and summary["errors"] == 10
+    assert summary["outcomes"] == {"http_404": 10}
+    assert summary["latency_ms"] is None
+
+
+def test_forwarder_passes_answers_and_its_resources_are_sampled(fast_upstream, tmp_path):
+    running = start_system(SYSTEMS["forwarder"], fast_upstream, tmp_path)
+    try:
+        monitor = ResourceMonitor(running.process, interval=0.05).start()
+        spec = loadgen.LoadSpec(url=running.url, rate=50, duration=1.0)
+        summary = loadgen.summarize(loadgen.open_loop(spec), 50, 1.0)
+        resources = monitor.stop()
+        stream = loadgen.sequential(loadgen.LoadSpec(url=running.url, stream=True), 3)
+    finally:
+        running.stop()
+    assert summary["ok"] == 50
+    assert resources["cpu_seconds"] > 0 and resources["rss_peak_mb"] > 10
+    assert [s.outcome for s in stream] == [loadgen.OK] * 3
+    assert running.process.popen.poll() is not None  # stopped
+
+
+def _summary(rate: float, p50: float, p95: float, p99: float) -> dict:
+    return {"offered_rps": rate, "achieved_rps": rate, "errors": 0, "error_rate": 0.0, "ok": 100,
+            "latency_ms": {"p50": p50, "p95": p95, "p99": p99}, "send_lag_ms": {"p50": 0.1, "p99": 0.5}}
+
+
+def test_report_subtracts_direct_and_judges_the_targets(tmp_path):
+    results = {
+        "meta": {"started": "now", "cpus": 2, "platform": "test", "python": "3", "load_average_at_start": [0, 0, 0],
+                 "args": {"latency": 0.05, "chunks": 8, "duration": 10, "warmup": 2, "stream_rate": 100,
+                          "max_error_rate": 0.001, "search_duration": 5}},
+        "systems": {
+            "direct": {"label": "upstream direct", "rates": [_summary(300, 51.0, 53.0, 55.0)],
+                       "max_sustained": {"rate": 3000, "errors": 0, "probes": []}},
+            "llmgate-full": {"label": "llmgate full", "rates": [_summary(300, 52.0, 55.5, 60.0)],
+                             "max_sustained": {"rate": 900, "errors": 0, "probes": []}},
+            "litellm": {"label": "LiteLLM", "rates": [_summary(300, 70.0, 90.0, 150.0)],
+                        "max_sustained": {"rate": 200, "errors": 0, "probes": []}},
+        },
+        "soak": {"llmgate-full": {"rate": 300, "seconds": 600, "rss_first_tenth_mb": 100.0,
+                                  "rss_last_tenth_mb": 103.0, "growth_percent": 3.0, "summary": {"errors": 0},
+                                  "rss_series": [[0, 100.0], [600, 103.0]]}},
+    }
+    assert report.overheads(results)["llmgate-full"][300] == {"p50": 1.0, "p95": 2.5, "p99": 5.0}
+    verdicts = {row["target"]: row["met"] for row in report.targets(results)}
+    assert list(verdicts.values()) == [True, True, True, True]
+    written = report.write(results, tmp_path, "overhead")
+    markdown = (tmp_path / "overhead.md").read_text()
+    assert "| llmgate full | 300 | 300 | 0 | 52.00 | 55.50 | 60.00 | 1.00 | 2.50 | 5.00 |" in markdown
+    assert "900 vs 200 RPS (4.5x)" in markdown
+    assert (tmp_path / "overhead.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((tmp_path / "overhead.json").read_text())["targets"][0]["met"] is True
+    assert len(written) == 3
+
+
+def test_profile_summary_charges_library_time_to_the_calling_module(tmp_path):
+    stacks = tmp_path / "stacks.txt"
+    stacks.write_text(
+        "run (asyncio/runners.py:118);chat_completions (/work/main/gateway/proxy.py:200);"
+        "dumps (/usr/lib/python3.11/json/__init__.py:231) 30\n"
+        "run (asyncio/runners.py:118);after_response (/work/main/plugins/traffic_log.py:80) 10\n")
+    summary = profiling.summarize(stacks)
+    assert summary["samples"] == 40
+    owners = {row["function"]: row["share"] for row in summary["by_owner"]}
+    assert owners == {"gateway/proxy": 0.75, "plugins/traffic_log": 0.25}
+    areas = {row["function"]: row["share"] for row in summary["by_area"]}
+    assert areas == {"json": 0.75, "plugins/traffic_log": 0.25}
+    assert summary["top_self"][0]["function"].startswith("dumps (")
