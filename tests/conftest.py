@@ -3,7 +3,7 @@ import os
 import pytest
 
 from tests.fakes.openai_api import FakeOpenAI
-from tests.support import ServerThread, gateway_thread
+from tests.support import ServerThread, gateway_thread, serving
 
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")  # never probe the metadata address for credentials
 
@@ -11,8 +11,7 @@ os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")  # never probe the me
 @pytest.fixture
 def fake_openai():
     fake = FakeOpenAI(api_key="sk-upstream-secret-0123456789")
-    with ServerThread(fake.app) as server:
-        fake.url = server.url
+    with serving(fake):
         yield fake
 
 
@@ -52,8 +51,7 @@ def aws_env(monkeypatch):
 def fake_anthropic():
     from tests.fakes.anthropic_api import FakeAnthropic
     fake = FakeAnthropic(api_key=UPSTREAM_KEY)
-    with ServerThread(fake.app) as server:
-        fake.url = server.url
+    with serving(fake):
         yield fake
 
 
@@ -61,8 +59,7 @@ def fake_anthropic():
 def fake_bedrock(aws_env):
     from tests.fakes.bedrock_api import FakeBedrock
     fake = FakeBedrock()
-    with ServerThread(fake.app) as server:
-        fake.url = server.url
+    with serving(fake):
         yield fake
 
 

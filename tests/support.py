@@ -187,3 +187,11 @@ def wait_until(predicate: Callable[[], object], what: str = "condition", timeout
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
     return value
+
+
+@contextlib.contextmanager
+def serving(fake):
+    """Run a fake upstream (anything with `app()`) on a loopback port; its `url` is set while it serves."""
+    with ServerThread(fake.app) as server:
+        fake.url = server.url
+        yield fake

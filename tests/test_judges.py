@@ -4,7 +4,7 @@ import pytest
 from evaluators.judges import JudgeOutputError, PairwiseJudge, RubricJudge, parse_json_object
 from gateway.backends.openai import OpenAIBackend
 from tests.fakes.judge_api import QUALITY_MARK, FakeJudge
-from tests.support import ServerThread
+from tests.support import serving
 
 QUESTION = [{"role": "user", "content": "How do I reset my password?"}]
 GOOD = f"Open Settings > Security > Reset password, then follow the email link {QUALITY_MARK}"
@@ -14,8 +14,7 @@ PLAIN = "Click reset."
 @pytest.fixture
 def judge_server(request):
     fake = FakeJudge(getattr(request, "param", "oracle"))
-    with ServerThread(fake.app) as server:
-        fake.url = server.url
+    with serving(fake):
         yield fake
 
 

@@ -32,7 +32,7 @@ from plugins.retrain_providers import (OpenAIProvider, OpenAIProviderSettings, R
 from tests.conftest import UPSTREAM_KEY
 from tests.fakes.bedrock_control import BedrockControlFront
 from tests.fakes.openai_finetune_api import FakeOpenAIFineTuning
-from tests.support import ServerThread, free_port, gateway_thread, wait_until
+from tests.support import ServerThread, free_port, gateway_thread, serving, wait_until
 
 ADMIN = "admin-token-for-retrain-tests"
 BUCKET = "retrain-data"
@@ -66,8 +66,7 @@ def aws(moto_url, aws_env):
 @pytest.fixture
 def finetune_api():
     fake = FakeOpenAIFineTuning(api_key=UPSTREAM_KEY)
-    with ServerThread(fake.app) as server:
-        fake.url = server.url
+    with serving(fake):
         yield fake
 
 

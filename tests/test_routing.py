@@ -9,7 +9,7 @@ import pytest
 from plugins.traffic_log import read_records
 from tests.conftest import UPSTREAM_KEY
 from tests.fakes.openai_api import FakeOpenAI
-from tests.support import ServerThread
+from tests.support import serving
 
 
 def get_json(url: str):
@@ -23,8 +23,7 @@ def get_json(url: str):
 @pytest.fixture
 def second_openai():
     fake = FakeOpenAI()
-    with ServerThread(fake.app) as server:
-        fake.url = server.url
+    with serving(fake):
         yield fake
 
 

@@ -481,10 +481,9 @@ def test_a_replica_keeps_caching_while_redis_is_down_and_shares_again_after(mode
 @pytest.fixture
 def fake_judge():
     from tests.fakes.judge_api import FakeJudge
-    from tests.support import ServerThread
+    from tests.support import serving
     fake = FakeJudge()
-    with ServerThread(fake.app) as server:
-        fake.url = server.url
+    with serving(fake):
         yield fake
 
 

@@ -20,7 +20,7 @@ import pytest
 from gateway.gateway import GATEWAY
 from tests.conftest import UPSTREAM_KEY
 from tests.fakes.openai_api import FakeOpenAI
-from tests.support import ServerThread, free_port, wait_until
+from tests.support import free_port, serving, wait_until
 from tests.test_routing import get_json
 
 ADMIN = "admin-token-for-shadow-tests"
@@ -50,8 +50,7 @@ class GatedOpenAI(FakeOpenAI):
 @pytest.fixture
 def shadow_fake():
     fake = GatedOpenAI()
-    with ServerThread(fake.app) as server:
-        fake.url = server.url
+    with serving(fake):
         try:
             yield fake
         finally:
