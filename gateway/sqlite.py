@@ -9,7 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+from .spill import SpillFile
+
 T = TypeVar("T")
+BUSY_TIMEOUT_MS = 5000  # how long a write waits for another connection's lock before it counts as refused
 log = logging.getLogger("llmgate.sqlite")
 
 
@@ -28,7 +31,7 @@ class SqliteThread:
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         conn.executescript(self._schema)
         self._conn = conn
 
@@ -69,23 +72,35 @@ class BatchWriter:
     under load and a lone row is written at once. `put_nowait` never waits: a full queue raises
     asyncio.QueueFull for the caller to count. `close` writes everything queued before it.
 
-    A batch the database refuses for a passing reason (locked, disk full, an I/O error) is kept and
-    retried with backoff, so records are never dropped silently: `waiting` and `last_error` say so
-    meanwhile, and the queue behind it fills up (and sheds) instead. At `close` the retries stop
-    after `close_timeout` seconds; what is still unwritten then is logged and counted in `lost`.
+    A batch the database refuses for a passing reason (locked, disk full, an I/O error) is never
+    dropped silently. With a `spill` file, refused rows go to disk (see gateway.spill) and the
+    queue keeps draining; the file is replayed, oldest rows first, when the database takes writes
+    again (tried with backoff, even with no new rows) and on the next start. Without one, or when
+    the spill file cannot take them either, the batch is kept in memory and retried with backoff
+    while the queue behind it fills (and sheds); at `close` those retries stop after
+    `close_timeout` seconds and what is still unwritten is logged and counted in `lost`.
+    `waiting`, `spilled` and `last_error` say what is pending meanwhile.
     """
     close_timeout = 10.0
 
     def __init__(self, db: SqliteThread, insert_sql: str, *, queue_size: int, batch_size: int,
-                 to_row: Callable[[Any], tuple] = tuple, name: str = "rows"):
+                 to_row: Callable[[Any], tuple] = tuple, name: str = "rows", spill: SpillFile | None = None):
         self._db, self._insert, self._batch_size, self._to_row, self.name = db, insert_sql, batch_size, to_row, name
+        self._spill = spill
         self._queue: asyncio.Queue = asyncio.Queue(queue_size)
         self._task: asyncio.Task | None = None
         self.written = 0
-        self.waiting = 0  # rows of a batch the database refused, being retried
+        self.waiting = 0  # rows of a batch refused by the database and by the spill file, kept in memory
         self.lost = 0
         self.last_error: str | None = None
         self._give_up_at: float | None = None
+        self._replay_at = 0.0  # monotonic time of the next try to replay the spill file
+        self._replay_pause = 0.1
+
+    @property
+    def spilled(self) -> int:
+        """Rows on disk in the spill file, waiting for the database."""
+        return self._spill.rows if self._spill is not None else 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._write_forever(), name=f"{self.name} writer")
@@ -104,9 +119,18 @@ class BatchWriter:
             self._task = None
 
     async def _write_forever(self) -> None:
+        if self._spill is not None:
+            await self._db.run(self._spill.recover)
         queue = self._queue
         while True:
-            item = await queue.get()
+            if self.spilled:
+                try:
+                    item = await asyncio.wait_for(queue.get(), max(0.0, self._replay_at - time.monotonic()))
+                except asyncio.TimeoutError:
+                    await self._flush([])  # nothing new: only the spill file to replay
+                    continue
+            else:
+                item = await queue.get()
             batch, done = [], False
             while True:
                 if item is None:
@@ -116,38 +140,103 @@ class BatchWriter:
                 if len(batch) >= self._batch_size or queue.empty():
                     break
                 item = queue.get_nowait()
-            if batch:
-                await self._flush(batch)
+            if batch or (done and self.spilled):
+                await self._flush(batch, last=done)
             if done:
+                if self.spilled:
+                    log.warning("%s: %d rows stay in %s for the next start", self.name, self.spilled,
+                                self._spill.path)
                 return
 
-    async def _flush(self, batch: list) -> None:
+    async def _flush(self, batch: list, last: bool = False) -> None:
         pause, tries = 0.1, 0
         while True:
             try:
-                # Rows are made on the database's thread: serialising (and redacting) a record is no work for the loop.
-                await self._db.run(lambda c: transaction(c, lambda c: c.executemany(
-                    self._insert, [self._to_row(item) for item in batch])))
-            except sqlite3.OperationalError as exc:  # locked, full, I/O: may pass, so keep the rows and retry
+                await self._db.run(lambda c: self._write(c, batch, last))
+            except (sqlite3.OperationalError, OSError) as exc:  # refused by the database and the spill file
                 tries += 1
                 self.waiting, self.last_error = len(batch), str(exc)
                 if tries == 1:
-                    log.warning("%s: the database refused %d rows (%s); retrying", self.name, len(batch), exc)
+                    log.warning("%s: %d rows refused (%s); retrying", self.name, len(batch), exc)
                 if self._give_up_at is not None and time.monotonic() > self._give_up_at:
                     self._lose(batch, f"still refused at shutdown: {exc}")
                     return
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 5.0)
                 continue
-            except Exception as exc:  # a row the database can never take: retrying would block the rest
+            except Exception as exc:  # a batch that cannot even be made into rows: retrying would block the rest
                 log.exception("%s: could not write %d rows", self.name, len(batch))
                 self._lose(batch, str(exc))
                 return
-            self.written += len(batch)
             if tries:
-                log.warning("%s: %d rows written after %d refused tries", self.name, len(batch), tries)
-            self.waiting, self.last_error = 0, None
+                log.warning("%s: %d rows taken after %d refused tries", self.name, len(batch), tries)
+            self.waiting = 0
             return
+
+    def _write(self, conn: sqlite3.Connection, batch: list, last: bool) -> None:
+        """On the database's thread: replay the spill file when due, then write or spill the batch.
+
+        Rows are made here: serialising (and redacting) a record is no work for the event loop."""
+        rows = [self._to_row(item) for item in batch]
+        spill = self._spill
+        if spill is not None and spill.rows and (last or time.monotonic() >= self._replay_at):
+            conn.execute("PRAGMA busy_timeout=0")  # a retry: a database still locked answers at once
+            try:
+                replayed = spill.replay(conn, self._insert_rows, time.time())
+            except sqlite3.OperationalError as exc:
+                self._refused(exc)
+            else:
+                self.written += replayed
+                self._replay_pause, self.last_error = 0.1, None
+                log.warning("%s: %d spilled rows written", self.name, replayed)
+            finally:
+                conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        if spill is not None and spill.rows:  # still refused: behind the spilled rows, in order
+            if rows:
+                spill.append(rows)
+            return
+        try:
+            self.written += transaction(conn, lambda c: self._insert_rows(c, rows))
+        except sqlite3.OperationalError as exc:  # locked, full, I/O: may pass
+            if spill is None:
+                raise
+            self._refused(exc)
+            spill.append(rows)
+            return
+        self.last_error = None
+
+    def _insert_rows(self, conn: sqlite3.Connection, rows: list[tuple]) -> int:
+        """Insert rows inside the caller's transaction; returns how many went in. A row the database
+        can never take (not a passing refusal) is logged and counted lost, and costs no other row."""
+        conn.execute("SAVEPOINT batch")
+        try:
+            conn.executemany(self._insert, rows)
+            inserted = len(rows)
+        except sqlite3.OperationalError:
+            raise
+        except Exception:
+            conn.execute("ROLLBACK TO batch")
+            inserted = 0
+            for row in rows:
+                try:
+                    conn.execute(self._insert, row)
+                    inserted += 1
+                except sqlite3.OperationalError:
+                    raise
+                except Exception as exc:
+                    self.lost += 1
+                    log.error("%s: a row the database cannot take was dropped (%d lost so far): %s",
+                              self.name, self.lost, exc)
+        conn.execute("RELEASE batch")
+        return inserted
+
+    def _refused(self, exc: Exception) -> None:
+        if self.last_error is None:
+            log.warning("%s: the database refused a write (%s); rows go to %s until it takes them",
+                        self.name, exc, self._spill.path)
+        self.last_error = str(exc)
+        self._replay_at = time.monotonic() + self._replay_pause
+        self._replay_pause = min(self._replay_pause * 2, 5.0)
 
     def _lose(self, batch: list, why: str) -> None:
         self.lost += len(batch)

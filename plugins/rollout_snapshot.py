@@ -2,15 +2,17 @@
 
 A replica that starts while Redis is unreachable routes with this copy (the operators' last
 percents, canaries, kill switches and rollbacks) instead of falling back to the config's percents.
-The file is written whenever the state the replica holds changes, atomically (write, then rename),
+The file is written whenever the state the replica holds changes, atomically (write a file of its own, then rename),
 on a worker thread; a missing or unreadable file is not an error, only a reason to use the config.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -48,7 +50,15 @@ class RolloutSnapshot:
             self._written = content
 
     def _write(self, routes_json: str) -> None:
+        """Write a temporary file of this writer's own, then rename it over the snapshot: replicas on
+        one host may share the path, and each rename is whole."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(self.path.name + ".tmp")
-        temporary.write_text(f'{{"saved_at": {time.time()}, "routes": {routes_json}}}')
-        os.replace(temporary, self.path)
+        fd, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name + ".", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as out:
+                out.write(f'{{"saved_at": {time.time()}, "routes": {routes_json}}}')
+            os.replace(temporary, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise

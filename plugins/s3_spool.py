@@ -44,7 +44,7 @@ class SpoolWriter(BatchWriter):
         super().__init__(db, _INSERT, queue_size=queue_size, batch_size=batch_size, to_row=_row, name="s3 spool")
         self._on_commit, self._on_failure = on_commit, on_failure
 
-    async def _flush(self, batch: list) -> None:
+    async def _flush(self, batch: list, last: bool = False) -> None:
         def insert(conn: sqlite3.Connection) -> None:  # encoded on the spool's thread: big batches stay off the loop
             rows = [_row(record) for record in batch]
             transaction(conn, lambda c: c.executemany(_INSERT, rows))

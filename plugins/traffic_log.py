@@ -3,7 +3,9 @@
 `after_response` only puts the record on a bounded queue; a writer task commits batches on the
 database's own thread. When the queue is full the record is dropped and counted (and /readyz
 says so) rather than slowing requests. On shutdown the queue is drained before the file closes,
-and committed rows survive a crash (WAL).
+and committed rows survive a crash (WAL). While the database refuses writes (locked by another
+process, a full disk), records go to a spill file on disk and are replayed when it takes them
+again, or at the next start.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.context import dumps
 from gateway.hookspecs import hookimpl
+from gateway.spill import SpillFile
 from gateway.sqlite import BatchWriter, SqliteThread
 
 log = logging.getLogger("llmgate.traffic_log")
@@ -48,6 +51,9 @@ class Settings(BaseModel):
                                                 "and passwords in the stored bodies with typed placeholders")
     queue_size: int = Field(10_000, ge=1)
     batch_size: int = Field(500, ge=1)
+    spill_path: str | None = Field(None, description="where records go while the database refuses writes, replayed "
+                                                     "when it takes them (default: the log's path + '.spill')")
+    spill_max_mb: float = Field(1024, gt=0, description="size bound of the spill file")
 
 
 def _row(record: dict[str, Any], redact: bool = False) -> tuple:
@@ -102,9 +108,12 @@ class TrafficLog:
     @hookimpl
     async def startup(self, gateway):
         await self._db.open()
+        spill = SpillFile(self.settings.spill_path or self.settings.path + ".spill",
+                          int(self.settings.spill_max_mb * 2**20))
         self._writer = BatchWriter(self._db, _INSERT, queue_size=self.settings.queue_size,
                                    batch_size=self.settings.batch_size,
-                                   to_row=functools.partial(_row, redact=self.settings.redact_pii), name="traffic log")
+                                   to_row=functools.partial(_row, redact=self.settings.redact_pii), name="traffic log",
+                                   spill=spill)
         self._writer.start()
 
     @hookimpl
@@ -121,15 +130,20 @@ class TrafficLog:
         return [("llmgate_traffic_log_queue_depth", "Records waiting to be written.", {},
                  self._writer.qsize() if self._writer else 0),
                 ("llmgate_traffic_log_written_total", "Records written.", {}, self.written),
+                ("llmgate_traffic_log_spilled", "Records on disk waiting for the database.", {},
+                 self._writer.spilled if self._writer else 0),
                 ("llmgate_traffic_log_dropped_total", "Records dropped (queue full).", {}, self.dropped)]
 
     @hookimpl
     def readiness(self, gateway):
         problems = [f"{self.dropped} records dropped (queue full)"] if self.dropped else []
         writer = self._writer
+        if writer is not None and writer.spilled:
+            problems.append(f"{writer.spilled} records spilled to disk: the database refused the last write "
+                            f"({writer.last_error}); replaying when it takes them")
         if writer is not None and writer.waiting:
-            problems.append(f"{writer.waiting + writer.qsize()} records waiting: the database refused the last "
-                            f"write ({writer.last_error}); retrying")
+            problems.append(f"{writer.waiting + writer.qsize()} records waiting in memory: the database and the "
+                            f"spill file refused the last write ({writer.last_error}); retrying")
         if writer is not None and writer.lost:
             problems.append(f"{writer.lost} records lost (the database refused them)")
         return {"traffic_log": "; ".join(problems) or None}

@@ -22,7 +22,7 @@ def make_gateway(tmp_path):
 
     def make(config: dict) -> ServerThread:
         config = {**config}
-        config.setdefault("state", {"sqlite_path": str(tmp_path / "state.db")})
+        config["state"] = {"sqlite_path": str(tmp_path / "state.db"), **config.get("state", {})}
         plugins = {**config.get("plugins", {})}
         plugins.setdefault("traffic_log", {"path": str(tmp_path / "traffic.db")})
         config["plugins"] = plugins

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
 import sqlite3
 import urllib.error
 import urllib.request
@@ -19,7 +20,7 @@ import pytest
 
 from plugins.traffic_log import read_records
 from tests.fakes.faulty_api import FaultyOpenAI
-from tests.support import ServerThread, wait_until
+from tests.support import GatewayProcess, ServerThread, wait_until
 
 ADMIN_TOKEN = "admin-token-for-fault-tests"
 FAST_TIMEOUT = {"connect": 1, "first_byte": 1, "total": 3}
@@ -261,24 +262,62 @@ def test_half_open_lets_one_probe_through_at_a_time(upstreams, make_gateway, tmp
 
 # --- the traffic log when its database refuses writes ------------------------------------------
 
-def test_a_locked_traffic_log_keeps_its_records_and_writes_them_later(upstreams, make_gateway, tmp_path):
+def test_a_locked_traffic_log_spills_its_records_to_disk_and_writes_them_later(upstreams, make_gateway, tmp_path):
     path = str(tmp_path / "traffic.db")
-    gw = make_gateway(fault_config(upstreams, tmp_path))
+    cfg = fault_config(upstreams, tmp_path)
+    cfg["plugins"]["traffic_log"]["queue_size"] = 8  # a queue this small would shed at once if it stopped draining
+    gw = make_gateway(cfg)
     ask(gw.url, "before the lock")
     wait_until(lambda: len(list(read_records(path))) == 1, "the first record")
     blocker = sqlite3.connect(path, isolation_level=None)
     blocker.execute("BEGIN EXCLUSIVE")  # another process holding the file: every write is refused
     try:
-        ids = [ask(gw.url, f"while locked {i}").headers["x-request-id"] for i in range(5)]
-        problem = wait_until(lambda: get_json(gw.url + "/readyz")[1]["degraded"].get("traffic_log"),
-                             "the refused write reported in /readyz")
-        assert "records waiting" in problem and "locked" in problem, problem
+        ids = [ask(gw.url, f"while locked {i}").headers["x-request-id"] for i in range(4)]
+        wait_until(lambda: "4 records spilled" in (get_json(gw.url + "/readyz")[1]["degraded"].get("traffic_log") or ""),
+                   "the first refused records on disk")
+        ids += [ask(gw.url, f"while locked {i}").headers["x-request-id"] for i in range(4, 24)]
+        problem = wait_until(lambda: ("24 records spilled" in (p := get_json(gw.url + "/readyz")[1]["degraded"]
+                                                               .get("traffic_log") or "")) and p,
+                             "every refused record on disk, reported in /readyz")
+        assert "locked" in problem and "dropped" not in problem, problem
+        assert (tmp_path / "traffic.db.spill").is_file()
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()
-    records = wait_until(lambda: len(r := list(read_records(path))) == 6 and r, "the kept records written")
+    records = wait_until(lambda: len(r := list(read_records(path))) == 25 and r, "the spilled records written")
     assert [r["request_id"] for r in records[1:]] == ids, "kept in order, none lost, none twice"
     wait_until(lambda: "traffic_log" not in get_json(gw.url + "/readyz")[1]["degraded"], "/readyz clearing")
+    assert not (tmp_path / "traffic.db.spill").exists()
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_records_spilled_while_the_log_is_locked_survive_a_stop_and_are_written_by_the_next_start(
+        upstreams, tmp_path, how):
+    path = tmp_path / "traffic.db"
+    cfg = fault_config(upstreams, tmp_path)
+    cfg["server"]["shutdown_timeout"] = 5
+    gw = GatewayProcess(cfg, tmp_path).start()
+    try:
+        first = ask(gw.url, "before the lock").headers["x-request-id"]
+        wait_until(lambda: len(list(read_records(str(path)))) == 1, "the first record")
+        blocker = sqlite3.connect(path, isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")
+        try:
+            ids = [ask(gw.url, f"while locked {i}").headers["x-request-id"] for i in range(5)]
+            wait_until(lambda: "5 records spilled" in (get_json(gw.url + "/readyz")[1]["degraded"]
+                                                       .get("traffic_log") or ""), "the records on disk")
+            gw.stop(getattr(signal, how))  # SIGTERM: the last replay is refused too; SIGKILL: nothing runs at all
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        assert [r["request_id"] for r in read_records(str(path))] == [first]
+        assert (tmp_path / "traffic.db.spill").is_file()
+        gw = GatewayProcess(cfg, tmp_path).start()
+        records = wait_until(lambda: len(r := list(read_records(str(path)))) == 6 and r, "the replay at start")
+        assert [r["request_id"] for r in records] == [first, *ids], "each record once, in order"
+        assert not (tmp_path / "traffic.db.spill").exists()
+    finally:
+        gw.stop()
 
 
 # --- real processes: SIGTERM under faulty load, Redis killed and restarted -------------------------
