@@ -14,7 +14,7 @@ from .config import Config
 from .context import dumps
 from .breaker import breaker_problems
 from .errors import GatewayError, InvalidRequest
-from .gateway import GATEWAY, Gateway
+from .gateway import GATEWAY, Gateway, no_such_route
 from .logs import current_request_id, log_access
 from .proxy import OVERHEAD_HEADER, REQUEST_CONTEXT, REQUEST_ID
 
@@ -128,13 +128,18 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def list_models(request: web.Request) -> web.Response:
-    routes = request.app[GATEWAY].config.settings.routes
+    """The routes the caller may use (every route unless a plugin, api_keys say, narrows them)."""
+    routes, _ = await request.app[GATEWAY].visible_routes(request)
     return web.json_response({"object": "list", "data": [_model(name) for name in routes]})
 
 
 async def get_model(request: web.Request) -> web.Response:
+    """One route the caller may use; one hidden from the caller answers as if it did not exist."""
     name = request.match_info["model"]
-    request.app[GATEWAY].route(name)
+    gateway = request.app[GATEWAY]
+    routes, scoped = await gateway.visible_routes(request)
+    if name not in routes:
+        raise no_such_route(name, sorted(routes), scoped)
     return web.json_response(_model(name))
 
 

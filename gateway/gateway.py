@@ -101,11 +101,27 @@ class Gateway:
         return self.generation.backends
 
     def route(self, name: str) -> RouteSettings:
+        """The route `name` for the operator's own use (admin, plugins): a 404 names every route."""
         route = self.config.settings.routes.get(name)
         if route is None:
-            known = ", ".join(sorted(self.config.settings.routes)) or "none configured"
-            raise NotFound(f"the model '{name}' does not exist: it is not a route of this gateway (routes: {known})",
-                           param="model", code="model_not_found")
+            raise no_such_route(name, sorted(self.config.settings.routes), scoped=False)
+        return route
+
+    async def visible_routes(self, request: web.Request) -> tuple[list[str], bool]:
+        """The routes the caller of `request` may learn about, in config order, and whether a plugin
+        narrowed them (`visible_routes` hook; it may refuse the caller with a 401)."""
+        names = list(self.config.settings.routes)
+        narrowed = await self.hooks.each("visible_routes", request=request, routes=list(names))
+        for allowed in map(set, narrowed.values()):
+            names = [name for name in names if name in allowed]
+        return names, bool(narrowed)
+
+    async def route_for(self, request: web.Request, name: str) -> RouteSettings:
+        """The route a caller asked for; a 404 names only the routes that caller may see."""
+        route = self.config.settings.routes.get(name)
+        if route is None:
+            visible, scoped = await self.visible_routes(request)
+            raise no_such_route(name, sorted(visible), scoped)
         return route
 
     def require_admin(self, request: web.Request) -> None:
@@ -200,6 +216,17 @@ class Gateway:
                 log.warning("closing replaced backends with %d requests still in flight", generation.inflight)
         for backend in backends:
             await backend.close()
+
+
+def no_such_route(name: str, visible: list[str], scoped: bool) -> NotFound:
+    """The 404 for an unknown model: lists `visible`, which a plugin may have narrowed to the caller's."""
+    if scoped:
+        known = ", ".join(visible) or "none"
+        message = f"the model '{name}' does not exist or is not available to you (routes available to you: {known})"
+    else:
+        known = ", ".join(visible) or "none configured"
+        message = f"the model '{name}' does not exist: it is not a route of this gateway (routes: {known})"
+    return NotFound(message, param="model", code="model_not_found")
 
 
 GATEWAY = web.AppKey("gateway", Gateway)

@@ -65,6 +65,23 @@ def config_reloaded(gateway, config):
 
 
 @hookspec
+def authenticate(request):
+    """Return the tenant (a team name) the caller of an HTTP `request` acts as, for endpoints beside
+    chat completions (feedback, usage); raise a GatewayError (a 401) to refuse a caller without valid
+    credentials. The first non-None result wins; with none, callers have no tenant and nothing is
+    scoped by tenant. Chat completions authenticate in `before_route`, which sets `ctx.tenant`."""
+
+
+@hookspec
+def visible_routes(request, routes):
+    """Return the names among `routes` that the caller of an HTTP `request` may learn about and use.
+
+    Consulted for GET /v1/models and for the list a 404 for an unknown model names, so a caller never
+    hears of another tenant's routes; raise a GatewayError (a 401) to refuse a caller without valid
+    credentials. Return None to leave the list alone; each non-None result narrows it further."""
+
+
+@hookspec
 def before_route(ctx):
     """Look at a validated request before any backend is chosen; may answer it.
 

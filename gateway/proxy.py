@@ -265,7 +265,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if not isinstance(route_name, str) or not route_name:
         raise InvalidRequest("you must provide a model parameter naming a route (GET /v1/models lists them)",
                              param="model", code="missing_model")
-    route = gateway.route(route_name)
+    route = await gateway.route_for(request, route_name)
     api_key = _bearer(request)
     ctx = RequestContext(request_id=request[REQUEST_ID], route_name=route_name, route=route, body=body,
                          headers=request.headers, api_key=api_key)

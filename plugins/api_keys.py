@@ -5,6 +5,8 @@ only each key's SHA-256 (`sha256:<hex>`, printed by `llmgate keys new` / `llmgat
 a leaked config file leaks no key. `before_route` answers 401 (`authentication_error`) for a
 missing or unknown key and 403 (`permission_error`) for a route outside the team's `routes`, and
 sets `ctx.tenant` to the team, which the traffic log records and the semantic cache scopes by.
+Beside chat completions it answers `authenticate` (the team, for feedback and usage) and
+`visible_routes` (GET /v1/models and a 404's list of routes name only the team's routes).
 
 Off by default. While it is off, any key (or none) passes through as before and `ctx.tenant`
 stays unset. While it is on, every chat request needs a configured key. The gateway's provider
@@ -129,6 +131,16 @@ class ApiKeys:
         team = self.team_of(ctx.api_key)
         self.check_route(team, ctx.route_name)
         ctx.tenant = team
+
+    @hookimpl
+    def authenticate(self, request):
+        return self.team_of_request(request)
+
+    @hookimpl
+    def visible_routes(self, request, routes):
+        """Only the team's routes: a caller never learns another team's route names (401 without a key)."""
+        allowed = self.teams[self.team_of_request(request)].routes
+        return list(routes) if allowed is None else [route for route in routes if route in allowed]
 
     @hookimpl
     def config_problems(self, config):

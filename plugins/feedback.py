@@ -9,6 +9,10 @@ Which route and variant answered: a bounded in-memory map of recent request ids,
 `after_response` (a dict insert, nothing more), then the traffic log for older ones (read on a
 thread). Each rating is stored in its own SQLite file (`path`) before it is acknowledged; one
 rating per request id (a second is refused), so repeated posts cannot stuff the score.
+
+With a plugin that answers `authenticate` (api_keys), a rating needs the caller's credentials and
+only the caller's own tenant's requests can be rated: another tenant's request id answers the same
+404 as an unknown one, so ids neither leak nor collect foreign ratings.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import asyncio
 import sqlite3
 import time
 from collections import OrderedDict
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
@@ -46,6 +50,13 @@ class Settings(BaseModel):
     max_comment_chars: int = Field(2000, ge=0)
 
 
+class Served(NamedTuple):
+    """What answered a request: its route, the variant (backend or plugin) and the caller's tenant."""
+    route: str
+    variant: str
+    tenant: str | None
+
+
 class AlreadyRated(GatewayError):
     status, type = 409, "invalid_request_error"
 
@@ -65,7 +76,7 @@ class Feedback:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self._recent: OrderedDict[str, tuple[str, str]] = OrderedDict()  # request id -> (route, variant)
+        self._recent: OrderedDict[str, Served] = OrderedDict()  # request id -> what answered it
         self._counts: dict[tuple[str, str], list[float]] = {}           # (route, variant) -> [count, sum]
         self._db = SqliteThread(settings.path, SCHEMA)  # opened by the first rating
         self._traffic_log: str | None = None
@@ -83,7 +94,7 @@ class Feedback:
     def after_response(self, ctx):
         if ctx.served_by is None:  # nothing answered: nothing to rate
             return
-        self._recent[ctx.request_id] = (ctx.route_name, ctx.served_by)
+        self._recent[ctx.request_id] = Served(ctx.route_name, ctx.served_by, ctx.tenant)
         if len(self._recent) > self.settings.remember:
             self._recent.popitem(last=False)
 
@@ -98,23 +109,29 @@ class Feedback:
             routes.setdefault(route, {})[variant] = {"count": int(count), "mean": total / count}
         return {"feedback": {"routes": routes, "remembered": len(self._recent)}}
 
-    async def _served(self, request_id: str) -> tuple[str, str] | None:
-        """(route, variant) that answered the request, from memory, else from the traffic log."""
-        if (found := self._recent.get(request_id)) is not None:
+    async def _served(self, request_id: str, tenant: str | None) -> Served | None:
+        """What answered the request, from memory, else from the traffic log; with a `tenant`, only
+        that tenant's request of that id (another tenant's is as unknown as an id never seen)."""
+        found = self._recent.get(request_id)
+        if found is not None and (tenant is None or found.tenant == tenant):
             return found
         if self._traffic_log is None:
             return None
+        where, params = "request_id = ? AND served_by IS NOT NULL", (request_id,)
+        if tenant is not None:  # ids can be the caller's own x-request-id: two tenants may share one
+            where, params = where + " AND tenant = ?", (request_id, tenant)
 
-        def look_up() -> tuple[str, str] | None:
+        def look_up() -> Served | None:
             try:
-                records = list(read_records(self._traffic_log, "request_id = ? AND served_by IS NOT NULL",
-                                            (request_id,)))
+                records = list(read_records(self._traffic_log, where, params))
             except sqlite3.Error:  # no traffic log written yet
                 return None
-            return (records[-1]["route"], records[-1]["served_by"]) if records else None
+            return Served(records[-1]["route"], records[-1]["served_by"], records[-1]["tenant"]) if records else None
         return await asyncio.to_thread(look_up)
 
     async def _endpoint(self, request: web.Request) -> web.Response:
+        gateway = request.app[GATEWAY]
+        _, tenant = await gateway.hooks.first("authenticate", request=request)  # None: no tenancy
         body = await read_body(request)
         request_id = body.get("request_id")
         if not isinstance(request_id, str) or not request_id:
@@ -127,11 +144,11 @@ class Feedback:
         if comment is not None and len(comment) > self.settings.max_comment_chars:
             raise InvalidRequest(f"'comment' is longer than {self.settings.max_comment_chars} characters",
                                  param="comment")
-        served = await self._served(request_id)
+        served = await self._served(request_id, tenant)
         if served is None:
             raise NotFound(f"no answered request with id '{request_id}' is known to this gateway",
                            param="request_id", code="request_not_found")
-        route, variant = served
+        route, variant = served.route, served.variant
         record = {"ts": time.time(), "request_id": request_id, "route": route, "variant": variant,
                   "rating": body["rating"], "score": score, "comment": comment}
         try:
@@ -142,6 +159,5 @@ class Feedback:
         counts = self._counts.setdefault((route, variant), [0, 0.0])
         counts[0] += 1
         counts[1] += score
-        await request.app[GATEWAY].hooks.each("record_score", route=route, variant=variant, name="feedback",
-                                              value=score)
+        await gateway.hooks.each("record_score", route=route, variant=variant, name="feedback", value=score)
         return web.json_response(record)

@@ -246,3 +246,150 @@ def test_no_secret_reaches_the_logs_the_hook_traces_or_the_files(tmp_path):
     for where, text in outputs.items():
         for secret in all_secrets:
             assert secret not in text, f"a secret ({secret[:8]}...) reached {where}"
+
+
+# --- what a team may learn: routes in 404s and GET /v1/models, feedback on its own requests ----------
+
+AUDIT_KEY = "audit-team-plain-key-77aa01bc9d"  # a team that may use no route at all
+
+
+def isolation_config(fake, tmp_path) -> dict:
+    config = tenancy_config(fake, tmp_path, feedback={"path": str(tmp_path / "feedback.db")})
+    config["plugins"]["api_keys"]["teams"]["audit"] = {"keys": [hash_key(AUDIT_KEY)], "routes": []}
+    return config
+
+
+def raw_request(gw, path: str, key: str | None, body: dict | None = None) -> tuple[int, dict]:
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+    request = urllib.request.Request(gw.url + path, headers=headers, method="POST" if body is not None else "GET",
+                                     data=json.dumps(body).encode() if body is not None else None)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_an_unknown_model_names_only_the_callers_routes(fake_openai, make_gateway, tmp_path):
+    gw = make_gateway(isolation_config(fake_openai, tmp_path))
+    with pytest.raises(openai.NotFoundError) as support_404:
+        ask(gw, SUPPORT_KEY, route="no-such-bot")
+    message = support_404.value.body["message"]
+    assert support_404.value.body["code"] == "model_not_found" and support_404.value.body["param"] == "model"
+    assert "no-such-bot" in message and "support-bot" in message
+    assert "sales-bot" not in message
+
+    with pytest.raises(openai.NotFoundError) as sales_404:  # a team without a route list sees every route
+        ask(gw, SALES_KEY, route="no-such-bot")
+    assert "support-bot" in sales_404.value.body["message"] and "sales-bot" in sales_404.value.body["message"]
+
+    with pytest.raises(openai.NotFoundError) as audit_404:
+        ask(gw, AUDIT_KEY, route="no-such-bot")
+    assert "available to you: none" in audit_404.value.body["message"]
+    assert "support-bot" not in audit_404.value.body["message"] and "sales-bot" not in audit_404.value.body["message"]
+
+    # A route that exists but is another team's stays a 403 that names only the route asked for.
+    with pytest.raises(openai.PermissionDeniedError) as forbidden:
+        ask(gw, SUPPORT_KEY, route="sales-bot")
+    assert forbidden.value.body["code"] == "route_not_allowed" and "support-bot" not in forbidden.value.body["message"]
+
+    # Without a valid key an unknown model is a 401 like any other request: no route names at all.
+    with pytest.raises(openai.AuthenticationError) as guessed:
+        ask(gw, "sk-lg-guessed-key-000000000000000000", route="no-such-bot")
+    assert guessed.value.body["code"] == "invalid_api_key"
+    status, missing = raw_request(gw, "/v1/chat/completions", None,
+                                  {"model": "no-such-bot", "messages": [{"role": "user", "content": "hi"}]})
+    assert status == 401 and missing["error"]["code"] == "missing_api_key"
+    for refused in (guessed.value.body["message"], missing["error"]["message"]):
+        assert "support-bot" not in refused and "sales-bot" not in refused
+
+    # GET /v1/models/{model}: another team's route answers as if it did not exist.
+    with pytest.raises(openai.NotFoundError) as hidden:
+        client(gw, SUPPORT_KEY).models.retrieve("sales-bot")
+    assert hidden.value.body["message"].endswith("(routes available to you: support-bot)")
+    assert client(gw, SUPPORT_KEY).models.retrieve("support-bot").id == "support-bot"
+    assert fake_openai.requests == []
+
+
+def test_without_the_plugin_an_unknown_model_names_every_route(fake_openai, make_gateway, tmp_path):
+    config = tenancy_config(fake_openai, tmp_path)
+    del config["plugins"]["api_keys"]
+    gw = make_gateway(config)
+    with pytest.raises(openai.NotFoundError) as unknown:
+        ask(gw, "any-key-at-all", route="no-such-bot")
+    assert unknown.value.body["message"] == ("the model 'no-such-bot' does not exist: it is not a route of this "
+                                             "gateway (routes: sales-bot, support-bot)")
+    assert [m.id for m in client(gw, "any-key-at-all").models.list()] == ["support-bot", "sales-bot"]
+    assert raw_request(gw, "/v1/models", None)[0] == 200
+
+
+def test_the_model_list_holds_only_the_callers_routes(fake_openai, make_gateway, tmp_path):
+    gw = make_gateway(isolation_config(fake_openai, tmp_path))
+    assert [m.id for m in client(gw, SUPPORT_KEY).models.list()] == ["support-bot"]
+    assert [m.id for m in client(gw, SALES_KEY).models.list()] == ["support-bot", "sales-bot"]
+    assert [m.id for m in client(gw, AUDIT_KEY).models.list()] == []
+
+    with pytest.raises(openai.AuthenticationError) as guessed:
+        client(gw, "sk-lg-guessed-key-000000000000000000").models.list()
+    assert guessed.value.status_code == 401 and guessed.value.body["code"] == "invalid_api_key"
+    status, missing = raw_request(gw, "/v1/models", None)
+    assert status == 401 and missing["error"]["code"] == "missing_api_key"
+    assert set(missing["error"]) == {"message", "type", "param", "code"}
+    assert "sales-bot" not in json.dumps(missing) and "support-bot" not in json.dumps(missing)
+
+
+def _ask_for_id(gw, key: str, route: str, request_id: str | None = None) -> str:
+    raw = client(gw, key).chat.completions.with_raw_response.create(
+        model=route, messages=[{"role": "user", "content": "rate me"}],
+        extra_headers={"x-request-id": request_id} if request_id else None)
+    raw.parse()
+    return raw.headers["x-request-id"]
+
+
+def _stored_ratings(path) -> list[tuple]:
+    if not path.exists():
+        return []
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("SELECT request_id, route FROM feedback ORDER BY id").fetchall()
+    finally:
+        conn.close()
+
+
+def test_a_team_rates_only_its_own_requests(fake_openai, make_gateway, tmp_path):
+    gw = make_gateway(isolation_config(fake_openai, tmp_path))
+    support_id = _ask_for_id(gw, SUPPORT_KEY, "support-bot")
+    sales_id = _ask_for_id(gw, SALES_KEY, "sales-bot")
+
+    status, foreign = raw_request(gw, "/v1/feedback", SALES_KEY, {"request_id": support_id, "rating": 1})
+    status_unknown, unknown = raw_request(gw, "/v1/feedback", SALES_KEY, {"request_id": "never-seen", "rating": 1})
+    assert (status, status_unknown) == (404, 404)
+    assert foreign["error"]["message"].replace(support_id, "ID") == unknown["error"]["message"].replace("never-seen", "ID")
+    assert {k: v for k, v in foreign["error"].items() if k != "message"} == \
+           {k: v for k, v in unknown["error"].items() if k != "message"} == \
+           {"type": "invalid_request_error", "param": "request_id", "code": "request_not_found"}
+    for key in (None, "sk-lg-guessed-key-000000000000000000"):
+        status, refused = raw_request(gw, "/v1/feedback", key, {"request_id": support_id, "rating": 1})
+        assert status == 401 and refused["error"]["type"] == "authentication_error"
+    assert _stored_ratings(tmp_path / "feedback.db") == [], "a refused rating records nothing"
+
+    rated = client(gw, SUPPORT_KEY).post("/feedback", body={"request_id": support_id, "rating": "helpful"},
+                                         cast_to=object)
+    assert (rated["route"], rated["variant"], rated["score"]) == ("support-bot", "up", 1.0)
+    status, own = raw_request(gw, "/v1/feedback", SALES_KEY, {"request_id": sales_id, "rating": 2})
+    assert status == 200 and own["route"] == "sales-bot"
+    assert _stored_ratings(tmp_path / "feedback.db") == [(support_id, "support-bot"), (sales_id, "sales-bot")]
+
+
+def test_a_request_id_two_teams_chose_is_rated_as_each_teams_own(fake_openai, make_gateway, tmp_path):
+    """Callers may name their requests (x-request-id): the newest in memory is sales', yet support finds its own
+    in the traffic log, and sales cannot reach support's request through the shared name."""
+    gw = make_gateway(isolation_config(fake_openai, tmp_path))
+    assert _ask_for_id(gw, SUPPORT_KEY, "support-bot", "order-1234") == "order-1234"
+    assert _ask_for_id(gw, SALES_KEY, "sales-bot", "order-1234") == "order-1234"
+    wait_for_records(tmp_path / "traffic.db", 2)
+    status, rated = raw_request(gw, "/v1/feedback", SUPPORT_KEY, {"request_id": "order-1234", "rating": 5})
+    assert status == 200 and rated["route"] == "support-bot"
+    assert _stored_ratings(tmp_path / "feedback.db") == [("order-1234", "support-bot")]
+    status, audit = raw_request(gw, "/v1/feedback", AUDIT_KEY, {"request_id": "order-1234", "rating": 5})
+    assert status == 404 and audit["error"]["code"] == "request_not_found"
