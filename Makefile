@@ -20,6 +20,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[test,embeddings]'
+	$(BIN)/llmgate embeddings build
 	touch $@
 
 install: $(VENV)/.installed

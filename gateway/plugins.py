@@ -47,6 +47,7 @@ DEFAULT_PLUGINS = {
     "tracing": "plugins.tracing:Tracing",
     "dataset": "plugins.dataset",
     "roi": "plugins.roi",
+    "embeddings_build": "plugins.embeddings_build",
     "retrain": "plugins.retrain:Retrain",
     "retrain_trigger": "plugins.retrain_trigger:RetrainTrigger",
 }

