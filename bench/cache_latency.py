@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"embeddings backends to measure (default: those installed, {' '.join(installed)})")
     parser.add_argument("--entries", type=int, default=100_000)
     parser.add_argument("--n", type=int, default=500, help="timed lookups (after 20 untimed)")
-    parser.add_argument("--threads", type=int, default=None, help="embedder threads (default: the library's)")
+    parser.add_argument("--threads", type=int, default=Settings().threads,
+                        help="embedder threads (default: the plugin's default, %(default)s)")
     parser.add_argument("--index", choices=("hnsw", "exact"), default="hnsw" if ann_available() else "exact",
                         help="the vector index (default: hnsw when usearch is installed)")
     parser.add_argument("--output", type=Path, default=None, help="write the figures as JSON here")

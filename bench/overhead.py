@@ -255,7 +255,11 @@ class Bench:
         return result
 
     def soak(self, system: System) -> dict:
-        """RSS over a long constant-rate run; growth compares the first and last tenths of the run."""
+        """RSS over a long constant-rate run; growth compares the first and last tenths of the run.
+
+        The run starts after `--soak-warmup` seconds of the same load, as soak tests do: what the
+        first minute allocates once (connections, buffers, caches sized to the traffic) is start-up,
+        not growth. The RSS before any load and at the end of the warm-up are reported beside it."""
         args = self.args
         log(f"soak {system.name}: {args.soak_rate} rps for {args.soak}s")
         if system.kind == "direct":
@@ -263,7 +267,11 @@ class Bench:
         self.peak_rss_mb = None
         self.start(system)
         try:
+            rss_at_start = round(self.running.process.rss_mb(), 1)
             self.warm_up(system)
+            if args.soak_warmup:
+                loadgen.open_loop(self.spec(system, args.soak_rate, args.soak_warmup))
+            rss_after_warmup = round(self.running.process.rss_mb(), 1)
             spec = self.spec(system, args.soak_rate, args.soak)
             monitor = ResourceMonitor(self.running.process, interval=1.0).start()
             samples = loadgen.open_loop(spec)
@@ -277,7 +285,9 @@ class Bench:
         last = sum(mb for _, mb in series[-tenth:]) / tenth
         summary = loadgen.summarize(samples, args.soak_rate, args.soak)
         step = max(1, len(series) // 300)
-        return {"rate": args.soak_rate, "seconds": args.soak, "rss_first_tenth_mb": round(first, 1),
+        return {"rate": args.soak_rate, "seconds": args.soak, "warmup_seconds": args.soak_warmup,
+                "rss_at_start_mb": rss_at_start, "rss_after_warmup_mb": rss_after_warmup,
+                "rss_first_tenth_mb": round(first, 1),
                 "rss_last_tenth_mb": round(last, 1), "growth_percent": round(100 * (last - first) / first, 2),
                 "peak_rss_mb": peak, "resources": resources, "summary": summary,
                 "rss_series": series[::step]}
@@ -308,6 +318,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-error-rate", type=float, default=0.001, help="errors allowed at a sustained rate")
     parser.add_argument("--soak", type=float, default=600, help="seconds of the memory soak (0: skip)")
     parser.add_argument("--soak-rate", type=float, default=300)
+    parser.add_argument("--soak-warmup", type=float, default=60, help="seconds of the same load before the soak")
     parser.add_argument("--soak-systems", default="llmgate-full")
     parser.add_argument("--profile", default="llmgate-full", help="system to profile with py-spy ('' : none)")
     parser.add_argument("--profile-rate", type=float, default=300)

@@ -158,11 +158,16 @@ def markdown(results: dict) -> str:
         lines.append("")
 
     if results.get("soak"):
-        lines += ["## Memory soak", "", "| system | RPS | seconds | RSS first tenth MiB | last tenth MiB | growth | errors |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += ["## Memory soak", "",
+                  "After `warm-up` seconds of the same load (RSS before any load, then at the end of the warm-up); "
+                  "growth compares the first and last tenths of the soak.", "",
+                  "| system | RPS | warm-up s | seconds | RSS at start MiB | after warm-up | first tenth | last tenth "
+                  "| growth | errors |", "|---|---|---|---|---|---|---|---|---|---|"]
         for name, soak in results["soak"].items():
-            lines.append(f"| {name} | {soak['rate']:g} | {soak['seconds']:g} | {soak['rss_first_tenth_mb']} | "
-                         f"{soak['rss_last_tenth_mb']} | {soak['growth_percent']}% | {soak['summary']['errors']} |")
+            lines.append(f"| {name} | {soak['rate']:g} | {soak.get('warmup_seconds', 0):g} | {soak['seconds']:g} | "
+                         f"{soak.get('rss_at_start_mb', '')} | {soak.get('rss_after_warmup_mb', '')} | "
+                         f"{soak['rss_first_tenth_mb']} | {soak['rss_last_tenth_mb']} | {soak['growth_percent']}% | "
+                         f"{soak['summary']['errors']} |")
         lines.append("")
 
     lines += ["## Targets (llmgate with rollout + shadow + logging)", "", "| target | value | met |", "|---|---|---|"]

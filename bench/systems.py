@@ -106,6 +106,16 @@ class Process:
         except psutil.NoSuchProcess:
             return []
 
+    def rss_mb(self) -> float:
+        """Resident memory now, summed over the process tree."""
+        total = 0
+        for proc in self.tree():
+            try:
+                total += proc.memory_info().rss
+            except psutil.NoSuchProcess:
+                continue
+        return total / 2**20
+
     def peak_rss_mb(self) -> float | None:
         """The high-water mark of resident memory (VmHWM), summed over the process tree."""
         total, seen = 0, False
@@ -265,13 +275,7 @@ class ResourceMonitor:
         return total
 
     def _rss_mb(self) -> float:
-        total = 0
-        for proc in self.process.tree():
-            try:
-                total += proc.memory_info().rss
-            except psutil.NoSuchProcess:
-                continue
-        return total / 2**20
+        return self.process.rss_mb()
 
     def _sample(self) -> None:
         while not self._stop.wait(self.interval):

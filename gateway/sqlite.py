@@ -12,6 +12,7 @@ from typing import Any, Callable, TypeVar
 from .spill import SpillFile
 
 T = TypeVar("T")
+APPEND_ONLY_CACHE_KIB = 512  # the page cache of a log's connection: the pages appends touch, not a read cache
 BUSY_TIMEOUT_MS = 5000  # how long a write waits for another connection's lock before it counts as refused
 log = logging.getLogger("llmgate.sqlite")
 
@@ -19,9 +20,12 @@ log = logging.getLogger("llmgate.sqlite")
 class SqliteThread:
     """Runs every call against one connection on one thread; WAL keeps committed rows through a crash."""
 
-    def __init__(self, path: str, schema: str):
+    def __init__(self, path: str, schema: str, cache_kib: int | None = None):
+        """`cache_kib` bounds the connection's page cache (SQLite's default is 2 MiB): a log that is
+        only appended to gains nothing from caching pages it will not read again."""
         self.path = path
         self._schema = schema
+        self._cache_kib = cache_kib
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sqlite:{Path(path).name}")
         self._conn: sqlite3.Connection | None = None
 
@@ -32,6 +36,8 @@ class SqliteThread:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        if self._cache_kib is not None:
+            conn.execute(f"PRAGMA cache_size=-{int(self._cache_kib)}")
         conn.executescript(self._schema)
         self._conn = conn
 

@@ -46,8 +46,14 @@ WORDS = {"helpful": 1.0, "not_helpful": 0.0}
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     path: str = "var/feedback.db"
-    remember: int = Field(100_000, ge=1, description="recent request ids kept in memory to attribute ratings")
+    remember: int | None = Field(None, ge=1, description="recent request ids kept in memory to attribute ratings; "
+                                 "unset: 10,000 with a traffic log (older ids are looked up there), else 100,000")
     max_comment_chars: int = Field(2000, ge=0)
+
+
+REMEMBER_WITH_LOG = 10_000      # the traffic log answers for older ids: memory is only the fast path
+REMEMBER_WITHOUT_LOG = 100_000  # memory is the only record: keep more
+SHARED_SERVED_LIMIT = 10_000    # distinct (route, variant, tenant) answers shared between entries
 
 
 class Served(NamedTuple):
@@ -80,11 +86,17 @@ class Feedback:
         self._counts: dict[tuple[str, str], list[float]] = {}           # (route, variant) -> [count, sum]
         self._db = SqliteThread(settings.path, SCHEMA)  # opened by the first rating
         self._traffic_log: str | None = None
+        self._remember = settings.remember or REMEMBER_WITHOUT_LOG
+        # one Served per distinct answer, shared by every entry: a tuple and a route string per request
+        # (parsed anew from each body) would cost more than the request id itself
+        self._shared: dict[Served, Served] = {}
 
     @hookimpl
     def startup(self, gateway):
         traffic_log = gateway.pm.get_plugin("traffic_log")
         self._traffic_log = traffic_log.settings.path if traffic_log is not None else None
+        if self.settings.remember is None:
+            self._remember = REMEMBER_WITH_LOG if self._traffic_log else REMEMBER_WITHOUT_LOG
 
     @hookimpl
     async def shutdown(self, gateway):
@@ -94,8 +106,14 @@ class Feedback:
     def after_response(self, ctx):
         if ctx.served_by is None:  # nothing answered: nothing to rate
             return
-        self._recent[ctx.request_id] = Served(ctx.route_name, ctx.served_by, ctx.tenant)
-        if len(self._recent) > self.settings.remember:
+        served = Served(ctx.route_name, ctx.served_by, ctx.tenant)
+        shared = self._shared.get(served)
+        if shared is None:
+            if len(self._shared) >= SHARED_SERVED_LIMIT:  # many tenants: start over rather than grow
+                self._shared.clear()
+            shared = self._shared[served] = served
+        self._recent[ctx.request_id] = shared
+        while len(self._recent) > self._remember:
             self._recent.popitem(last=False)
 
     @hookimpl

