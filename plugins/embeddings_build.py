@@ -16,6 +16,7 @@ refuses to write a model whose vectors stray from torch's (cosine below `MIN_COS
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -43,6 +44,19 @@ def built_onnx_file() -> Path:
     return Path(sys.prefix) / "share" / "llmgate" / "all-minilm-l6-v2.int8.onnx"
 
 
+@contextlib.contextmanager
+def _quiet():
+    """The exporter's warnings and the quantiser's root-logger advice are for their authors, not our users."""
+    root, level = logging.getLogger(), logging.getLogger().level
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        root.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            root.setLevel(level)
+
+
 def build(model_path: str, output: Path) -> dict:
     """Export the model folder's transformer to ONNX, quantise it, check it against torch, then write
     it to `output` (atomically). Returns what was checked."""
@@ -67,18 +81,16 @@ def build(model_path: str, output: Path) -> dict:
                               token_type_ids=token_type_ids).last_hidden_state
 
     transformer = AutoModel.from_pretrained(model_path, local_files_only=True).eval()
-    warnings.filterwarnings("ignore")  # the exporter's and quantiser's advice is for their authors, not our users
-    logging.getLogger().setLevel(logging.ERROR)
     names = ["input_ids", "attention_mask", "token_type_ids"]
     example = tuple(torch.ones(1, 8, dtype=torch.int64) for _ in names)
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output.parent) as work:
         fp32, int8 = Path(work) / "fp32.onnx", Path(work) / "int8.onnx"
-        with torch.no_grad():
+        with torch.no_grad(), _quiet():
             torch.onnx.export(LastHiddenState(transformer), example, str(fp32), input_names=names,
                               output_names=["last_hidden_state"], opset_version=17, dynamo=False,
                               dynamic_axes={n: {0: "batch", 1: "sequence"} for n in [*names, "last_hidden_state"]})
-        quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=True)
+            quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=True)
         reference = LoadedModel(model_path, threads=None).encode(list(CHECK_SENTENCES))
         vectors = OnnxModel(model_path, threads=1, onnx_file=str(int8)).encode(list(CHECK_SENTENCES))
         cosines = (reference * vectors).sum(axis=1)
