@@ -95,8 +95,7 @@ class Feedback:
     def startup(self, gateway):
         traffic_log = gateway.pm.get_plugin("traffic_log")
         self._traffic_log = traffic_log.settings.path if traffic_log is not None else None
-        if self.settings.remember is None:
-            self._remember = REMEMBER_WITH_LOG if self._traffic_log else REMEMBER_WITHOUT_LOG
+        self._remember = self.settings.remember or (REMEMBER_WITH_LOG if self._traffic_log else REMEMBER_WITHOUT_LOG)
 
     @hookimpl
     async def shutdown(self, gateway):
