@@ -170,17 +170,24 @@ class HookRunner:
     def implemented(self, hook_name: str) -> bool:
         return bool(self._impls.get(hook_name))
 
-    async def _call(self, impl, kwargs: dict, hook_name: str) -> Any:
-        """One implementation's call, recorded as a child span of the request's when tracing is on.
+    def _call(self, impl, kwargs: dict, hook_name: str) -> Any:
+        """One implementation's result, or an awaitable of it when the implementation is async.
 
-        Only calls that did work get a span (answered, failed, or took a while): a dozen observers
-        that each put a record on a queue would otherwise triple a trace's size and cost."""
-        if self.tracer is None or not tracing.in_trace():
-            return await self._run(impl, kwargs, hook_name)
+        A synchronous implementation (most observers are) is called without making a coroutine:
+        the request path calls a dozen of them. With tracing on, the call is a child span of the
+        request's, recorded only when it did work (answered, failed, or took a while): a dozen
+        observers that each put a record on a queue would otherwise triple a trace's size and cost."""
+        if self.tracer is not None and tracing.in_trace():
+            return self._traced(impl, kwargs, hook_name)
+        return self._run(impl, kwargs, hook_name)
+
+    async def _traced(self, impl, kwargs: dict, hook_name: str) -> Any:
         name, faults, started_ns, clock = impl.plugin_name, self.faults.get(impl.plugin_name), time.time_ns(), \
             time.perf_counter()
         try:
-            result = await self._run(impl, kwargs, hook_name)
+            result = self._run(impl, kwargs, hook_name)
+            if inspect.isawaitable(result):
+                result = await result
         except GatewayError as err:  # a refusal on purpose is work done
             tracing.record_hook(self.tracer, hook_name, name, started_ns, answered=False, error=err.type)
             raise
@@ -190,35 +197,54 @@ class HookRunner:
                                 error="plugin_fault" if failed else None)
         return result
 
-    async def _run(self, impl, kwargs: dict, hook_name: str) -> Any:
-        name = impl.plugin_name
-        settings = self.settings.get(name)
+    def _run(self, impl, kwargs: dict, hook_name: str) -> Any:
         try:
             result = impl.function(*[kwargs[arg] for arg in impl.argnames])
-            if inspect.isawaitable(result):
-                # The budget guards requests; start-up and shutdown (a drain, a flush) take what they need.
-                budget = settings.timeout_ms / 1000 if settings and hook_name in REQUEST_HOOKS else None
-                async with asyncio.timeout(budget):
-                    result = await result
         except GatewayError:
             raise
         except Exception as exc:
-            self.faults[name] = self.faults.get(name, 0) + 1
-            if isinstance(exc, TimeoutError):
-                log.error("plugin %s timed out in %s", name, impl.function.__name__)
-            else:
-                log.error("plugin %s raised in %s", name, impl.function.__name__, exc_info=exc)
-            if settings and settings.fail_closed:
-                raise PluginFault(f"plugin '{name}' failed and is configured fail-closed") from exc
-            return None
+            return self._fault(impl, exc)
+        if inspect.isawaitable(result):
+            return self._finish(impl, result, hook_name)
         if self.trace:
-            log.info("hook %s.%s -> %r", name, impl.function.__name__, result)
+            log.info("hook %s.%s -> %r", impl.plugin_name, impl.function.__name__, result)
         return result
+
+    async def _finish(self, impl, pending, hook_name: str) -> Any:
+        """Await an async implementation within its plugin's budget."""
+        settings = self.settings.get(impl.plugin_name)
+        # The budget guards requests; start-up and shutdown (a drain, a flush) take what they need.
+        budget = settings.timeout_ms / 1000 if settings and hook_name in REQUEST_HOOKS else None
+        try:
+            async with asyncio.timeout(budget):
+                result = await pending
+        except GatewayError:
+            raise
+        except Exception as exc:
+            return self._fault(impl, exc)
+        if self.trace:
+            log.info("hook %s.%s -> %r", impl.plugin_name, impl.function.__name__, result)
+        return result
+
+    def _fault(self, impl, exc: Exception) -> None:
+        """Count and log a plugin's failure; the request goes on without it unless the plugin is fail-closed."""
+        name = impl.plugin_name
+        self.faults[name] = self.faults.get(name, 0) + 1
+        if isinstance(exc, TimeoutError):
+            log.error("plugin %s timed out in %s", name, impl.function.__name__)
+        else:
+            log.error("plugin %s raised in %s", name, impl.function.__name__, exc_info=exc)
+        settings = self.settings.get(name)
+        if settings and settings.fail_closed:
+            raise PluginFault(f"plugin '{name}' failed and is configured fail-closed") from exc
+        return None
 
     async def first(self, hook_name: str, **kwargs) -> tuple[str | None, Any]:
         """(plugin name, result) of the first implementation that returns non-None."""
         for impl in self._impls.get(hook_name, ()):
-            result = await self._call(impl, kwargs, hook_name)
+            result = self._call(impl, kwargs, hook_name)
+            if inspect.isawaitable(result):
+                result = await result
             if result is not None:
                 return impl.plugin_name, result
         return None, None
@@ -228,7 +254,9 @@ class HookRunner:
         impls = self._impls.get(hook_name, ())
         results = {}
         for impl in (reversed(impls) if reverse else impls):
-            result = await self._call(impl, kwargs, hook_name)
+            result = self._call(impl, kwargs, hook_name)
+            if inspect.isawaitable(result):
+                result = await result
             if result is not None:
                 results[impl.plugin_name] = result
         return results

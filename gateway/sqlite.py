@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 import time
@@ -13,6 +14,7 @@ from .spill import SpillFile
 
 T = TypeVar("T")
 APPEND_ONLY_CACHE_KIB = 512  # the page cache of a log's connection: the pages appends touch, not a read cache
+LOG_BATCH_WAIT_MS = 50  # how long a log's batch waits for more rows: a group commit, at most this much later
 BUSY_TIMEOUT_MS = 5000  # how long a write waits for another connection's lock before it counts as refused
 log = logging.getLogger("llmgate.sqlite")
 
@@ -74,8 +76,10 @@ def transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any
 class BatchWriter:
     """Rows queued from the event loop and written in batches by one task, off the request path.
 
-    A batch is whatever was queued while the previous write ran, so batches grow by themselves
-    under load and a lone row is written at once. `put_nowait` never waits: a full queue raises
+    A batch is what was queued while the previous write ran, plus what arrives within
+    `batch_wait` seconds of its first row (up to `batch_size`): one trip to the database thread
+    and one transaction for many rows (a group commit). Writing each row as it came cost every
+    request a thread hand-off, a commit and a wake-up of the event loop. `put_nowait` never waits: a full queue raises
     asyncio.QueueFull for the caller to count. `close` writes everything queued before it.
 
     A batch the database refuses for a passing reason (locked, disk full, an I/O error) is never
@@ -90,8 +94,13 @@ class BatchWriter:
     close_timeout = 10.0
 
     def __init__(self, db: SqliteThread, insert_sql: str, *, queue_size: int, batch_size: int,
-                 to_row: Callable[[Any], tuple] = tuple, name: str = "rows", spill: SpillFile | None = None):
+                 batch_wait: float = 0.0, to_row: Callable[[Any], tuple] = tuple, name: str = "rows",
+                 spill: SpillFile | None = None):
         self._db, self._insert, self._batch_size, self._to_row, self.name = db, insert_sql, batch_size, to_row, name
+        self._batch_wait = batch_wait
+        self._hurry = asyncio.Event()  # set by `flush` and `close`: a batch waiting for more rows goes at once
+        self._queued = self._handled = 0  # rows put; rows written, spilled or lost (for `flush`)
+        self._flushes: list[tuple[int, asyncio.Future]] = []
         self._spill = spill
         self._queue: asyncio.Queue = asyncio.Queue(queue_size)
         self._task: asyncio.Task | None = None
@@ -113,6 +122,30 @@ class BatchWriter:
 
     def put_nowait(self, item: Any) -> None:
         self._queue.put_nowait(item)
+        self._queued += 1
+
+    async def flush(self) -> None:
+        """Return once every row queued before the call is written (or spilled, or counted lost), without
+        the batch wait: for a reader that must find a row it just queued. A batch the database keeps
+        refusing holds it up: bound it with a timeout."""
+        target = self._queued
+        if self._handled >= target or self._task is None:
+            return
+        done = asyncio.get_running_loop().create_future()
+        self._flushes.append((target, done))
+        self._hurry.set()
+        await done
+
+    def _settle_flushes(self, everything: bool = False) -> None:
+        waiting = []
+        for target, done in self._flushes:
+            if done.done():
+                continue
+            if everything or self._handled >= target:
+                done.set_result(None)
+            else:
+                waiting.append((target, done))
+        self._flushes = waiting
 
     def qsize(self) -> int:
         return self._queue.qsize()
@@ -120,9 +153,13 @@ class BatchWriter:
     async def close(self) -> None:
         if self._task is not None:
             self._give_up_at = time.monotonic() + self.close_timeout
+            self._hurry.set()
             await self._queue.put(None)  # after every row already queued
-            await self._task
-            self._task = None
+            try:
+                await self._task
+            finally:
+                self._task = None
+                self._settle_flushes(everything=True)
 
     async def _write_forever(self) -> None:
         if self._spill is not None:
@@ -137,6 +174,11 @@ class BatchWriter:
                     continue
             else:
                 item = await queue.get()
+            if item is not None and self._batch_wait > 0 and queue.qsize() < self._batch_size:
+                with contextlib.suppress(TimeoutError):  # what is queued meanwhile joins this batch
+                    await asyncio.wait_for(self._hurry.wait(), self._batch_wait)
+            if self._give_up_at is None:  # closing keeps it set: no later batch waits either
+                self._hurry.clear()
             batch, done = [], False
             while True:
                 if item is None:
@@ -148,6 +190,8 @@ class BatchWriter:
                 item = queue.get_nowait()
             if batch or (done and self.spilled):
                 await self._flush(batch, last=done)
+            self._handled += len(batch)
+            self._settle_flushes()
             if done:
                 if self.spilled:
                     log.warning("%s: %d rows stay in %s for the next start", self.name, self.spilled,

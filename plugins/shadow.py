@@ -11,6 +11,7 @@ write the score back with `set_judge_score`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import sqlite3
@@ -28,7 +29,7 @@ from gateway.context import stable_hash
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.gateway import Generation
 from gateway.hookspecs import hookimpl
-from gateway.sqlite import APPEND_ONLY_CACHE_KIB, BatchWriter, SqliteThread
+from gateway.sqlite import APPEND_ONLY_CACHE_KIB, LOG_BATCH_WAIT_MS, BatchWriter, SqliteThread
 
 log = logging.getLogger("llmgate.shadow")
 
@@ -53,6 +54,7 @@ CREATE INDEX IF NOT EXISTS comparisons_route_ts ON comparisons (route, ts);
 _INSERT = f"INSERT INTO comparisons ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
 
 BATCH_SIZE = 500
+FLUSH_TIMEOUT = 5.0  # how long a judge score waits for its comparison's batch to be written
 RECENT_PAIRS = 3
 ANSWER_PREVIEW = 500
 
@@ -101,7 +103,8 @@ class Shadow:
             await self._db.open()  # a bad path shows at start-up; without shadow routes no file is made until asked
         self._jobs = asyncio.Queue(self.settings.queue_size)
         # Unbounded: only the workers feed it, one row per shadow call, and a batch write is far faster than a call.
-        self._writer = BatchWriter(self._db, _INSERT, queue_size=0, batch_size=BATCH_SIZE, name="shadow")
+        self._writer = BatchWriter(self._db, _INSERT, queue_size=0, batch_size=BATCH_SIZE,
+                                   batch_wait=LOG_BATCH_WAIT_MS / 1000, name="shadow")
         self._writer.start()
         self._workers = [asyncio.create_task(self._work(), name=f"shadow worker {i}")
                          for i in range(self.settings.max_concurrent)]
@@ -247,6 +250,9 @@ class Shadow:
         """An evaluator's score (higher: the shadow did better) for a comparison; False when none matched."""
         sql = ("UPDATE comparisons SET judge_score = ? WHERE id = (SELECT max(id) FROM comparisons "
                "WHERE request_id = ? AND shadow_backend = ?)")
+        if self._writer is not None:
+            with contextlib.suppress(TimeoutError):  # the comparison may still wait in a batch
+                await asyncio.wait_for(self._writer.flush(), FLUSH_TIMEOUT)
         return await self._db.run(lambda c: c.execute(sql, (score, request_id, shadow_backend)).rowcount > 0)
 
     async def _report_endpoint(self, request: web.Request) -> web.Response:

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway.context import dumps
 from gateway.hookspecs import hookimpl
 from gateway.spill import SpillFile
-from gateway.sqlite import APPEND_ONLY_CACHE_KIB, BatchWriter, SqliteThread
+from gateway.sqlite import APPEND_ONLY_CACHE_KIB, LOG_BATCH_WAIT_MS, BatchWriter, SqliteThread
 
 log = logging.getLogger("llmgate.traffic_log")
 
@@ -51,6 +51,8 @@ class Settings(BaseModel):
                                                 "and passwords in the stored bodies with typed placeholders")
     queue_size: int = Field(10_000, ge=1)
     batch_size: int = Field(500, ge=1)
+    batch_wait_ms: float = Field(LOG_BATCH_WAIT_MS, ge=0, description="how long a batch waits for more records "
+                                 "before it is written: one transaction for many (0: each as it comes)")
     spill_path: str | None = Field(None, description="where records go while the database refuses writes, replayed "
                                                      "when it takes them (default: the log's path + '.spill')")
     spill_max_mb: float = Field(1024, gt=0, description="size bound of the spill file")
@@ -111,7 +113,7 @@ class TrafficLog:
         spill = SpillFile(self.settings.spill_path or self.settings.path + ".spill",
                           int(self.settings.spill_max_mb * 2**20))
         self._writer = BatchWriter(self._db, _INSERT, queue_size=self.settings.queue_size,
-                                   batch_size=self.settings.batch_size,
+                                   batch_size=self.settings.batch_size, batch_wait=self.settings.batch_wait_ms / 1000,
                                    to_row=functools.partial(_row, redact=self.settings.redact_pii), name="traffic log",
                                    spill=spill)
         self._writer.start()
