@@ -6,8 +6,9 @@ forwarder (the floor for a Python proxy), llmgate with plugins off, llmgate with
 + traffic log on, llmgate with the semantic cache (miss and hit) and the LiteLLM proxy (pinned, in
 its own venv: bench/setup_litellm.sh; skipped with the reason when it is not installed).
 
-For each system, after a warm-up: a sequential run (one request at a time, JSON and stream), an
-open-loop run at each pinned rate (bench/loadgen.py: sends on schedule whatever the answers do),
+For each system, after a warm-up: a sequential run (one request at a time, JSON and stream),
+open-loop runs at each pinned rate (bench/loadgen.py: sends on schedule whatever the answers do;
+--repeats runs a rate, interleaved with the other rates, and reports each figure's median),
 an open-loop stream run (time to first token), and a search for the highest rate it sustains
 (achieved within a few % of offered, errors under --max-error-rate). CPU time and RSS of the
 system's processes are sampled throughout. Then a memory soak (RSS over --soak seconds at a
@@ -28,6 +29,7 @@ import math
 import os
 import platform
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -207,14 +209,18 @@ class Bench:
                 one.stream = True
                 result["sequential_stream"] = loadgen.summarize(loadgen.sequential(one, args.sequential), None, None)
                 log(f"  {system.name} sequential: p50 {(result['sequential']['latency_ms'] or {}).get('p50')} ms")
-            result["rates"] = []
-            for rate in args.rates:
-                summary = self.open_loop(system, rate, args.duration)
-                result["rates"].append(summary)
-                lat = summary["latency_ms"] or {}
-                log(f"  {system.name} {rate:g} rps: achieved {summary['achieved_rps']}, errors {summary['errors']}, "
-                    f"p50 {lat.get('p50')} p99 {lat.get('p99')} ms, "
-                    f"cpu {(summary.get('resources') or {}).get('cpu_percent')}%")
+            runs: dict[float, list[dict]] = {rate: [] for rate in args.rates}
+            for repeat in range(args.repeats):
+                for rate in args.rates:
+                    if repeat and not self.sustained(runs[rate][0]):
+                        continue  # it falls behind at this rate: one run says so
+                    summary = self.open_loop(system, rate, args.duration)
+                    runs[rate].append(summary)
+                    lat = summary["latency_ms"] or {}
+                    log(f"  {system.name} {rate:g} rps: achieved {summary['achieved_rps']}, errors "
+                        f"{summary['errors']}, p50 {lat.get('p50')} p99 {lat.get('p99')} ms, "
+                        f"cpu {(summary.get('resources') or {}).get('cpu_percent')}%")
+            result["rates"] = [median_of_runs(runs[rate]) for rate in args.rates]
             if args.stream_rate:
                 result["stream"] = self.open_loop(system, args.stream_rate, args.duration, stream=True)
                 log(f"  {system.name} stream {args.stream_rate:g} rps: ttft p50 "
@@ -293,6 +299,38 @@ class Bench:
                 "rss_series": series[::step]}
 
 
+def median_of_runs(runs: list[dict]) -> dict:
+    """One pinned rate's figures from its repeated runs: each latency percentile's median (a stall of the
+    shared machine moves one run, not the median), errors summed, the lowest achieved rate, the median
+    CPU; each run's own p50 and p99 are kept under `runs`."""
+    if len(runs) == 1:
+        return {**runs[0], "runs": [_run_digest(runs[0])]}
+    combined = {"requests": sum(r["requests"] for r in runs), "ok": sum(r["ok"] for r in runs),
+                "errors": sum(r["errors"] for r in runs), "outcomes": {},
+                "offered_rps": runs[0]["offered_rps"], "achieved_rps": min(r["achieved_rps"] for r in runs),
+                "loadgen_workers": runs[0].get("loadgen_workers")}
+    combined["error_rate"] = round(combined["errors"] / combined["requests"], 6) if combined["requests"] else None
+    for run in runs:
+        for outcome, count in run["outcomes"].items():
+            combined["outcomes"][outcome] = combined["outcomes"].get(outcome, 0) + count
+    for key in ("latency_ms", "ttft_ms", "send_lag_ms"):
+        present = [r[key] for r in runs if r.get(key)]
+        combined[key] = {q: (sum(p[q] for p in present) if q == "n" else max(p[q] for p in present) if q == "max"
+                             else round(statistics.median(p[q] for p in present), 3))
+                         for q in present[0]} if present else None
+    resources = [r["resources"] for r in runs if r.get("resources")]
+    if resources:
+        combined["resources"] = {k: (round(statistics.median(x[k] for x in resources), 3) if k.startswith("cpu")
+                                     else max(x[k] for x in resources)) for k in resources[0]}
+    combined["runs"] = [_run_digest(r) for r in runs]
+    return combined
+
+
+def _run_digest(run: dict) -> dict:
+    lat = run.get("latency_ms") or {}
+    return {"p50": lat.get("p50"), "p99": lat.get("p99"), "errors": run["errors"], "achieved_rps": run["achieved_rps"]}
+
+
 def machine() -> dict:
     load = os.getloadavg()
     return {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
@@ -306,6 +344,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"comma-separated, from: {', '.join(SYSTEMS)} (direct always runs first)")
     parser.add_argument("--rates", type=rates, default=[100, 300, 600], help="pinned open-loop rates (RPS)")
     parser.add_argument("--duration", type=float, default=20, help="seconds of each measured run")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="runs at each pinned rate, interleaved across the rates; figures are their medians")
     parser.add_argument("--warmup", type=float, default=3, help="seconds of load before measuring a system")
     parser.add_argument("--sequential", type=int, default=200, help="requests of the one-at-a-time runs (0: skip)")
     parser.add_argument("--stream-rate", type=float, default=100, help="rate of the streamed run (0: skip)")

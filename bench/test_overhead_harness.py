@@ -132,3 +132,22 @@ def test_profile_summary_charges_library_time_to_the_calling_module(tmp_path):
     areas = {row["function"]: row["share"] for row in summary["by_area"]}
     assert areas == {"json": 0.75, "plugins/traffic_log": 0.25}
     assert summary["top_self"][0]["function"].startswith("dumps (")
+
+
+def test_repeated_runs_report_each_percentile_s_median_so_one_stalled_run_does_not_move_it():
+    import overhead
+    runs = []
+    for p50, p99, errors, achieved in ((52.0, 55.0, 0, 300.0), (58.0, 95.0, 2, 297.5), (52.4, 56.0, 0, 300.0)):
+        run = {**_summary(300, p50, p50 + 1, p99), "errors": errors, "achieved_rps": achieved, "requests": 6000,
+               "outcomes": {"ok": 6000 - errors, **({"timeout": errors} if errors else {})},
+               "resources": {"cpu_seconds": 10.0, "cpu_percent": 50.0, "cpu_ms_per_request": 1.5,
+                             "rss_start_mb": 80.0, "rss_end_mb": 81.0, "rss_peak_mb": 82.0 + errors}}
+        run["latency_ms"].update({"n": 6000 - errors, "max": p99 + 5})
+        runs.append(run)
+    combined = overhead.median_of_runs(runs)
+    assert combined["latency_ms"]["p50"] == 52.4 and combined["latency_ms"]["p99"] == 56.0
+    assert combined["latency_ms"]["max"] == 100.0 and combined["latency_ms"]["n"] == 17998
+    assert combined["errors"] == 2 and combined["requests"] == 18000 and combined["outcomes"]["timeout"] == 2
+    assert combined["achieved_rps"] == 297.5 and combined["resources"]["rss_peak_mb"] == 84.0
+    assert [run["p50"] for run in combined["runs"]] == [52.0, 58.0, 52.4]
+    assert overhead.median_of_runs(runs[:1])["latency_ms"]["p50"] == 52.0

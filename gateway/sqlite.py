@@ -79,8 +79,9 @@ class BatchWriter:
     A batch is what was queued while the previous write ran, plus what arrives within
     `batch_wait` seconds of its first row (up to `batch_size`): one trip to the database thread
     and one transaction for many rows (a group commit). Writing each row as it came cost every
-    request a thread hand-off, a commit and a wake-up of the event loop. `put_nowait` never waits: a full queue raises
-    asyncio.QueueFull for the caller to count. `close` writes everything queued before it.
+    request a thread hand-off, a commit and a wake-up of the event loop. `put_nowait` never
+    waits: a full queue raises asyncio.QueueFull for the caller to count. `close` writes
+    everything queued before it at once; `flush` writes what is queued now.
 
     A batch the database refuses for a passing reason (locked, disk full, an I/O error) is never
     dropped silently. With a `spill` file, refused rows go to disk (see gateway.spill) and the
