@@ -13,7 +13,7 @@ import sqlite3
 from typing import Any, Callable, Protocol
 
 from gateway.context import dumps
-from gateway.sqlite import LOG_BATCH_WAIT_MS, BatchWriter, SqliteThread, transaction
+from gateway.sqlite import BatchWriter, SqliteThread, transaction
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS spool (
@@ -41,8 +41,7 @@ class SpoolWriter(BatchWriter):
 
     def __init__(self, db: SqliteThread, *, queue_size: int, batch_size: int,
                  on_commit: Callable[[int], None], on_failure: Callable[[int, Exception], None]):
-        super().__init__(db, _INSERT, queue_size=queue_size, batch_size=batch_size,
-                         batch_wait=LOG_BATCH_WAIT_MS / 1000, to_row=_row, name="s3 spool")
+        super().__init__(db, _INSERT, queue_size=queue_size, batch_size=batch_size, to_row=_row, name="s3 spool")
         self._on_commit, self._on_failure = on_commit, on_failure
 
     async def _flush(self, batch: list, last: bool = False) -> None:

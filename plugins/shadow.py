@@ -29,7 +29,7 @@ from gateway.context import stable_hash
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.gateway import Generation
 from gateway.hookspecs import hookimpl
-from gateway.sqlite import APPEND_ONLY_CACHE_KIB, LOG_BATCH_WAIT_MS, BatchWriter, SqliteThread
+from gateway.sqlite import APPEND_ONLY_CACHE_KIB, BatchWriter, SqliteThread
 
 log = logging.getLogger("llmgate.shadow")
 
@@ -103,8 +103,7 @@ class Shadow:
             await self._db.open()  # a bad path shows at start-up; without shadow routes no file is made until asked
         self._jobs = asyncio.Queue(self.settings.queue_size)
         # Unbounded: only the workers feed it, one row per shadow call, and a batch write is far faster than a call.
-        self._writer = BatchWriter(self._db, _INSERT, queue_size=0, batch_size=BATCH_SIZE,
-                                   batch_wait=LOG_BATCH_WAIT_MS / 1000, name="shadow")
+        self._writer = BatchWriter(self._db, _INSERT, queue_size=0, batch_size=BATCH_SIZE, name="shadow")
         self._writer.start()
         self._workers = [asyncio.create_task(self._work(), name=f"shadow worker {i}")
                          for i in range(self.settings.max_concurrent)]

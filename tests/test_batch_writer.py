@@ -49,7 +49,7 @@ def test_rows_that_arrive_within_the_wait_are_written_in_one_transaction(tmp_pat
 
 def test_without_a_wait_each_lone_row_is_written_as_it_comes(tmp_path):
     async def scenario():
-        db, writer = await running_writer(tmp_path, batch_size=50)
+        db, writer = await running_writer(tmp_path, batch_size=50, batch_wait=0)
         calls = counted(db)
         for n in range(3):
             writer.put_nowait((n, "row"))
