@@ -206,9 +206,7 @@ class HookRunner:
             return self._fault(impl, exc)
         if inspect.isawaitable(result):
             return self._finish(impl, result, hook_name)
-        if self.trace:
-            log.info("hook %s.%s -> %r", impl.plugin_name, impl.function.__name__, result)
-        return result
+        return self._answered(impl, result)
 
     async def _finish(self, impl, pending, hook_name: str) -> Any:
         """Await an async implementation within its plugin's budget."""
@@ -222,6 +220,10 @@ class HookRunner:
             raise
         except Exception as exc:
             return self._fault(impl, exc)
+        return self._answered(impl, result)
+
+    def _answered(self, impl, result: Any) -> Any:
+        """An implementation's result, logged when LLMGATE_TRACE_HOOKS is set."""
         if self.trace:
             log.info("hook %s.%s -> %r", impl.plugin_name, impl.function.__name__, result)
         return result
