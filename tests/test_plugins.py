@@ -8,6 +8,7 @@ from gateway.config import ConfigError, parse_config
 from gateway.gateway import Gateway
 from tests.conftest import UPSTREAM_KEY
 from tests.plugins_for_tests import Observer, Recorder
+from tests.support import wait_until
 from tests.test_routing import get_json
 
 
@@ -85,8 +86,8 @@ def test_after_response_sees_the_assembled_stream(fake_openai, make_gateway):
     Observer.seen.clear()
     gw = make_gateway(config(fake_openai, {"observer": {"module": "tests.plugins_for_tests:Observer"}}))
     raw = ask(gw, "a b c", stream=True)
-    list(raw.parse())
-    request_id, served_by, status, response = Observer.seen[-1]
+    list(raw.parse())  # after_response runs once the last byte is out: the caller may get it first
+    request_id, served_by, status, response = wait_until(lambda: Observer.seen, "after_response")[-1]
     assert request_id == raw.headers["x-request-id"] and served_by == "up" and status == 200
     assert response["choices"][0]["message"]["content"] == "echo: a b c"
     assert response["usage"]["completion_tokens"] == 4
