@@ -1,5 +1,9 @@
 """Log set-up: plain or JSON lines, with every configured secret scrubbed from every record.
 
+Lines are formatted where they are logged and written to stderr by a thread of their own, through
+a bounded queue: a slow or stalled stderr (a full pipe, a busy terminal) never blocks the event
+loop; when the queue is full lines are dropped and counted, and the next line written says so.
+
 Each request's id lives in a context variable for the request's task (and tasks it starts), so
 every line logged while serving it carries `request_id` without the code passing it around. One
 access line per request (logger `llmgate.access`, INFO) says what the request became: method,
@@ -9,9 +13,12 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import sys
+import threading
 import time
 from contextvars import ContextVar
+from typing import TextIO
 
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web import RequestPayloadError
@@ -25,6 +32,9 @@ access_log = logging.getLogger("llmgate.access")
 FIELDS = ("request_id", "method", "path", "status", "latency_ms", "route", "variant", "served_by", "overhead_ms",
           "upstream_ms", "ttft_ms", "error_type")
 QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})  # probes and scrapes: DEBUG, not INFO
+LOG_QUEUE_LINES = 10_000  # lines waiting for stderr before new ones are dropped (and counted)
+LOG_WRITE_LINES = 256  # lines joined into one write
+LOG_CLOSE_SECONDS = 5.0  # how long closing waits for the queued lines to be written
 
 
 class ScrubbingFormatter(logging.Formatter):
@@ -74,10 +84,76 @@ class MalformedRequestLine(logging.Filter):
 _MALFORMED_REQUEST_LINE = MalformedRequestLine()
 
 
+class BackgroundWriter(logging.Handler):
+    """Formats each record on the caller's thread (its arguments are read as they are now, and the
+    secrets scrubbed), then queues the line for a writer thread that joins what has queued into one
+    write. Closing (which `logging.shutdown` does at exit) writes what is queued first."""
+
+    def __init__(self, stream: TextIO, capacity: int = LOG_QUEUE_LINES):
+        super().__init__()
+        self.stream = stream
+        self.capacity = capacity
+        self.dropped = 0
+        self._lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()  # bounded by `capacity` in emit
+        self._queued = self._written = 0  # each counted by one thread: emit holds the handler's lock
+        self._thread = threading.Thread(target=self._write_forever, name="llmgate-log-writer", daemon=True)
+        self._thread.start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        if self._lines.qsize() >= self.capacity:
+            self.dropped += 1
+            return
+        self._lines.put(line)
+        self._queued += 1
+
+    def _write_forever(self) -> None:
+        reported = 0
+        while True:
+            lines = [self._lines.get()]
+            while len(lines) < LOG_WRITE_LINES and not self._lines.empty():
+                lines.append(self._lines.get())
+            text = [line for line in lines if line is not None]
+            if self.dropped != reported:
+                text.append(f"{self.dropped - reported} log lines dropped: stderr was not keeping up")
+                reported = self.dropped
+            try:
+                if text:
+                    self.stream.write("\n".join(text) + "\n")
+                    self.stream.flush()
+            except (OSError, ValueError):  # stderr closed or gone: nothing left to tell
+                pass
+            self._written += len(lines) - lines.count(None)
+            if None in lines:
+                return
+
+    def flush(self) -> None:
+        """Wait until every line queued so far is written (at most LOG_CLOSE_SECONDS)."""
+        queued, deadline = self._queued, time.monotonic() + LOG_CLOSE_SECONDS
+        while self._written < queued and self._thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._lines.put(None)
+            self._thread.join(LOG_CLOSE_SECONDS)
+        super().close()
+
+
 def setup_logging(scrub: Scrubber, level: str = "INFO", as_json: bool = False) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = BackgroundWriter(sys.stderr)
     handler.setFormatter(ScrubbingFormatter(scrub, as_json))
+    # fields no format here shows, each a lookup per record: off, as the logging HOWTO's "Optimization" says
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    logging._srcfile = None  # no caller's file and line either: no stack walk per record
     root = logging.getLogger()
+    for replaced in root.handlers:
+        if isinstance(replaced, BackgroundWriter):
+            replaced.close()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.server").addFilter(_MALFORMED_REQUEST_LINE)

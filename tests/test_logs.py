@@ -9,6 +9,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import urllib.request
 
 import openai
@@ -17,7 +18,7 @@ import yaml
 
 from gateway.errors import Scrubber
 from gateway.hookspecs import hookimpl
-from gateway.logs import ScrubbingFormatter
+from gateway.logs import BackgroundWriter, ScrubbingFormatter
 from tests.conftest import UPSTREAM_KEY, backend_config
 from tests.support import free_port, wait_for_http, wait_until
 
@@ -109,3 +110,57 @@ def test_the_daemon_writes_json_lines_with_log_json(fake_openai, tmp_path):
     assert isinstance(access["overhead_ms"], float)
     assert not [line for line in lines if line.get("path") == "/healthz" and line["level"] == "info"]  # probes: DEBUG
     assert UPSTREAM_KEY not in stderr.decode()
+
+
+class StalledStream(io.StringIO):
+    """stderr behind a pipe nobody reads: every write waits until `release` is set."""
+
+    def __init__(self):
+        super().__init__()
+        self.release = threading.Event()
+
+    def write(self, text):
+        self.release.wait()
+        return super().write(text)
+
+
+def test_a_stalled_stderr_never_blocks_the_logger_and_dropped_lines_are_counted():
+    stream = StalledStream()
+    writer = BackgroundWriter(stream, capacity=5)
+    writer.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.Logger("stalled")
+    logger.addHandler(writer)
+    done = threading.Event()
+
+    def log_many():
+        for i in range(50):
+            logger.warning("line %d", i)
+        done.set()
+
+    threading.Thread(target=log_many, daemon=True).start()
+    assert done.wait(10), "logging waited on a stalled stderr"
+    # through at most: the batch the writer took before the stream stalled (a queue's worth) and a full queue
+    assert writer.dropped >= 50 - 2 * (5 + 1)
+    stream.release.set()
+    writer.close()
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "line 0"
+    written = [line for line in lines if line.startswith("line ")]
+    assert written == sorted(written, key=lambda line: int(line.split()[1]))  # in order, the first ones kept
+    assert f"{writer.dropped} log lines dropped: stderr was not keeping up" in lines
+    assert len(written) + writer.dropped == 50
+
+
+def test_flushing_or_closing_the_writer_writes_every_queued_line():
+    stream = io.StringIO()
+    writer = BackgroundWriter(stream)
+    writer.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logger = logging.Logger("closing")
+    logger.addHandler(writer)
+    for i in range(1000):
+        logger.info("line %d", i)
+    writer.flush()
+    assert stream.getvalue().splitlines()[-1] == "INFO line 999"
+    logger.info("the last")
+    writer.close()
+    assert stream.getvalue().splitlines() == [f"INFO line {i}" for i in range(1000)] + ["INFO the last"]
