@@ -90,33 +90,42 @@ class Metrics:
         self.rollout_events = Counter("llmgate_rollout_events", "Rollout changes made on this replica, "
                                       "by kind (rollback, promote, rollout, kill, ...).", ("route", "kind"),
                                       registry=r)
+        self._by_request: dict[tuple[str, str, str], _Children] = {}  # bounded: names come from the config
         self._scrape = _ScrapeTime()
         r.register(self._scrape)
         self._gateway = None
 
     # --- counting (the request path: increments only) ------------------------------------------
 
+    def _children(self, route: str, variant: str, backend: str) -> "_Children":
+        """The per-request series of one (route, variant, backend): looked up once, not seven times a request."""
+        key = (route, variant, backend)
+        found = self._by_request.get(key)
+        if found is None:
+            found = self._by_request[key] = _Children(self, key)
+        return found
+
     @hookimpl
     def after_response(self, ctx):
-        route, variant = _label(ctx.route_name), _label(ctx.variant)
+        route = _label(ctx.route_name)
         # who answered; for a failure, the last backend tried
         backend = _label(ctx.served_by or (ctx.attempts[-1].backend if ctx.attempts else None))
-        labels = (route, variant, backend)
-        self.requests.labels(*labels, status_class(ctx.status)).inc()
+        series = self._children(route, _label(ctx.variant), backend)
+        series.of(self.requests, status_class(ctx.status)).inc()
         if ctx.error is not None:
-            self.errors.labels(*labels, _label(ctx.error.type)).inc()
+            series.of(self.errors, _label(ctx.error.type)).inc()
         if ctx.latency_ms is not None:
-            self.duration.labels(*labels).observe(ctx.latency_ms / 1000)
+            series.duration.observe(ctx.latency_ms / 1000)
         if ctx.ttft_ms is not None:
-            self.ttft.labels(*labels).observe(ctx.ttft_ms / 1000)
+            series.ttft.observe(ctx.ttft_ms / 1000)
         if ctx.overhead_ms is not None:
-            self.overhead.labels(route).observe(ctx.overhead_ms / 1000)
+            series.overhead.observe(ctx.overhead_ms / 1000)
         usage = ctx.usage
         for kind, key in (("prompt", "prompt_tokens"), ("completion", "completion_tokens")):
             if isinstance(usage.get(key), int) and usage[key] > 0:
-                self.tokens.labels(*labels, kind).inc(usage[key])
+                series.of(self.tokens, kind).inc(usage[key])
         if ctx.cost_usd:
-            self.cost.labels(*labels).inc(ctx.cost_usd)
+            series.cost.inc(ctx.cost_usd)
         for attempt in ctx.attempts:
             self.attempts.labels(route, _label(attempt.backend), status_class(attempt.status)).inc()
         cache = ctx.annotations.get("cache")
@@ -163,6 +172,23 @@ class Metrics:
         self._scrape.load(figures, dict(gateway.hooks.faults), dict(request.app.get(IN_FLIGHT) or {}))
         body = generate_latest(self.registry)  # no await since `load`: a concurrent scrape cannot interleave
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+class _Children:
+    """The series one (route, variant, backend) counts into, resolved once: `labels()` hashes and locks each time."""
+
+    def __init__(self, metrics: Metrics, key: tuple[str, str, str]):
+        self.key = key
+        self.duration, self.ttft, self.cost = (m.labels(*key) for m in (metrics.duration, metrics.ttft, metrics.cost))
+        self.overhead = metrics.overhead.labels(key[0])
+        self._found: dict[tuple, Any] = {}
+
+    def of(self, metric, *extra: str):
+        """`metric`'s series for this key and the `extra` label values (a status class, a token kind)."""
+        found = self._found.get((metric, extra))
+        if found is None:
+            found = self._found[(metric, extra)] = metric.labels(*self.key, *extra)
+        return found
 
 
 class _ScrapeTime:
