@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import logging
+import random
 import re
 import time
-import uuid
 from collections import Counter
 
 from aiohttp import web
@@ -21,6 +21,13 @@ from .proxy import OVERHEAD_HEADER, REQUEST_CONTEXT, REQUEST_ID
 log = logging.getLogger("llmgate")
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 RECEIVED = web.RequestKey("received", float)  # perf_counter() when the handler chain began
+# Request ids need to be unique, not secret: 128 bits from a generator seeded once from the OS, where
+# uuid4 would make a system call for each request.
+_request_ids = random.Random()
+
+
+def new_request_id() -> str:
+    return f"{_request_ids.getrandbits(128):032x}"
 
 
 def _error_response(err: GatewayError, request_id: str) -> web.Response:
@@ -34,7 +41,7 @@ async def errors_middleware(request: web.Request, handler) -> web.StreamResponse
     """Give every request an id (in its log lines too), an access line, and every failure the OpenAI error shape."""
     request[RECEIVED] = time.perf_counter()
     given = request.headers.get("x-request-id", "")
-    request[REQUEST_ID] = given if _SAFE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    request[REQUEST_ID] = given if _SAFE_REQUEST_ID.fullmatch(given) else new_request_id()
     bound = current_request_id.set(request[REQUEST_ID])
     response = None
     try:

@@ -16,6 +16,7 @@ import logging
 import os
 import time
 from importlib.metadata import entry_points
+from types import CoroutineType
 from typing import Any
 
 import pluggy
@@ -186,7 +187,7 @@ class HookRunner:
             time.perf_counter()
         try:
             result = self._run(impl, kwargs, hook_name)
-            if inspect.isawaitable(result):
+            if type(result) is CoroutineType:  # _call made one: the implementation is async
                 result = await result
         except GatewayError as err:  # a refusal on purpose is work done
             tracing.record_hook(self.tracer, hook_name, name, started_ns, answered=False, error=err.type)
@@ -245,7 +246,7 @@ class HookRunner:
         """(plugin name, result) of the first implementation that returns non-None."""
         for impl in self._impls.get(hook_name, ()):
             result = self._call(impl, kwargs, hook_name)
-            if inspect.isawaitable(result):
+            if type(result) is CoroutineType:  # _call made one: the implementation is async
                 result = await result
             if result is not None:
                 return impl.plugin_name, result
@@ -257,7 +258,7 @@ class HookRunner:
         results = {}
         for impl in (reversed(impls) if reverse else impls):
             result = self._call(impl, kwargs, hook_name)
-            if inspect.isawaitable(result):
+            if type(result) is CoroutineType:  # _call made one: the implementation is async
                 result = await result
             if result is not None:
                 results[impl.plugin_name] = result

@@ -13,6 +13,8 @@ from .. import tracing
 from ..errors import UpstreamError, UpstreamTimeout, from_upstream_status
 from .base import Backend
 
+JSON_BODY = {"Content-Type": "application/json"}
+
 
 async def iter_sse(content: aiohttp.StreamReader) -> AsyncIterator[tuple[str | None, str]]:
     """Yield (event, data) for each server-sent event; comments and ids are skipped."""
@@ -85,6 +87,7 @@ class HttpBackend(Backend):
         t = self.settings.timeout
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=self.settings.max_concurrency, ttl_dns_cache=300),
+            cookie_jar=aiohttp.DummyCookieJar(),  # one session serves every caller: an upstream's cookie is no one's
             timeout=aiohttp.ClientTimeout(total=t.total, sock_connect=t.connect, sock_read=t.first_byte),
             headers=self._headers(), read_bufsize=2**20)
 
@@ -97,7 +100,9 @@ class HttpBackend(Backend):
         t = self.settings.timeout
         try:
             # traceparent of the attempt's span when tracing is on: the upstream's trace continues this one
-            async with self._session.post(url, json=body, headers=tracing.inject({}) or None) as resp:
+            # serialized here, compact and ASCII (always encodable), rather than by aiohttp's JSON payload
+            data = json.dumps(body, separators=(",", ":")).encode()
+            async with self._session.post(url, data=data, headers=tracing.inject(dict(JSON_BODY))) as resp:
                 if resp.status >= 400:
                     detail = self._without_credentials(error_detail(await resp.text(errors="replace")))
                     raise from_upstream_status(self.name, resp.status, detail, _retry_after(resp.headers))
