@@ -10,8 +10,10 @@ For each system, after a warm-up: a sequential run (one request at a time, JSON 
 open-loop runs at each pinned rate (bench/loadgen.py: sends on schedule whatever the answers do;
 --repeats runs a rate, interleaved with the other rates, and reports each figure's median),
 an open-loop stream run (time to first token), and a search for the highest rate it sustains
-(achieved within a few % of offered, errors under --max-error-rate). CPU time and RSS of the
-system's processes are sampled throughout. Then a memory soak (RSS over --soak seconds at a
+(achieved within a few % of offered, errors under --max-error-rate). Between runs the harness waits
+until the system is quiet (under 5% of a core), so work a run queued (shadow calls, log writes after
+an overload) is not charged to the next one. CPU time and RSS of the system's processes are sampled
+throughout. Then a memory soak (RSS over --soak seconds at a
 constant rate) and a py-spy profile of one system under load. Added latency is the system's
 percentile minus the direct run's at the same rate, in the same run.
 
@@ -41,7 +43,7 @@ import loadgen  # noqa: E402
 import profiling  # noqa: E402
 import report  # noqa: E402
 from systems import (LITELLM_PIN, SYSTEMS, ResourceMonitor, Running, System, Unavailable, chat,  # noqa: E402
-                     start_system, start_upstream)
+                     start_system, start_upstream, wait_quiet)
 
 ACHIEVED_SHARE = 0.97  # a rate is sustained when at least this share of it is achieved ...
 
@@ -107,7 +109,10 @@ class Bench:
     def recover(self, system: System, clean: bool, may_restart: bool = True) -> None:
         """Pause; after an overload, wait until 3 answers in a row come promptly, else restart the system."""
         time.sleep(self.args.pause)
-        if clean or self.running.process is None:
+        if self.running.process is None:
+            return
+        if clean:
+            self.quiet(system)
             return
         prompt = self.args.latency + 1.0
         deadline = time.monotonic() + self.args.settle_timeout
@@ -122,12 +127,21 @@ class Bench:
             if in_a_row == 0:
                 time.sleep(0.5)
         if in_a_row >= 3 or not may_restart:
+            self.quiet(system)
             return
         log(f"  {system.name} still had a backlog after {self.args.settle_timeout:g}s: restarting it")
         self.restarts.append({"system": system.name, "at": time.strftime("%H:%M:%S")})
         self.stop()
         self.start(system)
         self.warm_up(system)
+
+    def quiet(self, system: System) -> None:
+        """Wait until the system has worked off what the last run left (shadow calls, log writes queued)."""
+        took = wait_quiet(self.running.process, self.args.quiet_timeout)
+        if took is None:
+            log(f"  {system.name} still busy {self.args.quiet_timeout:g}s after the run: measuring on")
+        elif took > 2:
+            log(f"  {system.name} was busy {took:.0f}s after the run")
 
     def search_max(self, system: System, passed: list[float]) -> dict:
         """The highest rate sustained: grow by --search-factor from the best pinned rate, then bisect."""
@@ -371,6 +385,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pause", type=float, default=1.0, help="seconds between runs, to let queues drain")
     parser.add_argument("--settle-timeout", type=float, default=60,
                         help="after an overload, seconds to wait for prompt answers before restarting the system")
+    parser.add_argument("--quiet-timeout", type=float, default=20,
+                        help="after a run, seconds to wait for the system to go idle (under 5%% of a core)")
     parser.add_argument("--output-dir", default=str(Path(__file__).resolve().parent / "results"))
     parser.add_argument("--name", default="overhead", help="file name stem of the results")
     parser.add_argument("--note", default="", help="a line for the report (e.g. 'busy machine')")

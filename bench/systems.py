@@ -32,6 +32,7 @@ LITELLM_BIN = ROOT / ".venv-litellm" / "bin"
 LITELLM_PIN = "1.106.2"
 READY_TIMEOUT = 180.0
 DEFAULT_KEY = "bench-key"
+QUIET_SHARE = 0.05  # a system using less of a core than this between runs has worked off what a run left
 
 
 @dataclass(frozen=True)
@@ -251,6 +252,32 @@ def start_system(system: System, upstream: str, workdir: Path) -> Running:
     return Running(process, url, api_key)
 
 
+def cpu_seconds(process: Process) -> float:
+    """CPU time (user and system) the process tree has used so far."""
+    total = 0.0
+    for proc in process.tree():
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
+def wait_quiet(process: Process, timeout: float, share: float = QUIET_SHARE, window: float = 0.5) -> float | None:
+    """Wait until the process tree uses under `share` of a core over `window` seconds; the seconds that took,
+    or None if it was still busy after `timeout`. Work an overload queued (shadow calls, log writes) would
+    otherwise run on into the next measurement and be charged to it."""
+    started = time.monotonic()
+    while True:
+        before = cpu_seconds(process)
+        time.sleep(window)
+        if cpu_seconds(process) - before < share * window:
+            return time.monotonic() - started
+        if time.monotonic() - started >= timeout:
+            return None
+
+
 @dataclass
 class ResourceMonitor:
     """Samples CPU time and RSS of a process tree in a thread, from `start()` to `stop()`."""
@@ -265,14 +292,7 @@ class ResourceMonitor:
     _t_end: float = 0.0
 
     def _cpu(self) -> float:
-        total = 0.0
-        for proc in self.process.tree():
-            try:
-                times = proc.cpu_times()
-                total += times.user + times.system
-            except psutil.NoSuchProcess:
-                continue
-        return total
+        return cpu_seconds(self.process)
 
     def _rss_mb(self) -> float:
         return self.process.rss_mb()

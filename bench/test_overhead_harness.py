@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import loadgen  # noqa: E402
 import profiling  # noqa: E402
 import report  # noqa: E402
-from systems import SYSTEMS, ResourceMonitor, start_system, start_upstream  # noqa: E402
+from systems import SYSTEMS, ResourceMonitor, _spawn, start_system, start_upstream, wait_quiet  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -151,3 +151,20 @@ def test_repeated_runs_report_each_percentile_s_median_so_one_stalled_run_does_n
     assert combined["achieved_rps"] == 297.5 and combined["resources"]["rss_peak_mb"] == 84.0
     assert [run["p50"] for run in combined["runs"]] == [52.0, 58.0, 52.4]
     assert overhead.median_of_runs(runs[:1])["latency_ms"]["p50"] == 52.0
+
+
+def test_a_run_waits_until_the_system_is_quiet_after_the_last_one(tmp_path):
+    """A process still busy (a backlog of shadow calls, say) is waited for; a quiet one is not."""
+    busy_for_a_second = "import time\nend = time.monotonic() + 1.5\nwhile time.monotonic() < end: pass\ntime.sleep(60)"
+    process = _spawn("backlog", [sys.executable, "-c", busy_for_a_second], tmp_path)
+    try:
+        waited = wait_quiet(process, timeout=10)
+        assert waited is not None and 0.8 <= waited < 5
+        assert wait_quiet(process, timeout=10) < 1  # now idle: one window
+    finally:
+        process.stop()
+    spinning = _spawn("spinning", [sys.executable, "-c", "while True: pass"], tmp_path)
+    try:
+        assert wait_quiet(spinning, timeout=1) is None  # never idle: the caller is told, not held forever
+    finally:
+        spinning.stop()
