@@ -182,6 +182,10 @@ def markdown(results: dict) -> str:
         met = {True: "yes", False: "**no**", None: "not measured"}[row["met"]]
         lines.append(f"| {row['target']} | {_fmt(row['value'])} | {met} |")
     lines.append("")
+    floor = overheads(results).get("forwarder", {}).get(TARGET_RATE)
+    if floor:  # what the machine allowed: no Python proxy on it does better than this one
+        lines += [f"In the same run the minimal aiohttp forwarder, the floor for a Python proxy, added "
+                  f"{_fmt(floor['p50'])} ms at p50 and {_fmt(floor['p99'])} ms at p99 at {TARGET_RATE} RPS.", ""]
 
     for name, system in systems.items():
         prof = system.get("profile")

@@ -98,6 +98,7 @@ def test_report_subtracts_direct_and_judges_the_targets(tmp_path):
         "systems": {
             "direct": {"label": "upstream direct", "rates": [_summary(300, 51.0, 53.0, 55.0)],
                        "max_sustained": {"rate": 3000, "errors": 0, "probes": []}},
+            "forwarder": {"label": "forwarder", "rates": [_summary(300, 51.5, 53.5, 57.0)]},
             "llmgate-full": {"label": "llmgate full", "rates": [_summary(300, 52.0, 55.5, 60.0)],
                              "max_sustained": {"rate": 900, "errors": 0, "probes": []}},
             "litellm": {"label": "LiteLLM", "rates": [_summary(300, 70.0, 90.0, 150.0)],
@@ -114,6 +115,7 @@ def test_report_subtracts_direct_and_judges_the_targets(tmp_path):
     markdown = (tmp_path / "overhead.md").read_text()
     assert "| llmgate full | 300 | 300 | 0 | 52.00 | 55.50 | 60.00 | 1.00 | 2.50 | 5.00 |" in markdown
     assert "900 vs 200 RPS (4.5x)" in markdown
+    assert "the floor for a Python proxy, added 0.50 ms at p50 and 2.00 ms at p99 at 300 RPS" in markdown
     assert (tmp_path / "overhead.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((tmp_path / "overhead.json").read_text())["targets"][0]["met"] is True
     assert len(written) == 3
