@@ -3,6 +3,8 @@
 Lines are formatted where they are logged and written to stderr by a thread of their own, through
 a bounded queue: a slow or stalled stderr (a full pipe, a busy terminal) never blocks the event
 loop; when the queue is full lines are dropped and counted, and the next line written says so.
+The writer rests a moment after each write, so the lines logged meanwhile go out in one write and
+the event loop's thread is not made to wake it (and hand it the GIL) once a line.
 
 Each request's id lives in a context variable for the request's task (and tasks it starts), so
 every line logged while serving it carries `request_id` without the code passing it around. One
@@ -34,6 +36,7 @@ FIELDS = ("request_id", "method", "path", "status", "latency_ms", "route", "vari
 QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})  # probes and scrapes: DEBUG, not INFO
 LOG_QUEUE_LINES = 10_000  # lines waiting for stderr before new ones are dropped (and counted)
 LOG_WRITE_LINES = 256  # lines joined into one write
+LOG_WRITE_PAUSE = 0.05  # seconds the writer rests after a write that did not fill LOG_WRITE_LINES
 LOG_CLOSE_SECONDS = 5.0  # how long closing waits for the queued lines to be written
 
 
@@ -87,14 +90,18 @@ _MALFORMED_REQUEST_LINE = MalformedRequestLine()
 class BackgroundWriter(logging.Handler):
     """Formats each record on the caller's thread (its arguments are read as they are now, and the
     secrets scrubbed), then queues the line for a writer thread that joins what has queued into one
-    write. Closing (which `logging.shutdown` does at exit) writes what is queued first."""
+    write and rests `pause` seconds before the next: a line waits at most that long, and a busy
+    process wakes the writer a few times a second, not once a line. Flushing cuts the rest short;
+    closing (which `logging.shutdown` does at exit) writes what is queued first."""
 
-    def __init__(self, stream: TextIO, capacity: int = LOG_QUEUE_LINES):
+    def __init__(self, stream: TextIO, capacity: int = LOG_QUEUE_LINES, pause: float = LOG_WRITE_PAUSE):
         super().__init__()
         self.stream = stream
         self.capacity = capacity
+        self.pause = pause
         self.dropped = 0
         self._lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()  # bounded by `capacity` in emit
+        self._hurry = threading.Event()  # set by flush and close: no rest before the next write
         self._queued = self._written = 0  # each counted by one thread: emit holds the handler's lock
         self._thread = threading.Thread(target=self._write_forever, name="llmgate-log-writer", daemon=True)
         self._thread.start()
@@ -130,16 +137,20 @@ class BackgroundWriter(logging.Handler):
             self._written += len(lines) - lines.count(None)
             if None in lines:
                 return
+            if len(lines) < LOG_WRITE_LINES and self._hurry.wait(self.pause):  # a full write: more are waiting
+                self._hurry.clear()
 
     def flush(self) -> None:
         """Wait until every line queued so far is written (at most LOG_CLOSE_SECONDS)."""
         queued, deadline = self._queued, time.monotonic() + LOG_CLOSE_SECONDS
         while self._written < queued and self._thread.is_alive() and time.monotonic() < deadline:
+            self._hurry.set()
             time.sleep(0.005)
 
     def close(self) -> None:
         if self._thread.is_alive():
             self._lines.put(None)
+            self._hurry.set()
             self._thread.join(LOG_CLOSE_SECONDS)
         super().close()
 

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 
 import openai
@@ -112,24 +113,34 @@ def test_the_daemon_writes_json_lines_with_log_json(fake_openai, tmp_path):
     assert UPSTREAM_KEY not in stderr.decode()
 
 
-class StalledStream(io.StringIO):
-    """stderr behind a pipe nobody reads: every write waits until `release` is set."""
+class Stderr(io.StringIO):
+    """A stderr that remembers each write; a stalled one (a pipe nobody reads) holds every write
+    until `release` is set."""
 
-    def __init__(self):
+    def __init__(self, stalled: bool = False):
         super().__init__()
+        self.writes = []
         self.release = threading.Event()
+        if not stalled:
+            self.release.set()
 
     def write(self, text):
         self.release.wait()
+        self.writes.append(text)
         return super().write(text)
 
 
-def test_a_stalled_stderr_never_blocks_the_logger_and_dropped_lines_are_counted():
-    stream = StalledStream()
-    writer = BackgroundWriter(stream, capacity=5)
-    writer.setFormatter(logging.Formatter("%(message)s"))
-    logger = logging.Logger("stalled")
+def logger_writing_to(writer: BackgroundWriter, fmt: str = "%(message)s") -> logging.Logger:
+    writer.setFormatter(logging.Formatter(fmt))
+    logger = logging.Logger("writer-test")
     logger.addHandler(writer)
+    return logger
+
+
+def test_a_stalled_stderr_never_blocks_the_logger_and_dropped_lines_are_counted():
+    stream = Stderr(stalled=True)
+    writer = BackgroundWriter(stream, capacity=5)
+    logger = logger_writing_to(writer)
     done = threading.Event()
 
     def log_many():
@@ -151,12 +162,25 @@ def test_a_stalled_stderr_never_blocks_the_logger_and_dropped_lines_are_counted(
     assert len(written) + writer.dropped == 50
 
 
+def test_lines_logged_while_the_writer_rests_go_out_in_one_write():
+    stream = Stderr()
+    writer = BackgroundWriter(stream, pause=30)
+    logger = logger_writing_to(writer)
+    logger.warning("first")
+    wait_until(lambda: stream.writes)
+    for i in range(20):
+        logger.warning("line %d", i)
+    time.sleep(0.2)
+    assert stream.writes == ["first\n"]  # resting after its write: the writer was not woken line by line
+    writer.flush()  # cuts the rest short
+    assert stream.writes == ["first\n", "".join(f"line {i}\n" for i in range(20))]
+    writer.close()
+
+
 def test_flushing_or_closing_the_writer_writes_every_queued_line():
-    stream = io.StringIO()
+    stream = Stderr()
     writer = BackgroundWriter(stream)
-    writer.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-    logger = logging.Logger("closing")
-    logger.addHandler(writer)
+    logger = logger_writing_to(writer, "%(levelname)s %(message)s")
     for i in range(1000):
         logger.info("line %d", i)
     writer.flush()
