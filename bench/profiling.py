@@ -8,11 +8,18 @@ and what it called), the busy samples by area (the gateway core, each plugin, ai
 asyncio, JSON, SQLite, ...) by the innermost frame that belongs to a named area, and by owner:
 the innermost frame of the project's own code (gateway/, plugins/, evaluators/), so that the
 time spent in a library is charged to the module that called it.
+
+py-spy leaves out the samples of a thread it finds idle, but with `--nonblocking` it tells idle from
+busy by a racy check (py-spy issues #92 and #480), so a thread waiting in a blocking call is still
+caught now and then: the event loop in epoll, a writer thread on its condition. A sample whose
+innermost frame is at one of those calls (WAIT_CALLS) is counted as waiting, not as work.
 """
 from __future__ import annotations
 
+import linecache
 import re
 import subprocess
+import sysconfig
 from collections import Counter
 from pathlib import Path
 
@@ -46,6 +53,15 @@ AREAS = (
 )
 
 
+# Blocking calls, by (function, the end of its file's path): the call's text on the sampled line.
+WAIT_CALLS = {
+    ("EpollSelector.select", "selectors.py"): "self._selector.poll(",  # the event loop, between events
+    ("Condition.wait", "threading.py"): "waiter.acquire(",  # a thread waiting to be notified
+    ("_worker", "concurrent/futures/thread.py"): "work_queue.get(block=True)",  # an idle executor thread
+}
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+
+
 def record(pid: int, seconds: float, output: Path, rate: int = 200, subprocesses: bool = False) -> subprocess.Popen:
     """Start py-spy on `pid` for `seconds`, collapsed stacks to `output`; the caller waits on it."""
     command = [str(VENV_BIN / "py-spy"), "record", "--pid", str(pid), "--duration", str(int(seconds)),
@@ -63,6 +79,20 @@ def _parse(frame: str) -> tuple[str, str]:
     file = match.group("file")
     short = file.split("site-packages/")[-1].split("/work/main/")[-1]
     return f"{match.group('function')} ({short})", file
+
+
+def _waiting(frame: str) -> bool:
+    """Whether a py-spy frame (`function (file:line)`) is at one of the blocking calls of WAIT_CALLS."""
+    match = _FRAME.match(frame.strip())
+    if not match or not match.group("line"):
+        return False
+    function, file = match.group("function"), match.group("file")
+    call = next((text for (name, suffix), text in WAIT_CALLS.items() if function == name and file.endswith(suffix)),
+                None)
+    if call is None:
+        return False
+    path = Path(file) if Path(file).is_absolute() else STDLIB / file  # py-spy shortens the standard library's paths
+    return call in linecache.getline(str(path), int(match.group("line")))
 
 
 def _project_path(file: str) -> str | None:
@@ -88,21 +118,26 @@ def _area(file: str) -> str | None:
 
 
 def summarize(collapsed: Path, top: int = 25) -> dict:
-    """Shares of busy samples by function (self and inclusive) and by area."""
+    """Shares of busy samples by function (self and inclusive) and by area; samples caught waiting are
+    counted apart."""
     self_counts: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     areas: Counter[str] = Counter()
     owners: Counter[str] = Counter()
-    total = 0
+    total = waiting = 0
     for line in collapsed.read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
         n = int(count)
-        total += n
-        frames = [_parse(f) for f in stack.split(";") if f and not f.startswith(("process ", "thread "))]
-        if not frames:
+        raw = [f for f in stack.split(";") if f and not f.startswith(("process ", "thread "))]
+        if not raw:
             continue
+        if _waiting(raw[-1]):
+            waiting += n
+            continue
+        total += n
+        frames = [_parse(f) for f in raw]
         self_counts[frames[-1][0]] += n
         for label in {label for label, _ in frames}:
             inclusive[label] += n
@@ -114,5 +149,5 @@ def summarize(collapsed: Path, top: int = 25) -> dict:
     def shares(counter: Counter[str], limit: int) -> list[dict]:
         return [{"function": k, "samples": v, "share": round(v / total, 4)} for k, v in counter.most_common(limit)]
 
-    return {"samples": total, "top_self": shares(self_counts, top), "top_inclusive": shares(inclusive, top),
+    return {"samples": total, "waiting_samples": waiting, "top_self": shares(self_counts, top), "top_inclusive": shares(inclusive, top),
             "by_area": shares(areas, 40), "by_owner": shares(owners, 40)}

@@ -193,6 +193,9 @@ def markdown(results: dict) -> str:
             continue
         lines += [f"## Where {system['label']} spends its time (py-spy, {prof['rate']:g} RPS, {prof['seconds']:g} s, "
                   f"{prof['samples']} busy samples, CPU {_fmt(prof.get('cpu_percent'), 1)}%)", "",
+                  *([f"{prof['waiting_samples']} more samples caught a thread waiting in a blocking call (the event "
+                     f"loop in epoll, a writer on its condition) and are left out: py-spy's idle check is racy "
+                     f"without pausing the process.", ""] if prof.get("waiting_samples") else []),
                   "By owner (the project module that was running, library time charged to its caller):", "",
                   "| owner | share |", "|---|---|"]
         lines += [f"| {row['function']} | {row['share'] * 100:.1f}% |" for row in prof["by_owner"][:15]]

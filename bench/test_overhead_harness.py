@@ -136,6 +136,20 @@ def test_profile_summary_charges_library_time_to_the_calling_module(tmp_path):
     assert summary["top_self"][0]["function"].startswith("dumps (")
 
 
+def test_profile_summary_leaves_out_samples_caught_waiting_in_a_blocking_call(tmp_path):
+    source = (profiling.STDLIB / "selectors.py").read_text().splitlines()
+    epoll = next(i for i, text in enumerate(source) if text.lstrip().startswith("class EpollSelector"))
+    poll = next(i for i, text in enumerate(source[epoll:], epoll + 1) if "self._selector.poll(" in text)
+    stacks = tmp_path / "stacks.txt"
+    stacks.write_text(
+        f"run_forever (asyncio/base_events.py:607);EpollSelector.select (selectors.py:{poll}) 60\n"
+        f"run_forever (asyncio/base_events.py:607);EpollSelector.select (selectors.py:{poll + 2}) 5\n"
+        "run (asyncio/runners.py:118);chat_completions (/work/main/gateway/proxy.py:200) 35\n")
+    summary = profiling.summarize(stacks)
+    assert (summary["samples"], summary["waiting_samples"]) == (40, 60)  # the line after the call is work
+    assert {row["function"] for row in summary["by_owner"]} == {"asyncio", "gateway/proxy"}
+
+
 def test_repeated_runs_report_each_percentile_s_median_so_one_stalled_run_does_not_move_it():
     import overhead
     runs = []
