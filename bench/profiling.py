@@ -91,7 +91,9 @@ def _waiting(frame: str) -> bool:
                 None)
     if call is None:
         return False
-    path = Path(file) if Path(file).is_absolute() else STDLIB / file  # py-spy shortens the standard library's paths
+    path = Path(file)
+    if not path.is_absolute():  # py-spy shortens the standard library's paths
+        path = STDLIB / path
     return call in linecache.getline(str(path), int(match.group("line")))
 
 
@@ -149,5 +151,5 @@ def summarize(collapsed: Path, top: int = 25) -> dict:
     def shares(counter: Counter[str], limit: int) -> list[dict]:
         return [{"function": k, "samples": v, "share": round(v / total, 4)} for k, v in counter.most_common(limit)]
 
-    return {"samples": total, "waiting_samples": waiting, "top_self": shares(self_counts, top), "top_inclusive": shares(inclusive, top),
-            "by_area": shares(areas, 40), "by_owner": shares(owners, 40)}
+    return {"samples": total, "waiting_samples": waiting, "top_self": shares(self_counts, top),
+            "top_inclusive": shares(inclusive, top), "by_area": shares(areas, 40), "by_owner": shares(owners, 40)}

@@ -137,7 +137,7 @@ class BackgroundWriter(logging.Handler):
             self._written += len(lines) - lines.count(None)
             if None in lines:
                 return
-            if len(lines) < LOG_WRITE_LINES and self._hurry.wait(self.pause):  # a full write: more are waiting
+            if len(lines) < LOG_WRITE_LINES and self._hurry.wait(self.pause):  # after a full write, no rest: more wait
                 self._hurry.clear()
 
     def flush(self) -> None:
