@@ -376,7 +376,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-error-rate", type=float, default=0.001, help="errors allowed at a sustained rate")
     parser.add_argument("--soak", type=float, default=600, help="seconds of the memory soak (0: skip)")
     parser.add_argument("--soak-rate", type=float, default=300)
-    parser.add_argument("--soak-warmup", type=float, default=SOAK_WARMUP, help="seconds of the same load before the soak")
+    parser.add_argument("--soak-warmup", type=float, default=SOAK_WARMUP,
+                        help="seconds of the same load before the soak")
     parser.add_argument("--soak-systems", default="llmgate-full")
     parser.add_argument("--profile", default="llmgate-full", help="system to profile with py-spy ('' : none)")
     parser.add_argument("--profile-rate", type=float, default=300)
