@@ -61,6 +61,7 @@ bench: install-test $(VENV)/.installed-bench .venv-litellm/.installed-1.106.2
 	$(BIN)/python bench/cache_latency.py --output bench/results/cache_latency.json
 	$(BIN)/python bench/cache_eval.py --output bench/results/cache_eval.json
 	$(BIN)/python bench/overhead.py --output-dir bench/results $(BENCH_ARGS)
+	$(BIN)/python bench/plugin_costs.py --output-dir bench/results
 
 # The benchmark harness's own tests (a few real processes on loopback).
 bench-test: $(VENV)/.installed-bench

@@ -44,6 +44,7 @@ class System:
     config: str | None = None
     unique_prompts: bool = False  # a new question per request (a cache miss every time)
     expect_cache: str | None = None  # the x-llmgate-cache header a request must carry once warm
+    only_plugins: frozenset[str] | None = None  # every installed plugin but these switched off
 
 
 SYSTEMS = {s.name: s for s in (
@@ -186,14 +187,20 @@ def start_upstream(workdir: Path, latency: float, chunks: int, chunk_interval: f
 
 
 def _llmgate_config(system: System, workdir: Path) -> Path:
-    """The system's config with every installed plugin it does not name switched off (for `bare`)."""
+    """The system's config; for `bare`, every installed plugin it does not name switched off, and
+    with `only_plugins`, every plugin but those (their settings in the file kept)."""
     raw = yaml.safe_load((BENCH / "configs" / system.config).read_text())
-    if system.config == "bare.yaml":
+    if system.config == "bare.yaml" or system.only_plugins is not None:
         sys.path.insert(0, str(ROOT))
         from gateway.plugins import discover
+        plugins = raw.setdefault("plugins", {})
         for plugin in discover():
-            if plugin != "backends":
-                raw.setdefault("plugins", {}).setdefault(plugin, {"enabled": False})
+            if plugin == "backends":
+                continue
+            if system.only_plugins is None:
+                plugins.setdefault(plugin, {"enabled": False})
+            elif plugin not in system.only_plugins:
+                plugins[plugin] = {**(plugins.get(plugin) or {}), "enabled": False}
     path = workdir / "gateway.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path

@@ -184,3 +184,47 @@ def test_a_run_waits_until_the_system_is_quiet_after_the_last_one(tmp_path):
         assert wait_quiet(spinning, timeout=1) is None  # never idle: the caller is told, not held forever
     finally:
         spinning.stop()
+
+
+def test_plugin_costs_measure_each_request_path_plugin_of_the_full_config_alone_over_its_core(tmp_path):
+    import plugin_costs
+    import yaml
+    from systems import _llmgate_config
+    plugins = plugin_costs.request_path_plugins()
+    assert {"traffic_log", "shadow", "rollout", "auto_rollback"} <= set(plugins)
+    assert not {"semantic_cache", "judge", "backends", "console"} & set(plugins)  # off in the config, or never waited on
+    measured = plugin_costs.systems_to_measure(["shadow"])
+    assert list(measured) == [plugin_costs.CORE, "shadow", plugin_costs.WHOLE]
+    for name, wanted in ((plugin_costs.CORE, set()), ("shadow", {"shadow"})):
+        home = tmp_path / name
+        home.mkdir()
+        config = yaml.safe_load(_llmgate_config(measured[name], home).read_text())
+        enabled = {p for p, s in config["plugins"].items() if (s or {}).get("enabled", True)}
+        assert enabled == wanted
+        assert config["routes"]["bench"]["shadow"] == ["up-shadow"]  # the core keeps the config's routes
+    shadow = yaml.safe_load(_llmgate_config(measured["shadow"], tmp_path).read_text())["plugins"]["shadow"]
+    assert shadow["sample_rate"] == 0.25  # the plugin's own settings kept
+
+
+def test_a_plugin_s_cost_is_the_median_of_what_it_added_over_the_core_run_beside_it():
+    """The machine drifts between pairs (the core's own runs go 1.40, 1.60, 1.80): each pair is compared within."""
+    import plugin_costs
+
+    def run(cpu, p50):
+        return {"cpu_ms_per_request": cpu, "p50": p50, "p99": p50 + 10, "errors": 0, "achieved_rps": 300.0}
+    core = [run(1.40, 54.0), run(1.60, 55.0), run(1.80, 54.5)]
+    traffic_log = [run(1.75, 55.0), run(1.70, 55.5), run(2.60, 60.0)]
+    runs = {plugin_costs.CORE: core, "traffic_log": traffic_log}
+    pairs = {"traffic_log": [{"core": c, "measured": m} for c, m in zip(core, traffic_log)]}
+    rows = {row["name"]: row for row in plugin_costs.costs(runs, pairs, rate=300)}
+    log = rows["traffic_log"]
+    assert log["added_runs"] == [0.35, 0.1, 0.8] and log["added_cpu_ms"] == 0.35
+    assert log["added_core_share"] == 0.105  # 0.35 ms x 300 a second
+    assert log["added_p50"] == 1.0 and log["cpu_ms_per_request"] == 1.75
+    assert rows[plugin_costs.CORE]["added_cpu_ms"] is None and rows[plugin_costs.CORE]["cpu_ms_per_request"] == 1.6
+    whole = {**log, "name": plugin_costs.WHOLE, "added_cpu_ms": 0.6}
+    text = plugin_costs.markdown({"meta": {"rate": 300, "started": "now", "cpus": 2, "platform": "p",
+                                           "python": "3", "load_average_at_start": [0], "duration": 15,
+                                           "repeats": 3}, "costs": [*rows.values(), whole]})
+    assert "| traffic_log | 1.750 | 0.350 | 10.5% |" in text
+    assert "add 0.350 ms of CPU a request between them; the whole config adds 0.600 ms" in text

@@ -1,0 +1,191 @@
+"""What each plugin of the deployed configuration costs a request, measured one plugin at a time.
+
+`llmgate-full`'s config (bench/configs/full.yaml) is taken apart. With every plugin off it is the
+core: the same routes, backends and prices, nothing acting on them. Each plugin that config runs
+on the request path is then switched on alone over the core, and last the whole config. Every one
+of these is its own gateway process, all started up front, so a run is a switch of target, not a
+start. Each is measured at one pinned open-loop rate right after a run of the core, and its cost
+is the difference within that pair: over a few minutes the shared machine drifts by more than most
+plugins cost (the core's CPU a request rose by a fifth in eleven minutes of this script's first
+trial), and a pair's two runs are seconds apart. --repeats pairs per plugin, in rotating order; a figure is the median.
+
+The main figure is CPU per request of the gateway's process (every thread), added over the core's.
+On a shared machine it is steadier than latency, and it is what a plugin takes from the event
+loop's headroom: at a given rate, latency under load grows with how busy that loop is.
+
+    .venv/bin/python bench/plugin_costs.py --output-dir bench/results
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import overhead  # noqa: E402
+import report  # noqa: E402
+from systems import BENCH, ROOT, SYSTEMS, Running, System, start_system, start_upstream  # noqa: E402
+
+CONFIG = "full.yaml"
+CORE = "core"
+WHOLE = "whole config"
+
+
+def request_path_plugins(config: str = CONFIG) -> list[str]:
+    """The plugins `config` enables that implement a hook a caller waits on, in load order."""
+    sys.path.insert(0, str(ROOT))
+    from gateway.plugins import REQUEST_HOOKS, _import, discover
+    configured = yaml.safe_load((BENCH / "configs" / config).read_text()).get("plugins") or {}
+    found = []
+    for name, target in discover().items():
+        if name == "backends":
+            continue
+        plugin = _import(target)
+        enabled = (configured.get(name) or {}).get("enabled", getattr(plugin, "DEFAULT_ENABLED", True))
+        hooks = REQUEST_HOOKS | {"authenticate"}
+        if enabled and any(hasattr(getattr(plugin, hook, None), "llmgate_impl") for hook in hooks):
+            found.append(name)
+    return found
+
+
+def systems_to_measure(plugins: list[str]) -> dict[str, System]:
+    measured = {CORE: System("plugins-none", "core: every plugin off", "llmgate", CONFIG, only_plugins=frozenset())}
+    for name in plugins:
+        measured[name] = System(f"plugin-{name}", f"core + {name}", "llmgate", CONFIG, only_plugins=frozenset({name}))
+    measured[WHOLE] = SYSTEMS["llmgate-full"]
+    return measured
+
+
+def _run_figures(summary: dict) -> dict:
+    lat = summary.get("latency_ms") or {}
+    return {"cpu_ms_per_request": (summary.get("resources") or {}).get("cpu_ms_per_request"),
+            "p50": lat.get("p50"), "p99": lat.get("p99"), "errors": summary["errors"],
+            "achieved_rps": summary["achieved_rps"]}
+
+
+def _median(values: list[float | None]) -> float | None:
+    values = [v for v in values if v is not None]
+    return round(statistics.median(values), 3) if values else None
+
+
+def _difference(pair: dict, key: str) -> float | None:
+    core, measured = pair["core"][key], pair["measured"][key]
+    return None if core is None or measured is None else measured - core
+
+
+def costs(runs: dict[str, list[dict]], pairs: dict[str, list[dict]], rate: float) -> list[dict]:
+    """Each config's median figures, and the median of what it added over the core run beside it."""
+    rows = []
+    for name, measured in runs.items():
+        row = {"name": name, "cpu_ms_per_request": _median([r["cpu_ms_per_request"] for r in measured]),
+               "p50": _median([r["p50"] for r in measured]), "p99": _median([r["p99"] for r in measured]),
+               "errors": sum(r["errors"] for r in measured), "runs": [r["cpu_ms_per_request"] for r in measured],
+               "added_cpu_ms": None, "added_core_share": None, "added_p50": None, "added_runs": []}
+        if name in pairs:
+            row["added_runs"] = [None if d is None else round(d, 3)
+                                 for d in (_difference(p, "cpu_ms_per_request") for p in pairs[name])]
+            row["added_cpu_ms"] = _median(row["added_runs"])
+            row["added_p50"] = _median([_difference(p, "p50") for p in pairs[name]])
+            if row["added_cpu_ms"] is not None:
+                row["added_core_share"] = round(row["added_cpu_ms"] * rate / 1000, 3)
+        rows.append(row)
+    return rows
+
+
+def markdown(results: dict) -> str:
+    meta, rate = results["meta"], results["meta"]["rate"]
+    lines = [f"# What each plugin costs a request ({meta['started']})", "",
+             f"Machine: {meta['cpus']} CPUs, {meta['platform']}, Python {meta['python']}; load average at start "
+             f"{meta['load_average_at_start']}. The config of `llmgate-full` (bench/configs/{CONFIG}) with every plugin "
+             f"off (the core), then with each plugin it runs on the request path alone, then whole. Each at "
+             f"{rate:g} RPS open loop for {meta['duration']:g} s right after a run of the core, {meta['repeats']} such "
+             "pairs in rotating order; what a config adds is the median of its pairs' differences, the other figures "
+             "the medians of its runs. CPU is the gateway process's, all threads, per request answered.", "",
+             "| config | CPU ms/req | added over the core | share of a core added | p50 ms | +p50 over the core "
+             "| p99 ms | errors | added in each pair |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    fmt = report._fmt
+    for row in results["costs"]:
+        share = None if row["added_core_share"] is None else f"{100 * row['added_core_share']:.1f}%"
+        lines.append(f"| {row['name']} | {fmt(row['cpu_ms_per_request'], 3)} | {fmt(row['added_cpu_ms'], 3)} | "
+                     f"{fmt(share)} | {fmt(row['p50'])} | {fmt(row['added_p50'])} | {fmt(row['p99'])} | "
+                     f"{row['errors']} | {', '.join(fmt(c, 3) for c in row['added_runs'])} |")
+    alone = [r["added_cpu_ms"] for r in results["costs"] if r["name"] not in (CORE, WHOLE)]
+    whole = next(r for r in results["costs"] if r["name"] == WHOLE)["added_cpu_ms"]
+    if alone and None not in alone and whole is not None:
+        lines += ["", f"The plugins alone add {sum(alone):.3f} ms of CPU a request between them; the whole config adds "
+                      f"{whole:.3f} ms. The spread of a config's pairs is the noise floor of its figure."]
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=float, default=300, help="the pinned open-loop rate (RPS)")
+    parser.add_argument("--duration", type=float, default=15, help="seconds of each measured run")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=float, default=3, help="seconds of load before measuring a config")
+    parser.add_argument("--plugins", default=None, help="comma-separated plugins to measure (default: every "
+                                                        f"request-path plugin {CONFIG} enables)")
+    parser.add_argument("--output-dir", default=str(Path(__file__).resolve().parent / "results"))
+    parser.add_argument("--name", default="plugin_costs", help="file name stem of the results")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    plugins = args.plugins.split(",") if args.plugins else request_path_plugins()
+    measured = systems_to_measure(plugins)
+    # the overhead harness's defaults for everything else (upstream, timeouts, pauses between runs)
+    bench_args = overhead.parse_args(["--rates", f"{args.rate:g}", "--duration", str(args.duration),
+                                      "--warmup", str(args.warmup)])
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {**overhead.machine(), "rate": args.rate, "duration": args.duration, "repeats": args.repeats,
+            "config": CONFIG, "plugins": plugins, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    workdir = Path(tempfile.mkdtemp(prefix="llmgate-plugin-costs-"))
+    upstream_process, upstream = start_upstream(workdir, bench_args.latency, bench_args.chunks,
+                                                bench_args.chunk_interval)
+    bench = overhead.Bench(bench_args, upstream, workdir)
+    started: dict[str, Running] = {}
+    runs: dict[str, list[dict]] = {name: [] for name in measured}
+    pairs: dict[str, list[dict]] = {name: [] for name in measured if name != CORE}
+
+    def measure(name: str) -> dict:
+        bench.running = started[name]
+        figures = _run_figures(bench.open_loop(measured[name], args.rate, args.duration, may_restart=False))
+        runs[name].append(figures)
+        overhead.log(f"  {name}: {figures['cpu_ms_per_request']} ms CPU a request, p50 {figures['p50']} "
+                     f"p99 {figures['p99']} ms, errors {figures['errors']}")
+        return figures
+    try:
+        for name, system in measured.items():
+            started[name] = start_system(system, upstream, workdir)
+            bench.running = started[name]
+            bench.warm_up(system)
+        others = list(pairs)
+        for repeat in range(args.repeats):
+            for name in others[repeat % len(others):] + others[:repeat % len(others)]:
+                core = measure(CORE)
+                pairs[name].append({"core": core, "measured": measure(name)})
+    finally:
+        bench.running = None
+        for running in started.values():
+            running.stop()
+        upstream_process.stop()
+    meta["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    results = {"meta": meta, "runs": runs, "pairs": pairs, "costs": costs(runs, pairs, args.rate)}
+    (out / f"{args.name}.json").write_text(json.dumps(results, indent=1))
+    (out / f"{args.name}.md").write_text(markdown(results))
+    overhead.log(f"wrote {out / args.name}.json and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
