@@ -43,13 +43,12 @@ def request_path_plugins(config: str = CONFIG) -> list[str]:
     sys.path.insert(0, str(ROOT))
     from gateway.plugins import REQUEST_HOOKS, _import, discover
     configured = yaml.safe_load((BENCH / "configs" / config).read_text()).get("plugins") or {}
-    found = []
+    hooks, found = REQUEST_HOOKS | {"authenticate"}, []
     for name, target in discover().items():
         if name == "backends":
             continue
         plugin = _import(target)
         enabled = (configured.get(name) or {}).get("enabled", getattr(plugin, "DEFAULT_ENABLED", True))
-        hooks = REQUEST_HOOKS | {"authenticate"}
         if enabled and any(hasattr(getattr(plugin, hook, None), "llmgate_impl") for hook in hooks):
             found.append(name)
     return found
