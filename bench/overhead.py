@@ -322,7 +322,7 @@ def median_of_runs(runs: list[dict]) -> dict:
     shared machine moves one run, not the median), errors summed, the lowest achieved rate, the median
     CPU; each run's own p50 and p99 are kept under `runs`."""
     if len(runs) == 1:
-        return {**runs[0], "runs": [_run_digest(runs[0])]}
+        return {**runs[0], "runs": [run_digest(runs[0])]}
     combined = {"requests": sum(r["requests"] for r in runs), "ok": sum(r["ok"] for r in runs),
                 "errors": sum(r["errors"] for r in runs), "outcomes": {},
                 "offered_rps": runs[0]["offered_rps"], "achieved_rps": min(r["achieved_rps"] for r in runs),
@@ -340,11 +340,11 @@ def median_of_runs(runs: list[dict]) -> dict:
     if resources:
         combined["resources"] = {k: (round(statistics.median(x[k] for x in resources), 3) if k.startswith("cpu")
                                      else max(x[k] for x in resources)) for k in resources[0]}
-    combined["runs"] = [_run_digest(r) for r in runs]
+    combined["runs"] = [run_digest(r) for r in runs]
     return combined
 
 
-def _run_digest(run: dict) -> dict:
+def run_digest(run: dict) -> dict:
     lat = run.get("latency_ms") or {}
     return {"p50": lat.get("p50"), "p99": lat.get("p99"), "errors": run["errors"], "achieved_rps": run["achieved_rps"]}
 

@@ -63,10 +63,9 @@ def systems_to_measure(plugins: list[str]) -> dict[str, System]:
 
 
 def _run_figures(summary: dict) -> dict:
-    lat = summary.get("latency_ms") or {}
-    return {"cpu_ms_per_request": (summary.get("resources") or {}).get("cpu_ms_per_request"),
-            "p50": lat.get("p50"), "p99": lat.get("p99"), "errors": summary["errors"],
-            "achieved_rps": summary["achieved_rps"]}
+    """A run's digest as the overhead report keeps it, with the CPU a request."""
+    return {**overhead.run_digest(summary),
+            "cpu_ms_per_request": (summary.get("resources") or {}).get("cpu_ms_per_request")}
 
 
 def _median(values: list[float | None]) -> float | None:
