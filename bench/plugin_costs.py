@@ -7,7 +7,8 @@ of these is its own gateway process, all started up front, so a run is a switch 
 start. Each is measured at one pinned open-loop rate right after a run of the core, and its cost
 is the difference within that pair: over a few minutes the shared machine drifts by more than most
 plugins cost (the core's CPU a request rose by a fifth in eleven minutes of this script's first
-trial), and a pair's two runs are seconds apart. --repeats pairs per plugin, in rotating order; a figure is the median.
+trial), and a pair's two runs are seconds apart. --repeats pairs per plugin, in rotating order; a
+figure is the median.
 
 The main figure is CPU per request of the gateway's process (every thread), added over the core's.
 On a shared machine it is steadier than latency, and it is what a plugin takes from the event
@@ -101,8 +102,8 @@ def markdown(results: dict) -> str:
     meta, rate = results["meta"], results["meta"]["rate"]
     lines = [f"# What each plugin costs a request ({meta['started']})", "",
              f"Machine: {meta['cpus']} CPUs, {meta['platform']}, Python {meta['python']}; load average at start "
-             f"{meta['load_average_at_start']}. The config of `llmgate-full` (bench/configs/{CONFIG}) with every plugin "
-             f"off (the core), then with each plugin it runs on the request path alone, then whole. Each at "
+             f"{meta['load_average_at_start']}. The config of `llmgate-full` (bench/configs/{CONFIG}) with every "
+             f"plugin off (the core), then with each plugin it runs on the request path alone, then whole. Each at "
              f"{rate:g} RPS open loop for {meta['duration']:g} s right after a run of the core, {meta['repeats']} such "
              "pairs in rotating order; what a config adds is the median of its pairs' differences, the other figures "
              "the medians of its runs. CPU is the gateway process's, all threads, per request answered.", "",

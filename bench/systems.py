@@ -50,7 +50,7 @@ class System:
 SYSTEMS = {s.name: s for s in (
     System("direct", "upstream direct", "direct"),
     System("forwarder", "minimal aiohttp forwarder", "forwarder"),
-    System("llmgate-bare", "llmgate, plugins off", "llmgate", "bare.yaml"),
+    System("llmgate-bare", "llmgate, plugins off", "llmgate", "bare.yaml", only_plugins=frozenset()),
     System("llmgate-full", "llmgate, rollout + shadow + log", "llmgate", "full.yaml"),
     System("llmgate-cache-miss", "llmgate, semantic cache miss", "llmgate", "cache.yaml", unique_prompts=True,
            expect_cache="miss"),
@@ -187,19 +187,15 @@ def start_upstream(workdir: Path, latency: float, chunks: int, chunk_interval: f
 
 
 def _llmgate_config(system: System, workdir: Path) -> Path:
-    """The system's config; for `bare`, every installed plugin it does not name switched off, and
-    with `only_plugins`, every plugin but those (their settings in the file kept)."""
+    """The system's config; with `only_plugins`, every installed plugin but those switched off (their
+    settings in the file kept), so a plugin installed later cannot slip into `bare` or a plugin's cost."""
     raw = yaml.safe_load((BENCH / "configs" / system.config).read_text())
-    if system.config == "bare.yaml" or system.only_plugins is not None:
+    if system.only_plugins is not None:
         sys.path.insert(0, str(ROOT))
         from gateway.plugins import discover
         plugins = raw.setdefault("plugins", {})
         for plugin in discover():
-            if plugin == "backends":
-                continue
-            if system.only_plugins is None:
-                plugins.setdefault(plugin, {"enabled": False})
-            elif plugin not in system.only_plugins:
+            if plugin != "backends" and plugin not in system.only_plugins:
                 plugins[plugin] = {**(plugins.get(plugin) or {}), "enabled": False}
     path = workdir / "gateway.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))

@@ -192,7 +192,8 @@ def test_plugin_costs_measure_each_request_path_plugin_of_the_full_config_alone_
     from systems import _llmgate_config
     plugins = plugin_costs.request_path_plugins()
     assert {"traffic_log", "shadow", "rollout", "auto_rollback"} <= set(plugins)
-    assert not {"semantic_cache", "judge", "backends", "console"} & set(plugins)  # off in the config, or never waited on
+    # off in the config, or never waited on
+    assert not {"semantic_cache", "judge", "backends", "console"} & set(plugins)
     measured = plugin_costs.systems_to_measure(["shadow"])
     assert list(measured) == [plugin_costs.CORE, "shadow", plugin_costs.WHOLE]
     for name, wanted in ((plugin_costs.CORE, set()), ("shadow", {"shadow"})):
