@@ -2,7 +2,8 @@
 
 No parsing, no validation, no plugins: the body is read as bytes, POSTed to the upstream with one
 pooled client session, and the answer is copied back (streamed chunk by chunk when it is SSE). What
-llmgate adds beyond this forwarder is the cost of its own work, not of Python and aiohttp.
+llmgate adds beyond this forwarder is the cost of its own work, not of Python and aiohttp. It runs
+on uvloop where installed, as llmgate (and LiteLLM, through uvicorn) do.
 
     .venv/bin/python bench/forwarder.py --port 9001 --upstream http://127.0.0.1:9000
 """
@@ -12,6 +13,11 @@ import argparse
 
 import aiohttp
 from aiohttp import web
+
+try:
+    import uvloop
+except ImportError:  # asyncio's own loop
+    uvloop = None
 
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 UPSTREAM = web.AppKey("upstream", str)
@@ -55,7 +61,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True, help="the upstream's origin, e.g. http://127.0.0.1:9000")
     args = parser.parse_args()
-    web.run_app(create_app(args.upstream), host=args.host, port=args.port, access_log=None, print=None, backlog=4096)
+    web.run_app(create_app(args.upstream), host=args.host, port=args.port, access_log=None, print=None, backlog=4096,
+                loop=uvloop.new_event_loop() if uvloop else None)
 
 
 if __name__ == "__main__":

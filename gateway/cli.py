@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 
@@ -50,11 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .errors import Scrubber
     from .logs import setup_logging
-    from .server import serve
+    from .server import run
 
     config = load_config(args.config)
     setup_logging(Scrubber(config.secrets), args.log_level, args.log_json)
-    asyncio.run(serve(config, args.config, args.host, args.port))
+    run(config, args.config, args.host, args.port)
     return 0
 
 

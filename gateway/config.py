@@ -11,7 +11,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -41,6 +41,9 @@ class ServerSettings(Strict):
     max_messages: int = Field(2048, gt=0, description="messages in one chat request")
     admin_token: str | None = None
     shutdown_timeout: float = Field(30.0, gt=0, description="seconds to drain in-flight requests on SIGTERM")
+    event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        "auto", description="uvloop: the event loop in C, about a fifth less CPU a request; "
+                            "auto: uvloop where it is installed, else asyncio's own")
 
 
 class StateSettings(Strict):

@@ -30,8 +30,10 @@ def config(fake, tmp_path, **extra):
     }
 
 
-def test_sigterm_under_load_drains_and_loses_no_logged_request(fake_openai, tmp_path):
-    gw = GatewayProcess(config(fake_openai, tmp_path), tmp_path).start()
+@pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
+def test_sigterm_under_load_drains_and_loses_no_logged_request(fake_openai, tmp_path, event_loop):
+    gw = GatewayProcess(config(fake_openai, tmp_path, server={"shutdown_timeout": 20, "event_loop": event_loop}),
+                        tmp_path).start()
     client = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key="k", max_retries=0)
     n = 40
 
@@ -59,6 +61,7 @@ def test_sigterm_under_load_drains_and_loses_no_logged_request(fake_openai, tmp_
     assert set(logged) == {request_id for request_id, _ in results}
     assert all(r["status"] == 200 for r in logged.values())
     assert "stopping: draining in-flight requests" in gw.log()
+    assert f"event loop {event_loop})" in gw.log()
 
 
 def test_a_restart_keeps_the_traffic_log_and_state(fake_openai, tmp_path):
@@ -102,6 +105,25 @@ def test_sighup_reloads_and_an_invalid_config_keeps_the_old_one(fake_openai, tmp
             == "m-two", "the previous config still serves"
     finally:
         assert gw.stop() == 0
+
+
+def test_the_event_loop_is_uvloop_where_installed_and_asyncio_on_request(monkeypatch):
+    import uvloop
+
+    from gateway.config import Config, ConfigError, parse_config
+    from gateway.server import loop_factory
+
+    def chosen(event_loop: str) -> Config:
+        return parse_config({"server": {"event_loop": event_loop}, "backends": {"up": {"kind": "openai"}},
+                                 "routes": {"bot": {"baseline": "up"}}}, "test.yaml")
+
+    assert loop_factory(chosen("auto")) is uvloop.new_event_loop
+    assert loop_factory(chosen("uvloop")) is uvloop.new_event_loop
+    assert loop_factory(chosen("asyncio")) is None
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as where it is not installed
+    assert loop_factory(chosen("auto")) is None
+    with pytest.raises(ConfigError, match="server.event_loop: uvloop is not installed"):
+        loop_factory(chosen("uvloop"))
 
 
 def run_cli(*args, env=None):

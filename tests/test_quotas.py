@@ -43,6 +43,11 @@ def ask(gw, text: str = "hello", key: str = TEAM_KEY, **params):
         model="bot", messages=[{"role": "user", "content": text}], **params)
 
 
+# For tests about counting, not outages: the default 250 ms, on a busy test machine, can pass while
+# the first requests open their Redis connections, and the replica would count alone.
+PATIENT = {"redis_timeout_ms": 5000}
+
+
 def usage(gw, key: str = TEAM_KEY) -> dict:
     request = urllib.request.Request(gw.url + "/v1/usage", headers={"Authorization": f"Bearer {key}"})
     with urllib.request.urlopen(request, timeout=10) as response:
@@ -51,7 +56,8 @@ def usage(gw, key: str = TEAM_KEY) -> dict:
 
 def test_requests_per_minute_hold_across_two_replicas(fake_openai, make_gateway, tmp_path, redis_url):
     state = {"redis_url": redis_url}
-    replicas = [make_gateway(quota_config(fake_openai, tmp_path, state, name=f"gw{i}", requests_per_minute=5))
+    replicas = [make_gateway(quota_config(fake_openai, tmp_path, state, name=f"gw{i}", quotas=PATIENT,
+                                          requests_per_minute=5))
                 for i in range(2)]
 
     clients = [client(gw) for gw in replicas]
@@ -85,7 +91,8 @@ def test_requests_per_minute_hold_across_two_replicas(fake_openai, make_gateway,
 def test_tokens_are_reserved_then_corrected_to_real_usage(engine, fake_openai, make_gateway, tmp_path, request):
     state = {"redis_url": request.getfixturevalue("redis_url")} if engine == "redis" \
         else {"sqlite_path": str(tmp_path / "state.db")}
-    gw = make_gateway(quota_config(fake_openai, tmp_path, state, requests_per_minute=100, tokens_per_day=10_000))
+    gw = make_gateway(quota_config(fake_openai, tmp_path, state, quotas=PATIENT, requests_per_minute=100,
+                                   tokens_per_day=10_000))
     body = {"messages": [{"role": "user", "content": "[sleep 1] how many tokens does this take"}], "max_tokens": 50}
     estimate = estimate_tokens(body, 1024)
     assert estimate == 50 + 10  # 40 characters / 4
