@@ -13,6 +13,10 @@ py-spy leaves out the samples of a thread it finds idle, but with `--nonblocking
 busy by a racy check (py-spy issues #92 and #480), so a thread waiting in a blocking call is still
 caught now and then: the event loop in epoll, a writer thread on its condition. A sample whose
 innermost frame is at one of those calls (WAIT_CALLS) is counted as waiting, not as work.
+
+On uvloop the event loop is C code, which py-spy shows as one Python frame, the call that runs the
+loop: a sample whose innermost frame is that call (LOOP_CALLS) is the loop at its own work or waiting
+in epoll, which py-spy cannot tell apart without native frames. Those are counted apart too.
 """
 from __future__ import annotations
 
@@ -59,6 +63,8 @@ WAIT_CALLS = {
     ("Condition.wait", "threading.py"): "waiter.acquire(",  # a thread waiting to be notified
     ("_worker", "concurrent/futures/thread.py"): "work_queue.get(block=True)",  # an idle executor thread
 }
+# The call that runs a loop written in C (uvloop): below it, only that loop's code, or its epoll wait.
+LOOP_CALLS = {("Runner.run", "asyncio/runners.py"): "self._loop.run_until_complete("}
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 
 
@@ -81,13 +87,13 @@ def _parse(frame: str) -> tuple[str, str]:
     return f"{match.group('function')} ({short})", file
 
 
-def _waiting(frame: str) -> bool:
-    """Whether a py-spy frame (`function (file:line)`) is at one of the blocking calls of WAIT_CALLS."""
+def _at_call(frame: str, calls: dict[tuple[str, str], str]) -> bool:
+    """Whether a py-spy frame (`function (file:line)`) is at one of `calls` (WAIT_CALLS, LOOP_CALLS)."""
     match = _FRAME.match(frame.strip())
     if not match or not match.group("line"):
         return False
     function, file = match.group("function"), match.group("file")
-    call = next((text for (name, suffix), text in WAIT_CALLS.items() if function == name and file.endswith(suffix)),
+    call = next((text for (name, suffix), text in calls.items() if function == name and file.endswith(suffix)),
                 None)
     if call is None:
         return False
@@ -120,13 +126,13 @@ def _area(file: str) -> str | None:
 
 
 def summarize(collapsed: Path, top: int = 25) -> dict:
-    """Shares of busy samples by function (self and inclusive) and by area; samples caught waiting are
-    counted apart."""
+    """Shares of busy samples by function (self and inclusive) and by area; samples caught waiting, and
+    those inside a C event loop, are counted apart."""
     self_counts: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     areas: Counter[str] = Counter()
     owners: Counter[str] = Counter()
-    total = waiting = 0
+    total = waiting = in_loop = 0
     for line in collapsed.read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
@@ -135,8 +141,11 @@ def summarize(collapsed: Path, top: int = 25) -> dict:
         raw = [f for f in stack.split(";") if f and not f.startswith(("process ", "thread "))]
         if not raw:
             continue
-        if _waiting(raw[-1]):
+        if _at_call(raw[-1], WAIT_CALLS):
             waiting += n
+            continue
+        if _at_call(raw[-1], LOOP_CALLS):
+            in_loop += n
             continue
         total += n
         frames = [_parse(f) for f in raw]
@@ -151,5 +160,5 @@ def summarize(collapsed: Path, top: int = 25) -> dict:
     def shares(counter: Counter[str], limit: int) -> list[dict]:
         return [{"function": k, "samples": v, "share": round(v / total, 4)} for k, v in counter.most_common(limit)]
 
-    return {"samples": total, "waiting_samples": waiting, "top_self": shares(self_counts, top),
+    return {"samples": total, "waiting_samples": waiting, "event_loop_samples": in_loop, "top_self": shares(self_counts, top),
             "top_inclusive": shares(inclusive, top), "by_area": shares(areas, 40), "by_owner": shares(owners, 40)}

@@ -196,6 +196,9 @@ def markdown(results: dict) -> str:
                   *([f"{prof['waiting_samples']} more samples caught a thread waiting in a blocking call (the event "
                      f"loop in epoll, a writer on its condition) and are left out: py-spy's idle check is racy "
                      f"without pausing the process.", ""] if prof.get("waiting_samples") else []),
+                  *([f"{prof['event_loop_samples']} more samples were inside uvloop's C code, the event loop at its "
+                     f"own work or waiting in epoll, which py-spy cannot tell apart from the Python frames; they are "
+                     f"left out of the shares below.", ""] if prof.get("event_loop_samples") else []),
                   "By owner (the project module that was running, library time charged to its caller):", "",
                   "| owner | share |", "|---|---|"]
         lines += [f"| {row['function']} | {row['share'] * 100:.1f}% |" for row in prof["by_owner"][:15]]

@@ -136,17 +136,21 @@ def test_profile_summary_charges_library_time_to_the_calling_module(tmp_path):
     assert summary["top_self"][0]["function"].startswith("dumps (")
 
 
-def test_profile_summary_leaves_out_samples_caught_waiting_in_a_blocking_call(tmp_path):
+def test_profile_summary_leaves_out_samples_caught_waiting_or_inside_a_c_event_loop(tmp_path):
     source = (profiling.STDLIB / "selectors.py").read_text().splitlines()
     epoll = next(i for i, text in enumerate(source) if text.lstrip().startswith("class EpollSelector"))
     poll = next(i for i, text in enumerate(source[epoll:], epoll + 1) if "self._selector.poll(" in text)
+    runners = (profiling.STDLIB / "asyncio" / "runners.py").read_text().splitlines()
+    run_loop = next(i for i, text in enumerate(runners, 1) if "self._loop.run_until_complete(" in text)
     stacks = tmp_path / "stacks.txt"
     stacks.write_text(
         f"run_forever (asyncio/base_events.py:607);EpollSelector.select (selectors.py:{poll}) 60\n"
         f"run_forever (asyncio/base_events.py:607);EpollSelector.select (selectors.py:{poll + 2}) 5\n"
-        "run (asyncio/runners.py:118);chat_completions (/work/main/gateway/proxy.py:200) 35\n")
+        "run (asyncio/runners.py:118);chat_completions (/work/main/gateway/proxy.py:200) 35\n"
+        f"cmd_serve (gateway/cli.py:56);Runner.run (asyncio/runners.py:{run_loop}) 25\n")  # inside uvloop
     summary = profiling.summarize(stacks)
     assert (summary["samples"], summary["waiting_samples"]) == (40, 60)  # the line after the call is work
+    assert summary["event_loop_samples"] == 25
     assert {row["function"] for row in summary["by_owner"]} == {"asyncio", "gateway/proxy"}
 
 
