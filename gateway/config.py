@@ -42,7 +42,7 @@ class ServerSettings(Strict):
     admin_token: str | None = None
     shutdown_timeout: float = Field(30.0, gt=0, description="seconds to drain in-flight requests on SIGTERM")
     event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
-        "auto", description="uvloop: the event loop in C, about a fifth less CPU a request; "
+        "auto", description="uvloop: the event loop in C, a little less CPU a request; "
                             "auto: uvloop where it is installed, else asyncio's own")
 
 

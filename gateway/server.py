@@ -31,8 +31,8 @@ def settle_heap(reclaim: bool = False) -> None:
 def loop_factory(config: Config) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop's loop where the config chooses it (or says `auto` and it is installed); None: asyncio's own.
 
-    The gateway's own work is a few hundred microseconds a request; the event loop's machinery
-    (ready queue, selector, transports) is as much again, and uvloop does it in C."""
+    Every request passes through the event loop's own machinery (ready queue, selector, transports)
+    several times; uvloop does that in C."""
     choice = config.server.event_loop
     if choice == "asyncio":
         return None
