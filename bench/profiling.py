@@ -160,5 +160,6 @@ def summarize(collapsed: Path, top: int = 25) -> dict:
     def shares(counter: Counter[str], limit: int) -> list[dict]:
         return [{"function": k, "samples": v, "share": round(v / total, 4)} for k, v in counter.most_common(limit)]
 
-    return {"samples": total, "waiting_samples": waiting, "event_loop_samples": in_loop, "top_self": shares(self_counts, top),
-            "top_inclusive": shares(inclusive, top), "by_area": shares(areas, 40), "by_owner": shares(owners, 40)}
+    return {"samples": total, "waiting_samples": waiting, "event_loop_samples": in_loop,
+            "top_self": shares(self_counts, top), "top_inclusive": shares(inclusive, top),
+            "by_area": shares(areas, 40), "by_owner": shares(owners, 40)}

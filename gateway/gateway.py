@@ -23,6 +23,7 @@ from .plugins import HookRunner, build_plugin_manager
 from .state import StateStore, open_state_store
 
 log = logging.getLogger("llmgate")
+RESTART_ONLY = ("host", "port", "event_loop")  # server settings a reload cannot apply: the socket and loop are made
 
 
 @dataclass
@@ -160,6 +161,9 @@ class Gateway:
                 config.settings.plugins[n].enabled != self.config.settings.plugins[n].enabled
                 for n in config.settings.plugins):
             log.warning("plugins were enabled or disabled in the new config: that takes effect at the next restart")
+        if changed := [f"server.{key}" for key in RESTART_ONLY
+                       if getattr(config.server, key) != getattr(self.config.server, key)]:
+            log.warning("%s changed in the new config: that takes effect at the next restart", ", ".join(changed))
         await self._swap(config, "config reloaded from")
 
     async def _load_registered(self) -> None:

@@ -86,7 +86,8 @@ def test_sighup_reloads_and_an_invalid_config_keeps_the_old_one(fake_openai, tmp
                 model="bot", messages=[{"role": "user", "content": "[sleep 1] before reload"}]))
             await asyncio.to_thread(wait_until, lambda: len(fake_openai.requests) >= 1)
             changed = {**base, "backends": {"up": {**base["backends"]["up"], "model": "m-two"}},
-                       "routes": {"bot": {"baseline": "up"}, "new-route": {"baseline": "up"}}}
+                       "routes": {"bot": {"baseline": "up"}, "new-route": {"baseline": "up"}},
+                       "server": {**base["server"], "event_loop": "asyncio"}}
             gw.write_config(changed)
             gw.proc.send_signal(signal.SIGHUP)
             await asyncio.to_thread(wait_until, lambda: "config reloaded" in gw.log())
@@ -94,6 +95,7 @@ def test_sighup_reloads_and_an_invalid_config_keeps_the_old_one(fake_openai, tmp
 
         answer = asyncio.run(in_flight_across_reload())
         assert answer.model == "m-one", "the request in flight finished on the backend it started with"
+        assert "server.event_loop changed in the new config: that takes effect at the next restart" in gw.log()
         assert client.chat.completions.create(model="new-route", messages=[{"role": "user", "content": "x"}]).model \
             == "m-two"
 
