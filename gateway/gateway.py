@@ -23,7 +23,8 @@ from .plugins import HookRunner, build_plugin_manager
 from .state import StateStore, open_state_store
 
 log = logging.getLogger("llmgate")
-RESTART_ONLY = ("host", "port", "event_loop")  # server settings a reload cannot apply: the socket and loop are made
+# Server settings a reload cannot apply: the listening socket and the event loop are made once, at start-up.
+RESTART_ONLY = ("host", "port", "event_loop")
 
 
 @dataclass

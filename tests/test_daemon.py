@@ -117,7 +117,7 @@ def test_the_event_loop_is_uvloop_where_installed_and_asyncio_on_request(monkeyp
 
     def chosen(event_loop: str) -> Config:
         return parse_config({"server": {"event_loop": event_loop}, "backends": {"up": {"kind": "openai"}},
-                                 "routes": {"bot": {"baseline": "up"}}}, "test.yaml")
+                             "routes": {"bot": {"baseline": "up"}}}, "test.yaml")
 
     assert loop_factory(chosen("auto")) is uvloop.new_event_loop
     assert loop_factory(chosen("uvloop")) is uvloop.new_event_loop
