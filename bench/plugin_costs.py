@@ -42,15 +42,14 @@ WHOLE = "whole config"
 def request_path_plugins(config: str = CONFIG) -> list[str]:
     """The plugins `config` enables that implement a hook a caller waits on, in load order."""
     sys.path.insert(0, str(ROOT))
-    from gateway.plugins import REQUEST_HOOKS, _import, discover
+    from gateway.plugins import REQUEST_HOOKS, _import, discover, is_enabled
     configured = yaml.safe_load((BENCH / "configs" / config).read_text()).get("plugins") or {}
     hooks, found = REQUEST_HOOKS | {"authenticate"}, []
     for name, target in discover().items():
         if name == "backends":
             continue
         plugin = _import(target)
-        enabled = (configured.get(name) or {}).get("enabled", getattr(plugin, "DEFAULT_ENABLED", True))
-        if enabled and any(hasattr(getattr(plugin, hook, None), "llmgate_impl") for hook in hooks):
+        if is_enabled(plugin, (configured.get(name) or {}).get("enabled")) and any(hasattr(getattr(plugin, hook, None), "llmgate_impl") for hook in hooks):
             found.append(name)
     return found
 

@@ -110,6 +110,11 @@ def _instantiate(cls: type, options: Any) -> Any:
     return cls(options) if takes_settings else cls()
 
 
+def is_enabled(plugin: Any, setting: bool | None) -> bool:
+    """Whether a plugin runs: as its config says, else as the plugin says (DEFAULT_ENABLED; on if unsaid)."""
+    return setting if setting is not None else getattr(plugin, "DEFAULT_ENABLED", True)
+
+
 def build_plugin_manager(config: Config) -> tuple[pluggy.PluginManager, dict[str, PluginSettings]]:
     """Load and register every enabled plugin; return the manager and each plugin's core settings."""
     pm = pluggy.PluginManager("llmgate")
@@ -127,8 +132,7 @@ def build_plugin_manager(config: Config) -> tuple[pluggy.PluginManager, dict[str
     for name, target in known.items():
         settings = configured.get(name, PluginSettings())
         obj = _import(target)
-        enabled = settings.enabled if settings.enabled is not None else getattr(obj, "DEFAULT_ENABLED", True)
-        if not enabled:
+        if not is_enabled(obj, settings.enabled):
             continue
         options = _validated_settings(obj, name, settings)
         plugin = _instantiate(obj, options) if inspect.isclass(obj) else obj

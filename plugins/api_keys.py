@@ -184,7 +184,7 @@ class ApiKeys:
 
 def _answering_plugins_before(config, name: str) -> list[str]:
     """Enabled plugins listed before `name` in `plugins:` that implement before_route."""
-    from gateway.plugins import discover
+    from gateway.plugins import discover, is_enabled
     known = discover()
     found = []
     for other, settings in config.settings.plugins.items():
@@ -199,8 +199,7 @@ def _answering_plugins_before(config, name: str) -> list[str]:
             obj = getattr(obj, attribute) if attribute else obj
         except Exception:  # the plugin loader reports a plugin that cannot be imported
             continue
-        enabled = settings.enabled if settings.enabled is not None else getattr(obj, "DEFAULT_ENABLED", True)
-        if enabled and hasattr(obj, "before_route"):
+        if is_enabled(obj, settings.enabled) and hasattr(obj, "before_route"):
             found.append(other)
     return found
 
