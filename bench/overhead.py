@@ -14,8 +14,13 @@ an open-loop stream run (time to first token), and a search for the highest rate
 until the system is quiet (under 5% of a core), so work a run queued (shadow calls, log writes after
 an overload) is not charged to the next one. CPU time and RSS of the system's processes are sampled
 throughout. Then a memory soak (RSS over --soak seconds at a
-constant rate) and a py-spy profile of one system under load. Added latency is the system's
-percentile minus the direct run's at the same rate, in the same run.
+constant rate) and a py-spy profile of one system under load.
+
+Added latency is measured in pairs: each open-loop run of a system (pinned rates and the stream run)
+comes right after a run of the upstream direct at the same rate, and a figure is the median over
+the runs of the difference within each pair. Over the hour a run takes, the shared machine's own
+tail drifts by more than a gateway adds (the direct p99 at 300 RPS has moved from 56 to 78 ms
+between runs); a pair's two runs are seconds apart.
 
 Writes <output-dir>/<name>.json, <name>.md (tables, targets, profile) and <name>.png (overhead
 against rate). A smoke run:
@@ -45,6 +50,8 @@ import report  # noqa: E402
 from systems import (LITELLM_PIN, SYSTEMS, ResourceMonitor, Running, System, Unavailable, chat,  # noqa: E402
                      start_system, start_upstream, wait_quiet)
 
+PERCENTILES = ("p50", "p95", "p99")
+LATENCY_KEYS = ("latency_ms", "ttft_ms")
 ACHIEVED_SHARE = 0.97  # a rate is sustained when at least this share of it is achieved ...
 # Before the soak: auto-rollback keeps each variant's per-second counters for its retention (the
 # rollback window, 300 s by default, and a minute), so what it holds grows with time until then.
@@ -68,15 +75,32 @@ class Bench:
         self.args = args
         self.upstream = upstream
         self.workdir = workdir
+        self.direct = start_system(SYSTEMS["direct"], upstream, workdir)
         self.running: Running | None = None
         self.restarts: list[dict] = []
         self.peak_rss_mb: float | None = None
 
-    def spec(self, system: System, rate: float, duration: float, stream: bool = False) -> loadgen.LoadSpec:
+    def spec(self, system: System, rate: float, duration: float, stream: bool = False,
+             target: Running | None = None) -> loadgen.LoadSpec:
+        target = target or self.running
         workers = max(1, math.ceil(rate / self.args.rate_per_worker))
-        return loadgen.LoadSpec(url=self.running.url, rate=rate, duration=duration, stream=stream,
+        return loadgen.LoadSpec(url=target.url, rate=rate, duration=duration, stream=stream,
                                 unique_prompts=system.unique_prompts, workers=workers, timeout=self.args.timeout,
-                                headers={"Authorization": f"Bearer {self.running.api_key}"})
+                                headers={"Authorization": f"Bearer {target.api_key}"})
+
+    def paired(self, system: System, rate: float, duration: float, stream: bool = False) -> dict:
+        """An open-loop run of `system` right after one of the upstream direct with the same load; the run's
+        summary carries what it added over that direct run (`added`, by latency and time to first token)."""
+        if system.kind == "direct":
+            return self.open_loop(system, rate, duration, stream)
+        spec = self.spec(system, rate, duration, stream, target=self.direct)
+        direct = loadgen.summarize(loadgen.open_loop(spec), rate, duration)
+        time.sleep(self.args.pause)
+        summary = self.open_loop(system, rate, duration, stream)
+        summary["paired_direct"] = run_digest(direct)
+        summary["added"] = {key: {q: round(summary[key][q] - direct[key][q], 3) for q in PERCENTILES}
+                            for key in LATENCY_KEYS if summary.get(key) and direct.get(key)}
+        return summary
 
     def open_loop(self, system: System, rate: float, duration: float, stream: bool = False,
                   may_restart: bool = True) -> dict:
@@ -231,7 +255,7 @@ class Bench:
                 for rate in args.rates:
                     if repeat and not self.sustained(runs[rate][0]):
                         continue  # it falls behind at this rate: one run says so
-                    summary = self.open_loop(system, rate, args.duration)
+                    summary = self.paired(system, rate, args.duration)
                     runs[rate].append(summary)
                     lat = summary["latency_ms"] or {}
                     log(f"  {system.name} {rate:g} rps: achieved {summary['achieved_rps']}, errors "
@@ -239,7 +263,7 @@ class Bench:
                         f"cpu {(summary.get('resources') or {}).get('cpu_percent')}%")
             result["rates"] = [median_of_runs(runs[rate]) for rate in args.rates]
             if args.stream_rate:
-                result["stream"] = self.open_loop(system, args.stream_rate, args.duration, stream=True)
+                result["stream"] = self.paired(system, args.stream_rate, args.duration, stream=True)
                 log(f"  {system.name} stream {args.stream_rate:g} rps: ttft p50 "
                     f"{(result['stream']['ttft_ms'] or {}).get('p50')} ms")
             if args.search:
@@ -331,11 +355,15 @@ def median_of_runs(runs: list[dict]) -> dict:
     for run in runs:
         for outcome, count in run["outcomes"].items():
             combined["outcomes"][outcome] = combined["outcomes"].get(outcome, 0) + count
-    for key in ("latency_ms", "ttft_ms", "send_lag_ms"):
+    for key in (*LATENCY_KEYS, "send_lag_ms"):
         present = [r[key] for r in runs if r.get(key)]
         combined[key] = {q: (sum(p[q] for p in present) if q == "n" else max(p[q] for p in present) if q == "max"
                              else round(statistics.median(p[q] for p in present), 3))
                          for q in present[0]} if present else None
+    added = {key: [r["added"][key] for r in runs if key in r.get("added", {})] for key in LATENCY_KEYS}
+    if any(added.values()):  # the median of the differences within pairs, not a difference of medians
+        combined["added"] = {key: {q: round(statistics.median(a[q] for a in pairs), 3) for q in PERCENTILES}
+                             for key, pairs in added.items() if pairs}
     resources = [r["resources"] for r in runs if r.get("resources")]
     if resources:
         combined["resources"] = {k: (round(statistics.median(x[k] for x in resources), 3) if k.startswith("cpu")
@@ -346,7 +374,10 @@ def median_of_runs(runs: list[dict]) -> dict:
 
 def run_digest(run: dict) -> dict:
     lat = run.get("latency_ms") or {}
-    return {"p50": lat.get("p50"), "p99": lat.get("p99"), "errors": run["errors"], "achieved_rps": run["achieved_rps"]}
+    digest = {"p50": lat.get("p50"), "p99": lat.get("p99"), "errors": run["errors"], "achieved_rps": run["achieved_rps"]}
+    if "latency_ms" in run.get("added", {}):
+        digest["added"] = {q: run["added"]["latency_ms"][q] for q in ("p50", "p99")}
+    return digest
 
 
 def machine() -> dict:

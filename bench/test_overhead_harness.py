@@ -85,6 +85,43 @@ def test_forwarder_passes_answers_and_its_resources_are_sampled(fast_upstream, t
     assert running.process.popen.poll() is not None  # stopped
 
 
+def test_a_system_s_run_comes_right_after_a_direct_run_and_carries_what_it_added_over_it(fast_upstream, tmp_path):
+    import overhead
+    args = overhead.parse_args(["--pause", "0", "--quiet-timeout", "5"])
+    bench = overhead.Bench(args, fast_upstream, tmp_path)
+    bench.running = start_system(SYSTEMS["forwarder"], fast_upstream, tmp_path)
+    try:
+        summary = bench.paired(SYSTEMS["forwarder"], 50, 1.0)
+        stream = bench.paired(SYSTEMS["forwarder"], 20, 1.0, stream=True)
+    finally:
+        bench.running.stop()
+    assert summary["ok"] == 50 and summary["paired_direct"]["achieved_rps"] == 50
+    direct = summary["paired_direct"]
+    assert summary["added"]["latency_ms"]["p50"] == round(summary["latency_ms"]["p50"] - direct["p50"], 3)
+    assert summary["added"]["latency_ms"]["p99"] == round(summary["latency_ms"]["p99"] - direct["p99"], 3)
+    assert set(stream["added"]) == {"latency_ms", "ttft_ms"}
+    assert overhead.run_digest(summary)["added"] == {q: summary["added"]["latency_ms"][q] for q in ("p50", "p99")}
+
+
+def test_added_latency_is_the_median_of_the_differences_within_pairs_so_the_machine_s_drift_stays_out():
+    """The direct runs before a system's three runs drift 55 -> 75 ms at p99; the system adds 2, 3, 1 ms."""
+    import overhead
+    runs = []
+    for direct_p99, p99 in ((55.0, 57.0), (65.0, 68.0), (75.0, 76.0)):
+        run = {**_summary(300, 52.5, 54.0, p99), "requests": 100, "outcomes": {"ok": 100}}
+        run["added"] = {"latency_ms": {"p50": 0.5, "p95": 1.0, "p99": round(p99 - direct_p99, 3)}}
+        runs.append(run)
+    combined = overhead.median_of_runs(runs)
+    assert combined["added"]["latency_ms"] == {"p50": 0.5, "p95": 1.0, "p99": 2.0}
+    assert combined["latency_ms"]["p99"] == 68.0  # what a difference of medians would take, against a direct 55: 13
+    assert [run["added"]["p99"] for run in combined["runs"]] == [2.0, 3.0, 1.0]
+    results = {"meta": {"args": {}}, "systems": {"direct": {"rates": [_summary(300, 52.0, 53.0, 55.0)]},
+                                                "llmgate-full": {"rates": [combined]}}}
+    assert report.overheads(results)["llmgate-full"][300]["p99"] == 2.0
+    p99_row = report.targets(results)[1]
+    assert p99_row["value"] == "2.0 (runs: 2.00, 3.00, 1.00)" and p99_row["met"] is True
+
+
 def _summary(rate: float, p50: float, p95: float, p99: float) -> dict:
     return {"offered_rps": rate, "achieved_rps": rate, "errors": 0, "error_rate": 0.0, "ok": 100,
             "latency_ms": {"p50": p50, "p95": p95, "p99": p99}, "send_lag_ms": {"p50": 0.1, "p99": 0.5}}
