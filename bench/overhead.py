@@ -258,9 +258,11 @@ class Bench:
                     summary = self.paired(system, rate, args.duration)
                     runs[rate].append(summary)
                     lat = summary["latency_ms"] or {}
+                    added = (summary.get("added") or {}).get("latency_ms")
                     log(f"  {system.name} {rate:g} rps: achieved {summary['achieved_rps']}, errors "
-                        f"{summary['errors']}, p50 {lat.get('p50')} p99 {lat.get('p99')} ms, "
-                        f"cpu {(summary.get('resources') or {}).get('cpu_percent')}%")
+                        f"{summary['errors']}, p50 {lat.get('p50')} p99 {lat.get('p99')} ms"
+                        + (f" ({added['p50']:+} / {added['p99']:+} ms over the direct run before)" if added else "")
+                        + f", cpu {(summary.get('resources') or {}).get('cpu_percent')}%")
             result["rates"] = [median_of_runs(runs[rate]) for rate in args.rates]
             if args.stream_rate:
                 result["stream"] = self.paired(system, args.stream_rate, args.duration, stream=True)
