@@ -50,7 +50,6 @@ import report  # noqa: E402
 from systems import (LITELLM_PIN, SYSTEMS, ResourceMonitor, Running, System, Unavailable, chat,  # noqa: E402
                      start_system, start_upstream, wait_quiet)
 
-PERCENTILES = ("p50", "p95", "p99")
 LATENCY_KEYS = ("latency_ms", "ttft_ms")
 ACHIEVED_SHARE = 0.97  # a rate is sustained when at least this share of it is achieved ...
 # Before the soak: auto-rollback keeps each variant's per-second counters for its retention (the
@@ -98,8 +97,8 @@ class Bench:
         time.sleep(self.args.pause)
         summary = self.open_loop(system, rate, duration, stream)
         summary["paired_direct"] = run_digest(direct)
-        summary["added"] = {key: {q: round(summary[key][q] - direct[key][q], 3) for q in PERCENTILES}
-                            for key in LATENCY_KEYS if summary.get(key) and direct.get(key)}
+        summary["added"] = {key: added for key in LATENCY_KEYS
+                            if (added := report.difference(summary, direct, key)) is not None}
         return summary
 
     def open_loop(self, system: System, rate: float, duration: float, stream: bool = False,
@@ -364,7 +363,7 @@ def median_of_runs(runs: list[dict]) -> dict:
                          for q in present[0]} if present else None
     added = {key: [r["added"][key] for r in runs if key in r.get("added", {})] for key in LATENCY_KEYS}
     if any(added.values()):  # the median of the differences within pairs, not a difference of medians
-        combined["added"] = {key: {q: round(statistics.median(a[q] for a in pairs), 3) for q in PERCENTILES}
+        combined["added"] = {key: {q: round(statistics.median(a[q] for a in pairs), 3) for q in report.PERCENTILES}
                              for key, pairs in added.items() if pairs}
     resources = [r["resources"] for r in runs if r.get("resources")]
     if resources:
@@ -376,7 +375,8 @@ def median_of_runs(runs: list[dict]) -> dict:
 
 def run_digest(run: dict) -> dict:
     lat = run.get("latency_ms") or {}
-    digest = {"p50": lat.get("p50"), "p99": lat.get("p99"), "errors": run["errors"], "achieved_rps": run["achieved_rps"]}
+    digest = {"p50": lat.get("p50"), "p99": lat.get("p99"), "errors": run["errors"],
+              "achieved_rps": run["achieved_rps"]}
     if "latency_ms" in run.get("added", {}):
         digest["added"] = {q: run["added"]["latency_ms"][q] for q in ("p50", "p99")}
     return digest

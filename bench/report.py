@@ -14,6 +14,7 @@ import json
 import sys
 from pathlib import Path
 
+PERCENTILES = ("p50", "p95", "p99")
 TARGET_RATE = 300
 TARGET_P50_MS = 1.5
 TARGET_P99_MS = 10.0
@@ -26,12 +27,18 @@ def _at_rate(system: dict, rate: float) -> dict | None:
     return next((s for s in system.get("rates", ()) if s["offered_rps"] == rate), None)
 
 
-def _overhead(summary: dict | None, direct: dict | None, key: str = "latency_ms") -> dict | None:
-    if summary and key in summary.get("added", {}):
-        return summary["added"][key]
+def difference(summary: dict | None, direct: dict | None, key: str = "latency_ms") -> dict | None:
+    """Each percentile of `summary` minus the same of `direct` (None where either lacks `key`)."""
     if not summary or not direct or not summary.get(key) or not direct.get(key):
         return None
-    return {q: round(summary[key][q] - direct[key][q], 3) for q in ("p50", "p95", "p99")}
+    return {q: round(summary[key][q] - direct[key][q], 3) for q in PERCENTILES}
+
+
+def _overhead(summary: dict | None, direct: dict | None, key: str = "latency_ms") -> dict | None:
+    """What a run added: its paired figure where it has one, else the difference from `direct`."""
+    if summary and key in summary.get("added", {}):
+        return summary["added"][key]
+    return difference(summary, direct, key)
 
 
 def _fmt(value, digits: int = 2) -> str:
