@@ -55,7 +55,7 @@ $(VENV)/.installed-bench: $(VENV)/.installed-test
 
 # Benchmarks (figures only, no pass/fail in the tests): semantic-cache lookup latency with 100,000 entries
 # and the cache's hit and false-hit rates, then the gateway's overhead against the upstream direct, a
-# minimal aiohttp forwarder and LiteLLM (about 90 minutes, a 10-minute memory soak included;
+# minimal aiohttp forwarder and LiteLLM (about 95 minutes, a 10-minute memory soak included;
 # BENCH_ARGS="--soak 60 --duration 10" for a shorter run). JSON, Markdown and PNG in bench/results/.
 bench: install-test $(VENV)/.installed-bench .venv-litellm/.installed-1.106.2
 	$(BIN)/python bench/cache_latency.py --output bench/results/cache_latency.json

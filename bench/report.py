@@ -109,7 +109,10 @@ def markdown(results: dict) -> str:
               f"load generator share this machine. Runs of {args['duration']:g} s after {args['warmup']:g} s of "
               "warm-up; latency counted from when each request was due (open loop). "
               f"Each pinned rate is run {args.get('repeats', 1)} times, interleaved with the other rates (a rate "
-              "not sustained once is not repeated); a figure is the median over the runs, errors their sum.", ""]
+              "not sustained once is not repeated)"
+              + (f", and {TARGET_SYSTEM} {args['target_repeats']} times at {TARGET_RATE} RPS, the targets' rate"
+                 if args.get("target_repeats", 0) > args.get("repeats", 1) else "")
+              + "; a figure is the median over the runs, errors their sum.", ""]
     if any("added" in s for system in systems.values() for s in system.get("rates", ())):
         lines += ["Every run of a system at a pinned rate, and its stream run, came right after a run of the upstream "
                   "direct at the same rate. Added latency (+p50, +p95, +p99, TTFT +) is the median over a rate's "

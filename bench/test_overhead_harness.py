@@ -103,6 +103,17 @@ def test_a_system_s_run_comes_right_after_a_direct_run_and_carries_what_it_added
     assert overhead.run_digest(summary)["added"] == {q: summary["added"]["latency_ms"][q] for q in ("p50", "p99")}
 
 
+def test_the_targets_system_gets_more_runs_at_the_targets_rate_after_the_rounds_over_every_rate():
+    import overhead
+    args = overhead.parse_args([])
+    assert (args.repeats, args.target_repeats) == (3, 7)
+    assert overhead.pinned_schedule(args, "forwarder") == [100, 300, 600] * 3
+    assert overhead.pinned_schedule(args, report.TARGET_SYSTEM) == [100, 300, 600] * 3 + [300] * 4
+    assert overhead.pinned_schedule(overhead.parse_args(["--rates", "100,600"]), report.TARGET_SYSTEM) == [100, 600] * 3
+    assert overhead.pinned_schedule(overhead.parse_args(["--target-repeats", "2"]), report.TARGET_SYSTEM) == \
+        [100, 300, 600] * 3
+
+
 def test_added_latency_is_the_median_of_the_differences_within_pairs_so_the_machine_s_drift_stays_out():
     """The direct runs before a system's three runs drift 55 -> 75 ms at p99; the system adds 2, 3, 1 ms."""
     import overhead
