@@ -85,7 +85,7 @@ def test_forwarder_passes_answers_and_its_resources_are_sampled(fast_upstream, t
     assert running.process.popen.poll() is not None  # stopped
 
 
-def test_a_system_s_run_comes_right_after_a_direct_run_and_carries_what_it_added_over_it(fast_upstream, tmp_path):
+def test_a_system_s_run_is_paired_with_a_direct_run_and_carries_what_it_added_over_it(fast_upstream, tmp_path):
     import overhead
     args = overhead.parse_args(["--pause", "0", "--quiet-timeout", "5"])
     bench = overhead.Bench(args, fast_upstream, tmp_path)
