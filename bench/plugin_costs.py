@@ -49,7 +49,8 @@ def request_path_plugins(config: str = CONFIG) -> list[str]:
         if name == "backends":
             continue
         plugin = _import(target)
-        if is_enabled(plugin, (configured.get(name) or {}).get("enabled")) and any(hasattr(getattr(plugin, hook, None), "llmgate_impl") for hook in hooks):
+        waited_on = any(hasattr(getattr(plugin, hook, None), "llmgate_impl") for hook in hooks)
+        if waited_on and is_enabled(plugin, (configured.get(name) or {}).get("enabled")):
             found.append(name)
     return found
 
