@@ -21,7 +21,9 @@ Added latency is measured in pairs: each open-loop run of a system (pinned rates
 comes right after a run of the upstream direct at the same rate, and a figure is the median over
 the runs of the difference within each pair. Over the hour a run takes, the shared machine's own
 tail drifts by more than a gateway adds (the direct p99 at 300 RPS has moved from 56 to 78 ms
-between runs); a pair's two runs are seconds apart.
+between runs); a pair's two runs are seconds apart. Where the targets judge (their system at their
+rate) a second direct run follows each system run, and what it adds over the first, the direct
+against itself, is the resolution the report gives beside the verdict.
 
 Writes <output-dir>/<name>.json, <name>.md (tables, targets, profile) and <name>.png (overhead
 against rate). A smoke run:
@@ -49,7 +51,7 @@ import loadgen  # noqa: E402
 import profiling  # noqa: E402
 import report  # noqa: E402
 from systems import (LITELLM_PIN, SYSTEMS, ResourceMonitor, Running, System, Unavailable, chat,  # noqa: E402
-                     start_system, start_upstream, wait_quiet)
+                     machine_jiffies, machine_share, start_system, start_upstream, wait_quiet)
 
 LATENCY_KEYS = ("latency_ms", "ttft_ms")
 ACHIEVED_SHARE = 0.97  # a rate is sustained when at least this share of it is achieved ...
@@ -88,27 +90,42 @@ class Bench:
                                 unique_prompts=system.unique_prompts, workers=workers, timeout=self.args.timeout,
                                 headers={"Authorization": f"Bearer {target.api_key}"})
 
-    def paired(self, system: System, rate: float, duration: float, stream: bool = False) -> dict:
+    def paired(self, system: System, rate: float, duration: float, stream: bool = False,
+               direct_again: bool = False) -> dict:
         """An open-loop run of `system` right after one of the upstream direct with the same load; the run's
-        summary carries what it added over that direct run (`added`, by latency and time to first token)."""
+        summary carries what it added over that direct run (`added`, by latency and time to first token).
+
+        With `direct_again`, a second direct run follows the system's, and `direct_drift` is what it
+        added over the first: the direct against itself, the resolution of this pair on this machine."""
         if system.kind == "direct":
             return self.open_loop(system, rate, duration, stream)
         spec = self.spec(system, rate, duration, stream, target=self.direct)
-        direct = loadgen.summarize(loadgen.open_loop(spec), rate, duration)
+        direct = self.load(spec)
         time.sleep(self.args.pause)
         summary = self.open_loop(system, rate, duration, stream)
         summary["paired_direct"] = run_digest(direct)
-        summary["added"] = {key: added for key in LATENCY_KEYS
-                            if (added := report.difference(summary, direct, key)) is not None}
+        summary["added"] = differences(summary, direct)
+        if direct_again:
+            time.sleep(self.args.pause)
+            again = self.load(spec)
+            summary["direct_again"] = run_digest(again)
+            summary["direct_drift"] = differences(again, direct)
+        return summary
+
+    def load(self, spec: loadgen.LoadSpec) -> dict:
+        """One open-loop run's summary, with how busy the whole machine was meanwhile (`machine`)."""
+        before = machine_jiffies()
+        summary = loadgen.summarize(loadgen.open_loop(spec), spec.rate, spec.duration)
+        if (shares := machine_share(before, machine_jiffies())) is not None:
+            summary["machine"] = shares
         return summary
 
     def open_loop(self, system: System, rate: float, duration: float, stream: bool = False,
                   may_restart: bool = True) -> dict:
         spec = self.spec(system, rate, duration, stream)
         monitor = ResourceMonitor(self.running.process).start()
-        samples = loadgen.open_loop(spec)
+        summary = self.load(spec)
         resources = monitor.stop()
-        summary = loadgen.summarize(samples, rate, duration)
         summary["loadgen_workers"] = spec.workers
         if resources is not None:
             resources["cpu_percent"] = round(100 * resources["cpu_seconds"] / duration, 1)
@@ -254,14 +271,17 @@ class Bench:
             for rate in pinned_schedule(args, system.name):
                 if runs[rate] and not self.sustained(runs[rate][0]):
                     continue  # it falls behind at this rate: one run says so
-                summary = self.paired(system, rate, args.duration)
+                summary = self.paired(system, rate, args.duration, direct_again=judged(system.name, rate))
                 runs[rate].append(summary)
                 lat = summary["latency_ms"] or {}
                 added = (summary.get("added") or {}).get("latency_ms")
+                drift = (summary.get("direct_drift") or {}).get("latency_ms")
                 log(f"  {system.name} {rate:g} rps: achieved {summary['achieved_rps']}, errors "
                     f"{summary['errors']}, p50 {lat.get('p50')} p99 {lat.get('p99')} ms"
                     + (f" ({added['p50']:+} / {added['p99']:+} ms over the direct run before)" if added else "")
-                    + f", cpu {(summary.get('resources') or {}).get('cpu_percent')}%")
+                    + (f" (the direct after: {drift['p50']:+} / {drift['p99']:+})" if drift else "")
+                    + f", cpu {(summary.get('resources') or {}).get('cpu_percent')}%"
+                    + f", machine {(summary.get('machine') or {}).get('busy_percent')}% busy")
             result["rates"] = [median_of_runs(runs[rate]) for rate in args.rates]
             if args.stream_rate:
                 result["stream"] = self.paired(system, args.stream_rate, args.duration, stream=True)
@@ -342,6 +362,16 @@ class Bench:
                 "rss_series": series[::step]}
 
 
+def judged(system_name: str, rate: float) -> bool:
+    """Whether the targets judge this system at this rate: its pairs also measure the direct against itself."""
+    return system_name == report.TARGET_SYSTEM and rate == report.TARGET_RATE
+
+
+def differences(summary: dict, direct: dict) -> dict:
+    """What `summary` added over `direct`, by latency and time to first token (where both have it)."""
+    return {key: added for key in LATENCY_KEYS if (added := report.difference(summary, direct, key)) is not None}
+
+
 def pinned_schedule(args: argparse.Namespace, system_name: str) -> list[float]:
     """The pinned rates in the order a system runs them: --repeats rounds over the rates, then, for the
     system the targets judge, more runs at the target rate up to --target-repeats: its verdict rests on a
@@ -371,10 +401,11 @@ def median_of_runs(runs: list[dict]) -> dict:
         combined[key] = {q: (sum(p[q] for p in present) if q == "n" else max(p[q] for p in present) if q == "max"
                              else round(statistics.median(p[q] for p in present), 3))
                          for q in present[0]} if present else None
-    added = {key: [r["added"][key] for r in runs if key in r.get("added", {})] for key in LATENCY_KEYS}
-    if any(added.values()):  # the median of the differences within pairs, not a difference of medians
-        combined["added"] = {key: {q: round(statistics.median(a[q] for a in pairs), 3) for q in report.PERCENTILES}
-                             for key, pairs in added.items() if pairs}
+    for field in ("added", "direct_drift"):  # the median of the differences within pairs, not a difference of medians
+        found = {key: [r[field][key] for r in runs if key in r.get(field, {})] for key in LATENCY_KEYS}
+        if any(found.values()):
+            combined[field] = {key: {q: round(statistics.median(a[q] for a in pairs), 3) for q in report.PERCENTILES}
+                               for key, pairs in found.items() if pairs}
     resources = [r["resources"] for r in runs if r.get("resources")]
     if resources:
         combined["resources"] = {k: (round(statistics.median(x[k] for x in resources), 3) if k.startswith("cpu")
@@ -387,8 +418,11 @@ def run_digest(run: dict) -> dict:
     lat = run.get("latency_ms") or {}
     digest = {"p50": lat.get("p50"), "p99": lat.get("p99"), "errors": run["errors"],
               "achieved_rps": run["achieved_rps"]}
-    if "latency_ms" in run.get("added", {}):
-        digest["added"] = {q: run["added"]["latency_ms"][q] for q in ("p50", "p99")}
+    for field in ("added", "direct_drift"):
+        if "latency_ms" in run.get(field, {}):
+            digest[field] = {q: run[field]["latency_ms"][q] for q in ("p50", "p99")}
+    if run.get("machine"):
+        digest["machine"] = run["machine"]
     return digest
 
 

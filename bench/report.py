@@ -94,6 +94,20 @@ def targets(results: dict) -> list[dict]:
     return rows
 
 
+def resolution(results: dict) -> dict | None:
+    """The direct against itself where the targets judge: in each of the target system's pairs at the target
+    rate a second direct run followed, and this is what it added over the first (median and each run), with
+    how busy the machine was and what the hypervisor took during those runs."""
+    full = _at_rate(results["systems"].get(TARGET_SYSTEM, {}), TARGET_RATE) or {}
+    drift = full.get("direct_drift", {}).get("latency_ms")
+    if not drift:
+        return None
+    runs = [run for run in full.get("runs", ()) if run.get("direct_drift")]
+    machine = [run["machine"] for run in runs if run.get("machine")]
+    return {"median": drift, "runs": [run["direct_drift"] for run in runs],
+            "busy_percent": [m["busy_percent"] for m in machine], "steal_percent": [m["steal_percent"] for m in machine]}
+
+
 def markdown(results: dict) -> str:
     meta = results["meta"]
     args = meta["args"]
@@ -199,6 +213,16 @@ def markdown(results: dict) -> str:
         met = {True: "yes", False: "**no**", None: "not measured"}[row["met"]]
         lines.append(f"| {row['target']} | {_fmt(row['value'])} | {met} |")
     lines.append("")
+    seen = resolution(results)
+    if seen:
+        each = ", ".join(f"{run['p99']:.2f}" for run in seen["runs"])
+        lines += [f"The resolution of those pairs: in each, the upstream direct ran again right after {TARGET_SYSTEM}'s "
+                  f"run, and it differed from the direct run before by {_fmt(seen['median']['p50'])} ms at p50 and "
+                  f"{_fmt(seen['median']['p99'])} ms at p99 at the median (p99 runs: {each}). That is the machine "
+                  "against itself: a figure nearer a target than that spread is not told apart from it by this run."
+                  + (f" During {TARGET_SYSTEM}'s runs the machine's cores were {min(seen['busy_percent']):g}-"
+                     f"{max(seen['busy_percent']):g}% busy, and the hypervisor took {max(seen['steal_percent']):g}% "
+                     "at most (steal)." if seen["busy_percent"] else ""), ""]
     floor = overheads(results).get("forwarder", {}).get(TARGET_RATE)
     if floor:  # what the machine allowed: no Python proxy on it does better than this one
         lines += [f"In the same run the minimal aiohttp forwarder, the floor for a Python proxy, added "
@@ -309,6 +333,7 @@ def plot(results: dict, path: Path) -> Path | None:
 def write(results: dict, out: Path, name: str) -> list[Path]:
     """<name>.md and <name>.png in `out`; the paths written."""
     results["targets"] = targets(results)
+    results["resolution"] = resolution(results)
     md = out / f"{name}.md"
     md.write_text(markdown(results))
     (out / f"{name}.json").write_text(json.dumps(results, indent=1))

@@ -267,6 +267,28 @@ def cpu_seconds(process: Process) -> float:
     return total
 
 
+def machine_jiffies() -> tuple[int, int, int] | None:
+    """(busy, steal, total) clock ticks of the whole machine since boot, from /proc/stat; None off Linux."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(x) for x in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle and waiting on I/O
+    steal = fields[7] if len(fields) > 7 else 0
+    total = sum(fields[:8])  # guest time is already counted in user
+    return total - idle - steal, steal, total
+
+
+def machine_share(before: tuple[int, int, int] | None, after: tuple[int, int, int] | None) -> dict | None:
+    """How busy the machine's cores were between two readings, and what the hypervisor took (steal), in %."""
+    if before is None or after is None or after[2] <= before[2]:
+        return None
+    total = after[2] - before[2]
+    return {"busy_percent": round(100 * (after[0] - before[0]) / total, 1),
+            "steal_percent": round(100 * (after[1] - before[1]) / total, 2)}
+
+
 def wait_quiet(process: Process, timeout: float, share: float = QUIET_SHARE, window: float = 0.5) -> float | None:
     """Wait until the process tree uses under `share` of a core over `window` seconds; the seconds that took,
     or None if it was still busy after `timeout`. Work an overload queued (shadow calls, log writes) would

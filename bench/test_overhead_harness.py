@@ -91,16 +91,22 @@ def test_a_system_s_run_is_paired_with_a_direct_run_and_carries_what_it_added_ov
     bench = overhead.Bench(args, fast_upstream, tmp_path)
     bench.running = start_system(SYSTEMS["forwarder"], fast_upstream, tmp_path)
     try:
-        summary = bench.paired(SYSTEMS["forwarder"], 50, 1.0)
+        summary = bench.paired(SYSTEMS["forwarder"], 50, 1.0, direct_again=True)
         stream = bench.paired(SYSTEMS["forwarder"], 20, 1.0, stream=True)
     finally:
         bench.running.stop()
     assert summary["ok"] == 50 and summary["paired_direct"]["achieved_rps"] == 50
-    direct = summary["paired_direct"]
+    direct, again = summary["paired_direct"], summary["direct_again"]
     assert summary["added"]["latency_ms"]["p50"] == round(summary["latency_ms"]["p50"] - direct["p50"], 3)
     assert summary["added"]["latency_ms"]["p99"] == round(summary["latency_ms"]["p99"] - direct["p99"], 3)
-    assert set(stream["added"]) == {"latency_ms", "ttft_ms"}
-    assert overhead.run_digest(summary)["added"] == {q: summary["added"]["latency_ms"][q] for q in ("p50", "p99")}
+    # the direct against itself: the run after the system's, over the run before it
+    assert again["achieved_rps"] == 50 and summary["direct_drift"]["latency_ms"]["p99"] == \
+        round(again["p99"] - direct["p99"], 3)
+    assert set(stream["added"]) == {"latency_ms", "ttft_ms"} and "direct_drift" not in stream
+    digest = overhead.run_digest(summary)
+    assert digest["added"] == {q: summary["added"]["latency_ms"][q] for q in ("p50", "p99")}
+    assert digest["direct_drift"] == {q: summary["direct_drift"]["latency_ms"][q] for q in ("p50", "p99")}
+    assert 0 < summary["machine"]["busy_percent"] <= 100 and summary["machine"]["steal_percent"] >= 0
 
 
 def test_the_targets_system_gets_more_runs_at_the_targets_rate_after_the_rounds_over_every_rate():
@@ -118,19 +124,32 @@ def test_added_latency_is_the_median_of_the_differences_within_pairs_so_the_mach
     """The direct runs before a system's three runs drift 55 -> 75 ms at p99; the system adds 2, 3, 1 ms."""
     import overhead
     runs = []
-    for direct_p99, p99 in ((55.0, 57.0), (65.0, 68.0), (75.0, 76.0)):
-        run = {**_summary(300, 52.5, 54.0, p99), "requests": 100, "outcomes": {"ok": 100}}
+    for (direct_p99, p99, again_p99), busy in zip(((55.0, 57.0, 59.0), (65.0, 68.0, 61.0), (75.0, 76.0, 75.5)),
+                                                  (60.0, 75.5, 70.0)):
+        run = {**_summary(300, 52.5, 54.0, p99), "requests": 100, "outcomes": {"ok": 100},
+               "machine": {"busy_percent": busy, "steal_percent": 0.5}}
         run["added"] = {"latency_ms": {"p50": 0.5, "p95": 1.0, "p99": round(p99 - direct_p99, 3)}}
+        run["direct_drift"] = {"latency_ms": {"p50": 0.0, "p95": 0.5, "p99": round(again_p99 - direct_p99, 3)}}
         runs.append(run)
     combined = overhead.median_of_runs(runs)
     assert combined["added"]["latency_ms"] == {"p50": 0.5, "p95": 1.0, "p99": 2.0}
+    assert combined["direct_drift"]["latency_ms"] == {"p50": 0.0, "p95": 0.5, "p99": 0.5}  # of 4, -4, 0.5
     assert combined["latency_ms"]["p99"] == 68.0  # what a difference of medians would take, against a direct 55: 13
     assert [run["added"]["p99"] for run in combined["runs"]] == [2.0, 3.0, 1.0]
-    results = {"meta": {"args": {}}, "systems": {"direct": {"rates": [_summary(300, 52.0, 53.0, 55.0)]},
-                                                "llmgate-full": {"rates": [combined]}}}
+    results = {"meta": {"args": {}}, "systems": {
+        "direct": {"label": "direct", "rates": [_summary(300, 52.0, 53.0, 55.0)]},
+        "llmgate-full": {"label": "full", "rates": [combined]}}}
     assert report.overheads(results)["llmgate-full"][300]["p99"] == 2.0
     p99_row = report.targets(results)[1]
     assert p99_row["value"] == "2.0 (runs: 2.00, 3.00, 1.00)" and p99_row["met"] is True
+    seen = report.resolution(results)
+    assert [run["p99"] for run in seen["runs"]] == [4.0, -4.0, 0.5] and seen["median"]["p99"] == 0.5
+    assert (seen["busy_percent"], seen["steal_percent"]) == ([60.0, 75.5, 70.0], [0.5, 0.5, 0.5])
+    results["meta"]["args"] = {"latency": 0.05, "chunks": 8, "duration": 20, "warmup": 3, "stream_rate": 100}
+    results["meta"].update(started="now", cpus=2, platform="linux", python="3.11", load_average_at_start=[0, 0, 0])
+    text = report.markdown(results)
+    assert "by 0.00 ms at p50 and 0.50 ms at p99 at the median (p99 runs: 4.00, -4.00, 0.50)" in text
+    assert "cores were 60-75.5% busy, and the hypervisor took 0.5% at most" in text
 
 
 def _summary(rate: float, p50: float, p95: float, p99: float) -> dict:
