@@ -51,7 +51,7 @@ import loadgen  # noqa: E402
 import profiling  # noqa: E402
 import report  # noqa: E402
 from systems import (LITELLM_PIN, SYSTEMS, ResourceMonitor, Running, System, Unavailable, chat,  # noqa: E402
-                     machine_jiffies, machine_share, start_system, start_upstream, wait_quiet)
+                     cpu_description, machine_jiffies, machine_share, start_system, start_upstream, wait_quiet)
 
 LATENCY_KEYS = ("latency_ms", "ttft_ms")
 ACHIEVED_SHARE = 0.97  # a rate is sustained when at least this share of it is achieved ...
@@ -429,7 +429,7 @@ def run_digest(run: dict) -> dict:
 def machine() -> dict:
     load = os.getloadavg()
     return {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
-            "load_average_at_start": [round(x, 2) for x in load], "litellm_pin": LITELLM_PIN}
+            "cpu": cpu_description(), "load_average_at_start": [round(x, 2) for x in load], "litellm_pin": LITELLM_PIN}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -101,8 +101,7 @@ def costs(runs: dict[str, list[dict]], pairs: dict[str, list[dict]], rate: float
 def markdown(results: dict) -> str:
     meta, rate = results["meta"], results["meta"]["rate"]
     lines = [f"# What each plugin costs a request ({meta['started']})", "",
-             f"Machine: {meta['cpus']} CPUs, {meta['platform']}, Python {meta['python']}; load average at start "
-             f"{meta['load_average_at_start']}. The config of `llmgate-full` (bench/configs/{CONFIG}) with every "
+             f"{report.machine_line(meta)}. The config of `llmgate-full` (bench/configs/{CONFIG}) with every "
              f"plugin off (the core), then with each plugin it runs on the request path alone, then whole. Each at "
              f"{rate:g} RPS open loop for {meta['duration']:g} s right after a run of the core, {meta['repeats']} such "
              "pairs in rotating order; what a config adds is the median of its pairs' differences, the other figures "

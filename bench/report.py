@@ -108,6 +108,13 @@ def resolution(results: dict) -> dict | None:
             "busy_percent": [m["busy_percent"] for m in machine], "steal_percent": [m["steal_percent"] for m in machine]}
 
 
+def machine_line(meta: dict) -> str:
+    """What the run ran on, as a report's first line says it (the CPU where the run recorded it)."""
+    cpu = f" ({meta['cpu']})" if meta.get("cpu") else ""
+    return (f"Machine: {meta['cpus']} CPUs{cpu}, {meta['platform']}, Python {meta['python']}; load average at start "
+            f"{meta['load_average_at_start']}")
+
+
 def markdown(results: dict) -> str:
     meta = results["meta"]
     args = meta["args"]
@@ -117,8 +124,7 @@ def markdown(results: dict) -> str:
     lines = [f"# Gateway overhead benchmark ({meta['started']})", ""]
     if meta.get("note"):
         lines += [f"**{meta['note']}**", ""]
-    lines += [f"Machine: {meta['cpus']} CPUs, {meta['platform']}, Python {meta['python']}; load average at start "
-              f"{meta['load_average_at_start']}, at end {meta.get('load_average_at_end')}. Upstream: fixed "
+    lines += [f"{machine_line(meta)}, at end {meta.get('load_average_at_end')}. Upstream: fixed "
               f"{args['latency'] * 1000:g} ms, streams {args['chunks'] + 1} content chunks. Every system and the "
               f"load generator share this machine. Runs of {args['duration']:g} s after {args['warmup']:g} s of "
               "warm-up; latency counted from when each request was due (open loop). "

@@ -267,6 +267,21 @@ def cpu_seconds(process: Process) -> float:
     return total
 
 
+def cpu_description() -> str | None:
+    """The CPU's model and widest vector extension (int8 kernels differ with it), from /proc/cpuinfo: each
+    session may get a different virtual machine, and figures move with it."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            fields = dict(line.split(":", 1) for line in info.read().split("\n\n")[0].splitlines() if ":" in line)
+    except OSError:
+        return None
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    vector = ("AVX-512 with VNNI" if "avx512_vnni" in flags else "AVX-512" if "avx512f" in flags
+              else "AVX2" if "avx2" in flags else None)
+    return ", ".join(x for x in (fields.get("model name"), vector) if x) or None
+
+
 def machine_jiffies() -> tuple[int, int, int] | None:
     """(busy, steal, total) clock ticks of the whole machine since boot, from /proc/stat; None off Linux."""
     try:

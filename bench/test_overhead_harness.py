@@ -146,8 +146,10 @@ def test_added_latency_is_the_median_of_the_differences_within_pairs_so_the_mach
     assert [run["p99"] for run in seen["runs"]] == [4.0, -4.0, 0.5] and seen["median"]["p99"] == 0.5
     assert (seen["busy_percent"], seen["steal_percent"]) == ([60.0, 75.5, 70.0], [0.5, 0.5, 0.5])
     results["meta"]["args"] = {"latency": 0.05, "chunks": 8, "duration": 20, "warmup": 3, "stream_rate": 100}
-    results["meta"].update(started="now", cpus=2, platform="linux", python="3.11", load_average_at_start=[0, 0, 0])
+    results["meta"].update(started="now", cpus=2, cpu="AMD EPYC, AVX2", platform="linux", python="3.11",
+                           load_average_at_start=[0, 0, 0])
     text = report.markdown(results)
+    assert text.splitlines()[2].startswith("Machine: 2 CPUs (AMD EPYC, AVX2), linux, Python 3.11;")
     assert "by 0.00 ms at p50 and 0.50 ms at p99 at the median (p99 runs: 4.00, -4.00, 0.50)" in text
     assert "cores were 60-75.5% busy, and the hypervisor took 0.5% at most" in text
 
