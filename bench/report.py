@@ -105,7 +105,8 @@ def resolution(results: dict) -> dict | None:
     runs = [run for run in full.get("runs", ()) if run.get("direct_drift")]
     machine = [run["machine"] for run in runs if run.get("machine")]
     return {"median": drift, "runs": [run["direct_drift"] for run in runs],
-            "busy_percent": [m["busy_percent"] for m in machine], "steal_percent": [m["steal_percent"] for m in machine]}
+            "busy_percent": [m["busy_percent"] for m in machine],
+            "steal_percent": [m["steal_percent"] for m in machine]}
 
 
 def machine_line(meta: dict) -> str:
@@ -222,8 +223,9 @@ def markdown(results: dict) -> str:
     seen = resolution(results)
     if seen:
         each = ", ".join(f"{run['p99']:.2f}" for run in seen["runs"])
-        lines += [f"The resolution of those pairs: in each, the upstream direct ran again right after {TARGET_SYSTEM}'s "
-                  f"run, and it differed from the direct run before by {_fmt(seen['median']['p50'])} ms at p50 and "
+        lines += [f"The resolution of those pairs: in each, the upstream direct ran again right after "
+                  f"{TARGET_SYSTEM}'s run, and it differed from the direct run before by {_fmt(seen['median']['p50'])} "
+                  f"ms at p50 and "
                   f"{_fmt(seen['median']['p99'])} ms at p99 at the median (p99 runs: {each}). That is the machine "
                   "against itself: a figure nearer a target than that spread is not told apart from it by this run."
                   + (f" During {TARGET_SYSTEM}'s runs the machine's cores were {min(seen['busy_percent']):g}-"
