@@ -377,7 +377,7 @@ def pinned_schedule(args: argparse.Namespace, system_name: str) -> list[float]:
     system the targets judge, more runs at the target rate up to --target-repeats: its verdict rests on a
     p99 that moves by about 10 ms from one pair to the next on a shared 2-core machine."""
     order = [rate for _ in range(args.repeats) for rate in args.rates]
-    if system_name == report.TARGET_SYSTEM and report.TARGET_RATE in args.rates:
+    if report.TARGET_RATE in args.rates and judged(system_name, report.TARGET_RATE):
         order += [report.TARGET_RATE] * max(0, args.target_repeats - args.repeats)
     return order
 
