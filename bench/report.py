@@ -224,9 +224,9 @@ def markdown(results: dict) -> str:
     if seen:
         each = ", ".join(f"{run['p99']:.2f}" for run in seen["runs"])
         lines += [f"The resolution of those pairs: in each, the upstream direct ran again right after "
-                  f"{TARGET_SYSTEM}'s run, and it differed from the direct run before by {_fmt(seen['median']['p50'])} "
-                  f"ms at p50 and "
-                  f"{_fmt(seen['median']['p99'])} ms at p99 at the median (p99 runs: {each}). That is the machine "
+                  f"{TARGET_SYSTEM}'s run, and it differed from the direct run before by "
+                  f"{_fmt(seen['median']['p50'])} ms at p50 and {_fmt(seen['median']['p99'])} ms at p99 at the "
+                  f"median (p99 runs: {each}). That is the machine "
                   "against itself: a figure nearer a target than that spread is not told apart from it by this run."
                   + (f" During {TARGET_SYSTEM}'s runs the machine's cores were {min(seen['busy_percent']):g}-"
                      f"{max(seen['busy_percent']):g}% busy, and the hypervisor took {max(seen['steal_percent']):g}% "
