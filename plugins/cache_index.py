@@ -21,7 +21,10 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
-import numpy as np
+try:
+    import numpy as np
+except ImportError:  # no embeddings extra: only the exact tier runs, and it holds no vectors
+    np = None
 
 
 @dataclass

