@@ -91,3 +91,40 @@ def test_upstream_failure_maps_the_same_for_every_kind(client):
     with pytest.raises(openai.InternalServerError) as err:
         client.chat.completions.create(model="support-bot", messages=[{"role": "user", "content": "[status 500]"}])
     assert err.value.status_code == 502 and err.value.type == "upstream_error"
+
+
+def test_a_backend_s_system_prompt_and_default_params_reach_its_upstream(upstream, make_gateway):
+    """One model under two prompts is two variants: each backend adds its own, on every kind."""
+    kind, fake = upstream
+    backend = {**backend_config(kind, fake), "system_prompt": "Answer in French.",
+               "params": {"temperature": 0.1, "max_tokens": 33}}
+    gw = make_gateway({"backends": {kind: backend}, "routes": {"bot": {"baseline": kind}}})
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key="app-key", max_retries=0)
+    client.chat.completions.create(model="bot", messages=[{"role": "system", "content": "Be brief."},
+                                                          {"role": "user", "content": "hello"}])
+    client.chat.completions.create(model="bot", messages=[{"role": "user", "content": "hello"}], temperature=0.7)
+    first, second = fake.requests[-2:]
+    if kind == "openai":
+        assert [m["content"] for m in first["messages"]] == ["Answer in French.", "Be brief.", "hello"]
+        assert (first["temperature"], first["max_tokens"], second["temperature"]) == (0.1, 33, 0.7)
+    elif kind == "anthropic":
+        system = first["system"] if isinstance(first["system"], str) else \
+            "\n".join(block["text"] for block in first["system"])
+        assert "Answer in French." in system and "Be brief." in system
+        assert system.index("Answer in French.") < system.index("Be brief.")
+        assert (first["temperature"], first["max_tokens"], second["temperature"]) == (0.1, 33, 0.7)
+    else:
+        _, converse = first
+        assert [block["text"] for block in converse["system"]] == ["Answer in French.", "Be brief."]
+        assert converse["inferenceConfig"]["temperature"] == 0.1 and converse["inferenceConfig"]["maxTokens"] == 33
+        assert second[1]["inferenceConfig"]["temperature"] == 0.7
+
+
+def test_params_cannot_set_what_the_request_itself_decides():
+    from gateway.config import ConfigError, parse_config
+    from gateway.gateway import Gateway
+    config = parse_config({"backends": {"b": {"kind": "openai", "model": "m", "api_key": "none",
+                                              "params": {"stream": True, "temperature": 1}}},
+                           "routes": {"r": {"baseline": "b"}}})
+    with pytest.raises(ConfigError, match="stream cannot be set here"):
+        Gateway(config)

@@ -46,13 +46,15 @@ def smollm2(tmp_path):
         demo.stop(proc)
 
 
-def test_openai_sdk_gets_real_answers_through_the_gateway(smollm2, make_gateway, monkeypatch):
+def test_openai_sdk_gets_real_answers_through_the_gateway(smollm2, make_gateway, monkeypatch, tmp_path):
     monkeypatch.setenv("LLMGATE_DEMO_UPSTREAM", smollm2)
     config = yaml.safe_load(demo.CONFIG.read_text())  # the demo's own config, upstream interpolated
     del config["state"], config["plugins"]["traffic_log"]  # make_gateway keeps these in tmp_path
+    for plugin in ("shadow", "feedback"):
+        config["plugins"][plugin]["path"] = str(tmp_path / f"{plugin}.db")
     gateway = make_gateway(config)
     client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="any-key", max_retries=0, timeout=30)
-    ask = dict(model="smollm2", max_tokens=24, temperature=0,
+    ask = dict(model=demo.ROUTE, max_tokens=24, temperature=0,
                messages=[{"role": "user", "content": "What is the capital of France?"}])
 
     reply = client.chat.completions.create(**ask)

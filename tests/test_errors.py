@@ -186,3 +186,33 @@ def test_every_error_carries_the_request_id(gw):
     with pytest.raises(openai.NotFoundError) as err:
         ask(client(gw), model="nope")
     assert err.value.request_id and len(err.value.request_id) >= 16
+
+
+def _sdk_with_retries(gw) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.url + "/v1", api_key="app-key", max_retries=2)
+
+
+def test_errors_a_retry_cannot_fix_tell_the_sdk_not_to_retry(gw, fake_openai):
+    """x-should-retry: false on a permanent failure: the SDK raises at once instead of trying twice more."""
+    before = len(fake_openai.requests)
+    with pytest.raises(openai.InternalServerError) as err:
+        ask(_sdk_with_retries(gw), model="badkey")  # the provider refuses our key: the operator's to fix
+    assert err.value.status_code == 502 and err.value.response.headers["x-should-retry"] == "false"
+    assert len(fake_openai.requests) == before + 1
+    assert err.value.response.headers["x-llmgate-tried"] == "badkey"
+    assert "x-llmgate-variant" not in err.value.response.headers
+
+    with pytest.raises(openai.InternalServerError) as err:
+        ask(_sdk_with_retries(gw), model="nokey")
+    assert err.value.status_code == 503 and err.value.response.headers["x-should-retry"] == "false"
+    assert "LLMGATE_TEST_UNSET_KEY" in err.value.message and "make demo" in err.value.message
+
+
+def test_errors_that_may_pass_leave_the_retry_to_the_sdk(gw, fake_openai):
+    fake_openai.fail_next(503, 503)  # fails twice, then answers: the SDK's own retry gets through
+    answer = _sdk_with_retries(gw).chat.completions.with_raw_response.create(
+        model="bot", messages=[{"role": "user", "content": "hi"}])
+    assert answer.headers["x-llmgate-variant"] == "up" and answer.headers["x-llmgate-tried"] == "up"
+    with pytest.raises(openai.InternalServerError) as err:
+        ask(client(gw), content="[status 503]")
+    assert "x-should-retry" not in err.value.response.headers
