@@ -7,11 +7,14 @@ missing can say which variable to set while the rest of the gateway serves.
 """
 from __future__ import annotations
 
+import difflib
 import os
 import re
+import types
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -85,6 +88,10 @@ class PluginSettings(BaseModel):
     timeout_ms: float = Field(1000, gt=0, description="budget for one hook call of this plugin")
 
 
+# The keys of a plugin's section that the core reads; the plugin's own Settings sees the rest.
+PLUGIN_CORE_KEYS = (*PluginSettings.model_fields, "module")
+
+
 class GatewaySettings(Strict):
     server: ServerSettings = ServerSettings()
     state: StateSettings = StateSettings()
@@ -103,8 +110,8 @@ class GatewaySettings(Strict):
             refs += [(f"fallback[{i}]", b) for i, b in enumerate(route.fallback)]
             for where, backend in refs:
                 if backend not in self.backends:
-                    known = ", ".join(sorted(self.backends)) or "none"
-                    problems.append(f"routes.{route_name}.{where}: unknown backend '{backend}' (defined: {known})")
+                    problems.append(f"routes.{route_name}.{where}: unknown backend '{backend}' "
+                                    + choices(backend, self.backends, "defined"))
             if route.baseline in route.candidates:
                 problems.append(f"routes.{route_name}.candidates.{route.baseline}: the baseline cannot also be a candidate")
         for name, backend in self.backends.items():
@@ -170,9 +177,79 @@ def _interpolate(node: Any, path: str, unset: dict[str, str], secrets: set[str])
     return _ENV_REF.sub(substitute, node)
 
 
-def _format_validation(error: ValidationError, unset: dict[str, str]) -> list[str]:
+def choices(wrong: str, names: Iterable[str], label: str = "allowed") -> str:
+    """'(did you mean 'x'? allowed: a, b, x)': the valid names, and the nearest one when one is close."""
+    names = sorted(set(names))
+    close = difflib.get_close_matches(wrong, names, n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    return f"({hint}{label}: {', '.join(names) or 'none'})"
+
+
+def yaml_keys(model: type[BaseModel]) -> list[str]:
+    """A model's keys as a config file spells them (the alias where a field has one)."""
+    keys = []
+    for name, info in model.model_fields.items():
+        alias = info.validation_alias if isinstance(info.validation_alias, str) else info.alias
+        keys.append(alias or name)
+    return sorted(keys)
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _options(annotation: Any) -> list[Any]:
+    """The types an annotation may hold: Optional, Union and Annotated unwrapped."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _options(get_args(annotation)[0])
+    if origin is Union or origin is types.UnionType:
+        return [option for arg in get_args(annotation) for option in _options(arg)]
+    return [annotation]
+
+
+def _step(annotation: Any, part: str | int) -> list[Any]:
+    """What one part of an error's location leads to from `annotation`: a field, a dict value, a list item."""
+    if _is_model(annotation):
+        for name, info in annotation.model_fields.items():
+            if part in (name, info.alias, info.validation_alias):
+                return [info.annotation]
+        return [annotation] if part == annotation.__name__ else []  # pydantic names the union member it tried
+    origin, args = get_origin(annotation), get_args(annotation)
+    if isinstance(origin, type) and issubclass(origin, Mapping):
+        return [args[1]] if len(args) == 2 else []
+    if isinstance(origin, type) and issubclass(origin, Sequence | set | frozenset) and isinstance(part, int):
+        return [args[0]] if args else []
+    return []
+
+
+def model_at(model: type[BaseModel], loc: Sequence[str | int]) -> type[BaseModel] | None:
+    """The model whose keys sit at `loc` (a pydantic error location) inside `model`; None when it is no model."""
+    current = [model]
+    for part in loc:
+        current = [found for annotation in current for option in _options(annotation) for found in _step(option, part)]
+    models = [option for annotation in current for option in _options(annotation) if _is_model(option)]
+    return models[0] if models else None
+
+
+def _unknown_key(loc: Sequence[str | int], model: type[BaseModel] | None, also_allowed: Iterable[str]) -> str:
+    """'unknown key (did you mean ...? allowed: ...)' for a key the owning model forbids."""
+    owner = model_at(model, loc[:-1]) if model is not None else None
+    if owner is None:
+        return "unknown key"
+    allowed = yaml_keys(owner) + (list(also_allowed) if len(loc) == 1 else [])
+    return "unknown key " + choices(str(loc[-1]), allowed)
+
+
+def _format_validation(error: ValidationError | list[dict], unset: dict[str, str],
+                       model: type[BaseModel] | None = None, also_allowed: Iterable[str] = ()) -> list[str]:
+    """One 'key.path: problem' line per pydantic error.
+
+    With the validated `model`, an unknown key names the allowed keys of its section and the nearest
+    one; `also_allowed` are keys the caller took out of the top level before validating (a plugin's
+    core keys). `error` may be a list of its `errors()`, when the caller keeps only some."""
     problems = []
-    for item in error.errors():
+    for item in error.errors() if isinstance(error, ValidationError) else error:
         key = ".".join(str(part) for part in item["loc"])
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "value_error" and not key:
@@ -180,6 +257,8 @@ def _format_validation(error: ValidationError, unset: dict[str, str]) -> list[st
             continue
         if key in unset:
             message = f"environment variable {unset[key]} is not set"
+        elif item["type"] == "extra_forbidden" and item["loc"]:
+            message = _unknown_key(item["loc"], model, also_allowed)
         problems.append(f"{key}: {message}" if key else message)
     return problems
 
@@ -195,10 +274,10 @@ def parse_config(raw: Any, source: str = "<config>") -> Config:
     try:
         settings = GatewaySettings.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(source, _format_validation(exc, unset)) from None
+        raise ConfigError(source, _format_validation(exc, unset, GatewaySettings)) from None
     for backend in settings.backends.values():
         for key in ("api_key", "aws_secret_access_key", "aws_session_token"):
-            if isinstance(backend.get(key), str):
+            if isinstance(backend.get(key), str) and backend[key].lower() != "none":  # "none": send no key
                 secrets.add(backend[key])
     for token in (settings.server.admin_token, os.environ.get("LLMGATE_ADMIN_TOKEN")):
         if token:

@@ -16,7 +16,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from .backends.base import Backend
-from .config import Config, ConfigError, RouteSettings, _format_validation
+from .config import Config, ConfigError, RouteSettings, _format_validation, choices
 from .errors import NotFound, Scrubber, Unauthorized
 from . import models_registry
 from .plugins import HookRunner, build_plugin_manager
@@ -51,14 +51,14 @@ def build_backends(config: Config, kinds: dict[str, type[Backend]],
     for name, raw in config.settings.backends.items():
         kind_cls = kinds.get(raw["kind"])
         if kind_cls is None:
-            problems.append(f"backends.{name}.kind: unknown kind '{raw['kind']}' (known: {', '.join(sorted(kinds))})")
+            problems.append(f"backends.{name}.kind: unknown kind '{raw['kind']}' {choices(raw['kind'], kinds, 'known')}")
             continue
         prefix = f"backends.{name}."
         unset = {path[len(prefix):]: var for path, var in config.unset_env.items() if path.startswith(prefix)}
         try:
             settings = kind_cls.Settings.model_validate(raw)
         except ValidationError as exc:
-            problems += [prefix + p for p in _format_validation(exc, unset)]
+            problems += [prefix + p for p in _format_validation(exc, unset, kind_cls.Settings)]
             continue
         old = (reuse or {}).get(name)
         if old is not None and type(old) is kind_cls and old.settings == settings and old._unset_env == unset:

@@ -25,7 +25,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from .config import Config, _format_validation, _interpolate
+from .config import Config, _format_validation, _interpolate, choices
 from .errors import InvalidRequest, NotFound
 
 log = logging.getLogger("llmgate.models")
@@ -69,12 +69,13 @@ def problems_of(name: str, record: dict, config: Config, kinds: dict) -> list[st
         return problems + [str(exc)]
     kind = kinds.get(settings.get("kind"))
     if kind is None:
-        return problems + [f"backend.kind: unknown kind '{settings.get('kind')}' (known: {', '.join(sorted(kinds))})"]
+        kind_name = str(settings.get("kind"))
+        return problems + [f"backend.kind: unknown kind '{kind_name}' {choices(kind_name, kinds, 'known')}"]
     try:
         kind.Settings.model_validate(settings)
     except ValidationError as exc:
         own_unset = {path.removeprefix(f"backends.{name}."): var for path, var in unset.items()}
-        problems += [f"backend.{p}" for p in _format_validation(exc, own_unset)]
+        problems += [f"backend.{p}" for p in _format_validation(exc, own_unset, kind.Settings)]
     return problems
 
 

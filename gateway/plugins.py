@@ -22,7 +22,7 @@ from typing import Any
 import pluggy
 
 from . import hookspecs, tracing
-from .config import Config, PluginSettings
+from .config import PLUGIN_CORE_KEYS, Config, PluginSettings, choices
 from .errors import GatewayError
 
 log = logging.getLogger("llmgate.plugins")
@@ -90,7 +90,12 @@ def command_plugins() -> pluggy.PluginManager:
     return pm
 
 
-def _validated_settings(obj: Any, name: str, raw: PluginSettings) -> Any:
+def _validated_settings(obj: Any, name: str, raw: PluginSettings, source: str,
+                        unknown_keys_only: bool = False) -> Any:
+    """The plugin's options checked by its `Settings` model (a dict as written when it has none).
+
+    `unknown_keys_only` checks a disabled plugin's section for misspelt keys alone: `enable: true`
+    would otherwise leave an opt-in plugin off without a word."""
     options = {k: v for k, v in (raw.model_extra or {}).items() if k != "module"}
     model = getattr(obj, "Settings", None)
     if model is None:
@@ -100,8 +105,11 @@ def _validated_settings(obj: Any, name: str, raw: PluginSettings) -> Any:
         return model.model_validate(options)
     except ValidationError as exc:
         from .config import ConfigError, _format_validation
-        problems = [f"plugins.{name}.{p}" for p in _format_validation(exc, {})]
-        raise ConfigError("plugins", problems) from None
+        errors = [e for e in exc.errors() if e["type"] == "extra_forbidden" or not unknown_keys_only]
+        if not errors:
+            return None
+        problems = [f"plugins.{name}.{p}" for p in _format_validation(errors, {}, model, PLUGIN_CORE_KEYS)]
+        raise ConfigError(source, problems) from None
 
 
 def _instantiate(cls: type, options: Any) -> Any:
@@ -127,14 +135,16 @@ def build_plugin_manager(config: Config) -> tuple[pluggy.PluginManager, dict[str
     unknown = sorted(set(configured) - set(known))
     if unknown:
         from .config import ConfigError
-        raise ConfigError(config.source, [f"plugins.{n}: no such plugin (known: {', '.join(sorted(known))})" for n in unknown])
+        raise ConfigError(config.source, [f"plugins.{n}: no such plugin {choices(n, known, 'known')}" for n in unknown])
     core_settings: dict[str, PluginSettings] = {}
     for name, target in known.items():
         settings = configured.get(name, PluginSettings())
         obj = _import(target)
         if not is_enabled(obj, settings.enabled):
+            if name in configured:
+                _validated_settings(obj, name, settings, config.source, unknown_keys_only=True)
             continue
-        options = _validated_settings(obj, name, settings)
+        options = _validated_settings(obj, name, settings, config.source)
         plugin = _instantiate(obj, options) if inspect.isclass(obj) else obj
         pm.register(plugin, name=name)
         core_settings[name] = settings

@@ -151,8 +151,8 @@ class ApiKeys:
             settings = Settings.model_validate({k: v for k, v in (section.model_extra or {}).items()
                                                 if k != "module"})
         except ValidationError as exc:
-            from gateway.config import _format_validation
-            return [f"plugins.{NAME}.{p}" for p in _format_validation(exc, {})]
+            from gateway.config import PLUGIN_CORE_KEYS, _format_validation
+            return [f"plugins.{NAME}.{p}" for p in _format_validation(exc, {}, Settings, PLUGIN_CORE_KEYS)]
         problems = []
         routes = config.settings.routes
         for name, team in settings.teams.items():

@@ -293,13 +293,14 @@ def _summary(job: dict) -> dict:
 # --- the command line -----------------------------------------------------------------------------
 
 def settings_from(config) -> Settings:
-    from gateway.config import ConfigError, _format_validation
+    from gateway.config import PLUGIN_CORE_KEYS, ConfigError, _format_validation
     raw = config.settings.plugins.get("retrain")
     options = {k: v for k, v in ((raw.model_extra if raw else None) or {}).items() if k != "module"}
     try:
         return Settings.model_validate(options)
     except ValidationError as exc:
-        raise ConfigError(config.source, [f"plugins.retrain.{p}" for p in _format_validation(exc, {})]) from None
+        problems = _format_validation(exc, {}, Settings, PLUGIN_CORE_KEYS)
+        raise ConfigError(config.source, [f"plugins.retrain.{p}" for p in problems]) from None
 
 
 def _hyperparameter(text: str) -> tuple[str, str]:
