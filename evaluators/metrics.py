@@ -133,10 +133,3 @@ class BuiltinEvaluators:
     def register_evaluators(self):
         return [Keywords(), ExactMatch(), RegexMatch(), JsonSchemaValid(), EmbeddingSimilarity(),
                 LatencyMs(), Tokens(), CostUsd()]
-
-
-@hookimpl
-def register_commands(commands):
-    """`llmgate eval run`: the offline evaluation of a candidate (evaluators.offline)."""
-    from evaluators.offline import add_eval_command
-    add_eval_command(commands)

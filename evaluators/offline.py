@@ -25,10 +25,10 @@ import jsonschema
 
 from evaluators.judges import PairwiseJudge
 from evaluators.metrics import Exchange
+from evaluators.offline_commands import MIN_JUDGED, MIN_LOWER_BOUND, MIN_WIN_RATE
 from evaluators.stats import percentile, wilson_interval, win_rate
 from gateway.backends.base import Backend
 from gateway.chat import answer_text, validate_chat_request
-from gateway.cli import add_config_arg
 from gateway.config import Config, ConfigError, RouteSettings, load_config
 from gateway.context import RequestContext, stable_hash
 from gateway.errors import GatewayError, Scrubber
@@ -284,9 +284,9 @@ class Evaluation:
 @dataclass
 class Gate:
     """When a candidate may ship: it wins clearly enough, enough cases were judged, no metric regressed."""
-    min_win_rate: float = 0.7
-    min_lower_bound: float = 0.5
-    min_judged: float = 0.8
+    min_win_rate: float = MIN_WIN_RATE
+    min_lower_bound: float = MIN_LOWER_BOUND
+    min_judged: float = MIN_JUDGED
     tolerances: dict[str, float | None] = field(default_factory=dict)  # metric -> relative regression allowed
 
     def conditions(self, counts: dict, judge: dict, metrics: dict) -> list[dict]:
@@ -403,58 +403,6 @@ def render_table(report: dict) -> str:
 
 
 # --- the command ---------------------------------------------------------------------------------
-
-def _tolerance(text: str) -> tuple[str, float | None]:
-    name, sep, value = text.partition("=")
-    if not sep or not name:
-        raise argparse.ArgumentTypeError(f"expected METRIC=VALUE or METRIC=off, got {text!r}")
-    if value == "off":
-        return name, None
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"the tolerance for {name} must be a number or 'off', got {value!r}") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"the tolerance for {name} must not be negative")
-    return name, number
-
-
-def _share(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a share from 0 to 1, got {text}")
-    return value
-
-
-def add_eval_command(commands) -> None:
-    """`llmgate eval run ...`, added to the CLI's subcommands."""
-    evaluate = commands.add_parser("eval", help="offline evaluation of a candidate against a route's baseline",
-                                   description="Offline evaluation; needs no running gateway.")
-    evaluate.set_defaults(handler=main)
-    runs = evaluate.add_subparsers(dest="eval_command", metavar="COMMAND", required=True)
-    run = runs.add_parser(
-        "run", help="run a dataset through baseline and candidate, judge them, gate the candidate",
-        description="Run each case of DATASET through the route's baseline and CANDIDATE, judge each pair with "
-                    "the JUDGE backend, compute deterministic metrics, write the report, and gate the candidate. "
-                    "Exit 0 when the gate passes, 1 when it fails, 2 for usage or config errors. A rerun with the "
-                    "same arguments resumes from <out>.cases.jsonl.")
-    add_config_arg(run)
-    run.add_argument("--route", required=True, help="the route whose baseline is compared")
-    run.add_argument("--candidate", required=True, help="the backend to evaluate")
-    run.add_argument("--judge", required=True, help="the backend that judges each pair of answers")
-    run.add_argument("--dataset", required=True, help="JSONL test cases: messages or prompt, optional "
-                                                      "expected_keywords, reference, expected, expected_regex, json_schema")
-    run.add_argument("--out", default="eval-report.json", help="the report file (default: %(default)s)")
-    run.add_argument("--concurrency", type=int, default=4, help="cases in flight at once (default: %(default)s)")
-    run.add_argument("--min-win-rate", type=_share, default=Gate.min_win_rate,
-                     help="the win rate (ties split) the candidate needs (default: %(default)s)")
-    run.add_argument("--min-lower-bound", type=_share, default=Gate.min_lower_bound,
-                     help="the 95%% interval's lower bound must be above this (default: %(default)s)")
-    run.add_argument("--min-judged", type=_share, default=Gate.min_judged,
-                     help="the share of cases that must get a verdict (default: %(default)s)")
-    run.add_argument("--tolerance", type=_tolerance, action="append", default=[], metavar="METRIC=VALUE",
-                     help="largest relative regression allowed for a metric (0.05: 5%% worse), or 'off'; repeatable")
-
 
 def prepare(args: argparse.Namespace) -> Evaluation:
     """The config's plugins, backends and evaluators, checked against the arguments."""

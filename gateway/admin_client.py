@@ -1,13 +1,8 @@
 """The CLI's side of the admin API: a small synchronous client that says clearly what went wrong."""
 from __future__ import annotations
 
-import getpass
 import json
 import os
-import socket
-import urllib.error
-import urllib.parse
-import urllib.request
 from typing import Any
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -22,9 +17,16 @@ class AdminClient:
         self.url = (url or os.environ.get("LLMGATE_URL") or DEFAULT_URL).rstrip("/")
         self.token = token if token is not None else os.environ.get("LLMGATE_ADMIN_TOKEN", "")
         self.timeout = timeout
+        import getpass  # here and in call(), not at the top: `llmgate --help` imports this module too
+        import socket
+
         self.actor = f"{getpass.getuser()}@{socket.gethostname()}"
 
     def call(self, method: str, path: str, body: dict | None = None, query: dict | None = None) -> Any:
+        import urllib.error
+        import urllib.parse
+        import urllib.request
+
         url = self.url + path + ("?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
                                  if query else "")
         data = json.dumps(body).encode() if body is not None else None

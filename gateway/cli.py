@@ -5,7 +5,10 @@ import argparse
 import os
 import sys
 
-from .config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+# gateway.config's default, not imported from it: reading it would load pydantic and PyYAML into every
+# command, `llmgate --help` included (tests check the two agree).
+DEFAULT_CONFIG_PATH = "config/gateway.yaml"
+REASON_HELP = "why, recorded in the audit trail"
 
 DESCRIPTION = """\
 llmgate: an OpenAI-compatible gateway that routes, mirrors and evaluates LLM traffic.
@@ -22,6 +25,11 @@ def add_config_arg(parser: argparse.ArgumentParser) -> None:
                         help=f"config file (default: $LLMGATE_CONFIG, else {DEFAULT_CONFIG_PATH})")
 
 
+def add_reason_arg(parser: argparse.ArgumentParser, required: bool = False, help: str = REASON_HELP) -> None:
+    """The `--reason` option of every command that changes state: one spelling, one help, into the audit."""
+    parser.add_argument("--reason", required=required, default=None, metavar="TEXT", help=help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmgate", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -32,21 +40,25 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arg(serve)
     serve.add_argument("--host", help="address to listen on (default: server.host, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default: server.port, 8080)")
-    serve.add_argument("--log-level", default=os.environ.get("LLMGATE_LOG_LEVEL", "INFO"))
+    serve.add_argument("--log-level", default=os.environ.get("LLMGATE_LOG_LEVEL", "INFO"),
+                       help="DEBUG, INFO, WARNING or ERROR (default: $LLMGATE_LOG_LEVEL, else INFO)")
     serve.add_argument("--log-json", action="store_true", help="write logs as JSON lines")
 
-    check = commands.add_parser("check-config", help="validate a config file and say what is missing",
+    check = commands.add_parser("check-config", aliases=["check"],
+                                help="validate a config file and say what is missing",
                                 description="Load FILE as the daemon would; exit 1 and name each problem if it is invalid.")
-    check.add_argument("file")
+    check.add_argument("file", help="the config file to check")
+    check.set_defaults(handler=cmd_check_config)  # by its handler, not its name: `check` is the same command
 
     from .cli_admin import add_commands
     add_commands(commands)
-    from .plugins import command_plugins
+    from .known_plugins import command_plugins  # not gateway.plugins: that one loads what the daemon needs
     command_plugins().hook.register_commands(commands=commands)
     return parser
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from .config import load_config
     from .errors import Scrubber
     from .logs import setup_logging
     from .server import run
@@ -58,6 +70,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from .config import load_config
     from .gateway import Gateway
 
     config = load_config(args.file)
@@ -76,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     from .admin_client import AdminClient, AdminError
     from .cli_admin import HANDLERS
 
-    handlers = {"serve": cmd_serve, "check-config": cmd_check_config}
+    handlers = {"serve": cmd_serve}
     if args.command is None:
         parser.print_help()
         return 2
@@ -86,7 +99,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in handlers:
             return handlers[args.command](args)
         return args.handler(args)
-    except (ConfigError, AdminError) as exc:
+    except Exception as exc:
+        config = sys.modules.get("gateway.config")  # imported by the commands that read a config, only
+        if not isinstance(exc, AdminError) and not (config is not None and isinstance(exc, config.ConfigError)):
+            raise
         print(f"llmgate: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

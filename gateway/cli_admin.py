@@ -7,6 +7,7 @@ import time
 from typing import Callable
 
 from .admin_client import DEFAULT_URL, AdminClient
+from .cli import REASON_HELP, add_reason_arg
 
 Handler = Callable[[AdminClient, argparse.Namespace], int]
 HANDLERS: dict[str, Handler] = {}
@@ -194,38 +195,51 @@ def cache(client: AdminClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def add_url_arg(parser: argparse.ArgumentParser) -> None:
+    """The `--url` option of every command that talks to a running gateway's admin API."""
+    parser.add_argument("--url", default=None, help=f"the gateway (default: $LLMGATE_URL, else {DEFAULT_URL})")
+
+
+def add_json_arg(parser: argparse.ArgumentParser, what: str = "the admin API's answer") -> None:
+    parser.add_argument("--json", action="store_true", help=f"print {what} as JSON")
+
+
 def add_commands(commands: argparse._SubParsersAction) -> None:
     def admin(name: str, help: str, under: argparse._SubParsersAction = commands) -> argparse.ArgumentParser:
         parser = under.add_parser(name, help=help, description=help)
-        parser.add_argument("--url", default=None, help=f"the gateway (default: $LLMGATE_URL, else {DEFAULT_URL})")
+        add_url_arg(parser)
         return parser
 
+    def route_arg(parser: argparse.ArgumentParser, nargs: str | None = None, help: str = "the route's name") -> None:
+        parser.add_argument("route", nargs=nargs, help=help)
+
     p = admin("status", "routes, variants, percents, schedule steps, window figures and the last events")
-    p.add_argument("--json", action="store_true")
+    add_json_arg(p)
     cache_commands = commands.add_parser("cache", help="the semantic cache",
                                          description="The semantic cache: invalidate a route's cached answers.",
                                          ).add_subparsers(dest="cache_command", metavar="COMMAND", required=True)
     p = admin("clear", "remove every cached answer of ROUTE (exact and semantic tiers), audited as cache_clear",
               under=cache_commands)
-    p.add_argument("route")
-    p.add_argument("--reason", default=None)
+    route_arg(p)
+    add_reason_arg(p)
     p = admin("rollout", "set a candidate's percent of a route's users (sticky: raising only adds users)")
-    p.add_argument("route")
-    p.add_argument("candidate")
-    p.add_argument("percent", type=float)
-    p.add_argument("--reason", default=None)
+    route_arg(p)
+    p.add_argument("candidate", help="the candidate backend (one of the route's candidates)")
+    p.add_argument("percent", type=float, help="its share of the route's users, 0 to 100")
+    add_reason_arg(p)
     p = admin("rollback", "send all of a route's traffic back to the baseline (or one candidate's with --candidate)")
-    p.add_argument("route")
-    p.add_argument("--reason", required=True)
-    p.add_argument("--candidate", default=None)
+    route_arg(p)
+    add_reason_arg(p, required=True, help=f"{REASON_HELP} (required: on-call reads it in `llmgate status` "
+                                          "beside the rolled-back candidate, and in `llmgate events`)")
+    p.add_argument("--candidate", default=None, help="roll back only this candidate (default: all of them)")
     p = admin("promote", "give a candidate all of a route's traffic")
-    p.add_argument("route")
-    p.add_argument("candidate")
-    p.add_argument("--reason", default=None)
+    route_arg(p)
+    p.add_argument("candidate", help="the candidate that gets every user")
+    add_reason_arg(p)
     p = admin("events", "the audit trail: rollouts, rollbacks, promotions, with who, before, after and why")
-    p.add_argument("route", nargs="?")
-    p.add_argument("--limit", type=int, default=20)
-    p.add_argument("--json", action="store_true")
+    route_arg(p, nargs="?", help="only this route's events (default: every route's)")
+    p.add_argument("--limit", type=int, default=20, help="how many of the latest events (default 20)")
+    add_json_arg(p, "the events")
     schedule_commands = commands.add_parser(
         "schedule", help="staged rollouts: steps that advance only when their analysis passes",
         description="Staged rollouts: each step holds, then auto_rollback's analysis advances it (healthy), "
@@ -233,24 +247,24 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     ).add_subparsers(dest="schedule_command", metavar="COMMAND", required=True)
     p = admin("start", "give CANDIDATE the first step's percent now, and the next ones as each step passes",
               under=schedule_commands)
-    p.add_argument("route")
-    p.add_argument("candidate")
+    route_arg(p)
+    p.add_argument("candidate", help="the candidate the schedule rolls out")
     p.add_argument("--steps", type=percent_steps, default=percent_steps("5,25,50,100"),
                    help="rising percents (default 5,25,50,100)")
     p.add_argument("--hold", type=float, default=300.0, help="seconds each step holds before its analysis (300)")
-    p.add_argument("--reason", default=None)
+    add_reason_arg(p)
     for action, help in (("pause", "stop advancing; the candidate keeps its percent"),
                          ("resume", "hold and analyse the current step again, then go on"),
                          ("abort", "send the candidate's users back to the baseline and keep them there")):
         p = admin(action, help, under=schedule_commands)
-        p.add_argument("route")
-        p.add_argument("--reason", default=None)
+        route_arg(p, help="the route whose schedule this acts on")
+        add_reason_arg(p)
     shadow_commands = commands.add_parser("shadow", help="shadow traffic: how a route's shadow backends compare",
                                           description="Shadow traffic: how a route's shadow backends compare.",
                                           ).add_subparsers(dest="shadow_command", metavar="COMMAND", required=True)
     p = admin("report", "count, error rates, latency percentiles, token and cost differences and the projected "
               "monthly saving of each shadow backend of ROUTE", under=shadow_commands)
-    p.add_argument("route")
+    route_arg(p)
     p.add_argument("--since", type=duration, default=duration("24h"),
                    help="the window: seconds, or 30m, 24h, 7d (default 24h)")
-    p.add_argument("--json", action="store_true")
+    add_json_arg(p, "the report")

@@ -37,7 +37,10 @@ def register_commands(commands):
 
     A command's parser names its handler with `set_defaults(handler=fn)`; `fn(args)` returns the exit
     code. Implement this at module level: the command line imports each known plugin's module (the
-    built-in ones and the entry points), not its class, and needs no config to list the commands."""
+    entry points'; a built-in's command module, gateway.known_plugins.COMMAND_MODULES), not its class,
+    and needs no config to list the commands. Every command imports that module before it starts, so
+    keep it light: import heavy dependencies inside the handlers. A command that changes state takes
+    `gateway.cli.add_reason_arg(parser)` and records the reason in the audit trail."""
 
 
 @hookspec

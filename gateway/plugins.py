@@ -15,7 +15,6 @@ import inspect
 import logging
 import os
 import time
-from importlib.metadata import entry_points
 from types import CoroutineType
 from typing import Any
 
@@ -27,31 +26,8 @@ from .errors import GatewayError
 
 log = logging.getLogger("llmgate.plugins")
 
-ENTRY_POINT_GROUP = "llmgate"
-
-# name -> "module:attribute"; enabled unless the plugin says otherwise (DEFAULT_ENABLED = False).
-DEFAULT_PLUGINS = {
-    "backends": "gateway.backends:BuiltinBackends",
-    "api_keys": "plugins.api_keys:ApiKeys",
-    "quotas": "plugins.quotas:Quotas",
-    "traffic_log": "plugins.traffic_log:TrafficLog",
-    "shadow": "plugins.shadow:Shadow",
-    "rollout": "plugins.rollout:Rollout",
-    "auto_rollback": "plugins.auto_rollback:AutoRollback",
-    "semantic_cache": "plugins.semantic_cache:SemanticCache",
-    "judge": "plugins.judge:Judge",
-    "feedback": "plugins.feedback:Feedback",
-    "log_sink_s3": "plugins.log_sink_s3:LogSinkS3",
-    "evaluators": "evaluators.metrics:BuiltinEvaluators",
-    "console": "plugins.console:Console",
-    "metrics": "plugins.metrics:Metrics",
-    "tracing": "plugins.tracing:Tracing",
-    "dataset": "plugins.dataset",
-    "roi": "plugins.roi",
-    "embeddings_build": "plugins.embeddings_build",
-    "retrain": "plugins.retrain:Retrain",
-    "retrain_trigger": "plugins.retrain_trigger:RetrainTrigger",
-}
+# Which plugins exist: in a module of their own, light to import for the command line.
+from .known_plugins import DEFAULT_PLUGINS, ENTRY_POINT_GROUP, command_plugins, discover  # noqa: E402,F401
 
 
 # Hooks that run while a caller waits: each plugin's `timeout_ms` applies to these.
@@ -62,32 +38,10 @@ class PluginFault(GatewayError):
     status, type = 503, "plugin_error"
 
 
-def discover() -> dict[str, str]:
-    """Every known plugin: the built-in ones, then entry points (which may not shadow a built-in)."""
-    found = dict(DEFAULT_PLUGINS)
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in found and found[ep.name] != ep.value:
-            log.warning("plugin %r from %s ignored: the name is taken by %s", ep.name, ep.value, found[ep.name])
-            continue
-        found[ep.name] = ep.value
-    return found
-
-
 def _import(target: str) -> Any:
     module_name, _, attribute = target.partition(":")
     module = importlib.import_module(module_name)
     return getattr(module, attribute) if attribute else module
-
-
-def command_plugins() -> pluggy.PluginManager:
-    """A manager holding the module of every known plugin, for the command line's `register_commands`."""
-    pm = pluggy.PluginManager("llmgate")
-    pm.add_hookspecs(hookspecs)
-    for name, target in discover().items():
-        module = importlib.import_module(target.partition(":")[0])
-        if pm.get_plugin(module.__name__) is None:
-            pm.register(module, name=module.__name__)
-    return pm
 
 
 def _validated_settings(obj: Any, name: str, raw: PluginSettings, source: str,

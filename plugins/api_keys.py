@@ -204,7 +204,7 @@ def _answering_plugins_before(config, name: str) -> list[str]:
     return found
 
 
-# --- the command line -------------------------------------------------------------------------
+# --- the command line (registered by plugins.api_keys_commands) --------------------------------
 
 def _cmd_new(args) -> int:
     key = new_key()
@@ -223,18 +223,3 @@ def _cmd_hash(args) -> int:
         return 2
     print(hash_key(key))
     return 0
-
-
-@hookimpl
-def register_commands(commands):
-    """`llmgate keys new --team T` and `llmgate keys hash [KEY|-]`."""
-    keys = commands.add_parser("keys", help="make client API keys and the hashes the config holds",
-                               description="Client API keys for the api_keys plugin: the config holds only hashes.")
-    actions = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
-    new = actions.add_parser("new", help="print a new random key (once) and its hash line for the config")
-    new.add_argument("--team", required=True, help="the team the key is for (plugins.api_keys.teams.<team>)")
-    new.set_defaults(handler=_cmd_new)
-    hashed = actions.add_parser("hash", help="print the config hash of an existing key")
-    hashed.add_argument("key", nargs="?", default="-",
-                        help="the key; '-' or nothing reads it from stdin (keeps it out of the shell history)")
-    hashed.set_defaults(handler=_cmd_hash)

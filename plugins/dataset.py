@@ -26,11 +26,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
-from gateway.cli import add_config_arg
 from gateway.config import Config, load_config
-from gateway.hookspecs import hookimpl
 from plugins import traffic_source
-from plugins.dataset_formats import FORMAT_NAMES, SPLITS, ChatFormat, make_format, split_of, validate_file
+from plugins.dataset_formats import SPLITS, ChatFormat, make_format, split_of, validate_file
 from plugins.near_duplicates import NearDuplicateIndex
 from plugins.pii import KINDS, scrub
 
@@ -52,7 +50,6 @@ REASONS = {
     "duplicate_near": "nearly the same text as one kept earlier (--near-duplicate-threshold)",
     "over_provider_limit": "more records than the provider takes in one file",
 }
-FEEDBACK_CHOICES = ("helpful", "not_helpful", "rated")
 HELPFUL_SCORE = 0.75  # "helpful", or 4-5 of 5 (feedback normalises a rating r to (r-1)/4)
 TRUNCATED = {"length", "content_filter"}
 
@@ -341,28 +338,7 @@ def build(config: Config, options: BuildOptions) -> dict[str, Any]:
     return manifest
 
 
-# --- the command line ----------------------------------------------------------------------------
-
-def _shares(text: str) -> tuple[float, float, float]:
-    try:
-        parts = [float(p) for p in text.split("/")]
-    except ValueError:
-        parts = []
-    if len(parts) != 3 or any(p < 0 for p in parts) or abs(sum(parts) - 100) > 1e-6:
-        raise argparse.ArgumentTypeError(f"not a split: {text!r} (train/validation/test percents adding to 100, "
-                                         "like 80/10/10)")
-    return parts[0] / 100, parts[1] / 100, parts[2] / 100
-
-
-def _score(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"not a score: {text!r} (from 0 to 1)")
-    return value
-
+# --- the command line (parsed by plugins.dataset_commands) ----------------------------------------
 
 def cmd_build(args: argparse.Namespace) -> int:
     config = load_config(args.config)
@@ -414,47 +390,3 @@ def cmd_validate(args: argparse.Namespace) -> int:
     verdict = "valid" if report.ok else f"{len(report.bad_lines)} bad lines, {len(report.problems)} problems"
     print(f"{args.file}: {report.records} records ({fmt.name}{', ' + split if split else ''}): {verdict}")
     return 0 if report.ok else 1
-
-
-@hookimpl
-def register_commands(commands):
-    """`llmgate dataset build` and `llmgate dataset validate`."""
-    dataset = commands.add_parser("dataset", help="build and check fine-tuning datasets from logged traffic",
-                                  description="Fine-tuning datasets from the traffic log.")
-    actions = dataset.add_subparsers(dest="dataset_command", metavar="ACTION", required=True)
-
-    build_parser = actions.add_parser(
-        "build", help="select, clean, split and write a dataset",
-        description="Select a route's logged exchanges, clean them (PII, duplicates, lengths), and write "
-                    "train/validation/test JSONL and manifest.json to --out.")
-    add_config_arg(build_parser)
-    build_parser.add_argument("--route", required=True)
-    build_parser.add_argument("--format", choices=FORMAT_NAMES, required=True)
-    build_parser.add_argument("--out", required=True, help="directory to write the files to")
-    build_parser.add_argument("--since", type=traffic_source.moment,
-                              help="from: 30d, 24h, 3600 (seconds back) or an ISO time (UTC)")
-    build_parser.add_argument("--until", type=traffic_source.moment, help="up to (excluded), in the same forms")
-    build_parser.add_argument("--variant", action="append", help="only answers from this backend (repeatable)")
-    build_parser.add_argument("--status", type=int, action="append", help="keep these statuses (default 200)")
-    build_parser.add_argument("--min-judge-score", type=_score, help="keep answers the judge scored at least this (0-1)")
-    build_parser.add_argument("--feedback", choices=FEEDBACK_CHOICES,
-                              help="keep answers users rated helpful (or 4-5 of 5), not_helpful, or rated at all")
-    build_parser.add_argument("--min-chars", type=int, default=1, help="shortest message kept (default 1)")
-    build_parser.add_argument("--max-chars", type=int, default=32_000, help="longest message kept (default 32000)")
-    build_parser.add_argument("--near-duplicate-threshold", type=_score, default=0.85,
-                              help="Jaccard similarity of character 5-grams from which texts are duplicates (0.85)")
-    build_parser.add_argument("--split", type=_shares, default=(0.8, 0.1, 0.1), help="train/validation/test percents (80/10/10)")
-    build_parser.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
-    build_parser.add_argument("--max-tokens", type=int, help="the target model's tokens per example "
-                                                             "(default: openai 65536, bedrock 32000)")
-    build_parser.add_argument("--json", action="store_true", help="print the manifest")
-    build_parser.set_defaults(handler=cmd_build)
-
-    check = actions.add_parser("validate", help="check a JSONL file against a format; name every bad line",
-                               description="Check FILE line by line against the format's documented rules.")
-    check.add_argument("file")
-    check.add_argument("--format", choices=FORMAT_NAMES, required=True)
-    check.add_argument("--split", choices=SPLITS, help="which file this is, for record-count limits "
-                                                       "(default: from its name, e.g. train.jsonl)")
-    check.add_argument("--max-tokens", type=int, help="the target model's tokens per example")
-    check.set_defaults(handler=cmd_validate)

@@ -31,7 +31,6 @@ from typing import Any, Awaitable, Callable
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.background import stop_tasks
-from gateway.cli import add_config_arg
 from gateway.errors import GatewayError
 from gateway.hookspecs import hookimpl
 from plugins.retrain_providers import (BedrockProvider, BedrockSettings, Dataset, OpenAIProvider,
@@ -249,7 +248,7 @@ class Retrain:
 
         async def register(job: dict, backend: dict) -> None:
             await models_registry.register(gateway, job["backend_name"], backend, [job["route"]],
-                                           f"retrain ({job['id']})", reason=f"retraining job {job['id']} finished",
+                                           f"retrain ({job['id']})", reason=registered_reason(job),
                                            details={"job": job["id"], "result_model": job.get("result_model")})
 
         holder = f"gateway@{socket.gethostname()}:{os.getpid()}"
@@ -303,11 +302,16 @@ def settings_from(config) -> Settings:
         raise ConfigError(config.source, [f"plugins.retrain.{p}" for p in problems]) from None
 
 
-def _hyperparameter(text: str) -> tuple[str, str]:
-    name, sep, value = text.partition("=")
-    if not sep or not name.strip() or not value.strip():
-        raise argparse.ArgumentTypeError(f"not NAME=VALUE: {text!r} (e.g. epochCount=3)")
-    return name.strip(), value.strip()
+def registered_reason(job: dict) -> str:
+    """The register_model event's reason: the job, and why an operator launched it when they said."""
+    return f"retraining job {job['id']} finished" + (f" (launched: {job['reason']})" if job.get("reason") else "")
+
+
+async def _audit(store, kind: str, job: dict, actor: str, reason: str | None) -> None:
+    """A launch or cancel from the command line, in the same audit trail as the admin API's changes."""
+    await store.append_event({"kind": kind, "route": job["route"], "actor": actor, "before": None,
+                              "after": {"job": job["id"], "status": job["status"]}, "reason": reason,
+                              "ts": time.time(), "job": job["id"], "provider": job["provider"]})
 
 
 def _when(ts: float | None) -> str:
@@ -341,7 +345,7 @@ async def _run(args: argparse.Namespace) -> int:
     async def register(job: dict, backend: dict) -> None:
         await asyncio.to_thread(client.post, "/admin/models", {
             "name": job["backend_name"], "backend": backend, "shadow": [job["route"]],
-            "reason": f"retraining job {job['id']} finished",
+            "reason": registered_reason(job),
             "details": {"job": job["id"], "result_model": job.get("result_model")}})
 
     store = open_state_store(config.settings.state)
@@ -361,7 +365,9 @@ async def _run(args: argparse.Namespace) -> int:
                 _print_job(job)
             return 0
         if command == "cancel":
-            _print_job(await launcher.cancel(args.job))
+            job = await launcher.cancel(args.job)
+            await _audit(store, "retrain_cancel", job, client.actor, args.reason)
+            _print_job(job)
             return 0
         if command == "launch":
             if args.route not in config.settings.routes:
@@ -369,6 +375,9 @@ async def _run(args: argparse.Namespace) -> int:
                                    f"(routes: {', '.join(sorted(config.settings.routes)) or 'none'})")
             job = await launcher.launch(args.provider, args.dataset, args.route, base_model=args.base_model,
                                         hyperparameters=dict(args.hyperparameter), backend_name=args.name)
+            if args.reason:  # kept on the job: its model's register_model event says it too
+                job = await launcher._change(job["id"], reason=args.reason)
+            await _audit(store, "retrain_launch", job, client.actor, args.reason)
             _print_job(job)
             if not args.wait:
                 print(f"poll it with: llmgate retrain wait {job['id']}")
@@ -388,52 +397,3 @@ def main(args: argparse.Namespace) -> int:
     except (RetrainError, GatewayError) as exc:  # GatewayError: the state store is unreachable
         print(f"llmgate retrain: {exc}", file=sys.stderr)
         return 2
-
-
-@hookimpl
-def register_commands(commands):
-    """`llmgate retrain launch|wait|status|cancel`."""
-    retrain = commands.add_parser(
-        "retrain", help="fine-tune a new model from a dataset and register it as a shadow of a route",
-        description="Retraining jobs on Bedrock or OpenAI. Jobs are kept in the gateway's state store "
-                    "(the config's `state:`), so any machine with the same config sees them.")
-    retrain.set_defaults(handler=main)
-    sub = retrain.add_subparsers(dest="retrain_command", metavar="COMMAND", required=True)
-
-    def command(name: str, help: str) -> argparse.ArgumentParser:
-        parser = sub.add_parser(name, help=help, description=help)
-        add_config_arg(parser)
-        return parser
-
-    def polling(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--url", default=None, help="the gateway that registers the model (default: "
-                                                        "$LLMGATE_URL, else http://127.0.0.1:8080)")
-        parser.add_argument("--poll-interval", type=float, default=30.0, help="seconds between polls (30)")
-        parser.add_argument("--timeout", type=float, default=None, help="stop waiting after this many seconds")
-
-    p = command("launch", "upload DATASET, create the fine-tuning job, and (with --wait) poll it until its model "
-                          "is registered as a backend and shadow of ROUTE")
-    p.add_argument("--dataset", required=True, help="a dataset directory: train.jsonl, validation.jsonl, "
-                                                    "manifest.json")
-    p.add_argument("--provider", required=True, choices=["bedrock", "openai"])
-    p.add_argument("--route", required=True, help="the route whose shadow the new model becomes")
-    p.add_argument("--base-model", default=None, help="the model to fine-tune (default: the provider's base_model)")
-    p.add_argument("--hyperparameter", "-p", type=_hyperparameter, action="append", default=[],
-                   metavar="NAME=VALUE", help="in the provider's names: epochCount=3, batchSize=8, "
-                                              "learningRateMultiplier=1.0 (Bedrock); n_epochs=3 (OpenAI)")
-    p.add_argument("--name", default=None, help="the new backend's name (default: ROUTE-JOBID)")
-    p.add_argument("--role-arn", default=None, help="Bedrock: the service role for the job")
-    p.add_argument("--bucket", default=None, help="Bedrock: the S3 bucket for the dataset and the output")
-    p.add_argument("--deployment", choices=["provisioned", "custom_deployment", "none"], default=None,
-                   help="Bedrock: how the trained model is served")
-    p.add_argument("--model-units", type=int, default=None, help="Bedrock: provisioned throughput model units")
-    p.add_argument("--wait", action="store_true", help="poll until the model is registered (or the job ends)")
-    polling(p)
-    p = command("wait", "poll a job until it finishes; registers its model when it is in service")
-    p.add_argument("job")
-    polling(p)
-    p = command("status", "the retraining jobs: state, provider state, model, errors")
-    p.add_argument("job", nargs="?")
-    p.add_argument("--json", action="store_true")
-    p = command("cancel", "stop a job at the provider (or delete its deployment while it is being deployed)")
-    p.add_argument("job")

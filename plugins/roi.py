@@ -14,7 +14,8 @@ throughput), it gives the break-even in days and the first year's return:
 A fine-tuned model often needs a shorter prompt (the instructions are learnt); `--prompt-reduction`
 applies that share to the candidate's prompt tokens, and nothing is assumed when it is left out.
 
-A command-line module only: no hooks run while the gateway serves.
+A command-line module only: no hooks run while the gateway serves; plugins.roi_commands parses
+the arguments.
 """
 from __future__ import annotations
 
@@ -26,9 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from gateway.cli import add_config_arg
 from gateway.config import Config, Price, load_config
-from gateway.hookspecs import hookimpl
 from plugins import traffic_source
 
 DAY = 86400.0
@@ -162,28 +161,3 @@ def cmd_roi(args: argparse.Namespace) -> int:
     print(f"  break-even: {'never (no saving)' if days is None else f'{math.ceil(days)} days'}; "
           f"annual ROI: {'n/a' if roi is None else f'{roi:.0%}'}")
     return 0
-
-
-@hookimpl
-def register_commands(commands):
-    """`llmgate roi`: the fine-tuning break-even from logged token counts and configured prices."""
-    roi = commands.add_parser(
-        "roi", help="fine-tuning break-even from the traffic log's token counts and the config's prices",
-        description="Price a route's logged tokens at the current backend's and a fine-tuned candidate's rates; "
-                    "print the monthly saving, the break-even in days and the annual ROI.")
-    add_config_arg(roi)
-    roi.add_argument("--route", required=True)
-    roi.add_argument("--candidate", required=True, help="the fine-tuned backend (or model id) with a price in the config")
-    roi.add_argument("--current", help="the backend serving now (default: the route's baseline)")
-    roi.add_argument("--since", type=traffic_source.moment, help="traffic from: 30d, 24h or an ISO time (default: all logged)")
-    roi.add_argument("--until", type=traffic_source.moment, help="traffic up to (excluded), in the same forms")
-    roi.add_argument("--training-cost", type=float, help="one-off USD to train the candidate")
-    roi.add_argument("--dataset", help="a built dataset directory, to estimate training tokens from train.jsonl")
-    roi.add_argument("--training-price", type=float, help="USD per million training tokens (with --dataset)")
-    roi.add_argument("--epochs", type=int, default=1, help="training epochs (with --dataset; default 1)")
-    roi.add_argument("--fixed-monthly", type=float, default=0.0,
-                     help="the candidate's fixed USD per month (provisioned throughput, hosting)")
-    roi.add_argument("--prompt-reduction", type=float, default=0.0,
-                     help="percent fewer prompt tokens the candidate needs (default 0)")
-    roi.add_argument("--json", action="store_true")
-    roi.set_defaults(handler=cmd_roi)

@@ -6,19 +6,28 @@ says so) rather than slowing requests. On shutdown the queue is drained before t
 and committed rows survive a crash (WAL). While the database refuses writes (locked by another
 process, a full disk), records go to a spill file on disk and are replayed when it takes them
 again, or at the next start.
+
+For operators it answers GET /admin/traffic/{request_id} (one exchange, with the shadow comparisons
+and the feedback other plugins stored for it) and GET /admin/traffic?after=CURSOR (the exchanges
+logged since), read on a thread with a read-only connection of their own: `llmgate traffic show`
+and `llmgate traffic tail` (plugins.traffic_log_commands).
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
 import sqlite3
+from pathlib import Path
 from typing import Any, Iterator
 
+from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.context import dumps
+from gateway.errors import GatewayError, InvalidRequest, NotFound
 from gateway.hookspecs import hookimpl
 from gateway.spill import SpillFile
 from gateway.sqlite import APPEND_ONLY_CACHE_KIB, LOG_BATCH_WAIT_MS, BatchWriter, SqliteThread
@@ -41,6 +50,15 @@ CREATE INDEX IF NOT EXISTS traffic_route_ts ON traffic (route, ts);
 CREATE INDEX IF NOT EXISTS traffic_request_id ON traffic (request_id);
 """
 _INSERT = f"INSERT INTO traffic ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
+
+# One line of `llmgate traffic tail`: no bodies, the cache's verdict out of the annotations.
+SUMMARY_COLUMNS = ("id", "ts", "request_id", "route", "variant", "served_by", "status", "error_type", "stream",
+                   "latency_ms", "ttft_ms", "prompt_tokens", "completion_tokens", "cost_usd", "tenant")
+_SUMMARY = f"SELECT {', '.join(SUMMARY_COLUMNS)}, json_extract(annotations, '$.cache.result') FROM traffic"
+RECENT_LIMIT = 1000  # exchanges one GET /admin/traffic returns at most
+SHOW_FLUSH_SECONDS = 2.0  # how long a look-up waits for records still queued to be written
+SHADOW_COLUMNS = ("shadow_backend", "shadow_status", "shadow_error", "shadow_latency_ms", "shadow_prompt_tokens",
+                  "shadow_completion_tokens", "shadow_cost_usd", "shadow_answer", "judge_score")
 
 
 class Settings(BaseModel):
@@ -92,6 +110,102 @@ def read_records(path: str, where: str = "", params: tuple = ()) -> Iterator[dic
             yield record
     finally:
         conn.close()
+
+
+def _read_only(path: str) -> sqlite3.Connection:
+    """A connection of the reader's own (the writer's lives on its thread): read-only, never making the file."""
+    return sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True, isolation_level=None)
+
+
+def _decoded(record: dict[str, Any]) -> dict[str, Any]:
+    for column in JSON_COLUMNS & record.keys():
+        if record[column] is not None:
+            record[column] = json.loads(record[column])
+    record["stream"] = bool(record["stream"])
+    return record
+
+
+def find_exchange(path: str, request_id: str) -> tuple[dict[str, Any] | None, int]:
+    """The latest record logged under `request_id`, and how many carry it (callers may reuse their own ids)."""
+    conn = _read_only(path)
+    try:
+        rows = conn.execute(f"SELECT {', '.join(COLUMNS)} FROM traffic WHERE request_id = ? ORDER BY id DESC",
+                            (request_id,)).fetchall()
+    finally:
+        conn.close()
+    return (_decoded(dict(zip(COLUMNS, rows[0]))) if rows else None), len(rows)
+
+
+def recent_exchanges(path: str, *, after: int | None, limit: int,
+                     route: str | None = None) -> tuple[list[dict[str, Any]], int]:
+    """Exchanges logged after the cursor `after`, oldest first, and the cursor to ask with next time.
+
+    Without `after`: the latest `limit` and the newest row's id, so a follower starts from now. One
+    read transaction, so rows committed meanwhile are neither skipped nor seen twice."""
+    conn = _read_only(path)
+    try:
+        conn.execute("BEGIN")
+        newest = conn.execute("SELECT coalesce(max(id), 0) FROM traffic").fetchone()[0]
+        where, params = ["id <= ?"], [newest]
+        if route:
+            where.append("route = ?")
+            params.append(route)
+        if after is None:
+            sql = f"{_SUMMARY} WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?"
+            rows = conn.execute(sql, (*params, limit)).fetchall()[::-1]
+        else:
+            sql = f"{_SUMMARY} WHERE {' AND '.join(where)} AND id > ? ORDER BY id LIMIT ?"
+            rows = conn.execute(sql, (*params, after, limit)).fetchall()
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    exchanges = [{**dict(zip(SUMMARY_COLUMNS, row)), "stream": bool(row[8]), "cache": row[-1]} for row in rows]
+    # A page that is full may have more behind it; otherwise every row up to `newest` was seen.
+    cursor = exchanges[-1]["id"] if after is not None and len(exchanges) == limit else newest
+    return exchanges, cursor
+
+
+def _stored_by_request(path: str | None, sql: str, params: tuple) -> list[dict[str, Any]]:
+    """Rows another plugin stored for an exchange; none when it is off or has not written its file yet."""
+    if path is None or not Path(path).exists():
+        return []
+    conn = _read_only(path)
+    conn.row_factory = sqlite3.Row
+    try:
+        return [dict(row) for row in conn.execute(sql, params)]
+    except sqlite3.OperationalError:  # the plugin never made its table
+        return []
+    finally:
+        conn.close()
+
+
+def shadow_comparisons(path: str | None, record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The shadow plugin's comparisons of this exchange's answer, with the judge's score where it gave one.
+
+    A comparison carries the exchange's route and arrival time, which its (route, ts) index finds."""
+    sql = (f"SELECT {', '.join(SHADOW_COLUMNS)} FROM comparisons WHERE route = ? AND ts = ? AND request_id = ? "
+           "ORDER BY id")
+    return _stored_by_request(path, sql, (record["route"], record["ts"], record["request_id"]))
+
+
+def feedback_of(path: str | None, request_id: str) -> dict[str, Any] | None:
+    """The user's rating of this exchange (plugins.feedback), if one was given."""
+    rows = _stored_by_request(path, "SELECT ts, rating, score, comment FROM feedback WHERE request_id = ?",
+                              (request_id,))
+    return rows[0] if rows else None
+
+
+def _count(query, name: str, default: int | None, least: int) -> int | None:
+    text = query.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = least - 1
+    if value < least:
+        raise InvalidRequest(f"'{name}' must be an integer of at least {least}", param=name)
+    return value
 
 
 class TrafficLog:
@@ -149,6 +263,45 @@ class TrafficLog:
         if writer is not None and writer.lost:
             problems.append(f"{writer.lost} records lost (the database refused them)")
         return {"traffic_log": "; ".join(problems) or None}
+
+    @hookimpl
+    def register_routes(self, gateway):
+        def plugin_path(name: str) -> str | None:
+            plugin = gateway.pm.get_plugin(name)
+            return getattr(getattr(plugin, "settings", None), "path", None)
+
+        async def read(fn, *args, **kwargs):
+            try:
+                return await asyncio.to_thread(fn, *args, **kwargs)
+            except sqlite3.Error as exc:
+                raise GatewayError(f"the traffic log at {self.settings.path} cannot be read: {exc}", status=503,
+                                   type="traffic_log_unavailable") from None
+
+        async def exchange(request: web.Request) -> web.Response:
+            gateway.require_admin(request)
+            request_id = request.match_info["request_id"]
+            if self._writer is not None:  # a record still queued is found too: an operator looks one up at once
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._writer.flush(), SHOW_FLUSH_SECONDS)
+            record, matches = await read(find_exchange, self.settings.path, request_id)
+            if record is None:
+                raise NotFound(f"no exchange with id '{request_id}' in the traffic log", param="request_id",
+                               code="exchange_not_found")
+            shadow = await read(shadow_comparisons, plugin_path("shadow"), record)
+            feedback = await read(feedback_of, plugin_path("feedback"), request_id)
+            body = {"exchange": record, "matches": matches, "shadow_comparisons": shadow, "feedback": feedback,
+                    "bodies_stored": self.settings.bodies}
+            return web.json_response(body)
+
+        async def recent(request: web.Request) -> web.Response:
+            gateway.require_admin(request)
+            after = _count(request.query, "after", None, 0)
+            limit = min(_count(request.query, "limit", 100, 0 if after is None else 1), RECENT_LIMIT)
+            exchanges, cursor = await read(recent_exchanges, self.settings.path, after=after, limit=limit,
+                                           route=request.query.get("route") or None)
+            return web.json_response({"exchanges": exchanges, "cursor": cursor})
+
+        return [web.get("/admin/traffic", recent), web.get("/admin/traffic/{request_id}", exchange)]
 
     @hookimpl
     async def shutdown(self, gateway):

@@ -16,9 +16,10 @@ import os
 import sqlite3
 import time
 from datetime import datetime, timezone
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-from gateway.config import Config, PluginSettings
+if TYPE_CHECKING:  # annotations only: `moment` parses command-line arguments, which must not load pydantic
+    from gateway.config import Config, PluginSettings
 
 S3_SINK = "log_sink_s3"
 
