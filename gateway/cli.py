@@ -22,7 +22,8 @@ admin token from LLMGATE_ADMIN_TOKEN."""
 def add_config_arg(parser: argparse.ArgumentParser) -> None:
     """The `--config/-c` option every command that reads a config file takes."""
     parser.add_argument("--config", "-c", default=None,
-                        help=f"config file (default: $LLMGATE_CONFIG, else {DEFAULT_CONFIG_PATH})")
+                        help=f"config file (default: $LLMGATE_CONFIG, else ./{DEFAULT_CONFIG_PATH} when it exists, "
+                             "else the starter config inside the package)")
 
 
 def add_reason_arg(parser: argparse.ArgumentParser, required: bool = False, help: str = REASON_HELP) -> None:
@@ -47,8 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", aliases=["check"],
                                 help="validate a config file and say what is missing",
                                 description="Load FILE as the daemon would; exit 1 and name each problem if it is invalid.")
-    check.add_argument("file", help="the config file to check")
+    check.add_argument("file", nargs="?", default=None,
+                       help="the config file to check (default: as serve finds one without --config)")
     check.set_defaults(handler=cmd_check_config)  # by its handler, not its name: `check` is the same command
+
+    init = commands.add_parser("init", help="write a starter config to edit",
+                               description="Write the starter config to PATH, then check and serve it.")
+    init.add_argument("path", nargs="?", default="llmgate.yaml", help="where to write it (default: ./llmgate.yaml)")
+    init.add_argument("--force", action="store_true", help="overwrite PATH when it exists")
+    init.set_defaults(handler=cmd_init)
 
     from .cli_admin import add_commands
     add_commands(commands)
@@ -65,7 +73,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     setup_logging(Scrubber(config.secrets), args.log_level, args.log_json)
-    run(config, args.config, args.host, args.port)
+    run(config, config.source, args.host, args.port)  # a reload reads the file this start read
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """Copy the packaged starter config where the operator can edit it; never over a file unless --force."""
+    import shlex
+    from pathlib import Path
+
+    from .config import PACKAGED_CONFIG
+
+    path = Path(args.path)
+    if path.exists() and not args.force:
+        print(f"llmgate: {path} exists; pass --force to overwrite it", file=sys.stderr)
+        return 1
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(PACKAGED_CONFIG.read_text())
+    quoted = shlex.quote(str(path))
+    print(f"wrote {path}: edit its backends and routes, keep keys in the environment (${{VAR}}), then:\n"
+          f"  llmgate check-config {quoted}\n  llmgate serve --config {quoted}")
     return 0
 
 

@@ -19,7 +19,9 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-DEFAULT_CONFIG_PATH = "config/gateway.yaml"
+DEFAULT_CONFIG_PATH = "config/gateway.yaml"  # a checkout's, relative to the working directory
+# The starter config, shipped inside the package (config/gateway.yaml links to it: one file, no copy to drift).
+PACKAGED_CONFIG = Path(__file__).parent / "defaults" / "gateway.yaml"
 _SECRET_KEY = re.compile(r"key|token|secret|password|credential", re.IGNORECASE)
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -285,9 +287,24 @@ def parse_config(raw: Any, source: str = "<config>") -> Config:
     return Config(settings=settings, source=source, unset_env=unset, secrets=secrets)
 
 
+def config_path(path: str | os.PathLike | None = None) -> Path:
+    """The file a command reads: `path`, else `$LLMGATE_CONFIG`, else ./config/gateway.yaml, else the packaged one.
+
+    The packaged starter config lets an installed `llmgate` run outside a checkout."""
+    if path or os.environ.get("LLMGATE_CONFIG"):
+        return Path(path or os.environ["LLMGATE_CONFIG"])
+    tried = [Path(DEFAULT_CONFIG_PATH), PACKAGED_CONFIG]
+    for candidate in tried:
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(DEFAULT_CONFIG_PATH, [
+        f"no config file: no --config, no $LLMGATE_CONFIG, and none of {', '.join(map(str, tried))}; "
+        "pass --config FILE, set LLMGATE_CONFIG, or write one with `llmgate init FILE`"])
+
+
 def load_config(path: str | os.PathLike | None = None) -> Config:
-    """Read the config at `path`, else `$LLMGATE_CONFIG`, else config/gateway.yaml."""
-    path = Path(path or os.environ.get("LLMGATE_CONFIG") or DEFAULT_CONFIG_PATH)
+    """Read the config at `path`, else `$LLMGATE_CONFIG`, else ./config/gateway.yaml, else the packaged one."""
+    path = config_path(path)
     try:
         text = path.read_text()
     except OSError as exc:

@@ -51,7 +51,8 @@ def build_backends(config: Config, kinds: dict[str, type[Backend]],
     for name, raw in config.settings.backends.items():
         kind_cls = kinds.get(raw["kind"])
         if kind_cls is None:
-            problems.append(f"backends.{name}.kind: unknown kind '{raw['kind']}' {choices(raw['kind'], kinds, 'known')}")
+            kind = raw["kind"]
+            problems.append(f"backends.{name}.kind: unknown kind '{kind}' {choices(kind, kinds, 'known')}")
             continue
         prefix = f"backends.{name}."
         unset = {path[len(prefix):]: var for path, var in config.unset_env.items() if path.startswith(prefix)}

@@ -62,7 +62,8 @@ def test_a_misspelt_top_level_key():
 
 
 def test_a_key_nothing_is_close_to_lists_the_allowed_keys_without_a_guess():
-    assert problems_of(config_with(state={"zebra": 1})) == ["state.zebra: unknown key (allowed: redis_url, sqlite_path)"]
+    assert problems_of(config_with(state={"zebra": 1})) == [
+        "state.zebra: unknown key (allowed: redis_url, sqlite_path)"]
     assert problems_of(config_with(prices={"m": {"input": 1, "output": 2, "xyzzy": 3}})) == [
         "prices.m.xyzzy: unknown key (allowed: cached_input, input, output)"]
 
@@ -78,7 +79,8 @@ def test_load_config_reads_a_file_and_suggests_the_same(tmp_path):
 
 def test_an_unknown_backend_reference_suggests_the_defined_one():
     raw = config_with(routes={"support-bot": {"baseline": "bsae"}})
-    assert problems_of(raw) == ["routes.support-bot.baseline: unknown backend 'bsae' (did you mean 'base'? defined: base)"]
+    assert problems_of(raw) == [
+        "routes.support-bot.baseline: unknown backend 'bsae' (did you mean 'base'? defined: base)"]
 
 
 def test_a_misspelt_key_under_a_backends_timeout(tmp_path, capsys):
@@ -86,7 +88,8 @@ def test_a_misspelt_key_under_a_backends_timeout(tmp_path, capsys):
     raw["backends"]["base"]["timeout"] = {"conect": 2}
     status, err = check_config(tmp_path, capsys, raw)
     assert status == 1
-    assert "backends.base.timeout.conect: unknown key (did you mean 'connect'? allowed: connect, first_byte, total)" in err
+    assert "backends.base.timeout.conect: unknown key (did you mean 'connect'? allowed: connect, first_byte, " \
+           "total)" in err
 
 
 def test_a_misspelt_key_of_a_backend_kind_and_its_breaker(tmp_path, capsys):
@@ -144,8 +147,8 @@ def test_a_disabled_plugin_is_not_asked_for_its_required_options(tmp_path, capsy
 
 def test_a_misspelt_key_nested_in_a_plugins_settings(tmp_path, capsys):
     key = "sha256:" + "0" * 64
-    raw = config_with(plugins={"traffic_log": {"enabled": False},
-                               "api_keys": {"enabled": True, "teams": {"t": {"keys": [key], "rutes": ["support-bot"]}}}})
+    team = {"keys": [key], "rutes": ["support-bot"]}
+    raw = config_with(plugins={"traffic_log": {"enabled": False}, "api_keys": {"enabled": True, "teams": {"t": team}}})
     status, err = check_config(tmp_path, capsys, raw)
     assert status == 1
     assert "plugins.api_keys.teams.t.rutes: unknown key (did you mean 'routes'? allowed: keys, requests_per_minute, " \
