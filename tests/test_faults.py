@@ -323,14 +323,16 @@ def test_records_spilled_while_the_log_is_locked_survive_a_stop_and_are_written_
 # --- real processes: SIGTERM under faulty load, Redis killed and restarted -------------------------
 
 async def _post(session: aiohttp.ClientSession, url: str, route: str, stream: bool, user: str = "u") -> tuple:
-    """(request id, status, how the body ended) of one request; None when no answer came at all."""
+    """(request id, status, variant that answered, how the body ended, backends tried) of one request;
+    None when no answer came at all."""
     try:
         async with session.post(url + "/v1/chat/completions", json={
                 "model": route, "stream": stream, "user": user,
                 "messages": [{"role": "user", "content": "hi"}]}) as resp:
             body = (await resp.read()).decode()
             ending = body.rstrip().rsplit("\n", 1)[-1] if stream else None
-            return resp.headers.get("x-request-id"), resp.status, resp.headers.get("x-llmgate-variant"), ending
+            return (resp.headers.get("x-request-id"), resp.status, resp.headers.get("x-llmgate-variant"), ending,
+                    resp.headers.get("x-llmgate-tried"))
     except aiohttp.ClientError:
         return None
 
@@ -390,15 +392,17 @@ def test_sigterm_under_faulty_load_loses_no_logged_request(many_upstreams, tmp_p
     assert len(answered) == len(plan), "requests in flight at SIGTERM are answered, not dropped"
     logged = {r["request_id"]: r for r in read_records(str(traffic))}
     assert set(logged) == set(answered), "every answered request is in the traffic log, exactly once"
-    for request_id, (_, status, variant, ending) in answered.items():
+    for request_id, (_, status, variant, ending, tried) in answered.items():
         record = logged[request_id]
         if ending is None or status != 200:
             assert record["status"] == status
         route = record["route"]
-        expected = {"r_hang": (200, "good"), "r_429": (429, "limiter"), "r_503": (200, "good"),
-                    "r_reset": (502, "resetter"), "r_cut": (200, "cutter"),  # a stream's status went out before the cut
-                    "r_ok": (200, "good")}[route]
-        assert (status, variant) == expected, (route, status, variant)
+        # (status, the variant that answered: none for an error, the backends tried in order)
+        expected = {"r_hang": (200, "good", "hanger,good"), "r_429": (429, None, "limiter"),
+                    "r_503": (200, "good", "broken,good"), "r_reset": (502, None, "resetter"),
+                    "r_cut": (200, "cutter", "cutter"),  # a stream's status went out before the cut
+                    "r_ok": (200, "good", "good")}[route]
+        assert (status, variant, tried) == expected, (route, status, variant, tried)
         if route == "r_cut" and record["stream"]:
             assert ending.startswith("data: {\"error\"") and record["status"] == 502, "a cut stream ends with an error"
         elif record["stream"] and status == 200:
