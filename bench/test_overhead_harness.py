@@ -302,3 +302,18 @@ def test_a_plugin_s_cost_is_the_median_of_what_it_added_over_the_core_run_beside
                                            "repeats": 3}, "costs": [*rows.values(), whole]})
     assert "| traffic_log | 1.750 | 0.350 | 10.5% |" in text
     assert "add 0.350 ms of CPU a request between them; the whole config adds 0.600 ms" in text
+
+
+def test_cli_startup_times_whole_processes_and_reports_each_against_its_target():
+    import cli_startup
+
+    figures = cli_startup.measure(str(Path(sys.executable).with_name("llmgate")), ["--help"], runs=3)
+    assert figures["runs"] == 3 and 0 < figures["min_s"] <= figures["median_s"] <= figures["p90_s"] <= figures["max_s"]
+    results = {"meta": {"cpus": 2, "platform": "p", "python": "3", "load_average_at_start": [0], "finished": "now",
+                        "runs": 3},
+               "commands": {"llmgate --help": {**figures, "p90_s": 0.25, "target_s": 0.3},
+                            "llmgate status --help": {**figures, "p90_s": 0.35, "target_s": 0.3},
+                            "llmgate check-config f.yaml": {**figures, "target_s": None}}}
+    text = cli_startup.markdown(results)
+    assert "| `llmgate --help` |" in text and text.count("| yes |") == 1 and text.count("| no |") == 1
+    assert "| `llmgate check-config f.yaml` |" in text and text.rstrip().endswith("| - | - |")

@@ -136,6 +136,16 @@ def duration(text: str) -> float:
     return seconds
 
 
+def moment(text: str) -> float:
+    """Epoch seconds from an ISO date or time (UTC unless it says otherwise) or a span back from now (30d, 24h)."""
+    from datetime import datetime, timezone
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        return time.time() - duration(text)
+    return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
+
+
 def _span(seconds: float) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds % size == 0:

@@ -7,13 +7,10 @@ aiohttp, pydantic, redis, boto3 or OpenTelemetry to list the commands.
 from __future__ import annotations
 
 import importlib
-import logging
 
 import pluggy
 
 from . import hookspecs
-
-log = logging.getLogger("llmgate.plugins")
 
 ENTRY_POINT_GROUP = "llmgate"
 
@@ -62,7 +59,9 @@ def discover() -> dict[str, str]:
     found = dict(DEFAULT_PLUGINS)
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name in found and found[ep.name] != ep.value:
-            log.warning("plugin %r from %s ignored: the name is taken by %s", ep.name, ep.value, found[ep.name])
+            import logging  # only here: importing it costs every command a few milliseconds
+            logging.getLogger("llmgate.plugins").warning("plugin %r from %s ignored: the name is taken by %s",
+                                                         ep.name, ep.value, found[ep.name])
             continue
         found[ep.name] = ep.value
     return found

@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 
 from gateway.cli import add_config_arg
+from gateway.cli_admin import moment
 from gateway.hookspecs import hookimpl
-from plugins import traffic_source
 from plugins.dataset_formats import FORMAT_NAMES, SPLITS
 
 FEEDBACK_CHOICES = ("helpful", "not_helpful", "rated")
@@ -62,9 +62,9 @@ def register_commands(commands):
     build_parser.add_argument("--format", choices=FORMAT_NAMES, required=True,
                               help="the fine-tuning provider's JSONL format")
     build_parser.add_argument("--out", required=True, help="directory to write the files to")
-    build_parser.add_argument("--since", type=traffic_source.moment,
+    build_parser.add_argument("--since", type=moment,
                               help="from: 30d, 24h, 3600 (seconds back) or an ISO time (UTC)")
-    build_parser.add_argument("--until", type=traffic_source.moment, help="up to (excluded), in the same forms")
+    build_parser.add_argument("--until", type=moment, help="up to (excluded), in the same forms")
     build_parser.add_argument("--variant", action="append", help="only answers from this backend (repeatable)")
     build_parser.add_argument("--status", type=int, action="append", help="keep these statuses (default 200)")
     build_parser.add_argument("--min-judge-score", type=_score,

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from gateway.cli import add_config_arg
+from gateway.cli_admin import moment
 from gateway.hookspecs import hookimpl
-from plugins import traffic_source
 
 
 def cmd_roi(args) -> int:
@@ -23,9 +23,9 @@ def register_commands(commands):
     roi.add_argument("--candidate", required=True,
                      help="the fine-tuned backend (or model id) with a price in the config")
     roi.add_argument("--current", help="the backend serving now (default: the route's baseline)")
-    roi.add_argument("--since", type=traffic_source.moment,
+    roi.add_argument("--since", type=moment,
                      help="traffic from: 30d, 24h or an ISO time (default: all logged)")
-    roi.add_argument("--until", type=traffic_source.moment, help="traffic up to (excluded), in the same forms")
+    roi.add_argument("--until", type=moment, help="traffic up to (excluded), in the same forms")
     roi.add_argument("--training-cost", type=float, help="one-off USD to train the candidate")
     roi.add_argument("--dataset", help="a built dataset directory, to estimate training tokens from train.jsonl")
     roi.add_argument("--training-price", type=float, help="USD per million training tokens (with --dataset)")

@@ -14,11 +14,9 @@ from __future__ import annotations
 import importlib
 import os
 import sqlite3
-import time
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Iterator
 
-if TYPE_CHECKING:  # annotations only: `moment` parses command-line arguments, which must not load pydantic
+if TYPE_CHECKING:
     from gateway.config import Config, PluginSettings
 
 S3_SINK = "log_sink_s3"
@@ -26,16 +24,6 @@ S3_SINK = "log_sink_s3"
 
 class SourceError(Exception):
     """The logged records cannot be read (no traffic log at the configured path, an unreadable file)."""
-
-
-def moment(text: str) -> float:
-    """Epoch seconds from an ISO date or time (UTC unless it says otherwise) or a span back from now (30d, 24h)."""
-    from gateway.cli_admin import duration
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        return time.time() - duration(text)
-    return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
 
 
 def _section(config: Config, name: str) -> PluginSettings | None:
