@@ -12,11 +12,21 @@ import time
 import urllib.parse
 from typing import Any, Callable
 
-from gateway.admin_client import AdminClient
+from gateway.admin_client import AdminClient, AdminError
 from gateway.cli_admin import add_json_arg, add_url_arg
 from gateway.hookspecs import hookimpl
 
 PAGE = 100  # exchanges asked for per poll; a full page is followed by another poll at once
+
+
+def _get(client: AdminClient, path: str, **query) -> Any:
+    """GET an endpoint of the traffic_log plugin; a gateway without it says so in the operator's terms."""
+    try:
+        return client.get(path, **query)
+    except AdminError as err:
+        if "404 no such endpoint" in str(err):
+            raise AdminError(f"{err} (is the traffic_log plugin enabled on that gateway?)") from None
+        raise
 
 
 def _when(ts: float | None, millis: bool = False) -> str:
@@ -113,7 +123,7 @@ def exchange_line(e: dict[str, Any]) -> str:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    found = AdminClient(args.url).get("/admin/traffic/" + urllib.parse.quote(args.request_id, safe=""))
+    found = _get(AdminClient(args.url), "/admin/traffic/" + urllib.parse.quote(args.request_id, safe=""))
     if args.json:
         print(json.dumps(found, indent=2, sort_keys=True, ensure_ascii=False))
     else:
@@ -127,7 +137,7 @@ def follow(client: AdminClient, *, route: str | None, lines: int, count: int | N
 
     Starts with the latest `lines` exchanges; stops after `count` exchanges or `rounds` polls (the
     command itself runs until Ctrl-C)."""
-    body = client.get("/admin/traffic", route=route, limit=lines)
+    body = _get(client, "/admin/traffic", route=route, limit=lines)
     emitted = polls = 0
     while True:
         for exchange in body["exchanges"]:
@@ -140,7 +150,7 @@ def follow(client: AdminClient, *, route: str | None, lines: int, count: int | N
             return emitted
         if len(body["exchanges"]) < PAGE:
             time.sleep(interval)
-        body = client.get("/admin/traffic", route=route, after=body["cursor"], limit=PAGE)
+        body = _get(client, "/admin/traffic", route=route, after=body["cursor"], limit=PAGE)
 
 
 def cmd_tail(args: argparse.Namespace) -> int:

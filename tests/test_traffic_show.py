@@ -159,3 +159,11 @@ def test_the_cursor_pages_through_without_gaps_or_repeats(gw):
     assert paged == ids and cursor == start["cursor"]
     assert admin_get(gw.url, "/admin/traffic?limit=many")[0] == 400
     assert admin_get(gw.url, "/admin/traffic?after=0&limit=0")[0] == 400
+
+
+def test_a_gateway_without_the_traffic_log_says_so(fake_openai, make_gateway, admin_env, capsys):
+    backend = {"kind": "openai", "base_url": fake_openai.url + "/v1", "model": "m", "api_key": UPSTREAM_KEY}
+    gw = make_gateway({"server": {"admin_token": TOKEN}, "backends": {"b": backend}, "routes": {"r": {"baseline": "b"}},
+                       "plugins": {"traffic_log": {"enabled": False}}})
+    assert main(["traffic", "show", "abc", "--url", gw.url]) == 1
+    assert "is the traffic_log plugin enabled on that gateway?" in capsys.readouterr().err
