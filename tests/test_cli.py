@@ -6,6 +6,7 @@ import argparse
 import importlib
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -105,3 +106,28 @@ def test_built_in_commands_are_registered_from_their_command_modules():
             assert COMMAND_MODULES.get(name) == module.__name__, name
     for name, module_name in COMMAND_MODULES.items():
         assert name in DEFAULT_PLUGINS and hasattr(importlib.import_module(module_name), "register_commands")
+
+
+def test_a_third_party_plugin_adds_commands_through_the_same_hook(tmp_path, monkeypatch, capsys):
+    (tmp_path / "tp_commands.py").write_text(textwrap.dedent('''
+        from gateway.cli import add_reason_arg
+        from gateway.hookspecs import hookimpl
+
+        def hello(args):
+            print(f"hello {args.name} because {args.reason}")
+            return 0
+
+        @hookimpl
+        def register_commands(commands):
+            p = commands.add_parser("hello", help="say hello")
+            p.add_argument("name", help="who to greet")
+            add_reason_arg(p)
+            p.set_defaults(handler=hello)
+    '''))
+    dist = tmp_path / "tp_commands-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: tp-commands\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[llmgate]\ntp = tp_commands\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert cli.main(["hello", "world", "--reason", "a test"]) == 0
+    assert capsys.readouterr().out == "hello world because a test\n"
