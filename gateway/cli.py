@@ -69,11 +69,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .config import load_config
     from .errors import Scrubber
     from .logs import setup_logging
-    from .server import run
+    from .server import CannotListen, run
 
     config = load_config(args.config)
     setup_logging(Scrubber(config.secrets), args.log_level, args.log_json)
-    run(config, config.source, args.host, args.port)  # a reload reads the file this start read
+    try:
+        run(config, config.source, args.host, args.port)  # a reload reads the file this start read
+    except CannotListen as exc:
+        print(f"llmgate: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
