@@ -160,14 +160,14 @@ def _interpolate(node: Any, path: str, unset: dict[str, str], secrets: set[str])
     if not isinstance(node, str) or "${" not in node:
         return node
     whole = _ENV_REF.fullmatch(node)
-    if whole and whole.group(1) not in os.environ and whole.group(2) is None:
+    if whole and not os.environ.get(whole.group(1)) and whole.group(2) is None:  # unset or empty, as in sh
         unset[path] = whole.group(1)
         return None
 
     def substitute(match: re.Match) -> str:
         name, default = match.group(1), match.group(2)
         value = os.environ.get(name)
-        if value is None:
+        if not value:  # `${VAR:-default}` takes the default when VAR is unset or empty, as sh does
             if default is None:
                 unset[path] = name
                 return ""
