@@ -37,11 +37,20 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+# A newcomer with no keys at all (and no config chosen elsewhere).
+NO_KEYS = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+           "AWS_PROFILE", "LLMGATE_CONFIG")
+
+
+def _environment(extra: dict | None = None) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in NO_KEYS}
+    return {**env, "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent", "AWS_CONFIG_FILE": "/nonexistent", **(extra or {})}
+
+
 def _make(clone: Path, *args: str, log: Path, env: dict | None = None) -> subprocess.Popen:
     with open(log, "ab") as out:
         return subprocess.Popen(["make", *args], cwd=clone, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})},
-                                start_new_session=True)
+                                stdin=subprocess.DEVNULL, env=_environment(env), start_new_session=True)
 
 
 @pytest.fixture(scope="module")
@@ -58,11 +67,7 @@ def running(clone, tmp_path_factory):
     """`make run PORT=...` on the fresh clone: it makes .venv, installs the plain package and serves."""
     port = free_port()
     log = tmp_path_factory.mktemp("logs") / "make-run.log"
-    env = {"LLMGATE_ADMIN_TOKEN": TOKEN}
-    for variable in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                     "AWS_PROFILE", "LLMGATE_CONFIG"):
-        env[variable] = ""  # a newcomer with no keys at all
-    proc = _make(clone, "run", f"PORT={port}", log=log, env=env)
+    proc = _make(clone, "run", f"PORT={port}", log=log, env={"LLMGATE_ADMIN_TOKEN": TOKEN})
     try:
         wait_for_http(f"http://127.0.0.1:{port}/healthz", timeout=300)  # the first install takes a minute
         yield {"url": f"http://127.0.0.1:{port}", "port": port, "log": log, "proc": proc, "clone": clone}
@@ -72,7 +77,7 @@ def running(clone, tmp_path_factory):
 
 def _llmgate(clone: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([str(clone / ".venv" / "bin" / "llmgate"), *args], cwd=clone, capture_output=True,
-                          text=True, timeout=60, env={**os.environ, **(env or {})})
+                          text=True, timeout=60, env=_environment(env))
 
 
 def test_make_run_serves_a_plain_install_and_says_what_to_do(running):
@@ -178,7 +183,7 @@ def test_make_demo_is_the_tour(clone, tmp_path):
 
         def run(*args: str) -> subprocess.CompletedProcess:
             return subprocess.run([str(llmgate), *args], capture_output=True, text=True, timeout=60,
-                                  env={**os.environ, **env})
+                                  env=_environment(env))
 
         rollout = run("rollout", "demo", "smollm2-chatty", "25", "--reason", "tour")
         assert rollout.returncode == 0, rollout.stderr
