@@ -82,9 +82,12 @@ def _spawn(argv: list[str], log_path: Path, env: dict | None = None) -> subproce
 
 def start_model_server(port: int, log_path: Path, n_threads: int = 2) -> subprocess.Popen:
     """llama.cpp's OpenAI-compatible server for SmolLM2 on 127.0.0.1:port, under the name `smollm2`."""
+    # llama.cpp's server reads HOST and PORT from the environment before its own flags; `make demo PORT=...`
+    # exports PORT (the gateway's), so the model server must not see it.
+    env = {k: v for k, v in os.environ.items() if k not in ("HOST", "PORT")}
     return _spawn([sys.executable, "-m", "llama_cpp.server", "--model", str(model_path()),
                    "--host", "127.0.0.1", "--port", str(port), "--model_alias", MODEL_ALIAS,
-                   "--n_threads", str(n_threads)], log_path)
+                   "--n_threads", str(n_threads)], log_path, env)
 
 
 def start_gateway(port: int, upstream: str, log_path: Path, admin_token: str,
