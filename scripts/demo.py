@@ -87,7 +87,10 @@ def start_model_server(port: int, log_path: Path, n_threads: int = 2) -> subproc
     env = {k: v for k, v in os.environ.items() if k not in ("HOST", "PORT")}
     return _spawn([sys.executable, "-m", "llama_cpp.server", "--model", str(model_path()),
                    "--host", "127.0.0.1", "--port", str(port), "--model_alias", MODEL_ALIAS,
-                   "--n_threads", str(n_threads)], log_path, env)
+                   "--n_threads", str(n_threads),
+                   # By default a new request interrupts the one being answered: a shadow call would cut off the
+                   # caller's own stream. Requests wait their turn instead.
+                   "--interrupt_requests", "False"], log_path, env)
 
 
 def start_gateway(port: int, upstream: str, log_path: Path, admin_token: str,
