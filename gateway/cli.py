@@ -130,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in handlers:
             return handlers[args.command](args)
         return args.handler(args)
+    except BrokenPipeError:  # `llmgate events | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush would raise again
+        return 0
     except Exception as exc:
         config = sys.modules.get("gateway.config")  # imported by the commands that read a config, only
         if not isinstance(exc, AdminError) and not (config is not None and isinstance(exc, config.ConfigError)):
