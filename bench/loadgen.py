@@ -54,7 +54,8 @@ class Sample:
 
 
 def _body(spec: LoadSpec, i: int) -> bytes:
-    prompt = f"{spec.prompt} (question {i} of a unique series, {time.time_ns()})" if spec.unique_prompts else spec.prompt
+    prompt = (f"{spec.prompt} (question {i} of a unique series, {time.time_ns()})" if spec.unique_prompts
+              else spec.prompt)
     body = {"model": spec.model, "messages": [{"role": "user", "content": prompt}], "temperature": 0}
     if spec.stream:
         body["stream"] = True

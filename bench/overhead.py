@@ -50,8 +50,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import loadgen  # noqa: E402
 import profiling  # noqa: E402
 import report  # noqa: E402
-from systems import (LITELLM_PIN, SYSTEMS, ResourceMonitor, Running, System, Unavailable, chat,  # noqa: E402
-                     cpu_description, machine_jiffies, machine_share, start_system, start_upstream, wait_quiet)
+from systems import (  # noqa: E402
+    LITELLM_PIN,
+    SYSTEMS,
+    ResourceMonitor,
+    Running,
+    System,
+    Unavailable,
+    chat,
+    cpu_description,
+    machine_jiffies,
+    machine_share,
+    start_system,
+    start_upstream,
+    wait_quiet,
+)
 
 LATENCY_KEYS = ("latency_ms", "ttft_ms")
 ACHIEVED_SHARE = 0.97  # a rate is sustained when at least this share of it is achieved ...

@@ -141,7 +141,8 @@ def markdown(results: dict) -> str:
                   "the direct system's: the machine's drift between runs minutes apart stays out of it.", ""]
 
     lines += ["## Added latency over the upstream direct (ms)", "",
-              "| system | RPS | achieved | errors | p50 | p95 | p99 | +p50 | +p95 | +p99 | CPU % | CPU ms/req | RSS MiB |",
+              "| system | RPS | achieved | errors | p50 | p95 | p99 | +p50 | +p95 | +p99 | "
+              "CPU % | CPU ms/req | RSS MiB |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, system in systems.items():
         for summary in system.get("rates", ()):
@@ -170,7 +171,8 @@ def markdown(results: dict) -> str:
             f"| {system['label']} | {_fmt((seq.get('latency_ms') or {}).get('p50'))} | {_fmt(seq_added.get('p50'))} | "
             f"{_fmt(seq_added.get('p99'))} | {_fmt(seq_ttft.get('p50'))} | "
             f"{_fmt((stream.get('ttft_ms') or {}).get('p50'))} | {_fmt(ttft_added.get('p50'))} | "
-            f"{_fmt(ttft_added.get('p99'))} | {_fmt(system.get('peak_rss_mb'), 0)} | {_fmt(system.get('start_seconds'), 1)} |")
+            f"{_fmt(ttft_added.get('p99'))} | {_fmt(system.get('peak_rss_mb'), 0)} | "
+            f"{_fmt(system.get('start_seconds'), 1)} |")
     lines.append("")
 
     searched = {n: s["max_sustained"] for n, s in systems.items() if s.get("max_sustained")}
@@ -179,7 +181,8 @@ def markdown(results: dict) -> str:
                   f"Achieved within 3% of offered and errors under {args['max_error_rate'] * 100:g}%, probes of "
                   f"{args['search_duration']:g} s. The direct figure is the ceiling of the load generator and "
                   "upstream on this machine: no system behind them can show more.", "",
-                  "| system | sustained RPS | errors there | CPU % there | probes (RPS: sustained?) |", "|---|---|---|---|---|"]
+                  "| system | sustained RPS | errors there | CPU % there | probes (RPS: sustained?) |",
+                  "|---|---|---|---|---|"]
         for name, found in searched.items():
             best = next((p for p in found["probes"] if p["rate"] == found["rate"]), None)
             cpu = ((best or {}).get("resources") or {}).get("cpu_percent")
@@ -199,7 +202,8 @@ def markdown(results: dict) -> str:
         for rate, lag, lat in floor:
             base = args["latency"] * 1000
             lines.append(f"| {rate:g} | {_fmt(lag.get('p50'))} | {_fmt(lag.get('p99'))} | "
-                         f"{_fmt(lat.get('p50') - base if lat else None)} | {_fmt(lat.get('p99') - base if lat else None)} |")
+                         f"{_fmt(lat.get('p50') - base if lat else None)} | "
+                         f"{_fmt(lat.get('p99') - base if lat else None)} |")
         lines.append("")
 
     if results.get("soak"):

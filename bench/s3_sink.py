@@ -118,7 +118,8 @@ def main() -> None:
         url = f"http://127.0.0.1:{port}"
         boto3.client("s3", endpoint_url=url, region_name="us-east-1").create_bucket(Bucket="bench-logs")
         with tempfile.TemporaryDirectory() as workdir:
-            print(json.dumps(asyncio.run(measure(url, "bench-logs", args.records, args.batch_size, args.rate, workdir)), indent=2))
+            measured = asyncio.run(measure(url, "bench-logs", args.records, args.batch_size, args.rate, workdir))
+            print(json.dumps(measured, indent=2))
     finally:
         server.terminate()
         server.wait(10)

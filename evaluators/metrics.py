@@ -115,7 +115,8 @@ class Tokens:
         usage = exchange.usage
         if not usage:
             return None
-        return float(usage.get("total_tokens") or (usage.get("prompt_tokens") or 0) + (usage.get("completion_tokens") or 0))
+        return float(usage.get("total_tokens")
+                     or (usage.get("prompt_tokens") or 0) + (usage.get("completion_tokens") or 0))
 
 
 class CostUsd:

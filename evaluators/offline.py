@@ -417,7 +417,8 @@ def prepare(args: argparse.Namespace) -> Evaluation:
         backend.breaker.settings = backend.breaker.settings.model_copy(update={"enabled": False})
     route = config.settings.routes.get(args.route)
     if route is None:
-        raise UsageError(f"unknown route '{args.route}' (routes: {', '.join(sorted(config.settings.routes)) or 'none'})")
+        raise UsageError(f"unknown route '{args.route}' "
+                         f"(routes: {', '.join(sorted(config.settings.routes)) or 'none'})")
     for flag, name in (("--candidate", args.candidate), ("--judge", args.judge)):
         if name not in backends:
             raise UsageError(f"{flag}: unknown backend '{name}' (defined: {', '.join(sorted(backends))})")

@@ -10,9 +10,9 @@ from collections import Counter
 from aiohttp import web
 
 from . import admin, proxy, tracing
+from .breaker import breaker_problems
 from .config import Config
 from .context import dumps
-from .breaker import breaker_problems
 from .errors import GatewayError, InvalidRequest
 from .gateway import GATEWAY, Gateway, no_such_route
 from .logs import current_request_id, log_access

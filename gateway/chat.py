@@ -232,7 +232,8 @@ class StreamAssembler:
         if chunk.get("usage"):
             self.usage = chunk["usage"]
         for choice in chunk.get("choices") or ():
-            slot = self.choices.setdefault(choice.get("index", 0), {"content": [], "tools": {}, "finish": None, "role": "assistant"})
+            slot = self.choices.setdefault(choice.get("index", 0),
+                                           {"content": [], "tools": {}, "finish": None, "role": "assistant"})
             delta = choice.get("delta") or {}
             if delta.get("content"):
                 slot["content"].append(delta["content"])

@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-config", aliases=["check"],
                                 help="validate a config file and say what is missing",
-                                description="Load FILE as the daemon would; exit 1 and name each problem if it is invalid.")
+                                description="Load FILE as the daemon would; exit 1 and name each problem "
+                                            "if it is invalid.")
     check.add_argument("file", nargs="?", default=None,
                        help="the config file to check (default: as serve finds one without --config)")
     check.set_defaults(handler=cmd_check_config)  # by its handler, not its name: `check` is the same command

@@ -115,7 +115,8 @@ class GatewaySettings(Strict):
                     problems.append(f"routes.{route_name}.{where}: unknown backend '{backend}' "
                                     + choices(backend, self.backends, "defined"))
             if route.baseline in route.candidates:
-                problems.append(f"routes.{route_name}.candidates.{route.baseline}: the baseline cannot also be a candidate")
+                problems.append(f"routes.{route_name}.candidates.{route.baseline}: "
+                                "the baseline cannot also be a candidate")
         for name, backend in self.backends.items():
             if not isinstance(backend.get("kind"), str):
                 problems.append(f"backends.{name}.kind: required (openai, anthropic, bedrock, ...)")

@@ -47,7 +47,8 @@ class RequestContext:
     first_token_at: float | None = None
     finished_at: float | None = None
     cost_usd: float | None = None
-    upstream_ms: float = 0.0            # waiting on backends (attempts, retry backoff; a stream's up to its first chunk)
+    # waiting on backends (attempts, retry backoff; a stream's up to its first chunk)
+    upstream_ms: float = 0.0
     overhead_ms: float | None = None    # the gateway's own time before the answer started: x-llmgate-overhead-ms
     attempts: list[Attempt] = field(default_factory=list)
     annotations: dict[str, Any] = field(default_factory=dict)  # plugins' notes, logged with the record
@@ -59,7 +60,8 @@ class RequestContext:
 
     @property
     def sticky_key(self) -> str:
-        """Who this request is for, for sticky assignment: `user`, then x-llmgate-user, then the API key, then the request."""
+        """Who this request is for, for sticky assignment: `user`, then x-llmgate-user, then the API key,
+        then the request."""
         user = self.body.get("user")
         if isinstance(user, str) and user:
             return f"user:{user}"

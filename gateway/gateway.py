@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from pydantic import ValidationError
 
+from . import models_registry
 from .backends.base import Backend
 from .config import Config, ConfigError, RouteSettings, _format_validation, choices
 from .errors import NotFound, Scrubber, Unauthorized
-from . import models_registry
 from .plugins import HookRunner, build_plugin_manager
 from .state import StateStore, open_state_store
 

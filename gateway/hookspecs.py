@@ -3,9 +3,10 @@
 Calling convention (pluggy has no async hooks, so the gateway calls implementations itself):
 an implementation may be a plain function or an `async def`; the gateway awaits what it returns.
 Each implementation runs in isolation: one that raises, or on the request path (`before_route`,
-`choose_variant`, `after_response`) exceeds its plugin's `timeout_ms`, is logged and skipped, unless its plugin is configured `fail_closed: true`, in which case the
-request fails with a 503. Raising a `gateway.errors.GatewayError` is never a fault: it is how a
-plugin refuses a request (a quota, a policy) and the caller receives that error.
+`choose_variant`, `after_response`) exceeds its plugin's `timeout_ms`, is logged and skipped, unless
+its plugin is configured `fail_closed: true`, in which case the request fails with a 503. Raising a
+`gateway.errors.GatewayError` is never a fault: it is how a plugin refuses a request (a quota, a
+policy) and the caller receives that error.
 
 Implementations run in the order the config's `plugins:` section lists their plugins, then the
 unlisted ones in registration order (`tryfirst`/`trylast` apply among those).

@@ -29,7 +29,6 @@ log = logging.getLogger("llmgate.plugins")
 # Which plugins exist: in a module of their own, light to import for the command line.
 from .known_plugins import DEFAULT_PLUGINS, ENTRY_POINT_GROUP, command_plugins, discover  # noqa: E402,F401
 
-
 # Hooks that run while a caller waits: each plugin's `timeout_ms` applies to these.
 REQUEST_HOOKS = frozenset({"before_route", "choose_variant", "after_response"})
 

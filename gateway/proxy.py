@@ -22,8 +22,15 @@ from .backends.base import Backend
 from .breaker import CLOSED, CircuitBreaker, CircuitOpen
 from .chat import StreamAssembler, completion_to_chunks, validate_chat_request
 from .context import Attempt, RequestContext, dumps
-from .errors import (NO_KEYS_HINT, BodyTooLarge, GatewayError, InvalidRequest, MissingCredentials,
-                     UnsupportedMediaType, UpstreamError)
+from .errors import (
+    NO_KEYS_HINT,
+    BodyTooLarge,
+    GatewayError,
+    InvalidRequest,
+    MissingCredentials,
+    UnsupportedMediaType,
+    UpstreamError,
+)
 from .gateway import GATEWAY, Gateway, Generation
 
 log = logging.getLogger("llmgate.proxy")
@@ -310,7 +317,8 @@ async def _serve(request: web.Request, gateway: Gateway, generation: Generation,
             return await _replay(request, ctx, answer)
         _, variant = await gateway.hooks.first("choose_variant", ctx=ctx)
         if variant is not None and variant not in generation.backends:
-            log.warning("choose_variant named unknown backend %r for route %s; using the baseline", variant, ctx.route_name)
+            log.warning("choose_variant named unknown backend %r for route %s; using the baseline",
+                        variant, ctx.route_name)
             variant = None
         ctx.variant = variant or ctx.route.baseline
         if ctx.stream:

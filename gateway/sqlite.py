@@ -95,8 +95,8 @@ class BatchWriter:
     close_timeout = 10.0
 
     def __init__(self, db: SqliteThread, insert_sql: str, *, queue_size: int, batch_size: int,
-                 batch_wait: float = LOG_BATCH_WAIT_MS / 1000, to_row: Callable[[Any], tuple] = tuple, name: str = "rows",
-                 spill: SpillFile | None = None):
+                 batch_wait: float = LOG_BATCH_WAIT_MS / 1000, to_row: Callable[[Any], tuple] = tuple,
+                 name: str = "rows", spill: SpillFile | None = None):
         self._db, self._insert, self._batch_size, self._to_row, self.name = db, insert_sql, batch_size, to_row, name
         self._batch_wait = batch_wait
         self._hurry = asyncio.Event()  # set by `flush` and `close`: a batch waiting for more rows goes at once

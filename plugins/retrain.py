@@ -33,8 +33,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from gateway.background import stop_tasks
 from gateway.errors import GatewayError
 from gateway.hookspecs import hookimpl
-from plugins.retrain_providers import (BedrockProvider, BedrockSettings, Dataset, OpenAIProvider,
-                                       OpenAIProviderSettings, Provider, RetrainError)
+from plugins.retrain_providers import (
+    BedrockProvider,
+    BedrockSettings,
+    Dataset,
+    OpenAIProvider,
+    OpenAIProviderSettings,
+    Provider,
+    RetrainError,
+)
 
 log = logging.getLogger("llmgate.retrain")
 

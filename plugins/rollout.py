@@ -21,12 +21,12 @@ from pathlib import Path
 from aiohttp import ClientSession, ClientTimeout, web
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.background import stop_tasks
 from gateway.admin import actor, audit, read_body
 from gateway.allocation import Allocation, bucket_of
+from gateway.background import stop_tasks
 from gateway.errors import InvalidRequest, NotFound, StoreUnavailable
-from gateway.hookspecs import hookimpl
 from gateway.gateway import GATEWAY
+from gateway.hookspecs import hookimpl
 from plugins.rollout_snapshot import RolloutSnapshot
 
 log = logging.getLogger("llmgate.rollout")
@@ -35,7 +35,8 @@ KEY = "rollout:"
 
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    resync_interval: float = Field(30.0, gt=0, description="seconds between full reloads, a safety net for missed notices")
+    resync_interval: float = Field(30.0, gt=0,
+                                   description="seconds between full reloads, a safety net for missed notices")
     canary: dict[str, dict[str, list[str]]] = Field({}, description="route -> candidate -> users always sent to it")
     webhooks: list[str] = Field([], description="URLs that receive a JSON POST for each event of webhook_kinds")
     webhook_kinds: list[str] = ["rollback", "promote", "kill"]
@@ -55,7 +56,8 @@ class RouteRollout:
     def from_json(cls, data: dict | None) -> "RouteRollout":
         data = data or {}
         return cls(Allocation.from_json(data.get("allocation")), dict(data.get("canary") or {}),
-                   bool(data.get("killed")), dict(data.get("rolled_back") or {}), dict(data.get("applied_config") or {}))
+                   bool(data.get("killed")), dict(data.get("rolled_back") or {}),
+                   dict(data.get("applied_config") or {}))
 
     def to_json(self) -> dict:
         return {"allocation": self.allocation.to_json(), "canary": self.canary, "killed": self.killed,

@@ -76,8 +76,9 @@ def _spawn(argv: list[str], log_path: Path, env: dict | None = None) -> subproce
     """Start a child in its own session (Ctrl-C reaches only us, so we stop children in order), logging to a file."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
-        return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
 
 
 def start_model_server(port: int, log_path: Path, n_threads: int = 2) -> subprocess.Popen:
@@ -136,6 +137,8 @@ def usage_text(port: int, admin_token: str) -> str:
     """The tour to paste into another terminal: a request, the console, a rollout and a rollback."""
     url = f"http://127.0.0.1:{port}"
     logs = DEMO_DIR.relative_to(ROOT)
+    question = (f'{{"model": "{ROUTE}", "user": "alice", '
+                f'"messages": [{{"role": "user", "content": "What is the capital of France?"}}]}}')
     return f"""
 llmgate demo is ready on {url}: route `{ROUTE}` -> SmolLM2-135M-Instruct on CPU (llama.cpp), no keys needed.
   baseline  smollm2-terse   (one short sentence)
@@ -148,7 +151,7 @@ Console: {url}/console (paste the token)
 In another terminal, from this checkout:
 
   curl -si {url}/v1/chat/completions -H 'Content-Type: application/json' -H 'Authorization: Bearer demo' \\
-    -d '{{"model": "{ROUTE}", "user": "alice", "messages": [{{"role": "user", "content": "What is the capital of France?"}}]}}'
+    -d '{question}'
 
   x-llmgate-variant names the variant that answered, x-request-id the exchange:
   .venv/bin/llmgate traffic show <x-request-id> --url {url}

@@ -187,11 +187,13 @@ def test_no_secret_reaches_the_logs_the_hook_traces_or_the_files(tmp_path):
             "server": {"admin_token": "${TEST_ADMIN_TOKEN}"},
             "state": {"sqlite_path": str(tmp_path / "state.db")},
             "backends": {
-                "up": {"kind": "openai", "base_url": upstream.url + "/v1", "model": "m", "api_key": "${TEST_PROVIDER_KEY}"},
+                "up": {"kind": "openai", "base_url": upstream.url + "/v1", "model": "m",
+                       "api_key": "${TEST_PROVIDER_KEY}"},
                 "stale": {"kind": "openai", "base_url": upstream.url + "/v1", "model": "m",
                           "api_key": "${TEST_STALE_PROVIDER_KEY}"},
             },
-            "routes": {"support-bot": {"baseline": "up", "retries": 0}, "stale-bot": {"baseline": "stale", "retries": 0}},
+            "routes": {"support-bot": {"baseline": "up", "retries": 0},
+                       "stale-bot": {"baseline": "stale", "retries": 0}},
             "plugins": {
                 "api_keys": {"enabled": True, "teams": {
                     "support": {"keys": [hash_key(support_key)], "routes": ["support-bot"]},
@@ -364,7 +366,8 @@ def test_a_team_rates_only_its_own_requests(fake_openai, make_gateway, tmp_path)
     status, foreign = raw_request(gw, "/v1/feedback", SALES_KEY, {"request_id": support_id, "rating": 1})
     status_unknown, unknown = raw_request(gw, "/v1/feedback", SALES_KEY, {"request_id": "never-seen", "rating": 1})
     assert (status, status_unknown) == (404, 404)
-    assert foreign["error"]["message"].replace(support_id, "ID") == unknown["error"]["message"].replace("never-seen", "ID")
+    assert foreign["error"]["message"].replace(support_id, "ID") == \
+           unknown["error"]["message"].replace("never-seen", "ID")
     assert {k: v for k, v in foreign["error"].items() if k != "message"} == \
            {k: v for k, v in unknown["error"].items() if k != "message"} == \
            {"type": "invalid_request_error", "param": "request_id", "code": "request_not_found"}

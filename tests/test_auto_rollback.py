@@ -19,8 +19,16 @@ from gateway.allocation import bucket_of
 from gateway.gateway import GATEWAY
 from gateway.state import open_state_store
 from plugins.analysis import FAILED, INCONCLUSIVE, SUCCESSFUL, Policy, analyse
-from plugins.windows import (Figures, Windows, count_above, latency_bucket, mean_below_p, quantile, rate_above_p,
-                             two_proportion_p)
+from plugins.windows import (
+    Figures,
+    Windows,
+    count_above,
+    latency_bucket,
+    mean_below_p,
+    quantile,
+    rate_above_p,
+    two_proportion_p,
+)
 from tests.conftest import UPSTREAM_KEY
 from tests.fakes.openai_api import FakeOpenAI
 from tests.support import ServerThread, wait_until

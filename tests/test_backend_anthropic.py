@@ -174,7 +174,8 @@ def test_request_tool_use_and_result(client, fake_anthropic):
         {"role": "system", "content": "s"},
         {"role": "user", "content": "[tool] weather?"},
         {"role": "assistant", "content": "Let me look.", "tool_calls": [
-            {"id": "toolu_9", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}}]},
+            {"id": "toolu_9", "type": "function",
+             "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}}]},
         {"role": "tool", "tool_call_id": "toolu_9", "content": "snow"}])
     assert answer.choices[0].message.content == "tool said: snow"
     assert fake_anthropic.requests[-1]["messages"] == [

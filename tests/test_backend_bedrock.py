@@ -127,14 +127,16 @@ async def test_request_translation(fake_bedrock, make_backend):
             {"role": "user", "content": [{"type": "text", "text": "What is this?"},
                                          {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}}]},
             {"role": "assistant", "content": None, "tool_calls": [
-                {"id": "call_9", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}}]},
+                {"id": "call_9", "type": "function",
+                 "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}}]},
             {"role": "tool", "tool_call_id": "call_9", "content": "rainy"},
         ]})
     model_id, body = fake_bedrock.requests[0]
     assert model_id == BEDROCK_MODEL
     assert body["system"] == [{"text": "Be brief."}]
     assert body["messages"] == [
-        {"role": "user", "content": [{"text": "What is this?"}, {"image": {"format": "png", "source": {"bytes": PNG}}}]},
+        {"role": "user", "content": [{"text": "What is this?"},
+                                     {"image": {"format": "png", "source": {"bytes": PNG}}}]},
         {"role": "assistant", "content": [{"toolUse": {"toolUseId": "call_9", "name": "get_weather",
                                                        "input": {"city": "Oslo"}}}]},
         {"role": "user", "content": [{"toolResult": {"toolUseId": "call_9", "content": [{"text": "rainy"}]}}]},
@@ -251,7 +253,8 @@ async def test_stream_closed_early_stops_its_thread(fake_bedrock, make_backend):
     assert first["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     await stream.aclose()
     # the only pool thread is free again: a second request gets through
-    answer = await asyncio.wait_for(backend.complete({"model": "r", "messages": [{"role": "user", "content": "ok"}]}), 5)
+    answer = await asyncio.wait_for(backend.complete({"model": "r",
+                                                      "messages": [{"role": "user", "content": "ok"}]}), 5)
     assert answer["choices"][0]["message"]["content"] == "echo: ok"
 
 
@@ -263,7 +266,8 @@ async def test_stream_closed_while_upstream_is_quiet_frees_its_thread(fake_bedro
     await asyncio.sleep(0.1)
     await stream.aclose()
     started = time.monotonic()
-    answer = await asyncio.wait_for(backend.complete({"model": "r", "messages": [{"role": "user", "content": "ok"}]}), 5)
+    answer = await asyncio.wait_for(backend.complete({"model": "r",
+                                                      "messages": [{"role": "user", "content": "ok"}]}), 5)
     assert answer["choices"][0]["message"]["content"] == "echo: ok"
     assert time.monotonic() - started < 1.5  # not the 3 s pause, nor the 60 s read timeout
 
@@ -359,7 +363,8 @@ def test_tool_result_round_trip(client, fake_bedrock):
 
 
 def test_stream_usage_when_asked(client):
-    chunks = list(client.chat.completions.create(model="bot", messages=[{"role": "user", "content": "count these words"}],
+    chunks = list(client.chat.completions.create(model="bot",
+                                                 messages=[{"role": "user", "content": "count these words"}],
                                                  stream=True, stream_options={"include_usage": True}))
     last = chunks[-1]
     assert last.choices == []

@@ -137,7 +137,8 @@ def test_series_and_shadow_pairs_follow_real_traffic(fake_openai, make_gateway, 
 
     def counted():
         body = json.loads(http(gw.url, "/admin/console/series")[2])
-        total = sum(v["requests"] for s in body["samples"] for v in s["routes"].get("bot", {}).get("variants", {}).values())
+        total = sum(v["requests"] for s in body["samples"]
+                    for v in s["routes"].get("bot", {}).get("variants", {}).values())
         return body if total == 40 else None
     series = wait_until(counted, what="the 40 requests in the console's series")
     assert series["interval_seconds"] == 1 and series["sampling"] is True
@@ -233,7 +234,8 @@ def test_the_console_steers_real_traffic(browser, fake_openai, make_gateway, tmp
         assert json.loads(event["after"]) == {"cand-a": 100.0}
         start = len(fake_openai.requests)
         assert set(served_by(gw.url, users).values()) == {"cand-a"}
-        ours = [r["model"] for r in fake_openai.requests[start:] if "where is order user-" in r["messages"][-1]["content"]]
+        ours = [r["model"] for r in fake_openai.requests[start:]
+                if "where is order user-" in r["messages"][-1]["content"]]
         assert set(ours) - {"m-shadow"} == {"m-a"}, "the candidate's upstream model answered"
         page.wait_for_function("""document.querySelector('section[data-route="bot"] tr[data-variant="cand-a"] .share')
                                   .innerText.includes('100%')""", timeout=20000)

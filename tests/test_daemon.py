@@ -138,7 +138,8 @@ def test_cli_help_and_check_config(tmp_path):
     assert helped.returncode == 0 and "serve" in helped.stdout and "check-config" in helped.stdout
     shipped = subprocess.run([sys.executable, "-m", "gateway", "check-config", "config/gateway.yaml"],
                              capture_output=True, text=True, cwd=ROOT, timeout=60,
-                             env={k: v for k, v in os.environ.items() if k not in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY")})
+                             env={k: v for k, v in os.environ.items()
+                                  if k not in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY")})
     assert shipped.returncode == 0, shipped.stderr
     assert "valid: 4 backends, 2 routes" in shipped.stdout
     assert "set ANTHROPIC_API_KEY" in shipped.stdout

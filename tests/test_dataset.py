@@ -131,7 +131,9 @@ class SeededLog:
             old = next(v for v in self.pii_values if v in json.dumps([messages, answer]))
             new = self.pii_value(kind, 5000 + n)
             self.pii_values.append(new)
-            swap = lambda text: text.replace(old, new)
+
+            def swap(text):
+                return text.replace(old, new)
             self.add([{**m, "content": swap(m["content"])} for m in messages], swap(answer))
         self.expected_dropped["duplicate_exact"] = 60
         # near duplicates: 20 differing in case, spacing and punctuation, 20 in one word of the answer
@@ -346,7 +348,9 @@ def test_the_split_is_deterministic_for_a_seed(tmp_path):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
         assert first["files"][name]["sha256"] == again["files"][name]["sha256"]
     assert first["files"]["train.jsonl"]["sha256"] != other["files"]["train.jsonl"]["sha256"]
-    everything = lambda d: sorted(line for n in ("train", "validation", "test") for line in lines_of(tmp_path / d / f"{n}.jsonl"))
+
+    def everything(d):
+        return sorted(line for n in ("train", "validation", "test") for line in lines_of(tmp_path / d / f"{n}.jsonl"))
     assert everything("a") == everything("c")  # another seed: the same examples, split otherwise
     assert (first["counts"]["train"], first["counts"]["validation"], first["counts"]["test"]) == (48, 6, 6)
 
@@ -360,14 +364,16 @@ def test_judge_and_feedback_filters_join_by_request_id(tmp_path):
         ratings = {ids[i]: ("helpful", 1.0) for i in range(0, 30)}
         ratings.update({ids[i]: ("not_helpful", 0.0) for i in range(30, 40)})
         ratings.update({ids[i]: (5, 1.0) for i in range(40, 45)})
-        conn.executemany("INSERT INTO feedback (ts, request_id, route, variant, rating, score) VALUES (?, ?, ?, ?, ?, ?)",
+        conn.executemany("INSERT INTO feedback (ts, request_id, route, variant, rating, score) "
+                         "VALUES (?, ?, ?, ?, ?, ?)",
                          [(time.time(), rid, "support-bot", "base", r, s) for rid, (r, s) in ratings.items()])
     with sqlite3.connect(tmp_path / "shadow.db") as conn:
         conn.executescript(SHADOW_SCHEMA)
         # the judge scores from the shadow's side: 0 means the logged (primary) answer won
         shadow_scores = {ids[i]: (0.0 if i % 3 else 1.0) for i in range(0, 50)}
         conn.executemany("INSERT INTO comparisons (ts, request_id, route, primary_backend, shadow_backend, "
-                         "primary_status, shadow_status, judge_score) VALUES (?, ?, 'support-bot', 'base', 'sh', 200, 200, ?)",
+                         "primary_status, shadow_status, judge_score) "
+                         "VALUES (?, ?, 'support-bot', 'base', 'sh', 200, 200, ?)",
                          [(time.time(), rid, s) for rid, s in shadow_scores.items()])
     manifest = build(config_path, tmp_path / "out", "--format", "openai", "--min-judge-score", "0.5",
                      "--feedback", "helpful")
@@ -398,7 +404,8 @@ def test_the_validator_reports_every_bad_line(tmp_path, capsys):
         6: json.dumps({"messages": [{"role": "robot", "content": "hi"}, {"role": "assistant", "content": "x"}]}),
         8: json.dumps({"prompt": "hi", "completion": "there"}),                                 # legacy shape
         9: json.dumps({"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "x"}]}),
-        11: json.dumps({"messages": [{"role": "user", "content": "x" * 300_000}, {"role": "assistant", "content": "y"}]}),
+        11: json.dumps({"messages": [{"role": "user", "content": "x" * 300_000},
+                                     {"role": "assistant", "content": "y"}]}),
     }
     lines = [bad.get(n, json.dumps(good)) for n in range(1, 13)]
     path = tmp_path / "train.jsonl"
@@ -412,7 +419,8 @@ def test_the_validator_reports_every_bad_line(tmp_path, capsys):
     assert "6 bad lines" in out
 
     bedrock_lines = [
-        json.dumps({"system": "s", "messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}),
+        json.dumps({"system": "s",
+                    "messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}),
         json.dumps({"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}]}),
         json.dumps({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "id": 1}),
         json.dumps({"messages": [{"role": "user", "content": "a"}]}),
@@ -437,7 +445,8 @@ def test_bedrock_record_limits_are_the_documented_ones():
     assert validate_lines([record] * 10_000, fmt, "train").ok
     assert not validate_lines([record] * 10_001, fmt, "train").ok
     assert not validate_lines([record] * 1_001, fmt, "validation").ok
-    long = json.dumps({"messages": [{"role": "user", "content": "q" * (32_000 * 6)}, {"role": "assistant", "content": "a"}]})
+    long = json.dumps({"messages": [{"role": "user", "content": "q" * (32_000 * 6)},
+                                    {"role": "assistant", "content": "a"}]})
     assert validate_lines([long], fmt).problems == ["line 1: about 32001 tokens, more than the 32000 a record may hold"]
     assert validate_lines([record] * 9, make_format("openai"), "train").problems == [
         "file: 9 records: a openai train file needs at least 10"]
@@ -498,6 +507,7 @@ def test_the_builder_reads_the_s3_sink_when_the_config_enables_it(tmp_path, make
     manifest = build(write_config(tmp_path, config), tmp_path / "out", "--format", "openai")
     assert manifest["source"]["kind"] == "s3" and manifest["source"]["bucket"] == "dataset-logs"
     assert manifest["counts"]["read"] == manifest["counts"]["kept"] == len(questions)
-    written = [json.loads(line) for n in ("train", "validation", "test") for line in lines_of(tmp_path / "out" / f"{n}.jsonl")]
+    written = [json.loads(line) for n in ("train", "validation", "test")
+               for line in lines_of(tmp_path / "out" / f"{n}.jsonl")]
     assert sorted(r["messages"][0]["content"] for r in written) == sorted(questions)
     assert all(r["messages"][1]["content"] == "echo: " + r["messages"][0]["content"] for r in written)

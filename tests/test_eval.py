@@ -11,8 +11,17 @@ import pytest
 import yaml
 from aiohttp import web
 
-from evaluators.metrics import (CostUsd, EmbeddingSimilarity, ExactMatch, Exchange, JsonSchemaValid, Keywords,
-                                LatencyMs, RegexMatch, Tokens)
+from evaluators.metrics import (
+    CostUsd,
+    EmbeddingSimilarity,
+    ExactMatch,
+    Exchange,
+    JsonSchemaValid,
+    Keywords,
+    LatencyMs,
+    RegexMatch,
+    Tokens,
+)
 from gateway.cli import main
 from gateway.hookspecs import hookimpl
 from tests.fakes.judge_api import QUALITY_MARK, FakeJudge

@@ -273,7 +273,8 @@ def test_a_locked_traffic_log_spills_its_records_to_disk_and_writes_them_later(u
     blocker.execute("BEGIN EXCLUSIVE")  # another process holding the file: every write is refused
     try:
         ids = [ask(gw.url, f"while locked {i}").headers["x-request-id"] for i in range(4)]
-        wait_until(lambda: "4 records spilled" in (get_json(gw.url + "/readyz")[1]["degraded"].get("traffic_log") or ""),
+        wait_until(lambda: "4 records spilled" in (get_json(gw.url + "/readyz")[1]["degraded"]
+                                                   .get("traffic_log") or ""),
                    "the first refused records on disk")
         ids += [ask(gw.url, f"while locked {i}").headers["x-request-id"] for i in range(4, 24)]
         problem = wait_until(lambda: ("24 records spilled" in (p := get_json(gw.url + "/readyz")[1]["degraded"]
@@ -491,8 +492,8 @@ def test_killing_redis_under_load_keeps_serving_then_shares_again(upstreams, tmp
             wait_until(lambda: len(load.results) >= 20, "load running")
             redis_server.stop()
             for replica in (a, b):
-                ready = wait_until(lambda: (r := get_json(replica.url + "/readyz")) and "state_store" in r[1]["degraded"]
-                                   and r, "/readyz reporting the outage")
+                ready = wait_until(lambda: (r := get_json(replica.url + "/readyz"))
+                                   and "state_store" in r[1]["degraded"] and r, "/readyz reporting the outage")
                 assert ready[0] == 200 and ready[1]["status"] == "degraded", ready
                 assert "last rollout state known" in ready[1]["degraded"]["rollout"]
             during = len(load.results)

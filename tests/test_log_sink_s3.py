@@ -11,11 +11,11 @@ import asyncio
 import gzip
 import json
 import logging
-import urllib.request
 import re
 import signal
 import sqlite3
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from datetime import datetime, timezone

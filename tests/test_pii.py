@@ -99,7 +99,8 @@ def test_the_traffic_log_can_store_bodies_with_pii_redacted(fake_openai, make_ga
 
     path = tmp_path / "redacted.db"
     gw = make_gateway({
-        "backends": {"up": {"kind": "openai", "base_url": fake_openai.url + "/v1", "model": "m", "api_key": UPSTREAM_KEY}},
+        "backends": {"up": {"kind": "openai", "base_url": fake_openai.url + "/v1", "model": "m",
+                            "api_key": UPSTREAM_KEY}},
         "routes": {"bot": {"baseline": "up"}},
         "plugins": {"traffic_log": {"path": str(path), "redact_pii": True}}})
     secret = "mail jane.doe@example.com, card 4111 1111 1111 1111, from 203.0.113.9"

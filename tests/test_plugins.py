@@ -15,7 +15,8 @@ from tests.test_routing import get_json
 def config(fake, plugins, **routes):
     return {
         "backends": {"up": {"kind": "openai", "base_url": fake.url + "/v1", "model": "m-up", "api_key": UPSTREAM_KEY},
-                     "alt": {"kind": "openai", "base_url": fake.url + "/v1", "model": "m-alt", "api_key": UPSTREAM_KEY}},
+                     "alt": {"kind": "openai", "base_url": fake.url + "/v1", "model": "m-alt",
+                             "api_key": UPSTREAM_KEY}},
         "routes": {"bot": {"baseline": "up", **routes}},
         "plugins": plugins,
     }

@@ -1,4 +1,5 @@
-"""Team quotas: requests per minute across replicas, tokens per day reserved then corrected, /v1/usage, and Redis outages."""
+"""Team quotas: requests per minute across replicas, tokens per day reserved then corrected, /v1/usage,
+and Redis outages."""
 import json
 import logging
 import threading

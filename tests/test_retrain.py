@@ -27,8 +27,13 @@ from gateway.config import StateSettings, parse_config
 from gateway.gateway import GATEWAY
 from gateway.state import open_state_store
 from plugins.retrain import Launcher, Settings, providers_for
-from plugins.retrain_providers import (OpenAIProvider, OpenAIProviderSettings, RetrainError, bedrock_bounds,
-                                       check_hyperparameters)
+from plugins.retrain_providers import (
+    OpenAIProvider,
+    OpenAIProviderSettings,
+    RetrainError,
+    bedrock_bounds,
+    check_hyperparameters,
+)
 from tests.conftest import UPSTREAM_KEY
 from tests.fakes.bedrock_control import BedrockControlFront
 from tests.fakes.openai_finetune_api import FakeOpenAIFineTuning

@@ -34,7 +34,9 @@ def logged(tmp_path):
               "plugins": {"traffic_log": {"path": str(tmp_path / "traffic.db")}}}
     path = tmp_path / "gateway.yaml"
     path.write_text(yaml.safe_dump(config))
-    iso = lambda ts: datetime.fromtimestamp(ts, timezone.utc).isoformat()
+
+    def iso(ts):
+        return datetime.fromtimestamp(ts, timezone.utc).isoformat()
     return str(path), iso(start), iso(end)
 
 
@@ -90,7 +92,8 @@ def test_training_cost_estimated_from_a_built_dataset(logged, tmp_path, capsys):
     dataset = tmp_path / "dataset"
     dataset.mkdir()
     (dataset / "manifest.json").write_text(json.dumps({"format": "openai"}))
-    line = json.dumps({"messages": [{"role": "user", "content": "u" * 400}, {"role": "assistant", "content": "a" * 400}]})
+    line = json.dumps({"messages": [{"role": "user", "content": "u" * 400},
+                                    {"role": "assistant", "content": "a" * 400}]})
     (dataset / "train.jsonl").write_text((line + "\n") * 10)
     code, result = roi(capsys, "--config", config, "--route", "support-bot", "--candidate", "ft", "--since", since,
                        "--until", until, "--dataset", str(dataset), "--training-price", "8", "--epochs", "2", "--json")
@@ -101,7 +104,8 @@ def test_training_cost_estimated_from_a_built_dataset(logged, tmp_path, capsys):
 
 def test_missing_inputs_are_named(logged, capsys):
     config, since, until = logged
-    code, text = roi(capsys, "--config", config, "--route", "support-bot", "--candidate", "nope", "--training-cost", "1")
+    code, text = roi(capsys, "--config", config, "--route", "support-bot", "--candidate", "nope",
+                     "--training-cost", "1")
     assert code == 1 and "no price for 'nope'" in text and "prices.nope" in text
     code, text = roi(capsys, "--config", config, "--route", "support-bot", "--candidate", "ft")
     assert code == 1 and "--training-cost" in text

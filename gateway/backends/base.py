@@ -18,7 +18,8 @@ from ..breaker import BreakerSettings, CircuitBreaker
 class Timeouts(BaseModel):
     model_config = ConfigDict(extra="forbid")
     connect: float = Field(5.0, gt=0, description="seconds to open a connection")
-    first_byte: float = Field(60.0, gt=0, description="seconds to wait for the answer to start, and between stream chunks")
+    first_byte: float = Field(60.0, gt=0,
+                              description="seconds to wait for the answer to start, and between stream chunks")
     total: float = Field(600.0, gt=0, description="seconds for the whole exchange")
 
 

@@ -19,9 +19,18 @@ from typing import Any, AsyncIterator
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import (BotoCoreError, ClientError, ConnectTimeoutError, EventStreamError,
-                                 NoCredentialsError, ParamValidationError, ProfileNotFound, ReadTimeoutError)
-from urllib3.exceptions import HTTPError as Urllib3Error, ReadTimeoutError as Urllib3ReadTimeout
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    EventStreamError,
+    NoCredentialsError,
+    ParamValidationError,
+    ProfileNotFound,
+    ReadTimeoutError,
+)
+from urllib3.exceptions import HTTPError as Urllib3Error
+from urllib3.exceptions import ReadTimeoutError as Urllib3ReadTimeout
 
 from .. import tracing
 from ..chat import completion, max_tokens_of, stop_list, usage

@@ -125,7 +125,8 @@ class HttpBackend(Backend):
         try:
             body = await resp.json(content_type=None)
         except ValueError:
-            raise UpstreamError(f"backend '{self.name}' answered with a body that is not JSON", retryable=True) from None
+            raise UpstreamError(f"backend '{self.name}' answered with a body that is not JSON",
+                                retryable=True) from None
         if not isinstance(body, dict):
             raise UpstreamError(f"backend '{self.name}' answered with JSON that is not an object", retryable=True)
         return body

@@ -82,7 +82,8 @@ def _content_blocks(content: Any, where: str) -> list[Block]:
             else:
                 blocks.append(Image(media_type=None, url=url))
         else:
-            raise InvalidRequest(f"{where}.content[{i}]: content parts of type '{kind}' are not supported by this backend",
+            raise InvalidRequest(f"{where}.content[{i}]: content parts of type '{kind}' are not supported "
+                                 "by this backend",
                                  param=f"{where}.content[{i}]", code="unsupported_content")
     return blocks
 

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
 from typing import Any
-
-import functools
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
