@@ -44,6 +44,7 @@ chromium:
 
 # The demo's real model is installed too, so that tests/test_demo_model.py runs a real self-hosted backend.
 test: install-test install-demo redis-server chromium
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The overhead benchmark's tools: process sampling, the plot, the profiler.
