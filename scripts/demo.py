@@ -153,10 +153,11 @@ In another terminal, from this checkout:
   curl -si {url}/v1/chat/completions -H 'Content-Type: application/json' -H 'Authorization: Bearer demo' \\
     -d '{question}'
 
-  x-llmgate-variant names the variant that answered, x-request-id the exchange:
-  .venv/bin/llmgate traffic show <x-request-id> --url {url}
+  x-llmgate-variant names the variant that answered, x-request-id the exchange. The operator commands
+  read the admin token and the gateway's address from the environment:
 
   export LLMGATE_ADMIN_TOKEN={admin_token} LLMGATE_URL={url}
+  .venv/bin/llmgate traffic show <x-request-id>
   .venv/bin/llmgate rollout {ROUTE} smollm2-chatty 25 --reason "tour"     # 15% more users, none moved back
   .venv/bin/llmgate status
   .venv/bin/llmgate shadow report {ROUTE}
