@@ -29,10 +29,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from plugins.cache_guards import extract  # noqa: E402
-from plugins.cache_index import CacheIndex, ann_available  # noqa: E402
 from plugins.embeddings import BACKENDS, Embedder, _installed, load_model  # noqa: E402
 from plugins.semantic_cache import Key, Pending, SemanticCache, Settings  # noqa: E402
+from plugins.semantic_cache.guards import extract  # noqa: E402
+from plugins.semantic_cache.index import CacheIndex, ann_available  # noqa: E402
 
 TARGET_P99_MS = 15.0
 SCOPE = "bench-scope"

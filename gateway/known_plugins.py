@@ -17,9 +17,9 @@ ENTRY_POINT_GROUP = "llmgate"
 # name -> "module:attribute"; enabled unless the plugin says otherwise (DEFAULT_ENABLED = False).
 DEFAULT_PLUGINS = {
     "backends": "gateway.backends:BuiltinBackends",
-    "api_keys": "plugins.api_keys:ApiKeys",
+    "api_keys": "plugins.api_keys.plugin:ApiKeys",
     "quotas": "plugins.quotas:Quotas",
-    "traffic_log": "plugins.traffic_log:TrafficLog",
+    "traffic_log": "plugins.traffic_log.plugin:TrafficLog",
     "shadow": "plugins.shadow:Shadow",
     "rollout": "plugins.rollout:Rollout",
     "auto_rollback": "plugins.auto_rollback:AutoRollback",
@@ -34,21 +34,21 @@ DEFAULT_PLUGINS = {
     "dataset": "plugins.dataset",
     "roi": "plugins.roi",
     "embeddings_build": "plugins.embeddings_build",
-    "retrain": "plugins.retrain:Retrain",
-    "retrain_trigger": "plugins.retrain_trigger:RetrainTrigger",
+    "retrain": "plugins.retrain.plugin:Retrain",
+    "retrain_trigger": "plugins.retrain.trigger:RetrainTrigger",
 }
 
 # The module holding each built-in plugin's `register_commands`: argument parsing only, each handler
 # importing its plugin when it runs. A built-in plugin not named here has no commands and is not
 # imported to list them. Third-party plugins' modules are imported as they are (keep them light).
 COMMAND_MODULES = {
-    "api_keys": "plugins.api_keys_commands",
-    "traffic_log": "plugins.traffic_log_commands",
+    "api_keys": "plugins.api_keys.commands",
+    "traffic_log": "plugins.traffic_log.commands",
     "evaluators": "evaluators.offline_commands",
     "dataset": "plugins.dataset_commands",
     "roi": "plugins.roi_commands",
     "embeddings_build": "plugins.embeddings_build",
-    "retrain": "plugins.retrain_commands",
+    "retrain": "plugins.retrain.commands",
 }
 
 

@@ -30,7 +30,7 @@ from gateway.errors import GatewayError, InvalidRequest, NotFound
 from gateway.gateway import GATEWAY
 from gateway.hookspecs import hookimpl
 from gateway.sqlite import SqliteThread
-from plugins.traffic_log import read_records
+from plugins.traffic_log.plugin import read_records
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS feedback (

@@ -66,7 +66,7 @@ def _settings_path(config: Config, plugin: str, default_from: str) -> str:
 
 
 def traffic_log_path(config: Config) -> str:
-    return _settings_path(config, "traffic_log", "plugins.traffic_log")
+    return _settings_path(config, "traffic_log", "plugins.traffic_log.plugin")
 
 
 def describe_source(config: Config) -> dict[str, Any]:
@@ -84,7 +84,7 @@ def iter_records(config: Config, *, route: str | None = None, since: float | Non
         from plugins.log_sink_s3 import read_records_s3  # written alongside; only needed when enabled
         yield from read_records_s3(plugin_options(config, S3_SINK), route=route, since=since, until=until)
         return
-    from plugins.traffic_log import read_records
+    from plugins.traffic_log.plugin import read_records
     path = traffic_log_path(config)
     if not os.path.exists(path):
         raise SourceError(f"no traffic log at {path} (plugins.traffic_log.path): has the gateway served traffic?")

@@ -12,8 +12,8 @@ import pytest
 from gateway.cli import main as cli_main
 from gateway.config import ConfigError, parse_config
 from gateway.gateway import Gateway
-from plugins.api_keys import hash_key, new_key
-from plugins.traffic_log import read_records
+from plugins.api_keys.plugin import hash_key, new_key
+from plugins.traffic_log.plugin import read_records
 from tests.conftest import UPSTREAM_KEY, backend_config
 
 SUPPORT_KEY = "sk-lg-support-team-key-0123456789abcdef"

@@ -18,8 +18,8 @@ from aiohttp import web
 from gateway.allocation import bucket_of
 from gateway.gateway import GATEWAY
 from gateway.state import open_state_store
-from plugins.analysis import FAILED, INCONCLUSIVE, SUCCESSFUL, Policy, analyse
-from plugins.windows import (
+from plugins.auto_rollback.analysis import FAILED, INCONCLUSIVE, SUCCESSFUL, Policy, analyse
+from plugins.auto_rollback.windows import (
     Figures,
     Windows,
     count_above,

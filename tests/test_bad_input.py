@@ -19,7 +19,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from plugins.traffic_log import read_records
+from plugins.traffic_log.plugin import read_records
 from tests.bad_inputs import ADMIN_TOKEN, CASES, CLOSED, MAX_BODY, MAX_COMMENT, MAX_MESSAGES, Case
 from tests.conftest import UPSTREAM_KEY
 from tests.fakes.openai_api import FakeOpenAI

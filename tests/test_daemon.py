@@ -10,7 +10,7 @@ import openai
 import pytest
 import yaml
 
-from plugins.traffic_log import read_records
+from plugins.traffic_log.plugin import read_records
 from tests.conftest import UPSTREAM_KEY
 from tests.support import GatewayProcess, wait_until
 

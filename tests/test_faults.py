@@ -18,7 +18,7 @@ import aiohttp
 import openai
 import pytest
 
-from plugins.traffic_log import read_records
+from plugins.traffic_log.plugin import read_records
 from tests.fakes.faulty_api import FaultyOpenAI
 from tests.support import GatewayProcess, ServerThread, wait_until
 

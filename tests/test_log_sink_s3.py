@@ -27,7 +27,7 @@ import pytest
 from aiohttp import web
 
 from plugins.log_sink_s3 import LogSinkS3, S3ReadError, Settings, read_records_s3
-from plugins.s3_layout import encode_object, hour_prefix
+from plugins.log_sink_s3.layout import encode_object, hour_prefix
 from tests.conftest import backend_config
 from tests.support import GatewayProcess, ServerThread, free_port, wait_until
 

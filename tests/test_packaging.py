@@ -144,6 +144,6 @@ def test_a_built_wheel_installs_a_working_llmgate_with_its_config_and_console(tm
     assert default.returncode == 0, default.stderr
     assert default.stdout.startswith(f"{site / 'gateway' / 'defaults' / 'gateway.yaml'}: valid: ")
 
-    shipped = {p.name for p in (ROOT / "plugins" / "console_static").iterdir() if p.is_file()}
+    shipped = {p.name for p in (ROOT / "plugins" / "console" / "static").iterdir() if p.is_file()}
     assert "index.html" in shipped
-    assert {p.name for p in (site / "plugins" / "console_static").iterdir()} == shipped
+    assert {p.name for p in (site / "plugins" / "console" / "static").iterdir()} == shipped

@@ -93,7 +93,7 @@ def test_the_traffic_log_can_store_bodies_with_pii_redacted(fake_openai, make_ga
     """`traffic_log.redact_pii`: the stored request and answer carry placeholders, never the values."""
     import openai
 
-    from plugins.traffic_log import read_records
+    from plugins.traffic_log.plugin import read_records
     from tests.conftest import UPSTREAM_KEY
     from tests.support import wait_until
 

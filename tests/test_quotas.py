@@ -12,7 +12,7 @@ import openai
 import pytest
 import redis
 
-from plugins.api_keys import hash_key
+from plugins.api_keys.plugin import hash_key
 from plugins.quotas import estimate_tokens
 from tests.conftest import backend_config
 from tests.support import RedisProcess, wait_until
@@ -200,7 +200,7 @@ async def test_the_redis_script_admits_exactly_the_limit_under_concurrency(redis
 
     import redis.asyncio as aioredis
 
-    from plugins.quota_counters import Limits, RedisCounters
+    from plugins.quotas.counters import Limits, RedisCounters
     clients = [aioredis.Redis.from_url(redis_url, decode_responses=True) for _ in range(2)]
     try:
         counters = [RedisCounters(c) for c in clients]
@@ -216,7 +216,7 @@ async def test_the_redis_script_admits_exactly_the_limit_under_concurrency(redis
 
 
 def test_local_counters_slide_the_minute_and_start_each_day_again():
-    from plugins.quota_counters import DAY_SECONDS, Limits, LocalCounters
+    from plugins.quotas.counters import DAY_SECONDS, Limits, LocalCounters
     counters = LocalCounters()
     limits = Limits(requests_per_minute=2, tokens_per_day=100)
     start = 10 * DAY_SECONDS + 1000.0

@@ -26,8 +26,8 @@ from gateway.cli import main as cli
 from gateway.config import StateSettings, parse_config
 from gateway.gateway import GATEWAY
 from gateway.state import open_state_store
-from plugins.retrain import Launcher, Settings, providers_for
-from plugins.retrain_providers import (
+from plugins.retrain.plugin import Launcher, Settings, providers_for
+from plugins.retrain.providers import (
     OpenAIProvider,
     OpenAIProviderSettings,
     RetrainError,

@@ -3,7 +3,7 @@ import asyncio
 import json
 import threading
 
-from plugins.rollout_snapshot import RolloutSnapshot
+from plugins.rollout.snapshot import RolloutSnapshot
 
 
 def test_replicas_writing_one_snapshot_path_at_once_never_fail_and_leave_a_whole_file(tmp_path, caplog):

@@ -6,7 +6,7 @@ import urllib.request
 import openai
 import pytest
 
-from plugins.traffic_log import read_records
+from plugins.traffic_log.plugin import read_records
 from tests.conftest import UPSTREAM_KEY
 from tests.fakes.openai_api import FakeOpenAI
 from tests.support import serving

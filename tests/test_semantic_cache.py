@@ -11,10 +11,10 @@ import pytest
 
 from bench import cache_eval
 from gateway.gateway import GATEWAY
-from plugins.cache_guards import check, extract
-from plugins.cache_index import CacheIndex
 from plugins.embeddings import Embedder, load_model
-from plugins.traffic_log import read_records
+from plugins.semantic_cache.guards import check, extract
+from plugins.semantic_cache.index import CacheIndex
+from plugins.traffic_log.plugin import read_records
 from tests.conftest import UPSTREAM_KEY
 from tests.support import wait_until
 

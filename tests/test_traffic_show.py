@@ -14,7 +14,7 @@ import pytest
 from gateway.admin_client import AdminClient
 from gateway.cli import main
 from gateway.gateway import GATEWAY
-from plugins.traffic_log_commands import exchange_line, follow
+from plugins.traffic_log.commands import exchange_line, follow
 from tests.conftest import UPSTREAM_KEY
 from tests.support import wait_until
 

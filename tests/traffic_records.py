@@ -8,8 +8,8 @@ from gateway.chat import completion, usage
 from gateway.config import RouteSettings
 from gateway.context import RequestContext
 from gateway.errors import UpstreamError
-from plugins.traffic_log import Settings as TrafficLogSettings
-from plugins.traffic_log import TrafficLog
+from plugins.traffic_log.plugin import Settings as TrafficLogSettings
+from plugins.traffic_log.plugin import TrafficLog
 
 
 def exchange(request_id: str, ts: float, messages: list[dict], answer: str | None, *, route: str = "support-bot",

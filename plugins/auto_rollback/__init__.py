@@ -9,7 +9,7 @@ candidate's calls, so a few stray errors or a noisy tail do not pull a healthy c
 fires after `failure_limit` failing evaluations in a row: rollback time is about
 interval_seconds x failure_limit, promotion time hold_seconds x steps.
 
-Who decides: every replica counts its traffic (plugins.windows, flushed to Redis when shared);
+Who decides: every replica counts its traffic (plugins.auto_rollback.windows, flushed to Redis when shared);
 the one replica holding the `auto_rollback` lease in the state store evaluates and advances
 schedules; another takes over when the lease lapses. Acting goes through the rollout plugin
 (rollback, set_percent), which audits, announces the change to every replica and calls the
@@ -33,8 +33,9 @@ from gateway.background import stop_tasks
 from gateway.errors import GatewayError, InvalidRequest, NotFound
 from gateway.gateway import GATEWAY
 from gateway.hookspecs import hookimpl
-from plugins.analysis import FAILED, INCONCLUSIVE, SUCCESSFUL, Analysis, Policy, Settings, analyse
-from plugins.windows import Figures, Windows
+
+from .analysis import FAILED, INCONCLUSIVE, SUCCESSFUL, Analysis, Policy, Settings, analyse
+from .windows import Figures, Windows
 
 log = logging.getLogger("llmgate.auto_rollback")
 LEASE = "auto_rollback"

@@ -5,12 +5,12 @@ from gateway.hookspecs import hookimpl
 
 
 def _cmd_new(args) -> int:
-    from plugins.api_keys import _cmd_new
+    from .plugin import _cmd_new
     return _cmd_new(args)
 
 
 def _cmd_hash(args) -> int:
-    from plugins.api_keys import _cmd_hash
+    from .plugin import _cmd_hash
     return _cmd_hash(args)
 
 

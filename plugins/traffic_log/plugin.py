@@ -10,7 +10,7 @@ again, or at the next start.
 For operators it answers GET /admin/traffic/{request_id} (one exchange, with the shadow comparisons
 and the feedback other plugins stored for it) and GET /admin/traffic?after=CURSOR (the exchanges
 logged since), read on a thread with a read-only connection of their own: `llmgate traffic show`
-and `llmgate traffic tail` (plugins.traffic_log_commands).
+and `llmgate traffic tail` (plugins.traffic_log.commands).
 """
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ class Settings(BaseModel):
 
 def _row(record: dict[str, Any], redact: bool = False) -> tuple:
     if redact:
-        from .pii import scrub_value
+        from plugins.pii import scrub_value
         record = {**record, "request": scrub_value(record["request"]), "response": scrub_value(record["response"])}
     return tuple(_json_text(record[c]) if c in JSON_COLUMNS and record[c] is not None else record[c] for c in COLUMNS)
 

@@ -204,7 +204,7 @@ def _answering_plugins_before(config, name: str) -> list[str]:
     return found
 
 
-# --- the command line (registered by plugins.api_keys_commands) --------------------------------
+# --- the command line (registered by plugins.api_keys.commands) --------------------------------
 
 def _cmd_new(args) -> int:
     key = new_key()

@@ -3,7 +3,7 @@
 Each provider does the provider's half of a job with its official SDK (boto3, openai): check the
 hyperparameters against the names and bounds the provider documents, upload the dataset, create
 the job, read its state, stop it, and (Bedrock) put the trained model in service. The calls
-block; the launcher (plugins/retrain.py) runs them on a worker thread. A provider's own states
+block; the launcher (plugin.py) runs them on a worker thread. A provider's own states
 are mapped onto the launcher's: training, trained, deploying, ready, failed, cancelled.
 """
 from __future__ import annotations

@@ -13,7 +13,7 @@ import time
 from collections import deque
 from typing import Any
 
-from plugins.windows import Figures, Windows, quantile
+from plugins.auto_rollback.windows import Figures, Windows, quantile
 
 CACHE_VARIANT = "semantic_cache"  # cache hits are counted in the windows under the plugin's name
 

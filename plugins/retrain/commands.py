@@ -1,6 +1,6 @@
 """`llmgate retrain launch|wait|status|cancel`: the retrain plugin's commands, light to import.
 
-Argument parsing only; the handler imports plugins.retrain (pydantic, the providers' SDKs, the
+Argument parsing only; the handler imports plugin.py (pydantic, the providers' SDKs, the
 state store) when a command runs.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ def _hyperparameter(text: str) -> tuple[str, str]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from plugins.retrain import main
+    from .plugin import main
     return main(args)
 
 

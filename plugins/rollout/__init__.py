@@ -27,7 +27,8 @@ from gateway.background import stop_tasks
 from gateway.errors import InvalidRequest, NotFound, StoreUnavailable
 from gateway.gateway import GATEWAY
 from gateway.hookspecs import hookimpl
-from plugins.rollout_snapshot import RolloutSnapshot
+
+from .snapshot import RolloutSnapshot
 
 log = logging.getLogger("llmgate.rollout")
 KEY = "rollout:"

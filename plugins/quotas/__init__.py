@@ -11,7 +11,7 @@ correction goes through a bounded queue, off the request path; when that queue i
 correction is dropped and counted, which leaves the (larger or smaller) estimate in place.
 
 With `state.redis_url` the counts live in Redis and every replica enforces the same totals (see
-plugins.quota_counters). If Redis stops answering, each replica falls back to counting alone,
+plugins.quotas.counters). If Redis stops answering, each replica falls back to counting alone,
 allowing `1/replicas` of each limit (`replicas` defaults to 1: an outage never refuses traffic
 that Redis would have admitted, at the price of admitting up to replicas x the limit while it
 lasts; set it to the replica count to hold the totals instead). The loss and the recovery are each
@@ -41,7 +41,8 @@ from gateway.background import stop_tasks
 from gateway.chat import max_tokens_of
 from gateway.errors import InvalidRequest, RateLimited
 from gateway.hookspecs import hookimpl
-from plugins.quota_counters import (
+
+from .counters import (
     WINDOW_SECONDS,
     Decision,
     Limits,

@@ -28,7 +28,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.background import stop_tasks
 from gateway.hookspecs import hookimpl
-from plugins.retrain_providers import dataset_size
+
+from .plugin import MOVING, describe
+from .providers import dataset_size
 
 log = logging.getLogger("llmgate.retrain_trigger")
 
@@ -172,7 +174,6 @@ class RetrainTrigger:
             return f"{reason}; held: the dataset has {size} training examples, min_examples is {rule.min_examples}", \
                 state
         retrain = self.gateway.pm.get_plugin("retrain")
-        from plugins.retrain import MOVING
         moving = [j["id"] for j in await retrain.launcher.jobs() if j["route"] == route and j["status"] in MOVING]
         if moving:
             return f"{reason}; held: job {moving[-1]} is still running", state
@@ -181,7 +182,6 @@ class RetrainTrigger:
                                                 hyperparameters=dict(rule.hyperparameters),
                                                 origin=f"trigger: {reason}")
         except Exception as exc:  # counts as a start for the interval: a refused launch is not retried in a loop
-            from plugins.retrain import describe
             state["last_launch"] = now
             problem = str(exc) if type(exc).__name__ == "RetrainError" else describe(exc)
             log.error("retrain trigger %s: the job did not start: %s", route, problem)

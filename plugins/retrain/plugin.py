@@ -1,7 +1,7 @@
 """retrain: the retraining launcher of the fine-tuning flywheel, its jobs, and `llmgate retrain`.
 
 A job takes a dataset directory (plugins/dataset.py builds them) to a provider (Bedrock model
-customization or OpenAI fine-tuning, plugins/retrain_providers.py), polls it to completion, puts
+customization or OpenAI fine-tuning, plugins/retrain/providers.py), polls it to completion, puts
 the trained model in service (Bedrock: provisioned throughput or a custom model deployment), and
 registers it as a backend and a shadow of the job's route (gateway/models_registry.py), so the
 route's traffic is mirrored to it and the shadow report compares it with the live model.
@@ -33,7 +33,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from gateway.background import stop_tasks
 from gateway.errors import GatewayError
 from gateway.hookspecs import hookimpl
-from plugins.retrain_providers import (
+
+from .providers import (
     BedrockProvider,
     BedrockSettings,
     Dataset,

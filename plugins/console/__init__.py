@@ -1,6 +1,6 @@
 """console: the SRE console, a web page served by the daemon at /console to watch and steer rollouts.
 
-The page is static (plain HTML, CSS and JavaScript modules from plugins/console_static/, no build
+The page is static (plain HTML, CSS and JavaScript modules from plugins/console/static/, no build
 step, nothing fetched from elsewhere) and holds no data. It asks for the admin token, keeps it in
 the tab's sessionStorage and calls the admin API with the usual `Authorization: Bearer` header, so
 every figure and every action passes `require_admin` exactly as the CLI's do. A bearer header rather
@@ -13,8 +13,8 @@ Assets are served under a path holding a hash of their contents: cached for a ye
 console is a new path. The page itself is revalidated on each load (ETag), and everything goes out
 gzipped when the browser accepts it.
 
-Two read-only endpoints add what the admin API lacks (plugins/console_series.py and
-plugins/console_pairs.py): GET /admin/console/series, recent per-variant figures for the charts,
+Two read-only endpoints add what the admin API lacks (plugins/console/series.py and
+plugins/console/pairs.py): GET /admin/console/series, recent per-variant figures for the charts,
 and GET /admin/console/shadow/pairs, paired answers of a route's shadow comparisons.
 """
 from __future__ import annotations
@@ -35,11 +35,12 @@ from gateway.background import stop_tasks
 from gateway.errors import InvalidRequest, NotFound
 from gateway.gateway import GATEWAY
 from gateway.hookspecs import hookimpl
-from plugins.console_pairs import MAX_CHARS, MAX_PAIRS, read_pairs
-from plugins.console_series import SeriesRing
+
+from .pairs import MAX_CHARS, MAX_PAIRS, read_pairs
+from .series import SeriesRing
 
 log = logging.getLogger("llmgate.console")
-STATIC = Path(__file__).with_name("console_static")
+STATIC = Path(__file__).with_name("static")
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "

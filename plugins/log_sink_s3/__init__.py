@@ -4,7 +4,7 @@ The request path only puts the record on a bounded in-memory queue (full: droppe
 A writer commits queued records to a local SQLite spool; from that commit on a record is
 *accepted* and is never lost: it stays in the spool, through crashes and restarts, until S3 has
 confirmed the object holding it. An uploader task takes spooled records in order, groups them by
-route and UTC hour into gzip JSONL objects (see plugins/s3_layout.py), puts them with boto3 on its
+route and UTC hour into gzip JSONL objects (see plugins/log_sink_s3/layout.py), puts them with boto3 on its
 own thread, and only then deletes their rows. Failures are retried with jittered exponential
 backoff; shutdown uploads what it can within `shutdown_seconds` and leaves the rest for the next
 start. `read_records_s3` reads every replica's records back for the dataset builder and reports.
@@ -29,8 +29,9 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from gateway.errors import Scrubber
 from gateway.hookspecs import hookimpl
-from plugins.s3_layout import Layout, decode_object, encode_object, hour_of, make_client, object_keys, partitions
-from plugins.s3_spool import Spool, SpoolWriter
+
+from .layout import Layout, decode_object, encode_object, hour_of, make_client, object_keys, partitions
+from .spool import Spool, SpoolWriter
 
 log = logging.getLogger("llmgate.log_sink_s3")
 
