@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from plugins.embeddings import load_model  # noqa: E402
+from gateway.text.embeddings import load_model  # noqa: E402
 from plugins.semantic_cache import Settings  # noqa: E402
 from plugins.semantic_cache.guards import GuardConfig, check, extract  # noqa: E402
 

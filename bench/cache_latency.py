@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from plugins.embeddings import BACKENDS, Embedder, _installed, load_model  # noqa: E402
+from gateway.text.embeddings import BACKENDS, Embedder, _installed, load_model  # noqa: E402
 from plugins.semantic_cache import Key, Pending, SemanticCache, Settings  # noqa: E402
 from plugins.semantic_cache.guards import extract  # noqa: E402
 from plugins.semantic_cache.index import CacheIndex, ann_available  # noqa: E402

@@ -92,7 +92,7 @@ class EmbeddingSimilarity:
         reference = case.get("reference")
         if reference is None or self.unavailable:
             return None
-        from plugins.embeddings import load_model  # seconds and hundreds of MB the first time: only when used
+        from gateway.text.embeddings import load_model  # seconds and hundreds of MB the first time: only when used
         a, b = load_model().encode([answer, reference])
         return float(a @ b)
 

@@ -33,7 +33,7 @@ DEFAULT_PLUGINS = {
     "tracing": "plugins.tracing:Tracing",
     "dataset": "plugins.dataset",
     "roi": "plugins.roi",
-    "embeddings_build": "plugins.embeddings_build",
+    "embeddings_build": "gateway.text.embeddings_build",
     "retrain": "plugins.retrain.plugin:Retrain",
     "retrain_trigger": "plugins.retrain.trigger:RetrainTrigger",
 }
@@ -47,7 +47,7 @@ COMMAND_MODULES = {
     "evaluators": "evaluators.offline_commands",
     "dataset": "plugins.dataset_commands",
     "roi": "plugins.roi_commands",
-    "embeddings_build": "plugins.embeddings_build",
+    "embeddings_build": "gateway.text.embeddings_build",
     "retrain": "plugins.retrain.commands",
 }
 

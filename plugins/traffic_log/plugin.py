@@ -31,6 +31,7 @@ from gateway.errors import GatewayError, InvalidRequest, NotFound
 from gateway.hookspecs import hookimpl
 from gateway.spill import SpillFile
 from gateway.sqlite import APPEND_ONLY_CACHE_KIB, LOG_BATCH_WAIT_MS, BatchWriter, SqliteThread
+from gateway.text.pii import scrub_value
 
 log = logging.getLogger("llmgate.traffic_log")
 
@@ -78,7 +79,6 @@ class Settings(BaseModel):
 
 def _row(record: dict[str, Any], redact: bool = False) -> tuple:
     if redact:
-        from plugins.pii import scrub_value
         record = {**record, "request": scrub_value(record["request"]), "response": scrub_value(record["response"])}
     return tuple(_json_text(record[c]) if c in JSON_COLUMNS and record[c] is not None else record[c] for c in COLUMNS)
 

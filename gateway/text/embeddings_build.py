@@ -26,6 +26,8 @@ from pathlib import Path
 
 from gateway.hookspecs import hookimpl
 
+from .embedding_files import built_onnx_file
+
 log = logging.getLogger("llmgate.embeddings")
 
 MIN_COSINE = 0.95  # a broken export lands far below; sentences land near 0.99, a bare "ok" near 0.96
@@ -36,12 +38,6 @@ CHECK_SENTENCES = (
     "What's the refund policy for annual subscriptions bought in the EU region?",
     "ok",
 )
-
-
-def built_onnx_file() -> Path:
-    """Where `llmgate embeddings build` writes the model: beside the installed packages, so each
-    environment has its own and no run-time path depends on the working directory."""
-    return Path(sys.prefix) / "share" / "llmgate" / "all-minilm-l6-v2.int8.onnx"
 
 
 @contextlib.contextmanager
@@ -67,7 +63,7 @@ def build(model_path: str, output: Path) -> dict:
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from transformers import AutoModel
 
-    from .embeddings import LoadedModel, OnnxModel
+    from .embeddings import LoadedModel, OnnxModel  # the embeddings extra (numpy): only when a build runs
 
     class LastHiddenState(torch.nn.Module):
         """The transformer alone, with named inputs: pooling stays in OnnxModel.encode."""
@@ -104,7 +100,7 @@ def build(model_path: str, output: Path) -> dict:
 
 
 def cmd_build(args) -> int:
-    from .embeddings import EmbeddingsUnavailable, default_model_path
+    from .embeddings import EmbeddingsUnavailable, default_model_path  # numpy: not for `llmgate --help`
     output = Path(args.output) if args.output else built_onnx_file()
     if output.is_file() and not args.force:
         print(f"{output} exists (--force to build it again)")
