@@ -20,8 +20,8 @@ import openai
 import pytest
 import yaml
 
+from flywheel.dataset.formats import make_format, validate_lines
 from gateway.cli import main
-from plugins.dataset_formats import make_format, validate_lines
 from tests.conftest import backend_config
 from tests.traffic_records import exchange, write_exchanges
 

@@ -1,6 +1,6 @@
 """retrain: the retraining launcher of the fine-tuning flywheel, its jobs, and `llmgate retrain`.
 
-A job takes a dataset directory (plugins/dataset.py builds them) to a provider (Bedrock model
+A job takes a dataset directory (flywheel/dataset/builder.py builds them) to a provider (Bedrock model
 customization or OpenAI fine-tuning, plugins/retrain/providers.py), polls it to completion, puts
 the trained model in service (Bedrock: provisioned throughput or a custom model deployment), and
 registers it as a backend and a shadow of the job's route (gateway/models_registry.py), so the

@@ -1,4 +1,4 @@
-"""`llmgate roi`: the roi plugin's command, light to import (plugins.roi and the config load when it runs)."""
+"""`llmgate roi`: the roi tool's command, light to import (estimate.py and the config load when it runs)."""
 from __future__ import annotations
 
 from gateway.cli import add_config_arg
@@ -7,7 +7,7 @@ from gateway.hookspecs import hookimpl
 
 
 def cmd_roi(args) -> int:
-    from plugins.roi import cmd_roi
+    from .estimate import cmd_roi  # start-up: the estimate loads the config's pydantic and PyYAML
     return cmd_roi(args)
 
 

@@ -1,7 +1,7 @@
 """Reading logged exchanges back, and what was later learnt about them, for offline tools.
 
 `iter_records` is the one door the dataset builder and `llmgate roi` read traffic through: the
-local SQLite traffic log (plugins.traffic_log) by default, or the S3 log sink when the config
+local SQLite traffic log (plugins.traffic_log.plugin) by default, or the S3 log sink when the config
 enables the `log_sink_s3` plugin (each replica's log lands there). Records are shaped like the
 traffic log's rows, oldest first.
 
@@ -15,6 +15,8 @@ import importlib
 import os
 import sqlite3
 from typing import TYPE_CHECKING, Any, Iterator
+
+from gateway.known_plugins import discover
 
 if TYPE_CHECKING:
     from gateway.config import Config, PluginSettings
@@ -43,7 +45,6 @@ def plugin_enabled(config: Config, name: str) -> bool:
         return False
     if section is not None and section.enabled is not None:
         return section.enabled
-    from gateway.plugins import discover
     target = (section.model_extra or {}).get("module") if section else None
     target = target or discover().get(name)
     if target is None:
@@ -84,7 +85,7 @@ def iter_records(config: Config, *, route: str | None = None, since: float | Non
         from plugins.log_sink_s3 import read_records_s3  # written alongside; only needed when enabled
         yield from read_records_s3(plugin_options(config, S3_SINK), route=route, since=since, until=until)
         return
-    from plugins.traffic_log.plugin import read_records
+    from plugins.traffic_log.plugin import read_records  # the plugin brings aiohttp: only when the log is read
     path = traffic_log_path(config)
     if not os.path.exists(path):
         raise SourceError(f"no traffic log at {path} (plugins.traffic_log.path): has the gateway served traffic?")

@@ -1,6 +1,6 @@
-"""`llmgate dataset build|validate`: the dataset plugin's commands, light to import.
+"""`llmgate dataset build|validate`: the dataset tool's commands, light to import.
 
-Argument parsing only; a handler imports plugins.dataset (the config, PII scrubbing, near-duplicate
+Argument parsing only; a handler imports builder.py (the config, PII scrubbing, near-duplicate
 search) when it runs, so `llmgate --help` does not.
 """
 from __future__ import annotations
@@ -10,7 +10,8 @@ import argparse
 from gateway.cli import add_config_arg
 from gateway.cli_admin import moment
 from gateway.hookspecs import hookimpl
-from plugins.dataset_formats import FORMAT_NAMES, SPLITS
+
+from .formats import FORMAT_NAMES, SPLITS
 
 FEEDBACK_CHOICES = ("helpful", "not_helpful", "rated")
 
@@ -37,12 +38,12 @@ def _score(text: str) -> float:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from plugins.dataset import cmd_build
+    from .builder import cmd_build  # start-up: the builder loads the config's pydantic and PyYAML
     return cmd_build(args)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from plugins.dataset import cmd_validate
+    from .builder import cmd_validate  # start-up, as above
     return cmd_validate(args)
 
 

@@ -1,6 +1,6 @@
 """roi: whether fine-tuning pays, from the tokens a route really used (`llmgate roi`).
 
-The traffic log (read through plugins.traffic_source) holds every answered exchange's prompt and
+The traffic log (read through flywheel.traffic_source) holds every answered exchange's prompt and
 completion tokens. Pricing those same tokens at the current backend's rates and at the
 fine-tuned candidate's (the config's `prices:`), scaled to a 30-day month from the observed
 window, gives the monthly saving; with the one-off cost of training (given, or estimated from a
@@ -14,8 +14,7 @@ throughput), it gives the break-even in days and the first year's return:
 A fine-tuned model often needs a shorter prompt (the instructions are learnt); `--prompt-reduction`
 applies that share to the candidate's prompt tokens, and nothing is assumed when it is left out.
 
-A command-line module only: no hooks run while the gateway serves; plugins.roi_commands parses
-the arguments.
+A command-line module only: no hooks run while the gateway serves; commands.py parses the arguments.
 """
 from __future__ import annotations
 
@@ -27,8 +26,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from flywheel import traffic_source
+from flywheel.dataset.formats import make_format
 from gateway.config import Config, Price, load_config
-from plugins import traffic_source
 
 DAY = 86400.0
 MIN_WINDOW = 3600.0  # a shorter observed window says too little about a month
@@ -71,7 +71,6 @@ def usage_of(records: Iterable[dict[str, Any]], statuses: tuple[int, ...] = (200
 
 def training_tokens(dataset_dir: Path) -> int:
     """Tokens in a built dataset's train.jsonl, estimated as its format does (characters per token)."""
-    from plugins.dataset_formats import make_format
     manifest = json.loads((dataset_dir / "manifest.json").read_text())
     fmt = make_format(manifest["format"])
     with open(dataset_dir / "train.jsonl", encoding="utf-8") as f:

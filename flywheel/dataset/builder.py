@@ -1,10 +1,10 @@
 """dataset: fine-tuning datasets built from the traffic the gateway logged (`llmgate dataset ...`).
 
-`llmgate dataset build` reads a route's logged exchanges (plugins.traffic_source: the local
+`llmgate dataset build` reads a route's logged exchanges (flywheel.traffic_source: the local
 traffic log or the S3 sink), keeps those that pass the filters (time, variant, status, judge
 score, user feedback), cleans them (incomplete answers and tool or image content dropped, PII
 replaced by typed placeholders, per-message length bounds, exact then near duplicates removed),
-converts them to a provider's format (plugins.dataset_formats), splits them 80/10/10 by a seeded
+converts them to a provider's format (flywheel.dataset.formats), splits them 80/10/10 by a seeded
 hash (the same input and seed give the same files), and writes train/validation/test JSONL plus
 `manifest.json`: counts, filters, the source's time range, file hashes, what was dropped and why,
 and the PII replaced per kind. Each record is dropped for the first reason that applies.
@@ -26,11 +26,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
+from flywheel import traffic_source
 from gateway.config import Config, load_config
 from gateway.text.pii import KINDS, scrub
-from plugins import traffic_source
-from plugins.dataset_formats import SPLITS, ChatFormat, make_format, split_of, validate_file
-from plugins.near_duplicates import NearDuplicateIndex
+
+from .formats import SPLITS, ChatFormat, make_format, split_of, validate_file
+from .near_duplicates import NearDuplicateIndex
 
 # Why a record was left out, in the order the checks run (the manifest repeats the ones that occurred).
 REASONS = {
@@ -338,7 +339,7 @@ def build(config: Config, options: BuildOptions) -> dict[str, Any]:
     return manifest
 
 
-# --- the command line (parsed by plugins.dataset_commands) ----------------------------------------
+# --- the command line (parsed by commands.py) ------------------------------------------------------
 
 def cmd_build(args: argparse.Namespace) -> int:
     config = load_config(args.config)
