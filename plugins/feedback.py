@@ -29,7 +29,7 @@ from gateway.admin import read_body
 from gateway.errors import GatewayError, InvalidRequest, NotFound
 from gateway.gateway import GATEWAY
 from gateway.hookspecs import hookimpl
-from gateway.sqlite import SqliteThread
+from gateway.storage.sqlite import SqliteThread
 from plugins.traffic_log.plugin import read_records
 
 SCHEMA = """

@@ -29,7 +29,7 @@ from gateway.context import stable_hash
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.gateway import Generation
 from gateway.hookspecs import hookimpl
-from gateway.sqlite import APPEND_ONLY_CACHE_KIB, BatchWriter, SqliteThread
+from gateway.storage.sqlite import APPEND_ONLY_CACHE_KIB, BatchWriter, SqliteThread
 
 log = logging.getLogger("llmgate.shadow")
 

@@ -2,7 +2,7 @@
 import asyncio
 import time
 
-from gateway.sqlite import BatchWriter, SqliteThread
+from gateway.storage.sqlite import BatchWriter, SqliteThread
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS t (n INTEGER, text TEXT);"
 INSERT = "INSERT INTO t (n, text) VALUES (?, ?)"

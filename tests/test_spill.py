@@ -4,8 +4,8 @@ import sqlite3
 
 import pytest
 
-from gateway.spill import SpillFile, SpillFull
-from gateway.sqlite import BatchWriter, SqliteThread
+from gateway.storage.spill import SpillFile, SpillFull
+from gateway.storage.sqlite import BatchWriter, SqliteThread
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS t (n INTEGER, text TEXT);"
 

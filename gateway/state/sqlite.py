@@ -5,7 +5,7 @@ import json
 import time
 from typing import Any
 
-from ..sqlite import SqliteThread, transaction
+from ..storage.sqlite import SqliteThread, transaction
 from .base import StateStore
 
 SCHEMA = """

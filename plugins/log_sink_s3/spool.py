@@ -13,7 +13,7 @@ import sqlite3
 from typing import Any, Callable, Protocol
 
 from gateway.context import dumps
-from gateway.sqlite import BatchWriter, SqliteThread, transaction
+from gateway.storage.sqlite import BatchWriter, SqliteThread, transaction
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS spool (

@@ -29,8 +29,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway.context import dumps
 from gateway.errors import GatewayError, InvalidRequest, NotFound
 from gateway.hookspecs import hookimpl
-from gateway.spill import SpillFile
-from gateway.sqlite import APPEND_ONLY_CACHE_KIB, LOG_BATCH_WAIT_MS, BatchWriter, SqliteThread
+from gateway.storage.spill import SpillFile
+from gateway.storage.sqlite import APPEND_ONLY_CACHE_KIB, LOG_BATCH_WAIT_MS, BatchWriter, SqliteThread
 from gateway.text.pii import scrub_value
 
 log = logging.getLogger("llmgate.traffic_log")

@@ -84,7 +84,7 @@ class BatchWriter:
     everything queued before it at once; `flush` writes what is queued now.
 
     A batch the database refuses for a passing reason (locked, disk full, an I/O error) is never
-    dropped silently. With a `spill` file, refused rows go to disk (see gateway.spill) and the
+    dropped silently. With a `spill` file, refused rows go to disk (see gateway.storage.spill) and the
     queue keeps draining; the file is replayed, oldest rows first, when the database takes writes
     again (tried with backoff, even with no new rows) and on the next start. Without one, or when
     the spill file cannot take them either, the batch is kept in memory and retried with backoff
