@@ -30,9 +30,9 @@ from pathlib import Path
 from systems import ROOT, VENV_BIN
 
 _FRAME = re.compile(r"^(?P<function>.*?) \((?P<file>[^():]+)(?::(?P<line>\d+))?\)$")
-PROJECT_DIRS = ("gateway/", "plugins/", "evaluators/")
+PROJECT_DIRS = ("gateway/", "plugins/", "evaluators/", "flywheel/")
 # Project frames that only start the event loop: every sample has them, so they own nothing.
-ENTRY_MODULES = ("gateway/cli.py", "gateway/server.py", "gateway/__main__.py")
+ENTRY_MODULES = ("gateway/cli/__init__.py", "gateway/server.py", "gateway/__main__.py")
 # Libraries, by a part of their file's path; first match wins.
 AREAS = (
     ("aiohttp/", lambda f: "aiohttp"),
@@ -115,7 +115,7 @@ def _is_project(file: str) -> bool:
 
 
 def _area(file: str) -> str | None:
-    """A project module by name (gateway/proxy, plugins/shadow; the backends together), else a library."""
+    """A project module by name (gateway/proxy, plugins/shadow; a package's modules together), else a library."""
     if (relative := _project_path(file)) is not None:
         parts = relative.removesuffix(".py").split("/")
         return "/".join(parts[:2])

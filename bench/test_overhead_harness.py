@@ -195,7 +195,7 @@ def test_profile_summary_charges_library_time_to_the_calling_module(tmp_path):
     stacks.write_text(
         "run (asyncio/runners.py:118);chat_completions (/work/main/gateway/proxy.py:200);"
         "dumps (/usr/lib/python3.11/json/__init__.py:231) 30\n"
-        "run (asyncio/runners.py:118);after_response (/work/main/plugins/traffic_log.py:80) 10\n")
+        "run (asyncio/runners.py:118);after_response (/work/main/plugins/traffic_log/plugin.py:80) 10\n")
     summary = profiling.summarize(stacks)
     assert summary["samples"] == 40
     owners = {row["function"]: row["share"] for row in summary["by_owner"]}
@@ -216,7 +216,7 @@ def test_profile_summary_leaves_out_samples_caught_waiting_or_inside_a_c_event_l
         f"run_forever (asyncio/base_events.py:607);EpollSelector.select (selectors.py:{poll}) 60\n"
         f"run_forever (asyncio/base_events.py:607);EpollSelector.select (selectors.py:{poll + 2}) 5\n"
         "run (asyncio/runners.py:118);chat_completions (/work/main/gateway/proxy.py:200) 35\n"
-        f"cmd_serve (gateway/cli.py:56);Runner.run (asyncio/runners.py:{run_loop}) 25\n")  # inside uvloop
+        f"cmd_serve (gateway/cli/__init__.py:56);Runner.run (asyncio/runners.py:{run_loop}) 25\n")  # inside uvloop
     summary = profiling.summarize(stacks)
     assert (summary["samples"], summary["waiting_samples"]) == (40, 60)  # the line after the call is work
     assert summary["event_loop_samples"] == 25

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from gateway.cli import add_config_arg
+from gateway.cli.common import add_config_arg
 from gateway.hookspecs import hookimpl
 
 # The gate's defaults (evaluators.offline.Gate reads them from here).

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from pydantic import ValidationError
 
-from . import models_registry
+from .admin import registry as models_registry
 from .backends.base import Backend
 from .config import Config, ConfigError, RouteSettings, _format_validation, choices
 from .errors import NotFound, Scrubber, Unauthorized

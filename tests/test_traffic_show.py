@@ -11,8 +11,8 @@ import urllib.request
 import openai
 import pytest
 
-from gateway.admin_client import AdminClient
 from gateway.cli import main
+from gateway.cli.client import AdminClient
 from gateway.gateway import GATEWAY
 from plugins.traffic_log.commands import exchange_line, follow
 from tests.conftest import UPSTREAM_KEY

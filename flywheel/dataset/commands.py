@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from gateway.cli import add_config_arg
-from gateway.cli_admin import moment
+from gateway.cli.common import add_config_arg, moment
 from gateway.hookspecs import hookimpl
 
 from .formats import FORMAT_NAMES, SPLITS

@@ -1,8 +1,7 @@
 """`llmgate roi`: the roi tool's command, light to import (estimate.py and the config load when it runs)."""
 from __future__ import annotations
 
-from gateway.cli import add_config_arg
-from gateway.cli_admin import moment
+from gateway.cli.common import add_config_arg, moment
 from gateway.hookspecs import hookimpl
 
 

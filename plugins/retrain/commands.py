@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import argparse
 
-from gateway.admin_client import DEFAULT_URL
-from gateway.cli import add_config_arg, add_reason_arg
+from gateway.cli.client import DEFAULT_URL
+from gateway.cli.common import add_config_arg, add_reason_arg
 from gateway.hookspecs import hookimpl
 
 

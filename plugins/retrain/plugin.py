@@ -3,7 +3,7 @@
 A job takes a dataset directory (flywheel/dataset/builder.py builds them) to a provider (Bedrock model
 customization or OpenAI fine-tuning, plugins/retrain/providers.py), polls it to completion, puts
 the trained model in service (Bedrock: provisioned throughput or a custom model deployment), and
-registers it as a backend and a shadow of the job's route (gateway/models_registry.py), so the
+registers it as a backend and a shadow of the job's route (gateway/admin/registry.py), so the
 route's traffic is mirrored to it and the shadow report compares it with the live model.
 
 Jobs live in the state store under `retrain:job:<id>`, so a job survives restarts of the CLI and
@@ -31,8 +31,11 @@ from typing import Any, Awaitable, Callable
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.background import stop_tasks
-from gateway.errors import GatewayError
+from gateway.cli.client import AdminClient
+from gateway.config import PLUGIN_CORE_KEYS, ConfigError, _format_validation, load_config
+from gateway.errors import GatewayError, Scrubber
 from gateway.hookspecs import hookimpl
+from gateway.state import open_state_store
 
 from .providers import (
     BedrockProvider,
@@ -252,7 +255,7 @@ class Retrain:
 
     @hookimpl
     async def startup(self, gateway):
-        from gateway import models_registry
+        from gateway.admin import registry as models_registry  # aiohttp: the daemon's, not `llmgate retrain`'s
 
         async def register(job: dict, backend: dict) -> None:
             await models_registry.register(gateway, job["backend_name"], backend, [job["route"]],
@@ -300,7 +303,6 @@ def _summary(job: dict) -> dict:
 # --- the command line -----------------------------------------------------------------------------
 
 def settings_from(config) -> Settings:
-    from gateway.config import PLUGIN_CORE_KEYS, ConfigError, _format_validation
     raw = config.settings.plugins.get("retrain")
     options = {k: v for k, v in ((raw.model_extra if raw else None) or {}).items() if k != "module"}
     try:
@@ -341,11 +343,6 @@ def _bedrock_overrides(settings: Settings, args: argparse.Namespace) -> Settings
 
 
 async def _run(args: argparse.Namespace) -> int:
-    from gateway.admin_client import AdminClient
-    from gateway.config import load_config
-    from gateway.errors import Scrubber
-    from gateway.state import open_state_store
-
     config = load_config(args.config)
     settings = _bedrock_overrides(settings_from(config), args)
     client = AdminClient(getattr(args, "url", None))

@@ -220,7 +220,7 @@ class Provider(ABC):
 
     @abstractmethod
     def serving_backend(self, job: dict) -> dict[str, Any]:
-        """The backend entry that serves the new model (see gateway.models_registry)."""
+        """The backend entry that serves the new model (see gateway.admin.registry)."""
 
     def check_dataset(self, dataset: Dataset) -> None:
         if dataset.format != self.dataset_format:

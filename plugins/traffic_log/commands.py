@@ -12,8 +12,8 @@ import time
 import urllib.parse
 from typing import Any, Callable
 
-from gateway.admin_client import AdminClient, AdminError
-from gateway.cli_admin import add_json_arg, add_url_arg
+from gateway.cli.client import AdminClient, AdminError
+from gateway.cli.common import add_json_arg, add_url_arg
 from gateway.hookspecs import hookimpl
 
 PAGE = 100  # exchanges asked for per poll; a full page is followed by another poll at once

@@ -25,8 +25,9 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from .config import Config, _format_validation, _interpolate, choices
-from .errors import InvalidRequest, NotFound
+from ..config import Config, _format_validation, _interpolate, choices
+from ..errors import InvalidRequest, NotFound
+from .common import actor, audit, read_body
 
 log = logging.getLogger("llmgate.models")
 
@@ -127,7 +128,6 @@ async def register(gateway, name: str, backend: dict, shadow: list[str], who: st
     await gateway.store.set(KEY + name, record)
     await gateway.refresh_registered()
     await gateway.store.publish({"kind": NOTICE, "name": name})
-    from .admin import audit
     for route in shadow or [None]:
         await audit(gateway, "register_model", route, who, before=(old or {}).get("backend"), after=backend,
                     reason=reason, backend=name)
@@ -141,7 +141,6 @@ async def unregister(gateway, name: str, who: str, reason: str | None = None) ->
     await gateway.store.delete(KEY + name)
     await gateway.refresh_registered()
     await gateway.store.publish({"kind": NOTICE, "name": name})
-    from .admin import audit
     for route in old.get("shadow") or [None]:
         await audit(gateway, "unregister_model", route, who, before=old.get("backend"), after=None, reason=reason,
                     backend=name)
@@ -150,8 +149,6 @@ async def unregister(gateway, name: str, who: str, reason: str | None = None) ->
 
 def routes(gateway_key) -> list[web.RouteDef]:
     """GET /admin/models, POST /admin/models {name, backend, shadow, reason}, DELETE /admin/models/{name}."""
-    from .admin import actor, read_body
-
     async def listing(request: web.Request) -> web.Response:
         gateway = request.app[gateway_key]
         gateway.require_admin(request)

@@ -6,8 +6,8 @@ import json
 import time
 from typing import Callable
 
-from .admin_client import DEFAULT_URL, AdminClient
-from .cli import REASON_HELP, add_reason_arg
+from .client import AdminClient
+from .common import REASON_HELP, add_json_arg, add_reason_arg, add_url_arg, duration
 
 Handler = Callable[[AdminClient, argparse.Namespace], int]
 HANDLERS: dict[str, Handler] = {}
@@ -123,29 +123,6 @@ def events(client: AdminClient, args: argparse.Namespace) -> int:
     return 0
 
 
-def duration(text: str) -> float:
-    """Seconds from '3600', '90s', '30m', '24h' or '7d'."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    number, unit = (text[:-1], units[text[-1]]) if text[-1:] in units else (text, 1)
-    try:
-        seconds = float(number) * unit
-    except ValueError:
-        seconds = 0
-    if not 0 < seconds < float("inf"):
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use 3600, 30m, 24h or 7d)")
-    return seconds
-
-
-def moment(text: str) -> float:
-    """Epoch seconds from an ISO date or time (UTC unless it says otherwise) or a span back from now (30d, 24h)."""
-    from datetime import datetime, timezone
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        return time.time() - duration(text)
-    return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
-
-
 def _span(seconds: float) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds % size == 0:
@@ -203,15 +180,6 @@ def cache(client: AdminClient, args: argparse.Namespace) -> int:
     removed = client.post("/admin/cache/clear", {"route": args.route, "reason": args.reason})["removed"]
     print(f"route {args.route}: {removed} cached answer{'s' if removed != 1 else ''} removed")
     return 0
-
-
-def add_url_arg(parser: argparse.ArgumentParser) -> None:
-    """The `--url` option of every command that talks to a running gateway's admin API."""
-    parser.add_argument("--url", default=None, help=f"the gateway (default: $LLMGATE_URL, else {DEFAULT_URL})")
-
-
-def add_json_arg(parser: argparse.ArgumentParser, what: str = "the admin API's answer") -> None:
-    parser.add_argument("--json", action="store_true", help=f"print {what} as JSON")
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:

@@ -5,10 +5,10 @@ import argparse
 import os
 import sys
 
-# gateway.config's default, not imported from it: reading it would load pydantic and PyYAML into every
-# command, `llmgate --help` included (tests check the two agree).
-DEFAULT_CONFIG_PATH = "config/gateway.yaml"
-REASON_HELP = "why, recorded in the audit trail"
+from ..known_plugins import command_plugins  # not gateway.plugins: that one loads what the daemon needs
+from .admin import HANDLERS, add_commands
+from .client import AdminClient, AdminError
+from .common import DEFAULT_CONFIG_PATH, REASON_HELP, add_config_arg, add_reason_arg  # noqa: F401 (public here)
 
 DESCRIPTION = """\
 llmgate: an OpenAI-compatible gateway that routes, mirrors and evaluates LLM traffic.
@@ -17,18 +17,6 @@ Point an application's OpenAI base URL at http://HOST:PORT/v1 and use a route na
 Start with `llmgate serve`, check a config with `llmgate check-config FILE`. Operator commands
 (status, rollout, rollback, promote, events, ...) talk to a running gateway at --url with the
 admin token from LLMGATE_ADMIN_TOKEN."""
-
-
-def add_config_arg(parser: argparse.ArgumentParser) -> None:
-    """The `--config/-c` option every command that reads a config file takes."""
-    parser.add_argument("--config", "-c", default=None,
-                        help=f"config file (default: $LLMGATE_CONFIG, else ./{DEFAULT_CONFIG_PATH} when it exists, "
-                             "else the starter config inside the package)")
-
-
-def add_reason_arg(parser: argparse.ArgumentParser, required: bool = False, help: str = REASON_HELP) -> None:
-    """The `--reason` option of every command that changes state: one spelling, one help, into the audit."""
-    parser.add_argument("--reason", required=required, default=None, metavar="TEXT", help=help)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,18 +47,17 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--force", action="store_true", help="overwrite PATH when it exists")
     init.set_defaults(handler=cmd_init)
 
-    from .cli_admin import add_commands
     add_commands(commands)
-    from .known_plugins import command_plugins  # not gateway.plugins: that one loads what the daemon needs
     command_plugins().hook.register_commands(commands=commands)
     return parser
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .errors import Scrubber
-    from .logs import setup_logging
-    from .server import CannotListen, run
+    # start-up: the daemon's modules (pydantic, PyYAML, aiohttp) load only for the command that needs them
+    from ..config import load_config
+    from ..errors import Scrubber
+    from ..logs import setup_logging
+    from ..server import CannotListen, run
 
     config = load_config(args.config)
     setup_logging(Scrubber(config.secrets), args.log_level, args.log_json)
@@ -87,7 +74,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     import shlex
     from pathlib import Path
 
-    from .config import PACKAGED_CONFIG
+    from ..config import PACKAGED_CONFIG  # start-up, as in cmd_serve
 
     path = Path(args.path)
     if path.exists() and not args.force:
@@ -102,8 +89,8 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .gateway import Gateway
+    from ..config import load_config  # start-up, as in cmd_serve
+    from ..gateway import Gateway
 
     config = load_config(args.file)
     gateway = Gateway(config)
@@ -118,8 +105,6 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .admin_client import AdminClient, AdminError
-    from .cli_admin import HANDLERS
 
     handlers = {"serve": cmd_serve}
     if args.command is None:
@@ -142,7 +127,3 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
