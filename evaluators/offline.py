@@ -23,9 +23,9 @@ from typing import Any, TextIO
 
 import jsonschema
 
+from evaluators.gate import MIN_JUDGED, MIN_LOWER_BOUND, MIN_WIN_RATE
 from evaluators.judges import PairwiseJudge
 from evaluators.metrics import Exchange
-from evaluators.offline_commands import MIN_JUDGED, MIN_LOWER_BOUND, MIN_WIN_RATE
 from evaluators.stats import percentile, wilson_interval, win_rate
 from gateway.backends.base import Backend
 from gateway.chat import answer_text, validate_chat_request

@@ -7,13 +7,9 @@ from __future__ import annotations
 
 import argparse
 
+from evaluators.gate import MIN_JUDGED, MIN_LOWER_BOUND, MIN_WIN_RATE
 from gateway.cli.common import add_config_arg
 from gateway.hookspecs import hookimpl
-
-# The gate's defaults (evaluators.offline.Gate reads them from here).
-MIN_WIN_RATE = 0.7
-MIN_LOWER_BOUND = 0.5
-MIN_JUDGED = 0.8
 
 
 def _tolerance(text: str) -> tuple[str, float | None]:
@@ -39,7 +35,7 @@ def _share(text: str) -> float:
 
 
 def main(args: argparse.Namespace) -> int:
-    from evaluators.offline import main
+    from evaluators.offline import main  # start-up: the config, backends, judges and plugins load here
     return main(args)
 
 

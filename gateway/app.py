@@ -12,11 +12,11 @@ from aiohttp import web
 from . import admin, proxy, tracing
 from .breaker import breaker_problems
 from .config import Config
-from .context import dumps
+from .context import REQUEST_CONTEXT, REQUEST_ID, dumps
 from .errors import GatewayError, InvalidRequest
 from .gateway import GATEWAY, Gateway, no_such_route
 from .logs import current_request_id, log_access
-from .proxy import OVERHEAD_HEADER, REQUEST_CONTEXT, REQUEST_ID
+from .proxy import OVERHEAD_HEADER
 
 log = logging.getLogger("llmgate")
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")

@@ -1,6 +1,9 @@
 """One request's life: what the caller sent, what the gateway decided, what came back.
 
 Plugins read and annotate it; `record()` turns it into the traffic-log row every sink stores.
+REQUEST_ID and REQUEST_CONTEXT are where the request handler leaves the request's id and its
+context on the aiohttp request, for the access log and the server span: here, below both the
+handler (proxy.py) and its readers (app.py, tracing.py), so that none imports another for them.
 """
 from __future__ import annotations
 
@@ -9,6 +12,8 @@ import json
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
+
+from aiohttp import web
 
 if TYPE_CHECKING:
     from .config import RouteSettings
@@ -109,6 +114,10 @@ class RequestContext:
             "request": self.body if bodies else None,
             "response": self.response if bodies else None,
         }
+
+
+REQUEST_ID = web.RequestKey("request_id", str)
+REQUEST_CONTEXT = web.RequestKey("request_context", RequestContext)  # for the access log and the server span
 
 
 def dumps(value: Any) -> str:

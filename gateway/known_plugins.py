@@ -54,7 +54,7 @@ COMMAND_MODULES = {
 
 def discover() -> dict[str, str]:
     """Every known plugin: the built-in ones, then entry points (which may not shadow a built-in)."""
-    from importlib.metadata import entry_points
+    from importlib.metadata import entry_points  # start-up: only when plugins are looked up
 
     found = dict(DEFAULT_PLUGINS)
     for ep in entry_points(group=ENTRY_POINT_GROUP):

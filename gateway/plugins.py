@@ -19,9 +19,10 @@ from types import CoroutineType
 from typing import Any
 
 import pluggy
+from pydantic import ValidationError
 
 from . import hookspecs, tracing
-from .config import PLUGIN_CORE_KEYS, Config, PluginSettings, choices
+from .config import PLUGIN_CORE_KEYS, Config, ConfigError, PluginSettings, _format_validation, choices
 from .errors import GatewayError
 
 log = logging.getLogger("llmgate.plugins")
@@ -53,11 +54,9 @@ def _validated_settings(obj: Any, name: str, raw: PluginSettings, source: str,
     model = getattr(obj, "Settings", None)
     if model is None:
         return options
-    from pydantic import ValidationError
     try:
         return model.model_validate(options)
     except ValidationError as exc:
-        from .config import ConfigError, _format_validation
         errors = [e for e in exc.errors() if e["type"] == "extra_forbidden" or not unknown_keys_only]
         if not errors:
             return None
@@ -87,7 +86,6 @@ def build_plugin_manager(config: Config) -> tuple[pluggy.PluginManager, dict[str
             known[name] = settings.model_extra["module"]
     unknown = sorted(set(configured) - set(known))
     if unknown:
-        from .config import ConfigError
         raise ConfigError(config.source, [f"plugins.{n}: no such plugin {choices(n, known, 'known')}" for n in unknown])
     core_settings: dict[str, PluginSettings] = {}
     for name, target in known.items():

@@ -21,7 +21,7 @@ from . import tracing
 from .backends.base import Backend
 from .breaker import CLOSED, CircuitBreaker, CircuitOpen
 from .chat import StreamAssembler, completion_to_chunks, validate_chat_request
-from .context import Attempt, RequestContext, dumps
+from .context import REQUEST_CONTEXT, REQUEST_ID, Attempt, RequestContext, dumps
 from .errors import (
     NO_KEYS_HINT,
     BodyTooLarge,
@@ -35,8 +35,6 @@ from .gateway import GATEWAY, Gateway, Generation
 
 log = logging.getLogger("llmgate.proxy")
 T = TypeVar("T")
-REQUEST_ID = web.RequestKey("request_id", str)
-REQUEST_CONTEXT = web.RequestKey("request_context", RequestContext)  # for the access log and the server span
 IN_FLIGHT = web.AppKey("in_flight", Counter)  # route -> chat requests being served now (GET /metrics)
 OVERHEAD_HEADER = "x-llmgate-overhead-ms"
 TRIED_HEADER = "x-llmgate-tried"  # every backend the request was sent to (or skipped for), in order

@@ -51,7 +51,7 @@ def loop_factory(config: Config) -> Callable[[], asyncio.AbstractEventLoop] | No
     if choice == "asyncio":
         return None
     try:
-        import uvloop
+        import uvloop  # optional: not on every platform (server.event_loop: auto falls back to asyncio)
     except ImportError:
         if choice == "uvloop":
             raise ConfigError(config.source, ["server.event_loop: uvloop is not installed here "

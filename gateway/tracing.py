@@ -20,9 +20,10 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from .context import REQUEST_CONTEXT, RequestContext
+
 if TYPE_CHECKING:
     from .backends.base import Backend
-    from .context import RequestContext
 
 W3C = TraceContextTextMapPropagator()
 HOOK_SPAN_MIN_SECONDS = 0.0005  # a hook call that neither answered nor failed gets a span from this long on
@@ -67,8 +68,6 @@ def fail(span, status: int | None, error_type: str) -> None:
 
 def server_middleware(tracer: trace.Tracer):
     """A SERVER span per request, continuing the caller's trace when it sent a `traceparent`."""
-
-    from .proxy import REQUEST_CONTEXT  # the proxy imports this module; by now it is loaded
 
     @web.middleware
     async def traced(request: web.Request, handler) -> web.StreamResponse:

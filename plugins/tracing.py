@@ -52,6 +52,7 @@ class Tracing:
             self._build()
 
     def _build(self) -> None:
+        # start-up: the SDK and its exporter load only when the plugin exports spans
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor

@@ -11,6 +11,7 @@ class BuiltinBackends:
 
     @hookimpl
     def register_backend_kinds(self):
+        # start-up: the kinds' SDKs (boto3 for bedrock) load with the gateway, not with this package
         from .anthropic import AnthropicBackend
         from .bedrock import BedrockBackend
         from .openai import OpenAIBackend

@@ -7,6 +7,7 @@ of the translation once; each backend only renders blocks in its own keys.
 from __future__ import annotations
 
 import base64
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -179,7 +180,6 @@ def message_from_blocks(blocks: list[Block]) -> dict:
 
 
 def _json(value: Any) -> str:
-    import json
     return json.dumps(value, separators=(",", ":"))
 
 

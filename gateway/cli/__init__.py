@@ -71,10 +71,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_init(args: argparse.Namespace) -> int:
     """Copy the packaged starter config where the operator can edit it; never over a file unless --force."""
-    import shlex
+    import shlex  # start-up, as in cmd_serve
     from pathlib import Path
 
-    from ..config import PACKAGED_CONFIG  # start-up, as in cmd_serve
+    from ..config import PACKAGED_CONFIG
 
     path = Path(args.path)
     if path.exists() and not args.force:
@@ -89,7 +89,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from ..config import load_config  # start-up, as in cmd_serve
+    from ..config import load_config  # start-up, as in cmd_serve: the config and every plugin
     from ..gateway import Gateway
 
     config = load_config(args.file)

@@ -6,7 +6,7 @@ from .sqlite import SqliteStateStore
 def open_state_store(settings) -> StateStore:
     """Redis when the config names one (replicas share it), else the embedded SQLite file."""
     if settings.redis_url:
-        from .redis import RedisStateStore
+        from .redis import RedisStateStore  # start-up: redis's client only when the config names one
         return RedisStateStore(settings.redis_url)
     return SqliteStateStore(settings.sqlite_path)
 

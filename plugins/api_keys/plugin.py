@@ -151,7 +151,7 @@ class ApiKeys:
             settings = Settings.model_validate({k: v for k, v in (section.model_extra or {}).items()
                                                 if k != "module"})
         except ValidationError as exc:
-            from gateway.config import PLUGIN_CORE_KEYS, _format_validation
+            from gateway.config import PLUGIN_CORE_KEYS, _format_validation  # PyYAML: not for `llmgate keys`
             return [f"plugins.{NAME}.{p}" for p in _format_validation(exc, {}, Settings, PLUGIN_CORE_KEYS)]
         problems = []
         routes = config.settings.routes
@@ -184,7 +184,7 @@ class ApiKeys:
 
 def _answering_plugins_before(config, name: str) -> list[str]:
     """Enabled plugins listed before `name` in `plugins:` that implement before_route."""
-    from gateway.plugins import discover, is_enabled
+    from gateway.plugins import discover, is_enabled  # the loader (OpenTelemetry): not for `llmgate keys`
     known = discover()
     found = []
     for other, settings in config.settings.plugins.items():

@@ -20,7 +20,7 @@ def _hyperparameter(text: str) -> tuple[str, str]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from .plugin import main
+    from .plugin import main  # start-up: pydantic, the providers and the state store only when one runs
     return main(args)
 
 

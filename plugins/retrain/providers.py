@@ -243,7 +243,7 @@ class BedrockProvider(Provider):
 
     def _client(self, service: str):
         if service not in self._clients:
-            import boto3
+            import boto3  # start-up: boto3 is slow to import, and only Bedrock jobs need it
             from botocore.config import Config as BotoConfig
             session = boto3.session.Session(profile_name=self.settings.profile) if self.settings.profile else boto3
             region = self.settings.region or self.runtime.get("region")
@@ -372,7 +372,7 @@ class OpenAIProvider(Provider):
 
     def client(self):
         if self._client is None:
-            import openai
+            import openai  # optional: the OpenAI SDK is not a dependency of the package
             base_url = self.settings.base_url or self.backend.get("base_url") or "https://api.openai.com/v1"
             api_key = self.settings.api_key or self.backend.get("api_key")
             if not api_key or api_key == "none":

@@ -41,6 +41,7 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from evaluators.judges import EquivalenceJudge, JudgeOutputError
 from gateway.admin import actor, audit, read_body
 from gateway.context import RequestContext, stable_hash
 from gateway.errors import InvalidRequest
@@ -312,7 +313,6 @@ class SemanticCache:
     async def _verify(self, key: Key, entry: Entry) -> str | None:
         """None when the judge says the cached question is the same as this one, else why not ("judge", ...).
         Verdicts are remembered per (entry, question), so a popular borderline pair is judged once."""
-        from evaluators.judges import EquivalenceJudge, JudgeOutputError
         verify = self.settings.verify
         memo = (entry.id, key.exact)
         if memo in self._verdicts:

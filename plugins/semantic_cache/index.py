@@ -15,6 +15,7 @@ Not thread-safe: the plugin runs every call on one thread of its own, off the ev
 """
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import time
 from collections import OrderedDict
@@ -94,7 +95,7 @@ class HnswVectors:
     """An HNSW graph of float16 vectors (usearch), inner product on unit vectors = cosine."""
 
     def __init__(self, dimension: int, connectivity: int = 16, expansion_add: int = 64, expansion_search: int = 64):
-        from usearch.index import Index
+        from usearch.index import Index  # the embeddings extra
         self.index = Index(ndim=dimension, metric="ip", dtype="f16", connectivity=connectivity,
                            expansion_add=expansion_add, expansion_search=expansion_search)
 
@@ -115,7 +116,6 @@ class HnswVectors:
 
 
 def ann_available() -> bool:
-    import importlib.util
     return importlib.util.find_spec("usearch") is not None
 
 

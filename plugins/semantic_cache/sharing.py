@@ -67,7 +67,7 @@ class SharedEntries:
 
     def __init__(self, url: str, max_entries: int, on_add: Callable[[SharedEntry], Awaitable[None]],
                  on_clear: Callable[[str | None], Awaitable[None]], clock: Callable[[], float] = time.time):
-        import redis.asyncio as aioredis
+        import redis.asyncio as aioredis  # start-up: only when replicas share entries
         self.replica = uuid.uuid4().hex
         self.max_entries = max_entries
         self.on_add = on_add
