@@ -35,7 +35,7 @@ class Entry:
     route: str
     exact_key: str
     text: str                      # the user turns the entry answers
-    facts: Any                     # cache_guards.Facts of `text`
+    facts: Any                     # guards.Facts of `text`
     answer: dict[str, Any]
     expires_at: float
     request_id: str | None = None
