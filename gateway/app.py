@@ -16,6 +16,7 @@ from .context import REQUEST_CONTEXT, REQUEST_ID, dumps
 from .errors import GatewayError, InvalidRequest
 from .gateway import GATEWAY, Gateway, no_such_route
 from .logs import current_request_id, log_access
+from .plugins import answer
 from .proxy import OVERHEAD_HEADER
 
 log = logging.getLogger("llmgate")
@@ -116,7 +117,7 @@ async def readyz(request: web.Request) -> web.Response:
     it reads "degraded" (200): failing the probe would take every replica out at once."""
     gateway = request.app[GATEWAY]
     store_ok = await gateway.store.ping()
-    degraded = {name: problem for checks in (await gateway.hooks.each("readiness", gateway=gateway)).values()
+    degraded = {name: problem for checks in (await gateway.hooks.call("readiness", gateway=gateway)).values()
                 for name, problem in checks.items() if problem}
     if problem := breaker_problems(gateway.backends):
         degraded["breakers"] = problem
@@ -156,7 +157,7 @@ def _model(name: str) -> dict:
 
 def create_app(config: Config) -> web.Application:
     gateway = Gateway(config)
-    gateway.hooks.tracer = next(iter(gateway.hooks.collect("register_tracer", gateway=gateway).values()), None)
+    gateway.hooks.tracer = answer(gateway.hooks.collect("register_tracer", gateway=gateway))[1]
     middlewares = [errors_middleware]
     if gateway.hooks.tracer is not None:  # outermost, so the span sees the final status
         middlewares.insert(0, tracing.server_middleware(gateway.hooks.tracer))

@@ -20,6 +20,14 @@ if TYPE_CHECKING:
     from .errors import GatewayError
 
 
+def caller_key(request: web.Request) -> str | None:
+    """The caller's API key: `Authorization: Bearer <key>` (the OpenAI SDKs) or `x-api-key` (the Anthropic SDK)."""
+    value = request.headers.get("Authorization", "")
+    if value[:7].lower() == "bearer ":
+        return value[7:].strip() or None
+    return request.headers.get("x-api-key", "").strip() or None
+
+
 def stable_hash(*parts: str) -> str:
     """A hash that is the same in every process and on every replica (unlike Python's salted `hash`)."""
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()

@@ -19,7 +19,7 @@ from .admin import registry as models_registry
 from .backends.base import Backend
 from .config import Config, ConfigError, RouteSettings, _format_validation, choices
 from .errors import NotFound, Scrubber, Unauthorized
-from .plugins import HookRunner, build_plugin_manager
+from .plugins import HookRunner, answer, build_plugin_manager
 from .state import StateStore, open_state_store
 
 log = logging.getLogger("llmgate")
@@ -114,10 +114,15 @@ class Gateway:
         """The routes the caller of `request` may learn about, in config order, and whether a plugin
         narrowed them (`visible_routes` hook; it may refuse the caller with a 401)."""
         names = list(self.config.settings.routes)
-        narrowed = await self.hooks.each("visible_routes", request=request, routes=list(names))
+        narrowed = await self.hooks.call("visible_routes", request=request, routes=list(names))
         for allowed in map(set, narrowed.values()):
             names = [name for name in names if name in allowed]
         return names, bool(narrowed)
+
+    async def authenticate(self, request: web.Request) -> str | None:
+        """The tenant the caller of `request` acts as (`authenticate` hook; it refuses a bad key with a 401),
+        None where no plugin authenticates."""
+        return answer(await self.hooks.call("authenticate", request=request))[1]
 
     async def route_for(self, request: web.Request, name: str) -> RouteSettings:
         """The route a caller asked for; a 404 names only the routes that caller may see."""
@@ -147,10 +152,10 @@ class Gateway:
         self.store.subscribe(self._on_store_change)
         for backend in self.backends.values():
             await backend.start()
-        await self.hooks.each("startup", gateway=self)
+        await self.hooks.call("startup", gateway=self)
 
     async def stop(self) -> None:
-        await self.hooks.each("shutdown", reverse=True, gateway=self)
+        await self.hooks.call("shutdown", gateway=self)  # in reverse plugin order
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
         for backend in self.backends.values():
@@ -210,7 +215,7 @@ class Gateway:
         task = asyncio.create_task(self._retire(old, retired))
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
-        await self.hooks.each("config_reloaded", gateway=self, config=config)
+        await self.hooks.call("config_reloaded", gateway=self, config=config)
         log.info("%s %s: %d backends (%d new), %d routes", why, config.source, len(backends),
                  len(fresh), len(config.settings.routes))
 

@@ -1,30 +1,88 @@
-"""Every hook a plugin can implement: the whole extension surface of llmgate, in request order.
+"""Every hook a plugin can implement: the whole extension surface of llmgate, by phase of a gateway's life.
 
-Calling convention (pluggy has no async hooks, so the gateway calls implementations itself):
-an implementation may be a plain function or an `async def`; the gateway awaits what it returns.
-Each implementation runs in isolation: one that raises, or on the request path (`before_route`,
-`choose_variant`, `after_response`) exceeds its plugin's `timeout_ms`, is logged and skipped, unless
-its plugin is configured `fail_closed: true`, in which case the request fails with a 503. Raising a
-`gateway.errors.GatewayError` is never a fault: it is how a plugin refuses a request (a quota, a
-policy) and the caller receives that error.
+Each spec says, beside its signature, how the gateway calls it:
+
+- `firstresult`: the first implementation that returns something other than None answers, and later
+  ones are not called (a cache hit, a chosen variant, a tenant); otherwise every implementation runs
+  and the caller gets each plugin's non-None result.
+- `timed`: it runs while a caller waits, so each async implementation gets its plugin's `timeout_ms`;
+  untimed hooks (start-up, a drain at shutdown, the operator surface) take what they need.
+- `reverse`: called in reverse plugin order (shutdown undoes start-up).
+
+Calling convention (pluggy has no async hooks, so the gateway calls implementations itself, with
+`gateway.hooks.call(name, **kwargs)`): an implementation may be a plain function or an `async def`;
+the gateway awaits what it returns. Each implementation runs in isolation: one that raises, or that
+exceeds its budget, is logged and skipped, unless its plugin is configured `fail_closed: true`, in
+which case the request fails with a 503. Raising a `gateway.errors.GatewayError` is never a fault:
+it is how a plugin refuses a request (a key, a quota, a policy) and the caller receives that error.
 
 Implementations run in the order the config's `plugins:` section lists their plugins, then the
 unlisted ones in registration order (`tryfirst`/`trylast` apply among those).
 """
+from __future__ import annotations
+
+from typing import Callable
+
 import pluggy
 
 hookspec = pluggy.HookspecMarker("llmgate")
 hookimpl = pluggy.HookimplMarker("llmgate")
 
+STARTUP = "start-up and shutdown"
+REQUEST = "the request path"
+OBSERVERS = "observers"
+OPERATOR = "the operator surface"
+PHASES = (STARTUP, REQUEST, OBSERVERS, OPERATOR)
 
-@hookspec
+# hook name -> its phase, in file order (the manual's hook reference is generated from this).
+SPECS: dict[str, str] = {}
+# Hooks that run while a caller waits: each plugin's `timeout_ms` applies to their async implementations.
+TIMED: set[str] = set()
+# Hooks called in reverse plugin order.
+REVERSED: set[str] = set()
+
+
+def spec(phase: str, *, firstresult: bool = False, timed: bool = False, reverse: bool = False) -> Callable:
+    """Declare a hook in `phase`, and how the gateway calls it (see the module docstring)."""
+    assert phase in PHASES, phase
+
+    def declare(function: Callable) -> Callable:
+        SPECS[function.__name__] = phase
+        if timed:
+            TIMED.add(function.__name__)
+        if reverse:
+            REVERSED.add(function.__name__)
+        return hookspec(firstresult=firstresult)(function)
+    return declare
+
+
+# --- start-up and shutdown -----------------------------------------------------------------------
+
+@spec(STARTUP)
 def register_backend_kinds():
     """Return {kind: Backend subclass} for backend kinds this plugin provides.
 
     Called once at start-up; a config's `backends.<name>.kind` selects one."""
 
 
-@hookspec
+@spec(STARTUP)
+def register_evaluators():
+    """Return a list of evaluator objects for offline and online evaluation.
+
+    Each has a `name`, `higher_is_better`, a gate `tolerance` (None: not gated) and
+    `evaluate(case, answer, exchange) -> float | None`; see evaluators/metrics.py."""
+
+
+@spec(STARTUP, firstresult=True)
+def register_tracer(gateway):
+    """Return an OpenTelemetry `Tracer` for the gateway's spans; the first non-None result wins.
+
+    Called once as the app is built. With none, tracing is off and costs nothing. With one, each
+    request gets a SERVER span (continuing the caller's `traceparent`), each hook implementation
+    and each backend attempt a child span, and backends send `traceparent` upstream."""
+
+
+@spec(STARTUP)
 def config_problems(config):
     """Return a list of problems ("plugins.<name>.<key>: what is wrong") this plugin finds in the config.
 
@@ -32,7 +90,111 @@ def config_problems(config):
     accepted; any problem refuses the config. Check references to backends and routes here."""
 
 
-@hookspec
+@spec(STARTUP)
+def startup(gateway):
+    """Set up what the plugin needs for the gateway's lifetime: queues, workers, connections.
+
+    Runs before the server accepts requests."""
+
+
+@spec(STARTUP)
+def config_reloaded(gateway, config):
+    """The config was replaced (SIGHUP). Re-read settings; enabling or disabling plugins needs a restart."""
+
+
+@spec(STARTUP, reverse=True)
+def shutdown(gateway):
+    """Drain and close what `startup` made. Runs in reverse order, after in-flight requests end."""
+
+
+# --- the request path, in order ------------------------------------------------------------------
+
+@spec(REQUEST, firstresult=True, timed=True)
+def authenticate(request):
+    """Return the tenant (a team name) the caller of an HTTP `request` acts as; raise a GatewayError
+    (a 401) to refuse a caller without valid credentials.
+
+    The first step of every API request, before its body is read: a caller without a valid key costs
+    the gateway its headers and nothing more. Read the key with `gateway.context.caller_key(request)`
+    (`Authorization: Bearer` or `x-api-key`). With no implementation, callers have no tenant and
+    nothing is scoped by tenant; the result becomes `ctx.tenant`."""
+
+
+@spec(REQUEST, timed=True)
+def authorize(ctx):
+    """Refuse (raise a GatewayError, a 403) a caller that may not make this request.
+
+    Runs once the caller is authenticated (`ctx.tenant`) and the body names its route
+    (`ctx.route_name`), before `before_route`: no plugin can answer a request that is not allowed."""
+
+
+@spec(REQUEST, timed=True)
+def visible_routes(request, routes):
+    """Return the names among `routes` that the caller of an HTTP `request` may learn about and use.
+
+    Consulted for GET /v1/models and for the list a 404 for an unknown model names, so a caller never
+    hears of another tenant's routes; raise a GatewayError (a 401) to refuse a caller without valid
+    credentials. Return None to leave the list alone; each non-None result narrows it further."""
+
+
+@spec(REQUEST, firstresult=True, timed=True)
+def before_route(ctx):
+    """Look at a validated request before any backend is chosen; may answer it.
+
+    Return a chat.completion dict to answer the request yourself (a cache hit): the first
+    non-None result wins and later implementations are not called. Set `ctx.served_by` to name
+    what answered (defaults to the plugin's name). Raise a GatewayError to refuse the request."""
+
+
+@spec(REQUEST, firstresult=True, timed=True)
+def choose_variant(ctx):
+    """Return the name of the backend that should serve `ctx`; the first non-None result wins.
+
+    With no answer the route's baseline serves. `ctx.route` holds the route's settings."""
+
+
+@spec(REQUEST, timed=True)
+def after_response(ctx):
+    """Observe a finished exchange: `ctx.response` (assembled for streams), `ctx.error`, timings, usage.
+
+    Runs after the last byte went to the caller, still on the request's task: put work on a
+    bounded queue and return; never wait on slow work here."""
+
+
+# --- observers: told what happened, off the request path -----------------------------------------
+
+@spec(OBSERVERS)
+def record_score(route, variant, name, value):
+    """A plugin that measured an answer's quality (a judge score, user feedback) reports it here.
+
+    Window-keeping plugins (auto_rollback) count it per route and variant, higher meaning better;
+    only observes. Report with `await gateway.hooks.call("record_score", route=..., variant=...,
+    name=..., value=...)`; an implementation only adds to counters, so it may also be called
+    synchronously through `gateway.pm.hook.record_score(...)`."""
+
+
+@spec(OBSERVERS)
+def shadow_compared(comparison):
+    """The shadow plugin recorded a comparison of a primary answer with a shadow's (off the request path).
+
+    `comparison` is the stored row (`request_id`, `route`, `primary_backend`, `shadow_backend`,
+    `primary_answer`, `shadow_answer`: None when the shadow failed or `bodies` is off, ...) plus
+    the request's `messages`. An evaluator scores it off this call (enqueue and return: the shadow
+    worker waits for implementations) and writes the score, higher meaning the shadow did better,
+    with `await gateway.pm.get_plugin("shadow").set_judge_score(request_id, shadow_backend, score)`."""
+
+
+@spec(OBSERVERS)
+def rollout_changed(event):
+    """A rollout change was recorded (`event["kind"]`: rollout, rollback, promote, kill, canary, ...).
+
+    `event` is the audit event as stored (route, actor, before, after, reason). Only observes
+    (a metric, a notification); called on the replica that made the change."""
+
+
+# --- the operator surface: commands, endpoints, status, metrics ----------------------------------
+
+@spec(OPERATOR)
 def register_commands(commands):
     """Add subcommands to the `llmgate` command line; `commands` is argparse's subparsers object.
 
@@ -44,124 +206,28 @@ def register_commands(commands):
     `gateway.cli.add_reason_arg(parser)` and records the reason in the audit trail."""
 
 
-@hookspec
+@spec(OPERATOR)
 def register_routes(gateway):
     """Return a list of aiohttp RouteDefs to add to the server (an admin API, a feedback endpoint).
 
     Admin routes must check the admin token with `gateway.require_admin(request)`."""
 
 
-@hookspec
-def startup(gateway):
-    """Set up what the plugin needs for the gateway's lifetime: queues, workers, connections.
-
-    Runs before the server accepts requests."""
-
-
-@hookspec
-def shutdown(gateway):
-    """Drain and close what `startup` made. Runs in reverse order, after in-flight requests end."""
-
-
-@hookspec
-def config_reloaded(gateway, config):
-    """The config was replaced (SIGHUP). Re-read settings; enabling or disabling plugins needs a restart."""
-
-
-@hookspec
-def authenticate(request):
-    """Return the tenant (a team name) the caller of an HTTP `request` acts as, for endpoints beside
-    chat completions (feedback, usage); raise a GatewayError (a 401) to refuse a caller without valid
-    credentials. The first non-None result wins; with none, callers have no tenant and nothing is
-    scoped by tenant. Chat completions authenticate in `before_route`, which sets `ctx.tenant`."""
-
-
-@hookspec
-def visible_routes(request, routes):
-    """Return the names among `routes` that the caller of an HTTP `request` may learn about and use.
-
-    Consulted for GET /v1/models and for the list a 404 for an unknown model names, so a caller never
-    hears of another tenant's routes; raise a GatewayError (a 401) to refuse a caller without valid
-    credentials. Return None to leave the list alone; each non-None result narrows it further."""
-
-
-@hookspec
-def before_route(ctx):
-    """Look at a validated request before any backend is chosen; may answer it.
-
-    Return a chat.completion dict to answer the request yourself (a cache hit): the first
-    non-None result wins and later implementations are not called. Set `ctx.served_by` to name
-    what answered (defaults to the plugin's name). Raise a GatewayError to refuse the request."""
-
-
-@hookspec
-def choose_variant(ctx):
-    """Return the name of the backend that should serve `ctx`; the first non-None result wins.
-
-    With no answer the route's baseline serves. `ctx.route` holds the route's settings."""
-
-
-@hookspec
-def after_response(ctx):
-    """Observe a finished exchange: `ctx.response` (assembled for streams), `ctx.error`, timings, usage.
-
-    Runs after the last byte went to the caller, still on the request's task: put work on a
-    bounded queue and return; never wait on slow work here."""
-
-
-@hookspec
-def record_score(route, variant, name, value):
-    """A plugin that measured an answer's quality (a judge score, user feedback) reports it here.
-
-    Window-keeping plugins (auto_rollback) count it per route and variant, higher meaning better;
-    only observes. Report with `await gateway.hooks.each("record_score", route=..., variant=...,
-    name=..., value=...)`; an implementation only adds to counters, so it may also be called
-    synchronously through `gateway.pm.hook.record_score(...)`."""
-
-
-@hookspec
-def register_evaluators():
-    """Return a list of evaluator objects for offline and online evaluation.
-
-    Each has a `name`, `higher_is_better`, a gate `tolerance` (None: not gated) and
-    `evaluate(case, answer, exchange) -> float | None`; see evaluators/metrics.py."""
-
-
-@hookspec
-def shadow_compared(comparison):
-    """The shadow plugin recorded a comparison of a primary answer with a shadow's (off the request path).
-
-    `comparison` is the stored row (`request_id`, `route`, `primary_backend`, `shadow_backend`,
-    `primary_answer`, `shadow_answer`: None when the shadow failed or `bodies` is off, ...) plus
-    the request's `messages`. An evaluator scores it off this call (enqueue and return: the shadow
-    worker waits for implementations) and writes the score, higher meaning the shadow did better,
-    with `await gateway.pm.get_plugin("shadow").set_judge_score(request_id, shadow_backend, score)`."""
-
-
-@hookspec
+@spec(OPERATOR)
 def readiness(gateway):
     """Return {check name: problem text or None} to add to GET /readyz.
 
     A problem marks the gateway degraded (it still serves); only the core's own checks make it 503."""
 
 
-@hookspec
+@spec(OPERATOR)
 def admin_status(gateway):
     """Return {section: JSON-able data} for GET /admin/status (and so `llmgate status` and the console).
 
     Called per status request, off the request path; keep it to what the plugin holds in memory."""
 
 
-@hookspec
-def register_tracer(gateway):
-    """Return an OpenTelemetry `Tracer` for the gateway's spans; the first non-None result wins.
-
-    Called once as the app is built. With none, tracing is off and costs nothing. With one, each
-    request gets a SERVER span (continuing the caller's `traceparent`), each hook implementation
-    and each backend attempt a child span, and backends send `traceparent` upstream."""
-
-
-@hookspec
+@spec(OPERATOR)
 def collect_metrics(gateway):
     """Return a list of `(name, help, labels, value)` figures this plugin holds, for GET /metrics.
 
@@ -169,11 +235,3 @@ def collect_metrics(gateway):
     counts) and return. `name` is Prometheus-style (`llmgate_shadow_queue_depth`); one ending in
     `_total` is exposed as a counter, any other as a gauge. `labels` is a dict whose values come
     from a bounded set (route, backend, plugin names): never a tenant, user, key or request id."""
-
-
-@hookspec
-def rollout_changed(event):
-    """A rollout change was recorded (`event["kind"]`: rollout, rollback, promote, kill, canary, ...).
-
-    `event` is the audit event as stored (route, actor, before, after, reason). Only observes
-    (a metric, a notification); called on the replica that made the change."""

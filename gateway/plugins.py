@@ -30,9 +30,6 @@ log = logging.getLogger("llmgate.plugins")
 # Which plugins exist: in a module of their own, light to import for the command line.
 from .known_plugins import DEFAULT_PLUGINS, ENTRY_POINT_GROUP, command_plugins, discover  # noqa: E402,F401
 
-# Hooks that run while a caller waits: each plugin's `timeout_ms` applies to these.
-REQUEST_HOOKS = frozenset({"before_route", "choose_variant", "after_response"})
-
 
 class PluginFault(GatewayError):
     status, type = 503, "plugin_error"
@@ -110,7 +107,8 @@ class HookRunner:
     """Calls hook implementations one by one with isolation, awaiting async ones.
 
     pluggy gives registration, validation and ordering; this gives what an async gateway needs
-    from a call: a per-plugin time budget, fault isolation, and first-result-wins over coroutines.
+    from a call: a per-plugin time budget, fault isolation, and first-result-wins over coroutines,
+    each as the hook's spec in gateway/hookspecs.py declares it.
     """
 
     def __init__(self, pm: pluggy.PluginManager, settings: dict[str, PluginSettings], order: list[str]):
@@ -122,6 +120,7 @@ class HookRunner:
         self.tracer = None
         position = {name: i for i, name in enumerate(order)}
         self._impls: dict[str, list] = {}
+        self._first: set[str] = set()  # hooks whose spec says the first non-None answer wins
         for hook_name in dir(pm.hook):
             caller = getattr(pm.hook, hook_name)
             if not isinstance(caller, pluggy.HookCaller):
@@ -131,7 +130,9 @@ class HookRunner:
             for impl in impls:
                 if impl.hookwrapper or impl.wrapper:
                     raise TypeError(f"plugin {impl.plugin_name}: hook wrappers are not supported on {hook_name}")
-            self._impls[hook_name] = impls
+            self._impls[hook_name] = impls[::-1] if hook_name in hookspecs.REVERSED else impls
+            if caller.spec is not None and caller.spec.opts.get("firstresult"):
+                self._first.add(hook_name)
 
     def implemented(self, hook_name: str) -> bool:
         return bool(self._impls.get(hook_name))
@@ -178,7 +179,7 @@ class HookRunner:
         """Await an async implementation within its plugin's budget."""
         settings = self.settings.get(impl.plugin_name)
         # The budget guards requests; start-up and shutdown (a drain, a flush) take what they need.
-        budget = settings.timeout_ms / 1000 if settings and hook_name in REQUEST_HOOKS else None
+        budget = settings.timeout_ms / 1000 if settings and hook_name in hookspecs.TIMED else None
         try:
             async with asyncio.timeout(budget):
                 result = await pending
@@ -207,29 +208,33 @@ class HookRunner:
             raise PluginFault(f"plugin '{name}' failed and is configured fail-closed") from exc
         return None
 
-    async def first(self, hook_name: str, **kwargs) -> tuple[str | None, Any]:
-        """(plugin name, result) of the first implementation that returns non-None."""
+    async def call(self, hook_name: str, **kwargs) -> dict[str, Any]:
+        """{plugin name: result} of the implementations that returned non-None, in plugin order.
+
+        For a `firstresult` hook the calls stop at the first answer, so it holds at most one entry."""
+        results = {}
+        first = hook_name in self._first
         for impl in self._impls.get(hook_name, ()):
             result = self._call(impl, kwargs, hook_name)
             if type(result) is CoroutineType:  # _call made one: the implementation is async
                 result = await result
             if result is not None:
-                return impl.plugin_name, result
-        return None, None
-
-    async def each(self, hook_name: str, *, reverse: bool = False, **kwargs) -> dict[str, Any]:
-        """Call every implementation; {plugin name: result} of those that returned non-None."""
-        impls = self._impls.get(hook_name, ())
-        results = {}
-        for impl in (reversed(impls) if reverse else impls):
-            result = self._call(impl, kwargs, hook_name)
-            if type(result) is CoroutineType:  # _call made one: the implementation is async
-                result = await result
-            if result is not None:
                 results[impl.plugin_name] = result
+                if first:
+                    break
         return results
 
     def collect(self, hook_name: str, **kwargs) -> dict[str, Any]:
-        """Synchronous registration hooks, called at start-up where a fault should stop the gateway."""
-        return {impl.plugin_name: r for impl in self._impls.get(hook_name, ())
-                if (r := impl.function(*[kwargs[a] for a in impl.argnames])) is not None}
+        """`call` for the synchronous registration hooks of start-up, where a fault stops the gateway."""
+        results = {}
+        for impl in self._impls.get(hook_name, ()):
+            if (result := impl.function(*[kwargs[a] for a in impl.argnames])) is not None:
+                results[impl.plugin_name] = result
+                if hook_name in self._first:
+                    break
+        return results
+
+
+def answer(results: dict[str, Any]) -> tuple[str | None, Any]:
+    """(plugin, result) of a `firstresult` hook's call; (None, None) when no plugin answered."""
+    return next(iter(results.items()), (None, None))

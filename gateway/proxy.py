@@ -1,8 +1,8 @@
 """The request path for POST /v1/chat/completions, as a short visible pipeline:
 
-read and validate → `before_route` plugins (may answer) → `choose_variant` → backend chain
-(retries on retryable errors, then the route's fallbacks) → write the answer (JSON or SSE)
-→ `after_response` plugins, once the last byte is out.
+`authenticate` (before the body is read) → read and validate → `authorize` → `before_route` plugins
+(may answer) → `choose_variant` → backend chain (retries on retryable errors, then the route's
+fallbacks) → write the answer (JSON or SSE) → `after_response` plugins, once the last byte is out.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from . import tracing
 from .backends.base import Backend
 from .breaker import CLOSED, CircuitBreaker, CircuitOpen
 from .chat import StreamAssembler, completion_to_chunks, validate_chat_request
-from .context import REQUEST_CONTEXT, REQUEST_ID, Attempt, RequestContext, dumps
+from .context import REQUEST_CONTEXT, REQUEST_ID, Attempt, RequestContext, caller_key, dumps
 from .errors import (
     NO_KEYS_HINT,
     BodyTooLarge,
@@ -32,6 +32,7 @@ from .errors import (
     UpstreamError,
 )
 from .gateway import GATEWAY, Gateway, Generation
+from .plugins import answer
 
 log = logging.getLogger("llmgate.proxy")
 T = TypeVar("T")
@@ -58,11 +59,6 @@ async def read_json(request: web.Request, max_bytes: int) -> Any:
     except (ValueError, RecursionError) as exc:
         reason = "it nests too deeply" if isinstance(exc, RecursionError) else str(exc)
         raise InvalidRequest(f"the request body is not valid JSON: {reason}", code="invalid_json") from None
-
-
-def _bearer(request: web.Request) -> str | None:
-    value = request.headers.get("Authorization", "")
-    return value[7:].strip() or None if value[:7].lower() == "bearer " else None
 
 
 def backend_chain(ctx: RequestContext) -> list[str]:
@@ -265,6 +261,7 @@ def _cost(generation: Generation, ctx: RequestContext) -> float | None:
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
+    tenant = await gateway.authenticate(request)  # a caller without a valid key costs us no body read
     body = await read_json(request, gateway.config.server.max_body_bytes)
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object", code="invalid_json")
@@ -274,9 +271,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         raise InvalidRequest("you must provide a model parameter naming a route (GET /v1/models lists them)",
                              param="model", code="missing_model")
     route = await gateway.route_for(request, route_name)
-    api_key = _bearer(request)
     ctx = RequestContext(request_id=request[REQUEST_ID], route_name=route_name, route=route, body=body,
-                         headers=request.headers, api_key=api_key)
+                         headers=request.headers, api_key=caller_key(request), tenant=tenant)
     request[REQUEST_CONTEXT] = ctx
     in_flight = request.app[IN_FLIGHT]
     in_flight[route_name] += 1
@@ -288,7 +284,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         in_flight[route_name] -= 1
         ctx.finished_at = time.perf_counter()
         ctx.cost_usd = _cost(generation, ctx)
-    await gateway.hooks.each("after_response", ctx=ctx)
+    await gateway.hooks.call("after_response", ctx=ctx)
     return response
 
 
@@ -309,11 +305,12 @@ async def _serve(request: web.Request, gateway: Gateway, generation: Generation,
                  ctx: RequestContext) -> web.StreamResponse:
     try:
         validate_chat_request(ctx.body, gateway.config.server.max_messages)
-        plugin, answer = await gateway.hooks.first("before_route", ctx=ctx)
-        if answer is not None:
+        await gateway.hooks.call("authorize", ctx=ctx)
+        plugin, answered = answer(await gateway.hooks.call("before_route", ctx=ctx))
+        if answered is not None:
             ctx.served_by = ctx.served_by or plugin
-            return await _replay(request, ctx, answer)
-        _, variant = await gateway.hooks.first("choose_variant", ctx=ctx)
+            return await _replay(request, ctx, answered)
+        _, variant = answer(await gateway.hooks.call("choose_variant", ctx=ctx))
         if variant is not None and variant not in generation.backends:
             log.warning("choose_variant named unknown backend %r for route %s; using the baseline",
                         variant, ctx.route_name)

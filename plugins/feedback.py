@@ -149,7 +149,7 @@ class Feedback:
 
     async def _endpoint(self, request: web.Request) -> web.Response:
         gateway = request.app[GATEWAY]
-        _, tenant = await gateway.hooks.first("authenticate", request=request)  # None: no tenancy
+        tenant = await gateway.authenticate(request)  # None: no tenancy
         body = await read_body(request)
         request_id = body.get("request_id")
         if not isinstance(request_id, str) or not request_id:
@@ -177,5 +177,5 @@ class Feedback:
         counts = self._counts.setdefault((route, variant), [0, 0.0])
         counts[0] += 1
         counts[1] += score
-        await gateway.hooks.each("record_score", route=route, variant=variant, name="feedback", value=score)
+        await gateway.hooks.call("record_score", route=route, variant=variant, name="feedback", value=score)
         return web.json_response(record)

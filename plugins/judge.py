@@ -231,7 +231,7 @@ class Judge:
             return
         score = SCORE[verdict.outcome]
         if job.kind == "candidate":
-            await self._gateway.hooks.each("record_score", route=job.route, variant=job.variant,
+            await self._gateway.hooks.call("record_score", route=job.route, variant=job.variant,
                                            name="judge_win_rate", value=score)
         elif not await self._gateway.pm.get_plugin("shadow").set_judge_score(job.request_id, job.variant, score):
             log.warning("no stored comparison of request %s with shadow %s for its judge score",

@@ -167,7 +167,7 @@ class Metrics:
     async def endpoint(self, request: web.Request) -> web.Response:
         self._authorise(request)
         gateway = self._gateway
-        figures = [f for found in (await gateway.hooks.each("collect_metrics", gateway=gateway)).values()
+        figures = [f for found in (await gateway.hooks.call("collect_metrics", gateway=gateway)).values()
                    for f in found]
         self._scrape.load(figures, dict(gateway.hooks.faults), dict(request.app.get(IN_FLIGHT) or {}))
         body = generate_latest(self.registry)  # no await since `load`: a concurrent scrape cannot interleave

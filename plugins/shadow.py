@@ -213,7 +213,7 @@ class Shadow:
             span.set_attributes({"http.response.status_code": shadow["shadow_status"],
                                  **tracing.usage_attributes(tokens)})
         row = self._record(job, shadow)
-        await self._gateway.hooks.each("shadow_compared", comparison={**row, "messages": job.body.get("messages")})
+        await self._gateway.hooks.call("shadow_compared", comparison={**row, "messages": job.body.get("messages")})
 
     async def _call(self, job: Job) -> dict[str, Any]:
         """The shadow's half of the row; every failure is an answer here, never an exception."""

@@ -142,15 +142,37 @@ def test_config_problems_are_named_without_echoing_a_key(fake_openai, tmp_path):
     unknown_route["plugins"]["api_keys"]["teams"]["support"]["routes"] = ["no-such-route"]
     assert any("teams.support.routes: unknown route 'no-such-route'" in p for p in _problems(unknown_route))
 
-    answering_first = tenancy_config(fake_openai, tmp_path)
-    answering_first["plugins"] = {"answerer": {"module": "tests.plugins_for_tests:Answerer"},
-                                  **answering_first["plugins"]}
-    assert any("list it before 'answerer'" in p for p in _problems(answering_first))
-
     quotas_alone = tenancy_config(fake_openai, tmp_path)
     del quotas_alone["plugins"]["api_keys"]
     quotas_alone["plugins"]["quotas"] = {"enabled": True}
     assert any(p.startswith("plugins.quotas: needs the api_keys plugin") for p in _problems(quotas_alone))
+
+
+def test_a_plugin_listed_before_api_keys_cannot_answer_an_unknown_key_or_a_forbidden_route(
+        fake_openai, make_gateway, tmp_path):
+    config = tenancy_config(fake_openai, tmp_path)
+    config["plugins"] = {"answerer": {"module": "tests.plugins_for_tests:Answerer"}, **config["plugins"]}
+    gw = make_gateway(config)  # the answerer's before_route is listed first: authentication still comes first
+    assert ask(gw, SUPPORT_KEY, text="cached?").choices[0].message.content == "from the plugin"
+    with pytest.raises(openai.AuthenticationError) as refused:
+        ask(gw, "sk-lg-not-a-key-of-this-gateway-000000", text="cached?")
+    assert refused.value.body["code"] == "invalid_api_key"
+    with pytest.raises(openai.PermissionDeniedError) as forbidden:
+        ask(gw, SUPPORT_KEY, route="sales-bot", text="cached?")
+    assert forbidden.value.body["code"] == "route_not_allowed"
+
+    # An unknown key is refused on its headers: the body is never read (here: not valid JSON at all).
+    request = urllib.request.Request(gw.url + "/v1/chat/completions", method="POST", data=b"{not json",
+                                     headers={"Content-Type": "application/json",
+                                              "x-api-key": "sk-lg-not-a-key-of-this-gateway-000000"})
+    with pytest.raises(urllib.error.HTTPError) as unread:
+        urllib.request.urlopen(request, timeout=10)
+    assert unread.value.code == 401 and json.loads(unread.value.read())["error"]["code"] == "invalid_api_key"
+    request.remove_header("X-api-key")
+    request.add_header("x-api-key", SUPPORT_KEY)  # the Anthropic SDK's header is a key too
+    with pytest.raises(urllib.error.HTTPError) as read:
+        urllib.request.urlopen(request, timeout=10)
+    assert read.value.code == 400 and json.loads(read.value.read())["error"]["code"] == "invalid_json"
 
 
 def test_too_many_messages_are_refused(fake_openai, make_gateway, tmp_path):
@@ -234,7 +256,7 @@ def test_no_secret_reaches_the_logs_the_hook_traces_or_the_files(tmp_path):
                 except urllib.error.HTTPError as err:
                     answers.append(f"{err.code} {err.read().decode()}")
             assert [a.split(" ", 1)[0] for a in answers[-4:]] == ["200", "401", "200", "401"]
-            wait_for_records(tmp_path / "traffic.db", 9)
+            wait_for_records(tmp_path / "traffic.db", 8)  # all but the unknown key's: refused before its body was read
         finally:
             assert gw.stop() == 0
     assert fake.headers[0]["Authorization"] == f"Bearer {provider_key}"  # the provider did get its key
@@ -243,7 +265,7 @@ def test_no_secret_reaches_the_logs_the_hook_traces_or_the_files(tmp_path):
     for path in tmp_path.rglob("*"):  # the traffic log, the state store, the config file
         if path.is_file():
             outputs[str(path.relative_to(tmp_path))] = path.read_bytes().decode("latin-1")
-    assert "api_keys.before_route" in outputs["the process's stdout and stderr"]  # hook tracing was on
+    assert "api_keys.authenticate" in outputs["the process's stdout and stderr"]  # hook tracing was on
     assert "traffic.db" in outputs
     for where, text in outputs.items():
         for secret in all_secrets:

@@ -463,7 +463,7 @@ def test_judge_scores_below_the_floor_roll_the_candidate_back(upstreams, make_ga
         for i in range(30):
             for variant, name, value in (("cand", "judge_win_rate", 0.1 + 0.1 * (i % 2)), ("cand", "thumbs_up", 1.0),
                                          ("base", "judge_win_rate", 0.5)):
-                await hooks.each("record_score", route="bot", variant=variant, name=name, value=value)
+                await hooks.call("record_score", route="bot", variant=variant, name=name, value=value)
     gw.call(report())
     event = wait_until(lambda: events(gw, kind="rollback"), what="a rollback on the judge score")[0]
     assert event["rule"] == "score:judge_win_rate" and event["figures"]["failed"] == ["score:judge_win_rate"]

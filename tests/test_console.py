@@ -132,7 +132,7 @@ def test_series_and_shadow_pairs_follow_real_traffic(fake_openai, make_gateway, 
     gw = make_gateway(console_config(fake_openai, tmp_path))
     served = served_by(gw.url, [f"user-{i}" for i in range(40)])
     assert set(served.values()) <= {"base", "cand-a"}
-    gw.call(gw.app[GATEWAY].hooks.each("record_score", route="bot", variant="cand-a", name="judge_win_rate",
+    gw.call(gw.app[GATEWAY].hooks.call("record_score", route="bot", variant="cand-a", name="judge_win_rate",
                                        value=1.0))
 
     def counted():
@@ -214,7 +214,7 @@ def test_the_console_steers_real_traffic(browser, fake_openai, make_gateway, tmp
     users = [f"user-{i}" for i in range(30)]
     assert "base" in served_by(gw.url, users).values()
     for value in (1.0, 0.5, 1.0):  # a judge's verdicts, so the judge column and chart have data
-        gw.call(gw.app[GATEWAY].hooks.each("record_score", route="bot", variant="cand-a", name="judge_win_rate",
+        gw.call(gw.app[GATEWAY].hooks.call("record_score", route="bot", variant="cand-a", name="judge_win_rate",
                                            value=value))
     with background_traffic(gw.url):
         context, page, problems = open_console(browser, gw.url, LAPTOP)

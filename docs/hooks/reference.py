@@ -4,7 +4,7 @@ A page asks for a generated section with an HTML comment on a line of its own; t
 section there before the page is converted, so the hand-written prose around it stays and the
 reference cannot drift from the code:
 
-- `<!-- hookspecs -->`: every hookspec in gateway/hookspecs.py, in file order (signature, docstring).
+- `<!-- hookspecs -->`: every hookspec in gateway/hookspecs.py, by phase (signature, how it is called, docstring).
 - `<!-- options: NAME -->`: the options of the built-in plugin NAME (`gateway.plugins.DEFAULT_PLUGINS`),
   from its nested pydantic `Settings` model.
 - `<!-- config: SECTION -->`: a config section: server, state, routes, prices, backends (the keys
@@ -339,21 +339,32 @@ def config_section(name: str) -> str:
 
 
 def hookspecs_section() -> str:
+    """The module's docstring, then each phase's hooks in file order: signature, how it is called, docstring."""
+    from gateway import hookspecs
+
     path = ROOT / "gateway" / "hookspecs.py"
     tree = ast.parse(path.read_text(encoding="utf-8"))
     intro = ast.get_docstring(tree) or ""
     parts = [text(paragraph.replace("\n", " ")) + "\n" for paragraph in intro.split("\n\n") if paragraph.strip()]
-    for node in tree.body:
-        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            continue
-        decorators = [ast.unparse(d) for d in node.decorator_list]
-        if not any(d == "hookspec" or d.startswith("hookspec(") for d in decorators):
-            continue
-        signature = "\n".join(f"@{d}" for d in decorators) + f"\ndef {node.name}({ast.unparse(node.args)}): ..."
-        doc = ast.get_docstring(node) or ""
-        parts += [f"### `{node.name}`", "", "```python", signature, "```", ""]
-        parts += [text(paragraph.replace("\n", " ")) + "\n" for paragraph in doc.split("\n\n") if paragraph.strip()]
-    if not any(part.startswith("### ") for part in parts):
+    nodes = {node.name: node for node in tree.body
+             if isinstance(node, ast.FunctionDef) and node.name in hookspecs.SPECS}
+    for phase in hookspecs.PHASES:
+        parts += [f"### {phase[0].upper()}{phase[1:]}", ""]
+        for name in [name for name, where in hookspecs.SPECS.items() if where == phase]:
+            node = nodes[name]
+            function = getattr(hookspecs, name)
+            opts = getattr(function, hookspecs.hookspec.project_name + "_spec", {})
+            how = ["the first answer wins" if opts.get("firstresult") else "every implementation runs"]
+            if name in hookspecs.TIMED:
+                how.append("within each plugin's `timeout_ms`")
+            if name in hookspecs.REVERSED:
+                how.append("in reverse plugin order")
+            decorators = "\n".join(f"@{ast.unparse(d)}" for d in node.decorator_list)
+            doc = ast.get_docstring(node) or ""
+            parts += [f"#### `{name}`", "", "```python", f"{decorators}\ndef {name}({ast.unparse(node.args)}): ...",
+                      "```", "", f"_Called: {'; '.join(how)}._", ""]
+            parts += [text(paragraph.replace("\n", " ")) + "\n" for paragraph in doc.split("\n\n") if paragraph.strip()]
+    if not nodes:
         log.warning("<!-- hookspecs -->: no hookspec found in %s", path)
     return "\n".join(parts)
 

@@ -28,7 +28,7 @@ def routes(gateway_key) -> list[web.RouteDef]:
             "state_store": {"engine": gateway.store.engine, "degraded": gateway.store.degraded},
             "breakers": {name: backend.breaker.snapshot() for name, backend in gateway.backends.items()},
         }
-        for sections in (await gateway.hooks.each("admin_status", gateway=gateway)).values():
+        for sections in (await gateway.hooks.call("admin_status", gateway=gateway)).values():
             body.update(sections)  # each plugin returns {section: data}, as the hookspec says
         return web.json_response(body, dumps=lambda v: json.dumps(v, default=str))
 

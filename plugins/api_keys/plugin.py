@@ -1,26 +1,25 @@
 """api_keys: client API keys that name a team, and the routes each team may call.
 
-A caller sends its key as `Authorization: Bearer <key>`, as the OpenAI SDKs do. The config holds
-only each key's SHA-256 (`sha256:<hex>`, printed by `llmgate keys new` / `llmgate keys hash`), so
-a leaked config file leaks no key. `before_route` answers 401 (`authentication_error`) for a
-missing or unknown key and 403 (`permission_error`) for a route outside the team's `routes`, and
-sets `ctx.tenant` to the team, which the traffic log records and the semantic cache scopes by.
-Beside chat completions it answers `authenticate` (the team, for feedback and usage) and
-`visible_routes` (GET /v1/models and a 404's list of routes name only the team's routes).
+A caller sends its key as `Authorization: Bearer <key>`, as the OpenAI SDKs do, or as `x-api-key`,
+as the Anthropic SDK does. The config holds only each key's SHA-256 (`sha256:<hex>`, printed by
+`llmgate keys new` / `llmgate keys hash`), so a leaked config file leaks no key. `authenticate`
+answers 401 (`authentication_error`) for a missing or unknown key before the request's body is read,
+and names the team, which becomes `ctx.tenant` (the traffic log records it, the semantic cache
+scopes by it, feedback and usage use it); `authorize` answers 403 (`permission_error`) for a route
+outside the team's `routes`, before any plugin may answer; `visible_routes` makes GET /v1/models
+and a 404's list of routes name only the team's routes.
 
 Off by default. While it is off, any key (or none) passes through as before and `ctx.tenant`
 stays unset. While it is on, every chat request needs a configured key. The gateway's provider
 keys are never the caller's concern: callers only ever hold these client keys.
 
-It must run before any plugin that can answer in `before_route` (the semantic cache), or a cache
-hit would skip the key check: list `api_keys` first in `plugins:` (the config check says so).
+Both run before any `before_route` plugin, wherever `plugins:` lists them: a cache hit never skips them.
 The team limits (`requests_per_minute`, `tokens_per_day`) are enforced by the `quotas` plugin.
 """
 from __future__ import annotations
 
 import hashlib
 import hmac
-import importlib
 import re
 import secrets
 import sys
@@ -28,6 +27,7 @@ import sys
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway.context import caller_key
 from gateway.errors import PermissionDenied, Unauthorized
 from gateway.hookspecs import hookimpl
 
@@ -79,11 +79,6 @@ class Settings(BaseModel):
         return self
 
 
-def _bearer(request: web.Request) -> str | None:
-    value = request.headers.get("Authorization", "")
-    return value[7:].strip() or None if value[:7].lower() == "bearer " else None
-
-
 class ApiKeys:
     Settings = Settings
     DEFAULT_ENABLED = False  # on only where the config enables it
@@ -105,7 +100,8 @@ class ApiKeys:
         on a hash that a caller cannot steer towards a valid key, and the stored hash is confirmed
         with a constant-time comparison. That keeps the check O(1) with thousands of keys."""
         if not api_key:
-            raise Unauthorized("You didn't provide an API key: send it as 'Authorization: Bearer <key>'",
+            raise Unauthorized("You didn't provide an API key: send it as 'Authorization: Bearer <key>' "
+                               "(or 'x-api-key: <key>')",
                                code="missing_api_key")
         given = hash_key(api_key)
         team, stored = self._by_hash.get(given, (None, ""))
@@ -116,7 +112,7 @@ class ApiKeys:
 
     def team_of_request(self, request: web.Request) -> str:
         """The caller's team from an HTTP request's bearer key (for endpoints beside chat completions)."""
-        return self.team_of(_bearer(request))
+        return self.team_of(caller_key(request))
 
     def check_route(self, team: str, route: str) -> None:
         allowed = self.teams[team].routes
@@ -127,14 +123,13 @@ class ApiKeys:
     # --- hooks --------------------------------------------------------------------------------
 
     @hookimpl
-    def before_route(self, ctx):
-        team = self.team_of(ctx.api_key)
-        self.check_route(team, ctx.route_name)
-        ctx.tenant = team
-
-    @hookimpl
     def authenticate(self, request):
         return self.team_of_request(request)
+
+    @hookimpl
+    def authorize(self, ctx):
+        if ctx.tenant in self.teams:  # a tenant another plugin authenticated is that plugin's to check
+            self.check_route(ctx.tenant, ctx.route_name)
 
     @hookimpl
     def visible_routes(self, request, routes):
@@ -163,9 +158,6 @@ class ApiKeys:
         admin = config.server.admin_token
         if admin and hash_key(admin) in {k for t in settings.teams.values() for k in t.keys}:
             problems.append(f"plugins.{NAME}.teams: the admin token is also a client key; give clients their own")
-        for earlier in _answering_plugins_before(config, NAME):
-            problems.append(f"plugins.{NAME}: list it before '{earlier}' in plugins: (its before_route would "
-                            "run before the key check: an answer from it, a cache hit say, would skip the check)")
         return problems
 
     @hookimpl
@@ -180,28 +172,6 @@ class ApiKeys:
         return {NAME: {name: {"keys": len(team.keys), "routes": team.routes,
                               "requests_per_minute": team.requests_per_minute,
                               "tokens_per_day": team.tokens_per_day} for name, team in self.teams.items()}}
-
-
-def _answering_plugins_before(config, name: str) -> list[str]:
-    """Enabled plugins listed before `name` in `plugins:` that implement before_route."""
-    from gateway.plugins import discover, is_enabled  # the loader (OpenTelemetry): not for `llmgate keys`
-    known = discover()
-    found = []
-    for other, settings in config.settings.plugins.items():
-        if other == name:
-            break
-        target = (settings.model_extra or {}).get("module") or known.get(other)
-        if not isinstance(target, str):
-            continue
-        module_name, _, attribute = target.partition(":")
-        try:
-            obj = importlib.import_module(module_name)
-            obj = getattr(obj, attribute) if attribute else obj
-        except Exception:  # the plugin loader reports a plugin that cannot be imported
-            continue
-        if is_enabled(obj, settings.enabled) and hasattr(obj, "before_route"):
-            found.append(other)
-    return found
 
 
 # --- the command line (registered by plugins.api_keys.commands) --------------------------------

@@ -277,7 +277,7 @@ class Rollout:
     async def _record(self, kind: str, route: str, who: str, before, after, reason, **details) -> dict:
         event = await audit(self.gateway, kind, route, who, before=before, after=after, reason=reason, **details)
         await self.gateway.store.publish({"kind": "rollout", "route": route})
-        await self.gateway.hooks.each("rollout_changed", event=event)
+        await self.gateway.hooks.call("rollout_changed", event=event)
         if self._webhook_queue is not None and kind in self.settings.webhook_kinds:
             try:
                 self._webhook_queue.put_nowait(event)
