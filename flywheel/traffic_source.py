@@ -32,12 +32,6 @@ def _section(config: Config, name: str) -> PluginSettings | None:
     return config.settings.plugins.get(name)
 
 
-def plugin_options(config: Config, name: str) -> dict[str, Any]:
-    """A plugin's own options from the config (its section less the core's keys)."""
-    section = _section(config, name)
-    return {k: v for k, v in ((section.model_extra or {}) if section else {}).items() if k != "module"}
-
-
 def plugin_enabled(config: Config, name: str) -> bool:
     """Whether the gateway would load the plugin: its `enabled`, else the plugin's DEFAULT_ENABLED."""
     section = _section(config, name)
@@ -59,7 +53,7 @@ def plugin_enabled(config: Config, name: str) -> bool:
 
 def _settings_path(config: Config, plugin: str, default_from: str) -> str:
     """The `path` option of a plugin, or the default its Settings model declares."""
-    options = plugin_options(config, plugin)
+    options = config.plugin_options(plugin)
     if isinstance(options.get("path"), str):
         return options["path"]
     module = importlib.import_module(default_from)
@@ -73,7 +67,7 @@ def traffic_log_path(config: Config) -> str:
 def describe_source(config: Config) -> dict[str, Any]:
     """Where `iter_records` reads from, for a manifest or a report."""
     if plugin_enabled(config, S3_SINK):
-        options = plugin_options(config, S3_SINK)
+        options = config.plugin_options(S3_SINK)
         return {"kind": "s3", "bucket": options.get("bucket"), "prefix": options.get("prefix")}
     return {"kind": "sqlite", "path": traffic_log_path(config)}
 
@@ -83,7 +77,7 @@ def iter_records(config: Config, *, route: str | None = None, since: float | Non
     """Logged exchanges of `route` (all routes when None) with since <= ts < until, oldest first."""
     if plugin_enabled(config, S3_SINK):
         from plugins.log_sink_s3 import read_records_s3  # written alongside; only needed when enabled
-        yield from read_records_s3(plugin_options(config, S3_SINK), route=route, since=since, until=until)
+        yield from read_records_s3(config.plugin_options(S3_SINK), route=route, since=since, until=until)
         return
     from plugins.traffic_log.plugin import read_records  # the plugin brings aiohttp: only when the log is read
     path = traffic_log_path(config)

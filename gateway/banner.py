@@ -40,7 +40,7 @@ def banner(gateway, url: str, loop: str) -> list[str]:
              *(route_line(name, *state) for name, state in routes.items())]
     if not routes:
         lines.append("  no routes are configured: add one under routes: in the config")
-    console = gateway.pm.get_plugin("console") is not None
+    console = gateway.enabled("console")
     surfaces = "admin API" + (" and console" if console else "")
     if _admin_on(gateway):
         where = f"{url}/admin/status" + (f", {url}/console" if console else "")

@@ -141,6 +141,12 @@ class Config:
         prices = self.settings.prices
         return prices.get(backend) or (prices.get(model) if model else None)
 
+    def plugin_options(self, name: str, model: type[BaseModel] | None = None) -> Any:
+        """Plugin `name`'s own options from its section, validated by `model` when given (a ConfigError
+        naming each problem as `plugins.<name>.<key>`); the dict as written without one."""
+        options = own_options(self.settings.plugins.get(name))
+        return options if model is None else validated_options(name, model, options, self.source)
+
     def cost(self, backend: str, model: str | None, usage: dict | None) -> float | None:
         """USD for one answer's usage, from the price table; None when the price or usage is unknown."""
         price = self.price_for(backend, model)
@@ -264,6 +270,27 @@ def _format_validation(error: ValidationError | list[dict], unset: dict[str, str
             message = _unknown_key(item["loc"], model, also_allowed)
         problems.append(f"{key}: {message}" if key else message)
     return problems
+
+
+def own_options(section: PluginSettings | None) -> dict[str, Any]:
+    """A plugin section's own options: what it holds beside the core's keys (enabled, timeout_ms, module, ...)."""
+    return {k: v for k, v in ((section.model_extra or {}) if section else {}).items() if k != "module"}
+
+
+def validated_options(name: str, model: type[BaseModel], options: dict[str, Any], source: str,
+                      unknown_keys_only: bool = False) -> Any:
+    """`options` checked by plugin `name`'s Settings `model`; problems are raised as `plugins.<name>.<key>`.
+
+    `unknown_keys_only` checks a disabled plugin's section for misspelt keys alone (and returns None):
+    `enable: true` would otherwise leave an opt-in plugin off without a word."""
+    try:
+        return model.model_validate(options)
+    except ValidationError as exc:
+        errors = [e for e in exc.errors() if e["type"] == "extra_forbidden" or not unknown_keys_only]
+        if not errors:
+            return None
+        problems = [f"plugins.{name}.{p}" for p in _format_validation(errors, {}, model, PLUGIN_CORE_KEYS)]
+        raise ConfigError(source, problems) from None
 
 
 def parse_config(raw: Any, source: str = "<config>") -> Config:

@@ -65,6 +65,10 @@ class RequestContext:
     overhead_ms: float | None = None    # the gateway's own time before the answer started: x-llmgate-overhead-ms
     attempts: list[Attempt] = field(default_factory=list)
     annotations: dict[str, Any] = field(default_factory=dict)  # plugins' notes, logged with the record
+    # Plugins' working data for this request, keyed by plugin name: never logged, gone with the request.
+    state: dict[str, Any] = field(default_factory=dict, repr=False)
+    # The gateway.Generation (config and backends) the request runs on, kept through a reload mid-request.
+    generation: Any = field(default=None, repr=False)
     response_headers: dict[str, str] = field(default_factory=dict)  # headers plugins add to the caller's answer
 
     @property

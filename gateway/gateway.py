@@ -11,6 +11,7 @@ import hmac
 import logging
 import os
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from aiohttp import web
 from pydantic import ValidationError
@@ -22,6 +23,7 @@ from .errors import NotFound, Scrubber, Unauthorized
 from .plugins import HookRunner, answer, build_plugin_manager
 from .state import StateStore, open_state_store
 
+P = TypeVar("P")
 log = logging.getLogger("llmgate")
 # Server settings a reload cannot apply: the listening socket and the event loop are made once, at start-up.
 RESTART_ONLY = ("host", "port", "event_loop")
@@ -118,6 +120,15 @@ class Gateway:
         for allowed in map(set, narrowed.values()):
             names = [name for name in names if name in allowed]
         return names, bool(narrowed)
+
+    def plugin(self, kind: type[P]) -> P | None:
+        """The enabled plugin that is a `kind`, None while it is off: plugins reach each other by type
+        (`gateway.plugin(Rollout)`), so a renamed config key or a typo cannot hand one the wrong object."""
+        return next((p for _, p in self.pm.list_name_plugin() if isinstance(p, kind)), None)
+
+    def enabled(self, name: str) -> bool:
+        """Whether the plugin registered as `name` is on (for the core, which never imports a plugin)."""
+        return self.pm.get_plugin(name) is not None
 
     async def authenticate(self, request: web.Request) -> str | None:
         """The tenant the caller of `request` acts as (`authenticate` hook; it refuses a bad key with a 401),

@@ -19,10 +19,9 @@ from types import CoroutineType
 from typing import Any
 
 import pluggy
-from pydantic import ValidationError
 
 from . import hookspecs, tracing
-from .config import PLUGIN_CORE_KEYS, Config, ConfigError, PluginSettings, _format_validation, choices
+from .config import Config, ConfigError, PluginSettings, choices, own_options, validated_options
 from .errors import GatewayError
 
 log = logging.getLogger("llmgate.plugins")
@@ -43,22 +42,10 @@ def _import(target: str) -> Any:
 
 def _validated_settings(obj: Any, name: str, raw: PluginSettings, source: str,
                         unknown_keys_only: bool = False) -> Any:
-    """The plugin's options checked by its `Settings` model (a dict as written when it has none).
-
-    `unknown_keys_only` checks a disabled plugin's section for misspelt keys alone: `enable: true`
-    would otherwise leave an opt-in plugin off without a word."""
-    options = {k: v for k, v in (raw.model_extra or {}).items() if k != "module"}
+    """The plugin's options checked by its `Settings` model (a dict as written when it has none)."""
     model = getattr(obj, "Settings", None)
-    if model is None:
-        return options
-    try:
-        return model.model_validate(options)
-    except ValidationError as exc:
-        errors = [e for e in exc.errors() if e["type"] == "extra_forbidden" or not unknown_keys_only]
-        if not errors:
-            return None
-        problems = [f"plugins.{name}.{p}" for p in _format_validation(errors, {}, model, PLUGIN_CORE_KEYS)]
-        raise ConfigError(source, problems) from None
+    options = own_options(raw)
+    return options if model is None else validated_options(name, model, options, source, unknown_keys_only)
 
 
 def _instantiate(cls: type, options: Any) -> Any:
@@ -70,6 +57,33 @@ def _instantiate(cls: type, options: Any) -> Any:
 def is_enabled(plugin: Any, setting: bool | None) -> bool:
     """Whether a plugin runs: as its config says, else as the plugin says (DEFAULT_ENABLED; on if unsaid)."""
     return setting if setting is not None else getattr(plugin, "DEFAULT_ENABLED", True)
+
+
+def requirements(plugin: Any) -> tuple[str, ...]:
+    """The plugins `plugin` cannot work without (its `requires`): the loader refuses a config without them."""
+    return tuple(getattr(plugin, "requires", ()))
+
+
+def plugin_order(pm: pluggy.PluginManager, listed: list[str]) -> list[str]:
+    """Registered plugins in the order their hooks run: as `plugins:` lists them, then the rest in
+    registration order, each moved after what it `requires` or `uses` (so their `startup` has run
+    when its own does, and their `shutdown` comes after its own)."""
+    names = [name for name, _ in pm.list_name_plugin()]
+    wanted = [name for name in listed if name in names] + [name for name in names if name not in listed]
+    placed: list[str] = []
+
+    def place(name: str, path: tuple[str, ...]) -> None:
+        if name in placed or name in path:  # a circle of `uses` keeps the listed order
+            return
+        plugin = pm.get_plugin(name)
+        for needed in (*requirements(plugin), *getattr(plugin, "uses", ())):
+            if pm.get_plugin(needed) is not None:
+                place(needed, (*path, name))
+        placed.append(name)
+
+    for name in wanted:
+        place(name, ())
+    return placed
 
 
 def build_plugin_manager(config: Config) -> tuple[pluggy.PluginManager, dict[str, PluginSettings]]:
@@ -96,6 +110,11 @@ def build_plugin_manager(config: Config) -> tuple[pluggy.PluginManager, dict[str
         plugin = _instantiate(obj, options) if inspect.isclass(obj) else obj
         pm.register(plugin, name=name)
         core_settings[name] = settings
+    missing = [f"plugins.{name}: needs the {needed} plugin: enable it too (plugins.{needed}.enabled: true)"
+               for name in core_settings for needed in requirements(pm.get_plugin(name))
+               if needed not in core_settings]
+    if missing:
+        raise ConfigError(config.source, missing)
     if os.environ.get("LLMGATE_TRACE_HOOKS"):
         pm.add_hookcall_monitoring(
             lambda hook, impls, kw: log.info("hook %s -> %s %s", hook, [i.plugin_name for i in impls], kw),
@@ -118,7 +137,7 @@ class HookRunner:
         self.trace = bool(os.environ.get("LLMGATE_TRACE_HOOKS"))
         # The OpenTelemetry tracer when the tracing plugin is on (set as the app is built); None costs nothing.
         self.tracer = None
-        position = {name: i for i, name in enumerate(order)}
+        position = {name: i for i, name in enumerate(plugin_order(pm, order))}
         self._impls: dict[str, list] = {}
         self._first: set[str] = set()  # hooks whose spec says the first non-None answer wins
         for hook_name in dir(pm.hook):

@@ -272,7 +272,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                              param="model", code="missing_model")
     route = await gateway.route_for(request, route_name)
     ctx = RequestContext(request_id=request[REQUEST_ID], route_name=route_name, route=route, body=body,
-                         headers=request.headers, api_key=caller_key(request), tenant=tenant)
+                         headers=request.headers, api_key=caller_key(request), tenant=tenant,
+                         generation=generation)
     request[REQUEST_CONTEXT] = ctx
     in_flight = request.app[IN_FLIGHT]
     in_flight[route_name] += 1

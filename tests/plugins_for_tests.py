@@ -75,3 +75,34 @@ class Recorder:
     @hookimpl
     def before_route(self, ctx):
         Recorder.calls.append(self.name)
+
+
+class Lifecycle:
+    """Records its start-up and shutdown; `requires` (from its settings) names plugins it cannot work without."""
+    calls: list = []
+
+    def __init__(self, settings):
+        self.name = settings["name"]
+        self.requires = tuple(settings.get("requires", ()))
+
+    @hookimpl
+    def startup(self, gateway):
+        Lifecycle.calls.append(("startup", self.name))
+
+    @hookimpl
+    def shutdown(self, gateway):
+        Lifecycle.calls.append(("shutdown", self.name))
+
+
+class Stateful:
+    """Keeps working data in `ctx.state` between its hooks, and a note in `ctx.annotations`."""
+    seen: list = []
+
+    @hookimpl
+    def before_route(self, ctx):
+        ctx.state["stateful"] = {"secret-ish": "working data"}
+        ctx.annotations["stateful"] = "a note for the log"
+
+    @hookimpl
+    def after_response(self, ctx):
+        Stateful.seen.append((ctx.state.get("stateful"), ctx.generation.config is not None))

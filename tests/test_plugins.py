@@ -6,8 +6,9 @@ import pytest
 
 from gateway.config import ConfigError, parse_config
 from gateway.gateway import Gateway
+from plugins.traffic_log.plugin import read_records
 from tests.conftest import UPSTREAM_KEY
-from tests.plugins_for_tests import Observer, Recorder
+from tests.plugins_for_tests import Lifecycle, Observer, Recorder, Stateful
 from tests.support import wait_until
 from tests.test_routing import get_json
 
@@ -147,3 +148,34 @@ def test_plugins_check_the_config_they_refer_to(tmp_path):
                                                   "auto_rollback": {"routes": {"ghost": {}}}}}))
     assert "plugins.rollout.canary.nope: unknown route" in str(err.value)
     assert "plugins.auto_rollback.routes.ghost: unknown route (defined: bot)" in str(err.value)
+
+
+def test_a_plugin_starts_after_what_it_requires_and_stops_before_it(fake_openai, make_gateway):
+    Lifecycle.calls.clear()
+    gw = make_gateway(config(fake_openai, {  # listed first, yet it starts second: it requires "base"
+        "needy": {"module": "tests.plugins_for_tests:Lifecycle", "name": "needy", "requires": ["base"]},
+        "base": {"module": "tests.plugins_for_tests:Lifecycle", "name": "base"}}))
+    assert Lifecycle.calls == [("startup", "base"), ("startup", "needy")]
+    gw.stop()
+    assert Lifecycle.calls[2:] == [("shutdown", "needy"), ("shutdown", "base")]
+
+
+def test_a_plugin_whose_requirement_is_off_is_a_config_problem(fake_openai):
+    lonely = config(fake_openai, {
+        "needy": {"module": "tests.plugins_for_tests:Lifecycle", "name": "needy", "requires": ["base"]},
+        "base": {"module": "tests.plugins_for_tests:Lifecycle", "name": "base", "enabled": False}})
+    with pytest.raises(ConfigError) as refused:
+        Gateway(parse_config(lonely, "<test>"))
+    assert refused.value.problems == [
+        "plugins.needy: needs the base plugin: enable it too (plugins.base.enabled: true)"]
+
+
+def test_ctx_state_is_the_plugins_working_data_and_is_never_logged(fake_openai, make_gateway, tmp_path):
+    Stateful.seen.clear()
+    gw = make_gateway(config(fake_openai, {"stateful": {"module": "tests.plugins_for_tests:Stateful"}}))
+    ask(gw)
+    wait_until(lambda: Stateful.seen, "after_response")
+    assert Stateful.seen == [({"secret-ish": "working data"}, True)]  # the same ctx, and its generation
+    records = wait_until(lambda: list(read_records(str(tmp_path / "traffic.db"))) or None, "the traffic record")
+    assert records[0]["annotations"]["stateful"] == "a note for the log"
+    assert "working data" not in repr(records)

@@ -25,8 +25,9 @@ import secrets
 import sys
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gateway.config import ConfigError
 from gateway.context import caller_key
 from gateway.errors import PermissionDenied, Unauthorized
 from gateway.hookspecs import hookimpl
@@ -143,11 +144,9 @@ class ApiKeys:
         if section is None:
             return []
         try:
-            settings = Settings.model_validate({k: v for k, v in (section.model_extra or {}).items()
-                                                if k != "module"})
-        except ValidationError as exc:
-            from gateway.config import PLUGIN_CORE_KEYS, _format_validation  # PyYAML: not for `llmgate keys`
-            return [f"plugins.{NAME}.{p}" for p in _format_validation(exc, {}, Settings, PLUGIN_CORE_KEYS)]
+            settings = config.plugin_options(NAME, Settings)
+        except ConfigError as exc:
+            return exc.problems
         problems = []
         routes = config.settings.routes
         for name, team in settings.teams.items():
@@ -164,8 +163,7 @@ class ApiKeys:
     def config_reloaded(self, gateway, config):
         section = config.settings.plugins.get(NAME)
         if section is not None:  # validated by config_problems before the reload was accepted
-            self._install(Settings.model_validate({k: v for k, v in (section.model_extra or {}).items()
-                                                   if k != "module"}))
+            self._install(config.plugin_options(NAME, Settings))
 
     @hookimpl
     def admin_status(self, gateway):

@@ -20,8 +20,8 @@ the outage are added to the shared counts, and shared counting resumes. With the
 (one node) the counts are kept in memory and start again when the gateway restarts.
 
 A request that the caller abandons mid-way keeps its reservation (it is never corrected).
-List `quotas` after `api_keys`, and before `semantic_cache` for cache hits to count as requests
-(they are charged no tokens).
+It needs `api_keys` (the loader refuses a config without it). List `quotas` before `semantic_cache`
+for cache hits to count as requests (they are charged no tokens).
 """
 from __future__ import annotations
 
@@ -41,6 +41,7 @@ from gateway.background import stop_tasks
 from gateway.chat import max_tokens_of
 from gateway.errors import InvalidRequest, RateLimited
 from gateway.hookspecs import hookimpl
+from plugins.api_keys.plugin import ApiKeys
 
 from .counters import (
     WINDOW_SECONDS,
@@ -54,7 +55,6 @@ from .counters import (
 
 log = logging.getLogger("llmgate.quotas")
 NAME = "quotas"
-KEYS_PLUGIN = "api_keys"
 # What an unreachable or hung Redis raises; anything else is a fault and is reported as one.
 SHARED_FAILURES = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
 
@@ -100,6 +100,7 @@ def charged_tokens(ctx, reserved: int) -> int:
 class Quotas:
     Settings = Settings
     DEFAULT_ENABLED = False  # on only where the config enables it
+    requires = ("api_keys",)  # the limits are the teams', and the team comes from the caller's key
 
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -108,7 +109,8 @@ class Quotas:
         self.lost_since: float | None = None
         self.dropped = 0
         self._unsynced: dict[tuple[str, str], int] = {}  # tokens counted while Redis was down
-        self._api_keys = None
+        self._api_keys: ApiKeys | None = None
+        self._gateway = None
         self._corrections: asyncio.Queue | None = None
         self._worker: asyncio.Task | None = None
         self._probe: asyncio.Task | None = None
@@ -117,7 +119,8 @@ class Quotas:
 
     @hookimpl
     def startup(self, gateway):
-        self._api_keys = gateway.pm.get_plugin(KEYS_PLUGIN)
+        self._api_keys = gateway.plugin(ApiKeys)
+        self._gateway = gateway
         client = getattr(gateway.store, "client", None)
         if gateway.store.engine == "redis" and client is not None:
             self.shared = RedisCounters(client)
@@ -134,20 +137,8 @@ class Quotas:
         await stop_tasks([self._worker, self._probe])
 
     @hookimpl
-    def config_problems(self, config):
-        plugins = list(config.settings.plugins)
-        keys = config.settings.plugins.get(KEYS_PLUGIN)
-        if keys is None or keys.enabled is not True or plugins.index(KEYS_PLUGIN) > plugins.index(NAME):
-            return [f"plugins.{NAME}: needs the {KEYS_PLUGIN} plugin enabled and listed before it in plugins: "
-                    "(quotas are per team, and the team comes from the caller's key)"]
-        return []
-
-    @hookimpl
     def config_reloaded(self, gateway, config):
-        section = config.settings.plugins.get(NAME)
-        if section is not None:
-            self.settings = Settings.model_validate({k: v for k, v in (section.model_extra or {}).items()
-                                                     if k != "module"})
+        self.settings = config.plugin_options(NAME, Settings)
 
     @hookimpl
     def register_routes(self, gateway):
@@ -192,17 +183,16 @@ class Quotas:
         engine, limits, decision = await self._reserve(team, limits, estimate)
         if not decision.admitted:
             raise self._refusal(team, limits, decision)
-        ctx.annotations[NAME] = {"team": team, "engine": engine, "day": decision.day, "reserved_tokens": estimate}
+        ctx.state[NAME] = {"team": team, "engine": engine, "day": decision.day, "reserved_tokens": estimate}
         ctx.response_headers.update(_rate_headers(limits, decision))
         return None
 
     @hookimpl
     def after_response(self, ctx):
-        note = ctx.annotations.get(NAME)
-        if not note or "reserved_tokens" not in note:
+        note = ctx.state.get(NAME)
+        if not note:
             return
         charged = charged_tokens(ctx, note["reserved_tokens"])
-        note["charged_tokens"] = charged
         delta = charged - note["reserved_tokens"]
         if delta == 0 or self._corrections is None:
             return
@@ -335,7 +325,7 @@ class Quotas:
 
     async def _usage_endpoint(self, request: web.Request) -> web.Response:
         """The caller's own team: requests in the last minute, tokens today, the limits and when they reset."""
-        team = self._api_keys.team_of_request(request)
+        team = await self._gateway.authenticate(request)
         limits = self._limits(team)
         engine, limits, usage = await self._usage(team, limits)
         now = time.time()

@@ -28,11 +28,11 @@ import sys
 import time
 from typing import Any, Awaitable, Callable
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.background import stop_tasks
 from gateway.cli.client import AdminClient
-from gateway.config import PLUGIN_CORE_KEYS, ConfigError, _format_validation, load_config
+from gateway.config import load_config
 from gateway.errors import GatewayError, Scrubber
 from gateway.hookspecs import hookimpl
 from gateway.state import open_state_store
@@ -303,13 +303,7 @@ def _summary(job: dict) -> dict:
 # --- the command line -----------------------------------------------------------------------------
 
 def settings_from(config) -> Settings:
-    raw = config.settings.plugins.get("retrain")
-    options = {k: v for k, v in ((raw.model_extra if raw else None) or {}).items() if k != "module"}
-    try:
-        return Settings.model_validate(options)
-    except ValidationError as exc:
-        problems = _format_validation(exc, {}, Settings, PLUGIN_CORE_KEYS)
-        raise ConfigError(config.source, [f"plugins.retrain.{p}" for p in problems]) from None
+    return config.plugin_options("retrain", Settings)
 
 
 def registered_reason(job: dict) -> str:
