@@ -13,6 +13,8 @@ from . import admin, proxy, tracing
 from .breaker import breaker_problems
 from .config import Config
 from .context import REQUEST_CONTEXT, REQUEST_ID, dumps
+from .dialects.base import DIALECT
+from .dialects.chat_completions import ChatCompletions
 from .errors import GatewayError, InvalidRequest
 from .gateway import GATEWAY, Gateway, no_such_route
 from .logs import current_request_id, log_access
@@ -31,9 +33,12 @@ def new_request_id() -> str:
     return f"{_request_ids.getrandbits(128):032x}"
 
 
-def _error_response(err: GatewayError, request_id: str) -> web.Response:
-    headers = {"x-request-id": request_id, **err.response_headers()}
-    return web.Response(body=dumps(err.body()).encode(), status=err.status, content_type="application/json",
+def _error_response(err: GatewayError, request: web.Request) -> web.Response:
+    """An error answer in the shape of the dialect the endpoint speaks (OpenAI's elsewhere)."""
+    headers = {"x-request-id": request[REQUEST_ID], **err.response_headers()}
+    dialect = request.get(DIALECT)
+    body = err.body() if dialect is None else dialect.error_body(err)
+    return web.Response(body=dumps(body).encode(), status=err.status, content_type="application/json",
                         headers=headers)
 
 
@@ -75,28 +80,28 @@ async def _handle(request: web.Request, handler) -> web.StreamResponse:
     except web.RequestPayloadError:  # a body cut short, or not encoded as Content-Encoding says
         error = InvalidRequest("the request body could not be read: it does not match its framing or "
                                "Content-Encoding headers", code="invalid_body")
-        return _error_response(error, request[REQUEST_ID])
+        return _error_response(error, request)
     except ConnectionResetError:
         if request.content.exception() is None:  # not the body: the caller left while being answered
             raise
         # the body broke off (the parser refused its framing and has answered, or the caller left): the caller's
         # doing, not a fault of the gateway's to log with a traceback
         error = InvalidRequest("the connection broke before the request body was complete", code="incomplete_body")
-        return _error_response(error, request[REQUEST_ID])
+        return _error_response(error, request)
     except GatewayError as err:
         err.message = request.app[GATEWAY].scrub(err.message)
-        return _error_response(err, request[REQUEST_ID])
+        return _error_response(err, request)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         kind = "invalid_request_error" if exc.status < 500 else "server_error"
         message = {404: f"no such endpoint: {request.method} {request.path}",
                    405: f"method {request.method} is not allowed on {request.path}"}.get(exc.status, exc.reason)
-        return _error_response(GatewayError(message, status=exc.status, type=kind), request[REQUEST_ID])
+        return _error_response(GatewayError(message, status=exc.status, type=kind), request)
     except Exception:
         log.exception("request %s %s %s failed inside the gateway", request[REQUEST_ID], request.method, request.path)
         error = GatewayError(f"the gateway failed to handle this request (request id {request[REQUEST_ID]})")
-        return _error_response(error, request[REQUEST_ID])
+        return _error_response(error, request)
 
 
 async def _stamp_request_id(request: web.Request, response: web.StreamResponse) -> None:
@@ -172,7 +177,7 @@ def create_app(config: Config) -> web.Application:
 
     app.cleanup_ctx.append(lifetime)
     app.on_response_prepare.append(_stamp_request_id)
-    app.router.add_post("/v1/chat/completions", proxy.chat_completions)
+    app.router.add_post("/v1/chat/completions", proxy.endpoint(ChatCompletions()))
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model}", get_model)
     app.router.add_get("/healthz", healthz)

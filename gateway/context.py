@@ -69,6 +69,8 @@ class RequestContext:
     state: dict[str, Any] = field(default_factory=dict, repr=False)
     # The gateway.Generation (config and backends) the request runs on, kept through a reload mid-request.
     generation: Any = field(default=None, repr=False)
+    dialect: str = "chat"  # the API the caller speaks (gateway/dialects/); `body` is always in the chat form
+    inbound: dict[str, Any] | None = field(default=None, repr=False)  # the request as the caller's dialect sent it
     response_headers: dict[str, str] = field(default_factory=dict)  # headers plugins add to the caller's answer
 
     @property
@@ -122,7 +124,9 @@ class RequestContext:
             "sticky_hash": stable_hash(self.route_name, self.sticky_key)[:16],
             "tenant": self.tenant,
             "attempts": [a.__dict__ for a in self.attempts],
-            "annotations": self.annotations,
+            # the dialect is noted where it is not chat completions (records written before dialects are chat)
+            "annotations": self.annotations if self.dialect == "chat" else
+            {**self.annotations, "dialect": self.dialect},
             "request": self.body if bodies else None,
             "response": self.response if bodies else None,
         }

@@ -1,8 +1,10 @@
-"""The request path for POST /v1/chat/completions, as a short visible pipeline:
+"""The request path for every dialect (chat completions, messages, responses), as a short visible pipeline:
 
-`authenticate` (before the body is read) → read and validate → `authorize` → `before_route` plugins
+`authenticate` (before the body is read) → read, translate into the chat form (gateway/dialects/)
+and validate → `authorize` → `before_route` plugins
 (may answer) → `choose_variant` → backend chain (retries on retryable errors, then the route's
-fallbacks) → write the answer (JSON or SSE) → `after_response` plugins, once the last byte is out.
+fallbacks) → write the answer in the caller's dialect (JSON or SSE) → `after_response` plugins,
+once the last byte is out.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from .backends.base import Backend
 from .breaker import CLOSED, CircuitBreaker, CircuitOpen
 from .chat import StreamAssembler, completion_to_chunks, validate_chat_request
 from .context import REQUEST_CONTEXT, REQUEST_ID, Attempt, RequestContext, caller_key, dumps
+from .dialects.base import DIALECT, Dialect, StreamEncoder
 from .errors import (
     NO_KEYS_HINT,
     BodyTooLarge,
@@ -39,6 +42,7 @@ T = TypeVar("T")
 IN_FLIGHT = web.AppKey("in_flight", Counter)  # route -> chat requests being served now (GET /metrics)
 OVERHEAD_HEADER = "x-llmgate-overhead-ms"
 TRIED_HEADER = "x-llmgate-tried"  # every backend the request was sent to (or skipped for), in order
+IGNORED_HEADER = "x-llmgate-ignored-params"  # parameters accepted but without effect (hints, on this path)
 
 
 async def read_json(request: web.Request, max_bytes: int) -> Any:
@@ -165,13 +169,14 @@ def _headers(ctx: RequestContext) -> dict[str, str]:
 
 
 class SseWriter:
-    """Writes chunks as server-sent events, keeping the usage chunk only if the caller asked for it."""
+    """Writes a stream's chunks as the caller's dialect's server-sent events, assembling the whole answer."""
 
-    def __init__(self, response: web.StreamResponse, ctx: RequestContext):
+    def __init__(self, response: web.StreamResponse, ctx: RequestContext, encoder: StreamEncoder):
         self.response = response
         self.ctx = ctx
+        self.encoder = encoder
         self.assembler = StreamAssembler()
-        self.include_usage = bool((ctx.body.get("stream_options") or {}).get("include_usage"))
+        self.started = False
 
     async def send(self, chunk: dict) -> None:
         self.assembler.add(chunk)
@@ -179,17 +184,17 @@ class SseWriter:
                 (c.get("delta") or {}).get("content") or (c.get("delta") or {}).get("tool_calls")
                 for c in chunk.get("choices") or ()):
             self.ctx.first_token_at = time.perf_counter()
-        if not self.include_usage:
-            if not chunk.get("choices"):
-                return
-            chunk.pop("usage", None)
-        await self.response.write(b"data: " + dumps(chunk).encode() + b"\n\n")
+        data = self.encoder.chunk(chunk)
+        if not self.started:
+            data, self.started = self.encoder.start() + data, True
+        if data:
+            await self.response.write(data)
 
     async def finish(self, error: GatewayError | None) -> None:
-        if error is not None:
-            await self.response.write(b"data: " + dumps(error.body()).encode() + b"\n\n")
-        else:
-            await self.response.write(b"data: [DONE]\n\n")
+        data = self.encoder.finish(error)
+        if not self.started:
+            data = self.encoder.start() + data
+        await self.response.write(data)
         await self.response.write_eof()
 
 
@@ -200,7 +205,8 @@ async def _prepare_sse(request: web.Request, ctx: RequestContext) -> web.StreamR
     return response
 
 
-async def _stream_answer(request: web.Request, ctx: RequestContext, generation: Generation) -> web.StreamResponse:
+async def _stream_answer(request: web.Request, ctx: RequestContext, generation: Generation,
+                         dialect: Dialect) -> web.StreamResponse:
     tracer = request.app[GATEWAY].hooks.tracer
 
     async def start(backend: Backend) -> tuple[dict | None, AsyncIterator[dict]]:
@@ -209,7 +215,7 @@ async def _stream_answer(request: web.Request, ctx: RequestContext, generation: 
         return first, chunks if span is None else tracing.StreamSpan(chunks, span)
 
     first, chunks = await call_chain(ctx, generation, start)
-    writer = SseWriter(await _prepare_sse(request, ctx), ctx)
+    writer = SseWriter(await _prepare_sse(request, ctx), ctx, dialect.encoder(ctx))
     error: GatewayError | None = None
     try:
         if first is not None:
@@ -241,12 +247,12 @@ async def _write_json(request: web.Request, ctx: RequestContext, body: dict, sta
     return response
 
 
-async def _replay(request: web.Request, ctx: RequestContext, answer: dict) -> web.StreamResponse:
+async def _replay(request: web.Request, ctx: RequestContext, answer: dict, dialect: Dialect) -> web.StreamResponse:
     """Send an answer a plugin produced, as a stream if the caller asked for one."""
     ctx.response = answer
     if not ctx.stream:
-        return await _write_json(request, ctx, answer)
-    writer = SseWriter(await _prepare_sse(request, ctx), ctx)
+        return await _write_json(request, ctx, dialect.answer(answer, ctx))
+    writer = SseWriter(await _prepare_sse(request, ctx), ctx, dialect.encoder(ctx))
     for chunk in completion_to_chunks(answer):
         await writer.send(chunk)
     await writer.finish(None)
@@ -259,27 +265,35 @@ def _cost(generation: Generation, ctx: RequestContext) -> float | None:
     return generation.config.cost(ctx.served_by or "", backend.model if backend else None, ctx.usage)
 
 
-async def chat_completions(request: web.Request) -> web.StreamResponse:
+def endpoint(dialect: Dialect) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """The handler of one dialect's endpoint: the same request path for each."""
+    async def handle(request: web.Request) -> web.StreamResponse:
+        return await serve(request, dialect)
+    return handle
+
+
+async def serve(request: web.Request, dialect: Dialect) -> web.StreamResponse:
+    request[DIALECT] = dialect  # so that an error before the exchange starts is in the caller's shape too
     gateway = request.app[GATEWAY]
     tenant = await gateway.authenticate(request)  # a caller without a valid key costs us no body read
     body = await read_json(request, gateway.config.server.max_body_bytes)
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object", code="invalid_json")
     generation = gateway.generation
-    route_name = body.get("model")
+    route_name = dialect.route_of(body)
     if not isinstance(route_name, str) or not route_name:
         raise InvalidRequest("you must provide a model parameter naming a route (GET /v1/models lists them)",
                              param="model", code="missing_model")
     route = await gateway.route_for(request, route_name)
     ctx = RequestContext(request_id=request[REQUEST_ID], route_name=route_name, route=route, body=body,
                          headers=request.headers, api_key=caller_key(request), tenant=tenant,
-                         generation=generation)
+                         generation=generation, dialect=dialect.name)
     request[REQUEST_CONTEXT] = ctx
     in_flight = request.app[IN_FLIGHT]
     in_flight[route_name] += 1
     generation.enter()
     try:
-        response = await _serve(request, gateway, generation, ctx)
+        response = await _serve(request, gateway, generation, ctx, dialect)
     finally:
         generation.leave()
         in_flight[route_name] -= 1
@@ -303,14 +317,19 @@ def _completer(tracer, ctx: RequestContext) -> Callable[[Backend], Awaitable[dic
 
 
 async def _serve(request: web.Request, gateway: Gateway, generation: Generation,
-                 ctx: RequestContext) -> web.StreamResponse:
+                 ctx: RequestContext, dialect: Dialect) -> web.StreamResponse:
     try:
+        ctx.inbound = ctx.body
+        ctx.body, ignored = await dialect.to_chat(ctx.body, gateway)
+        if ignored:
+            ctx.annotations["ignored_params"] = ignored
+            ctx.response_headers[IGNORED_HEADER] = ",".join(ignored)
         validate_chat_request(ctx.body, gateway.config.server.max_messages)
         await gateway.hooks.call("authorize", ctx=ctx)
         plugin, answered = answer(await gateway.hooks.call("before_route", ctx=ctx))
         if answered is not None:
             ctx.served_by = ctx.served_by or plugin
-            return await _replay(request, ctx, answered)
+            return await _replay(request, ctx, answered, dialect)
         _, variant = answer(await gateway.hooks.call("choose_variant", ctx=ctx))
         if variant is not None and variant not in generation.backends:
             log.warning("choose_variant named unknown backend %r for route %s; using the baseline",
@@ -318,13 +337,13 @@ async def _serve(request: web.Request, gateway: Gateway, generation: Generation,
             variant = None
         ctx.variant = variant or ctx.route.baseline
         if ctx.stream:
-            return await _stream_answer(request, ctx, generation)
+            return await _stream_answer(request, ctx, generation, dialect)
         ctx.response = await call_chain(ctx, generation, _completer(gateway.hooks.tracer, ctx))
-        return await _write_json(request, ctx, ctx.response)
+        return await _write_json(request, ctx, dialect.answer(ctx.response, ctx))
     except GatewayError as err:
         err.message = gateway.scrub(err.message)
         ctx.error, ctx.status = err, err.status
-        return await _write_json(request, ctx, err.body(), status=err.status)
+        return await _write_json(request, ctx, dialect.error_body(err), status=err.status)
     except (ConnectionResetError, asyncio.CancelledError):
         ctx.status = 499  # the caller went away
         raise
@@ -332,4 +351,4 @@ async def _serve(request: web.Request, gateway: Gateway, generation: Generation,
         log.exception("request %s failed inside the gateway", ctx.request_id)
         err = GatewayError(f"the gateway failed to handle this request (request id {ctx.request_id})")
         ctx.error, ctx.status = err, err.status
-        return await _write_json(request, ctx, err.body(), status=err.status)
+        return await _write_json(request, ctx, dialect.error_body(err), status=err.status)

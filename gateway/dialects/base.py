@@ -1,0 +1,77 @@
+"""What every inbound dialect provides to the one request path (gateway/proxy.py).
+
+A dialect turns a caller's request into the gateway's chat form (the OpenAI chat-completions body
+that plugins and backends read), and turns the gateway's answer, a `chat.completion` or a stream
+of `chat.completion.chunk`s, back into what that caller's SDK parses, errors included. Everything
+between (authentication, quotas, rollout, shadow, cache, the traffic log, judging, metrics,
+tracing) runs once, on the chat form, whatever dialect came in.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from aiohttp import web
+
+from ..errors import GatewayError
+
+if TYPE_CHECKING:
+    from ..context import RequestContext
+    from ..gateway import Gateway
+
+
+class StreamEncoder(ABC):
+    """One streamed answer in a dialect's server-sent events: the bytes to write for each step."""
+
+    def start(self) -> bytes:
+        """What goes out before the first chunk (an opening event)."""
+        return b""
+
+    @abstractmethod
+    def chunk(self, chunk: dict) -> bytes:
+        """The events for one chat.completion.chunk (possibly none)."""
+
+    @abstractmethod
+    def finish(self, error: GatewayError | None) -> bytes:
+        """The closing events: the end of the answer, or the error that broke the stream."""
+
+
+class Dialect(ABC):
+    """One API callers speak."""
+
+    #: Recorded with each exchange (the traffic log's `annotations.dialect`), so datasets can pick a dialect.
+    name: ClassVar[str]
+
+    def route_of(self, body: dict) -> Any:
+        """The route the caller names: the `model` parameter in every dialect so far."""
+        return body.get("model")
+
+    @abstractmethod
+    async def to_chat(self, body: dict, gateway: Gateway) -> tuple[dict, list[str]]:
+        """(The request in the chat form, the parameters accepted but ignored); InvalidRequest names a bad one.
+
+        The request path then checks the chat form as it checks any chat request."""
+
+    @abstractmethod
+    def answer(self, completion: dict, ctx: RequestContext) -> dict:
+        """A whole answer in this dialect."""
+
+    @abstractmethod
+    def encoder(self, ctx: RequestContext) -> StreamEncoder:
+        """A fresh encoder for one streamed answer."""
+
+    @abstractmethod
+    def error_body(self, error: GatewayError) -> dict:
+        """An error in this dialect's own shape (the status stays the error's)."""
+
+    async def answered(self, ctx: RequestContext) -> None:
+        """The exchange is over and was a success (a dialect with server-side state stores it here)."""
+
+
+DIALECT = web.RequestKey("dialect", Dialect)  # the dialect of the endpoint a request came to (for its errors)
+
+
+def sse(data: str, event: str | None = None) -> bytes:
+    """One server-sent event."""
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {data}\n\n".encode()
