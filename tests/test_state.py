@@ -31,6 +31,23 @@ async def test_values_and_events(state_settings):
         await store.close()
 
 
+async def test_expiring_values_are_gone_after_their_ttl_and_apart_from_the_others(state_settings):
+    import asyncio
+    store = open_state_store(state_settings)
+    await store.open()
+    try:
+        await store.put_expiring("resp:a", {"messages": [1, 2]}, ttl_seconds=0.2)
+        await store.put_expiring("resp:b", {"messages": [3]}, ttl_seconds=60)
+        assert await store.get_expiring("resp:a") == {"messages": [1, 2]}
+        assert await store.get_expiring("resp:none") is None
+        assert await store.get("resp:a") is None and await store.items("resp:") == {}  # not among the state values
+        await asyncio.sleep(0.3)
+        assert await store.get_expiring("resp:a") is None
+        assert await store.get_expiring("resp:b") == {"messages": [3]}
+    finally:
+        await store.close()
+
+
 async def test_state_survives_a_restart(state_settings):
     first = open_state_store(state_settings)
     await first.open()

@@ -82,6 +82,15 @@ class StateStore(ABC):
         """The newest events first, only those whose fields equal `match`."""
 
     @abstractmethod
+    async def put_expiring(self, key: str, value: Any, ttl_seconds: float) -> None:
+        """Keep `value` under `key` for `ttl_seconds` (apart from `get`/`set`'s keys): conversation state,
+        which must not outlive its use."""
+
+    @abstractmethod
+    async def get_expiring(self, key: str) -> Any | None:
+        """What `put_expiring` kept under `key`, None once it expired."""
+
+    @abstractmethod
     async def acquire_lease(self, name: str, holder: str, ttl_seconds: float) -> bool:
         """Take or renew the lease `name` for `holder`: True while `holder` holds it, False while another does.
 

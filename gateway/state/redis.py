@@ -19,6 +19,7 @@ from .base import StateStore
 
 log = logging.getLogger("llmgate.state")
 PREFIX = "llmgate:state:"
+EXPIRING_PREFIX = "llmgate:expiring:"  # apart from PREFIX: `items` never lists conversation state
 EVENTS = "llmgate:events"
 CHANNEL = "llmgate:changes"
 LEASES = "llmgate:lease:"
@@ -147,6 +148,15 @@ class RedisStateStore(StateStore):
     @_reachable
     async def delete(self, key: str) -> None:
         await self.client.delete(PREFIX + key)
+
+    @_reachable
+    async def put_expiring(self, key: str, value: Any, ttl_seconds: float) -> None:
+        await self.client.set(EXPIRING_PREFIX + key, json.dumps(value), px=max(1, int(ttl_seconds * 1000)))
+
+    @_reachable
+    async def get_expiring(self, key: str) -> Any | None:
+        value = await self.client.get(EXPIRING_PREFIX + key)
+        return None if value is None else json.loads(value)
 
     @_reachable
     async def items(self, prefix: str = "") -> dict[str, Any]:

@@ -12,7 +12,10 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS expiring (key TEXT PRIMARY KEY, value TEXT NOT NULL, expires REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS expiring_expires ON expiring (expires);
 """
+PURGE_EVERY = 256  # expired rows are deleted once in this many writes: the table stays the size of its TTL
 
 
 class SqliteStateStore(StateStore):
@@ -21,6 +24,7 @@ class SqliteStateStore(StateStore):
     def __init__(self, path: str):
         super().__init__()
         self._db = SqliteThread(path, SCHEMA)
+        self._writes = 0
 
     async def open(self) -> None:
         await self._db.open()
@@ -88,6 +92,23 @@ class SqliteStateStore(StateStore):
                         break
             return found
         return await self._db.run(select)
+
+    async def put_expiring(self, key: str, value: Any, ttl_seconds: float) -> None:
+        text, now = json.dumps(value), time.time()
+        self._writes += 1
+        purge = self._writes % PURGE_EVERY == 0
+
+        def put(c):
+            c.execute("INSERT INTO expiring (key, value, expires) VALUES (?, ?, ?) ON CONFLICT(key) DO UPDATE "
+                      "SET value = excluded.value, expires = excluded.expires", (key, text, now + ttl_seconds))
+            if purge:
+                c.execute("DELETE FROM expiring WHERE expires < ?", (now,))
+        await self._db.run(lambda c: transaction(c, put))
+
+    async def get_expiring(self, key: str) -> Any | None:
+        row = await self._db.run(lambda c: c.execute(
+            "SELECT value FROM expiring WHERE key = ? AND expires >= ?", (key, time.time())).fetchone())
+        return json.loads(row[0]) if row else None
 
     async def acquire_lease(self, name: str, holder: str, ttl_seconds: float) -> bool:
         def take(c):
