@@ -239,7 +239,7 @@ async def _stream_answer(request: web.Request, ctx: RequestContext, generation: 
     return writer.response
 
 
-async def _write_json(request: web.Request, ctx: RequestContext, body: dict, status: int = 200) -> web.Response:
+async def write_json(request: web.Request, ctx: RequestContext, body: dict, status: int = 200) -> web.Response:
     response = web.Response(body=dumps(body).encode(), status=status, content_type="application/json",
                             headers=_headers(ctx))
     await response.prepare(request)
@@ -251,7 +251,7 @@ async def _replay(request: web.Request, ctx: RequestContext, answer: dict, diale
     """Send an answer a plugin produced, as a stream if the caller asked for one."""
     ctx.response = answer
     if not ctx.stream:
-        return await _write_json(request, ctx, dialect.answer(answer, ctx))
+        return await write_json(request, ctx, dialect.answer(answer, ctx))
     writer = SseWriter(await _prepare_sse(request, ctx), ctx, dialect.encoder(ctx))
     for chunk in completion_to_chunks(answer):
         await writer.send(chunk)
@@ -272,7 +272,12 @@ def endpoint(dialect: Dialect) -> Callable[[web.Request], Awaitable[web.StreamRe
     return handle
 
 
-async def serve(request: web.Request, dialect: Dialect) -> web.StreamResponse:
+Exchange = Callable[[web.Request, Gateway, Generation, RequestContext, Dialect], Awaitable[web.StreamResponse]]
+
+
+async def serve(request: web.Request, dialect: Dialect, exchange: Exchange | None = None) -> web.StreamResponse:
+    """Authenticate, read, route, then run the exchange (the conversational pipeline unless another is
+    given: embeddings) and tell `after_response` plugins, once the answer is out."""
     request[DIALECT] = dialect  # so that an error before the exchange starts is in the caller's shape too
     gateway = request.app[GATEWAY]
     tenant = await gateway.authenticate(request)  # a caller without a valid key costs us no body read
@@ -293,7 +298,7 @@ async def serve(request: web.Request, dialect: Dialect) -> web.StreamResponse:
     in_flight[route_name] += 1
     generation.enter()
     try:
-        response = await _serve(request, gateway, generation, ctx, dialect)
+        response = await _guarded(exchange or _conversation, request, gateway, generation, ctx, dialect)
     finally:
         generation.leave()
         in_flight[route_name] -= 1
@@ -316,34 +321,41 @@ def _completer(tracer, ctx: RequestContext) -> Callable[[Backend], Awaitable[dic
     return complete
 
 
-async def _serve(request: web.Request, gateway: Gateway, generation: Generation,
-                 ctx: RequestContext, dialect: Dialect) -> web.StreamResponse:
+async def _conversation(request: web.Request, gateway: Gateway, generation: Generation,
+                        ctx: RequestContext, dialect: Dialect) -> web.StreamResponse:
+    """The conversational pipeline: the chat form, plugins that may answer, the variant, the backend chain."""
+    ctx.inbound = ctx.body
+    ctx.body, ignored = await dialect.to_chat(ctx.body, gateway)
+    if ignored:
+        ctx.annotations["ignored_params"] = ignored
+        ctx.response_headers[IGNORED_HEADER] = ",".join(ignored)
+    validate_chat_request(ctx.body, gateway.config.server.max_messages)
+    await gateway.hooks.call("authorize", ctx=ctx)
+    plugin, answered = answer(await gateway.hooks.call("before_route", ctx=ctx))
+    if answered is not None:
+        ctx.served_by = ctx.served_by or plugin
+        return await _replay(request, ctx, answered, dialect)
+    _, variant = answer(await gateway.hooks.call("choose_variant", ctx=ctx))
+    if variant is not None and variant not in generation.backends:
+        log.warning("choose_variant named unknown backend %r for route %s; using the baseline",
+                    variant, ctx.route_name)
+        variant = None
+    ctx.variant = variant or ctx.route.baseline
+    if ctx.stream:
+        return await _stream_answer(request, ctx, generation, dialect)
+    ctx.response = await call_chain(ctx, generation, _completer(gateway.hooks.tracer, ctx))
+    return await write_json(request, ctx, dialect.answer(ctx.response, ctx))
+
+
+async def _guarded(exchange: Exchange, request: web.Request, gateway: Gateway, generation: Generation,
+                   ctx: RequestContext, dialect: Dialect) -> web.StreamResponse:
+    """Run an exchange; a failure becomes an answer in the caller's dialect, recorded on `ctx`."""
     try:
-        ctx.inbound = ctx.body
-        ctx.body, ignored = await dialect.to_chat(ctx.body, gateway)
-        if ignored:
-            ctx.annotations["ignored_params"] = ignored
-            ctx.response_headers[IGNORED_HEADER] = ",".join(ignored)
-        validate_chat_request(ctx.body, gateway.config.server.max_messages)
-        await gateway.hooks.call("authorize", ctx=ctx)
-        plugin, answered = answer(await gateway.hooks.call("before_route", ctx=ctx))
-        if answered is not None:
-            ctx.served_by = ctx.served_by or plugin
-            return await _replay(request, ctx, answered, dialect)
-        _, variant = answer(await gateway.hooks.call("choose_variant", ctx=ctx))
-        if variant is not None and variant not in generation.backends:
-            log.warning("choose_variant named unknown backend %r for route %s; using the baseline",
-                        variant, ctx.route_name)
-            variant = None
-        ctx.variant = variant or ctx.route.baseline
-        if ctx.stream:
-            return await _stream_answer(request, ctx, generation, dialect)
-        ctx.response = await call_chain(ctx, generation, _completer(gateway.hooks.tracer, ctx))
-        return await _write_json(request, ctx, dialect.answer(ctx.response, ctx))
+        return await exchange(request, gateway, generation, ctx, dialect)
     except GatewayError as err:
         err.message = gateway.scrub(err.message)
         ctx.error, ctx.status = err, err.status
-        return await _write_json(request, ctx, dialect.error_body(err), status=err.status)
+        return await write_json(request, ctx, dialect.error_body(err), status=err.status)
     except (ConnectionResetError, asyncio.CancelledError):
         ctx.status = 499  # the caller went away
         raise
@@ -351,4 +363,4 @@ async def _serve(request: web.Request, gateway: Gateway, generation: Generation,
         log.exception("request %s failed inside the gateway", ctx.request_id)
         err = GatewayError(f"the gateway failed to handle this request (request id {ctx.request_id})")
         ctx.error, ctx.status = err, err.status
-        return await _write_json(request, ctx, dialect.error_body(err), status=err.status)
+        return await write_json(request, ctx, dialect.error_body(err), status=err.status)

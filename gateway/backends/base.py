@@ -13,6 +13,7 @@ from typing import Any, AsyncIterator, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..breaker import BreakerSettings, CircuitBreaker
+from ..errors import InvalidRequest
 
 
 class Timeouts(BaseModel):
@@ -86,3 +87,10 @@ class Backend(ABC):
     @abstractmethod
     def stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Yield chat.completion.chunk dicts; the last carries `usage` (choices empty)."""
+
+    async def embed(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Answer an OpenAI embeddings request (`model` already this backend's) with an OpenAI `list` of
+        embeddings; kinds that serve none refuse it."""
+        raise InvalidRequest(f"backend '{self.name}' ({self.kind}) does not serve embeddings: route embeddings "
+                             "to an OpenAI-compatible or a Bedrock embedding model", param="model",
+                             code="embeddings_not_supported")

@@ -33,9 +33,15 @@ class OpenAIBackend(HttpBackend):
     async def start(self) -> None:
         await super().start()
         self._url = self.settings.base_url.rstrip("/") + "/chat/completions"
+        self._embeddings_url = self.settings.base_url.rstrip("/") + "/embeddings"
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         async with self.post(self._url, self.upstream_body(body)) as resp:
+            return await self.json_body(resp)
+
+    async def embed(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The server's own embeddings endpoint, the request as the caller sent it (the server decides)."""
+        async with self.post(self._embeddings_url, {**body, "model": self.model}) as resp:
             return await self.json_body(resp)
 
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
