@@ -92,6 +92,12 @@ class RequestContext:
         return f"request:{self.request_id}"
 
     @property
+    def conversational(self) -> bool:
+        """A conversation (chat, messages, responses): `body` has messages. Embeddings are not: a plugin
+        that mirrors, caches or judges answers leaves them alone."""
+        return self.dialect != "embeddings"
+
+    @property
     def usage(self) -> dict[str, Any]:
         return (self.response or {}).get("usage") or {}
 

@@ -24,7 +24,7 @@ from .backends.base import Backend
 from .breaker import CLOSED, CircuitBreaker, CircuitOpen
 from .chat import StreamAssembler, completion_to_chunks, validate_chat_request
 from .context import REQUEST_CONTEXT, REQUEST_ID, Attempt, RequestContext, caller_key, dumps
-from .dialects.base import DIALECT, Dialect, StreamEncoder
+from .dialects.base import DIALECT, Dialect, Endpoint, StreamEncoder
 from .errors import (
     NO_KEYS_HINT,
     BodyTooLarge,
@@ -272,10 +272,10 @@ def endpoint(dialect: Dialect) -> Callable[[web.Request], Awaitable[web.StreamRe
     return handle
 
 
-Exchange = Callable[[web.Request, Gateway, Generation, RequestContext, Dialect], Awaitable[web.StreamResponse]]
+Exchange = Callable[[web.Request, Gateway, Generation, RequestContext, Endpoint], Awaitable[web.StreamResponse]]
 
 
-async def serve(request: web.Request, dialect: Dialect, exchange: Exchange | None = None) -> web.StreamResponse:
+async def serve(request: web.Request, dialect: Endpoint, exchange: Exchange | None = None) -> web.StreamResponse:
     """Authenticate, read, route, then run the exchange (the conversational pipeline unless another is
     given: embeddings) and tell `after_response` plugins, once the answer is out."""
     request[DIALECT] = dialect  # so that an error before the exchange starts is in the caller's shape too
@@ -322,7 +322,7 @@ def _completer(tracer, ctx: RequestContext) -> Callable[[Backend], Awaitable[dic
 
 
 async def _conversation(request: web.Request, gateway: Gateway, generation: Generation,
-                        ctx: RequestContext, dialect: Dialect) -> web.StreamResponse:
+                        ctx: RequestContext, dialect: Endpoint) -> web.StreamResponse:
     """The conversational pipeline: the chat form, plugins that may answer, the variant, the backend chain."""
     ctx.inbound = ctx.body
     ctx.body, ignored = await dialect.to_chat(ctx.body, gateway)
@@ -348,7 +348,7 @@ async def _conversation(request: web.Request, gateway: Gateway, generation: Gene
 
 
 async def _guarded(exchange: Exchange, request: web.Request, gateway: Gateway, generation: Generation,
-                   ctx: RequestContext, dialect: Dialect) -> web.StreamResponse:
+                   ctx: RequestContext, dialect: Endpoint) -> web.StreamResponse:
     """Run an exchange; a failure becomes an answer in the caller's dialect, recorded on `ctx`."""
     try:
         return await exchange(request, gateway, generation, ctx, dialect)

@@ -110,9 +110,9 @@ class Shadow:
 
     @hookimpl
     def after_response(self, ctx):
-        generation = self._gateway.generation
-        if (not ctx.route.shadow or self.closing or ctx.served_by not in generation.backends
-                or not self._sampled(ctx.request_id)):
+        generation = ctx.generation
+        if (not ctx.route.shadow or not ctx.conversational or self.closing
+                or ctx.served_by not in generation.backends or not self._sampled(ctx.request_id)):
             return
         body = whole_answer_request(ctx.body)  # compared whole, even when the caller streamed
         usage = ctx.usage

@@ -36,8 +36,8 @@ class StreamEncoder(ABC):
         """The closing events: the end of the answer, or the error that broke the stream."""
 
 
-class Dialect(ABC):
-    """One API callers speak."""
+class Endpoint(ABC):
+    """One API callers speak: what the request path needs of any of them."""
 
     #: Recorded with each exchange (the traffic log's `annotations.dialect`), so datasets can pick a dialect.
     name: ClassVar[str]
@@ -45,6 +45,14 @@ class Dialect(ABC):
     def route_of(self, body: dict) -> Any:
         """The route the caller names: the `model` parameter in every dialect so far."""
         return body.get("model")
+
+    @abstractmethod
+    def error_body(self, error: GatewayError) -> dict:
+        """An error in this dialect's own shape (the status stays the error's)."""
+
+
+class Dialect(Endpoint):
+    """A conversational API: translated into the chat form, so that every plugin applies to it."""
 
     @abstractmethod
     async def to_chat(self, body: dict, gateway: Gateway) -> tuple[dict, list[str]]:
@@ -60,15 +68,11 @@ class Dialect(ABC):
     def encoder(self, ctx: RequestContext) -> StreamEncoder:
         """A fresh encoder for one streamed answer."""
 
-    @abstractmethod
-    def error_body(self, error: GatewayError) -> dict:
-        """An error in this dialect's own shape (the status stays the error's)."""
-
     async def answered(self, ctx: RequestContext) -> None:
         """The exchange is over and was a success (a dialect with server-side state stores it here)."""
 
 
-DIALECT = web.RequestKey("dialect", Dialect)  # the dialect of the endpoint a request came to (for its errors)
+DIALECT = web.RequestKey("dialect", Endpoint)  # the dialect of the endpoint a request came to (for its errors)
 
 
 def sse(data: str, event: str | None = None) -> bytes:

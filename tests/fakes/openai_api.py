@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import struct
 import time
 import uuid
 
@@ -27,6 +29,7 @@ class FakeOpenAI(FakeUpstream):
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_post("/v1/embeddings", self.embeddings)
         return app
 
     def _error(self, status: int, message: str) -> web.Response:
@@ -64,6 +67,26 @@ class FakeOpenAI(FakeUpstream):
                         for i in range(body.get("n") or 1)],
             "usage": {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens,
                       "total_tokens": reply.prompt_tokens + reply.completion_tokens}})
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        """Vectors a test can check: each input's length, its word count, then `dimensions` (default 4) in all."""
+        body = await request.json()
+        if (failure := self.received(request, body)) is not None:
+            return failure
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        if inputs and isinstance(inputs[0], int):
+            inputs = [inputs]
+        size = body.get("dimensions") or 4
+        data, tokens = [], 0
+        for i, item in enumerate(inputs):
+            words = len(item.split()) if isinstance(item, str) else len(item)
+            tokens += words
+            vector = ([float(len(item)), float(words)] + [0.5] * size)[:size]
+            if body.get("encoding_format") == "base64":
+                vector = base64.b64encode(struct.pack(f"<{size}f", *vector)).decode()
+            data.append({"object": "embedding", "index": i, "embedding": vector})
+        return web.json_response({"object": "list", "data": data, "model": body["model"],
+                                  "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
     async def _stream(self, request: web.Request, body: dict, reply: Reply) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})

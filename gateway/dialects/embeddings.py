@@ -1,0 +1,97 @@
+"""POST /v1/embeddings: the OpenAI embeddings API, to any backend kind that serves embeddings.
+
+Not a conversation, so not the conversational pipeline: the caller is authenticated and authorized
+like any other, the route's `baseline` serves, then its `fallback`s on the backend's failure, and
+`after_response` plugins see the exchange (the traffic log records it, with the vectors' count and
+size rather than the vectors; metrics count it). A route's `candidates`, shadows and the semantic
+cache are not used: vectors from two models live in two spaces, and an index filled from a mix of
+them finds nothing, so an embeddings route changes model all at once, on purpose.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from ..bodies import check_encodable
+from ..context import RequestContext
+from ..errors import GatewayError, InvalidRequest
+from ..proxy import call_chain, serve, write_json
+from .base import Endpoint
+
+MAX_INPUTS = 2048  # OpenAI's own limit on the items of one request
+ENCODINGS = ("float", "base64")
+
+
+def validate_embeddings_request(body: dict) -> dict:
+    """Check an embeddings body; raise InvalidRequest naming the parameter that is wrong."""
+    given = body.get("input")
+    if given is None:
+        raise InvalidRequest("'input' is a required parameter: a string, an array of strings, or token arrays",
+                             param="input", code="missing_input")
+    if isinstance(given, str):
+        _require(given != "", "'input' must not be an empty string", "input")
+    elif isinstance(given, list):
+        _require(0 < len(given) <= MAX_INPUTS, f"'input' must hold 1 to {MAX_INPUTS} items", "input")
+        if all(isinstance(item, str) for item in given):
+            for i, item in enumerate(given):
+                _require(item != "", f"input[{i}] must not be an empty string", f"input[{i}]")
+        elif not (all(_is_int(t) for t in given) or
+                  all(isinstance(item, list) and item and all(_is_int(t) for t in item) for item in given)):
+            raise InvalidRequest("'input' must be a string, an array of strings, an array of token ids, or an "
+                                 "array of non-empty token-id arrays", param="input", code="invalid_value")
+    else:
+        raise InvalidRequest("'input' must be a string or an array", param="input", code="invalid_value")
+    encoding = body.get("encoding_format", "float")
+    _require(encoding in ENCODINGS, f"'encoding_format' must be one of {', '.join(ENCODINGS)}", "encoding_format")
+    dimensions = body.get("dimensions")
+    _require(dimensions is None or (_is_int(dimensions) and dimensions > 0),
+             "'dimensions' must be a positive integer", "dimensions")
+    user = body.get("user")
+    _require(user is None or isinstance(user, str), "'user' must be a string", "user")
+    check_encodable(body)
+    return body
+
+
+def _require(condition: bool, message: str, param: str) -> None:
+    if not condition:
+        raise InvalidRequest(message, param=param, code="invalid_value")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def summary(answer: dict) -> dict:
+    """What the traffic log keeps of an embeddings answer: its shape and usage, never the vectors."""
+    data = answer.get("data") or []
+    first = data[0].get("embedding") if data and isinstance(data[0], dict) else None
+    return {"object": "list", "model": answer.get("model"), "embeddings": len(data),
+            "dimensions": len(first) if isinstance(first, list) else None, "usage": answer.get("usage") or {}}
+
+
+class Embeddings(Endpoint):
+    name = "embeddings"
+
+    def error_body(self, error: GatewayError) -> dict:
+        return error.body()
+
+
+async def _exchange(request: web.Request, gateway, generation, ctx: RequestContext,
+                    endpoint: Endpoint) -> web.StreamResponse:
+    validate_embeddings_request(ctx.body)
+    await gateway.hooks.call("authorize", ctx=ctx)
+    ctx.variant = ctx.route.baseline
+    answer = await call_chain(ctx, generation, lambda backend: backend.embed(ctx.body))
+    usage = answer.get("usage") or {}
+    ctx.response = {**summary(answer), "usage": {"prompt_tokens": usage.get("prompt_tokens"),
+                                                 "completion_tokens": 0,
+                                                 "total_tokens": usage.get("total_tokens")}}
+    return await write_json(request, ctx, answer)
+
+
+EMBEDDINGS = Embeddings()
+
+
+async def embeddings(request: web.Request) -> web.StreamResponse:
+    return await serve(request, EMBEDDINGS, exchange=_exchange)
