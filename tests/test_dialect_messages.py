@@ -141,4 +141,5 @@ def test_a_stream_that_breaks_ends_with_an_error_event(fake_openai, make_gateway
     raw = client(gw).messages.with_raw_response.create(model="bot", max_tokens=10, stream=True,
                                                        messages=[{"role": "user", "content": "x [cut]"}])
     text = raw.http_response.read().decode()
-    assert "event: error" in text and json.loads(text.split("event: error\ndata: ")[1].split("\n")[0])["type"] == "error"
+    error = json.loads(text.split("event: error\ndata: ")[1].split("\n")[0])
+    assert error["type"] == "error" and error["error"]["type"] == "api_error"
