@@ -8,7 +8,7 @@ PORT ?=
 # Keep botocore from probing the EC2 metadata address for credentials on a machine that is not in AWS.
 export AWS_EC2_METADATA_DISABLED ?= true
 
-.PHONY: run test bench bench-test docs install install-test install-demo redis-server chromium demo clean
+.PHONY: run test bench bench-test docs install install-test install-demo install-agents redis-server chromium demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,8 +42,20 @@ chromium:
 	  echo "installing chromium from Debian's packages"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) >/dev/null; }
 
+# The coding agents that tests/test_agents.py runs against the gateway: npm packages that ship their binaries.
+AGENTS := @anthropic-ai/claude-code@2.1.328 @openai/codex@0.169.0
+var/agents/.installed:
+	@command -v npm >/dev/null 2>&1 || { \
+	  echo "installing node and npm from Debian's packages"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm) >/dev/null; }
+	mkdir -p var/agents
+	npm install --prefix var/agents --no-audit --no-fund --loglevel=error $(AGENTS)
+	touch $@
+
+install-agents: var/agents/.installed
+
 # The demo's real model is installed too, so that tests/test_demo_model.py runs a real self-hosted backend.
-test: install-test install-demo redis-server chromium
+test: install-test install-demo install-agents redis-server chromium
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

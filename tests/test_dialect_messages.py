@@ -109,7 +109,7 @@ def test_count_tokens_estimates_and_a_team_key_goes_in_x_api_key(fake_openai, ma
 @pytest.mark.parametrize("change, status, param_in_message", [
     ({"max_tokens": None}, 400, "max_tokens"),
     ({"messages": []}, 400, "messages"),
-    ({"messages": [{"role": "system", "content": "x"}]}, 400, "role"),
+    ({"messages": [{"role": "tool", "content": "x"}]}, 400, "role"),
     ({"messages": [{"role": "user", "content": [{"type": "video", "url": "x"}]}]}, 400, "video"),
     ({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}, 400, "web_search_20250305"),
     ({"tool_choice": {"type": "sometimes"}}, 400, "tool_choice"),

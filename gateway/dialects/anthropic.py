@@ -31,11 +31,12 @@ from ..gateway import GATEWAY
 from ..proxy import read_json
 from .base import DIALECT, Dialect, StreamEncoder, sse
 
-ROLES = ("user", "assistant")
+ROLES = ("user", "assistant", "system")  # a system message mid-conversation, as Claude Code sends its environment
 # Hints without effect on the answer: accepted and reported as ignored.
-IGNORED = ("service_tier",)
+IGNORED = ("service_tier", "context_management")
 KNOWN = frozenset({"model", "messages", "max_tokens", "system", "stop_sequences", "stream", "temperature",
-                   "top_p", "top_k", "tools", "tool_choice", "metadata", "thinking", *IGNORED})
+                   "top_p", "top_k", "tools", "tool_choice", "metadata", "thinking", "output_config", *IGNORED})
+EFFORTS = {"low": "low", "medium": "medium", "high": "high", "max": "high"}  # output_config.effort -> reasoning
 # Tools the provider runs itself: nothing here can run them, so a request that needs one is refused.
 SERVER_TOOL_PREFIXES = ("web_search", "web_fetch", "code_execution", "bash_", "text_editor_", "computer_",
                         "memory", "tool_search", "mcp")
@@ -199,6 +200,42 @@ def _tools(tools: Any) -> list[dict]:
     return out
 
 
+def _deferred(tools: list) -> bool:
+    """Whether a tool is marked `defer_loading` (a hint for the provider's tool search; every tool is sent)."""
+    return any(isinstance(tool, dict) and "defer_loading" in tool for tool in tools)
+
+
+def _user(user_id: str) -> str:
+    """The sticky user of `metadata.user_id`. Claude Code sends a JSON object naming the device, the account
+    and the session: the account (else the device) keeps one person in one bucket across sessions."""
+    if user_id.startswith("{"):
+        try:
+            named = json.loads(user_id)
+        except ValueError:
+            return user_id
+        if isinstance(named, dict):
+            return str(named.get("account_uuid") or named.get("device_id") or user_id)
+    return user_id
+
+
+def _output_config(config: Any, chat: dict) -> None:
+    _require(isinstance(config, dict), "'output_config' must be an object", "output_config")
+    effort = config.get("effort")
+    if effort is not None:
+        _require(effort in EFFORTS, f"'output_config.effort' must be one of {', '.join(EFFORTS)}",
+                 "output_config.effort")
+        chat["reasoning_effort"] = EFFORTS[effort]
+    fmt = config.get("format")
+    if fmt is not None:
+        _require(isinstance(fmt, dict) and fmt.get("type") == "json_schema" and isinstance(fmt.get("schema"), dict),
+                 "'output_config.format' must be {'type': 'json_schema', 'schema': {...}}", "output_config.format")
+        chat["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": fmt["schema"]}}
+    unknown = sorted(set(config) - {"effort", "format"})
+    if unknown:
+        raise _bad(f"'output_config.{unknown[0]}' is not an output setting this gateway serves",
+                   f"output_config.{unknown[0]}", "unknown_parameter")
+
+
 def _tool_choice(choice: Any, chat: dict) -> None:
     _require(isinstance(choice, dict) and choice.get("type") in ("auto", "any", "tool", "none"),
              "'tool_choice.type' must be auto, any, tool or none", "tool_choice")
@@ -227,7 +264,10 @@ def to_chat_request(body: dict) -> tuple[dict, list[str]]:
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         _require(isinstance(message, dict) and message.get("role") in ROLES,
-                 f"{where}.role must be user or assistant", f"{where}.role")
+                 f"{where}.role must be user, assistant or system", f"{where}.role")
+        if message["role"] == "system":
+            chat_messages.append(_system(message.get("content")))
+            continue
         blocks = _blocks(message.get("content"), f"{where}.content")
         if message["role"] == "user":
             chat_messages.extend(_user_messages(blocks, f"{where}.content"))
@@ -246,19 +286,24 @@ def to_chat_request(body: dict) -> tuple[dict, list[str]]:
         _require(isinstance(stops, list) and all(isinstance(s, str) for s in stops),
                  "'stop_sequences' must be an array of strings", "stop_sequences")
         chat["stop"] = stops
+    ignored = [name for name in IGNORED if name in body]
     if body.get("tools"):
         chat["tools"] = _tools(body["tools"])
+        if _deferred(body["tools"]):
+            ignored.append("tools.defer_loading")
+    if body.get("output_config") is not None:
+        _output_config(body["output_config"], chat)
     if body.get("tool_choice") is not None:
         _tool_choice(body["tool_choice"], chat)
     metadata = body.get("metadata")
     if metadata is not None:
         _require(isinstance(metadata, dict), "'metadata' must be an object", "metadata")
         if isinstance(metadata.get("user_id"), str) and metadata["user_id"]:
-            chat["user"] = metadata["user_id"]
+            chat["user"] = _user(metadata["user_id"])
     if body.get("stream"):
         chat["stream"] = True
         chat["stream_options"] = {"include_usage": True}  # the final message_delta carries the usage
-    return chat, [name for name in IGNORED if name in body]
+    return chat, ignored
 
 
 # --- the answer -----------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 The last user message steers it, so one test can drive the same scenario through each backend kind:
 - "[tool]" with tools offered: call the first tool with {"city": "Paris"};
+- "[call NAME {json}]" with a tool NAME offered: call it with those arguments (an agent's own tool);
 - "[status 503]" (any code): answer with that HTTP error;
 - "[sleep 0.5]": wait that many seconds before answering;
 - "[cut]": start streaming, then drop the connection;
@@ -10,6 +11,7 @@ A tool result in the conversation is answered with "tool said: <result>".
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +46,8 @@ def decide(last_user_text: str, tool_names: list[str], tool_result: str | None, 
     reply.cut = "[cut]" in last_user_text
     if tool_result is not None:
         reply.text = f"tool said: {tool_result}"
+    elif (m := re.search(r"\[call (\w+) (\{.*?\})\]", last_user_text)) and m.group(1) in tool_names:
+        reply.tool_name, reply.tool_args = m.group(1), json.loads(m.group(2))
     elif "[tool]" in last_user_text and tool_names:
         reply.tool_name = tool_names[0]
         reply.tool_args = {"city": "Paris"}
