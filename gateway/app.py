@@ -13,7 +13,7 @@ from . import admin, proxy, tracing
 from .breaker import breaker_problems
 from .config import Config
 from .context import REQUEST_CONTEXT, REQUEST_ID, dumps
-from .dialects import anthropic, embeddings
+from .dialects import anthropic, embeddings, responses
 from .dialects.base import DIALECT
 from .dialects.chat_completions import ChatCompletions
 from .errors import GatewayError, InvalidRequest
@@ -181,6 +181,7 @@ def create_app(config: Config) -> web.Application:
     app.router.add_post("/v1/chat/completions", proxy.endpoint(ChatCompletions()))
     app.router.add_post("/v1/messages", proxy.endpoint(anthropic.MESSAGES))
     app.router.add_post("/v1/messages/count_tokens", anthropic.count_tokens)
+    app.router.add_post("/v1/responses", proxy.endpoint(responses.RESPONSES))
     app.router.add_post("/v1/embeddings", embeddings.embeddings)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model}", get_model)

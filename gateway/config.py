@@ -46,6 +46,9 @@ class ServerSettings(Strict):
     max_messages: int = Field(2048, gt=0, description="messages in one chat request")
     admin_token: str | None = None
     shutdown_timeout: float = Field(30.0, gt=0, description="seconds to drain in-flight requests on SIGTERM")
+    stored_responses_ttl: float = Field(
+        24 * 3600, gt=0, description="seconds a Responses API answer stays in the state store for a later "
+                                     "`previous_response_id` (never kept when the request says store: false)")
     event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
         "auto", description="uvloop: the event loop in C, a little less CPU a request; "
                             "auto: uvloop where it is installed, else asyncio's own")

@@ -235,6 +235,8 @@ async def _stream_answer(request: web.Request, ctx: RequestContext, generation: 
     if error is not None:
         error.message = request.app[GATEWAY].scrub(error.message)
         ctx.error, ctx.status = error, error.status
+    else:
+        await dialect.answered(ctx, request.app[GATEWAY])
     await writer.finish(error)
     return writer.response
 
@@ -250,6 +252,7 @@ async def write_json(request: web.Request, ctx: RequestContext, body: dict, stat
 async def _replay(request: web.Request, ctx: RequestContext, answer: dict, dialect: Dialect) -> web.StreamResponse:
     """Send an answer a plugin produced, as a stream if the caller asked for one."""
     ctx.response = answer
+    await dialect.answered(ctx, request.app[GATEWAY])
     if not ctx.stream:
         return await write_json(request, ctx, dialect.answer(answer, ctx))
     writer = SseWriter(await _prepare_sse(request, ctx), ctx, dialect.encoder(ctx))
@@ -325,7 +328,7 @@ async def _conversation(request: web.Request, gateway: Gateway, generation: Gene
                         ctx: RequestContext, dialect: Endpoint) -> web.StreamResponse:
     """The conversational pipeline: the chat form, plugins that may answer, the variant, the backend chain."""
     ctx.inbound = ctx.body
-    ctx.body, ignored = await dialect.to_chat(ctx.body, gateway)
+    ctx.body, ignored = await dialect.to_chat(ctx, gateway)
     if ignored:
         ctx.annotations["ignored_params"] = ignored
         ctx.response_headers[IGNORED_HEADER] = ",".join(ignored)
@@ -344,6 +347,7 @@ async def _conversation(request: web.Request, gateway: Gateway, generation: Gene
     if ctx.stream:
         return await _stream_answer(request, ctx, generation, dialect)
     ctx.response = await call_chain(ctx, generation, _completer(gateway.hooks.tracer, ctx))
+    await dialect.answered(ctx, gateway)
     return await write_json(request, ctx, dialect.answer(ctx.response, ctx))
 
 

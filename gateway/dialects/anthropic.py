@@ -441,8 +441,8 @@ class MessagesStream(StreamEncoder):
 class AnthropicMessages(Dialect):
     name = "messages"
 
-    async def to_chat(self, body: dict, gateway) -> tuple[dict, list[str]]:
-        return to_chat_request(body)
+    async def to_chat(self, ctx: RequestContext, gateway) -> tuple[dict, list[str]]:
+        return to_chat_request(ctx.body)
 
     def answer(self, completion: dict, ctx: RequestContext) -> dict:
         return from_chat_completion(completion, model=ctx.route_name, message_id=f"msg_{ctx.request_id}")

@@ -55,10 +55,11 @@ class Dialect(Endpoint):
     """A conversational API: translated into the chat form, so that every plugin applies to it."""
 
     @abstractmethod
-    async def to_chat(self, body: dict, gateway: Gateway) -> tuple[dict, list[str]]:
-        """(The request in the chat form, the parameters accepted but ignored); InvalidRequest names a bad one.
+    async def to_chat(self, ctx: RequestContext, gateway: Gateway) -> tuple[dict, list[str]]:
+        """(`ctx.body`, as the caller sent it, in the chat form; the parameters accepted but ignored).
 
-        The request path then checks the chat form as it checks any chat request."""
+        InvalidRequest names a bad parameter. The request path then checks the chat form as it
+        checks any chat request."""
 
     @abstractmethod
     def answer(self, completion: dict, ctx: RequestContext) -> dict:
@@ -68,8 +69,9 @@ class Dialect(Endpoint):
     def encoder(self, ctx: RequestContext) -> StreamEncoder:
         """A fresh encoder for one streamed answer."""
 
-    async def answered(self, ctx: RequestContext) -> None:
-        """The exchange is over and was a success (a dialect with server-side state stores it here)."""
+    async def answered(self, ctx: RequestContext, gateway: Gateway) -> None:
+        """The answer (`ctx.response`) is complete and about to be finished: a dialect with server-side
+        state stores it here, before the caller can send the turn that refers to it."""
 
 
 DIALECT = web.RequestKey("dialect", Endpoint)  # the dialect of the endpoint a request came to (for its errors)

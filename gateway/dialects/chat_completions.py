@@ -29,8 +29,8 @@ class ChatStream(StreamEncoder):
 class ChatCompletions(Dialect):
     name = "chat"
 
-    async def to_chat(self, body: dict, gateway) -> tuple[dict, list[str]]:
-        return body, []
+    async def to_chat(self, ctx: RequestContext, gateway) -> tuple[dict, list[str]]:
+        return ctx.body, []
 
     def answer(self, completion: dict, ctx: RequestContext) -> dict:
         return completion

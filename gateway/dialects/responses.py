@@ -40,9 +40,16 @@ Hint parameters (sent by coding agents on every call):
 """
 from __future__ import annotations
 
+import logging
+import secrets
+import time
 from typing import Any
 
-from ..errors import InvalidRequest
+from ..context import RequestContext, dumps
+from ..errors import GatewayError, InvalidRequest
+from .base import Dialect, StreamEncoder, sse
+
+log = logging.getLogger("llmgate.dialects")
 
 ItemEvent = tuple[str, dict]
 
@@ -849,3 +856,87 @@ class StreamTranslator:
         failed["usage"] = _usage(self._usage)
         self._event(out, "response.failed", response=failed)
         return out
+
+
+# ---- the endpoint: POST /v1/responses ----------------------------------------------------------------------------
+
+STORED_KEY = "responses:{tenant}:{id}"  # tenant-scoped: another team's response id finds nothing
+
+
+class ResponsesStream(StreamEncoder):
+    """A StreamTranslator's events as server-sent events (`event: <type>` and its JSON)."""
+
+    def __init__(self, translator: StreamTranslator):
+        self.translator = translator
+
+    @staticmethod
+    def _sse(events: list[ItemEvent]) -> bytes:
+        return b"".join(sse(dumps(data), event=kind) for kind, data in events)
+
+    def start(self) -> bytes:
+        return self._sse(self.translator.start())
+
+    def chunk(self, chunk: dict) -> bytes:
+        return self._sse(self.translator.feed(chunk))
+
+    def finish(self, error: GatewayError | None) -> bytes:
+        if error is not None:
+            return self._sse(self.translator.error_event(error.code or error.type, error.body()["error"]["message"]))
+        return self._sse(self.translator.finish())
+
+
+class OpenAIResponses(Dialect):
+    """The Responses API. With `store` (the default) an answered turn is kept in the state store for
+    `server.stored_responses_ttl` seconds, under the caller's tenant, so `previous_response_id` works on
+    every replica sharing the store; `store: false` keeps nothing (the caller sends the history itself)."""
+
+    name = "responses"
+
+    async def to_chat(self, ctx: RequestContext, gateway) -> tuple[dict, list[str]]:
+        body = ctx.body
+        previous = None
+        if body.get("previous_response_id") is not None:
+            given = body["previous_response_id"]
+            _require(isinstance(given, str) and given != "", "'previous_response_id' must be a response id",
+                     "previous_response_id")
+            previous = await gateway.store.get_expiring(STORED_KEY.format(tenant=ctx.tenant or "", id=given))
+            if previous is None:
+                ttl = gateway.config.server.stored_responses_ttl
+                raise _bad(f"previous_response_id '{_shown(given)[1:-1]}' is not a response this gateway holds: it "
+                           f"keeps answered turns for {ttl / 3600:g} hours, for the team that made them, and never "
+                           "when the request said store: false; send the earlier items in 'input' instead",
+                           "previous_response_id", "previous_response_not_found")
+        chat, ignored = to_chat_request(body, previous)
+        ctx.state[self.name] = {"id": f"resp_{secrets.token_hex(16)}", "created_at": time.time()}
+        return chat, [name for name in ignored if name != "store"]
+
+    def _response(self, completion: dict, ctx: RequestContext) -> dict:
+        mine = ctx.state[self.name]
+        return from_chat_completion(completion, response_id=mine["id"], model=ctx.route_name,
+                                    request=ctx.inbound, created_at=mine["created_at"])
+
+    def answer(self, completion: dict, ctx: RequestContext) -> dict:
+        return self._response(completion, ctx)
+
+    def encoder(self, ctx: RequestContext) -> StreamEncoder:
+        mine = ctx.state[self.name]
+        return ResponsesStream(StreamTranslator(mine["id"], ctx.route_name, ctx.inbound, mine["created_at"]))
+
+    def error_body(self, error: GatewayError) -> dict:
+        return error.body()
+
+    async def answered(self, ctx: RequestContext, gateway) -> None:
+        if ctx.inbound.get("store") is False or ctx.response is None:
+            return
+        mine = ctx.state[self.name]
+        history = turn_history(ctx.inbound, ctx.body, self._response(ctx.response, ctx))
+        try:
+            await gateway.store.put_expiring(STORED_KEY.format(tenant=ctx.tenant or "", id=mine["id"]), history,
+                                             gateway.config.server.stored_responses_ttl)
+        except Exception as exc:  # the answer still goes out; a later previous_response_id says it is not held
+            log.warning("request %s: the answered turn could not be stored for previous_response_id: %s",
+                        ctx.request_id, type(exc).__name__)
+            ctx.annotations["responses_store"] = "failed"
+
+
+RESPONSES = OpenAIResponses()
