@@ -14,6 +14,7 @@ from pydantic import TypeAdapter
 
 from gateway.chat import StreamAssembler, chunk, completion, tool_call, usage, validate_chat_request
 from gateway.dialects.responses import (
+    PROVIDER_TOOLS,
     StreamTranslator,
     from_chat_completion,
     output_items_to_chat,
@@ -315,9 +316,13 @@ def test_every_refusal_names_its_parameter(body, param):
     assert len(error.message) > len(param)
 
 
-@pytest.mark.parametrize("kind", ["web_search", "web_search_preview", "file_search", "computer_use_preview",
-                                  "computer", "mcp", "code_interpreter", "image_generation", "local_shell",
-                                  "custom", "shell", "apply_patch"])
+@pytest.mark.parametrize("kind", sorted(PROVIDER_TOOLS))
+def test_provider_run_tools_offered_beside_functions_are_left_out_and_named(kind):
+    chat, ignored = to_chat_request({"model": "m", "input": "hi", "tools": [TIME, {"type": kind}]})
+    assert [t["function"]["name"] for t in chat["tools"]] == [TIME["name"]] and ignored == [f"tools.{kind}"]
+
+
+@pytest.mark.parametrize("kind", ["computer", "local_shell", "custom", "shell", "apply_patch"])
 def test_tools_other_than_functions_are_refused(kind):
     error = refused({"model": "m", "input": "hi", "tools": [TIME, {"type": kind}]})
     assert error.param == "tools[1].type" and error.code == "unsupported_tool"

@@ -57,7 +57,7 @@ _TRANSLATED = frozenset({"model", "input", "instructions", "tools", "tool_choice
                          "max_output_tokens", "temperature", "top_p", "stream", "reasoning", "user",
                          "safety_identifier", "metadata", "previous_response_id"})
 _IGNORED = frozenset({"store", "include", "prompt_cache_key", "prompt_cache_retention", "prompt_cache_options",
-                      "service_tier", "max_tool_calls", "context_management", "stream_options"})
+                      "service_tier", "max_tool_calls", "context_management", "stream_options", "client_metadata"})
 _REFUSED = {
     "conversation": "conversations are not supported by this gateway: pass previous_response_id, or send the "
                     "earlier items in 'input'",
@@ -162,7 +162,7 @@ def to_chat_request(body: Any, previous: list[dict] | None = None) -> tuple[dict
         messages.extend(_items_to_messages(items, "input"))
     chat["messages"] = messages
 
-    tools, names = _tools(body.get("tools"))
+    tools, names = _tools(body.get("tools"), ignored)
     choice, allowed = _tool_choice(body.get("tool_choice"), names)
     if allowed is not None:
         tools = [t for t in tools if t["function"]["name"] in allowed]
@@ -204,7 +204,14 @@ def to_chat_request(body: Any, previous: list[dict] | None = None) -> tuple[dict
     return chat, ignored
 
 
-def _tools(tools: Any) -> tuple[list[dict], set[str]]:
+# Tools the provider runs (and Codex's tool namespaces): offered beside an agent's function tools on every
+# call. No backend here runs them, so they are not offered to the model, and named as ignored; the model
+# answers with the function tools it has. A tool_choice that forces one is refused.
+PROVIDER_TOOLS = frozenset({"web_search", "web_search_preview", "file_search", "code_interpreter", "image_generation",
+                            "mcp", "computer_use_preview", "namespace"})
+
+
+def _tools(tools: Any, ignored: list[str] | None = None) -> tuple[list[dict], set[str]]:
     if tools is None:
         return [], set()
     _require(isinstance(tools, list), "'tools' must be an array of tools", "tools")
@@ -214,6 +221,10 @@ def _tools(tools: Any) -> tuple[list[dict], set[str]]:
         _require(isinstance(tool, dict) and isinstance(tool.get("type"), str),
                  f"{where} must be an object with a 'type'", where)
         kind = tool["type"]
+        if kind in PROVIDER_TOOLS and ignored is not None:
+            if f"tools.{kind}" not in ignored:
+                ignored.append(f"tools.{kind}")
+            continue
         if kind != "function":
             raise _bad(f"{where}.type '{kind}' is not supported: this gateway serves function tools only "
                        f"(type 'function'); run {kind} in your own code and offer it as a function tool",
