@@ -95,7 +95,7 @@ def test_replicas_sharing_redis_continue_each_others_responses(fake_openai, make
 
 @pytest.mark.parametrize("change, param", [
     ({"input": None}, "input"),
-    ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
+    ({"tools": [{"type": "computer"}]}, "tools[0].type"),
     ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0]"),
     ({"conversation": "conv_1"}, "conversation"),
     ({"frequency_penalty": 1}, "frequency_penalty"),

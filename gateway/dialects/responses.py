@@ -40,9 +40,11 @@ Hint parameters (sent by coding agents on every call):
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
+import weakref
 from typing import Any
 
 from ..context import RequestContext, dumps
@@ -903,6 +905,11 @@ class OpenAIResponses(Dialect):
 
     name = "responses"
 
+    def __init__(self) -> None:
+        # Turns being written, per state store: this replica finds them at once; another, once the write
+        # lands (a millisecond or so: the answer does not wait for it).
+        self._writing: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
     async def to_chat(self, ctx: RequestContext, gateway) -> tuple[dict, list[str]]:
         body = ctx.body
         previous = None
@@ -910,7 +917,9 @@ class OpenAIResponses(Dialect):
             given = body["previous_response_id"]
             _require(isinstance(given, str) and given != "", "'previous_response_id' must be a response id",
                      "previous_response_id")
-            previous = await gateway.store.get_expiring(STORED_KEY.format(tenant=ctx.tenant or "", id=given))
+            key = STORED_KEY.format(tenant=ctx.tenant or "", id=given)
+            writing = self._writing.get(gateway.store, {}).get(key)
+            previous = writing[0] if writing is not None else await gateway.store.get_expiring(key)
             if previous is None:
                 ttl = gateway.config.server.stored_responses_ttl
                 raise _bad(f"previous_response_id '{_shown(given)[1:-1]}' is not a response this gateway holds: it "
@@ -927,7 +936,8 @@ class OpenAIResponses(Dialect):
                                     request=ctx.inbound, created_at=mine["created_at"])
 
     def answer(self, completion: dict, ctx: RequestContext) -> dict:
-        return self._response(completion, ctx)
+        built = ctx.state[self.name].get("response")  # built once, when the turn was stored
+        return built if built is not None and completion is ctx.response else self._response(completion, ctx)
 
     def encoder(self, ctx: RequestContext) -> StreamEncoder:
         mine = ctx.state[self.name]
@@ -939,15 +949,21 @@ class OpenAIResponses(Dialect):
     async def answered(self, ctx: RequestContext, gateway) -> None:
         if ctx.inbound.get("store") is False or ctx.response is None:
             return
-        mine = ctx.state[self.name]
-        history = turn_history(ctx.inbound, ctx.body, self._response(ctx.response, ctx))
+        response = ctx.state[self.name]["response"] = self._response(ctx.response, ctx)
+        history = turn_history(ctx.inbound, ctx.body, response)
+        key = STORED_KEY.format(tenant=ctx.tenant or "", id=ctx.state[self.name]["id"])
+        writing = self._writing.setdefault(gateway.store, {})
+        task = asyncio.create_task(self._store(gateway, key, history, ctx.request_id), name="store a response")
+        writing[key] = (history, task)
+        task.add_done_callback(lambda _: writing.pop(key, None))
+
+    @staticmethod
+    async def _store(gateway, key: str, history: list[dict], request_id: str) -> None:
         try:
-            await gateway.store.put_expiring(STORED_KEY.format(tenant=ctx.tenant or "", id=mine["id"]), history,
-                                             gateway.config.server.stored_responses_ttl)
-        except Exception as exc:  # the answer still goes out; a later previous_response_id says it is not held
+            await gateway.store.put_expiring(key, history, gateway.config.server.stored_responses_ttl)
+        except Exception as exc:  # the answer went out; a later previous_response_id says it is not held
             log.warning("request %s: the answered turn could not be stored for previous_response_id: %s",
-                        ctx.request_id, type(exc).__name__)
-            ctx.annotations["responses_store"] = "failed"
+                        request_id, type(exc).__name__)
 
 
 RESPONSES = OpenAIResponses()
