@@ -20,8 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gateway.text.embeddings import load_model  # noqa: E402
-from plugins.semantic_cache import Settings  # noqa: E402
 from plugins.semantic_cache.guards import GuardConfig, check, extract  # noqa: E402
+from plugins.semantic_cache.plugin import Settings  # noqa: E402
 
 PAIRS = Path(__file__).with_name("cache_eval_pairs.jsonl")
 TARGET_FALSE_HIT = 0.01

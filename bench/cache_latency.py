@@ -30,9 +30,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gateway.text.embeddings import BACKENDS, Embedder, _installed, load_model  # noqa: E402
-from plugins.semantic_cache import Key, Pending, SemanticCache, Settings  # noqa: E402
 from plugins.semantic_cache.guards import extract  # noqa: E402
 from plugins.semantic_cache.index import CacheIndex, ann_available  # noqa: E402
+from plugins.semantic_cache.plugin import Key, Pending, SemanticCache, Settings  # noqa: E402
 
 TARGET_P99_MS = 15.0
 SCOPE = "bench-scope"

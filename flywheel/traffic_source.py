@@ -117,7 +117,7 @@ def feedback_path(config: Config) -> str:
 
 
 def shadow_path(config: Config) -> str:
-    return _settings_path(config, "shadow", "plugins.shadow")
+    return _settings_path(config, "shadow", "plugins.shadow.plugin")
 
 
 def feedback_by_request(config: Config) -> dict[str, dict[str, Any]]:

@@ -357,7 +357,7 @@ def test_the_split_is_deterministic_for_a_seed(tmp_path):
 
 def test_judge_and_feedback_filters_join_by_request_id(tmp_path):
     from plugins.feedback import SCHEMA as FEEDBACK_SCHEMA
-    from plugins.shadow import SCHEMA as SHADOW_SCHEMA
+    from plugins.shadow.plugin import SCHEMA as SHADOW_SCHEMA
     config_path, ids = _small_log(tmp_path)
     with sqlite3.connect(tmp_path / "feedback.db") as conn:
         conn.executescript(FEEDBACK_SCHEMA)

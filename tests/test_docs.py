@@ -43,7 +43,7 @@ def test_every_hookspec_is_in_the_hook_reference(site):
 
 
 def test_plugin_options_come_from_the_settings_models(site):
-    from plugins.semantic_cache import Settings
+    from plugins.semantic_cache.plugin import Settings
     html = page(site, "plugins/semantic_cache")
     assert "max_temperature" in Settings.model_fields
     assert "<code>max_temperature</code>" in html
