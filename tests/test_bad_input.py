@@ -145,8 +145,13 @@ def check_answer(case: Case, answer: Answer) -> None:
     elif answer.status >= 400 and case.method != "HEAD":
         assert answer.headers.get("content-type", "").startswith("application/json"), \
             f"{case.name}: error is not JSON ({answer.headers.get('content-type')}): {text[:300]}"
-        error = json.loads(answer.body)["error"]
-        assert set(error) >= {"message", "type", "param", "code"}, error
+        body = json.loads(answer.body)
+        error = body["error"]
+        if case.path.startswith("/v1/messages"):  # the Anthropic Messages API's own shape
+            assert body["type"] == "error" and set(error) == {"type", "message"}, body
+            error = {**error, "param": None}
+        else:
+            assert set(error) >= {"message", "type", "param", "code"}, error
         assert isinstance(error["message"], str) and error["message"], error
         assert isinstance(error["type"], str) and error["type"], error
         assert len(error["message"]) <= 2000, f"{case.name}: a {len(error['message'])}-character error message"
