@@ -30,7 +30,7 @@ from gateway.errors import GatewayError, InvalidRequest, NotFound
 from gateway.gateway import GATEWAY
 from gateway.hookspecs import hookimpl
 from gateway.storage.sqlite import SqliteThread
-from plugins.traffic_log.plugin import read_records
+from plugins.traffic_log.plugin import TrafficLog, read_records
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS feedback (
@@ -94,7 +94,7 @@ class Feedback:
 
     @hookimpl
     def startup(self, gateway):
-        traffic_log = gateway.pm.get_plugin("traffic_log")
+        traffic_log = gateway.plugin(TrafficLog)
         self._traffic_log = traffic_log.settings.path if traffic_log is not None else None
         self._remember = self.settings.remember or (REMEMBER_WITH_LOG if self._traffic_log else REMEMBER_WITHOUT_LOG)
 

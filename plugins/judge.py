@@ -30,6 +30,7 @@ from gateway.context import stable_hash
 from gateway.errors import GatewayError
 from gateway.gateway import Generation
 from gateway.hookspecs import hookimpl
+from plugins.shadow.plugin import Shadow
 
 log = logging.getLogger("llmgate.judge")
 
@@ -129,6 +130,7 @@ class Judge:
     @hookimpl
     async def startup(self, gateway):
         self._gateway = gateway
+        self._shadow = gateway.plugin(Shadow)  # where a shadow comparison's judge score is written
         self._jobs = asyncio.Queue(self.settings.queue_size)
         self._workers = [asyncio.create_task(self._work(), name=f"judge worker {i}")
                          for i in range(self.settings.max_concurrent)]
@@ -154,7 +156,8 @@ class Judge:
         if not answer or not sampled(self.settings.sample_rate, ctx.request_id):
             return
         body = whole_answer_request(ctx.body)  # compared whole, even when the caller streamed
-        self._submit(kind="candidate", route=ctx.route_name, request_id=ctx.request_id, variant=ctx.served_by,
+        self._submit(ctx.generation, kind="candidate", route=ctx.route_name, request_id=ctx.request_id,
+                     variant=ctx.served_by,
                      answer=answer, opponent=route.baseline, messages=ctx.body.get("messages") or [], body=body)
 
     @hookimpl
@@ -163,7 +166,8 @@ class Judge:
         if (not shadow or not primary or not self._wanted(comparison["route"])
                 or not sampled(self.settings.sample_rate, comparison["request_id"], comparison["shadow_backend"])):
             return
-        self._submit(kind="shadow", route=comparison["route"], request_id=comparison["request_id"],
+        self._submit(self._gateway.generation, kind="shadow", route=comparison["route"],
+                     request_id=comparison["request_id"],
                      variant=comparison["shadow_backend"], answer=shadow, opponent=comparison["primary_backend"],
                      opponent_answer=primary, messages=comparison.get("messages") or [])
 
@@ -176,12 +180,11 @@ class Judge:
             self._day, self._spent = today, 0
         return max(0, self.settings.daily_budget - self._spent)
 
-    def _submit(self, **job: Any) -> None:
-        """Charge the budget and queue the judgement; never waits."""
+    def _submit(self, generation: Generation, **job: Any) -> None:
+        """Charge the budget and queue the judgement on `generation`'s backends; never waits."""
         if not self.budget_left():
             self.over_budget += 1
             return
-        generation = self._gateway.generation
         try:
             link = tracing.current_link() if self._gateway.hooks.tracer is not None else None
             self._jobs.put_nowait(Job(generation=generation, day=self._day, link=link, **job))
@@ -233,7 +236,7 @@ class Judge:
         if job.kind == "candidate":
             await self._gateway.hooks.call("record_score", route=job.route, variant=job.variant,
                                            name="judge_win_rate", value=score)
-        elif not await self._gateway.pm.get_plugin("shadow").set_judge_score(job.request_id, job.variant, score):
+        elif not await self._shadow.set_judge_score(job.request_id, job.variant, score):
             log.warning("no stored comparison of request %s with shadow %s for its judge score",
                         job.request_id, job.variant)
         self.judged += 1

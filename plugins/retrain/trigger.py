@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway.background import stop_tasks
 from gateway.hookspecs import hookimpl
 
-from .plugin import MOVING, describe
+from .plugin import MOVING, Retrain, describe
 from .providers import dataset_size
 
 log = logging.getLogger("llmgate.retrain_trigger")
@@ -78,13 +78,12 @@ class RetrainTrigger:
         self.last_decision: dict[str, str] = {}
         self._holder = f"gateway@{socket.gethostname()}:{os.getpid()}"
         self._task: asyncio.Task | None = None
+        self.requires = ("retrain",) if settings.routes else ()  # it launches jobs through the retrain plugin
+        self._retrain: Retrain | None = None
 
     @hookimpl
     def config_problems(self, config):
         problems = []
-        retrain = config.settings.plugins.get("retrain")
-        if self.settings.routes and not (retrain and retrain.enabled):
-            problems.append("plugins.retrain_trigger: needs the retrain plugin (plugins.retrain.enabled: true)")
         for route, rule in self.settings.routes.items():
             if route not in config.settings.routes:
                 problems.append(f"plugins.retrain_trigger.routes.{route}: no such route")
@@ -95,6 +94,7 @@ class RetrainTrigger:
     @hookimpl
     async def startup(self, gateway):
         self.gateway = gateway
+        self._retrain = gateway.plugin(Retrain)
         self._task = asyncio.create_task(self._check_forever(), name="retrain trigger")
 
     @hookimpl
@@ -173,7 +173,7 @@ class RetrainTrigger:
         if size < rule.min_examples:
             return f"{reason}; held: the dataset has {size} training examples, min_examples is {rule.min_examples}", \
                 state
-        retrain = self.gateway.pm.get_plugin("retrain")
+        retrain = self._retrain
         moving = [j["id"] for j in await retrain.launcher.jobs() if j["route"] == route and j["status"] in MOVING]
         if moving:
             return f"{reason}; held: job {moving[-1]} is still running", state
