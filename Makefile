@@ -74,6 +74,7 @@ $(VENV)/.installed-bench: $(VENV)/.installed-test
 # BENCH_ARGS="--soak 60 --duration 10" for a shorter run). JSON, Markdown and PNG in bench/results/.
 bench: install-test $(VENV)/.installed-bench .venv-litellm/.installed-1.106.2
 	$(BIN)/python bench/cli_startup.py --output bench/results/cli_startup.json
+	$(BIN)/python bench/dialects.py --output bench/results/dialects.json
 	$(BIN)/python bench/cache_latency.py --output bench/results/cache_latency.json
 	$(BIN)/python bench/cache_eval.py --output bench/results/cache_eval.json
 	$(BIN)/python bench/overhead.py --output-dir bench/results $(BENCH_ARGS)
