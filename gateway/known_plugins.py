@@ -44,6 +44,10 @@ DEFAULT_PLUGINS = {
 COMMAND_MODULES = {
     "api_keys": "plugins.api_keys.commands",
     "traffic_log": "plugins.traffic_log.commands",
+    "shadow": "plugins.shadow.commands",
+    "rollout": "plugins.rollout.commands",
+    "auto_rollback": "plugins.auto_rollback.commands",
+    "semantic_cache": "plugins.semantic_cache.commands",
     "evaluators": "evaluators.offline_commands",
     "dataset": "flywheel.dataset.commands",
     "roi": "flywheel.roi.commands",

@@ -6,8 +6,8 @@ import os
 import sys
 
 from ..known_plugins import command_plugins  # not gateway.plugins: that one loads what the daemon needs
-from .admin import HANDLERS, add_commands
-from .client import AdminClient, AdminError
+from .admin import add_commands
+from .client import AdminError
 from .common import DEFAULT_CONFIG_PATH, REASON_HELP, add_config_arg, add_reason_arg  # noqa: F401 (public here)
 
 DESCRIPTION = """\
@@ -111,8 +111,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        if args.command in HANDLERS:
-            return HANDLERS[args.command](AdminClient(args.url), args)
         if args.command in handlers:
             return handlers[args.command](args)
         return args.handler(args)

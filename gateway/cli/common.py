@@ -1,4 +1,4 @@
-"""The options and argument types the commands share: `--config`, `--reason`, `--url`, `--json`, times.
+"""What the commands share: `--config`, `--reason`, `--url`, `--json`, a route, times, admin commands.
 
 Its own module, light (the standard library and the admin client), so that the built-in commands
 (admin.py), the plugins' command modules and third-party ones import it without the `llmgate`
@@ -7,9 +7,14 @@ entry point itself; `gateway.cli` re-exports add_config_arg, add_reason_arg and 
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import time
+from typing import Callable
 
-from .client import DEFAULT_URL
+from .client import DEFAULT_URL, AdminClient
+
+AdminHandler = Callable[[AdminClient, argparse.Namespace], int]
 
 # gateway.config's default, not imported from it: reading it would load pydantic and PyYAML into every
 # command, `llmgate --help` included (tests check the two agree).
@@ -36,6 +41,53 @@ def add_url_arg(parser: argparse.ArgumentParser) -> None:
 
 def add_json_arg(parser: argparse.ArgumentParser, what: str = "the admin API's answer") -> None:
     parser.add_argument("--json", action="store_true", help=f"print {what} as JSON")
+
+
+def add_route_arg(parser: argparse.ArgumentParser, nargs: str | None = None, help: str = "the route's name") -> None:
+    """The ROUTE argument of the commands that act on one route."""
+    parser.add_argument("route", nargs=nargs, help=help)
+
+
+def admin_command(fn: AdminHandler) -> Callable[[argparse.Namespace], int]:
+    """`fn(client, args)` as a command's handler (`set_defaults(handler=...)`), `client` talking to `--url`."""
+    @functools.wraps(fn)
+    def handler(args: argparse.Namespace) -> int:
+        return fn(AdminClient(args.url), args)
+    return handler
+
+
+def add_admin_parser(commands: argparse._SubParsersAction, name: str, help: str,
+                     handler: AdminHandler | None = None) -> argparse.ArgumentParser:
+    """A command that talks to a running gateway's admin API: its help is its description, it takes `--url`."""
+    parser = commands.add_parser(name, help=help, description=help)
+    add_url_arg(parser)
+    if handler is not None:
+        parser.set_defaults(handler=admin_command(handler))
+    return parser
+
+
+def add_command_group(commands: argparse._SubParsersAction, name: str, help: str, description: str,
+                      handler: AdminHandler | None = None) -> argparse._SubParsersAction:
+    """A command whose subcommands do the work (`llmgate cache clear`); the one chosen is in `<name>_command`.
+
+    `handler`, when given, serves every subcommand (one that sets its own overrides it)."""
+    group = commands.add_parser(name, help=help, description=description)
+    if handler is not None:
+        group.set_defaults(handler=admin_command(handler))
+    return group.add_subparsers(dest=f"{name}_command", metavar="COMMAND", required=True)
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+def print_events(events: list[dict]) -> None:
+    """Audit events (GET /admin/events, or the one a change returns), one line each."""
+    for e in events:
+        change = f"{json.dumps(e.get('before'))} -> {json.dumps(e.get('after'))}" if e.get("after") is not None else ""
+        extra = f" rule={e['rule']}" if e.get("rule") else ""
+        print(f"{_when(e.get('ts'))}  {e.get('kind', '?'):<10} {e.get('route') or '-':<16} {change}{extra}"
+              f"  by {e.get('actor', '?')}" + (f"  because: {e['reason']}" if e.get("reason") else ""))
 
 
 def duration(text: str) -> float:
