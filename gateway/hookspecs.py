@@ -181,7 +181,7 @@ def shadow_compared(comparison):
     `primary_answer`, `shadow_answer`: None when the shadow failed or `bodies` is off, ...) plus
     the request's `messages`. An evaluator scores it off this call (enqueue and return: the shadow
     worker waits for implementations) and writes the score, higher meaning the shadow did better,
-    with `await gateway.pm.get_plugin("shadow").set_judge_score(request_id, shadow_backend, score)`."""
+    with `await gateway.plugin(Shadow).set_judge_score(request_id, shadow_backend, score)` (`plugins.shadow.plugin`)."""
 
 
 @spec(OBSERVERS)

@@ -33,6 +33,7 @@ from gateway.background import stop_tasks
 from gateway.errors import GatewayError, InvalidRequest, NotFound
 from gateway.gateway import GATEWAY
 from gateway.hookspecs import hookimpl
+from plugins.rollout.plugin import Rollout
 
 from .analysis import FAILED, INCONCLUSIVE, SUCCESSFUL, Analysis, Policy, Settings, analyse
 from .windows import Figures, Windows
@@ -59,6 +60,7 @@ def _brief(schedule: dict | None) -> dict | None:
 
 class AutoRollback:
     Settings = Settings
+    uses = ("rollout",)  # it rolls back through the rollout plugin, when that is on: started after it
 
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -94,7 +96,7 @@ class AutoRollback:
     @hookimpl
     async def startup(self, gateway):
         self.gateway = gateway
-        self.rollout = gateway.pm.get_plugin("rollout")
+        self.rollout = gateway.plugin(Rollout)
         if self.rollout is None:
             log.warning("auto_rollback needs the rollout plugin, which is disabled: nothing will be judged")
             return

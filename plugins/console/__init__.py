@@ -35,6 +35,8 @@ from gateway.background import stop_tasks
 from gateway.errors import InvalidRequest, NotFound
 from gateway.gateway import GATEWAY
 from gateway.hookspecs import hookimpl
+from plugins.auto_rollback.plugin import AutoRollback
+from plugins.shadow.plugin import Shadow
 
 from .pairs import MAX_CHARS, MAX_PAIRS, read_pairs
 from .series import SeriesRing
@@ -103,6 +105,7 @@ def _int(request: web.Request, name: str, default: int, low: int, high: int) -> 
 
 class Console:
     Settings = Settings
+    uses = ("auto_rollback", "shadow")  # their windows and comparisons, shown when they are on
 
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -127,7 +130,7 @@ class Console:
         self._reader.shutdown(wait=False, cancel_futures=True)
 
     def _windows(self):
-        auto_rollback = self.gateway.pm.get_plugin("auto_rollback") if self.gateway else None
+        auto_rollback = self.gateway.plugin(AutoRollback) if self.gateway else None
         return getattr(auto_rollback, "windows", None)
 
     async def _sample_forever(self) -> None:
@@ -135,7 +138,7 @@ class Console:
             windows = self._windows()
             if windows is not None:
                 try:
-                    auto_rollback = self.gateway.pm.get_plugin("auto_rollback")
+                    auto_rollback = self.gateway.plugin(AutoRollback)
                     routes = {r: auto_rollback.policy(r).window_seconds for r in self.gateway.config.settings.routes}
                     await self.series.sample(windows, routes)
                     self._window_seconds = routes
@@ -185,7 +188,7 @@ class Console:
             gw.route(name)
             limit = _int(request, "limit", 5, 1, MAX_PAIRS)
             chars = _int(request, "chars", 800, 1, MAX_CHARS)
-            shadow = gw.pm.get_plugin("shadow")
+            shadow = gw.plugin(Shadow)
             if shadow is None:
                 return web.json_response({"route": name, "pairs": [], "enabled": False})
             found = await asyncio.get_running_loop().run_in_executor(

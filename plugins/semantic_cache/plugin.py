@@ -58,7 +58,6 @@ HEADER = "x-llmgate-cache"
 # Body keys that do not change the answer; every other key is part of an entry's scope.
 NEUTRAL_KEYS = frozenset({"model", "messages", "stream", "stream_options", "user", "metadata", "store",
                           "service_tier", "safety_identifier", "prompt_cache_key"})
-PENDING_LIMIT = 10_000
 VERDICTS_LIMIT = 10_000
 
 
@@ -159,7 +158,6 @@ class SemanticCache:
         self.counts: Counter = Counter()
         self.refused: Counter = Counter()
         self.dropped = 0
-        self._pending: OrderedDict[str, Pending] = OrderedDict()
         self._jobs: asyncio.Queue[StoreJob] | None = None
         self._tasks: list[asyncio.Task] = []
 
@@ -281,7 +279,7 @@ class SemanticCache:
         if entry is not None:
             return self._hit(ctx, entry, "hit-exact", 1.0)
         pending = Pending(key, extract(key.text, self.guards))
-        self._remember(ctx.request_id, pending)
+        ctx.state[NAME] = pending  # for after_response, which stores the answer; gone with the request
         note: dict[str, Any] = {"result": "miss"}
         ctx.annotations["cache"] = note
         if self.embedder is None:
@@ -340,7 +338,7 @@ class SemanticCache:
     def _hit(self, ctx: RequestContext, entry: Entry, result: str, similarity: float) -> dict[str, Any]:
         self._index_thread.submit(self.index.touch, entry)  # in order with other index calls; nothing to wait for
         self.counts[result] += 1
-        self._pending.pop(ctx.request_id, None)
+        ctx.state.pop(NAME, None)
         ctx.served_by = NAME
         ctx.response_headers[HEADER] = result
         ctx.annotations["cache"] = {"result": result, "similarity": round(similarity, 4),
@@ -350,14 +348,10 @@ class SemanticCache:
         answer["created"] = int(time.time())
         return answer
 
-    def _remember(self, request_id: str, pending: Pending) -> None:
-        self._pending[request_id] = pending
-        while len(self._pending) > PENDING_LIMIT:  # a request that never reached after_response (the caller left)
-            self._pending.popitem(last=False)
 
     @hookimpl
     def after_response(self, ctx: RequestContext):
-        pending = self._pending.pop(ctx.request_id, None)
+        pending = ctx.state.get(NAME)
         if pending is None or not self._storable(ctx):
             return
         try:
