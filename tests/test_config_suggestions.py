@@ -51,7 +51,7 @@ def test_a_misspelt_route_key_names_the_nearest_and_every_allowed_key():
 def test_a_misspelt_server_key():
     assert problems_of(config_with(server={"max_body_byte": 1024})) == [
         "server.max_body_byte: unknown key (did you mean 'max_body_bytes'? allowed: admin_token, event_loop, host, "
-        "max_body_bytes, max_messages, port, shutdown_timeout)"]
+        "max_body_bytes, max_messages, port, shutdown_timeout, stored_responses_ttl)"]
 
 
 def test_a_misspelt_top_level_key():
