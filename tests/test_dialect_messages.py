@@ -82,7 +82,8 @@ def test_system_blocks_images_metadata_and_tool_choice_reach_the_backend_in_its_
             {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PIXEL}},
             {"type": "text", "text": "what is this?"}]}])
     sent = fake_openai.requests[-1]
-    assert sent["messages"][0] == {"role": "system", "content": "rule one. rule two."}
+    assert sent["messages"][0] == {"role": "system", "content": [{"type": "text", "text": "rule one. "},
+                                                                 {"type": "text", "text": "rule two."}]}
     assert sent["messages"][1]["content"][0] == {"type": "image_url",
                                                  "image_url": {"url": f"data:image/png;base64,{PIXEL}"}}
     assert sent["user"] == "user-42" and sent["stop"] == ["END"] and sent["temperature"] == 0.2
