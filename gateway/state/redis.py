@@ -31,6 +31,8 @@ end
 return 0
 """
 MAX_EVENTS = 10_000
+# What a Redis that is away raises: an operational state to report in a line, never a traceback.
+UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError, StoreUnavailable)
 
 
 def _reachable(method):

@@ -33,6 +33,7 @@ from gateway.background import stop_tasks
 from gateway.errors import GatewayError, InvalidRequest, NotFound
 from gateway.gateway import GATEWAY
 from gateway.hookspecs import hookimpl
+from gateway.state.redis import UNREACHABLE
 from plugins.rollout.plugin import Rollout
 
 from .analysis import FAILED, INCONCLUSIVE, SUCCESSFUL, Analysis, Policy, Settings, analyse
@@ -171,7 +172,8 @@ class AutoRollback:
                 self._store_problem = None
             except Exception as exc:  # the state store is away, most likely: the lease lapses meanwhile
                 if self._store_problem is None:
-                    log.warning("auto-rollback evaluation failed, retrying each interval: %r", exc, exc_info=exc)
+                    log.warning("auto-rollback evaluation failed, retrying each interval: %r", exc,
+                                exc_info=None if isinstance(exc, UNREACHABLE) else exc)
                 self._store_problem = repr(exc)
             await asyncio.sleep(self.settings.interval_seconds)
 

@@ -34,13 +34,12 @@ import uuid
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.background import stop_tasks
 from gateway.chat import max_tokens_of
 from gateway.errors import InvalidRequest, RateLimited
 from gateway.hookspecs import hookimpl
+from gateway.state.redis import UNREACHABLE
 from plugins.api_keys.plugin import ApiKeys
 
 from .counters import (
@@ -56,7 +55,7 @@ from .counters import (
 log = logging.getLogger("llmgate.quotas")
 NAME = "quotas"
 # What an unreachable or hung Redis raises; anything else is a fault and is reported as one.
-SHARED_FAILURES = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
+SHARED_FAILURES = UNREACHABLE
 
 
 class Settings(BaseModel):
