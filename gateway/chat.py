@@ -160,10 +160,18 @@ def stop_list(body: dict) -> list[str]:
     return [stop] if isinstance(stop, str) else list(stop or [])
 
 
-def usage(prompt: int, completion: int, cached: int | None = None) -> dict:
-    out = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+def usage(prompt: int, completion: int, cached: int | None = None, cache_write: int | None = None,
+          reasoning: int | None = None) -> dict:
+    """OpenAI's usage: `prompt` includes the cached tokens, read (`cached`) and written (`cache_write`, as
+    `cache_creation_input_tokens`, where the provider reports them); `reasoning` tokens are in `completion`."""
+    out: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
+                           "total_tokens": prompt + completion}
     if cached:
         out["prompt_tokens_details"] = {"cached_tokens": cached}
+    if cache_write:
+        out["cache_creation_input_tokens"] = cache_write
+    if reasoning:
+        out["completion_tokens_details"] = {"reasoning_tokens": reasoning}
     return out
 
 
@@ -233,10 +241,14 @@ class StreamAssembler:
             self.usage = chunk["usage"]
         for choice in chunk.get("choices") or ():
             slot = self.choices.setdefault(choice.get("index", 0),
-                                           {"content": [], "tools": {}, "finish": None, "role": "assistant"})
+                                           {"content": [], "tools": {}, "finish": None, "role": "assistant",
+                                            "reasoning": [], "thinking": []})
             delta = choice.get("delta") or {}
             if delta.get("content"):
                 slot["content"].append(delta["content"])
+            if delta.get("reasoning_content"):
+                slot["reasoning"].append(delta["reasoning_content"])
+            slot["thinking"].extend(delta.get("thinking_blocks") or ())
             for call in delta.get("tool_calls") or ():
                 entry = slot["tools"].setdefault(call.get("index", 0), {"id": None, "name": "", "arguments": []})
                 entry["id"] = call.get("id") or entry["id"]
@@ -254,6 +266,13 @@ class StreamAssembler:
             if slot["tools"]:
                 message["tool_calls"] = [tool_call(t["id"], t["name"], "".join(t["arguments"]))
                                          for _, t in sorted(slot["tools"].items())]
+            # thinking: its text pieces joined; the whole blocks (with signatures) as they ended, in order
+            reasoning = "".join(slot["reasoning"]) or "\n\n".join(
+                b["thinking"] for b in slot["thinking"] if b.get("type") == "thinking" and b.get("thinking"))
+            if reasoning:
+                message["reasoning_content"] = reasoning
+            if slot["thinking"]:
+                message["thinking_blocks"] = list(slot["thinking"])
             choices.append({"index": index, "message": message, "finish_reason": slot["finish"], "logprobs": None})
         return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
                 "choices": choices, "usage": self.usage}

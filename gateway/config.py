@@ -63,7 +63,11 @@ class Price(Strict):
     """USD per million tokens."""
     input: float = Field(ge=0)
     output: float = Field(ge=0)
-    cached_input: float | None = Field(None, ge=0)
+    cached_input: float | None = Field(None, ge=0, description="prompt tokens read from the provider's prompt cache "
+                                       "(usage.prompt_tokens_details.cached_tokens); unset: priced as input")
+    cache_write: float | None = Field(None, ge=0, description="prompt tokens written to the provider's prompt "
+                                      "cache (usage.cache_creation_input_tokens: Anthropic's cache creation, "
+                                      "Bedrock's cacheWriteInputTokens); unset: priced as input")
 
 
 class RouteSettings(Strict):
@@ -156,10 +160,13 @@ class Config:
         if price is None or not usage:
             return None
         prompt, completion = usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0
-        cached = 0
+        cached = written = 0
         if price.cached_input is not None:
             cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
-        return ((prompt - cached) * price.input + cached * (price.cached_input or 0) + completion * price.output) / 1e6
+        if price.cache_write is not None:
+            written = usage.get("cache_creation_input_tokens") or 0
+        return ((prompt - cached - written) * price.input + cached * (price.cached_input or 0)
+                + written * (price.cache_write or 0) + completion * price.output) / 1e6
 
 
 def _interpolate(node: Any, path: str, unset: dict[str, str], secrets: set[str]) -> Any:

@@ -1,5 +1,6 @@
 """The `anthropic` kind: the fake speaks the real Messages protocol (checked with the official SDK),
 requests are translated faithfully, and OpenAI clients see ordinary chat completions through the gateway."""
+import base64
 import json
 
 import anthropic
@@ -7,8 +8,11 @@ import openai
 import pytest
 
 from gateway.backends.anthropic import AnthropicBackend, from_message, to_messages_request
+from gateway.chat import StreamAssembler
+from gateway.config import Config, GatewaySettings
 from gateway.errors import InvalidRequest, UpstreamError
 from tests.conftest import UPSTREAM_KEY, backend_config
+from tests.fakes.anthropic_api import REDACTED_DATA, sign
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather for a city",
                                             "parameters": {"type": "object",
@@ -210,10 +214,12 @@ def test_translation_functions():
         "usage": {"input_tokens": 3, "cache_creation_input_tokens": 4, "cache_read_input_tokens": 5,
                   "output_tokens": 6}})
     assert answer["id"] == "msg_1" and answer["model"] == "claude-x"
-    assert answer["choices"][0]["message"] == {"role": "assistant", "content": "ab"}
+    assert answer["choices"][0]["message"] == {
+        "role": "assistant", "content": "ab", "reasoning_content": "hmm",
+        "thinking_blocks": [{"type": "thinking", "thinking": "hmm", "signature": ""}]}
     assert answer["choices"][0]["finish_reason"] == "length"
     assert answer["usage"] == {"prompt_tokens": 12, "completion_tokens": 6, "total_tokens": 18,
-                               "prompt_tokens_details": {"cached_tokens": 5}}
+                               "prompt_tokens_details": {"cached_tokens": 5}, "cache_creation_input_tokens": 4}
 
 
 # --- (c) through the gateway with the official openai SDK ---
@@ -304,8 +310,9 @@ def test_n_refused(client, fake_anthropic):
     assert info.value.body["param"] == "n"
     with pytest.raises(openai.BadRequestError, match="'n'"):
         client.chat.completions.create(model="bot", messages=user("hi"), n=3, stream=True)
-    with pytest.raises(openai.BadRequestError, match="response_format"):
-        client.chat.completions.create(model="bot", messages=user("hi"), response_format={"type": "json_object"})
+    with pytest.raises(openai.BadRequestError, match="'logprobs'") as info:
+        client.chat.completions.create(model="bot", messages=user("hi"), logprobs=True)
+    assert info.value.body["param"] == "logprobs" and "backend 'up' (anthropic)" in info.value.body["message"]
     assert fake_anthropic.requests == []
 
 
@@ -354,3 +361,193 @@ async def test_refusals_before_calling(backend, fake_anthropic):
     with pytest.raises(InvalidRequest, match="must start with a user message"):
         await backend.complete({"model": "bot", "messages": [{"role": "assistant", "content": "hi"}]})
     assert fake_anthropic.requests == []
+
+
+# --- thinking, JSON answers and the prompt cache ---
+
+def test_thinking_and_a_tool_round_trip_send_the_signature_back_unchanged(client, fake_anthropic):
+    first = client.chat.completions.create(model="bot", messages=user("[tool] weather?"), tools=[WEATHER],
+                                           reasoning_effort="low")
+    sent = fake_anthropic.requests[-1]
+    assert sent["thinking"] == {"type": "enabled", "budget_tokens": 2048} and sent["max_tokens"] == 4096
+    message = first.choices[0].message
+    assert message.model_extra["reasoning_content"] == "The user said: [tool] weather?"
+    [block] = message.model_extra["thinking_blocks"]
+    assert block == {"type": "thinking", "thinking": "The user said: [tool] weather?",
+                     "signature": sign("The user said: [tool] weather?")}
+    result = {"role": "tool", "tool_call_id": message.tool_calls[0].id, "content": "sunny"}
+    messages = user("[tool] weather?") + [message.model_dump(exclude_none=True), result]
+    answer = client.chat.completions.create(model="bot", messages=messages, tools=[WEATHER], reasoning_effort="low")
+    assert answer.choices[0].message.content == "tool said: sunny"
+    turn = fake_anthropic.requests[-1]["messages"][1]["content"]
+    assert turn[0] == block and [b["type"] for b in turn] == ["thinking", "tool_use"]  # thinking first, as Claude asks
+
+    bare = {k: v for k, v in message.model_dump(exclude_none=True).items() if k != "thinking_blocks"}
+    with pytest.raises(openai.BadRequestError, match="must start with a thinking block"):  # what Claude says
+        client.chat.completions.create(model="bot", messages=user("[tool] weather?") + [bare, result],
+                                       tools=[WEATHER], reasoning_effort="low")
+
+
+async def test_streamed_thinking_is_assembled_like_the_whole_answer(backend, fake_anthropic):
+    body = {"model": "bot", "messages": user("hi [redacted]"), "reasoning_effort": "medium"}
+    assembler, chunks = StreamAssembler(), []
+    async for chunk in backend.stream(body):
+        chunks.append(chunk)
+        assembler.add(chunk)
+    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+    assert [d["reasoning_content"] for d in deltas if "reasoning_content" in d] == ["The user", " said: hi [redacted]"]
+    ended = [d["thinking_blocks"] for d in deltas if "thinking_blocks" in d]
+    text = "The user said: hi [redacted]"
+    assert ended == [[{"type": "thinking", "thinking": text, "signature": sign(text)}],
+                     [{"type": "redacted_thinking", "data": REDACTED_DATA}]]
+    streamed = assembler.result()["choices"][0]
+    whole = (await backend.complete(body))["choices"][0]
+    assert streamed["message"] == whole["message"] == {
+        "role": "assistant", "content": "echo: hi [redacted]", "reasoning_content": text,
+        "thinking_blocks": [ended[0][0], ended[1][0]]}
+    assert streamed["finish_reason"] == whole["finish_reason"] == "stop"
+    sent = fake_anthropic.requests[-1]
+    assert sent["thinking"] == {"type": "enabled", "budget_tokens": 8192} and sent["max_tokens"] == 8192 + 4096
+
+
+async def test_what_claude_refuses_beside_thinking_is_refused_by_name(backend, fake_anthropic):
+    base = {"model": "bot", "messages": user("hi"), "reasoning_effort": "high"}
+    for extra, param in (({"temperature": 0.2}, "temperature"), ({"top_p": 0.5}, "top_p"), ({"top_k": 5}, "top_k"),
+                         ({"tools": [WEATHER], "tool_choice": "required"}, "tool_choice"),
+                         ({"response_format": {"type": "json_object"}}, "response_format")):
+        with pytest.raises(InvalidRequest, match="while thinking is on") as info:
+            await backend.complete({**base, **extra})
+        assert info.value.param == param and "backend 'claude' (anthropic)" in info.value.message
+    with pytest.raises(InvalidRequest) as info:
+        await backend.complete({**base, "reasoning_effort": "maximal"})
+    assert info.value.param == "reasoning_effort"
+    assert fake_anthropic.requests == []
+    await backend.complete({**base, "temperature": 1.5, "top_p": 0.97})  # clamped to 1: what thinking takes
+    assert fake_anthropic.requests[-1]["max_tokens"] == 16384 + 4096
+    await backend.complete({**base, "reasoning_effort": "none", "temperature": 0.2})
+    assert "thinking" not in fake_anthropic.requests[-1]
+
+
+async def test_explicit_thinking_and_the_effort_setting(fake_anthropic):
+    settings = {"kind": "anthropic", "model": "claude-test", "base_url": fake_anthropic.url, "api_key": UPSTREAM_KEY}
+    b = AnthropicBackend("claude", AnthropicBackend.Settings(**settings, reasoning_effort_as="effort"), {})
+    await b.start()
+    try:
+        await b.complete({"model": "bot", "messages": user("hi"), "reasoning_effort": "high", "top_k": 3})
+        sent = fake_anthropic.requests[-1]
+        assert sent["output_config"] == {"effort": "high"} and "thinking" not in sent and sent["top_k"] == 3
+        adaptive = {"type": "adaptive"}
+        answer = await b.complete({"model": "bot", "messages": user("hi"), "thinking": adaptive,
+                                   "reasoning_effort": "xhigh"})
+        sent = fake_anthropic.requests[-1]
+        assert sent["thinking"] == adaptive and sent["output_config"] == {"effort": "xhigh"}
+        assert answer["choices"][0]["message"]["reasoning_content"] == "The user said: hi"
+    finally:
+        await b.close()
+
+
+SCHEMA = {"type": "json_schema", "json_schema": {"name": "city", "schema": {
+    "type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}}}
+
+
+async def test_json_schema_through_a_forced_tool(backend, fake_anthropic):
+    body = {"model": "bot", "messages": user("Paris?"), "response_format": SCHEMA}
+    whole = (await backend.complete(body))["choices"][0]
+    sent = fake_anthropic.requests[-1]
+    assert sent["tools"] == [{"name": "city", "description": "Give your answer as this tool's input, in this JSON "
+                              "schema.", "input_schema": SCHEMA["json_schema"]["schema"]}]
+    assert sent["tool_choice"] == {"type": "tool", "name": "city"}
+    assert whole["message"] == {"role": "assistant", "content": '{"answer": "echo: Paris?"}'}
+    assert whole["finish_reason"] == "stop"
+    assembler = StreamAssembler()
+    async for chunk in backend.stream(body):
+        assembler.add(chunk)
+    streamed = assembler.result()["choices"][0]
+    assert json.loads(streamed["message"]["content"]) == {"answer": "echo: Paris?"}
+    assert streamed["finish_reason"] == "stop" and "tool_calls" not in streamed["message"]
+
+    # beside the caller's tools the model must call one of them or answer through the schema's tool
+    answer = await backend.complete({**body, "tools": [WEATHER], "messages": user("[tool] weather?")})
+    assert fake_anthropic.requests[-1]["tool_choice"] == {"type": "any"}
+    assert [t["name"] for t in fake_anthropic.requests[-1]["tools"]] == ["get_weather", "city"]
+    assert answer["choices"][0]["finish_reason"] == "tool_calls"
+    assert answer["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "get_weather"
+    await backend.complete({"model": "bot", "messages": user("x"), "response_format": {"type": "json_object"}})
+    assert fake_anthropic.requests[-1]["tool_choice"] == {"type": "tool", "name": "json_answer"}
+    with pytest.raises(InvalidRequest, match="named 'get_weather'") as info:
+        await backend.complete({**body, "tools": [WEATHER], "response_format": {
+            "type": "json_schema", "json_schema": {"name": "get_weather", "schema": {}}}})
+    assert info.value.param == "response_format"
+
+
+async def test_native_structured_output(fake_anthropic):
+    settings = {"kind": "anthropic", "model": "claude-test", "base_url": fake_anthropic.url, "api_key": UPSTREAM_KEY}
+    b = AnthropicBackend("claude", AnthropicBackend.Settings(**settings, structured_output="native"), {})
+    await b.start()
+    try:
+        await b.complete({"model": "bot", "messages": user("hi"), "response_format": SCHEMA, "reasoning_effort": "low"})
+        sent = fake_anthropic.requests[-1]
+        assert sent["output_config"] == {"format": {"type": "json_schema", "schema": SCHEMA["json_schema"]["schema"]}}
+        assert "tools" not in sent and sent["thinking"]["type"] == "enabled"  # no forced tool: thinking is fine
+    finally:
+        await b.close()
+
+
+async def test_cache_control_marks_blocks_and_cache_usage_is_reported_and_priced(backend, fake_anthropic):
+    mark = {"type": "ephemeral"}
+    hour = {"type": "ephemeral", "ttl": "1h"}
+    body = {"model": "bot", "tools": [{**WEATHER, "cache_control": mark}], "messages": [
+        {"role": "system", "content": [{"type": "text", "text": "long rules", "cache_control": hour},
+                                       {"type": "text", "text": "today"}]},
+        {"role": "user", "content": [{"type": "text", "text": "[tool] weather?", "cache_control": mark},
+                                     {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="},
+                                      "cache_control": mark}]},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "toolu_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"},
+             "cache_control": mark}]},
+        {"role": "tool", "tool_call_id": "toolu_1", "content": "sunny", "cache_control": mark, "is_error": True}]}
+    fake_anthropic.cache_read_tokens, fake_anthropic.cache_write_tokens = 2, 3
+    answer = await backend.complete(body)
+    sent = fake_anthropic.requests[-1]
+    assert sent["system"] == [{"type": "text", "text": "long rules", "cache_control": hour},
+                              {"type": "text", "text": "today"}]
+    assert sent["tools"][0]["cache_control"] == mark
+    assert [b["cache_control"] for b in sent["messages"][0]["content"]] == [mark, mark]
+    assert sent["messages"][1]["content"][0]["cache_control"] == mark
+    assert sent["messages"][2]["content"][0] == {"type": "tool_result", "tool_use_id": "toolu_1", "content": "sunny",
+                                                 "is_error": True, "cache_control": mark}
+    usage = answer["usage"]
+    assert usage["prompt_tokens_details"] == {"cached_tokens": 2} and usage["cache_creation_input_tokens"] == 3
+    chunks = [c async for c in backend.stream(body)]
+    assert chunks[-1]["usage"] == usage
+    config = Config(GatewaySettings.model_validate({"backends": {}, "routes": {}, "prices": {
+        "claude": {"input": 3, "output": 15, "cached_input": 0.3, "cache_write": 3.75}}}), "test")
+    prompt, completion = usage["prompt_tokens"], usage["completion_tokens"]
+    expected = ((prompt - 5) * 3 + 2 * 0.3 + 3 * 3.75 + completion * 15) / 1e6
+    assert config.cost("claude", None, usage) == pytest.approx(expected)
+    without = Config(GatewaySettings.model_validate({"backends": {}, "routes": {}, "prices": {
+        "claude": {"input": 3, "output": 15}}}), "test")
+    assert without.cost("claude", None, usage) == pytest.approx((prompt * 3 + completion * 15) / 1e6)
+
+
+async def test_documents_go_as_document_blocks(backend, fake_anthropic):
+    text = base64.b64encode("plain words".encode()).decode()
+    await backend.complete({"model": "bot", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "read"},
+        {"type": "file", "file": {"file_data": f"data:text/plain;base64,{text}", "filename": "notes.txt"}}]}]})
+    assert fake_anthropic.requests[-1]["messages"][0]["content"][1] == {
+        "type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "plain words"},
+        "title": "notes.txt"}
+    with pytest.raises(InvalidRequest, match="PDF and plain-text"):
+        await backend.complete({"model": "bot", "messages": [{"role": "user", "content": [
+            {"type": "file", "file": {"file_data": f"data:text/csv;base64,{text}"}}]}]})
+    with pytest.raises(InvalidRequest, match="file_data") as info:
+        await backend.complete({"model": "bot", "messages": [{"role": "user", "content": [
+            {"type": "file", "file": {"file_id": "file-123"}}]}]})
+    assert info.value.param == "messages[0].content[0].file"
+
+
+async def test_ignored_params_names_the_hints(backend):
+    body = {"model": "bot", "messages": user("hi"), "store": True, "service_tier": "auto", "metadata": {"a": "b"},
+            "temperature": 0.2, "prompt_cache_key": None}
+    assert backend.ignored_params(body) == ["store", "service_tier", "metadata"]

@@ -12,9 +12,14 @@ from botocore.eventstream import ChecksumMismatch, EventStreamBuffer
 from botocore.exceptions import ClientError, EventStreamError
 
 from gateway.backends.bedrock import BedrockBackend
+from gateway.chat import StreamAssembler
+from gateway.config import Config as GatewayConfig
+from gateway.config import GatewaySettings
 from gateway.errors import InvalidRequest, UpstreamError, UpstreamTimeout
 from tests.conftest import BEDROCK_MODEL, backend_config
+from tests.fakes.bedrock_api import REDACTED as BEDROCK_REDACTED
 from tests.fakes.bedrock_api import encode_frame, event_frame
+from tests.fakes.bedrock_api import sign as bedrock_sign
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
                                             "parameters": {"type": "object",
@@ -284,7 +289,8 @@ async def test_explicit_keys_and_cached_usage(fake_bedrock, make_backend, monkey
     from gateway.backends.bedrock import _usage
     assert _usage({"inputTokens": 10, "outputTokens": 4, "totalTokens": 64, "cacheReadInputTokens": 30,
                    "cacheWriteInputTokens": 20}) == {"prompt_tokens": 60, "completion_tokens": 4, "total_tokens": 64,
-                                                     "prompt_tokens_details": {"cached_tokens": 30}}
+                                                     "prompt_tokens_details": {"cached_tokens": 30},
+                                                     "cache_creation_input_tokens": 20}
 
 
 def test_missing_credentials_before_start(aws_env, monkeypatch, tmp_path):
@@ -414,3 +420,183 @@ def test_error_inside_the_stream_reaches_the_caller(client, fake_bedrock):
             text.append(chunk.choices[0].delta.content or "" if chunk.choices else "")
     assert "".join(text) == "echo:"
     assert "modelStreamErrorException" in err.value.message and "scripted stream failure" in err.value.message
+
+
+# --- thinking, JSON answers, documents and the prompt cache (Claude on Bedrock) ---------------------
+
+CLAUDE = "us.anthropic.claude-sonnet-4-20250514-v1:0"
+
+
+def chat_user(text):
+    return [{"role": "user", "content": text}]
+
+
+async def assembled(backend, body):
+    assembler, chunks = StreamAssembler(), []
+    async for chunk in backend.stream(body):
+        chunks.append(chunk)
+        assembler.add(chunk)
+    return assembler.result()["choices"][0], chunks
+
+
+async def test_thinking_and_a_tool_round_trip_send_the_signature_back_unchanged(fake_bedrock, make_backend):
+    backend = await make_backend(model=CLAUDE)
+    first = await backend.complete({"model": "r", "messages": chat_user("[tool] weather?"), "tools": [WEATHER],
+                                    "reasoning_effort": "low"})
+    sent = fake_bedrock.requests[-1][1]
+    assert sent["additionalModelRequestFields"] == {"thinking": {"type": "enabled", "budget_tokens": 2048}}
+    assert sent["inferenceConfig"] == {"maxTokens": 2048 + 4096}  # Converse needs maxTokens above the budget
+    message = first["choices"][0]["message"]
+    text = "The user said: [tool] weather?"
+    assert message["reasoning_content"] == text
+    assert message["thinking_blocks"] == [{"type": "thinking", "thinking": text, "signature": bedrock_sign(text)}]
+    assert first["choices"][0]["finish_reason"] == "tool_calls"
+    result = {"role": "tool", "tool_call_id": message["tool_calls"][0]["id"], "content": "sunny"}
+    messages = chat_user("[tool] weather?") + [message, result]
+    answer = await backend.complete({"model": "r", "messages": messages, "tools": [WEATHER],
+                                     "reasoning_effort": "low"})
+    assert answer["choices"][0]["message"]["content"] == "tool said: sunny"
+    turn = fake_bedrock.requests[-1][1]["messages"][1]["content"]
+    assert turn[0] == {"reasoningContent": {"reasoningText": {"text": text, "signature": bedrock_sign(text)}}}
+    assert "toolUse" in turn[1]
+
+    # the same round trip streamed: the assembled message goes back as it came
+    streamed, _ = await assembled(backend, {"model": "r", "messages": chat_user("[tool] weather?"),
+                                            "tools": [WEATHER], "reasoning_effort": "low"})
+    assert streamed["message"]["thinking_blocks"] == message["thinking_blocks"]
+    assert streamed["message"]["reasoning_content"] == text and streamed["finish_reason"] == "tool_calls"
+    await backend.complete({"model": "r", "messages": chat_user("[tool] weather?") + [streamed["message"], result],
+                            "tools": [WEATHER], "reasoning_effort": "low"})
+
+    bare = {k: v for k, v in message.items() if k != "thinking_blocks"}
+    with pytest.raises(UpstreamError, match="must start with a thinking block"):
+        await backend.complete({"model": "r", "messages": chat_user("[tool] weather?") + [bare, result],
+                                "tools": [WEATHER], "reasoning_effort": "low"})
+
+
+async def test_streamed_reasoning_and_redacted_bytes(fake_bedrock, make_backend):
+    backend = await make_backend(model=CLAUDE)
+    body = {"model": "r", "messages": chat_user("hi [redacted]"), "thinking": {"type": "enabled",
+                                                                            "budget_tokens": 1024}}
+    streamed, chunks = await assembled(backend, body)
+    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+    assert "".join(d.get("reasoning_content", "") for d in deltas) == "The user said: hi [redacted]"
+    whole = (await backend.complete(body))["choices"][0]
+    assert streamed["message"] == whole["message"]
+    redacted = whole["message"]["thinking_blocks"][1]
+    assert redacted == {"type": "redacted_thinking", "data": base64.b64encode(BEDROCK_REDACTED).decode()}
+    await backend.complete({"model": "r", "messages": [*chat_user("hi"), whole["message"], *chat_user("and?")]})
+    sent = fake_bedrock.requests[-1][1]["messages"][1]["content"]
+    assert sent[1] == {"reasoningContent": {"redactedContent": base64.b64encode(BEDROCK_REDACTED).decode()}}
+
+
+async def test_claude_fields_are_refused_for_other_models(fake_bedrock, make_backend):
+    backend = await make_backend()  # a provisioned-model ARN: nothing says Claude
+    for extra, param in (({"reasoning_effort": "low"}, "reasoning_effort"), ({"top_k": 4}, "top_k"),
+                         ({"thinking": {"type": "enabled", "budget_tokens": 2000}}, "thinking")):
+        with pytest.raises(InvalidRequest, match="not an Anthropic Claude model") as info:
+            await backend.complete({"model": "r", "messages": chat_user("hi"), **extra})
+        assert info.value.param == param and "backend 'br' (bedrock)" in info.value.message
+    assert fake_bedrock.requests == []
+    history = [*chat_user("hi"), {"role": "assistant", "content": "ok", "thinking_blocks": [
+        {"type": "thinking", "thinking": "t", "signature": "s"}]}, *chat_user("more")]
+    await backend.complete({"model": "r", "messages": history, "reasoning_effort": "none"})
+    assert fake_bedrock.requests[-1][1]["messages"][1] == {"role": "assistant", "content": [{"text": "ok"}]}
+    named = await make_backend(claude=True)
+    await named.complete({"model": "r", "messages": chat_user("hi"), "top_k": 4})
+    assert fake_bedrock.requests[-1][1]["additionalModelRequestFields"] == {"top_k": 4}
+
+
+async def test_effort_setting_and_native_structured_output(fake_bedrock, make_backend):
+    backend = await make_backend(model=CLAUDE, reasoning_effort_as="effort", structured_output="native",
+                                 additional_model_request_fields={"anthropic_beta": ["x"]})
+    schema = {"type": "object", "properties": {"answer": {"type": "string"}}}
+    await backend.complete({"model": "r", "messages": chat_user("hi"), "reasoning_effort": "medium",
+                            "response_format": {"type": "json_schema", "json_schema": {"name": "reply",
+                                                                                        "schema": schema}}})
+    sent = fake_bedrock.requests[-1][1]
+    assert sent["outputConfig"] == {"effort": "medium", "textFormat": {"type": "json_schema", "structure": {
+        "jsonSchema": {"schema": json.dumps(schema), "name": "reply"}}}}
+    assert sent["additionalModelRequestFields"] == {"anthropic_beta": ["x"]} and "toolConfig" not in sent
+
+
+async def test_json_schema_through_a_forced_tool(fake_bedrock, make_backend):
+    backend = await make_backend(model=CLAUDE)
+    body = {"model": "r", "messages": chat_user("Paris?"), "response_format": {
+        "type": "json_schema", "json_schema": {"name": "city", "schema": {"type": "object"}}}}
+    whole = (await backend.complete(body))["choices"][0]
+    config = fake_bedrock.requests[-1][1]["toolConfig"]
+    assert config["toolChoice"] == {"tool": {"name": "city"}}
+    assert config["tools"][0]["toolSpec"]["name"] == "city"
+    assert whole["message"] == {"role": "assistant", "content": '{"answer": "echo: Paris?"}'}
+    assert whole["finish_reason"] == "stop"
+    streamed, _ = await assembled(backend, body)
+    assert json.loads(streamed["message"]["content"]) == {"answer": "echo: Paris?"}
+    assert streamed["finish_reason"] == "stop" and "tool_calls" not in streamed["message"]
+    with pytest.raises(InvalidRequest, match="while thinking is on") as info:
+        await backend.complete({**body, "reasoning_effort": "low"})
+    assert info.value.param == "response_format"
+    await backend.complete({**body, "tools": [WEATHER], "tool_choice": "none"})
+    config = fake_bedrock.requests[-1][1]["toolConfig"]  # no history needs get_weather: only the answer's tool
+    assert [t["toolSpec"]["name"] for t in config["tools"]] == ["city"] and config["toolChoice"] == {
+        "tool": {"name": "city"}}
+
+
+async def test_cache_points_documents_and_cache_usage(fake_bedrock, make_backend):
+    backend = await make_backend(model=CLAUDE)
+    mark = {"type": "ephemeral"}
+    pdf, csv = base64.b64encode(b"%PDF-1.4 x").decode(), base64.b64encode(b"a,b\n1,2").decode()
+    fake_bedrock.cache_read_tokens, fake_bedrock.cache_write_tokens = 30, 20
+    body = {"model": "r", "tools": [{**WEATHER, "cache_control": mark}], "messages": [
+        {"role": "system", "content": [{"type": "text", "text": "rules", "cache_control": {**mark, "ttl": "1h"}}]},
+        {"role": "user", "content": [
+            {"type": "file", "file": {"file_data": f"data:application/pdf;base64,{pdf}", "filename": "Q3: report.pdf"}},
+            {"type": "file", "file": {"file_data": f"data:text/csv;base64,{csv}", "filename": "Q3: report.csv"}},
+            {"type": "text", "text": "summarise", "cache_control": mark}]}]}
+    answer = await backend.complete(body)
+    sent = fake_bedrock.requests[-1][1]
+    assert sent["system"] == [{"text": "rules"}, {"cachePoint": {"type": "default", "ttl": "1h"}}]
+    assert sent["toolConfig"]["tools"][1] == {"cachePoint": {"type": "default"}}
+    assert sent["messages"][0]["content"] == [
+        {"document": {"format": "pdf", "name": "Q3 report", "source": {"bytes": pdf}}},
+        {"document": {"format": "csv", "name": "Q3 report (2)", "source": {"bytes": csv}}},
+        {"text": "summarise"}, {"cachePoint": {"type": "default"}}]
+    usage = answer["usage"]
+    assert usage["prompt_tokens"] == usage["total_tokens"] - usage["completion_tokens"]
+    assert usage["prompt_tokens_details"] == {"cached_tokens": 30} and usage["cache_creation_input_tokens"] == 20
+    _, chunks = await assembled(backend, body)
+    assert chunks[-1]["usage"] == usage
+    config = GatewayConfig(GatewaySettings.model_validate({"backends": {}, "routes": {}, "prices": {
+        "br": {"input": 3, "output": 15, "cached_input": 0.3, "cache_write": 3.75}}}), "test")
+    expected = ((usage["prompt_tokens"] - 50) * 3 + 30 * 0.3 + 20 * 3.75 + usage["completion_tokens"] * 15) / 1e6
+    assert config.cost("br", None, usage) == pytest.approx(expected)
+    with pytest.raises(InvalidRequest, match="documents as pdf"):
+        await backend.complete({"model": "r", "messages": [{"role": "user", "content": [
+            {"type": "file", "file": {"file_data": f"data:image/svg+xml;base64,{csv}"}}]}]})
+
+
+async def test_parallel_tool_calls_false_is_refused_only_where_it_matters(fake_bedrock, make_backend):
+    backend = await make_backend()
+    with pytest.raises(InvalidRequest, match="one tool call at a time") as info:
+        await backend.complete({"model": "r", "messages": chat_user("hi"), "tools": [WEATHER],
+                                "parallel_tool_calls": False})
+    assert info.value.param == "parallel_tool_calls"
+    await backend.complete({"model": "r", "messages": chat_user("hi"), "tools": [WEATHER], "tool_choice": "none",
+                            "parallel_tool_calls": False})
+    assert backend.ignored_params({"model": "r", "messages": chat_user("hi"), "user": "u", "store": False}) == [
+        "user", "store"]
+
+
+async def test_a_thinking_the_model_may_skip_is_moot_for_other_models(fake_bedrock, make_backend):
+    backend = await make_backend()  # not Claude; Claude Code sends this on every call
+    body = {"model": "r", "messages": chat_user("hi"), "thinking": {"type": "adaptive"}, "reasoning_effort": "high"}
+    assert backend.ignored_params(body) == ["thinking", "reasoning_effort"]
+    await backend.complete(body)
+    sent = fake_bedrock.requests[-1][1]
+    assert "additionalModelRequestFields" not in sent and "outputConfig" not in sent
+    claude = await make_backend(model=CLAUDE)
+    assert claude.ignored_params(body) == []
+    await claude.complete(body)
+    sent = fake_bedrock.requests[-1][1]
+    assert sent["additionalModelRequestFields"] == {"thinking": {"type": "adaptive"}}
+    assert sent["outputConfig"] == {"effort": "high"}

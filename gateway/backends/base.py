@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..breaker import BreakerSettings, CircuitBreaker
 from ..errors import InvalidRequest
+from .params import ignored_parameters
 
 
 class Timeouts(BaseModel):
@@ -73,6 +74,11 @@ class Backend(ABC):
         if self._system is not None:
             request["messages"] = [self._system, *body["messages"]]
         return request
+
+    def ignored_params(self, body: dict[str, Any]) -> list[str]:
+        """The request's parameters this backend accepts without effect (hints such as store or service_tier,
+        per `params.POLICY`), for the request path to report; raises nothing: refusals come from the call."""
+        return ignored_parameters(self.upstream_body(body), self.kind)
 
     async def start(self) -> None:
         """Open connections or clients; called once before the first request."""

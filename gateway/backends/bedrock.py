@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextvars
+import json
+import re
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Literal
 
 import boto3
 from botocore.config import Config
@@ -29,18 +31,26 @@ from botocore.exceptions import (
     ProfileNotFound,
     ReadTimeoutError,
 )
+from pydantic import Field
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import ReadTimeoutError as Urllib3ReadTimeout
 
 from .. import tracing
-from ..chat import completion, max_tokens_of, stop_list, usage
+from ..chat import completion, stop_list, usage
 from ..errors import GatewayError, InvalidRequest, UpstreamError, UpstreamTimeout, from_upstream_status
 from . import turns
 from .base import Backend, BackendSettings
+from .params import check_parameters, reasoning_effort_setting, refusal, structured_output_setting
 
 NO_CREDENTIALS = "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or an AWS profile or role)"
 IMAGE_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg", "image/gif": "gif",
                  "image/webp": "webp"}
+DOCUMENT_FORMATS = {"application/pdf": "pdf", "text/csv": "csv", "application/msword": "doc",
+                    "application/vnd.openxmlformats-officedocument.wordprocessingml.document": "docx",
+                    "application/vnd.ms-excel": "xls",
+                    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": "xlsx",
+                    "text/html": "html", "text/plain": "txt", "text/markdown": "md"}
+_NOT_IN_A_NAME = re.compile(r"[^A-Za-z0-9\s()\[\]-]+")  # a document name takes letters, digits, spaces, - ( ) [ ]
 # Errors sent inside an event stream carry no HTTP status: the service model's (a model failing mid-answer: 502).
 STREAM_ERROR_STATUS = {"throttlingexception": 429, "validationexception": 400, "serviceunavailableexception": 503,
                        "internalserverexception": 500, "modelstreamerrorexception": 502}
@@ -56,6 +66,10 @@ class BedrockSettings(BackendSettings):
     aws_secret_access_key: str | None = None
     aws_session_token: str | None = None
     additional_model_request_fields: dict[str, Any] | None = None
+    claude: bool | None = Field(None, description="whether the model is an Anthropic Claude model (thinking, "
+                                "top_k, signed reasoning blocks); unset: a model id naming anthropic or claude is")
+    structured_output: Literal["tool", "native"] = structured_output_setting("outputConfig.textFormat")
+    reasoning_effort_as: Literal["budget_tokens", "effort"] = reasoning_effort_setting("outputConfig.effort")
 
 
 class BedrockBackend(Backend):
@@ -124,58 +138,145 @@ class BedrockBackend(Backend):
 
     # --- OpenAI -> Converse -----------------------------------------------------------------------
 
-    def _block(self, block: turns.Block) -> dict | None:
-        if isinstance(block, turns.Text):
-            return {"text": block.text} if block.text else None  # Converse refuses blank text blocks
-        if isinstance(block, turns.Image):
-            if block.data is None:
-                raise InvalidRequest(f"backend '{self.name}' (bedrock) needs images inline as base64 data URLs, "
-                                     "not links", param="messages", code="unsupported_content")
-            fmt = IMAGE_FORMATS.get((block.media_type or "").lower())
-            if fmt is None:
-                raise InvalidRequest(f"backend '{self.name}' (bedrock) takes png, jpeg, gif or webp images, "
-                                     f"not {block.media_type}", param="messages", code="unsupported_content")
-            try:
-                data = base64.b64decode(block.data, validate=True)
-            except ValueError:
-                raise InvalidRequest("an image's data URL is not valid base64", param="messages") from None
-            return {"image": {"format": fmt, "source": {"bytes": data}}}
-        if isinstance(block, turns.ToolCall):
-            return {"toolUse": {"toolUseId": block.id, "name": block.name, "input": block.input}}
-        return {"toolResult": {"toolUseId": block.tool_call_id, "content": [{"text": block.content}]}}
+    @property
+    def claude(self) -> bool:
+        if self.settings.claude is not None:
+            return self.settings.claude
+        model = self.model.lower()
+        return "anthropic" in model or "claude" in model
 
-    def _request(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _image(self, block: turns.Image) -> dict:
+        if block.data is None:
+            raise InvalidRequest(f"backend '{self.name}' (bedrock) needs images inline as base64 data URLs, "
+                                 "not links", param="messages", code="unsupported_content")
+        fmt = IMAGE_FORMATS.get((block.media_type or "").lower())
+        if fmt is None:
+            raise InvalidRequest(f"backend '{self.name}' (bedrock) takes png, jpeg, gif or webp images, "
+                                 f"not {block.media_type}", param="messages", code="unsupported_content")
+        return {"image": {"format": fmt, "source": {"bytes": _bytes(block.data, "an image's data URL")}}}
+
+    def _document(self, block: turns.Document, names: set[str]) -> dict:
+        fmt = DOCUMENT_FORMATS.get(block.media_type.lower())
+        if fmt is None:
+            raise InvalidRequest(f"backend '{self.name}' (bedrock) takes documents as "
+                                 f"{', '.join(DOCUMENT_FORMATS.values())}, not {block.media_type}", param="messages",
+                                 code="unsupported_content")
+        name = " ".join(_NOT_IN_A_NAME.sub(" ", (block.name or "").rsplit(".", 1)[0]).split()) or "document"
+        unique, n = name, 1
+        while unique in names:  # Converse wants each document named apart
+            n += 1
+            unique = f"{name} ({n})"
+        names.add(unique)
+        return {"document": {"format": fmt, "name": unique,
+                             "source": {"bytes": _bytes(block.data, "a file part's data URL")}}}
+
+    def _blocks(self, block: turns.Block, names: set[str]) -> list[dict]:
+        """A block in Converse's shape, then its cache point; none for what Converse cannot take back."""
+        if isinstance(block, turns.Text):
+            out = {"text": block.text} if block.text else None  # Converse refuses blank text blocks
+        elif isinstance(block, turns.Image):
+            out = self._image(block)
+        elif isinstance(block, turns.Document):
+            out = self._document(block, names)
+        elif isinstance(block, turns.Thinking):
+            text = {"text": block.thinking, **({"signature": block.signature} if block.signature else {})}
+            out = {"reasoningContent": {"reasoningText": text}} if self.claude else None
+        elif isinstance(block, turns.RedactedThinking):
+            out = {"reasoningContent": {"redactedContent": _redacted(block.data)}} if self.claude else None
+        elif isinstance(block, turns.ToolCall):
+            out = {"toolUse": {"toolUseId": block.id, "name": block.name, "input": block.input}}
+        else:
+            content = [b for part in block.content for b in self._blocks(part, names) if "cachePoint" not in b]
+            out = {"toolResult": {"toolUseId": block.tool_call_id, "content": content or [{"text": ""}]}}
+            if block.is_error:
+                out["toolResult"]["status"] = "error"
+        if out is None:
+            return []
+        return [out, _cache_point(block.cache)] if getattr(block, "cache", None) else [out]
+
+    def _request(self, body: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+        """The Converse request, and the name of the tool a JSON answer is forced through (if any)."""
         body = self.upstream_body(body)
-        turns.unsupported(body, self.name, "bedrock")
+        check_parameters(body, self.name, "bedrock")
+        s = self.settings
+        reasoning = self._claude_only(body, turns.reasoning(body, self.name, "bedrock", s.reasoning_effort_as))
+        native = s.structured_output == "native"
+        output = turns.output_tool(body, self.name, "bedrock", native=native)
+        turns.check_thinking(body, reasoning, self.name, "bedrock", output)
         system, conversation = turns.to_turns(body["messages"])
-        messages = [{"role": t.role, "content": [b for b in map(self._block, t.blocks) if b is not None]}
+        names: set[str] = set()
+        messages = [{"role": t.role, "content": [b for block in t.blocks for b in self._blocks(block, names)]}
                     for t in conversation]
         request: dict[str, Any] = {"modelId": self.model, "messages": messages}
-        if any(system):
-            request["system"] = [{"text": text} for text in system if text]
-        config = {"maxTokens": max_tokens_of(body), "temperature": body.get("temperature"),
+        if system_blocks := [b for text in system if text.text for b in self._blocks(text, names)]:
+            request["system"] = system_blocks
+        config = {"maxTokens": turns.max_tokens(body, None, reasoning), "temperature": body.get("temperature"),
                   "topP": body.get("top_p"), "stopSequences": stop_list(body) or None}
         if config := {k: v for k, v in config.items() if v is not None}:
             request["inferenceConfig"] = config
-        if tools := self._tool_config(body, conversation):
+        if tools := self._tool_config(body, conversation, output):
             request["toolConfig"] = tools
-        if self.settings.additional_model_request_fields:
-            request["additionalModelRequestFields"] = self.settings.additional_model_request_fields
-        return request
+        fields = dict(s.additional_model_request_fields or {})
+        if reasoning.thinking is not None and self.claude:
+            fields["thinking"] = reasoning.thinking
+        if body.get("top_k") is not None:
+            fields["top_k"] = body["top_k"]
+        if fields:
+            request["additionalModelRequestFields"] = fields
+        output_config: dict[str, Any] = {}
+        if reasoning.effort is not None:
+            output_config["effort"] = reasoning.effort
+        if native and (schema := turns.json_schema(body)) is not None:
+            structure = {"schema": json.dumps(schema.get("schema") or {"type": "object"}),
+                         "name": schema.get("name") or turns.JSON_TOOL}
+            if schema.get("description"):
+                structure["description"] = schema["description"]
+            output_config["textFormat"] = {"type": "json_schema", "structure": {"jsonSchema": structure}}
+        if output_config:
+            request["outputConfig"] = output_config
+        return request, output.name if output else None
 
-    def _tool_config(self, body: dict, conversation: list[turns.Turn]) -> dict | None:
+    def _claude_only(self, body: dict, reasoning: turns.Reasoning) -> turns.Reasoning:
+        """Thinking and top_k are Claude's fields in additionalModelRequestFields: for other models a thinking
+        the model may skip (adaptive, disabled) is moot and not sent, the rest refused by name."""
+        if self.claude:
+            return reasoning
+        hint = ("the model is not an Anthropic Claude model (set `claude: true` on the backend if it is, or pass the "
+                "model's own fields in additional_model_request_fields)")
+        if body.get("top_k") is not None:
+            raise refusal("top_k", self.name, "bedrock", hint)
+        if _moot_thinking(body):
+            return turns.Reasoning()
+        if reasoning.thinking is not None:
+            raise refusal("thinking" if body.get("thinking") is not None else "reasoning_effort", self.name,
+                          "bedrock", hint)
+        return reasoning
+
+    def ignored_params(self, body: dict[str, Any]) -> list[str]:
+        ignored = super().ignored_params(body)
+        body = self.upstream_body(body)
+        if not self.claude and _moot_thinking(body):
+            ignored += [name for name in ("thinking", "reasoning_effort") if body.get(name) is not None]
+        return ignored
+
+    def _tool_config(self, body: dict, conversation: list[turns.Turn], output: turns.ToolSpec | None) -> dict | None:
         """Converse has no tool_choice 'none': keep the tools only where tool blocks in the history need them."""
         specs = turns.tool_specs(body)
+        choice = turns.tool_choice(body)
+        if choice and choice[0] == "none" and not turns.has_tool_blocks(conversation):
+            specs = []
+        if output is not None:
+            specs.append(output)
         if not specs:
             return None
-        choice = turns.tool_choice(body)
-        if choice and choice[0] == "none":
-            history = any(isinstance(b, (turns.ToolCall, turns.ToolResult)) for t in conversation for b in t.blocks)
-            if not history:
-                return None
-        tools = [{"toolSpec": {"name": s.name, "inputSchema": {"json": s.parameters},
-                               **({"description": s.description} if s.description else {})}} for s in specs]
+        tools: list[dict] = []
+        for spec in specs:
+            tools.append({"toolSpec": {"name": spec.name, "inputSchema": {"json": spec.parameters},
+                                       **({"description": spec.description} if spec.description else {})}})
+            if spec.cache:
+                tools.append(_cache_point(spec.cache))
         config: dict[str, Any] = {"tools": tools}
+        choice = turns.choose_tool(body, output)
         if choice and choice[0] in ("auto", "any"):
             config["toolChoice"] = {choice[0]: {}}
         elif choice and choice[0] == "tool":
@@ -217,7 +318,7 @@ class BedrockBackend(Backend):
                                 status=503)
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
-        request = self._request(body)
+        request, output = self._request(body)
         self._ready()
         call = asyncio.get_running_loop().run_in_executor(
             self._executor, contextvars.copy_context().run, partial(self._client.converse, **request))
@@ -235,8 +336,16 @@ class BedrockBackend(Backend):
             elif "toolUse" in block:
                 use = block["toolUse"]
                 blocks.append(turns.ToolCall(use["toolUseId"], use["name"], use.get("input", {})))
-        return completion(f"chatcmpl-bedrock-{uuid.uuid4().hex}", self.model, turns.message_from_blocks(blocks),
-                          turns.finish_reason(response.get("stopReason")), _usage(response.get("usage") or {}))
+            elif "reasoningContent" in block:
+                reasoning = block["reasoningContent"]
+                if "reasoningText" in reasoning:
+                    text = reasoning["reasoningText"]
+                    blocks.append(turns.Thinking(text.get("text", ""), text.get("signature", "")))
+                elif "redactedContent" in reasoning:
+                    blocks.append(turns.RedactedThinking(_base64(reasoning["redactedContent"])))
+        message = turns.message_from_blocks(blocks, output)
+        return completion(f"chatcmpl-bedrock-{uuid.uuid4().hex}", self.model, message,
+                          turns.finish_reason(response.get("stopReason"), message), _usage(response.get("usage") or {}))
 
     async def _events(self, request: dict[str, Any]) -> AsyncIterator[dict]:
         """converse_stream's blocking iterator, read by one pool thread and handed over with backpressure.
@@ -302,9 +411,9 @@ class BedrockBackend(Backend):
                     pass
 
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        request = self._request(body)
+        request, output = self._request(body)
         self._ready()
-        out = turns.ChunkBuilder(f"chatcmpl-bedrock-{uuid.uuid4().hex}", self.model)
+        out = turns.ChunkBuilder(f"chatcmpl-bedrock-{uuid.uuid4().hex}", self.model, output)
         started = finished = False
         events = self._events(request)
         try:
@@ -312,30 +421,82 @@ class BedrockBackend(Backend):
                 if not started:  # the first chunk waits for the first event, so a refused call can still fall back
                     started = True
                     yield out.start()
-                if "contentBlockStart" in event:
-                    e = event["contentBlockStart"]
-                    if use := e.get("start", {}).get("toolUse"):
-                        yield out.tool_start(e["contentBlockIndex"], use["toolUseId"], use["name"])
-                elif "contentBlockDelta" in event:
-                    e = event["contentBlockDelta"]
-                    delta = e.get("delta", {})
-                    if delta.get("text"):
-                        yield out.text(delta["text"])
-                    elif "toolUse" in delta:
-                        yield out.tool_arguments(e["contentBlockIndex"], delta["toolUse"].get("input", ""))
-                elif "messageStop" in event:
-                    finished = True
-                    yield out.finish(event["messageStop"].get("stopReason"))
-                elif "metadata" in event:
+                if "metadata" in event:
                     u = _usage(event["metadata"].get("usage") or {})
                     out.prompt_tokens, out.completion_tokens = u["prompt_tokens"], u["completion_tokens"]
                     out.cached_tokens = (u.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+                    out.cache_write_tokens = u.get("cache_creation_input_tokens", 0)
+                    continue
+                if "messageStop" in event:
+                    finished = True
+                if (piece := _event(out, event)) is not None:
+                    yield piece
         finally:
             await events.aclose()
         if not finished:
             raise UpstreamError(f"backend '{self.name}' ended the stream before the answer was complete",
                                 retryable=True)
         yield out.usage()
+
+
+def _event(out: turns.ChunkBuilder, event: dict) -> dict | None:
+    """The chunk for one ConverseStream event, if it has one to send."""
+    if "contentBlockStart" in event:
+        e = event["contentBlockStart"]
+        if use := e.get("start", {}).get("toolUse"):
+            return out.tool_start(e["contentBlockIndex"], use["toolUseId"], use["name"])
+    elif "contentBlockDelta" in event:
+        e = event["contentBlockDelta"]
+        index, delta = e["contentBlockIndex"], e.get("delta", {})
+        if delta.get("text"):
+            return out.text(delta["text"])
+        if "toolUse" in delta:
+            return out.tool_arguments(index, delta["toolUse"].get("input", ""))
+        if "reasoningContent" in delta:
+            reasoning = delta["reasoningContent"]
+            if "text" in reasoning:
+                return out.thinking_text(index, reasoning["text"])
+            if "signature" in reasoning:
+                out.thinking_signature(index, reasoning["signature"])
+            elif "redactedContent" in reasoning:
+                out.redacted_thinking(index, _base64(reasoning["redactedContent"]))
+    elif "contentBlockStop" in event:
+        return out.block_stop(event["contentBlockStop"]["contentBlockIndex"])
+    elif "messageStop" in event:
+        return out.finish(event["messageStop"].get("stopReason"))
+    return None
+
+
+def _moot_thinking(body: dict) -> bool:
+    """A thinking the caller lets the model skip (Claude Code asks for adaptive thinking on every call)."""
+    return (body.get("thinking") or {}).get("type") in ("adaptive", "disabled")
+
+
+def _bytes(data: str, what: str) -> bytes:
+    try:
+        return base64.b64decode(data, validate=True)
+    except ValueError:
+        raise InvalidRequest(f"{what} is not valid base64", param="messages") from None
+
+
+def _base64(data: bytes | str) -> str:
+    """Redacted reasoning's bytes as the chat form's `data` string (base64), so they go back byte for byte."""
+    return base64.b64encode(data if isinstance(data, bytes) else data.encode()).decode()
+
+
+def _redacted(data: str) -> bytes:
+    try:
+        return base64.b64decode(data, validate=True)
+    except ValueError:  # not from a Converse answer: the string itself
+        return data.encode()
+
+
+def _cache_point(marker: dict) -> dict:
+    """cache_control as Converse's cache point, which goes after the block it marks."""
+    point = {"type": "default"}
+    if marker.get("ttl") in ("5m", "1h"):
+        point["ttl"] = marker["ttl"]
+    return {"cachePoint": point}
 
 
 def _add_traceparent(request, **_) -> None:
@@ -347,6 +508,6 @@ def _add_traceparent(request, **_) -> None:
 
 def _usage(u: dict) -> dict:
     """Converse counts cache reads and writes apart from inputTokens; OpenAI's prompt_tokens includes them."""
-    cached = u.get("cacheReadInputTokens") or 0
-    prompt = (u.get("inputTokens") or 0) + cached + (u.get("cacheWriteInputTokens") or 0)
-    return usage(prompt, u.get("outputTokens") or 0, cached or None)
+    cached, written = u.get("cacheReadInputTokens") or 0, u.get("cacheWriteInputTokens") or 0
+    prompt = (u.get("inputTokens") or 0) + cached + written
+    return usage(prompt, u.get("outputTokens") or 0, cached or None, cache_write=written or None)

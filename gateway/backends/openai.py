@@ -7,6 +7,7 @@ from typing import Any, AsyncIterator
 from ..errors import UpstreamError
 from .base import BackendSettings
 from .http import HttpBackend, error_detail, iter_sse
+from .params import check_parameters
 
 
 class OpenAISettings(BackendSettings):
@@ -36,6 +37,7 @@ class OpenAIBackend(HttpBackend):
         self._embeddings_url = self.settings.base_url.rstrip("/") + "/embeddings"
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        check_parameters(body, self.name, self.kind)  # every parameter passes: the server decides
         async with self.post(self._url, self.upstream_body(body)) as resp:
             return await self.json_body(resp)
 
@@ -45,6 +47,7 @@ class OpenAIBackend(HttpBackend):
             return await self.json_body(resp)
 
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        check_parameters(body, self.name, self.kind)
         request = self.upstream_body(body)
         request["stream"] = True
         request["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}

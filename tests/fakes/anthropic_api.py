@@ -3,10 +3,18 @@
 It answers what `behaviour.decide` says, like every fake upstream, and checks the request the way
 the real API does where a translation mistake would show (max_tokens required, alternating turns
 starting with a user turn, temperature at most 1, tool results answering the previous tool uses).
+
+With `thinking` on, the answer starts with a thinking block (its text streamed as thinking_delta, its
+signature as a signature_delta before the block stops), and "[redacted]" in the last user text adds a
+redacted_thinking block; like the real API, it refuses the sampling settings and forced tools Claude
+refuses beside thinking, and a tool-use turn sent back without its thinking block, or with a
+signature that is not the one it gave. A tool_choice that forces a tool is obeyed: a text answer
+becomes a call of that tool with `{"answer": <the text>}`.
 """
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import uuid
 
@@ -37,6 +45,50 @@ def _words(content) -> int:
     return total
 
 
+REDACTED_DATA = "RXJyb3I6IHJlZGFjdGVkIHRoaW5raW5n"  # opaque, like the real API's
+
+
+def sign(thinking: str) -> str:
+    """The signature the fake gives a thinking text (the real API's is opaque too)."""
+    return "sig-" + hashlib.sha256(thinking.encode()).hexdigest()[:24]
+
+
+def thinking_on(body: dict) -> bool:
+    return (body.get("thinking") or {}).get("type") in ("enabled", "adaptive")
+
+
+def _thinking_problem(body: dict) -> str | None:
+    """What the real API refuses about thinking: bad budgets, the settings it excludes, unsigned blocks."""
+    for i, message in enumerate(body["messages"]):
+        for block in message["content"] if isinstance(message["content"], list) else ():
+            if block.get("type") == "thinking" and block.get("signature") != sign(block.get("thinking", "")):
+                return f"messages.{i}.content: Invalid `signature` in `thinking` block"
+    if not thinking_on(body):
+        return None
+    thinking = body["thinking"]
+    if thinking["type"] == "enabled":
+        budget = thinking.get("budget_tokens")
+        if not isinstance(budget, int) or budget < 1024:
+            return "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024"
+        if budget >= body["max_tokens"]:
+            return "`max_tokens` must be greater than `thinking.budget_tokens`"
+    if body.get("temperature") not in (None, 1, 1.0):
+        return "`temperature` may only be set to 1 when thinking is enabled or in interleaved thinking mode"
+    if body.get("top_k") is not None:
+        return "`top_k` may not be set when thinking is enabled"
+    if body.get("top_p") is not None and body["top_p"] < 0.95:
+        return "`top_p` must be greater than or equal to 0.95 or unset when thinking is enabled"
+    if (body.get("tool_choice") or {}).get("type") in ("any", "tool"):
+        return "Thinking may not be enabled when tool_choice forces tool use."
+    assistants = [m for m in body["messages"] if m["role"] == "assistant"]
+    last = assistants[-1]["content"] if assistants else []
+    if isinstance(last, list) and any(b.get("type") == "tool_use" for b in last) \
+            and last[0].get("type") not in ("thinking", "redacted_thinking"):
+        return ("messages: Expected `thinking` or `redacted_thinking`, but found `tool_use`. When `thinking` is "
+                "enabled, a final `assistant` message must start with a thinking block.")
+    return None
+
+
 def _problem(body: dict) -> str | None:
     """What the real API would refuse with a 400 in this body, if anything."""
     if not isinstance(body.get("max_tokens"), int) or body["max_tokens"] < 1:
@@ -62,20 +114,32 @@ def _problem(body: dict) -> str | None:
     temperature = body.get("temperature")
     if temperature is not None and not 0 <= temperature <= 1:
         return "temperature: Input should be less than or equal to 1"
-    return None
+    return _thinking_problem(body)
+
+
+def _forced(body: dict, reply: Reply, last_user: str) -> None:
+    """A tool_choice of type tool (or any) makes the answer a call of that tool (or the first)."""
+    choice = body.get("tool_choice") or {}
+    if reply.tool_name or reply.status or choice.get("type") not in ("tool", "any") or not body.get("tools"):
+        return
+    reply.tool_name = choice.get("name") or body["tools"][0]["name"]
+    reply.tool_args = {"answer": reply.text}
+    reply.text = ""
 
 
 class FakeAnthropic(FakeUpstream):
     """Records every request it receives; `fail_next` makes the next requests fail with those statuses.
 
-    `cache_read_tokens` reports that many of the prompt's tokens as read from the prompt cache (the total
-    stays what `decide` says); `stream_error_next` sends an SSE `error` event of that type mid-stream.
+    `cache_read_tokens` and `cache_write_tokens` report that many of the prompt's tokens as read from and
+    written to the prompt cache (the total stays what `decide` says); `stream_error_next` sends an SSE
+    `error` event of that type mid-stream.
     """
 
     def __init__(self, api_key: str | None = None):
         self.api_key = api_key
         super().__init__()
         self.cache_read_tokens = 0
+        self.cache_write_tokens = 0
         self.stream_error_next: str | None = None
 
     def app(self) -> web.Application:
@@ -90,8 +154,19 @@ class FakeAnthropic(FakeUpstream):
 
     def _usage(self, reply: Reply) -> dict:
         cached = min(self.cache_read_tokens, reply.prompt_tokens)
-        return {"input_tokens": reply.prompt_tokens - cached, "cache_creation_input_tokens": 0,
+        written = min(self.cache_write_tokens, reply.prompt_tokens - cached)
+        return {"input_tokens": reply.prompt_tokens - cached - written, "cache_creation_input_tokens": written,
                 "cache_read_input_tokens": cached, "output_tokens": reply.completion_tokens}
+
+    @staticmethod
+    def _thinking(body: dict, last_user: str) -> list[dict]:
+        if not thinking_on(body):
+            return []
+        text = f"The user said: {last_user}"
+        blocks = [{"type": "thinking", "thinking": text, "signature": sign(text)}]
+        if "[redacted]" in last_user:
+            blocks.append({"type": "redacted_thinking", "data": REDACTED_DATA})
+        return blocks
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
@@ -115,14 +190,16 @@ class FakeAnthropic(FakeUpstream):
         tools = [t["name"] for t in body.get("tools") or []]
         words = len(str(body.get("system") or "").split()) + sum(_words(m["content"]) for m in messages)
         reply = decide(last_user, tools, tool_result, words)
+        _forced(body, reply, last_user)
         if reply.delay:
             await asyncio.sleep(reply.delay)
         if reply.status:
             return self._error(reply.status, f"upstream says {reply.status}")
         id = f"msg_{uuid.uuid4().hex[:24]}"
+        thinking = self._thinking(body, last_user)
         if body.get("stream"):
-            return await self._stream(request, body, reply, id)
-        content: list[dict] = [{"type": "text", "text": reply.text}] if reply.text else []
+            return await self._stream(request, body, reply, id, thinking)
+        content: list[dict] = thinking + ([{"type": "text", "text": reply.text}] if reply.text else [])
         if reply.tool_name:
             content.append({"type": "tool_use", "id": "toolu_1", "name": reply.tool_name, "input": reply.tool_args})
         return web.json_response({
@@ -130,7 +207,8 @@ class FakeAnthropic(FakeUpstream):
             "stop_reason": "tool_use" if reply.tool_name else "end_turn", "stop_sequence": None,
             "usage": self._usage(reply)})
 
-    async def _stream(self, request: web.Request, body: dict, reply: Reply, id: str) -> web.StreamResponse:
+    async def _stream(self, request: web.Request, body: dict, reply: Reply, id: str,
+                      thinking: list[dict]) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
 
@@ -149,6 +227,20 @@ class FakeAnthropic(FakeUpstream):
             await response.write_eof()
             return response
         index = 0
+        for block in thinking:
+            if block["type"] == "redacted_thinking":
+                await send("content_block_start", {"index": index, "content_block": block})
+            else:
+                await send("content_block_start", {"index": index, "content_block": {
+                    "type": "thinking", "thinking": "", "signature": ""}})
+                words = block["thinking"].split(" ")
+                for piece in (" ".join(words[:2]), " " + " ".join(words[2:])):
+                    await send("content_block_delta", {"index": index,
+                                                       "delta": {"type": "thinking_delta", "thinking": piece}})
+                await send("content_block_delta", {"index": index, "delta": {"type": "signature_delta",
+                                                                             "signature": block["signature"]}})
+            await send("content_block_stop", {"index": index})
+            index += 1
         if reply.text:
             await send("content_block_start", {"index": index, "content_block": {"type": "text", "text": ""}})
             for i, piece in enumerate(reply.pieces):
