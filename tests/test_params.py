@@ -291,3 +291,18 @@ async def test_values_that_ask_for_nothing_more_are_accepted(kind, make):
     assert answer["choices"][0]["message"]["content"] == "echo: hi"
     assert backend.ignored_params({"model": "r", "messages": hi(), **harmless}) == []
     await backend.complete({"model": "r", "messages": hi(), "parallel_tool_calls": False})  # moot without tools
+
+
+def test_the_manual_shows_the_table_from_the_code():
+    pytest.importorskip("mkdocs", reason="the docs extra is not installed")
+    import importlib.util
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    assert "<!-- parameters -->" in (root / "docs" / "parameters.md").read_text(encoding="utf-8")
+    spec = importlib.util.spec_from_file_location("reference_hook", root / "docs" / "hooks" / "reference.py")
+    hook = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hook)
+    section = hook.parameters_section()
+    for name, row in POLICY.items():
+        line = next(line for line in section.splitlines() if line.startswith(f"| `{name}` |"))
+        assert line.split(" | ")[1:4] == [row[kind] for kind in KINDS], name

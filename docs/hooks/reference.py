@@ -10,6 +10,8 @@ reference cannot drift from the code:
 - `<!-- config: SECTION -->`: a config section: server, state, routes, prices, backends (the keys
   every backend takes, then each kind's own), plugins (the core keys of every plugin section).
 - `<!-- cli -->`: every `llmgate` command and subcommand from `gateway.cli.build_parser()`.
+- `<!-- parameters -->`: what each backend kind does with each chat parameter, from
+  `gateway.backends.params` (POLICY, NOTES).
 
 An unknown marker, and a built-in plugin with settings whose options no page shows, are warnings,
 which `mkdocs build --strict` turns into a failed build.
@@ -35,7 +37,7 @@ from mkdocs.plugins import get_plugin_logger
 log = get_plugin_logger(__name__)
 
 ROOT = Path(__file__).resolve().parents[2]
-MARKER = re.compile(r"^<!--\s*(hookspecs|cli|options|config)\s*(?::\s*([\w.-]+))?\s*-->[ \t]*$", re.M)
+MARKER = re.compile(r"^<!--\s*(hookspecs|cli|options|config|parameters)\s*(?::\s*([\w.-]+))?\s*-->[ \t]*$", re.M)
 CONFIG_SECTIONS = ("server", "state", "routes", "prices", "backends", "plugins")
 _shown_options: set[str] = set()
 
@@ -444,11 +446,21 @@ def cli_section() -> str:
     return "\n".join(parts)
 
 
+def parameters_section() -> str:
+    """The parameter table: one row per chat parameter (then the fields inside messages), a column per kind."""
+    from gateway.backends.params import KINDS, NOTES, POLICY, is_field
+    rows = [[code(name), *(cell(POLICY[name][kind]) for kind in KINDS), cell(NOTES.get(name, ""))]
+            for name in sorted(POLICY, key=is_field)]
+    return table(["parameter", *KINDS, "how"], rows)
+
+
 def render(kind: str, name: str | None, where: str) -> str:
     if kind == "hookspecs":
         return hookspecs_section()
     if kind == "cli":
         return cli_section()
+    if kind == "parameters":
+        return parameters_section()
     if not name:
         log.warning("%s: <!-- %s: NAME --> needs a name", where, kind)
         return ""

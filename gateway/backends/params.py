@@ -129,7 +129,7 @@ NOTES: dict[str, str] = {
     "seed": "no seeded sampling",
     "presence_penalty": "no penalties: only 0 is accepted",
     "frequency_penalty": "no penalties: only 0 is accepted",
-    "modalities": "text answers only: only [\"text\"] is accepted",
+    "modalities": "text answers only: only `[\"text\"]` is accepted",
     "audio": "no audio answers",
     "verbosity": "no verbosity control: only medium (the default) is accepted",
     "web_search_options": "no provider-run web search",
