@@ -81,6 +81,19 @@ def test_sdk_tool_result(sdk):
     assert msg.content[0].text == "tool said: sunny"
 
 
+def test_sdk_thinking_whole_and_streamed(sdk, fake_anthropic):
+    thinking = {"type": "enabled", "budget_tokens": 1024}
+    msg = sdk.messages.create(model="claude-test", max_tokens=2000, thinking=thinking, messages=user("hi [redacted]"))
+    assert [b.type for b in msg.content] == ["thinking", "redacted_thinking", "text"]
+    assert msg.content[0].signature == sign(msg.content[0].thinking)
+    with sdk.messages.stream(model="claude-test", max_tokens=2000, thinking=thinking,
+                             messages=user("hi [redacted]")) as stream:
+        final = stream.get_final_message()  # the SDK joins thinking_delta and signature_delta itself
+    assert [b.model_dump() for b in final.content] == [b.model_dump() for b in msg.content]
+    with pytest.raises(anthropic.BadRequestError, match="max_tokens"):
+        sdk.messages.create(model="claude-test", max_tokens=1024, thinking=thinking, messages=user("hi"))
+
+
 def test_sdk_errors(sdk, fake_anthropic):
     bad_key = anthropic.Anthropic(base_url=fake_anthropic.url, api_key="sk-wrong-key-000000", max_retries=0)
     with pytest.raises(anthropic.AuthenticationError):
