@@ -215,6 +215,7 @@ async def _stream_answer(request: web.Request, ctx: RequestContext, generation: 
         return first, chunks if span is None else tracing.StreamSpan(chunks, span)
 
     first, chunks = await call_chain(ctx, generation, start)
+    _served(ctx, generation)
     writer = SseWriter(await _prepare_sse(request, ctx), ctx, dialect.encoder(ctx))
     error: GatewayError | None = None
     try:
@@ -324,14 +325,27 @@ def _completer(tracer, ctx: RequestContext) -> Callable[[Backend], Awaitable[dic
     return complete
 
 
+def _note_ignored(ctx: RequestContext, names: list[str]) -> None:
+    """Name parameters accepted without effect: in the answer's header and the traffic log."""
+    names = [n for n in names if n not in ctx.annotations.get("ignored_params", ())]
+    if names:
+        ctx.annotations["ignored_params"] = [*ctx.annotations.get("ignored_params", ()), *names]
+        ctx.response_headers[IGNORED_HEADER] = ",".join(ctx.annotations["ignored_params"])
+
+
+def _served(ctx: RequestContext, generation: Generation) -> None:
+    """What the backend that served ignores of the request (its kind's policy, gateway/backends/params.py)."""
+    backend = generation.backends.get(ctx.served_by or "")
+    if backend is not None:
+        _note_ignored(ctx, backend.ignored_params(ctx.body))
+
+
 async def _conversation(request: web.Request, gateway: Gateway, generation: Generation,
                         ctx: RequestContext, dialect: Endpoint) -> web.StreamResponse:
     """The conversational pipeline: the chat form, plugins that may answer, the variant, the backend chain."""
     ctx.inbound = ctx.body
     ctx.body, ignored = await dialect.to_chat(ctx, gateway)
-    if ignored:
-        ctx.annotations["ignored_params"] = ignored
-        ctx.response_headers[IGNORED_HEADER] = ",".join(ignored)
+    _note_ignored(ctx, ignored)
     validate_chat_request(ctx.body, gateway.config.server.max_messages)
     await gateway.hooks.call("authorize", ctx=ctx)
     plugin, answered = answer(await gateway.hooks.call("before_route", ctx=ctx))
@@ -347,6 +361,7 @@ async def _conversation(request: web.Request, gateway: Gateway, generation: Gene
     if ctx.stream:
         return await _stream_answer(request, ctx, generation, dialect)
     ctx.response = await call_chain(ctx, generation, _completer(gateway.hooks.tracer, ctx))
+    _served(ctx, generation)
     await dialect.answered(ctx, gateway)
     return await write_json(request, ctx, dialect.answer(ctx.response, ctx))
 

@@ -65,7 +65,7 @@ def test_a_key_nothing_is_close_to_lists_the_allowed_keys_without_a_guess():
     assert problems_of(config_with(state={"zebra": 1})) == [
         "state.zebra: unknown key (allowed: redis_url, sqlite_path)"]
     assert problems_of(config_with(prices={"m": {"input": 1, "output": 2, "xyzzy": 3}})) == [
-        "prices.m.xyzzy: unknown key (allowed: cached_input, input, output)"]
+        "prices.m.xyzzy: unknown key (allowed: cache_write, cached_input, input, output)"]
 
 
 def test_load_config_reads_a_file_and_suggests_the_same(tmp_path):

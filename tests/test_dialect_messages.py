@@ -3,6 +3,7 @@ a tool round trip, system blocks, images, count_tokens, x-api-key, and errors in
 import json
 
 import anthropic
+import openai
 import pytest
 
 from plugins.api_keys.plugin import hash_key
@@ -144,3 +145,17 @@ def test_a_stream_that_breaks_ends_with_an_error_event(fake_openai, make_gateway
     text = raw.http_response.read().decode()
     error = json.loads(text.split("event: error\ndata: ")[1].split("\n")[0])
     assert error["type"] == "error" and error["error"]["type"] == "api_error"
+
+
+def test_parameters_without_effect_are_named_in_a_header_and_the_log(fake_anthropic, make_gateway, tmp_path):
+    gw = make_gateway(config("anthropic", fake_anthropic, tmp_path))
+    raw = client(gw).messages.with_raw_response.create(  # a dialect's hint, then one the anthropic kind ignores
+        model="bot", max_tokens=10, service_tier="auto", messages=[{"role": "user", "content": "hi"}])
+    assert raw.headers["x-llmgate-ignored-params"] == "service_tier"
+    chat = openai.OpenAI(base_url=gw.url + "/v1", api_key="k", max_retries=0)
+    raw = chat.chat.completions.with_raw_response.create(model="bot", store=True,
+                                                         messages=[{"role": "user", "content": "hi"}])
+    assert raw.headers["x-llmgate-ignored-params"] == "store"
+    records = wait_until(lambda: r if len(r := list(read_records(str(tmp_path / "traffic.db")))) == 2 else None,
+                         "two logged exchanges")
+    assert [r["annotations"].get("ignored_params") for r in records] == [["service_tier"], ["store"]]
