@@ -57,6 +57,7 @@ install-agents: var/agents/.installed
 # The demo's real model is installed too, so that tests/test_demo_model.py runs a real self-hosted backend.
 test: install-test install-demo install-agents redis-server chromium
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The overhead benchmark's tools: process sampling, the plot, the profiler.

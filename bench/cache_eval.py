@@ -9,6 +9,7 @@ and the false-hit rate on near-misses at the configured threshold (the plugin's 
     .venv/bin/python bench/cache_eval.py [--threshold 0.8] [--sweep] [--no-guards] [--show-errors] [--json]
                                          [--backend onnx|torch] [--output bench/results/cache_eval.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,7 @@ def score_pairs(pairs: list[dict], model_path: str | None = None, backend: str |
     return [float(s) for s in (queries * cached).sum(axis=1)]
 
 
-def evaluate(pairs: list[dict], similarities: list[float], threshold: float,
-             guards: GuardConfig | None) -> dict:
+def evaluate(pairs: list[dict], similarities: list[float], threshold: float, guards: GuardConfig | None) -> dict:
     """Hit rates at `threshold`; `guards` None switches every guard off."""
     kinds: dict[str, Counter] = defaultdict(Counter)
     refused_by: Counter = Counter()
@@ -62,13 +62,19 @@ def evaluate(pairs: list[dict], similarities: list[float], threshold: float,
     para_hits = kinds["paraphrase"]["hits"] if "paraphrase" in kinds else 0
     near_hits = sum(c["hits"] for k, c in kinds.items() if k != "paraphrase")
     return {
-        "threshold": threshold, "guards": guards is not None, "pairs": len(pairs),
-        "paraphrases": len(paraphrases), "near_misses": len(near),
+        "threshold": threshold,
+        "guards": guards is not None,
+        "pairs": len(pairs),
+        "paraphrases": len(paraphrases),
+        "near_misses": len(near),
         "paraphrase_hit_rate": para_hits / len(paraphrases) if paraphrases else None,
         "false_hit_rate": near_hits / len(near) if near else None,
         "false_hits": near_hits,
-        "by_kind": {k: {"n": c["n"], "hits": c["hits"], "rate": round(c["hits"] / c["n"], 4)}
-                    for k, c in sorted(kinds.items()) if c["n"]},
+        "by_kind": {
+            k: {"n": c["n"], "hits": c["hits"], "rate": round(c["hits"] / c["n"], 4)}
+            for k, c in sorted(kinds.items())
+            if c["n"]
+        },
         "refused_by": dict(sorted(refused_by.items())),
         "near_miss_similarity_above_threshold": sum(s >= threshold for s in near),
         "errors": errors,
@@ -83,8 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep", action="store_true", help="rates at thresholds 0.60 to 0.95")
     parser.add_argument("--show-errors", action="store_true", help="list missed paraphrases and false hits")
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--backend", choices=("onnx", "torch"), default=None,
-                        help="the embedder (default: the plugin's configured default)")
+    parser.add_argument(
+        "--backend",
+        choices=("onnx", "torch"),
+        default=None,
+        help="the embedder (default: the plugin's configured default)",
+    )
     parser.add_argument("--output", type=Path, default=None, help="also write the figures (no errors) as JSON here")
     args = parser.parse_args(argv)
     settings = Settings()
@@ -103,14 +113,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "errors" or args.show_errors}, indent=2))
     else:
-        print(f"{result['pairs']} pairs ({result['paraphrases']} paraphrases, {result['near_misses']} near-misses), "
-              f"threshold {threshold}, guards {'on' if guards else 'off'}, {model.backend} embedder")
+        print(
+            f"{result['pairs']} pairs ({result['paraphrases']} paraphrases, {result['near_misses']} near-misses), "
+            f"threshold {threshold}, guards {'on' if guards else 'off'}, {model.backend} embedder"
+        )
         if result["paraphrases"]:
             print(f"paraphrase hit rate {result['paraphrase_hit_rate']:.1%} (target >= {TARGET_PARAPHRASE_HIT:.0%})")
         if result["near_misses"]:
-            print(f"false-hit rate      {result['false_hit_rate']:.1%} ({result['false_hits']} pairs; "
-                  f"target <= {TARGET_FALSE_HIT:.0%}); {result['near_miss_similarity_above_threshold']} near-misses "
-                  "were above the threshold")
+            print(
+                f"false-hit rate      {result['false_hit_rate']:.1%} ({result['false_hits']} pairs; "
+                f"target <= {TARGET_FALSE_HIT:.0%}); {result['near_miss_similarity_above_threshold']} near-misses "
+                "were above the threshold"
+            )
         for kind, c in result["by_kind"].items():
             print(f"  {kind:<10} {c['hits']:>3}/{c['n']:<3} hit")
         print("refused by guard:", ", ".join(f"{k} {v}" for k, v in result["refused_by"].items()) or "none")
@@ -121,10 +135,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {t:.2f}     {r['paraphrase_hit_rate'] or 0:6.1%}        {r['false_hit_rate'] or 0:6.1%}")
         if args.show_errors:
             for e in sorted(result["errors"], key=lambda e: (e["label"], -e["similarity"])):
-                print(f"  [{e['label']}/{e['kind']}] {e['similarity']:.3f} {e['refused_by'] or '-':<12} "
-                      f"{e['query']!r} ~ {e['cached']!r}")
-    ok = (result["false_hit_rate"] or 0) <= TARGET_FALSE_HIT and \
-        (result["paraphrase_hit_rate"] is None or result["paraphrase_hit_rate"] >= TARGET_PARAPHRASE_HIT)
+                print(
+                    f"  [{e['label']}/{e['kind']}] {e['similarity']:.3f} {e['refused_by'] or '-':<12} "
+                    f"{e['query']!r} ~ {e['cached']!r}"
+                )
+    ok = (result["false_hit_rate"] or 0) <= TARGET_FALSE_HIT and (
+        result["paraphrase_hit_rate"] is None or result["paraphrase_hit_rate"] >= TARGET_PARAPHRASE_HIT
+    )
     return 0 if ok else 1
 
 

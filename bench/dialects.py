@@ -13,6 +13,7 @@ A dialect's cost is its median minus chat completions' (the budget: at most 0.3 
 
     .venv/bin/python bench/dialects.py --output bench/results/dialects.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,14 +34,26 @@ from systems import SYSTEMS, start_system, start_upstream  # noqa: E402
 BUDGET_MS = 0.3
 QUESTION = "Where is my order? It was placed last week."
 DIALECTS = {
-    "chat": ("/v1/chat/completions", lambda stream: {"model": "bench", "stream": stream,
-                                                     "messages": [{"role": "user", "content": QUESTION}]},
-             b"data: {"),
-    "messages": ("/v1/messages", lambda stream: {"model": "bench", "max_tokens": 64, "stream": stream,
-                                                 "messages": [{"role": "user", "content": QUESTION}]},
-                 b"text_delta"),
-    "responses": ("/v1/responses", lambda stream: {"model": "bench", "stream": stream, "input": QUESTION},
-                  b"output_text.delta"),
+    "chat": (
+        "/v1/chat/completions",
+        lambda stream: {"model": "bench", "stream": stream, "messages": [{"role": "user", "content": QUESTION}]},
+        b"data: {",
+    ),
+    "messages": (
+        "/v1/messages",
+        lambda stream: {
+            "model": "bench",
+            "max_tokens": 64,
+            "stream": stream,
+            "messages": [{"role": "user", "content": QUESTION}],
+        },
+        b"text_delta",
+    ),
+    "responses": (
+        "/v1/responses",
+        lambda stream: {"model": "bench", "stream": stream, "input": QUESTION},
+        b"output_text.delta",
+    ),
 }
 
 
@@ -67,7 +80,7 @@ async def measure(base: str, requests: int, warmup: int) -> dict:
     order = list(samples)
     async with aiohttp.ClientSession() as session:
         for i in range(warmup + requests):
-            for key in order[i % len(order):] + order[:i % len(order)]:  # rotating order
+            for key in order[i % len(order) :] + order[: i % len(order)]:  # rotating order
                 figures = await one(session, base, *key)
                 if i >= warmup:
                     samples[key].append(figures)
@@ -76,7 +89,8 @@ async def measure(base: str, requests: int, warmup: int) -> dict:
         results.setdefault("stream" if stream else "json", {})[dialect] = {
             "overhead_ms_p50": statistics.median(v[0] for v in values),
             ("ttft_ms_p50" if stream else "latency_ms_p50"): statistics.median(v[1] for v in values),
-            "requests": len(values)}
+            "requests": len(values),
+        }
     for mode, by_dialect in results.items():
         chat = by_dialect["chat"]
         for name, figures in by_dialect.items():
@@ -97,8 +111,11 @@ def translation_costs(rounds: int = 2000) -> dict:
     from gateway.dialects.chat_completions import ChatCompletions
 
     words = "Your order shipped yesterday and arrives on Friday .".split()
-    chunks = ([chunk("c", "m", {"role": "assistant", "content": ""})] + [chunk("c", "m", {"content": w}) for w in words]
-              + [chunk("c", "m", {}, "stop"), chunk("c", "m", usage=usage(12, 10))])
+    chunks = (
+        [chunk("c", "m", {"role": "assistant", "content": ""})]
+        + [chunk("c", "m", {"content": w}) for w in words]
+        + [chunk("c", "m", {}, "stop"), chunk("c", "m", usage=usage(12, 10))]
+    )
     whole = completion("c", "m", {"role": "assistant", "content": " ".join(words)}, "stop", usage(12, 10))
     dialects = {"chat": ChatCompletions(), "messages": anthropic.MESSAGES, "responses": responses.RESPONSES}
 
@@ -126,19 +143,29 @@ def translation_costs(rounds: int = 2000) -> dict:
                     await one(name, stream)
                 out.setdefault(mode, {})[name] = round((time.perf_counter() - started) / rounds * 1e6, 1)
         return out
+
     return asyncio.run(timed())
 
 
 def markdown(results: dict) -> str:
-    lines = ["| mode | dialect | gateway overhead p50 (ms) | added vs chat (ms) | client p50 (ms) | added (ms) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| mode | dialect | gateway overhead p50 (ms) | added vs chat (ms) | client p50 (ms) | added (ms) |",
+        "|---|---|---|---|---|---|",
+    ]
     for mode, by_dialect in results["figures"].items():
         for name, f in by_dialect.items():
             client = f.get("latency_ms_p50", f.get("ttft_ms_p50"))
-            lines.append(f"| {mode} | {name} | {f['overhead_ms_p50']:.3f} | {f['added_overhead_ms']:+.3f} | "
-                         f"{client:.2f} | {f['added_client_ms']:+.2f} |")
-    lines += ["", "Each dialect's own CPU a request, in process (µs; the request in, the answer out):", "",
-              "| mode | chat | messages | responses |", "|---|---|---|---|"]
+            lines.append(
+                f"| {mode} | {name} | {f['overhead_ms_p50']:.3f} | {f['added_overhead_ms']:+.3f} | "
+                f"{client:.2f} | {f['added_client_ms']:+.2f} |"
+            )
+    lines += [
+        "",
+        "Each dialect's own CPU a request, in process (µs; the request in, the answer out):",
+        "",
+        "| mode | chat | messages | responses |",
+        "|---|---|---|---|",
+    ]
     for mode, by_dialect in results["translation_us"].items():
         lines.append(f"| {mode} | " + " | ".join(f"{by_dialect[d]:.1f}" for d in DIALECTS) + " |")
     return "\n".join(lines)
@@ -157,9 +184,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         gateway = start_system(SYSTEMS["llmgate-full"], origin, workdir)
         base = gateway.url.rsplit("/v1/", 1)[0]
-        results = {"upstream_latency_s": args.latency, "budget_ms": BUDGET_MS, "system": "llmgate-full",
-                   "figures": asyncio.run(measure(base, args.requests, args.warmup)),
-                   "translation_us": translation_costs()}
+        results = {
+            "upstream_latency_s": args.latency,
+            "budget_ms": BUDGET_MS,
+            "system": "llmgate-full",
+            "figures": asyncio.run(measure(base, args.requests, args.warmup)),
+            "translation_us": translation_costs(),
+        }
     finally:
         if gateway is not None:
             gateway.stop()

@@ -7,6 +7,7 @@ on uvloop where installed, as llmgate (and LiteLLM, through uvicorn) do.
 
     .venv/bin/python bench/forwarder.py --port 9001 --upstream http://127.0.0.1:9000
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,9 @@ def create_app(upstream: str) -> web.Application:
     app[UPSTREAM] = upstream.rstrip("/")
 
     async def session(app: web.Application):
-        app[SESSION] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
-                                             timeout=aiohttp.ClientTimeout(total=300))
+        app[SESSION] = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=300)
+        )
         yield
         await app[SESSION].close()
 
@@ -61,8 +63,15 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True, help="the upstream's origin, e.g. http://127.0.0.1:9000")
     args = parser.parse_args()
-    web.run_app(create_app(args.upstream), host=args.host, port=args.port, access_log=None, print=None, backlog=4096,
-                loop=uvloop.new_event_loop() if uvloop else None)
+    web.run_app(
+        create_app(args.upstream),
+        host=args.host,
+        port=args.port,
+        access_log=None,
+        print=None,
+        backlog=4096,
+        loop=uvloop.new_event_loop() if uvloop else None,
+    )
 
 
 if __name__ == "__main__":

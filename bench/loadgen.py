@@ -13,6 +13,7 @@ already waiting: the system had stopped answering).
 
     .venv/bin/python bench/loadgen.py --url http://127.0.0.1:8080/v1/chat/completions --rate 300 --duration 10
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,6 +32,7 @@ OK = "ok"
 @dataclass
 class LoadSpec:
     """What to send, how fast and for how long."""
+
     url: str
     rate: float = 100.0
     duration: float = 10.0
@@ -54,8 +56,9 @@ class Sample:
 
 
 def _body(spec: LoadSpec, i: int) -> bytes:
-    prompt = (f"{spec.prompt} (question {i} of a unique series, {time.time_ns()})" if spec.unique_prompts
-              else spec.prompt)
+    prompt = (
+        f"{spec.prompt} (question {i} of a unique series, {time.time_ns()})" if spec.unique_prompts else spec.prompt
+    )
     body = {"model": spec.model, "messages": [{"role": "user", "content": prompt}], "temperature": 0}
     if spec.stream:
         body["stream"] = True
@@ -73,8 +76,7 @@ def _has_content(line: bytes) -> bool:
     return any((choice.get("delta") or {}).get("content") for choice in chunk.get("choices") or ())
 
 
-async def _one(session: aiohttp.ClientSession, spec: LoadSpec, body: bytes, due_at: float, t0: float,
-               clock) -> Sample:
+async def _one(session: aiohttp.ClientSession, spec: LoadSpec, body: bytes, due_at: float, t0: float, clock) -> Sample:
     sent = clock()
     ttft = math.nan
     try:
@@ -103,8 +105,11 @@ async def _one(session: aiohttp.ClientSession, spec: LoadSpec, body: bytes, due_
 
 
 def _session(spec: LoadSpec) -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=None),
-                                 timeout=aiohttp.ClientTimeout(total=spec.timeout), headers=spec.headers)
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=None),
+        timeout=aiohttp.ClientTimeout(total=spec.timeout),
+        headers=spec.headers,
+    )
 
 
 async def _open_loop(spec: LoadSpec, worker: int, start_wall: float) -> list[Sample]:
@@ -188,9 +193,16 @@ def _percentiles(values: list[float], scale: float = 1000.0) -> dict[str, float]
     def at(q: float) -> float:
         return values[min(len(values) - 1, max(0, math.ceil(q * len(values)) - 1))]
 
-    return {"p50": round(at(0.50), 3), "p90": round(at(0.90), 3), "p95": round(at(0.95), 3),
-            "p99": round(at(0.99), 3), "p999": round(at(0.999), 3), "max": round(values[-1], 3),
-            "mean": round(sum(values) / len(values), 3), "n": len(values)}
+    return {
+        "p50": round(at(0.50), 3),
+        "p90": round(at(0.90), 3),
+        "p95": round(at(0.95), 3),
+        "p99": round(at(0.99), 3),
+        "p999": round(at(0.999), 3),
+        "max": round(values[-1], 3),
+        "mean": round(sum(values) / len(values), 3),
+        "n": len(values),
+    }
 
 
 def summarize(samples: list[Sample], offered_rate: float | None, duration: float | None) -> dict:
@@ -201,12 +213,16 @@ def summarize(samples: list[Sample], offered_rate: float | None, duration: float
     ok = [s for s in samples if s.outcome == OK]
     total = len(samples)
     errors = total - len(ok)
-    summary = {"requests": total, "ok": len(ok), "errors": errors,
-               "error_rate": round(errors / total, 6) if total else None,
-               "outcomes": outcomes,
-               "latency_ms": _percentiles([s.latency for s in ok]),
-               "ttft_ms": _percentiles([s.ttft for s in ok]),
-               "send_lag_ms": _percentiles([s.lag for s in samples])}
+    summary = {
+        "requests": total,
+        "ok": len(ok),
+        "errors": errors,
+        "error_rate": round(errors / total, 6) if total else None,
+        "outcomes": outcomes,
+        "latency_ms": _percentiles([s.latency for s in ok]),
+        "ttft_ms": _percentiles([s.ttft for s in ok]),
+        "send_lag_ms": _percentiles([s.lag for s in samples]),
+    }
     if offered_rate is not None and duration:
         # The run lasts until its last answer (less the fastest answer's time, which no system can
         # avoid): a system that queues up stretches it and loses rate.
@@ -228,8 +244,15 @@ def main() -> None:
     parser.add_argument("--unique-prompts", action="store_true")
     parser.add_argument("--sequential", type=int, default=0, help="send N requests one at a time instead")
     args = parser.parse_args()
-    spec = LoadSpec(url=args.url, rate=args.rate, duration=args.duration, model=args.model, stream=args.stream,
-                    unique_prompts=args.unique_prompts, workers=args.workers)
+    spec = LoadSpec(
+        url=args.url,
+        rate=args.rate,
+        duration=args.duration,
+        model=args.model,
+        stream=args.stream,
+        unique_prompts=args.unique_prompts,
+        workers=args.workers,
+    )
     if args.sequential:
         print(json.dumps(summarize(sequential(spec, args.sequential), None, None), indent=2))
     else:

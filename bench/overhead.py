@@ -31,6 +31,7 @@ against rate). A smoke run:
     .venv/bin/python bench/overhead.py --duration 5 --rates 50,100 --soak 20 --no-search \
         --output-dir /tmp/bench-smoke
 """
+
 from __future__ import annotations
 
 import argparse
@@ -95,16 +96,25 @@ class Bench:
         self.restarts: list[dict] = []
         self.peak_rss_mb: float | None = None
 
-    def spec(self, system: System, rate: float, duration: float, stream: bool = False,
-             target: Running | None = None) -> loadgen.LoadSpec:
+    def spec(
+        self, system: System, rate: float, duration: float, stream: bool = False, target: Running | None = None
+    ) -> loadgen.LoadSpec:
         target = target or self.running
         workers = max(1, math.ceil(rate / self.args.rate_per_worker))
-        return loadgen.LoadSpec(url=target.url, rate=rate, duration=duration, stream=stream,
-                                unique_prompts=system.unique_prompts, workers=workers, timeout=self.args.timeout,
-                                headers={"Authorization": f"Bearer {target.api_key}"})
+        return loadgen.LoadSpec(
+            url=target.url,
+            rate=rate,
+            duration=duration,
+            stream=stream,
+            unique_prompts=system.unique_prompts,
+            workers=workers,
+            timeout=self.args.timeout,
+            headers={"Authorization": f"Bearer {target.api_key}"},
+        )
 
-    def paired(self, system: System, rate: float, duration: float, stream: bool = False,
-               direct_again: bool = False) -> dict:
+    def paired(
+        self, system: System, rate: float, duration: float, stream: bool = False, direct_again: bool = False
+    ) -> dict:
         """An open-loop run of `system` right after one of the upstream direct with the same load; the run's
         summary carries what it added over that direct run (`added`, by latency and time to first token).
 
@@ -133,8 +143,9 @@ class Bench:
             summary["machine"] = shares
         return summary
 
-    def open_loop(self, system: System, rate: float, duration: float, stream: bool = False,
-                  may_restart: bool = True) -> dict:
+    def open_loop(
+        self, system: System, rate: float, duration: float, stream: bool = False, may_restart: bool = True
+    ) -> dict:
         spec = self.spec(system, rate, duration, stream)
         monitor = ResourceMonitor(self.running.process).start()
         summary = self.load(spec)
@@ -148,8 +159,11 @@ class Bench:
         return summary
 
     def sustained(self, summary: dict) -> bool:
-        return (summary["error_rate"] is not None and summary["error_rate"] < self.args.max_error_rate
-                and summary["achieved_rps"] >= ACHIEVED_SHARE * summary["offered_rps"])
+        return (
+            summary["error_rate"] is not None
+            and summary["error_rate"] < self.args.max_error_rate
+            and summary["achieved_rps"] >= ACHIEVED_SHARE * summary["offered_rps"]
+        )
 
     def start(self, system: System) -> None:
         self.running = start_system(system, self.upstream, self.workdir)
@@ -209,11 +223,21 @@ class Bench:
             rate = round(rate)
             summary = self.open_loop(system, rate, args.search_duration)
             ok = self.sustained(summary)
-            probes.append({"rate": rate, "sustained": ok, "achieved_rps": summary["achieved_rps"],
-                           "errors": summary["errors"], "error_rate": summary["error_rate"],
-                           "latency_ms": summary["latency_ms"], "resources": summary.get("resources")})
-            log(f"  search {system.name} {rate} rps: {'sustained' if ok else 'not sustained'} "
-                f"(achieved {summary['achieved_rps']}, errors {summary['errors']})")
+            probes.append(
+                {
+                    "rate": rate,
+                    "sustained": ok,
+                    "achieved_rps": summary["achieved_rps"],
+                    "errors": summary["errors"],
+                    "error_rate": summary["error_rate"],
+                    "latency_ms": summary["latency_ms"],
+                    "resources": summary.get("resources"),
+                }
+            )
+            log(
+                f"  search {system.name} {rate} rps: {'sustained' if ok else 'not sustained'} "
+                f"(achieved {summary['achieved_rps']}, errors {summary['errors']})"
+            )
             return ok
 
         low = max(passed) if passed else None
@@ -240,8 +264,12 @@ class Bench:
             else:
                 high = middle
         best = next((p for p in probes if p["rate"] == round(low)), None)
-        return {"rate": round(low), "errors": best["errors"] if best else 0,
-                "capped_at_max_rate": high is None, "probes": probes}
+        return {
+            "rate": round(low),
+            "errors": best["errors"] if best else 0,
+            "capped_at_max_rate": high is None,
+            "probes": probes,
+        }
 
     def warm_up(self, system: System) -> dict:
         """Warm connections, code paths and (for the cache-hit system) the cache; check the cache header.
@@ -254,8 +282,9 @@ class Bench:
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
                 prompt = f"a question never asked before {time.time_ns()}" if system.unique_prompts else None
-                status, headers = chat(self.running.url, prompt=prompt or loadgen.LoadSpec.prompt,
-                                       api_key=self.running.api_key)
+                status, headers = chat(
+                    self.running.url, prompt=prompt or loadgen.LoadSpec.prompt, api_key=self.running.api_key
+                )
                 found = {"status": status, "x-llmgate-cache": headers.get("x-llmgate-cache")}
                 if found["x-llmgate-cache"] == system.expect_cache:
                     break
@@ -289,17 +318,21 @@ class Bench:
                 lat = summary["latency_ms"] or {}
                 added = (summary.get("added") or {}).get("latency_ms")
                 drift = (summary.get("direct_drift") or {}).get("latency_ms")
-                log(f"  {system.name} {rate:g} rps: achieved {summary['achieved_rps']}, errors "
+                log(
+                    f"  {system.name} {rate:g} rps: achieved {summary['achieved_rps']}, errors "
                     f"{summary['errors']}, p50 {lat.get('p50')} p99 {lat.get('p99')} ms"
                     + (f" ({added['p50']:+} / {added['p99']:+} ms over the direct run before)" if added else "")
                     + (f" (the direct after: {drift['p50']:+} / {drift['p99']:+})" if drift else "")
                     + f", cpu {(summary.get('resources') or {}).get('cpu_percent')}%"
-                    + f", machine {(summary.get('machine') or {}).get('busy_percent')}% busy")
+                    + f", machine {(summary.get('machine') or {}).get('busy_percent')}% busy"
+                )
             result["rates"] = [median_of_runs(runs[rate]) for rate in args.rates]
             if args.stream_rate:
                 result["stream"] = self.paired(system, args.stream_rate, args.duration, stream=True)
-                log(f"  {system.name} stream {args.stream_rate:g} rps: ttft p50 "
-                    f"{(result['stream']['ttft_ms'] or {}).get('p50')} ms")
+                log(
+                    f"  {system.name} stream {args.stream_rate:g} rps: ttft p50 "
+                    f"{(result['stream']['ttft_ms'] or {}).get('p50')} ms"
+                )
             if args.search:
                 passed = [s["offered_rps"] for s in result["rates"] if self.sustained(s)]
                 result["max_sustained"] = self.search_max(system, passed)
@@ -329,9 +362,16 @@ class Bench:
         collapsed = Path(args.output_dir) / f"{args.name}_profile_{system.name}.collapsed.txt"
         shutil.copyfile(output, collapsed)
         result = profiling.summarize(output)
-        result.update({"system": system.name, "rate": args.profile_rate, "seconds": args.profile_seconds,
-                       "cpu_percent": (summary.get("resources") or {}).get("cpu_percent"),
-                       "collapsed_stacks": str(collapsed), "latency_ms": summary["latency_ms"]})
+        result.update(
+            {
+                "system": system.name,
+                "rate": args.profile_rate,
+                "seconds": args.profile_seconds,
+                "cpu_percent": (summary.get("resources") or {}).get("cpu_percent"),
+                "collapsed_stacks": str(collapsed),
+                "latency_ms": summary["latency_ms"],
+            }
+        )
         log(f"  profile of {system.name}: {result['samples']} samples, stacks in {collapsed}")
         return result
 
@@ -367,12 +407,20 @@ class Bench:
         last = sum(mb for _, mb in series[-tenth:]) / tenth
         summary = loadgen.summarize(samples, args.soak_rate, args.soak)
         step = max(1, len(series) // 300)
-        return {"rate": args.soak_rate, "seconds": args.soak, "warmup_seconds": args.soak_warmup,
-                "rss_at_start_mb": rss_at_start, "rss_after_warmup_mb": rss_after_warmup,
-                "rss_first_tenth_mb": round(first, 1),
-                "rss_last_tenth_mb": round(last, 1), "growth_percent": round(100 * (last - first) / first, 2),
-                "peak_rss_mb": peak, "resources": resources, "summary": summary,
-                "rss_series": series[::step]}
+        return {
+            "rate": args.soak_rate,
+            "seconds": args.soak,
+            "warmup_seconds": args.soak_warmup,
+            "rss_at_start_mb": rss_at_start,
+            "rss_after_warmup_mb": rss_after_warmup,
+            "rss_first_tenth_mb": round(first, 1),
+            "rss_last_tenth_mb": round(last, 1),
+            "growth_percent": round(100 * (last - first) / first, 2),
+            "peak_rss_mb": peak,
+            "resources": resources,
+            "summary": summary,
+            "rss_series": series[::step],
+        }
 
 
 def judged(system_name: str, rate: float) -> bool:
@@ -401,36 +449,65 @@ def median_of_runs(runs: list[dict]) -> dict:
     CPU; each run's own p50 and p99 are kept under `runs`."""
     if len(runs) == 1:
         return {**runs[0], "runs": [run_digest(runs[0])]}
-    combined = {"requests": sum(r["requests"] for r in runs), "ok": sum(r["ok"] for r in runs),
-                "errors": sum(r["errors"] for r in runs), "outcomes": {},
-                "offered_rps": runs[0]["offered_rps"], "achieved_rps": min(r["achieved_rps"] for r in runs),
-                "loadgen_workers": runs[0].get("loadgen_workers")}
+    combined = {
+        "requests": sum(r["requests"] for r in runs),
+        "ok": sum(r["ok"] for r in runs),
+        "errors": sum(r["errors"] for r in runs),
+        "outcomes": {},
+        "offered_rps": runs[0]["offered_rps"],
+        "achieved_rps": min(r["achieved_rps"] for r in runs),
+        "loadgen_workers": runs[0].get("loadgen_workers"),
+    }
     combined["error_rate"] = round(combined["errors"] / combined["requests"], 6) if combined["requests"] else None
     for run in runs:
         for outcome, count in run["outcomes"].items():
             combined["outcomes"][outcome] = combined["outcomes"].get(outcome, 0) + count
     for key in (*LATENCY_KEYS, "send_lag_ms"):
         present = [r[key] for r in runs if r.get(key)]
-        combined[key] = {q: (sum(p[q] for p in present) if q == "n" else max(p[q] for p in present) if q == "max"
-                             else round(statistics.median(p[q] for p in present), 3))
-                         for q in present[0]} if present else None
+        combined[key] = (
+            {
+                q: (
+                    sum(p[q] for p in present)
+                    if q == "n"
+                    else max(p[q] for p in present)
+                    if q == "max"
+                    else round(statistics.median(p[q] for p in present), 3)
+                )
+                for q in present[0]
+            }
+            if present
+            else None
+        )
     for field in ("added", "direct_drift"):  # the median of the differences within pairs, not a difference of medians
         found = {key: [r[field][key] for r in runs if key in r.get(field, {})] for key in LATENCY_KEYS}
         if any(found.values()):
-            combined[field] = {key: {q: round(statistics.median(a[q] for a in pairs), 3) for q in report.PERCENTILES}
-                               for key, pairs in found.items() if pairs}
+            combined[field] = {
+                key: {q: round(statistics.median(a[q] for a in pairs), 3) for q in report.PERCENTILES}
+                for key, pairs in found.items()
+                if pairs
+            }
     resources = [r["resources"] for r in runs if r.get("resources")]
     if resources:
-        combined["resources"] = {k: (round(statistics.median(x[k] for x in resources), 3) if k.startswith("cpu")
-                                     else max(x[k] for x in resources)) for k in resources[0]}
+        combined["resources"] = {
+            k: (
+                round(statistics.median(x[k] for x in resources), 3)
+                if k.startswith("cpu")
+                else max(x[k] for x in resources)
+            )
+            for k in resources[0]
+        }
     combined["runs"] = [run_digest(r) for r in runs]
     return combined
 
 
 def run_digest(run: dict) -> dict:
     lat = run.get("latency_ms") or {}
-    digest = {"p50": lat.get("p50"), "p99": lat.get("p99"), "errors": run["errors"],
-              "achieved_rps": run["achieved_rps"]}
+    digest = {
+        "p50": lat.get("p50"),
+        "p99": lat.get("p99"),
+        "errors": run["errors"],
+        "achieved_rps": run["achieved_rps"],
+    }
     for field in ("added", "direct_drift"):
         if "latency_ms" in run.get(field, {}):
             digest[field] = {q: run[field]["latency_ms"][q] for q in ("p50", "p99")}
@@ -441,27 +518,48 @@ def run_digest(run: dict) -> dict:
 
 def machine() -> dict:
     load = os.getloadavg()
-    return {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
-            "cpu": cpu_description(), "load_average_at_start": [round(x, 2) for x in load], "litellm_pin": LITELLM_PIN}
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "cpu": cpu_description(),
+        "load_average_at_start": [round(x, 2) for x in load],
+        "litellm_pin": LITELLM_PIN,
+    }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     rates = lambda text: [float(r) for r in text.split(",") if r]  # noqa: E731
-    parser.add_argument("--systems", default=",".join(SYSTEMS),
-                        help=f"comma-separated, from: {', '.join(SYSTEMS)} (direct always runs first)")
+    parser.add_argument(
+        "--systems",
+        default=",".join(SYSTEMS),
+        help=f"comma-separated, from: {', '.join(SYSTEMS)} (direct always runs first)",
+    )
     parser.add_argument("--rates", type=rates, default=[100, 300, 600], help="pinned open-loop rates (RPS)")
     parser.add_argument("--duration", type=float, default=20, help="seconds of each measured run")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="runs at each pinned rate, interleaved across the rates; figures are their medians")
-    parser.add_argument("--target-repeats", type=int, default=7,
-                        help=f"runs of {report.TARGET_SYSTEM} at {report.TARGET_RATE} RPS, the targets' rate "
-                             "(the extra ones after the others)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="runs at each pinned rate, interleaved across the rates; figures are their medians",
+    )
+    parser.add_argument(
+        "--target-repeats",
+        type=int,
+        default=7,
+        help=f"runs of {report.TARGET_SYSTEM} at {report.TARGET_RATE} RPS, the targets' rate "
+        "(the extra ones after the others)",
+    )
     parser.add_argument("--warmup", type=float, default=3, help="seconds of load before measuring a system")
     parser.add_argument("--sequential", type=int, default=200, help="requests of the one-at-a-time runs (0: skip)")
     parser.add_argument("--stream-rate", type=float, default=100, help="rate of the streamed run (0: skip)")
-    parser.add_argument("--search", action=argparse.BooleanOptionalAction, default=True,
-                        help="search each system's highest sustained rate")
+    parser.add_argument(
+        "--search",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="search each system's highest sustained rate",
+    )
     parser.add_argument("--search-duration", type=float, default=10, help="seconds of each search probe")
     parser.add_argument("--search-factor", type=float, default=1.5)
     parser.add_argument("--search-steps", type=int, default=3, help="bisection steps after the first failure")
@@ -469,8 +567,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-error-rate", type=float, default=0.001, help="errors allowed at a sustained rate")
     parser.add_argument("--soak", type=float, default=600, help="seconds of the memory soak (0: skip)")
     parser.add_argument("--soak-rate", type=float, default=300)
-    parser.add_argument("--soak-warmup", type=float, default=SOAK_WARMUP,
-                        help="seconds of the same load before the soak")
+    parser.add_argument(
+        "--soak-warmup", type=float, default=SOAK_WARMUP, help="seconds of the same load before the soak"
+    )
     parser.add_argument("--soak-systems", default="llmgate-full")
     parser.add_argument("--profile", default="llmgate-full", help="system to profile with py-spy ('' : none)")
     parser.add_argument("--profile-rate", type=float, default=300)
@@ -481,10 +580,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=15, help="a request slower than this is an error")
     parser.add_argument("--rate-per-worker", type=float, default=1000, help="rate one generator process sends")
     parser.add_argument("--pause", type=float, default=1.0, help="seconds between runs, to let queues drain")
-    parser.add_argument("--settle-timeout", type=float, default=60,
-                        help="after an overload, seconds to wait for prompt answers before restarting the system")
-    parser.add_argument("--quiet-timeout", type=float, default=20,
-                        help="after a run, seconds to wait for the system to go idle (under 5%% of a core)")
+    parser.add_argument(
+        "--settle-timeout",
+        type=float,
+        default=60,
+        help="after an overload, seconds to wait for prompt answers before restarting the system",
+    )
+    parser.add_argument(
+        "--quiet-timeout",
+        type=float,
+        default=20,
+        help="after a run, seconds to wait for the system to go idle (under 5%% of a core)",
+    )
     parser.add_argument("--output-dir", default=str(Path(__file__).resolve().parent / "results"))
     parser.add_argument("--name", default="overhead", help="file name stem of the results")
     parser.add_argument("--note", default="", help="a line for the report (e.g. 'busy machine')")
@@ -502,9 +609,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    results: dict = {"meta": {**machine(), "args": {k: v for k, v in vars(args).items()}, "note": args.note,
-                              "started": time.strftime("%Y-%m-%d %H:%M:%S")},
-                     "systems": {}, "soak": {}, "skipped": {}}
+    results: dict = {
+        "meta": {
+            **machine(),
+            "args": {k: v for k, v in vars(args).items()},
+            "note": args.note,
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        },
+        "systems": {},
+        "soak": {},
+        "skipped": {},
+    }
     workdir = Path(tempfile.mkdtemp(prefix="llmgate-bench-"))
     upstream_process, upstream = start_upstream(workdir, args.latency, args.chunks, args.chunk_interval)
     bench = Bench(args, upstream, workdir)

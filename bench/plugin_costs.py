@@ -16,6 +16,7 @@ loop's headroom: at a given rate, latency under load grows with how busy that lo
 
     .venv/bin/python bench/plugin_costs.py --output-dir bench/results
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,6 +44,7 @@ def request_path_plugins(config: str = CONFIG) -> list[str]:
     """The plugins `config` enables that implement a hook a caller waits on, in load order."""
     sys.path.insert(0, str(ROOT))
     from gateway.plugins import REQUEST_HOOKS, _import, discover, is_enabled
+
     configured = yaml.safe_load((BENCH / "configs" / config).read_text()).get("plugins") or {}
     hooks, found = REQUEST_HOOKS | {"authenticate"}, []
     for name, target in discover().items():
@@ -65,8 +67,10 @@ def systems_to_measure(plugins: list[str]) -> dict[str, System]:
 
 def _run_figures(summary: dict) -> dict:
     """A run's digest as the overhead report keeps it, with the CPU a request."""
-    return {**overhead.run_digest(summary),
-            "cpu_ms_per_request": (summary.get("resources") or {}).get("cpu_ms_per_request")}
+    return {
+        **overhead.run_digest(summary),
+        "cpu_ms_per_request": (summary.get("resources") or {}).get("cpu_ms_per_request"),
+    }
 
 
 def _median(values: list[float | None]) -> float | None:
@@ -83,13 +87,22 @@ def costs(runs: dict[str, list[dict]], pairs: dict[str, list[dict]], rate: float
     """Each config's median figures, and the median of what it added over the core run beside it."""
     rows = []
     for name, measured in runs.items():
-        row = {"name": name, "cpu_ms_per_request": _median([r["cpu_ms_per_request"] for r in measured]),
-               "p50": _median([r["p50"] for r in measured]), "p99": _median([r["p99"] for r in measured]),
-               "errors": sum(r["errors"] for r in measured), "runs": [r["cpu_ms_per_request"] for r in measured],
-               "added_cpu_ms": None, "added_core_share": None, "added_p50": None, "added_runs": []}
+        row = {
+            "name": name,
+            "cpu_ms_per_request": _median([r["cpu_ms_per_request"] for r in measured]),
+            "p50": _median([r["p50"] for r in measured]),
+            "p99": _median([r["p99"] for r in measured]),
+            "errors": sum(r["errors"] for r in measured),
+            "runs": [r["cpu_ms_per_request"] for r in measured],
+            "added_cpu_ms": None,
+            "added_core_share": None,
+            "added_p50": None,
+            "added_runs": [],
+        }
         if name in pairs:
-            row["added_runs"] = [None if d is None else round(d, 3)
-                                 for d in (_difference(p, "cpu_ms_per_request") for p in pairs[name])]
+            row["added_runs"] = [
+                None if d is None else round(d, 3) for d in (_difference(p, "cpu_ms_per_request") for p in pairs[name])
+            ]
             row["added_cpu_ms"] = _median(row["added_runs"])
             row["added_p50"] = _median([_difference(p, "p50") for p in pairs[name]])
             if row["added_cpu_ms"] is not None:
@@ -100,26 +113,35 @@ def costs(runs: dict[str, list[dict]], pairs: dict[str, list[dict]], rate: float
 
 def markdown(results: dict) -> str:
     meta, rate = results["meta"], results["meta"]["rate"]
-    lines = [f"# What each plugin costs a request ({meta['started']})", "",
-             f"{report.machine_line(meta)}. The config of `llmgate-full` (bench/configs/{CONFIG}) with every "
-             f"plugin off (the core), then with each plugin it runs on the request path alone, then whole. Each at "
-             f"{rate:g} RPS open loop for {meta['duration']:g} s right after a run of the core, {meta['repeats']} such "
-             "pairs in rotating order; what a config adds is the median of its pairs' differences, the other figures "
-             "the medians of its runs. CPU is the gateway process's, all threads, per request answered.", "",
-             "| config | CPU ms/req | added over the core | share of a core added | p50 ms | +p50 over the core "
-             "| p99 ms | errors | added in each pair |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# What each plugin costs a request ({meta['started']})",
+        "",
+        f"{report.machine_line(meta)}. The config of `llmgate-full` (bench/configs/{CONFIG}) with every "
+        f"plugin off (the core), then with each plugin it runs on the request path alone, then whole. Each at "
+        f"{rate:g} RPS open loop for {meta['duration']:g} s right after a run of the core, {meta['repeats']} such "
+        "pairs in rotating order; what a config adds is the median of its pairs' differences, the other figures "
+        "the medians of its runs. CPU is the gateway process's, all threads, per request answered.",
+        "",
+        "| config | CPU ms/req | added over the core | share of a core added | p50 ms | +p50 over the core "
+        "| p99 ms | errors | added in each pair |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     fmt = report._fmt
     for row in results["costs"]:
         share = None if row["added_core_share"] is None else f"{100 * row['added_core_share']:.1f}%"
-        lines.append(f"| {row['name']} | {fmt(row['cpu_ms_per_request'], 3)} | {fmt(row['added_cpu_ms'], 3)} | "
-                     f"{fmt(share)} | {fmt(row['p50'])} | {fmt(row['added_p50'])} | {fmt(row['p99'])} | "
-                     f"{row['errors']} | {', '.join(fmt(c, 3) for c in row['added_runs'])} |")
+        lines.append(
+            f"| {row['name']} | {fmt(row['cpu_ms_per_request'], 3)} | {fmt(row['added_cpu_ms'], 3)} | "
+            f"{fmt(share)} | {fmt(row['p50'])} | {fmt(row['added_p50'])} | {fmt(row['p99'])} | "
+            f"{row['errors']} | {', '.join(fmt(c, 3) for c in row['added_runs'])} |"
+        )
     alone = [r["added_cpu_ms"] for r in results["costs"] if r["name"] not in (CORE, WHOLE)]
     whole = next(r for r in results["costs"] if r["name"] == WHOLE)["added_cpu_ms"]
     if alone and None not in alone and whole is not None:
-        lines += ["", f"The plugins alone add {sum(alone):.3f} ms of CPU a request between them; the whole config adds "
-                      f"{whole:.3f} ms. The spread of a config's pairs is the noise floor of its figure."]
+        lines += [
+            "",
+            f"The plugins alone add {sum(alone):.3f} ms of CPU a request between them; the whole config adds "
+            f"{whole:.3f} ms. The spread of a config's pairs is the noise floor of its figure.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -129,8 +151,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=15, help="seconds of each measured run")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=float, default=3, help="seconds of load before measuring a config")
-    parser.add_argument("--plugins", default=None, help="comma-separated plugins to measure (default: every "
-                                                        f"request-path plugin {CONFIG} enables)")
+    parser.add_argument(
+        "--plugins",
+        default=None,
+        help=f"comma-separated plugins to measure (default: every request-path plugin {CONFIG} enables)",
+    )
     parser.add_argument("--output-dir", default=str(Path(__file__).resolve().parent / "results"))
     parser.add_argument("--name", default="plugin_costs", help="file name stem of the results")
     return parser.parse_args(argv)
@@ -141,15 +166,24 @@ def main(argv: list[str] | None = None) -> int:
     plugins = args.plugins.split(",") if args.plugins else request_path_plugins()
     measured = systems_to_measure(plugins)
     # the overhead harness's defaults for everything else (upstream, timeouts, pauses between runs)
-    bench_args = overhead.parse_args(["--rates", f"{args.rate:g}", "--duration", str(args.duration),
-                                      "--warmup", str(args.warmup)])
+    bench_args = overhead.parse_args(
+        ["--rates", f"{args.rate:g}", "--duration", str(args.duration), "--warmup", str(args.warmup)]
+    )
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    meta = {**overhead.machine(), "rate": args.rate, "duration": args.duration, "repeats": args.repeats,
-            "config": CONFIG, "plugins": plugins, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    meta = {
+        **overhead.machine(),
+        "rate": args.rate,
+        "duration": args.duration,
+        "repeats": args.repeats,
+        "config": CONFIG,
+        "plugins": plugins,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     workdir = Path(tempfile.mkdtemp(prefix="llmgate-plugin-costs-"))
-    upstream_process, upstream = start_upstream(workdir, bench_args.latency, bench_args.chunks,
-                                                bench_args.chunk_interval)
+    upstream_process, upstream = start_upstream(
+        workdir, bench_args.latency, bench_args.chunks, bench_args.chunk_interval
+    )
     bench = overhead.Bench(bench_args, upstream, workdir)
     started: dict[str, Running] = {}
     runs: dict[str, list[dict]] = {name: [] for name in measured}
@@ -159,9 +193,12 @@ def main(argv: list[str] | None = None) -> int:
         bench.running = started[name]
         figures = _run_figures(bench.open_loop(measured[name], args.rate, args.duration, may_restart=False))
         runs[name].append(figures)
-        overhead.log(f"  {name}: {figures['cpu_ms_per_request']} ms CPU a request, p50 {figures['p50']} "
-                     f"p99 {figures['p99']} ms, errors {figures['errors']}")
+        overhead.log(
+            f"  {name}: {figures['cpu_ms_per_request']} ms CPU a request, p50 {figures['p50']} "
+            f"p99 {figures['p99']} ms, errors {figures['errors']}"
+        )
         return figures
+
     try:
         for name, system in measured.items():
             started[name] = start_system(system, upstream, workdir)
@@ -169,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             bench.warm_up(system)
         others = list(pairs)
         for repeat in range(args.repeats):
-            for name in others[repeat % len(others):] + others[:repeat % len(others)]:
+            for name in others[repeat % len(others) :] + others[: repeat % len(others)]:
                 core = measure(CORE)
                 pairs[name].append({"core": core, "measured": measure(name)})
     finally:

@@ -18,6 +18,7 @@ On uvloop the event loop is C code, which py-spy shows as one Python frame, the 
 loop: a sample whose innermost frame is that call (LOOP_CALLS) is the loop at its own work or waiting
 in epoll, which py-spy cannot tell apart without native frames. Those are counted apart too.
 """
+
 from __future__ import annotations
 
 import linecache
@@ -70,8 +71,21 @@ STDLIB = Path(sysconfig.get_paths()["stdlib"])
 
 def record(pid: int, seconds: float, output: Path, rate: int = 200, subprocesses: bool = False) -> subprocess.Popen:
     """Start py-spy on `pid` for `seconds`, collapsed stacks to `output`; the caller waits on it."""
-    command = [str(VENV_BIN / "py-spy"), "record", "--pid", str(pid), "--duration", str(int(seconds)),
-               "--rate", str(rate), "--format", "raw", "--output", str(output), "--nonblocking"]
+    command = [
+        str(VENV_BIN / "py-spy"),
+        "record",
+        "--pid",
+        str(pid),
+        "--duration",
+        str(int(seconds)),
+        "--rate",
+        str(rate),
+        "--format",
+        "raw",
+        "--output",
+        str(output),
+        "--nonblocking",
+    ]
     if subprocesses:
         command.append("--subprocesses")
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
@@ -93,8 +107,7 @@ def _at_call(frame: str, calls: dict[tuple[str, str], str]) -> bool:
     if not match or not match.group("line"):
         return False
     function, file = match.group("function"), match.group("file")
-    call = next((text for (name, suffix), text in calls.items() if function == name and file.endswith(suffix)),
-                None)
+    call = next((text for (name, suffix), text in calls.items() if function == name and file.endswith(suffix)), None)
     if call is None:
         return False
     path = Path(file)
@@ -160,6 +173,12 @@ def summarize(collapsed: Path, top: int = 25) -> dict:
     def shares(counter: Counter[str], limit: int) -> list[dict]:
         return [{"function": k, "samples": v, "share": round(v / total, 4)} for k, v in counter.most_common(limit)]
 
-    return {"samples": total, "waiting_samples": waiting, "event_loop_samples": in_loop,
-            "top_self": shares(self_counts, top), "top_inclusive": shares(inclusive, top),
-            "by_area": shares(areas, 40), "by_owner": shares(owners, 40)}
+    return {
+        "samples": total,
+        "waiting_samples": waiting,
+        "event_loop_samples": in_loop,
+        "top_self": shares(self_counts, top),
+        "top_inclusive": shares(inclusive, top),
+        "by_area": shares(areas, 40),
+        "by_owner": shares(owners, 40),
+    }

@@ -8,6 +8,7 @@ system's own figure. Reads the JSON that bench/overhead.py writes; can be rerun 
 
     .venv/bin/python bench/report.py bench/results/overhead.json
 """
+
 from __future__ import annotations
 
 import json
@@ -75,22 +76,36 @@ def targets(results: dict) -> list[dict]:
         value = added[q] if added else None
         each = [run["added"][q] for run in runs if run.get("added")] if len(runs) > 1 else []
         shown = value if not each else f"{value} (runs: {', '.join(f'{v:.2f}' for v in each)})"
-        rows.append({"target": f"{q} overhead at {TARGET_RATE} RPS < {limit} ms", "value": shown,
-                     "met": None if value is None else value < limit})
+        rows.append(
+            {
+                "target": f"{q} overhead at {TARGET_RATE} RPS < {limit} ms",
+                "value": shown,
+                "met": None if value is None else value < limit,
+            }
+        )
     ours = (full or {}).get("max_sustained")
     theirs = systems.get("litellm", {}).get("max_sustained")
     if ours and theirs and theirs["rate"]:
         factor = ours["rate"] / theirs["rate"]
-        rows.append({"target": f"sustained rate >= {TARGET_LITELLM_FACTOR:g}x LiteLLM's, 0 errors",
-                     "value": f"{ours['rate']} vs {theirs['rate']} RPS ({factor:.1f}x), {ours.get('errors')} errors",
-                     "met": factor >= TARGET_LITELLM_FACTOR and not ours.get("errors")})
+        rows.append(
+            {
+                "target": f"sustained rate >= {TARGET_LITELLM_FACTOR:g}x LiteLLM's, 0 errors",
+                "value": f"{ours['rate']} vs {theirs['rate']} RPS ({factor:.1f}x), {ours.get('errors')} errors",
+                "met": factor >= TARGET_LITELLM_FACTOR and not ours.get("errors"),
+            }
+        )
     else:
-        rows.append({"target": f"sustained rate >= {TARGET_LITELLM_FACTOR:g}x LiteLLM's, 0 errors", "value": None,
-                     "met": None})
+        rows.append(
+            {"target": f"sustained rate >= {TARGET_LITELLM_FACTOR:g}x LiteLLM's, 0 errors", "value": None, "met": None}
+        )
     soak = results.get("soak", {}).get(TARGET_SYSTEM)
-    rows.append({"target": f"RSS growth over the soak < {TARGET_SOAK_GROWTH:g}%",
-                 "value": f"{soak['growth_percent']}% over {soak['seconds']:g}s" if soak else None,
-                 "met": None if not soak else soak["growth_percent"] < TARGET_SOAK_GROWTH})
+    rows.append(
+        {
+            "target": f"RSS growth over the soak < {TARGET_SOAK_GROWTH:g}%",
+            "value": f"{soak['growth_percent']}% over {soak['seconds']:g}s" if soak else None,
+            "met": None if not soak else soak["growth_percent"] < TARGET_SOAK_GROWTH,
+        }
+    )
     return rows
 
 
@@ -104,16 +119,21 @@ def resolution(results: dict) -> dict | None:
         return None
     runs = [run for run in full.get("runs", ()) if run.get("direct_drift")]
     machine = [run["machine"] for run in runs if run.get("machine")]
-    return {"median": drift, "runs": [run["direct_drift"] for run in runs],
-            "busy_percent": [m["busy_percent"] for m in machine],
-            "steal_percent": [m["steal_percent"] for m in machine]}
+    return {
+        "median": drift,
+        "runs": [run["direct_drift"] for run in runs],
+        "busy_percent": [m["busy_percent"] for m in machine],
+        "steal_percent": [m["steal_percent"] for m in machine],
+    }
 
 
 def machine_line(meta: dict) -> str:
     """What the run ran on, as a report's first line says it (the CPU where the run recorded it)."""
     cpu = f" ({meta['cpu']})" if meta.get("cpu") else ""
-    return (f"Machine: {meta['cpus']} CPUs{cpu}, {meta['platform']}, Python {meta['python']}; load average at start "
-            f"{meta['load_average_at_start']}")
+    return (
+        f"Machine: {meta['cpus']} CPUs{cpu}, {meta['platform']}, Python {meta['python']}; load average at start "
+        f"{meta['load_average_at_start']}"
+    )
 
 
 def markdown(results: dict) -> str:
@@ -125,25 +145,36 @@ def markdown(results: dict) -> str:
     lines = [f"# Gateway overhead benchmark ({meta['started']})", ""]
     if meta.get("note"):
         lines += [f"**{meta['note']}**", ""]
-    lines += [f"{machine_line(meta)}, at end {meta.get('load_average_at_end')}. Upstream: fixed "
-              f"{args['latency'] * 1000:g} ms, streams {args['chunks'] + 1} content chunks. Every system and the "
-              f"load generator share this machine. Runs of {args['duration']:g} s after {args['warmup']:g} s of "
-              "warm-up; latency counted from when each request was due (open loop). "
-              f"Each pinned rate is run {args.get('repeats', 1)} times, interleaved with the other rates (a rate "
-              "not sustained once is not repeated)"
-              + (f", and {TARGET_SYSTEM} {args['target_repeats']} times at {TARGET_RATE} RPS, the targets' rate"
-                 if args.get("target_repeats", 0) > args.get("repeats", 1) else "")
-              + "; a figure is the median over the runs, errors their sum.", ""]
+    lines += [
+        f"{machine_line(meta)}, at end {meta.get('load_average_at_end')}. Upstream: fixed "
+        f"{args['latency'] * 1000:g} ms, streams {args['chunks'] + 1} content chunks. Every system and the "
+        f"load generator share this machine. Runs of {args['duration']:g} s after {args['warmup']:g} s of "
+        "warm-up; latency counted from when each request was due (open loop). "
+        f"Each pinned rate is run {args.get('repeats', 1)} times, interleaved with the other rates (a rate "
+        "not sustained once is not repeated)"
+        + (
+            f", and {TARGET_SYSTEM} {args['target_repeats']} times at {TARGET_RATE} RPS, the targets' rate"
+            if args.get("target_repeats", 0) > args.get("repeats", 1)
+            else ""
+        )
+        + "; a figure is the median over the runs, errors their sum.",
+        "",
+    ]
     if any("added" in s for system in systems.values() for s in system.get("rates", ())):
-        lines += ["Every run of a system at a pinned rate, and its stream run, came right after a run of the upstream "
-                  "direct at the same rate. Added latency (+p50, +p95, +p99, TTFT +) is the median over a rate's "
-                  "runs of the difference within each pair, so it is not the system's percentile shown here minus "
-                  "the direct system's: the machine's drift between runs minutes apart stays out of it.", ""]
+        lines += [
+            "Every run of a system at a pinned rate, and its stream run, came right after a run of the upstream "
+            "direct at the same rate. Added latency (+p50, +p95, +p99, TTFT +) is the median over a rate's "
+            "runs of the difference within each pair, so it is not the system's percentile shown here minus "
+            "the direct system's: the machine's drift between runs minutes apart stays out of it.",
+            "",
+        ]
 
-    lines += ["## Added latency over the upstream direct (ms)", "",
-              "| system | RPS | achieved | errors | p50 | p95 | p99 | +p50 | +p95 | +p99 | "
-              "CPU % | CPU ms/req | RSS MiB |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "## Added latency over the upstream direct (ms)",
+        "",
+        "| system | RPS | achieved | errors | p50 | p95 | p99 | +p50 | +p95 | +p99 | CPU % | CPU ms/req | RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, system in systems.items():
         for summary in system.get("rates", ()):
             lat = summary.get("latency_ms") or {}
@@ -154,13 +185,17 @@ def markdown(results: dict) -> str:
                 f"{_fmt(lat.get('p50'))} | {_fmt(lat.get('p95'))} | {_fmt(lat.get('p99'))} | "
                 f"{_fmt(extra.get('p50'))} | {_fmt(extra.get('p95'))} | {_fmt(extra.get('p99'))} | "
                 f"{_fmt(res.get('cpu_percent'), 1)} | {_fmt(res.get('cpu_ms_per_request'))} | "
-                f"{_fmt(res.get('rss_peak_mb'), 0)} |")
+                f"{_fmt(res.get('rss_peak_mb'), 0)} |"
+            )
     lines.append("")
 
-    lines += ["## Sequential (one request at a time) and streams", "",
-              "| system | seq p50 | seq +p50 | seq +p99 | stream seq TTFT +p50 | stream "
-              f"{args['stream_rate']:g} RPS TTFT p50 | TTFT +p50 | TTFT +p99 | peak RSS MiB | start s |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "## Sequential (one request at a time) and streams",
+        "",
+        "| system | seq p50 | seq +p50 | seq +p99 | stream seq TTFT +p50 | stream "
+        f"{args['stream_rate']:g} RPS TTFT p50 | TTFT +p50 | TTFT +p99 | peak RSS MiB | start s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, system in systems.items():
         seq = system.get("sequential") or {}
         seq_added = _overhead(seq, direct.get("sequential")) or {}
@@ -172,51 +207,71 @@ def markdown(results: dict) -> str:
             f"{_fmt(seq_added.get('p99'))} | {_fmt(seq_ttft.get('p50'))} | "
             f"{_fmt((stream.get('ttft_ms') or {}).get('p50'))} | {_fmt(ttft_added.get('p50'))} | "
             f"{_fmt(ttft_added.get('p99'))} | {_fmt(system.get('peak_rss_mb'), 0)} | "
-            f"{_fmt(system.get('start_seconds'), 1)} |")
+            f"{_fmt(system.get('start_seconds'), 1)} |"
+        )
     lines.append("")
 
     searched = {n: s["max_sustained"] for n, s in systems.items() if s.get("max_sustained")}
     if searched:
-        lines += ["## Highest rate sustained", "",
-                  f"Achieved within 3% of offered and errors under {args['max_error_rate'] * 100:g}%, probes of "
-                  f"{args['search_duration']:g} s. The direct figure is the ceiling of the load generator and "
-                  "upstream on this machine: no system behind them can show more.", "",
-                  "| system | sustained RPS | errors there | CPU % there | probes (RPS: sustained?) |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "## Highest rate sustained",
+            "",
+            f"Achieved within 3% of offered and errors under {args['max_error_rate'] * 100:g}%, probes of "
+            f"{args['search_duration']:g} s. The direct figure is the ceiling of the load generator and "
+            "upstream on this machine: no system behind them can show more.",
+            "",
+            "| system | sustained RPS | errors there | CPU % there | probes (RPS: sustained?) |",
+            "|---|---|---|---|---|",
+        ]
         for name, found in searched.items():
             best = next((p for p in found["probes"] if p["rate"] == found["rate"]), None)
             cpu = ((best or {}).get("resources") or {}).get("cpu_percent")
             probes = ", ".join(f"{p['rate']}: {'yes' if p['sustained'] else 'no'}" for p in found["probes"])
             capped = " (hit --max-rate)" if found.get("capped_at_max_rate") else ""
-            lines.append(f"| {systems[name]['label']} | {found['rate']}{capped} | {_fmt(found.get('errors'))} | "
-                         f"{_fmt(cpu, 1)} | {probes} |")
+            lines.append(
+                f"| {systems[name]['label']} | {found['rate']}{capped} | {_fmt(found.get('errors'))} | "
+                f"{_fmt(cpu, 1)} | {probes} |"
+            )
         lines.append("")
 
     floor = [(s["offered_rps"], s.get("send_lag_ms") or {}, s.get("latency_ms") or {}) for s in direct.get("rates", ())]
     if floor:
-        lines += ["## The load generator's own floor", "",
-                  "Measured against the upstream direct: how late sends left the generator, and what the client "
-                  f"and loopback add to the upstream's fixed {args['latency'] * 1000:g} ms.", "",
-                  "| RPS | send lag p50 | send lag p99 | direct p50 - upstream | direct p99 - upstream |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "## The load generator's own floor",
+            "",
+            "Measured against the upstream direct: how late sends left the generator, and what the client "
+            f"and loopback add to the upstream's fixed {args['latency'] * 1000:g} ms.",
+            "",
+            "| RPS | send lag p50 | send lag p99 | direct p50 - upstream | direct p99 - upstream |",
+            "|---|---|---|---|---|",
+        ]
         for rate, lag, lat in floor:
             base = args["latency"] * 1000
-            lines.append(f"| {rate:g} | {_fmt(lag.get('p50'))} | {_fmt(lag.get('p99'))} | "
-                         f"{_fmt(lat.get('p50') - base if lat else None)} | "
-                         f"{_fmt(lat.get('p99') - base if lat else None)} |")
+            lines.append(
+                f"| {rate:g} | {_fmt(lag.get('p50'))} | {_fmt(lag.get('p99'))} | "
+                f"{_fmt(lat.get('p50') - base if lat else None)} | "
+                f"{_fmt(lat.get('p99') - base if lat else None)} |"
+            )
         lines.append("")
 
     if results.get("soak"):
-        lines += ["## Memory soak", "",
-                  "After `warm-up` seconds of the same load (RSS before any load, then at the end of the warm-up); "
-                  "growth compares the first and last tenths of the soak.", "",
-                  "| system | RPS | warm-up s | seconds | RSS at start MiB | after warm-up | first tenth | last tenth "
-                  "| growth | errors |", "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "## Memory soak",
+            "",
+            "After `warm-up` seconds of the same load (RSS before any load, then at the end of the warm-up); "
+            "growth compares the first and last tenths of the soak.",
+            "",
+            "| system | RPS | warm-up s | seconds | RSS at start MiB | after warm-up | first tenth | last tenth "
+            "| growth | errors |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for name, soak in results["soak"].items():
-            lines.append(f"| {name} | {soak['rate']:g} | {soak.get('warmup_seconds', 0):g} | {soak['seconds']:g} | "
-                         f"{soak.get('rss_at_start_mb', '')} | {soak.get('rss_after_warmup_mb', '')} | "
-                         f"{soak['rss_first_tenth_mb']} | {soak['rss_last_tenth_mb']} | {soak['growth_percent']}% | "
-                         f"{soak['summary']['errors']} |")
+            lines.append(
+                f"| {name} | {soak['rate']:g} | {soak.get('warmup_seconds', 0):g} | {soak['seconds']:g} | "
+                f"{soak.get('rss_at_start_mb', '')} | {soak.get('rss_after_warmup_mb', '')} | "
+                f"{soak['rss_first_tenth_mb']} | {soak['rss_last_tenth_mb']} | {soak['growth_percent']}% | "
+                f"{soak['summary']['errors']} |"
+            )
         lines.append("")
 
     lines += ["## Targets (llmgate with rollout + shadow + logging)", "", "| target | value | met |", "|---|---|---|"]
@@ -227,47 +282,87 @@ def markdown(results: dict) -> str:
     seen = resolution(results)
     if seen:
         each = ", ".join(f"{run['p99']:.2f}" for run in seen["runs"])
-        lines += [f"The resolution of those pairs: in each, the upstream direct ran again right after "
-                  f"{TARGET_SYSTEM}'s run, and it differed from the direct run before by "
-                  f"{_fmt(seen['median']['p50'])} ms at p50 and {_fmt(seen['median']['p99'])} ms at p99 at the "
-                  f"median (p99 runs: {each}). That is the machine "
-                  "against itself: a figure nearer a target than that spread is not told apart from it by this run."
-                  + (f" During {TARGET_SYSTEM}'s runs the machine's cores were {min(seen['busy_percent']):g}-"
-                     f"{max(seen['busy_percent']):g}% busy, and the hypervisor took {max(seen['steal_percent']):g}% "
-                     "at most (steal)." if seen["busy_percent"] else ""), ""]
+        lines += [
+            f"The resolution of those pairs: in each, the upstream direct ran again right after "
+            f"{TARGET_SYSTEM}'s run, and it differed from the direct run before by "
+            f"{_fmt(seen['median']['p50'])} ms at p50 and {_fmt(seen['median']['p99'])} ms at p99 at the "
+            f"median (p99 runs: {each}). That is the machine "
+            "against itself: a figure nearer a target than that spread is not told apart from it by this run."
+            + (
+                f" During {TARGET_SYSTEM}'s runs the machine's cores were {min(seen['busy_percent']):g}-"
+                f"{max(seen['busy_percent']):g}% busy, and the hypervisor took {max(seen['steal_percent']):g}% "
+                "at most (steal)."
+                if seen["busy_percent"]
+                else ""
+            ),
+            "",
+        ]
     floor = overheads(results).get("forwarder", {}).get(TARGET_RATE)
     if floor:  # what the machine allowed: no Python proxy on it does better than this one
-        lines += [f"In the same run the minimal aiohttp forwarder, the floor for a Python proxy, added "
-                  f"{_fmt(floor['p50'])} ms at p50 and {_fmt(floor['p99'])} ms at p99 at {TARGET_RATE} RPS.", ""]
+        lines += [
+            f"In the same run the minimal aiohttp forwarder, the floor for a Python proxy, added "
+            f"{_fmt(floor['p50'])} ms at p50 and {_fmt(floor['p99'])} ms at p99 at {TARGET_RATE} RPS.",
+            "",
+        ]
 
     for name, system in systems.items():
         prof = system.get("profile")
         if not prof or "samples" not in prof:
             continue
-        lines += [f"## Where {system['label']} spends its time (py-spy, {prof['rate']:g} RPS, {prof['seconds']:g} s, "
-                  f"{prof['samples']} busy samples, CPU {_fmt(prof.get('cpu_percent'), 1)}%)", "",
-                  *([f"{prof['waiting_samples']} more samples caught a thread waiting in a blocking call (the event "
-                     f"loop in epoll, a writer on its condition) and are left out: py-spy's idle check is racy "
-                     f"without pausing the process.", ""] if prof.get("waiting_samples") else []),
-                  *([f"{prof['event_loop_samples']} more samples were inside uvloop's C code, the event loop at its "
-                     f"own work or waiting in epoll, which py-spy cannot tell apart from the Python frames; they are "
-                     f"left out of the shares below.", ""] if prof.get("event_loop_samples") else []),
-                  "By owner (the project module that was running, library time charged to its caller):", "",
-                  "| owner | share |", "|---|---|"]
+        lines += [
+            f"## Where {system['label']} spends its time (py-spy, {prof['rate']:g} RPS, {prof['seconds']:g} s, "
+            f"{prof['samples']} busy samples, CPU {_fmt(prof.get('cpu_percent'), 1)}%)",
+            "",
+            *(
+                [
+                    f"{prof['waiting_samples']} more samples caught a thread waiting in a blocking call (the event "
+                    f"loop in epoll, a writer on its condition) and are left out: py-spy's idle check is racy "
+                    f"without pausing the process.",
+                    "",
+                ]
+                if prof.get("waiting_samples")
+                else []
+            ),
+            *(
+                [
+                    f"{prof['event_loop_samples']} more samples were inside uvloop's C code, the event loop at its "
+                    f"own work or waiting in epoll, which py-spy cannot tell apart from the Python frames; they are "
+                    f"left out of the shares below.",
+                    "",
+                ]
+                if prof.get("event_loop_samples")
+                else []
+            ),
+            "By owner (the project module that was running, library time charged to its caller):",
+            "",
+            "| owner | share |",
+            "|---|---|",
+        ]
         lines += [f"| {row['function']} | {row['share'] * 100:.1f}% |" for row in prof["by_owner"][:15]]
         lines += ["", "By area (the innermost library or module):", "", "| area | share |", "|---|---|"]
         lines += [f"| {row['function']} | {row['share'] * 100:.1f}% |" for row in prof["by_area"][:15]]
-        lines += ["", "Functions, inclusive (on the stack) and self (innermost):", "",
-                  "| inclusive | share | self | share |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "Functions, inclusive (on the stack) and self (innermost):",
+            "",
+            "| inclusive | share | self | share |",
+            "|---|---|---|---|",
+        ]
         for inc, own in zip(prof["top_inclusive"][:20], prof["top_self"][:20]):
-            lines.append(f"| `{inc['function']}` | {inc['share'] * 100:.1f}% | `{own['function']}` | "
-                         f"{own['share'] * 100:.1f}% |")
+            lines.append(
+                f"| `{inc['function']}` | {inc['share'] * 100:.1f}% | `{own['function']}` | {own['share'] * 100:.1f}% |"
+            )
         lines += ["", f"Collapsed stacks: `{Path(prof['collapsed_stacks']).name}` (feed to any flame-graph tool).", ""]
 
     restarted = {system["label"]: len(system["restarts"]) for system in systems.values() if system.get("restarts")}
     if restarted:
-        lines += ["## Restarts", "", "A system still working through a backlog a minute after an overloaded run was "
-                  "restarted (and warmed up) before the next run:", ""]
+        lines += [
+            "## Restarts",
+            "",
+            "A system still working through a backlog a minute after an overloaded run was "
+            "restarted (and warmed up) before the next run:",
+            "",
+        ]
         lines += [f"- {label}: {count}" for label, count in restarted.items()]
         lines.append("")
 
@@ -282,6 +377,7 @@ def plot(results: dict, path: Path) -> Path | None:
     """Overhead p50 and p99 against rate, absolute p99 with every search probe, and the soak's RSS."""
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -296,8 +392,9 @@ def plot(results: dict, path: Path) -> Path | None:
         for name, by_rate in added.items():
             if by_rate:
                 rates = sorted(by_rate)
-                ax.plot(rates, [by_rate[r][q] for r in rates], marker="o", label=systems[name]["label"],
-                        color=color[name])
+                ax.plot(
+                    rates, [by_rate[r][q] for r in rates], marker="o", label=systems[name]["label"], color=color[name]
+                )
         ax.set_title(f"added latency over direct, {q}")
         ax.set_xlabel("offered rate (RPS)")
         ax.set_ylabel("ms")
@@ -323,8 +420,12 @@ def plot(results: dict, path: Path) -> Path | None:
     ax = axes[1][1]
     for name, soak in results.get("soak", {}).items():
         series = soak["rss_series"]
-        ax.plot([t for t, _ in series], [mb for _, mb in series], label=f"{name} at {soak['rate']:g} RPS",
-                color=color.get(name))
+        ax.plot(
+            [t for t, _ in series],
+            [mb for _, mb in series],
+            label=f"{name} at {soak['rate']:g} RPS",
+            color=color.get(name),
+        )
     ax.set_title("memory soak: RSS")
     ax.set_xlabel("seconds")
     ax.set_ylabel("MiB")
@@ -334,8 +435,9 @@ def plot(results: dict, path: Path) -> Path | None:
     else:
         ax.text(0.5, 0.5, "no soak in this run", ha="center", va="center", transform=ax.transAxes)
     note = results["meta"].get("note")
-    fig.suptitle(f"gateway overhead, upstream {results['meta']['args']['latency'] * 1000:g} ms"
-                 + (f" ({note})" if note else ""))
+    fig.suptitle(
+        f"gateway overhead, upstream {results['meta']['args']['latency'] * 1000:g} ms" + (f" ({note})" if note else "")
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -5,6 +5,7 @@ fixed-latency upstream. A process is started in a session of its own so that sto
 whatever it started (LiteLLM's workers), and only that. A ResourceMonitor samples the CPU time
 and RSS of a system's whole process tree while a measurement runs.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,6 +39,7 @@ QUIET_SHARE = 0.05  # a system using less of a core than this between runs has w
 @dataclass(frozen=True)
 class System:
     """One system to measure; `config` is an llmgate config under bench/configs/."""
+
     name: str
     label: str
     kind: str  # "direct", "forwarder", "llmgate", "litellm"
@@ -47,16 +49,25 @@ class System:
     only_plugins: frozenset[str] | None = None  # every installed plugin but these switched off
 
 
-SYSTEMS = {s.name: s for s in (
-    System("direct", "upstream direct", "direct"),
-    System("forwarder", "minimal aiohttp forwarder", "forwarder"),
-    System("llmgate-bare", "llmgate, plugins off", "llmgate", "bare.yaml", only_plugins=frozenset()),
-    System("llmgate-full", "llmgate, rollout + shadow + log", "llmgate", "full.yaml"),
-    System("llmgate-cache-miss", "llmgate, semantic cache miss", "llmgate", "cache.yaml", unique_prompts=True,
-           expect_cache="miss"),
-    System("llmgate-cache-hit", "llmgate, semantic cache hit", "llmgate", "cache.yaml", expect_cache="hit-exact"),
-    System("litellm", f"LiteLLM proxy {LITELLM_PIN}", "litellm"),
-)}
+SYSTEMS = {
+    s.name: s
+    for s in (
+        System("direct", "upstream direct", "direct"),
+        System("forwarder", "minimal aiohttp forwarder", "forwarder"),
+        System("llmgate-bare", "llmgate, plugins off", "llmgate", "bare.yaml", only_plugins=frozenset()),
+        System("llmgate-full", "llmgate, rollout + shadow + log", "llmgate", "full.yaml"),
+        System(
+            "llmgate-cache-miss",
+            "llmgate, semantic cache miss",
+            "llmgate",
+            "cache.yaml",
+            unique_prompts=True,
+            expect_cache="miss",
+        ),
+        System("llmgate-cache-hit", "llmgate, semantic cache hit", "llmgate", "cache.yaml", expect_cache="hit-exact"),
+        System("litellm", f"LiteLLM proxy {LITELLM_PIN}", "litellm"),
+    )
+}
 
 
 class Unavailable(Exception):
@@ -69,12 +80,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def chat(url: str, model: str = "bench", prompt: str = "Where is my order? It was placed last week.",
-         timeout: float = 10.0, api_key: str = DEFAULT_KEY) -> tuple[int, dict]:
+def chat(
+    url: str,
+    model: str = "bench",
+    prompt: str = "Where is my order? It was placed last week.",
+    timeout: float = 10.0,
+    api_key: str = DEFAULT_KEY,
+) -> tuple[int, dict]:
     """One blocking chat completion: (status, response headers)."""
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": prompt}], "temperature": 0}).encode()
-    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json",
-                                                              "Authorization": f"Bearer {api_key}"})
+    request = urllib.request.Request(
+        url, data=body, headers={"Content-Type": "application/json", "Authorization": f"Bearer {api_key}"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as resp:
             resp.read()
@@ -86,6 +103,7 @@ def chat(url: str, model: str = "bench", prompt: str = "Where is my order? It wa
 @dataclass
 class Process:
     """A process this harness started, in its own session, with its output in a log file."""
+
     name: str
     popen: subprocess.Popen
     log_path: Path
@@ -150,8 +168,15 @@ class Process:
 def _spawn(name: str, command: list[str], workdir: Path, env: dict[str, str] | None = None) -> Process:
     log_path = workdir / f"{name}.log"
     log_file = open(log_path, "wb")
-    popen = subprocess.Popen(command, cwd=workdir, env={**os.environ, **(env or {})}, stdout=log_file,
-                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    popen = subprocess.Popen(
+        command,
+        cwd=workdir,
+        env={**os.environ, **(env or {})},
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     log_file.close()
     return Process(name, popen, log_path, workdir)
 
@@ -178,9 +203,22 @@ def wait_ready(process: Process, url: str, timeout: float = READY_TIMEOUT, api_k
 def start_upstream(workdir: Path, latency: float, chunks: int, chunk_interval: float) -> tuple[Process, str]:
     """The fixed-latency fake upstream; (process, origin)."""
     port = free_port()
-    process = _spawn("upstream", [sys.executable, str(BENCH / "upstream.py"), "--port", str(port),
-                                  "--latency", str(latency), "--chunks", str(chunks),
-                                  "--chunk-interval", str(chunk_interval)], workdir)
+    process = _spawn(
+        "upstream",
+        [
+            sys.executable,
+            str(BENCH / "upstream.py"),
+            "--port",
+            str(port),
+            "--latency",
+            str(latency),
+            "--chunks",
+            str(chunks),
+            "--chunk-interval",
+            str(chunk_interval),
+        ],
+        workdir,
+    )
     origin = f"http://127.0.0.1:{port}"
     wait_ready(process, origin + "/v1/chat/completions", timeout=30)
     return process, origin
@@ -193,6 +231,7 @@ def _llmgate_config(system: System, workdir: Path) -> Path:
     if system.only_plugins is not None:
         sys.path.insert(0, str(ROOT))
         from gateway.plugins import discover
+
         plugins = raw.setdefault("plugins", {})
         for plugin in discover():
             if plugin != "backends" and plugin not in system.only_plugins:
@@ -205,14 +244,17 @@ def _llmgate_config(system: System, workdir: Path) -> Path:
 def litellm_available() -> str | None:
     """None when LiteLLM's proxy is installed in .venv-litellm, else why not."""
     if not (LITELLM_BIN / "litellm").exists():
-        return (f"LiteLLM is not installed: bench/setup_litellm.sh creates .venv-litellm with "
-                f"litellm[proxy]=={LITELLM_PIN} (it failed or was not run)")
+        return (
+            f"LiteLLM is not installed: bench/setup_litellm.sh creates .venv-litellm with "
+            f"litellm[proxy]=={LITELLM_PIN} (it failed or was not run)"
+        )
     return None
 
 
 @dataclass
 class Running:
     """A started system: its process (None for the upstream direct), chat URL and the key it wants."""
+
     process: Process | None
     url: str
     api_key: str = DEFAULT_KEY
@@ -230,24 +272,52 @@ def start_system(system: System, upstream: str, workdir: Path) -> Running:
     api_key = DEFAULT_KEY
     home = Path(tempfile.mkdtemp(prefix=f"{system.name}-", dir=workdir))
     if system.kind == "forwarder":
-        process = _spawn(system.name, [sys.executable, str(BENCH / "forwarder.py"), "--port", str(port),
-                                       "--upstream", upstream], home)
+        process = _spawn(
+            system.name,
+            [sys.executable, str(BENCH / "forwarder.py"), "--port", str(port), "--upstream", upstream],
+            home,
+        )
     elif system.kind == "llmgate":
         config = _llmgate_config(system, home)
-        process = _spawn(system.name, [str(VENV_BIN / "llmgate"), "serve", "--config", str(config),
-                                       "--port", str(port)], home,
-                         {"BENCH_UPSTREAM_URL": upstream, "BENCH_STATE_DIR": str(home),
-                          "AWS_EC2_METADATA_DISABLED": "true", "HF_HUB_OFFLINE": "1"})
+        process = _spawn(
+            system.name,
+            [str(VENV_BIN / "llmgate"), "serve", "--config", str(config), "--port", str(port)],
+            home,
+            {
+                "BENCH_UPSTREAM_URL": upstream,
+                "BENCH_STATE_DIR": str(home),
+                "AWS_EC2_METADATA_DISABLED": "true",
+                "HF_HUB_OFFLINE": "1",
+            },
+        )
     elif system.kind == "litellm":
         if (reason := litellm_available()) is not None:
             raise Unavailable(reason)
         api_key = f"sk-{secrets.token_hex(32)}"  # LiteLLM refuses to start without a strong master key
-        process = _spawn(system.name, [str(LITELLM_BIN / "litellm"), "--config", str(BENCH / "litellm_config.yaml"),
-                                       "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1",
-                                       "--log_config", str(BENCH / "litellm_logging.json")], home,
-                         {"BENCH_UPSTREAM_BASE": upstream + "/v1", "LITELLM_LOG": "ERROR",
-                          "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_TELEMETRY": "False",
-                          "LITELLM_MASTER_KEY": api_key})
+        process = _spawn(
+            system.name,
+            [
+                str(LITELLM_BIN / "litellm"),
+                "--config",
+                str(BENCH / "litellm_config.yaml"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--num_workers",
+                "1",
+                "--log_config",
+                str(BENCH / "litellm_logging.json"),
+            ],
+            home,
+            {
+                "BENCH_UPSTREAM_BASE": upstream + "/v1",
+                "LITELLM_LOG": "ERROR",
+                "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+                "LITELLM_TELEMETRY": "False",
+                "LITELLM_MASTER_KEY": api_key,
+            },
+        )
     else:
         raise ValueError(f"unknown system kind {system.kind!r}")
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
@@ -277,8 +347,15 @@ def cpu_description() -> str | None:
         return None
     fields = {k.strip(): v.strip() for k, v in fields.items()}
     flags = set(fields.get("flags", "").split())
-    vector = ("AVX-512 with VNNI" if "avx512_vnni" in flags else "AVX-512" if "avx512f" in flags
-              else "AVX2" if "avx2" in flags else None)
+    vector = (
+        "AVX-512 with VNNI"
+        if "avx512_vnni" in flags
+        else "AVX-512"
+        if "avx512f" in flags
+        else "AVX2"
+        if "avx2" in flags
+        else None
+    )
     return ", ".join(x for x in (fields.get("model name"), vector) if x) or None
 
 
@@ -300,8 +377,10 @@ def machine_share(before: tuple[int, int, int] | None, after: tuple[int, int, in
     if before is None or after is None or after[2] <= before[2]:
         return None
     total = after[2] - before[2]
-    return {"busy_percent": round(100 * (after[0] - before[0]) / total, 1),
-            "steal_percent": round(100 * (after[1] - before[1]) / total, 2)}
+    return {
+        "busy_percent": round(100 * (after[0] - before[0]) / total, 1),
+        "steal_percent": round(100 * (after[1] - before[1]) / total, 2),
+    }
 
 
 def wait_quiet(process: Process, timeout: float, share: float = QUIET_SHARE, window: float = 0.5) -> float | None:
@@ -321,6 +400,7 @@ def wait_quiet(process: Process, timeout: float, share: float = QUIET_SHARE, win
 @dataclass
 class ResourceMonitor:
     """Samples CPU time and RSS of a process tree in a thread, from `start()` to `stop()`."""
+
     process: Process | None
     interval: float = 0.25
     rss_series: list[tuple[float, float]] = field(default_factory=list)  # (seconds, MiB)
@@ -363,5 +443,10 @@ class ResourceMonitor:
         wall = max(1e-9, self._t_end - self._t_start)
         cpu = self._cpu_end - self._cpu_start
         rss = [mb for _, mb in self.rss_series]
-        return {"cpu_seconds": round(cpu, 3), "cpu_percent": round(100 * cpu / wall, 1),
-                "rss_start_mb": rss[0], "rss_end_mb": rss[-1], "rss_peak_mb": max(rss)}
+        return {
+            "cpu_seconds": round(cpu, 3),
+            "cpu_percent": round(100 * cpu / wall, 1),
+            "rss_start_mb": rss[0],
+            "rss_end_mb": rss[-1],
+            "rss_peak_mb": max(rss),
+        }

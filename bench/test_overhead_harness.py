@@ -2,6 +2,7 @@
 
 Run with: .venv/bin/python -m pytest bench/test_overhead_harness.py -q
 """
+
 from __future__ import annotations
 
 import json
@@ -87,6 +88,7 @@ def test_forwarder_passes_answers_and_its_resources_are_sampled(fast_upstream, t
 
 def test_a_system_s_run_is_paired_with_a_direct_run_and_carries_what_it_added_over_it(fast_upstream, tmp_path):
     import overhead
+
     args = overhead.parse_args(["--pause", "0", "--quiet-timeout", "5"])
     bench = overhead.Bench(args, fast_upstream, tmp_path)
     bench.running = start_system(SYSTEMS["forwarder"], fast_upstream, tmp_path)
@@ -100,8 +102,9 @@ def test_a_system_s_run_is_paired_with_a_direct_run_and_carries_what_it_added_ov
     assert summary["added"]["latency_ms"]["p50"] == round(summary["latency_ms"]["p50"] - direct["p50"], 3)
     assert summary["added"]["latency_ms"]["p99"] == round(summary["latency_ms"]["p99"] - direct["p99"], 3)
     # the direct against itself: the run after the system's, over the run before it
-    assert again["achieved_rps"] == 50 and summary["direct_drift"]["latency_ms"]["p99"] == \
-        round(again["p99"] - direct["p99"], 3)
+    assert again["achieved_rps"] == 50 and summary["direct_drift"]["latency_ms"]["p99"] == round(
+        again["p99"] - direct["p99"], 3
+    )
     assert set(stream["added"]) == {"latency_ms", "ttft_ms"} and "direct_drift" not in stream
     digest = overhead.run_digest(summary)
     assert digest["added"] == {q: summary["added"]["latency_ms"][q] for q in ("p50", "p99")}
@@ -111,23 +114,32 @@ def test_a_system_s_run_is_paired_with_a_direct_run_and_carries_what_it_added_ov
 
 def test_the_targets_system_gets_more_runs_at_the_targets_rate_after_the_rounds_over_every_rate():
     import overhead
+
     args = overhead.parse_args([])
     assert (args.repeats, args.target_repeats) == (3, 7)
     assert overhead.pinned_schedule(args, "forwarder") == [100, 300, 600] * 3
     assert overhead.pinned_schedule(args, report.TARGET_SYSTEM) == [100, 300, 600] * 3 + [300] * 4
     assert overhead.pinned_schedule(overhead.parse_args(["--rates", "100,600"]), report.TARGET_SYSTEM) == [100, 600] * 3
-    assert overhead.pinned_schedule(overhead.parse_args(["--target-repeats", "2"]), report.TARGET_SYSTEM) == \
-        [100, 300, 600] * 3
+    assert (
+        overhead.pinned_schedule(overhead.parse_args(["--target-repeats", "2"]), report.TARGET_SYSTEM)
+        == [100, 300, 600] * 3
+    )
 
 
 def test_added_latency_is_the_median_of_the_differences_within_pairs_so_the_machine_s_drift_stays_out():
     """The direct runs before a system's three runs drift 55 -> 75 ms at p99; the system adds 2, 3, 1 ms."""
     import overhead
+
     runs = []
-    for (direct_p99, p99, again_p99), busy in zip(((55.0, 57.0, 59.0), (65.0, 68.0, 61.0), (75.0, 76.0, 75.5)),
-                                                  (60.0, 75.5, 70.0)):
-        run = {**_summary(300, 52.5, 54.0, p99), "requests": 100, "outcomes": {"ok": 100},
-               "machine": {"busy_percent": busy, "steal_percent": 0.5}}
+    for (direct_p99, p99, again_p99), busy in zip(
+        ((55.0, 57.0, 59.0), (65.0, 68.0, 61.0), (75.0, 76.0, 75.5)), (60.0, 75.5, 70.0)
+    ):
+        run = {
+            **_summary(300, 52.5, 54.0, p99),
+            "requests": 100,
+            "outcomes": {"ok": 100},
+            "machine": {"busy_percent": busy, "steal_percent": 0.5},
+        }
         run["added"] = {"latency_ms": {"p50": 0.5, "p95": 1.0, "p99": round(p99 - direct_p99, 3)}}
         run["direct_drift"] = {"latency_ms": {"p50": 0.0, "p95": 0.5, "p99": round(again_p99 - direct_p99, 3)}}
         runs.append(run)
@@ -136,9 +148,13 @@ def test_added_latency_is_the_median_of_the_differences_within_pairs_so_the_mach
     assert combined["direct_drift"]["latency_ms"] == {"p50": 0.0, "p95": 0.5, "p99": 0.5}  # of 4, -4, 0.5
     assert combined["latency_ms"]["p99"] == 68.0  # what a difference of medians would take, against a direct 55: 13
     assert [run["added"]["p99"] for run in combined["runs"]] == [2.0, 3.0, 1.0]
-    results = {"meta": {"args": {}}, "systems": {
-        "direct": {"label": "direct", "rates": [_summary(300, 52.0, 53.0, 55.0)]},
-        "llmgate-full": {"label": "full", "rates": [combined]}}}
+    results = {
+        "meta": {"args": {}},
+        "systems": {
+            "direct": {"label": "direct", "rates": [_summary(300, 52.0, 53.0, 55.0)]},
+            "llmgate-full": {"label": "full", "rates": [combined]},
+        },
+    }
     assert report.overheads(results)["llmgate-full"][300]["p99"] == 2.0
     p99_row = report.targets(results)[1]
     assert p99_row["value"] == "2.0 (runs: 2.00, 3.00, 1.00)" and p99_row["met"] is True
@@ -146,8 +162,9 @@ def test_added_latency_is_the_median_of_the_differences_within_pairs_so_the_mach
     assert [run["p99"] for run in seen["runs"]] == [4.0, -4.0, 0.5] and seen["median"]["p99"] == 0.5
     assert (seen["busy_percent"], seen["steal_percent"]) == ([60.0, 75.5, 70.0], [0.5, 0.5, 0.5])
     results["meta"]["args"] = {"latency": 0.05, "chunks": 8, "duration": 20, "warmup": 3, "stream_rate": 100}
-    results["meta"].update(started="now", cpus=2, cpu="AMD EPYC, AVX2", platform="linux", python="3.11",
-                           load_average_at_start=[0, 0, 0])
+    results["meta"].update(
+        started="now", cpus=2, cpu="AMD EPYC, AVX2", platform="linux", python="3.11", load_average_at_start=[0, 0, 0]
+    )
     text = report.markdown(results)
     assert text.splitlines()[2].startswith("Machine: 2 CPUs (AMD EPYC, AVX2), linux, Python 3.11;")
     assert "by 0.00 ms at p50 and 0.50 ms at p99 at the median (p99 runs: 4.00, -4.00, 0.50)" in text
@@ -155,27 +172,64 @@ def test_added_latency_is_the_median_of_the_differences_within_pairs_so_the_mach
 
 
 def _summary(rate: float, p50: float, p95: float, p99: float) -> dict:
-    return {"offered_rps": rate, "achieved_rps": rate, "errors": 0, "error_rate": 0.0, "ok": 100,
-            "latency_ms": {"p50": p50, "p95": p95, "p99": p99}, "send_lag_ms": {"p50": 0.1, "p99": 0.5}}
+    return {
+        "offered_rps": rate,
+        "achieved_rps": rate,
+        "errors": 0,
+        "error_rate": 0.0,
+        "ok": 100,
+        "latency_ms": {"p50": p50, "p95": p95, "p99": p99},
+        "send_lag_ms": {"p50": 0.1, "p99": 0.5},
+    }
 
 
 def test_report_subtracts_direct_and_judges_the_targets(tmp_path):
     results = {
-        "meta": {"started": "now", "cpus": 2, "platform": "test", "python": "3", "load_average_at_start": [0, 0, 0],
-                 "args": {"latency": 0.05, "chunks": 8, "duration": 10, "warmup": 2, "stream_rate": 100,
-                          "max_error_rate": 0.001, "search_duration": 5}},
-        "systems": {
-            "direct": {"label": "upstream direct", "rates": [_summary(300, 51.0, 53.0, 55.0)],
-                       "max_sustained": {"rate": 3000, "errors": 0, "probes": []}},
-            "forwarder": {"label": "forwarder", "rates": [_summary(300, 51.5, 53.5, 57.0)]},
-            "llmgate-full": {"label": "llmgate full", "rates": [_summary(300, 52.0, 55.5, 60.0)],
-                             "max_sustained": {"rate": 900, "errors": 0, "probes": []}},
-            "litellm": {"label": "LiteLLM", "rates": [_summary(300, 70.0, 90.0, 150.0)],
-                        "max_sustained": {"rate": 200, "errors": 0, "probes": []}},
+        "meta": {
+            "started": "now",
+            "cpus": 2,
+            "platform": "test",
+            "python": "3",
+            "load_average_at_start": [0, 0, 0],
+            "args": {
+                "latency": 0.05,
+                "chunks": 8,
+                "duration": 10,
+                "warmup": 2,
+                "stream_rate": 100,
+                "max_error_rate": 0.001,
+                "search_duration": 5,
+            },
         },
-        "soak": {"llmgate-full": {"rate": 300, "seconds": 600, "rss_first_tenth_mb": 100.0,
-                                  "rss_last_tenth_mb": 103.0, "growth_percent": 3.0, "summary": {"errors": 0},
-                                  "rss_series": [[0, 100.0], [600, 103.0]]}},
+        "systems": {
+            "direct": {
+                "label": "upstream direct",
+                "rates": [_summary(300, 51.0, 53.0, 55.0)],
+                "max_sustained": {"rate": 3000, "errors": 0, "probes": []},
+            },
+            "forwarder": {"label": "forwarder", "rates": [_summary(300, 51.5, 53.5, 57.0)]},
+            "llmgate-full": {
+                "label": "llmgate full",
+                "rates": [_summary(300, 52.0, 55.5, 60.0)],
+                "max_sustained": {"rate": 900, "errors": 0, "probes": []},
+            },
+            "litellm": {
+                "label": "LiteLLM",
+                "rates": [_summary(300, 70.0, 90.0, 150.0)],
+                "max_sustained": {"rate": 200, "errors": 0, "probes": []},
+            },
+        },
+        "soak": {
+            "llmgate-full": {
+                "rate": 300,
+                "seconds": 600,
+                "rss_first_tenth_mb": 100.0,
+                "rss_last_tenth_mb": 103.0,
+                "growth_percent": 3.0,
+                "summary": {"errors": 0},
+                "rss_series": [[0, 100.0], [600, 103.0]],
+            }
+        },
     }
     assert report.overheads(results)["llmgate-full"][300] == {"p50": 1.0, "p95": 2.5, "p99": 5.0}
     verdicts = {row["target"]: row["met"] for row in report.targets(results)}
@@ -195,7 +249,8 @@ def test_profile_summary_charges_library_time_to_the_calling_module(tmp_path):
     stacks.write_text(
         "run (asyncio/runners.py:118);chat_completions (/work/main/gateway/proxy.py:200);"
         "dumps (/usr/lib/python3.11/json/__init__.py:231) 30\n"
-        "run (asyncio/runners.py:118);after_response (/work/main/plugins/traffic_log/plugin.py:80) 10\n")
+        "run (asyncio/runners.py:118);after_response (/work/main/plugins/traffic_log/plugin.py:80) 10\n"
+    )
     summary = profiling.summarize(stacks)
     assert summary["samples"] == 40
     owners = {row["function"]: row["share"] for row in summary["by_owner"]}
@@ -216,7 +271,8 @@ def test_profile_summary_leaves_out_samples_caught_waiting_or_inside_a_c_event_l
         f"run_forever (asyncio/base_events.py:607);EpollSelector.select (selectors.py:{poll}) 60\n"
         f"run_forever (asyncio/base_events.py:607);EpollSelector.select (selectors.py:{poll + 2}) 5\n"
         "run (asyncio/runners.py:118);chat_completions (/work/main/gateway/proxy.py:200) 35\n"
-        f"cmd_serve (gateway/cli/__init__.py:56);Runner.run (asyncio/runners.py:{run_loop}) 25\n")  # inside uvloop
+        f"cmd_serve (gateway/cli/__init__.py:56);Runner.run (asyncio/runners.py:{run_loop}) 25\n"
+    )  # inside uvloop
     summary = profiling.summarize(stacks)
     assert (summary["samples"], summary["waiting_samples"]) == (40, 60)  # the line after the call is work
     assert summary["event_loop_samples"] == 25
@@ -225,12 +281,24 @@ def test_profile_summary_leaves_out_samples_caught_waiting_or_inside_a_c_event_l
 
 def test_repeated_runs_report_each_percentile_s_median_so_one_stalled_run_does_not_move_it():
     import overhead
+
     runs = []
     for p50, p99, errors, achieved in ((52.0, 55.0, 0, 300.0), (58.0, 95.0, 2, 297.5), (52.4, 56.0, 0, 300.0)):
-        run = {**_summary(300, p50, p50 + 1, p99), "errors": errors, "achieved_rps": achieved, "requests": 6000,
-               "outcomes": {"ok": 6000 - errors, **({"timeout": errors} if errors else {})},
-               "resources": {"cpu_seconds": 10.0, "cpu_percent": 50.0, "cpu_ms_per_request": 1.5,
-                             "rss_start_mb": 80.0, "rss_end_mb": 81.0, "rss_peak_mb": 82.0 + errors}}
+        run = {
+            **_summary(300, p50, p50 + 1, p99),
+            "errors": errors,
+            "achieved_rps": achieved,
+            "requests": 6000,
+            "outcomes": {"ok": 6000 - errors, **({"timeout": errors} if errors else {})},
+            "resources": {
+                "cpu_seconds": 10.0,
+                "cpu_percent": 50.0,
+                "cpu_ms_per_request": 1.5,
+                "rss_start_mb": 80.0,
+                "rss_end_mb": 81.0,
+                "rss_peak_mb": 82.0 + errors,
+            },
+        }
         run["latency_ms"].update({"n": 6000 - errors, "max": p99 + 5})
         runs.append(run)
     combined = overhead.median_of_runs(runs)
@@ -263,6 +331,7 @@ def test_plugin_costs_measure_each_request_path_plugin_of_the_full_config_alone_
     import plugin_costs
     import yaml
     from systems import _llmgate_config
+
     plugins = plugin_costs.request_path_plugins()
     assert {"traffic_log", "shadow", "rollout", "auto_rollback"} <= set(plugins)
     # off in the config, or never waited on
@@ -286,6 +355,7 @@ def test_a_plugin_s_cost_is_the_median_of_what_it_added_over_the_core_run_beside
 
     def run(cpu, p50):
         return {"cpu_ms_per_request": cpu, "p50": p50, "p99": p50 + 10, "errors": 0, "achieved_rps": 300.0}
+
     core = [run(1.40, 54.0), run(1.60, 55.0), run(1.80, 54.5)]
     traffic_log = [run(1.75, 55.0), run(1.70, 55.5), run(2.60, 60.0)]
     runs = {plugin_costs.CORE: core, "traffic_log": traffic_log}
@@ -297,9 +367,21 @@ def test_a_plugin_s_cost_is_the_median_of_what_it_added_over_the_core_run_beside
     assert log["added_p50"] == 1.0 and log["cpu_ms_per_request"] == 1.75
     assert rows[plugin_costs.CORE]["added_cpu_ms"] is None and rows[plugin_costs.CORE]["cpu_ms_per_request"] == 1.6
     whole = {**log, "name": plugin_costs.WHOLE, "added_cpu_ms": 0.6}
-    text = plugin_costs.markdown({"meta": {"rate": 300, "started": "now", "cpus": 2, "platform": "p",
-                                           "python": "3", "load_average_at_start": [0], "duration": 15,
-                                           "repeats": 3}, "costs": [*rows.values(), whole]})
+    text = plugin_costs.markdown(
+        {
+            "meta": {
+                "rate": 300,
+                "started": "now",
+                "cpus": 2,
+                "platform": "p",
+                "python": "3",
+                "load_average_at_start": [0],
+                "duration": 15,
+                "repeats": 3,
+            },
+            "costs": [*rows.values(), whole],
+        }
+    )
     assert "| traffic_log | 1.750 | 0.350 | 10.5% |" in text
     assert "add 0.350 ms of CPU a request between them; the whole config adds 0.600 ms" in text
 
@@ -309,11 +391,14 @@ def test_cli_startup_times_whole_processes_and_reports_each_against_its_target()
 
     figures = cli_startup.measure(str(Path(sys.executable).with_name("llmgate")), ["--help"], runs=3)
     assert figures["runs"] == 3 and 0 < figures["min_s"] <= figures["median_s"] <= figures["p90_s"] <= figures["max_s"]
-    results = {"meta": {"cpus": 2, "platform": "p", "python": "3", "load_average_at_start": [0], "finished": "now",
-                        "runs": 3},
-               "commands": {"llmgate --help": {**figures, "p90_s": 0.25, "target_s": 0.3},
-                            "llmgate status --help": {**figures, "p90_s": 0.35, "target_s": 0.3},
-                            "llmgate check-config f.yaml": {**figures, "target_s": None}}}
+    results = {
+        "meta": {"cpus": 2, "platform": "p", "python": "3", "load_average_at_start": [0], "finished": "now", "runs": 3},
+        "commands": {
+            "llmgate --help": {**figures, "p90_s": 0.25, "target_s": 0.3},
+            "llmgate status --help": {**figures, "p90_s": 0.35, "target_s": 0.3},
+            "llmgate check-config f.yaml": {**figures, "target_s": None},
+        },
+    }
     text = cli_startup.markdown(results)
     assert "| `llmgate --help` |" in text and text.count("| yes |") == 1 and text.count("| no |") == 1
     assert "| `llmgate check-config f.yaml` |" in text and text.rstrip().endswith("| - | - |")

@@ -8,6 +8,7 @@ overhead can be read the same way.
 
     .venv/bin/python bench/upstream.py --port 9000 [--latency 0.05] [--chunks 8] [--chunk-interval 0.002]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,11 @@ _ids = itertools.count()
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 class FixedLatencyUpstream:
@@ -47,8 +51,9 @@ class FixedLatencyUpstream:
         return web.json_response({"status": "ok", "served": self.served})
 
     async def models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": "bench-model", "object": "model",
-                                                                "created": 0, "owned_by": "bench"}]})
+        return web.json_response(
+            {"object": "list", "data": [{"id": "bench-model", "object": "model", "created": 0, "owned_by": "bench"}]}
+        )
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
@@ -58,12 +63,23 @@ class FixedLatencyUpstream:
         if body.get("stream"):
             return await self._stream(request, body, prompt_tokens)
         text = "".join(WORDS)
-        return web.json_response({
-            "id": f"chatcmpl-{next(_ids)}", "object": "chat.completion", "created": int(time.time()),
-            "model": body.get("model", "bench-model"),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop",
-                         "logprobs": None}],
-            "usage": _usage(prompt_tokens, len(WORDS))})
+        return web.json_response(
+            {
+                "id": f"chatcmpl-{next(_ids)}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.get("model", "bench-model"),
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text},
+                        "finish_reason": "stop",
+                        "logprobs": None,
+                    }
+                ],
+                "usage": _usage(prompt_tokens, len(WORDS)),
+            }
+        )
 
     async def _stream(self, request: web.Request, body: dict, prompt_tokens: int) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
@@ -72,8 +88,13 @@ class FixedLatencyUpstream:
         with_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
         async def send(delta: dict | None, finish: str | None = None, usage: dict | None = None) -> None:
-            chunk = {"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": model,
-                     "choices": [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            chunk = {
+                "id": chunk_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
             if with_usage:
                 chunk["usage"] = usage
             await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
@@ -99,8 +120,7 @@ def main() -> None:
     parser.add_argument("--chunk-interval", type=float, default=0.002, help="seconds between streamed chunks")
     args = parser.parse_args()
     upstream = FixedLatencyUpstream(args.latency, args.chunks, args.chunk_interval)
-    web.run_app(upstream.app(), host=args.host, port=args.port, access_log=None, print=None,
-                backlog=4096)
+    web.run_app(upstream.app(), host=args.host, port=args.port, access_log=None, print=None, backlog=4096)
 
 
 if __name__ == "__main__":

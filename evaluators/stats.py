@@ -1,4 +1,5 @@
 """The statistics a deploy gate needs: a win rate with its confidence interval, and percentiles."""
+
 from __future__ import annotations
 
 import math

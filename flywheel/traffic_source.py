@@ -9,6 +9,7 @@ Judge verdicts and user feedback are stored by their own plugins, keyed by reque
 `feedback_by_request` reads plugins.feedback's SQLite file, `judge_scores_by_request` the shadow
 plugin's comparisons (whose `judge_score` the judge writes). Both read files read-only.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -72,14 +73,17 @@ def describe_source(config: Config) -> dict[str, Any]:
     return {"kind": "sqlite", "path": traffic_log_path(config)}
 
 
-def iter_records(config: Config, *, route: str | None = None, since: float | None = None,
-                 until: float | None = None) -> Iterator[dict[str, Any]]:
+def iter_records(
+    config: Config, *, route: str | None = None, since: float | None = None, until: float | None = None
+) -> Iterator[dict[str, Any]]:
     """Logged exchanges of `route` (all routes when None) with since <= ts < until, oldest first."""
     if plugin_enabled(config, S3_SINK):
         from plugins.log_sink_s3 import read_records_s3  # written alongside; only needed when enabled
+
         yield from read_records_s3(config.plugin_options(S3_SINK), route=route, since=since, until=until)
         return
     from plugins.traffic_log.plugin import read_records  # the plugin brings aiohttp: only when the log is read
+
     path = traffic_log_path(config)
     if not os.path.exists(path):
         raise SourceError(f"no traffic log at {path} (plugins.traffic_log.path): has the gateway served traffic?")
@@ -131,8 +135,9 @@ def judge_scores_by_request(config: Config) -> dict[str, float]:
 
     The judge scores shadow comparisons from the shadow's side (1: the shadow's answer won), so the
     logged primary answer's score is 1 - that; with several judged shadows, their mean."""
-    rows = _read_rows(shadow_path(config), "SELECT request_id, judge_score FROM comparisons "
-                                           "WHERE judge_score IS NOT NULL")
+    rows = _read_rows(
+        shadow_path(config), "SELECT request_id, judge_score FROM comparisons WHERE judge_score IS NOT NULL"
+    )
     sums: dict[str, list[float]] = {}
     for request_id, score in rows:
         tally = sums.setdefault(request_id, [0.0, 0])

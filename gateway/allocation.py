@@ -7,6 +7,7 @@ buckets back to that pool. So raising 10% to 25% moves users from baseline to ca
 never between candidates, whatever the order of changes, and lowering never moves a user onto
 another candidate. Buckets are kept as sorted, non-overlapping [start, end) ranges.
 """
+
 from __future__ import annotations
 
 import bisect

@@ -1,4 +1,5 @@
 """The aiohttp application: routes, the error middleware, and the gateway's lifetime."""
+
 from __future__ import annotations
 
 import logging
@@ -39,8 +40,7 @@ def _error_response(err: GatewayError, request: web.Request) -> web.Response:
     headers = {"x-request-id": request[REQUEST_ID], **err.response_headers()}
     dialect = request.get(DIALECT)
     body = err.body() if dialect is None else dialect.error_body(err)
-    return web.Response(body=dumps(body).encode(), status=err.status, content_type="application/json",
-                        headers=headers)
+    return web.Response(body=dumps(body).encode(), status=err.status, content_type="application/json", headers=headers)
 
 
 @web.middleware
@@ -56,8 +56,11 @@ async def errors_middleware(request: web.Request, handler) -> web.StreamResponse
         return response
     finally:
         ctx = request.get(REQUEST_CONTEXT)
-        latency = ctx.latency_ms if ctx is not None and ctx.latency_ms is not None else \
-            (time.perf_counter() - request[RECEIVED]) * 1000
+        latency = (
+            ctx.latency_ms
+            if ctx is not None and ctx.latency_ms is not None
+            else (time.perf_counter() - request[RECEIVED]) * 1000
+        )
         log_access(request.method, request.path, response.status if response is not None else 499, latency, ctx)
         current_request_id.reset(bound)
 
@@ -70,8 +73,9 @@ def _require_utf8_headers(request: web.Request) -> None:
                 value.decode("utf-8")
             except UnicodeDecodeError:
                 header = name.decode("ascii", "replace")[:100]
-                raise InvalidRequest(f"the {header} header is not valid UTF-8", param=header,
-                                     code="invalid_header") from None
+                raise InvalidRequest(
+                    f"the {header} header is not valid UTF-8", param=header, code="invalid_header"
+                ) from None
 
 
 async def _handle(request: web.Request, handler) -> web.StreamResponse:
@@ -79,8 +83,10 @@ async def _handle(request: web.Request, handler) -> web.StreamResponse:
         _require_utf8_headers(request)
         return await handler(request)
     except web.RequestPayloadError:  # a body cut short, or not encoded as Content-Encoding says
-        error = InvalidRequest("the request body could not be read: it does not match its framing or "
-                               "Content-Encoding headers", code="invalid_body")
+        error = InvalidRequest(
+            "the request body could not be read: it does not match its framing or Content-Encoding headers",
+            code="invalid_body",
+        )
         return _error_response(error, request)
     except ConnectionResetError:
         if request.content.exception() is None:  # not the body: the caller left while being answered
@@ -96,8 +102,10 @@ async def _handle(request: web.Request, handler) -> web.StreamResponse:
         if exc.status < 400:
             raise
         kind = "invalid_request_error" if exc.status < 500 else "server_error"
-        message = {404: f"no such endpoint: {request.method} {request.path}",
-                   405: f"method {request.method} is not allowed on {request.path}"}.get(exc.status, exc.reason)
+        message = {
+            404: f"no such endpoint: {request.method} {request.path}",
+            405: f"method {request.method} is not allowed on {request.path}",
+        }.get(exc.status, exc.reason)
         return _error_response(GatewayError(message, status=exc.status, type=kind), request)
     except Exception:
         log.exception("request %s %s %s failed inside the gateway", request[REQUEST_ID], request.method, request.path)
@@ -123,8 +131,12 @@ async def readyz(request: web.Request) -> web.Response:
     it reads "degraded" (200): failing the probe would take every replica out at once."""
     gateway = request.app[GATEWAY]
     store_ok = await gateway.store.ping()
-    degraded = {name: problem for checks in (await gateway.hooks.call("readiness", gateway=gateway)).values()
-                for name, problem in checks.items() if problem}
+    degraded = {
+        name: problem
+        for checks in (await gateway.hooks.call("readiness", gateway=gateway)).values()
+        for name, problem in checks.items()
+        if problem
+    }
     if problem := breaker_problems(gateway.backends):
         degraded["breakers"] = problem
     serving = store_ok or gateway.store.engine == "redis"

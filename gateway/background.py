@@ -1,4 +1,5 @@
 """Stopping the background tasks that plugins and stores own."""
+
 from __future__ import annotations
 
 import asyncio

@@ -4,6 +4,7 @@ A newcomer's first question is whether a request will work. Each route is checke
 would be (its baseline, candidates and fallbacks, each with or without its credentials), so a route
 that cannot answer says so here, with the variables to set, before anyone sends it a request.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,10 @@ def route_readiness(gateway) -> dict[str, tuple[list[str], list[str]]]:
     readiness = {}
     for name, route in gateway.config.settings.routes.items():
         chain = list(dict.fromkeys([route.baseline, *route.candidates, *route.fallback]))
-        readiness[name] = ([b for b in chain if b not in missing],
-                           [f"{b} needs {', '.join(missing[b])}" for b in chain if b in missing])
+        readiness[name] = (
+            [b for b in chain if b not in missing],
+            [f"{b} needs {', '.join(missing[b])}" for b in chain if b in missing],
+        )
     return readiness
 
 
@@ -36,8 +39,10 @@ def banner(gateway, url: str, loop: str) -> list[str]:
     """The start-up banner, line by line (each is logged on its own, so JSON logs stay one record a line)."""
     config = gateway.config
     routes = route_readiness(gateway)
-    lines = [f"llmgate serving on {url} (config {config.source}, event loop {loop})",
-             *(route_line(name, *state) for name, state in routes.items())]
+    lines = [
+        f"llmgate serving on {url} (config {config.source}, event loop {loop})",
+        *(route_line(name, *state) for name, state in routes.items()),
+    ]
     if not routes:
         lines.append("  no routes are configured: add one under routes: in the config")
     console = gateway.enabled("console")
@@ -46,8 +51,10 @@ def banner(gateway, url: str, loop: str) -> list[str]:
         where = f"{url}/admin/status" + (f", {url}/console" if console else "")
         lines.append(f"  {surfaces}: on ({where}; Authorization: Bearer <admin token>)")
     else:
-        lines.append(f"  {surfaces}: off (set LLMGATE_ADMIN_TOKEN or server.admin_token and restart to turn "
-                     f"{'them' if console else 'it'} on)")
+        lines.append(
+            f"  {surfaces}: off (set LLMGATE_ADMIN_TOKEN or server.admin_token and restart to turn "
+            f"{'them' if console else 'it'} on)"
+        )
     if routes and not any(ready for ready, _ in routes.values()):
         variables = sorted({v for names in gateway.missing_credentials().values() for v in names})
         lines.append(f"  no route can answer yet: set {', '.join(variables)} and restart. {NO_KEYS_HINT}")

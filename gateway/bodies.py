@@ -5,6 +5,7 @@ Python's JSON parser accepts more than JSON: `NaN`, `Infinity`, and lone surroga
 from its cause: at the provider, or in the traffic log's batch write, where it would take other
 requests' rows down with it. So it is refused up front, as the caller's mistake, naming where it is.
 """
+
 from __future__ import annotations
 
 import math
@@ -77,7 +78,11 @@ def check_encodable(body: Any) -> None:
         return
     where = path_to(body, bad)[:200]
     if isinstance(bad, float):
-        raise InvalidRequest(f"'{where}' is {bad!r}: NaN and Infinity are not JSON numbers", param=where,
-                             code="invalid_value")
-    raise InvalidRequest(f"'{where}' is not valid Unicode text (it holds a lone surrogate such as \\ud800)",
-                         param=where, code="invalid_value")
+        raise InvalidRequest(
+            f"'{where}' is {bad!r}: NaN and Infinity are not JSON numbers", param=where, code="invalid_value"
+        )
+    raise InvalidRequest(
+        f"'{where}' is not valid Unicode text (it holds a lone surrogate such as \\ud800)",
+        param=where,
+        code="invalid_value",
+    )

@@ -9,6 +9,7 @@ Each backend object holds its breaker, so a config reload that leaves a backend 
 its breaker's state; a backend whose settings change is a new upstream and starts closed.
 Every transition is logged as a `breaker_changed` line.
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,6 +35,7 @@ class BreakerSettings(BaseModel):
 
 class CircuitOpen(GatewayError):
     """Every backend that could answer is behind an open breaker: come back after `Retry-After`."""
+
     status, type = 503, "server_error"
 
     def __init__(self, message: str, retry_after: float):
@@ -50,8 +52,9 @@ def counts_against_backend(error: GatewayError) -> bool:
 class CircuitBreaker:
     """The breaker of one backend. Not thread-safe: it lives on the event loop, like the requests."""
 
-    def __init__(self, backend: str, settings: BreakerSettings | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self, backend: str, settings: BreakerSettings | None = None, clock: Callable[[], float] = time.monotonic
+    ):
         self.backend = backend
         self.settings = settings or BreakerSettings()
         self._clock = clock
@@ -112,10 +115,15 @@ class CircuitBreaker:
         return 0.0
 
     def snapshot(self) -> dict:
-        return {"state": self.current_state(), "consecutive_failures": self.consecutive_failures,
-                "times_opened": self.times_opened, "last_failure": self.last_failure,
-                "retry_after_seconds": round(self.retry_after(), 3),
-                "failures": self.settings.failures, "open_seconds": self.settings.open_seconds}
+        return {
+            "state": self.current_state(),
+            "consecutive_failures": self.consecutive_failures,
+            "times_opened": self.times_opened,
+            "last_failure": self.last_failure,
+            "retry_after_seconds": round(self.retry_after(), 3),
+            "failures": self.settings.failures,
+            "open_seconds": self.settings.open_seconds,
+        }
 
     def current_state(self) -> str:
         """The state a request would see now: an open breaker whose time is up reads as half-open."""
@@ -131,8 +139,15 @@ class CircuitBreaker:
     def _move(self, state: str, why: str) -> None:
         before, self.state = self.state, state
         level = logging.INFO if state == CLOSED or (before == OPEN and state == HALF_OPEN) else logging.WARNING
-        log.log(level, "breaker_changed backend=%s from=%s to=%s reason=%s last_failure=%s",
-                self.backend, before, state, why, self.last_failure)
+        log.log(
+            level,
+            "breaker_changed backend=%s from=%s to=%s reason=%s last_failure=%s",
+            self.backend,
+            before,
+            state,
+            why,
+            self.last_failure,
+        )
 
 
 def breaker_problems(backends: dict) -> str | None:
@@ -141,6 +156,7 @@ def breaker_problems(backends: dict) -> str | None:
     for name, backend in sorted(backends.items()):
         state = backend.breaker.current_state()
         if state != CLOSED:
-            problems.append(f"backend '{name}' circuit {state.replace('_', '-')} "
-                            f"(last failure: {backend.breaker.last_failure})")
+            problems.append(
+                f"backend '{name}' circuit {state.replace('_', '-')} (last failure: {backend.breaker.last_failure})"
+            )
     return "; ".join(problems) or None

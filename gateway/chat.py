@@ -4,6 +4,7 @@ Validation is hand-written rather than schema-driven because it runs on every re
 what a backend could not recover from, names the offending parameter, and passes unknown
 parameters through for backends that understand them.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,34 +45,55 @@ def _validate_message(i: int, message: Any) -> None:
     where = f"messages[{i}]"
     _require(isinstance(message, dict), f"{where} must be an object", where)
     role = message.get("role")
-    _require(isinstance(role, str) and role in ROLES,
-             f"{where}.role must be one of {', '.join(sorted(ROLES))}, got {_shown(role)}", f"{where}.role")
+    _require(
+        isinstance(role, str) and role in ROLES,
+        f"{where}.role must be one of {', '.join(sorted(ROLES))}, got {_shown(role)}",
+        f"{where}.role",
+    )
     content = message.get("content")
     if role == "assistant" and content is None:
-        _require(bool(message.get("tool_calls") or message.get("function_call")),
-                 f"{where}.content is required unless the message has tool_calls", f"{where}.content")
+        _require(
+            bool(message.get("tool_calls") or message.get("function_call")),
+            f"{where}.content is required unless the message has tool_calls",
+            f"{where}.content",
+        )
     else:
-        _require(isinstance(content, (str, list)), f"{where}.content must be a string or an array of content parts",
-                 f"{where}.content")
+        _require(
+            isinstance(content, (str, list)),
+            f"{where}.content must be a string or an array of content parts",
+            f"{where}.content",
+        )
     if isinstance(content, list):
         for j, part in enumerate(content):
-            _require(isinstance(part, dict) and isinstance(part.get("type"), str),
-                     f"{where}.content[{j}] must be an object with a 'type'", f"{where}.content[{j}]")
+            _require(
+                isinstance(part, dict) and isinstance(part.get("type"), str),
+                f"{where}.content[{j}] must be an object with a 'type'",
+                f"{where}.content[{j}]",
+            )
             if part["type"] == "text":
-                _require(isinstance(part.get("text"), str), f"{where}.content[{j}].text must be a string",
-                         f"{where}.content[{j}].text")
+                _require(
+                    isinstance(part.get("text"), str),
+                    f"{where}.content[{j}].text must be a string",
+                    f"{where}.content[{j}].text",
+                )
     name = message.get("name")
     _require(name is None or isinstance(name, str), f"{where}.name must be a string", f"{where}.name")
     if role == "tool":
-        _require(isinstance(message.get("tool_call_id"), str), f"{where}.tool_call_id is required for role 'tool'",
-                 f"{where}.tool_call_id")
+        _require(
+            isinstance(message.get("tool_call_id"), str),
+            f"{where}.tool_call_id is required for role 'tool'",
+            f"{where}.tool_call_id",
+        )
     tool_calls = message.get("tool_calls")
     if tool_calls is not None:
         _require(isinstance(tool_calls, list), f"{where}.tool_calls must be an array", f"{where}.tool_calls")
         for j, call in enumerate(tool_calls):
             fn = call.get("function") if isinstance(call, dict) else None
-            _require(isinstance(fn, dict) and isinstance(fn.get("name"), str) and isinstance(call.get("id"), str),
-                     f"{where}.tool_calls[{j}] needs an id and function.name", f"{where}.tool_calls[{j}]")
+            _require(
+                isinstance(fn, dict) and isinstance(fn.get("name"), str) and isinstance(call.get("id"), str),
+                f"{where}.tool_calls[{j}] needs an id and function.name",
+                f"{where}.tool_calls[{j}]",
+            )
 
 
 def _validate_passthrough(body: dict) -> None:
@@ -80,31 +102,46 @@ def _validate_passthrough(body: dict) -> None:
     user = body.get("user")
     _require(user is None or isinstance(user, str), "'user' must be a string", "user")
     metadata = body.get("metadata")
-    _require(metadata is None or (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())),
-             "'metadata' must be an object whose values are strings", "metadata")
+    _require(
+        metadata is None or (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())),
+        "'metadata' must be an object whose values are strings",
+        "metadata",
+    )
     seed = body.get("seed")
     _require(seed is None or _is_int(seed), "'seed' must be an integer", "seed")
     for name in ("logprobs", "parallel_tool_calls"):
         value = body.get(name)
         _require(value is None or isinstance(value, bool), f"'{name}' must be a boolean", name)
     top = body.get("top_logprobs")
-    _require(top is None or (_is_int(top) and 0 <= top <= 20), "'top_logprobs' must be an integer from 0 to 20",
-             "top_logprobs")
+    _require(
+        top is None or (_is_int(top) and 0 <= top <= 20),
+        "'top_logprobs' must be an integer from 0 to 20",
+        "top_logprobs",
+    )
     bias = body.get("logit_bias")
-    _require(bias is None or (isinstance(bias, dict) and all(_is_number(v) for v in bias.values())),
-             "'logit_bias' must be an object mapping token ids to numbers", "logit_bias")
+    _require(
+        bias is None or (isinstance(bias, dict) and all(_is_number(v) for v in bias.values())),
+        "'logit_bias' must be an object mapping token ids to numbers",
+        "logit_bias",
+    )
 
 
 def validate_chat_request(body: Any, max_messages: int = DEFAULT_MAX_MESSAGES) -> dict:
     """Check a chat-completions body; raise InvalidRequest naming the parameter that is wrong."""
     _require(isinstance(body, dict), "the request body must be a JSON object", "body")
-    _require(isinstance(body.get("model"), str) and body["model"] != "",
-             "you must provide a model parameter naming a route (GET /v1/models lists them)", "model")
+    _require(
+        isinstance(body.get("model"), str) and body["model"] != "",
+        "you must provide a model parameter naming a route (GET /v1/models lists them)",
+        "model",
+    )
     messages = body.get("messages")
     _require(messages is not None, "'messages' is a required parameter", "messages")
     _require(isinstance(messages, list) and len(messages) > 0, "'messages' must be a non-empty array", "messages")
-    _require(len(messages) <= max_messages,
-             f"'messages' has {len(messages)} messages, more than this gateway's limit of {max_messages}", "messages")
+    _require(
+        len(messages) <= max_messages,
+        f"'messages' has {len(messages)} messages, more than this gateway's limit of {max_messages}",
+        "messages",
+    )
     check_encodable(body)
     for i, message in enumerate(messages):
         _validate_message(i, message)
@@ -116,38 +153,60 @@ def validate_chat_request(body: Any, max_messages: int = DEFAULT_MAX_MESSAGES) -
         _require(bool(stream), "'stream_options' is only allowed when 'stream' is true", "stream_options")
     n = body.get("n")
     _require(n is None or (_is_int(n) and 1 <= n <= 128), "'n' must be an integer from 1 to 128", "n")
-    for name, low, high in (("temperature", 0, 2), ("top_p", 0, 1), ("presence_penalty", -2, 2),
-                            ("frequency_penalty", -2, 2)):
+    for name, low, high in (
+        ("temperature", 0, 2),
+        ("top_p", 0, 1),
+        ("presence_penalty", -2, 2),
+        ("frequency_penalty", -2, 2),
+    ):
         value = body.get(name)
-        _require(value is None or (_is_number(value) and low <= value <= high),
-                 f"'{name}' must be a number from {low} to {high}", name)
+        _require(
+            value is None or (_is_number(value) and low <= value <= high),
+            f"'{name}' must be a number from {low} to {high}",
+            name,
+        )
     for name in ("max_tokens", "max_completion_tokens"):
         value = body.get(name)
-        _require(value is None or (_is_int(value) and 0 < value <= MAX_TOKENS_LIMIT),
-                 f"'{name}' must be a positive integer no larger than {MAX_TOKENS_LIMIT}", name)
+        _require(
+            value is None or (_is_int(value) and 0 < value <= MAX_TOKENS_LIMIT),
+            f"'{name}' must be a positive integer no larger than {MAX_TOKENS_LIMIT}",
+            name,
+        )
     _validate_passthrough(body)
     stop = body.get("stop")
-    _require(stop is None or isinstance(stop, str) or
-             (isinstance(stop, list) and len(stop) <= 4 and all(isinstance(s, str) for s in stop)),
-             "'stop' must be a string or an array of at most 4 strings", "stop")
+    _require(
+        stop is None
+        or isinstance(stop, str)
+        or (isinstance(stop, list) and len(stop) <= 4 and all(isinstance(s, str) for s in stop)),
+        "'stop' must be a string or an array of at most 4 strings",
+        "stop",
+    )
     tools = body.get("tools")
     if tools is not None:
         _require(isinstance(tools, list), "'tools' must be an array", "tools")
         for i, tool in enumerate(tools):
             fn = tool.get("function") if isinstance(tool, dict) else None
-            _require(isinstance(fn, dict) and tool.get("type") == "function" and isinstance(fn.get("name"), str),
-                     f"tools[{i}] must be {{'type': 'function', 'function': {{'name': ...}}}}", f"tools[{i}]")
+            _require(
+                isinstance(fn, dict) and tool.get("type") == "function" and isinstance(fn.get("name"), str),
+                f"tools[{i}] must be {{'type': 'function', 'function': {{'name': ...}}}}",
+                f"tools[{i}]",
+            )
     choice = body.get("tool_choice")
     if choice is not None:
         function = choice.get("function") if isinstance(choice, dict) else None
         named = isinstance(function, dict) and isinstance(function.get("name"), str)
-        _require(named or (isinstance(choice, str) and choice in TOOL_CHOICES),
-                 "'tool_choice' must be 'none', 'auto', 'required' or {'type': 'function', 'function': {'name': ...}}",
-                 "tool_choice")
+        _require(
+            named or (isinstance(choice, str) and choice in TOOL_CHOICES),
+            "'tool_choice' must be 'none', 'auto', 'required' or {'type': 'function', 'function': {'name': ...}}",
+            "tool_choice",
+        )
     fmt = body.get("response_format")
     if fmt is not None:
-        _require(isinstance(fmt, dict) and isinstance(fmt.get("type"), str) and fmt["type"] in RESPONSE_FORMATS,
-                 "'response_format.type' must be one of text, json_object, json_schema", "response_format")
+        _require(
+            isinstance(fmt, dict) and isinstance(fmt.get("type"), str) and fmt["type"] in RESPONSE_FORMATS,
+            "'response_format.type' must be one of text, json_object, json_schema",
+            "response_format",
+        )
     return body
 
 
@@ -160,12 +219,20 @@ def stop_list(body: dict) -> list[str]:
     return [stop] if isinstance(stop, str) else list(stop or [])
 
 
-def usage(prompt: int, completion: int, cached: int | None = None, cache_write: int | None = None,
-          reasoning: int | None = None) -> dict:
+def usage(
+    prompt: int,
+    completion: int,
+    cached: int | None = None,
+    cache_write: int | None = None,
+    reasoning: int | None = None,
+) -> dict:
     """OpenAI's usage: `prompt` includes the cached tokens, read (`cached`) and written (`cache_write`, as
     `cache_creation_input_tokens`, where the provider reports them); `reasoning` tokens are in `completion`."""
-    out: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
-                           "total_tokens": prompt + completion}
+    out: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
     if cached:
         out["prompt_tokens_details"] = {"cached_tokens": cached}
     if cache_write:
@@ -192,16 +259,32 @@ def answer_text(answer: dict | None) -> str | None:
 
 
 def completion(id: str, model: str, message: dict, finish_reason: str | None, usage: dict | None) -> dict:
-    return {"id": id, "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": message, "finish_reason": finish_reason, "logprobs": None}],
-            "usage": usage}
+    return {
+        "id": id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason, "logprobs": None}],
+        "usage": usage,
+    }
 
 
-def chunk(id: str, model: str, delta: dict | None = None, finish_reason: str | None = None,
-          usage: dict | None = None, created: int | None = None) -> dict:
+def chunk(
+    id: str,
+    model: str,
+    delta: dict | None = None,
+    finish_reason: str | None = None,
+    usage: dict | None = None,
+    created: int | None = None,
+) -> dict:
     choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]
-    out = {"id": id, "object": "chat.completion.chunk", "created": created or int(time.time()), "model": model,
-           "choices": choices}
+    out = {
+        "id": id,
+        "object": "chat.completion.chunk",
+        "created": created or int(time.time()),
+        "model": model,
+        "choices": choices,
+    }
     if usage is not None:
         out["usage"] = usage
     return out
@@ -219,8 +302,11 @@ def parse_arguments(arguments: str | None) -> Any:
     try:
         return json.loads(arguments)
     except ValueError:
-        raise InvalidRequest(f"tool call arguments are not valid JSON: {arguments[:100]!r}",
-                             param="messages", code="invalid_tool_arguments") from None
+        raise InvalidRequest(
+            f"tool call arguments are not valid JSON: {arguments[:100]!r}",
+            param="messages",
+            code="invalid_tool_arguments",
+        ) from None
 
 
 class StreamAssembler:
@@ -240,9 +326,10 @@ class StreamAssembler:
         if chunk.get("usage"):
             self.usage = chunk["usage"]
         for choice in chunk.get("choices") or ():
-            slot = self.choices.setdefault(choice.get("index", 0),
-                                           {"content": [], "tools": {}, "finish": None, "role": "assistant",
-                                            "reasoning": [], "thinking": []})
+            slot = self.choices.setdefault(
+                choice.get("index", 0),
+                {"content": [], "tools": {}, "finish": None, "role": "assistant", "reasoning": [], "thinking": []},
+            )
             delta = choice.get("delta") or {}
             if delta.get("content"):
                 slot["content"].append(delta["content"])
@@ -264,18 +351,26 @@ class StreamAssembler:
             slot = self.choices[index]
             message: dict[str, Any] = {"role": "assistant", "content": "".join(slot["content"]) or None}
             if slot["tools"]:
-                message["tool_calls"] = [tool_call(t["id"], t["name"], "".join(t["arguments"]))
-                                         for _, t in sorted(slot["tools"].items())]
+                message["tool_calls"] = [
+                    tool_call(t["id"], t["name"], "".join(t["arguments"])) for _, t in sorted(slot["tools"].items())
+                ]
             # thinking: its text pieces joined; the whole blocks (with signatures) as they ended, in order
             reasoning = "".join(slot["reasoning"]) or "\n\n".join(
-                b["thinking"] for b in slot["thinking"] if b.get("type") == "thinking" and b.get("thinking"))
+                b["thinking"] for b in slot["thinking"] if b.get("type") == "thinking" and b.get("thinking")
+            )
             if reasoning:
                 message["reasoning_content"] = reasoning
             if slot["thinking"]:
                 message["thinking_blocks"] = list(slot["thinking"])
             choices.append({"index": index, "message": message, "finish_reason": slot["finish"], "logprobs": None})
-        return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
-                "choices": choices, "usage": self.usage}
+        return {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+            "usage": self.usage,
+        }
 
 
 def completion_to_chunks(answer: dict) -> Iterator[dict]:

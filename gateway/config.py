@@ -5,6 +5,7 @@ Errors name the key and the problem (`routes.support-bot.baseline: unknown backe
 does not fail the load, it leaves the value empty and is remembered, so a backend whose key is
 missing can say which variable to set while the rest of the gateway serves.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -47,11 +48,16 @@ class ServerSettings(Strict):
     admin_token: str | None = None
     shutdown_timeout: float = Field(30.0, gt=0, description="seconds to drain in-flight requests on SIGTERM")
     stored_responses_ttl: float = Field(
-        24 * 3600, gt=0, description="seconds a Responses API answer stays in the state store for a later "
-                                     "`previous_response_id` (never kept when the request says store: false)")
+        24 * 3600,
+        gt=0,
+        description="seconds a Responses API answer stays in the state store for a later "
+        "`previous_response_id` (never kept when the request says store: false)",
+    )
     event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
-        "auto", description="uvloop: the event loop in C, a little less CPU a request; "
-                            "auto: uvloop where it is installed, else asyncio's own")
+        "auto",
+        description="uvloop: the event loop in C, a little less CPU a request; "
+        "auto: uvloop where it is installed, else asyncio's own",
+    )
 
 
 class StateSettings(Strict):
@@ -61,13 +67,22 @@ class StateSettings(Strict):
 
 class Price(Strict):
     """USD per million tokens."""
+
     input: float = Field(ge=0)
     output: float = Field(ge=0)
-    cached_input: float | None = Field(None, ge=0, description="prompt tokens read from the provider's prompt cache "
-                                       "(usage.prompt_tokens_details.cached_tokens); unset: priced as input")
-    cache_write: float | None = Field(None, ge=0, description="prompt tokens written to the provider's prompt "
-                                      "cache (usage.cache_creation_input_tokens: Anthropic's cache creation, "
-                                      "Bedrock's cacheWriteInputTokens); unset: priced as input")
+    cached_input: float | None = Field(
+        None,
+        ge=0,
+        description="prompt tokens read from the provider's prompt cache "
+        "(usage.prompt_tokens_details.cached_tokens); unset: priced as input",
+    )
+    cache_write: float | None = Field(
+        None,
+        ge=0,
+        description="prompt tokens written to the provider's prompt "
+        "cache (usage.cache_creation_input_tokens: Anthropic's cache creation, "
+        "Bedrock's cacheWriteInputTokens); unset: priced as input",
+    )
 
 
 class RouteSettings(Strict):
@@ -91,6 +106,7 @@ class RouteSettings(Strict):
 
 class PluginSettings(BaseModel):
     """The keys the core reads from each plugin's section; the rest belong to the plugin."""
+
     model_config = ConfigDict(extra="allow")
     enabled: bool | None = None
     fail_closed: bool = False
@@ -119,11 +135,14 @@ class GatewaySettings(Strict):
             refs += [(f"fallback[{i}]", b) for i, b in enumerate(route.fallback)]
             for where, backend in refs:
                 if backend not in self.backends:
-                    problems.append(f"routes.{route_name}.{where}: unknown backend '{backend}' "
-                                    + choices(backend, self.backends, "defined"))
+                    problems.append(
+                        f"routes.{route_name}.{where}: unknown backend '{backend}' "
+                        + choices(backend, self.backends, "defined")
+                    )
             if route.baseline in route.candidates:
-                problems.append(f"routes.{route_name}.candidates.{route.baseline}: "
-                                "the baseline cannot also be a candidate")
+                problems.append(
+                    f"routes.{route_name}.candidates.{route.baseline}: the baseline cannot also be a candidate"
+                )
         for name, backend in self.backends.items():
             if not isinstance(backend.get("kind"), str):
                 problems.append(f"backends.{name}.kind: required (openai, anthropic, bedrock, ...)")
@@ -135,6 +154,7 @@ class GatewaySettings(Strict):
 @dataclass
 class Config:
     """A validated config plus what interpolation learned: unset variables and secret values."""
+
     settings: GatewaySettings
     source: str
     unset_env: dict[str, str] = field(default_factory=dict)  # "backends.x.api_key" -> "VAR"
@@ -165,8 +185,12 @@ class Config:
             cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
         if price.cache_write is not None:
             written = usage.get("cache_creation_input_tokens") or 0
-        return ((prompt - cached - written) * price.input + cached * (price.cached_input or 0)
-                + written * (price.cache_write or 0) + completion * price.output) / 1e6
+        return (
+            (prompt - cached - written) * price.input
+            + cached * (price.cached_input or 0)
+            + written * (price.cache_write or 0)
+            + completion * price.output
+        ) / 1e6
 
 
 def _interpolate(node: Any, path: str, unset: dict[str, str], secrets: set[str]) -> Any:
@@ -260,8 +284,12 @@ def _unknown_key(loc: Sequence[str | int], model: type[BaseModel] | None, also_a
     return "unknown key " + choices(str(loc[-1]), allowed)
 
 
-def _format_validation(error: ValidationError | list[dict], unset: dict[str, str],
-                       model: type[BaseModel] | None = None, also_allowed: Iterable[str] = ()) -> list[str]:
+def _format_validation(
+    error: ValidationError | list[dict],
+    unset: dict[str, str],
+    model: type[BaseModel] | None = None,
+    also_allowed: Iterable[str] = (),
+) -> list[str]:
     """One 'key.path: problem' line per pydantic error.
 
     With the validated `model`, an unknown key names the allowed keys of its section and the nearest
@@ -287,8 +315,9 @@ def own_options(section: PluginSettings | None) -> dict[str, Any]:
     return {k: v for k, v in ((section.model_extra or {}) if section else {}).items() if k != "module"}
 
 
-def validated_options(name: str, model: type[BaseModel], options: dict[str, Any], source: str,
-                      unknown_keys_only: bool = False) -> Any:
+def validated_options(
+    name: str, model: type[BaseModel], options: dict[str, Any], source: str, unknown_keys_only: bool = False
+) -> Any:
     """`options` checked by plugin `name`'s Settings `model`; problems are raised as `plugins.<name>.<key>`.
 
     `unknown_keys_only` checks a disabled plugin's section for misspelt keys alone (and returns None):
@@ -335,9 +364,13 @@ def config_path(path: str | os.PathLike | None = None) -> Path:
     for candidate in tried:
         if candidate.is_file():
             return candidate
-    raise ConfigError(DEFAULT_CONFIG_PATH, [
-        f"no config file: no --config, no $LLMGATE_CONFIG, and none of {', '.join(map(str, tried))}; "
-        "pass --config FILE, set LLMGATE_CONFIG, or write one with `llmgate init FILE`"])
+    raise ConfigError(
+        DEFAULT_CONFIG_PATH,
+        [
+            f"no config file: no --config, no $LLMGATE_CONFIG, and none of {', '.join(map(str, tried))}; "
+            "pass --config FILE, set LLMGATE_CONFIG, or write one with `llmgate init FILE`"
+        ],
+    )
 
 
 def load_config(path: str | os.PathLike | None = None) -> Config:

@@ -5,6 +5,7 @@ REQUEST_ID and REQUEST_CONTEXT are where the request handler leaves the request'
 context on the aiohttp request, for the access log and the server span: here, below both the
 handler (proxy.py) and its readers (app.py, tracing.py), so that none imports another for them.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -47,13 +48,13 @@ class RequestContext:
     route_name: str
     route: "RouteSettings"
     body: dict[str, Any]
-    headers: Mapping[str, str] = field(repr=False)      # carries the caller's key: kept out of reprs (hook traces)
+    headers: Mapping[str, str] = field(repr=False)  # carries the caller's key: kept out of reprs (hook traces)
     api_key: str | None = field(default=None, repr=False)
     tenant: str | None = None
     received_at: float = field(default_factory=time.time)
     started: float = field(default_factory=time.perf_counter)
-    variant: str | None = None          # the backend the router chose
-    served_by: str | None = None        # the backend (or plugin) whose answer the caller got
+    variant: str | None = None  # the backend the router chose
+    served_by: str | None = None  # the backend (or plugin) whose answer the caller got
     response: dict[str, Any] | None = None
     status: int = 200
     error: "GatewayError | None" = None
@@ -62,7 +63,7 @@ class RequestContext:
     cost_usd: float | None = None
     # waiting on backends (attempts, retry backoff; a stream's up to its first chunk)
     upstream_ms: float = 0.0
-    overhead_ms: float | None = None    # the gateway's own time before the answer started: x-llmgate-overhead-ms
+    overhead_ms: float | None = None  # the gateway's own time before the answer started: x-llmgate-overhead-ms
     attempts: list[Attempt] = field(default_factory=list)
     annotations: dict[str, Any] = field(default_factory=dict)  # plugins' notes, logged with the record
     # Plugins' working data for this request, keyed by plugin name: never logged, gone with the request.
@@ -131,8 +132,9 @@ class RequestContext:
             "tenant": self.tenant,
             "attempts": [a.__dict__ for a in self.attempts],
             # the dialect is noted where it is not chat completions (records written before dialects are chat)
-            "annotations": self.annotations if self.dialect == "chat" else
-            {**self.annotations, "dialect": self.dialect},
+            "annotations": self.annotations
+            if self.dialect == "chat"
+            else {**self.annotations, "dialect": self.dialect},
             "request": self.body if bodies else None,
             "response": self.response if bodies else None,
         }

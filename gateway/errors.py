@@ -3,6 +3,7 @@
 Every failure that reaches a client goes through `GatewayError`, so the official SDKs raise
 their matching exception (`BadRequestError` for 400, `NotFoundError` for 404, ...).
 """
+
 from __future__ import annotations
 
 import re
@@ -19,8 +20,16 @@ class GatewayError(Exception):
     #: retrying a 5xx or 409 twice with backoff. None leaves the choice to the client.
     retry: bool | None = None
 
-    def __init__(self, message: str, *, status: int | None = None, type: str | None = None,
-                 code: str | None = None, param: str | None = None, headers: dict | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        type: str | None = None,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict | None = None,
+    ):
         super().__init__(message)
         self.message = message
         if status is not None:
@@ -38,8 +47,14 @@ class GatewayError(Exception):
         return self.headers
 
     def body(self) -> dict:
-        return {"error": {"message": presentable(self.message), "type": self.type,
-                          "param": presentable(self.param, 200) if self.param else self.param, "code": self.code}}
+        return {
+            "error": {
+                "message": presentable(self.message),
+                "type": self.type,
+                "param": presentable(self.param, 200) if self.param else self.param,
+                "code": self.code,
+            }
+        }
 
 
 MAX_MESSAGE_CHARS = 1000
@@ -81,6 +96,7 @@ class Unauthorized(GatewayError):
 
 class PermissionDenied(GatewayError):
     """The caller is known but may not do this (a route outside its team's)."""
+
     status, type = 403, "permission_error"
 
 
@@ -94,12 +110,14 @@ NO_KEYS_HINT = "No provider keys at all? `make demo` in a checkout serves a loca
 
 class MissingCredentials(GatewayError):
     """A backend cannot be called until an operator sets its secret."""
+
     status, type = 503, "configuration_error"
     retry = False
 
 
 class StoreUnavailable(GatewayError):
     """The shared state store cannot be reached: requests still route, changes cannot be made."""
+
     status, type = 503, "state_store_unavailable"
 
 
@@ -108,10 +126,18 @@ class UpstreamError(GatewayError):
 
     `retryable` says whether the same request may succeed on a second try or on another backend.
     """
+
     status, type = 502, "upstream_error"
 
-    def __init__(self, message: str, *, upstream_status: int | None = None, retryable: bool = False,
-                 retry_after: float | None = None, **kw):
+    def __init__(
+        self,
+        message: str,
+        *,
+        upstream_status: int | None = None,
+        retryable: bool = False,
+        retry_after: float | None = None,
+        **kw,
+    ):
         super().__init__(message, **kw)
         self.upstream_status = upstream_status
         self.retryable = retryable
@@ -141,15 +167,23 @@ def from_upstream_status(backend: str, status: int, detail: str, retry_after: fl
     retryable = status in RETRYABLE_STATUSES
     if status == 429:
         headers = {"Retry-After": str(max(1, round(retry_after)))} if retry_after is not None else None
-        return UpstreamError(message, status=429, type="rate_limit_error", upstream_status=status,
-                             retryable=True, retry_after=retry_after, headers=headers)
+        return UpstreamError(
+            message,
+            status=429,
+            type="rate_limit_error",
+            upstream_status=status,
+            retryable=True,
+            retry_after=retry_after,
+            headers=headers,
+        )
     if status in (400, 404, 413, 422):
         return UpstreamError(message, status=400, type="invalid_request_error", upstream_status=status)
     return UpstreamError(message, upstream_status=status, retryable=retryable, retry_after=retry_after)
 
 
 _KEY_SHAPES = re.compile(
-    r"(sk-[A-Za-z0-9_\-]{8,}|sk-ant-[A-Za-z0-9_\-]{8,}|AKIA[0-9A-Z]{16}|ASIA[0-9A-Z]{16}|Bearer\s+[A-Za-z0-9._\-]{8,})")
+    r"(sk-[A-Za-z0-9_\-]{8,}|sk-ant-[A-Za-z0-9_\-]{8,}|AKIA[0-9A-Z]{16}|ASIA[0-9A-Z]{16}|Bearer\s+[A-Za-z0-9._\-]{8,})"
+)
 
 
 class Scrubber:

@@ -4,6 +4,7 @@ Requests take a `Generation` (the backends of one config) when they start and ke
 end, so a SIGHUP reload swaps in new backends without touching requests in flight; the old
 generation's replaced backends are closed once its last request finishes.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -46,8 +47,9 @@ class Generation:
             self.idle.set()
 
 
-def build_backends(config: Config, kinds: dict[str, type[Backend]],
-                   reuse: dict[str, Backend] | None = None) -> dict[str, Backend]:
+def build_backends(
+    config: Config, kinds: dict[str, type[Backend]], reuse: dict[str, Backend] | None = None
+) -> dict[str, Backend]:
     """Validate each backend's settings against its kind and make it; reuse unchanged ones."""
     problems, backends = [], {}
     for name, raw in config.settings.backends.items():
@@ -57,7 +59,7 @@ def build_backends(config: Config, kinds: dict[str, type[Backend]],
             problems.append(f"backends.{name}.kind: unknown kind '{kind}' {choices(kind, kinds, 'known')}")
             continue
         prefix = f"backends.{name}."
-        unset = {path[len(prefix):]: var for path, var in config.unset_env.items() if path.startswith(prefix)}
+        unset = {path[len(prefix) :]: var for path, var in config.unset_env.items() if path.startswith(prefix)}
         try:
             settings = kind_cls.Settings.model_validate(raw)
         except ValidationError as exc:
@@ -148,11 +150,13 @@ class Gateway:
         expected = self.config.server.admin_token or os.environ.get("LLMGATE_ADMIN_TOKEN")
         given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
         if not expected:
-            raise Unauthorized("admin actions are disabled: set server.admin_token or LLMGATE_ADMIN_TOKEN",
-                               code="admin_disabled")
+            raise Unauthorized(
+                "admin actions are disabled: set server.admin_token or LLMGATE_ADMIN_TOKEN", code="admin_disabled"
+            )
         if not hmac.compare_digest(given.encode(), expected.encode()):
-            raise Unauthorized("a valid admin token is required (Authorization: Bearer <token>)",
-                               code="invalid_admin_token")
+            raise Unauthorized(
+                "a valid admin token is required (Authorization: Bearer <token>)", code="invalid_admin_token"
+            )
 
     def missing_credentials(self) -> dict[str, list[str]]:
         return {name: missing for name, b in self.backends.items() if (missing := b.missing_credentials())}
@@ -176,11 +180,13 @@ class Gateway:
     async def reload(self, config: Config) -> None:
         """Swap in a new config; raise ConfigError (and keep serving the old one) if it is invalid."""
         if set(config.settings.plugins) != set(self.config.settings.plugins) or any(
-                config.settings.plugins[n].enabled != self.config.settings.plugins[n].enabled
-                for n in config.settings.plugins):
+            config.settings.plugins[n].enabled != self.config.settings.plugins[n].enabled
+            for n in config.settings.plugins
+        ):
             log.warning("plugins were enabled or disabled in the new config: that takes effect at the next restart")
-        if changed := [f"server.{key}" for key in RESTART_ONLY
-                       if getattr(config.server, key) != getattr(self.config.server, key)]:
+        if changed := [
+            f"server.{key}" for key in RESTART_ONLY if getattr(config.server, key) != getattr(self.config.server, key)
+        ]:
             log.warning("%s changed in the new config: that takes effect at the next restart", ", ".join(changed))
         await self._swap(config, "config reloaded from")
 
@@ -227,8 +233,14 @@ class Gateway:
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
         await self.hooks.call("config_reloaded", gateway=self, config=config)
-        log.info("%s %s: %d backends (%d new), %d routes", why, config.source, len(backends),
-                 len(fresh), len(config.settings.routes))
+        log.info(
+            "%s %s: %d backends (%d new), %d routes",
+            why,
+            config.source,
+            len(backends),
+            len(fresh),
+            len(config.settings.routes),
+        )
 
     async def _retire(self, generation: Generation, backends: list[Backend]) -> None:
         if generation.inflight:

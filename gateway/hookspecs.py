@@ -19,6 +19,7 @@ it is how a plugin refuses a request (a key, a quota, a policy) and the caller r
 Implementations run in the order the config's `plugins:` section lists their plugins, then the
 unlisted ones in registration order (`tryfirst`/`trylast` apply among those).
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -53,10 +54,12 @@ def spec(phase: str, *, firstresult: bool = False, timed: bool = False, reverse:
         if reverse:
             REVERSED.add(function.__name__)
         return hookspec(firstresult=firstresult)(function)
+
     return declare
 
 
 # --- start-up and shutdown -----------------------------------------------------------------------
+
 
 @spec(STARTUP)
 def register_backend_kinds():
@@ -108,6 +111,7 @@ def shutdown(gateway):
 
 
 # --- the request path, in order ------------------------------------------------------------------
+
 
 @spec(REQUEST, firstresult=True, timed=True)
 def authenticate(request):
@@ -163,6 +167,7 @@ def after_response(ctx):
 
 # --- observers: told what happened, off the request path -----------------------------------------
 
+
 @spec(OBSERVERS)
 def record_score(route, variant, name, value):
     """A plugin that measured an answer's quality (a judge score, user feedback) reports it here.
@@ -193,6 +198,7 @@ def rollout_changed(event):
 
 
 # --- the operator surface: commands, endpoints, status, metrics ----------------------------------
+
 
 @spec(OPERATOR)
 def register_commands(commands):

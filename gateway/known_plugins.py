@@ -4,6 +4,7 @@ Kept apart from gateway.plugins, and light to import (pluggy and the standard li
 every `llmgate` command reads it before parsing its arguments: `llmgate --help` must not load
 aiohttp, pydantic, redis, boto3 or OpenTelemetry to list the commands.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -64,8 +65,10 @@ def discover() -> dict[str, str]:
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name in found and found[ep.name] != ep.value:
             import logging  # only here: importing it costs every command a few milliseconds
-            logging.getLogger("llmgate.plugins").warning("plugin %r from %s ignored: the name is taken by %s",
-                                                         ep.name, ep.value, found[ep.name])
+
+            logging.getLogger("llmgate.plugins").warning(
+                "plugin %r from %s ignored: the name is taken by %s", ep.name, ep.value, found[ep.name]
+            )
             continue
         found[ep.name] = ep.value
     return found

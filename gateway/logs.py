@@ -11,6 +11,7 @@ every line logged while serving it carries `request_id` without the code passing
 access line per request (logger `llmgate.access`, INFO) says what the request became: method,
 path, status, latency and, for chat requests, route, variant, backend and the gateway's overhead.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,20 @@ current_request_id: ContextVar[str | None] = ContextVar("llmgate_request_id", de
 access_log = logging.getLogger("llmgate.access")
 
 # Fields a record may carry (`extra=`) that a JSON line keeps.
-FIELDS = ("request_id", "method", "path", "status", "latency_ms", "route", "variant", "served_by", "overhead_ms",
-          "upstream_ms", "ttft_ms", "error_type")
+FIELDS = (
+    "request_id",
+    "method",
+    "path",
+    "status",
+    "latency_ms",
+    "route",
+    "variant",
+    "served_by",
+    "overhead_ms",
+    "upstream_ms",
+    "ttft_ms",
+    "error_type",
+)
 QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})  # probes and scrapes: DEBUG, not INFO
 LOG_QUEUE_LINES = 10_000  # lines waiting for stderr before new ones are dropped (and counted)
 LOG_WRITE_LINES = 256  # lines joined into one write
@@ -52,10 +65,15 @@ class ScrubbingFormatter(logging.Formatter):
         request_id = getattr(record, "request_id", None) or current_request_id.get()
         if not self.as_json:
             text = super().format(record)
-            return self.scrub(f"{text} [request {request_id}]" if request_id and record.name != access_log.name
-                              else text)
-        entry = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-                 "level": record.levelname.lower(), "logger": record.name, "message": record.getMessage()}
+            return self.scrub(
+                f"{text} [request {request_id}]" if request_id and record.name != access_log.name else text
+            )
+        entry = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
         if request_id:
             entry["request_id"] = request_id
         for key in FIELDS[1:]:
@@ -178,11 +196,17 @@ def log_access(method: str, path: str, status: int, latency_ms: float, ctx=None)
     fields = {"method": method, "path": path, "status": status, "latency_ms": round(latency_ms, 3)}
     text = f"{method} {path} {status} {latency_ms:.1f}ms"
     if ctx is not None:
-        fields.update(route=ctx.route_name, variant=ctx.variant, served_by=ctx.served_by,
-                      overhead_ms=None if ctx.overhead_ms is None else round(ctx.overhead_ms, 3),
-                      upstream_ms=round(ctx.upstream_ms, 3),
-                      ttft_ms=None if ctx.ttft_ms is None else round(ctx.ttft_ms, 3),
-                      error_type=ctx.error.type if ctx.error else None)
-        text += (f" route={ctx.route_name} variant={ctx.variant} served_by={ctx.served_by}"
-                 f" overhead={fields['overhead_ms']}ms")
+        fields.update(
+            route=ctx.route_name,
+            variant=ctx.variant,
+            served_by=ctx.served_by,
+            overhead_ms=None if ctx.overhead_ms is None else round(ctx.overhead_ms, 3),
+            upstream_ms=round(ctx.upstream_ms, 3),
+            ttft_ms=None if ctx.ttft_ms is None else round(ctx.ttft_ms, 3),
+            error_type=ctx.error.type if ctx.error else None,
+        )
+        text += (
+            f" route={ctx.route_name} variant={ctx.variant} served_by={ctx.served_by}"
+            f" overhead={fields['overhead_ms']}ms"
+        )
     access_log.log(level, text, extra=fields)

@@ -7,6 +7,7 @@ A plugin that is not packaged can be named by import path in its config section
 implementations; a class is instantiated once per gateway, with its settings when its constructor
 takes an argument (validated by its nested `Settings` model when it has one).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -40,8 +41,7 @@ def _import(target: str) -> Any:
     return getattr(module, attribute) if attribute else module
 
 
-def _validated_settings(obj: Any, name: str, raw: PluginSettings, source: str,
-                        unknown_keys_only: bool = False) -> Any:
+def _validated_settings(obj: Any, name: str, raw: PluginSettings, source: str, unknown_keys_only: bool = False) -> Any:
     """The plugin's options checked by its `Settings` model (a dict as written when it has none)."""
     model = getattr(obj, "Settings", None)
     options = own_options(raw)
@@ -110,15 +110,19 @@ def build_plugin_manager(config: Config) -> tuple[pluggy.PluginManager, dict[str
         plugin = _instantiate(obj, options) if inspect.isclass(obj) else obj
         pm.register(plugin, name=name)
         core_settings[name] = settings
-    missing = [f"plugins.{name}: needs the {needed} plugin: enable it too (plugins.{needed}.enabled: true)"
-               for name in core_settings for needed in requirements(pm.get_plugin(name))
-               if needed not in core_settings]
+    missing = [
+        f"plugins.{name}: needs the {needed} plugin: enable it too (plugins.{needed}.enabled: true)"
+        for name in core_settings
+        for needed in requirements(pm.get_plugin(name))
+        if needed not in core_settings
+    ]
     if missing:
         raise ConfigError(config.source, missing)
     if os.environ.get("LLMGATE_TRACE_HOOKS"):
         pm.add_hookcall_monitoring(
             lambda hook, impls, kw: log.info("hook %s -> %s %s", hook, [i.plugin_name for i in impls], kw),
-            lambda outcome, hook, impls, kw: log.info("hook %s returned %r", hook, outcome.get_result()))
+            lambda outcome, hook, impls, kw: log.info("hook %s returned %r", hook, outcome.get_result()),
+        )
     return pm, core_settings
 
 
@@ -168,8 +172,12 @@ class HookRunner:
         return self._run(impl, kwargs, hook_name)
 
     async def _traced(self, impl, kwargs: dict, hook_name: str) -> Any:
-        name, faults, started_ns, clock = impl.plugin_name, self.faults.get(impl.plugin_name), time.time_ns(), \
-            time.perf_counter()
+        name, faults, started_ns, clock = (
+            impl.plugin_name,
+            self.faults.get(impl.plugin_name),
+            time.time_ns(),
+            time.perf_counter(),
+        )
         try:
             result = self._run(impl, kwargs, hook_name)
             if type(result) is CoroutineType:  # _call made one: the implementation is async
@@ -179,8 +187,14 @@ class HookRunner:
             raise
         failed = self.faults.get(name) != faults
         if result is not None or failed or time.perf_counter() - clock >= tracing.HOOK_SPAN_MIN_SECONDS:
-            tracing.record_hook(self.tracer, hook_name, name, started_ns, answered=result is not None,
-                                error="plugin_fault" if failed else None)
+            tracing.record_hook(
+                self.tracer,
+                hook_name,
+                name,
+                started_ns,
+                answered=result is not None,
+                error="plugin_fault" if failed else None,
+            )
         return result
 
     def _run(self, impl, kwargs: dict, hook_name: str) -> Any:

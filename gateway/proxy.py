@@ -6,6 +6,7 @@ and validate → `authorize` → `before_route` plugins
 fallbacks) → write the answer in the caller's dialect (JSON or SSE) → `after_response` plugins,
 once the last byte is out.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -47,15 +48,21 @@ IGNORED_HEADER = "x-llmgate-ignored-params"  # parameters accepted but without e
 
 async def read_json(request: web.Request, max_bytes: int) -> Any:
     content_type = request.headers.get("Content-Type")
-    if content_type is not None and request.content_type != "application/json" \
-            and not request.content_type.endswith("+json"):
-        raise UnsupportedMediaType(f"the body must be JSON sent as application/json, not {request.content_type!r}",
-                                   code="unsupported_media_type")
+    if (
+        content_type is not None
+        and request.content_type != "application/json"
+        and not request.content_type.endswith("+json")
+    ):
+        raise UnsupportedMediaType(
+            f"the body must be JSON sent as application/json, not {request.content_type!r}",
+            code="unsupported_media_type",
+        )
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise BodyTooLarge(f"the request body is larger than this gateway's limit of {max_bytes} bytes",
-                           code="body_too_large") from None
+        raise BodyTooLarge(
+            f"the request body is larger than this gateway's limit of {max_bytes} bytes", code="body_too_large"
+        ) from None
     if not raw:
         raise InvalidRequest("the request body is empty: send a JSON object", code="invalid_json")
     try:
@@ -74,7 +81,7 @@ def backend_chain(ctx: RequestContext) -> list[str]:
 def _backoff(attempt: int, retry_after: float | None) -> float:
     if retry_after is not None:
         return min(retry_after, 2.0)
-    return random.uniform(0, min(2.0, 0.1 * 2 ** attempt))  # full jitter
+    return random.uniform(0, min(2.0, 0.1 * 2**attempt))  # full jitter
 
 
 async def call_chain(ctx: RequestContext, generation: Generation, call: Callable[[Backend], Awaitable[T]]) -> T:
@@ -95,7 +102,9 @@ async def call_chain(ctx: RequestContext, generation: Generation, call: Callable
             uncredentialed.append(f"backend '{name}' needs {', '.join(missing)}")
             last_error = MissingCredentials(
                 f"no credentials to serve route '{ctx.route_name}': {'; '.join(uncredentialed)} "
-                f"set in the gateway's environment, then restart it. {NO_KEYS_HINT}", code="missing_credentials")
+                f"set in the gateway's environment, then restart it. {NO_KEYS_HINT}",
+                code="missing_credentials",
+            )
             ctx.attempts.append(Attempt(name, last_error.status, 0.0, f"missing {', '.join(missing)}"))
             continue
         breaker, tried = backend.breaker, False
@@ -136,9 +145,12 @@ async def call_chain(ctx: RequestContext, generation: Generation, call: Callable
     if last_error is None:
         names = ", ".join(f"'{b.backend}'" for b in open_circuits)
         retry_after = min(b.retry_after() for b in open_circuits)
-        raise CircuitOpen(f"route '{ctx.route_name}' cannot be served now: the circuit breaker of every backend "
-                          f"it may use is open after repeated failures ({names}); retry after "
-                          f"{max(1, math.ceil(retry_after))}s", retry_after)
+        raise CircuitOpen(
+            f"route '{ctx.route_name}' cannot be served now: the circuit breaker of every backend "
+            f"it may use is open after repeated failures ({names}); retry after "
+            f"{max(1, math.ceil(retry_after))}s",
+            retry_after,
+        )
     raise last_error
 
 
@@ -157,8 +169,11 @@ async def open_stream(backend: Backend, body: dict) -> tuple[dict | None, AsyncI
 def _headers(ctx: RequestContext) -> dict[str, str]:
     """The answer's headers, made as it starts: so the overhead counts everything before the first byte."""
     ctx.overhead_ms = max(0.0, (time.perf_counter() - ctx.started) * 1000 - ctx.upstream_ms)
-    headers = {**ctx.response_headers, "x-request-id": ctx.request_id,  # a plugin's cannot replace the core's
-               OVERHEAD_HEADER: f"{ctx.overhead_ms:.3f}"}
+    headers = {
+        **ctx.response_headers,
+        "x-request-id": ctx.request_id,  # a plugin's cannot replace the core's
+        OVERHEAD_HEADER: f"{ctx.overhead_ms:.3f}",
+    }
     if ctx.served_by:  # only what answered: a variant chosen but never reached names no one
         headers["x-llmgate-variant"] = ctx.served_by
     if ctx.attempts:
@@ -181,8 +196,9 @@ class SseWriter:
     async def send(self, chunk: dict) -> None:
         self.assembler.add(chunk)
         if self.ctx.first_token_at is None and any(
-                (c.get("delta") or {}).get("content") or (c.get("delta") or {}).get("tool_calls")
-                for c in chunk.get("choices") or ()):
+            (c.get("delta") or {}).get("content") or (c.get("delta") or {}).get("tool_calls")
+            for c in chunk.get("choices") or ()
+        ):
             self.ctx.first_token_at = time.perf_counter()
         data = self.encoder.chunk(chunk)
         if not self.started:
@@ -199,14 +215,16 @@ class SseWriter:
 
 
 async def _prepare_sse(request: web.Request, ctx: RequestContext) -> web.StreamResponse:
-    response = web.StreamResponse(headers={**_headers(ctx), "Content-Type": "text/event-stream",
-                                           "Cache-Control": "no-cache"})
+    response = web.StreamResponse(
+        headers={**_headers(ctx), "Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
     await response.prepare(request)
     return response
 
 
-async def _stream_answer(request: web.Request, ctx: RequestContext, generation: Generation,
-                         dialect: Dialect) -> web.StreamResponse:
+async def _stream_answer(
+    request: web.Request, ctx: RequestContext, generation: Generation, dialect: Dialect
+) -> web.StreamResponse:
     tracer = request.app[GATEWAY].hooks.tracer
 
     async def start(backend: Backend) -> tuple[dict | None, AsyncIterator[dict]]:
@@ -243,8 +261,9 @@ async def _stream_answer(request: web.Request, ctx: RequestContext, generation: 
 
 
 async def write_json(request: web.Request, ctx: RequestContext, body: dict, status: int = 200) -> web.Response:
-    response = web.Response(body=dumps(body).encode(), status=status, content_type="application/json",
-                            headers=_headers(ctx))
+    response = web.Response(
+        body=dumps(body).encode(), status=status, content_type="application/json", headers=_headers(ctx)
+    )
     await response.prepare(request)
     await response.write_eof()
     return response
@@ -271,8 +290,10 @@ def _cost(generation: Generation, ctx: RequestContext) -> float | None:
 
 def endpoint(dialect: Dialect) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """The handler of one dialect's endpoint: the same request path for each."""
+
     async def handle(request: web.Request) -> web.StreamResponse:
         return await serve(request, dialect)
+
     return handle
 
 
@@ -291,12 +312,23 @@ async def serve(request: web.Request, dialect: Endpoint, exchange: Exchange | No
     generation = gateway.generation
     route_name = dialect.route_of(body)
     if not isinstance(route_name, str) or not route_name:
-        raise InvalidRequest("you must provide a model parameter naming a route (GET /v1/models lists them)",
-                             param="model", code="missing_model")
+        raise InvalidRequest(
+            "you must provide a model parameter naming a route (GET /v1/models lists them)",
+            param="model",
+            code="missing_model",
+        )
     route = await gateway.route_for(request, route_name)
-    ctx = RequestContext(request_id=request[REQUEST_ID], route_name=route_name, route=route, body=body,
-                         headers=request.headers, api_key=caller_key(request), tenant=tenant,
-                         generation=generation, dialect=dialect.name)
+    ctx = RequestContext(
+        request_id=request[REQUEST_ID],
+        route_name=route_name,
+        route=route,
+        body=body,
+        headers=request.headers,
+        api_key=caller_key(request),
+        tenant=tenant,
+        generation=generation,
+        dialect=dialect.name,
+    )
     request[REQUEST_CONTEXT] = ctx
     in_flight = request.app[IN_FLIGHT]
     in_flight[route_name] += 1
@@ -322,6 +354,7 @@ def _completer(tracer, ctx: RequestContext) -> Callable[[Backend], Awaitable[dic
             answer = await backend.complete(ctx.body)
         tracing.finish_upstream(span, answer)
         return answer
+
     return complete
 
 
@@ -340,8 +373,9 @@ def _served(ctx: RequestContext, generation: Generation) -> None:
         _note_ignored(ctx, backend.ignored_params(ctx.body))
 
 
-async def _conversation(request: web.Request, gateway: Gateway, generation: Generation,
-                        ctx: RequestContext, dialect: Endpoint) -> web.StreamResponse:
+async def _conversation(
+    request: web.Request, gateway: Gateway, generation: Generation, ctx: RequestContext, dialect: Endpoint
+) -> web.StreamResponse:
     """The conversational pipeline: the chat form, plugins that may answer, the variant, the backend chain."""
     ctx.inbound = ctx.body
     ctx.body, ignored = await dialect.to_chat(ctx, gateway)
@@ -354,8 +388,7 @@ async def _conversation(request: web.Request, gateway: Gateway, generation: Gene
         return await _replay(request, ctx, answered, dialect)
     _, variant = answer(await gateway.hooks.call("choose_variant", ctx=ctx))
     if variant is not None and variant not in generation.backends:
-        log.warning("choose_variant named unknown backend %r for route %s; using the baseline",
-                    variant, ctx.route_name)
+        log.warning("choose_variant named unknown backend %r for route %s; using the baseline", variant, ctx.route_name)
         variant = None
     ctx.variant = variant or ctx.route.baseline
     if ctx.stream:
@@ -366,8 +399,14 @@ async def _conversation(request: web.Request, gateway: Gateway, generation: Gene
     return await write_json(request, ctx, dialect.answer(ctx.response, ctx))
 
 
-async def _guarded(exchange: Exchange, request: web.Request, gateway: Gateway, generation: Generation,
-                   ctx: RequestContext, dialect: Endpoint) -> web.StreamResponse:
+async def _guarded(
+    exchange: Exchange,
+    request: web.Request,
+    gateway: Gateway,
+    generation: Generation,
+    ctx: RequestContext,
+    dialect: Endpoint,
+) -> web.StreamResponse:
     """Run an exchange; a failure becomes an answer in the caller's dialect, recorded on `ctx`."""
     try:
         return await exchange(request, gateway, generation, ctx, dialect)

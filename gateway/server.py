@@ -1,4 +1,5 @@
 """Running the daemon: listen, reload on SIGHUP, drain and stop on SIGTERM/SIGINT."""
+
 from __future__ import annotations
 
 import asyncio
@@ -23,8 +24,10 @@ class CannotListen(Exception):
 
     def __init__(self, host: str, port: int, error: OSError):
         if error.errno == errno.EADDRINUSE:
-            why = (f"port {port} is in use (another llmgate, or another server); choose another with "
-                   f"`llmgate serve --port {port + 1}` or `make run PORT={port + 1}`")
+            why = (
+                f"port {port} is in use (another llmgate, or another server); choose another with "
+                f"`llmgate serve --port {port + 1}` or `make run PORT={port + 1}`"
+            )
         else:
             why = error.strerror or str(error)
         super().__init__(f"cannot listen on {host}:{port}: {why}")
@@ -54,8 +57,10 @@ def loop_factory(config: Config) -> Callable[[], asyncio.AbstractEventLoop] | No
         import uvloop  # optional: not on every platform (server.event_loop: auto falls back to asyncio)
     except ImportError:
         if choice == "uvloop":
-            raise ConfigError(config.source, ["server.event_loop: uvloop is not installed here "
-                                              "(pip install uvloop, or choose auto or asyncio)"]) from None
+            raise ConfigError(
+                config.source,
+                ["server.event_loop: uvloop is not installed here (pip install uvloop, or choose auto or asyncio)"],
+            ) from None
         return None
     return uvloop.new_event_loop
 
@@ -71,8 +76,7 @@ async def serve(config: Config, config_path: str | None, host: str | None = None
     gateway = app[GATEWAY]
     host = host or config.server.host
     port = config.server.port if port is None else port
-    runner = web.AppRunner(app, handle_signals=False, access_log=None,
-                           shutdown_timeout=config.server.shutdown_timeout)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=config.server.shutdown_timeout)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     try:

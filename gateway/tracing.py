@@ -9,6 +9,7 @@ The current span travels in contextvars, so a backend injects `traceparent` into
 
 Attributes name routes, backends, models, statuses and token counts: never headers, keys or bodies.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
 W3C = TraceContextTextMapPropagator()
 HOOK_SPAN_MIN_SECONDS = 0.0005  # a hook call that neither answered nor failed gets a span from this long on
 UNTRACED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})  # probes and scrapes would drown the traces
-
 
 
 def inject(headers: dict[str, str]) -> dict[str, str]:
@@ -74,8 +74,12 @@ def server_middleware(tracer: trace.Tracer):
         if request.path in UNTRACED_PATHS:
             return await handler(request)
         parent = W3C.extract(request.headers)
-        span = tracer.start_span(f"{request.method} {request.path}", context=parent, kind=SpanKind.SERVER,
-                                 attributes={"http.request.method": request.method, "url.path": request.path})
+        span = tracer.start_span(
+            f"{request.method} {request.path}",
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={"http.request.method": request.method, "url.path": request.path},
+        )
         try:
             with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
                 response = await handler(request)
@@ -96,12 +100,21 @@ def server_middleware(tracer: trace.Tracer):
 
 
 def _describe(span, ctx: "RequestContext") -> None:
-    attributes: dict[str, Any] = {"llmgate.request_id": ctx.request_id, "llmgate.route": ctx.route_name,
-                                  "llmgate.stream": ctx.stream, **usage_attributes(ctx.usage)}
-    for key, value in (("llmgate.variant", ctx.variant), ("llmgate.served_by", ctx.served_by),
-                       ("llmgate.cost_usd", ctx.cost_usd), ("llmgate.overhead_ms", ctx.overhead_ms),
-                       ("llmgate.upstream_ms", ctx.upstream_ms), ("llmgate.ttft_ms", ctx.ttft_ms),
-                       ("error.type", ctx.error.type if ctx.error else None)):
+    attributes: dict[str, Any] = {
+        "llmgate.request_id": ctx.request_id,
+        "llmgate.route": ctx.route_name,
+        "llmgate.stream": ctx.stream,
+        **usage_attributes(ctx.usage),
+    }
+    for key, value in (
+        ("llmgate.variant", ctx.variant),
+        ("llmgate.served_by", ctx.served_by),
+        ("llmgate.cost_usd", ctx.cost_usd),
+        ("llmgate.overhead_ms", ctx.overhead_ms),
+        ("llmgate.upstream_ms", ctx.upstream_ms),
+        ("llmgate.ttft_ms", ctx.ttft_ms),
+        ("error.type", ctx.error.type if ctx.error else None),
+    ):
         if value is not None:
             attributes[key] = value
     span.set_attributes(attributes)
@@ -116,15 +129,26 @@ def upstream_span(tracer: trace.Tracer | None, backend: "Backend", route: str) -
     if tracer is None:
         yield None
         return
-    span = tracer.start_span(f"chat {backend.model}", kind=SpanKind.CLIENT, attributes={
-        "gen_ai.operation.name": "chat", "gen_ai.request.model": backend.model,
-        "llmgate.backend": backend.name, "llmgate.backend.kind": backend.kind, "llmgate.route": route})
+    span = tracer.start_span(
+        f"chat {backend.model}",
+        kind=SpanKind.CLIENT,
+        attributes={
+            "gen_ai.operation.name": "chat",
+            "gen_ai.request.model": backend.model,
+            "llmgate.backend": backend.name,
+            "llmgate.backend.kind": backend.kind,
+            "llmgate.route": route,
+        },
+    )
     try:
         with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
             yield span
     except BaseException as exc:
-        fail(span, getattr(exc, "upstream_status", None) or getattr(exc, "status", None),
-             getattr(exc, "type", None) or type(exc).__name__)
+        fail(
+            span,
+            getattr(exc, "upstream_status", None) or getattr(exc, "status", None),
+            getattr(exc, "type", None) or type(exc).__name__,
+        )
         span.end()
         raise
 
@@ -177,18 +201,26 @@ def linked_span(tracer: trace.Tracer | None, name: str, link: Link | None, **att
     if tracer is None:
         yield None
         return
-    span = tracer.start_span(name, context=Context(), kind=SpanKind.INTERNAL,
-                             links=[link] if link is not None else None,
-                             attributes={k: v for k, v in attributes.items() if v is not None})
+    span = tracer.start_span(
+        name,
+        context=Context(),
+        kind=SpanKind.INTERNAL,
+        links=[link] if link is not None else None,
+        attributes={k: v for k, v in attributes.items() if v is not None},
+    )
     with trace.use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False):
         yield span
 
 
-def record_hook(tracer: trace.Tracer, hook_name: str, plugin: str, started_ns: int, *, answered: bool,
-                error: str | None) -> None:
+def record_hook(
+    tracer: trace.Tracer, hook_name: str, plugin: str, started_ns: int, *, answered: bool, error: str | None
+) -> None:
     """A child span (of the current one) for one plugin's implementation of a hook that did work."""
-    span = tracer.start_span(f"{hook_name} {plugin}", start_time=started_ns, attributes={
-        "llmgate.hook": hook_name, "llmgate.plugin": plugin, "llmgate.hook.answered": answered})
+    span = tracer.start_span(
+        f"{hook_name} {plugin}",
+        start_time=started_ns,
+        attributes={"llmgate.hook": hook_name, "llmgate.plugin": plugin, "llmgate.hook.answered": answered},
+    )
     if error is not None:
         fail(span, None, error)
     span.end()

@@ -14,6 +14,7 @@ With a plugin that answers `authenticate` (api_keys), a rating needs the caller'
 only the caller's own tenant's requests can be rated: another tenant's request id answers the same
 404 as an unknown one, so ids neither leak nor collect foreign ratings.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -46,18 +47,23 @@ WORDS = {"helpful": 1.0, "not_helpful": 0.0}
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     path: str = "var/feedback.db"
-    remember: int | None = Field(None, ge=1, description="recent request ids kept in memory to attribute ratings; "
-                                 "unset: 10,000 with a traffic log (older ids are looked up there), else 100,000")
+    remember: int | None = Field(
+        None,
+        ge=1,
+        description="recent request ids kept in memory to attribute ratings; "
+        "unset: 10,000 with a traffic log (older ids are looked up there), else 100,000",
+    )
     max_comment_chars: int = Field(2000, ge=0)
 
 
-REMEMBER_WITH_LOG = 10_000      # the traffic log answers for older ids: memory is only the fast path
+REMEMBER_WITH_LOG = 10_000  # the traffic log answers for older ids: memory is only the fast path
 REMEMBER_WITHOUT_LOG = 100_000  # memory is the only record: keep more
-SHARED_SERVED_LIMIT = 10_000    # distinct (route, variant, tenant) answers shared between entries
+SHARED_SERVED_LIMIT = 10_000  # distinct (route, variant, tenant) answers shared between entries
 
 
 class Served(NamedTuple):
     """What answered a request: its route, the variant (backend or plugin) and the caller's tenant."""
+
     route: str
     variant: str
     tenant: str | None
@@ -74,8 +80,11 @@ def normalise(rating: Any) -> float:
         return WORDS[rating]
     if isinstance(rating, (int, float)) and not isinstance(rating, bool) and rating in (1, 2, 3, 4, 5):
         return (rating - 1) / 4
-    raise InvalidRequest(f"'rating' must be \"helpful\", \"not_helpful\" or a whole number from 1 to 5, "
-                         f"got {rating!r}", param="rating", code="invalid_rating")
+    raise InvalidRequest(
+        f'\'rating\' must be "helpful", "not_helpful" or a whole number from 1 to 5, got {rating!r}',
+        param="rating",
+        code="invalid_rating",
+    )
 
 
 class Feedback:
@@ -84,7 +93,7 @@ class Feedback:
     def __init__(self, settings: Settings):
         self.settings = settings
         self._recent: OrderedDict[str, Served] = OrderedDict()  # request id -> what answered it
-        self._counts: dict[tuple[str, str], list[float]] = {}           # (route, variant) -> [count, sum]
+        self._counts: dict[tuple[str, str], list[float]] = {}  # (route, variant) -> [count, sum]
         self._db = SqliteThread(settings.path, SCHEMA)  # opened by the first rating
         self._traffic_log: str | None = None
         self._remember = settings.remember or REMEMBER_WITHOUT_LOG
@@ -145,6 +154,7 @@ class Feedback:
             except sqlite3.Error:  # no traffic log written yet
                 return None
             return Served(records[-1]["route"], records[-1]["served_by"], records[-1]["tenant"]) if records else None
+
         return await asyncio.to_thread(look_up)
 
     async def _endpoint(self, request: web.Request) -> web.Response:
@@ -153,27 +163,38 @@ class Feedback:
         body = await read_body(request)
         request_id = body.get("request_id")
         if not isinstance(request_id, str) or not request_id:
-            raise InvalidRequest("'request_id' is required: the x-request-id of the answer rated",
-                                 param="request_id")
+            raise InvalidRequest("'request_id' is required: the x-request-id of the answer rated", param="request_id")
         score = normalise(body.get("rating"))
         comment = body.get("comment")
         if comment is not None and not isinstance(comment, str):
             raise InvalidRequest("'comment' must be a string", param="comment")
         if comment is not None and len(comment) > self.settings.max_comment_chars:
-            raise InvalidRequest(f"'comment' is longer than {self.settings.max_comment_chars} characters",
-                                 param="comment")
+            raise InvalidRequest(
+                f"'comment' is longer than {self.settings.max_comment_chars} characters", param="comment"
+            )
         served = await self._served(request_id, tenant)
         if served is None:
-            raise NotFound(f"no answered request with id '{request_id}' is known to this gateway",
-                           param="request_id", code="request_not_found")
+            raise NotFound(
+                f"no answered request with id '{request_id}' is known to this gateway",
+                param="request_id",
+                code="request_not_found",
+            )
         route, variant = served.route, served.variant
-        record = {"ts": time.time(), "request_id": request_id, "route": route, "variant": variant,
-                  "rating": body["rating"], "score": score, "comment": comment}
+        record = {
+            "ts": time.time(),
+            "request_id": request_id,
+            "route": route,
+            "variant": variant,
+            "rating": body["rating"],
+            "score": score,
+            "comment": comment,
+        }
         try:
             await self._db.run(lambda c: c.execute(_INSERT, tuple(record[k] for k in COLUMNS)))
         except sqlite3.IntegrityError:
-            raise AlreadyRated(f"request '{request_id}' was already rated", param="request_id",
-                               code="already_rated") from None
+            raise AlreadyRated(
+                f"request '{request_id}' was already rated", param="request_id", code="already_rated"
+            ) from None
         counts = self._counts.setdefault((route, variant), [0, 0.0])
         counts[0] += 1
         counts[1] += score

@@ -13,6 +13,7 @@ hook only sample and `put_nowait` on a bounded queue (full: dropped and counted)
 workers call the baseline and the judge. A judge that fails or answers nonsense is an error,
 counted, never a score.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -50,7 +51,7 @@ class Settings(BaseModel):
 
 def sampled(rate: float, *key: str) -> bool:
     """Deterministic per key, so every replica (and a test) agrees on what is judged."""
-    return int(stable_hash("judge", *key)[:8], 16) / 2 ** 32 < rate
+    return int(stable_hash("judge", *key)[:8], 16) / 2**32 < rate
 
 
 def utc_day() -> str:
@@ -60,9 +61,10 @@ def utc_day() -> str:
 @dataclass
 class Job:
     """One judgement: `answer` (from `variant`) against `opponent`'s answer, fetched when not given."""
-    kind: str                   # "candidate": scored into the windows; "shadow": written to the comparison
-    generation: Generation      # held (entered) until the job ends, so a reload does not close its backends
-    day: str                    # the budget day it was charged to
+
+    kind: str  # "candidate": scored into the windows; "shadow": written to the comparison
+    generation: Generation  # held (entered) until the job ends, so a reload does not close its backends
+    day: str  # the budget day it was charged to
     route: str
     request_id: str
     variant: str
@@ -71,7 +73,7 @@ class Job:
     messages: list[dict]
     body: dict[str, Any] = field(default_factory=dict)  # the request, to ask the baseline
     opponent_answer: str | None = None
-    link: Any = None            # the span it came from (a request's, a shadow call's) when tracing is on
+    link: Any = None  # the span it came from (a request's, a shadow call's) when tracing is on
 
 
 class Tally:
@@ -90,8 +92,13 @@ class Tally:
 
     def summary(self) -> dict[str, Any]:
         n = self.wins + self.ties + self.losses
-        return {"win_rate": (self.wins + 0.5 * self.ties) / n if n else None, "judged": n,
-                "wins": self.wins, "ties": self.ties, "losses": self.losses}
+        return {
+            "win_rate": (self.wins + 0.5 * self.ties) / n if n else None,
+            "judged": n,
+            "wins": self.wins,
+            "ties": self.ties,
+            "losses": self.losses,
+        }
 
 
 class Judge:
@@ -120,11 +127,15 @@ class Judge:
         settings = config.settings
         problems = []
         if self.settings.backend not in settings.backends:
-            problems.append(f"plugins.judge.backend: unknown backend '{self.settings.backend}' "
-                            f"(defined: {', '.join(sorted(settings.backends)) or 'none'})")
-        problems += [f"plugins.judge.routes: unknown route '{route}' "
-                     f"(defined: {', '.join(sorted(settings.routes)) or 'none'})"
-                     for route in self.settings.routes or () if route not in settings.routes]
+            problems.append(
+                f"plugins.judge.backend: unknown backend '{self.settings.backend}' "
+                f"(defined: {', '.join(sorted(settings.backends)) or 'none'})"
+            )
+        problems += [
+            f"plugins.judge.routes: unknown route '{route}' (defined: {', '.join(sorted(settings.routes)) or 'none'})"
+            for route in self.settings.routes or ()
+            if route not in settings.routes
+        ]
         return problems
 
     @hookimpl
@@ -132,8 +143,9 @@ class Judge:
         self._gateway = gateway
         self._shadow = gateway.plugin(Shadow)  # where a shadow comparison's judge score is written
         self._jobs = asyncio.Queue(self.settings.queue_size)
-        self._workers = [asyncio.create_task(self._work(), name=f"judge worker {i}")
-                         for i in range(self.settings.max_concurrent)]
+        self._workers = [
+            asyncio.create_task(self._work(), name=f"judge worker {i}") for i in range(self.settings.max_concurrent)
+        ]
 
     @hookimpl
     async def shutdown(self, gateway):
@@ -156,20 +168,39 @@ class Judge:
         if not answer or not sampled(self.settings.sample_rate, ctx.request_id):
             return
         body = whole_answer_request(ctx.body)  # compared whole, even when the caller streamed
-        self._submit(ctx.generation, kind="candidate", route=ctx.route_name, request_id=ctx.request_id,
-                     variant=ctx.served_by,
-                     answer=answer, opponent=route.baseline, messages=ctx.body.get("messages") or [], body=body)
+        self._submit(
+            ctx.generation,
+            kind="candidate",
+            route=ctx.route_name,
+            request_id=ctx.request_id,
+            variant=ctx.served_by,
+            answer=answer,
+            opponent=route.baseline,
+            messages=ctx.body.get("messages") or [],
+            body=body,
+        )
 
     @hookimpl
     def shadow_compared(self, comparison):
         shadow, primary = comparison.get("shadow_answer"), comparison.get("primary_answer")
-        if (not shadow or not primary or not self._wanted(comparison["route"])
-                or not sampled(self.settings.sample_rate, comparison["request_id"], comparison["shadow_backend"])):
+        if (
+            not shadow
+            or not primary
+            or not self._wanted(comparison["route"])
+            or not sampled(self.settings.sample_rate, comparison["request_id"], comparison["shadow_backend"])
+        ):
             return
-        self._submit(self._gateway.generation, kind="shadow", route=comparison["route"],
-                     request_id=comparison["request_id"],
-                     variant=comparison["shadow_backend"], answer=shadow, opponent=comparison["primary_backend"],
-                     opponent_answer=primary, messages=comparison.get("messages") or [])
+        self._submit(
+            self._gateway.generation,
+            kind="shadow",
+            route=comparison["route"],
+            request_id=comparison["request_id"],
+            variant=comparison["shadow_backend"],
+            answer=shadow,
+            opponent=comparison["primary_backend"],
+            opponent_answer=primary,
+            messages=comparison.get("messages") or [],
+        )
 
     def _wanted(self, route: str) -> bool:
         return not self.closing and (self.settings.routes is None or route in self.settings.routes)
@@ -202,9 +233,16 @@ class Judge:
         while True:
             job = await self._jobs.get()
             try:
-                with tracing.linked_span(self._gateway.hooks.tracer, f"judge {job.kind}", job.link,
-                                         **{"llmgate.route": job.route, "llmgate.variant": job.variant,
-                                            "llmgate.request_id": job.request_id}):
+                with tracing.linked_span(
+                    self._gateway.hooks.tracer,
+                    f"judge {job.kind}",
+                    job.link,
+                    **{
+                        "llmgate.route": job.route,
+                        "llmgate.variant": job.variant,
+                        "llmgate.request_id": job.request_id,
+                    },
+                ):
                     await self._judge(job)
             except asyncio.CancelledError:
                 raise
@@ -227,18 +265,21 @@ class Judge:
             log.warning("judge backend '%s' is no longer configured", self.settings.backend)
             return
         verdict = await PairwiseJudge(backend, self.settings.criteria).compare(
-            job.messages, job.answer, job.opponent_answer)
+            job.messages, job.answer, job.opponent_answer
+        )
         if verdict.outcome == "error":
             self.errors += 1
             log.warning("the judge failed on request %s: %s", job.request_id, self._gateway.scrub(verdict.error or ""))
             return
         score = SCORE[verdict.outcome]
         if job.kind == "candidate":
-            await self._gateway.hooks.call("record_score", route=job.route, variant=job.variant,
-                                           name="judge_win_rate", value=score)
+            await self._gateway.hooks.call(
+                "record_score", route=job.route, variant=job.variant, name="judge_win_rate", value=score
+            )
         elif not await self._shadow.set_judge_score(job.request_id, job.variant, score):
-            log.warning("no stored comparison of request %s with shadow %s for its judge score",
-                        job.request_id, job.variant)
+            log.warning(
+                "no stored comparison of request %s with shadow %s for its judge score", job.request_id, job.variant
+            )
         self.judged += 1
         self._tallies[job.kind].setdefault((job.route, job.variant), Tally()).add(score)
 
@@ -271,23 +312,38 @@ class Judge:
 
     @hookimpl
     def admin_status(self, gateway):
-        return {"judge": {"backend": self.settings.backend, "sample_rate": self.settings.sample_rate,
-                          "queued": self._jobs.qsize() if self._jobs else 0, "judged": self.judged,
-                          "errors": self.errors, "baseline_errors": self.baseline_errors, "dropped": self.dropped,
-                          "over_budget": self.over_budget, "budget_left_today": self.budget_left(),
-                          "win_rate": self._rates("candidate"), "shadow_win_rate": self._rates("shadow")}}
+        return {
+            "judge": {
+                "backend": self.settings.backend,
+                "sample_rate": self.settings.sample_rate,
+                "queued": self._jobs.qsize() if self._jobs else 0,
+                "judged": self.judged,
+                "errors": self.errors,
+                "baseline_errors": self.baseline_errors,
+                "dropped": self.dropped,
+                "over_budget": self.over_budget,
+                "budget_left_today": self.budget_left(),
+                "win_rate": self._rates("candidate"),
+                "shadow_win_rate": self._rates("shadow"),
+            }
+        }
 
     @hookimpl
     def collect_metrics(self, gateway):
-        return [("llmgate_judge_queue_depth", "Judgements waiting.", {}, self._jobs.qsize() if self._jobs else 0),
-                ("llmgate_judgements_total", "Judgements made.", {}, self.judged),
-                ("llmgate_judge_errors_total", "Judge calls that failed or answered nonsense.", {}, self.errors),
-                ("llmgate_judge_baseline_errors_total", "Baseline answers that could not be had.", {},
-                 self.baseline_errors),
-                ("llmgate_judge_dropped_total", "Judgements dropped (queue full).", {}, self.dropped),
-                ("llmgate_judge_over_budget_total", "Samples skipped: the daily budget was spent.", {},
-                 self.over_budget),
-                ("llmgate_judge_budget_left", "Judgements left in today's budget.", {}, self.budget_left())]
+        return [
+            ("llmgate_judge_queue_depth", "Judgements waiting.", {}, self._jobs.qsize() if self._jobs else 0),
+            ("llmgate_judgements_total", "Judgements made.", {}, self.judged),
+            ("llmgate_judge_errors_total", "Judge calls that failed or answered nonsense.", {}, self.errors),
+            (
+                "llmgate_judge_baseline_errors_total",
+                "Baseline answers that could not be had.",
+                {},
+                self.baseline_errors,
+            ),
+            ("llmgate_judge_dropped_total", "Judgements dropped (queue full).", {}, self.dropped),
+            ("llmgate_judge_over_budget_total", "Samples skipped: the daily budget was spent.", {}, self.over_budget),
+            ("llmgate_judge_budget_left", "Judgements left in today's budget.", {}, self.budget_left()),
+        ]
 
     @hookimpl
     def readiness(self, gateway):

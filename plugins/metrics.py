@@ -12,6 +12,7 @@ plugin: never a tenant, user, key or request id. The endpoint is open on the dae
 default (scrapers usually sit behind a network boundary); `token` makes it ask for
 `Authorization: Bearer <token>`, `admin: true` for the admin token.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -64,32 +65,70 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=False)
         by_request = ("route", "variant", "backend")
         r = self.registry
-        self.requests = Counter("llmgate_requests", "Chat requests answered, by status class.",
-                                (*by_request, "status_class"), registry=r)
-        self.errors = Counter("llmgate_request_errors", "Chat requests that failed, by OpenAI error type.",
-                              (*by_request, "type"), registry=r)
-        self.duration = Histogram("llmgate_request_duration_seconds", "Time from request to last byte.",
-                                  by_request, buckets=LATENCY_BUCKETS, registry=r)
-        self.ttft = Histogram("llmgate_time_to_first_token_seconds", "Streams: time to the first token.",
-                              by_request, buckets=TTFT_BUCKETS, registry=r)
-        self.overhead = Histogram("llmgate_overhead_seconds", "Time spent in the gateway itself before the "
-                                  "answer started (x-llmgate-overhead-ms).", ("route",), buckets=OVERHEAD_BUCKETS,
-                                  registry=r)
-        self.tokens = Counter("llmgate_tokens", "Tokens used, by kind (prompt, completion).",
-                              (*by_request, "kind"), registry=r)
-        self.cost = Counter("llmgate_cost_usd", "Spend in US dollars, priced by the config's prices.",
-                            by_request, registry=r)
-        self.attempts = Counter("llmgate_upstream_attempts", "Backend attempts (retries and fallbacks included).",
-                                ("route", "backend", "status_class"), registry=r)
-        self.cache = Counter("llmgate_cache_lookups", "Cache verdicts: hit-exact, hit-semantic, miss, bypass.",
-                             ("route", "result"), registry=r)
-        self.answered_by_plugin = Counter("llmgate_plugin_answers", "Requests a plugin answered (a cache hit).",
-                                          ("route", "plugin"), registry=r)
-        self.scores = Histogram("llmgate_quality_score", "Quality scores reported (judge win rate, feedback), 0..1.",
-                                ("route", "variant", "name"), buckets=SCORE_BUCKETS, registry=r)
-        self.rollout_events = Counter("llmgate_rollout_events", "Rollout changes made on this replica, "
-                                      "by kind (rollback, promote, rollout, kill, ...).", ("route", "kind"),
-                                      registry=r)
+        self.requests = Counter(
+            "llmgate_requests", "Chat requests answered, by status class.", (*by_request, "status_class"), registry=r
+        )
+        self.errors = Counter(
+            "llmgate_request_errors",
+            "Chat requests that failed, by OpenAI error type.",
+            (*by_request, "type"),
+            registry=r,
+        )
+        self.duration = Histogram(
+            "llmgate_request_duration_seconds",
+            "Time from request to last byte.",
+            by_request,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "llmgate_time_to_first_token_seconds",
+            "Streams: time to the first token.",
+            by_request,
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self.overhead = Histogram(
+            "llmgate_overhead_seconds",
+            "Time spent in the gateway itself before the answer started (x-llmgate-overhead-ms).",
+            ("route",),
+            buckets=OVERHEAD_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "llmgate_tokens", "Tokens used, by kind (prompt, completion).", (*by_request, "kind"), registry=r
+        )
+        self.cost = Counter(
+            "llmgate_cost_usd", "Spend in US dollars, priced by the config's prices.", by_request, registry=r
+        )
+        self.attempts = Counter(
+            "llmgate_upstream_attempts",
+            "Backend attempts (retries and fallbacks included).",
+            ("route", "backend", "status_class"),
+            registry=r,
+        )
+        self.cache = Counter(
+            "llmgate_cache_lookups",
+            "Cache verdicts: hit-exact, hit-semantic, miss, bypass.",
+            ("route", "result"),
+            registry=r,
+        )
+        self.answered_by_plugin = Counter(
+            "llmgate_plugin_answers", "Requests a plugin answered (a cache hit).", ("route", "plugin"), registry=r
+        )
+        self.scores = Histogram(
+            "llmgate_quality_score",
+            "Quality scores reported (judge win rate, feedback), 0..1.",
+            ("route", "variant", "name"),
+            buckets=SCORE_BUCKETS,
+            registry=r,
+        )
+        self.rollout_events = Counter(
+            "llmgate_rollout_events",
+            "Rollout changes made on this replica, by kind (rollback, promote, rollout, kill, ...).",
+            ("route", "kind"),
+            registry=r,
+        )
         self._by_request: dict[tuple[str, str, str], _Children] = {}  # bounded: names come from the config
         self._scrape = _ScrapeTime()
         r.register(self._scrape)
@@ -161,14 +200,16 @@ class Metrics:
         elif self.settings.token:
             given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
             if not hmac.compare_digest(given.encode(), self.settings.token.encode()):
-                raise Unauthorized("GET /metrics needs the metrics token (Authorization: Bearer <token>)",
-                                   code="invalid_metrics_token")
+                raise Unauthorized(
+                    "GET /metrics needs the metrics token (Authorization: Bearer <token>)", code="invalid_metrics_token"
+                )
 
     async def endpoint(self, request: web.Request) -> web.Response:
         self._authorise(request)
         gateway = self._gateway
-        figures = [f for found in (await gateway.hooks.call("collect_metrics", gateway=gateway)).values()
-                   for f in found]
+        figures = [
+            f for found in (await gateway.hooks.call("collect_metrics", gateway=gateway)).values() for f in found
+        ]
         self._scrape.load(figures, dict(gateway.hooks.faults), dict(request.app.get(IN_FLIGHT) or {}))
         body = generate_latest(self.registry)  # no await since `load`: a concurrent scrape cannot interleave
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -202,8 +243,9 @@ class _ScrapeTime:
         flight = GaugeMetricFamily("llmgate_requests_in_flight", "Chat requests being served now.", labels=["route"])
         for route, count in sorted(in_flight.items()):
             flight.add_metric([_label(route)], count)
-        errors = CounterMetricFamily("llmgate_plugin_errors", "Plugin hook calls that raised or timed out.",
-                                     labels=["plugin"])
+        errors = CounterMetricFamily(
+            "llmgate_plugin_errors", "Plugin hook calls that raised or timed out.", labels=["plugin"]
+        )
         for plugin, count in sorted(faults.items()):
             errors.add_metric([_label(plugin)], count)
         families[flight.name], families[errors.name] = flight, errors
@@ -214,7 +256,7 @@ class _ScrapeTime:
                     raise ValueError("not a Prometheus metric or label name")
                 labels = {str(k): _label(v) for k, v in (labels or {}).items()}
                 counter = name.endswith("_total")
-                key = name[:-len("_total")] if counter else name
+                key = name[: -len("_total")] if counter else name
                 family = families.get(key)
                 if family is None:
                     kind = CounterMetricFamily if counter else GaugeMetricFamily

@@ -7,6 +7,7 @@ start and end is the core's business (gateway/tracing.py). With no endpoint (nei
 no tracer, and tracing costs nothing. Spans are exported in batches by the SDK's own thread from
 a bounded queue (`max_queue_size`; a full queue drops spans), never on the request path.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -60,10 +61,13 @@ class Tracing:
         from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
         s = self.settings
-        self.provider = TracerProvider(resource=Resource.create({"service.name": s.service_name}),
-                                       sampler=ParentBased(TraceIdRatioBased(s.sample_ratio)))
+        self.provider = TracerProvider(
+            resource=Resource.create({"service.name": s.service_name}),
+            sampler=ParentBased(TraceIdRatioBased(s.sample_ratio)),
+        )
         if self.endpoint:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
             exporter = OTLPSpanExporter(endpoint=self.endpoint, headers=dict(s.otlp_headers) or None, timeout=10)
             self.provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=s.max_queue_size))
         if s.in_memory:

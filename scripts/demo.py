@@ -8,6 +8,7 @@ then both are stopped. Logs, state and the traffic log go under var/demo/.
 The functions are importable (tests/test_demo_model.py starts the model the same way).
 Standard library only: it runs before anything else is known to be installed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,9 +77,16 @@ def _spawn(argv: list[str], log_path: Path, env: dict | None = None) -> subproce
     """Start a child in its own session (Ctrl-C reaches only us, so we stop children in order), logging to a file."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
-        return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True,
-                                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        return subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
 
 
 def start_model_server(port: int, log_path: Path, n_threads: int = 2) -> subprocess.Popen:
@@ -86,16 +94,34 @@ def start_model_server(port: int, log_path: Path, n_threads: int = 2) -> subproc
     # llama.cpp's server reads HOST and PORT from the environment before its own flags; `make demo PORT=...`
     # exports PORT (the gateway's), so the model server must not see it.
     env = {k: v for k, v in os.environ.items() if k not in ("HOST", "PORT")}
-    return _spawn([sys.executable, "-m", "llama_cpp.server", "--model", str(model_path()),
-                   "--host", "127.0.0.1", "--port", str(port), "--model_alias", MODEL_ALIAS,
-                   "--n_threads", str(n_threads),
-                   # By default a new request interrupts the one being answered: a shadow call would cut off the
-                   # caller's own stream. Requests wait their turn instead.
-                   "--interrupt_requests", "False"], log_path, env)
+    return _spawn(
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(model_path()),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--model_alias",
+            MODEL_ALIAS,
+            "--n_threads",
+            str(n_threads),
+            # By default a new request interrupts the one being answered: a shadow call would cut off the
+            # caller's own stream. Requests wait their turn instead.
+            "--interrupt_requests",
+            "False",
+        ],
+        log_path,
+        env,
+    )
 
 
-def start_gateway(port: int, upstream: str, log_path: Path, admin_token: str,
-                  config: Path = CONFIG) -> subprocess.Popen:
+def start_gateway(
+    port: int, upstream: str, log_path: Path, admin_token: str, config: Path = CONFIG
+) -> subprocess.Popen:
     """`llmgate serve` with the demo config; the upstream URL reaches it through ${LLMGATE_DEMO_UPSTREAM}."""
     llmgate = Path(sys.executable).with_name("llmgate")
     command = [str(llmgate)] if llmgate.exists() else [sys.executable, "-m", "gateway"]
@@ -137,8 +163,10 @@ def usage_text(port: int, admin_token: str) -> str:
     """The tour to paste into another terminal: a request, the console, a rollout and a rollback."""
     url = f"http://127.0.0.1:{port}"
     logs = DEMO_DIR.relative_to(ROOT)
-    question = (f'{{"model": "{ROUTE}", "user": "alice", '
-                f'"messages": [{{"role": "user", "content": "What is the capital of France?"}}]}}')
+    question = (
+        f'{{"model": "{ROUTE}", "user": "alice", '
+        f'"messages": [{{"role": "user", "content": "What is the capital of France?"}}]}}'
+    )
     return f"""
 llmgate demo is ready on {url}: route `{ROUTE}` -> SmolLM2-135M-Instruct on CPU (llama.cpp), no keys needed.
   baseline  smollm2-terse   (one short sentence)
@@ -170,8 +198,12 @@ Logs: {logs}/gateway.log, {logs}/llama-server.log. Ctrl-C stops both.
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, default=int(os.environ.get("DEMO_PORT") or 8080),
-                        help="gateway port (default: $DEMO_PORT, else 8080)")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("DEMO_PORT") or 8080),
+        help="gateway port (default: $DEMO_PORT, else 8080)",
+    )
     args = parser.parse_args(argv)
     if not port_is_free(args.port):
         print(f"demo: port {args.port} is in use; try `make demo DEMO_PORT={args.port + 10}`", file=sys.stderr)

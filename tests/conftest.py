@@ -50,6 +50,7 @@ def aws_env(monkeypatch):
 @pytest.fixture
 def fake_anthropic():
     from tests.fakes.anthropic_api import FakeAnthropic
+
     fake = FakeAnthropic(api_key=UPSTREAM_KEY)
     with serving(fake):
         yield fake
@@ -58,6 +59,7 @@ def fake_anthropic():
 @pytest.fixture
 def fake_bedrock(aws_env):
     from tests.fakes.bedrock_api import FakeBedrock
+
     fake = FakeBedrock()
     with serving(fake):
         yield fake
@@ -88,14 +90,19 @@ def redis_server(tmp_path_factory):
     import subprocess
 
     from tests.support import free_port
+
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail("redis-server is not installed: run `make test`, which installs it")
     port = free_port()
     workdir = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     import redis
+
     client = redis.Redis(port=port)
     for _ in range(100):
         try:
@@ -103,6 +110,7 @@ def redis_server(tmp_path_factory):
             break
         except redis.ConnectionError:
             import time
+
             time.sleep(0.05)
     yield f"redis://127.0.0.1:{port}/0"
     proc.terminate()
@@ -112,6 +120,7 @@ def redis_server(tmp_path_factory):
 @pytest.fixture
 def redis_url(redis_server):
     import redis
+
     redis.Redis.from_url(redis_server).flushall()
     return redis_server
 
@@ -120,6 +129,7 @@ def redis_url(redis_server):
 def state_settings(request, tmp_path):
     """State-store settings for each engine in turn: the embedded SQLite file, then the real Redis."""
     from gateway.config import StateSettings
+
     if request.param == "redis":
         return StateSettings(redis_url=request.getfixturevalue("redis_url"))
     return StateSettings(sqlite_path=str(tmp_path / "state.db"))

@@ -1,4 +1,5 @@
 """Plugins the tests load by import path, each showing one part of the hook contract."""
+
 import asyncio
 
 from gateway.chat import completion, usage
@@ -15,8 +16,9 @@ class Answerer:
     @hookimpl
     async def before_route(self, ctx):
         if ctx.body["messages"][-1]["content"] == "cached?":
-            return completion("chatcmpl-plugin", "plugin", {"role": "assistant", "content": self.reply}, "stop",
-                              usage(1, 3))
+            return completion(
+                "chatcmpl-plugin", "plugin", {"role": "assistant", "content": self.reply}, "stop", usage(1, 3)
+            )
 
 
 class Chooser:
@@ -67,6 +69,7 @@ class Observer:
 
 class Recorder:
     """Records the order plugins are called in."""
+
     calls: list = []
 
     def __init__(self, settings):
@@ -79,6 +82,7 @@ class Recorder:
 
 class Lifecycle:
     """Records its start-up and shutdown; `requires` (from its settings) names plugins it cannot work without."""
+
     calls: list = []
 
     def __init__(self, settings):
@@ -96,6 +100,7 @@ class Lifecycle:
 
 class Stateful:
     """Keeps working data in `ctx.state` between its hooks, and a note in `ctx.annotations`."""
+
     seen: list = []
 
     @hookimpl

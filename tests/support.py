@@ -1,4 +1,5 @@
 """Running aiohttp servers (fake upstreams, gateways) on loopback in their own threads, for tests."""
+
 from __future__ import annotations
 
 import asyncio
@@ -81,11 +82,13 @@ class ServerThread:
 def gateway_thread(config: dict) -> ServerThread:
     from gateway.app import create_app
     from gateway.config import parse_config
+
     return ServerThread(lambda: create_app(parse_config(config, "<test>")))
 
 
 def wait_for_http(url: str, timeout: float = 20.0) -> None:
     import urllib.request
+
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -118,9 +121,13 @@ class GatewayProcess:
 
     def start(self) -> "GatewayProcess":
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(self.config_path),
-                                      "--port", str(self.port)], cwd=self.workdir, env=self.env,
-                                     stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--config", str(self.config_path), "--port", str(self.port)],
+            cwd=self.workdir,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
         wait_for_http(self.url + "/healthz")
         return self
 
@@ -129,6 +136,7 @@ class GatewayProcess:
 
     def stop(self, sig=None) -> int:
         import signal as _signal
+
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(sig or _signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -156,9 +164,23 @@ class RedisProcess:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> "RedisProcess":
-        self.proc = subprocess.Popen([self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no", "--dir", str(self.workdir)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 20
         while not self._answers():
             if time.monotonic() > deadline:
@@ -168,6 +190,7 @@ class RedisProcess:
 
     def _answers(self) -> bool:
         import redis
+
         try:
             return redis.Redis(port=self.port, socket_connect_timeout=1).ping()
         except redis.ConnectionError:

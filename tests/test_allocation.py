@@ -1,4 +1,5 @@
 """Sticky allocation: percent changes only ever move users between a candidate and the baseline."""
+
 import random
 
 import pytest
@@ -12,8 +13,10 @@ def assignment(alloc: Allocation) -> list:
 
 def test_bucket_is_stable_and_uniform():
     assert bucket_of("bot", "user:alice") == bucket_of("bot", "user:alice")
-    same_decile = sum(bucket_of("bot", f"user:{i}") * 10 // BUCKETS == bucket_of("other", f"user:{i}") * 10 // BUCKETS
-                      for i in range(5_000))
+    same_decile = sum(
+        bucket_of("bot", f"user:{i}") * 10 // BUCKETS == bucket_of("other", f"user:{i}") * 10 // BUCKETS
+        for i in range(5_000)
+    )
     assert 350 < same_decile < 650, "routes bucket users independently (about 10% share a decile by chance)"
     counts = [0] * 10
     for i in range(20_000):

@@ -1,4 +1,5 @@
 """Client API keys: the team a key names, the routes it may use, the key command, and no secret in any output."""
+
 import json
 import re
 import sqlite3
@@ -25,10 +26,13 @@ def tenancy_config(fake, tmp_path, **plugins) -> dict:
         "backends": {"up": backend_config("openai", fake)},
         "routes": {"support-bot": {"baseline": "up"}, "sales-bot": {"baseline": "up"}},
         "plugins": {
-            "api_keys": {"enabled": True, "teams": {
-                "support": {"keys": [hash_key(SUPPORT_KEY)], "routes": ["support-bot"]},
-                "sales": {"keys": [hash_key(SALES_KEY)]},  # no routes: every route
-            }},
+            "api_keys": {
+                "enabled": True,
+                "teams": {
+                    "support": {"keys": [hash_key(SUPPORT_KEY)], "routes": ["support-bot"]},
+                    "sales": {"keys": [hash_key(SALES_KEY)]},  # no routes: every route
+                },
+            },
             "traffic_log": {"path": str(tmp_path / "traffic.db")},
             **plugins,
         },
@@ -65,10 +69,12 @@ def test_unknown_or_missing_key_is_refused_in_the_openai_shape(fake_openai, make
     assert refused.value.body["type"] == "authentication_error"
     assert refused.value.body["code"] == "invalid_api_key"
 
-    request = urllib.request.Request(gw.url + "/v1/chat/completions", method="POST",
-                                     headers={"Content-Type": "application/json"},
-                                     data=json.dumps({"model": "support-bot",
-                                                      "messages": [{"role": "user", "content": "hi"}]}).encode())
+    request = urllib.request.Request(
+        gw.url + "/v1/chat/completions",
+        method="POST",
+        headers={"Content-Type": "application/json"},
+        data=json.dumps({"model": "support-bot", "messages": [{"role": "user", "content": "hi"}]}).encode(),
+    )
     with pytest.raises(urllib.error.HTTPError) as missing:
         urllib.request.urlopen(request, timeout=10)
     assert missing.value.code == 401
@@ -95,7 +101,10 @@ def test_a_known_key_is_served_as_its_team(fake_openai, make_gateway, tmp_path):
     assert ask(gw, SALES_KEY, route="sales-bot").choices[0].message.content == "echo: hello"
     records = wait_for_records(tmp_path / "traffic.db", 3)
     assert [(r["route"], r["tenant"]) for r in records] == [
-        ("support-bot", "support"), ("support-bot", "sales"), ("sales-bot", "sales")]
+        ("support-bot", "support"),
+        ("support-bot", "sales"),
+        ("sales-bot", "sales"),
+    ]
     # The upstream sees the gateway's provider key, never the caller's.
     assert {h["Authorization"] for h in fake_openai.headers} == {f"Bearer {UPSTREAM_KEY}"}
 
@@ -149,7 +158,8 @@ def test_config_problems_are_named_without_echoing_a_key(fake_openai, tmp_path):
 
 
 def test_a_plugin_listed_before_api_keys_cannot_answer_an_unknown_key_or_a_forbidden_route(
-        fake_openai, make_gateway, tmp_path):
+    fake_openai, make_gateway, tmp_path
+):
     config = tenancy_config(fake_openai, tmp_path)
     config["plugins"] = {"answerer": {"module": "tests.plugins_for_tests:Answerer"}, **config["plugins"]}
     gw = make_gateway(config)  # the answerer's before_route is listed first: authentication still comes first
@@ -162,9 +172,12 @@ def test_a_plugin_listed_before_api_keys_cannot_answer_an_unknown_key_or_a_forbi
     assert forbidden.value.body["code"] == "route_not_allowed"
 
     # An unknown key is refused on its headers: the body is never read (here: not valid JSON at all).
-    request = urllib.request.Request(gw.url + "/v1/chat/completions", method="POST", data=b"{not json",
-                                     headers={"Content-Type": "application/json",
-                                              "x-api-key": "sk-lg-not-a-key-of-this-gateway-000000"})
+    request = urllib.request.Request(
+        gw.url + "/v1/chat/completions",
+        method="POST",
+        data=b"{not json",
+        headers={"Content-Type": "application/json", "x-api-key": "sk-lg-not-a-key-of-this-gateway-000000"},
+    )
     with pytest.raises(urllib.error.HTTPError) as unread:
         urllib.request.urlopen(request, timeout=10)
     assert unread.value.code == 401 and json.loads(unread.value.read())["error"]["code"] == "invalid_api_key"
@@ -194,7 +207,7 @@ def test_no_secret_reaches_the_logs_the_hook_traces_or_the_files(tmp_path):
     from tests.fakes.openai_api import FakeOpenAI
     from tests.support import GatewayProcess, ServerThread
 
-    provider_key = f"provider-key-{random_secrets.token_hex(12)}"       # shaped like nothing a pattern knows
+    provider_key = f"provider-key-{random_secrets.token_hex(12)}"  # shaped like nothing a pattern knows
     wrong_provider_key = f"stale-provider-key-{random_secrets.token_hex(12)}"
     admin_token = f"admin-token-{random_secrets.token_hex(12)}"
     support_key = new_key()
@@ -209,36 +222,56 @@ def test_no_secret_reaches_the_logs_the_hook_traces_or_the_files(tmp_path):
             "server": {"admin_token": "${TEST_ADMIN_TOKEN}"},
             "state": {"sqlite_path": str(tmp_path / "state.db")},
             "backends": {
-                "up": {"kind": "openai", "base_url": upstream.url + "/v1", "model": "m",
-                       "api_key": "${TEST_PROVIDER_KEY}"},
-                "stale": {"kind": "openai", "base_url": upstream.url + "/v1", "model": "m",
-                          "api_key": "${TEST_STALE_PROVIDER_KEY}"},
+                "up": {
+                    "kind": "openai",
+                    "base_url": upstream.url + "/v1",
+                    "model": "m",
+                    "api_key": "${TEST_PROVIDER_KEY}",
+                },
+                "stale": {
+                    "kind": "openai",
+                    "base_url": upstream.url + "/v1",
+                    "model": "m",
+                    "api_key": "${TEST_STALE_PROVIDER_KEY}",
+                },
             },
-            "routes": {"support-bot": {"baseline": "up", "retries": 0},
-                       "stale-bot": {"baseline": "stale", "retries": 0}},
+            "routes": {
+                "support-bot": {"baseline": "up", "retries": 0},
+                "stale-bot": {"baseline": "stale", "retries": 0},
+            },
             "plugins": {
-                "api_keys": {"enabled": True, "teams": {
-                    "support": {"keys": [hash_key(support_key)], "routes": ["support-bot"]},
-                    "sales": {"keys": [hash_key(sales_key)], "requests_per_minute": 4}}},
+                "api_keys": {
+                    "enabled": True,
+                    "teams": {
+                        "support": {"keys": [hash_key(support_key)], "routes": ["support-bot"]},
+                        "sales": {"keys": [hash_key(sales_key)], "requests_per_minute": 4},
+                    },
+                },
                 "quotas": {"enabled": True},
                 "traffic_log": {"path": str(tmp_path / "traffic.db")},
             },
         }
-        env = {"TEST_PROVIDER_KEY": provider_key, "TEST_STALE_PROVIDER_KEY": wrong_provider_key,
-               "TEST_ADMIN_TOKEN": admin_token, "LLMGATE_TRACE_HOOKS": "1", "LLMGATE_LOG_LEVEL": "DEBUG"}
+        env = {
+            "TEST_PROVIDER_KEY": provider_key,
+            "TEST_STALE_PROVIDER_KEY": wrong_provider_key,
+            "TEST_ADMIN_TOKEN": admin_token,
+            "LLMGATE_TRACE_HOOKS": "1",
+            "LLMGATE_LOG_LEVEL": "DEBUG",
+        }
         gw = GatewayProcess(config, tmp_path, env=env).start()
         answers = []
         try:
             answers.append(ask(gw, support_key).model_dump_json())
             stream = client(gw, support_key).chat.completions.create(
-                model="support-bot", messages=[{"role": "user", "content": "stream it"}], stream=True)
+                model="support-bot", messages=[{"role": "user", "content": "stream it"}], stream=True
+            )
             answers.append("".join(c.choices[0].delta.content or "" for c in stream if c.choices))
             failures = [
-                lambda: ask(gw, sales_key, route="stale-bot"),               # upstream 401 echoing the stale key
-                lambda: ask(gw, sales_key, text="[status 500]"),             # upstream failure
-                lambda: ask(gw, guessed_key),                                # unknown key
-                lambda: ask(gw, support_key, route="stale-bot"),             # route outside the team
-                *[lambda: ask(gw, sales_key)] * 3,                           # past the team's quota
+                lambda: ask(gw, sales_key, route="stale-bot"),  # upstream 401 echoing the stale key
+                lambda: ask(gw, sales_key, text="[status 500]"),  # upstream failure
+                lambda: ask(gw, guessed_key),  # unknown key
+                lambda: ask(gw, support_key, route="stale-bot"),  # route outside the team
+                *[lambda: ask(gw, sales_key)] * 3,  # past the team's quota
             ]
             for fail in failures:
                 try:
@@ -247,8 +280,12 @@ def test_no_secret_reaches_the_logs_the_hook_traces_or_the_files(tmp_path):
                     answers.append(f"{err.status_code} {err.response.text} {dict(err.response.headers)}")
             statuses = [a.split(" ", 1)[0] for a in answers[2:]]
             assert statuses[:4] == ["502", "502", "401", "403"] and statuses[-1] == "429"
-            for token, path in ((sales_key, "/v1/usage"), (guessed_key, "/v1/usage"),
-                                (admin_token, "/admin/status"), (wrong_admin, "/admin/status")):
+            for token, path in (
+                (sales_key, "/v1/usage"),
+                (guessed_key, "/v1/usage"),
+                (admin_token, "/admin/status"),
+                (wrong_admin, "/admin/status"),
+            ):
                 request = urllib.request.Request(gw.url + path, headers={"Authorization": f"Bearer {token}"})
                 try:
                     with urllib.request.urlopen(request, timeout=10) as response:
@@ -285,8 +322,12 @@ def isolation_config(fake, tmp_path) -> dict:
 
 def raw_request(gw, path: str, key: str | None, body: dict | None = None) -> tuple[int, dict]:
     headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
-    request = urllib.request.Request(gw.url + path, headers=headers, method="POST" if body is not None else "GET",
-                                     data=json.dumps(body).encode() if body is not None else None)
+    request = urllib.request.Request(
+        gw.url + path,
+        headers=headers,
+        method="POST" if body is not None else "GET",
+        data=json.dumps(body).encode() if body is not None else None,
+    )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, json.loads(response.read())
@@ -321,8 +362,9 @@ def test_an_unknown_model_names_only_the_callers_routes(fake_openai, make_gatewa
     with pytest.raises(openai.AuthenticationError) as guessed:
         ask(gw, "sk-lg-guessed-key-000000000000000000", route="no-such-bot")
     assert guessed.value.body["code"] == "invalid_api_key"
-    status, missing = raw_request(gw, "/v1/chat/completions", None,
-                                  {"model": "no-such-bot", "messages": [{"role": "user", "content": "hi"}]})
+    status, missing = raw_request(
+        gw, "/v1/chat/completions", None, {"model": "no-such-bot", "messages": [{"role": "user", "content": "hi"}]}
+    )
     assert status == 401 and missing["error"]["code"] == "missing_api_key"
     for refused in (guessed.value.body["message"], missing["error"]["message"]):
         assert "support-bot" not in refused and "sales-bot" not in refused
@@ -341,8 +383,9 @@ def test_without_the_plugin_an_unknown_model_names_every_route(fake_openai, make
     gw = make_gateway(config)
     with pytest.raises(openai.NotFoundError) as unknown:
         ask(gw, "any-key-at-all", route="no-such-bot")
-    assert unknown.value.body["message"] == ("the model 'no-such-bot' does not exist: it is not a route of this "
-                                             "gateway (routes: sales-bot, support-bot)")
+    assert unknown.value.body["message"] == (
+        "the model 'no-such-bot' does not exist: it is not a route of this gateway (routes: sales-bot, support-bot)"
+    )
     assert [m.id for m in client(gw, "any-key-at-all").models.list()] == ["support-bot", "sales-bot"]
     assert raw_request(gw, "/v1/models", None)[0] == 200
 
@@ -364,8 +407,10 @@ def test_the_model_list_holds_only_the_callers_routes(fake_openai, make_gateway,
 
 def _ask_for_id(gw, key: str, route: str, request_id: str | None = None) -> str:
     raw = client(gw, key).chat.completions.with_raw_response.create(
-        model=route, messages=[{"role": "user", "content": "rate me"}],
-        extra_headers={"x-request-id": request_id} if request_id else None)
+        model=route,
+        messages=[{"role": "user", "content": "rate me"}],
+        extra_headers={"x-request-id": request_id} if request_id else None,
+    )
     raw.parse()
     return raw.headers["x-request-id"]
 
@@ -388,18 +433,22 @@ def test_a_team_rates_only_its_own_requests(fake_openai, make_gateway, tmp_path)
     status, foreign = raw_request(gw, "/v1/feedback", SALES_KEY, {"request_id": support_id, "rating": 1})
     status_unknown, unknown = raw_request(gw, "/v1/feedback", SALES_KEY, {"request_id": "never-seen", "rating": 1})
     assert (status, status_unknown) == (404, 404)
-    assert foreign["error"]["message"].replace(support_id, "ID") == \
-           unknown["error"]["message"].replace("never-seen", "ID")
-    assert {k: v for k, v in foreign["error"].items() if k != "message"} == \
-           {k: v for k, v in unknown["error"].items() if k != "message"} == \
-           {"type": "invalid_request_error", "param": "request_id", "code": "request_not_found"}
+    assert foreign["error"]["message"].replace(support_id, "ID") == unknown["error"]["message"].replace(
+        "never-seen", "ID"
+    )
+    assert (
+        {k: v for k, v in foreign["error"].items() if k != "message"}
+        == {k: v for k, v in unknown["error"].items() if k != "message"}
+        == {"type": "invalid_request_error", "param": "request_id", "code": "request_not_found"}
+    )
     for key in (None, "sk-lg-guessed-key-000000000000000000"):
         status, refused = raw_request(gw, "/v1/feedback", key, {"request_id": support_id, "rating": 1})
         assert status == 401 and refused["error"]["type"] == "authentication_error"
     assert _stored_ratings(tmp_path / "feedback.db") == [], "a refused rating records nothing"
 
-    rated = client(gw, SUPPORT_KEY).post("/feedback", body={"request_id": support_id, "rating": "helpful"},
-                                         cast_to=object)
+    rated = client(gw, SUPPORT_KEY).post(
+        "/feedback", body={"request_id": support_id, "rating": "helpful"}, cast_to=object
+    )
     assert (rated["route"], rated["variant"], rated["score"]) == ("support-bot", "up", 1.0)
     status, own = raw_request(gw, "/v1/feedback", SALES_KEY, {"request_id": sales_id, "rating": 2})
     assert status == 200 and own["route"] == "sales-bot"

@@ -2,6 +2,7 @@
 
 Every wait is for a condition with a generous deadline; no test asserts how long something took.
 """
+
 import asyncio
 import itertools
 import json
@@ -37,6 +38,7 @@ TOKEN = "admin-token-for-tests"
 
 
 # --- fakes and helpers --------------------------------------------------------------------------
+
 
 class FlakyOpenAI(FakeOpenAI):
     """Answers 500 to a fixed share of requests (3 of every 10 by default), in a fixed pattern."""
@@ -90,6 +92,7 @@ class WebhookReceiver:
         async def hook(request):
             self.received.append(await request.json())
             return web.json_response({"ok": True})
+
         app = web.Application()
         app.router.add_post("/hook", hook)
         return app
@@ -97,14 +100,28 @@ class WebhookReceiver:
 
 def config(baseline, candidate, percent=30.0, redis_url=None, webhook=None, candidate_breaker=None, **auto_rollback):
     def backend(fake, model, breaker=None):
-        return {"kind": "openai", "base_url": fake.url + "/v1", "model": model, "api_key": UPSTREAM_KEY,
-                **({"breaker": breaker} if breaker else {})}
-    settings = {"window_seconds": 30, "interval_seconds": 0.1, "flush_seconds": 0.05, "min_samples": 20,
-                "failure_limit": 2, **auto_rollback}
-    cfg = {"server": {"admin_token": TOKEN},
-           "backends": {"base": backend(baseline, "m-base"), "cand": backend(candidate, "m-cand", candidate_breaker)},
-           "routes": {"bot": {"baseline": "base", "candidates": {"cand": percent}}},
-           "plugins": {"auto_rollback": settings, "rollout": {"webhooks": [webhook] if webhook else []}}}
+        return {
+            "kind": "openai",
+            "base_url": fake.url + "/v1",
+            "model": model,
+            "api_key": UPSTREAM_KEY,
+            **({"breaker": breaker} if breaker else {}),
+        }
+
+    settings = {
+        "window_seconds": 30,
+        "interval_seconds": 0.1,
+        "flush_seconds": 0.05,
+        "min_samples": 20,
+        "failure_limit": 2,
+        **auto_rollback,
+    }
+    cfg = {
+        "server": {"admin_token": TOKEN},
+        "backends": {"base": backend(baseline, "m-base"), "cand": backend(candidate, "m-cand", candidate_breaker)},
+        "routes": {"bot": {"baseline": "base", "candidates": {"cand": percent}}},
+        "plugins": {"auto_rollback": settings, "rollout": {"webhooks": [webhook] if webhook else []}},
+    }
     if redis_url:
         cfg["state"] = {"redis_url": redis_url}
     return cfg
@@ -112,8 +129,9 @@ def config(baseline, candidate, percent=30.0, redis_url=None, webhook=None, cand
 
 def ask(gw, user):
     body = json.dumps({"model": "bot", "messages": [{"role": "user", "content": "hi"}], "user": user}).encode()
-    request = urllib.request.Request(gw.url + "/v1/chat/completions", data=body,
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        gw.url + "/v1/chat/completions", data=body, headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=10) as resp:
             return resp.status, resp.headers.get("x-llmgate-variant")
@@ -123,8 +141,12 @@ def ask(gw, user):
 
 def admin(gw, path, body=None):
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(gw.url + path, data=data, method="GET" if body is None else "POST",
-                                     headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+    request = urllib.request.Request(
+        gw.url + path,
+        data=data,
+        method="GET" if body is None else "POST",
+        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(request, timeout=10) as resp:
             return resp.status, json.loads(resp.read())
@@ -192,6 +214,7 @@ def both_variants(gw):
 
 # --- window maths ---------------------------------------------------------------------------------
 
+
 def test_p95_from_a_histogram_is_within_a_bucket_of_the_exact_one():
     rng = random.Random(7)
     samples = [rng.lognormvariate(5, 0.6) for _ in range(5000)]
@@ -219,8 +242,10 @@ def test_p95_merged_across_replicas_equals_the_p95_of_all_their_traffic():
     assert merged.latency == whole.latency and merged.latency_n == 1000
     exact = sorted(fast + slow)[949]
     assert abs(merged.p95_ms - exact) / exact < 0.1
-    mean_of_p95s = (quantile(Figures.merged([replicas[0]._buckets[("bot", "cand")][1000]]).latency, 0.95)
-                    + quantile(Figures.merged([replicas[1]._buckets[("bot", "cand")][1000]]).latency, 0.95)) / 2
+    mean_of_p95s = (
+        quantile(Figures.merged([replicas[0]._buckets[("bot", "cand")][1000]]).latency, 0.95)
+        + quantile(Figures.merged([replicas[1]._buckets[("bot", "cand")][1000]]).latency, 0.95)
+    ) / 2
     assert abs(mean_of_p95s - exact) / exact > 0.5, "averaging per-replica p95s would be far off"
 
 
@@ -232,7 +257,7 @@ async def test_counts_errors_cost_and_scores_per_second():
     windows.record_cost("bot", "cand", 0.004, now=101.0)
     windows.record_score("bot", "cand", "judge_win_rate", 1.0, now=101.0)
     windows.record_score("bot", "cand", "judge_win_rate", 0.0, now=101.0)
-    windows.record_attempt("bot", "cand", 500, 10.0, now=50.0)          # outside the span read below
+    windows.record_attempt("bot", "cand", 500, 10.0, now=50.0)  # outside the span read below
     figures = await windows.read("bot", "cand", 100.0, 101.9)
     assert (figures.requests, figures.errors) == (8, 5), "5xx, 429 and 408 are the backend's; a 400 is not"
     assert figures.error_rate == 5 / 8 and figures.latency_n == 2, "only answered calls are timed"
@@ -299,6 +324,7 @@ def test_missing_data_is_inconclusive_and_never_fails():
 
 # --- the lease ------------------------------------------------------------------------------------
 
+
 async def test_a_lease_has_one_holder_until_it_lapses(state_settings):
     first, second = open_state_store(state_settings), open_state_store(state_settings)
     await first.open()
@@ -330,14 +356,18 @@ def test_one_replica_leads_and_another_takes_over_when_it_stops(upstreams, make_
     leader.stop()
     rest = [gw for gw in gws if gw is not leader]
     successor = wait_until(lambda: sole_leader(rest), what="another replica taking over")
-    wait_until(lambda: holder.get("llmgate:lease:auto_rollback") == plugin(successor).holder,
-               what="the lease naming the new leader")
+    wait_until(
+        lambda: holder.get("llmgate:lease:auto_rollback") == plugin(successor).holder,
+        what="the lease naming the new leader",
+    )
 
 
 # --- windows across replicas ----------------------------------------------------------------------
 
+
 async def test_replicas_flush_their_counts_to_redis_and_any_reads_them_all(redis_url):
     import redis.asyncio as aioredis
+
     clients = [aioredis.Redis.from_url(redis_url, decode_responses=True) for _ in range(3)]
     try:
         a, b, reader = (Windows(redis=c) for c in clients)
@@ -372,10 +402,13 @@ def test_attempts_are_counted_so_a_fallback_does_not_hide_a_failing_candidate(up
     candidate.fail_next(500, 503)  # the candidate fails twice (one retry), then the baseline answers
     assert ask(gw, "ann") == (200, "base")
     body = json.dumps({"model": "bot", "messages": [{"role": "user", "content": "cached?"}]}).encode()
-    urllib.request.urlopen(urllib.request.Request(gw.url + "/v1/chat/completions", data=body,
-                                                  headers={"Content-Type": "application/json"})).read()
-    routes = wait_until(lambda: (r := status(gw)["auto_rollback"]["routes"].get("bot", {})) and len(r) == 3 and r,
-                        what="figures for three variants")
+    urllib.request.urlopen(
+        urllib.request.Request(gw.url + "/v1/chat/completions", data=body, headers={"Content-Type": "application/json"})
+    ).read()
+    routes = wait_until(
+        lambda: (r := status(gw)["auto_rollback"]["routes"].get("bot", {})) and len(r) == 3 and r,
+        what="figures for three variants",
+    )
     assert routes["cand"]["requests"] == 2 and routes["cand"]["errors"] == 2
     assert routes["base"]["requests"] == 1 and routes["base"]["errors"] == 0
     assert routes["answerer"]["requests"] == 1, "a plugin's answer is counted under its own name"
@@ -383,14 +416,21 @@ def test_attempts_are_counted_so_a_fallback_does_not_hide_a_failing_candidate(up
 
 # --- auto-rollback end to end ---------------------------------------------------------------------
 
+
 def test_a_candidate_failing_30_percent_is_rolled_back_on_all_three_replicas(upstreams, make_gateway, redis_url):
     baseline, candidate = upstreams(FakeOpenAI(api_key=UPSTREAM_KEY), FlakyOpenAI())
     receiver = WebhookReceiver()
     with ServerThread(receiver.app) as hooks:
         # Breaker off: an open breaker records each skipped call as a candidate error, which would push
         # the figures above the upstream's own 30% (a retry's failure can make five in a row on a replica).
-        cfg = config(baseline, candidate, percent=30, redis_url=redis_url, webhook=hooks.url + "/hook",
-                     candidate_breaker={"enabled": False})
+        cfg = config(
+            baseline,
+            candidate,
+            percent=30,
+            redis_url=redis_url,
+            webhook=hooks.url + "/hook",
+            candidate_breaker={"enabled": False},
+        )
         gws = [make_gateway(cfg) for _ in range(3)]
         spread = itertools.count()
         with Traffic(lambda: (gws[next(spread) % 3], f"user-{random.getrandbits(40)}")):
@@ -402,6 +442,7 @@ def test_a_candidate_failing_30_percent_is_rolled_back_on_all_three_replicas(ups
                 if rollout["percents"].get("cand", 0) != 0 or "cand" not in rollout["rolled_back"]:
                     return False
             return True
+
         wait_until(out_everywhere, what="every replica showing the candidate at 0% and rolled back")
         seen = len(candidate.requests)
         for i in range(60):
@@ -429,10 +470,12 @@ def test_a_healthy_candidate_with_noisy_latency_is_not_rolled_back(upstreams, ma
     gw = make_gateway(config(baseline, candidate, percent=50, min_samples=40))
     candidate.fail_next(500)  # one stray error
     with Traffic(both_variants(gw), workers=6):
+
         def judged_often():
             verdict = status(gw)["auto_rollback"]["evaluations"].get("bot", {}).get("cand", {})
             figures = status(gw)["auto_rollback"]["routes"].get("bot", {}).get("cand", {})
             return verdict.get("count", 0) >= 30 and figures.get("requests", 0) >= 150 and verdict
+
         verdict = wait_until(judged_often, what="many evaluations with plenty of samples")
     assert events(gw, kind="rollback") == []
     assert status(gw)["rollout"]["routes"]["bot"]["percents"] == {"cand": 50.0}
@@ -446,8 +489,12 @@ def test_too_few_samples_are_inconclusive_and_never_fire(upstreams, make_gateway
     gw = make_gateway(config(baseline, candidate, percent=50, failure_limit=1))
     for _ in range(4):
         ask(gw, user_for(gw, "cand"))  # every candidate call fails, but 8 calls are fewer than 20
-    verdict = wait_until(lambda: (v := status(gw)["auto_rollback"]["evaluations"].get("bot", {}).get("cand", {}))
-                         .get("count", 0) >= 10 and v, what="ten evaluations")
+    verdict = wait_until(
+        lambda: (
+            (v := status(gw)["auto_rollback"]["evaluations"].get("bot", {}).get("cand", {})).get("count", 0) >= 10 and v
+        ),
+        what="ten evaluations",
+    )
     assert verdict["outcome"] == INCONCLUSIVE and verdict["checks"]["error_rate"]["failed"] is None
     assert events(gw, kind="rollback") == []
     assert status(gw)["auto_rollback"]["routes"]["bot"]["cand"]["error_rate"] == 1.0
@@ -455,15 +502,25 @@ def test_too_few_samples_are_inconclusive_and_never_fire(upstreams, make_gateway
 
 def test_judge_scores_below_the_floor_roll_the_candidate_back(upstreams, make_gateway):
     baseline, candidate = upstreams(FakeOpenAI(api_key=UPSTREAM_KEY), FakeOpenAI(api_key=UPSTREAM_KEY))
-    gw = make_gateway(config(baseline, candidate, percent=20,
-                             rules={"scores": {"judge_win_rate": {"floor": 0.45}, "thumbs_up": {"floor": 0.5}}}))
+    gw = make_gateway(
+        config(
+            baseline,
+            candidate,
+            percent=20,
+            rules={"scores": {"judge_win_rate": {"floor": 0.45}, "thumbs_up": {"floor": 0.5}}},
+        )
+    )
     hooks = gw.app[GATEWAY].hooks
 
     async def report():
         for i in range(30):
-            for variant, name, value in (("cand", "judge_win_rate", 0.1 + 0.1 * (i % 2)), ("cand", "thumbs_up", 1.0),
-                                         ("base", "judge_win_rate", 0.5)):
+            for variant, name, value in (
+                ("cand", "judge_win_rate", 0.1 + 0.1 * (i % 2)),
+                ("cand", "thumbs_up", 1.0),
+                ("base", "judge_win_rate", 0.5),
+            ):
                 await hooks.call("record_score", route="bot", variant=variant, name=name, value=value)
+
     gw.call(report())
     event = wait_until(lambda: events(gw, kind="rollback"), what="a rollback on the judge score")[0]
     assert event["rule"] == "score:judge_win_rate" and event["figures"]["failed"] == ["score:judge_win_rate"]
@@ -474,20 +531,22 @@ def test_judge_scores_below_the_floor_roll_the_candidate_back(upstreams, make_ga
 
 # --- schedules ------------------------------------------------------------------------------------
 
+
 def schedule_of(gw):
     return status(gw)["auto_rollback"]["schedules"].get("bot")
 
 
 def test_a_healthy_schedule_advances_through_its_steps_and_is_done(upstreams, make_gateway, monkeypatch, capsys):
     from gateway.cli import main
+
     baseline, candidate = upstreams(FakeOpenAI(api_key=UPSTREAM_KEY), FakeOpenAI(api_key=UPSTREAM_KEY))
     # Both variants are the same fake: this is about the steps, and a loaded CI machine's latency
     # noise over 10-call steps is not what it tests (the latency rule has its own tests).
-    gw = make_gateway(config(baseline, candidate, percent=0, min_samples=10,
-                             rules={"p95_latency": None, "cost_per_request": None}))
+    gw = make_gateway(
+        config(baseline, candidate, percent=0, min_samples=10, rules={"p95_latency": None, "cost_per_request": None})
+    )
     monkeypatch.setenv("LLMGATE_ADMIN_TOKEN", TOKEN)
-    assert main(["schedule", "start", "bot", "cand", "--steps", "5,25,50,100", "--hold", "0.5",
-                 "--url", gw.url]) == 0
+    assert main(["schedule", "start", "bot", "cand", "--steps", "5,25,50,100", "--hold", "0.5", "--url", gw.url]) == 0
     assert "schedule" in capsys.readouterr().out
     assert status(gw)["rollout"]["routes"]["bot"]["percents"] == {"cand": 5.0}
     with Traffic(both_variants(gw)):
@@ -508,8 +567,9 @@ def test_a_failing_schedule_aborts_to_the_baseline_and_stays_out(upstreams, make
     baseline, candidate = upstreams(FakeOpenAI(api_key=UPSTREAM_KEY), FlakyOpenAI())
     # a failure limit no evaluation reaches: the step's own analysis must abort it
     gw = make_gateway(config(baseline, candidate, percent=0, min_samples=10, failure_limit=10_000))
-    code, _ = admin(gw, "/admin/routes/bot/schedule", {"candidate": "cand", "steps": [5, 25, 50, 100],
-                                                       "hold_seconds": 0.5})
+    code, _ = admin(
+        gw, "/admin/routes/bot/schedule", {"candidate": "cand", "steps": [5, 25, 50, 100], "hold_seconds": 0.5}
+    )
     assert code == 200
     with Traffic(both_variants(gw)):
         ended = wait_until(lambda: (s := schedule_of(gw))["status"] != "running" and s, what="the schedule ending")
@@ -529,8 +589,15 @@ def test_a_failing_schedule_aborts_to_the_baseline_and_stays_out(upstreams, make
 
 def test_an_inconclusive_step_pauses_and_advances_after_resume_with_traffic(upstreams, make_gateway):
     baseline, candidate = upstreams(FakeOpenAI(api_key=UPSTREAM_KEY), FakeOpenAI(api_key=UPSTREAM_KEY))
-    gw = make_gateway(config(baseline, candidate, percent=0, min_samples=10,  # same fake: as in the healthy test
-                             rules={"p95_latency": None, "cost_per_request": None}))
+    gw = make_gateway(
+        config(
+            baseline,
+            candidate,
+            percent=0,
+            min_samples=10,  # same fake: as in the healthy test
+            rules={"p95_latency": None, "cost_per_request": None},
+        )
+    )
     code, _ = admin(gw, "/admin/routes/bot/schedule", {"candidate": "cand", "steps": [10, 50], "hold_seconds": 0.3})
     assert code == 200
     code, body = admin(gw, "/admin/routes/bot/schedule", {"candidate": "cand", "steps": [10], "hold_seconds": 1})
@@ -569,10 +636,12 @@ def test_operators_pause_resume_and_abort_and_requests_are_checked(upstreams, ma
     assert rollout["percents"] == {} and rollout["rolled_back"]["cand"]["reason"] == "changed our minds"
     assert [e["kind"] for e in events(gw)][:2] == ["schedule", "rollback"]
     assert admin(gw, "/admin/routes/bot/schedule/abort", {})[0] == 409
-    for body, param in (({"candidate": "nope", "steps": [5]}, "candidate"),
-                        ({"candidate": "cand", "steps": [50, 25]}, "steps"),
-                        ({"candidate": "cand", "steps": [5, 150]}, "steps"),
-                        ({"candidate": "cand", "steps": [5], "hold_seconds": -1}, "hold_seconds")):
+    for body, param in (
+        ({"candidate": "nope", "steps": [5]}, "candidate"),
+        ({"candidate": "cand", "steps": [50, 25]}, "steps"),
+        ({"candidate": "cand", "steps": [5, 150]}, "steps"),
+        ({"candidate": "cand", "steps": [5], "hold_seconds": -1}, "hold_seconds"),
+    ):
         code, answer = admin(gw, "/admin/routes/bot/schedule", body)
         assert code == 400 and answer["error"]["param"] == param
     assert admin(gw, "/admin/routes/nope/schedule", {"candidate": "cand", "steps": [5]})[0] == 404

@@ -1,4 +1,5 @@
 """The bedrock kind: its fake speaks the real Converse protocol, its translation, and the gateway end to end."""
+
 import asyncio
 import base64
 import json
@@ -21,15 +22,24 @@ from tests.fakes.bedrock_api import REDACTED as BEDROCK_REDACTED
 from tests.fakes.bedrock_api import encode_frame, event_frame
 from tests.fakes.bedrock_api import sign as bedrock_sign
 
-WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
-                                            "parameters": {"type": "object",
-                                                           "properties": {"city": {"type": "string"}}}}}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\nfake-image").decode()
 
 
 def runtime_client(fake):
-    return boto3.client("bedrock-runtime", region_name="us-east-1", endpoint_url=fake.url,
-                        config=Config(retries={"total_max_attempts": 1, "mode": "standard"}))
+    return boto3.client(
+        "bedrock-runtime",
+        region_name="us-east-1",
+        endpoint_url=fake.url,
+        config=Config(retries={"total_max_attempts": 1, "mode": "standard"}),
+    )
 
 
 def user(text):
@@ -38,9 +48,11 @@ def user(text):
 
 # --- (a) the fake speaks the protocol boto3 speaks --------------------------------------------------
 
+
 def test_event_stream_frames_decode_with_botocore():
-    frames = event_frame("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "héllo"}}) + \
-        encode_frame({":event-type": "messageStop", ":message-type": "event"}, b'{"stopReason":"end_turn"}')
+    frames = event_frame("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "héllo"}}) + encode_frame(
+        {":event-type": "messageStop", ":message-type": "event"}, b'{"stopReason":"end_turn"}'
+    )
     buffer = EventStreamBuffer()
     buffer.add_data(frames[:7])  # a frame split across reads
     buffer.add_data(frames[7:])
@@ -72,17 +84,29 @@ def test_boto3_converse_against_the_fake(fake_bedrock):
 def test_boto3_converse_stream_against_the_fake(fake_bedrock):
     client = runtime_client(fake_bedrock)
     events = list(client.converse_stream(modelId="anthropic.claude-v2", messages=user("one two"))["stream"])
-    assert [next(iter(e)) for e in events] == ["messageStart", "contentBlockDelta", "contentBlockDelta",
-                                              "contentBlockDelta", "contentBlockStop", "messageStop", "metadata"]
-    assert "".join(e["contentBlockDelta"]["delta"]["text"] for e in events if "contentBlockDelta" in e) == \
-        "echo: one two"
+    assert [next(iter(e)) for e in events] == [
+        "messageStart",
+        "contentBlockDelta",
+        "contentBlockDelta",
+        "contentBlockDelta",
+        "contentBlockStop",
+        "messageStop",
+        "metadata",
+    ]
+    assert (
+        "".join(e["contentBlockDelta"]["delta"]["text"] for e in events if "contentBlockDelta" in e) == "echo: one two"
+    )
     assert events[-2] == {"messageStop": {"stopReason": "end_turn"}}
     assert events[-1]["metadata"]["usage"] == {"inputTokens": 2, "outputTokens": 3, "totalTokens": 5}
 
     tools = {"tools": [{"toolSpec": {"name": "get_weather", "inputSchema": {"json": {"type": "object"}}}}]}
     events = list(client.converse_stream(modelId="m", messages=user("[tool] weather?"), toolConfig=tools)["stream"])
-    assert events[1] == {"contentBlockStart": {"contentBlockIndex": 0, "start": {
-        "toolUse": {"toolUseId": "tooluse_1", "name": "get_weather"}}}}
+    assert events[1] == {
+        "contentBlockStart": {
+            "contentBlockIndex": 0,
+            "start": {"toolUse": {"toolUseId": "tooluse_1", "name": "get_weather"}},
+        }
+    }
     arguments = "".join(e["contentBlockDelta"]["delta"]["toolUse"]["input"] for e in events if "contentBlockDelta" in e)
     assert json.loads(arguments) == {"city": "Paris"}
     assert {"messageStop": {"stopReason": "tool_use"}} in events
@@ -90,8 +114,12 @@ def test_boto3_converse_stream_against_the_fake(fake_bedrock):
 
 def test_boto3_sees_the_fakes_errors_in_the_aws_shape(fake_bedrock):
     client = runtime_client(fake_bedrock)
-    for status, code in ((429, "ThrottlingException"), (400, "ValidationException"),
-                         (503, "ServiceUnavailableException"), (500, "InternalServerException")):
+    for status, code in (
+        (429, "ThrottlingException"),
+        (400, "ValidationException"),
+        (503, "ServiceUnavailableException"),
+        (500, "InternalServerException"),
+    ):
         fake_bedrock.fail_next(status)
         with pytest.raises(ClientError) as err:
             client.converse(modelId="m", messages=user("hi"))
@@ -105,6 +133,7 @@ def test_boto3_sees_the_fakes_errors_in_the_aws_shape(fake_bedrock):
 
 
 # --- (b) translation, seen from what the fake received ----------------------------------------------
+
 
 @pytest.fixture
 async def make_backend(fake_bedrock):
@@ -124,44 +153,80 @@ async def make_backend(fake_bedrock):
 
 async def test_request_translation(fake_bedrock, make_backend):
     backend = await make_backend(additional_model_request_fields={"top_k": 5})
-    answer = await backend.complete({
-        "model": "route", "max_tokens": 100, "temperature": 0.3, "top_p": 0.9, "stop": ["END"],
-        "tools": [WEATHER], "tool_choice": "auto",
-        "messages": [
-            {"role": "system", "content": "Be brief."},
-            {"role": "user", "content": [{"type": "text", "text": "What is this?"},
-                                         {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}}]},
-            {"role": "assistant", "content": None, "tool_calls": [
-                {"id": "call_9", "type": "function",
-                 "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}}]},
-            {"role": "tool", "tool_call_id": "call_9", "content": "rainy"},
-        ]})
+    answer = await backend.complete(
+        {
+            "model": "route",
+            "max_tokens": 100,
+            "temperature": 0.3,
+            "top_p": 0.9,
+            "stop": ["END"],
+            "tools": [WEATHER],
+            "tool_choice": "auto",
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "What is this?"},
+                        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}},
+                    ],
+                },
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "call_9",
+                            "type": "function",
+                            "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'},
+                        }
+                    ],
+                },
+                {"role": "tool", "tool_call_id": "call_9", "content": "rainy"},
+            ],
+        }
+    )
     model_id, body = fake_bedrock.requests[0]
     assert model_id == BEDROCK_MODEL
     assert body["system"] == [{"text": "Be brief."}]
     assert body["messages"] == [
-        {"role": "user", "content": [{"text": "What is this?"},
-                                     {"image": {"format": "png", "source": {"bytes": PNG}}}]},
-        {"role": "assistant", "content": [{"toolUse": {"toolUseId": "call_9", "name": "get_weather",
-                                                       "input": {"city": "Oslo"}}}]},
+        {
+            "role": "user",
+            "content": [{"text": "What is this?"}, {"image": {"format": "png", "source": {"bytes": PNG}}}],
+        },
+        {
+            "role": "assistant",
+            "content": [{"toolUse": {"toolUseId": "call_9", "name": "get_weather", "input": {"city": "Oslo"}}}],
+        },
         {"role": "user", "content": [{"toolResult": {"toolUseId": "call_9", "content": [{"text": "rainy"}]}}]},
     ]
     assert body["inferenceConfig"] == {"maxTokens": 100, "temperature": 0.3, "topP": 0.9, "stopSequences": ["END"]}
-    assert body["toolConfig"] == {"tools": [{"toolSpec": {
-        "name": "get_weather", "description": "Weather in a city",
-        "inputSchema": {"json": {"type": "object", "properties": {"city": {"type": "string"}}}}}}],
-        "toolChoice": {"auto": {}}}
+    assert body["toolConfig"] == {
+        "tools": [
+            {
+                "toolSpec": {
+                    "name": "get_weather",
+                    "description": "Weather in a city",
+                    "inputSchema": {"json": {"type": "object", "properties": {"city": {"type": "string"}}}},
+                }
+            }
+        ],
+        "toolChoice": {"auto": {}},
+    }
     assert body["additionalModelRequestFields"] == {"top_k": 5}
     assert answer["choices"][0]["message"] == {"role": "assistant", "content": "tool said: rainy"}
     assert answer["choices"][0]["finish_reason"] == "stop"
     assert answer["model"] == BEDROCK_MODEL and answer["id"].startswith("chatcmpl-bedrock-")
 
 
-@pytest.mark.parametrize("choice, expected", [
-    ("required", {"any": {}}),
-    ({"type": "function", "function": {"name": "get_weather"}}, {"tool": {"name": "get_weather"}}),
-    (None, None),
-])
+@pytest.mark.parametrize(
+    "choice, expected",
+    [
+        ("required", {"any": {}}),
+        ({"type": "function", "function": {"name": "get_weather"}}, {"tool": {"name": "get_weather"}}),
+        (None, None),
+    ],
+)
 async def test_tool_choice(fake_bedrock, make_backend, choice, expected):
     backend = await make_backend()
     body = {"model": "r", "messages": [{"role": "user", "content": "hi"}], "tools": [WEATHER]}
@@ -175,13 +240,24 @@ async def test_tool_choice(fake_bedrock, make_backend, choice, expected):
 
 async def test_tool_choice_none_drops_tools_unless_the_history_needs_them(fake_bedrock, make_backend):
     backend = await make_backend()
-    await backend.complete({"model": "r", "messages": [{"role": "user", "content": "[tool] hi"}],
-                            "tools": [WEATHER], "tool_choice": "none"})
+    await backend.complete(
+        {
+            "model": "r",
+            "messages": [{"role": "user", "content": "[tool] hi"}],
+            "tools": [WEATHER],
+            "tool_choice": "none",
+        }
+    )
     assert "toolConfig" not in fake_bedrock.requests[0][1]
-    history = [{"role": "user", "content": "weather?"},
-               {"role": "assistant", "content": None, "tool_calls": [
-                   {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
-               {"role": "tool", "tool_call_id": "c1", "content": "sunny"}]
+    history = [
+        {"role": "user", "content": "weather?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+    ]
     await backend.complete({"model": "r", "messages": history, "tools": [WEATHER], "tool_choice": "none"})
     config = fake_bedrock.requests[1][1]["toolConfig"]
     assert [t["toolSpec"]["name"] for t in config["tools"]] == ["get_weather"] and "toolChoice" not in config
@@ -258,8 +334,9 @@ async def test_stream_closed_early_stops_its_thread(fake_bedrock, make_backend):
     assert first["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     await stream.aclose()
     # the only pool thread is free again: a second request gets through
-    answer = await asyncio.wait_for(backend.complete({"model": "r",
-                                                      "messages": [{"role": "user", "content": "ok"}]}), 5)
+    answer = await asyncio.wait_for(
+        backend.complete({"model": "r", "messages": [{"role": "user", "content": "ok"}]}), 5
+    )
     assert answer["choices"][0]["message"]["content"] == "echo: ok"
 
 
@@ -271,8 +348,9 @@ async def test_stream_closed_while_upstream_is_quiet_frees_its_thread(fake_bedro
     await asyncio.sleep(0.1)
     await stream.aclose()
     started = time.monotonic()
-    answer = await asyncio.wait_for(backend.complete({"model": "r",
-                                                      "messages": [{"role": "user", "content": "ok"}]}), 5)
+    answer = await asyncio.wait_for(
+        backend.complete({"model": "r", "messages": [{"role": "user", "content": "ok"}]}), 5
+    )
     assert answer["choices"][0]["message"]["content"] == "echo: ok"
     assert time.monotonic() - started < 1.5  # not the 3 s pause, nor the 60 s read timeout
 
@@ -287,31 +365,57 @@ async def test_explicit_keys_and_cached_usage(fake_bedrock, make_backend, monkey
     assert "s3cret-value" not in json.dumps(fake_bedrock.headers[0])
 
     from gateway.backends.bedrock import _usage
-    assert _usage({"inputTokens": 10, "outputTokens": 4, "totalTokens": 64, "cacheReadInputTokens": 30,
-                   "cacheWriteInputTokens": 20}) == {"prompt_tokens": 60, "completion_tokens": 4, "total_tokens": 64,
-                                                     "prompt_tokens_details": {"cached_tokens": 30},
-                                                     "cache_creation_input_tokens": 20}
+
+    assert _usage(
+        {
+            "inputTokens": 10,
+            "outputTokens": 4,
+            "totalTokens": 64,
+            "cacheReadInputTokens": 30,
+            "cacheWriteInputTokens": 20,
+        }
+    ) == {
+        "prompt_tokens": 60,
+        "completion_tokens": 4,
+        "total_tokens": 64,
+        "prompt_tokens_details": {"cached_tokens": 30},
+        "cache_creation_input_tokens": 20,
+    }
 
 
 def test_missing_credentials_before_start(aws_env, monkeypatch, tmp_path):
     settings = BedrockBackend.Settings.model_validate({"kind": "bedrock", "model": "m", "region": "eu-west-1"})
     assert BedrockBackend("br", settings, {}).missing_credentials() == []  # found in the environment
-    named = BedrockBackend.Settings.model_validate({"kind": "bedrock", "model": "m", "region": "eu-west-1",
-                                                    "aws_access_key_id": None, "aws_secret_access_key": None})
-    assert BedrockBackend("br", named, {"aws_access_key_id": "BR_KEY", "aws_secret_access_key": "BR_SECRET"}) \
-        .missing_credentials() == ["BR_KEY", "BR_SECRET"]  # the config named variables that are unset
+    named = BedrockBackend.Settings.model_validate(
+        {
+            "kind": "bedrock",
+            "model": "m",
+            "region": "eu-west-1",
+            "aws_access_key_id": None,
+            "aws_secret_access_key": None,
+        }
+    )
+    assert BedrockBackend(
+        "br", named, {"aws_access_key_id": "BR_KEY", "aws_secret_access_key": "BR_SECRET"}
+    ).missing_credentials() == ["BR_KEY", "BR_SECRET"]  # the config named variables that are unset
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    profiled = BedrockBackend.Settings.model_validate({"kind": "bedrock", "model": "m", "region": "eu-west-1",
-                                                       "profile": "nope"})
+    profiled = BedrockBackend.Settings.model_validate(
+        {"kind": "bedrock", "model": "m", "region": "eu-west-1", "profile": "nope"}
+    )
     assert "nope" in BedrockBackend("br", profiled, {}).missing_credentials()[0]
 
 
 # --- (c) through the gateway, with the official openai SDK ------------------------------------------
 
+
 @pytest.fixture
 def client(fake_bedrock, make_gateway):
-    gw = make_gateway({"backends": {"br": backend_config("bedrock", fake_bedrock)},
-                       "routes": {"bot": {"baseline": "br", "retries": 0}}})
+    gw = make_gateway(
+        {
+            "backends": {"br": backend_config("bedrock", fake_bedrock)},
+            "routes": {"bot": {"baseline": "br", "retries": 0}},
+        }
+    )
     return openai.OpenAI(base_url=gw.url + "/v1", api_key="k", max_retries=0)
 
 
@@ -325,8 +429,9 @@ def test_text_answer(client, fake_bedrock):
 
 
 def test_streamed_text(client):
-    chunks = list(client.chat.completions.create(model="bot", messages=[{"role": "user", "content": "hello there"}],
-                                                 stream=True))
+    chunks = list(
+        client.chat.completions.create(model="bot", messages=[{"role": "user", "content": "hello there"}], stream=True)
+    )
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "echo: hello there"
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
     assert all(c.usage is None for c in chunks)  # the caller did not ask for usage
@@ -334,8 +439,9 @@ def test_streamed_text(client):
 
 
 def test_tool_call(client, fake_bedrock):
-    answer = client.chat.completions.create(model="bot", messages=[{"role": "user", "content": "[tool] weather?"}],
-                                            tools=[WEATHER])
+    answer = client.chat.completions.create(
+        model="bot", messages=[{"role": "user", "content": "[tool] weather?"}], tools=[WEATHER]
+    )
     choice = answer.choices[0]
     assert choice.finish_reason == "tool_calls"
     call = choice.message.tool_calls[0]
@@ -345,8 +451,11 @@ def test_tool_call(client, fake_bedrock):
 
 
 def test_streamed_tool_call(client):
-    chunks = list(client.chat.completions.create(model="bot", messages=[{"role": "user", "content": "[tool] go"}],
-                                                 tools=[WEATHER], stream=True))
+    chunks = list(
+        client.chat.completions.create(
+            model="bot", messages=[{"role": "user", "content": "[tool] go"}], tools=[WEATHER], stream=True
+        )
+    )
     calls = [tc for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or ()]
     assert calls[0].id == "tooluse_1" and calls[0].function.name == "get_weather" and calls[0].index == 0
     assert json.loads("".join(tc.function.arguments or "" for tc in calls)) == {"city": "Paris"}
@@ -357,21 +466,32 @@ def test_tool_result_round_trip(client, fake_bedrock):
     messages = [{"role": "user", "content": "[tool] weather?"}]
     first = client.chat.completions.create(model="bot", messages=messages, tools=[WEATHER])
     call = first.choices[0].message.tool_calls[0]
-    messages += [first.choices[0].message.model_dump(exclude_none=True),
-                 {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21C"}]
+    messages += [
+        first.choices[0].message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21C"},
+    ]
     second = client.chat.completions.create(model="bot", messages=messages, tools=[WEATHER])
     assert second.choices[0].message.content == "tool said: sunny, 21C"
     sent = fake_bedrock.requests[1][1]["messages"]
-    assert sent[1] == {"role": "assistant", "content": [
-        {"toolUse": {"toolUseId": "tooluse_1", "name": "get_weather", "input": {"city": "Paris"}}}]}
-    assert sent[2] == {"role": "user", "content": [
-        {"toolResult": {"toolUseId": "tooluse_1", "content": [{"text": "sunny, 21C"}]}}]}
+    assert sent[1] == {
+        "role": "assistant",
+        "content": [{"toolUse": {"toolUseId": "tooluse_1", "name": "get_weather", "input": {"city": "Paris"}}}],
+    }
+    assert sent[2] == {
+        "role": "user",
+        "content": [{"toolResult": {"toolUseId": "tooluse_1", "content": [{"text": "sunny, 21C"}]}}],
+    }
 
 
 def test_stream_usage_when_asked(client):
-    chunks = list(client.chat.completions.create(model="bot",
-                                                 messages=[{"role": "user", "content": "count these words"}],
-                                                 stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model="bot",
+            messages=[{"role": "user", "content": "count these words"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     last = chunks[-1]
     assert last.choices == []
     assert (last.usage.prompt_tokens, last.usage.completion_tokens, last.usage.total_tokens) == (3, 4, 7)
@@ -393,16 +513,25 @@ def test_throttling_is_a_rate_limit(client, fake_bedrock):
 
 
 def test_no_aws_credentials_is_a_503_naming_them(fake_bedrock, make_gateway, monkeypatch, tmp_path):
-    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
-                "AWS_DEFAULT_PROFILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-                "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN"):
+    for var in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_DEFAULT_PROFILE",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_ROLE_ARN",
+    ):
         monkeypatch.delenv(var, raising=False)
     (tmp_path / "empty").write_text("")
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "empty"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "empty"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    gw = make_gateway({"backends": {"br": backend_config("bedrock", fake_bedrock)},
-                       "routes": {"bot": {"baseline": "br"}}})
+    gw = make_gateway(
+        {"backends": {"br": backend_config("bedrock", fake_bedrock)}, "routes": {"bot": {"baseline": "br"}}}
+    )
     client = openai.OpenAI(base_url=gw.url + "/v1", api_key="k", max_retries=0)
     with pytest.raises(openai.APIStatusError) as err:
         client.chat.completions.create(model="bot", messages=[{"role": "user", "content": "hi"}])
@@ -441,8 +570,9 @@ async def assembled(backend, body):
 
 async def test_thinking_and_a_tool_round_trip_send_the_signature_back_unchanged(fake_bedrock, make_backend):
     backend = await make_backend(model=CLAUDE)
-    first = await backend.complete({"model": "r", "messages": chat_user("[tool] weather?"), "tools": [WEATHER],
-                                    "reasoning_effort": "low"})
+    first = await backend.complete(
+        {"model": "r", "messages": chat_user("[tool] weather?"), "tools": [WEATHER], "reasoning_effort": "low"}
+    )
     sent = fake_bedrock.requests[-1][1]
     assert sent["additionalModelRequestFields"] == {"thinking": {"type": "enabled", "budget_tokens": 2048}}
     assert sent["inferenceConfig"] == {"maxTokens": 2048 + 4096}  # Converse needs maxTokens above the budget
@@ -453,31 +583,46 @@ async def test_thinking_and_a_tool_round_trip_send_the_signature_back_unchanged(
     assert first["choices"][0]["finish_reason"] == "tool_calls"
     result = {"role": "tool", "tool_call_id": message["tool_calls"][0]["id"], "content": "sunny"}
     messages = chat_user("[tool] weather?") + [message, result]
-    answer = await backend.complete({"model": "r", "messages": messages, "tools": [WEATHER],
-                                     "reasoning_effort": "low"})
+    answer = await backend.complete({"model": "r", "messages": messages, "tools": [WEATHER], "reasoning_effort": "low"})
     assert answer["choices"][0]["message"]["content"] == "tool said: sunny"
     turn = fake_bedrock.requests[-1][1]["messages"][1]["content"]
     assert turn[0] == {"reasoningContent": {"reasoningText": {"text": text, "signature": bedrock_sign(text)}}}
     assert "toolUse" in turn[1]
 
     # the same round trip streamed: the assembled message goes back as it came
-    streamed, _ = await assembled(backend, {"model": "r", "messages": chat_user("[tool] weather?"),
-                                            "tools": [WEATHER], "reasoning_effort": "low"})
+    streamed, _ = await assembled(
+        backend, {"model": "r", "messages": chat_user("[tool] weather?"), "tools": [WEATHER], "reasoning_effort": "low"}
+    )
     assert streamed["message"]["thinking_blocks"] == message["thinking_blocks"]
     assert streamed["message"]["reasoning_content"] == text and streamed["finish_reason"] == "tool_calls"
-    await backend.complete({"model": "r", "messages": chat_user("[tool] weather?") + [streamed["message"], result],
-                            "tools": [WEATHER], "reasoning_effort": "low"})
+    await backend.complete(
+        {
+            "model": "r",
+            "messages": chat_user("[tool] weather?") + [streamed["message"], result],
+            "tools": [WEATHER],
+            "reasoning_effort": "low",
+        }
+    )
 
     bare = {k: v for k, v in message.items() if k != "thinking_blocks"}
     with pytest.raises(UpstreamError, match="must start with a thinking block"):
-        await backend.complete({"model": "r", "messages": chat_user("[tool] weather?") + [bare, result],
-                                "tools": [WEATHER], "reasoning_effort": "low"})
+        await backend.complete(
+            {
+                "model": "r",
+                "messages": chat_user("[tool] weather?") + [bare, result],
+                "tools": [WEATHER],
+                "reasoning_effort": "low",
+            }
+        )
 
 
 async def test_streamed_reasoning_and_redacted_bytes(fake_bedrock, make_backend):
     backend = await make_backend(model=CLAUDE)
-    body = {"model": "r", "messages": chat_user("hi [redacted]"), "thinking": {"type": "enabled",
-                                                                            "budget_tokens": 1024}}
+    body = {
+        "model": "r",
+        "messages": chat_user("hi [redacted]"),
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
+    }
     streamed, chunks = await assembled(backend, body)
     deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
     assert "".join(d.get("reasoning_content", "") for d in deltas) == "The user said: hi [redacted]"
@@ -492,14 +637,24 @@ async def test_streamed_reasoning_and_redacted_bytes(fake_bedrock, make_backend)
 
 async def test_claude_fields_are_refused_for_other_models(fake_bedrock, make_backend):
     backend = await make_backend()  # a provisioned-model ARN: nothing says Claude
-    for extra, param in (({"reasoning_effort": "low"}, "reasoning_effort"), ({"top_k": 4}, "top_k"),
-                         ({"thinking": {"type": "enabled", "budget_tokens": 2000}}, "thinking")):
+    for extra, param in (
+        ({"reasoning_effort": "low"}, "reasoning_effort"),
+        ({"top_k": 4}, "top_k"),
+        ({"thinking": {"type": "enabled", "budget_tokens": 2000}}, "thinking"),
+    ):
         with pytest.raises(InvalidRequest, match="not an Anthropic Claude model") as info:
             await backend.complete({"model": "r", "messages": chat_user("hi"), **extra})
         assert info.value.param == param and "backend 'br' (bedrock)" in info.value.message
     assert fake_bedrock.requests == []
-    history = [*chat_user("hi"), {"role": "assistant", "content": "ok", "thinking_blocks": [
-        {"type": "thinking", "thinking": "t", "signature": "s"}]}, *chat_user("more")]
+    history = [
+        *chat_user("hi"),
+        {
+            "role": "assistant",
+            "content": "ok",
+            "thinking_blocks": [{"type": "thinking", "thinking": "t", "signature": "s"}],
+        },
+        *chat_user("more"),
+    ]
     await backend.complete({"model": "r", "messages": history, "reasoning_effort": "none"})
     assert fake_bedrock.requests[-1][1]["messages"][1] == {"role": "assistant", "content": [{"text": "ok"}]}
     named = await make_backend(claude=True)
@@ -508,22 +663,39 @@ async def test_claude_fields_are_refused_for_other_models(fake_bedrock, make_bac
 
 
 async def test_effort_setting_and_native_structured_output(fake_bedrock, make_backend):
-    backend = await make_backend(model=CLAUDE, reasoning_effort_as="effort", structured_output="native",
-                                 additional_model_request_fields={"anthropic_beta": ["x"]})
+    backend = await make_backend(
+        model=CLAUDE,
+        reasoning_effort_as="effort",
+        structured_output="native",
+        additional_model_request_fields={"anthropic_beta": ["x"]},
+    )
     schema = {"type": "object", "properties": {"answer": {"type": "string"}}}
-    await backend.complete({"model": "r", "messages": chat_user("hi"), "reasoning_effort": "medium",
-                            "response_format": {"type": "json_schema", "json_schema": {"name": "reply",
-                                                                                        "schema": schema}}})
+    await backend.complete(
+        {
+            "model": "r",
+            "messages": chat_user("hi"),
+            "reasoning_effort": "medium",
+            "response_format": {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema}},
+        }
+    )
     sent = fake_bedrock.requests[-1][1]
-    assert sent["outputConfig"] == {"effort": "medium", "textFormat": {"type": "json_schema", "structure": {
-        "jsonSchema": {"schema": json.dumps(schema), "name": "reply"}}}}
+    assert sent["outputConfig"] == {
+        "effort": "medium",
+        "textFormat": {
+            "type": "json_schema",
+            "structure": {"jsonSchema": {"schema": json.dumps(schema), "name": "reply"}},
+        },
+    }
     assert sent["additionalModelRequestFields"] == {"anthropic_beta": ["x"]} and "toolConfig" not in sent
 
 
 async def test_json_schema_through_a_forced_tool(fake_bedrock, make_backend):
     backend = await make_backend(model=CLAUDE)
-    body = {"model": "r", "messages": chat_user("Paris?"), "response_format": {
-        "type": "json_schema", "json_schema": {"name": "city", "schema": {"type": "object"}}}}
+    body = {
+        "model": "r",
+        "messages": chat_user("Paris?"),
+        "response_format": {"type": "json_schema", "json_schema": {"name": "city", "schema": {"type": "object"}}},
+    }
     whole = (await backend.complete(body))["choices"][0]
     config = fake_bedrock.requests[-1][1]["toolConfig"]
     assert config["toolChoice"] == {"tool": {"name": "city"}}
@@ -539,7 +711,8 @@ async def test_json_schema_through_a_forced_tool(fake_bedrock, make_backend):
     await backend.complete({**body, "tools": [WEATHER], "tool_choice": "none"})
     config = fake_bedrock.requests[-1][1]["toolConfig"]  # no history needs get_weather: only the answer's tool
     assert [t["toolSpec"]["name"] for t in config["tools"]] == ["city"] and config["toolChoice"] == {
-        "tool": {"name": "city"}}
+        "tool": {"name": "city"}
+    }
 
 
 async def test_cache_points_documents_and_cache_usage(fake_bedrock, make_backend):
@@ -547,12 +720,27 @@ async def test_cache_points_documents_and_cache_usage(fake_bedrock, make_backend
     mark = {"type": "ephemeral"}
     pdf, csv = base64.b64encode(b"%PDF-1.4 x").decode(), base64.b64encode(b"a,b\n1,2").decode()
     fake_bedrock.cache_read_tokens, fake_bedrock.cache_write_tokens = 30, 20
-    body = {"model": "r", "tools": [{**WEATHER, "cache_control": mark}], "messages": [
-        {"role": "system", "content": [{"type": "text", "text": "rules", "cache_control": {**mark, "ttl": "1h"}}]},
-        {"role": "user", "content": [
-            {"type": "file", "file": {"file_data": f"data:application/pdf;base64,{pdf}", "filename": "Q3: report.pdf"}},
-            {"type": "file", "file": {"file_data": f"data:text/csv;base64,{csv}", "filename": "Q3: report.csv"}},
-            {"type": "text", "text": "summarise", "cache_control": mark}]}]}
+    body = {
+        "model": "r",
+        "tools": [{**WEATHER, "cache_control": mark}],
+        "messages": [
+            {"role": "system", "content": [{"type": "text", "text": "rules", "cache_control": {**mark, "ttl": "1h"}}]},
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "file",
+                        "file": {"file_data": f"data:application/pdf;base64,{pdf}", "filename": "Q3: report.pdf"},
+                    },
+                    {
+                        "type": "file",
+                        "file": {"file_data": f"data:text/csv;base64,{csv}", "filename": "Q3: report.csv"},
+                    },
+                    {"type": "text", "text": "summarise", "cache_control": mark},
+                ],
+            },
+        ],
+    }
     answer = await backend.complete(body)
     sent = fake_bedrock.requests[-1][1]
     assert sent["system"] == [{"text": "rules"}, {"cachePoint": {"type": "default", "ttl": "1h"}}]
@@ -560,31 +748,60 @@ async def test_cache_points_documents_and_cache_usage(fake_bedrock, make_backend
     assert sent["messages"][0]["content"] == [
         {"document": {"format": "pdf", "name": "Q3 report", "source": {"bytes": pdf}}},
         {"document": {"format": "csv", "name": "Q3 report (2)", "source": {"bytes": csv}}},
-        {"text": "summarise"}, {"cachePoint": {"type": "default"}}]
+        {"text": "summarise"},
+        {"cachePoint": {"type": "default"}},
+    ]
     usage = answer["usage"]
     assert usage["prompt_tokens"] == usage["total_tokens"] - usage["completion_tokens"]
     assert usage["prompt_tokens_details"] == {"cached_tokens": 30} and usage["cache_creation_input_tokens"] == 20
     _, chunks = await assembled(backend, body)
     assert chunks[-1]["usage"] == usage
-    config = GatewayConfig(GatewaySettings.model_validate({"backends": {}, "routes": {}, "prices": {
-        "br": {"input": 3, "output": 15, "cached_input": 0.3, "cache_write": 3.75}}}), "test")
+    config = GatewayConfig(
+        GatewaySettings.model_validate(
+            {
+                "backends": {},
+                "routes": {},
+                "prices": {"br": {"input": 3, "output": 15, "cached_input": 0.3, "cache_write": 3.75}},
+            }
+        ),
+        "test",
+    )
     expected = ((usage["prompt_tokens"] - 50) * 3 + 30 * 0.3 + 20 * 3.75 + usage["completion_tokens"] * 15) / 1e6
     assert config.cost("br", None, usage) == pytest.approx(expected)
     with pytest.raises(InvalidRequest, match="documents as pdf"):
-        await backend.complete({"model": "r", "messages": [{"role": "user", "content": [
-            {"type": "file", "file": {"file_data": f"data:image/svg+xml;base64,{csv}"}}]}]})
+        await backend.complete(
+            {
+                "model": "r",
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "file", "file": {"file_data": f"data:image/svg+xml;base64,{csv}"}}],
+                    }
+                ],
+            }
+        )
 
 
 async def test_parallel_tool_calls_false_is_refused_only_where_it_matters(fake_bedrock, make_backend):
     backend = await make_backend()
     with pytest.raises(InvalidRequest, match="one tool call at a time") as info:
-        await backend.complete({"model": "r", "messages": chat_user("hi"), "tools": [WEATHER],
-                                "parallel_tool_calls": False})
+        await backend.complete(
+            {"model": "r", "messages": chat_user("hi"), "tools": [WEATHER], "parallel_tool_calls": False}
+        )
     assert info.value.param == "parallel_tool_calls"
-    await backend.complete({"model": "r", "messages": chat_user("hi"), "tools": [WEATHER], "tool_choice": "none",
-                            "parallel_tool_calls": False})
+    await backend.complete(
+        {
+            "model": "r",
+            "messages": chat_user("hi"),
+            "tools": [WEATHER],
+            "tool_choice": "none",
+            "parallel_tool_calls": False,
+        }
+    )
     assert backend.ignored_params({"model": "r", "messages": chat_user("hi"), "user": "u", "store": False}) == [
-        "user", "store"]
+        "user",
+        "store",
+    ]
 
 
 async def test_a_thinking_the_model_may_skip_is_moot_for_other_models(fake_bedrock, make_backend):

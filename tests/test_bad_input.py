@@ -6,6 +6,7 @@ error shape when the answer is JSON, and nothing internal in it (no stack trace,
 no secret). Every 20 cases, and at the end, the daemon must still be healthy: alive, /healthz
 200, a normal chat completion through the official SDK, and a resident size nowhere near a leak.
 """
+
 from __future__ import annotations
 
 import json
@@ -56,14 +57,21 @@ def daemon(tmp_path_factory):
         config = {
             "server": {"max_body_bytes": MAX_BODY, "max_messages": MAX_MESSAGES, "admin_token": ADMIN_TOKEN},
             "state": {"sqlite_path": str(workdir / "state.db")},
-            "backends": {"up": {"kind": "openai", "base_url": upstream.url + "/v1", "model": "m-up",
-                                "api_key": UPSTREAM_KEY},
-                         "cand": {"kind": "openai", "base_url": upstream.url + "/v1", "model": "m-cand",
-                                  "api_key": UPSTREAM_KEY}},
+            "backends": {
+                "up": {"kind": "openai", "base_url": upstream.url + "/v1", "model": "m-up", "api_key": UPSTREAM_KEY},
+                "cand": {
+                    "kind": "openai",
+                    "base_url": upstream.url + "/v1",
+                    "model": "m-cand",
+                    "api_key": UPSTREAM_KEY,
+                },
+            },
             "routes": {"bot": {"baseline": "up", "candidates": {"cand": 0}, "retries": 0}},
-            "plugins": {"traffic_log": {"path": str(workdir / "traffic.db")},
-                        "feedback": {"path": str(workdir / "feedback.db"), "max_comment_chars": MAX_COMMENT},
-                        "shadow": {"path": str(workdir / "shadow.db")}},
+            "plugins": {
+                "traffic_log": {"path": str(workdir / "traffic.db")},
+                "feedback": {"path": str(workdir / "feedback.db"), "max_comment_chars": MAX_COMMENT},
+                "shadow": {"path": str(workdir / "shadow.db")},
+            },
         }
         gateway = GatewayProcess(config, workdir).start()
         try:
@@ -97,7 +105,7 @@ def _parse(data: bytes) -> Answer | None:
                 return Answer(status, headers, body)
             if len(rest) < line_end + 2 + size + 2:
                 return None
-            body += rest[line_end + 2:line_end + 2 + size]
+            body += rest[line_end + 2 : line_end + 2 + size]
             pos = line_end + 2 + size + 2
     return None  # framed by the connection's end: complete at EOF
 
@@ -143,8 +151,9 @@ def check_answer(case: Case, answer: Answer) -> None:
     if case.protocol and answer.headers.get("content-type", "").startswith("text/plain"):
         assert len(answer.body) < 1024, f"{case.name}: a {len(answer.body)}-byte refusal"
     elif answer.status >= 400 and case.method != "HEAD":
-        assert answer.headers.get("content-type", "").startswith("application/json"), \
+        assert answer.headers.get("content-type", "").startswith("application/json"), (
             f"{case.name}: error is not JSON ({answer.headers.get('content-type')}): {text[:300]}"
+        )
         body = json.loads(answer.body)
         error = body["error"]
         if case.path.startswith("/v1/messages"):  # the Anthropic Messages API's own shape
@@ -197,7 +206,7 @@ def test_the_daemon_is_healthy_after_the_corpus(daemon):
     assert_healthy(daemon)
     log = daemon.gateway.log()
     assert "failed inside the gateway" not in log, log[-3000:]
-    assert "Traceback" not in log, log[log.index("Traceback") - 300:][:3000]
+    assert "Traceback" not in log, log[log.index("Traceback") - 300 :][:3000]
     assert "rows lost" not in log, "a refused request cost the traffic log its batch"
     assert "refused a malformed request" in log  # the HTTP parser's refusals, one line each
     assert UPSTREAM_KEY not in log and ADMIN_TOKEN not in log
@@ -209,10 +218,14 @@ def test_a_refused_request_with_a_lone_surrogate_is_still_logged(daemon):
 
     def logged() -> list[dict]:
         try:
-            return [r for r in read_records(path, "status = 400")
-                    if (r["request"] or {}).get("messages") == [{"role": "user", "content": "hi \ud800 there"}]]
+            return [
+                r
+                for r in read_records(path, "status = 400")
+                if (r["request"] or {}).get("messages") == [{"role": "user", "content": "hi \ud800 there"}]
+            ]
         except sqlite3.Error:
             return []
+
     deadline = time.monotonic() + 30
     while not logged():
         assert time.monotonic() < deadline, "the refused request never reached the traffic log"

@@ -1,10 +1,13 @@
 """The start-up banner: which routes can answer, whether the admin surfaces are on, what to do with no keys."""
+
 from gateway.banner import banner
 from gateway.config import parse_config
 from gateway.gateway import Gateway
 
-BACKENDS = {"claude": {"kind": "anthropic", "model": "c", "api_key": "${BANNER_TEST_ANTHROPIC_KEY}"},
-            "local": {"kind": "openai", "model": "l", "api_key": "none", "base_url": "http://127.0.0.1:9/v1"}}
+BACKENDS = {
+    "claude": {"kind": "anthropic", "model": "c", "api_key": "${BANNER_TEST_ANTHROPIC_KEY}"},
+    "local": {"kind": "openai", "model": "l", "api_key": "none", "base_url": "http://127.0.0.1:9/v1"},
+}
 
 
 def _banner(config: dict, monkeypatch, admin: str | None = None) -> list[str]:
@@ -17,9 +20,13 @@ def _banner(config: dict, monkeypatch, admin: str | None = None) -> list[str]:
 
 
 def test_each_route_says_what_answers_it_and_what_is_missing(monkeypatch):
-    lines = _banner({"backends": BACKENDS, "routes": {
-        "mixed": {"baseline": "claude", "fallback": ["local"]},
-        "blocked": {"baseline": "claude"}}}, monkeypatch)
+    lines = _banner(
+        {
+            "backends": BACKENDS,
+            "routes": {"mixed": {"baseline": "claude", "fallback": ["local"]}, "blocked": {"baseline": "claude"}},
+        },
+        monkeypatch,
+    )
     assert lines[0] == "llmgate serving on http://127.0.0.1:8080 (config test.yaml, event loop uvloop)"
     assert "  route mixed: answers via local (claude needs BANNER_TEST_ANTHROPIC_KEY)" in lines
     assert "  route blocked: cannot answer: claude needs BANNER_TEST_ANTHROPIC_KEY" in lines
@@ -32,6 +39,8 @@ def test_with_no_route_able_to_answer_it_names_the_variables_and_the_demo(monkey
     assert lines[-1].startswith("  no route can answer yet: set BANNER_TEST_ANTHROPIC_KEY and restart.")
     assert "make demo" in lines[-1]
     on = [line for line in lines if "admin API" in line]
-    assert on == ["  admin API and console: on (http://127.0.0.1:8080/admin/status, http://127.0.0.1:8080/console; "
-                  "Authorization: Bearer <admin token>)"]
+    assert on == [
+        "  admin API and console: on (http://127.0.0.1:8080/admin/status, http://127.0.0.1:8080/console; "
+        "Authorization: Bearer <admin token>)"
+    ]
     assert not any("t0ken-x" in line for line in lines)  # the token itself is never printed

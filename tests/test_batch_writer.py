@@ -1,4 +1,5 @@
 """BatchWriter's group commit: rows that arrive close together share one trip to the database."""
+
 import asyncio
 import time
 
@@ -15,6 +16,7 @@ def counted(db: SqliteThread) -> list:
     async def counting(fn):
         calls.append(fn)
         return await run(fn)
+
     db.run = counting
     return calls
 
@@ -42,6 +44,7 @@ def test_rows_that_arrive_within_the_wait_are_written_in_one_transaction(tmp_pat
         rows = await db.run(lambda c: c.execute("SELECT n FROM t ORDER BY rowid").fetchall())
         await db.close()
         return writes, rows
+
     writes, rows = asyncio.run(scenario())
     assert rows == [(n,) for n in range(5)]
     assert writes == 1
@@ -58,6 +61,7 @@ def test_without_a_wait_each_lone_row_is_written_as_it_comes(tmp_path):
         await writer.close()
         await db.close()
         return calls
+
     assert len(asyncio.run(scenario())) == 3
 
 
@@ -74,6 +78,7 @@ def test_a_full_batch_does_not_wait_and_close_writes_what_is_waiting(tmp_path):
         count = await db.run(lambda c: c.execute("SELECT count(*) FROM t").fetchone()[0])
         await db.close()
         return closed_in, count, writer.written
+
     closed_in, count, written = asyncio.run(scenario())
     assert count == written == 13
     assert closed_in < 30
@@ -93,6 +98,7 @@ def test_flush_writes_a_waiting_batch_now_for_a_reader_that_needs_its_rows(tmp_p
         await writer.close()
         await db.close()
         return found, found_again
+
     found, found_again = asyncio.run(scenario())
     assert found == [(1,)]
     assert found_again == [(1,), (2,)]

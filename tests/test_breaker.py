@@ -1,4 +1,5 @@
 """The circuit breaker's state machine, on a clock the test moves (no sleeping, no timing)."""
+
 import logging
 
 import pytest
@@ -109,7 +110,8 @@ def test_every_transition_is_logged(clock, caplog):
     assert [r.getMessage().split(" reason=")[0] for r in caplog.records] == [
         "breaker_changed backend=b from=closed to=open",
         "breaker_changed backend=b from=open to=half_open",
-        "breaker_changed backend=b from=half_open to=closed"]
+        "breaker_changed backend=b from=half_open to=closed",
+    ]
 
 
 def test_circuit_open_is_a_503_with_retry_after():
@@ -121,8 +123,13 @@ def test_circuit_open_is_a_503_with_retry_after():
 def test_breaker_settings_are_part_of_a_backend_and_validated():
     assert BackendSettings(kind="openai", model="m").breaker == BreakerSettings(failures=5, open_seconds=30)
     from gateway.app import create_app
-    config = parse_config({"backends": {"x": {"kind": "openai", "model": "m", "api_key": "none",
-                                              "breaker": {"failures": 0}}}, "routes": {"r": {"baseline": "x"}}})
+
+    config = parse_config(
+        {
+            "backends": {"x": {"kind": "openai", "model": "m", "api_key": "none", "breaker": {"failures": 0}}},
+            "routes": {"r": {"baseline": "x"}},
+        }
+    )
     with pytest.raises(ConfigError) as refused:
         create_app(config)
     assert "backends.x.breaker.failures" in str(refused.value)

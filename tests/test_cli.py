@@ -1,5 +1,6 @@
 """The command line as one tool: every argument explained, `--reason` the same wherever state changes,
 `check` for check-config, and a start that loads none of the daemon's dependencies."""
+
 from __future__ import annotations
 
 import argparse
@@ -18,9 +19,18 @@ from gateway.known_plugins import COMMAND_MODULES, DEFAULT_PLUGINS
 ROOT = Path(__file__).resolve().parent.parent
 
 # Every command that changes state (each is audited), as its words on the command line.
-STATE_CHANGING = [["rollout"], ["rollback"], ["promote"], ["schedule", "start"], ["schedule", "pause"],
-                  ["schedule", "resume"], ["schedule", "abort"], ["cache", "clear"], ["retrain", "launch"],
-                  ["retrain", "cancel"]]
+STATE_CHANGING = [
+    ["rollout"],
+    ["rollback"],
+    ["promote"],
+    ["schedule", "start"],
+    ["schedule", "pause"],
+    ["schedule", "resume"],
+    ["schedule", "abort"],
+    ["cache", "clear"],
+    ["retrain", "launch"],
+    ["retrain", "cancel"],
+]
 
 
 def walk(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
@@ -72,10 +82,16 @@ def test_every_subcommand_prints_its_help(capsys):
 
 def test_check_is_check_config(tmp_path, capsys):
     path = tmp_path / "gateway.yaml"
-    path.write_text(yaml.safe_dump({"backends": {"b": {"kind": "openai", "model": "m", "api_key": "none"}},
-                                    "routes": {"r": {"baseline": "b"}},
-                                    "state": {"sqlite_path": str(tmp_path / "s.db")},
-                                    "plugins": {"traffic_log": {"path": str(tmp_path / "t.db")}}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "backends": {"b": {"kind": "openai", "model": "m", "api_key": "none"}},
+                "routes": {"r": {"baseline": "b"}},
+                "state": {"sqlite_path": str(tmp_path / "s.db")},
+                "plugins": {"traffic_log": {"path": str(tmp_path / "t.db")}},
+            }
+        )
+    )
     assert cli.main(["check", str(path)]) == 0
     assert cli.main(["check-config", str(path)]) == 0
     out = capsys.readouterr().out.splitlines()
@@ -90,10 +106,21 @@ def test_the_default_config_path_is_the_configs():
 
 
 def test_building_the_parser_loads_none_of_the_daemons_dependencies():
-    heavy = ("aiohttp", "pydantic", "yaml", "redis", "boto3", "botocore", "opentelemetry", "numpy", "jsonschema",
-             "gateway.config", "gateway.plugins", "urllib.request")
-    code = ("import sys, gateway.cli; gateway.cli.build_parser(); "
-            f"print([m for m in {heavy!r} if m in sys.modules])")
+    heavy = (
+        "aiohttp",
+        "pydantic",
+        "yaml",
+        "redis",
+        "boto3",
+        "botocore",
+        "opentelemetry",
+        "numpy",
+        "jsonschema",
+        "gateway.config",
+        "gateway.plugins",
+        "urllib.request",
+    )
+    code = f"import sys, gateway.cli; gateway.cli.build_parser(); print([m for m in {heavy!r} if m in sys.modules])"
     loaded = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == "[]"
 
@@ -109,7 +136,8 @@ def test_built_in_commands_are_registered_from_their_command_modules():
 
 
 def test_a_third_party_plugin_adds_commands_through_the_same_hook(tmp_path, monkeypatch, capsys):
-    (tmp_path / "tp_commands.py").write_text(textwrap.dedent('''
+    (tmp_path / "tp_commands.py").write_text(
+        textwrap.dedent("""
         from gateway.cli import add_reason_arg
         from gateway.hookspecs import hookimpl
 
@@ -123,7 +151,8 @@ def test_a_third_party_plugin_adds_commands_through_the_same_hook(tmp_path, monk
             p.add_argument("name", help="who to greet")
             add_reason_arg(p)
             p.set_defaults(handler=hello)
-    '''))
+    """)
+    )
     dist = tmp_path / "tp_commands-1.0.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: tp-commands\nVersion: 1.0\n")

@@ -1,4 +1,5 @@
 """A misspelt key is named with the nearest valid key and every key its section allows, in every section."""
+
 from __future__ import annotations
 
 import copy
@@ -45,27 +46,32 @@ def _written(tmp_path, raw: dict):
 def test_a_misspelt_route_key_names_the_nearest_and_every_allowed_key():
     raw = config_with(routes={"support-bot": {"baseline": "base", "candidate": {"base": 10}}})
     assert problems_of(raw) == [
-        f"routes.support-bot.candidate: unknown key (did you mean 'candidates'? allowed: {ROUTE_KEYS})"]
+        f"routes.support-bot.candidate: unknown key (did you mean 'candidates'? allowed: {ROUTE_KEYS})"
+    ]
 
 
 def test_a_misspelt_server_key():
     assert problems_of(config_with(server={"max_body_byte": 1024})) == [
         "server.max_body_byte: unknown key (did you mean 'max_body_bytes'? allowed: admin_token, event_loop, host, "
-        "max_body_bytes, max_messages, port, shutdown_timeout, stored_responses_ttl)"]
+        "max_body_bytes, max_messages, port, shutdown_timeout, stored_responses_ttl)"
+    ]
 
 
 def test_a_misspelt_top_level_key():
     raw = copy.deepcopy(BASE)
     raw["route"] = raw.pop("routes")
     assert problems_of(raw) == [
-        "route: unknown key (did you mean 'routes'? allowed: backends, plugins, prices, routes, server, state)"]
+        "route: unknown key (did you mean 'routes'? allowed: backends, plugins, prices, routes, server, state)"
+    ]
 
 
 def test_a_key_nothing_is_close_to_lists_the_allowed_keys_without_a_guess():
     assert problems_of(config_with(state={"zebra": 1})) == [
-        "state.zebra: unknown key (allowed: redis_url, sqlite_path)"]
+        "state.zebra: unknown key (allowed: redis_url, sqlite_path)"
+    ]
     assert problems_of(config_with(prices={"m": {"input": 1, "output": 2, "xyzzy": 3}})) == [
-        "prices.m.xyzzy: unknown key (allowed: cache_write, cached_input, input, output)"]
+        "prices.m.xyzzy: unknown key (allowed: cache_write, cached_input, input, output)"
+    ]
 
 
 def test_load_config_reads_a_file_and_suggests_the_same(tmp_path):
@@ -80,7 +86,8 @@ def test_load_config_reads_a_file_and_suggests_the_same(tmp_path):
 def test_an_unknown_backend_reference_suggests_the_defined_one():
     raw = config_with(routes={"support-bot": {"baseline": "bsae"}})
     assert problems_of(raw) == [
-        "routes.support-bot.baseline: unknown backend 'bsae' (did you mean 'base'? defined: base)"]
+        "routes.support-bot.baseline: unknown backend 'bsae' (did you mean 'base'? defined: base)"
+    ]
 
 
 def test_a_misspelt_key_under_a_backends_timeout(tmp_path, capsys):
@@ -88,8 +95,9 @@ def test_a_misspelt_key_under_a_backends_timeout(tmp_path, capsys):
     raw["backends"]["base"]["timeout"] = {"conect": 2}
     status, err = check_config(tmp_path, capsys, raw)
     assert status == 1
-    assert "backends.base.timeout.conect: unknown key (did you mean 'connect'? allowed: connect, first_byte, " \
-           "total)" in err
+    assert (
+        "backends.base.timeout.conect: unknown key (did you mean 'connect'? allowed: connect, first_byte, total)" in err
+    )
 
 
 def test_a_misspelt_key_of_a_backend_kind_and_its_breaker(tmp_path, capsys):
@@ -99,8 +107,10 @@ def test_a_misspelt_key_of_a_backend_kind_and_its_breaker(tmp_path, capsys):
     status, err = check_config(tmp_path, capsys, raw)
     assert status == 1
     assert "backends.base.base_ulr: unknown key (did you mean 'base_url'? allowed: api_key, base_url, breaker," in err
-    assert "backends.base.breaker.failure: unknown key (did you mean 'failures'? allowed: enabled, failures, " \
-           "open_seconds)" in err
+    assert (
+        "backends.base.breaker.failure: unknown key (did you mean 'failures'? allowed: enabled, failures, "
+        "open_seconds)" in err
+    )
 
 
 def test_an_unknown_backend_kind_suggests_the_nearest(tmp_path, capsys):
@@ -112,8 +122,12 @@ def test_an_unknown_backend_kind_suggests_the_nearest(tmp_path, capsys):
 
 
 def test_a_misspelt_option_of_a_plugin_names_its_settings_and_the_core_keys(tmp_path, capsys):
-    raw = config_with(plugins={"traffic_log": {"enabled": False},
-                               "semantic_cache": {"enabled": True, "semantic": False, "threshhold": 0.9}})
+    raw = config_with(
+        plugins={
+            "traffic_log": {"enabled": False},
+            "semantic_cache": {"enabled": True, "semantic": False, "threshhold": 0.9},
+        }
+    )
     status, err = check_config(tmp_path, capsys, raw)
     assert status == 1
     line = next(line for line in err.splitlines() if "threshhold" in line)
@@ -151,8 +165,10 @@ def test_a_misspelt_key_nested_in_a_plugins_settings(tmp_path, capsys):
     raw = config_with(plugins={"traffic_log": {"enabled": False}, "api_keys": {"enabled": True, "teams": {"t": team}}})
     status, err = check_config(tmp_path, capsys, raw)
     assert status == 1
-    assert "plugins.api_keys.teams.t.rutes: unknown key (did you mean 'routes'? allowed: keys, requests_per_minute, " \
-           "routes, tokens_per_day)" in err
+    assert (
+        "plugins.api_keys.teams.t.rutes: unknown key (did you mean 'routes'? allowed: keys, requests_per_minute, "
+        "routes, tokens_per_day)" in err
+    )
 
 
 def test_an_unknown_plugin_suggests_the_nearest(tmp_path, capsys):

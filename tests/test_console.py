@@ -1,6 +1,7 @@
 """The SRE console: its endpoints over HTTP, then the page itself in a real headless Chromium
 against a running gateway: it renders the routes, a percent set in the page routes real requests,
 its rollback button works, and it says so when the daemon goes away. Screenshots are saved for review."""
+
 import contextlib
 import gzip
 import json
@@ -20,22 +21,38 @@ from tests.support import wait_until
 
 TOKEN = "console-admin-token-0123456789"
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ARTIFACTS = Path(os.environ.get("LLMGATE_TEST_ARTIFACTS", Path(__file__).parent / "artifacts"))
 LAPTOP = {"width": 1366, "height": 900}
 PHONE = {"width": 390, "height": 844}
 
 
 def console_config(fake, tmp_path, shadow: bool = True) -> dict:
-    backend = lambda model: {"kind": "openai", "base_url": fake.url + "/v1", "model": model,  # noqa: E731
-                             "api_key": UPSTREAM_KEY}
+    def backend(model):
+        return {
+            "kind": "openai",
+            "base_url": fake.url + "/v1",
+            "model": model,
+            "api_key": UPSTREAM_KEY,
+        }
+
     return {
         "server": {"admin_token": TOKEN},
         "backends": {"base": backend("m-base"), "cand-a": backend("m-a"), "shadow-x": backend("m-shadow")},
         "routes": {"bot": {"baseline": "base", "candidates": {"cand-a": 10}, "shadow": ["shadow-x"] if shadow else []}},
-        "prices": {"m-base": {"input": 3.0, "output": 15.0}, "m-a": {"input": 0.5, "output": 1.5},
-                   "m-shadow": {"input": 0.2, "output": 0.6}},
+        "prices": {
+            "m-base": {"input": 3.0, "output": 15.0},
+            "m-a": {"input": 0.5, "output": 1.5},
+            "m-shadow": {"input": 0.2, "output": 0.6},
+        },
         "plugins": {
             "console": {"sample_seconds": 1, "history": 120},
             "shadow": {"path": str(tmp_path / "shadow.db")},
@@ -45,8 +62,15 @@ def console_config(fake, tmp_path, shadow: bool = True) -> dict:
     }
 
 
-def http(url: str, path: str, *, token: str | None = TOKEN, headers: dict | None = None, method: str = "GET",
-         body: dict | None = None):
+def http(
+    url: str,
+    path: str,
+    *,
+    token: str | None = TOKEN,
+    headers: dict | None = None,
+    method: str = "GET",
+    body: dict | None = None,
+):
     """(status, headers, body bytes) of one request, errors included."""
     sent = {**(headers or {})}
     if token:
@@ -68,7 +92,8 @@ def served_by(url: str, users: list[str]) -> dict[str, str]:
     found = {}
     for user in users:
         raw = client.chat.completions.with_raw_response.create(
-            model="bot", messages=[{"role": "user", "content": f"where is order {user}?"}], user=user)
+            model="bot", messages=[{"role": "user", "content": f"where is order {user}?"}], user=user
+        )
         found[user] = raw.headers["x-llmgate-variant"]
         assert raw.parse().model.startswith("m-")
     return found
@@ -86,8 +111,10 @@ def background_traffic(url: str, per_second: float = 6):
             i += 1
             text = "[status 500] background" if i % 10 == 0 else f"[sleep 0.0{i % 4}] background {i}"
             with contextlib.suppress(openai.OpenAIError):
-                client.chat.completions.create(model="bot", messages=[{"role": "user", "content": text}],
-                                               user=f"bg-{i % 50}")
+                client.chat.completions.create(
+                    model="bot", messages=[{"role": "user", "content": text}], user=f"bg-{i % 50}"
+                )
+
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     try:
@@ -98,6 +125,7 @@ def background_traffic(url: str, per_second: float = 6):
 
 
 # --- the endpoints, without a browser --------------------------------------------------------------
+
 
 def test_page_and_assets_load_without_the_token_and_cache_well(fake_openai, make_gateway, tmp_path):
     gw = make_gateway(console_config(fake_openai, tmp_path))
@@ -132,14 +160,15 @@ def test_series_and_shadow_pairs_follow_real_traffic(fake_openai, make_gateway, 
     gw = make_gateway(console_config(fake_openai, tmp_path))
     served = served_by(gw.url, [f"user-{i}" for i in range(40)])
     assert set(served.values()) <= {"base", "cand-a"}
-    gw.call(gw.app[GATEWAY].hooks.call("record_score", route="bot", variant="cand-a", name="judge_win_rate",
-                                       value=1.0))
+    gw.call(gw.app[GATEWAY].hooks.call("record_score", route="bot", variant="cand-a", name="judge_win_rate", value=1.0))
 
     def counted():
         body = json.loads(http(gw.url, "/admin/console/series")[2])
-        total = sum(v["requests"] for s in body["samples"]
-                    for v in s["routes"].get("bot", {}).get("variants", {}).values())
+        total = sum(
+            v["requests"] for s in body["samples"] for v in s["routes"].get("bot", {}).get("variants", {}).values()
+        )
         return body if total == 40 else None
+
     series = wait_until(counted, what="the 40 requests in the console's series")
     assert series["interval_seconds"] == 1 and series["sampling"] is True
     window = series["window"]["bot"]
@@ -153,6 +182,7 @@ def test_series_and_shadow_pairs_follow_real_traffic(fake_openai, make_gateway, 
     def paired():
         body = json.loads(http(gw.url, "/admin/console/shadow/pairs?route=bot&limit=3&chars=12")[2])
         return body["pairs"] if len(body["pairs"]) == 3 else None
+
     pairs = wait_until(paired, what="three shadow comparisons")
     assert [p["id"] for p in pairs] == sorted((p["id"] for p in pairs), reverse=True), "newest first"
     assert all(p["shadow_backend"] == "shadow-x" and p["shadow_status"] == 200 for p in pairs)
@@ -161,6 +191,7 @@ def test_series_and_shadow_pairs_follow_real_traffic(fake_openai, make_gateway, 
 
 
 # --- the page, in a real browser ---------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def browser():
@@ -202,8 +233,10 @@ def confirm(page, fields: dict[str, str]) -> dict:
         page.fill(selector, value)
     page.click("#confirm-ok")
     table = page.wait_for_selector("#confirm-event", timeout=15000)
-    event = {row.query_selector("th").inner_text(): row.query_selector("td").inner_text()
-             for row in table.query_selector_all("tr")}
+    event = {
+        row.query_selector("th").inner_text(): row.query_selector("td").inner_text()
+        for row in table.query_selector_all("tr")
+    }
     page.click("#confirm-cancel")  # now "Close"
     page.wait_for_selector("#confirm", state="hidden")
     return event
@@ -214,8 +247,11 @@ def test_the_console_steers_real_traffic(browser, fake_openai, make_gateway, tmp
     users = [f"user-{i}" for i in range(30)]
     assert "base" in served_by(gw.url, users).values()
     for value in (1.0, 0.5, 1.0):  # a judge's verdicts, so the judge column and chart have data
-        gw.call(gw.app[GATEWAY].hooks.call("record_score", route="bot", variant="cand-a", name="judge_win_rate",
-                                           value=value))
+        gw.call(
+            gw.app[GATEWAY].hooks.call(
+                "record_score", route="bot", variant="cand-a", name="judge_win_rate", value=value
+            )
+        )
     with background_traffic(gw.url):
         context, page, problems = open_console(browser, gw.url, LAPTOP)
         assert not page.is_visible("#banner") and page.inner_text("#conn").lower() == "live"
@@ -234,11 +270,15 @@ def test_the_console_steers_real_traffic(browser, fake_openai, make_gateway, tmp
         assert json.loads(event["after"]) == {"cand-a": 100.0}
         start = len(fake_openai.requests)
         assert set(served_by(gw.url, users).values()) == {"cand-a"}
-        ours = [r["model"] for r in fake_openai.requests[start:]
-                if "where is order user-" in r["messages"][-1]["content"]]
+        ours = [
+            r["model"] for r in fake_openai.requests[start:] if "where is order user-" in r["messages"][-1]["content"]
+        ]
         assert set(ours) - {"m-shadow"} == {"m-a"}, "the candidate's upstream model answered"
-        page.wait_for_function("""document.querySelector('section[data-route="bot"] tr[data-variant="cand-a"] .share')
-                                  .innerText.includes('100%')""", timeout=20000)
+        page.wait_for_function(
+            """document.querySelector('section[data-route="bot"] tr[data-variant="cand-a"] .share')
+                                  .innerText.includes('100%')""",
+            timeout=20000,
+        )
 
         # the rollback button sends everyone back to the baseline, and the event shows in the history
         route.locator('button[data-action="rollback"][data-candidate="cand-a"]').click()
@@ -254,8 +294,9 @@ def test_the_console_steers_real_traffic(browser, fake_openai, make_gateway, tmp
         time.sleep(3)  # a few more seconds of background traffic: lines rather than dots in the screenshots
         laptop = screenshot(page, "console-laptop.png")
 
-        phone_context, phone, phone_problems = open_console(browser, gw.url, PHONE, is_mobile=True, has_touch=True,
-                                                            device_scale_factor=2)
+        phone_context, phone, phone_problems = open_console(
+            browser, gw.url, PHONE, is_mobile=True, has_touch=True, device_scale_factor=2
+        )
         phone.wait_for_selector('#history-rows tr[data-kind="rollback"]', timeout=20000)
         width = phone.evaluate("document.documentElement.scrollWidth")
         assert width <= PHONE["width"], f"the phone page scrolls sideways ({width} px)"

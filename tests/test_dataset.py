@@ -5,6 +5,7 @@ a real gateway and fake upstream first), with PII of every kind, exact and near 
 each kind of record the builder must leave out. The assertions compare the manifest with what
 was seeded, scan the output for PII with the test's own patterns, and run the validator CLI.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -41,8 +42,10 @@ def luhn_complete(digits: str) -> str:
     """`digits` plus the check digit that makes the whole pass the Luhn check."""
     for check in "0123456789":
         number = digits + check
-        total = sum(int(d) if i % 2 == 0 else (int(d) * 2 - 9 if int(d) > 4 else int(d) * 2)
-                    for i, d in enumerate(reversed(number)))
+        total = sum(
+            int(d) if i % 2 == 0 else (int(d) * 2 - 9 if int(d) > 4 else int(d) * 2)
+            for i, d in enumerate(reversed(number))
+        )
         if total % 10 == 0:
             return number
     raise AssertionError("unreachable")
@@ -54,13 +57,13 @@ class SeededLog:
     def __init__(self, now: float, seed: int = 7):
         self.rng = random.Random(seed)
         self.now = now
-        self.contexts = []            # written with bodies
-        self.bodyless = []            # written by a traffic log with `bodies: false`
+        self.contexts = []  # written with bodies
+        self.bodyless = []  # written by a traffic log with `bodies: false`
         self.expected_dropped = Counter()
         self.expected_pii = Counter()
         self.pii_values: list[str] = []
         self.unique: list[tuple[list[dict], str]] = []  # (messages, answer) of every example kept
-        self.plain: list[int] = []    # indexes into unique of examples without PII (near-duplicate sources)
+        self.plain: list[int] = []  # indexes into unique of examples without PII (near-duplicate sources)
         self._n = 0
 
     def sentence(self, low=14, high=22) -> str:
@@ -76,7 +79,7 @@ class SeededLog:
             return f"{100 + i % 500:03d}-{10 + i % 80:02d}-{1000 + i:04d}"
         if kind == "CREDIT_CARD":
             number = luhn_complete("4" + "".join(rng.choice("0123456789") for _ in range(14)))
-            return " ".join(number[j:j + 4] for j in range(0, 16, 4))
+            return " ".join(number[j : j + 4] for j in range(0, 16, 4))
         if kind == "IPV4":
             return f"10.{i % 250}.{(i * 7) % 250}.{(i * 13) % 250 + 1}"
         if kind == "IPV6":
@@ -90,8 +93,13 @@ class SeededLog:
         return self.now - 29 * DAY + self._n * 60
 
     def add(self, messages, answer, **kw):
-        ctx = exchange(f"req-{len(self.contexts) + len(self.bodyless):05d}", kw.pop("ts", None) or self._ts(),
-                       messages, answer, **kw)
+        ctx = exchange(
+            f"req-{len(self.contexts) + len(self.bodyless):05d}",
+            kw.pop("ts", None) or self._ts(),
+            messages,
+            answer,
+            **kw,
+        )
         self.contexts.append(ctx)
         return ctx
 
@@ -100,8 +108,10 @@ class SeededLog:
         if self.rng.random() < 0.3:
             messages.append({"role": "system", "content": f"You are the {self.rng.choice(WORDS)} support assistant."})
         if self.rng.random() < 0.2:
-            messages += [{"role": "user", "content": self.sentence(6, 10)},
-                         {"role": "assistant", "content": self.sentence(6, 10)}]
+            messages += [
+                {"role": "user", "content": self.sentence(6, 10)},
+                {"role": "assistant", "content": self.sentence(6, 10)},
+            ]
         user, answer = self.sentence(), self.sentence()
         if pii_kind:
             value = self.pii_value(pii_kind, i)
@@ -134,14 +144,16 @@ class SeededLog:
 
             def swap(text):
                 return text.replace(old, new)
+
             self.add([{**m, "content": swap(m["content"])} for m in messages], swap(answer))
         self.expected_dropped["duplicate_exact"] = 60
         # near duplicates: 20 differing in case, spacing and punctuation, 20 in one word of the answer
         sources = self.rng.sample(self.plain, 40)
         for j in sources[:20]:
             messages, answer = self.unique[j]
-            self.add(messages[:-1] + [{"role": "user", "content": "  " + messages[-1]["content"].upper() + " !!"}],
-                     answer)
+            self.add(
+                messages[:-1] + [{"role": "user", "content": "  " + messages[-1]["content"].upper() + " !!"}], answer
+            )
         for j in sources[20:]:
             messages, answer = self.unique[j]
             words = answer.split()
@@ -158,16 +170,27 @@ class SeededLog:
         for _ in range(5):
             self.add([{"role": "user", "content": self.sentence()}], "")
         for _ in range(5):
-            self.add([{"role": "assistant", "content": self.sentence()}, {"role": "user", "content": self.sentence()}],
-                     self.sentence())
+            self.add(
+                [{"role": "assistant", "content": self.sentence()}, {"role": "user", "content": self.sentence()}],
+                self.sentence(),
+            )
         self.expected_dropped["incomplete"] = 20
         call = [{"id": "call_1", "type": "function", "function": {"name": "track", "arguments": "{}"}}]
         for _ in range(8):
             self.add([{"role": "user", "content": self.sentence()}], None, finish="tool_calls", tool_calls=call)
         for _ in range(4):
-            self.add([{"role": "user", "content": [{"type": "text", "text": self.sentence()},
-                                                   {"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}],
-                     self.sentence())
+            self.add(
+                [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "text", "text": self.sentence()},
+                            {"type": "image_url", "image_url": {"url": "https://x/y.png"}},
+                        ],
+                    }
+                ],
+                self.sentence(),
+            )
         self.expected_dropped["unsupported_content"] = 12
         for _ in range(5):
             self.add([{"role": "user", "content": self.sentence(400, 420)}], self.sentence())
@@ -176,8 +199,14 @@ class SeededLog:
             self.add([{"role": "user", "content": "?"}], self.sentence())
         self.expected_dropped["too_short"] = 5
         for _ in range(6):
-            self.bodyless.append(exchange(f"req-nobody-{len(self.bodyless)}", self._ts(),
-                                          [{"role": "user", "content": self.sentence()}], self.sentence()))
+            self.bodyless.append(
+                exchange(
+                    f"req-nobody-{len(self.bodyless)}",
+                    self._ts(),
+                    [{"role": "user", "content": self.sentence()}],
+                    self.sentence(),
+                )
+            )
         self.expected_dropped["no_bodies"] = 6
         # never read: another route, and traffic older than --since
         for _ in range(40):
@@ -225,16 +254,22 @@ def assert_no_pii(text: str, seeded_values: list[str]) -> None:
 def seeded(tmp_path, make_gateway, fake_openai):
     """A config and its traffic log: 5 exchanges through a real gateway, then the seeded 1,300."""
     log_path = tmp_path / "traffic.db"
-    config = {"backends": {"base": backend_config("openai", fake_openai)},
-              "routes": {"support-bot": {"baseline": "base"}},
-              "prices": {"base": {"input": 3.0, "output": 15.0}},
-              "plugins": {"traffic_log": {"path": str(log_path)},
-                          "feedback": {"path": str(tmp_path / "feedback.db")},
-                          "shadow": {"path": str(tmp_path / "shadow.db")}}}
+    config = {
+        "backends": {"base": backend_config("openai", fake_openai)},
+        "routes": {"support-bot": {"baseline": "base"}},
+        "prices": {"base": {"input": 3.0, "output": 15.0}},
+        "plugins": {
+            "traffic_log": {"path": str(log_path)},
+            "feedback": {"path": str(tmp_path / "feedback.db")},
+            "shadow": {"path": str(tmp_path / "shadow.db")},
+        },
+    }
     gateway = make_gateway(config)
     client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="app-key", max_retries=0)
-    through_gateway = [f"gateway question {w} about my {v} and the {x} please" for w, v, x in
-                       zip(WORDS[:5], WORDS[10:15], WORDS[20:25])]
+    through_gateway = [
+        f"gateway question {w} about my {v} and the {x} please"
+        for w, v, x in zip(WORDS[:5], WORDS[10:15], WORDS[20:25])
+    ]
     for text in through_gateway:
         client.chat.completions.create(model="support-bot", messages=[{"role": "user", "content": text}])
     deadline = time.monotonic() + 30
@@ -257,8 +292,25 @@ def _count(path: Path) -> int:
 
 
 def build(config_path: str, out: Path, *extra: str) -> dict:
-    code = main(["dataset", "build", "--config", config_path, "--route", "support-bot", "--since", "30d",
-                 "--min-chars", "2", "--max-chars", "2000", "--out", str(out), *extra])
+    code = main(
+        [
+            "dataset",
+            "build",
+            "--config",
+            config_path,
+            "--route",
+            "support-bot",
+            "--since",
+            "30d",
+            "--min-chars",
+            "2",
+            "--max-chars",
+            "2000",
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
     manifest = json.loads((out / "manifest.json").read_text())
     assert code == 0, manifest["problems"]
     return manifest
@@ -319,23 +371,38 @@ def test_a_dataset_from_a_seeded_log_matches_what_was_seeded(seeded, tmp_path, c
             assert roles == ["user", "assistant"] * (len(roles) // 2)
             with_system += "system" in record
     assert with_system > 0
-    assert_no_pii("".join((bedrock_out / f"{n}.jsonl").read_text() for n in ("train", "validation", "test")),
-                  log.pii_values)
+    assert_no_pii(
+        "".join((bedrock_out / f"{n}.jsonl").read_text() for n in ("train", "validation", "test")), log.pii_values
+    )
 
 
 def _small_log(tmp_path: Path, n: int = 60) -> tuple[str, list[str]]:
     log_path = tmp_path / "traffic.db"
     rng = random.Random(3)
     now = time.time()
-    contexts = [exchange(f"small-{i}", now - DAY + i, [{"role": "user", "content": " ".join(rng.choices(WORDS, k=15))}],
-                         " ".join(rng.choices(WORDS, k=15)), served_by="base" if i % 4 else "ft")
-                for i in range(n)]
+    contexts = [
+        exchange(
+            f"small-{i}",
+            now - DAY + i,
+            [{"role": "user", "content": " ".join(rng.choices(WORDS, k=15))}],
+            " ".join(rng.choices(WORDS, k=15)),
+            served_by="base" if i % 4 else "ft",
+        )
+        for i in range(n)
+    ]
     write_exchanges(log_path, contexts)
-    config = {"backends": {"base": {"kind": "openai", "model": "m", "api_key": "none"},
-                           "ft": {"kind": "openai", "model": "m-ft", "api_key": "none"}},
-              "routes": {"support-bot": {"baseline": "base", "candidates": {"ft": 10}}},
-              "plugins": {"traffic_log": {"path": str(log_path)}, "feedback": {"path": str(tmp_path / "feedback.db")},
-                          "shadow": {"path": str(tmp_path / "shadow.db")}}}
+    config = {
+        "backends": {
+            "base": {"kind": "openai", "model": "m", "api_key": "none"},
+            "ft": {"kind": "openai", "model": "m-ft", "api_key": "none"},
+        },
+        "routes": {"support-bot": {"baseline": "base", "candidates": {"ft": 10}}},
+        "plugins": {
+            "traffic_log": {"path": str(log_path)},
+            "feedback": {"path": str(tmp_path / "feedback.db")},
+            "shadow": {"path": str(tmp_path / "shadow.db")},
+        },
+    }
     return write_config(tmp_path, config), [c.request_id for c in contexts]
 
 
@@ -351,6 +418,7 @@ def test_the_split_is_deterministic_for_a_seed(tmp_path):
 
     def everything(d):
         return sorted(line for n in ("train", "validation", "test") for line in lines_of(tmp_path / d / f"{n}.jsonl"))
+
     assert everything("a") == everything("c")  # another seed: the same examples, split otherwise
     assert (first["counts"]["train"], first["counts"]["validation"], first["counts"]["test"]) == (48, 6, 6)
 
@@ -358,30 +426,38 @@ def test_the_split_is_deterministic_for_a_seed(tmp_path):
 def test_judge_and_feedback_filters_join_by_request_id(tmp_path):
     from plugins.feedback import SCHEMA as FEEDBACK_SCHEMA
     from plugins.shadow.plugin import SCHEMA as SHADOW_SCHEMA
+
     config_path, ids = _small_log(tmp_path)
     with sqlite3.connect(tmp_path / "feedback.db") as conn:
         conn.executescript(FEEDBACK_SCHEMA)
         ratings = {ids[i]: ("helpful", 1.0) for i in range(0, 30)}
         ratings.update({ids[i]: ("not_helpful", 0.0) for i in range(30, 40)})
         ratings.update({ids[i]: (5, 1.0) for i in range(40, 45)})
-        conn.executemany("INSERT INTO feedback (ts, request_id, route, variant, rating, score) "
-                         "VALUES (?, ?, ?, ?, ?, ?)",
-                         [(time.time(), rid, "support-bot", "base", r, s) for rid, (r, s) in ratings.items()])
+        conn.executemany(
+            "INSERT INTO feedback (ts, request_id, route, variant, rating, score) VALUES (?, ?, ?, ?, ?, ?)",
+            [(time.time(), rid, "support-bot", "base", r, s) for rid, (r, s) in ratings.items()],
+        )
     with sqlite3.connect(tmp_path / "shadow.db") as conn:
         conn.executescript(SHADOW_SCHEMA)
         # the judge scores from the shadow's side: 0 means the logged (primary) answer won
         shadow_scores = {ids[i]: (0.0 if i % 3 else 1.0) for i in range(0, 50)}
-        conn.executemany("INSERT INTO comparisons (ts, request_id, route, primary_backend, shadow_backend, "
-                         "primary_status, shadow_status, judge_score) "
-                         "VALUES (?, ?, 'support-bot', 'base', 'sh', 200, 200, ?)",
-                         [(time.time(), rid, s) for rid, s in shadow_scores.items()])
-    manifest = build(config_path, tmp_path / "out", "--format", "openai", "--min-judge-score", "0.5",
-                     "--feedback", "helpful")
+        conn.executemany(
+            "INSERT INTO comparisons (ts, request_id, route, primary_backend, shadow_backend, "
+            "primary_status, shadow_status, judge_score) "
+            "VALUES (?, ?, 'support-bot', 'base', 'sh', 200, 200, ?)",
+            [(time.time(), rid, s) for rid, s in shadow_scores.items()],
+        )
+    manifest = build(
+        config_path, tmp_path / "out", "--format", "openai", "--min-judge-score", "0.5", "--feedback", "helpful"
+    )
     judged_well = {ids[i] for i in range(50) if i % 3}
     helpful = {ids[i] for i in list(range(30)) + list(range(40, 45))}
-    assert manifest["dropped"] == {"judge_unscored": 10, "judge_below_min": 17,
-                                   "feedback_missing": len(judged_well - set(ids[:45])),
-                                   "feedback_mismatch": len(judged_well & set(ids[30:40]))}
+    assert manifest["dropped"] == {
+        "judge_unscored": 10,
+        "judge_below_min": 17,
+        "feedback_missing": len(judged_well - set(ids[:45])),
+        "feedback_mismatch": len(judged_well & set(ids[30:40])),
+    }
     assert manifest["counts"]["kept"] == len(judged_well & helpful)
     assert manifest["filters"]["min_judge_score"] == 0.5 and manifest["filters"]["feedback"] == "helpful"
     assert manifest["source"]["feedback"].endswith("feedback.db")
@@ -389,23 +465,49 @@ def test_judge_and_feedback_filters_join_by_request_id(tmp_path):
     by_variant = build(config_path, tmp_path / "ft", "--format", "openai", "--variant", "ft", "--split", "70/15/15")
     assert by_variant["counts"]["kept"] == 15 and by_variant["dropped"] == {"variant": 45}
     # a split that leaves OpenAI fewer than 10 training examples is written, but reported and refused
-    assert main(["dataset", "build", "--config", config_path, "--route", "support-bot", "--format", "openai",
-                 "--variant", "ft", "--split", "50/25/25", "--out", str(tmp_path / "few")]) == 1
+    assert (
+        main(
+            [
+                "dataset",
+                "build",
+                "--config",
+                config_path,
+                "--route",
+                "support-bot",
+                "--format",
+                "openai",
+                "--variant",
+                "ft",
+                "--split",
+                "50/25/25",
+                "--out",
+                str(tmp_path / "few"),
+            ]
+        )
+        == 1
+    )
     assert json.loads((tmp_path / "few" / "manifest.json").read_text())["problems"] == [
-        "train.jsonl: file: 7 records: a openai train file needs at least 10"]
+        "train.jsonl: file: 7 records: a openai train file needs at least 10"
+    ]
 
 
 def test_the_validator_reports_every_bad_line(tmp_path, capsys):
-    good = {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
-                         {"role": "assistant", "content": "hello"}]}
+    good = {
+        "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello"},
+        ]
+    }
     bad = {
         3: "{not json",
-        5: json.dumps({"messages": [{"role": "user", "content": "hi"}]}),                      # no assistant
+        5: json.dumps({"messages": [{"role": "user", "content": "hi"}]}),  # no assistant
         6: json.dumps({"messages": [{"role": "robot", "content": "hi"}, {"role": "assistant", "content": "x"}]}),
-        8: json.dumps({"prompt": "hi", "completion": "there"}),                                 # legacy shape
+        8: json.dumps({"prompt": "hi", "completion": "there"}),  # legacy shape
         9: json.dumps({"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "x"}]}),
-        11: json.dumps({"messages": [{"role": "user", "content": "x" * 300_000},
-                                     {"role": "assistant", "content": "y"}]}),
+        11: json.dumps(
+            {"messages": [{"role": "user", "content": "x" * 300_000}, {"role": "assistant", "content": "y"}]}
+        ),
     }
     lines = [bad.get(n, json.dumps(good)) for n in range(1, 13)]
     path = tmp_path / "train.jsonl"
@@ -419,13 +521,22 @@ def test_the_validator_reports_every_bad_line(tmp_path, capsys):
     assert "6 bad lines" in out
 
     bedrock_lines = [
-        json.dumps({"system": "s",
-                    "messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}),
+        json.dumps(
+            {"system": "s", "messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}
+        ),
         json.dumps({"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}]}),
         json.dumps({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "id": 1}),
         json.dumps({"messages": [{"role": "user", "content": "a"}]}),
-        json.dumps({"system": "s", "messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"},
-                                                {"role": "assistant", "content": "c"}]}),
+        json.dumps(
+            {
+                "system": "s",
+                "messages": [
+                    {"role": "user", "content": "a"},
+                    {"role": "user", "content": "b"},
+                    {"role": "assistant", "content": "c"},
+                ],
+            }
+        ),
     ]
     path = tmp_path / "validation.jsonl"
     path.write_text("\n".join(bedrock_lines) + "\n")
@@ -445,19 +556,41 @@ def test_bedrock_record_limits_are_the_documented_ones():
     assert validate_lines([record] * 10_000, fmt, "train").ok
     assert not validate_lines([record] * 10_001, fmt, "train").ok
     assert not validate_lines([record] * 1_001, fmt, "validation").ok
-    long = json.dumps({"messages": [{"role": "user", "content": "q" * (32_000 * 6)},
-                                    {"role": "assistant", "content": "a"}]})
+    long = json.dumps(
+        {"messages": [{"role": "user", "content": "q" * (32_000 * 6)}, {"role": "assistant", "content": "a"}]}
+    )
     assert validate_lines([long], fmt).problems == ["line 1: about 32001 tokens, more than the 32000 a record may hold"]
     assert validate_lines([record] * 9, make_format("openai"), "train").problems == [
-        "file: 9 records: a openai train file needs at least 10"]
+        "file: 9 records: a openai train file needs at least 10"
+    ]
 
 
 def test_a_missing_traffic_log_is_a_clear_error(tmp_path, capsys):
-    config_path = write_config(tmp_path, {"backends": {"b": {"kind": "openai", "model": "m", "api_key": "none"}},
-                                          "routes": {"r": {"baseline": "b"}},
-                                          "plugins": {"traffic_log": {"path": str(tmp_path / "none.db")}}})
-    assert main(["dataset", "build", "--config", config_path, "--route", "r", "--format", "openai",
-                 "--out", str(tmp_path / "o")]) == 1
+    config_path = write_config(
+        tmp_path,
+        {
+            "backends": {"b": {"kind": "openai", "model": "m", "api_key": "none"}},
+            "routes": {"r": {"baseline": "b"}},
+            "plugins": {"traffic_log": {"path": str(tmp_path / "none.db")}},
+        },
+    )
+    assert (
+        main(
+            [
+                "dataset",
+                "build",
+                "--config",
+                config_path,
+                "--route",
+                "r",
+                "--format",
+                "openai",
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 1
+    )
     assert "no traffic log at" in capsys.readouterr().err
 
 
@@ -468,6 +601,7 @@ def moto_url():
     from moto.server import ThreadedMotoServer
 
     from tests.support import free_port
+
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
@@ -476,18 +610,30 @@ def moto_url():
     server.stop()
 
 
-def test_the_builder_reads_the_s3_sink_when_the_config_enables_it(tmp_path, make_gateway, fake_openai, moto_url,
-                                                                   aws_env):
+def test_the_builder_reads_the_s3_sink_when_the_config_enables_it(
+    tmp_path, make_gateway, fake_openai, moto_url, aws_env
+):
     import gzip
 
     import boto3
+
     s3 = boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1")
     s3.create_bucket(Bucket="dataset-logs")
-    sink = {"enabled": True, "bucket": "dataset-logs", "prefix": "traffic", "endpoint_url": moto_url,
-            "region": "us-east-1", "replica": "r1", "spool_path": str(tmp_path / "spool.db"), "max_batch_age": 0.1}
-    config = {"backends": {"base": backend_config("openai", fake_openai)},
-              "routes": {"support-bot": {"baseline": "base"}},
-              "plugins": {"traffic_log": {"path": str(tmp_path / "traffic.db")}, "log_sink_s3": sink}}
+    sink = {
+        "enabled": True,
+        "bucket": "dataset-logs",
+        "prefix": "traffic",
+        "endpoint_url": moto_url,
+        "region": "us-east-1",
+        "replica": "r1",
+        "spool_path": str(tmp_path / "spool.db"),
+        "max_batch_age": 0.1,
+    }
+    config = {
+        "backends": {"base": backend_config("openai", fake_openai)},
+        "routes": {"support-bot": {"baseline": "base"}},
+        "plugins": {"traffic_log": {"path": str(tmp_path / "traffic.db")}, "log_sink_s3": sink},
+    }
     gateway = make_gateway(config)
     client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="app-key", max_retries=0)
     questions = [f"question {a} on {b} for the {c} desk" for a, b, c in zip(WORDS[:15], WORDS[30:45], WORDS[60:75])]
@@ -496,8 +642,10 @@ def test_the_builder_reads_the_s3_sink_when_the_config_enables_it(tmp_path, make
 
     def shipped() -> int:
         keys = [o["Key"] for o in s3.list_objects_v2(Bucket="dataset-logs").get("Contents", [])]
-        return sum(len(gzip.decompress(s3.get_object(Bucket="dataset-logs", Key=k)["Body"].read()).splitlines())
-                   for k in keys)
+        return sum(
+            len(gzip.decompress(s3.get_object(Bucket="dataset-logs", Key=k)["Body"].read()).splitlines()) for k in keys
+        )
+
     deadline = time.monotonic() + 60
     while shipped() < len(questions):
         assert time.monotonic() < deadline, "the S3 sink did not ship the exchanges"
@@ -507,7 +655,8 @@ def test_the_builder_reads_the_s3_sink_when_the_config_enables_it(tmp_path, make
     manifest = build(write_config(tmp_path, config), tmp_path / "out", "--format", "openai")
     assert manifest["source"]["kind"] == "s3" and manifest["source"]["bucket"] == "dataset-logs"
     assert manifest["counts"]["read"] == manifest["counts"]["kept"] == len(questions)
-    written = [json.loads(line) for n in ("train", "validation", "test")
-               for line in lines_of(tmp_path / "out" / f"{n}.jsonl")]
+    written = [
+        json.loads(line) for n in ("train", "validation", "test") for line in lines_of(tmp_path / "out" / f"{n}.jsonl")
+    ]
     assert sorted(r["messages"][0]["content"] for r in written) == sorted(questions)
     assert all(r["messages"][1]["content"] == "echo: " + r["messages"][0]["content"] for r in written)

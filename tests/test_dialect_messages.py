@@ -1,5 +1,6 @@
 """POST /v1/messages through the official anthropic SDK, to each backend kind: whole and streamed answers,
 a tool round trip, system blocks, images, count_tokens, x-api-key, and errors in Anthropic's own shape."""
+
 import json
 
 import anthropic
@@ -12,14 +13,20 @@ from tests.conftest import backend_config
 from tests.support import wait_until
 
 TEAM_KEY = "sk-lg-messages-team-key-0123456789"
-WEATHER = {"name": "get_weather", "description": "the weather in a city",
-           "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+WEATHER = {
+    "name": "get_weather",
+    "description": "the weather in a city",
+    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
 PIXEL = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
 
 
 def config(kind, fake, tmp_path, **plugins) -> dict:
-    return {"backends": {"up": backend_config(kind, fake)}, "routes": {"bot": {"baseline": "up"}},
-            "plugins": {"traffic_log": {"path": str(tmp_path / "traffic.db")}, **plugins}}
+    return {
+        "backends": {"up": backend_config(kind, fake)},
+        "routes": {"bot": {"baseline": "up"}},
+        "plugins": {"traffic_log": {"path": str(tmp_path / "traffic.db")}, **plugins},
+    }
 
 
 def client(gw, key="k") -> anthropic.Anthropic:
@@ -29,25 +36,34 @@ def client(gw, key="k") -> anthropic.Anthropic:
 def test_a_whole_answer_and_a_tool_round_trip_on_every_backend_kind(upstream, make_gateway, tmp_path):
     kind, fake = upstream
     gw = make_gateway(config(kind, fake, tmp_path))
-    answer = client(gw).messages.create(model="bot", max_tokens=100, system="be brief",
-                                        messages=[{"role": "user", "content": "hello there"}])
+    answer = client(gw).messages.create(
+        model="bot", max_tokens=100, system="be brief", messages=[{"role": "user", "content": "hello there"}]
+    )
     assert answer.content[0].type == "text" and answer.content[0].text == "echo: hello there"
     assert answer.model == "bot" and answer.stop_reason == "end_turn" and answer.id.startswith("msg_")
     assert answer.usage.output_tokens > 0
 
-    asked = client(gw).messages.create(model="bot", max_tokens=100, tools=[WEATHER],
-                                       messages=[{"role": "user", "content": "[tool] weather?"}])
+    asked = client(gw).messages.create(
+        model="bot", max_tokens=100, tools=[WEATHER], messages=[{"role": "user", "content": "[tool] weather?"}]
+    )
     assert asked.stop_reason == "tool_use"
     call = next(b for b in asked.content if b.type == "tool_use")
     assert (call.name, call.input) == ("get_weather", {"city": "Paris"})
-    done = client(gw).messages.create(model="bot", max_tokens=100, tools=[WEATHER], messages=[
-        {"role": "user", "content": "[tool] weather?"},
-        {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in asked.content]},
-        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "sunny, 21C"}]}])
+    done = client(gw).messages.create(
+        model="bot",
+        max_tokens=100,
+        tools=[WEATHER],
+        messages=[
+            {"role": "user", "content": "[tool] weather?"},
+            {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in asked.content]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "sunny, 21C"}]},
+        ],
+    )
     assert done.content[0].text == "tool said: sunny, 21C" and done.stop_reason == "end_turn"
 
-    records = wait_until(lambda: r if len(r := list(read_records(str(tmp_path / "traffic.db")))) == 3 else None,
-                         "three logged exchanges")
+    records = wait_until(
+        lambda: r if len(r := list(read_records(str(tmp_path / "traffic.db")))) == 3 else None, "three logged exchanges"
+    )
     assert all(r["annotations"]["dialect"] == "messages" for r in records)
     assert records[0]["request"]["messages"][0] == {"role": "system", "content": "be brief"}  # the chat form
 
@@ -55,15 +71,17 @@ def test_a_whole_answer_and_a_tool_round_trip_on_every_backend_kind(upstream, ma
 def test_a_streamed_answer_with_a_tool_call_is_what_the_sdk_accumulates(upstream, make_gateway, tmp_path):
     kind, fake = upstream
     gw = make_gateway(config(kind, fake, tmp_path))
-    with client(gw).messages.stream(model="bot", max_tokens=100,
-                                    messages=[{"role": "user", "content": "stream this please"}]) as stream:
+    with client(gw).messages.stream(
+        model="bot", max_tokens=100, messages=[{"role": "user", "content": "stream this please"}]
+    ) as stream:
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
     assert text == "echo: stream this please" == final.content[0].text
     assert final.stop_reason == "end_turn" and final.usage.output_tokens > 0
 
-    with client(gw).messages.stream(model="bot", max_tokens=100, tools=[WEATHER],
-                                    messages=[{"role": "user", "content": "[tool] now"}]) as stream:
+    with client(gw).messages.stream(
+        model="bot", max_tokens=100, tools=[WEATHER], messages=[{"role": "user", "content": "[tool] now"}]
+    ) as stream:
         events = [event.type for event in stream]
         final = stream.get_final_message()
     assert events[0] == "message_start" and events[-1] == "message_stop"
@@ -71,22 +89,38 @@ def test_a_streamed_answer_with_a_tool_call_is_what_the_sdk_accumulates(upstream
     assert (call.name, call.input, final.stop_reason) == ("get_weather", {"city": "Paris"}, "tool_use")
 
 
-def test_system_blocks_images_metadata_and_tool_choice_reach_the_backend_in_its_form(fake_openai, make_gateway,
-                                                                                  tmp_path):
+def test_system_blocks_images_metadata_and_tool_choice_reach_the_backend_in_its_form(
+    fake_openai, make_gateway, tmp_path
+):
     gw = make_gateway(config("openai", fake_openai, tmp_path))
     client(gw).messages.create(
-        model="bot", max_tokens=50, extra_body={"temperature": 0.2}, stop_sequences=["END"],
+        model="bot",
+        max_tokens=50,
+        extra_body={"temperature": 0.2},
+        stop_sequences=["END"],
         metadata={"user_id": "user-42"},
         system=[{"type": "text", "text": "rule one. "}, {"type": "text", "text": "rule two."}],
-        tools=[WEATHER], tool_choice={"type": "tool", "name": "get_weather", "disable_parallel_tool_use": True},
-        messages=[{"role": "user", "content": [
-            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PIXEL}},
-            {"type": "text", "text": "what is this?"}]}])
+        tools=[WEATHER],
+        tool_choice={"type": "tool", "name": "get_weather", "disable_parallel_tool_use": True},
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PIXEL}},
+                    {"type": "text", "text": "what is this?"},
+                ],
+            }
+        ],
+    )
     sent = fake_openai.requests[-1]
-    assert sent["messages"][0] == {"role": "system", "content": [{"type": "text", "text": "rule one. "},
-                                                                 {"type": "text", "text": "rule two."}]}
-    assert sent["messages"][1]["content"][0] == {"type": "image_url",
-                                                 "image_url": {"url": f"data:image/png;base64,{PIXEL}"}}
+    assert sent["messages"][0] == {
+        "role": "system",
+        "content": [{"type": "text", "text": "rule one. "}, {"type": "text", "text": "rule two."}],
+    }
+    assert sent["messages"][1]["content"][0] == {
+        "type": "image_url",
+        "image_url": {"url": f"data:image/png;base64,{PIXEL}"},
+    }
     assert sent["user"] == "user-42" and sent["stop"] == ["END"] and sent["temperature"] == 0.2
     assert sent["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
     assert sent["parallel_tool_calls"] is False
@@ -94,32 +128,52 @@ def test_system_blocks_images_metadata_and_tool_choice_reach_the_backend_in_its_
 
 
 def test_count_tokens_estimates_and_a_team_key_goes_in_x_api_key(fake_openai, make_gateway, tmp_path):
-    gw = make_gateway(config("openai", fake_openai, tmp_path, api_keys={
-        "enabled": True, "teams": {"coders": {"keys": [hash_key(TEAM_KEY)]}}}))
-    counted = client(gw, TEAM_KEY).messages.count_tokens(
-        model="bot", messages=[{"role": "user", "content": "a" * 400}])
+    gw = make_gateway(
+        config(
+            "openai",
+            fake_openai,
+            tmp_path,
+            api_keys={"enabled": True, "teams": {"coders": {"keys": [hash_key(TEAM_KEY)]}}},
+        )
+    )
+    counted = client(gw, TEAM_KEY).messages.count_tokens(model="bot", messages=[{"role": "user", "content": "a" * 400}])
     assert 100 <= counted.input_tokens <= 130 and fake_openai.requests == []
-    assert client(gw, TEAM_KEY).messages.create(model="bot", max_tokens=10, messages=[
-        {"role": "user", "content": "hi"}]).content[0].text == "echo: hi"
+    assert (
+        client(gw, TEAM_KEY)
+        .messages.create(model="bot", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+        .content[0]
+        .text
+        == "echo: hi"
+    )
     with pytest.raises(anthropic.AuthenticationError) as refused:
-        client(gw, "sk-lg-wrong").messages.create(model="bot", max_tokens=10,
-                                                  messages=[{"role": "user", "content": "hi"}])
-    assert refused.value.body == {"type": "error", "error": {
-        "type": "authentication_error", "message": "Incorrect API key provided: ask the gateway's operator for a key"}}
+        client(gw, "sk-lg-wrong").messages.create(
+            model="bot", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+        )
+    assert refused.value.body == {
+        "type": "error",
+        "error": {
+            "type": "authentication_error",
+            "message": "Incorrect API key provided: ask the gateway's operator for a key",
+        },
+    }
 
 
-@pytest.mark.parametrize("change, status, param_in_message", [
-    ({"max_tokens": None}, 400, "max_tokens"),
-    ({"messages": []}, 400, "messages"),
-    ({"messages": [{"role": "tool", "content": "x"}]}, 400, "role"),
-    ({"messages": [{"role": "user", "content": [{"type": "video", "url": "x"}]}]}, 400, "video"),
-    ({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}, 400, "web_search_20250305"),
-    ({"tool_choice": {"type": "sometimes"}}, 400, "tool_choice"),
-    ({"frequency_penalty": 1}, 400, "frequency_penalty"),
-    ({"model": "no-such-route"}, 404, "no-such-route"),
-])
-def test_bad_requests_get_anthropic_errors_that_say_what_to_fix(fake_openai, make_gateway, tmp_path, change, status,
-                                                                param_in_message):
+@pytest.mark.parametrize(
+    "change, status, param_in_message",
+    [
+        ({"max_tokens": None}, 400, "max_tokens"),
+        ({"messages": []}, 400, "messages"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, 400, "role"),
+        ({"messages": [{"role": "user", "content": [{"type": "video", "url": "x"}]}]}, 400, "video"),
+        ({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}, 400, "web_search_20250305"),
+        ({"tool_choice": {"type": "sometimes"}}, 400, "tool_choice"),
+        ({"frequency_penalty": 1}, 400, "frequency_penalty"),
+        ({"model": "no-such-route"}, 404, "no-such-route"),
+    ],
+)
+def test_bad_requests_get_anthropic_errors_that_say_what_to_fix(
+    fake_openai, make_gateway, tmp_path, change, status, param_in_message
+):
     gw = make_gateway(config("openai", fake_openai, tmp_path))
     body = {"model": "bot", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}], **change}
     body = {k: v for k, v in body.items() if v is not None}
@@ -136,12 +190,14 @@ def test_bad_requests_get_anthropic_errors_that_say_what_to_fix(fake_openai, mak
 def test_a_stream_that_breaks_ends_with_an_error_event(fake_openai, make_gateway, tmp_path):
     gw = make_gateway(config("openai", fake_openai, tmp_path))
     with pytest.raises(anthropic.APIError):
-        with client(gw).messages.stream(model="bot", max_tokens=10,
-                                        messages=[{"role": "user", "content": "a [cut] b"}]) as stream:
+        with client(gw).messages.stream(
+            model="bot", max_tokens=10, messages=[{"role": "user", "content": "a [cut] b"}]
+        ) as stream:
             for _ in stream:
                 pass
-    raw = client(gw).messages.with_raw_response.create(model="bot", max_tokens=10, stream=True,
-                                                       messages=[{"role": "user", "content": "x [cut]"}])
+    raw = client(gw).messages.with_raw_response.create(
+        model="bot", max_tokens=10, stream=True, messages=[{"role": "user", "content": "x [cut]"}]
+    )
     text = raw.http_response.read().decode()
     error = json.loads(text.split("event: error\ndata: ")[1].split("\n")[0])
     assert error["type"] == "error" and error["error"]["type"] == "api_error"
@@ -150,12 +206,15 @@ def test_a_stream_that_breaks_ends_with_an_error_event(fake_openai, make_gateway
 def test_parameters_without_effect_are_named_in_a_header_and_the_log(fake_anthropic, make_gateway, tmp_path):
     gw = make_gateway(config("anthropic", fake_anthropic, tmp_path))
     raw = client(gw).messages.with_raw_response.create(  # a dialect's hint, then one the anthropic kind ignores
-        model="bot", max_tokens=10, service_tier="auto", messages=[{"role": "user", "content": "hi"}])
+        model="bot", max_tokens=10, service_tier="auto", messages=[{"role": "user", "content": "hi"}]
+    )
     assert raw.headers["x-llmgate-ignored-params"] == "service_tier"
     chat = openai.OpenAI(base_url=gw.url + "/v1", api_key="k", max_retries=0)
-    raw = chat.chat.completions.with_raw_response.create(model="bot", store=True,
-                                                         messages=[{"role": "user", "content": "hi"}])
+    raw = chat.chat.completions.with_raw_response.create(
+        model="bot", store=True, messages=[{"role": "user", "content": "hi"}]
+    )
     assert raw.headers["x-llmgate-ignored-params"] == "store"
-    records = wait_until(lambda: r if len(r := list(read_records(str(tmp_path / "traffic.db")))) == 2 else None,
-                         "two logged exchanges")
+    records = wait_until(
+        lambda: r if len(r := list(read_records(str(tmp_path / "traffic.db")))) == 2 else None, "two logged exchanges"
+    )
     assert [r["annotations"].get("ignored_params") for r in records] == [["service_tier"], ["store"]]

@@ -1,6 +1,7 @@
 """POST /v1/responses through the official openai SDK and the OpenAI Agents SDK, to each backend kind:
 whole and streamed answers, a function-tool round trip, previous_response_id (stored per team, shared by
 replicas through the state store, refused clearly otherwise), and errors in the OpenAI shape."""
+
 import asyncio
 import json
 
@@ -12,14 +13,21 @@ from plugins.traffic_log.plugin import read_records
 from tests.conftest import backend_config
 from tests.support import wait_until
 
-WEATHER = {"type": "function", "name": "get_weather", "description": "the weather in a city",
-           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "the weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
 KEYS = {"a": "sk-lg-responses-team-a-0123456789", "b": "sk-lg-responses-team-b-0123456789"}
 
 
 def config(kind, fake, tmp_path, **plugins) -> dict:
-    return {"backends": {"up": backend_config(kind, fake)}, "routes": {"bot": {"baseline": "up"}},
-            "plugins": {"traffic_log": {"path": str(tmp_path / "traffic.db")}, **plugins}}
+    return {
+        "backends": {"up": backend_config(kind, fake)},
+        "routes": {"bot": {"baseline": "up"}},
+        "plugins": {"traffic_log": {"path": str(tmp_path / "traffic.db")}, **plugins},
+    }
 
 
 def client(gw, key="k") -> openai.OpenAI:
@@ -37,9 +45,15 @@ def test_whole_and_streamed_answers_and_a_function_tool_round_trip(upstream, mak
     call = next(item for item in asked.output if item.type == "function_call")
     assert (call.name, json.loads(call.arguments)) == ("get_weather", {"city": "Paris"})
     # The second turn sends the first turn's output items back verbatim, as agents do.
-    done = client(gw).responses.create(model="bot", tools=[WEATHER], input=[
-        {"role": "user", "content": "[tool] weather?"}, *[item.model_dump(exclude_none=True) for item in asked.output],
-        {"type": "function_call_output", "call_id": call.call_id, "output": "sunny, 21C"}])
+    done = client(gw).responses.create(
+        model="bot",
+        tools=[WEATHER],
+        input=[
+            {"role": "user", "content": "[tool] weather?"},
+            *[item.model_dump(exclude_none=True) for item in asked.output],
+            {"type": "function_call_output", "call_id": call.call_id, "output": "sunny, 21C"},
+        ],
+    )
     assert done.output_text == "tool said: sunny, 21C"
 
     with client(gw).responses.stream(model="bot", input="stream this please") as stream:
@@ -54,22 +68,33 @@ def test_whole_and_streamed_answers_and_a_function_tool_round_trip(upstream, mak
     called = next(item for item in final.output if item.type == "function_call")
     assert json.loads(called.arguments) == {"city": "Paris"}
 
-    records = wait_until(lambda: r if len(r := list(read_records(str(tmp_path / "traffic.db")))) == 5 else None,
-                         "five logged exchanges")
+    records = wait_until(
+        lambda: r if len(r := list(read_records(str(tmp_path / "traffic.db")))) == 5 else None, "five logged exchanges"
+    )
     assert all(r["annotations"]["dialect"] == "responses" for r in records)
 
 
 def test_previous_response_id_continues_a_stored_turn_for_the_same_team_only(fake_openai, make_gateway, tmp_path):
-    gw = make_gateway(config("openai", fake_openai, tmp_path, api_keys={"enabled": True, "teams": {
-        name: {"keys": [hash_key(key)]} for name, key in KEYS.items()}}))
+    gw = make_gateway(
+        config(
+            "openai",
+            fake_openai,
+            tmp_path,
+            api_keys={"enabled": True, "teams": {name: {"keys": [hash_key(key)]} for name, key in KEYS.items()}},
+        )
+    )
     first = client(gw, KEYS["a"]).responses.create(model="bot", instructions="rule one", input="first question")
-    second = client(gw, KEYS["a"]).responses.create(model="bot", instructions="rule two", input="second question",
-                                                    previous_response_id=first.id)
+    second = client(gw, KEYS["a"]).responses.create(
+        model="bot", instructions="rule two", input="second question", previous_response_id=first.id
+    )
     assert second.output_text == "echo: second question"
     sent = fake_openai.requests[-1]["messages"]
-    assert sent == [{"role": "system", "content": "rule two"}, {"role": "user", "content": "first question"},
-                    {"role": "assistant", "content": "echo: first question"},
-                    {"role": "user", "content": "second question"}]  # the new instructions only
+    assert sent == [
+        {"role": "system", "content": "rule two"},
+        {"role": "user", "content": "first question"},
+        {"role": "assistant", "content": "echo: first question"},
+        {"role": "user", "content": "second question"},
+    ]  # the new instructions only
 
     with pytest.raises(openai.BadRequestError) as foreign:  # another team cannot continue it, or learn it exists
         client(gw, KEYS["b"]).responses.create(model="bot", input="x", previous_response_id=first.id)
@@ -90,16 +115,22 @@ def test_replicas_sharing_redis_continue_each_others_responses(fake_openai, make
     answer = client(two).responses.create(model="bot", input="asked on two", previous_response_id=first.id)
     assert answer.output_text == "echo: asked on two"
     assert [m["content"] for m in fake_openai.requests[-1]["messages"]] == [
-        "asked on one", "echo: asked on one", "asked on two"]
+        "asked on one",
+        "echo: asked on one",
+        "asked on two",
+    ]
 
 
-@pytest.mark.parametrize("change, param", [
-    ({"input": None}, "input"),
-    ({"tools": [{"type": "computer"}]}, "tools[0].type"),
-    ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0]"),
-    ({"conversation": "conv_1"}, "conversation"),
-    ({"frequency_penalty": 1}, "frequency_penalty"),
-])
+@pytest.mark.parametrize(
+    "change, param",
+    [
+        ({"input": None}, "input"),
+        ({"tools": [{"type": "computer"}]}, "tools[0].type"),
+        ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0]"),
+        ({"conversation": "conv_1"}, "conversation"),
+        ({"frequency_penalty": 1}, "frequency_penalty"),
+    ],
+)
 def test_bad_requests_are_400s_naming_the_parameter(fake_openai, make_gateway, tmp_path, change, param):
     gw = make_gateway(config("openai", fake_openai, tmp_path))
     body = {k: v for k, v in {"model": "bot", "input": "hi", **change}.items() if v is not None}
@@ -111,6 +142,7 @@ def test_bad_requests_are_400s_naming_the_parameter(fake_openai, make_gateway, t
 
 def test_an_agents_sdk_agent_runs_a_function_tool_through_the_gateway(upstream, make_gateway, tmp_path):
     from agents import Agent, OpenAIResponsesModel, Runner, function_tool, set_tracing_disabled
+
     set_tracing_disabled(True)
     kind, fake = upstream
     gw = make_gateway(config(kind, fake, tmp_path))
@@ -122,8 +154,9 @@ def test_an_agents_sdk_agent_runs_a_function_tool_through_the_gateway(upstream, 
         calls.append(city)
         return f"{city}: sunny, 21C"
 
-    model = OpenAIResponsesModel(model="bot", openai_client=openai.AsyncOpenAI(base_url=gw.url + "/v1",
-                                                                                api_key="k", max_retries=0))
+    model = OpenAIResponsesModel(
+        model="bot", openai_client=openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key="k", max_retries=0)
+    )
     agent = Agent(name="forecaster", instructions="answer with the weather", model=model, tools=[get_weather])
     result = asyncio.run(Runner.run(agent, "[tool] what is the weather?"))
     assert calls == ["Paris"] and result.final_output == "tool said: Paris: sunny, 21C"

@@ -4,6 +4,7 @@ docs/hooks/reference.py writes the hook, plugin-option, config and CLI reference
 build time; a broken link, an unknown marker, or a built-in plugin whose options no page shows is a
 warning, which --strict makes a failed build.
 """
+
 import ast
 import os
 import subprocess
@@ -20,8 +21,14 @@ def site(tmp_path_factory) -> Path:
     pytest.importorskip("mkdocs", reason="the docs extra is not installed: pip install -e '.[docs]'")
     out = tmp_path_factory.mktemp("site")
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
-    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, f"mkdocs build --strict failed:\n{done.stdout}\n{done.stderr}"
     return out
 
@@ -32,6 +39,7 @@ def page(site: Path, name: str) -> str:
 
 def test_every_hookspec_is_in_the_hook_reference(site):
     from gateway import hookspecs
+
     tree = ast.parse((ROOT / "gateway" / "hookspecs.py").read_text(encoding="utf-8"))
     functions = [node.name for node in tree.body if isinstance(node, ast.FunctionDef) and node.name != "spec"]
     assert functions == list(hookspecs.SPECS) and "before_route" in functions  # every function is a declared spec
@@ -44,19 +52,26 @@ def test_every_hookspec_is_in_the_hook_reference(site):
 
 def test_plugin_options_come_from_the_settings_models(site):
     from plugins.semantic_cache.plugin import Settings
+
     html = page(site, "plugins/semantic_cache")
     assert "max_temperature" in Settings.model_fields
     assert "<code>max_temperature</code>" in html
     assert Settings.model_fields["max_temperature"].description in html
-    assert "<code>guards.opposites</code>" in html        # a nested model, as dotted keys
+    assert "<code>guards.opposites</code>" in html  # a nested model, as dotted keys
     assert "<code>verify.below</code>" in html
 
 
 def test_config_reference_lists_the_core_and_backend_keys(site):
     html = page(site, "configuration")
-    for key in ("server.max_body_bytes", "state.redis_url", "routes.&lt;name&gt;.fallback",
-                "prices.&lt;backend or model&gt;.cached_input", "backends.&lt;name&gt;.timeout.first_byte",
-                "backends.&lt;name&gt;.anthropic_version", "plugins.&lt;name&gt;.fail_closed"):
+    for key in (
+        "server.max_body_bytes",
+        "state.redis_url",
+        "routes.&lt;name&gt;.fallback",
+        "prices.&lt;backend or model&gt;.cached_input",
+        "backends.&lt;name&gt;.timeout.first_byte",
+        "backends.&lt;name&gt;.anthropic_version",
+        "plugins.&lt;name&gt;.fail_closed",
+    ):
         assert f"<code>{key}</code>" in html, key
 
 

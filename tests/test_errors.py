@@ -1,4 +1,5 @@
 """Every way a request can fail reaches the official SDK as its matching exception, with a clear message."""
+
 import httpx2
 import openai
 import pytest
@@ -30,21 +31,34 @@ def ask(c, content="hi", model="bot", **kw):
 
 @pytest.fixture
 def gw(fake_openai, make_gateway):
-    return make_gateway({
-        "server": {"max_body_bytes": 4096},
-        "backends": {
-            "up": {"kind": "openai", "base_url": fake_openai.url + "/v1", "model": "m", "api_key": UPSTREAM_KEY,
-                   "timeout": {"first_byte": 0.5}},
-            "down": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m", "api_key": "none"},
-            "badkey": {"kind": "openai", "base_url": fake_openai.url + "/v1", "model": "m",
-                       "api_key": "sk-wrong-key-abcdefghijkl"},
-            "nokey": {"kind": "openai", "model": "m", "api_key": "${LLMGATE_TEST_UNSET_KEY}"},
-        },
-        "routes": {"bot": {"baseline": "up", "retries": 0},
-                   "down": {"baseline": "down", "retries": 0},
-                   "badkey": {"baseline": "badkey", "retries": 0},
-                   "nokey": {"baseline": "nokey"}},
-    })
+    return make_gateway(
+        {
+            "server": {"max_body_bytes": 4096},
+            "backends": {
+                "up": {
+                    "kind": "openai",
+                    "base_url": fake_openai.url + "/v1",
+                    "model": "m",
+                    "api_key": UPSTREAM_KEY,
+                    "timeout": {"first_byte": 0.5},
+                },
+                "down": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m", "api_key": "none"},
+                "badkey": {
+                    "kind": "openai",
+                    "base_url": fake_openai.url + "/v1",
+                    "model": "m",
+                    "api_key": "sk-wrong-key-abcdefghijkl",
+                },
+                "nokey": {"kind": "openai", "model": "m", "api_key": "${LLMGATE_TEST_UNSET_KEY}"},
+            },
+            "routes": {
+                "bot": {"baseline": "up", "retries": 0},
+                "down": {"baseline": "down", "retries": 0},
+                "badkey": {"baseline": "badkey", "retries": 0},
+                "nokey": {"baseline": "nokey"},
+            },
+        }
+    )
 
 
 def test_malformed_json_is_400(gw):
@@ -68,11 +82,17 @@ def test_missing_messages_is_400_naming_the_parameter(gw):
     assert "'messages' is a required parameter" in err.value.message
 
 
-@pytest.mark.parametrize("field, value, param", [
-    ("temperature", 7, "temperature"), ("n", 0, "n"), ("max_tokens", -1, "max_tokens"),
-    ("stop", ["a", "b", "c", "d", "e"], "stop"), ("stream", "yes", "stream"),
-    ("tool_choice", "sometimes", "tool_choice"),
-])
+@pytest.mark.parametrize(
+    "field, value, param",
+    [
+        ("temperature", 7, "temperature"),
+        ("n", 0, "n"),
+        ("max_tokens", -1, "max_tokens"),
+        ("stop", ["a", "b", "c", "d", "e"], "stop"),
+        ("stream", "yes", "stream"),
+        ("tool_choice", "sometimes", "tool_choice"),
+    ],
+)
 def test_wrongly_typed_parameters_are_400(gw, field, value, param):
     with pytest.raises(openai.BadRequestError) as err:
         ask(client(gw), extra_body={field: value})
@@ -211,7 +231,8 @@ def test_errors_a_retry_cannot_fix_tell_the_sdk_not_to_retry(gw, fake_openai):
 def test_errors_that_may_pass_leave_the_retry_to_the_sdk(gw, fake_openai):
     fake_openai.fail_next(503, 503)  # fails twice, then answers: the SDK's own retry gets through
     answer = _sdk_with_retries(gw).chat.completions.with_raw_response.create(
-        model="bot", messages=[{"role": "user", "content": "hi"}])
+        model="bot", messages=[{"role": "user", "content": "hi"}]
+    )
     assert answer.headers["x-llmgate-variant"] == "up" and answer.headers["x-llmgate-tried"] == "up"
     with pytest.raises(openai.InternalServerError) as err:
         ask(client(gw), content="[status 503]")

@@ -1,5 +1,6 @@
 """Offline evaluation through the real gateway machinery: backends built from a config, fake upstreams
 and a fake judge on 127.0.0.1, the report checked against figures computed here."""
+
 import json
 import math
 import statistics
@@ -55,8 +56,11 @@ def make_cases(n: int) -> list[dict]:
     for i in range(n):
         topic = TOPICS[i % len(TOPICS)]
         text = f"Question {i} about {topic}" + (" [plain]" if i % 10 == 9 else "")
-        case = ({"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": text}]}
-                if i % 3 == 0 else {"prompt": text})
+        case = (
+            {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": text}]}
+            if i % 3 == 0
+            else {"prompt": text}
+        )
         keywords = [["QUESTION", topic.upper()], [topic, "nowhere-to-be-found"], ["Thorough"], None][i % 4]
         if keywords:
             case["expected_keywords"] = keywords
@@ -108,9 +112,11 @@ class Eval:
             fake.url = stack.enter_context(ServerThread(fake.app)).url
         self.baseline, self.candidate = (self.plain, self.marked) if better else (self.marked, self.plain)
         self.config = {
-            "backends": {"base": self._backend(self.baseline, "base-model"),
-                         "cand": self._backend(self.candidate, "cand-model"),
-                         "judge": self._backend(self.judge, "judge-model")},
+            "backends": {
+                "base": self._backend(self.baseline, "base-model"),
+                "cand": self._backend(self.candidate, "cand-model"),
+                "judge": self._backend(self.judge, "judge-model"),
+            },
             "routes": {"bot": {"baseline": "base", "candidates": {"cand": 0}, "retries": 0}},
             "prices": PRICES,
             "state": {"sqlite_path": str(tmp_path / "state.db")},
@@ -125,9 +131,22 @@ class Eval:
     def write(self, cases: list[dict]) -> list[str]:
         (self.tmp_path / "gateway.yaml").write_text(yaml.safe_dump(self.config))
         (self.tmp_path / "cases.jsonl").write_text("".join(json.dumps(c) + "\n" for c in cases))
-        return ["eval", "run", "--config", str(self.tmp_path / "gateway.yaml"), "--route", "bot",
-                "--candidate", "cand", "--judge", "judge", "--dataset", str(self.tmp_path / "cases.jsonl"),
-                "--out", str(self.out)]
+        return [
+            "eval",
+            "run",
+            "--config",
+            str(self.tmp_path / "gateway.yaml"),
+            "--route",
+            "bot",
+            "--candidate",
+            "cand",
+            "--judge",
+            "judge",
+            "--dataset",
+            str(self.tmp_path / "cases.jsonl"),
+            "--out",
+            str(self.out),
+        ]
 
     def run(self, cases: list[dict], *extra: str) -> int:
         return main(self.write(cases) + list(extra))
@@ -173,18 +192,22 @@ def test_a_truly_better_candidate_passes_and_the_report_holds_the_computed_figur
     metrics = report["metrics"]
     for side, marked in (("baseline", False), ("candidate", True)):
         answers = [answer_of(c, marked) for c in cases]
-        hits = [all(k.lower() in text.lower() for k in c["expected_keywords"])
-                for c, (text, _, _) in zip(cases, answers) if "expected_keywords" in c]
+        hits = [
+            all(k.lower() in text.lower() for k in c["expected_keywords"])
+            for c, (text, _, _) in zip(cases, answers)
+            if "expected_keywords" in c
+        ]
         assert metrics["keywords"][side] == pytest.approx(sum(hits) / len(hits))
         assert metrics["tokens"][side] == pytest.approx(statistics.mean(p + c for _, p, c in answers))
         price = PRICES["base" if side == "baseline" else "cand"]
         assert metrics["cost_usd"][side] == pytest.approx(
-            statistics.mean((p * price["input"] + c * price["output"]) / 1e6 for _, p, c in answers))
+            statistics.mean((p * price["input"] + c * price["output"]) / 1e6 for _, p, c in answers)
+        )
         exact = [text == c["expected"] for c, (text, _, _) in zip(cases, answers) if "expected" in c]
         assert metrics["exact_match"][side] == pytest.approx(sum(exact) / len(exact)) == 1.0
         assert metrics["regex_match"][side] == 1.0
     assert metrics["keywords"]["n"] == sum("expected_keywords" in c for c in cases) == 38
-    assert metrics["keywords"]["baseline"] == pytest.approx(13 / 38)   # i % 4 == 0 hit; "Thorough" misses
+    assert metrics["keywords"]["baseline"] == pytest.approx(13 / 38)  # i % 4 == 0 hit; "Thorough" misses
     assert metrics["keywords"]["candidate"] == pytest.approx(25 / 38)  # and all 12 "Thorough" cases are marked
     assert metrics["json_schema"]["n"] == 0
     assert metrics["embedding_similarity"]["unavailable"].startswith("needs the embeddings extra")
@@ -198,8 +221,15 @@ def test_a_truly_better_candidate_passes_and_the_report_holds_the_computed_figur
 
     assert report["verdict"] == "pass" and report["gate"]["passed"] and report["gate"]["failed"] == []
     assert [c["name"] for c in report["gate"]["conditions"]] == [
-        "judged_share", "win_rate", "win_rate_lower_bound", "regression:keywords", "regression:exact_match",
-        "regression:regex_match", "regression:tokens", "regression:cost_usd"]
+        "judged_share",
+        "win_rate",
+        "win_rate_lower_bound",
+        "regression:keywords",
+        "regression:exact_match",
+        "regression:regex_match",
+        "regression:tokens",
+        "regression:cost_usd",
+    ]
     out = capsys.readouterr()
     assert "45 wins, 0 losses, 5 ties" in out.out and "verdict: PASS" in out.out
     assert "embedding_similarity" in out.out and "unavailable: needs the embeddings extra" in out.out
@@ -264,8 +294,9 @@ def test_an_interrupted_run_resumes_and_ends_with_the_same_report(make_eval):
     assert first["gate"]["failed"] == ["judged_share"]
     assert "UpstreamError" in first["errors"][0]["message"]
 
-    seen = {name: len(fake.requests) for name, fake in (("base", ev.baseline), ("cand", ev.candidate),
-                                                         ("judge", ev.judge))}
+    seen = {
+        name: len(fake.requests) for name, fake in (("base", ev.baseline), ("cand", ev.candidate), ("judge", ev.judge))
+    }
     assert ev.run(cases) == 0
     resumed = ev.report()
     assert len(ev.baseline.requests) - seen["base"] == len(ev.candidate.requests) - seen["cand"] == 15
@@ -284,8 +315,9 @@ def test_an_interrupted_run_resumes_and_ends_with_the_same_report(make_eval):
     assert ev.run(cases) == 0
     assert len(ev.judge.requests) == judged + 2
     again = ev.report()
-    assert {k: again[k] for k in ("counts", "judge", "gate", "verdict")} == \
-        {k: resumed[k] for k in ("counts", "judge", "gate", "verdict")}
+    assert {k: again[k] for k in ("counts", "judge", "gate", "verdict")} == {
+        k: resumed[k] for k in ("counts", "judge", "gate", "verdict")
+    }
 
     # Another comparison (here: another judge) never reuses these results.
     ev.config["backends"]["judge2"] = ev.config["backends"]["judge"]
@@ -296,25 +328,35 @@ def test_an_interrupted_run_resumes_and_ends_with_the_same_report(make_eval):
 def test_bad_dataset_lines_are_reported_with_their_numbers(make_eval, capsys):
     ev = make_eval()
     args = ev.write([])
-    (ev.tmp_path / "cases.jsonl").write_text("\n".join([
-        json.dumps({"prompt": "fine"}),
-        "{not json",
-        "",
-        json.dumps({"prompt": "both", "messages": [{"role": "user", "content": "x"}]}),
-        json.dumps({"messages": [{"role": "wizard", "content": "x"}]}),
-        json.dumps({"prompt": "x", "expected_keywords": "refund"}),
-        json.dumps({"prompt": "x", "expected_regex": "(unclosed"}),
-        json.dumps({"prompt": "x", "json_schema": {"type": "no-such-type"}}),
-        json.dumps(["a list"]),
-    ]) + "\n")
+    (ev.tmp_path / "cases.jsonl").write_text(
+        "\n".join(
+            [
+                json.dumps({"prompt": "fine"}),
+                "{not json",
+                "",
+                json.dumps({"prompt": "both", "messages": [{"role": "user", "content": "x"}]}),
+                json.dumps({"messages": [{"role": "wizard", "content": "x"}]}),
+                json.dumps({"prompt": "x", "expected_keywords": "refund"}),
+                json.dumps({"prompt": "x", "expected_regex": "(unclosed"}),
+                json.dumps({"prompt": "x", "json_schema": {"type": "no-such-type"}}),
+                json.dumps(["a list"]),
+            ]
+        )
+        + "\n"
+    )
     assert main(args) == 2
     err = capsys.readouterr().err
     path = ev.tmp_path / "cases.jsonl"
     assert "7 bad line(s)" in err
-    for number, message in [(2, "Expecting property name"), (4, "a test case needs 'messages' or 'prompt'"),
-                            (5, "messages[0].role must be one of"), (6, "'expected_keywords' must be a list"),
-                            (7, "'expected_regex' is not a valid regular expression"),
-                            (8, "'json_schema' is not a valid JSON schema"), (9, "a test case must be a JSON object")]:
+    for number, message in [
+        (2, "Expecting property name"),
+        (4, "a test case needs 'messages' or 'prompt'"),
+        (5, "messages[0].role must be one of"),
+        (6, "'expected_keywords' must be a list"),
+        (7, "'expected_regex' is not a valid regular expression"),
+        (8, "'json_schema' is not a valid JSON schema"),
+        (9, "a test case must be a JSON object"),
+    ]:
         assert f"{path}:{number}: {message}" in err
     assert f"{path}:1:" not in err and f"{path}:3:" not in err
     assert ev.judge.requests == [] and ev.baseline.requests == []
@@ -379,21 +421,24 @@ def test_the_cli_exits_0_when_the_gate_passes_1_when_it_fails_2_when_it_cannot_r
     assert usage.returncode == 2 and "required" in usage.stderr
 
 
-@pytest.mark.parametrize("evaluator, case, answer, expected", [
-    (Keywords(), {"expected_keywords": ["Reset", "EMAIL"]}, "reset it, then check your email", 1.0),
-    (Keywords(), {"expected_keywords": ["reset", "sms"]}, "reset it, then check your email", 0.0),
-    (Keywords(), {}, "anything", None),
-    (ExactMatch(), {"expected": "42"}, " 42\n", 1.0),
-    (ExactMatch(), {"expected": "42"}, "42.", 0.0),
-    (RegexMatch(), {"expected_regex": r"order #\d+"}, "your order #123 ships today", 1.0),
-    (RegexMatch(), {"expected_regex": r"^\d+$"}, "12 apples", 0.0),
-    (JsonSchemaValid(), {"json_schema": {"type": "object", "required": ["id"]}}, '```json\n{"id": 1}\n```', 1.0),
-    (JsonSchemaValid(), {"json_schema": {"type": "object", "required": ["id"]}}, '{"name": "x"}', 0.0),
-    (JsonSchemaValid(), {"json_schema": {"type": "object"}}, "not json", 0.0),
-    (Tokens(), {}, "", 12.0),
-    (CostUsd(), {}, "", 0.25),
-    (LatencyMs(), {}, "", 30.0),
-])
+@pytest.mark.parametrize(
+    "evaluator, case, answer, expected",
+    [
+        (Keywords(), {"expected_keywords": ["Reset", "EMAIL"]}, "reset it, then check your email", 1.0),
+        (Keywords(), {"expected_keywords": ["reset", "sms"]}, "reset it, then check your email", 0.0),
+        (Keywords(), {}, "anything", None),
+        (ExactMatch(), {"expected": "42"}, " 42\n", 1.0),
+        (ExactMatch(), {"expected": "42"}, "42.", 0.0),
+        (RegexMatch(), {"expected_regex": r"order #\d+"}, "your order #123 ships today", 1.0),
+        (RegexMatch(), {"expected_regex": r"^\d+$"}, "12 apples", 0.0),
+        (JsonSchemaValid(), {"json_schema": {"type": "object", "required": ["id"]}}, '```json\n{"id": 1}\n```', 1.0),
+        (JsonSchemaValid(), {"json_schema": {"type": "object", "required": ["id"]}}, '{"name": "x"}', 0.0),
+        (JsonSchemaValid(), {"json_schema": {"type": "object"}}, "not json", 0.0),
+        (Tokens(), {}, "", 12.0),
+        (CostUsd(), {}, "", 0.25),
+        (LatencyMs(), {}, "", 30.0),
+    ],
+)
 def test_each_deterministic_evaluator(evaluator, case, answer, expected):
     exchange = Exchange("b", latency_ms=30.0, cost_usd=0.25, usage={"prompt_tokens": 5, "completion_tokens": 7})
     assert evaluator.evaluate(case, answer, exchange) == expected

@@ -5,6 +5,7 @@ The clone is of what is committed (CI runs on a clean clone, where that is every
 builds its own plain venv, as a newcomer's would: the test proves the install the README promises, not
 the test venv with every extra.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,15 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 # A newcomer with no keys at all (and no config chosen elsewhere).
-NO_KEYS = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-           "AWS_PROFILE", "LLMGATE_CONFIG")
+NO_KEYS = (
+    "ANTHROPIC_API_KEY",
+    "OPENAI_API_KEY",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "LLMGATE_CONFIG",
+)
 
 
 def _environment(extra: dict | None = None) -> dict:
@@ -49,8 +57,15 @@ def _environment(extra: dict | None = None) -> dict:
 
 def _make(clone: Path, *args: str, log: Path, env: dict | None = None) -> subprocess.Popen:
     with open(log, "ab") as out:
-        return subprocess.Popen(["make", *args], cwd=clone, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=_environment(env), start_new_session=True)
+        return subprocess.Popen(
+            ["make", *args],
+            cwd=clone,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=_environment(env),
+            start_new_session=True,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -76,26 +91,45 @@ def running(clone, tmp_path_factory):
 
 
 def _llmgate(clone: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([str(clone / ".venv" / "bin" / "llmgate"), *args], cwd=clone, capture_output=True,
-                          text=True, timeout=60, env=_environment(env))
+    return subprocess.run(
+        [str(clone / ".venv" / "bin" / "llmgate"), *args],
+        cwd=clone,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_environment(env),
+    )
 
 
 def test_make_run_serves_a_plain_install_and_says_what_to_do(running):
     clone = running["clone"]
-    installed = subprocess.run([str(clone / ".venv" / "bin" / "python"), "-c",
-                                "import importlib.util as u; print(u.find_spec('numpy'), u.find_spec('torch'))"],
-                               capture_output=True, text=True, check=True).stdout.split()
+    installed = subprocess.run(
+        [
+            str(clone / ".venv" / "bin" / "python"),
+            "-c",
+            "import importlib.util as u; print(u.find_spec('numpy'), u.find_spec('torch'))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     assert installed == ["None", "None"]  # no extras: the plain install the README promises
-    banner = wait_until(lambda: "admin API" in running["log"].read_text() and running["log"].read_text(),
-                        "the start-up banner")
+    banner = wait_until(
+        lambda: "admin API" in running["log"].read_text() and running["log"].read_text(), "the start-up banner"
+    )
     assert f"llmgate serving on http://127.0.0.1:{running['port']}" in banner
     assert "route support-bot: cannot answer: claude-base needs ANTHROPIC_API_KEY" in banner
     assert "admin API and console: on" in banner
     assert "make demo" in banner
     assert "Traceback" not in banner
 
-    for command in (["--help"], ["check-config", "config/gateway.yaml"], ["check", "config/demo.yaml"],
-                    ["status", "--help"], ["traffic", "show", "--help"]):
+    for command in (
+        ["--help"],
+        ["check-config", "config/gateway.yaml"],
+        ["check", "config/demo.yaml"],
+        ["status", "--help"],
+        ["traffic", "show", "--help"],
+    ):
         result = _llmgate(clone, *command)
         assert result.returncode == 0, (command, result.stderr)
 
@@ -123,12 +157,28 @@ def test_the_first_request_with_no_keys_fails_at_once_and_points_to_the_demo(run
 
     # The exchange it names by x-request-id can be looked up.
     request_id = response.headers["x-request-id"]
-    shown = wait_until(lambda: (r := _llmgate(running["clone"], "traffic", "show", request_id, "--url",
-                                              running["url"], env={"LLMGATE_ADMIN_TOKEN": TOKEN})).returncode == 0
-                       and r, "the exchange in the traffic log")
+    shown = wait_until(
+        lambda: (
+            (
+                r := _llmgate(
+                    running["clone"],
+                    "traffic",
+                    "show",
+                    request_id,
+                    "--url",
+                    running["url"],
+                    env={"LLMGATE_ADMIN_TOKEN": TOKEN},
+                )
+            ).returncode
+            == 0
+            and r
+        ),
+        "the exchange in the traffic log",
+    )
     assert request_id in shown.stdout and "support-bot" in shown.stdout and "503" in shown.stdout
-    unknown = _llmgate(running["clone"], "traffic", "show", "0" * 32, "--url", running["url"],
-                       env={"LLMGATE_ADMIN_TOKEN": TOKEN})
+    unknown = _llmgate(
+        running["clone"], "traffic", "show", "0" * 32, "--url", running["url"], env={"LLMGATE_ADMIN_TOKEN": TOKEN}
+    )
     assert unknown.returncode == 1 and "0" * 32 in unknown.stderr
 
 
@@ -140,9 +190,11 @@ def test_a_busy_port_is_one_line_that_says_how_to_choose_another(running, tmp_pa
     finally:
         _stop(second)
     said = [line for line in log.read_text().splitlines() if line.startswith("llmgate:")]
-    assert said == [f"llmgate: cannot listen on 127.0.0.1:{running['port']}: port {running['port']} is in use "
-                    f"(another llmgate, or another server); choose another with `llmgate serve --port "
-                    f"{running['port'] + 1}` or `make run PORT={running['port'] + 1}`"]
+    assert said == [
+        f"llmgate: cannot listen on 127.0.0.1:{running['port']}: port {running['port']} is in use "
+        f"(another llmgate, or another server); choose another with `llmgate serve --port "
+        f"{running['port'] + 1}` or `make run PORT={running['port'] + 1}`"
+    ]
     assert "Traceback" not in log.read_text()
 
 
@@ -156,10 +208,12 @@ def test_a_misspelled_key_gets_the_key_it_meant(running, tmp_path):
 
 # --- the demo is the tour -------------------------------------------------------------------------------
 
+
 def _chat(url: str, user: str) -> str:
     client = openai.OpenAI(base_url=url + "/v1", api_key="demo", max_retries=0, timeout=60)
     raw = client.chat.completions.with_raw_response.create(
-        model="demo", user=user, max_tokens=4, messages=[{"role": "user", "content": "Say hi."}])
+        model="demo", user=user, max_tokens=4, messages=[{"role": "user", "content": "Say hi."}]
+    )
     return raw.headers["x-llmgate-variant"]
 
 
@@ -170,9 +224,15 @@ def test_make_demo_is_the_tour(clone, tmp_path):
     # What `make demo PORT=...` runs once its venv holds the demo's packages (the test venv does; a make target
     # pointed at it would reinstall the clone into it). PORT is in make's environment too, so it is here.
     with open(log, "ab") as out:
-        demo = subprocess.Popen([sys.executable, "scripts/demo.py", "--port", str(port)], cwd=clone, stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                                env=_environment({"PORT": str(port)}))
+        demo = subprocess.Popen(
+            [sys.executable, "scripts/demo.py", "--port", str(port)],
+            cwd=clone,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=_environment({"PORT": str(port)}),
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: "Admin token for this run:" in log.read_text(), "the demo's tour text", timeout=120)
@@ -187,8 +247,9 @@ def test_make_demo_is_the_tour(clone, tmp_path):
         llmgate = Path(sys.executable).with_name("llmgate")
 
         def run(*args: str) -> subprocess.CompletedProcess:
-            return subprocess.run([str(llmgate), *args], capture_output=True, text=True, timeout=60,
-                                  env=_environment(env))
+            return subprocess.run(
+                [str(llmgate), *args], capture_output=True, text=True, timeout=60, env=_environment(env)
+            )
 
         rollout = run("rollout", "demo", "smollm2-chatty", "25", "--reason", "tour")
         assert rollout.returncode == 0, rollout.stderr
@@ -199,8 +260,10 @@ def test_make_demo_is_the_tour(clone, tmp_path):
 
         status = run("status")
         assert status.returncode == 0 and "25.00%" in status.stdout
+
         def compared() -> int:
             return json.loads(run("shadow", "report", "demo", "--json").stdout)["shadows"]["smollm2-chatty"]["count"]
+
         assert wait_until(compared, "shadow comparisons of the baseline's answers with the candidate's", timeout=120)
 
         rollback = run("rollback", "demo", "--reason", "tour over")

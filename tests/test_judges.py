@@ -1,4 +1,5 @@
 """The judges against a fake judge model: position bias gives ties, garbage gives errors, never wins."""
+
 import pytest
 
 from evaluators.judges import JudgeOutputError, PairwiseJudge, RubricJudge, parse_json_object
@@ -20,8 +21,11 @@ def judge_server(request):
 
 @pytest.fixture
 async def judge_backend(judge_server):
-    backend = OpenAIBackend("judge", OpenAIBackend.Settings(kind="openai", model="judge-model",
-                                                            base_url=judge_server.url + "/v1", api_key="none"), {})
+    backend = OpenAIBackend(
+        "judge",
+        OpenAIBackend.Settings(kind="openai", model="judge-model", base_url=judge_server.url + "/v1", api_key="none"),
+        {},
+    )
     await backend.start()
     yield backend
     await backend.close()
@@ -75,11 +79,14 @@ async def test_rubric_scores_each_criterion(judge_backend, judge_server):
     assert (await judge.score(QUESTION, PLAIN)).mean == 3.0
 
 
-@pytest.mark.parametrize("text, expected", [
-    ('{"winner": "A"}', {"winner": "A"}),
-    ('Sure! ```json\n{"winner": "tie", "confidence": 5}\n```', {"winner": "tie", "confidence": 5}),
-    ('noise {not json} then {"a": {"b": 1}} tail', {"a": {"b": 1}}),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ('{"winner": "A"}', {"winner": "A"}),
+        ('Sure! ```json\n{"winner": "tie", "confidence": 5}\n```', {"winner": "tie", "confidence": 5}),
+        ('noise {not json} then {"a": {"b": 1}} tail', {"a": {"b": 1}}),
+    ],
+)
 def test_json_is_found_in_what_judges_really_write(text, expected):
     assert parse_json_object(text) == expected
 

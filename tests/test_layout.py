@@ -6,6 +6,7 @@ the top of a module or inside a function (an import that waits for a call still 
 modules together), relative ones resolved. Importing a submodule runs its package's __init__ too;
 that implicit arrow is not counted, so a package's __init__ may import its own submodules.
 """
+
 from __future__ import annotations
 
 import ast
@@ -49,12 +50,13 @@ def _imported(module: str, path: Path, is_package: bool) -> list[tuple[str, int]
             if node.level:
                 base = package.split(".")
                 assert node.level <= len(base), f"{path}:{node.lineno}: a relative import above the top package"
-                base = base[:len(base) - node.level + 1]
+                base = base[: len(base) - node.level + 1]
                 source = ".".join(base + ([node.module] if node.module else []))
             else:
                 source = node.module or ""
-            names = [f"{source}.{alias.name}" if f"{source}.{alias.name}" in MODULES else source
-                     for alias in node.names]
+            names = [
+                f"{source}.{alias.name}" if f"{source}.{alias.name}" in MODULES else source for alias in node.names
+            ]
         else:
             continue
         for name in names:
@@ -81,7 +83,7 @@ def _a_cycle() -> list[str] | None:
         path.append(module)
         for target, _ in GRAPH[module]:
             if state.get(target) == "open":
-                return path[path.index(target):] + [target]
+                return path[path.index(target) :] + [target]
             if target not in state and (cycle := visit(target)):
                 return cycle
         path.pop()
@@ -96,11 +98,11 @@ def _a_cycle() -> list[str] | None:
 
 def test_the_graph_is_read():
     """A sanity check on the reader: known arrows of each kind are found."""
-    assert "gateway.context" in {t for t, _ in GRAPH["gateway.proxy"]}                    # from .context import
-    assert "gateway.admin.common" in {t for t, _ in GRAPH["gateway.admin.registry"]}       # from .common import
-    assert "gateway.admin.registry" in {t for t, _ in GRAPH["gateway.admin"]}              # from . import registry
+    assert "gateway.context" in {t for t, _ in GRAPH["gateway.proxy"]}  # from .context import
+    assert "gateway.admin.common" in {t for t, _ in GRAPH["gateway.admin.registry"]}  # from .common import
+    assert "gateway.admin.registry" in {t for t, _ in GRAPH["gateway.admin"]}  # from . import registry
     assert "plugins.traffic_log.plugin" in {t for t, _ in GRAPH["flywheel.traffic_source"]}  # inside a function
-    assert "gateway.text.embeddings" in {t for t, _ in GRAPH["evaluators.metrics"]}       # inside a method
+    assert "gateway.text.embeddings" in {t for t, _ in GRAPH["evaluators.metrics"]}  # inside a method
 
 
 def test_no_import_circles():
@@ -110,16 +112,21 @@ def test_no_import_circles():
 
 def test_every_import_points_down_a_layer():
     """gateway/ imports nothing above it; evaluators/ only gateway/; plugins/ no flywheel/."""
-    upward = [f"{MODULES[module][0].relative_to(ROOT)}:{line}: {module} imports {target}"
-              for module, targets in GRAPH.items() for target, line in targets
-              if _layer(target) > _layer(module)]
+    upward = [
+        f"{MODULES[module][0].relative_to(ROOT)}:{line}: {module} imports {target}"
+        for module, targets in GRAPH.items()
+        for target, line in targets
+        if _layer(target) > _layer(module)
+    ]
     assert upward == [], "imports that point up (" + " < ".join(LAYERS) + "):\n" + "\n".join(upward)
 
 
 def test_plugins_holds_only_plugins():
     """Each entry of plugins/ is a plugin named in DEFAULT_PLUGINS, a module or a package holding its helpers."""
-    named = {target.partition(":")[0].split(".")[1] for target in DEFAULT_PLUGINS.values()
-             if target.startswith("plugins.")}
-    entries = {p.name.removesuffix(".py") for p in (ROOT / "plugins").iterdir()
-               if p.name not in ("__init__.py", "__pycache__")}
+    named = {
+        target.partition(":")[0].split(".")[1] for target in DEFAULT_PLUGINS.values() if target.startswith("plugins.")
+    }
+    entries = {
+        p.name.removesuffix(".py") for p in (ROOT / "plugins").iterdir() if p.name not in ("__init__.py", "__pycache__")
+    }
     assert entries - named == set(), "in plugins/ but not a plugin of gateway.known_plugins.DEFAULT_PLUGINS"

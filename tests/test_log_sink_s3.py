@@ -5,6 +5,7 @@ A small proxy in front of moto (FlakyS3) plays an S3 that answers 500s, takes an
 loses the reply, or (stopped) refuses connections. No assertion depends on timing: each test
 waits for an outcome with a generous deadline.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -33,13 +34,16 @@ from tests.support import GatewayProcess, ServerThread, free_port, wait_until
 
 ADMIN = "admin-token-for-s3-sink-tests"
 SECRET = "s3-sink-secret-key-never-shown-0123456789"
-KEY_PATTERN = re.compile(r"^(?P<prefix>.+)/route=(?P<route>[^/]+)/dt=(?P<dt>\d{4}-\d{2}-\d{2})/hour=(?P<hour>\d{2})/"
-                         r"(?P<replica>[A-Za-z0-9._-]+)-(?P<first>\d+)-(?P<last>\d+)\.jsonl\.gz$")
+KEY_PATTERN = re.compile(
+    r"^(?P<prefix>.+)/route=(?P<route>[^/]+)/dt=(?P<dt>\d{4}-\d{2}-\d{2})/hour=(?P<hour>\d{2})/"
+    r"(?P<replica>[A-Za-z0-9._-]+)-(?P<first>\d+)-(?P<last>\d+)\.jsonl\.gz$"
+)
 
 
 @pytest.fixture(scope="module")
 def moto_url():
     from moto.server import ThreadedMotoServer
+
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per S3 call otherwise
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
@@ -49,8 +53,13 @@ def moto_url():
 
 
 def s3_client(url: str):
-    return boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="AKIAFAKEFAKEFAKEFAKE",
-                        aws_secret_access_key="fake")
+    return boto3.client(
+        "s3",
+        endpoint_url=url,
+        region_name="us-east-1",
+        aws_access_key_id="AKIAFAKEFAKEFAKEFAKE",
+        aws_secret_access_key="fake",
+    )
 
 
 @pytest.fixture
@@ -68,7 +77,7 @@ class FlakyS3:
         self.upstream, self.mode, self.puts = upstream, "ok", 0
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=256 * 1024 ** 2)
+        app = web.Application(client_max_size=256 * 1024**2)
         app.router.add_route("*", "/{tail:.*}", self.handle)
         return app
 
@@ -76,15 +85,24 @@ class FlakyS3:
         if self.mode == "fail":
             return self._internal_error()
         body = await request.read()
-        headers = {k: v for k, v in request.headers.items()
-                   if k.lower() not in ("host", "content-length", "transfer-encoding", "expect")}
+        headers = {
+            k: v
+            for k, v in request.headers.items()
+            if k.lower() not in ("host", "content-length", "transfer-encoding", "expect")
+        }
         async with aiohttp.ClientSession(auto_decompress=False) as session:
-            async with session.request(request.method, self.upstream + request.path_qs, headers=headers,
-                                       data=body) as reply:
+            async with session.request(
+                request.method, self.upstream + request.path_qs, headers=headers, data=body
+            ) as reply:
                 data = await reply.read()
-                status, reply_headers = reply.status, {
-                    k: v for k, v in reply.headers.items()
-                    if k.lower() not in ("content-length", "transfer-encoding", "connection", "server", "date")}
+                status, reply_headers = (
+                    reply.status,
+                    {
+                        k: v
+                        for k, v in reply.headers.items()
+                        if k.lower() not in ("content-length", "transfer-encoding", "connection", "server", "date")
+                    },
+                )
         if request.method == "PUT" and status == 200:
             self.puts += 1
         if self.mode == "lose_reply":
@@ -93,9 +111,14 @@ class FlakyS3:
 
     @staticmethod
     def _internal_error() -> web.Response:
-        return web.Response(status=500, content_type="application/xml", text=(
-            '<?xml version="1.0" encoding="UTF-8"?><Error><Code>InternalError</Code>'
-            "<Message>We encountered an internal error. Please try again.</Message></Error>"))
+        return web.Response(
+            status=500,
+            content_type="application/xml",
+            text=(
+                '<?xml version="1.0" encoding="UTF-8"?><Error><Code>InternalError</Code>'
+                "<Message>We encountered an internal error. Please try again.</Message></Error>"
+            ),
+        )
 
 
 def objects(url: str, bucket: str) -> dict[str, list[dict]]:
@@ -114,10 +137,21 @@ def id_counts(url: str, bucket: str) -> Counter:
 
 
 def sink_config(bucket: str, endpoint: str, tmp_path, replica: str, **extra) -> dict:
-    return {"enabled": True, "bucket": bucket, "prefix": "traffic", "endpoint_url": endpoint, "region": "us-east-1",
-            "replica": replica, "spool_path": str(tmp_path / f"spool-{replica}.db"), "batch_size": 4,
-            "max_batch_age": 0.2, "retry_min_seconds": 0.05, "retry_max_seconds": 0.3, "shutdown_seconds": 5,
-            **extra}
+    return {
+        "enabled": True,
+        "bucket": bucket,
+        "prefix": "traffic",
+        "endpoint_url": endpoint,
+        "region": "us-east-1",
+        "replica": replica,
+        "spool_path": str(tmp_path / f"spool-{replica}.db"),
+        "batch_size": 4,
+        "max_batch_age": 0.2,
+        "retry_min_seconds": 0.05,
+        "retry_max_seconds": 0.3,
+        "shutdown_seconds": 5,
+        **extra,
+    }
 
 
 def sink_plugin(bucket: str, endpoint: str, tmp_path, replica: str, **extra) -> LogSinkS3:
@@ -128,18 +162,21 @@ def sink_plugin(bucket: str, endpoint: str, tmp_path, replica: str, **extra) -> 
 
 
 def gateway_config(fake, tmp_path, replica: str, sink: dict) -> dict:
-    return {"server": {"admin_token": ADMIN},
-            "state": {"sqlite_path": str(tmp_path / "state.db")},
-            "backends": {"up": backend_config("openai", fake)},
-            "routes": {"support-bot": {"baseline": "up"}, "sales bot/eu": {"baseline": "up"}},
-            "plugins": {"traffic_log": {"path": str(tmp_path / f"traffic-{replica}.db")}, "log_sink_s3": sink}}
+    return {
+        "server": {"admin_token": ADMIN},
+        "state": {"sqlite_path": str(tmp_path / "state.db")},
+        "backends": {"up": backend_config("openai", fake)},
+        "routes": {"support-bot": {"baseline": "up"}, "sales bot/eu": {"baseline": "up"}},
+        "plugins": {"traffic_log": {"path": str(tmp_path / f"traffic-{replica}.db")}, "log_sink_s3": sink},
+    }
 
 
 def send(url: str, route: str, text: str, stream: bool = False) -> str:
     """One chat completion through the official SDK; the gateway's request id."""
     client = openai.OpenAI(base_url=url + "/v1", api_key="app-key", max_retries=0)
     raw = client.chat.completions.with_raw_response.create(
-        model=route, messages=[{"role": "user", "content": text}], stream=stream)
+        model=route, messages=[{"role": "user", "content": text}], stream=stream
+    )
     if stream:
         list(raw.parse())
     else:
@@ -175,10 +212,12 @@ def readyz(url: str) -> dict:
 
 
 def test_two_replicas_ship_every_record_once_partitioned_by_route_and_hour(
-        fake_openai, make_gateway, moto_url, bucket, tmp_path):
-    replicas = {name: make_gateway(gateway_config(fake_openai, tmp_path, name,
-                                                  sink_config(bucket, moto_url, tmp_path, name)))
-                for name in ("replica-a", "replica-b")}
+    fake_openai, make_gateway, moto_url, bucket, tmp_path
+):
+    replicas = {
+        name: make_gateway(gateway_config(fake_openai, tmp_path, name, sink_config(bucket, moto_url, tmp_path, name)))
+        for name in ("replica-a", "replica-b")
+    }
     sent: dict[str, tuple[str, str]] = {}  # request id -> (replica, route)
     for i in range(9):
         for name, gw in replicas.items():
@@ -218,17 +257,21 @@ def test_two_replicas_ship_every_record_once_partitioned_by_route_and_hour(
 
 
 def test_s3_answering_500s_loses_nothing_and_everything_goes_up_when_it_recovers(
-        fake_openai, make_gateway, moto_url, bucket, tmp_path, caplog):
+    fake_openai, make_gateway, moto_url, bucket, tmp_path, caplog
+):
     flaky = FlakyS3(moto_url)
     flaky.mode = "fail"
     with ServerThread(flaky.app) as proxy:
-        sink = sink_config(bucket, proxy.url, tmp_path, "r1", aws_access_key_id="AKIAFAKEFAKEFAKEFAKE",
-                           aws_secret_access_key=SECRET)
+        sink = sink_config(
+            bucket, proxy.url, tmp_path, "r1", aws_access_key_id="AKIAFAKEFAKEFAKEFAKE", aws_secret_access_key=SECRET
+        )
         gw = make_gateway(gateway_config(fake_openai, tmp_path, "r1", sink))
         sent = [send(gw.url, "support-bot", f"while down {i}") for i in range(10)]
 
-        status = wait_until(lambda: (s := admin_status(gw.url)["log_sink_s3"])["spooled"] == 10
-                            and s["failing_attempts"] >= 2 and s, what="records spooled, uploads failing")
+        status = wait_until(
+            lambda: (s := admin_status(gw.url)["log_sink_s3"])["spooled"] == 10 and s["failing_attempts"] >= 2 and s,
+            what="records spooled, uploads failing",
+        )
         assert status["uploaded"] == 0 and status["dropped"] == 0 and "InternalError" in status["last_error"]
         ready = readyz(gw.url)
         assert "S3 uploads failing" in ready["degraded"]["log_sink_s3"]
@@ -236,8 +279,10 @@ def test_s3_answering_500s_loses_nothing_and_everything_goes_up_when_it_recovers
         assert flaky.puts == 0 and not objects(moto_url, bucket)
 
         flaky.mode = "ok"
-        status = wait_until(lambda: (s := admin_status(gw.url)["log_sink_s3"])["spooled"] == 0 and s,
-                            what="the spool uploaded after recovery")
+        status = wait_until(
+            lambda: (s := admin_status(gw.url)["log_sink_s3"])["spooled"] == 0 and s,
+            what="the spool uploaded after recovery",
+        )
         assert id_counts(moto_url, bucket) == Counter(sent)
         assert status["uploaded"] == 10 and status["failing_attempts"] == 0
         assert "log_sink_s3" not in readyz(gw.url)["degraded"]
@@ -269,16 +314,33 @@ async def test_an_object_s3_stored_without_confirming_is_rewritten_under_the_sam
 
 
 def record(request_id: str, route: str, ts: float) -> dict:
-    return {"request_id": request_id, "ts": ts, "route": route, "variant": "up", "served_by": "up", "status": 200,
-            "error_type": None, "error_message": None, "stream": False, "latency_ms": 1.0, "ttft_ms": None,
-            "prompt_tokens": 1, "completion_tokens": 1, "cost_usd": None, "sticky_hash": "x", "tenant": None,
-            "attempts": [], "annotations": {}, "request": {"model": route}, "response": None}
+    return {
+        "request_id": request_id,
+        "ts": ts,
+        "route": route,
+        "variant": "up",
+        "served_by": "up",
+        "status": 200,
+        "error_type": None,
+        "error_message": None,
+        "stream": False,
+        "latency_ms": 1.0,
+        "ttft_ms": None,
+        "prompt_tokens": 1,
+        "completion_tokens": 1,
+        "cost_usd": None,
+        "sticky_hash": "x",
+        "tenant": None,
+        "attempts": [],
+        "annotations": {},
+        "request": {"model": route},
+        "response": None,
+    }
 
 
 async def test_read_records_s3_lists_only_the_window_merges_replicas_and_dedupes(moto_url, bucket, tmp_path):
     base = datetime(2026, 11, 21, 22, 0, tzinfo=timezone.utc).timestamp()  # spans a day boundary
-    sinks = [sink_plugin(bucket, moto_url, tmp_path, name, batch_size=1000)
-             for name in ("east", "west")]
+    sinks = [sink_plugin(bucket, moto_url, tmp_path, name, batch_size=1000) for name in ("east", "west")]
     expected = []
     for n, sink in enumerate(sinks):
         await sink.startup(None)
@@ -291,17 +353,25 @@ async def test_read_records_s3_lists_only_the_window_merges_replicas_and_dedupes
         assert sink.uploaded == 8 and sink.spooled == 0
     # The same records once more under another object name (as after a crash with an older name).
     duplicate = [r for r in expected if r["request_id"].startswith("east-2-")]
-    s3_client(moto_url).put_object(Bucket=bucket, Key=hour_prefix("traffic", "billing", datetime.fromtimestamp(
-        base + 2 * 3600, timezone.utc)) + "old-name-1-2.jsonl.gz",
-        Body=encode_object([json.dumps(r) for r in duplicate if r["route"] == "billing"]))
+    s3_client(moto_url).put_object(
+        Bucket=bucket,
+        Key=hour_prefix("traffic", "billing", datetime.fromtimestamp(base + 2 * 3600, timezone.utc))
+        + "old-name-1-2.jsonl.gz",
+        Body=encode_object([json.dumps(r) for r in duplicate if r["route"] == "billing"]),
+    )
 
     settings = sink_config(bucket, moto_url, tmp_path, "reader")
     everything = list(read_records_s3(settings))
     assert [r["request_id"] for r in everything] == [r["request_id"] for r in sorted(expected, key=lambda r: r["ts"])]
-    window = list(read_records_s3(settings, route="billing", since=base + 3600 + 40 * 60 + 30,
-                                  until=datetime.fromtimestamp(base + 3 * 3600 + 40 * 60 + 30, timezone.utc)))
-    assert [r["request_id"] for r in window] == ["west-1-billing", "east-2-billing", "west-2-billing",
-                                                  "east-3-billing"]
+    window = list(
+        read_records_s3(
+            settings,
+            route="billing",
+            since=base + 3600 + 40 * 60 + 30,
+            until=datetime.fromtimestamp(base + 3 * 3600 + 40 * 60 + 30, timezone.utc),
+        )
+    )
+    assert [r["request_id"] for r in window] == ["west-1-billing", "east-2-billing", "west-2-billing", "east-3-billing"]
     assert list(read_records_s3(settings, route="no-such-route")) == []
     with pytest.raises(S3ReadError, match="cannot read the traffic log at s3://no-such-bucket/traffic"):
         list(read_records_s3({**settings, "bucket": "no-such-bucket"}))
@@ -327,7 +397,8 @@ async def test_a_spool_that_cannot_be_written_shows_in_readiness(moto_url, bucke
 
 @pytest.mark.slow
 def test_a_killed_replica_leaves_records_spooled_and_its_next_start_uploads_them(
-        fake_openai, moto_url, bucket, tmp_path, aws_env):
+    fake_openai, moto_url, bucket, tmp_path, aws_env
+):
     port = free_port()  # nothing listens here yet: S3 refuses connections
     sink = sink_config(bucket, f"http://127.0.0.1:{port}", tmp_path, "crashy")
     config = gateway_config(fake_openai, tmp_path, "crashy", sink)
@@ -335,8 +406,7 @@ def test_a_killed_replica_leaves_records_spooled_and_its_next_start_uploads_them
     try:
         sent = [send(gw.url, "support-bot" if i % 2 else "sales bot/eu", f"before the crash {i}") for i in range(8)]
         wait_until(lambda: spooled_rows(tmp_path / "spool-crashy.db") == 8, what="all eight spooled")
-        assert "S3 uploads failing" in wait_until(
-            lambda: readyz(gw.url)["degraded"].get("log_sink_s3"))
+        assert "S3 uploads failing" in wait_until(lambda: readyz(gw.url)["degraded"].get("log_sink_s3"))
     finally:
         gw.stop(signal.SIGKILL)
     assert gw.proc.returncode == -signal.SIGKILL

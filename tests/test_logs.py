@@ -1,6 +1,7 @@
 """Structured logs: every line logged while serving a request carries its id, one access line per
 request says what it became (route, variant, status, latency, overhead), and no secret is written.
 """
+
 from __future__ import annotations
 
 import io
@@ -48,19 +49,26 @@ def json_lines():
         access.setLevel(logging.NOTSET)
 
 
-def test_request_lines_carry_the_request_id_and_the_access_line_says_what_happened(fake_openai, make_gateway,
-                                                                                     json_lines):
-    gw = make_gateway({"backends": {"base": backend_config("openai", fake_openai)},
-                       "routes": {"bot": {"baseline": "base"}},
-                       "plugins": {"leaky": {"module": "tests.test_logs:LeakyFailure"}}})
+def test_request_lines_carry_the_request_id_and_the_access_line_says_what_happened(
+    fake_openai, make_gateway, json_lines
+):
+    gw = make_gateway(
+        {
+            "backends": {"base": backend_config("openai", fake_openai)},
+            "routes": {"bot": {"baseline": "base"}},
+            "plugins": {"leaky": {"module": "tests.test_logs:LeakyFailure"}},
+        }
+    )
     client = openai.OpenAI(base_url=gw.url + "/v1", api_key="sk-caller", max_retries=0)
     raw = client.chat.completions.with_raw_response.create(
-        model="bot", messages=[{"role": "user", "content": "hi"}], extra_headers={"x-request-id": "req-logs-1"})
+        model="bot", messages=[{"role": "user", "content": "hi"}], extra_headers={"x-request-id": "req-logs-1"}
+    )
     assert raw.headers["x-request-id"] == "req-logs-1"
 
     # after_response runs once the answer is out: wait for its lines rather than assume they are there
-    lines = wait_until(lambda: (got := json_lines()) and any(line["logger"] == "llmgate.access" for line in got)
-                     and got)
+    lines = wait_until(
+        lambda: (got := json_lines()) and any(line["logger"] == "llmgate.access" for line in got) and got
+    )
     fault = [line for line in lines if line["logger"] == "llmgate.plugins"]
     assert fault and all(line["request_id"] == "req-logs-1" for line in fault)
     assert fault[0]["level"] == "error" and "exception" in fault[0]
@@ -75,8 +83,9 @@ def test_request_lines_carry_the_request_id_and_the_access_line_says_what_happen
 
 
 def test_unrouted_requests_get_an_access_line_too(fake_openai, make_gateway, json_lines):
-    gw = make_gateway({"backends": {"base": backend_config("openai", fake_openai)},
-                       "routes": {"bot": {"baseline": "base"}}})
+    gw = make_gateway(
+        {"backends": {"base": backend_config("openai", fake_openai)}, "routes": {"bot": {"baseline": "base"}}}
+    )
     request = urllib.request.Request(gw.url + "/v1/models", headers={"x-request-id": "req-models"})
     with urllib.request.urlopen(request) as resp:
         assert resp.status == 200
@@ -88,19 +97,37 @@ def test_unrouted_requests_get_an_access_line_too(fake_openai, make_gateway, jso
 
 @pytest.mark.slow
 def test_the_daemon_writes_json_lines_with_log_json(fake_openai, tmp_path):
-    config = {"backends": {"base": backend_config("openai", fake_openai)}, "routes": {"bot": {"baseline": "base"}},
-              "state": {"sqlite_path": str(tmp_path / "state.db")},
-              "plugins": {"traffic_log": {"path": str(tmp_path / "traffic.db")}}}
+    config = {
+        "backends": {"base": backend_config("openai", fake_openai)},
+        "routes": {"bot": {"baseline": "base"}},
+        "state": {"sqlite_path": str(tmp_path / "state.db")},
+        "plugins": {"traffic_log": {"path": str(tmp_path / "traffic.db")}},
+    }
     (tmp_path / "gateway.yaml").write_text(yaml.safe_dump(config))
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(tmp_path / "gateway.yaml"),
-                             "--port", str(port), "--log-json"], cwd=tmp_path, stderr=subprocess.PIPE,
-                            env={**os.environ, "PYTHONPATH": os.getcwd()})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            "--config",
+            str(tmp_path / "gateway.yaml"),
+            "--port",
+            str(port),
+            "--log-json",
+        ],
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
     try:
         wait_for_http(f"http://127.0.0.1:{port}/healthz")
-        openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-caller", max_retries=0) \
-            .chat.completions.create(model="bot", messages=[{"role": "user", "content": "hi"}],
-                                     extra_headers={"x-request-id": "req-daemon"})
+        openai.OpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-caller", max_retries=0
+        ).chat.completions.create(
+            model="bot", messages=[{"role": "user", "content": "hi"}], extra_headers={"x-request-id": "req-daemon"}
+        )
     finally:
         proc.terminate()
         _, stderr = proc.communicate(timeout=30)

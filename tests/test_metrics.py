@@ -4,6 +4,7 @@ the other plugins' gauges, plugin faults and rollout events; the overhead header
 Real gateway, real fake upstream, the official openai SDK; the exposition is read back with
 prometheus_client's own parser, so what is asserted is what a Prometheus server would see.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,10 +35,12 @@ class CacheVerdict:
 
 def gateway_config(fake, **route) -> dict:
     cheap = {**backend_config("openai", fake), "model": "gpt-cheap"}
-    return {"server": {"admin_token": ADMIN},
-            "backends": {"base": backend_config("openai", fake), "cheap": cheap},
-            "routes": {"bot": {"baseline": "base", **route}},
-            "prices": PRICES}
+    return {
+        "server": {"admin_token": ADMIN},
+        "backends": {"base": backend_config("openai", fake), "cheap": cheap},
+        "routes": {"bot": {"baseline": "base", **route}},
+        "prices": PRICES,
+    }
 
 
 def scrape(url: str, token: str | None = None) -> tuple[int, str]:
@@ -72,8 +75,12 @@ def test_counts_histograms_tokens_and_cost_after_known_traffic(fake_openai, make
         answer = sdk.chat.completions.create(model="bot", messages=[{"role": "user", "content": text}])
         prompt += answer.usage.prompt_tokens
         completion += answer.usage.completion_tokens
-    stream = sdk.chat.completions.create(model="bot", messages=[{"role": "user", "content": "stream me"}],
-                                         stream=True, stream_options={"include_usage": True})
+    stream = sdk.chat.completions.create(
+        model="bot",
+        messages=[{"role": "user", "content": "stream me"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     usage = [chunk.usage for chunk in stream if chunk.usage][-1]
     prompt += usage.prompt_tokens
     completion += usage.completion_tokens
@@ -106,9 +113,11 @@ def test_counts_histograms_tokens_and_cost_after_known_traffic(fake_openai, make
 
 def test_other_plugins_gauges_and_faults(fake_openai, make_gateway):
     config = gateway_config(fake_openai, shadow=["cheap"], candidates={"cheap": 0})
-    config["plugins"] = {"cache_verdict": {"module": "tests.test_metrics:CacheVerdict"},
-                         "raiser": {"module": "tests.plugins_for_tests:Raiser"},
-                         "answerer": {"module": "tests.plugins_for_tests:Answerer"}}
+    config["plugins"] = {
+        "cache_verdict": {"module": "tests.test_metrics:CacheVerdict"},
+        "raiser": {"module": "tests.plugins_for_tests:Raiser"},
+        "answerer": {"module": "tests.plugins_for_tests:Answerer"},
+    }
     gw = make_gateway(config)
     sdk = client(gw.url)
     for text in ("fresh one", "fresh two", "again"):
@@ -126,10 +135,17 @@ def test_other_plugins_gauges_and_faults(fake_openai, make_gateway):
     # (choose_variant is not reached when the answerer answers)
     assert value(text, "llmgate_plugin_errors_total", plugin="raiser") == 4 + 3 + 4
 
-    status, _ = urllib.request.urlopen(urllib.request.Request(
-        gw.url + "/admin/routes/bot/rollback", method="POST", data=json.dumps(
-            {"candidate": "cheap", "reason": "metrics test"}).encode(),
-        headers={"Authorization": f"Bearer {ADMIN}", "Content-Type": "application/json"})).status, None
+    status, _ = (
+        urllib.request.urlopen(
+            urllib.request.Request(
+                gw.url + "/admin/routes/bot/rollback",
+                method="POST",
+                data=json.dumps({"candidate": "cheap", "reason": "metrics test"}).encode(),
+                headers={"Authorization": f"Bearer {ADMIN}", "Content-Type": "application/json"},
+            )
+        ).status,
+        None,
+    )
     assert status == 200
     assert value(scrape(gw.url)[1], "llmgate_rollout_events_total", route="bot", kind="rollback") == 1
 
@@ -139,7 +155,8 @@ def test_token_protects_the_endpoint_and_no_secret_is_a_label(fake_openai, make_
     config["plugins"] = {"metrics": {"token": "scrape-token-0123"}}
     gw = make_gateway(config)
     answer = client(gw.url).chat.completions.with_raw_response.create(
-        model="bot", messages=[{"role": "user", "content": "hello"}], user="alice@example.com")
+        model="bot", messages=[{"role": "user", "content": "hello"}], user="alice@example.com"
+    )
     request_id = answer.headers["x-request-id"]
 
     status, body = scrape(gw.url)
@@ -159,14 +176,16 @@ def test_overhead_header_is_the_gateways_own_time(fake_openai, make_gateway):
     sdk = client(gw.url)
     started = time.perf_counter()
     raw = sdk.chat.completions.with_raw_response.create(
-        model="bot", messages=[{"role": "user", "content": "slow [sleep 0.3]"}])
+        model="bot", messages=[{"role": "user", "content": "slow [sleep 0.3]"}]
+    )
     elapsed_ms = (time.perf_counter() - started) * 1000
     overhead = float(raw.headers["x-llmgate-overhead-ms"])
     # the 300 ms the upstream slept are not the gateway's: what is left is at most what the caller saw minus them
     assert 0 <= overhead <= elapsed_ms - 300
 
     with sdk.chat.completions.with_streaming_response.create(
-            model="bot", messages=[{"role": "user", "content": "stream [sleep 0.2]"}], stream=True) as streamed:
+        model="bot", messages=[{"role": "user", "content": "stream [sleep 0.2]"}], stream=True
+    ) as streamed:
         assert 0 <= float(streamed.headers["x-llmgate-overhead-ms"])
         assert [line for line in streamed.iter_lines() if line]
 

@@ -3,6 +3,7 @@
 No assertion depends on timing: a "slow" judge is held at a gate the test opens, so answers that
 arrived while it was held cannot have waited for it; every other wait is for a condition.
 """
+
 import asyncio
 import json
 import os
@@ -79,8 +80,9 @@ def backend(fake, model):
     return {"kind": "openai", "base_url": fake.url + "/v1", "model": model, "api_key": "none"}
 
 
-def config(tmp_path, baseline, candidate=None, shadow=None, judge=None, percent=100.0, judge_settings=None,
-           **auto_rollback):
+def config(
+    tmp_path, baseline, candidate=None, shadow=None, judge=None, percent=100.0, judge_settings=None, **auto_rollback
+):
     backends = {"base": backend(baseline, "m-base")}
     route = {"baseline": "base"}
     if candidate is not None:
@@ -89,8 +91,11 @@ def config(tmp_path, baseline, candidate=None, shadow=None, judge=None, percent=
     if shadow is not None:
         backends["cheap"] = backend(shadow, "m-cheap")
         route["shadow"] = ["cheap"]
-    plugins = {"feedback": {"path": str(tmp_path / "feedback.db")}, "shadow": {"path": str(tmp_path / "shadow.db")},
-               "auto_rollback": {"window_seconds": 60, "interval_seconds": 0.1, **auto_rollback}}
+    plugins = {
+        "feedback": {"path": str(tmp_path / "feedback.db")},
+        "shadow": {"path": str(tmp_path / "shadow.db")},
+        "auto_rollback": {"window_seconds": 60, "interval_seconds": 0.1, **auto_rollback},
+    }
     if judge is not None:
         backends["judge"] = backend(judge, "judge-model")
         plugins["judge"] = {"enabled": True, "backend": "judge", "sample_rate": 1.0, **(judge_settings or {})}
@@ -104,8 +109,12 @@ def ask(gw, content=QUESTION, user="someone", request_id=None, route="bot"):
     request = urllib.request.Request(gw.url + "/v1/chat/completions", data=body, headers=headers)
     with urllib.request.urlopen(request, timeout=10) as resp:
         answer = json.loads(resp.read())
-        return (resp.status, resp.headers["x-llmgate-variant"], resp.headers["x-request-id"],
-                answer["choices"][0]["message"]["content"])
+        return (
+            resp.status,
+            resp.headers["x-llmgate-variant"],
+            resp.headers["x-request-id"],
+            answer["choices"][0]["message"]["content"],
+        )
 
 
 def judge_status(gw):
@@ -120,8 +129,8 @@ def windows_scores(gw, variant):
 
 # --- judging live candidates ----------------------------------------------------------------------
 
-def test_sampled_candidate_answers_are_judged_against_the_baseline_and_reach_the_windows(serve, make_gateway,
-                                                                                         tmp_path):
+
+def test_sampled_candidate_answers_are_judged_against_the_baseline_and_reach_the_windows(serve, make_gateway, tmp_path):
     baseline, candidate, judge = serve(FakeOpenAI(), MarkedOpenAI(), FakeJudge())
     cfg = config(tmp_path, baseline, candidate, judge=judge, judge_settings={"sample_rate": 0.5, "routes": ["bot"]})
     cfg["routes"]["other"] = cfg["routes"]["bot"]
@@ -139,15 +148,20 @@ def test_sampled_candidate_answers_are_judged_against_the_baseline_and_reach_the
     judged = wait_until(lambda: (s := judge_status(gw))["judged"] == n and s, what=f"{n} judgements")
     # Only the sampled requests were put to the baseline (off the request path), whole and non-streamed.
     assert sorted(r["messages"][0]["content"] for r in baseline.requests) == sorted(
-        f"question {ids.index(i)}" for i in chosen)
+        f"question {ids.index(i)}" for i in chosen
+    )
     assert all(r["model"] == "m-base" and r["stream"] is False for r in baseline.requests)
     assert len(judge.requests) == 2 * n, "each judgement asks the judge in both orders"
-    assert judged["win_rate"] == {"bot": {"cand": {"win_rate": 1.0, "judged": n, "wins": n, "ties": 0,
-                                                   "losses": 0}}}
+    assert judged["win_rate"] == {"bot": {"cand": {"win_rate": 1.0, "judged": n, "wins": n, "ties": 0, "losses": 0}}}
     assert (judged["errors"], judged["dropped"], judged["queued"], judged["budget_left_today"]) == (0, 0, 0, 1000 - n)
 
-    figures = wait_until(lambda: (f := status(gw)["auto_rollback"]["routes"].get("bot", {}).get("cand", {}))
-                         .get("judge_win_rate_n") == n and f, what="the scores in the auto-rollback figures")
+    figures = wait_until(
+        lambda: (
+            (f := status(gw)["auto_rollback"]["routes"].get("bot", {}).get("cand", {})).get("judge_win_rate_n") == n
+            and f
+        ),
+        what="the scores in the auto-rollback figures",
+    )
     assert figures["judge_win_rate"] == 1.0
     assert "base" not in status(gw)["auto_rollback"]["routes"]["bot"], "the judge's baseline calls are not traffic"
 
@@ -157,8 +171,10 @@ def test_the_daily_budget_stops_judging_when_spent(serve, make_gateway, tmp_path
     gw = make_gateway(config(tmp_path, baseline, candidate, judge=judge, judge_settings={"daily_budget": 3}))
     for i in range(5):
         assert ask(gw, f"question {i}")[0] == 200
-    counts = wait_until(lambda: (s := judge_status(gw))["judged"] + s["over_budget"] == 5 and s,
-                        what="every answer judged or refused for the budget")
+    counts = wait_until(
+        lambda: (s := judge_status(gw))["judged"] + s["over_budget"] == 5 and s,
+        what="every answer judged or refused for the budget",
+    )
     assert (counts["judged"], counts["over_budget"], counts["budget_left_today"]) == (3, 2, 0)
     assert len(judge.requests) == 6 and len(baseline.requests) == 3
     _, ready = get_json(gw.url + "/readyz")
@@ -173,8 +189,9 @@ def test_a_failing_judge_counts_errors_never_scores(serve, make_gateway, tmp_pat
     baseline.fail_next(500)  # the first baseline call fails: no judgement, and no budget spent on it
     for i in range(4):
         assert ask(gw, f"question {i}")[0] == 200
-    counts = wait_until(lambda: (s := judge_status(gw))["errors"] + s["baseline_errors"] == 4 and s,
-                        what="four judgements to fail")
+    counts = wait_until(
+        lambda: (s := judge_status(gw))["errors"] + s["baseline_errors"] == 4 and s, what="four judgements to fail"
+    )
     assert (counts["judged"], counts["errors"], counts["baseline_errors"]) == (0, 3, 1)
     assert counts["budget_left_today"] == 1000 - 3 and counts["win_rate"] == {}
     assert len(judge.requests) == 6, "garbage is retried once, then the judgement is an error"
@@ -183,8 +200,9 @@ def test_a_failing_judge_counts_errors_never_scores(serve, make_gateway, tmp_pat
 
 def test_the_request_path_never_waits_for_the_judge_and_its_queue_is_bounded(serve, make_gateway, tmp_path):
     baseline, candidate, judge = serve(FakeOpenAI(), MarkedOpenAI(), GatedJudge())
-    gw = make_gateway(config(tmp_path, baseline, candidate, judge=judge,
-                             judge_settings={"max_concurrent": 1, "queue_size": 1}))
+    gw = make_gateway(
+        config(tmp_path, baseline, candidate, judge=judge, judge_settings={"max_concurrent": 1, "queue_size": 1})
+    )
     judge.gate.clear()
     try:
         assert ask(gw, "first")[3] == f"echo: first {QUALITY_MARK}"
@@ -192,8 +210,10 @@ def test_the_request_path_never_waits_for_the_judge_and_its_queue_is_bounded(ser
         # The judge holds that judgement at its gate, yet the next callers get their answers.
         for i in range(3):
             assert ask(gw, f"later {i}")[3] == f"echo: later {i} {QUALITY_MARK}"
-        held = wait_until(lambda: (s := judge_status(gw))["queued"] + s["dropped"] == 3 and s,
-                          what="the later judgements queued or dropped")
+        held = wait_until(
+            lambda: (s := judge_status(gw))["queued"] + s["dropped"] == 3 and s,
+            what="the later judgements queued or dropped",
+        )
         assert (held["judged"], held["queued"], held["dropped"]) == (0, 1, 2)
         assert held["budget_left_today"] == 1000 - 2, "a dropped judgement costs nothing"
         _, ready = get_json(gw.url + "/readyz")
@@ -206,11 +226,21 @@ def test_the_request_path_never_waits_for_the_judge_and_its_queue_is_bounded(ser
 
 # --- THE MUST-SHOW: online judge scores below the floor roll the candidate back ------------------
 
+
 def test_online_judge_scores_below_the_floor_roll_the_candidate_back(serve, make_gateway, tmp_path):
     baseline, candidate, judge = serve(MarkedOpenAI(), FakeOpenAI(), FakeJudge())  # the candidate is worse
-    gw = make_gateway(config(tmp_path, baseline, candidate, judge=judge, judge_settings={"max_concurrent": 4},
-                             min_samples=10, failure_limit=2,
-                             rules={"p95_latency": None, "scores": {"judge_win_rate": {"floor": 0.4}}}))
+    gw = make_gateway(
+        config(
+            tmp_path,
+            baseline,
+            candidate,
+            judge=judge,
+            judge_settings={"max_concurrent": 4},
+            min_samples=10,
+            failure_limit=2,
+            rules={"p95_latency": None, "scores": {"judge_win_rate": {"floor": 0.4}}},
+        )
+    )
     deadline = time.monotonic() + 60
     served = []
     while not (rollbacks := events(gw, kind="rollback")):
@@ -231,6 +261,7 @@ def test_online_judge_scores_below_the_floor_roll_the_candidate_back(serve, make
 
 # --- judging shadow comparisons -------------------------------------------------------------------
 
+
 def test_shadow_comparisons_get_a_judge_score_and_the_report_shows_its_mean(serve, make_gateway, tmp_path):
     primary, shadow, judge = serve(FakeOpenAI(), MarkedOpenAI(), FakeJudge())  # the shadow answers better
     gw = make_gateway(config(tmp_path, primary, shadow=shadow, judge=judge))
@@ -243,29 +274,38 @@ def test_shadow_comparisons_get_a_judge_score_and_the_report_shows_its_mean(serv
         conn.close()
     assert scores == {i: 1.0 for i in ids}
     assert len(primary.requests) == 3, "a shadow comparison is judged on the answers it already has"
-    assert judge_status(gw)["shadow_win_rate"] == {"bot": {"cheap": {"win_rate": 1.0, "judged": 3, "wins": 3,
-                                                                     "ties": 0, "losses": 0}}}
+    assert judge_status(gw)["shadow_win_rate"] == {
+        "bot": {"cheap": {"win_rate": 1.0, "judged": 3, "wins": 3, "ties": 0, "losses": 0}}
+    }
     assert judge_status(gw)["win_rate"] == {} and windows_scores(gw, "cheap") == {}
 
     code, report = admin(gw, "/admin/shadow/report?route=bot")
     assert code == 200 and report["shadows"]["cheap"]["judge"] == {"mean": 1.0, "count": 3}
-    out = subprocess.run([sys.executable, "-m", "gateway", "shadow", "report", "bot", "--url", gw.url],
-                         env={**os.environ, "LLMGATE_ADMIN_TOKEN": TOKEN}, capture_output=True, text=True,
-                         timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway", "shadow", "report", "bot", "--url", gw.url],
+        env={**os.environ, "LLMGATE_ADMIN_TOKEN": TOKEN},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     assert "judge score: 1.000 mean of 3" in out.stdout
 
 
 # --- configuration --------------------------------------------------------------------------------
 
+
 def test_the_judge_needs_a_configured_backend(serve, tmp_path):
     from gateway.config import ConfigError
+
     baseline, judge = serve(FakeOpenAI(), FakeJudge())
     cfg = config(tmp_path, baseline, judge=judge, judge_settings={"backend": "nope", "routes": ["bot", "gone"]})
     with pytest.raises(ConfigError) as refused:
         gateway_thread(cfg).start()
-    assert refused.value.problems == ["plugins.judge.backend: unknown backend 'nope' (defined: base, judge)",
-                                      "plugins.judge.routes: unknown route 'gone' (defined: bot)"]
+    assert refused.value.problems == [
+        "plugins.judge.backend: unknown backend 'nope' (defined: base, judge)",
+        "plugins.judge.routes: unknown route 'gone' (defined: bot)",
+    ]
     del cfg["plugins"]["judge"]["backend"]
     with pytest.raises(ConfigError) as invalid:
         gateway_thread(cfg).start()
@@ -274,9 +314,13 @@ def test_the_judge_needs_a_configured_backend(serve, tmp_path):
 
 # --- user feedback --------------------------------------------------------------------------------
 
+
 def post_feedback(gw, body):
-    request = urllib.request.Request(gw.url + "/v1/feedback", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json", "Authorization": "Bearer app-key"})
+    request = urllib.request.Request(
+        gw.url + "/v1/feedback",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", "Authorization": "Bearer app-key"},
+    )
     try:
         with urllib.request.urlopen(request, timeout=10) as resp:
             return resp.status, json.loads(resp.read())
@@ -303,11 +347,14 @@ def test_feedback_is_counted_per_variant_and_reaches_the_windows(serve, make_gat
         recorded = client.post("/feedback", body={"request_id": answers[variant][1], "rating": second}, cast_to=object)
         assert recorded["variant"] == variant and recorded["score"] == (second - 1) / 4
 
-    assert status(gw)["feedback"]["routes"] == {"bot": {"base": {"count": 2, "mean": 0.5},
-                                                        "cand": {"count": 2, "mean": 0.625}}}
+    assert status(gw)["feedback"]["routes"] == {
+        "bot": {"base": {"count": 2, "mean": 0.5}, "cand": {"count": 2, "mean": 0.625}}
+    }
+
     def counted():
         figures = status(gw)["auto_rollback"]["routes"].get("bot", {})
         return all(figures.get(v, {}).get("feedback_n") == 2 for v in ("cand", "base")) and figures
+
     figures = wait_until(counted, what="feedback in the auto-rollback figures")
     assert (figures["cand"]["feedback"], figures["base"]["feedback"]) == (0.625, 0.5)
     conn = sqlite3.connect(tmp_path / "feedback.db")
@@ -315,8 +362,12 @@ def test_feedback_is_counted_per_variant_and_reaches_the_windows(serve, make_gat
         stored = conn.execute("SELECT variant, rating, score, comment FROM feedback ORDER BY id").fetchall()
     finally:
         conn.close()
-    assert stored == [("cand", "helpful", 1.0, "hm"), ("base", "not_helpful", 0.0, "hm"), ("cand", "2", 0.25, None),
-                      ("base", "5", 1.0, None)]
+    assert stored == [
+        ("cand", "helpful", 1.0, "hm"),
+        ("base", "not_helpful", 0.0, "hm"),
+        ("cand", "2", 0.25, None),
+        ("base", "5", 1.0, None),
+    ]
 
     code, again = post_feedback(gw, {"request_id": answers["cand"][0], "rating": "not_helpful"})
     assert code == 409 and again["error"]["code"] == "already_rated"

@@ -1,4 +1,5 @@
 """An installed llmgate works outside a checkout: the starter config and the console ship inside the package."""
+
 from __future__ import annotations
 
 import os
@@ -48,7 +49,8 @@ def test_without_any_config_the_error_names_what_was_tried(elsewhere, monkeypatc
         load_config()
     assert err.value.problems == [
         f"no config file: no --config, no $LLMGATE_CONFIG, and none of config/gateway.yaml, {missing}; "
-        "pass --config FILE, set LLMGATE_CONFIG, or write one with `llmgate init FILE`"]
+        "pass --config FILE, set LLMGATE_CONFIG, or write one with `llmgate init FILE`"
+    ]
 
 
 def test_init_writes_the_starter_config_and_says_what_to_run_next(elsewhere, capsys):
@@ -92,11 +94,20 @@ def test_a_built_wheel_installs_a_working_llmgate_with_its_config_and_console(tm
     # an old build/ reaches the wheel), built without isolation by this environment's setuptools: nothing is
     # downloaded. This is what `pip install .` builds from a clone.
     source = tmp_path / "source"
-    shutil.copytree(ROOT, source, symlinks=True, ignore=shutil.ignore_patterns(
-        ".git", ".venv*", "build", "dist", "*.egg-info", "var", "__pycache__", ".pytest_cache", ".demo", "artifacts"))
+    shutil.copytree(
+        ROOT,
+        source,
+        symlinks=True,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv*", "build", "dist", "*.egg-info", "var", "__pycache__", ".pytest_cache", ".demo", "artifacts"
+        ),
+    )
     wheels = tmp_path / "wheels"
-    built = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", wheels,
-                  source], tmp_path, dict(os.environ))
+    built = _run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", wheels, source],
+        tmp_path,
+        dict(os.environ),
+    )
     assert built.returncode == 0, built.stderr
     (wheel,) = wheels.glob("llmgate-*.whl")
 
@@ -108,11 +119,17 @@ def test_a_built_wheel_installs_a_working_llmgate_with_its_config_and_console(tm
     made = _run([sys.executable, "-m", "venv", "--without-pip", venv], tmp_path, dict(os.environ))
     assert made.returncode == 0, made.stderr
     python = venv / "bin" / "python"
-    installed = _run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index", "-q",
-                      wheel], tmp_path, dict(os.environ))
+    installed = _run(
+        [sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index", "-q", wheel],
+        tmp_path,
+        dict(os.environ),
+    )
     assert installed.returncode == 0, installed.stderr
-    site = Path(_run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp_path,
-                     dict(os.environ)).stdout.strip())
+    site = Path(
+        _run(
+            [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp_path, dict(os.environ)
+        ).stdout.strip()
+    )
     (site / "llmgate_test_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
 
     # The commands, from a folder outside the checkout, with nothing pointing back at it.
@@ -120,8 +137,9 @@ def test_a_built_wheel_installs_a_working_llmgate_with_its_config_and_console(tm
     outside.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LLMGATE_CONFIG", "VIRTUAL_ENV")}
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
-    where = _run([python, "-c", "import gateway, plugins; print(gateway.__file__); print(plugins.__file__)"],
-                 outside, env)
+    where = _run(
+        [python, "-c", "import gateway, plugins; print(gateway.__file__); print(plugins.__file__)"], outside, env
+    )
     assert where.stdout.splitlines() == [str(site / "gateway" / "__init__.py"), str(site / "plugins" / "__init__.py")]
 
     llmgate = venv / "bin" / "llmgate"

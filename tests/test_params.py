@@ -8,6 +8,7 @@ table says, against each kind's fake upstream:
 
 The tests are parametrised over the table itself: a row added without a case in CASES fails.
 """
+
 from __future__ import annotations
 
 import base64
@@ -28,9 +29,14 @@ from tests.fakes import anthropic_api, bedrock_api
 
 CLAUDE_ON_BEDROCK = "us.anthropic.claude-sonnet-4-20250514-v1:0"
 NAME = "up"
-WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
-                                            "parameters": {"type": "object",
-                                                           "properties": {"city": {"type": "string"}}}}}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
 PDF = base64.b64encode(b"%PDF-1.4 fake").decode()
 
 
@@ -39,10 +45,17 @@ def hi(text: str = "hi") -> list[dict]:
 
 
 def tool_round(**tool_message) -> list[dict]:
-    return [{"role": "user", "content": "[tool] weather?"},
-            {"role": "assistant", "content": None, "tool_calls": [
-                {"id": "toolu_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
-            {"role": "tool", "tool_call_id": "toolu_1", "content": "sunny", **tool_message}]
+    return [
+        {"role": "user", "content": "[tool] weather?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "toolu_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "toolu_1", "content": "sunny", **tool_message},
+    ]
 
 
 def signed(kind: str, text: str = "I thought.") -> dict:
@@ -88,6 +101,7 @@ def _thought(sent, answer, fake):
 def expect(predicate: Callable[[dict, dict, Any], bool]) -> Check:
     def check(sent, answer, fake):
         assert predicate(sent, answer, fake), sent
+
     return check
 
 
@@ -98,49 +112,104 @@ def both(check_a: Check, check_b: Check) -> dict:
 def _inference(key: str, value: Any) -> Check:
     def check(sent, answer, fake):
         assert sent["inferenceConfig"][key] == value
+
     return check
 
 
 def _field(key: str, value: Any) -> Check:
     def check(sent, answer, fake):
         assert sent[key] == value
+
     return check
 
 
 CASES: dict[str, Case] = {
     "model": Case({}, _field("model", "claude-test"), _model, _field("model", "gpt-test")),
-    "messages": Case({"messages": [{"role": "system", "content": "be brief"}, *hi()]},
-                     expect(lambda s, a, f: s["system"] == "be brief"
-                            and s["messages"] == [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]),
-                     expect(lambda s, a, f: s["system"] == [{"text": "be brief"}]
-                            and s["messages"] == [{"role": "user", "content": [{"text": "hi"}]}])),
-    "stream": Case({"stream": True}, expect(lambda s, a, f: s["stream"] is True and _stream_answer(s, a, f) is None),
-                   _stream_answer),
-    "stream_options": Case({"stream": True, "stream_options": {"include_usage": True}},
-                           **both(expect(lambda s, a, f: a["usage"]["total_tokens"] > 0),
-                                  expect(lambda s, a, f: a["usage"]["total_tokens"] > 0))),
+    "messages": Case(
+        {"messages": [{"role": "system", "content": "be brief"}, *hi()]},
+        expect(
+            lambda s, a, f: (
+                s["system"] == "be brief"
+                and s["messages"] == [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]
+            )
+        ),
+        expect(
+            lambda s, a, f: (
+                s["system"] == [{"text": "be brief"}]
+                and s["messages"] == [{"role": "user", "content": [{"text": "hi"}]}]
+            )
+        ),
+    ),
+    "stream": Case(
+        {"stream": True},
+        expect(lambda s, a, f: s["stream"] is True and _stream_answer(s, a, f) is None),
+        _stream_answer,
+    ),
+    "stream_options": Case(
+        {"stream": True, "stream_options": {"include_usage": True}},
+        **both(
+            expect(lambda s, a, f: a["usage"]["total_tokens"] > 0),
+            expect(lambda s, a, f: a["usage"]["total_tokens"] > 0),
+        ),
+    ),
     "max_tokens": Case({"max_tokens": 33}, _field("max_tokens", 33), _inference("maxTokens", 33)),
-    "max_completion_tokens": Case({"max_completion_tokens": 44}, _field("max_tokens", 44),
-                                  _inference("maxTokens", 44)),
+    "max_completion_tokens": Case({"max_completion_tokens": 44}, _field("max_tokens", 44), _inference("maxTokens", 44)),
     "temperature": Case({"temperature": 0.5}, _field("temperature", 0.5), _inference("temperature", 0.5)),
     "top_p": Case({"top_p": 0.9}, _field("top_p", 0.9), _inference("topP", 0.9)),
-    "top_k": Case({"top_k": 7}, _field("top_k", 7),
-                  expect(lambda s, a, f: s["additionalModelRequestFields"]["top_k"] == 7)),
+    "top_k": Case(
+        {"top_k": 7}, _field("top_k", 7), expect(lambda s, a, f: s["additionalModelRequestFields"]["top_k"] == 7)
+    ),
     "stop": Case({"stop": ["END"]}, _field("stop_sequences", ["END"]), _inference("stopSequences", ["END"])),
-    "tools": Case({"tools": [WEATHER]},
-                  expect(lambda s, a, f: s["tools"] == [{"name": "get_weather", "description": "Weather in a city",
-                                                         "input_schema": WEATHER["function"]["parameters"]}]),
-                  expect(lambda s, a, f: s["toolConfig"]["tools"] == [{"toolSpec": {
-                      "name": "get_weather", "description": "Weather in a city",
-                      "inputSchema": {"json": WEATHER["function"]["parameters"]}}}])),
-    "tool_choice": Case({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "get_weather"}}},
-                        _field("tool_choice", {"type": "tool", "name": "get_weather"}),
-                        expect(lambda s, a, f: s["toolConfig"]["toolChoice"] == {"tool": {"name": "get_weather"}})),
-    "parallel_tool_calls": Case({"tools": [WEATHER], "parallel_tool_calls": False},
-                                _field("tool_choice", {"type": "auto", "disable_parallel_tool_use": True})),
-    "response_format": Case({"response_format": {"type": "json_schema", "json_schema": {
-        "name": "reply", "schema": {"type": "object", "properties": {"answer": {"type": "string"}}}}}},
-        **both(_json_answer, _json_answer)),
+    "tools": Case(
+        {"tools": [WEATHER]},
+        expect(
+            lambda s, a, f: (
+                s["tools"]
+                == [
+                    {
+                        "name": "get_weather",
+                        "description": "Weather in a city",
+                        "input_schema": WEATHER["function"]["parameters"],
+                    }
+                ]
+            )
+        ),
+        expect(
+            lambda s, a, f: (
+                s["toolConfig"]["tools"]
+                == [
+                    {
+                        "toolSpec": {
+                            "name": "get_weather",
+                            "description": "Weather in a city",
+                            "inputSchema": {"json": WEATHER["function"]["parameters"]},
+                        }
+                    }
+                ]
+            )
+        ),
+    ),
+    "tool_choice": Case(
+        {"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "get_weather"}}},
+        _field("tool_choice", {"type": "tool", "name": "get_weather"}),
+        expect(lambda s, a, f: s["toolConfig"]["toolChoice"] == {"tool": {"name": "get_weather"}}),
+    ),
+    "parallel_tool_calls": Case(
+        {"tools": [WEATHER], "parallel_tool_calls": False},
+        _field("tool_choice", {"type": "auto", "disable_parallel_tool_use": True}),
+    ),
+    "response_format": Case(
+        {
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": "reply",
+                    "schema": {"type": "object", "properties": {"answer": {"type": "string"}}},
+                },
+            }
+        },
+        **both(_json_answer, _json_answer),
+    ),
     "reasoning_effort": Case({"reasoning_effort": "low"}, **both(_thought, _thought)),
     "thinking": Case({"thinking": {"type": "enabled", "budget_tokens": 1024}}, **both(_thought, _thought)),
     "user": Case({"user": "u-1"}, _field("metadata", {"user_id": "u-1"})),
@@ -165,28 +234,67 @@ CASES: dict[str, Case] = {
     "service_tier": Case({"service_tier": "flex"}),
     "prediction": Case({"prediction": {"type": "content", "content": "x"}}),
     "messages[].thinking_blocks": Case(
-        lambda kind: {"messages": [*hi(), {"role": "assistant", "content": "ok", "thinking_blocks": [signed(kind)]},
-                                   *hi("again")]},
+        lambda kind: {
+            "messages": [*hi(), {"role": "assistant", "content": "ok", "thinking_blocks": [signed(kind)]}, *hi("again")]
+        },
         expect(lambda s, a, f: s["messages"][1]["content"][0] == signed("anthropic")),
-        expect(lambda s, a, f: s["messages"][1]["content"][0] == {"reasoningContent": {"reasoningText": {
-            "text": "I thought.", "signature": bedrock_api.sign("I thought.")}}})),
+        expect(
+            lambda s, a, f: (
+                s["messages"][1]["content"][0]
+                == {
+                    "reasoningContent": {
+                        "reasoningText": {"text": "I thought.", "signature": bedrock_api.sign("I thought.")}
+                    }
+                }
+            )
+        ),
+    ),
     "messages[].content[].cache_control": Case(
-        {"messages": [{"role": "user", "content": [
-            {"type": "text", "text": "long", "cache_control": {"type": "ephemeral"}}]}]},
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "long", "cache_control": {"type": "ephemeral"}}]}
+            ]
+        },
         expect(lambda s, a, f: s["messages"][0]["content"][0]["cache_control"] == {"type": "ephemeral"}),
-        expect(lambda s, a, f: s["messages"][0]["content"][1] == {"cachePoint": {"type": "default"}})),
+        expect(lambda s, a, f: s["messages"][0]["content"][1] == {"cachePoint": {"type": "default"}}),
+    ),
     "messages[].content[].file": Case(
-        {"messages": [{"role": "user", "content": [{"type": "text", "text": "read"}, {"type": "file", "file": {
-            "file_data": f"data:application/pdf;base64,{PDF}", "filename": "q3 report.pdf"}}]}]},
-        expect(lambda s, a, f: s["messages"][0]["content"][1] == {
-            "type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": PDF},
-            "title": "q3 report.pdf"}),
-        expect(lambda s, a, f: s["messages"][0]["content"][1] == {
-            "document": {"format": "pdf", "name": "q3 report", "source": {"bytes": PDF}}})),
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "read"},
+                        {
+                            "type": "file",
+                            "file": {"file_data": f"data:application/pdf;base64,{PDF}", "filename": "q3 report.pdf"},
+                        },
+                    ],
+                }
+            ]
+        },
+        expect(
+            lambda s, a, f: (
+                s["messages"][0]["content"][1]
+                == {
+                    "type": "document",
+                    "source": {"type": "base64", "media_type": "application/pdf", "data": PDF},
+                    "title": "q3 report.pdf",
+                }
+            )
+        ),
+        expect(
+            lambda s, a, f: (
+                s["messages"][0]["content"][1]
+                == {"document": {"format": "pdf", "name": "q3 report", "source": {"bytes": PDF}}}
+            )
+        ),
+    ),
     "messages[].is_error": Case(
         {"messages": tool_round(is_error=True), "tools": [WEATHER]},
         expect(lambda s, a, f: s["messages"][2]["content"][0]["is_error"] is True),
-        expect(lambda s, a, f: s["messages"][2]["content"][0]["toolResult"]["status"] == "error")),
+        expect(lambda s, a, f: s["messages"][2]["content"][0]["toolResult"]["status"] == "error"),
+    ),
 }
 
 ROWS = [(name, kind) for name in POLICY for kind in KINDS]
@@ -207,11 +315,19 @@ async def make(request):
     async def make_backend(kind: str):
         fake = request.getfixturevalue(f"fake_{kind}")
         if kind == "anthropic":
-            backend = AnthropicBackend(NAME, AnthropicBackend.Settings(
-                kind="anthropic", model="claude-test", base_url=fake.url, api_key=UPSTREAM_KEY), {})
+            backend = AnthropicBackend(
+                NAME,
+                AnthropicBackend.Settings(
+                    kind="anthropic", model="claude-test", base_url=fake.url, api_key=UPSTREAM_KEY
+                ),
+                {},
+            )
         elif kind == "bedrock":
-            backend = BedrockBackend(NAME, BedrockBackend.Settings.model_validate(
-                {**backend_config("bedrock", fake), "model": CLAUDE_ON_BEDROCK}), {})
+            backend = BedrockBackend(
+                NAME,
+                BedrockBackend.Settings.model_validate({**backend_config("bedrock", fake), "model": CLAUDE_ON_BEDROCK}),
+                {},
+            )
         else:
             backend = OpenAIBackend(NAME, OpenAIBackend.Settings.model_validate(backend_config("openai", fake)), {})
         await backend.start()
@@ -284,8 +400,17 @@ async def test_unknown_parameters_pass_to_an_openai_compatible_server(make):
 @pytest.mark.parametrize("kind", ["anthropic", "bedrock"])
 async def test_values_that_ask_for_nothing_more_are_accepted(kind, make):
     backend, fake = await make(kind)
-    harmless = {"n": 1, "logprobs": False, "top_logprobs": 0, "logit_bias": {}, "presence_penalty": 0,
-                "frequency_penalty": 0.0, "modalities": ["text"], "verbosity": "medium", "parallel_tool_calls": True}
+    harmless = {
+        "n": 1,
+        "logprobs": False,
+        "top_logprobs": 0,
+        "logit_bias": {},
+        "presence_penalty": 0,
+        "frequency_penalty": 0.0,
+        "modalities": ["text"],
+        "verbosity": "medium",
+        "parallel_tool_calls": True,
+    }
     assert set(harmless) == set(HARMLESS)
     answer = await backend.complete({"model": "r", "messages": hi(), **harmless})
     assert answer["choices"][0]["message"]["content"] == "echo: hi"
@@ -297,6 +422,7 @@ def test_the_manual_shows_the_table_from_the_code():
     pytest.importorskip("mkdocs", reason="the docs extra is not installed")
     import importlib.util
     from pathlib import Path
+
     root = Path(__file__).resolve().parent.parent
     assert "<!-- parameters -->" in (root / "docs" / "parameters.md").read_text(encoding="utf-8")
     spec = importlib.util.spec_from_file_location("reference_hook", root / "docs" / "hooks" / "reference.py")

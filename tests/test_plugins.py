@@ -1,4 +1,5 @@
 """The hook contract: short-circuit, variant choice, isolation of faulty plugins, order, discovery."""
+
 import textwrap
 
 import openai
@@ -15,9 +16,10 @@ from tests.test_routing import get_json
 
 def config(fake, plugins, **routes):
     return {
-        "backends": {"up": {"kind": "openai", "base_url": fake.url + "/v1", "model": "m-up", "api_key": UPSTREAM_KEY},
-                     "alt": {"kind": "openai", "base_url": fake.url + "/v1", "model": "m-alt",
-                             "api_key": UPSTREAM_KEY}},
+        "backends": {
+            "up": {"kind": "openai", "base_url": fake.url + "/v1", "model": "m-up", "api_key": UPSTREAM_KEY},
+            "alt": {"kind": "openai", "base_url": fake.url + "/v1", "model": "m-alt", "api_key": UPSTREAM_KEY},
+        },
         "routes": {"bot": {"baseline": "up", **routes}},
         "plugins": plugins,
     }
@@ -25,13 +27,15 @@ def config(fake, plugins, **routes):
 
 def ask(gw, content="hi", **kw):
     c = openai.OpenAI(base_url=gw.url + "/v1", api_key="k", max_retries=0)
-    return c.chat.completions.with_raw_response.create(model="bot", messages=[{"role": "user", "content": content}],
-                                                       **kw)
+    return c.chat.completions.with_raw_response.create(
+        model="bot", messages=[{"role": "user", "content": content}], **kw
+    )
 
 
 def test_a_plugin_can_answer_before_routing(fake_openai, make_gateway):
-    gw = make_gateway(config(fake_openai, {"answerer": {"module": "tests.plugins_for_tests:Answerer",
-                                                        "reply": "hit!"}}))
+    gw = make_gateway(
+        config(fake_openai, {"answerer": {"module": "tests.plugins_for_tests:Answerer", "reply": "hit!"}})
+    )
     raw = ask(gw, "cached?")
     assert raw.parse().choices[0].message.content == "hit!"
     assert raw.headers["x-llmgate-variant"] == "answerer"
@@ -44,8 +48,7 @@ def test_a_plugin_can_answer_before_routing(fake_openai, make_gateway):
 
 
 def test_a_plugin_chooses_the_variant(fake_openai, make_gateway):
-    gw = make_gateway(config(fake_openai, {"chooser": {"module": "tests.plugins_for_tests:Chooser",
-                                                       "backend": "alt"}}))
+    gw = make_gateway(config(fake_openai, {"chooser": {"module": "tests.plugins_for_tests:Chooser", "backend": "alt"}}))
     assert ask(gw, user="carol").headers["x-llmgate-variant"] == "alt"
     assert ask(gw, user="bob").headers["x-llmgate-variant"] == "up"
     assert [r["model"] for r in fake_openai.requests] == ["m-alt", "m-up"]
@@ -59,15 +62,15 @@ def test_a_raising_plugin_is_isolated_and_counted(fake_openai, make_gateway):
 
 
 def test_a_slow_plugin_is_cut_off_at_its_budget(fake_openai, make_gateway):
-    gw = make_gateway(config(fake_openai, {"sleeper": {"module": "tests.plugins_for_tests:Sleeper",
-                                                       "timeout_ms": 50}}))
+    gw = make_gateway(config(fake_openai, {"sleeper": {"module": "tests.plugins_for_tests:Sleeper", "timeout_ms": 50}}))
     assert ask(gw).parse().choices[0].message.content == "echo: hi"
     assert get_json(gw.url + "/readyz")[1]["plugin_faults"] == {"sleeper": 1}
 
 
 def test_a_fail_closed_plugin_fails_the_request_clearly(fake_openai, make_gateway):
-    gw = make_gateway(config(fake_openai, {"raiser": {"module": "tests.plugins_for_tests:Raiser",
-                                                      "fail_closed": True}}))
+    gw = make_gateway(
+        config(fake_openai, {"raiser": {"module": "tests.plugins_for_tests:Raiser", "fail_closed": True}})
+    )
     with pytest.raises(openai.InternalServerError) as err:
         ask(gw)
     assert err.value.status_code == 503
@@ -97,15 +100,22 @@ def test_after_response_sees_the_assembled_stream(fake_openai, make_gateway):
 
 def test_plugins_run_in_the_order_the_config_lists_them(fake_openai, make_gateway):
     Recorder.calls.clear()
-    gw = make_gateway(config(fake_openai, {
-        "second": {"module": "tests.plugins_for_tests:Recorder", "name": "second"},
-        "first": {"module": "tests.plugins_for_tests:Recorder", "name": "first"}}))
+    gw = make_gateway(
+        config(
+            fake_openai,
+            {
+                "second": {"module": "tests.plugins_for_tests:Recorder", "name": "second"},
+                "first": {"module": "tests.plugins_for_tests:Recorder", "name": "first"},
+            },
+        )
+    )
     ask(gw)
     assert Recorder.calls == ["second", "first"]
 
 
 def test_third_party_plugins_arrive_through_the_entry_point_group(fake_openai, make_gateway, tmp_path, monkeypatch):
-    (tmp_path / "third_party_plugin.py").write_text(textwrap.dedent('''
+    (tmp_path / "third_party_plugin.py").write_text(
+        textwrap.dedent("""
         from gateway.hookspecs import hookimpl
 
         class Plugin:
@@ -118,7 +128,8 @@ def test_third_party_plugins_arrive_through_the_entry_point_group(fake_openai, m
             def before_route(self, ctx):
                 from gateway.chat import completion
                 return completion("x", "tp", {"role": "assistant", "content": self.reply}, "stop", None)
-    '''))
+    """)
+    )
     dist = tmp_path / "third_party_plugin-1.0.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: third-party-plugin\nVersion: 1.0\n")
@@ -141,33 +152,56 @@ def test_unknown_plugins_and_bad_plugin_settings_are_config_errors(tmp_path):
 
 
 def test_plugins_check_the_config_they_refer_to(tmp_path):
-    base = {"backends": {"b": {"kind": "openai", "model": "m", "api_key": "none"}},
-            "routes": {"bot": {"baseline": "b"}}, "state": {"sqlite_path": str(tmp_path / "s.db")}}
+    base = {
+        "backends": {"b": {"kind": "openai", "model": "m", "api_key": "none"}},
+        "routes": {"bot": {"baseline": "b"}},
+        "state": {"sqlite_path": str(tmp_path / "s.db")},
+    }
     with pytest.raises(ConfigError) as err:
-        Gateway(parse_config({**base, "plugins": {"rollout": {"canary": {"nope": {"x": ["u"]}}},
-                                                  "auto_rollback": {"routes": {"ghost": {}}}}}))
+        Gateway(
+            parse_config(
+                {
+                    **base,
+                    "plugins": {
+                        "rollout": {"canary": {"nope": {"x": ["u"]}}},
+                        "auto_rollback": {"routes": {"ghost": {}}},
+                    },
+                }
+            )
+        )
     assert "plugins.rollout.canary.nope: unknown route" in str(err.value)
     assert "plugins.auto_rollback.routes.ghost: unknown route (defined: bot)" in str(err.value)
 
 
 def test_a_plugin_starts_after_what_it_requires_and_stops_before_it(fake_openai, make_gateway):
     Lifecycle.calls.clear()
-    gw = make_gateway(config(fake_openai, {  # listed first, yet it starts second: it requires "base"
-        "needy": {"module": "tests.plugins_for_tests:Lifecycle", "name": "needy", "requires": ["base"]},
-        "base": {"module": "tests.plugins_for_tests:Lifecycle", "name": "base"}}))
+    gw = make_gateway(
+        config(
+            fake_openai,
+            {  # listed first, yet it starts second: it requires "base"
+                "needy": {"module": "tests.plugins_for_tests:Lifecycle", "name": "needy", "requires": ["base"]},
+                "base": {"module": "tests.plugins_for_tests:Lifecycle", "name": "base"},
+            },
+        )
+    )
     assert Lifecycle.calls == [("startup", "base"), ("startup", "needy")]
     gw.stop()
     assert Lifecycle.calls[2:] == [("shutdown", "needy"), ("shutdown", "base")]
 
 
 def test_a_plugin_whose_requirement_is_off_is_a_config_problem(fake_openai):
-    lonely = config(fake_openai, {
-        "needy": {"module": "tests.plugins_for_tests:Lifecycle", "name": "needy", "requires": ["base"]},
-        "base": {"module": "tests.plugins_for_tests:Lifecycle", "name": "base", "enabled": False}})
+    lonely = config(
+        fake_openai,
+        {
+            "needy": {"module": "tests.plugins_for_tests:Lifecycle", "name": "needy", "requires": ["base"]},
+            "base": {"module": "tests.plugins_for_tests:Lifecycle", "name": "base", "enabled": False},
+        },
+    )
     with pytest.raises(ConfigError) as refused:
         Gateway(parse_config(lonely, "<test>"))
     assert refused.value.problems == [
-        "plugins.needy: needs the base plugin: enable it too (plugins.base.enabled: true)"]
+        "plugins.needy: needs the base plugin: enable it too (plugins.base.enabled: true)"
+    ]
 
 
 def test_ctx_state_is_the_plugins_working_data_and_is_never_logged(fake_openai, make_gateway, tmp_path):

@@ -1,5 +1,6 @@
 """Team quotas: requests per minute across replicas, tokens per day reserved then corrected, /v1/usage,
 and Redis outages."""
+
 import json
 import logging
 import threading
@@ -27,8 +28,10 @@ def quota_config(fake, tmp_path, state: dict, name: str = "gw", quotas: dict | N
         "backends": {"up": backend_config("openai", fake)},
         "routes": {"bot": {"baseline": "up"}},
         "plugins": {
-            "api_keys": {"enabled": True, "teams": {"team": {"keys": [hash_key(TEAM_KEY)], **team},
-                                                     "other": {"keys": [hash_key(OTHER_KEY)]}}},
+            "api_keys": {
+                "enabled": True,
+                "teams": {"team": {"keys": [hash_key(TEAM_KEY)], **team}, "other": {"keys": [hash_key(OTHER_KEY)]}},
+            },
             "quotas": {"enabled": True, **(quotas or {})},
             "traffic_log": {"path": str(tmp_path / f"traffic-{name}.db")},
         },
@@ -41,7 +44,8 @@ def client(gw, key: str = TEAM_KEY) -> openai.OpenAI:
 
 def ask(gw, text: str = "hello", key: str = TEAM_KEY, **params):
     return client(gw, key).chat.completions.with_raw_response.create(
-        model="bot", messages=[{"role": "user", "content": text}], **params)
+        model="bot", messages=[{"role": "user", "content": text}], **params
+    )
 
 
 # For tests about counting, not outages: the default 250 ms, on a busy test machine, can pass while
@@ -57,16 +61,18 @@ def usage(gw, key: str = TEAM_KEY) -> dict:
 
 def test_requests_per_minute_hold_across_two_replicas(fake_openai, make_gateway, tmp_path, redis_url):
     state = {"redis_url": redis_url}
-    replicas = [make_gateway(quota_config(fake_openai, tmp_path, state, name=f"gw{i}", quotas=PATIENT,
-                                          requests_per_minute=5))
-                for i in range(2)]
+    replicas = [
+        make_gateway(quota_config(fake_openai, tmp_path, state, name=f"gw{i}", quotas=PATIENT, requests_per_minute=5))
+        for i in range(2)
+    ]
 
     clients = [client(gw) for gw in replicas]
 
     def one(i):
         try:
             return clients[i % 2].chat.completions.with_raw_response.create(
-                model="bot", messages=[{"role": "user", "content": f"request {i}"}])
+                model="bot", messages=[{"role": "user", "content": f"request {i}"}]
+            )
         except openai.RateLimitError as err:
             return err
 
@@ -90,10 +96,14 @@ def test_requests_per_minute_hold_across_two_replicas(fake_openai, make_gateway,
 
 @pytest.mark.parametrize("engine", ["sqlite", "redis"])
 def test_tokens_are_reserved_then_corrected_to_real_usage(engine, fake_openai, make_gateway, tmp_path, request):
-    state = {"redis_url": request.getfixturevalue("redis_url")} if engine == "redis" \
+    state = (
+        {"redis_url": request.getfixturevalue("redis_url")}
+        if engine == "redis"
         else {"sqlite_path": str(tmp_path / "state.db")}
-    gw = make_gateway(quota_config(fake_openai, tmp_path, state, quotas=PATIENT, requests_per_minute=100,
-                                   tokens_per_day=10_000))
+    )
+    gw = make_gateway(
+        quota_config(fake_openai, tmp_path, state, quotas=PATIENT, requests_per_minute=100, tokens_per_day=10_000)
+    )
     body = {"messages": [{"role": "user", "content": "[sleep 1] how many tokens does this take"}], "max_tokens": 50}
     estimate = estimate_tokens(body, 1024)
     assert estimate == 50 + 10  # 40 characters / 4
@@ -124,8 +134,9 @@ def test_tokens_are_reserved_then_corrected_to_real_usage(engine, fake_openai, m
 
 
 def test_a_token_budget_refuses_what_would_pass_it(fake_openai, make_gateway, tmp_path):
-    gw = make_gateway(quota_config(fake_openai, tmp_path, {"sqlite_path": str(tmp_path / "state.db")},
-                                   tokens_per_day=100))
+    gw = make_gateway(
+        quota_config(fake_openai, tmp_path, {"sqlite_path": str(tmp_path / "state.db")}, tokens_per_day=100)
+    )
     with pytest.raises(openai.BadRequestError) as too_big:  # could never fit: not worth retrying
         ask(gw, max_tokens=500)
     assert too_big.value.body["code"] == "request_exceeds_daily_tokens"
@@ -159,8 +170,15 @@ def test_a_redis_outage_falls_back_to_local_limits_then_shares_again(fake_openai
     caplog.set_level(logging.WARNING, logger="llmgate.quotas")
     server = RedisProcess(tmp_path).start()
     try:
-        gw = make_gateway(quota_config(fake_openai, tmp_path, {"redis_url": server.url},
-                                       quotas={"replicas": 2, "probe_interval": 0.2}, requests_per_minute=4))
+        gw = make_gateway(
+            quota_config(
+                fake_openai,
+                tmp_path,
+                {"redis_url": server.url},
+                quotas={"replicas": 2, "probe_interval": 0.2},
+                requests_per_minute=4,
+            )
+        )
         direct = redis.Redis(port=server.port, decode_responses=True)
         assert ask(gw).parse().choices[0].message.content == "echo: hello"
         assert direct.zcard("llmgate:quota:requests:team") == 1  # counted in Redis
@@ -201,12 +219,14 @@ async def test_the_redis_script_admits_exactly_the_limit_under_concurrency(redis
     import redis.asyncio as aioredis
 
     from plugins.quotas.counters import Limits, RedisCounters
+
     clients = [aioredis.Redis.from_url(redis_url, decode_responses=True) for _ in range(2)]
     try:
         counters = [RedisCounters(c) for c in clients]
         limits = Limits(requests_per_minute=20, tokens_per_day=None)
-        decisions = await asyncio.gather(*[counters[i % 2].reserve("t", limits, 7, f"m{i}", time.time())
-                                           for i in range(60)])
+        decisions = await asyncio.gather(
+            *[counters[i % 2].reserve("t", limits, 7, f"m{i}", time.time()) for i in range(60)]
+        )
         assert sum(d.admitted for d in decisions) == 20
         assert {d.refused_by for d in decisions if not d.admitted} == {"requests"}
         assert (await counters[0].usage("t", time.time())).tokens == 20 * 7
@@ -217,6 +237,7 @@ async def test_the_redis_script_admits_exactly_the_limit_under_concurrency(redis
 
 def test_local_counters_slide_the_minute_and_start_each_day_again():
     from plugins.quotas.counters import DAY_SECONDS, Limits, LocalCounters
+
     counters = LocalCounters()
     limits = Limits(requests_per_minute=2, tokens_per_day=100)
     start = 10 * DAY_SECONDS + 1000.0

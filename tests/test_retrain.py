@@ -10,6 +10,7 @@ through moto's backend (the server runs in this process). The trained model is s
 Bedrock runtime (tests/fakes/bedrock_api.py). OpenAI: tests/fakes/openai_finetune_api.py (files,
 fine-tuning jobs, and chat for the fine-tuned model), driven by the official SDK.
 """
+
 import json
 import sqlite3
 import time
@@ -47,9 +48,11 @@ HAIKU = "anthropic.claude-3-haiku-20240307-v1:0:200k"
 
 # --- fixtures -----------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def moto_url():
     from moto.server import ThreadedMotoServer
+
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
@@ -82,6 +85,7 @@ def admin_env(monkeypatch):
 
 def moto_job(name: str):
     from moto.bedrock.models import bedrock_backends
+
     return bedrock_backends["123456789012"]["us-east-1"].model_customization_jobs[name]
 
 
@@ -90,15 +94,23 @@ def make_dataset(directory, fmt: str, examples: int = 12, validation: int = 3):
 
     def line(i):
         if fmt == "bedrock":
-            return {"system": "You are a support agent.", "messages": [
-                {"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": f"answer {i}"}]}
-        return {"messages": [{"role": "user", "content": f"question {i}"},
-                             {"role": "assistant", "content": f"answer {i}"}]}
+            return {
+                "system": "You are a support agent.",
+                "messages": [
+                    {"role": "user", "content": f"question {i}"},
+                    {"role": "assistant", "content": f"answer {i}"},
+                ],
+            }
+        return {
+            "messages": [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": f"answer {i}"}]
+        }
+
     (directory / "train.jsonl").write_text("".join(json.dumps(line(i)) + "\n" for i in range(examples)))
     (directory / "validation.jsonl").write_text("".join(json.dumps(line(i)) + "\n" for i in range(validation)))
     (directory / "test.jsonl").write_text("")
-    (directory / "manifest.json").write_text(json.dumps(
-        {"format": fmt, "counts": {"train": examples, "validation": validation, "test": 0}}))
+    (directory / "manifest.json").write_text(
+        json.dumps({"format": fmt, "counts": {"train": examples, "validation": validation, "test": 0}})
+    )
     return directory
 
 
@@ -109,24 +121,48 @@ def write_config(tmp_path, config: dict) -> str:
 
 
 def base_config(tmp_path, backends: dict, retrain: dict, **plugins) -> dict:
-    return {"server": {"admin_token": ADMIN}, "state": {"sqlite_path": str(tmp_path / "state.db")},
-            "backends": backends, "routes": {"bot": {"baseline": "base"}},
-            "plugins": {"traffic_log": {"path": str(tmp_path / "traffic.db")},
-                        "shadow": {"path": str(tmp_path / "shadow.db")}, "retrain": retrain, **plugins}}
+    return {
+        "server": {"admin_token": ADMIN},
+        "state": {"sqlite_path": str(tmp_path / "state.db")},
+        "backends": backends,
+        "routes": {"bot": {"baseline": "base"}},
+        "plugins": {
+            "traffic_log": {"path": str(tmp_path / "traffic.db")},
+            "shadow": {"path": str(tmp_path / "shadow.db")},
+            "retrain": retrain,
+            **plugins,
+        },
+    }
 
 
 def bedrock_setup(tmp_path, aws, runtime, **retrain_extra) -> dict:
-    backends = {"base": {"kind": "bedrock", "model": "anthropic.claude-3-haiku-20240307-v1:0",
-                         "region": "us-east-1", "endpoint_url": runtime.url}}
-    retrain = {"bedrock": {"region": "us-east-1", "endpoint_url": aws.front_url, "s3_endpoint_url": aws.moto,
-                           "role_arn": ROLE, "bucket": BUCKET, "base_model": HAIKU, "serve_like": "base"},
-               **retrain_extra}
+    backends = {
+        "base": {
+            "kind": "bedrock",
+            "model": "anthropic.claude-3-haiku-20240307-v1:0",
+            "region": "us-east-1",
+            "endpoint_url": runtime.url,
+        }
+    }
+    retrain = {
+        "bedrock": {
+            "region": "us-east-1",
+            "endpoint_url": aws.front_url,
+            "s3_endpoint_url": aws.moto,
+            "role_arn": ROLE,
+            "bucket": BUCKET,
+            "base_model": HAIKU,
+            "serve_like": "base",
+        },
+        **retrain_extra,
+    }
     return base_config(tmp_path, backends, retrain)
 
 
 def openai_setup(tmp_path, api, retrain_extra=None, **plugins) -> dict:
-    backends = {"base": {"kind": "openai", "base_url": api.url + "/v1", "model": "gpt-4o-mini",
-                         "api_key": UPSTREAM_KEY}}
+    backends = {
+        "base": {"kind": "openai", "base_url": api.url + "/v1", "model": "gpt-4o-mini", "api_key": UPSTREAM_KEY}
+    }
     retrain = {"openai": {"backend": "base", "base_model": "gpt-4o-mini-2024-07-18"}, **(retrain_extra or {})}
     return base_config(tmp_path, backends, retrain, **plugins)
 
@@ -156,12 +192,17 @@ def shadow_rows(tmp_path, backend: str) -> list[dict]:
 def ask(gw, content: str):
     client = openai.OpenAI(base_url=gw.url + "/v1", api_key="app-key", max_retries=0, timeout=30)
     return client.chat.completions.with_raw_response.create(
-        model="bot", messages=[{"role": "user", "content": content}])
+        model="bot", messages=[{"role": "user", "content": content}]
+    )
 
 
 def admin(gw, method: str, path: str, body: dict | None = None, token: str = ADMIN):
-    request = urllib.request.Request(gw.url + path, method=method, data=json.dumps(body).encode() if body else None,
-                                     headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    request = urllib.request.Request(
+        gw.url + path,
+        method=method,
+        data=json.dumps(body).encode() if body else None,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(request, timeout=30) as resp:
             return resp.status, json.loads(resp.read())
@@ -171,16 +212,37 @@ def admin(gw, method: str, path: str, body: dict | None = None, token: str = ADM
 
 # --- end to end ---------------------------------------------------------------------------------
 
-def test_bedrock_launch_poll_register_then_shadow_traffic(tmp_path, aws, fake_bedrock, make_gateway, admin_env,
-                                                          capsys):
+
+def test_bedrock_launch_poll_register_then_shadow_traffic(tmp_path, aws, fake_bedrock, make_gateway, admin_env, capsys):
     config = bedrock_setup(tmp_path, aws, fake_bedrock)
     path = write_config(tmp_path, config)
     gw = make_gateway(config)
     dataset = make_dataset(tmp_path / "ds", "bedrock")
 
-    code = cli(["retrain", "launch", "--config", path, "--dataset", str(dataset), "--provider", "bedrock",
-                "--route", "bot", "--name", "bot-ft1", "-p", "epochCount=3", "-p", "batchSize=8",
-                "-p", "learningRateMultiplier=0.5", "-p", "earlyStoppingPatience=2"])
+    code = cli(
+        [
+            "retrain",
+            "launch",
+            "--config",
+            path,
+            "--dataset",
+            str(dataset),
+            "--provider",
+            "bedrock",
+            "--route",
+            "bot",
+            "--name",
+            "bot-ft1",
+            "-p",
+            "epochCount=3",
+            "-p",
+            "batchSize=8",
+            "-p",
+            "learningRateMultiplier=0.5",
+            "-p",
+            "earlyStoppingPatience=2",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     job_id = launched_job_id(out)
@@ -191,8 +253,12 @@ def test_bedrock_launch_poll_register_then_shadow_traffic(tmp_path, aws, fake_be
     # What boto3 sent, as moto recorded it: the uploads and the job with the provider's hyperparameter names.
     created = moto_job(job["provider_job"])
     assert created.job_arn == job["provider_job_arn"]
-    assert created.hyper_parameters == {"epochCount": "3", "batchSize": "8", "learningRateMultiplier": "0.5",
-                                        "earlyStoppingPatience": "2"}
+    assert created.hyper_parameters == {
+        "epochCount": "3",
+        "batchSize": "8",
+        "learningRateMultiplier": "0.5",
+        "earlyStoppingPatience": "2",
+    }
     assert created.base_model_identifier == HAIKU and created.role_arn == ROLE
     assert created.training_data_config["s3Uri"] == f"s3://{BUCKET}/llmgate/retrain/{job_id}/train.jsonl"
     uploaded = aws.s3.get_object(Bucket=BUCKET, Key=f"llmgate/retrain/{job_id}/train.jsonl")["Body"].read()
@@ -200,13 +266,16 @@ def test_bedrock_launch_poll_register_then_shadow_traffic(tmp_path, aws, fake_be
     assert aws.s3.head_object(Bucket=BUCKET, Key=f"llmgate/retrain/{job_id}/validation.jsonl")
 
     # Still training: a poll changes nothing.
-    assert cli(["retrain", "wait", job_id, "--config", path, "--url", gw.url, "--poll-interval", "0.05",
-                "--timeout", "0"]) == 1
+    assert (
+        cli(["retrain", "wait", job_id, "--config", path, "--url", gw.url, "--poll-interval", "0.05", "--timeout", "0"])
+        == 1
+    )
     assert job_status(path, capsys, job_id)[0]["status"] == "training"
 
     created.status = "Completed"  # moto keeps jobs InProgress; the service would finish it
-    code = cli(["retrain", "wait", job_id, "--config", path, "--url", gw.url, "--poll-interval", "0.05",
-                "--timeout", "60"])
+    code = cli(
+        ["retrain", "wait", job_id, "--config", path, "--url", gw.url, "--poll-interval", "0.05", "--timeout", "60"]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     [job] = job_status(path, capsys, job_id)
@@ -215,8 +284,14 @@ def test_bedrock_launch_poll_register_then_shadow_traffic(tmp_path, aws, fake_be
     [(arn, provisioned)] = aws.front.provisioned.items()
     assert provisioned["modelArn"] == created.output_model_arn and provisioned["status"] == "InService"
     assert job["serving_model"] == arn
-    assert [h["status"] for h in job["history"]] == ["starting", "training", "trained", "deploying", "ready",
-                                                     "registered"]
+    assert [h["status"] for h in job["history"]] == [
+        "starting",
+        "training",
+        "trained",
+        "deploying",
+        "ready",
+        "registered",
+    ]
 
     # The gateway serves it now: a backend and a shadow of the route, registered through the admin API (audited).
     status, body = admin(gw, "GET", "/admin/status")
@@ -231,36 +306,59 @@ def test_bedrock_launch_poll_register_then_shadow_traffic(tmp_path, aws, fake_be
         raw = ask(gw, f"where is my order {i}?")
         assert raw.headers["x-llmgate-variant"] == "base"
         assert raw.parse().choices[0].message.content == f"echo: where is my order {i}?"
-    rows = wait_until(lambda: len(shadow_rows(tmp_path, "bot-ft1")) >= 3 and shadow_rows(tmp_path, "bot-ft1"),
-                      what="three shadow comparisons with the new model")
+    rows = wait_until(
+        lambda: len(shadow_rows(tmp_path, "bot-ft1")) >= 3 and shadow_rows(tmp_path, "bot-ft1"),
+        what="three shadow comparisons with the new model",
+    )
     assert all(r["shadow_status"] == 200 and r["primary_backend"] == "base" for r in rows)
     assert {r["shadow_answer"] for r in rows} == {f"echo: where is my order {i}?" for i in range(3)}
     assert arn in [model_id for model_id, _ in fake_bedrock.requests]  # the provisioned model answered
 
 
-def test_openai_launch_polled_and_registered_by_the_daemon_then_shadow_traffic(tmp_path, finetune_api, make_gateway,
-                                                                             admin_env, capsys):
+def test_openai_launch_polled_and_registered_by_the_daemon_then_shadow_traffic(
+    tmp_path, finetune_api, make_gateway, admin_env, capsys
+):
     finetune_api.polls_per_step = 2
     config = openai_setup(tmp_path, finetune_api, {"enabled": True, "poll_interval": 0.05})
     path = write_config(tmp_path, config)
     gw = make_gateway(config)
     dataset = make_dataset(tmp_path / "ds", "openai")
 
-    code = cli(["retrain", "launch", "--config", path, "--dataset", str(dataset), "--provider", "openai",
-                "--route", "bot", "-p", "n_epochs=3", "-p", "batch_size=auto"])
+    code = cli(
+        [
+            "retrain",
+            "launch",
+            "--config",
+            path,
+            "--dataset",
+            str(dataset),
+            "--provider",
+            "openai",
+            "--route",
+            "bot",
+            "-p",
+            "n_epochs=3",
+            "-p",
+            "batch_size=auto",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     job_id = launched_job_id(out)
     [ft_job] = finetune_api.jobs.values()
     assert ft_job["model"] == "gpt-4o-mini-2024-07-18"
-    assert ft_job["method"] == {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3,
-                                                                                         "batch_size": "auto"}}}
+    assert ft_job["method"] == {
+        "type": "supervised",
+        "supervised": {"hyperparameters": {"n_epochs": 3, "batch_size": "auto"}},
+    }
     assert finetune_api.file_bodies[ft_job["training_file"]] == (dataset / "train.jsonl").read_bytes()
     assert finetune_api.file_bodies[ft_job["validation_file"]] == (dataset / "validation.jsonl").read_bytes()
 
     # The daemon's poller (the retrain plugin, enabled) takes it from here.
-    job = wait_until(lambda: (j := job_status(path, capsys, job_id)[0])["status"] == "registered" and j,
-                     what="the daemon registering the fine-tuned model")
+    job = wait_until(
+        lambda: (j := job_status(path, capsys, job_id)[0])["status"] == "registered" and j,
+        what="the daemon registering the fine-tuned model",
+    )
     model = ft_job["fine_tuned_model"]
     assert job["result_model"] == model and job["serving_model"] == model
     name = f"bot-{job_id}"
@@ -268,8 +366,10 @@ def test_openai_launch_polled_and_registered_by_the_daemon_then_shadow_traffic(t
 
     for i in range(2):
         assert ask(gw, f"hello {i}").parse().choices[0].message.content == f"echo: hello {i}"
-    rows = wait_until(lambda: len(shadow_rows(tmp_path, name)) >= 2 and shadow_rows(tmp_path, name),
-                      what="shadow comparisons with the fine-tuned model")
+    rows = wait_until(
+        lambda: len(shadow_rows(tmp_path, name)) >= 2 and shadow_rows(tmp_path, name),
+        what="shadow comparisons with the fine-tuned model",
+    )
     assert all(r["shadow_status"] == 200 for r in rows)
     asked = [body["model"] for body in finetune_api.requests if isinstance(body, dict) and "messages" in body]
     assert asked.count(model) >= 2 and asked.count("gpt-4o-mini") >= 2
@@ -277,10 +377,12 @@ def test_openai_launch_polled_and_registered_by_the_daemon_then_shadow_traffic(t
 
 # --- job state, cancel, refusals ------------------------------------------------------------------
 
+
 async def test_job_state_survives_a_restart(tmp_path, finetune_api):
     """A job launched by one launcher (one process) is found and finished by a new one on the same store."""
     config_path = write_config(tmp_path, openai_setup(tmp_path, finetune_api))
     from gateway.config import load_config
+
     config = load_config(config_path)
     settings = Settings.model_validate(config.settings.plugins["retrain"].model_extra)
     registered = []
@@ -311,12 +413,31 @@ async def test_job_state_survives_a_restart(tmp_path, finetune_api):
 def test_cancel_stops_the_provider_job(tmp_path, aws, fake_bedrock, finetune_api, capsys):
     config = bedrock_setup(tmp_path, aws, fake_bedrock)
     config["plugins"]["retrain"]["openai"] = {"backend": "openai-base", "base_model": "gpt-4o-mini"}
-    config["backends"]["openai-base"] = {"kind": "openai", "base_url": finetune_api.url + "/v1",
-                                         "model": "gpt-4o-mini", "api_key": UPSTREAM_KEY}
+    config["backends"]["openai-base"] = {
+        "kind": "openai",
+        "base_url": finetune_api.url + "/v1",
+        "model": "gpt-4o-mini",
+        "api_key": UPSTREAM_KEY,
+    }
     path = write_config(tmp_path, config)
     for provider, fmt in (("bedrock", "bedrock"), ("openai", "openai")):
-        assert cli(["retrain", "launch", "--config", path, "--dataset", str(make_dataset(tmp_path / fmt, fmt)),
-                    "--provider", provider, "--route", "bot"]) == 0
+        assert (
+            cli(
+                [
+                    "retrain",
+                    "launch",
+                    "--config",
+                    path,
+                    "--dataset",
+                    str(make_dataset(tmp_path / fmt, fmt)),
+                    "--provider",
+                    provider,
+                    "--route",
+                    "bot",
+                ]
+            )
+            == 0
+        )
         job_id = launched_job_id(capsys.readouterr().out)
         assert cli(["retrain", "cancel", job_id, "--config", path]) == 0
         [job] = job_status(path, capsys, job_id)
@@ -332,8 +453,26 @@ def test_cancel_stops_the_provider_job(tmp_path, aws, fake_bedrock, finetune_api
 def test_hyperparameters_out_of_bounds_are_refused_before_anything_is_sent(tmp_path, aws, fake_bedrock, capsys):
     path = write_config(tmp_path, bedrock_setup(tmp_path, aws, fake_bedrock))
     dataset = make_dataset(tmp_path / "ds", "bedrock")
-    code = cli(["retrain", "launch", "--config", path, "--dataset", str(dataset), "--provider", "bedrock",
-                "--route", "bot", "-p", "epochCount=20", "-p", "batchSize=2.5", "-p", "learningRate=0.1"])
+    code = cli(
+        [
+            "retrain",
+            "launch",
+            "--config",
+            path,
+            "--dataset",
+            str(dataset),
+            "--provider",
+            "bedrock",
+            "--route",
+            "bot",
+            "-p",
+            "epochCount=20",
+            "-p",
+            "batchSize=2.5",
+            "-p",
+            "learningRate=0.1",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert f"epochCount=20 is out of bounds for {HAIKU}: 1 to 10 (a whole number)" in err
@@ -341,24 +480,44 @@ def test_hyperparameters_out_of_bounds_are_refused_before_anything_is_sent(tmp_p
     assert "'learningRate' is not a hyperparameter of" in err and "learningRateMultiplier" in err
     assert job_status(path, capsys) == []
     from moto.bedrock.models import bedrock_backends
+
     assert bedrock_backends["123456789012"]["us-east-1"].model_customization_jobs == {}
 
     with pytest.raises(RetrainError, match=r"n_epochs=0 is out of bounds .*: 1 to 50"):
         OpenAIProvider(OpenAIProviderSettings()).check_hyperparameters("gpt-4o-mini", {"n_epochs": "0"})
     with pytest.raises(RetrainError, match="learning_rate_multiplier=0 is out of bounds .*more than 0"):
         OpenAIProvider(OpenAIProviderSettings()).check_hyperparameters("gpt-4o-mini", {"learning_rate_multiplier": 0})
-    assert check_hyperparameters({"learningRate": "5e-5"}, bedrock_bounds("amazon.nova-lite-v1:0:300k"), "nova") == \
-        {"learningRate": 5e-5}
+    assert check_hyperparameters({"learningRate": "5e-5"}, bedrock_bounds("amazon.nova-lite-v1:0:300k"), "nova") == {
+        "learningRate": 5e-5
+    }
 
 
 def test_provider_errors_are_recorded_without_secrets(tmp_path, finetune_api, monkeypatch, capsys):
     monkeypatch.setenv("FT_KEY", "sk-wrong-key-0123456789abcdef")
     config = openai_setup(tmp_path, finetune_api)
-    config["plugins"]["retrain"]["openai"] = {"base_url": finetune_api.url + "/v1", "api_key": "${FT_KEY}",
-                                              "base_model": "gpt-4o-mini"}
+    config["plugins"]["retrain"]["openai"] = {
+        "base_url": finetune_api.url + "/v1",
+        "api_key": "${FT_KEY}",
+        "base_model": "gpt-4o-mini",
+    }
     path = write_config(tmp_path, config)
-    assert cli(["retrain", "launch", "--config", path, "--dataset", str(make_dataset(tmp_path / "ds", "openai")),
-                "--provider", "openai", "--route", "bot"]) == 2
+    assert (
+        cli(
+            [
+                "retrain",
+                "launch",
+                "--config",
+                path,
+                "--dataset",
+                str(make_dataset(tmp_path / "ds", "openai")),
+                "--provider",
+                "openai",
+                "--route",
+                "bot",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "openai refused the job" in err and "Incorrect API key provided" in err
     [job] = job_status(path, capsys)
@@ -369,19 +528,39 @@ def test_provider_errors_are_recorded_without_secrets(tmp_path, finetune_api, mo
 def test_datasets_that_cannot_train_are_refused(tmp_path, aws, fake_bedrock, capsys):
     path = write_config(tmp_path, bedrock_setup(tmp_path, aws, fake_bedrock))
     small = make_dataset(tmp_path / "small", "bedrock", examples=4)
-    assert cli(["retrain", "launch", "--config", path, "--dataset", str(small), "--provider", "bedrock",
-                "--route", "bot"]) == 2
+    assert (
+        cli(["retrain", "launch", "--config", path, "--dataset", str(small), "--provider", "bedrock", "--route", "bot"])
+        == 2
+    )
     assert "4 training examples, fewer than the 10 a job needs" in capsys.readouterr().err
     wrong = make_dataset(tmp_path / "wrong", "openai")
-    assert cli(["retrain", "launch", "--config", path, "--dataset", str(wrong), "--provider", "bedrock",
-                "--route", "bot"]) == 2
+    assert (
+        cli(["retrain", "launch", "--config", path, "--dataset", str(wrong), "--provider", "bedrock", "--route", "bot"])
+        == 2
+    )
     assert "the dataset is in openai format; bedrock needs bedrock" in capsys.readouterr().err
-    assert cli(["retrain", "launch", "--config", path, "--dataset", str(tmp_path / "none"), "--provider", "bedrock",
-                "--route", "bot"]) == 2
+    assert (
+        cli(
+            [
+                "retrain",
+                "launch",
+                "--config",
+                path,
+                "--dataset",
+                str(tmp_path / "none"),
+                "--provider",
+                "bedrock",
+                "--route",
+                "bot",
+            ]
+        )
+        == 2
+    )
     assert "no manifest.json" in capsys.readouterr().err
 
 
 # --- registering models at run time (the core mechanism) -------------------------------------------
+
 
 def registry_config(tmp_path, api, state: dict | None = None) -> dict:
     config = openai_setup(tmp_path, api)
@@ -409,8 +588,12 @@ def test_registration_is_checked_audited_and_survives_a_restart(tmp_path, finetu
         status, body = admin(gw, "POST", "/admin/models", {**model, "reason": "nightly retrain"})
         assert status == 200 and body["serving"] is True
         assert ask(gw, "hi").parse().choices[0].message.content == "echo: hi"
-        wait_until(lambda: any(isinstance(b, dict) and b.get("model") == "ft:gpt-4o-mini:org::x1"
-                               for b in finetune_api.requests), what="a shadow call to the registered model")
+        wait_until(
+            lambda: any(
+                isinstance(b, dict) and b.get("model") == "ft:gpt-4o-mini:org::x1" for b in finetune_api.requests
+            ),
+            what="a shadow call to the registered model",
+        )
         [event] = admin(gw, "GET", "/admin/events?kind=register_model")[1]["events"]
         assert event["reason"] == "nightly retrain" and event["after"] == model["backend"]
         gw.call(gw.app[GATEWAY].reload(parse_config({**config, "prices": {"base": {"input": 1, "output": 2}}})))
@@ -436,8 +619,10 @@ def test_a_registration_reaches_every_replica(tmp_path, finetune_api, redis_url)
     try:
         model = {"name": "bot-ft", "backend": {"like": "base", "model": "ft:gpt-4o-mini:org::r1"}, "shadow": ["bot"]}
         assert admin(first, "POST", "/admin/models", model)[0] == 200
-        wait_until(lambda: admin(second, "GET", "/admin/status")[1]["routes"]["bot"]["shadow"] == ["bot-ft"],
-                   what="the other replica adding the registered model")
+        wait_until(
+            lambda: admin(second, "GET", "/admin/status")[1]["routes"]["bot"]["shadow"] == ["bot-ft"],
+            what="the other replica adding the registered model",
+        )
         assert "bot-ft" in second.app[GATEWAY].backends
     finally:
         first.stop()
@@ -446,18 +631,24 @@ def test_a_registration_reaches_every_replica(tmp_path, finetune_api, redis_url)
 
 # --- the trigger ----------------------------------------------------------------------------------
 
+
 def trigger_gateway(tmp_path, api, make_gateway, dataset, **rule):
     route_rule = {"dataset": str(dataset), "provider": "openai", "min_examples": 10, **rule}
-    config = openai_setup(tmp_path, api, {"enabled": True, "poll_interval": 3600},
-                          retrain_trigger={"enabled": True, "check_interval": 3600, "routes": {"bot": route_rule}})
+    config = openai_setup(
+        tmp_path,
+        api,
+        {"enabled": True, "poll_interval": 3600},
+        retrain_trigger={"enabled": True, "check_interval": 3600, "routes": {"bot": route_rule}},
+    )
     gw = make_gateway(config)
     return gw, gw.app[GATEWAY].pm.get_plugin("retrain_trigger")
 
 
 def test_trigger_schedule_respects_minimum_dataset_and_interval(tmp_path, finetune_api, make_gateway):
     dataset = make_dataset(tmp_path / "ds", "openai", examples=5)
-    gw, trigger = trigger_gateway(tmp_path, finetune_api, make_gateway, dataset, every_seconds=60,
-                                  min_interval_seconds=3600)
+    gw, trigger = trigger_gateway(
+        tmp_path, finetune_api, make_gateway, dataset, every_seconds=60, min_interval_seconds=3600
+    )
     start = time.time()
     assert gw.call(trigger.check_once(start)) == {"bot": "not due"}
     decision = gw.call(trigger.check_once(start + 61))["bot"]
@@ -482,8 +673,14 @@ def test_trigger_schedule_respects_minimum_dataset_and_interval(tmp_path, finetu
 
 def test_trigger_starts_on_drift_below_a_fraction_of_the_baseline(tmp_path, finetune_api, make_gateway):
     dataset = make_dataset(tmp_path / "ds", "openai", examples=20)
-    gw, trigger = trigger_gateway(tmp_path, finetune_api, make_gateway, dataset, min_interval_seconds=0,
-                                  drift={"fraction": 0.8, "window_seconds": 600, "min_samples": 10})
+    gw, trigger = trigger_gateway(
+        tmp_path,
+        finetune_api,
+        make_gateway,
+        dataset,
+        min_interval_seconds=0,
+        drift={"fraction": 0.8, "window_seconds": 600, "min_samples": 10},
+    )
     hook = gw.app[GATEWAY].pm.hook
 
     def report(value, n):

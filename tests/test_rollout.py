@@ -1,5 +1,6 @@
 """Percentage rollout with real traffic: sticky users, canaries, the kill switch, operators' commands,
 state across restarts and across replicas sharing Redis."""
+
 import asyncio
 import json
 import math
@@ -22,20 +23,31 @@ TOKEN = "test-admin-token-0123456789"
 
 
 def route_config(fake, tmp_path, candidates=None, **extra) -> dict:
-    backend = lambda model: {"kind": "openai", "base_url": fake.url + "/v1", "model": model,  # noqa: E731
-                             "api_key": UPSTREAM_KEY}
+    def backend(model):
+        return {
+            "kind": "openai",
+            "base_url": fake.url + "/v1",
+            "model": model,
+            "api_key": UPSTREAM_KEY,
+        }
+
     return {
         "server": {"admin_token": TOKEN},
         "state": {"sqlite_path": str(tmp_path / "state.db")},
         "backends": {"base": backend("m-base"), "cand-a": backend("m-a"), "cand-b": backend("m-b")},
-        "routes": {"bot": {"baseline": "base", "candidates": candidates if candidates is not None
-                           else {"cand-a": 10, "cand-b": 20}}},
+        "routes": {
+            "bot": {
+                "baseline": "base",
+                "candidates": candidates if candidates is not None else {"cand-a": 10, "cand-b": 20},
+            }
+        },
         **extra,
     }
 
 
 def variants_for(url: str, users: list[str], concurrency: int = 32) -> dict[str, str]:
     """Which variant answered each user, through the gateway with the official async SDK."""
+
     async def run():
         client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="app-key", max_retries=0)
         gate = asyncio.Semaphore(concurrency)
@@ -43,17 +55,23 @@ def variants_for(url: str, users: list[str], concurrency: int = 32) -> dict[str,
         async def one(user):
             async with gate:
                 raw = await client.chat.completions.with_raw_response.create(
-                    model="bot", messages=[{"role": "user", "content": "hi"}], user=user)
+                    model="bot", messages=[{"role": "user", "content": "hi"}], user=user
+                )
                 return user, raw.headers["x-llmgate-variant"]
+
         async with client:
             return dict(await asyncio.gather(*(one(u) for u in users)))
+
     return asyncio.run(run())
 
 
 def admin(url: str, method: str, path: str, body: dict | None = None, token: str = TOKEN):
-    request = urllib.request.Request(url + path, method=method, data=json.dumps(body).encode() if body else None,
-                                     headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json",
-                                              "X-LLMgate-Actor": "tester"})
+    request = urllib.request.Request(
+        url + path,
+        method=method,
+        data=json.dumps(body).encode() if body else None,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json", "X-LLMgate-Actor": "tester"},
+    )
     try:
         with urllib.request.urlopen(request) as resp:
             return resp.status, json.loads(resp.read())
@@ -62,8 +80,14 @@ def admin(url: str, method: str, path: str, body: dict | None = None, token: str
 
 
 def cli(url: str, *args, token: str = TOKEN):
-    return subprocess.run([sys.executable, "-m", "gateway", *args, "--url", url], capture_output=True, text=True,
-                          cwd=ROOT, env={**os.environ, "LLMGATE_ADMIN_TOKEN": token}, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args, "--url", url],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "LLMGATE_ADMIN_TOKEN": token},
+        timeout=60,
+    )
 
 
 def within(count: int, n: int, percent: float, sigmas: float = 4.5) -> bool:
@@ -92,8 +116,14 @@ def test_shares_match_percents_and_a_raise_only_moves_baseline_users(fake_openai
 
 
 def test_canary_users_kill_switch_and_rollback(fake_openai, make_gateway, tmp_path):
-    gw = make_gateway(route_config(fake_openai, tmp_path, candidates={"cand-a": 0, "cand-b": 0},
-                                   plugins={"rollout": {"canary": {"bot": {"cand-a": ["vip-1"]}}}}))
+    gw = make_gateway(
+        route_config(
+            fake_openai,
+            tmp_path,
+            candidates={"cand-a": 0, "cand-b": 0},
+            plugins={"rollout": {"canary": {"bot": {"cand-a": ["vip-1"]}}}},
+        )
+    )
     assert variants_for(gw.url, ["vip-1", "someone"]) == {"vip-1": "cand-a", "someone": "base"}
     assert admin(gw.url, "POST", "/admin/routes/bot/canary", {"candidate": "cand-b", "users": ["vip-2"]})[0] == 200
     assert variants_for(gw.url, ["vip-2"]) == {"vip-2": "cand-b"}
@@ -109,8 +139,9 @@ def test_canary_users_kill_switch_and_rollback(fake_openai, make_gateway, tmp_pa
     done = cli(gw.url, "rollback", "bot", "--reason", "answers too long")
     assert done.returncode == 0, done.stderr
     assert "rollback" in done.stdout and "answers too long" in done.stdout
-    assert set(variants_for(gw.url, USERS[:50] + ["vip-1", "vip-2"]).values()) == {"base"}, \
+    assert set(variants_for(gw.url, USERS[:50] + ["vip-1", "vip-2"]).values()) == {"base"}, (
         "a rolled-back candidate gets nobody, canaries included"
+    )
     status = json.loads(cli(gw.url, "status", "--json").stdout)
     assert status["rollout"]["routes"]["bot"]["rolled_back"]["cand-a"]["reason"] == "answers too long"
     assert status["rollout"]["routes"]["bot"]["percents"] == {}
@@ -129,8 +160,10 @@ def test_canary_users_kill_switch_and_rollback(fake_openai, make_gateway, tmp_pa
 
 def test_operator_mistakes_get_clear_errors(fake_openai, make_gateway, tmp_path):
     gw = make_gateway(route_config(fake_openai, tmp_path))
-    assert admin(gw.url, "POST", "/admin/routes/bot/rollout", {"candidate": "cand-a", "percent": 5},
-                 token="wrong")[0] == 401
+    assert (
+        admin(gw.url, "POST", "/admin/routes/bot/rollout", {"candidate": "cand-a", "percent": 5}, token="wrong")[0]
+        == 401
+    )
     status, body = admin(gw.url, "POST", "/admin/routes/bot/rollout", {"candidate": "nope", "percent": 5})
     assert status == 400 and "'nope' is not a candidate of route 'bot'" in body["error"]["message"]
     status, body = admin(gw.url, "POST", "/admin/routes/bot/rollout", {"candidate": "cand-a", "percent": 95})
@@ -140,8 +173,9 @@ def test_operator_mistakes_get_clear_errors(fake_openai, make_gateway, tmp_path)
     status, body = admin(gw.url, "POST", "/admin/routes/bot/rollback", {})
     assert status == 400 and body["error"]["param"] == "reason"
     unauthorized = cli(gw.url, "status", token="")
-    assert unauthorized.returncode == 1 and "401" in unauthorized.stderr \
-        and "LLMGATE_ADMIN_TOKEN" in unauthorized.stderr
+    assert (
+        unauthorized.returncode == 1 and "401" in unauthorized.stderr and "LLMGATE_ADMIN_TOKEN" in unauthorized.stderr
+    )
     unreachable = cli(f"http://127.0.0.1:{free_port()}", "status")
     assert unreachable.returncode == 1 and "cannot reach the gateway" in unreachable.stderr
 
@@ -174,8 +208,9 @@ def test_a_rollout_change_survives_a_restart_and_config_edits_apply(fake_openai,
 
 
 def test_replicas_sharing_redis_apply_a_change_made_on_any_of_them(fake_openai, make_gateway, tmp_path, redis_url):
-    config = route_config(fake_openai, tmp_path, state={"redis_url": redis_url},
-                          plugins={"rollout": {"resync_interval": 3600}})  # so only the change notice can do it
+    config = route_config(
+        fake_openai, tmp_path, state={"redis_url": redis_url}, plugins={"rollout": {"resync_interval": 3600}}
+    )  # so only the change notice can do it
     replicas = [make_gateway(config) for _ in range(3)]
     users = USERS[:200]
     first = variants_for(replicas[0].url, users)
@@ -196,9 +231,21 @@ def test_replicas_sharing_redis_apply_a_change_made_on_any_of_them(fake_openai, 
 def own_redis(tmp_path):
     """A redis-server this test may stop and start again on the same port."""
     import shutil
+
     port = free_port()
-    args = [shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--dir", str(tmp_path)]
+    args = [
+        shutil.which("redis-server"),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(tmp_path),
+    ]
 
     class Server:
         url = f"redis://127.0.0.1:{port}/0"
@@ -206,6 +253,7 @@ def own_redis(tmp_path):
         def start(self):
             self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             import redis
+
             for _ in range(200):
                 try:
                     redis.Redis(port=port).ping()

@@ -1,4 +1,5 @@
 """The local rollout snapshot: replicas on one host may share its path."""
+
 import asyncio
 import json
 import threading
@@ -17,6 +18,7 @@ def test_replicas_writing_one_snapshot_path_at_once_never_fail_and_leave_a_whole
         async def writes():
             for i in range(50):
                 await snapshot.save({"bot": {"percents": {"cand": n * 100 + i}}})
+
         try:
             asyncio.run(writes())
         except Exception as exc:  # pragma: no cover - the failure this test is about

@@ -1,4 +1,5 @@
 """Retries, fallback, the routes a caller sees, readiness, and what the traffic log records."""
+
 import json
 import time
 import urllib.request
@@ -31,13 +32,19 @@ def second_openai():
 def config(fake_openai, second_openai, tmp_path):
     return {
         "backends": {
-            "primary": {"kind": "openai", "base_url": fake_openai.url + "/v1", "model": "m-primary",
-                        "api_key": UPSTREAM_KEY},
+            "primary": {
+                "kind": "openai",
+                "base_url": fake_openai.url + "/v1",
+                "model": "m-primary",
+                "api_key": UPSTREAM_KEY,
+            },
             "spare": {"kind": "openai", "base_url": second_openai.url + "/v1", "model": "m-spare", "api_key": "none"},
             "nokey": {"kind": "anthropic", "model": "claude-x", "api_key": "${LLMGATE_TEST_NO_SUCH_KEY}"},
         },
-        "routes": {"bot": {"baseline": "primary", "fallback": ["spare"], "retries": 1},
-                   "keyless": {"baseline": "nokey", "fallback": ["spare"]}},
+        "routes": {
+            "bot": {"baseline": "primary", "fallback": ["spare"], "retries": 1},
+            "keyless": {"baseline": "nokey", "fallback": ["spare"]},
+        },
         "prices": {"m-primary": {"input": 3.0, "output": 15.0}, "spare": {"input": 1.0, "output": 2.0}},
     }
 
@@ -59,7 +66,8 @@ def test_retryable_error_is_retried_on_the_same_backend(config, make_gateway, fa
     gw = make_gateway(config)
     fake_openai.fail_next(503)
     raw = client(gw).chat.completions.with_raw_response.create(
-        model="bot", messages=[{"role": "user", "content": "hi"}])
+        model="bot", messages=[{"role": "user", "content": "hi"}]
+    )
     assert raw.headers["x-llmgate-variant"] == "primary"
     assert raw.parse().choices[0].message.content == "echo: hi"
     assert len(fake_openai.requests) == 2 and second_openai.requests == []
@@ -69,7 +77,8 @@ def test_exhausted_backend_falls_back_along_the_chain(config, make_gateway, fake
     gw = make_gateway(config)
     fake_openai.fail_next(503, 502)
     raw = client(gw).chat.completions.with_raw_response.create(
-        model="bot", messages=[{"role": "user", "content": "hi"}])
+        model="bot", messages=[{"role": "user", "content": "hi"}]
+    )
     assert raw.headers["x-llmgate-variant"] == "spare"
     assert raw.parse().model == "m-spare"
     assert len(second_openai.requests) == 1
@@ -100,10 +109,12 @@ def test_backend_without_credentials_falls_back(config, make_gateway, second_ope
 def test_request_id_is_kept_when_the_caller_sends_one(config, make_gateway):
     gw = make_gateway(config)
     raw = client(gw).chat.completions.with_raw_response.create(
-        model="bot", messages=[{"role": "user", "content": "hi"}], extra_headers={"x-request-id": "caller-id-42"})
+        model="bot", messages=[{"role": "user", "content": "hi"}], extra_headers={"x-request-id": "caller-id-42"}
+    )
     assert raw.headers["x-request-id"] == "caller-id-42"
     raw = client(gw).chat.completions.with_raw_response.create(
-        model="bot", messages=[{"role": "user", "content": "hi"}], extra_headers={"x-request-id": "bad id\twith tab"})
+        model="bot", messages=[{"role": "user", "content": "hi"}], extra_headers={"x-request-id": "bad id\twith tab"}
+    )
     assert raw.headers["x-request-id"] != "bad id\twith tab" and len(raw.headers["x-request-id"]) == 32
 
 

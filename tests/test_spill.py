@@ -1,4 +1,5 @@
 """The spill file: rows the database refused, kept on disk and written exactly once."""
+
 import asyncio
 import sqlite3
 
@@ -62,7 +63,7 @@ def test_damage_before_the_last_line_is_moved_aside_not_guessed(tmp_path, conn):
     spill = SpillFile(str(path), 1 << 20)
     spill.recover(conn)
     spill.append([(1, "a")])
-    path.write_bytes(path.read_bytes() + b"garbage\n[2, \"b\"]\n")
+    path.write_bytes(path.read_bytes() + b'garbage\n[2, "b"]\n')
     again = SpillFile(str(path), 1 << 20)
     assert again.recover(conn) == 0 and not path.exists()
     [aside] = tmp_path.glob("t.spill.damaged-*")
@@ -85,8 +86,13 @@ def test_a_writer_whose_spill_is_full_keeps_the_batch_in_memory_and_writes_it_af
     async def scenario():
         db = SqliteThread(str(tmp_path / "db"), SCHEMA)
         await db.open()
-        writer = BatchWriter(db, "INSERT INTO t (n, text) VALUES (?, ?)", queue_size=100, batch_size=10,
-                             spill=SpillFile(str(tmp_path / "t.spill"), 120))
+        writer = BatchWriter(
+            db,
+            "INSERT INTO t (n, text) VALUES (?, ?)",
+            queue_size=100,
+            batch_size=10,
+            spill=SpillFile(str(tmp_path / "t.spill"), 120),
+        )
         writer.start()
         blocker = sqlite3.connect(tmp_path / "db", isolation_level=None, timeout=0)
         blocker.execute("BEGIN EXCLUSIVE")
@@ -104,6 +110,7 @@ def test_a_writer_whose_spill_is_full_keeps_the_batch_in_memory_and_writes_it_af
         rows = await db.run(rows_in)
         await db.close()
         return rows
+
     assert [n for n, _ in asyncio.run(scenario())] == [1, 2]
 
 
@@ -111,8 +118,13 @@ def test_a_row_the_database_can_never_take_is_counted_lost_and_costs_no_other_ro
     async def scenario():
         db = SqliteThread(str(tmp_path / "db"), SCHEMA)
         await db.open()
-        writer = BatchWriter(db, "INSERT INTO t (n, text) VALUES (?, ?)", queue_size=100, batch_size=10,
-                             spill=SpillFile(str(tmp_path / "t.spill"), 1 << 20))
+        writer = BatchWriter(
+            db,
+            "INSERT INTO t (n, text) VALUES (?, ?)",
+            queue_size=100,
+            batch_size=10,
+            spill=SpillFile(str(tmp_path / "t.spill"), 1 << 20),
+        )
         blocker = sqlite3.connect(tmp_path / "db", isolation_level=None, timeout=0)
         blocker.execute("BEGIN EXCLUSIVE")  # so the poisoned batch goes through the spill file too
         writer.start()
@@ -128,6 +140,7 @@ def test_a_row_the_database_can_never_take_is_counted_lost_and_costs_no_other_ro
         rows = await db.run(rows_in)
         await db.close()
         return writer, rows
+
     writer, rows = asyncio.run(scenario())
     assert rows == [(1, "a"), (3, "c"), (4, "d")]
     assert writer.lost == 2 and writer.written == 3 and writer.spilled == 0

@@ -1,4 +1,5 @@
 """The state store keeps values and events, the same on SQLite and on a real Redis, across restarts."""
+
 import openai
 
 from gateway.config import StateSettings
@@ -33,6 +34,7 @@ async def test_values_and_events(state_settings):
 
 async def test_expiring_values_are_gone_after_their_ttl_and_apart_from_the_others(state_settings):
     import asyncio
+
     store = open_state_store(state_settings)
     await store.open()
     try:
@@ -73,25 +75,34 @@ async def test_unreachable_redis_is_reported_not_raised():
 
 def test_gateway_readiness_reports_its_state_engine(fake_openai, make_gateway, redis_url):
     from tests.test_routing import get_json
-    gw = make_gateway({"state": {"redis_url": redis_url},
-                       "backends": {"up": {"kind": "openai", "base_url": fake_openai.url + "/v1", "model": "m",
-                                           "api_key": UPSTREAM_KEY}},
-                       "routes": {"bot": {"baseline": "up"}}})
+
+    gw = make_gateway(
+        {
+            "state": {"redis_url": redis_url},
+            "backends": {
+                "up": {"kind": "openai", "base_url": fake_openai.url + "/v1", "model": "m", "api_key": UPSTREAM_KEY}
+            },
+            "routes": {"bot": {"baseline": "up"}},
+        }
+    )
     status, ready = get_json(gw.url + "/readyz")
     assert status == 200 and ready["state_store"] == {"engine": "redis", "reachable": True}
     answer = openai.OpenAI(base_url=gw.url + "/v1", api_key="k", max_retries=0).chat.completions.create(
-        model="bot", messages=[{"role": "user", "content": "hi"}])
+        model="bot", messages=[{"role": "user", "content": "hi"}]
+    )
     assert answer.choices[0].message.content == "echo: hi"
 
 
 async def test_concurrent_updates_are_atomic(state_settings):
     import asyncio
+
     stores = [open_state_store(state_settings) for _ in range(3)]
     for store in stores:
         await store.open()
     try:
-        await asyncio.gather(*(store.update("counter", lambda old: (old or 0) + 1)
-                               for store in stores for _ in range(20)))
+        await asyncio.gather(
+            *(store.update("counter", lambda old: (old or 0) + 1) for store in stores for _ in range(20))
+        )
         assert await stores[0].get("counter") == 60
         old, new = await stores[1].update("counter", lambda old: old * 2)
         assert (old, new) == (60, 120)
@@ -102,6 +113,7 @@ async def test_concurrent_updates_are_atomic(state_settings):
 
 async def test_change_notices_reach_every_store_sharing_the_engine(state_settings):
     import asyncio
+
     stores = [open_state_store(state_settings) for _ in range(2 if state_settings.redis_url else 1)]
     received = [[] for _ in stores]
     for store, inbox in zip(stores, received):

@@ -4,6 +4,7 @@ traceparent passed upstream, shadow calls linked to their request, OTLP export, 
 Spans are read from the tracing plugin's in-memory exporter (`in_memory: true`), or, for export,
 from a real OTLP/HTTP endpoint on loopback that decodes what the SDK's exporter sends.
 """
+
 from __future__ import annotations
 
 import threading
@@ -25,10 +26,12 @@ TRACEPARENT = f"00-{TRACE_ID:032x}-{CALLER_SPAN:016x}-01"
 
 def config(fake, plugins: dict | None = None, **route) -> dict:
     cheap = {**backend_config("openai", fake), "model": "gpt-cheap"}
-    return {"backends": {"base": backend_config("openai", fake), "cheap": cheap},
-            "routes": {"bot": {"baseline": "base", **route}},
-            "prices": {"gpt-test": {"input": 1.0, "output": 1.0}},
-            "plugins": {"tracing": {"in_memory": True}, **(plugins or {})}}
+    return {
+        "backends": {"base": backend_config("openai", fake), "cheap": cheap},
+        "routes": {"bot": {"baseline": "base", **route}},
+        "prices": {"gpt-test": {"input": 1.0, "output": 1.0}},
+        "plugins": {"tracing": {"in_memory": True}, **(plugins or {})},
+    }
 
 
 def spans_of(gw) -> list:
@@ -51,11 +54,18 @@ def server_span(spans):
 
 
 def test_one_trace_from_the_caller_through_hooks_to_the_upstream(fake_openai, make_gateway):
-    gw = make_gateway(config(fake_openai, plugins={"chooser": {"module": "tests.plugins_for_tests:Chooser",
-                                                               "backend": "base"},
-                                                   "raiser": {"module": "tests.plugins_for_tests:Raiser"}}))
-    answer = sdk(gw).chat.completions.create(model="bot", messages=[{"role": "user", "content": "hello there"}],
-                                             user="carol")
+    gw = make_gateway(
+        config(
+            fake_openai,
+            plugins={
+                "chooser": {"module": "tests.plugins_for_tests:Chooser", "backend": "base"},
+                "raiser": {"module": "tests.plugins_for_tests:Raiser"},
+            },
+        )
+    )
+    answer = sdk(gw).chat.completions.create(
+        model="bot", messages=[{"role": "user", "content": "hello there"}], user="carol"
+    )
     spans = wait_until(lambda: (s := spans_of(gw)) and any(x.kind == SpanKind.SERVER for x in s) and s)
 
     root = server_span(spans)
@@ -94,8 +104,12 @@ def test_one_trace_from_the_caller_through_hooks_to_the_upstream(fake_openai, ma
 def test_stream_attempt_span_covers_the_stream_and_failed_attempts_are_spans(fake_openai, make_gateway):
     gw = make_gateway(config(fake_openai, fallback=["cheap"], retries=0))
     fake_openai.fail_next(503)
-    stream = sdk(gw).chat.completions.create(model="bot", messages=[{"role": "user", "content": "a b c"}],
-                                             stream=True, stream_options={"include_usage": True})
+    stream = sdk(gw).chat.completions.create(
+        model="bot",
+        messages=[{"role": "user", "content": "a b c"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     usage = [c.usage for c in stream if c.usage][-1]
     spans = wait_until(lambda: (s := spans_of(gw)) and any(x.kind == SpanKind.SERVER for x in s) and s)
     failed, served = sorted((s for s in spans if s.kind == SpanKind.CLIENT), key=lambda s: s.start_time)
@@ -116,12 +130,14 @@ def test_shadow_call_is_a_span_linked_to_its_request(fake_openai, make_gateway):
     [shadow] = [s for s in spans if s.name == "shadow cheap"]
     assert shadow.parent is None  # off the request path: its own trace ...
     # ... linked to the request's span
-    assert [(link.context.trace_id, link.context.span_id) for link in shadow.links] == \
-        [(TRACE_ID, root.context.span_id)]
+    assert [(link.context.trace_id, link.context.span_id) for link in shadow.links] == [
+        (TRACE_ID, root.context.span_id)
+    ]
     assert shadow.attributes["http.response.status_code"] == 200
     # the shadow's own upstream call carried the shadow span's trace
-    shadow_request = next(h for h, body in zip(fake_openai.headers, fake_openai.requests)
-                          if body["model"] == "gpt-cheap")
+    shadow_request = next(
+        h for h, body in zip(fake_openai.headers, fake_openai.requests) if body["model"] == "gpt-cheap"
+    )
     assert int(header(shadow_request, "traceparent").split("-")[1], 16) == shadow.context.trace_id
 
 
@@ -186,8 +202,13 @@ def test_spans_are_exported_over_otlp_when_configured(fake_openai, make_gateway)
 
 
 def test_bedrock_calls_carry_the_traceparent_too(fake_bedrock, make_gateway):
-    gw = make_gateway({"backends": {"ft": backend_config("bedrock", fake_bedrock)},
-                       "routes": {"bot": {"baseline": "ft"}}, "plugins": {"tracing": {"in_memory": True}}})
+    gw = make_gateway(
+        {
+            "backends": {"ft": backend_config("bedrock", fake_bedrock)},
+            "routes": {"bot": {"baseline": "ft"}},
+            "plugins": {"tracing": {"in_memory": True}},
+        }
+    )
     client = sdk(gw)
     client.chat.completions.create(model="bot", messages=[{"role": "user", "content": "hi"}])
     list(client.chat.completions.create(model="bot", messages=[{"role": "user", "content": "hi"}], stream=True))

@@ -1,6 +1,7 @@
 """`llmgate traffic show` and `llmgate traffic tail` against a real gateway, the exchanges sent with the
 official SDK: one exchange by its x-request-id (with its shadow comparison, the judge's score and the
 user's rating), the admin token, a clear 404, and live traffic followed from a cursor."""
+
 from __future__ import annotations
 
 import json
@@ -23,16 +24,26 @@ TOKEN = "traffic-show-admin-token-0123"
 
 @pytest.fixture
 def gw(fake_openai, make_gateway, tmp_path):
-    backend = lambda model: {"kind": "openai", "base_url": fake_openai.url + "/v1", "model": model,  # noqa: E731
-                             "api_key": UPSTREAM_KEY}
-    return make_gateway({
-        "server": {"admin_token": TOKEN},
-        "backends": {"base": backend("m-base"), "sh": backend("m-shadow")},
-        "routes": {"bot": {"baseline": "base", "shadow": ["sh"]}, "other": {"baseline": "base"}},
-        "prices": {"base": {"input": 3.0, "output": 15.0}, "sh": {"input": 0.5, "output": 1.5}},
-        "plugins": {"shadow": {"path": str(tmp_path / "shadow.db")},
-                    "feedback": {"path": str(tmp_path / "feedback.db")}},
-    })
+    def backend(model):
+        return {
+            "kind": "openai",
+            "base_url": fake_openai.url + "/v1",
+            "model": model,
+            "api_key": UPSTREAM_KEY,
+        }
+
+    return make_gateway(
+        {
+            "server": {"admin_token": TOKEN},
+            "backends": {"base": backend("m-base"), "sh": backend("m-shadow")},
+            "routes": {"bot": {"baseline": "base", "shadow": ["sh"]}, "other": {"baseline": "base"}},
+            "prices": {"base": {"input": 3.0, "output": 15.0}, "sh": {"input": 0.5, "output": 1.5}},
+            "plugins": {
+                "shadow": {"path": str(tmp_path / "shadow.db")},
+                "feedback": {"path": str(tmp_path / "feedback.db")},
+            },
+        }
+    )
 
 
 @pytest.fixture
@@ -64,14 +75,19 @@ def logged(url: str, request_id: str) -> dict | None:
 
 def test_show_names_what_answered_how_it_went_and_what_others_stored(gw, admin_env, capsys):
     request_id = chat(gw.url)
-    found = wait_until(lambda: (b := logged(gw.url, request_id)) and b["shadow_comparisons"] and b,
-                       "the exchange and its shadow comparison")
+    found = wait_until(
+        lambda: (b := logged(gw.url, request_id)) and b["shadow_comparisons"] and b,
+        "the exchange and its shadow comparison",
+    )
     assert found["exchange"]["route"] == "bot" and found["matches"] == 1
     shadow = gw.app[GATEWAY].pm.get_plugin("shadow")
     assert gw.call(shadow.set_judge_score(request_id, "sh", 0.75))
-    rating = urllib.request.Request(gw.url + "/v1/feedback", method="POST",
-                                    headers={"Content-Type": "application/json"},
-                                    data=json.dumps({"request_id": request_id, "rating": "helpful"}).encode())
+    rating = urllib.request.Request(
+        gw.url + "/v1/feedback",
+        method="POST",
+        headers={"Content-Type": "application/json"},
+        data=json.dumps({"request_id": request_id, "rating": "helpful"}).encode(),
+    )
     urllib.request.urlopen(rating).read()
 
     assert main(["traffic", "show", request_id, "--url", gw.url]) == 0
@@ -119,8 +135,11 @@ def test_tail_prints_the_latest_then_each_new_exchange_of_its_route(gw):
     first = [chat(gw.url, text=f"before {i}") for i in range(2)]
     wait_until(lambda: all(logged(gw.url, i) for i in first), "the first exchanges logged")
     seen: list[dict] = []
-    tail = threading.Thread(target=follow, daemon=True, kwargs=dict(
-        client=AdminClient(gw.url, TOKEN), route="bot", lines=2, count=5, interval=0.05, emit=seen.append))
+    tail = threading.Thread(
+        target=follow,
+        daemon=True,
+        kwargs=dict(client=AdminClient(gw.url, TOKEN), route="bot", lines=2, count=5, interval=0.05, emit=seen.append),
+    )
     tail.start()
     wait_until(lambda: len(seen) == 2, "the latest two exchanges")
     chat(gw.url, route="other")  # another route's: not followed
@@ -163,7 +182,13 @@ def test_the_cursor_pages_through_without_gaps_or_repeats(gw):
 
 def test_a_gateway_without_the_traffic_log_says_so(fake_openai, make_gateway, admin_env, capsys):
     backend = {"kind": "openai", "base_url": fake_openai.url + "/v1", "model": "m", "api_key": UPSTREAM_KEY}
-    gw = make_gateway({"server": {"admin_token": TOKEN}, "backends": {"b": backend}, "routes": {"r": {"baseline": "b"}},
-                       "plugins": {"traffic_log": {"enabled": False}}})
+    gw = make_gateway(
+        {
+            "server": {"admin_token": TOKEN},
+            "backends": {"b": backend},
+            "routes": {"r": {"baseline": "b"}},
+            "plugins": {"traffic_log": {"enabled": False}},
+        }
+    )
     assert main(["traffic", "show", "abc", "--url", gw.url]) == 1
     assert "is the traffic_log plugin enabled on that gateway?" in capsys.readouterr().err

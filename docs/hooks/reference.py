@@ -16,6 +16,7 @@ reference cannot drift from the code:
 An unknown marker, and a built-in plugin with settings whose options no page shows, are warnings,
 which `mkdocs build --strict` turns into a failed build.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,6 +45,7 @@ _shown_options: set[str] = set()
 
 # --- markdown helpers ---------------------------------------------------------------------------
 
+
 def text(value: str) -> str:
     """Plain text for a table cell or a paragraph: HTML-significant characters escaped outside code spans."""
     parts = re.split(r"(`[^`]*`)", value)
@@ -52,8 +54,13 @@ def text(value: str) -> str:
         if part.startswith("`") and part.endswith("`") and len(part) > 1:
             out.append(part)
         else:
-            out.append(part.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-                       .replace("*", r"\*").replace("|", r"\|"))
+            out.append(
+                part.replace("&", "&amp;")
+                .replace("<", "&lt;")
+                .replace(">", "&gt;")
+                .replace("*", r"\*")
+                .replace("|", r"\|")
+            )
     return "".join(out)
 
 
@@ -77,8 +84,10 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 # --- pydantic settings models -------------------------------------------------------------------
 
+
 def _base_model() -> type:
     from pydantic import BaseModel
+
     return BaseModel
 
 
@@ -124,8 +133,16 @@ def type_name(tp: Any) -> str:
 
 
 def _constraints(field: Any) -> str:
-    symbols = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<", "min_length": "min length", "max_length": "max length",
-               "pattern": "matches", "multiple_of": "multiple of"}
+    symbols = {
+        "ge": ">=",
+        "gt": ">",
+        "le": "<=",
+        "lt": "<",
+        "min_length": "min length",
+        "max_length": "max length",
+        "pattern": "matches",
+        "multiple_of": "multiple of",
+    }
     found = []
     for meta in field.metadata:
         for attribute, symbol in symbols.items():
@@ -138,6 +155,7 @@ def _constraints(field: Any) -> str:
 def _default(field: Any) -> tuple[bool, Any]:
     """(required, default value)."""
     from pydantic_core import PydanticUndefined
+
     if field.is_required():
         return True, None
     if field.default_factory is not None:
@@ -191,8 +209,11 @@ def _class_source_notes(model: type) -> dict[str, str]:
             continue
         name = node.target.id
         following = body[i + 1] if i + 1 < len(body) else None
-        if (isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
-                and isinstance(following.value.value, str)):
+        if (
+            isinstance(following, ast.Expr)
+            and isinstance(following.value, ast.Constant)
+            and isinstance(following.value.value, str)
+        ):
             notes[name] = inspect.cleandoc(following.value.value)
             continue
         line = lines[node.end_lineno - 1]
@@ -212,7 +233,7 @@ def _trailing_comment(line: str) -> str | None:
         elif ch in "'\"":
             quote = ch
         elif ch == "#":
-            return line[i + 1:].strip() or None
+            return line[i + 1 :].strip() or None
     return None
 
 
@@ -273,9 +294,11 @@ def settings_table(model: type, prefix: str = "", skip: frozenset[str] = frozens
 
 # --- the sections -------------------------------------------------------------------------------
 
+
 def plugin_settings() -> dict[str, type]:
     """Built-in plugin name -> its Settings model, for those that have one."""
     from gateway.plugins import DEFAULT_PLUGINS
+
     found = {}
     for name, target in DEFAULT_PLUGINS.items():
         module_name, _, attribute = target.partition(":")
@@ -291,24 +314,30 @@ def plugin_settings() -> dict[str, type]:
 def options_section(name: str, where: str) -> str:
     models = plugin_settings()
     if name not in models:
-        log.warning("<!-- options: %s -->: no built-in plugin with a Settings model is called that (known: %s)",
-                    name, ", ".join(sorted(models)))
+        log.warning(
+            "<!-- options: %s -->: no built-in plugin with a Settings model is called that (known: %s)",
+            name,
+            ", ".join(sorted(models)),
+        )
         return ""
     _shown_options.add(name)
     link = posixpath.relpath("configuration.md", posixpath.dirname(where) or ".")
-    return (f"Options of `plugins.{name}` (from its `Settings` model), beside the "
-            f"[keys every plugin section takes]({link}#plugins):\n\n"
-            + settings_table(models[name], "", frozenset()))
+    return (
+        f"Options of `plugins.{name}` (from its `Settings` model), beside the "
+        f"[keys every plugin section takes]({link}#plugins):\n\n" + settings_table(models[name], "", frozenset())
+    )
 
 
 def backend_kinds() -> dict[str, type]:
     from gateway.backends import BuiltinBackends
+
     return BuiltinBackends({}).register_backend_kinds()
 
 
 def config_section(name: str) -> str:
     from gateway import config
     from gateway.backends import BackendSettings
+
     if name == "server":
         return settings_table(config.ServerSettings, "server.")
     if name == "state":
@@ -348,8 +377,9 @@ def hookspecs_section() -> str:
     tree = ast.parse(path.read_text(encoding="utf-8"))
     intro = ast.get_docstring(tree) or ""
     parts = [text(paragraph.replace("\n", " ")) + "\n" for paragraph in intro.split("\n\n") if paragraph.strip()]
-    nodes = {node.name: node for node in tree.body
-             if isinstance(node, ast.FunctionDef) and node.name in hookspecs.SPECS}
+    nodes = {
+        node.name: node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name in hookspecs.SPECS
+    }
     for phase in hookspecs.PHASES:
         parts += [f"### {phase[0].upper()}{phase[1:]}", ""]
         for name in [name for name, where in hookspecs.SPECS.items() if where == phase]:
@@ -363,8 +393,16 @@ def hookspecs_section() -> str:
                 how.append("in reverse plugin order")
             decorators = "\n".join(f"@{ast.unparse(d)}" for d in node.decorator_list)
             doc = ast.get_docstring(node) or ""
-            parts += [f"#### `{name}`", "", "```python", f"{decorators}\ndef {name}({ast.unparse(node.args)}): ...",
-                      "```", "", f"_Called: {'; '.join(how)}._", ""]
+            parts += [
+                f"#### `{name}`",
+                "",
+                "```python",
+                f"{decorators}\ndef {name}({ast.unparse(node.args)}): ...",
+                "```",
+                "",
+                f"_Called: {'; '.join(how)}._",
+                "",
+            ]
             parts += [text(paragraph.replace("\n", " ")) + "\n" for paragraph in doc.split("\n\n") if paragraph.strip()]
     if not nodes:
         log.warning("<!-- hookspecs -->: no hookspec found in %s", path)
@@ -439,6 +477,7 @@ def _command(parser: argparse.ArgumentParser, help_text: str, level: int) -> lis
 
 def cli_section() -> str:
     from gateway.cli import build_parser
+
     parser = build_parser()
     parts = ["```text", _usage(parser), "```", ""]
     for _name, help_text, sub in _subcommands(parser):
@@ -449,8 +488,11 @@ def cli_section() -> str:
 def parameters_section() -> str:
     """The parameter table: one row per chat parameter (then the fields inside messages), a column per kind."""
     from gateway.backends.params import KINDS, NOTES, POLICY, is_field
-    rows = [[code(name), *(cell(POLICY[name][kind]) for kind in KINDS), cell(NOTES.get(name, ""))]
-            for name in sorted(POLICY, key=is_field)]
+
+    rows = [
+        [code(name), *(cell(POLICY[name][kind]) for kind in KINDS), cell(NOTES.get(name, ""))]
+        for name in sorted(POLICY, key=is_field)
+    ]
     return table(["parameter", *KINDS, "how"], rows)
 
 
@@ -468,6 +510,7 @@ def render(kind: str, name: str | None, where: str) -> str:
 
 
 # --- MkDocs events ------------------------------------------------------------------------------
+
 
 def on_pre_build(config: Any, **kwargs: Any) -> None:
     _shown_options.clear()
@@ -489,5 +532,9 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any, **kwargs
 def on_post_build(config: Any, **kwargs: Any) -> None:
     missing = sorted(set(plugin_settings()) - _shown_options)
     for name in missing:
-        log.warning("the built-in plugin %r has settings but no page shows them: add <!-- options: %s --> "
-                    "to its page under docs/plugins/", name, name)
+        log.warning(
+            "the built-in plugin %r has settings but no page shows them: add <!-- options: %s --> "
+            "to its page under docs/plugins/",
+            name,
+            name,
+        )

@@ -13,6 +13,7 @@ and the PII replaced per kind. Each record is dropped for the first reason that 
 
 A command-line module only: no hooks run while the gateway serves.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -77,7 +78,7 @@ class BuildOptions:
 class Example:
     request_id: str
     ts: float
-    line: str                # the record in the output format, as written
+    line: str  # the record in the output format, as written
     pii: Counter = field(default_factory=Counter)
 
 
@@ -90,6 +91,7 @@ class Drop(Exception):
 
 
 # --- conversations from logged exchanges ----------------------------------------------------------
+
 
 def _text(content: Any) -> str:
     """A message's text; content parts other than text cannot go into a text dataset."""
@@ -153,8 +155,9 @@ def scrub_conversation(conversation: dict[str, Any]) -> tuple[dict[str, Any], Co
 
 
 def _check_lengths(conversation: dict[str, Any], options: BuildOptions) -> None:
-    texts = ([conversation["system"]] if conversation.get("system") else []) + \
-        [m["content"] for m in conversation["messages"]]
+    texts = ([conversation["system"]] if conversation.get("system") else []) + [
+        m["content"] for m in conversation["messages"]
+    ]
     if any(len(t.strip()) < options.min_chars for t in texts):
         raise Drop("too_short", f"a message shorter than {options.min_chars} characters")
     if any(len(t) > options.max_chars for t in texts):
@@ -163,9 +166,11 @@ def _check_lengths(conversation: dict[str, Any], options: BuildOptions) -> None:
 
 # --- selection -------------------------------------------------------------------------------------
 
+
 @dataclass
 class Selection:
     """The joins the filters need: judge scores and feedback by request id."""
+
     judge: dict[str, float]
     feedback: dict[str, dict[str, Any]]
 
@@ -203,6 +208,7 @@ class Selection:
 
 # --- the build -------------------------------------------------------------------------------------
 
+
 def _dumps(record: dict[str, Any]) -> str:
     return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
 
@@ -224,8 +230,9 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def select_examples(records: Iterable[dict[str, Any]], selection: Selection, options: BuildOptions,
-                    dropped: Counter, seen_range: list) -> list[Example]:
+def select_examples(
+    records: Iterable[dict[str, Any]], selection: Selection, options: BuildOptions, dropped: Counter, seen_range: list
+) -> list[Example]:
     """Records that pass the filters and cleaning, oldest first; `dropped` counts the others by reason."""
     fmt = options.format
     exact: set[str] = set()
@@ -262,8 +269,11 @@ def split_examples(examples: list[Example], options: BuildOptions, dropped: Coun
     """Seeded, order-free split: examples sorted by a hash of the seed and their content."""
     ordered = sorted(examples, key=lambda e: hashlib.sha256(f"{options.seed}\x1f{e.line}".encode()).digest())
     n_train, n_validation, _ = _split_sizes(len(ordered), options.split)
-    parts = {"train": ordered[:n_train], "validation": ordered[n_train:n_train + n_validation],
-             "test": ordered[n_train + n_validation:]}
+    parts = {
+        "train": ordered[:n_train],
+        "validation": ordered[n_train : n_train + n_validation],
+        "test": ordered[n_train + n_validation :],
+    }
     for name, limit in options.format.max_records.items():
         if len(parts[name]) > limit:  # the provider refuses bigger files: keep the first `limit`
             dropped["over_provider_limit"] += len(parts[name]) - limit
@@ -301,8 +311,12 @@ def build(config: Config, options: BuildOptions) -> dict[str, Any]:
                 f.write(example.line + "\n")
         report = validate_file(path, options.format, name)
         problems += [f"{path.name}: {p}" for p in report.problems]
-        files[path.name] = {"records": len(parts[name]), "sha256": _sha256(path), "bytes": path.stat().st_size,
-                            "valid": report.ok}
+        files[path.name] = {
+            "records": len(parts[name]),
+            "sha256": _sha256(path),
+            "bytes": path.stat().st_size,
+            "valid": report.ok,
+        }
     for example in written:
         pii.update(example.pii)
     kept_ts = [e.ts for e in written if e.ts is not None]
@@ -312,24 +326,40 @@ def build(config: Config, options: BuildOptions) -> dict[str, Any]:
         "format": options.format.name,
         "format_limits": options.format.limits(),
         "filters": {
-            "route": options.route, "since": _iso(options.since), "until": _iso(options.until),
-            "variants": options.variants, "statuses": list(options.statuses),
-            "min_judge_score": options.min_judge_score, "feedback": options.feedback,
+            "route": options.route,
+            "since": _iso(options.since),
+            "until": _iso(options.until),
+            "variants": options.variants,
+            "statuses": list(options.statuses),
+            "min_judge_score": options.min_judge_score,
+            "feedback": options.feedback,
         },
-        "cleaning": {"min_chars_per_message": options.min_chars, "max_chars_per_message": options.max_chars,
-                     "near_duplicate_threshold": options.near_duplicate_threshold, "pii_kinds": list(KINDS)},
+        "cleaning": {
+            "min_chars_per_message": options.min_chars,
+            "max_chars_per_message": options.max_chars,
+            "near_duplicate_threshold": options.near_duplicate_threshold,
+            "pii_kinds": list(KINDS),
+        },
         "split": {"shares": dict(zip(SPLITS, options.split)), "seed": options.seed},
-        "source": {**traffic_source.describe_source(config),
-                   "time_range": {"first": _iso(seen_range[0]), "last": _iso(seen_range[1])},
-                   "judge_scores": traffic_source.shadow_path(config) if options.min_judge_score is not None else None,
-                   "feedback": traffic_source.feedback_path(config) if options.feedback else None},
-        "counts": {"read": read, "kept": len(written), **{name: len(parts[name]) for name in SPLITS},
-                   "dropped": sum(dropped.values())},
+        "source": {
+            **traffic_source.describe_source(config),
+            "time_range": {"first": _iso(seen_range[0]), "last": _iso(seen_range[1])},
+            "judge_scores": traffic_source.shadow_path(config) if options.min_judge_score is not None else None,
+            "feedback": traffic_source.feedback_path(config) if options.feedback else None,
+        },
+        "counts": {
+            "read": read,
+            "kept": len(written),
+            **{name: len(parts[name]) for name in SPLITS},
+            "dropped": sum(dropped.values()),
+        },
         "dropped": {reason: dropped[reason] for reason in REASONS if dropped[reason]},
         "drop_reasons": {reason: why for reason, why in REASONS.items() if dropped[reason]},
         "pii_replaced": {kind: pii[kind] for kind in KINDS},
-        "kept_time_range": {"first": _iso(min(kept_ts)) if kept_ts else None,
-                            "last": _iso(max(kept_ts)) if kept_ts else None},
+        "kept_time_range": {
+            "first": _iso(min(kept_ts)) if kept_ts else None,
+            "last": _iso(max(kept_ts)) if kept_ts else None,
+        },
         "files": files,
         "problems": problems,
     }
@@ -341,17 +371,30 @@ def build(config: Config, options: BuildOptions) -> dict[str, Any]:
 
 # --- the command line (parsed by commands.py) ------------------------------------------------------
 
+
 def cmd_build(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     options = BuildOptions(
-        route=args.route, format=make_format(args.format, args.max_tokens), out=Path(args.out),
-        since=args.since, until=args.until,
-        variants=args.variant, statuses=tuple(args.status or (200,)), min_judge_score=args.min_judge_score,
-        feedback=args.feedback, min_chars=args.min_chars, max_chars=args.max_chars,
-        near_duplicate_threshold=args.near_duplicate_threshold, split=args.split, seed=args.seed)
+        route=args.route,
+        format=make_format(args.format, args.max_tokens),
+        out=Path(args.out),
+        since=args.since,
+        until=args.until,
+        variants=args.variant,
+        statuses=tuple(args.status or (200,)),
+        min_judge_score=args.min_judge_score,
+        feedback=args.feedback,
+        min_chars=args.min_chars,
+        max_chars=args.max_chars,
+        near_duplicate_threshold=args.near_duplicate_threshold,
+        split=args.split,
+        seed=args.seed,
+    )
     if args.route not in config.settings.routes:
-        print(f"llmgate: note: route '{args.route}' is not in {config.source}; reading its logged traffic anyway",
-              file=sys.stderr)
+        print(
+            f"llmgate: note: route '{args.route}' is not in {config.source}; reading its logged traffic anyway",
+            file=sys.stderr,
+        )
     try:
         manifest = build(config, options)
     except traffic_source.SourceError as exc:
@@ -361,9 +404,11 @@ def cmd_build(args: argparse.Namespace) -> int:
         print(json.dumps(manifest, indent=2))
     else:
         counts = manifest["counts"]
-        print(f"{options.out}: {counts['kept']} of {counts['read']} exchanges of route '{options.route}' "
-              f"({options.format.name}): train {counts['train']}, validation {counts['validation']}, "
-              f"test {counts['test']}")
+        print(
+            f"{options.out}: {counts['kept']} of {counts['read']} exchanges of route '{options.route}' "
+            f"({options.format.name}): train {counts['train']}, validation {counts['validation']}, "
+            f"test {counts['test']}"
+        )
         if manifest["dropped"]:
             print("  dropped: " + ", ".join(f"{reason} {n}" for reason, n in manifest["dropped"].items()))
         replaced = {k: v for k, v in manifest["pii_replaced"].items() if v}

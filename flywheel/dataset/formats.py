@@ -17,6 +17,7 @@ rules (the limits are fields, so a newer model's can be passed in):
 Tokens are estimated from characters (no tokenizer is shipped for either provider's models):
 `chars_per_token` 4 for OpenAI (its rule of thumb), 6 for Bedrock (its own quota rule).
 """
+
 from __future__ import annotations
 
 import json
@@ -31,6 +32,7 @@ SPLITS = ("train", "validation", "test")
 @dataclass
 class Report:
     """What validating one file found: its record count and every problem, `line N: ...` first."""
+
     records: int = 0
     problems: list[str] = field(default_factory=list)
     bad_lines: list[int] = field(default_factory=list)
@@ -76,8 +78,12 @@ class ChatFormat:
         return problems
 
     def limits(self) -> dict[str, Any]:
-        return {"max_tokens_per_record": self.max_tokens_per_record, "chars_per_token": self.chars_per_token,
-                "min_records": self.min_records, "max_records": self.max_records}
+        return {
+            "max_tokens_per_record": self.max_tokens_per_record,
+            "chars_per_token": self.chars_per_token,
+            "min_records": self.min_records,
+            "max_records": self.max_records,
+        }
 
 
 def _characters(record: dict[str, Any]) -> int:
@@ -99,8 +105,7 @@ _OPENAI_RECORD_KEYS = {"messages", "tools", "functions", "parallel_tool_calls"}
 
 class OpenAIChat(ChatFormat):
     def __init__(self, max_tokens_per_record: int = 65_536):
-        super().__init__("openai", max_tokens_per_record, chars_per_token=4,
-                         min_records={"train": 10}, max_records={})
+        super().__init__("openai", max_tokens_per_record, chars_per_token=4, min_records={"train": 10}, max_records={})
 
     def convert(self, conversation: dict[str, Any]) -> dict[str, Any]:
         system = [{"role": "system", "content": conversation["system"]}] if conversation.get("system") else []
@@ -123,8 +128,10 @@ class OpenAIChat(ChatFormat):
             if role not in _OPENAI_ROLES:
                 problems.append(f"{where}: unknown role {role!r}")
             content = message.get("content")
-            if not (_is_text(content)
-                    or (role == "assistant" and (message.get("tool_calls") or message.get("function_call")))):
+            if not (
+                _is_text(content)
+                or (role == "assistant" and (message.get("tool_calls") or message.get("function_call")))
+            ):
                 problems.append(f"{where}: 'content' must be non-empty text")
             if "weight" in message and (role != "assistant" or message["weight"] not in (0, 1)):
                 problems.append(f"{where}: 'weight' is allowed on assistant messages only, as 0 or 1")
@@ -135,9 +142,13 @@ class OpenAIChat(ChatFormat):
 
 class BedrockConversation(ChatFormat):
     def __init__(self, max_tokens_per_record: int = 32_000):
-        super().__init__("bedrock", max_tokens_per_record, chars_per_token=6,
-                         min_records={"train": 32, "validation": 32},
-                         max_records={"train": 10_000, "validation": 1_000})
+        super().__init__(
+            "bedrock",
+            max_tokens_per_record,
+            chars_per_token=6,
+            min_records={"train": 32, "validation": 32},
+            max_records={"train": 10_000, "validation": 1_000},
+        )
 
     def convert(self, conversation: dict[str, Any]) -> dict[str, Any]:
         record: dict[str, Any] = {}
@@ -149,8 +160,9 @@ class BedrockConversation(ChatFormat):
     def shape_problems(self, record: Any) -> list[str]:
         if not isinstance(record, dict):
             return [f"a record must be a JSON object, got {type(record).__name__}"]
-        problems = [f"unknown key '{key}' (only 'system' and 'messages')" for key in record
-                    if key not in ("system", "messages")]
+        problems = [
+            f"unknown key '{key}' (only 'system' and 'messages')" for key in record if key not in ("system", "messages")
+        ]
         if "system" in record and not isinstance(record["system"], str):
             problems.append("'system' must be text")
         messages = record.get("messages")
@@ -161,12 +173,16 @@ class BedrockConversation(ChatFormat):
             if not isinstance(message, dict):
                 problems.append(f"{where} must be an object")
                 continue
-            problems += [f"{where}: unknown key '{key}' (only 'role' and 'content')" for key in message
-                         if key not in ("role", "content")]
+            problems += [
+                f"{where}: unknown key '{key}' (only 'role' and 'content')"
+                for key in message
+                if key not in ("role", "content")
+            ]
             expected = "user" if i % 2 == 0 else "assistant"
             if message.get("role") != expected:
-                problems.append(f"{where}: role must be '{expected}' (user first, then alternating), "
-                                f"got {message.get('role')!r}")
+                problems.append(
+                    f"{where}: role must be '{expected}' (user first, then alternating), got {message.get('role')!r}"
+                )
             if not _is_text(message.get("content")):
                 problems.append(f"{where}: 'content' must be non-empty text")
         if isinstance(messages[-1], dict) and messages[-1].get("role") != "assistant":

@@ -8,6 +8,7 @@ a candidate is a duplicate when the exact Jaccard similarity of the two 5-gram s
 `threshold`. The bands only find candidates; the exact check decides. Deterministic (no salted
 hashes), so the same input keeps the same texts on every run.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -31,7 +32,7 @@ def shingles(normalised: str) -> set[int]:
     if len(normalised) <= SHINGLE:
         return {zlib.crc32(normalised.encode())}
     data = normalised.encode()
-    return set(map(zlib.crc32, [data[i:i + SHINGLE] for i in range(len(data) - SHINGLE + 1)]))
+    return set(map(zlib.crc32, [data[i : i + SHINGLE] for i in range(len(data) - SHINGLE + 1)]))
 
 
 def signature(hashes: set[int]) -> list[int]:
@@ -68,8 +69,10 @@ class NearDuplicateIndex:
         grams = shingles(normalised)
         rows = BINS // BANDS
         sig = signature(grams)
-        bands = [(band, hashlib.blake2b(repr(sig[band * rows:(band + 1) * rows]).encode(), digest_size=8).digest())
-                 for band in range(BANDS)]
+        bands = [
+            (band, hashlib.blake2b(repr(sig[band * rows : (band + 1) * rows]).encode(), digest_size=8).digest())
+            for band in range(BANDS)
+        ]
         checked: set[int] = set()
         for band in bands:
             for index in self._buckets.get(band, ()):

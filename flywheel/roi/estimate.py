@@ -16,6 +16,7 @@ applies that share to the candidate's prompt tokens, and nothing is assumed when
 
 A command-line module only: no hooks run while the gateway serves; commands.py parses the arguments.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,15 +44,24 @@ def price_of(config: Config, name: str) -> Price:
     backend = config.settings.backends.get(name) or {}
     price = config.price_for(name, backend.get("model"))
     if price is None:
-        raise RoiError(f"no price for '{name}': add prices.{name}: {{input: ..., output: ...}} "
-                       "(USD per million tokens) to the config")
+        raise RoiError(
+            f"no price for '{name}': add prices.{name}: {{input: ..., output: ...}} "
+            "(USD per million tokens) to the config"
+        )
     return price
 
 
 def usage_of(records: Iterable[dict[str, Any]], statuses: tuple[int, ...] = (200,)) -> dict[str, Any]:
     """Requests, prompt and completion tokens, and logged cost of the answered exchanges."""
-    usage = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "logged_cost_usd": 0.0,
-             "without_usage": 0, "first_ts": None, "last_ts": None}
+    usage = {
+        "requests": 0,
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "logged_cost_usd": 0.0,
+        "without_usage": 0,
+        "first_ts": None,
+        "last_ts": None,
+    }
     for record in records:
         if record.get("status") not in statuses:
             continue
@@ -81,15 +91,24 @@ def _cost(price: Price, prompt_tokens: float, completion_tokens: float) -> float
     return (prompt_tokens * price.input + completion_tokens * price.output) / 1e6
 
 
-def compute(usage: dict[str, Any], *, window_days: float, current: Price, candidate: Price,
-            one_off_usd: float, fixed_monthly_usd: float = 0.0, prompt_reduction: float = 0.0) -> dict[str, Any]:
+def compute(
+    usage: dict[str, Any],
+    *,
+    window_days: float,
+    current: Price,
+    candidate: Price,
+    one_off_usd: float,
+    fixed_monthly_usd: float = 0.0,
+    prompt_reduction: float = 0.0,
+) -> dict[str, Any]:
     """The break-even figures for `usage` observed over `window_days` (see the module's formulas)."""
     if usage["requests"] == 0:
         raise RoiError("no answered exchange with token counts in the window: nothing to project from")
     per_day = 1 / window_days
     current_daily = _cost(current, usage["prompt_tokens"], usage["completion_tokens"]) * per_day
-    candidate_daily = _cost(candidate, usage["prompt_tokens"] * (1 - prompt_reduction),
-                            usage["completion_tokens"]) * per_day
+    candidate_daily = (
+        _cost(candidate, usage["prompt_tokens"] * (1 - prompt_reduction), usage["completion_tokens"]) * per_day
+    )
     monthly_saving = (current_daily - candidate_daily) * 30 - fixed_monthly_usd
     if monthly_saving > 0:
         break_even_days = one_off_usd / (monthly_saving / 30)
@@ -133,30 +152,50 @@ def cmd_roi(args: argparse.Namespace) -> int:
         trained_tokens = None
         if one_off is None:
             if args.dataset is None or args.training_price is None:
-                raise RoiError("give the training cost: --training-cost USD, or --dataset DIR with "
-                               "--training-price USD per million tokens (and --epochs)")
+                raise RoiError(
+                    "give the training cost: --training-cost USD, or --dataset DIR with "
+                    "--training-price USD per million tokens (and --epochs)"
+                )
             trained_tokens = training_tokens(Path(args.dataset)) * args.epochs
             one_off = trained_tokens * args.training_price / 1e6
         since, until = args.since, args.until
         usage = usage_of(traffic_source.iter_records(config, route=args.route, since=since, until=until))
-        result = compute(usage, window_days=_window(usage, since, until, time.time()), current=current,
-                         candidate=candidate, one_off_usd=one_off, fixed_monthly_usd=args.fixed_monthly,
-                         prompt_reduction=args.prompt_reduction / 100)
+        result = compute(
+            usage,
+            window_days=_window(usage, since, until, time.time()),
+            current=current,
+            candidate=candidate,
+            one_off_usd=one_off,
+            fixed_monthly_usd=args.fixed_monthly,
+            prompt_reduction=args.prompt_reduction / 100,
+        )
     except (RoiError, traffic_source.SourceError, OSError, ValueError) as exc:
         print(f"llmgate: {exc}", file=sys.stderr)
         return 1
-    result = {"route": args.route, "current": current_name, "candidate": args.candidate,
-              "training_tokens": trained_tokens, "prompt_reduction": args.prompt_reduction / 100, **result}
+    result = {
+        "route": args.route,
+        "current": current_name,
+        "candidate": args.candidate,
+        "training_tokens": trained_tokens,
+        "prompt_reduction": args.prompt_reduction / 100,
+        **result,
+    }
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     days, roi = result["break_even_days"], result["annual_roi"]
-    print(f"route {args.route}: {result['requests']} answered requests over {result['window_days']:.1f} days "
-          f"({result['requests_per_day']:.0f}/day, {result['prompt_tokens_per_day']:.0f} prompt and "
-          f"{result['completion_tokens_per_day']:.0f} completion tokens/day)")
-    print(f"  {current_name}: ${result['current_monthly_usd']:,.2f}/month;  {args.candidate}: "
-          f"${result['candidate_monthly_usd']:,.2f}/month (fixed ${args.fixed_monthly:,.2f})")
+    print(
+        f"route {args.route}: {result['requests']} answered requests over {result['window_days']:.1f} days "
+        f"({result['requests_per_day']:.0f}/day, {result['prompt_tokens_per_day']:.0f} prompt and "
+        f"{result['completion_tokens_per_day']:.0f} completion tokens/day)"
+    )
+    print(
+        f"  {current_name}: ${result['current_monthly_usd']:,.2f}/month;  {args.candidate}: "
+        f"${result['candidate_monthly_usd']:,.2f}/month (fixed ${args.fixed_monthly:,.2f})"
+    )
     print(f"  monthly saving ${result['monthly_saving_usd']:,.2f}; one-off ${one_off:,.2f}")
-    print(f"  break-even: {'never (no saving)' if days is None else f'{math.ceil(days)} days'}; "
-          f"annual ROI: {'n/a' if roi is None else f'{roi:.0%}'}")
+    print(
+        f"  break-even: {'never (no saving)' if days is None else f'{math.ceil(days)} days'}; "
+        f"annual ROI: {'n/a' if roi is None else f'{roi:.0%}'}"
+    )
     return 0

@@ -5,6 +5,7 @@ Every admin endpoint needs the admin token. Plugins add their own actions under 
 `register_routes`, and record each change with `audit()` (gateway.admin.audit), so the event
 history is one list.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,10 @@ def routes(gateway_key) -> list[web.RouteDef]:
         gateway.require_admin(request)
         settings = gateway.config.settings
         body: dict[str, Any] = {
-            "routes": {name: {"baseline": r.baseline, "candidates": r.candidates, "shadow": r.shadow,
-                              "fallback": r.fallback} for name, r in settings.routes.items()},
+            "routes": {
+                name: {"baseline": r.baseline, "candidates": r.candidates, "shadow": r.shadow, "fallback": r.fallback}
+                for name, r in settings.routes.items()
+            },
             "state_store": {"engine": gateway.store.engine, "degraded": gateway.store.degraded},
             "breakers": {name: backend.breaker.snapshot() for name, backend in gateway.backends.items()},
         }

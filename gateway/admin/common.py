@@ -3,6 +3,7 @@
 A module of its own so that the admin routes (this package's __init__), the model registry
 (registry.py) and the plugins' own admin actions import it without importing one another.
 """
+
 from __future__ import annotations
 
 import time
@@ -26,10 +27,15 @@ async def read_body(request: web.Request) -> dict[str, Any]:
     """The JSON object an admin action (or /v1/feedback) was sent; the caller's mistakes as 400/415."""
     if not request.can_read_body:
         return {}
-    if request.headers.get("Content-Type") is not None and request.content_type != "application/json" \
-            and not request.content_type.endswith("+json"):
-        raise UnsupportedMediaType(f"the body must be JSON sent as application/json, not {request.content_type!r}",
-                                   code="unsupported_media_type")
+    if (
+        request.headers.get("Content-Type") is not None
+        and request.content_type != "application/json"
+        and not request.content_type.endswith("+json")
+    ):
+        raise UnsupportedMediaType(
+            f"the body must be JSON sent as application/json, not {request.content_type!r}",
+            code="unsupported_media_type",
+        )
     try:
         body = await request.json()
     except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deeply to parse
@@ -40,9 +46,26 @@ async def read_body(request: web.Request) -> dict[str, Any]:
     return body
 
 
-async def audit(gateway, kind: str, route: str | None, who: str, *, before: Any = None, after: Any = None,
-                reason: str | None = None, **details: Any) -> dict[str, Any]:
+async def audit(
+    gateway,
+    kind: str,
+    route: str | None,
+    who: str,
+    *,
+    before: Any = None,
+    after: Any = None,
+    reason: str | None = None,
+    **details: Any,
+) -> dict[str, Any]:
     """Record an operator's (or a rule's) change: who, what, before, after, why."""
-    event = {"kind": kind, "route": route, "actor": who, "before": before, "after": after, "reason": reason,
-             "ts": time.time(), **details}
+    event = {
+        "kind": kind,
+        "route": route,
+        "actor": who,
+        "before": before,
+        "after": after,
+        "reason": reason,
+        "ts": time.time(),
+        **details,
+    }
     return await gateway.store.append_event(event)

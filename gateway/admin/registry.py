@@ -15,6 +15,7 @@ and when a change notice arrives), so a registration survives restarts and, with
 every replica. The config file wins a name clash, and a record that does not fit the config
 (unknown route or `like`, invalid settings) is skipped with a log line, never fatal.
 """
+
 from __future__ import annotations
 
 import logging
@@ -50,8 +51,11 @@ def _backend_settings(name: str, record: dict, config: Config) -> tuple[dict[str
             raise ValueError(f"like: no configured backend '{like}'")
         base = dict(config.settings.backends[like])
         prefix = f"backends.{like}."
-        unset = {f"backends.{name}.{path[len(prefix):]}": var for path, var in config.unset_env.items()
-                 if path.startswith(prefix)}
+        unset = {
+            f"backends.{name}.{path[len(prefix) :]}": var
+            for path, var in config.unset_env.items()
+            if path.startswith(prefix)
+        }
     own = _interpolate(wanted, f"backends.{name}", unset, secrets)
     return {**base, **own}, unset, secrets
 
@@ -103,25 +107,45 @@ def merged(config: Config, records: dict[str, dict], kinds: dict) -> Config:
 
 
 def _literal_secrets(backend: dict) -> list[str]:
-    return [k for k, v in backend.items() if _SECRET_KEY.search(k) and isinstance(v, str)
-            and v != "none" and not _ENV_ONLY.fullmatch(v)]
+    return [
+        k
+        for k, v in backend.items()
+        if _SECRET_KEY.search(k) and isinstance(v, str) and v != "none" and not _ENV_ONLY.fullmatch(v)
+    ]
 
 
-async def register(gateway, name: str, backend: dict, shadow: list[str], who: str, *,
-                   reason: str | None = None, details: dict | None = None) -> dict:
+async def register(
+    gateway,
+    name: str,
+    backend: dict,
+    shadow: list[str],
+    who: str,
+    *,
+    reason: str | None = None,
+    details: dict | None = None,
+) -> dict:
     """Store a registration, audit it, rebuild this gateway's backends and tell the other replicas.
 
     Returns the record. Raises InvalidRequest when it does not fit the config."""
     if not isinstance(backend, dict) or not (backend.get("like") or backend.get("kind")):
-        raise InvalidRequest("'backend' must be an object with 'like' (a configured backend to copy) or 'kind'",
-                             param="backend")
+        raise InvalidRequest(
+            "'backend' must be an object with 'like' (a configured backend to copy) or 'kind'", param="backend"
+        )
     if secrets := _literal_secrets(backend):
-        raise InvalidRequest(f"backend.{secrets[0]}: pass secrets as ${{VAR}} references or copy them with 'like'; "
-                             "a registration is stored in the state store", param="backend")
+        raise InvalidRequest(
+            f"backend.{secrets[0]}: pass secrets as ${{VAR}} references or copy them with 'like'; "
+            "a registration is stored in the state store",
+            param="backend",
+        )
     if not isinstance(shadow, list) or not all(isinstance(r, str) for r in shadow):
         raise InvalidRequest("'shadow' must be a list of route names", param="shadow")
-    record = {"backend": backend, "shadow": shadow, "registered_by": who, "registered_at": time.time(),
-              "details": details or {}}
+    record = {
+        "backend": backend,
+        "shadow": shadow,
+        "registered_by": who,
+        "registered_at": time.time(),
+        "details": details or {},
+    }
     if problems := problems_of(name, record, gateway.file_config, gateway.kinds):
         raise InvalidRequest(f"model '{name}' cannot be registered: " + "; ".join(problems), param="name")
     old = await gateway.store.get(KEY + name)
@@ -129,8 +153,16 @@ async def register(gateway, name: str, backend: dict, shadow: list[str], who: st
     await gateway.refresh_registered()
     await gateway.store.publish({"kind": NOTICE, "name": name})
     for route in shadow or [None]:
-        await audit(gateway, "register_model", route, who, before=(old or {}).get("backend"), after=backend,
-                    reason=reason, backend=name)
+        await audit(
+            gateway,
+            "register_model",
+            route,
+            who,
+            before=(old or {}).get("backend"),
+            after=backend,
+            reason=reason,
+            backend=name,
+        )
     return record
 
 
@@ -142,20 +174,27 @@ async def unregister(gateway, name: str, who: str, reason: str | None = None) ->
     await gateway.refresh_registered()
     await gateway.store.publish({"kind": NOTICE, "name": name})
     for route in old.get("shadow") or [None]:
-        await audit(gateway, "unregister_model", route, who, before=old.get("backend"), after=None, reason=reason,
-                    backend=name)
+        await audit(
+            gateway, "unregister_model", route, who, before=old.get("backend"), after=None, reason=reason, backend=name
+        )
     return old
 
 
 def routes(gateway_key) -> list[web.RouteDef]:
     """GET /admin/models, POST /admin/models {name, backend, shadow, reason}, DELETE /admin/models/{name}."""
+
     async def listing(request: web.Request) -> web.Response:
         gateway = request.app[gateway_key]
         gateway.require_admin(request)
         records = await gateway.store.items(KEY)
         serving = gateway.backends
-        return web.json_response({"models": {k.removeprefix(KEY): {**r, "serving": k.removeprefix(KEY) in serving}
-                                             for k, r in records.items()}})
+        return web.json_response(
+            {
+                "models": {
+                    k.removeprefix(KEY): {**r, "serving": k.removeprefix(KEY) in serving} for k, r in records.items()
+                }
+            }
+        )
 
     async def add(request: web.Request) -> web.Response:
         gateway = request.app[gateway_key]
@@ -164,9 +203,15 @@ def routes(gateway_key) -> list[web.RouteDef]:
         name = body.get("name")
         if not isinstance(name, str) or not name:
             raise InvalidRequest("'name' (the new backend's name) is required", param="name")
-        record = await register(gateway, name, body.get("backend"), body.get("shadow") or [], actor(request),
-                                reason=body.get("reason"), details=body.get("details") if isinstance(
-                                    body.get("details"), dict) else None)
+        record = await register(
+            gateway,
+            name,
+            body.get("backend"),
+            body.get("shadow") or [],
+            actor(request),
+            reason=body.get("reason"),
+            details=body.get("details") if isinstance(body.get("details"), dict) else None,
+        )
         return web.json_response({"name": name, **record, "serving": name in gateway.backends})
 
     async def remove(request: web.Request) -> web.Response:
@@ -174,8 +219,12 @@ def routes(gateway_key) -> list[web.RouteDef]:
         gateway.require_admin(request)
         body = await read_body(request)
         name = request.match_info["name"]
-        return web.json_response({"name": name, "removed": await unregister(gateway, name, actor(request),
-                                                                            body.get("reason"))})
+        return web.json_response(
+            {"name": name, "removed": await unregister(gateway, name, actor(request), body.get("reason"))}
+        )
 
-    return [web.get("/admin/models", listing), web.post("/admin/models", add),
-            web.delete("/admin/models/{name}", remove)]
+    return [
+        web.get("/admin/models", listing),
+        web.post("/admin/models", add),
+        web.delete("/admin/models/{name}", remove),
+    ]

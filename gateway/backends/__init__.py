@@ -1,4 +1,5 @@
 """The built-in backend kinds, offered through the same hook a third-party kind would use."""
+
 from ..hookspecs import hookimpl
 from .base import Backend, BackendSettings, Timeouts
 
@@ -15,6 +16,7 @@ class BuiltinBackends:
         from .anthropic import AnthropicBackend
         from .bedrock import BedrockBackend
         from .openai import OpenAIBackend
+
         return {b.kind: b for b in (OpenAIBackend, AnthropicBackend, BedrockBackend)}
 
 

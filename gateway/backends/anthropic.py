@@ -4,6 +4,7 @@ The conversation-level translation (system prompt, turns, tool calls and results
 `turns`, shared with Bedrock; this module only renders blocks in Anthropic's keys and reads
 Anthropic's answers and stream events.
 """
+
 from __future__ import annotations
 
 import base64
@@ -45,12 +46,16 @@ def _document(block: turns.Document) -> dict[str, Any]:
         try:
             text = base64.b64decode(block.data, validate=True).decode("utf-8")
         except ValueError:
-            raise InvalidRequest("a text/plain file part's data is not base64 UTF-8 text", param="messages",
-                                 code="invalid_value") from None
+            raise InvalidRequest(
+                "a text/plain file part's data is not base64 UTF-8 text", param="messages", code="invalid_value"
+            ) from None
         source = {"type": "text", "media_type": "text/plain", "data": text}
     else:
-        raise InvalidRequest(f"the Messages API takes PDF and plain-text documents, not {block.media_type}",
-                             param="messages", code="unsupported_content")
+        raise InvalidRequest(
+            f"the Messages API takes PDF and plain-text documents, not {block.media_type}",
+            param="messages",
+            code="unsupported_content",
+        )
     out: dict[str, Any] = {"type": "document", "source": source}
     if block.name:
         out["title"] = block.name
@@ -62,8 +67,11 @@ def render_block(block: turns.Block) -> dict[str, Any]:
     if isinstance(block, turns.Text):
         return _cached({"type": "text", "text": block.text}, block)
     if isinstance(block, turns.Image):
-        source = ({"type": "base64", "media_type": block.media_type, "data": block.data} if block.data is not None
-                  else {"type": "url", "url": block.url})
+        source = (
+            {"type": "base64", "media_type": block.media_type, "data": block.data}
+            if block.data is not None
+            else {"type": "url", "url": block.url}
+        )
         return _cached({"type": "image", "source": source}, block)
     if isinstance(block, turns.Document):
         return _cached(_document(block), block)
@@ -102,8 +110,14 @@ def _system(system: list[turns.Text]) -> str | list[dict] | None:
     return "\n\n".join(s.text for s in system if s.text) or None
 
 
-def to_messages_request(body: dict, max_tokens_default: int, *, backend: str = "anthropic",
-                        structured_output: str = "tool", reasoning_effort_as: str = "budget_tokens") -> dict[str, Any]:
+def to_messages_request(
+    body: dict,
+    max_tokens_default: int,
+    *,
+    backend: str = "anthropic",
+    structured_output: str = "tool",
+    reasoning_effort_as: str = "budget_tokens",
+) -> dict[str, Any]:
     """The Messages request for an OpenAI chat body (its parameters already checked by `params`)."""
     system, conversation = turns.to_turns(body["messages"])
     reasoning = turns.reasoning(body, backend, "anthropic", reasoning_effort_as)
@@ -113,9 +127,13 @@ def to_messages_request(body: dict, max_tokens_default: int, *, backend: str = "
         "model": body["model"],
         "max_tokens": turns.max_tokens(body, max_tokens_default, reasoning),
         # Anthropic rejects empty text blocks, which OpenAI callers sometimes send.
-        "messages": [{"role": t.role, "content": [render_block(b) for b in t.blocks
-                                                  if not (isinstance(b, turns.Text) and not b.text)]}
-                     for t in conversation],
+        "messages": [
+            {
+                "role": t.role,
+                "content": [render_block(b) for b in t.blocks if not (isinstance(b, turns.Text) and not b.text)],
+            }
+            for t in conversation
+        ],
     }
     if (system_prompt := _system(system)) is not None:
         request["system"] = system_prompt
@@ -124,8 +142,10 @@ def to_messages_request(body: dict, max_tokens_default: int, *, backend: str = "
     if reasoning.effort is not None:
         request.setdefault("output_config", {})["effort"] = reasoning.effort
     if structured_output == "native" and (schema := turns.json_schema(body)) is not None:
-        request.setdefault("output_config", {})["format"] = {"type": "json_schema",
-                                                            "schema": schema.get("schema") or {"type": "object"}}
+        request.setdefault("output_config", {})["format"] = {
+            "type": "json_schema",
+            "schema": schema.get("schema") or {"type": "object"},
+        }
     if body.get("temperature") is not None:
         request["temperature"] = min(float(body["temperature"]), 1.0)  # OpenAI allows up to 2, Anthropic 1
     if body.get("top_p") is not None:
@@ -136,8 +156,17 @@ def to_messages_request(body: dict, max_tokens_default: int, *, backend: str = "
         request["stop_sequences"] = stop
     specs = turns.tool_specs(body) + ([output] if output else [])
     if specs:
-        request["tools"] = [_cached({"name": s.name, **({"description": s.description} if s.description else {}),
-                                     "input_schema": s.parameters}, s) for s in specs]
+        request["tools"] = [
+            _cached(
+                {
+                    "name": s.name,
+                    **({"description": s.description} if s.description else {}),
+                    "input_schema": s.parameters,
+                },
+                s,
+            )
+            for s in specs
+        ]
         if (choice := _tool_choice(body, turns.choose_tool(body, output))) is not None:
             request["tool_choice"] = choice  # the API refuses tool_choice without tools
     user = next((body[k] for k in ("safety_identifier", "user") if isinstance(body.get(k), str) and body[k]), None)
@@ -148,13 +177,20 @@ def to_messages_request(body: dict, max_tokens_default: int, *, backend: str = "
 
 def _prompt_tokens(usage: dict) -> int:
     """Anthropic counts cached input apart; OpenAI's prompt_tokens includes it."""
-    return ((usage.get("input_tokens") or 0) + (usage.get("cache_creation_input_tokens") or 0)
-            + (usage.get("cache_read_input_tokens") or 0))
+    return (
+        (usage.get("input_tokens") or 0)
+        + (usage.get("cache_creation_input_tokens") or 0)
+        + (usage.get("cache_read_input_tokens") or 0)
+    )
 
 
 def _usage(usage: dict) -> dict:
-    return chat.usage(_prompt_tokens(usage), usage.get("output_tokens") or 0, usage.get("cache_read_input_tokens"),
-                      cache_write=usage.get("cache_creation_input_tokens"))
+    return chat.usage(
+        _prompt_tokens(usage),
+        usage.get("output_tokens") or 0,
+        usage.get("cache_read_input_tokens"),
+        cache_write=usage.get("cache_creation_input_tokens"),
+    )
 
 
 def from_message(message: dict, output: str | None = None) -> dict[str, Any]:
@@ -171,9 +207,13 @@ def from_message(message: dict, output: str | None = None) -> dict[str, Any]:
         elif kind == "redacted_thinking":
             blocks.append(turns.RedactedThinking(block.get("data", "")))
     reply = turns.message_from_blocks(blocks, output)
-    return chat.completion(id=message.get("id", ""), model=message.get("model", ""), message=reply,
-                           finish_reason=turns.finish_reason(message.get("stop_reason"), reply),
-                           usage=_usage(message.get("usage") or {}))
+    return chat.completion(
+        id=message.get("id", ""),
+        model=message.get("model", ""),
+        message=reply,
+        finish_reason=turns.finish_reason(message.get("stop_reason"), reply),
+        usage=_usage(message.get("usage") or {}),
+    )
 
 
 class AnthropicBackend(HttpBackend):
@@ -197,8 +237,13 @@ class AnthropicBackend(HttpBackend):
         body = self.upstream_body(body)
         check_parameters(body, self.name, self.kind)
         s = self.settings
-        request = to_messages_request(body, s.max_tokens_default, backend=self.name,
-                                      structured_output=s.structured_output, reasoning_effort_as=s.reasoning_effort_as)
+        request = to_messages_request(
+            body,
+            s.max_tokens_default,
+            backend=self.name,
+            structured_output=s.structured_output,
+            reasoning_effort_as=s.reasoning_effort_as,
+        )
         output = turns.output_tool(body, self.name, self.kind, native=s.structured_output == "native")
         return request, output.name if output else None
 
@@ -216,14 +261,17 @@ class AnthropicBackend(HttpBackend):
                 try:
                     payload = json.loads(data)
                 except ValueError:
-                    raise UpstreamError(f"backend '{self.name}' sent a stream event that is not JSON",
-                                        retryable=True) from None
+                    raise UpstreamError(
+                        f"backend '{self.name}' sent a stream event that is not JSON", retryable=True
+                    ) from None
                 kind = payload.get("type") or event
                 if kind == "error":
                     error = payload.get("error") or {}
-                    raise UpstreamError(f"backend '{self.name}' failed mid-stream: {error.get('type', 'error')}: "
-                                        f"{error.get('message') or 'no message'}",
-                                        retryable=error.get("type") in RETRYABLE_STREAM_ERRORS)
+                    raise UpstreamError(
+                        f"backend '{self.name}' failed mid-stream: {error.get('type', 'error')}: "
+                        f"{error.get('message') or 'no message'}",
+                        retryable=error.get("type") in RETRYABLE_STREAM_ERRORS,
+                    )
                 if kind == "message_start":
                     message = payload.get("message") or {}
                     builder = turns.ChunkBuilder(message.get("id", ""), message.get("model", self.model), output)

@@ -5,6 +5,7 @@ body with `model` already set to its own model id, and returns a `chat.completio
 `chat.completion.chunk` dicts; kinds that speak another API translate both ways. Failures are
 raised as `UpstreamError` / `UpstreamTimeout` with `retryable` set, so the router can retry or fall back.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -20,8 +21,9 @@ from .params import ignored_parameters
 class Timeouts(BaseModel):
     model_config = ConfigDict(extra="forbid")
     connect: float = Field(5.0, gt=0, description="seconds to open a connection")
-    first_byte: float = Field(60.0, gt=0,
-                              description="seconds to wait for the answer to start, and between stream chunks")
+    first_byte: float = Field(
+        60.0, gt=0, description="seconds to wait for the answer to start, and between stream chunks"
+    )
     total: float = Field(600.0, gt=0, description="seconds for the whole exchange")
 
 
@@ -33,18 +35,22 @@ class BackendSettings(BaseModel):
     max_concurrency: int = Field(64, ge=1, description="requests in flight to this backend at once")
     breaker: BreakerSettings = BreakerSettings()
     system_prompt: str | None = Field(
-        None, description="a system message sent before the caller's messages: one model under two prompts "
-                          "makes two variants to roll out, shadow and compare")
+        None,
+        description="a system message sent before the caller's messages: one model under two prompts "
+        "makes two variants to roll out, shadow and compare",
+    )
     params: dict[str, Any] = Field(
-        {}, description="request parameters this backend uses where the caller sets none (temperature, "
-                        "max_tokens, ...)")
+        {}, description="request parameters this backend uses where the caller sets none (temperature, max_tokens, ...)"
+    )
 
     @field_validator("params")
     @classmethod
     def _not_the_request_itself(cls, value: dict[str, Any]) -> dict[str, Any]:
         if fixed := sorted(set(value) & {"model", "messages", "stream"}):
-            raise ValueError(f"{', '.join(fixed)} cannot be set here: the request itself decides "
-                             f"{'them' if len(fixed) > 1 else 'it'}")
+            raise ValueError(
+                f"{', '.join(fixed)} cannot be set here: the request itself decides "
+                f"{'them' if len(fixed) > 1 else 'it'}"
+            )
         return value
 
 
@@ -65,8 +71,11 @@ class Backend(ABC):
 
     def missing_credentials(self) -> list[str]:
         """Environment variables to set before this backend can be called; empty when ready."""
-        return [self._unset_env[f] for f in self.secret_fields
-                if getattr(self.settings, f, None) is None and f in self._unset_env]
+        return [
+            self._unset_env[f]
+            for f in self.secret_fields
+            if getattr(self.settings, f, None) is None and f in self._unset_env
+        ]
 
     def upstream_body(self, body: dict[str, Any]) -> dict[str, Any]:
         """The caller's request as this backend sends it: its model, its default params, its system prompt."""
@@ -97,6 +106,9 @@ class Backend(ABC):
     async def embed(self, body: dict[str, Any]) -> dict[str, Any]:
         """Answer an OpenAI embeddings request (`model` already this backend's) with an OpenAI `list` of
         embeddings; kinds that serve none refuse it."""
-        raise InvalidRequest(f"backend '{self.name}' ({self.kind}) does not serve embeddings: route embeddings "
-                             "to an OpenAI-compatible or a Bedrock embedding model", param="model",
-                             code="embeddings_not_supported")
+        raise InvalidRequest(
+            f"backend '{self.name}' ({self.kind}) does not serve embeddings: route embeddings "
+            "to an OpenAI-compatible or a Bedrock embedding model",
+            param="model",
+            code="embeddings_not_supported",
+        )

@@ -6,6 +6,7 @@ every call runs on this backend's own thread pool, sized like its connection poo
 handed to the event loop through a bounded queue. botocore's own retries are off: the gateway
 retries and falls back itself.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -43,17 +44,33 @@ from .base import Backend, BackendSettings
 from .params import check_parameters, reasoning_effort_setting, refusal, structured_output_setting
 
 NO_CREDENTIALS = "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or an AWS profile or role)"
-IMAGE_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg", "image/gif": "gif",
-                 "image/webp": "webp"}
-DOCUMENT_FORMATS = {"application/pdf": "pdf", "text/csv": "csv", "application/msword": "doc",
-                    "application/vnd.openxmlformats-officedocument.wordprocessingml.document": "docx",
-                    "application/vnd.ms-excel": "xls",
-                    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": "xlsx",
-                    "text/html": "html", "text/plain": "txt", "text/markdown": "md"}
+IMAGE_FORMATS = {
+    "image/png": "png",
+    "image/jpeg": "jpeg",
+    "image/jpg": "jpeg",
+    "image/gif": "gif",
+    "image/webp": "webp",
+}
+DOCUMENT_FORMATS = {
+    "application/pdf": "pdf",
+    "text/csv": "csv",
+    "application/msword": "doc",
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document": "docx",
+    "application/vnd.ms-excel": "xls",
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": "xlsx",
+    "text/html": "html",
+    "text/plain": "txt",
+    "text/markdown": "md",
+}
 _NOT_IN_A_NAME = re.compile(r"[^A-Za-z0-9\s()\[\]-]+")  # a document name takes letters, digits, spaces, - ( ) [ ]
 # Errors sent inside an event stream carry no HTTP status: the service model's (a model failing mid-answer: 502).
-STREAM_ERROR_STATUS = {"throttlingexception": 429, "validationexception": 400, "serviceunavailableexception": 503,
-                       "internalserverexception": 500, "modelstreamerrorexception": 502}
+STREAM_ERROR_STATUS = {
+    "throttlingexception": 429,
+    "validationexception": 400,
+    "serviceunavailableexception": 503,
+    "internalserverexception": 500,
+    "modelstreamerrorexception": 502,
+}
 QUEUE_SLOTS = 16  # stream events read ahead of the consumer
 _END = object()
 
@@ -66,8 +83,11 @@ class BedrockSettings(BackendSettings):
     aws_secret_access_key: str | None = None
     aws_session_token: str | None = None
     additional_model_request_fields: dict[str, Any] | None = None
-    claude: bool | None = Field(None, description="whether the model is an Anthropic Claude model (thinking, "
-                                "top_k, signed reasoning blocks); unset: a model id naming anthropic or claude is")
+    claude: bool | None = Field(
+        None,
+        description="whether the model is an Anthropic Claude model (thinking, "
+        "top_k, signed reasoning blocks); unset: a model id naming anthropic or claude is",
+    )
     structured_output: Literal["tool", "native"] = structured_output_setting("outputConfig.textFormat")
     reasoning_effort_as: Literal["budget_tokens", "effort"] = reasoning_effort_setting("outputConfig.effort")
 
@@ -89,8 +109,11 @@ class BedrockBackend(Backend):
         s = self.settings
         keys = {}
         if s.aws_access_key_id and s.aws_secret_access_key:  # otherwise the standard credential chain
-            keys = {"aws_access_key_id": s.aws_access_key_id, "aws_secret_access_key": s.aws_secret_access_key,
-                    "aws_session_token": s.aws_session_token}
+            keys = {
+                "aws_access_key_id": s.aws_access_key_id,
+                "aws_secret_access_key": s.aws_secret_access_key,
+                "aws_session_token": s.aws_session_token,
+            }
         return boto3.Session(profile_name=s.profile, region_name=s.region, **keys)
 
     def _resolve(self) -> boto3.Session | None:
@@ -118,10 +141,15 @@ class BedrockBackend(Backend):
             return None
         t, n = self.settings.timeout, self.settings.max_concurrency
         # In Config, retries' `max_attempts` counts retries (1 would mean two tries); one try in all:
-        config = Config(max_pool_connections=n, connect_timeout=t.connect, read_timeout=t.first_byte,
-                        retries={"total_max_attempts": 1, "mode": "standard"})
-        client = session.client("bedrock-runtime", region_name=self.settings.region,
-                                endpoint_url=self.settings.endpoint_url, config=config)
+        config = Config(
+            max_pool_connections=n,
+            connect_timeout=t.connect,
+            read_timeout=t.first_byte,
+            retries={"total_max_attempts": 1, "mode": "standard"},
+        )
+        client = session.client(
+            "bedrock-runtime", region_name=self.settings.region, endpoint_url=self.settings.endpoint_url, config=config
+        )
         # traceparent of the attempt's span (the pool thread runs in the caller's copied context)
         client.meta.events.register("before-send.bedrock-runtime.*", _add_traceparent)
         return client
@@ -147,28 +175,42 @@ class BedrockBackend(Backend):
 
     def _image(self, block: turns.Image) -> dict:
         if block.data is None:
-            raise InvalidRequest(f"backend '{self.name}' (bedrock) needs images inline as base64 data URLs, "
-                                 "not links", param="messages", code="unsupported_content")
+            raise InvalidRequest(
+                f"backend '{self.name}' (bedrock) needs images inline as base64 data URLs, not links",
+                param="messages",
+                code="unsupported_content",
+            )
         fmt = IMAGE_FORMATS.get((block.media_type or "").lower())
         if fmt is None:
-            raise InvalidRequest(f"backend '{self.name}' (bedrock) takes png, jpeg, gif or webp images, "
-                                 f"not {block.media_type}", param="messages", code="unsupported_content")
+            raise InvalidRequest(
+                f"backend '{self.name}' (bedrock) takes png, jpeg, gif or webp images, not {block.media_type}",
+                param="messages",
+                code="unsupported_content",
+            )
         return {"image": {"format": fmt, "source": {"bytes": _bytes(block.data, "an image's data URL")}}}
 
     def _document(self, block: turns.Document, names: set[str]) -> dict:
         fmt = DOCUMENT_FORMATS.get(block.media_type.lower())
         if fmt is None:
-            raise InvalidRequest(f"backend '{self.name}' (bedrock) takes documents as "
-                                 f"{', '.join(DOCUMENT_FORMATS.values())}, not {block.media_type}", param="messages",
-                                 code="unsupported_content")
+            raise InvalidRequest(
+                f"backend '{self.name}' (bedrock) takes documents as "
+                f"{', '.join(DOCUMENT_FORMATS.values())}, not {block.media_type}",
+                param="messages",
+                code="unsupported_content",
+            )
         name = " ".join(_NOT_IN_A_NAME.sub(" ", (block.name or "").rsplit(".", 1)[0]).split()) or "document"
         unique, n = name, 1
         while unique in names:  # Converse wants each document named apart
             n += 1
             unique = f"{name} ({n})"
         names.add(unique)
-        return {"document": {"format": fmt, "name": unique,
-                             "source": {"bytes": _bytes(block.data, "a file part's data URL")}}}
+        return {
+            "document": {
+                "format": fmt,
+                "name": unique,
+                "source": {"bytes": _bytes(block.data, "a file part's data URL")},
+            }
+        }
 
     def _blocks(self, block: turns.Block, names: set[str]) -> list[dict]:
         """A block in Converse's shape, then its cache point; none for what Converse cannot take back."""
@@ -205,13 +247,19 @@ class BedrockBackend(Backend):
         turns.check_thinking(body, reasoning, self.name, "bedrock", output)
         system, conversation = turns.to_turns(body["messages"])
         names: set[str] = set()
-        messages = [{"role": t.role, "content": [b for block in t.blocks for b in self._blocks(block, names)]}
-                    for t in conversation]
+        messages = [
+            {"role": t.role, "content": [b for block in t.blocks for b in self._blocks(block, names)]}
+            for t in conversation
+        ]
         request: dict[str, Any] = {"modelId": self.model, "messages": messages}
         if system_blocks := [b for text in system if text.text for b in self._blocks(text, names)]:
             request["system"] = system_blocks
-        config = {"maxTokens": turns.max_tokens(body, None, reasoning), "temperature": body.get("temperature"),
-                  "topP": body.get("top_p"), "stopSequences": stop_list(body) or None}
+        config = {
+            "maxTokens": turns.max_tokens(body, None, reasoning),
+            "temperature": body.get("temperature"),
+            "topP": body.get("top_p"),
+            "stopSequences": stop_list(body) or None,
+        }
         if config := {k: v for k, v in config.items() if v is not None}:
             request["inferenceConfig"] = config
         if tools := self._tool_config(body, conversation, output):
@@ -227,8 +275,10 @@ class BedrockBackend(Backend):
         if reasoning.effort is not None:
             output_config["effort"] = reasoning.effort
         if native and (schema := turns.json_schema(body)) is not None:
-            structure = {"schema": json.dumps(schema.get("schema") or {"type": "object"}),
-                         "name": schema.get("name") or turns.JSON_TOOL}
+            structure = {
+                "schema": json.dumps(schema.get("schema") or {"type": "object"}),
+                "name": schema.get("name") or turns.JSON_TOOL,
+            }
             if schema.get("description"):
                 structure["description"] = schema["description"]
             output_config["textFormat"] = {"type": "json_schema", "structure": {"jsonSchema": structure}}
@@ -241,15 +291,18 @@ class BedrockBackend(Backend):
         the model may skip (adaptive, disabled) is moot and not sent, the rest refused by name."""
         if self.claude:
             return reasoning
-        hint = ("the model is not an Anthropic Claude model (set `claude: true` on the backend if it is, or pass the "
-                "model's own fields in additional_model_request_fields)")
+        hint = (
+            "the model is not an Anthropic Claude model (set `claude: true` on the backend if it is, or pass the "
+            "model's own fields in additional_model_request_fields)"
+        )
         if body.get("top_k") is not None:
             raise refusal("top_k", self.name, "bedrock", hint)
         if _moot_thinking(body):
             return turns.Reasoning()
         if reasoning.thinking is not None:
-            raise refusal("thinking" if body.get("thinking") is not None else "reasoning_effort", self.name,
-                          "bedrock", hint)
+            raise refusal(
+                "thinking" if body.get("thinking") is not None else "reasoning_effort", self.name, "bedrock", hint
+            )
         return reasoning
 
     def ignored_params(self, body: dict[str, Any]) -> list[str]:
@@ -271,8 +324,15 @@ class BedrockBackend(Backend):
             return None
         tools: list[dict] = []
         for spec in specs:
-            tools.append({"toolSpec": {"name": spec.name, "inputSchema": {"json": spec.parameters},
-                                       **({"description": spec.description} if spec.description else {})}})
+            tools.append(
+                {
+                    "toolSpec": {
+                        "name": spec.name,
+                        "inputSchema": {"json": spec.parameters},
+                        **({"description": spec.description} if spec.description else {}),
+                    }
+                }
+            )
             if spec.cache:
                 tools.append(_cache_point(spec.cache))
         config: dict[str, Any] = {"tools": tools}
@@ -292,16 +352,18 @@ class BedrockBackend(Backend):
         if isinstance(exc, EventStreamError):
             code = exc.response.get("Error", {}).get("Code", "")
             status = STREAM_ERROR_STATUS.get(code.lower(), 502)
-            return from_upstream_status(self.name, status, f"{code} in the stream: "
-                                        f"{exc.response.get('Error', {}).get('Message', '')}")
+            return from_upstream_status(
+                self.name, status, f"{code} in the stream: {exc.response.get('Error', {}).get('Message', '')}"
+            )
         if isinstance(exc, ClientError):
             error = exc.response.get("Error", {})
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 502
             return from_upstream_status(self.name, status, f"{error.get('Code', '')}: {error.get('Message', '')}")
         if isinstance(exc, (ReadTimeoutError, ConnectTimeoutError, Urllib3ReadTimeout)):
             t = self.settings.timeout
-            return UpstreamTimeout(f"backend '{self.name}' did not answer in time (connect {t.connect:g}s, "
-                                   f"first byte {t.first_byte:g}s)")
+            return UpstreamTimeout(
+                f"backend '{self.name}' did not answer in time (connect {t.connect:g}s, first byte {t.first_byte:g}s)"
+            )
         if isinstance(exc, NoCredentialsError):
             return UpstreamError(f"backend '{self.name}' has no credentials: set {NO_CREDENTIALS}", status=503)
         if isinstance(exc, ParamValidationError):
@@ -314,19 +376,22 @@ class BedrockBackend(Backend):
 
     def _ready(self) -> None:
         if self._client is None:
-            raise UpstreamError(f"backend '{self.name}' has no client: {', '.join(self.missing_credentials())}",
-                                status=503)
+            raise UpstreamError(
+                f"backend '{self.name}' has no client: {', '.join(self.missing_credentials())}", status=503
+            )
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         request, output = self._request(body)
         self._ready()
         call = asyncio.get_running_loop().run_in_executor(
-            self._executor, contextvars.copy_context().run, partial(self._client.converse, **request))
+            self._executor, contextvars.copy_context().run, partial(self._client.converse, **request)
+        )
         try:
             response = await asyncio.wait_for(call, self.settings.timeout.total)
         except TimeoutError:
-            raise UpstreamTimeout(f"backend '{self.name}' did not answer within {self.settings.timeout.total:g}s") \
-                from None
+            raise UpstreamTimeout(
+                f"backend '{self.name}' did not answer within {self.settings.timeout.total:g}s"
+            ) from None
         except Exception as exc:
             raise self._error(exc) from None
         blocks: list[turns.Block] = []
@@ -344,8 +409,13 @@ class BedrockBackend(Backend):
                 elif "redactedContent" in reasoning:
                     blocks.append(turns.RedactedThinking(_base64(reasoning["redactedContent"])))
         message = turns.message_from_blocks(blocks, output)
-        return completion(f"chatcmpl-bedrock-{uuid.uuid4().hex}", self.model, message,
-                          turns.finish_reason(response.get("stopReason"), message), _usage(response.get("usage") or {}))
+        return completion(
+            f"chatcmpl-bedrock-{uuid.uuid4().hex}",
+            self.model,
+            message,
+            turns.finish_reason(response.get("stopReason"), message),
+            _usage(response.get("usage") or {}),
+        )
 
     async def _events(self, request: dict[str, Any]) -> AsyncIterator[dict]:
         """converse_stream's blocking iterator, read by one pool thread and handed over with backpressure.
@@ -391,8 +461,9 @@ class BedrockBackend(Backend):
                 try:
                     item = await asyncio.wait_for(queue.get(), max(0.0, deadline - loop.time()))
                 except TimeoutError:
-                    raise UpstreamTimeout(f"backend '{self.name}' did not finish within "
-                                          f"{self.settings.timeout.total:g}s") from None
+                    raise UpstreamTimeout(
+                        f"backend '{self.name}' did not finish within {self.settings.timeout.total:g}s"
+                    ) from None
                 slots.release()
                 if item is _END:
                     done = True
@@ -434,8 +505,9 @@ class BedrockBackend(Backend):
         finally:
             await events.aclose()
         if not finished:
-            raise UpstreamError(f"backend '{self.name}' ended the stream before the answer was complete",
-                                retryable=True)
+            raise UpstreamError(
+                f"backend '{self.name}' ended the stream before the answer was complete", retryable=True
+            )
         yield out.usage()
 
 

@@ -1,4 +1,5 @@
 """What the HTTP backend kinds share: one pooled aiohttp session per backend, error mapping, SSE reading."""
+
 from __future__ import annotations
 
 import asyncio
@@ -89,7 +90,9 @@ class HttpBackend(Backend):
             connector=aiohttp.TCPConnector(limit=self.settings.max_concurrency, ttl_dns_cache=300),
             cookie_jar=aiohttp.DummyCookieJar(),  # one session serves every caller: an upstream's cookie is no one's
             timeout=aiohttp.ClientTimeout(total=t.total, sock_connect=t.connect, sock_read=t.first_byte),
-            headers=self._headers(), read_bufsize=2**20)
+            headers=self._headers(),
+            read_bufsize=2**20,
+        )
 
     async def close(self) -> None:
         await self._session.close()
@@ -112,21 +115,26 @@ class HttpBackend(Backend):
         except aiohttp.ConnectionTimeoutError:
             raise UpstreamTimeout(f"backend '{self.name}' did not accept a connection within {t.connect:g}s") from None
         except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
-            raise UpstreamTimeout(f"backend '{self.name}' did not answer within its timeout "
-                                  f"(first byte {t.first_byte:g}s, total {t.total:g}s)") from None
+            raise UpstreamTimeout(
+                f"backend '{self.name}' did not answer within its timeout "
+                f"(first byte {t.first_byte:g}s, total {t.total:g}s)"
+            ) from None
         except aiohttp.ClientConnectorError as exc:
-            raise UpstreamError(f"could not connect to backend '{self.name}': {exc.os_error.strerror or exc}",
-                                retryable=True) from None
+            raise UpstreamError(
+                f"could not connect to backend '{self.name}': {exc.os_error.strerror or exc}", retryable=True
+            ) from None
         except (aiohttp.ClientError, ConnectionError) as exc:
-            raise UpstreamError(f"backend '{self.name}' broke the connection: {type(exc).__name__}",
-                                retryable=True) from None
+            raise UpstreamError(
+                f"backend '{self.name}' broke the connection: {type(exc).__name__}", retryable=True
+            ) from None
 
     async def json_body(self, resp: aiohttp.ClientResponse) -> dict[str, Any]:
         try:
             body = await resp.json(content_type=None)
         except ValueError:
-            raise UpstreamError(f"backend '{self.name}' answered with a body that is not JSON",
-                                retryable=True) from None
+            raise UpstreamError(
+                f"backend '{self.name}' answered with a body that is not JSON", retryable=True
+            ) from None
         if not isinstance(body, dict):
             raise UpstreamError(f"backend '{self.name}' answered with JSON that is not an object", retryable=True)
         return body

@@ -1,4 +1,5 @@
 """The `openai` kind: any server that speaks the OpenAI chat-completions API (OpenAI, vLLM, llama.cpp, TGI, Ollama)."""
+
 from __future__ import annotations
 
 import json
@@ -58,8 +59,9 @@ class OpenAIBackend(HttpBackend):
                 try:
                     chunk = json.loads(data)
                 except ValueError:
-                    raise UpstreamError(f"backend '{self.name}' sent a stream event that is not JSON",
-                                        retryable=True) from None
+                    raise UpstreamError(
+                        f"backend '{self.name}' sent a stream event that is not JSON", retryable=True
+                    ) from None
                 if "error" in chunk:
                     raise UpstreamError(f"backend '{self.name}' failed mid-stream: {error_detail(data)}")
                 yield chunk

@@ -16,6 +16,7 @@ bedrock), and passed by the others. Rows named `messages[]...` or `tools[]...` a
 the messages and tools, translated by `turns`; they are in the table so the manual and the tests
 cover them too. The manual's parameter page is generated from `POLICY` and `NOTES`.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -89,39 +90,40 @@ POLICY: dict[str, dict[str, str]] = {
 NOTES: dict[str, str] = {
     "model": "the backend's own model id (`model` in its settings)",
     "messages": "system and developer messages become the system prompt; turns, images, tool calls and tool "
-                "results become content blocks",
+    "results become content blocks",
     "stream": "anthropic: `stream: true`; bedrock: ConverseStream",
     "stream_options": "`include_usage` is honoured by the gateway: these backends always report usage",
     "max_tokens": "anthropic `max_tokens` (`max_tokens_default` when unset); bedrock `inferenceConfig.maxTokens`; "
-                  "raised above a thinking budget (budget + the answer's own allowance)",
+    "raised above a thinking budget (budget + the answer's own allowance)",
     "max_completion_tokens": "as `max_tokens`, and wins over it",
     "temperature": "anthropic clamps to 1; bedrock `inferenceConfig.temperature`; with thinking on only 1 is "
-                   "accepted (Claude's rule), other values are refused",
+    "accepted (Claude's rule), other values are refused",
     "top_p": "bedrock `inferenceConfig.topP`; with thinking on, values below 0.95 are refused",
     "top_k": "anthropic `top_k`; bedrock `additionalModelRequestFields.top_k` (Claude models only, else "
-             "refused); refused with thinking on",
+    "refused); refused with thinking on",
     "stop": "anthropic `stop_sequences`; bedrock `inferenceConfig.stopSequences`",
     "tools": "anthropic `tools` (`input_schema`); bedrock `toolConfig.tools[].toolSpec`",
     "tool_choice": "auto, required (any), a named tool; none: anthropic `none`, bedrock leaves the tools out unless "
-                   "the history has tool blocks; forcing a tool is refused with thinking on",
+    "the history has tool blocks; forcing a tool is refused with thinking on",
     "parallel_tool_calls": "anthropic `disable_parallel_tool_use`; bedrock has no such switch: `false` is refused "
-                           "when tools are offered (accepted when moot: no tools, or tool_choice none)",
+    "when tools are offered (accepted when moot: no tools, or tool_choice none)",
     "response_format": "json_schema: a forced tool whose input is the answer (content is its JSON, finish_reason "
-                       "stop), or with `structured_output: native` the API's own (anthropic "
-                       "`output_config.format`, bedrock `outputConfig.textFormat`); json_object: a forced tool "
-                       "taking any object; a forced tool is refused with thinking on",
+    "stop), or with `structured_output: native` the API's own (anthropic "
+    "`output_config.format`, bedrock `outputConfig.textFormat`); json_object: a forced tool "
+    "taking any object; a forced tool is refused with thinking on",
     "reasoning_effort": "a thinking budget (`thinking: {type: enabled, budget_tokens}`): "
-                        + ", ".join(f"{k} {v}" for k, v in REASONING_BUDGETS.items()) + "; none: no "
-                        "thinking; with `reasoning_effort_as: effort`, or when `thinking` is also given, the "
-                        "API's own effort (`output_config.effort`, bedrock `outputConfig.effort`); bedrock: "
-                        "thinking on Claude models only, else refused",
+    + ", ".join(f"{k} {v}" for k, v in REASONING_BUDGETS.items())
+    + "; none: no "
+    "thinking; with `reasoning_effort_as: effort`, or when `thinking` is also given, the "
+    "API's own effort (`output_config.effort`, bedrock `outputConfig.effort`); bedrock: "
+    "thinking on Claude models only, else refused",
     "thinking": "anthropic `thinking` as given; bedrock `additionalModelRequestFields.thinking` on Claude models; for "
-                "other models adaptive and disabled (which let the model skip thinking) are not sent and reported "
-                "as ignored, with the reasoning_effort beside them; enabled is refused",
+    "other models adaptive and disabled (which let the model skip thinking) are not sent and reported "
+    "as ignored, with the reasoning_effort beside them; enabled is refused",
     "user": "anthropic `metadata.user_id` (unless safety_identifier is set)",
     "safety_identifier": "anthropic `metadata.user_id`",
     "metadata": "OpenAI's stored-completion tags: Anthropic's metadata takes only user_id, Bedrock's "
-                "requestMetadata only filters invocation logs",
+    "requestMetadata only filters invocation logs",
     "n": "one choice per request: only 1 is accepted",
     "logprobs": "no token log probabilities: only false is accepted",
     "top_logprobs": "no token log probabilities: only 0 is accepted",
@@ -129,7 +131,7 @@ NOTES: dict[str, str] = {
     "seed": "no seeded sampling",
     "presence_penalty": "no penalties: only 0 is accepted",
     "frequency_penalty": "no penalties: only 0 is accepted",
-    "modalities": "text answers only: only `[\"text\"]` is accepted",
+    "modalities": 'text answers only: only `["text"]` is accepted',
     "audio": "no audio answers",
     "verbosity": "no verbosity control: only medium (the default) is accepted",
     "web_search_options": "no provider-run web search",
@@ -141,13 +143,13 @@ NOTES: dict[str, str] = {
     "service_tier": "a capacity hint; the answer is the same",
     "prediction": "a latency hint; the answer is the same",
     "messages[].thinking_blocks": "an assistant message's thinking / redacted_thinking blocks go back first in "
-                                  "its turn, signatures unchanged (bedrock: `reasoningContent`, Claude models "
-                                  "only); answers carry `reasoning_content` and `thinking_blocks`",
+    "its turn, signatures unchanged (bedrock: `reasoningContent`, Claude models "
+    "only); answers carry `reasoning_content` and `thinking_blocks`",
     "messages[].content[].cache_control": "on text, image and file parts, system parts, tools, tool calls and tool "
-                                          "messages: anthropic keeps it on the block (the system prompt is then "
-                                          "sent as blocks); bedrock adds a `cachePoint` after the block",
+    "messages: anthropic keeps it on the block (the system prompt is then "
+    "sent as blocks); bedrock adds a `cachePoint` after the block",
     "messages[].content[].file": "`file_data` data URLs: anthropic documents (PDF, plain text); bedrock "
-                                 "`document` blocks (pdf, csv, doc, docx, xls, xlsx, html, txt, md)",
+    "`document` blocks (pdf, csv, doc, docx, xls, xlsx, html, txt, md)",
     "messages[].is_error": "a tool message's error flag: anthropic `is_error`, bedrock `status: error`",
 }
 
@@ -201,8 +203,9 @@ def outcome(name: str, kind: str) -> str | None:
 def refusal(name: str, backend: str, kind: str, reason: str | None = None) -> InvalidRequest:
     """The 400 for a parameter a backend cannot honour: it names the parameter and the backend."""
     why = reason or REASONS.get(name, "{api} cannot honour it").format(api=API.get(kind, kind))
-    return InvalidRequest(f"backend '{backend}' ({kind}) does not support '{name}': {why}", param=name,
-                          code="unsupported_parameter")
+    return InvalidRequest(
+        f"backend '{backend}' ({kind}) does not support '{name}': {why}", param=name, code="unsupported_parameter"
+    )
 
 
 def check_parameters(body: dict, backend: str, kind: str) -> list[str]:
@@ -214,9 +217,12 @@ def check_parameters(body: dict, backend: str, kind: str) -> list[str]:
         what = outcome(name, kind)
         if what is None:
             if kind in TRANSLATING_KINDS:
-                raise InvalidRequest(f"backend '{backend}' ({kind}) does not know the parameter '{name}' and "
-                                     f"cannot pass it on to {API[kind]}: remove it", param=name,
-                                     code="unsupported_parameter")
+                raise InvalidRequest(
+                    f"backend '{backend}' ({kind}) does not know the parameter '{name}' and "
+                    f"cannot pass it on to {API[kind]}: remove it",
+                    param=name,
+                    code="unsupported_parameter",
+                )
         elif what == "refused":
             harmless = HARMLESS.get(name)
             if harmless is None or not harmless(value, body):
@@ -233,12 +239,19 @@ def ignored_parameters(body: dict, kind: str) -> list[str]:
 
 # --- the backend settings that choose between translations (anthropic and bedrock) ----------------------
 
+
 def structured_output_setting(native: str) -> Any:
-    return Field("tool", description="how a json_schema response_format is honoured: 'tool' forces a tool whose "
-                 "input is the answer (every Claude model; not beside thinking), 'native' sends the API's own "
-                 f"structured output ({native}; recent models only)")
+    return Field(
+        "tool",
+        description="how a json_schema response_format is honoured: 'tool' forces a tool whose "
+        "input is the answer (every Claude model; not beside thinking), 'native' sends the API's own "
+        f"structured output ({native}; recent models only)",
+    )
 
 
 def reasoning_effort_setting(native: str) -> Any:
-    return Field("budget_tokens", description="what reasoning_effort becomes: 'budget_tokens' a thinking budget "
-                 f"(models with extended thinking), 'effort' the API's own effort level ({native})")
+    return Field(
+        "budget_tokens",
+        description="what reasoning_effort becomes: 'budget_tokens' a thinking budget "
+        f"(models with extended thinking), 'effort' the API's own effort level ({native})",
+    )

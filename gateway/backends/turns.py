@@ -17,6 +17,7 @@ Shared decisions (the parameter table in `params` lists them per kind):
   the answer's content (a JSON string), and finish_reason is stop when no other tool was called.
 - `cache_control` on a part, a system part, a tool, a tool call or a tool message marks that block.
 """
+
 from __future__ import annotations
 
 import base64
@@ -104,8 +105,11 @@ def _cache(item: dict, where: str) -> dict | None:
     if marker is None:
         return None
     if not (isinstance(marker, dict) and marker.get("type") == "ephemeral"):
-        raise InvalidRequest(f"{where}.cache_control must be {{'type': 'ephemeral'}} (with an optional 'ttl')",
-                             param=f"{where}.cache_control", code="invalid_value")
+        raise InvalidRequest(
+            f"{where}.cache_control must be {{'type': 'ephemeral'}} (with an optional 'ttl')",
+            param=f"{where}.cache_control",
+            code="invalid_value",
+        )
     return marker
 
 
@@ -133,12 +137,18 @@ def _part(part: dict, where: str) -> Text | Image | Document:
         file = part.get("file") or {}
         m = _data_url(file.get("file_data") or "", where)
         if m is None:
-            raise InvalidRequest(f"{where}: a file part needs its content inline as a base64 data URL in "
-                                 "file.file_data (the gateway serves no Files API)", param=f"{where}.file",
-                                 code="unsupported_content")
+            raise InvalidRequest(
+                f"{where}: a file part needs its content inline as a base64 data URL in "
+                "file.file_data (the gateway serves no Files API)",
+                param=f"{where}.file",
+                code="unsupported_content",
+            )
         return Document(m.group("type"), m.group("data"), file.get("filename"), cache)
-    raise InvalidRequest(f"{where}: content parts of type '{kind}' are not supported by this backend",
-                         param=where, code="unsupported_content")
+    raise InvalidRequest(
+        f"{where}: content parts of type '{kind}' are not supported by this backend",
+        param=where,
+        code="unsupported_content",
+    )
 
 
 def _content_blocks(content: Any, where: str) -> list[Text | Image | Document]:
@@ -154,8 +164,11 @@ def _system_blocks(content: Any, where: str) -> list[Text]:
         return []
     if isinstance(content, str):
         return [Text(content)]
-    return [Text(p.get("text", ""), _cache(p, f"{where}.content[{i}]"))
-            for i, p in enumerate(content) if p.get("type") == "text"]
+    return [
+        Text(p.get("text", ""), _cache(p, f"{where}.content[{i}]"))
+        for i, p in enumerate(content)
+        if p.get("type") == "text"
+    ]
 
 
 def _thinking_blocks(message: dict, where: str) -> list[Block]:
@@ -163,15 +176,21 @@ def _thinking_blocks(message: dict, where: str) -> list[Block]:
     for j, block in enumerate(message.get("thinking_blocks") or ()):
         at = f"{where}.thinking_blocks[{j}]"
         kind = block.get("type") if isinstance(block, dict) else None
-        if kind == "thinking" and isinstance(block.get("thinking"), str) \
-                and isinstance(block.get("signature", ""), str):
+        if (
+            kind == "thinking"
+            and isinstance(block.get("thinking"), str)
+            and isinstance(block.get("signature", ""), str)
+        ):
             blocks.append(Thinking(block["thinking"], block.get("signature", "")))
         elif kind == "redacted_thinking" and isinstance(block.get("data"), str):
             blocks.append(RedactedThinking(block["data"]))
         else:
-            raise InvalidRequest(f"{at} must be {{'type': 'thinking', 'thinking', 'signature'}} or "
-                                 "{'type': 'redacted_thinking', 'data'}, as the answer gave it", param=at,
-                                 code="invalid_value")
+            raise InvalidRequest(
+                f"{at} must be {{'type': 'thinking', 'thinking', 'signature'}} or "
+                "{'type': 'redacted_thinking', 'data'}, as the answer gave it",
+                param=at,
+                code="invalid_value",
+            )
     return blocks
 
 
@@ -198,16 +217,34 @@ def to_turns(messages: list[dict]) -> tuple[list[Text], list[Turn]]:
             blocks = _thinking_blocks(message, where) + _content_blocks(message.get("content"), where)
             for j, call in enumerate(message.get("tool_calls") or ()):
                 fn = call["function"]
-                blocks.append(ToolCall(call["id"], fn["name"], parse_arguments(fn.get("arguments")),
-                                       _cache(call, f"{where}.tool_calls[{j}]")))
+                blocks.append(
+                    ToolCall(
+                        call["id"],
+                        fn["name"],
+                        parse_arguments(fn.get("arguments")),
+                        _cache(call, f"{where}.tool_calls[{j}]"),
+                    )
+                )
             add("assistant", blocks)
         elif role in ("tool", "function"):
             call_id = message.get("tool_call_id") or message.get("name") or ""
-            add("user", [ToolResult(call_id, _content_blocks(message.get("content"), where),
-                                    bool(message.get("is_error")), _cache(message, where))])
+            add(
+                "user",
+                [
+                    ToolResult(
+                        call_id,
+                        _content_blocks(message.get("content"), where),
+                        bool(message.get("is_error")),
+                        _cache(message, where),
+                    )
+                ],
+            )
     if turns and turns[0].role != "user":
-        raise InvalidRequest("the conversation must start with a user message for this backend", param="messages",
-                             code="invalid_conversation")
+        raise InvalidRequest(
+            "the conversation must start with a user message for this backend",
+            param="messages",
+            code="invalid_conversation",
+        )
     return system, turns
 
 
@@ -224,10 +261,15 @@ class ToolSpec:
 
 
 def tool_specs(body: dict) -> list[ToolSpec]:
-    return [ToolSpec(t["function"]["name"], t["function"].get("description"),
-                     t["function"].get("parameters") or {"type": "object", "properties": {}},
-                     _cache(t, f"tools[{i}]"))
-            for i, t in enumerate(body.get("tools") or ())]
+    return [
+        ToolSpec(
+            t["function"]["name"],
+            t["function"].get("description"),
+            t["function"].get("parameters") or {"type": "object", "properties": {}},
+            _cache(t, f"tools[{i}]"),
+        )
+        for i, t in enumerate(body.get("tools") or ())
+    ]
 
 
 def tool_choice(body: dict) -> tuple[str, str | None] | None:
@@ -244,6 +286,7 @@ def tool_choice(body: dict) -> tuple[str, str | None] | None:
 
 # --- JSON answers through a forced tool ---------------------------------------------------------------
 
+
 def json_schema(body: dict) -> dict | None:
     """response_format's json_schema object (name, schema, ...), when it asks for one."""
     fmt = body.get("response_format") or {}
@@ -251,8 +294,11 @@ def json_schema(body: dict) -> dict | None:
         return None
     spec = fmt.get("json_schema")
     if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
-        raise InvalidRequest("'response_format.json_schema' must be an object with a 'name' and a 'schema'",
-                             param="response_format", code="invalid_value")
+        raise InvalidRequest(
+            "'response_format.json_schema' must be an object with a 'name' and a 'schema'",
+            param="response_format",
+            code="invalid_value",
+        )
     return spec
 
 
@@ -260,20 +306,29 @@ def output_tool(body: dict, backend: str, kind: str, native: bool = False) -> To
     """The tool a JSON answer is forced through (None for text answers, and json_schema when `native`)."""
     fmt = (body.get("response_format") or {}).get("type", "text")
     if fmt == "json_object":
-        spec = ToolSpec(JSON_TOOL, "Give your answer as this tool's input: a JSON object.",
-                        {"type": "object", "additionalProperties": True})
+        spec = ToolSpec(
+            JSON_TOOL,
+            "Give your answer as this tool's input: a JSON object.",
+            {"type": "object", "additionalProperties": True},
+        )
     elif fmt == "json_schema" and not native:
         schema = json_schema(body)
-        spec = ToolSpec(schema.get("name") or JSON_TOOL,
-                        schema.get("description") or "Give your answer as this tool's input, in this JSON schema.",
-                        schema.get("schema") or {"type": "object"})
+        spec = ToolSpec(
+            schema.get("name") or JSON_TOOL,
+            schema.get("description") or "Give your answer as this tool's input, in this JSON schema.",
+            schema.get("schema") or {"type": "object"},
+        )
     elif fmt in ("text", "json_schema"):
         return None
     else:
         raise refusal("response_format", backend, kind, f"response_format '{fmt}' is not one it knows")
     if any(s.name == spec.name for s in tool_specs(body)):
-        raise refusal("response_format", backend, kind, f"the answer's schema is named '{spec.name}' like one of "
-                      "the request's tools: rename the schema")
+        raise refusal(
+            "response_format",
+            backend,
+            kind,
+            f"the answer's schema is named '{spec.name}' like one of the request's tools: rename the schema",
+        )
     return spec
 
 
@@ -291,10 +346,11 @@ def choose_tool(body: dict, output: ToolSpec | None) -> tuple[str, str | None] |
 
 # --- reasoning --------------------------------------------------------------------------------------------
 
+
 @dataclass
 class Reasoning:
     thinking: dict | None = None  # Anthropic's thinking object, as sent
-    effort: str | None = None     # the API's own effort level, as sent
+    effort: str | None = None  # the API's own effort level, as sent
 
     @property
     def on(self) -> bool:
@@ -312,11 +368,17 @@ def reasoning(body: dict, backend: str, kind: str, effort_as: str = "budget_toke
     """What `reasoning_effort` and `thinking` ask of Claude (see the module docstring)."""
     effort, thinking = body.get("reasoning_effort"), body.get("thinking")
     if effort is not None and effort not in EFFORTS:
-        raise InvalidRequest(f"'reasoning_effort' must be one of {', '.join(EFFORTS)}, got {effort!r}",
-                             param="reasoning_effort", code="invalid_value")
+        raise InvalidRequest(
+            f"'reasoning_effort' must be one of {', '.join(EFFORTS)}, got {effort!r}",
+            param="reasoning_effort",
+            code="invalid_value",
+        )
     if thinking is not None and not (isinstance(thinking, dict) and isinstance(thinking.get("type"), str)):
-        raise InvalidRequest("'thinking' must be an object with a 'type' (enabled with budget_tokens, disabled, "
-                             "adaptive)", param="thinking", code="invalid_value")
+        raise InvalidRequest(
+            "'thinking' must be an object with a 'type' (enabled with budget_tokens, disabled, adaptive)",
+            param="thinking",
+            code="invalid_value",
+        )
     out = Reasoning(thinking=thinking)
     if effort in (None, "none"):
         return out
@@ -347,8 +409,11 @@ def check_thinking(body: dict, r: Reasoning, backend: str, kind: str, output: To
     if choice and choice[0] in ("any", "tool"):
         raise refuse("tool_choice", "Claude cannot be made to call a tool")
     if output is not None:
-        raise refuse("response_format", "a JSON answer is a forced tool call, which Claude refuses (a backend with "
-                     "`structured_output: native` takes json_schema)")
+        raise refuse(
+            "response_format",
+            "a JSON answer is a forced tool call, which Claude refuses (a backend with "
+            "`structured_output: native` takes json_schema)",
+        )
 
 
 def max_tokens(body: dict, default: int | None, r: Reasoning) -> int | None:
@@ -362,9 +427,17 @@ def max_tokens(body: dict, default: int | None, r: Reasoning) -> int | None:
 
 # --- answers ----------------------------------------------------------------------------------------------
 
-FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
-                  "pause_turn": "stop", "refusal": "content_filter", "guardrail_intervened": "content_filter",
-                  "content_filtered": "content_filter", "model_context_window_exceeded": "length"}
+FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "pause_turn": "stop",
+    "refusal": "content_filter",
+    "guardrail_intervened": "content_filter",
+    "content_filtered": "content_filter",
+    "model_context_window_exceeded": "length",
+}
 
 
 def finish_reason(stop_reason: str | None, message: dict | None = None) -> str | None:
@@ -378,9 +451,13 @@ def finish_reason(stop_reason: str | None, message: dict | None = None) -> str |
 
 
 def thinking_dicts(blocks: list[Block]) -> list[dict]:
-    return [{"type": "thinking", "thinking": b.thinking, "signature": b.signature} if isinstance(b, Thinking)
-            else {"type": "redacted_thinking", "data": b.data}
-            for b in blocks if isinstance(b, (Thinking, RedactedThinking))]
+    return [
+        {"type": "thinking", "thinking": b.thinking, "signature": b.signature}
+        if isinstance(b, Thinking)
+        else {"type": "redacted_thinking", "data": b.data}
+        for b in blocks
+        if isinstance(b, (Thinking, RedactedThinking))
+    ]
 
 
 def message_from_blocks(blocks: list[Block], output: str | None = None) -> dict:
@@ -390,8 +467,11 @@ def message_from_blocks(blocks: list[Block], output: str | None = None) -> dict:
     answers = [b for b in blocks if isinstance(b, ToolCall) and b.name == output]
     if answers:
         text = json.dumps(answers[0].input, ensure_ascii=False)
-    calls = [{"id": b.id, "type": "function", "function": {"name": b.name, "arguments": _json(b.input)}}
-             for b in blocks if isinstance(b, ToolCall) and b.name != output]
+    calls = [
+        {"id": b.id, "type": "function", "function": {"name": b.name, "arguments": _json(b.input)}}
+        for b in blocks
+        if isinstance(b, ToolCall) and b.name != output
+    ]
     message: dict[str, Any] = {"role": "assistant", "content": text or None}
     if calls:
         message["tool_calls"] = calls
@@ -417,8 +497,8 @@ class ChunkBuilder:
         self.id, self.model, self.output = id, model, output
         self._tool_index: dict[int, int] = {}  # content-block index -> tool_calls index
         self._answer_blocks: set[int] = set()  # blocks that are the JSON answer's tool
-        self._thinking: dict[int, dict] = {}   # open thinking blocks: index -> the block so far
-        self._thought = False                  # a thinking block has had text (the next one starts a paragraph)
+        self._thinking: dict[int, dict] = {}  # open thinking blocks: index -> the block so far
+        self._thought = False  # a thinking block has had text (the next one starts a paragraph)
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.cached_tokens = 0
@@ -476,8 +556,13 @@ class ChunkBuilder:
             self._answer_blocks.add(block)
             return None
         index = self._tool_index.setdefault(block, len(self._tool_index))
-        return self._chunk({"tool_calls": [{"index": index, "id": id, "type": "function",
-                                            "function": {"name": name, "arguments": ""}}]})
+        return self._chunk(
+            {
+                "tool_calls": [
+                    {"index": index, "id": id, "type": "function", "function": {"name": name, "arguments": ""}}
+                ]
+            }
+        )
 
     def tool_arguments(self, block: int, partial_json: str) -> dict | None:
         if block in self._answer_blocks:
@@ -490,5 +575,11 @@ class ChunkBuilder:
         return self._chunk({}, finish_reason(stop_reason, called))
 
     def usage(self) -> dict:
-        return self._chunk(usage_=usage(self.prompt_tokens, self.completion_tokens, self.cached_tokens or None,
-                                        cache_write=self.cache_write_tokens or None))
+        return self._chunk(
+            usage_=usage(
+                self.prompt_tokens,
+                self.completion_tokens,
+                self.cached_tokens or None,
+                cache_write=self.cache_write_tokens or None,
+            )
+        )

@@ -1,4 +1,5 @@
 """The `llmgate` command."""
+
 from __future__ import annotations
 
 import argparse
@@ -20,29 +21,42 @@ admin token from LLMGATE_ADMIN_TOKEN."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llmgate", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="llmgate", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run the gateway daemon",
-                                description="Run the gateway. SIGHUP reloads the config; SIGTERM drains and stops.")
+    serve = commands.add_parser(
+        "serve",
+        help="run the gateway daemon",
+        description="Run the gateway. SIGHUP reloads the config; SIGTERM drains and stops.",
+    )
     add_config_arg(serve)
     serve.add_argument("--host", help="address to listen on (default: server.host, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default: server.port, 8080)")
-    serve.add_argument("--log-level", default=os.environ.get("LLMGATE_LOG_LEVEL", "INFO"),
-                       help="DEBUG, INFO, WARNING or ERROR (default: $LLMGATE_LOG_LEVEL, else INFO)")
+    serve.add_argument(
+        "--log-level",
+        default=os.environ.get("LLMGATE_LOG_LEVEL", "INFO"),
+        help="DEBUG, INFO, WARNING or ERROR (default: $LLMGATE_LOG_LEVEL, else INFO)",
+    )
     serve.add_argument("--log-json", action="store_true", help="write logs as JSON lines")
 
-    check = commands.add_parser("check-config", aliases=["check"],
-                                help="validate a config file and say what is missing",
-                                description="Load FILE as the daemon would; exit 1 and name each problem "
-                                            "if it is invalid.")
-    check.add_argument("file", nargs="?", default=None,
-                       help="the config file to check (default: as serve finds one without --config)")
+    check = commands.add_parser(
+        "check-config",
+        aliases=["check"],
+        help="validate a config file and say what is missing",
+        description="Load FILE as the daemon would; exit 1 and name each problem if it is invalid.",
+    )
+    check.add_argument(
+        "file", nargs="?", default=None, help="the config file to check (default: as serve finds one without --config)"
+    )
     check.set_defaults(handler=cmd_check_config)  # by its handler, not its name: `check` is the same command
 
-    init = commands.add_parser("init", help="write a starter config to edit",
-                               description="Write the starter config to PATH, then check and serve it.")
+    init = commands.add_parser(
+        "init",
+        help="write a starter config to edit",
+        description="Write the starter config to PATH, then check and serve it.",
+    )
     init.add_argument("path", nargs="?", default="llmgate.yaml", help="where to write it (default: ./llmgate.yaml)")
     init.add_argument("--force", action="store_true", help="overwrite PATH when it exists")
     init.set_defaults(handler=cmd_init)
@@ -83,8 +97,10 @@ def cmd_init(args: argparse.Namespace) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(PACKAGED_CONFIG.read_text())
     quoted = shlex.quote(str(path))
-    print(f"wrote {path}: edit its backends and routes, keep keys in the environment (${{VAR}}), then:\n"
-          f"  llmgate check-config {quoted}\n  llmgate serve --config {quoted}")
+    print(
+        f"wrote {path}: edit its backends and routes, keep keys in the environment (${{VAR}}), then:\n"
+        f"  llmgate check-config {quoted}\n  llmgate serve --config {quoted}"
+    )
     return 0
 
 
@@ -95,8 +111,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     config = load_config(args.file)
     gateway = Gateway(config)
     settings = config.settings
-    print(f"{config.source}: valid: {len(settings.backends)} backends, {len(settings.routes)} routes, "
-          f"plugins: {', '.join(sorted(name for name, _ in gateway.pm.list_name_plugin()))}")
+    print(
+        f"{config.source}: valid: {len(settings.backends)} backends, {len(settings.routes)} routes, "
+        f"plugins: {', '.join(sorted(name for name, _ in gateway.pm.list_name_plugin()))}"
+    )
     for backend, missing in gateway.missing_credentials().items():
         print(f"  backend {backend}: set {', '.join(missing)} before it can serve")
     return 0

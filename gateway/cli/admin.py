@@ -1,6 +1,7 @@
 """The core's operator commands, `llmgate status` and `llmgate events`: they talk to a running daemon's
 admin API (--url, LLMGATE_ADMIN_TOKEN). The plugins' operator commands (rollout, schedule, shadow,
 cache, ...) are in their command modules (gateway.known_plugins.COMMAND_MODULES)."""
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,10 @@ def status(client: AdminClient, args: argparse.Namespace) -> int:
             s = schedules[name]
             steps = " -> ".join(f"{p:g}" for p in s.get("steps", []))
             why = f": {s['reason']}" if s.get("reason") and s.get("status") != "running" else ""
-            print(f"  schedule {s.get('candidate')}: step {s.get('step', 0) + 1}/{len(s.get('steps', []))} "
-                  f"({steps}), hold {s.get('hold_seconds', 0):g}s, {s.get('status')}{why}")
+            print(
+                f"  schedule {s.get('candidate')}: step {s.get('step', 0) + 1}/{len(s.get('steps', []))} "
+                f"({steps}), hold {s.get('hold_seconds', 0):g}s, {s.get('status')}{why}"
+            )
         for variant, figures in (windows.get(name) or {}).items():
             print(f"  window {variant:<23} " + "  ".join(f"{k}={v}" for k, v in figures.items()))
         if route.get("shadow"):
@@ -55,11 +58,13 @@ def events(client: AdminClient, args: argparse.Namespace) -> int:
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
-    p = add_admin_parser(commands, "status", "routes, variants, percents, schedule steps, window figures and "
-                                             "the last events", status)
+    p = add_admin_parser(
+        commands, "status", "routes, variants, percents, schedule steps, window figures and the last events", status
+    )
     add_json_arg(p)
-    p = add_admin_parser(commands, "events", "the audit trail: rollouts, rollbacks, promotions, with who, before, "
-                                             "after and why", events)
+    p = add_admin_parser(
+        commands, "events", "the audit trail: rollouts, rollbacks, promotions, with who, before, after and why", events
+    )
     add_route_arg(p, nargs="?", help="only this route's events (default: every route's)")
     p.add_argument("--limit", type=int, default=20, help="how many of the latest events (default 20)")
     add_json_arg(p, "the events")

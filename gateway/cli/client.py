@@ -1,4 +1,5 @@
 """The CLI's side of the admin API: a small synchronous client that says clearly what went wrong."""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,11 @@ class AdminClient:
         import urllib.parse
         import urllib.request
 
-        url = self.url + path + ("?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
-                                 if query else "")
+        url = (
+            self.url
+            + path
+            + ("?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None}) if query else "")
+        )
         data = json.dumps(body).encode() if body is not None else None
         headers = {"Authorization": f"Bearer {self.token}", "X-LLMgate-Actor": self.actor}
         if data is not None:

@@ -4,6 +4,7 @@ Its own module, light (the standard library and the admin client), so that the b
 (admin.py), the plugins' command modules and third-party ones import it without the `llmgate`
 entry point itself; `gateway.cli` re-exports add_config_arg, add_reason_arg and REASON_HELP.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,9 +25,13 @@ REASON_HELP = "why, recorded in the audit trail"
 
 def add_config_arg(parser: argparse.ArgumentParser) -> None:
     """The `--config/-c` option every command that reads a config file takes."""
-    parser.add_argument("--config", "-c", default=None,
-                        help=f"config file (default: $LLMGATE_CONFIG, else ./{DEFAULT_CONFIG_PATH} when it exists, "
-                             "else the starter config inside the package)")
+    parser.add_argument(
+        "--config",
+        "-c",
+        default=None,
+        help=f"config file (default: $LLMGATE_CONFIG, else ./{DEFAULT_CONFIG_PATH} when it exists, "
+        "else the starter config inside the package)",
+    )
 
 
 def add_reason_arg(parser: argparse.ArgumentParser, required: bool = False, help: str = REASON_HELP) -> None:
@@ -50,14 +55,17 @@ def add_route_arg(parser: argparse.ArgumentParser, nargs: str | None = None, hel
 
 def admin_command(fn: AdminHandler) -> Callable[[argparse.Namespace], int]:
     """`fn(client, args)` as a command's handler (`set_defaults(handler=...)`), `client` talking to `--url`."""
+
     @functools.wraps(fn)
     def handler(args: argparse.Namespace) -> int:
         return fn(AdminClient(args.url), args)
+
     return handler
 
 
-def add_admin_parser(commands: argparse._SubParsersAction, name: str, help: str,
-                     handler: AdminHandler | None = None) -> argparse.ArgumentParser:
+def add_admin_parser(
+    commands: argparse._SubParsersAction, name: str, help: str, handler: AdminHandler | None = None
+) -> argparse.ArgumentParser:
     """A command that talks to a running gateway's admin API: its help is its description, it takes `--url`."""
     parser = commands.add_parser(name, help=help, description=help)
     add_url_arg(parser)
@@ -66,8 +74,9 @@ def add_admin_parser(commands: argparse._SubParsersAction, name: str, help: str,
     return parser
 
 
-def add_command_group(commands: argparse._SubParsersAction, name: str, help: str, description: str,
-                      handler: AdminHandler | None = None) -> argparse._SubParsersAction:
+def add_command_group(
+    commands: argparse._SubParsersAction, name: str, help: str, description: str, handler: AdminHandler | None = None
+) -> argparse._SubParsersAction:
     """A command whose subcommands do the work (`llmgate cache clear`); the one chosen is in `<name>_command`.
 
     `handler`, when given, serves every subcommand (one that sets its own overrides it)."""
@@ -86,8 +95,10 @@ def print_events(events: list[dict]) -> None:
     for e in events:
         change = f"{json.dumps(e.get('before'))} -> {json.dumps(e.get('after'))}" if e.get("after") is not None else ""
         extra = f" rule={e['rule']}" if e.get("rule") else ""
-        print(f"{_when(e.get('ts'))}  {e.get('kind', '?'):<10} {e.get('route') or '-':<16} {change}{extra}"
-              f"  by {e.get('actor', '?')}" + (f"  because: {e['reason']}" if e.get("reason") else ""))
+        print(
+            f"{_when(e.get('ts'))}  {e.get('kind', '?'):<10} {e.get('route') or '-':<16} {change}{extra}"
+            f"  by {e.get('actor', '?')}" + (f"  because: {e['reason']}" if e.get("reason") else "")
+        )
 
 
 def duration(text: str) -> float:
@@ -106,6 +117,7 @@ def duration(text: str) -> float:
 def moment(text: str) -> float:
     """Epoch seconds from an ISO date or time (UTC unless it says otherwise) or a span back from now (30d, 24h)."""
     from datetime import datetime, timezone  # start-up: only when a time is parsed
+
     try:
         when = datetime.fromisoformat(text)
     except ValueError:

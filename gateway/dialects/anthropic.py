@@ -3,6 +3,7 @@ SDK and Claude Code speak it, served by the one request path. The translation, b
 chat-form conventions it uses (thinking blocks, cache_control, is_error, the sticky user) are in
 gateway/dialects/anthropic_messages.py.
 """
+
 from __future__ import annotations
 
 import json
@@ -58,8 +59,16 @@ class AnthropicMessages(Dialect):
 
 def estimated_tokens(chat: dict) -> int:
     """An estimate of a request's input tokens (about four characters a token), for count_tokens."""
-    return max(1, math.ceil(len(json.dumps(chat["messages"], ensure_ascii=False)
-                                + json.dumps(chat.get("tools") or [], ensure_ascii=False)) / 4))
+    return max(
+        1,
+        math.ceil(
+            len(
+                json.dumps(chat["messages"], ensure_ascii=False)
+                + json.dumps(chat.get("tools") or [], ensure_ascii=False)
+            )
+            / 4
+        ),
+    )
 
 
 MESSAGES = AnthropicMessages()

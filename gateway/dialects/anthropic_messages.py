@@ -45,6 +45,7 @@ Answers: tool-call arguments that are not a JSON object (malformed, or a list) b
 in a whole Message (the client's tool then reports the missing arguments to the model; a stream
 passes the fragments on as they come). A `stop` finish with tool calls present is `tool_use`.
 """
+
 from __future__ import annotations
 
 import json
@@ -57,13 +58,32 @@ from ..errors import InvalidRequest, presentable
 Event = tuple[str, dict]
 
 # Top-level parameters: translated, accepted without effect (hints), or known and refused.
-TRANSLATED = frozenset({"model", "messages", "max_tokens", "system", "metadata", "stop_sequences", "stream",
-                        "temperature", "top_p", "top_k", "tools", "tool_choice", "thinking", "output_config",
-                        "output_format", "cache_control"})
+TRANSLATED = frozenset(
+    {
+        "model",
+        "messages",
+        "max_tokens",
+        "system",
+        "metadata",
+        "stop_sequences",
+        "stream",
+        "temperature",
+        "top_p",
+        "top_k",
+        "tools",
+        "tool_choice",
+        "thinking",
+        "output_config",
+        "output_format",
+        "cache_control",
+    }
+)
 IGNORED = ("service_tier", "inference_geo", "speed", "diagnostics", "context_management", "anthropic_version")
-REFUSED = {"container": "a code-execution container belongs to provider-run tools, which no backend here runs",
-           "mcp_servers": "MCP servers are called by Anthropic's servers, which no backend here is: run the MCP "
-                          "client yourself and declare its tools as custom tools"}
+REFUSED = {
+    "container": "a code-execution container belongs to provider-run tools, which no backend here runs",
+    "mcp_servers": "MCP servers are called by Anthropic's servers, which no backend here is: run the MCP "
+    "client yourself and declare its tools as custom tools",
+}
 KNOWN = TRANSLATED | frozenset(IGNORED) | frozenset(REFUSED)
 
 ROLES = ("user", "assistant", "system")  # system: a mid-conversation system message (Claude Code sends them)
@@ -75,18 +95,46 @@ TOOL_HINTS = ("defer_loading", "eager_input_streaming", "input_examples", "allow
 USER_BLOCKS = "text, image, document, search_result, tool_result"
 ASSISTANT_BLOCKS = "text, tool_use, thinking, redacted_thinking"
 # Blocks of tools the provider runs (and their results): nothing here ran them, nothing can replay them.
-PROVIDER_BLOCKS = frozenset({"server_tool_use", "web_search_tool_result", "web_fetch_tool_result",
-                             "code_execution_tool_result", "bash_code_execution_tool_result",
-                             "text_editor_code_execution_tool_result", "tool_search_tool_result",
-                             "container_upload", "mcp_tool_use", "mcp_tool_result", "tool_reference",
-                             "browser_state"})
+PROVIDER_BLOCKS = frozenset(
+    {
+        "server_tool_use",
+        "web_search_tool_result",
+        "web_fetch_tool_result",
+        "code_execution_tool_result",
+        "bash_code_execution_tool_result",
+        "text_editor_code_execution_tool_result",
+        "tool_search_tool_result",
+        "container_upload",
+        "mcp_tool_use",
+        "mcp_tool_result",
+        "tool_reference",
+        "browser_state",
+    }
+)
 
-STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use",
-                "content_filter": "refusal"}
-ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
-               403: "permission_error", 404: "not_found_error", 409: "conflict_error", 413: "request_too_large",
-               422: "invalid_request_error", 429: "rate_limit_error", 500: "api_error", 502: "api_error",
-               503: "overloaded_error", 504: "timeout_error", 529: "overloaded_error"}
+STOP_REASONS = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "function_call": "tool_use",
+    "content_filter": "refusal",
+}
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    413: "request_too_large",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "api_error",
+    502: "api_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
 
 
 def _bad(message: str, param: str, code: str = "invalid_value") -> InvalidRequest:
@@ -113,13 +161,16 @@ def _shown(value: Any) -> str:
 
 # --- the request ---------------------------------------------------------------------------------------
 
+
 def _marked(part: dict, block: dict, where: str) -> dict:
     """`part` with the cache_control marker of `block`, when it has one."""
     marker = block.get("cache_control")
     if marker is not None:
-        _require(isinstance(marker, dict) and marker.get("type") == "ephemeral",
-                 f"{where}.cache_control must be {{'type': 'ephemeral'}} (with an optional 'ttl')",
-                 f"{where}.cache_control")
+        _require(
+            isinstance(marker, dict) and marker.get("type") == "ephemeral",
+            f"{where}.cache_control must be {{'type': 'ephemeral'}} (with an optional 'ttl')",
+            f"{where}.cache_control",
+        )
         part["cache_control"] = marker
     return part
 
@@ -127,8 +178,11 @@ def _marked(part: dict, block: dict, where: str) -> dict:
 def _block_list(content: Any, where: str) -> list[dict]:
     _require(isinstance(content, list), f"{where} must be a string or an array of content blocks", where)
     for j, block in enumerate(content):
-        _require(isinstance(block, dict) and isinstance(block.get("type"), str),
-                 f"{where}[{j}] must be a content block: an object with a 'type'", f"{where}[{j}]")
+        _require(
+            isinstance(block, dict) and isinstance(block.get("type"), str),
+            f"{where}[{j}] must be a content block: an object with a 'type'",
+            f"{where}[{j}]",
+        )
     return content
 
 
@@ -140,11 +194,16 @@ def _text(block: dict, where: str, ignored: dict) -> dict:
 
 
 def _data_url(source: dict, where: str) -> str:
-    _require(isinstance(source.get("media_type"), str) and source["media_type"] != "",
-             f"{where}.source.media_type must name the data's type (image/png, application/pdf, ...)",
-             f"{where}.source.media_type")
-    _require(isinstance(source.get("data"), str) and source["data"] != "",
-             f"{where}.source.data must be the base64 bytes", f"{where}.source.data")
+    _require(
+        isinstance(source.get("media_type"), str) and source["media_type"] != "",
+        f"{where}.source.media_type must name the data's type (image/png, application/pdf, ...)",
+        f"{where}.source.media_type",
+    )
+    _require(
+        isinstance(source.get("data"), str) and source["data"] != "",
+        f"{where}.source.data must be the base64 bytes",
+        f"{where}.source.data",
+    )
     return f"data:{source['media_type']};base64,{source['data']}"
 
 
@@ -153,18 +212,27 @@ def _source(block: dict, where: str, kinds: tuple[str, ...]) -> dict:
     _require(isinstance(source, dict), f"{where}.source must be an object with a 'type'", f"{where}.source")
     kind = source.get("type")
     if kind == "file":
-        raise _bad(f"{where}.source is a Files API file, which this gateway does not serve: send the content "
-                   "inline (base64)", f"{where}.source.type", "unsupported_source")
-    _require(kind in kinds, f"{where}.source.type must be one of {', '.join(kinds)}, got {_shown(kind)}",
-             f"{where}.source.type")
+        raise _bad(
+            f"{where}.source is a Files API file, which this gateway does not serve: send the content inline (base64)",
+            f"{where}.source.type",
+            "unsupported_source",
+        )
+    _require(
+        kind in kinds,
+        f"{where}.source.type must be one of {', '.join(kinds)}, got {_shown(kind)}",
+        f"{where}.source.type",
+    )
     return source
 
 
 def _image(block: dict, where: str) -> dict:
     source = _source(block, where, ("base64", "url"))
     if source["type"] == "url":
-        _require(isinstance(source.get("url"), str) and source["url"] != "", f"{where}.source.url must be a URL",
-                 f"{where}.source.url")
+        _require(
+            isinstance(source.get("url"), str) and source["url"] != "",
+            f"{where}.source.url must be a URL",
+            f"{where}.source.url",
+        )
         url = source["url"]
     else:
         url = _data_url(source, where)
@@ -179,8 +247,12 @@ def _document(block: dict, where: str, ignored: dict) -> list[dict]:
     if block.get("context") is not None:
         ignored["document.context"] = None
     if kind == "url":
-        raise _bad(f"{where}.source is a URL, which this gateway does not fetch: send the document as base64 "
-                   "(or its text as a text source)", f"{where}.source.type", "unsupported_source")
+        raise _bad(
+            f"{where}.source is a URL, which this gateway does not fetch: send the document as base64 "
+            "(or its text as a text source)",
+            f"{where}.source.type",
+            "unsupported_source",
+        )
     if kind == "base64":
         file: dict[str, Any] = {"file_data": _data_url(source, where)}
         if isinstance(block.get("title"), str) and block["title"]:
@@ -189,8 +261,11 @@ def _document(block: dict, where: str, ignored: dict) -> list[dict]:
     if block.get("title") is not None:
         ignored["document.title"] = None
     if kind == "text":
-        _require(isinstance(source.get("data"), str), f"{where}.source.data must be the document's text",
-                 f"{where}.source.data")
+        _require(
+            isinstance(source.get("data"), str),
+            f"{where}.source.data must be the document's text",
+            f"{where}.source.data",
+        )
         return [_marked({"type": "text", "text": source["data"]}, block, where)]
     inner = source.get("content")  # a content source: the document given as blocks
     if isinstance(inner, str):
@@ -203,8 +278,11 @@ def _document(block: dict, where: str, ignored: dict) -> list[dict]:
         elif item["type"] == "image":
             parts.append(_image(item, f"{at}[{k}]"))
         else:
-            raise _bad(f"{at}[{k}].type must be text or image, got {_shown(item['type'])}", f"{at}[{k}].type",
-                       "unsupported_content")
+            raise _bad(
+                f"{at}[{k}].type must be text or image, got {_shown(item['type'])}",
+                f"{at}[{k}].type",
+                "unsupported_content",
+            )
     if parts:
         _marked(parts[-1], block, where)
     return parts
@@ -214,8 +292,10 @@ def _search_result(block: dict, where: str, ignored: dict) -> dict:
     """A search result as the text a model reads: its title, its source, then its text blocks."""
     for key in ("title", "source"):
         _require(isinstance(block.get(key), str), f"{where}.{key} must be a string", f"{where}.{key}")
-    texts = [_text(b, f"{where}.content[{k}]", ignored)["text"]
-             for k, b in enumerate(_block_list(block.get("content"), f"{where}.content"))]
+    texts = [
+        _text(b, f"{where}.content[{k}]", ignored)["text"]
+        for k, b in enumerate(_block_list(block.get("content"), f"{where}.content"))
+    ]
     if block.get("citations"):
         ignored["citations"] = None
     return _marked({"type": "text", "text": "\n".join([block["title"], block["source"], "", *texts])}, block, where)
@@ -223,10 +303,17 @@ def _search_result(block: dict, where: str, ignored: dict) -> dict:
 
 def _unsupported(kind: str, where: str, allowed: str, role: str) -> InvalidRequest:
     if kind in PROVIDER_BLOCKS:
-        return _bad(f"{where}.type '{kind}' belongs to a provider-run tool, which no backend of this gateway runs",
-                    f"{where}.type", "unsupported_content")
-    return _bad(f"{where}.type {_shown(kind)} is not a content block of a {role} message this gateway "
-                f"translates: use one of {allowed}", f"{where}.type", "unsupported_content")
+        return _bad(
+            f"{where}.type '{kind}' belongs to a provider-run tool, which no backend of this gateway runs",
+            f"{where}.type",
+            "unsupported_content",
+        )
+    return _bad(
+        f"{where}.type {_shown(kind)} is not a content block of a {role} message this gateway "
+        f"translates: use one of {allowed}",
+        f"{where}.type",
+        "unsupported_content",
+    )
 
 
 def _user_parts(block: dict, where: str, ignored: dict) -> list[dict]:
@@ -251,28 +338,39 @@ def _content(parts: list[dict]) -> str | list[dict]:
 
 def _tool_message(block: dict, where: str, ignored: dict, answerable: set[str]) -> dict:
     call_id = block.get("tool_use_id")
-    _require(isinstance(call_id, str) and call_id != "", f"{where}.tool_use_id must name the tool_use it answers",
-             f"{where}.tool_use_id")
-    _require(call_id in answerable,
-             f"{where}.tool_use_id {_shown(call_id)} answers no tool_use block of the latest assistant message: "
-             "a tool_result must follow the assistant message that asked for it", f"{where}.tool_use_id")
+    _require(
+        isinstance(call_id, str) and call_id != "",
+        f"{where}.tool_use_id must name the tool_use it answers",
+        f"{where}.tool_use_id",
+    )
+    _require(
+        call_id in answerable,
+        f"{where}.tool_use_id {_shown(call_id)} answers no tool_use block of the latest assistant message: "
+        "a tool_result must follow the assistant message that asked for it",
+        f"{where}.tool_use_id",
+    )
     content = block.get("content", "")
     if isinstance(content, list):
         at = f"{where}.content"
         parts = []
         for k, item in enumerate(_block_list(content, at)):
             if item["type"] == "tool_result":
-                raise _bad(f"{at}[{k}].type: a tool_result cannot hold another tool_result", f"{at}[{k}].type",
-                           "unsupported_content")
+                raise _bad(
+                    f"{at}[{k}].type: a tool_result cannot hold another tool_result",
+                    f"{at}[{k}].type",
+                    "unsupported_content",
+                )
             parts.extend(_user_parts(item, f"{at}[{k}]", ignored))
         content = _content(parts) if parts else ""
     else:
-        _require(isinstance(content, str), f"{where}.content must be a string or an array of content blocks",
-                 f"{where}.content")
+        _require(
+            isinstance(content, str),
+            f"{where}.content must be a string or an array of content blocks",
+            f"{where}.content",
+        )
     message: dict[str, Any] = {"role": "tool", "tool_call_id": call_id, "content": content}
     is_error = block.get("is_error")
-    _require(is_error is None or isinstance(is_error, bool), f"{where}.is_error must be a boolean",
-             f"{where}.is_error")
+    _require(is_error is None or isinstance(is_error, bool), f"{where}.is_error must be a boolean", f"{where}.is_error")
     if is_error:
         message["is_error"] = True
     return _marked(message, block, where)
@@ -296,13 +394,21 @@ def _user_messages(content: Any, where: str, ignored: dict, answerable: set[str]
 
 def _tool_call(block: dict, where: str) -> dict:
     for key in ("id", "name"):
-        _require(isinstance(block.get(key), str) and block[key] != "", f"{where}.{key} must be a non-empty string",
-                 f"{where}.{key}")
+        _require(
+            isinstance(block.get(key), str) and block[key] != "",
+            f"{where}.{key} must be a non-empty string",
+            f"{where}.{key}",
+        )
     arguments = block.get("input")
     _require(isinstance(arguments, dict), f"{where}.input must be an object (the tool's arguments)", f"{where}.input")
-    call = {"id": block["id"], "type": "function",
-            "function": {"name": block["name"],
-                         "arguments": json.dumps(arguments, separators=(",", ":"), ensure_ascii=False)}}
+    call = {
+        "id": block["id"],
+        "type": "function",
+        "function": {
+            "name": block["name"],
+            "arguments": json.dumps(arguments, separators=(",", ":"), ensure_ascii=False),
+        },
+    }
     return _marked(call, block, where)
 
 
@@ -321,17 +427,22 @@ def _assistant_message(content: Any, where: str, ignored: dict) -> tuple[dict, s
             calls.append(_tool_call(block, at))
         elif kind == "thinking":
             for key in ("thinking", "signature"):
-                _require(isinstance(block.get(key), str), f"{at}.{key} must be a string (send the block back "
-                         "as the answer gave it)", f"{at}.{key}")
+                _require(
+                    isinstance(block.get(key), str),
+                    f"{at}.{key} must be a string (send the block back as the answer gave it)",
+                    f"{at}.{key}",
+                )
             thinking.append(dict(block))
         elif kind == "redacted_thinking":
-            _require(isinstance(block.get("data"), str), f"{at}.data must be a string (send the block back as "
-                     "the answer gave it)", f"{at}.data")
+            _require(
+                isinstance(block.get("data"), str),
+                f"{at}.data must be a string (send the block back as the answer gave it)",
+                f"{at}.data",
+            )
             thinking.append(dict(block))
         else:
             raise _unsupported(kind, at, ASSISTANT_BLOCKS, "assistant")
-    message: dict[str, Any] = {"role": "assistant",
-                               "content": _content(parts) if parts else (None if calls else "")}
+    message: dict[str, Any] = {"role": "assistant", "content": _content(parts) if parts else (None if calls else "")}
     if calls:
         message["tool_calls"] = calls
     if thinking:
@@ -346,8 +457,9 @@ def _system_message(system: Any, where: str, ignored: dict) -> dict | None:
     _require(isinstance(system, list), f"{where} must be a string or an array of text blocks", where)
     parts = []
     for j, block in enumerate(_block_list(system, where)):
-        _require(block["type"] == "text", f"{where}[{j}].type must be 'text': a system prompt is text",
-                 f"{where}[{j}].type")
+        _require(
+            block["type"] == "text", f"{where}[{j}].type must be 'text': a system prompt is text", f"{where}[{j}].type"
+        )
         parts.append(_text(block, f"{where}[{j}]", ignored))
     return {"role": "system", "content": _content(parts)} if parts else None
 
@@ -360,20 +472,26 @@ def _tools(tools: Any, ignored: dict) -> list[dict]:
         _require(isinstance(tool, dict), f"{where} must be an object", where)
         kind = tool.get("type")
         if kind not in (None, "custom"):
-            raise _bad(f"{where}.type {_shown(kind)} is a tool Anthropic defines and runs or describes itself, "
-                       "which this gateway cannot do for other models: declare it as a custom tool (name, "
-                       "description, input_schema) instead", f"{where}.type", "unsupported_tool")
+            raise _bad(
+                f"{where}.type {_shown(kind)} is a tool Anthropic defines and runs or describes itself, "
+                "which this gateway cannot do for other models: declare it as a custom tool (name, "
+                "description, input_schema) instead",
+                f"{where}.type",
+                "unsupported_tool",
+            )
         name = tool.get("name")
         _require(isinstance(name, str) and name != "", f"{where}.name must be a non-empty string", f"{where}.name")
         _require(name not in names, f"{where}.name: a tool named {name!r} is already declared", f"{where}.name")
         names.add(name)
         schema = tool.get("input_schema")
-        _require(isinstance(schema, dict), f"{where}.input_schema must be a JSON schema object",
-                 f"{where}.input_schema")
+        _require(
+            isinstance(schema, dict), f"{where}.input_schema must be a JSON schema object", f"{where}.input_schema"
+        )
         function: dict[str, Any] = {"name": name}
         if tool.get("description") is not None:
-            _require(isinstance(tool["description"], str), f"{where}.description must be a string",
-                     f"{where}.description")
+            _require(
+                isinstance(tool["description"], str), f"{where}.description must be a string", f"{where}.description"
+            )
             function["description"] = tool["description"]
         function["parameters"] = schema
         if tool.get("strict") is not None:
@@ -383,33 +501,54 @@ def _tools(tools: Any, ignored: dict) -> list[dict]:
             if key in TOOL_HINTS:
                 ignored[f"tools.{key}"] = None
             elif key not in TOOL_KEYS:
-                raise _bad(f"{where}.{key} is not a tool field this gateway knows: remove it", f"{where}.{key}",
-                           "unknown_parameter")
+                raise _bad(
+                    f"{where}.{key} is not a tool field this gateway knows: remove it",
+                    f"{where}.{key}",
+                    "unknown_parameter",
+                )
         out.append(_marked({"type": "function", "function": function}, tool, where))
     return out
 
 
 def _tool_choice(choice: Any, names: set[str], chat: dict) -> None:
-    _require(isinstance(choice, dict), "'tool_choice' must be an object: {'type': 'auto' | 'any' | 'tool' | 'none'}",
-             "tool_choice")
+    _require(
+        isinstance(choice, dict),
+        "'tool_choice' must be an object: {'type': 'auto' | 'any' | 'tool' | 'none'}",
+        "tool_choice",
+    )
     kind = choice.get("type")
-    _require(kind in ("auto", "any", "tool", "none"),
-             f"'tool_choice.type' must be auto, any, tool or none, got {_shown(kind)}", "tool_choice.type")
-    allowed = {"auto": ("type", "disable_parallel_tool_use"),
-               "any": ("type", "disable_parallel_tool_use"), "tool": ("type", "name", "disable_parallel_tool_use"),
-               "none": ("type",)}[kind]
+    _require(
+        kind in ("auto", "any", "tool", "none"),
+        f"'tool_choice.type' must be auto, any, tool or none, got {_shown(kind)}",
+        "tool_choice.type",
+    )
+    allowed = {
+        "auto": ("type", "disable_parallel_tool_use"),
+        "any": ("type", "disable_parallel_tool_use"),
+        "tool": ("type", "name", "disable_parallel_tool_use"),
+        "none": ("type",),
+    }[kind]
     for key in choice:
-        _require(key in allowed, f"'tool_choice.{key}' is not a field of a tool_choice of type {kind!r}",
-                 f"tool_choice.{key}")
+        _require(
+            key in allowed,
+            f"'tool_choice.{key}' is not a field of a tool_choice of type {kind!r}",
+            f"tool_choice.{key}",
+        )
     single = choice.get("disable_parallel_tool_use", False)
-    _require(isinstance(single, bool), "'tool_choice.disable_parallel_tool_use' must be a boolean",
-             "tool_choice.disable_parallel_tool_use")
+    _require(
+        isinstance(single, bool),
+        "'tool_choice.disable_parallel_tool_use' must be a boolean",
+        "tool_choice.disable_parallel_tool_use",
+    )
     if kind in ("any", "tool"):
         _require(bool(names), f"'tool_choice' of type {kind!r} needs 'tools' to choose from", "tool_choice")
     if kind == "tool":
         name = choice.get("name")
-        _require(isinstance(name, str) and name in names,
-                 f"'tool_choice.name' must name one of the request's tools, got {_shown(name)}", "tool_choice.name")
+        _require(
+            isinstance(name, str) and name in names,
+            f"'tool_choice.name' must name one of the request's tools, got {_shown(name)}",
+            "tool_choice.name",
+        )
         chat["tool_choice"] = {"type": "function", "function": {"name": name}}
     elif names:  # without tools, auto and none are what happens anyway (and chat APIs refuse a tool_choice alone)
         chat["tool_choice"] = {"auto": "auto", "any": "required", "none": "none"}[kind]
@@ -418,31 +557,45 @@ def _tool_choice(choice: Any, names: set[str], chat: dict) -> None:
 
 
 def _thinking(value: Any) -> dict:
-    _require(isinstance(value, dict) and value.get("type") in THINKING_TYPES,
-             f"'thinking.type' must be one of {', '.join(THINKING_TYPES)}", "thinking.type")
+    _require(
+        isinstance(value, dict) and value.get("type") in THINKING_TYPES,
+        f"'thinking.type' must be one of {', '.join(THINKING_TYPES)}",
+        "thinking.type",
+    )
     if value["type"] == "enabled":
         budget = value.get("budget_tokens")
-        _require(_is_int(budget) and 0 < budget <= MAX_TOKENS_LIMIT,
-                 "'thinking.budget_tokens' must be a positive integer (Anthropic asks for at least 1024)",
-                 "thinking.budget_tokens")
+        _require(
+            _is_int(budget) and 0 < budget <= MAX_TOKENS_LIMIT,
+            "'thinking.budget_tokens' must be a positive integer (Anthropic asks for at least 1024)",
+            "thinking.budget_tokens",
+        )
     return dict(value)
 
 
 def _json_format(fmt: Any, param: str) -> dict:
-    _require(isinstance(fmt, dict) and fmt.get("type") == "json_schema" and isinstance(fmt.get("schema"), dict),
-             f"'{param}' must be {{'type': 'json_schema', 'schema': {{...}}}}", param)
+    _require(
+        isinstance(fmt, dict) and fmt.get("type") == "json_schema" and isinstance(fmt.get("schema"), dict),
+        f"'{param}' must be {{'type': 'json_schema', 'schema': {{...}}}}",
+        param,
+    )
     return {"type": "json_schema", "json_schema": {"name": "output", "schema": fmt["schema"], "strict": True}}
 
 
 def _output_config(config: Any, chat: dict) -> None:
     _require(isinstance(config, dict), "'output_config' must be an object", "output_config")
     for key in config:
-        _require(key in ("effort", "format"), f"'output_config.{key}' is not an output setting this gateway knows: "
-                 "it takes effort and format", f"output_config.{key}")
+        _require(
+            key in ("effort", "format"),
+            f"'output_config.{key}' is not an output setting this gateway knows: it takes effort and format",
+            f"output_config.{key}",
+        )
     effort = config.get("effort")
     if effort is not None:
-        _require(isinstance(effort, str) and effort in EFFORTS,
-                 f"'output_config.effort' must be one of {', '.join(EFFORTS)}", "output_config.effort")
+        _require(
+            isinstance(effort, str) and effort in EFFORTS,
+            f"'output_config.effort' must be one of {', '.join(EFFORTS)}",
+            "output_config.effort",
+        )
         chat["reasoning_effort"] = EFFORTS[effort]
     if config.get("format") is not None:
         chat["response_format"] = _json_format(config["format"], "output_config.format")
@@ -466,8 +619,11 @@ def sticky_user(user_id: str) -> str:
 
 def _mark_last(messages: list[dict], marker: Any) -> None:
     """Top-level cache_control: the marker on the last block of the last message (unless it has one)."""
-    _require(isinstance(marker, dict) and marker.get("type") == "ephemeral",
-             "'cache_control' must be {'type': 'ephemeral'} (with an optional 'ttl')", "cache_control")
+    _require(
+        isinstance(marker, dict) and marker.get("type") == "ephemeral",
+        "'cache_control' must be {'type': 'ephemeral'} (with an optional 'ttl')",
+        "cache_control",
+    )
     last = messages[-1]
     if last["role"] == "tool":
         last.setdefault("cache_control", marker)
@@ -488,24 +644,39 @@ def to_chat_request(body: Any) -> tuple[dict, list[str]]:
     unknown = sorted(key for key in body if key not in KNOWN)
     if unknown:
         named = ", ".join(repr(key) for key in unknown)
-        raise _bad(f"unknown parameter{'s' if len(unknown) > 1 else ''} {named}: not a Messages API parameter this "
-                   "gateway knows (it refuses what it cannot honour rather than dropping it): remove "
-                   f"{'them' if len(unknown) > 1 else 'it'}", unknown[0], "unknown_parameter")
+        raise _bad(
+            f"unknown parameter{'s' if len(unknown) > 1 else ''} {named}: not a Messages API parameter this "
+            "gateway knows (it refuses what it cannot honour rather than dropping it): remove "
+            f"{'them' if len(unknown) > 1 else 'it'}",
+            unknown[0],
+            "unknown_parameter",
+        )
     for name, why in REFUSED.items():
         if body.get(name) not in (None, [], {}):
             raise _bad(f"'{name}' is not served: {why}", name, "unsupported_parameter")
     model = body.get("model")
-    _require(isinstance(model, str) and model != "",
-             "'model' is required: the name of a route (GET /v1/models lists them)", "model")
+    _require(
+        isinstance(model, str) and model != "",
+        "'model' is required: the name of a route (GET /v1/models lists them)",
+        "model",
+    )
     max_tokens = body.get("max_tokens")
-    _require(max_tokens is not None, "'max_tokens' is required by the Messages API: the most tokens to generate",
-             "max_tokens")
-    _require(_is_int(max_tokens) and 0 < max_tokens <= MAX_TOKENS_LIMIT,
-             f"'max_tokens' must be a positive integer no larger than {MAX_TOKENS_LIMIT}, got {_shown(max_tokens)}",
-             "max_tokens")
+    _require(
+        max_tokens is not None,
+        "'max_tokens' is required by the Messages API: the most tokens to generate",
+        "max_tokens",
+    )
+    _require(
+        _is_int(max_tokens) and 0 < max_tokens <= MAX_TOKENS_LIMIT,
+        f"'max_tokens' must be a positive integer no larger than {MAX_TOKENS_LIMIT}, got {_shown(max_tokens)}",
+        "max_tokens",
+    )
     messages = body.get("messages")
-    _require(isinstance(messages, list) and len(messages) > 0,
-             "'messages' must be a non-empty array of {'role', 'content'} objects", "messages")
+    _require(
+        isinstance(messages, list) and len(messages) > 0,
+        "'messages' must be a non-empty array of {'role', 'content'} objects",
+        "messages",
+    )
 
     ignored: dict[str, None] = {name: None for name in IGNORED if name in body}
     chat_messages: list[dict] = []
@@ -518,13 +689,20 @@ def to_chat_request(body: Any) -> tuple[dict, list[str]]:
         where = f"messages[{i}]"
         _require(isinstance(message, dict), f"{where} must be an object with a role and content", where)
         role = message.get("role")
-        _require(role in ROLES, f"{where}.role must be user or assistant (or system), got {_shown(role)}",
-                 f"{where}.role")
-        _require("content" in message, f"{where}.content is required (a string or an array of content blocks)",
-                 f"{where}.content")
+        _require(
+            role in ROLES, f"{where}.role must be user or assistant (or system), got {_shown(role)}", f"{where}.role"
+        )
+        _require(
+            "content" in message,
+            f"{where}.content is required (a string or an array of content blocks)",
+            f"{where}.content",
+        )
         for key in message:
-            _require(key in ("role", "content"), f"{where}.{key} is not a message field: a message has role and "
-                     "content", f"{where}.{key}")
+            _require(
+                key in ("role", "content"),
+                f"{where}.{key} is not a message field: a message has role and content",
+                f"{where}.{key}",
+            )
         content, at = message["content"], f"{where}.content"
         if role == "user":
             chat_messages.extend(_user_messages(content, at, ignored, answerable))
@@ -549,11 +727,16 @@ def to_chat_request(body: Any) -> tuple[dict, list[str]]:
         chat["top_k"] = top_k
     stops = body.get("stop_sequences")
     if stops is not None:
-        _require(isinstance(stops, list) and all(isinstance(s, str) and s for s in stops),
-                 "'stop_sequences' must be an array of non-empty strings", "stop_sequences")
-        _require(len(stops) <= MAX_STOP_SEQUENCES,
-                 f"'stop_sequences' may hold at most {MAX_STOP_SEQUENCES} sequences here (the chat backends' limit)",
-                 "stop_sequences")
+        _require(
+            isinstance(stops, list) and all(isinstance(s, str) and s for s in stops),
+            "'stop_sequences' must be an array of non-empty strings",
+            "stop_sequences",
+        )
+        _require(
+            len(stops) <= MAX_STOP_SEQUENCES,
+            f"'stop_sequences' may hold at most {MAX_STOP_SEQUENCES} sequences here (the chat backends' limit)",
+            "stop_sequences",
+        )
         if stops:
             chat["stop"] = list(stops)
     names: set[str] = set()
@@ -569,18 +752,19 @@ def to_chat_request(body: Any) -> tuple[dict, list[str]]:
     if body.get("output_config") is not None:
         _output_config(body["output_config"], chat)
     if body.get("output_format") is not None:
-        _require("response_format" not in chat, "give 'output_format' or 'output_config.format', not both",
-                 "output_format")
+        _require(
+            "response_format" not in chat, "give 'output_format' or 'output_config.format', not both", "output_format"
+        )
         chat["response_format"] = _json_format(body["output_format"], "output_format")
     metadata = body.get("metadata")
     if metadata is not None:
         _require(isinstance(metadata, dict), "'metadata' must be an object", "metadata")
         for key in metadata:
-            _require(key == "user_id", f"'metadata.{key}' is not a metadata field: metadata takes user_id",
-                     f"metadata.{key}")
+            _require(
+                key == "user_id", f"'metadata.{key}' is not a metadata field: metadata takes user_id", f"metadata.{key}"
+            )
         user_id = metadata.get("user_id")
-        _require(user_id is None or isinstance(user_id, str), "'metadata.user_id' must be a string",
-                 "metadata.user_id")
+        _require(user_id is None or isinstance(user_id, str), "'metadata.user_id' must be a string", "metadata.user_id")
         if user_id:
             chat["user"] = sticky_user(user_id)
     if body.get("cache_control") is not None:
@@ -596,6 +780,7 @@ def to_chat_request(body: Any) -> tuple[dict, list[str]]:
 
 # --- the answer -----------------------------------------------------------------------------------------
 
+
 def _new_id(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:24]}"
 
@@ -610,9 +795,12 @@ def anthropic_usage(usage: dict | None) -> dict:
     usage = usage or {}
     read = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
     written = usage.get("cache_creation_input_tokens") or 0
-    return {"input_tokens": max(0, (usage.get("prompt_tokens") or 0) - read - written),
-            "output_tokens": usage.get("completion_tokens") or 0,
-            "cache_creation_input_tokens": written, "cache_read_input_tokens": read}
+    return {
+        "input_tokens": max(0, (usage.get("prompt_tokens") or 0) - read - written),
+        "output_tokens": usage.get("completion_tokens") or 0,
+        "cache_creation_input_tokens": written,
+        "cache_read_input_tokens": read,
+    }
 
 
 def _reasoning_text(source: dict) -> str:
@@ -623,8 +811,11 @@ def _reasoning_text(source: dict) -> str:
 
 
 def _thinking_content(message: dict) -> list[dict]:
-    blocks = [dict(b) for b in message.get("thinking_blocks") or ()
-              if isinstance(b, dict) and b.get("type") in ("thinking", "redacted_thinking")]
+    blocks = [
+        dict(b)
+        for b in message.get("thinking_blocks") or ()
+        if isinstance(b, dict) and b.get("type") in ("thinking", "redacted_thinking")
+    ]
     if blocks:
         for block in blocks:
             if block["type"] == "thinking":
@@ -670,13 +861,30 @@ def from_chat_completion(answer: dict, *, model: str, message_id: str | None = N
     calls = [c for c in message.get("tool_calls") or () if isinstance(c, dict)]
     for i, call in enumerate(calls):
         function = call.get("function") or {}
-        content.append({"type": "tool_use", "id": call.get("id") or f"toolu_{_stem(message_id)}_{i}",
-                        "name": function.get("name") or "", "input": _tool_input(function.get("arguments"))})
+        content.append(
+            {
+                "type": "tool_use",
+                "id": call.get("id") or f"toolu_{_stem(message_id)}_{i}",
+                "name": function.get("name") or "",
+                "input": _tool_input(function.get("arguments")),
+            }
+        )
     finish = choice.get("finish_reason")
-    reason = "refusal" if not calls and message.get("refusal") and not message.get("content") else \
-        stop_reason(finish, bool(calls))
-    return {"id": message_id, "type": "message", "role": "assistant", "model": model, "content": content,
-            "stop_reason": reason, "stop_sequence": None, "usage": anthropic_usage(answer.get("usage"))}
+    reason = (
+        "refusal"
+        if not calls and message.get("refusal") and not message.get("content")
+        else stop_reason(finish, bool(calls))
+    )
+    return {
+        "id": message_id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": reason,
+        "stop_sequence": None,
+        "usage": anthropic_usage(answer.get("usage")),
+    }
 
 
 class StreamTranslator:
@@ -693,11 +901,11 @@ class StreamTranslator:
     def __init__(self, model: str, message_id: str):
         self.model, self.message_id = model, message_id
         self._index = -1
-        self._open: str | None = None       # kind of the open block: text, thinking, tool_use
-        self._streamed = False              # whether the open thinking block got text
-        self._calls: dict[int, dict] = {}   # chat tool-call index -> {"id", "name", "args", "state"}
-        self._live: int | None = None       # the tool call whose block is open
-        self._pending: list[int] = []       # calls seen but not yet started, in order
+        self._open: str | None = None  # kind of the open block: text, thinking, tool_use
+        self._streamed = False  # whether the open thinking block got text
+        self._calls: dict[int, dict] = {}  # chat tool-call index -> {"id", "name", "args", "state"}
+        self._live: int | None = None  # the tool call whose block is open
+        self._pending: list[int] = []  # calls seen but not yet started, in order
         self._finish_reason: str | None = None
         self._usage: dict | None = None
         self._done = False
@@ -707,9 +915,16 @@ class StreamTranslator:
         out.append((kind, {"type": kind, **fields}))
 
     def start(self) -> list[Event]:
-        message = {"id": self.message_id, "type": "message", "role": "assistant", "model": self.model,
-                   "content": [], "stop_reason": None, "stop_sequence": None,
-                   "usage": {"input_tokens": 0, "output_tokens": 0}}
+        message = {
+            "id": self.message_id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": 0, "output_tokens": 0},
+        }
         out: list[Event] = []
         self._event(out, "message_start", message=message)
         self._event(out, "ping")
@@ -740,8 +955,16 @@ class StreamTranslator:
 
     def _start_call(self, out: list[Event], position: int) -> None:
         slot = self._calls[position]
-        self._begin(out, "tool_use", {"type": "tool_use", "id": slot["id"] or f"toolu_{_stem(self.message_id)}_"
-                                      f"{self._index + 1}", "name": slot["name"], "input": {}})
+        self._begin(
+            out,
+            "tool_use",
+            {
+                "type": "tool_use",
+                "id": slot["id"] or f"toolu_{_stem(self.message_id)}_{self._index + 1}",
+                "name": slot["name"],
+                "input": {},
+            },
+        )
         slot["state"], self._live = "live", position
         if slot["args"]:
             self._delta(out, {"type": "input_json_delta", "partial_json": "".join(slot["args"])})
@@ -849,8 +1072,12 @@ class StreamTranslator:
         self._flush_calls(out)
         self._close(out)
         reason = stop_reason(self._finish_reason, bool(self._calls))
-        self._event(out, "message_delta", delta={"stop_reason": reason, "stop_sequence": None},
-                    usage=anthropic_usage(self._usage))
+        self._event(
+            out,
+            "message_delta",
+            delta={"stop_reason": reason, "stop_sequence": None},
+            usage=anthropic_usage(self._usage),
+        )
         self._event(out, "message_stop")
         return out
 
@@ -861,6 +1088,7 @@ class StreamTranslator:
 
 
 # --- errors ---------------------------------------------------------------------------------------------
+
 
 def error_type(status: int) -> str:
     """Anthropic's error type for an HTTP status (other 4xx: invalid_request_error, other 5xx: api_error)."""

@@ -6,6 +6,7 @@ of `chat.completion.chunk`s, back into what that caller's SDK parses, errors inc
 between (authentication, quotas, rollout, shadow, cache, the traffic log, judging, metrics,
 tracing) runs once, on the chat form, whatever dialect came in.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod

@@ -1,4 +1,5 @@
 """POST /v1/chat/completions: the gateway's own form, so the request goes through as it came."""
+
 from __future__ import annotations
 
 from ..context import RequestContext, dumps

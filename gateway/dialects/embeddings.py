@@ -7,6 +7,7 @@ size rather than the vectors; metrics count it). A route's `candidates`, shadows
 cache are not used: vectors from two models live in two spaces, and an index filled from a mix of
 them finds nothing, so an embeddings route changes model all at once, on purpose.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -27,8 +28,11 @@ def validate_embeddings_request(body: dict) -> dict:
     """Check an embeddings body; raise InvalidRequest naming the parameter that is wrong."""
     given = body.get("input")
     if given is None:
-        raise InvalidRequest("'input' is a required parameter: a string, an array of strings, or token arrays",
-                             param="input", code="missing_input")
+        raise InvalidRequest(
+            "'input' is a required parameter: a string, an array of strings, or token arrays",
+            param="input",
+            code="missing_input",
+        )
     if isinstance(given, str):
         _require(given != "", "'input' must not be an empty string", "input")
     elif isinstance(given, list):
@@ -36,17 +40,26 @@ def validate_embeddings_request(body: dict) -> dict:
         if all(isinstance(item, str) for item in given):
             for i, item in enumerate(given):
                 _require(item != "", f"input[{i}] must not be an empty string", f"input[{i}]")
-        elif not (all(_is_int(t) for t in given) or
-                  all(isinstance(item, list) and item and all(_is_int(t) for t in item) for item in given)):
-            raise InvalidRequest("'input' must be a string, an array of strings, an array of token ids, or an "
-                                 "array of non-empty token-id arrays", param="input", code="invalid_value")
+        elif not (
+            all(_is_int(t) for t in given)
+            or all(isinstance(item, list) and item and all(_is_int(t) for t in item) for item in given)
+        ):
+            raise InvalidRequest(
+                "'input' must be a string, an array of strings, an array of token ids, or an "
+                "array of non-empty token-id arrays",
+                param="input",
+                code="invalid_value",
+            )
     else:
         raise InvalidRequest("'input' must be a string or an array", param="input", code="invalid_value")
     encoding = body.get("encoding_format", "float")
     _require(encoding in ENCODINGS, f"'encoding_format' must be one of {', '.join(ENCODINGS)}", "encoding_format")
     dimensions = body.get("dimensions")
-    _require(dimensions is None or (_is_int(dimensions) and dimensions > 0),
-             "'dimensions' must be a positive integer", "dimensions")
+    _require(
+        dimensions is None or (_is_int(dimensions) and dimensions > 0),
+        "'dimensions' must be a positive integer",
+        "dimensions",
+    )
     user = body.get("user")
     _require(user is None or isinstance(user, str), "'user' must be a string", "user")
     check_encodable(body)
@@ -66,8 +79,13 @@ def summary(answer: dict) -> dict:
     """What the traffic log keeps of an embeddings answer: its shape and usage, never the vectors."""
     data = answer.get("data") or []
     first = data[0].get("embedding") if data and isinstance(data[0], dict) else None
-    return {"object": "list", "model": answer.get("model"), "embeddings": len(data),
-            "dimensions": len(first) if isinstance(first, list) else None, "usage": answer.get("usage") or {}}
+    return {
+        "object": "list",
+        "model": answer.get("model"),
+        "embeddings": len(data),
+        "dimensions": len(first) if isinstance(first, list) else None,
+        "usage": answer.get("usage") or {},
+    }
 
 
 class Embeddings(Endpoint):
@@ -77,16 +95,22 @@ class Embeddings(Endpoint):
         return error.body()
 
 
-async def _exchange(request: web.Request, gateway, generation, ctx: RequestContext,
-                    endpoint: Endpoint) -> web.StreamResponse:
+async def _exchange(
+    request: web.Request, gateway, generation, ctx: RequestContext, endpoint: Endpoint
+) -> web.StreamResponse:
     validate_embeddings_request(ctx.body)
     await gateway.hooks.call("authorize", ctx=ctx)
     ctx.variant = ctx.route.baseline
     answer = await call_chain(ctx, generation, lambda backend: backend.embed(ctx.body))
     usage = answer.get("usage") or {}
-    ctx.response = {**summary(answer), "usage": {"prompt_tokens": usage.get("prompt_tokens"),
-                                                 "completion_tokens": 0,
-                                                 "total_tokens": usage.get("total_tokens")}}
+    ctx.response = {
+        **summary(answer),
+        "usage": {
+            "prompt_tokens": usage.get("prompt_tokens"),
+            "completion_tokens": 0,
+            "total_tokens": usage.get("total_tokens"),
+        },
+    }
     return await write_json(request, ctx, answer)
 
 

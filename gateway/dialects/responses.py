@@ -38,6 +38,7 @@ Hint parameters (sent by coding agents on every call):
   `user` and `safety_identifier` both become the chat `user` (the rollout's sticky key);
   safety_identifier, the field OpenAI now asks for, wins, and a different `user` is listed as ignored.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -55,14 +56,43 @@ log = logging.getLogger("llmgate.dialects")
 
 ItemEvent = tuple[str, dict]
 
-_TRANSLATED = frozenset({"model", "input", "instructions", "tools", "tool_choice", "parallel_tool_calls", "text",
-                         "max_output_tokens", "temperature", "top_p", "stream", "reasoning", "user",
-                         "safety_identifier", "metadata", "previous_response_id"})
-_IGNORED = frozenset({"store", "include", "prompt_cache_key", "prompt_cache_retention", "prompt_cache_options",
-                      "service_tier", "max_tool_calls", "context_management", "stream_options", "client_metadata"})
+_TRANSLATED = frozenset(
+    {
+        "model",
+        "input",
+        "instructions",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "text",
+        "max_output_tokens",
+        "temperature",
+        "top_p",
+        "stream",
+        "reasoning",
+        "user",
+        "safety_identifier",
+        "metadata",
+        "previous_response_id",
+    }
+)
+_IGNORED = frozenset(
+    {
+        "store",
+        "include",
+        "prompt_cache_key",
+        "prompt_cache_retention",
+        "prompt_cache_options",
+        "service_tier",
+        "max_tool_calls",
+        "context_management",
+        "stream_options",
+        "client_metadata",
+    }
+)
 _REFUSED = {
     "conversation": "conversations are not supported by this gateway: pass previous_response_id, or send the "
-                    "earlier items in 'input'",
+    "earlier items in 'input'",
     "prompt": "stored prompt templates are not supported by this gateway: send 'instructions' and 'input' instead",
     "moderation": "moderation is not supported by this gateway: leave 'moderation' out",
     "image": "image generation settings are not supported by this gateway: leave 'image' out",
@@ -99,6 +129,7 @@ def _has_instructions(request: dict) -> bool:
 
 # ---- the request: Responses -> chat ---------------------------------------------------------------------------
 
+
 def to_chat_request(body: Any, previous: list[dict] | None = None) -> tuple[dict, list[str]]:
     """(The chat body, the parameters accepted but ignored) for a Responses request.
 
@@ -117,39 +148,58 @@ def to_chat_request(body: Any, previous: list[dict] | None = None) -> tuple[dict
         elif name == "background":
             _require(value is None or isinstance(value, bool), "'background' must be a boolean", name)
             if value:
-                raise _bad("background responses are not supported by this gateway: set 'background' to false "
-                           "(or leave it out) and stream the answer instead", name, "unsupported_parameter")
+                raise _bad(
+                    "background responses are not supported by this gateway: set 'background' to false "
+                    "(or leave it out) and stream the answer instead",
+                    name,
+                    "unsupported_parameter",
+                )
         elif name == "truncation":
             _require(value in (None, "auto", "disabled"), "'truncation' must be 'auto' or 'disabled'", name)
             if value == "auto":
                 ignored.append(name)
         elif name == "top_logprobs":
-            _require(value is None or (_is_int(value) and 0 <= value <= 20),
-                     "'top_logprobs' must be an integer from 0 to 20", name)
+            _require(
+                value is None or (_is_int(value) and 0 <= value <= 20),
+                "'top_logprobs' must be an integer from 0 to 20",
+                name,
+            )
             if value:
                 ignored.append(name)
         elif name in _IGNORED:
             if name == "include":
-                _require(value is None or (isinstance(value, list) and all(isinstance(v, str) for v in value)),
-                         "'include' must be an array of strings", name)
+                _require(
+                    value is None or (isinstance(value, list) and all(isinstance(v, str) for v in value)),
+                    "'include' must be an array of strings",
+                    name,
+                )
             if value is not None and value != []:
                 ignored.append(name)
         else:
-            raise _bad(f"Unrecognized request argument supplied: '{name}'. Remove it: the Responses API "
-                       "takes no such parameter (check its spelling)", name, "unknown_parameter")
+            raise _bad(
+                f"Unrecognized request argument supplied: '{name}'. Remove it: the Responses API "
+                "takes no such parameter (check its spelling)",
+                name,
+                "unknown_parameter",
+            )
 
     model = body.get("model")
-    _require(isinstance(model, str) and model != "",
-             "you must provide a model parameter naming a route (GET /v1/models lists them)", "model")
+    _require(
+        isinstance(model, str) and model != "",
+        "you must provide a model parameter naming a route (GET /v1/models lists them)",
+        "model",
+    )
     previous_id = body.get("previous_response_id")
-    _require(previous_id is None or isinstance(previous_id, str), "'previous_response_id' must be a string",
-             "previous_response_id")
+    _require(
+        previous_id is None or isinstance(previous_id, str),
+        "'previous_response_id' must be a string",
+        "previous_response_id",
+    )
     chat: dict[str, Any] = {"model": model}
 
     messages: list[dict] = []
     instructions = body.get("instructions")
-    _require(instructions is None or isinstance(instructions, str), "'instructions' must be a string",
-             "instructions")
+    _require(instructions is None or isinstance(instructions, str), "'instructions' must be a string", "instructions")
     if _has_instructions(body):
         messages.append({"role": "system", "content": instructions})
     messages.extend(previous or ())
@@ -175,11 +225,17 @@ def to_chat_request(body: Any, previous: list[dict] | None = None) -> tuple[dict
         if body.get("parallel_tool_calls") is not None:
             chat["parallel_tool_calls"] = body["parallel_tool_calls"]
     elif choice == "required" or isinstance(choice, dict):
-        raise _bad("'tool_choice' asks for a tool call but the request has no tools: add function tools to "
-                   "'tools' or set tool_choice to 'auto'", "tool_choice")
+        raise _bad(
+            "'tool_choice' asks for a tool call but the request has no tools: add function tools to "
+            "'tools' or set tool_choice to 'auto'",
+            "tool_choice",
+        )
     elif body.get("parallel_tool_calls") is not None:
-        _require(isinstance(body["parallel_tool_calls"], bool), "'parallel_tool_calls' must be a boolean",
-                 "parallel_tool_calls")
+        _require(
+            isinstance(body["parallel_tool_calls"], bool),
+            "'parallel_tool_calls' must be a boolean",
+            "parallel_tool_calls",
+        )
 
     fmt = _text_format(body.get("text"), ignored)
     if fmt is not None:
@@ -209,8 +265,18 @@ def to_chat_request(body: Any, previous: list[dict] | None = None) -> tuple[dict
 # Tools the provider runs (and Codex's tool namespaces): offered beside an agent's function tools on every
 # call. No backend here runs them, so they are not offered to the model, and named as ignored; the model
 # answers with the function tools it has. A tool_choice that forces one is refused.
-PROVIDER_TOOLS = frozenset({"web_search", "web_search_preview", "file_search", "code_interpreter", "image_generation",
-                            "mcp", "computer_use_preview", "namespace"})
+PROVIDER_TOOLS = frozenset(
+    {
+        "web_search",
+        "web_search_preview",
+        "file_search",
+        "code_interpreter",
+        "image_generation",
+        "mcp",
+        "computer_use_preview",
+        "namespace",
+    }
+)
 
 
 def _tools(tools: Any, ignored: list[str] | None = None) -> tuple[list[dict], set[str]]:
@@ -220,32 +286,48 @@ def _tools(tools: Any, ignored: list[str] | None = None) -> tuple[list[dict], se
     out: list[dict] = []
     for i, tool in enumerate(tools):
         where = f"tools[{i}]"
-        _require(isinstance(tool, dict) and isinstance(tool.get("type"), str),
-                 f"{where} must be an object with a 'type'", where)
+        _require(
+            isinstance(tool, dict) and isinstance(tool.get("type"), str),
+            f"{where} must be an object with a 'type'",
+            where,
+        )
         kind = tool["type"]
         if kind in PROVIDER_TOOLS and ignored is not None:
             if f"tools.{kind}" not in ignored:
                 ignored.append(f"tools.{kind}")
             continue
         if kind != "function":
-            raise _bad(f"{where}.type '{kind}' is not supported: this gateway serves function tools only "
-                       f"(type 'function'); run {kind} in your own code and offer it as a function tool",
-                       f"{where}.type", "unsupported_tool")
+            raise _bad(
+                f"{where}.type '{kind}' is not supported: this gateway serves function tools only "
+                f"(type 'function'); run {kind} in your own code and offer it as a function tool",
+                f"{where}.type",
+                "unsupported_tool",
+            )
         name = tool.get("name")
         if name is None and isinstance(tool.get("function"), dict):
-            raise _bad(f"{where}.name is required: Responses function tools are flat ({{'type': 'function', "
-                       "'name', 'parameters'}), not the chat form's {'function': {...}}", f"{where}.name")
-        _require(isinstance(name, str) and name != "", f"{where}.name is required (a non-empty string)",
-                 f"{where}.name")
+            raise _bad(
+                f"{where}.name is required: Responses function tools are flat ({{'type': 'function', "
+                "'name', 'parameters'}), not the chat form's {'function': {...}}",
+                f"{where}.name",
+            )
+        _require(
+            isinstance(name, str) and name != "", f"{where}.name is required (a non-empty string)", f"{where}.name"
+        )
         fn: dict[str, Any] = {"name": name}
         description = tool.get("description")
-        _require(description is None or isinstance(description, str), f"{where}.description must be a string",
-                 f"{where}.description")
+        _require(
+            description is None or isinstance(description, str),
+            f"{where}.description must be a string",
+            f"{where}.description",
+        )
         if description is not None:
             fn["description"] = description
         parameters = tool.get("parameters")
-        _require(parameters is None or isinstance(parameters, dict),
-                 f"{where}.parameters must be a JSON schema object", f"{where}.parameters")
+        _require(
+            parameters is None or isinstance(parameters, dict),
+            f"{where}.parameters must be a JSON schema object",
+            f"{where}.parameters",
+        )
         fn["parameters"] = parameters if parameters is not None else dict(_EMPTY_SCHEMA)
         strict = tool.get("strict")
         _require(strict is None or isinstance(strict, bool), f"{where}.strict must be a boolean", f"{where}.strict")
@@ -260,17 +342,26 @@ def _tool_choice(choice: Any, names: set[str]) -> tuple[Any, set[str] | None]:
     if choice is None:
         return None, None
     if isinstance(choice, str):
-        _require(choice in _TOOL_CHOICES, f"'tool_choice' must be 'auto', 'none', 'required' or an object, "
-                                          f"got {_shown(choice)}", "tool_choice")
+        _require(
+            choice in _TOOL_CHOICES,
+            f"'tool_choice' must be 'auto', 'none', 'required' or an object, got {_shown(choice)}",
+            "tool_choice",
+        )
         return choice, None
-    _require(isinstance(choice, dict) and isinstance(choice.get("type"), str),
-             "'tool_choice' must be 'auto', 'none', 'required' or an object with a 'type'", "tool_choice")
+    _require(
+        isinstance(choice, dict) and isinstance(choice.get("type"), str),
+        "'tool_choice' must be 'auto', 'none', 'required' or an object with a 'type'",
+        "tool_choice",
+    )
     kind = choice["type"]
     if kind == "function":
         name = choice.get("name")
         _require(isinstance(name, str), "'tool_choice.name' is required with type 'function'", "tool_choice.name")
-        _require(name in names, f"'tool_choice.name' {_shown(name)} is not one of the function tools in 'tools'",
-                 "tool_choice.name")
+        _require(
+            name in names,
+            f"'tool_choice.name' {_shown(name)} is not one of the function tools in 'tools'",
+            "tool_choice.name",
+        )
         return {"type": "function", "function": {"name": name}}, None
     if kind == "allowed_tools":
         mode, allowed = choice.get("mode"), choice.get("tools")
@@ -279,15 +370,24 @@ def _tool_choice(choice: Any, names: set[str]) -> tuple[Any, set[str] | None]:
         keep: set[str] = set()
         for i, tool in enumerate(allowed):
             where = f"tool_choice.tools[{i}]"
-            _require(isinstance(tool, dict) and tool.get("type") == "function" and isinstance(tool.get("name"), str),
-                     f"{where} must be {{'type': 'function', 'name': ...}} (only function tools are served)", where)
-            _require(tool["name"] in names, f"{where}.name {_shown(tool['name'])} is not one of the tools in 'tools'",
-                     f"{where}.name")
+            _require(
+                isinstance(tool, dict) and tool.get("type") == "function" and isinstance(tool.get("name"), str),
+                f"{where} must be {{'type': 'function', 'name': ...}} (only function tools are served)",
+                where,
+            )
+            _require(
+                tool["name"] in names,
+                f"{where}.name {_shown(tool['name'])} is not one of the tools in 'tools'",
+                f"{where}.name",
+            )
             keep.add(tool["name"])
         return mode, keep
-    raise _bad(f"'tool_choice.type' '{kind}' is not supported: this gateway serves function tools only; use 'auto', "
-               "'none', 'required', {'type': 'function', 'name'} or {'type': 'allowed_tools', ...}",
-               "tool_choice.type", "unsupported_tool")
+    raise _bad(
+        f"'tool_choice.type' '{kind}' is not supported: this gateway serves function tools only; use 'auto', "
+        "'none', 'required', {'type': 'function', 'name'} or {'type': 'allowed_tools', ...}",
+        "tool_choice.type",
+        "unsupported_tool",
+    )
 
 
 def _text_format(text: Any, ignored: list[str]) -> dict | None:
@@ -298,8 +398,11 @@ def _text_format(text: Any, ignored: list[str]) -> dict | None:
         if key not in ("format", "verbosity") and value is not None:
             ignored.append(f"text.{key}")
     if text.get("verbosity") is not None:
-        _require(text["verbosity"] in ("low", "medium", "high"), "'text.verbosity' must be 'low', 'medium' or 'high'",
-                 "text.verbosity")
+        _require(
+            text["verbosity"] in ("low", "medium", "high"),
+            "'text.verbosity' must be 'low', 'medium' or 'high'",
+            "text.verbosity",
+        )
         ignored.append("text.verbosity")
     fmt = text.get("format")
     if fmt is None:
@@ -308,19 +411,30 @@ def _text_format(text: Any, ignored: list[str]) -> dict | None:
     kind = fmt.get("type")
     if kind in ("text", "json_object"):
         return {"type": kind}
-    _require(kind == "json_schema", f"'text.format.type' must be 'text', 'json_object' or 'json_schema', "
-                                    f"got {_shown(kind)}", "text.format.type")
+    _require(
+        kind == "json_schema",
+        f"'text.format.type' must be 'text', 'json_object' or 'json_schema', got {_shown(kind)}",
+        "text.format.type",
+    )
     name, schema = fmt.get("name"), fmt.get("schema")
-    _require(isinstance(name, str) and name != "", "'text.format.name' is required with type 'json_schema'",
-             "text.format.name")
-    _require(isinstance(schema, dict), "'text.format.schema' is required with type 'json_schema': a JSON schema "
-                                       "object", "text.format.schema")
+    _require(
+        isinstance(name, str) and name != "",
+        "'text.format.name' is required with type 'json_schema'",
+        "text.format.name",
+    )
+    _require(
+        isinstance(schema, dict),
+        "'text.format.schema' is required with type 'json_schema': a JSON schema object",
+        "text.format.schema",
+    )
     spec: dict[str, Any] = {"name": name, "schema": schema}
     for key, kind_ok in (("strict", bool), ("description", str)):
         value = fmt.get(key)
-        _require(value is None or isinstance(value, kind_ok), f"'text.format.{key}' must be a "
-                                                              f"{'boolean' if kind_ok is bool else 'string'}",
-                 f"text.format.{key}")
+        _require(
+            value is None or isinstance(value, kind_ok),
+            f"'text.format.{key}' must be a {'boolean' if kind_ok is bool else 'string'}",
+            f"text.format.{key}",
+        )
         if value is not None:
             spec[key] = value
     return {"type": "json_schema", "json_schema": spec}
@@ -329,11 +443,15 @@ def _text_format(text: Any, ignored: list[str]) -> dict | None:
 def _reasoning(reasoning: Any, ignored: list[str]) -> str | None:
     if reasoning is None:
         return None
-    _require(isinstance(reasoning, dict), "'reasoning' must be an object ({'effort': ..., 'summary': ...})",
-             "reasoning")
+    _require(
+        isinstance(reasoning, dict), "'reasoning' must be an object ({'effort': ..., 'summary': ...})", "reasoning"
+    )
     effort = reasoning.get("effort")
-    _require(effort is None or isinstance(effort, str), "'reasoning.effort' must be a string such as 'low', "
-                                                        "'medium' or 'high'", "reasoning.effort")
+    _require(
+        effort is None or isinstance(effort, str),
+        "'reasoning.effort' must be a string such as 'low', 'medium' or 'high'",
+        "reasoning.effort",
+    )
     for key, value in reasoning.items():
         if key != "effort" and value is not None:
             ignored.append(f"reasoning.{key}")
@@ -379,27 +497,44 @@ def _items_to_messages(items: list, where: str) -> list[dict]:
             history.add(_message(item, at))
         elif kind == "function_call":
             call_id, name, arguments = item.get("call_id"), item.get("name"), item.get("arguments")
-            _require(isinstance(call_id, str) and call_id != "", f"{at}.call_id is required (the id the model gave "
-                                                                 "the call)", f"{at}.call_id")
+            _require(
+                isinstance(call_id, str) and call_id != "",
+                f"{at}.call_id is required (the id the model gave the call)",
+                f"{at}.call_id",
+            )
             _require(isinstance(name, str) and name != "", f"{at}.name is required", f"{at}.name")
-            _require(isinstance(arguments, str), f"{at}.arguments is required: the call's arguments as a JSON string",
-                     f"{at}.arguments")
+            _require(
+                isinstance(arguments, str),
+                f"{at}.arguments is required: the call's arguments as a JSON string",
+                f"{at}.arguments",
+            )
             message = history.assistant(joins=True)
             message.setdefault("tool_calls", []).append(
-                {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}})
+                {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+            )
         elif kind == "function_call_output":
             call_id = item.get("call_id")
-            _require(isinstance(call_id, str) and call_id != "", f"{at}.call_id is required: the call_id of the "
-                                                                 "function_call this answers", f"{at}.call_id")
+            _require(
+                isinstance(call_id, str) and call_id != "",
+                f"{at}.call_id is required: the call_id of the function_call this answers",
+                f"{at}.call_id",
+            )
             history.add({"role": "tool", "tool_call_id": call_id, "content": _tool_output(item.get("output"), at)})
         elif kind == "reasoning":
             history.thinking.append(_reasoning_block(item, at))
         elif kind == "item_reference":
-            raise _bad(f"{at} is an item_reference, which this gateway cannot resolve: send the item itself, or "
-                       "previous_response_id for a whole earlier turn", at, "unsupported_item")
+            raise _bad(
+                f"{at} is an item_reference, which this gateway cannot resolve: send the item itself, or "
+                "previous_response_id for a whole earlier turn",
+                at,
+                "unsupported_item",
+            )
         elif isinstance(kind, str):
-            raise _bad(f"{at}.type '{kind}' is not supported: this gateway takes {_ITEM_TYPES} items",
-                       f"{at}.type", "unsupported_item")
+            raise _bad(
+                f"{at}.type '{kind}' is not supported: this gateway takes {_ITEM_TYPES} items",
+                f"{at}.type",
+                "unsupported_item",
+            )
         else:
             raise _bad(f"{at}.type must be a string: one of {_ITEM_TYPES}", f"{at}.type")
     return history.messages
@@ -407,13 +542,15 @@ def _items_to_messages(items: list, where: str) -> list[dict]:
 
 def _message(item: dict, at: str) -> dict:
     role = item.get("role")
-    _require(role in ("user", "assistant", "system", "developer"),
-             f"{at}.role must be 'user', 'assistant', 'system' or 'developer', got {_shown(role)}", f"{at}.role")
+    _require(
+        role in ("user", "assistant", "system", "developer"),
+        f"{at}.role must be 'user', 'assistant', 'system' or 'developer', got {_shown(role)}",
+        f"{at}.role",
+    )
     content = item.get("content")
     if isinstance(content, str):
         return {"role": "system" if role == "developer" else role, "content": content}
-    _require(isinstance(content, list), f"{at}.content must be a string or an array of content parts",
-             f"{at}.content")
+    _require(isinstance(content, list), f"{at}.content must be a string or an array of content parts", f"{at}.content")
     if role == "user":
         parts = [_input_part(part, f"{at}.content[{j}]") for j, part in enumerate(content)]
         if len(parts) == 1 and parts[0]["type"] == "text":  # what every chat server takes: a plain string
@@ -425,8 +562,11 @@ def _message(item: dict, at: str) -> dict:
         _require(isinstance(part, dict), f"{where} must be an object with a 'type'", where)
         kind = part.get("type")
         allowed = ("output_text", "refusal", "input_text") if role == "assistant" else ("input_text",)
-        _require(kind in allowed, f"{where}.type must be {' or '.join(repr(a) for a in allowed)} in a {role} "
-                                  f"message, got {_shown(kind)}", f"{where}.type")
+        _require(
+            kind in allowed,
+            f"{where}.type must be {' or '.join(repr(a) for a in allowed)} in a {role} message, got {_shown(kind)}",
+            f"{where}.type",
+        )
         key = "refusal" if kind == "refusal" else "text"
         _require(isinstance(part.get(key), str), f"{where}.{key} must be a string", f"{where}.{key}")
         texts.append(part[key])
@@ -441,41 +581,61 @@ def _input_part(part: Any, where: str) -> dict:
         return {"type": "text", "text": part["text"]}
     if kind == "input_image":
         if part.get("file_id") is not None:
-            raise _bad(f"{where}.file_id: file ids need the OpenAI Files API, which this gateway does not serve; send "
-                       "the image as image_url (an https URL or a data: URL)", f"{where}.file_id", "unsupported_file")
+            raise _bad(
+                f"{where}.file_id: file ids need the OpenAI Files API, which this gateway does not serve; send "
+                "the image as image_url (an https URL or a data: URL)",
+                f"{where}.file_id",
+                "unsupported_file",
+            )
         url = part.get("image_url")
-        _require(isinstance(url, str) and url != "", f"{where}.image_url is required (an https URL or a data: URL)",
-                 f"{where}.image_url")
+        _require(
+            isinstance(url, str) and url != "",
+            f"{where}.image_url is required (an https URL or a data: URL)",
+            f"{where}.image_url",
+        )
         image: dict[str, Any] = {"url": url}
         if part.get("detail") in _IMAGE_DETAILS:
             image["detail"] = part["detail"]
         return {"type": "image_url", "image_url": image}
     if kind == "input_file":
         if part.get("file_id") is not None:
-            raise _bad(f"{where}.file_id: file ids need the OpenAI Files API, which this gateway does not serve; send "
-                       "the file's content as file_data (a base64 data: URL)", f"{where}.file_id", "unsupported_file")
+            raise _bad(
+                f"{where}.file_id: file ids need the OpenAI Files API, which this gateway does not serve; send "
+                "the file's content as file_data (a base64 data: URL)",
+                f"{where}.file_id",
+                "unsupported_file",
+            )
         data = part.get("file_data")
         if data is None and part.get("file_url") is not None:
-            raise _bad(f"{where}.file_url is not supported: send the file's content as file_data (a base64 data: "
-                       "URL)", f"{where}.file_url", "unsupported_file")
-        _require(isinstance(data, str) and data != "", f"{where}.file_data is required (a base64 data: URL)",
-                 f"{where}.file_data")
+            raise _bad(
+                f"{where}.file_url is not supported: send the file's content as file_data (a base64 data: URL)",
+                f"{where}.file_url",
+                "unsupported_file",
+            )
+        _require(
+            isinstance(data, str) and data != "",
+            f"{where}.file_data is required (a base64 data: URL)",
+            f"{where}.file_data",
+        )
         file = {"file_data": data}
         if isinstance(part.get("filename"), str):
             file["filename"] = part["filename"]
         return {"type": "file", "file": file}
     if kind in ("output_text", "refusal"):
-        raise _bad(f"{where}.type '{kind}' belongs in assistant messages: use 'input_text' in a user message",
-                   f"{where}.type")
-    raise _bad(f"{where}.type must be 'input_text', 'input_image' or 'input_file', got {_shown(kind)}",
-               f"{where}.type")
+        raise _bad(
+            f"{where}.type '{kind}' belongs in assistant messages: use 'input_text' in a user message", f"{where}.type"
+        )
+    raise _bad(f"{where}.type must be 'input_text', 'input_image' or 'input_file', got {_shown(kind)}", f"{where}.type")
 
 
 def _tool_output(output: Any, at: str) -> str | list[dict]:
     if isinstance(output, str):
         return output
-    _require(isinstance(output, list), f"{at}.output is required: a string, or an array of input_text, input_image "
-                                       "and input_file parts", f"{at}.output")
+    _require(
+        isinstance(output, list),
+        f"{at}.output is required: a string, or an array of input_text, input_image and input_file parts",
+        f"{at}.output",
+    )
     parts = [_input_part(part, f"{at}.output[{j}]") for j, part in enumerate(output)]
     if all(p["type"] == "text" for p in parts):
         return "".join(p["text"] for p in parts)
@@ -484,19 +644,30 @@ def _tool_output(output: Any, at: str) -> str | list[dict]:
 
 def _reasoning_block(item: dict, at: str) -> dict:
     summary = item.get("summary") or []
-    _require(isinstance(summary, list) and all(isinstance(s, dict) and isinstance(s.get("text"), str) for s in summary),
-             f"{at}.summary must be an array of {{'type': 'summary_text', 'text': ...}} parts", f"{at}.summary")
+    _require(
+        isinstance(summary, list) and all(isinstance(s, dict) and isinstance(s.get("text"), str) for s in summary),
+        f"{at}.summary must be an array of {{'type': 'summary_text', 'text': ...}} parts",
+        f"{at}.summary",
+    )
     encrypted = item.get("encrypted_content")
-    _require(encrypted is None or isinstance(encrypted, str), f"{at}.encrypted_content must be a string",
-             f"{at}.encrypted_content")
-    block = {"type": "reasoning", "id": item.get("id"),
-             "summary": [{"type": "summary_text", "text": s["text"]} for s in summary],
-             "encrypted_content": encrypted}
+    _require(
+        encrypted is None or isinstance(encrypted, str),
+        f"{at}.encrypted_content must be a string",
+        f"{at}.encrypted_content",
+    )
+    block = {
+        "type": "reasoning",
+        "id": item.get("id"),
+        "summary": [{"type": "summary_text", "text": s["text"]} for s in summary],
+        "encrypted_content": encrypted,
+    }
     content = item.get("content")
     if content:
-        _require(isinstance(content, list) and all(isinstance(c, dict) and isinstance(c.get("text"), str)
-                                                   for c in content),
-                 f"{at}.content must be an array of {{'type': 'reasoning_text', 'text': ...}} parts", f"{at}.content")
+        _require(
+            isinstance(content, list) and all(isinstance(c, dict) and isinstance(c.get("text"), str) for c in content),
+            f"{at}.content must be an array of {{'type': 'reasoning_text', 'text': ...}} parts",
+            f"{at}.content",
+        )
         block["content"] = [{"type": "reasoning_text", "text": c["text"]} for c in content]
     return block
 
@@ -515,6 +686,7 @@ def turn_history(request: dict, chat_body: dict, response: dict) -> list[dict]:
 
 # ---- the answer: chat -> Responses -----------------------------------------------------------------------------
 
+
 def _base(response_id: str) -> str:
     return response_id[5:] if response_id.startswith("resp_") else response_id
 
@@ -526,18 +698,32 @@ def _response_object(request: dict, response_id: str, model: str, created_at: fl
         text["verbosity"] = request["text"]["verbosity"]
     reasoning = request.get("reasoning") or {}
     return {
-        "id": response_id, "object": "response", "created_at": created_at, "status": "in_progress",
-        "background": False, "error": None, "incomplete_details": None,
-        "instructions": request.get("instructions"), "max_output_tokens": request.get("max_output_tokens"),
-        "max_tool_calls": request.get("max_tool_calls"), "model": model, "output": [],
+        "id": response_id,
+        "object": "response",
+        "created_at": created_at,
+        "status": "in_progress",
+        "background": False,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": request.get("instructions"),
+        "max_output_tokens": request.get("max_output_tokens"),
+        "max_tool_calls": request.get("max_tool_calls"),
+        "model": model,
+        "output": [],
         "parallel_tool_calls": request.get("parallel_tool_calls") is not False,
         "previous_response_id": request.get("previous_response_id"),
         "reasoning": {"effort": reasoning.get("effort"), "summary": reasoning.get("summary")},
-        "service_tier": "default", "temperature": request.get("temperature"), "text": text,
+        "service_tier": "default",
+        "temperature": request.get("temperature"),
+        "text": text,
         "tool_choice": request.get("tool_choice") if request.get("tool_choice") is not None else "auto",
-        "tools": list(request.get("tools") or ()), "top_p": request.get("top_p"),
-        "truncation": request.get("truncation") or "disabled", "usage": None, "user": request.get("user"),
-        "safety_identifier": request.get("safety_identifier"), "prompt_cache_key": request.get("prompt_cache_key"),
+        "tools": list(request.get("tools") or ()),
+        "top_p": request.get("top_p"),
+        "truncation": request.get("truncation") or "disabled",
+        "usage": None,
+        "user": request.get("user"),
+        "safety_identifier": request.get("safety_identifier"),
+        "prompt_cache_key": request.get("prompt_cache_key"),
         "metadata": request.get("metadata") or {},
     }
 
@@ -547,13 +733,18 @@ def _usage(usage: dict | None) -> dict | None:
         return None
     prompt, completion = usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0
     prompt_details = usage.get("prompt_tokens_details") or {}
-    return {"input_tokens": prompt,
-            "input_tokens_details": {"cached_tokens": prompt_details.get("cached_tokens") or 0,
-                                     "cache_write_tokens": prompt_details.get("cache_write_tokens") or 0},
-            "output_tokens": completion,
-            "output_tokens_details": {
-                "reasoning_tokens": (usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0},
-            "total_tokens": usage.get("total_tokens") or prompt + completion}
+    return {
+        "input_tokens": prompt,
+        "input_tokens_details": {
+            "cached_tokens": prompt_details.get("cached_tokens") or 0,
+            "cache_write_tokens": prompt_details.get("cache_write_tokens") or 0,
+        },
+        "output_tokens": completion,
+        "output_tokens_details": {
+            "reasoning_tokens": (usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0
+        },
+        "total_tokens": usage.get("total_tokens") or prompt + completion,
+    }
 
 
 _INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
@@ -563,8 +754,12 @@ def _finished(response: dict, output: list[dict], finish_reason: str | None, usa
     reason = _INCOMPLETE.get(finish_reason or "")
     if reason and output:
         output[-1]["status"] = "incomplete"
-    response.update(status="incomplete" if reason else "completed", output=output, usage=_usage(usage),
-                    incomplete_details={"reason": reason} if reason else None)
+    response.update(
+        status="incomplete" if reason else "completed",
+        output=output,
+        usage=_usage(usage),
+        incomplete_details={"reason": reason} if reason else None,
+    )
     return response
 
 
@@ -613,22 +808,38 @@ def from_chat_completion(answer: dict, *, response_id: str, model: str, request:
     if blocks:
         output.extend(_block_item(b, f"rs_{base}_{i}") for i, b in enumerate(blocks))
     elif (thought := _reasoning_text(message)) is not None:
-        output.append({"id": f"rs_{base}_0", "type": "reasoning", "summary": [],
-                       "content": [{"type": "reasoning_text", "text": thought}], "status": "completed"})
+        output.append(
+            {
+                "id": f"rs_{base}_0",
+                "type": "reasoning",
+                "summary": [],
+                "content": [{"type": "reasoning_text", "text": thought}],
+                "status": "completed",
+            }
+        )
     text, refusal, calls = _text_of(message.get("content")), message.get("refusal"), message.get("tool_calls") or []
     if text or refusal or not calls:
         parts = [_text_part(text)] if text or not refusal else []
         if refusal:
             parts.append({"type": "refusal", "refusal": refusal})
-        output.append({"id": f"msg_{base}", "type": "message", "role": "assistant", "status": "completed",
-                       "content": parts})
+        output.append(
+            {"id": f"msg_{base}", "type": "message", "role": "assistant", "status": "completed", "content": parts}
+        )
     for call in calls:
         fn = call.get("function") or {}
-        output.append({"id": f"fc_{base}_{len(output)}", "type": "function_call", "status": "completed",
-                       "call_id": call.get("id") or f"call_{base}_{len(output)}", "name": fn.get("name") or "",
-                       "arguments": fn.get("arguments") or ""})
-    return _finished(_response_object(request, response_id, model, created_at), output, finish_reason,
-                     answer.get("usage"))
+        output.append(
+            {
+                "id": f"fc_{base}_{len(output)}",
+                "type": "function_call",
+                "status": "completed",
+                "call_id": call.get("id") or f"call_{base}_{len(output)}",
+                "name": fn.get("name") or "",
+                "arguments": fn.get("arguments") or "",
+            }
+        )
+    return _finished(
+        _response_object(request, response_id, model, created_at), output, finish_reason, answer.get("usage")
+    )
 
 
 def _text_part(text: str) -> dict:
@@ -678,8 +889,12 @@ class StreamTranslator:
     def _add(self, out: list[ItemEvent], item: dict, **state: Any) -> dict:
         slot = {"index": len(self._items), "item": item, "open": True, **state}
         self._items.append(slot)
-        self._event(out, "response.output_item.added", output_index=slot["index"], item={**item, "content": []}
-                    if item["type"] != "function_call" else dict(item))
+        self._event(
+            out,
+            "response.output_item.added",
+            output_index=slot["index"],
+            item={**item, "content": []} if item["type"] != "function_call" else dict(item),
+        )
         return slot
 
     def _close(self, out: list[ItemEvent], slot: dict, status: str = "completed") -> None:
@@ -695,16 +910,33 @@ class StreamTranslator:
             if "content" in item:
                 text = "".join(slot["text"])
                 item["content"] = [{"type": "reasoning_text", "text": text}]
-                self._event(out, "response.reasoning_text.done", item_id=item["id"], output_index=index,
-                            content_index=0, text=text)
-                self._event(out, "response.content_part.done", item_id=item["id"], output_index=index,
-                            content_index=0, part={"type": "reasoning_text", "text": text})
+                self._event(
+                    out,
+                    "response.reasoning_text.done",
+                    item_id=item["id"],
+                    output_index=index,
+                    content_index=0,
+                    text=text,
+                )
+                self._event(
+                    out,
+                    "response.content_part.done",
+                    item_id=item["id"],
+                    output_index=index,
+                    content_index=0,
+                    part={"type": "reasoning_text", "text": text},
+                )
             if self._reasoning is slot:
                 self._reasoning = None
         else:
             item["arguments"] = "".join(slot["arguments"])
-            self._event(out, "response.function_call_arguments.done", item_id=item["id"], output_index=index,
-                        arguments=item["arguments"])
+            self._event(
+                out,
+                "response.function_call_arguments.done",
+                item_id=item["id"],
+                output_index=index,
+                arguments=item["arguments"],
+            )
         item["status"] = status
         self._event(out, "response.output_item.done", output_index=index, item=dict(item))
 
@@ -717,14 +949,33 @@ class StreamTranslator:
         text = "".join(part["fragments"])
         if part["type"] == "output_text":
             done = _text_part(text)
-            self._event(out, "response.output_text.done", item_id=item["id"], output_index=index,
-                        content_index=content_index, text=text, logprobs=[])
+            self._event(
+                out,
+                "response.output_text.done",
+                item_id=item["id"],
+                output_index=index,
+                content_index=content_index,
+                text=text,
+                logprobs=[],
+            )
         else:
             done = {"type": "refusal", "refusal": text}
-            self._event(out, "response.refusal.done", item_id=item["id"], output_index=index,
-                        content_index=content_index, refusal=text)
-        self._event(out, "response.content_part.done", item_id=item["id"], output_index=index,
-                    content_index=content_index, part=done)
+            self._event(
+                out,
+                "response.refusal.done",
+                item_id=item["id"],
+                output_index=index,
+                content_index=content_index,
+                refusal=text,
+            )
+        self._event(
+            out,
+            "response.content_part.done",
+            item_id=item["id"],
+            output_index=index,
+            content_index=content_index,
+            part=done,
+        )
         item["content"].append(done)
 
     def _close_others(self, out: list[ItemEvent], keep: dict | None) -> None:
@@ -736,9 +987,15 @@ class StreamTranslator:
         slot = self._message
         if slot is None:
             self._close_others(out, None)
-            item = {"id": f"msg_{self._base}" if not any(s["item"]["type"] == "message" for s in self._items)
-                    else f"msg_{self._base}_{len(self._items)}",
-                    "type": "message", "role": "assistant", "status": "in_progress", "content": []}
+            item = {
+                "id": f"msg_{self._base}"
+                if not any(s["item"]["type"] == "message" for s in self._items)
+                else f"msg_{self._base}_{len(self._items)}",
+                "type": "message",
+                "role": "assistant",
+                "status": "in_progress",
+                "content": [],
+            }
             slot = self._message = self._add(out, item, part=None)
         item, index = slot["item"], slot["index"]
         part = slot["part"]
@@ -748,30 +1005,66 @@ class StreamTranslator:
         if part is None:
             part = slot["part"] = {"type": kind, "fragments": []}
             empty = _text_part("") if kind == "output_text" else {"type": "refusal", "refusal": ""}
-            self._event(out, "response.content_part.added", item_id=item["id"], output_index=index,
-                        content_index=len(item["content"]), part=empty)
+            self._event(
+                out,
+                "response.content_part.added",
+                item_id=item["id"],
+                output_index=index,
+                content_index=len(item["content"]),
+                part=empty,
+            )
         if not delta:
             return
         part["fragments"].append(delta)
         if kind == "output_text":
-            self._event(out, "response.output_text.delta", item_id=item["id"], output_index=index,
-                        content_index=len(item["content"]), delta=delta, logprobs=[])
+            self._event(
+                out,
+                "response.output_text.delta",
+                item_id=item["id"],
+                output_index=index,
+                content_index=len(item["content"]),
+                delta=delta,
+                logprobs=[],
+            )
         else:
-            self._event(out, "response.refusal.delta", item_id=item["id"], output_index=index,
-                        content_index=len(item["content"]), delta=delta)
+            self._event(
+                out,
+                "response.refusal.delta",
+                item_id=item["id"],
+                output_index=index,
+                content_index=len(item["content"]),
+                delta=delta,
+            )
 
     def _thought(self, out: list[ItemEvent], delta: str) -> None:
         slot = self._reasoning
         if slot is None:
             self._close_others(out, None)
-            item = {"id": f"rs_{self._base}_{len(self._items)}", "type": "reasoning", "summary": [],
-                    "content": [], "status": "in_progress"}
+            item = {
+                "id": f"rs_{self._base}_{len(self._items)}",
+                "type": "reasoning",
+                "summary": [],
+                "content": [],
+                "status": "in_progress",
+            }
             slot = self._reasoning = self._add(out, item, text=[])
-            self._event(out, "response.content_part.added", item_id=item["id"], output_index=slot["index"],
-                        content_index=0, part={"type": "reasoning_text", "text": ""})
+            self._event(
+                out,
+                "response.content_part.added",
+                item_id=item["id"],
+                output_index=slot["index"],
+                content_index=0,
+                part={"type": "reasoning_text", "text": ""},
+            )
         slot["text"].append(delta)
-        self._event(out, "response.reasoning_text.delta", item_id=slot["item"]["id"], output_index=slot["index"],
-                    content_index=0, delta=delta)
+        self._event(
+            out,
+            "response.reasoning_text.delta",
+            item_id=slot["item"]["id"],
+            output_index=slot["index"],
+            content_index=0,
+            delta=delta,
+        )
 
     def _block(self, out: list[ItemEvent], block: dict) -> None:
         own_text = block.get("thinking") or block.get("summary") or block.get("content")
@@ -796,16 +1089,26 @@ class StreamTranslator:
         if slot is None:
             self._close_others(out, None)
             position = len(self._items)
-            item = {"id": f"fc_{self._base}_{position}", "type": "function_call", "status": "in_progress",
-                    "call_id": fragment.get("id") or f"call_{self._base}_{position}", "name": fn.get("name") or "",
-                    "arguments": ""}
+            item = {
+                "id": f"fc_{self._base}_{position}",
+                "type": "function_call",
+                "status": "in_progress",
+                "call_id": fragment.get("id") or f"call_{self._base}_{position}",
+                "name": fn.get("name") or "",
+                "arguments": "",
+            }
             slot = self._calls[index] = self._add(out, item, arguments=[])
         elif fn.get("name"):
             slot["item"]["name"] += fn["name"]
         if fn.get("arguments"):
             slot["arguments"].append(fn["arguments"])
-            self._event(out, "response.function_call_arguments.delta", item_id=slot["item"]["id"],
-                        output_index=slot["index"], delta=fn["arguments"])
+            self._event(
+                out,
+                "response.function_call_arguments.delta",
+                item_id=slot["item"]["id"],
+                output_index=slot["index"],
+                delta=fn["arguments"],
+            )
 
     # -- the public steps --
 
@@ -847,8 +1150,7 @@ class StreamTranslator:
         for slot in self._items:
             last = slot is self._items[-1]
             self._close(out, slot, "incomplete" if incomplete and last else "completed")
-        response = _finished(self._response, [dict(s["item"]) for s in self._items], self._finish_reason,
-                             self._usage)
+        response = _finished(self._response, [dict(s["item"]) for s in self._items], self._finish_reason, self._usage)
         self._event(out, "response.incomplete" if incomplete else "response.completed", response=response)
         return out
 
@@ -915,25 +1217,32 @@ class OpenAIResponses(Dialect):
         previous = None
         if body.get("previous_response_id") is not None:
             given = body["previous_response_id"]
-            _require(isinstance(given, str) and given != "", "'previous_response_id' must be a response id",
-                     "previous_response_id")
+            _require(
+                isinstance(given, str) and given != "",
+                "'previous_response_id' must be a response id",
+                "previous_response_id",
+            )
             key = STORED_KEY.format(tenant=ctx.tenant or "", id=given)
             writing = self._writing.get(gateway.store, {}).get(key)
             previous = writing[0] if writing is not None else await gateway.store.get_expiring(key)
             if previous is None:
                 ttl = gateway.config.server.stored_responses_ttl
-                raise _bad(f"previous_response_id '{_shown(given)[1:-1]}' is not a response this gateway holds: it "
-                           f"keeps answered turns for {ttl / 3600:g} hours, for the team that made them, and never "
-                           "when the request said store: false; send the earlier items in 'input' instead",
-                           "previous_response_id", "previous_response_not_found")
+                raise _bad(
+                    f"previous_response_id '{_shown(given)[1:-1]}' is not a response this gateway holds: it "
+                    f"keeps answered turns for {ttl / 3600:g} hours, for the team that made them, and never "
+                    "when the request said store: false; send the earlier items in 'input' instead",
+                    "previous_response_id",
+                    "previous_response_not_found",
+                )
         chat, ignored = to_chat_request(body, previous)
         ctx.state[self.name] = {"id": f"resp_{secrets.token_hex(16)}", "created_at": time.time()}
         return chat, [name for name in ignored if name != "store"]
 
     def _response(self, completion: dict, ctx: RequestContext) -> dict:
         mine = ctx.state[self.name]
-        return from_chat_completion(completion, response_id=mine["id"], model=ctx.route_name,
-                                    request=ctx.inbound, created_at=mine["created_at"])
+        return from_chat_completion(
+            completion, response_id=mine["id"], model=ctx.route_name, request=ctx.inbound, created_at=mine["created_at"]
+        )
 
     def answer(self, completion: dict, ctx: RequestContext) -> dict:
         built = ctx.state[self.name].get("response")  # built once, when the turn was stored
@@ -962,8 +1271,11 @@ class OpenAIResponses(Dialect):
         try:
             await gateway.store.put_expiring(key, history, gateway.config.server.stored_responses_ttl)
         except Exception as exc:  # the answer went out; a later previous_response_id says it is not held
-            log.warning("request %s: the answered turn could not be stored for previous_response_id: %s",
-                        request_id, type(exc).__name__)
+            log.warning(
+                "request %s: the answered turn could not be stored for previous_response_id: %s",
+                request_id,
+                type(exc).__name__,
+            )
 
 
 RESPONSES = OpenAIResponses()

@@ -1,4 +1,5 @@
 """What a state store offers, whichever engine holds it."""
+
 from __future__ import annotations
 
 import logging

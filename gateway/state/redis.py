@@ -1,4 +1,5 @@
 """The shared state store: Redis, so that every replica reads and writes the same rollout state."""
+
 from __future__ import annotations
 
 import asyncio
@@ -37,13 +38,17 @@ UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError, S
 
 def _reachable(method):
     """Redis being unreachable is an operational state, not a bug: say so in the caller's terms."""
+
     @functools.wraps(method)
     async def call(self, *args, **kwargs):
         try:
             return await method(self, *args, **kwargs)
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise StoreUnavailable(f"the state store (redis) is unreachable, nothing was changed: "
-                                   f"{type(exc).__name__}", code="state_store_unavailable") from None
+            raise StoreUnavailable(
+                f"the state store (redis) is unreachable, nothing was changed: {type(exc).__name__}",
+                code="state_store_unavailable",
+            ) from None
+
     return call
 
 
@@ -54,9 +59,14 @@ class RedisStateStore(StateStore):
         super().__init__()
         self._url = url
         # A blocking pool waits for a free connection under load instead of raising.
-        self._pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=5,
-                                                             socket_connect_timeout=2, socket_timeout=5,
-                                                             decode_responses=True)
+        self._pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=5,
+            socket_connect_timeout=2,
+            socket_timeout=5,
+            decode_responses=True,
+        )
         self.client = aioredis.Redis(connection_pool=self._pool)
         self._extend_lease = self.client.register_script(EXTEND_LEASE)
         self._listener: asyncio.Task | None = None
@@ -82,8 +92,9 @@ class RedisStateStore(StateStore):
         backoff = 0.1
         while not self._closing:
             # Its own connection, pinged when idle so that a dead server is noticed within seconds.
-            client = aioredis.Redis.from_url(self._url, decode_responses=True, socket_connect_timeout=2,
-                                             health_check_interval=2)
+            client = aioredis.Redis.from_url(
+                self._url, decode_responses=True, socket_connect_timeout=2, health_check_interval=2
+            )
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(CHANNEL)
@@ -166,13 +177,14 @@ class RedisStateStore(StateStore):
         if not keys:
             return {}
         values = await self.client.mget(keys)
-        return {k[len(PREFIX):]: json.loads(v) for k, v in sorted(zip(keys, values)) if v is not None}
+        return {k[len(PREFIX) :]: json.loads(v) for k, v in sorted(zip(keys, values)) if v is not None}
 
     @_reachable
     async def append_event(self, event: dict[str, Any]) -> dict[str, Any]:
         ts = event.get("ts") or time.time()
-        event_id = await self.client.xadd(EVENTS, {"ts": ts, "body": json.dumps(event)}, maxlen=MAX_EVENTS,
-                                          approximate=True)
+        event_id = await self.client.xadd(
+            EVENTS, {"ts": ts, "body": json.dumps(event)}, maxlen=MAX_EVENTS, approximate=True
+        )
         return {**event, "id": event_id, "ts": ts}
 
     @_reachable

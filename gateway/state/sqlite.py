@@ -1,4 +1,5 @@
 """The embedded state store: one SQLite file, durable across restarts, for a single node."""
+
 from __future__ import annotations
 
 import json
@@ -44,20 +45,26 @@ class SqliteStateStore(StateStore):
 
     async def set(self, key: str, value: Any) -> None:
         text = json.dumps(value)
-        await self._db.run(lambda c: c.execute(
-            "INSERT INTO state (key, value, updated) VALUES (?, ?, ?) "
-            "ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated = excluded.updated",
-            (key, text, time.time())))
+        await self._db.run(
+            lambda c: c.execute(
+                "INSERT INTO state (key, value, updated) VALUES (?, ?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated = excluded.updated",
+                (key, text, time.time()),
+            )
+        )
 
     async def update(self, key: str, change) -> tuple[Any | None, Any]:
         def swap(c):
             row = c.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
             old = json.loads(row[0]) if row else None
             new = change(old)
-            c.execute("INSERT INTO state (key, value, updated) VALUES (?, ?, ?) "
-                      "ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated = excluded.updated",
-                      (key, json.dumps(new), time.time()))
+            c.execute(
+                "INSERT INTO state (key, value, updated) VALUES (?, ?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated = excluded.updated",
+                (key, json.dumps(new), time.time()),
+            )
             return old, new
+
         return await self._db.run(lambda c: transaction(c, swap))
 
     async def publish(self, message: dict[str, Any]) -> None:
@@ -68,8 +75,11 @@ class SqliteStateStore(StateStore):
 
     async def items(self, prefix: str = "") -> dict[str, Any]:
         like = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        rows = await self._db.run(lambda c: c.execute(
-            "SELECT key, value FROM state WHERE key LIKE ? ESCAPE '\\' ORDER BY key", (like,)).fetchall())
+        rows = await self._db.run(
+            lambda c: c.execute(
+                "SELECT key, value FROM state WHERE key LIKE ? ESCAPE '\\' ORDER BY key", (like,)
+            ).fetchall()
+        )
         return {key: json.loads(value) for key, value in rows}
 
     async def append_event(self, event: dict[str, Any]) -> dict[str, Any]:
@@ -78,6 +88,7 @@ class SqliteStateStore(StateStore):
         def insert(c):
             cursor = c.execute("INSERT INTO events (ts, body) VALUES (?, ?)", (ts, json.dumps(event)))
             return cursor.lastrowid
+
         event_id = await self._db.run(lambda c: transaction(c, insert))
         return {**event, "id": event_id, "ts": ts}
 
@@ -91,6 +102,7 @@ class SqliteStateStore(StateStore):
                     if len(found) >= limit:
                         break
             return found
+
         return await self._db.run(select)
 
     async def put_expiring(self, key: str, value: Any, ttl_seconds: float) -> None:
@@ -99,15 +111,22 @@ class SqliteStateStore(StateStore):
         purge = self._writes % PURGE_EVERY == 0
 
         def put(c):
-            c.execute("INSERT INTO expiring (key, value, expires) VALUES (?, ?, ?) ON CONFLICT(key) DO UPDATE "
-                      "SET value = excluded.value, expires = excluded.expires", (key, text, now + ttl_seconds))
+            c.execute(
+                "INSERT INTO expiring (key, value, expires) VALUES (?, ?, ?) ON CONFLICT(key) DO UPDATE "
+                "SET value = excluded.value, expires = excluded.expires",
+                (key, text, now + ttl_seconds),
+            )
             if purge:
                 c.execute("DELETE FROM expiring WHERE expires < ?", (now,))
+
         await self._db.run(lambda c: transaction(c, put))
 
     async def get_expiring(self, key: str) -> Any | None:
-        row = await self._db.run(lambda c: c.execute(
-            "SELECT value FROM expiring WHERE key = ? AND expires >= ?", (key, time.time())).fetchone())
+        row = await self._db.run(
+            lambda c: c.execute(
+                "SELECT value FROM expiring WHERE key = ? AND expires >= ?", (key, time.time())
+            ).fetchone()
+        )
         return json.loads(row[0]) if row else None
 
     async def acquire_lease(self, name: str, holder: str, ttl_seconds: float) -> bool:
@@ -116,7 +135,11 @@ class SqliteStateStore(StateStore):
             row = c.execute("SELECT holder, expires FROM leases WHERE name = ?", (name,)).fetchone()
             if row is not None and row[0] != holder and row[1] > now:
                 return False
-            c.execute("INSERT INTO leases (name, holder, expires) VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE "
-                      "SET holder = excluded.holder, expires = excluded.expires", (name, holder, now + ttl_seconds))
+            c.execute(
+                "INSERT INTO leases (name, holder, expires) VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE "
+                "SET holder = excluded.holder, expires = excluded.expires",
+                (name, holder, now + ttl_seconds),
+            )
             return True
+
         return await self._db.run(lambda c: transaction(c, take))

@@ -11,6 +11,7 @@ a crash between the commit and the delete leaves a file whose id the database al
 the next replay only deletes it. So each row is written exactly once. A torn last line (a crash
 during an append) is skipped with a warning. Every method runs on the database's thread.
 """
+
 from __future__ import annotations
 
 import json
@@ -96,8 +97,9 @@ class SpillFile:
         self._size += len(data)
         self.rows += len(rows)
 
-    def replay(self, conn: sqlite3.Connection, insert: Callable[[sqlite3.Connection, list[tuple]], int],
-               now: float) -> int:
+    def replay(
+        self, conn: sqlite3.Connection, insert: Callable[[sqlite3.Connection, list[tuple]], int], now: float
+    ) -> int:
         """Insert the spilled rows in one transaction (raises what the database raises), then delete
         the file. Returns what `insert` says went in."""
         if self._id is None:
@@ -133,7 +135,7 @@ class SpillFile:
             try:
                 value = json.loads(line)
             except ValueError:
-                if any(lines[n + 1:]):  # damage in the middle is not a torn append: refuse to guess
+                if any(lines[n + 1 :]):  # damage in the middle is not a torn append: refuse to guess
                     raise ValueError(f"{self.path}: line {n + 1} is not JSON") from None
                 torn = True
                 continue

@@ -1,4 +1,5 @@
 """An SQLite connection owned by one worker thread, so the event loop never waits on disk."""
+
 from __future__ import annotations
 
 import asyncio
@@ -51,6 +52,7 @@ class SqliteThread:
             if self._conn is None:
                 self._open()
             return fn(self._conn)
+
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
     async def close(self) -> None:
@@ -58,6 +60,7 @@ class SqliteThread:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
         await asyncio.get_running_loop().run_in_executor(self._executor, shut)
         self._executor.shutdown(wait=True)
 
@@ -92,11 +95,21 @@ class BatchWriter:
     `close_timeout` seconds and what is still unwritten is logged and counted in `lost`.
     `waiting`, `spilled` and `last_error` say what is pending meanwhile.
     """
+
     close_timeout = 10.0
 
-    def __init__(self, db: SqliteThread, insert_sql: str, *, queue_size: int, batch_size: int,
-                 batch_wait: float = LOG_BATCH_WAIT_MS / 1000, to_row: Callable[[Any], tuple] = tuple,
-                 name: str = "rows", spill: SpillFile | None = None):
+    def __init__(
+        self,
+        db: SqliteThread,
+        insert_sql: str,
+        *,
+        queue_size: int,
+        batch_size: int,
+        batch_wait: float = LOG_BATCH_WAIT_MS / 1000,
+        to_row: Callable[[Any], tuple] = tuple,
+        name: str = "rows",
+        spill: SpillFile | None = None,
+    ):
         self._db, self._insert, self._batch_size, self._to_row, self.name = db, insert_sql, batch_size, to_row, name
         self._batch_wait = batch_wait
         self._hurry = asyncio.Event()  # set by `flush` and `close`: a batch waiting for more rows goes at once
@@ -195,8 +208,7 @@ class BatchWriter:
             self._settle_flushes()
             if done:
                 if self.spilled:
-                    log.warning("%s: %d rows stay in %s for the next start", self.name, self.spilled,
-                                self._spill.path)
+                    log.warning("%s: %d rows stay in %s for the next start", self.name, self.spilled, self._spill.path)
                 return
 
     async def _flush(self, batch: list, last: bool = False) -> None:
@@ -276,15 +288,20 @@ class BatchWriter:
                     raise
                 except Exception as exc:
                     self.lost += 1
-                    log.error("%s: a row the database cannot take was dropped (%d lost so far): %s",
-                              self.name, self.lost, exc)
+                    log.error(
+                        "%s: a row the database cannot take was dropped (%d lost so far): %s", self.name, self.lost, exc
+                    )
         conn.execute("RELEASE batch")
         return inserted
 
     def _refused(self, exc: Exception) -> None:
         if self.last_error is None:
-            log.warning("%s: the database refused a write (%s); rows go to %s until it takes them",
-                        self.name, exc, self._spill.path)
+            log.warning(
+                "%s: the database refused a write (%s); rows go to %s until it takes them",
+                self.name,
+                exc,
+                self._spill.path,
+            )
         self.last_error = str(exc)
         self._replay_at = time.monotonic() + self._replay_pause
         self._replay_pause = min(self._replay_pause * 2, 5.0)

@@ -4,6 +4,7 @@ Its own module, light (no numpy): the loader (embeddings.py) looks for the file 
 builder (embeddings_build.py) writes it and names it in its --help, so neither imports the other
 to find it.
 """
+
 from __future__ import annotations
 
 import sys

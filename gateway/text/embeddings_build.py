@@ -14,6 +14,7 @@ from the local model folder with the hub switched off; it takes seconds and writ
 (`built_onnx_file()`, inside the virtual environment) that the onnx backend then prefers. It
 refuses to write a model whose vectors stray from torch's (cosine below `MIN_COSINE`).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -73,8 +74,9 @@ def build(model_path: str, output: Path) -> dict:
             self.model = model
 
         def forward(self, input_ids, attention_mask, token_type_ids):
-            return self.model(input_ids=input_ids, attention_mask=attention_mask,
-                              token_type_ids=token_type_ids).last_hidden_state
+            return self.model(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state
 
     transformer = AutoModel.from_pretrained(model_path, local_files_only=True).eval()
     names = ["input_ids", "attention_mask", "token_type_ids"]
@@ -83,24 +85,37 @@ def build(model_path: str, output: Path) -> dict:
     with tempfile.TemporaryDirectory(dir=output.parent) as work:
         fp32, int8 = Path(work) / "fp32.onnx", Path(work) / "int8.onnx"
         with torch.no_grad(), _quiet():
-            torch.onnx.export(LastHiddenState(transformer), example, str(fp32), input_names=names,
-                              output_names=["last_hidden_state"], opset_version=17, dynamo=False,
-                              dynamic_axes={n: {0: "batch", 1: "sequence"} for n in [*names, "last_hidden_state"]})
+            torch.onnx.export(
+                LastHiddenState(transformer),
+                example,
+                str(fp32),
+                input_names=names,
+                output_names=["last_hidden_state"],
+                opset_version=17,
+                dynamo=False,
+                dynamic_axes={n: {0: "batch", 1: "sequence"} for n in [*names, "last_hidden_state"]},
+            )
             quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=True)
         reference = LoadedModel(model_path, threads=None).encode(list(CHECK_SENTENCES))
         vectors = OnnxModel(model_path, threads=1, onnx_file=str(int8)).encode(list(CHECK_SENTENCES))
         cosines = (reference * vectors).sum(axis=1)
         if float(cosines.min()) < MIN_COSINE:
-            raise RuntimeError(f"the quantised model strays from torch's vectors (cosine {cosines.min():.4f} "
-                               f"< {MIN_COSINE}); not written")
+            raise RuntimeError(
+                f"the quantised model strays from torch's vectors (cosine {cosines.min():.4f} "
+                f"< {MIN_COSINE}); not written"
+            )
         os.replace(int8, output)
-    return {"output": str(output), "bytes": output.stat().st_size,
-            "min_cosine_vs_torch": round(float(cosines.min()), 4),
-            "mean_cosine_vs_torch": round(float(np.mean(cosines)), 4)}
+    return {
+        "output": str(output),
+        "bytes": output.stat().st_size,
+        "min_cosine_vs_torch": round(float(cosines.min()), 4),
+        "mean_cosine_vs_torch": round(float(np.mean(cosines)), 4),
+    }
 
 
 def cmd_build(args) -> int:
     from .embeddings import EmbeddingsUnavailable, default_model_path  # numpy: not for `llmgate --help`
+
     output = Path(args.output) if args.output else built_onnx_file()
     if output.is_file() and not args.force:
         print(f"{output} exists (--force to build it again)")
@@ -114,8 +129,10 @@ def cmd_build(args) -> int:
     except RuntimeError as exc:
         print(str(exc), file=sys.stderr)
         return 1
-    print(f"wrote {result['output']} ({result['bytes'] / 2**20:.1f} MiB); cosine to torch's vectors: "
-          f"min {result['min_cosine_vs_torch']}, mean {result['mean_cosine_vs_torch']}")
+    print(
+        f"wrote {result['output']} ({result['bytes'] / 2**20:.1f} MiB); cosine to torch's vectors: "
+        f"min {result['min_cosine_vs_torch']}, mean {result['mean_cosine_vs_torch']}"
+    )
     return 0
 
 
@@ -124,9 +141,11 @@ def register_commands(commands):
     embeddings = commands.add_parser("embeddings", help="the semantic cache's embedding model")
     actions = embeddings.add_subparsers(dest="embeddings_command", required=True)
     build_parser = actions.add_parser(
-        "build", help="make the int8 ONNX model (integer matrix products) from the installed weights",
+        "build",
+        help="make the int8 ONNX model (integer matrix products) from the installed weights",
         description="Export the installed all-MiniLM-L6-v2 to ONNX, quantise its weights per channel, check its "
-                    "vectors against sentence-transformers', and write it where the onnx backend looks first.")
+        "vectors against sentence-transformers', and write it where the onnx backend looks first.",
+    )
     build_parser.add_argument("--model", help="the sentence-transformers model folder (default: the packaged one)")
     build_parser.add_argument("--output", help=f"where to write it (default: {built_onnx_file()})")
     build_parser.add_argument("--force", action="store_true", help="build again even if the file exists")

@@ -12,6 +12,7 @@ pass the Luhn check), SSN (NNN-NN-NNNN outside the ranges never issued), IPV6 an
 by `ipaddress`), PHONE (North American numbers, and international ones written with `+`).
 A placeholder holds no `@`, `:` or run of digits, so later kinds never match inside one.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -61,20 +62,42 @@ _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 
 # (kind, pattern, check of a match or None, group replaced: 0 the whole match)
 _RULES: list[tuple[str, re.Pattern, Callable[[re.Match], bool] | None, int]] = [
-    ("PASSWORD", re.compile(r"""(?i)\b(?:password|passwd|passcode|pwd)\s*[:=]\s*("[^"\n]*"|'[^'\n]*'|[^\s,;]+)"""),
-     None, 1),
-    ("AWS_ACCESS_KEY", re.compile(r"\b(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AIPA|ANPA|ANVA|AROA|APKA|ASCA)[A-Z0-9]{16}\b"),
-     None, 0),
+    (
+        "PASSWORD",
+        re.compile(r"""(?i)\b(?:password|passwd|passcode|pwd)\s*[:=]\s*("[^"\n]*"|'[^'\n]*'|[^\s,;]+)"""),
+        None,
+        1,
+    ),
+    (
+        "AWS_ACCESS_KEY",
+        re.compile(r"\b(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AIPA|ANPA|ANVA|AROA|APKA|ASCA)[A-Z0-9]{16}\b"),
+        None,
+        0,
+    ),
     ("EMAIL", re.compile(r"\b[A-Za-z0-9._%+-]+@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}\b"), None, 0),
     ("CREDIT_CARD", re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])"), _card, 0),
     ("SSN", re.compile(r"(?<![\d-])(?!000|666|9\d\d)\d{3}([- ])(?!00)\d{2}\1(?!0000)\d{4}(?![\d-])"), None, 0),
-    ("IPV6", re.compile(rf"(?<![\w:.])(?:[0-9A-Fa-f]{{0,4}}:){{2,7}}(?:{_OCTET}(?:\.{_OCTET}){{3}}|"
-                        r"[0-9A-Fa-f]{1,4})?(?:%[\w.]+)?(?![\w:]|\.\d)"), _ipv6, 0),
+    (
+        "IPV6",
+        re.compile(
+            rf"(?<![\w:.])(?:[0-9A-Fa-f]{{0,4}}:){{2,7}}(?:{_OCTET}(?:\.{_OCTET}){{3}}|"
+            r"[0-9A-Fa-f]{1,4})?(?:%[\w.]+)?(?![\w:]|\.\d)"
+        ),
+        _ipv6,
+        0,
+    ),
     ("IPV4", re.compile(rf"(?<![\w.]){_OCTET}(?:\.{_OCTET}){{3}}(?!\.?\d)(?!\w)"), None, 0),
-    ("PHONE", re.compile(r"(?<![\w+])(?:"
-                         r"\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]?\d{2,4}){1,4}"  # +44 20 7946 0958
-                         r"|(?:1[ .-]?)?(?:\(\d{3}\)[ .-]?|\d{3}[ .-])\d{3}[ .-]\d{4}"         # (555) 123-4567
-                         r")(?![\w-])"), _phone, 0),
+    (
+        "PHONE",
+        re.compile(
+            r"(?<![\w+])(?:"
+            r"\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]?\d{2,4}){1,4}"  # +44 20 7946 0958
+            r"|(?:1[ .-]?)?(?:\(\d{3}\)[ .-]?|\d{3}[ .-])\d{3}[ .-]\d{4}"  # (555) 123-4567
+            r")(?![\w-])"
+        ),
+        _phone,
+        0,
+    ),
 ]
 
 
@@ -94,7 +117,8 @@ def scrub(text: str, counts: Counter | None = None) -> tuple[str, Counter]:
             if group == 0:
                 return placeholder(kind)
             whole, start = match.group(0), match.start(group) - match.start(0)
-            return whole[:start] + placeholder(kind) + whole[match.end(group) - match.start(0):]
+            return whole[:start] + placeholder(kind) + whole[match.end(group) - match.start(0) :]
+
         text = pattern.sub(replace, text)
     return text, counts
 

@@ -16,6 +16,7 @@ keys are never the caller's concern: callers only ever hold these client keys.
 Both run before any `before_route` plugin, wherever `plugins:` lists them: a cache hit never skips them.
 The team limits (`requests_per_minute`, `tokens_per_day`) are enforced by the `quotas` plugin.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -60,8 +61,10 @@ class Team(BaseModel):
         normalised = [k.strip().lower() for k in keys]
         for i, key in enumerate(normalised):
             if not _HASHED.fullmatch(key):  # never echo the value: it may be a key pasted by mistake
-                raise ValueError(f"keys[{i}] must be 'sha256:' and 64 hex digits (print one with "
-                                 "`llmgate keys new --team T`); put hashes in the config, never keys")
+                raise ValueError(
+                    f"keys[{i}] must be 'sha256:' and 64 hex digits (print one with "
+                    "`llmgate keys new --team T`); put hashes in the config, never keys"
+                )
         return normalised
 
 
@@ -101,14 +104,16 @@ class ApiKeys:
         on a hash that a caller cannot steer towards a valid key, and the stored hash is confirmed
         with a constant-time comparison. That keeps the check O(1) with thousands of keys."""
         if not api_key:
-            raise Unauthorized("You didn't provide an API key: send it as 'Authorization: Bearer <key>' "
-                               "(or 'x-api-key: <key>')",
-                               code="missing_api_key")
+            raise Unauthorized(
+                "You didn't provide an API key: send it as 'Authorization: Bearer <key>' (or 'x-api-key: <key>')",
+                code="missing_api_key",
+            )
         given = hash_key(api_key)
         team, stored = self._by_hash.get(given, (None, ""))
         if team is None or not hmac.compare_digest(given.encode(), stored.encode()):
-            raise Unauthorized("Incorrect API key provided: ask the gateway's operator for a key",
-                               code="invalid_api_key")
+            raise Unauthorized(
+                "Incorrect API key provided: ask the gateway's operator for a key", code="invalid_api_key"
+            )
         return team
 
     def team_of_request(self, request: web.Request) -> str:
@@ -118,8 +123,9 @@ class ApiKeys:
     def check_route(self, team: str, route: str) -> None:
         allowed = self.teams[team].routes
         if allowed is not None and route not in allowed:
-            raise PermissionDenied(f"your key's team may not use the model '{route}'",
-                                   param="model", code="route_not_allowed")
+            raise PermissionDenied(
+                f"your key's team may not use the model '{route}'", param="model", code="route_not_allowed"
+            )
 
     # --- hooks --------------------------------------------------------------------------------
 
@@ -152,8 +158,10 @@ class ApiKeys:
         for name, team in settings.teams.items():
             for route in team.routes or ():
                 if route not in routes:
-                    problems.append(f"plugins.{NAME}.teams.{name}.routes: unknown route '{route}' "
-                                    f"(routes: {', '.join(sorted(routes)) or 'none'})")
+                    problems.append(
+                        f"plugins.{NAME}.teams.{name}.routes: unknown route '{route}' "
+                        f"(routes: {', '.join(sorted(routes)) or 'none'})"
+                    )
         admin = config.server.admin_token
         if admin and hash_key(admin) in {k for t in settings.teams.values() for k in t.keys}:
             problems.append(f"plugins.{NAME}.teams: the admin token is also a client key; give clients their own")
@@ -167,12 +175,21 @@ class ApiKeys:
 
     @hookimpl
     def admin_status(self, gateway):
-        return {NAME: {name: {"keys": len(team.keys), "routes": team.routes,
-                              "requests_per_minute": team.requests_per_minute,
-                              "tokens_per_day": team.tokens_per_day} for name, team in self.teams.items()}}
+        return {
+            NAME: {
+                name: {
+                    "keys": len(team.keys),
+                    "routes": team.routes,
+                    "requests_per_minute": team.requests_per_minute,
+                    "tokens_per_day": team.tokens_per_day,
+                }
+                for name, team in self.teams.items()
+            }
+        }
 
 
 # --- the command line (registered by plugins.api_keys.commands) --------------------------------
+
 
 def _cmd_new(args) -> int:
     key = new_key()

@@ -7,6 +7,7 @@ error-rate rise must also be significant (a one-sided two-proportion test) and a
 carried by significantly more than 5% of the candidate's calls, so a few stray errors or a noisy
 tail do not pull a healthy candidate.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ SUCCESSFUL, FAILED, INCONCLUSIVE = "Successful", "Failed", "Inconclusive"
 
 # --- settings ------------------------------------------------------------------------------------
 
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -34,8 +36,9 @@ class ErrorRateRule(_Strict):
 class LatencyRule(_Strict):
     ratio: float | None = Field(1.5, gt=0, description="fails when p95 is above this multiple of the baseline's")
     max_ms: float | None = Field(None, gt=0, description="or above this many milliseconds")
-    alpha: float = Field(0.01, gt=0, lt=1,
-                         description="and the share of calls above the limit is significantly over 5%")
+    alpha: float = Field(
+        0.01, gt=0, lt=1, description="and the share of calls above the limit is significantly over 5%"
+    )
 
 
 class CostRule(_Strict):
@@ -51,6 +54,7 @@ class ScoreRule(_Strict):
 
 class Rules(_Strict):
     """Each rule may be switched off with null; scores are higher-is-better, by the name they are reported under."""
+
     error_rate: ErrorRateRule | None = ErrorRateRule()
     p95_latency: LatencyRule | None = LatencyRule()
     cost_per_request: CostRule | None = CostRule()
@@ -59,6 +63,7 @@ class Rules(_Strict):
 
 class Policy(_Strict):
     """What a route's candidates are judged by."""
+
     window_seconds: float = Field(300, gt=0, description="the sliding window the rules look at")
     min_samples: int = Field(50, ge=1, description="per variant, before a rule may fail")
     failure_limit: int = Field(2, ge=1, description="failing evaluations in a row before a rule fires")
@@ -94,10 +99,11 @@ def _merge(base: dict, override: dict) -> dict:
 
 # --- analysis: pure functions of two variants' figures --------------------------------------------
 
+
 @dataclass
 class Check:
     rule: str
-    failed: bool | None          # None: too little data to judge, which never fails
+    failed: bool | None  # None: too little data to judge, which never fails
     detail: str
 
 
@@ -114,8 +120,12 @@ class Analysis:
 
     def figures(self, **extra: Any) -> dict[str, Any]:
         """What an event records: both variants' figures and each rule's verdict."""
-        return {"candidate": self.candidate.summary(), "baseline": self.baseline.summary(),
-                "checks": {c.rule: {"failed": c.failed, "detail": c.detail} for c in self.checks}, **extra}
+        return {
+            "candidate": self.candidate.summary(),
+            "baseline": self.baseline.summary(),
+            "checks": {c.rule: {"failed": c.failed, "detail": c.detail} for c in self.checks},
+            **extra,
+        }
 
     def reason(self) -> str:
         relevant = self.failed if self.outcome == FAILED else [c for c in self.checks if c.failed is None][:1]
@@ -129,11 +139,18 @@ def _error_rate(rule: ErrorRateRule, cand: Figures, base: Figures, min_samples: 
     if base.requests >= min_samples:
         p = two_proportion_p(cand.errors, cand.requests, base.errors, base.requests)
         failed = rate > rule.absolute and rate > rule.ratio * base.error_rate and p < rule.alpha
-        return Check("error_rate", failed, f"{rate:.2%} vs baseline {base.error_rate:.2%} (limit: above "
-                                           f"{rule.ratio:g}x and {rule.absolute:.2%}, p={p:.2g})")
+        return Check(
+            "error_rate",
+            failed,
+            f"{rate:.2%} vs baseline {base.error_rate:.2%} (limit: above "
+            f"{rule.ratio:g}x and {rule.absolute:.2%}, p={p:.2g})",
+        )
     p = rate_above_p(cand.errors, cand.requests, rule.absolute)  # no baseline to compare: the absolute limit
-    return Check("error_rate", rate > rule.absolute and p < rule.alpha,
-                 f"{rate:.2%} vs limit {rule.absolute:.2%} (baseline has {base.requests} calls; p={p:.2g})")
+    return Check(
+        "error_rate",
+        rate > rule.absolute and p < rule.alpha,
+        f"{rate:.2%} vs limit {rule.absolute:.2%} (baseline has {base.requests} calls; p={p:.2g})",
+    )
 
 
 def _p95_latency(rule: LatencyRule, cand: Figures, base: Figures, min_samples: int) -> Check:
@@ -167,9 +184,11 @@ def _cost(rule: CostRule, cand: Figures, base: Figures, min_samples: int) -> Che
     if not limits:
         return Check("cost_per_request", None, f"baseline has {base.cost_n} priced calls, fewer than {min_samples}")
     over = [label for limit, label in limits if cost > limit]
-    return Check("cost_per_request", bool(over),
-                 f"${cost:.6f} per request vs "
-                 + (", ".join(over) if over else ", ".join(label for _, label in limits)))
+    return Check(
+        "cost_per_request",
+        bool(over),
+        f"${cost:.6f} per request vs " + (", ".join(over) if over else ", ".join(label for _, label in limits)),
+    )
 
 
 def _score(name: str, rule: ScoreRule, cand: Figures, min_samples: int) -> Check:
@@ -179,8 +198,11 @@ def _score(name: str, rule: ScoreRule, cand: Figures, min_samples: int) -> Check
         return Check(f"score:{name}", None, f"{found[2] if found else 0} reports, fewer than {needed}")
     mean, sd, n = found
     p = mean_below_p(mean, sd, n, rule.floor)
-    return Check(f"score:{name}", mean < rule.floor and p < rule.alpha,
-                 f"mean {mean:.3f} over {n} reports vs floor {rule.floor:g} (p={p:.2g})")
+    return Check(
+        f"score:{name}",
+        mean < rule.floor and p < rule.alpha,
+        f"mean {mean:.3f} over {n} reports vs floor {rule.floor:g} (p={p:.2g})",
+    )
 
 
 def analyse(cand: Figures, base: Figures, policy: Policy) -> Analysis:

@@ -4,6 +4,7 @@ running gateway's admin API.
 Light to import (the standard library and the admin client): the auto_rollback plugin answers
 POST /admin/routes/{route}/schedule and /schedule/{pause,resume,abort}, each returning its audit event.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,9 +16,10 @@ from gateway.hookspecs import hookimpl
 
 def schedule(client: AdminClient, args: argparse.Namespace) -> int:
     if args.schedule_command == "start":
-        event = client.post(f"/admin/routes/{args.route}/schedule",
-                            {"candidate": args.candidate, "steps": args.steps, "hold_seconds": args.hold,
-                             "reason": args.reason})
+        event = client.post(
+            f"/admin/routes/{args.route}/schedule",
+            {"candidate": args.candidate, "steps": args.steps, "hold_seconds": args.hold, "reason": args.reason},
+        )
     else:
         event = client.post(f"/admin/routes/{args.route}/schedule/{args.schedule_command}", {"reason": args.reason})
     print_events([event])
@@ -39,20 +41,31 @@ def percent_steps(text: str) -> list[float]:
 def register_commands(commands):
     """`llmgate schedule start ROUTE CANDIDATE` and `llmgate schedule pause|resume|abort ROUTE`."""
     schedule_commands = add_command_group(
-        commands, "schedule", "staged rollouts: steps that advance only when their analysis passes",
+        commands,
+        "schedule",
+        "staged rollouts: steps that advance only when their analysis passes",
         "Staged rollouts: each step holds, then auto_rollback's analysis advances it (healthy), "
-        "pauses it (too little data) or aborts it to the baseline (failing).", schedule)
-    p = add_admin_parser(schedule_commands, "start", "give CANDIDATE the first step's percent now, and the next "
-                                                     "ones as each step passes")
+        "pauses it (too little data) or aborts it to the baseline (failing).",
+        schedule,
+    )
+    p = add_admin_parser(
+        schedule_commands, "start", "give CANDIDATE the first step's percent now, and the next ones as each step passes"
+    )
     add_route_arg(p)
     p.add_argument("candidate", help="the candidate the schedule rolls out")
-    p.add_argument("--steps", type=percent_steps, default=percent_steps("5,25,50,100"),
-                   help="rising percents (default 5,25,50,100)")
+    p.add_argument(
+        "--steps",
+        type=percent_steps,
+        default=percent_steps("5,25,50,100"),
+        help="rising percents (default 5,25,50,100)",
+    )
     p.add_argument("--hold", type=float, default=300.0, help="seconds each step holds before its analysis (300)")
     add_reason_arg(p)
-    for action, help in (("pause", "stop advancing; the candidate keeps its percent"),
-                         ("resume", "hold and analyse the current step again, then go on"),
-                         ("abort", "send the candidate's users back to the baseline and keep them there")):
+    for action, help in (
+        ("pause", "stop advancing; the candidate keeps its percent"),
+        ("resume", "hold and analyse the current step again, then go on"),
+        ("abort", "send the candidate's users back to the baseline and keep them there"),
+    ):
         p = add_admin_parser(schedule_commands, action, help)
         add_route_arg(p, help="the route whose schedule this acts on")
         add_reason_arg(p)

@@ -15,6 +15,7 @@ schedules; another takes over when the lease lapses. Acting goes through the rol
 (rollback, set_percent), which audits, announces the change to every replica and calls the
 webhooks, so a rolled-back candidate stays out until an operator re-enables it.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -47,6 +48,7 @@ RUNNING, PAUSED, ABORTED, DONE = "running", "paused", "aborted", "done"
 
 # --- the plugin ---------------------------------------------------------------------------------
 
+
 class ScheduleConflict(GatewayError):
     status, type = 409, "invalid_request_error"
     retry = False  # the same request conflicts again
@@ -55,8 +57,7 @@ class ScheduleConflict(GatewayError):
 def _brief(schedule: dict | None) -> dict | None:
     if not schedule:
         return None
-    return {"status": schedule["status"], "step": schedule["step"] + 1,
-            "percent": schedule["steps"][schedule["step"]]}
+    return {"status": schedule["status"], "step": schedule["step"] + 1, "percent": schedule["steps"][schedule["step"]]}
 
 
 class AutoRollback:
@@ -69,11 +70,11 @@ class AutoRollback:
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.gateway = None
         self.rollout = None
-        self.figures: dict[str, dict[str, dict]] = {}        # route -> variant -> window figures
-        self.evaluations: dict[str, dict[str, dict]] = {}    # route -> candidate -> last verdict
+        self.figures: dict[str, dict[str, dict]] = {}  # route -> variant -> window figures
+        self.evaluations: dict[str, dict[str, dict]] = {}  # route -> candidate -> last verdict
         self.schedules: dict[str, dict] = {}
         self._policies: dict[str, Policy] = {}
-        self._lease_until = 0.0                               # time.monotonic() when our lease ends
+        self._lease_until = 0.0  # time.monotonic() when our lease ends
         self._active_since: dict[tuple[str, str], float] = {}
         self._failing: dict[tuple[str, str], int] = {}
         self._first_tick = True
@@ -138,7 +139,7 @@ class AutoRollback:
         for i, attempt in enumerate(ctx.attempts):
             status, latency = attempt.status, attempt.latency_ms
             if i == last and attempt.backend == ctx.served_by and status < 400:
-                if ctx.error is not None and ctx.status != 499:   # the stream broke after it started
+                if ctx.error is not None and ctx.status != 499:  # the stream broke after it started
                     status = ctx.status
                 elif ctx.stream and ctx.latency_ms is not None:  # the attempt timed only the stream's start
                     latency = max(latency, ctx.latency_ms - sum(a.latency_ms for a in ctx.attempts[:-1]))
@@ -172,8 +173,11 @@ class AutoRollback:
                 self._store_problem = None
             except Exception as exc:  # the state store is away, most likely: the lease lapses meanwhile
                 if self._store_problem is None:
-                    log.warning("auto-rollback evaluation failed, retrying each interval: %r", exc,
-                                exc_info=None if isinstance(exc, UNREACHABLE) else exc)
+                    log.warning(
+                        "auto-rollback evaluation failed, retrying each interval: %r",
+                        exc,
+                        exc_info=None if isinstance(exc, UNREACHABLE) else exc,
+                    )
                 self._store_problem = repr(exc)
             await asyncio.sleep(self.settings.interval_seconds)
 
@@ -210,8 +214,9 @@ class AutoRollback:
             held = False
         self._lease_until = asked + ttl if held else 0.0
         if held != was:
-            log.info("auto-rollback: this replica (%s) %s the leader", self.holder,
-                     "is now" if held else "is no longer")
+            log.info(
+                "auto-rollback: this replica (%s) %s the leader", self.holder, "is now" if held else "is no longer"
+            )
 
     async def _read(self, route: str, variant: str, since: float, until: float) -> Figures:
         key = (route, variant, since, until)
@@ -236,8 +241,11 @@ class AutoRollback:
             return []
         percents = state.allocation.percents()
         canary = set(state.canary) | set(self.rollout.settings.canary.get(route, {}))
-        return [c for c in self.gateway.config.settings.routes[route].candidates
-                if c not in state.rolled_back and (percents.get(c, 0) > 0 or c in canary)]
+        return [
+            c
+            for c in self.gateway.config.settings.routes[route].candidates
+            if c not in state.rolled_back and (percents.get(c, 0) > 0 or c in canary)
+        ]
 
     def _track_active(self, now: float) -> None:
         """Judge a candidate only on traffic since it (re)entered: an old failure must not pull it again."""
@@ -251,8 +259,11 @@ class AutoRollback:
 
     async def analyse(self, route: str, candidate: str, since: float, until: float) -> Analysis:
         baseline = self.gateway.config.settings.routes[route].baseline
-        return analyse(await self._read(route, candidate, since, until),
-                       await self._read(route, baseline, since, until), self.policy(route))
+        return analyse(
+            await self._read(route, candidate, since, until),
+            await self._read(route, baseline, since, until),
+            self.policy(route),
+        )
 
     async def _evaluate(self, now: float) -> None:
         for (route, candidate), since in sorted(self._active_since.items()):
@@ -265,16 +276,25 @@ class AutoRollback:
             outcomes = dict(self.evaluations.get(route, {}).get(candidate, {}).get("outcomes", {}))
             outcomes[result.outcome] = outcomes.get(result.outcome, 0) + 1
             self.evaluations.setdefault(route, {})[candidate] = {
-                "outcome": result.outcome, "failing": failing, "at": now, "count": sum(outcomes.values()),
+                "outcome": result.outcome,
+                "failing": failing,
+                "at": now,
+                "count": sum(outcomes.values()),
                 "outcomes": outcomes,
-                "checks": {c.rule: {"failed": c.failed, "detail": c.detail} for c in result.checks}}
+                "checks": {c.rule: {"failed": c.failed, "detail": c.detail} for c in result.checks},
+            }
             if failing >= policy.failure_limit and self.leader:
                 rule = result.failed[0].rule
                 reason = f"auto-rollback: {result.reason()} ({failing} evaluations in a row)"
                 log.warning("route %s: rolling back %s: %s", route, candidate, reason)
-                await self.rollout.rollback(route, candidate, actor="auto_rollback", reason=reason, rule=rule,
-                                            figures=result.figures(since=start, until=now,
-                                                                   failed=[c.rule for c in result.failed]))
+                await self.rollout.rollback(
+                    route,
+                    candidate,
+                    actor="auto_rollback",
+                    reason=reason,
+                    rule=rule,
+                    figures=result.figures(since=start, until=now, failed=[c.rule for c in result.failed]),
+                )
                 del self._active_since[pair]
                 self._failing.pop(pair, None)
 
@@ -287,7 +307,7 @@ class AutoRollback:
                 self.schedules[route] = found
             return
         stored = await self.gateway.store.items(SCHEDULE_KEY)
-        self.schedules = {k[len(SCHEDULE_KEY):]: v for k, v in stored.items() if isinstance(v, dict)}
+        self.schedules = {k[len(SCHEDULE_KEY) :]: v for k, v in stored.items() if isinstance(v, dict)}
 
     async def _on_change(self, message: dict) -> None:
         if message.get("kind") == "resync":
@@ -326,44 +346,82 @@ class AutoRollback:
             return
         result = await self.analyse(route, candidate, begun, now)
         where = f"step {i + 1}/{len(steps)} ({steps[i]:g}%)"
-        analysis = {"step": i + 1, "outcome": result.outcome, "at": now,
-                    "checks": {c.rule: c.detail for c in result.checks}}
+        analysis = {
+            "step": i + 1,
+            "outcome": result.outcome,
+            "at": now,
+            "checks": {c.rule: c.detail for c in result.checks},
+        }
         if result.outcome == SUCCESSFUL and i + 1 == len(steps):
-            await self._transition(route, schedule, "schedule", status=DONE, last_analysis=analysis,
-                                   reason=f"{where} passed its analysis: the rollout is complete")
+            await self._transition(
+                route,
+                schedule,
+                "schedule",
+                status=DONE,
+                last_analysis=analysis,
+                reason=f"{where} passed its analysis: the rollout is complete",
+            )
         elif result.outcome == SUCCESSFUL:
             try:
-                await self.rollout.set_percent(route, candidate, steps[i + 1], actor="schedule",
-                                               reason=f"{where} passed its analysis")
+                await self.rollout.set_percent(
+                    route, candidate, steps[i + 1], actor="schedule", reason=f"{where} passed its analysis"
+                )
             except GatewayError as err:
-                await self._transition(route, schedule, "schedule", status=PAUSED, last_analysis=analysis,
-                                       reason=f"could not set {steps[i + 1]:g}%: {err.message}")
+                await self._transition(
+                    route,
+                    schedule,
+                    "schedule",
+                    status=PAUSED,
+                    last_analysis=analysis,
+                    reason=f"could not set {steps[i + 1]:g}%: {err.message}",
+                )
                 return
-            await self._transition(route, schedule, "schedule", step=i + 1, step_started=time.time(),
-                                   last_analysis=analysis, reason=f"{where} passed its analysis")
+            await self._transition(
+                route,
+                schedule,
+                "schedule",
+                step=i + 1,
+                step_started=time.time(),
+                last_analysis=analysis,
+                reason=f"{where} passed its analysis",
+            )
         elif result.outcome == INCONCLUSIVE:
-            await self._transition(route, schedule, "schedule", status=PAUSED, last_analysis=analysis,
-                                   reason=f"inconclusive at {where}: {result.reason()}")
+            await self._transition(
+                route,
+                schedule,
+                "schedule",
+                status=PAUSED,
+                last_analysis=analysis,
+                reason=f"inconclusive at {where}: {result.reason()}",
+            )
         else:
             reason = f"{where} failed its analysis: {result.reason()}"
-            await self.rollout.rollback(route, candidate, actor="schedule", reason=reason,
-                                        rule=result.failed[0].rule,
-                                        figures=result.figures(since=begun, until=now,
-                                                               failed=[c.rule for c in result.failed]))
+            await self.rollout.rollback(
+                route,
+                candidate,
+                actor="schedule",
+                reason=reason,
+                rule=result.failed[0].rule,
+                figures=result.figures(since=begun, until=now, failed=[c.rule for c in result.failed]),
+            )
             await self._transition(route, schedule, "schedule", status=ABORTED, last_analysis=analysis, reason=reason)
 
     def _require_rollout(self) -> None:
         if self.rollout is None:
-            raise GatewayError("schedules need the rollout plugin, which is disabled", status=503,
-                               type="configuration_error")
+            raise GatewayError(
+                "schedules need the rollout plugin, which is disabled", status=503, type="configuration_error"
+            )
 
     async def _transition(self, route: str, expected: dict, who: str, **changes) -> dict | None:
         """Change a schedule unless someone else changed it first; audit and announce the change."""
+
         def change(old: dict | None) -> dict | None:
-            if not isinstance(old, dict) or any(old.get(k) != expected.get(k)
-                                                for k in ("started_at", "step", "status")):
-                raise ScheduleConflict(f"the schedule of route '{route}' changed meanwhile; try again",
-                                       code="schedule_changed")
+            if not isinstance(old, dict) or any(
+                old.get(k) != expected.get(k) for k in ("started_at", "step", "status")
+            ):
+                raise ScheduleConflict(
+                    f"the schedule of route '{route}' changed meanwhile; try again", code="schedule_changed"
+                )
             return {**old, **changes, "updated_at": time.time()}
 
         try:
@@ -373,43 +431,85 @@ class AutoRollback:
                 return None  # an operator acted first: their change stands
             raise
         self.schedules[route] = new
-        event = await audit(self.gateway, "schedule", route, who, before=_brief(old), after=_brief(new),
-                            reason=changes.get("reason"), candidate=new["candidate"], steps=new["steps"])
+        event = await audit(
+            self.gateway,
+            "schedule",
+            route,
+            who,
+            before=_brief(old),
+            after=_brief(new),
+            reason=changes.get("reason"),
+            candidate=new["candidate"],
+            steps=new["steps"],
+        )
         await self.gateway.store.publish({"kind": "schedule", "route": route})
         return event
 
-    async def start_schedule(self, route: str, candidate: str, steps: list[float], hold_seconds: float, *,
-                             actor: str, reason: str | None = None) -> dict:
+    async def start_schedule(
+        self,
+        route: str,
+        candidate: str,
+        steps: list[float],
+        hold_seconds: float,
+        *,
+        actor: str,
+        reason: str | None = None,
+    ) -> dict:
         """Begin a staged rollout: the first step's percent at once (re-enabling a rolled-back candidate)."""
         self._require_rollout()
         settings = self.gateway.config.settings.routes.get(route)
         if settings is None:
             raise NotFound(f"no route named '{route}'", param="route", code="route_not_found")
         if candidate not in settings.candidates:
-            raise InvalidRequest(f"'{candidate}' is not a candidate of route '{route}' (candidates: "
-                                 f"{', '.join(sorted(settings.candidates)) or 'none'})", param="candidate")
+            raise InvalidRequest(
+                f"'{candidate}' is not a candidate of route '{route}' (candidates: "
+                f"{', '.join(sorted(settings.candidates)) or 'none'})",
+                param="candidate",
+            )
         now = time.time()
-        schedule = {"candidate": candidate, "steps": steps, "hold_seconds": hold_seconds, "step": 0,
-                    "step_started": now, "started_at": now, "status": RUNNING, "reason": reason,
-                    "actor": actor, "updated_at": now, "last_analysis": None}
+        schedule = {
+            "candidate": candidate,
+            "steps": steps,
+            "hold_seconds": hold_seconds,
+            "step": 0,
+            "step_started": now,
+            "started_at": now,
+            "status": RUNNING,
+            "reason": reason,
+            "actor": actor,
+            "updated_at": now,
+            "last_analysis": None,
+        }
 
         def claim(old: dict | None) -> dict:
             if isinstance(old, dict) and old.get("status") in (RUNNING, PAUSED):
-                raise ScheduleConflict(f"route '{route}' already has a {old['status']} schedule for "
-                                       f"{old['candidate']}: abort it first", code="schedule_exists")
+                raise ScheduleConflict(
+                    f"route '{route}' already has a {old['status']} schedule for {old['candidate']}: abort it first",
+                    code="schedule_exists",
+                )
             return schedule
 
         old, _ = await self.gateway.store.update(SCHEDULE_KEY + route, claim)
         try:
-            await self.rollout.set_percent(route, candidate, steps[0], actor=actor,
-                                           reason=f"schedule started: step 1/{len(steps)}")
+            await self.rollout.set_percent(
+                route, candidate, steps[0], actor=actor, reason=f"schedule started: step 1/{len(steps)}"
+            )
         except GatewayError as err:
             await self._transition(route, schedule, actor, status=ABORTED, reason=f"could not start: {err.message}")
             raise
         self.schedules[route] = schedule
-        event = await audit(self.gateway, "schedule", route, actor, before=_brief(old), after=_brief(schedule),
-                            reason=reason or "schedule started", candidate=candidate, steps=steps,
-                            hold_seconds=hold_seconds)
+        event = await audit(
+            self.gateway,
+            "schedule",
+            route,
+            actor,
+            before=_brief(old),
+            after=_brief(schedule),
+            reason=reason or "schedule started",
+            candidate=candidate,
+            steps=steps,
+            hold_seconds=hold_seconds,
+        )
         await self.gateway.store.publish({"kind": "schedule", "route": route})
         return event
 
@@ -421,45 +521,61 @@ class AutoRollback:
             raise NotFound(f"route '{route}' has no schedule", param="route", code="schedule_not_found")
         allowed = {"pause": (RUNNING,), "resume": (PAUSED,), "abort": (RUNNING, PAUSED)}[action]
         if schedule["status"] not in allowed:
-            raise ScheduleConflict(f"the schedule of route '{route}' is {schedule['status']}: it cannot {action}",
-                                   code="schedule_state")
+            raise ScheduleConflict(
+                f"the schedule of route '{route}' is {schedule['status']}: it cannot {action}", code="schedule_state"
+            )
         candidate = schedule["candidate"]
         if action == "pause":
-            return await self._transition(route, schedule, actor, status=PAUSED,
-                                          reason=reason or "paused by an operator")
+            return await self._transition(
+                route, schedule, actor, status=PAUSED, reason=reason or "paused by an operator"
+            )
         if action == "abort":
             reason = reason or "schedule aborted by an operator"
             if self._rolled_back_since(route, schedule) is None:
                 await self.rollout.rollback(route, candidate, actor=actor, reason=reason)
             return await self._transition(route, schedule, actor, status=ABORTED, reason=reason)
         if self._rolled_back_since(route, schedule) is not None:
-            raise ScheduleConflict(f"{candidate} was rolled back while the schedule was paused: start a new "
-                                   "schedule to re-enable it", code="candidate_rolled_back")
+            raise ScheduleConflict(
+                f"{candidate} was rolled back while the schedule was paused: start a new schedule to re-enable it",
+                code="candidate_rolled_back",
+            )
         percent = schedule["steps"][schedule["step"]]
         if self.rollout.routes[route].allocation.percent(candidate) != percent:
             await self.rollout.set_percent(route, candidate, percent, actor=actor, reason="schedule resumed")
         # The step's hold and analysis start again: what paused it was judged on earlier traffic.
-        return await self._transition(route, schedule, actor, status=RUNNING, step_started=time.time(),
-                                      reason=reason or "resumed by an operator")
+        return await self._transition(
+            route, schedule, actor, status=RUNNING, step_started=time.time(), reason=reason or "resumed by an operator"
+        )
 
     # --- operator surface ----------------------------------------------------------------------
 
     @hookimpl
     def config_problems(self, config):
         known = ", ".join(sorted(config.settings.routes)) or "none"
-        return [f"plugins.auto_rollback.routes.{route}: unknown route (defined: {known})"
-                for route in self.settings.routes if route not in config.settings.routes]
+        return [
+            f"plugins.auto_rollback.routes.{route}: unknown route (defined: {known})"
+            for route in self.settings.routes
+            if route not in config.settings.routes
+        ]
 
     @hookimpl
     def admin_status(self, gateway):
         schedules = {route: {**s, "percent": s["steps"][s["step"]]} for route, s in self.schedules.items()}
-        return {"auto_rollback": {"leader": self.leader, "routes": self.figures, "evaluations": self.evaluations,
-                                  "schedules": schedules}}
+        return {
+            "auto_rollback": {
+                "leader": self.leader,
+                "routes": self.figures,
+                "evaluations": self.evaluations,
+                "schedules": schedules,
+            }
+        }
 
     @hookimpl
     def readiness(self, gateway):
-        return {"auto_rollback": f"not evaluating: {self._store_problem}" if self._store_problem else None,
-                "auto_rollback_windows": self._flush_problem}
+        return {
+            "auto_rollback": f"not evaluating: {self._store_problem}" if self._store_problem else None,
+            "auto_rollback_windows": self._flush_problem,
+        }
 
     @hookimpl
     def register_routes(self, gateway):
@@ -469,9 +585,14 @@ class AutoRollback:
             candidate = body.get("candidate")
             if not isinstance(candidate, str) or not candidate:
                 raise InvalidRequest("'candidate' is required", param="candidate")
-            event = await self.start_schedule(request.match_info["route"], candidate, _steps(body.get("steps")),
-                                              _hold(body.get("hold_seconds", 300)), actor=actor(request),
-                                              reason=body.get("reason"))
+            event = await self.start_schedule(
+                request.match_info["route"],
+                candidate,
+                _steps(body.get("steps")),
+                _hold(body.get("hold_seconds", 300)),
+                actor=actor(request),
+                reason=body.get("reason"),
+            )
             return web.json_response(event)
 
         async def act(request: web.Request) -> web.Response:
@@ -480,20 +601,27 @@ class AutoRollback:
             action = request.match_info["action"]
             if action not in ("pause", "resume", "abort"):
                 raise NotFound(f"no schedule action '{action}' (pause, resume, abort)")
-            event = await self.act_on_schedule(request.match_info["route"], action, actor=actor(request),
-                                               reason=body.get("reason"))
+            event = await self.act_on_schedule(
+                request.match_info["route"], action, actor=actor(request), reason=body.get("reason")
+            )
             return web.json_response(event)
 
-        return [web.post("/admin/routes/{route}/schedule", start),
-                web.post("/admin/routes/{route}/schedule/{action}", act)]
+        return [
+            web.post("/admin/routes/{route}/schedule", start),
+            web.post("/admin/routes/{route}/schedule/{action}", act),
+        ]
 
 
 def _steps(value: Any) -> list[float]:
-    ok = isinstance(value, list) and value and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 100 for v in value)
+    ok = (
+        isinstance(value, list)
+        and value
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 100 for v in value)
+    )
     if not ok or any(b <= a for a, b in zip(value, value[1:])):
-        raise InvalidRequest("'steps' must be rising percents above 0 and at most 100, e.g. [5, 25, 50, 100]",
-                             param="steps")
+        raise InvalidRequest(
+            "'steps' must be rising percents above 0 and at most 100, e.g. [5, 25, 50, 100]", param="steps"
+        )
     return [float(v) for v in value]
 
 

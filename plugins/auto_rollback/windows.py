@@ -11,6 +11,7 @@ local counters and a flusher moves its per-second deltas into Redis hashes every
 (HINCRBY with EXPIRE), so whichever replica evaluates sees every replica's traffic. Recording
 never waits on anything: it only adds to a dict.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-GROWTH = 1.1          # each latency bucket is 10% wider than the one before
-TOP_BUCKET = 160      # 1.1**159 ms is about an hour: everything slower shares the last bucket
+GROWTH = 1.1  # each latency bucket is 10% wider than the one before
+TOP_BUCKET = 160  # 1.1**159 ms is about an hour: everything slower shares the last bucket
 # One shared name per latency bucket: formatting the name per call would leave a copy of it in every
 # second's counters (about 40% of their memory, kept for the whole retention).
 LATENCY_FIELDS = tuple(f"l{i}" for i in range(TOP_BUCKET + 1))
@@ -30,6 +31,7 @@ REDIS_PAIRS = "llmgate:win:pairs"
 
 # --- latency histogram --------------------------------------------------------------------------
 
+
 def latency_bucket(ms: float) -> int:
     """Bucket 0 holds [0, 1) ms; bucket i >= 1 holds [1.1**(i-1), 1.1**i) ms."""
     if ms < 1:
@@ -38,7 +40,7 @@ def latency_bucket(ms: float) -> int:
 
 
 def bucket_bounds(i: int) -> tuple[float, float]:
-    return (0.0, 1.0) if i == 0 else (GROWTH ** (i - 1), GROWTH ** i)
+    return (0.0, 1.0) if i == 0 else (GROWTH ** (i - 1), GROWTH**i)
 
 
 def _within(i: int, share: float) -> float:
@@ -75,6 +77,7 @@ def count_above(histogram: Mapping[int, float], threshold: float) -> float:
 
 
 # --- significance ---------------------------------------------------------------------------------
+
 
 def normal_sf(z: float) -> float:
     """P(Z > z) for a standard normal Z."""
@@ -114,6 +117,7 @@ def mean_below_p(mean: float, sd: float, n: float, floor: float) -> float:
 
 # --- figures ---------------------------------------------------------------------------------------
 
+
 @dataclass
 class Figures:
     """One variant's counters over a span of seconds, merged from any number of buckets and replicas."""
@@ -123,7 +127,7 @@ class Figures:
     latency: dict[int, float] = field(default_factory=dict)
     cost_sum: float = 0.0
     cost_n: int = 0
-    scores: dict[str, list[float]] = field(default_factory=dict)   # name -> [sum, sum of squares, count]
+    scores: dict[str, list[float]] = field(default_factory=dict)  # name -> [sum, sum of squares, count]
 
     def add(self, fields: Mapping[str, Any]) -> "Figures":
         for name, raw in fields.items():
@@ -178,8 +182,14 @@ class Figures:
     def summary(self) -> dict[str, Any]:
         def r(value, digits):
             return None if value is None else round(value, digits)
-        out = {"requests": self.requests, "errors": self.errors, "error_rate": r(self.error_rate, 4),
-               "p95_ms": r(self.p95_ms, 1), "cost_per_request": r(self.cost_per_request, 8)}
+
+        out = {
+            "requests": self.requests,
+            "errors": self.errors,
+            "error_rate": r(self.error_rate, 4),
+            "p95_ms": r(self.p95_ms, 1),
+            "cost_per_request": r(self.cost_per_request, 8),
+        }
         for name in sorted(self.scores):
             if (found := self.score(name)) is not None:
                 out[name] = round(found[0], 4)
@@ -199,11 +209,12 @@ def is_error(status: int) -> bool:
 
 # --- the windows -----------------------------------------------------------------------------------
 
+
 class Windows:
     """Per-second counters per (route, variant): in memory alone, flushed to Redis when shared."""
 
     def __init__(self, redis=None, retention_seconds: float = 600):
-        self.redis = redis                    # a redis.asyncio client, or None for local mode
+        self.redis = redis  # a redis.asyncio client, or None for local mode
         self.retention_seconds = retention_seconds
         # local mode: the data itself; shared mode: deltas not yet flushed
         self._buckets: dict[tuple[str, str], dict[int, dict[str, float]]] = {}
@@ -221,8 +232,9 @@ class Windows:
         for name, value in fields.items():
             bucket[name] = bucket.get(name, 0) + value
 
-    def record_attempt(self, route: str, variant: str, status: int, latency_ms: float | None,
-                       now: float | None = None) -> None:
+    def record_attempt(
+        self, route: str, variant: str, status: int, latency_ms: float | None, now: float | None = None
+    ) -> None:
         """One call to a backend (or one answer from a plugin); latency counts only when it succeeded."""
         fields = {"n": 1}
         if is_error(status):
@@ -299,7 +311,7 @@ class Windows:
                 await pipe.execute()
             self._seen |= set(pending)
         except Exception as exc:
-            for pair, seconds in pending.items():   # put them back, merged with what arrived meanwhile
+            for pair, seconds in pending.items():  # put them back, merged with what arrived meanwhile
                 mine = self._buckets.setdefault(pair, {})
                 for second, fields in seconds.items():
                     bucket = mine.setdefault(second, {})

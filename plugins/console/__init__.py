@@ -17,6 +17,7 @@ Two read-only endpoints add what the admin API lacks (plugins/console/series.py 
 plugins/console/pairs.py): GET /admin/console/series, recent per-variant figures for the charts,
 and GET /admin/console/shadow/pairs, paired answers of a route's shadow comparisons.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -45,8 +46,10 @@ log = logging.getLogger("llmgate.console")
 STATIC = Path(__file__).with_name("static")
 
 SECURITY_HEADERS = {
-    "Content-Security-Policy": ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-                                "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"),
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "X-Frame-Options": "DENY",
@@ -70,8 +73,9 @@ class Asset:
 def load_assets(folder: Path = STATIC) -> tuple[str, dict[str, Asset]]:
     """Every file of the console, in memory, and the version (a hash of them all) that names their path."""
     files = {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")}
-    version = hashlib.sha256(b"".join(hashlib.sha256(n.encode() + b"\0" + b).digest()
-                                      for n, b in sorted(files.items()))).hexdigest()[:12]
+    version = hashlib.sha256(
+        b"".join(hashlib.sha256(n.encode() + b"\0" + b).digest() for n, b in sorted(files.items()))
+    ).hexdigest()[:12]
     assets = {}
     for name, body in files.items():
         if name == "index.html":
@@ -79,8 +83,9 @@ def load_assets(folder: Path = STATIC) -> tuple[str, dict[str, Asset]]:
         content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
         if name.endswith(".js"):
             content_type = "text/javascript"  # whatever the platform's mime table says: modules need it
-        assets[name] = Asset(body, gzip.compress(body, 9, mtime=0), content_type,
-                             'W/"' + hashlib.sha256(body).hexdigest()[:16] + '"')
+        assets[name] = Asset(
+            body, gzip.compress(body, 9, mtime=0), content_type, 'W/"' + hashlib.sha256(body).hexdigest()[:16] + '"'
+        )
     return version, assets
 
 
@@ -173,11 +178,17 @@ class Console:
                 after = float(request.query.get("after", "0"))
             except ValueError:
                 raise InvalidRequest("'after' must be a time in seconds since the epoch", param="after") from None
-            return web.json_response({"interval_seconds": self.settings.sample_seconds,
-                                      "capacity": self.settings.history,
-                                      "sampling": self._windows() is not None, "problem": self._problem,
-                                      "window_seconds": self._window_seconds, "window": self.series.current,
-                                      "samples": self.series.since(after)})
+            return web.json_response(
+                {
+                    "interval_seconds": self.settings.sample_seconds,
+                    "capacity": self.settings.history,
+                    "sampling": self._windows() is not None,
+                    "problem": self._problem,
+                    "window_seconds": self._window_seconds,
+                    "window": self.series.current,
+                    "samples": self.series.since(after),
+                }
+            )
 
         async def pairs(request: web.Request) -> web.Response:
             gw = request.app[GATEWAY]
@@ -192,10 +203,14 @@ class Console:
             if shadow is None:
                 return web.json_response({"route": name, "pairs": [], "enabled": False})
             found = await asyncio.get_running_loop().run_in_executor(
-                self._reader, read_pairs, shadow.settings.path, name, request.query.get("shadow"), limit, chars)
+                self._reader, read_pairs, shadow.settings.path, name, request.query.get("shadow"), limit, chars
+            )
             return web.json_response({"route": name, "pairs": found, "enabled": True})
 
-        return [web.get("/console", page), web.get("/console/", page),
-                web.get("/console/static/{version}/{name}", asset),
-                web.get("/admin/console/series", series),
-                web.get("/admin/console/shadow/pairs", pairs)]
+        return [
+            web.get("/console", page),
+            web.get("/console/", page),
+            web.get("/console/static/{version}/{name}", asset),
+            web.get("/admin/console/series", series),
+            web.get("/admin/console/shadow/pairs", pairs),
+        ]

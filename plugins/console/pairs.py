@@ -5,6 +5,7 @@ what makes a pair worth reading (both statuses and latencies, the shadow's error
 score). Read-only from the shadow plugin's SQLite file (opened `mode=ro`, so the console can never
 write or create it), bounded in rows and characters, and always on a thread.
 """
+
 from __future__ import annotations
 
 import sqlite3
@@ -14,9 +15,21 @@ from typing import Any
 MAX_PAIRS = 20
 MAX_CHARS = 2000
 
-_COLUMNS = ("id", "ts", "request_id", "primary_backend", "shadow_backend", "primary_status", "shadow_status",
-            "shadow_error", "primary_latency_ms", "shadow_latency_ms", "primary_cost_usd", "shadow_cost_usd",
-            "judge_score")
+_COLUMNS = (
+    "id",
+    "ts",
+    "request_id",
+    "primary_backend",
+    "shadow_backend",
+    "primary_status",
+    "shadow_status",
+    "shadow_error",
+    "primary_latency_ms",
+    "shadow_latency_ms",
+    "primary_cost_usd",
+    "shadow_cost_usd",
+    "judge_score",
+)
 
 
 def read_pairs(path: str, route: str, shadow: str | None, limit: int, chars: int) -> list[dict[str, Any]]:
@@ -31,9 +44,11 @@ def read_pairs(path: str, route: str, shadow: str | None, limit: int, chars: int
         if shadow:
             where += " AND shadow_backend = ?"
             params.append(shadow)
-        sql = (f"SELECT {', '.join(_COLUMNS)}, substr(primary_answer, 1, ?) AS primary_answer, "
-               f"substr(shadow_answer, 1, ?) AS shadow_answer, length(primary_answer) AS primary_chars, "
-               f"length(shadow_answer) AS shadow_chars FROM comparisons WHERE {where} ORDER BY id DESC LIMIT ?")
+        sql = (
+            f"SELECT {', '.join(_COLUMNS)}, substr(primary_answer, 1, ?) AS primary_answer, "
+            f"substr(shadow_answer, 1, ?) AS shadow_answer, length(primary_answer) AS primary_chars, "
+            f"length(shadow_answer) AS shadow_chars FROM comparisons WHERE {where} ORDER BY id DESC LIMIT ?"
+        )
         try:
             rows = conn.execute(sql, [chars, chars, *params, limit]).fetchall()
         except sqlite3.OperationalError as exc:

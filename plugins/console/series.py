@@ -7,6 +7,7 @@ since the previous sample, and keeps the result in a deque of fixed length. Each
 its own seconds, so a spike shows where it happened instead of being smeared over a window. At
 start the ring is back-filled from what the windows still hold, so a page opened now shows history.
 """
+
 from __future__ import annotations
 
 import time

@@ -9,6 +9,7 @@ own thread, and only then deletes their rows. Failures are retried with jittered
 backoff; shutdown uploads what it can within `shutdown_seconds` and leaves the rest for the next
 start. `read_records_s3` reads every replica's records back for the dataset builder and reports.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -48,8 +49,11 @@ class Settings(BaseModel):
     aws_access_key_id: str | None = None
     aws_secret_access_key: SecretStr | None = None
     aws_session_token: SecretStr | None = None
-    replica: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]+$",
-                                description="this replica's name in object keys; default: the spool's, else host-pid")
+    replica: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="this replica's name in object keys; default: the spool's, else host-pid",
+    )
     spool_path: str = "var/s3_spool.db"
     bodies: bool = Field(True, description="ship request and response bodies")
     queue_size: int = Field(10_000, ge=1, description="records waiting for the spool; more are dropped and counted")
@@ -63,8 +67,10 @@ class Settings(BaseModel):
 
     def secret_values(self) -> list[str]:
         """What must never appear in a log line or an error (the access key id too: it names the account)."""
-        return [self.aws_access_key_id or "",
-                *(s.get_secret_value() for s in (self.aws_secret_access_key, self.aws_session_token) if s)]
+        return [
+            self.aws_access_key_id or "",
+            *(s.get_secret_value() for s in (self.aws_secret_access_key, self.aws_session_token) if s),
+        ]
 
     @model_validator(mode="after")
     def _retry_bounds(self):
@@ -79,17 +85,18 @@ def default_replica() -> str:
 
 class LogSinkS3:
     """Off by default: enable it with a bucket (`plugins: {log_sink_s3: {enabled: true, bucket: ...}}`)."""
+
     DEFAULT_ENABLED = False
     Settings = Settings
 
     def __init__(self, settings: Settings):
         self.settings = settings
         self.replica: str | None = None
-        self.dropped = 0            # never accepted: the queue was full or the spool refused them
-        self.spooled = 0            # accepted, waiting for S3
+        self.dropped = 0  # never accepted: the queue was full or the spool refused them
+        self.spooled = 0  # accepted, waiting for S3
         self.uploaded = 0
         self.objects = 0
-        self.failures = 0           # consecutive failed upload attempts
+        self.failures = 0  # consecutive failed upload attempts
         self.last_error: str | None = None
         self.last_upload_at: float | None = None
         self.spool_error: str | None = None
@@ -103,7 +110,7 @@ class LogSinkS3:
         self._wake = asyncio.Event()
         self._pending_since: float | None = None  # monotonic time the oldest waiting batch began to wait
         self._accepting = False  # offers are taken (between startup and shutdown)
-        self._closing = False     # the uploader's final flush
+        self._closing = False  # the uploader's final flush
 
     @hookimpl
     async def startup(self, gateway):
@@ -113,13 +120,22 @@ class LogSinkS3:
         self.spooled, planned = await self._spool.count()
         if self.spooled:  # left by the previous process: due at once
             self._pending_since = time.monotonic() - self.settings.max_batch_age
-            log.info("s3 log sink: %d records from a previous run wait in %s (%d in objects already named)",
-                     self.spooled, self.settings.spool_path, planned)
+            log.info(
+                "s3 log sink: %d records from a previous run wait in %s (%d in objects already named)",
+                self.spooled,
+                self.settings.spool_path,
+                planned,
+            )
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s3-log-sink")
         self._client = await asyncio.get_running_loop().run_in_executor(
-            self._executor, partial(make_client, self.settings))
-        self._writer = self._spool.writer(queue_size=self.settings.queue_size, batch_size=self.settings.batch_size,
-                                          on_commit=self._committed, on_failure=self._spool_failed)
+            self._executor, partial(make_client, self.settings)
+        )
+        self._writer = self._spool.writer(
+            queue_size=self.settings.queue_size,
+            batch_size=self.settings.batch_size,
+            on_commit=self._committed,
+            on_failure=self._spool_failed,
+        )
         self._writer.start()
         self._accepting = True
         self._uploader = asyncio.create_task(self._upload_forever(), name="s3 log uploader")
@@ -142,12 +158,22 @@ class LogSinkS3:
 
     @hookimpl
     def admin_status(self, gateway):
-        return {"log_sink_s3": {
-            "replica": self.replica, "bucket": self.settings.bucket, "prefix": self.settings.prefix,
-            "queued": self._writer.qsize() if self._writer else 0, "spooled": self.spooled,
-            "uploaded": self.uploaded, "objects": self.objects, "dropped": self.dropped,
-            "failing_attempts": self.failures, "last_error": self.last_error,
-            "last_upload_at": self.last_upload_at, "spool_error": self.spool_error}}
+        return {
+            "log_sink_s3": {
+                "replica": self.replica,
+                "bucket": self.settings.bucket,
+                "prefix": self.settings.prefix,
+                "queued": self._writer.qsize() if self._writer else 0,
+                "spooled": self.spooled,
+                "uploaded": self.uploaded,
+                "objects": self.objects,
+                "dropped": self.dropped,
+                "failing_attempts": self.failures,
+                "last_error": self.last_error,
+                "last_upload_at": self.last_upload_at,
+                "spool_error": self.spool_error,
+            }
+        }
 
     @hookimpl
     def readiness(self, gateway):
@@ -155,8 +181,9 @@ class LogSinkS3:
         if self.spool_error:
             problems.append(f"the spool cannot be written: {self.spool_error}")
         if self.failures:
-            problems.append(f"S3 uploads failing ({self.failures} attempts, {self.spooled} records spooled): "
-                            f"{self.last_error}")
+            problems.append(
+                f"S3 uploads failing ({self.failures} attempts, {self.spooled} records spooled): {self.last_error}"
+            )
         if self.dropped:
             problems.append(f"{self.dropped} records dropped before the spool")
         return {"log_sink_s3": "; ".join(problems) or None}
@@ -175,8 +202,7 @@ class LogSinkS3:
                 task.cancel()
             await asyncio.gather(self._uploader, return_exceptions=True)
         if self.spooled:
-            log.warning("s3 log sink: %d records stay in %s for the next start", self.spooled,
-                        self.settings.spool_path)
+            log.warning("s3 log sink: %d records stay in %s for the next start", self.spooled, self.settings.spool_path)
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
         await self._spool.close()
@@ -223,8 +249,13 @@ class LogSinkS3:
                 self.failures += 1
                 self.last_error = self._scrub(f"{type(exc).__name__}: {exc}")
                 delay = self._backoff()
-                log.warning("s3 log sink: upload failed (attempt %d, %d records spooled), retrying in %.1fs: %s",
-                            self.failures, self.spooled, delay, self.last_error)
+                log.warning(
+                    "s3 log sink: upload failed (attempt %d, %d records spooled), retrying in %.1fs: %s",
+                    self.failures,
+                    self.spooled,
+                    delay,
+                    self.last_error,
+                )
                 await asyncio.sleep(delay)
                 continue
             if self.failures:
@@ -237,8 +268,9 @@ class LogSinkS3:
 
     def _put(self, key: str, record_lines: list[str]) -> None:
         """On the upload thread: compressing a batch would stall the event loop for milliseconds."""
-        self._client.put_object(Bucket=self.settings.bucket, Key=key, Body=encode_object(record_lines),
-                                ContentType="application/x-ndjson")
+        self._client.put_object(
+            Bucket=self.settings.bucket, Key=key, Body=encode_object(record_lines), ContentType="application/x-ndjson"
+        )
 
     async def _upload_next(self) -> None:
         objects = await self._spool.next_objects(self.settings.batch_size, self._layout)
@@ -267,8 +299,13 @@ def _epoch(moment: float | int | datetime | str | None) -> float | None:
     return moment.timestamp()
 
 
-def read_records_s3(settings: dict, *, route: str | None = None, since: float | datetime | str | None = None,
-                    until: float | datetime | str | None = None) -> Iterator[dict[str, Any]]:
+def read_records_s3(
+    settings: dict,
+    *,
+    route: str | None = None,
+    since: float | datetime | str | None = None,
+    until: float | datetime | str | None = None,
+) -> Iterator[dict[str, Any]]:
     """Every replica's records with `since <= ts < until` (epoch seconds or datetimes; naive means UTC), oldest first.
 
     `settings` is the plugin's config section (core keys such as `enabled` are ignored). Only the
@@ -286,8 +323,14 @@ def read_records_s3(settings: dict, *, route: str | None = None, since: float | 
 
 def _read(options: Settings, route: str | None, start: float | None, end: float | None) -> Iterator[dict[str, Any]]:
     client = make_client(options)
-    hours = partitions(client, options.bucket, options.prefix, route,
-                       hour_of(start) if start is not None else None, hour_of(end) if end is not None else None)
+    hours = partitions(
+        client,
+        options.bucket,
+        options.prefix,
+        route,
+        hour_of(start) if start is not None else None,
+        hour_of(end) if end is not None else None,
+    )
 
     def fetch(key: str) -> bytes:
         return client.get_object(Bucket=options.bucket, Key=key)["Body"].read()

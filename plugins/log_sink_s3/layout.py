@@ -6,6 +6,7 @@ partitions let a reader list only the routes and hours a window can touch, and l
 Spark read the same tree. Objects are byte-for-byte reproducible (gzip without a timestamp), so
 re-uploading the same rows rewrites an identical object.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -67,14 +68,18 @@ def make_client(settings: Any):
     """
     keys = {}
     if settings.aws_access_key_id and settings.aws_secret_access_key:
-        keys = {"aws_access_key_id": settings.aws_access_key_id,
-                "aws_secret_access_key": settings.aws_secret_access_key.get_secret_value(),
-                "aws_session_token": settings.aws_session_token.get_secret_value()
-                if settings.aws_session_token else None}
+        keys = {
+            "aws_access_key_id": settings.aws_access_key_id,
+            "aws_secret_access_key": settings.aws_secret_access_key.get_secret_value(),
+            "aws_session_token": settings.aws_session_token.get_secret_value() if settings.aws_session_token else None,
+        }
     session = boto3.Session(profile_name=settings.profile, region_name=settings.region, **keys)
-    config = Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=settings.connect_timeout,
-                    read_timeout=settings.read_timeout,
-                    s3={"addressing_style": "path"} if settings.endpoint_url else None)
+    config = Config(
+        retries={"max_attempts": 1, "mode": "standard"},
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
+        s3={"addressing_style": "path"} if settings.endpoint_url else None,
+    )
     return session.client("s3", endpoint_url=settings.endpoint_url, config=config)
 
 
@@ -87,17 +92,21 @@ def _common_prefixes(client, bucket: str, prefix: str) -> Iterator[str]:
 def _value(part: str, name: str) -> str | None:
     """`dt=2026-11-21/` -> `2026-11-21` when the segment is `name`'s."""
     segment = part.rstrip("/").rsplit("/", 1)[-1]
-    return segment[len(name) + 1:] if segment.startswith(f"{name}=") else None
+    return segment[len(name) + 1 :] if segment.startswith(f"{name}=") else None
 
 
-def partitions(client, bucket: str, prefix: str, route: str | None,
-               first_hour: datetime | None, last_hour: datetime | None) -> dict[datetime, list[str]]:
+def partitions(
+    client, bucket: str, prefix: str, route: str | None, first_hour: datetime | None, last_hour: datetime | None
+) -> dict[datetime, list[str]]:
     """{hour: [partition prefix of each route]} for the hours in [first_hour, last_hour] (either end open)."""
     if route is not None:
         routes = [route_prefix(prefix, route)]
     else:
-        routes = [p for p in _common_prefixes(client, bucket, f"{_clean_prefix(prefix)}route=")
-                  if _value(p, "route") is not None]
+        routes = [
+            p
+            for p in _common_prefixes(client, bucket, f"{_clean_prefix(prefix)}route=")
+            if _value(p, "route") is not None
+        ]
     first_day = first_hour.date() if first_hour else None
     last_day = last_hour.date() if last_hour else None
     found: dict[datetime, list[str]] = {}
@@ -111,8 +120,9 @@ def partitions(client, bucket: str, prefix: str, route: str | None,
                 continue
             for hour_part in _common_prefixes(client, bucket, f"{day_part}hour="):
                 try:
-                    hour = datetime(day.year, day.month, day.day, int(_value(hour_part, "hour") or ""),
-                                    tzinfo=timezone.utc)
+                    hour = datetime(
+                        day.year, day.month, day.day, int(_value(hour_part, "hour") or ""), tzinfo=timezone.utc
+                    )
                 except ValueError:
                     continue
                 if (first_hour and hour < first_hour) or (last_hour and hour > last_hour):

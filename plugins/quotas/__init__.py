@@ -23,6 +23,7 @@ A request that the caller abandons mid-way keeps its reservation (it is never co
 It needs `api_keys` (the loader refuses a config without it). List `quotas` before `semantic_cache`
 for cache hits to count as requests (they are charged no tokens).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -60,8 +61,9 @@ SHARED_FAILURES = UNREACHABLE
 
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    default_max_tokens: int = Field(1024, ge=1,
-                                    description="completion tokens reserved when a request sets no max_tokens")
+    default_max_tokens: int = Field(
+        1024, ge=1, description="completion tokens reserved when a request sets no max_tokens"
+    )
     replicas: int = Field(1, ge=1, description="while Redis is unreachable, each replica allows limit / replicas")
     redis_timeout_ms: float = Field(250, gt=0, description="a Redis call slower than this counts as Redis being down")
     probe_interval: float = Field(1.0, gt=0, description="seconds between checks for Redis while it is down")
@@ -147,18 +149,25 @@ class Quotas:
     def readiness(self, gateway):
         problems = []
         if self.lost_since is not None:
-            problems.append(f"redis unreachable since {time.strftime('%H:%M:%S', time.localtime(self.lost_since))}: "
-                            f"each replica enforces 1/{self.settings.replicas} of the team limits")
+            problems.append(
+                f"redis unreachable since {time.strftime('%H:%M:%S', time.localtime(self.lost_since))}: "
+                f"each replica enforces 1/{self.settings.replicas} of the team limits"
+            )
         if self.dropped:
             problems.append(f"{self.dropped} token corrections dropped (queue full)")
         return {NAME: "; ".join(problems) or None}
 
     @hookimpl
     def admin_status(self, gateway):
-        return {NAME: {"engine": self._engine(), "redis_lost_since": self.lost_since,
-                       "dropped_corrections": self.dropped,
-                       "pending_corrections": self._corrections.qsize() if self._corrections else 0,
-                       "unsynced_tokens": sum(self._unsynced.values())}}
+        return {
+            NAME: {
+                "engine": self._engine(),
+                "redis_lost_since": self.lost_since,
+                "dropped_corrections": self.dropped,
+                "pending_corrections": self._corrections.qsize() if self._corrections else 0,
+                "unsynced_tokens": sum(self._unsynced.values()),
+            }
+        }
 
     # --- the request path ---------------------------------------------------------------------
 
@@ -176,9 +185,12 @@ class Quotas:
             return None
         estimate = estimate_tokens(ctx.body, self.settings.default_max_tokens)
         if limits.tokens_per_day is not None and estimate > limits.tokens_per_day:
-            raise InvalidRequest(f"this request may use up to {estimate} tokens (prompt and max_tokens), more than "
-                                 f"your team's {limits.tokens_per_day} tokens per day: lower max_tokens",
-                                 param="max_tokens", code="request_exceeds_daily_tokens")
+            raise InvalidRequest(
+                f"this request may use up to {estimate} tokens (prompt and max_tokens), more than "
+                f"your team's {limits.tokens_per_day} tokens per day: lower max_tokens",
+                param="max_tokens",
+                code="request_exceeds_daily_tokens",
+            )
         engine, limits, decision = await self._reserve(team, limits, estimate)
         if not decision.admitted:
             raise self._refusal(team, limits, decision)
@@ -205,13 +217,17 @@ class Quotas:
     def _refusal(self, team: str, limits: Limits, decision: Decision) -> RateLimited:
         if decision.refused_by == "requests":
             wait = max(1, math.ceil(decision.requests_reset))
-            message = (f"team '{team}' has reached its limit of {limits.requests_per_minute} requests per minute: "
-                       f"retry in {wait} s")
+            message = (
+                f"team '{team}' has reached its limit of {limits.requests_per_minute} requests per minute: "
+                f"retry in {wait} s"
+            )
             code = "requests_per_minute_exceeded"
         else:
             wait = max(1, math.ceil(seconds_to_midnight(time.time())))
-            message = (f"team '{team}' has used {decision.tokens} of its {limits.tokens_per_day} tokens for "
-                       f"{decision.day} (UTC): the count starts again at midnight UTC, in {wait} s")
+            message = (
+                f"team '{team}' has used {decision.tokens} of its {limits.tokens_per_day} tokens for "
+                f"{decision.day} (UTC): the count starts again at midnight UTC, in {wait} s"
+            )
             code = "tokens_per_day_exceeded"
         return RateLimited(message, code=code, headers={"Retry-After": str(wait), **_rate_headers(limits, decision)})
 
@@ -256,8 +272,12 @@ class Quotas:
         self.lost_since = time.time()
         self.local.clear()
         # The exception's type only: a Redis URL in a message could carry a password.
-        log.warning("quotas: redis unreachable (%s): each replica now counts alone, allowing 1/%d of each team's "
-                    "limits, until redis answers again", type(exc).__name__, self.settings.replicas)
+        log.warning(
+            "quotas: redis unreachable (%s): each replica now counts alone, allowing 1/%d of each team's "
+            "limits, until redis answers again",
+            type(exc).__name__,
+            self.settings.replicas,
+        )
         if self._probe is None or self._probe.done():
             self._probe = asyncio.create_task(self._wait_for_shared(), name="quota redis probe")
 
@@ -329,15 +349,28 @@ class Quotas:
         engine, limits, usage = await self._usage(team, limits)
         now = time.time()
         to_midnight = seconds_to_midnight(now)
-        return web.json_response({
-            "object": "usage", "team": team, "engine": engine, "degraded": self.lost_since is not None,
-            "requests": {"used": usage.requests, "limit": limits.requests_per_minute,
-                         "window_seconds": WINDOW_SECONDS,
-                         "resets_in_seconds": round(usage.requests_reset, 3),
-                         "resets_at": round(now + usage.requests_reset, 3) if usage.requests else None},
-            "tokens": {"used": usage.tokens, "limit": limits.tokens_per_day, "day": usage.day,
-                       "resets_in_seconds": round(to_midnight, 3), "resets_at": round(now + to_midnight, 3)},
-        })
+        return web.json_response(
+            {
+                "object": "usage",
+                "team": team,
+                "engine": engine,
+                "degraded": self.lost_since is not None,
+                "requests": {
+                    "used": usage.requests,
+                    "limit": limits.requests_per_minute,
+                    "window_seconds": WINDOW_SECONDS,
+                    "resets_in_seconds": round(usage.requests_reset, 3),
+                    "resets_at": round(now + usage.requests_reset, 3) if usage.requests else None,
+                },
+                "tokens": {
+                    "used": usage.tokens,
+                    "limit": limits.tokens_per_day,
+                    "day": usage.day,
+                    "resets_in_seconds": round(to_midnight, 3),
+                    "resets_at": round(now + to_midnight, 3),
+                },
+            }
+        )
 
 
 def _rate_headers(limits: Limits, decision: Decision) -> dict[str, str]:

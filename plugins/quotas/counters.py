@@ -11,6 +11,7 @@ its memory is bounded by one minute of a team's requests. Tokens per day use a f
 UTC day: a daily budget is read against the calendar, and one counter per team per day is cheap.
 Redis scripts take the time from the Redis server, so replicas with skewed clocks agree.
 """
+
 from __future__ import annotations
 
 import math
@@ -90,10 +91,10 @@ class Limits:
 @dataclass
 class Decision:
     admitted: bool
-    refused_by: str | None      # "requests" or "tokens" when refused
-    requests: int               # requests in the current window (this one included when admitted)
-    tokens: int                 # tokens used today (this reservation included when admitted)
-    requests_reset: float       # seconds until the window's oldest request leaves it (0: window empty)
+    refused_by: str | None  # "requests" or "tokens" when refused
+    requests: int  # requests in the current window (this one included when admitted)
+    tokens: int  # tokens used today (this reservation included when admitted)
+    requests_reset: float  # seconds until the window's oldest request leaves it (0: window empty)
     day: str
 
 
@@ -138,10 +139,23 @@ class RedisCounters:
         day = day_of(now)
         admitted, refused_by, wait_ms, count, used, _ = await self._reserve(
             keys=self._keys(team, day),
-            args=[_limit(limits.requests_per_minute), int(WINDOW_SECONDS * 1000), _limit(limits.tokens_per_day),
-                  estimate, member, 2 * DAY_SECONDS])
-        return Decision(bool(admitted), {1: "requests", 2: "tokens"}.get(int(refused_by)), int(count), int(used),
-                        max(0.0, int(wait_ms) / 1000), day)
+            args=[
+                _limit(limits.requests_per_minute),
+                int(WINDOW_SECONDS * 1000),
+                _limit(limits.tokens_per_day),
+                estimate,
+                member,
+                2 * DAY_SECONDS,
+            ],
+        )
+        return Decision(
+            bool(admitted),
+            {1: "requests", 2: "tokens"}.get(int(refused_by)),
+            int(count),
+            int(used),
+            max(0.0, int(wait_ms) / 1000),
+            day,
+        )
 
     async def adjust(self, team: str, day: str, delta: int) -> None:
         await self._adjust(keys=[self._keys(team, day)[1]], args=[delta, 2 * DAY_SECONDS])

@@ -14,6 +14,7 @@ are still moving and registers finished models directly; the CLI registers them 
 admin API. States: starting -> training -> trained -> deploying -> ready -> registered, or
 failed / cancelling -> cancelled.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -79,8 +80,10 @@ def describe(exc: BaseException) -> str:
 
 def providers_for(settings: Settings, config) -> dict[str, Provider]:
     backends = config.settings.backends
-    return {"bedrock": BedrockProvider(settings.bedrock, backends.get(settings.bedrock.serve_like or "")),
-            "openai": OpenAIProvider(settings.openai, backends.get(settings.openai.backend or ""))}
+    return {
+        "bedrock": BedrockProvider(settings.bedrock, backends.get(settings.bedrock.serve_like or "")),
+        "openai": OpenAIProvider(settings.openai, backends.get(settings.openai.backend or "")),
+    }
 
 
 def _new_id() -> str:
@@ -90,8 +93,15 @@ def _new_id() -> str:
 class Launcher:
     """Starts, advances, cancels and lists jobs; provider calls run on a worker thread."""
 
-    def __init__(self, store, providers: dict[str, Provider], register: Register, holder: str,
-                 min_examples: int = 10, scrub: Callable[[str], str] = str):
+    def __init__(
+        self,
+        store,
+        providers: dict[str, Provider],
+        register: Register,
+        holder: str,
+        min_examples: int = 10,
+        scrub: Callable[[str], str] = str,
+    ):
         self.scrub = scrub  # removes configured secrets from provider messages before they are stored
         self.store = store
         self.providers = providers
@@ -122,6 +132,7 @@ class Launcher:
             if fields.get("status") and fields["status"] != old.get("status"):
                 new["history"] = [*old.get("history", []), {"ts": now, "status": fields["status"]}][-HISTORY:]
             return new
+
         return (await self.store.update(JOB_KEY + job_id, change))[1]
 
     def _provider(self, name: str) -> Provider:
@@ -131,24 +142,49 @@ class Launcher:
 
     # --- operations ---------------------------------------------------------------------------
 
-    async def launch(self, provider_name: str, dataset_dir: str, route: str, *, base_model: str | None = None,
-                     hyperparameters: dict[str, Any] | None = None, backend_name: str | None = None,
-                     origin: str = "cli") -> dict:
+    async def launch(
+        self,
+        provider_name: str,
+        dataset_dir: str,
+        route: str,
+        *,
+        base_model: str | None = None,
+        hyperparameters: dict[str, Any] | None = None,
+        backend_name: str | None = None,
+        origin: str = "cli",
+    ) -> dict:
         """Check everything that can be checked here, record the job, then upload and create it."""
         provider = self._provider(provider_name)
         dataset = Dataset.read(dataset_dir)
         provider.check_dataset(dataset)
         if dataset.train_examples < self.min_examples:
-            raise RetrainError(f"{dataset.path}: {dataset.train_examples} training examples, fewer than the "
-                               f"{self.min_examples} a job needs (plugins.retrain.min_examples)")
+            raise RetrainError(
+                f"{dataset.path}: {dataset.train_examples} training examples, fewer than the "
+                f"{self.min_examples} a job needs (plugins.retrain.min_examples)"
+            )
         base = provider.base_model(base_model)
         checked = provider.check_hyperparameters(base, hyperparameters or {})
         job_id, now = _new_id(), time.time()
-        job = {"id": job_id, "provider": provider_name, "route": route, "status": "starting",
-               "history": [{"ts": now, "status": "starting"}], "dataset": dataset.summary(), "base_model": base,
-               "hyperparameters": checked, "backend_name": backend_name or f"{route}-{job_id}", "origin": origin,
-               "created": now, "updated": now, "last_polled": None, "provider_job": None, "provider_status": None,
-               "result_model": None, "serving_model": None, "error": None}
+        job = {
+            "id": job_id,
+            "provider": provider_name,
+            "route": route,
+            "status": "starting",
+            "history": [{"ts": now, "status": "starting"}],
+            "dataset": dataset.summary(),
+            "base_model": base,
+            "hyperparameters": checked,
+            "backend_name": backend_name or f"{route}-{job_id}",
+            "origin": origin,
+            "created": now,
+            "updated": now,
+            "last_polled": None,
+            "provider_job": None,
+            "provider_status": None,
+            "result_model": None,
+            "serving_model": None,
+            "error": None,
+        }
         await self.store.set(JOB_KEY + job_id, job)  # recorded first: a launch that dies half-way leaves a trace
         try:
             fields = await asyncio.to_thread(provider.start, job_id, dataset, base, checked, job["backend_name"])
@@ -198,8 +234,9 @@ class Launcher:
             fields.setdefault("error", None)
         return await self._change(job["id"], last_polled=time.time(), **fields)
 
-    async def wait(self, job_id: str, interval: float, timeout: float | None = None,
-                   report: Callable[[dict], None] | None = None) -> dict:
+    async def wait(
+        self, job_id: str, interval: float, timeout: float | None = None, report: Callable[[dict], None] | None = None
+    ) -> dict:
         """Advance a job until it finishes (or `timeout` seconds pass), reporting each change."""
         deadline = None if timeout is None else time.monotonic() + timeout
         seen = None
@@ -215,20 +252,25 @@ class Launcher:
     async def cancel(self, job_id: str) -> dict:
         job = await self.get(job_id)
         if job["status"] in FINISHED:
-            hint = (f"; to stop its traffic: DELETE /admin/models/{job['backend_name']}"
-                    if job["status"] == "registered" else "")
+            hint = (
+                f"; to stop its traffic: DELETE /admin/models/{job['backend_name']}"
+                if job["status"] == "registered"
+                else ""
+            )
             raise RetrainError(f"job {job_id} is already {job['status']}{hint}")
         fields: dict[str, Any] = {"status": "cancelled"}
         if job["status"] in ("training", "cancelling", "deploying") or job.get("deployment"):
             try:
                 fields = await asyncio.to_thread(self._provider(job["provider"]).cancel, job)
             except Exception as exc:
-                raise RetrainError(f"{job['provider']} did not stop job {job_id}: "
-                                   f"{self.scrub(describe(exc))}") from None
+                raise RetrainError(
+                    f"{job['provider']} did not stop job {job_id}: {self.scrub(describe(exc))}"
+                ) from None
         return await self._change(job_id, cancelled_at=time.time(), **fields)
 
 
 # --- the daemon's side ----------------------------------------------------------------------------
+
 
 class Retrain:
     """In the daemon: polls the jobs still moving and registers their models directly."""
@@ -258,13 +300,25 @@ class Retrain:
         from gateway.admin import registry as models_registry  # aiohttp: the daemon's, not `llmgate retrain`'s
 
         async def register(job: dict, backend: dict) -> None:
-            await models_registry.register(gateway, job["backend_name"], backend, [job["route"]],
-                                           f"retrain ({job['id']})", reason=registered_reason(job),
-                                           details={"job": job["id"], "result_model": job.get("result_model")})
+            await models_registry.register(
+                gateway,
+                job["backend_name"],
+                backend,
+                [job["route"]],
+                f"retrain ({job['id']})",
+                reason=registered_reason(job),
+                details={"job": job["id"], "result_model": job.get("result_model")},
+            )
 
         holder = f"gateway@{socket.gethostname()}:{os.getpid()}"
-        self.launcher = Launcher(gateway.store, providers_for(self.settings, gateway.file_config), register, holder,
-                                 self.settings.min_examples, scrub=lambda text: gateway.scrub(text))
+        self.launcher = Launcher(
+            gateway.store,
+            providers_for(self.settings, gateway.file_config),
+            register,
+            holder,
+            self.settings.min_examples,
+            scrub=lambda text: gateway.scrub(text),
+        )
         self._task = asyncio.create_task(self._poll_forever(), name="retrain poller")
 
     @hookimpl
@@ -296,11 +350,25 @@ class Retrain:
 
 
 def _summary(job: dict) -> dict:
-    return {k: job.get(k) for k in ("id", "provider", "route", "status", "provider_status", "backend_name",
-                                    "serving_model", "error", "created", "last_polled")}
+    return {
+        k: job.get(k)
+        for k in (
+            "id",
+            "provider",
+            "route",
+            "status",
+            "provider_status",
+            "backend_name",
+            "serving_model",
+            "error",
+            "created",
+            "last_polled",
+        )
+    }
 
 
 # --- the command line -----------------------------------------------------------------------------
+
 
 def settings_from(config) -> Settings:
     return config.plugin_options("retrain", Settings)
@@ -313,9 +381,19 @@ def registered_reason(job: dict) -> str:
 
 async def _audit(store, kind: str, job: dict, actor: str, reason: str | None) -> None:
     """A launch or cancel from the command line, in the same audit trail as the admin API's changes."""
-    await store.append_event({"kind": kind, "route": job["route"], "actor": actor, "before": None,
-                              "after": {"job": job["id"], "status": job["status"]}, "reason": reason,
-                              "ts": time.time(), "job": job["id"], "provider": job["provider"]})
+    await store.append_event(
+        {
+            "kind": kind,
+            "route": job["route"],
+            "actor": actor,
+            "before": None,
+            "after": {"job": job["id"], "status": job["status"]},
+            "reason": reason,
+            "ts": time.time(),
+            "job": job["id"],
+            "provider": job["provider"],
+        }
+    )
 
 
 def _when(ts: float | None) -> str:
@@ -325,14 +403,19 @@ def _when(ts: float | None) -> str:
 def _print_job(job: dict) -> None:
     model = job.get("serving_model") or job.get("result_model") or "-"
     provider_status = f" ({job['provider_status']})" if job.get("provider_status") else ""
-    print(f"{job['id']}  {job['provider']:<7} {job['route']:<16} {job['status']}{provider_status}  "
-          f"backend {job.get('backend_name')}  model {model}  created {_when(job.get('created'))}  "
-          f"polled {_when(job.get('last_polled'))}" + (f"\n    error: {job['error']}" if job.get("error") else ""))
+    print(
+        f"{job['id']}  {job['provider']:<7} {job['route']:<16} {job['status']}{provider_status}  "
+        f"backend {job.get('backend_name')}  model {model}  created {_when(job.get('created'))}  "
+        f"polled {_when(job.get('last_polled'))}" + (f"\n    error: {job['error']}" if job.get("error") else "")
+    )
 
 
 def _bedrock_overrides(settings: Settings, args: argparse.Namespace) -> Settings:
-    changes = {key: getattr(args, key) for key in ("role_arn", "bucket", "deployment", "model_units")
-               if getattr(args, key, None) is not None}
+    changes = {
+        key: getattr(args, key)
+        for key in ("role_arn", "bucket", "deployment", "model_units")
+        if getattr(args, key, None) is not None
+    }
     return settings.model_copy(update={"bedrock": settings.bedrock.model_copy(update=changes)}) if changes else settings
 
 
@@ -342,17 +425,30 @@ async def _run(args: argparse.Namespace) -> int:
     client = AdminClient(getattr(args, "url", None))
 
     async def register(job: dict, backend: dict) -> None:
-        await asyncio.to_thread(client.post, "/admin/models", {
-            "name": job["backend_name"], "backend": backend, "shadow": [job["route"]],
-            "reason": registered_reason(job),
-            "details": {"job": job["id"], "result_model": job.get("result_model")}})
+        await asyncio.to_thread(
+            client.post,
+            "/admin/models",
+            {
+                "name": job["backend_name"],
+                "backend": backend,
+                "shadow": [job["route"]],
+                "reason": registered_reason(job),
+                "details": {"job": job["id"], "result_model": job.get("result_model")},
+            },
+        )
 
     store = open_state_store(config.settings.state)
     await store.open()
     try:
         holder = f"cli:{getpass.getuser()}@{socket.gethostname()}:{os.getpid()}"
-        launcher = Launcher(store, providers_for(settings, config), register, holder, settings.min_examples,
-                            scrub=Scrubber(config.secrets))
+        launcher = Launcher(
+            store,
+            providers_for(settings, config),
+            register,
+            holder,
+            settings.min_examples,
+            scrub=Scrubber(config.secrets),
+        )
         command = args.retrain_command
         if command == "status":
             jobs = [await launcher.get(args.job)] if args.job else await launcher.jobs()
@@ -370,10 +466,18 @@ async def _run(args: argparse.Namespace) -> int:
             return 0
         if command == "launch":
             if args.route not in config.settings.routes:
-                raise RetrainError(f"no route '{args.route}' in {config.source} "
-                                   f"(routes: {', '.join(sorted(config.settings.routes)) or 'none'})")
-            job = await launcher.launch(args.provider, args.dataset, args.route, base_model=args.base_model,
-                                        hyperparameters=dict(args.hyperparameter), backend_name=args.name)
+                raise RetrainError(
+                    f"no route '{args.route}' in {config.source} "
+                    f"(routes: {', '.join(sorted(config.settings.routes)) or 'none'})"
+                )
+            job = await launcher.launch(
+                args.provider,
+                args.dataset,
+                args.route,
+                base_model=args.base_model,
+                hyperparameters=dict(args.hyperparameter),
+                backend_name=args.name,
+            )
             if args.reason:  # kept on the job: its model's register_model event says it too
                 job = await launcher._change(job["id"], reason=args.reason)
             await _audit(store, "retrain_launch", job, client.actor, args.reason)

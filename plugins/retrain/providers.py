@@ -6,6 +6,7 @@ the job, read its state, stop it, and (Bedrock) put the trained model in service
 block; the launcher (plugin.py) runs them on a worker thread. A provider's own states
 are mapped onto the launcher's: training, trained, deploying, ready, failed, cancelled.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,9 +26,11 @@ class RetrainError(Exception):
 
 # --- the dataset directory -----------------------------------------------------------------------
 
+
 @dataclass
 class Dataset:
     """DIR/train.jsonl, DIR/validation.jsonl (optional), DIR/manifest.json ({"format": "openai"|"bedrock", ...})."""
+
     path: Path
     format: str
     train: Path
@@ -46,7 +49,7 @@ class Dataset:
         except (OSError, ValueError) as exc:
             raise RetrainError(f"{path / 'manifest.json'}: cannot be read as JSON: {exc}") from None
         if not isinstance(manifest, dict) or manifest.get("format") not in ("openai", "bedrock"):
-            raise RetrainError(f"{path / 'manifest.json'}: 'format' must be \"openai\" or \"bedrock\"")
+            raise RetrainError(f'{path / "manifest.json"}: \'format\' must be "openai" or "bedrock"')
         train = path / "train.jsonl"
         if not train.is_file():
             raise RetrainError(f"{path}: no train.jsonl")
@@ -64,8 +67,13 @@ class Dataset:
         return cls(path, manifest["format"], train, validation, counts[0], counts[1], digest.hexdigest())
 
     def summary(self) -> dict[str, Any]:
-        return {"dir": str(self.path), "format": self.format, "sha256": self.digest,
-                "train_examples": self.train_examples, "validation_examples": self.validation_examples}
+        return {
+            "dir": str(self.path),
+            "format": self.format,
+            "sha256": self.digest,
+            "train_examples": self.train_examples,
+            "validation_examples": self.validation_examples,
+        }
 
 
 def dataset_size(directory: str | Path) -> int:
@@ -85,6 +93,7 @@ def dataset_size(directory: str | Path) -> int:
 
 # --- hyperparameters: the provider's names and bounds ---------------------------------------------
 
+
 @dataclass(frozen=True)
 class Bound:
     kind: type
@@ -93,30 +102,60 @@ class Bound:
     low_open: bool = False  # the low end itself is not allowed (a multiplier must be > 0)
 
     def describe(self) -> str:
-        return f"{'more than ' if self.low_open else ''}{self.low:g} to {self.high:g}" + \
-            (" (a whole number)" if self.kind is int else "")
+        return f"{'more than ' if self.low_open else ''}{self.low:g} to {self.high:g}" + (
+            " (a whole number)" if self.kind is int else ""
+        )
 
 
 # Bedrock documents them per base-model family ("Custom model hyperparameters", Bedrock user guide).
 BEDROCK_HYPERPARAMETERS: list[tuple[str, dict[str, Bound]]] = [
-    ("anthropic.claude-3-haiku", {"epochCount": Bound(int, 1, 10), "batchSize": Bound(int, 4, 256),
-                                  "learningRateMultiplier": Bound(float, 0.1, 2),
-                                  "earlyStoppingThreshold": Bound(float, 0, 0.1),
-                                  "earlyStoppingPatience": Bound(int, 1, 10)}),
-    ("amazon.nova-", {"epochCount": Bound(int, 1, 5), "learningRate": Bound(float, 1e-6, 1e-4),
-                      "learningRateWarmupSteps": Bound(int, 0, 100)}),
-    ("amazon.titan-text-premier", {"epochCount": Bound(int, 1, 5), "batchSize": Bound(int, 1, 1),
-                                   "learningRate": Bound(float, 1e-7, 1e-5),
-                                   "learningRateWarmupSteps": Bound(int, 0, 20)}),
-    ("amazon.titan-text-", {"epochCount": Bound(int, 1, 10), "batchSize": Bound(int, 1, 64),
-                            "learningRate": Bound(float, 0, 1), "learningRateWarmupSteps": Bound(int, 0, 250)}),
-    ("meta.llama", {"epochCount": Bound(int, 1, 10), "batchSize": Bound(int, 1, 1),
-                    "learningRate": Bound(float, 5e-6, 0.1)}),
+    (
+        "anthropic.claude-3-haiku",
+        {
+            "epochCount": Bound(int, 1, 10),
+            "batchSize": Bound(int, 4, 256),
+            "learningRateMultiplier": Bound(float, 0.1, 2),
+            "earlyStoppingThreshold": Bound(float, 0, 0.1),
+            "earlyStoppingPatience": Bound(int, 1, 10),
+        },
+    ),
+    (
+        "amazon.nova-",
+        {
+            "epochCount": Bound(int, 1, 5),
+            "learningRate": Bound(float, 1e-6, 1e-4),
+            "learningRateWarmupSteps": Bound(int, 0, 100),
+        },
+    ),
+    (
+        "amazon.titan-text-premier",
+        {
+            "epochCount": Bound(int, 1, 5),
+            "batchSize": Bound(int, 1, 1),
+            "learningRate": Bound(float, 1e-7, 1e-5),
+            "learningRateWarmupSteps": Bound(int, 0, 20),
+        },
+    ),
+    (
+        "amazon.titan-text-",
+        {
+            "epochCount": Bound(int, 1, 10),
+            "batchSize": Bound(int, 1, 64),
+            "learningRate": Bound(float, 0, 1),
+            "learningRateWarmupSteps": Bound(int, 0, 250),
+        },
+    ),
+    (
+        "meta.llama",
+        {"epochCount": Bound(int, 1, 10), "batchSize": Bound(int, 1, 1), "learningRate": Bound(float, 5e-6, 0.1)},
+    ),
 ]
 # OpenAI's supervised fine-tuning ("auto" lets OpenAI choose any of them).
 OPENAI_HYPERPARAMETERS: dict[str, Bound] = {
-    "n_epochs": Bound(int, 1, 50), "batch_size": Bound(int, 1, 256),
-    "learning_rate_multiplier": Bound(float, 0, 10, low_open=True)}
+    "n_epochs": Bound(int, 1, 50),
+    "batch_size": Bound(int, 1, 256),
+    "learning_rate_multiplier": Bound(float, 0, 10, low_open=True),
+}
 
 
 def bedrock_bounds(base_model: str) -> dict[str, Bound] | None:
@@ -124,8 +163,9 @@ def bedrock_bounds(base_model: str) -> dict[str, Bound] | None:
     return next((bounds for prefix, bounds in BEDROCK_HYPERPARAMETERS if model_id.startswith(prefix)), None)
 
 
-def check_hyperparameters(given: dict[str, Any], bounds: dict[str, Bound], where: str,
-                          allow_auto: bool = False) -> dict[str, int | float | str]:
+def check_hyperparameters(
+    given: dict[str, Any], bounds: dict[str, Bound], where: str, allow_auto: bool = False
+) -> dict[str, int | float | str]:
     """Typed values within bounds, or a RetrainError naming every problem."""
     checked, problems = {}, []
     for name, raw in given.items():
@@ -156,6 +196,7 @@ def check_hyperparameters(given: dict[str, Any], bounds: dict[str, Bound], where
 
 # --- settings -----------------------------------------------------------------------------------
 
+
 class BedrockSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     region: str | None = None
@@ -167,23 +208,32 @@ class BedrockSettings(BaseModel):
     prefix: str = "llmgate/retrain"
     base_model: str | None = None
     deployment: Literal["provisioned", "custom_deployment", "none"] = Field(
-        "provisioned", description="how the trained model is served: provisioned throughput, a custom model "
-                                   "deployment (on demand), or none (register the custom model ARN as it is)")
+        "provisioned",
+        description="how the trained model is served: provisioned throughput, a custom model "
+        "deployment (on demand), or none (register the custom model ARN as it is)",
+    )
     model_units: int = Field(1, ge=1, description="provisioned throughput model units")
-    serve_like: str | None = Field(None, description="a configured bedrock backend whose settings (region, runtime "
-                                                     "endpoint, credentials) the new backend copies")
+    serve_like: str | None = Field(
+        None,
+        description="a configured bedrock backend whose settings (region, runtime "
+        "endpoint, credentials) the new backend copies",
+    )
 
 
 class OpenAIProviderSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    backend: str | None = Field(None, description="a configured openai backend: its base_url and api_key make the "
-                                                  "fine-tuning calls, and the new model is served like it")
+    backend: str | None = Field(
+        None,
+        description="a configured openai backend: its base_url and api_key make the "
+        "fine-tuning calls, and the new model is served like it",
+    )
     base_url: str | None = None
     api_key: str | None = None
     base_model: str | None = None
 
 
 # --- providers ----------------------------------------------------------------------------------
+
 
 class Provider(ABC):
     """The provider's half of a retraining job. Every method blocks (an SDK call) and returns plain data."""
@@ -198,8 +248,9 @@ class Provider(ABC):
     def check_hyperparameters(self, base_model: str, given: dict[str, Any]) -> dict[str, Any]: ...
 
     @abstractmethod
-    def start(self, job_id: str, dataset: Dataset, base_model: str, hyperparameters: dict[str, Any],
-              model_name: str) -> dict[str, Any]:
+    def start(
+        self, job_id: str, dataset: Dataset, base_model: str, hyperparameters: dict[str, Any], model_name: str
+    ) -> dict[str, Any]:
         """Upload the dataset and create the job; the job record's provider fields (provider_job, ...)."""
 
     @abstractmethod
@@ -224,8 +275,10 @@ class Provider(ABC):
 
     def check_dataset(self, dataset: Dataset) -> None:
         if dataset.format != self.dataset_format:
-            raise RetrainError(f"{dataset.path}: the dataset is in {dataset.format} format; {self.name} needs "
-                               f"{self.dataset_format} (build it with that format)")
+            raise RetrainError(
+                f"{dataset.path}: the dataset is in {dataset.format} format; {self.name} needs "
+                f"{self.dataset_format} (build it with that format)"
+            )
 
 
 class BedrockProvider(Provider):
@@ -233,8 +286,13 @@ class BedrockProvider(Provider):
 
     name = "bedrock"
     dataset_format = "bedrock"
-    TRAINING = {"InProgress": "training", "Stopping": "cancelling", "Completed": "trained", "Failed": "failed",
-                "Stopped": "cancelled"}
+    TRAINING = {
+        "InProgress": "training",
+        "Stopping": "cancelling",
+        "Completed": "trained",
+        "Failed": "failed",
+        "Stopped": "cancelled",
+    }
 
     def __init__(self, settings: BedrockSettings, runtime: dict[str, Any] | None = None):
         self.settings = settings
@@ -245,11 +303,13 @@ class BedrockProvider(Provider):
         if service not in self._clients:
             import boto3  # start-up: boto3 is slow to import, and only Bedrock jobs need it
             from botocore.config import Config as BotoConfig
+
             session = boto3.session.Session(profile_name=self.settings.profile) if self.settings.profile else boto3
             region = self.settings.region or self.runtime.get("region")
             endpoint = self.settings.endpoint_url if service == "bedrock" else self.settings.s3_endpoint_url
-            self._clients[service] = session.client(service, region_name=region, endpoint_url=endpoint,
-                                                    config=BotoConfig(retries={"mode": "standard"}))
+            self._clients[service] = session.client(
+                service, region_name=region, endpoint_url=endpoint, config=BotoConfig(retries={"mode": "standard"})
+            )
         return self._clients[service]
 
     @staticmethod
@@ -267,34 +327,47 @@ class BedrockProvider(Provider):
         if bounds is None:
             if given:
                 families = ", ".join(prefix for prefix, _ in BEDROCK_HYPERPARAMETERS)
-                raise RetrainError(f"no hyperparameter bounds known for {base_model} (known families: {families}); "
-                                   "launch without hyperparameters to use Bedrock's defaults")
+                raise RetrainError(
+                    f"no hyperparameter bounds known for {base_model} (known families: {families}); "
+                    "launch without hyperparameters to use Bedrock's defaults"
+                )
             return {}
         return check_hyperparameters(given, bounds, base_model)
 
     def start(self, job_id, dataset, base_model, hyperparameters, model_name) -> dict[str, Any]:
         missing = [k for k in ("role_arn", "bucket") if not getattr(self.settings, k)]
         if missing:
-            raise RetrainError("bedrock needs " + " and ".join(f"plugins.retrain.bedrock.{k} (--{k.replace('_', '-')})"
-                                                             for k in missing))
+            raise RetrainError(
+                "bedrock needs "
+                + " and ".join(f"plugins.retrain.bedrock.{k} (--{k.replace('_', '-')})" for k in missing)
+            )
         bucket, prefix = self.settings.bucket, f"{self.settings.prefix.strip('/')}/{job_id}"
         model_name = re.sub(r"[^0-9A-Za-z]+", "-", model_name).strip("-")[:63]  # Bedrock's name pattern
         s3 = self._client("s3")
         s3.upload_file(str(dataset.train), bucket, f"{prefix}/train.jsonl")
         request: dict[str, Any] = {
-            "jobName": self._names(job_id), "customModelName": model_name, "roleArn": self.settings.role_arn,
-            "baseModelIdentifier": base_model, "customizationType": "FINE_TUNING", "clientRequestToken": job_id,
+            "jobName": self._names(job_id),
+            "customModelName": model_name,
+            "roleArn": self.settings.role_arn,
+            "baseModelIdentifier": base_model,
+            "customizationType": "FINE_TUNING",
+            "clientRequestToken": job_id,
             "trainingDataConfig": {"s3Uri": f"s3://{bucket}/{prefix}/train.jsonl"},
             "outputDataConfig": {"s3Uri": f"s3://{bucket}/{prefix}/output/"},
-            "hyperParameters": {k: format(v, "g") if isinstance(v, float) else str(v)
-                                for k, v in hyperparameters.items()},
+            "hyperParameters": {
+                k: format(v, "g") if isinstance(v, float) else str(v) for k, v in hyperparameters.items()
+            },
         }
         if dataset.validation is not None:
             s3.upload_file(str(dataset.validation), bucket, f"{prefix}/validation.jsonl")
             request["validationDataConfig"] = {"validators": [{"s3Uri": f"s3://{bucket}/{prefix}/validation.jsonl"}]}
         arn = self._client("bedrock").create_model_customization_job(**request)["jobArn"]
-        return {"provider_job": self._names(job_id), "provider_job_arn": arn, "custom_model_name": model_name,
-                "uploads": f"s3://{bucket}/{prefix}/"}
+        return {
+            "provider_job": self._names(job_id),
+            "provider_job_arn": arn,
+            "custom_model_name": model_name,
+            "uploads": f"s3://{bucket}/{prefix}/",
+        }
 
     def training(self, job: dict) -> dict[str, Any]:
         # Looked up by name: the API takes a name or an ARN, and the name works everywhere.
@@ -314,11 +387,15 @@ class BedrockProvider(Provider):
             return {"status": "ready", "serving_model": model}
         if self.settings.deployment == "provisioned":
             arn = client.create_provisioned_model_throughput(
-                modelUnits=self.settings.model_units, provisionedModelName=name, modelId=model,
-                clientRequestToken=f"{job['id']}-pt")["provisionedModelArn"]
+                modelUnits=self.settings.model_units,
+                provisionedModelName=name,
+                modelId=model,
+                clientRequestToken=f"{job['id']}-pt",
+            )["provisionedModelArn"]
             return {"status": "deploying", "deployment": {"mode": "provisioned", "arn": arn}}
-        arn = client.create_custom_model_deployment(modelDeploymentName=name, modelArn=model,
-                                                    clientRequestToken=f"{job['id']}-cd")["customModelDeploymentArn"]
+        arn = client.create_custom_model_deployment(
+            modelDeploymentName=name, modelArn=model, clientRequestToken=f"{job['id']}-cd"
+        )["customModelDeploymentArn"]
         return {"status": "deploying", "deployment": {"mode": "custom_deployment", "arn": arn}}
 
     def deployment(self, job: dict) -> dict[str, Any]:
@@ -329,8 +406,10 @@ class BedrockProvider(Provider):
         else:
             found = client.get_custom_model_deployment(customModelDeploymentIdentifier=deployment["arn"])
             ready, failed = found["status"] == "Active", found["status"] == "Failed"
-        state: dict[str, Any] = {"provider_status": found["status"],
-                                 "status": "ready" if ready else "failed" if failed else "deploying"}
+        state: dict[str, Any] = {
+            "provider_status": found["status"],
+            "status": "ready" if ready else "failed" if failed else "deploying",
+        }
         if ready:
             state["serving_model"] = deployment["arn"]
         if failed:
@@ -362,8 +441,14 @@ class OpenAIProvider(Provider):
 
     name = "openai"
     dataset_format = "openai"
-    TRAINING = {"validating_files": "training", "queued": "training", "running": "training",
-                "succeeded": "trained", "failed": "failed", "cancelled": "cancelled"}
+    TRAINING = {
+        "validating_files": "training",
+        "queued": "training",
+        "running": "training",
+        "succeeded": "trained",
+        "failed": "failed",
+        "cancelled": "cancelled",
+    }
 
     def __init__(self, settings: OpenAIProviderSettings, backend: dict[str, Any] | None = None):
         self.settings = settings
@@ -373,11 +458,14 @@ class OpenAIProvider(Provider):
     def client(self):
         if self._client is None:
             import openai  # optional: the OpenAI SDK is not a dependency of the package
+
             base_url = self.settings.base_url or self.backend.get("base_url") or "https://api.openai.com/v1"
             api_key = self.settings.api_key or self.backend.get("api_key")
             if not api_key or api_key == "none":
-                raise RetrainError("openai needs an API key: plugins.retrain.openai.backend (a configured openai "
-                                   "backend with api_key) or plugins.retrain.openai.api_key: ${OPENAI_API_KEY}")
+                raise RetrainError(
+                    "openai needs an API key: plugins.retrain.openai.backend (a configured openai "
+                    "backend with api_key) or plugins.retrain.openai.api_key: ${OPENAI_API_KEY}"
+                )
             self._client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=2, timeout=120)
         return self._client
 
@@ -388,8 +476,9 @@ class OpenAIProvider(Provider):
         return model
 
     def check_hyperparameters(self, base_model: str, given: dict[str, Any]) -> dict[str, Any]:
-        return check_hyperparameters(given, OPENAI_HYPERPARAMETERS, f"OpenAI fine-tuning of {base_model}",
-                                     allow_auto=True)
+        return check_hyperparameters(
+            given, OPENAI_HYPERPARAMETERS, f"OpenAI fine-tuning of {base_model}", allow_auto=True
+        )
 
     def start(self, job_id, dataset, base_model, hyperparameters, model_name) -> dict[str, Any]:
         client = self.client()
@@ -399,13 +488,25 @@ class OpenAIProvider(Provider):
         if dataset.validation is not None:
             with dataset.validation.open("rb") as f:
                 validation_file = client.files.create(file=(f"{job_id}-validation.jsonl", f), purpose="fine-tune").id
-        method = {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}} if hyperparameters \
+        method = (
+            {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}}
+            if hyperparameters
             else {"type": "supervised"}
+        )
         created = client.fine_tuning.jobs.create(
-            model=base_model, training_file=training_file, method=method, suffix=model_name[:64],
-            metadata={"llmgate_job": job_id}, **({"validation_file": validation_file} if validation_file else {}))
-        return {"provider_job": created.id, "provider_status": created.status, "training_file": training_file,
-                "validation_file": validation_file}
+            model=base_model,
+            training_file=training_file,
+            method=method,
+            suffix=model_name[:64],
+            metadata={"llmgate_job": job_id},
+            **({"validation_file": validation_file} if validation_file else {}),
+        )
+        return {
+            "provider_job": created.id,
+            "provider_status": created.status,
+            "training_file": training_file,
+            "validation_file": validation_file,
+        }
 
     def training(self, job: dict) -> dict[str, Any]:
         found = self.client().fine_tuning.jobs.retrieve(job["provider_job"])
@@ -431,6 +532,9 @@ class OpenAIProvider(Provider):
     def serving_backend(self, job: dict) -> dict[str, Any]:
         if self.settings.backend:
             return {"like": self.settings.backend, "model": job["serving_model"]}
-        return {"kind": "openai", "model": job["serving_model"],
-                "base_url": self.settings.base_url or "https://api.openai.com/v1",
-                "api_key": "${OPENAI_API_KEY}"}
+        return {
+            "kind": "openai",
+            "model": job["serving_model"],
+            "base_url": self.settings.base_url or "https://api.openai.com/v1",
+            "api_key": "${OPENAI_API_KEY}",
+        }

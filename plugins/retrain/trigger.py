@@ -14,6 +14,7 @@ settings and polls the jobs). The last launch and the reference score live in th
 so a restart neither forgets the interval nor relearns the baseline; with several replicas only
 the holder of the `retrain_trigger` lease decides, over the scores its own judge reported.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -144,8 +145,10 @@ class RetrainTrigger:
 
     def _reason(self, route: str, rule: RouteTrigger, state: dict, now: float) -> str | None:
         """Why a job is due now (None: it is not)."""
-        if rule.every_seconds is not None and now - (state.get("last_launch") or state["first_seen"]) >= \
-                rule.every_seconds:
+        if (
+            rule.every_seconds is not None
+            and now - (state.get("last_launch") or state["first_seen"]) >= rule.every_seconds
+        ):
             return f"schedule: every {rule.every_seconds:g}s"
         if rule.drift is None:
             return None
@@ -157,8 +160,10 @@ class RetrainTrigger:
             state["reference"], state["reference_at"] = mean, now  # the first full window is the baseline
             return None
         if mean < rule.drift.fraction * reference:
-            return (f"drift: {rule.drift.score} {mean:.3f} over {count} scores < {rule.drift.fraction:g} x "
-                    f"baseline {reference:.3f}")
+            return (
+                f"drift: {rule.drift.score} {mean:.3f} over {count} scores < {rule.drift.fraction:g} x "
+                f"baseline {reference:.3f}"
+            )
         return None
 
     async def _decide(self, route: str, rule: RouteTrigger, state: dict, now: float) -> tuple[str, dict]:
@@ -167,20 +172,29 @@ class RetrainTrigger:
             return "not due", state
         last = state.get("last_launch")
         if last is not None and now - last < rule.min_interval_seconds:
-            return (f"{reason}; held: the last job started {now - last:.0f}s ago, "
-                    f"min_interval_seconds is {rule.min_interval_seconds:g}"), state
+            return (
+                f"{reason}; held: the last job started {now - last:.0f}s ago, "
+                f"min_interval_seconds is {rule.min_interval_seconds:g}"
+            ), state
         size = dataset_size(rule.dataset)
         if size < rule.min_examples:
-            return f"{reason}; held: the dataset has {size} training examples, min_examples is {rule.min_examples}", \
-                state
+            return (
+                f"{reason}; held: the dataset has {size} training examples, min_examples is {rule.min_examples}",
+                state,
+            )
         retrain = self._retrain
         moving = [j["id"] for j in await retrain.launcher.jobs() if j["route"] == route and j["status"] in MOVING]
         if moving:
             return f"{reason}; held: job {moving[-1]} is still running", state
         try:
-            job = await retrain.launcher.launch(rule.provider, rule.dataset, route, base_model=rule.base_model,
-                                                hyperparameters=dict(rule.hyperparameters),
-                                                origin=f"trigger: {reason}")
+            job = await retrain.launcher.launch(
+                rule.provider,
+                rule.dataset,
+                route,
+                base_model=rule.base_model,
+                hyperparameters=dict(rule.hyperparameters),
+                origin=f"trigger: {reason}",
+            )
         except Exception as exc:  # counts as a start for the interval: a refused launch is not retried in a loop
             state["last_launch"] = now
             problem = str(exc) if type(exc).__name__ == "RetrainError" else describe(exc)

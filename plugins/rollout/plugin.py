@@ -10,6 +10,7 @@ The config's `candidates` percents are where a route starts, and a later edit of
 applied as a change by "config". Between config edits, operators own the percents: their changes
 survive restarts. A candidate that was rolled back stays out until an operator gives it a percent.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -36,13 +37,17 @@ KEY = "rollout:"
 
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    resync_interval: float = Field(30.0, gt=0,
-                                   description="seconds between full reloads, a safety net for missed notices")
+    resync_interval: float = Field(
+        30.0, gt=0, description="seconds between full reloads, a safety net for missed notices"
+    )
     canary: dict[str, dict[str, list[str]]] = Field({}, description="route -> candidate -> users always sent to it")
     webhooks: list[str] = Field([], description="URLs that receive a JSON POST for each event of webhook_kinds")
     webhook_kinds: list[str] = ["rollback", "promote", "kill"]
-    snapshot_path: str | None = Field(None, description="local copy of the shared rollout state, used when a "
-                                      "replica starts while Redis is unreachable (default: next to state.sqlite_path)")
+    snapshot_path: str | None = Field(
+        None,
+        description="local copy of the shared rollout state, used when a "
+        "replica starts while Redis is unreachable (default: next to state.sqlite_path)",
+    )
 
 
 @dataclass
@@ -56,17 +61,30 @@ class RouteRollout:
     @classmethod
     def from_json(cls, data: dict | None) -> "RouteRollout":
         data = data or {}
-        return cls(Allocation.from_json(data.get("allocation")), dict(data.get("canary") or {}),
-                   bool(data.get("killed")), dict(data.get("rolled_back") or {}),
-                   dict(data.get("applied_config") or {}))
+        return cls(
+            Allocation.from_json(data.get("allocation")),
+            dict(data.get("canary") or {}),
+            bool(data.get("killed")),
+            dict(data.get("rolled_back") or {}),
+            dict(data.get("applied_config") or {}),
+        )
 
     def to_json(self) -> dict:
-        return {"allocation": self.allocation.to_json(), "canary": self.canary, "killed": self.killed,
-                "rolled_back": self.rolled_back, "applied_config": self.applied_config}
+        return {
+            "allocation": self.allocation.to_json(),
+            "canary": self.canary,
+            "killed": self.killed,
+            "rolled_back": self.rolled_back,
+            "applied_config": self.applied_config,
+        }
 
     def summary(self) -> dict:
-        return {"percents": self.allocation.percents(), "killed": self.killed, "rolled_back": self.rolled_back,
-                "canary": {c: len(users) for c, users in self.canary.items()}}
+        return {
+            "percents": self.allocation.percents(),
+            "killed": self.killed,
+            "rolled_back": self.rolled_back,
+            "canary": {c: len(users) for c, users in self.canary.items()},
+        }
 
 
 def _sticky_id(sticky_key: str) -> str:
@@ -93,8 +111,9 @@ class Rollout:
     async def startup(self, gateway):
         self.gateway = gateway
         if gateway.store.engine == "redis":
-            path = self.settings.snapshot_path or str(Path(gateway.config.settings.state.sqlite_path).parent
-                                                      / "rollout-snapshot.json")
+            path = self.settings.snapshot_path or str(
+                Path(gateway.config.settings.state.sqlite_path).parent / "rollout-snapshot.json"
+            )
             self._snapshot = RolloutSnapshot(path)
         gateway.store.subscribe(self._on_change)
         try:
@@ -201,8 +220,9 @@ class Rollout:
         mine = self.routes[route].to_json()
         _, state = await self.gateway.store.update(KEY + route, lambda old: old if old is not None else mine)
         if state == mine:
-            log.warning("rollout: the state store had no state for route %s; restored the one this replica served",
-                        route)
+            log.warning(
+                "rollout: the state store had no state for route %s; restored the one this replica served", route
+            )
         return state
 
     async def _save_snapshot(self) -> None:
@@ -255,11 +275,15 @@ class Rollout:
             raise NotFound(f"no route named '{route}'", param="route", code="route_not_found")
         if candidate is not None and candidate not in settings.candidates:
             known = ", ".join(sorted(settings.candidates)) or "none"
-            raise InvalidRequest(f"'{candidate}' is not a candidate of route '{route}' (candidates: {known}); "
-                                 "add it under routes.<route>.candidates in the config first", param="candidate")
+            raise InvalidRequest(
+                f"'{candidate}' is not a candidate of route '{route}' (candidates: {known}); "
+                "add it under routes.<route>.candidates in the config first",
+                param="candidate",
+            )
 
     async def _change(self, route: str, kind: str, who: str, reason: str | None, mutate, **details) -> dict:
         """Apply `mutate` to the route's state atomically, then audit, announce and install it."""
+
         def change(old: dict | None) -> dict:
             state = RouteRollout.from_json(old)
             mutate(state)
@@ -285,8 +309,9 @@ class Rollout:
                 log.error("webhook queue full: event %s not sent", event.get("id"))
         return event
 
-    async def set_percent(self, route: str, candidate: str, percent: float, *, actor: str,
-                          reason: str | None = None, **details) -> dict:
+    async def set_percent(
+        self, route: str, candidate: str, percent: float, *, actor: str, reason: str | None = None, **details
+    ) -> dict:
         """Give `candidate` `percent` of the route's users; re-enables a rolled-back candidate."""
         self._check(route, candidate)
 
@@ -294,11 +319,12 @@ class Rollout:
             state.allocation = state.allocation.set_percent(candidate, percent)
             if percent > 0:
                 state.rolled_back.pop(candidate, None)
-        return await self._change(route, "rollout", actor, reason, mutate, candidate=candidate, percent=percent,
-                                  **details)
 
-    async def rollback(self, route: str, candidate: str | None = None, *, actor: str, reason: str,
-                       **details) -> dict:
+        return await self._change(
+            route, "rollout", actor, reason, mutate, candidate=candidate, percent=percent, **details
+        )
+
+    async def rollback(self, route: str, candidate: str | None = None, *, actor: str, reason: str, **details) -> dict:
         """Send a candidate's users (all candidates' without one) back to the baseline, and keep them there."""
         self._check(route, candidate)
         targets = [candidate] if candidate else list(self.gateway.config.settings.routes[route].candidates)
@@ -308,6 +334,7 @@ class Rollout:
             for name in targets:
                 state.allocation = state.allocation.set_percent(name, 0)
                 state.rolled_back[name] = record
+
         return await self._change(route, "rollback", actor, reason, mutate, candidate=candidate, **details)
 
     async def promote(self, route: str, candidate: str, *, actor: str, reason: str | None = None) -> dict:
@@ -320,6 +347,7 @@ class Rollout:
                     state.allocation = state.allocation.set_percent(other, 0)
             state.allocation = state.allocation.set_percent(candidate, 100)
             state.rolled_back.pop(candidate, None)
+
         return await self._change(route, "promote", actor, reason, mutate, candidate=candidate)
 
     async def kill(self, route: str, on: bool, *, actor: str, reason: str | None = None) -> dict:
@@ -328,10 +356,12 @@ class Rollout:
 
         def mutate(state: RouteRollout) -> None:
             state.killed = on
+
         return await self._change(route, "kill" if on else "unkill", actor, reason, mutate)
 
-    async def set_canary(self, route: str, candidate: str, users: list[str], *, actor: str,
-                         reason: str | None = None) -> dict:
+    async def set_canary(
+        self, route: str, candidate: str, users: list[str], *, actor: str, reason: str | None = None
+    ) -> dict:
         """Users (the sticky ids: `user` field, x-llmgate-user, or API key) always sent to `candidate`."""
         self._check(route, candidate)
 
@@ -340,6 +370,7 @@ class Rollout:
                 state.canary[candidate] = sorted(set(users))
             else:
                 state.canary.pop(candidate, None)
+
         return await self._change(route, "canary", actor, reason, mutate, candidate=candidate, users=len(users))
 
     # --- operator surface ---------------------------------------------------------------------
@@ -352,8 +383,11 @@ class Rollout:
             if settings is None:
                 problems.append(f"plugins.rollout.canary.{route}: unknown route")
                 continue
-            problems += [f"plugins.rollout.canary.{route}.{c}: not a candidate of route '{route}'"
-                         for c in candidates if c not in settings.candidates]
+            problems += [
+                f"plugins.rollout.canary.{route}.{c}: not a candidate of route '{route}'"
+                for c in candidates
+                if c not in settings.candidates
+            ]
         return problems
 
     @hookimpl
@@ -379,8 +413,9 @@ class Rollout:
                 percent = body.get("percent")
                 if not isinstance(percent, (int, float)) or isinstance(percent, bool):
                     raise InvalidRequest("'percent' must be a number from 0 to 100", param="percent")
-                event = await self.set_percent(route, _required(body, "candidate"), float(percent), actor=who,
-                                               reason=reason)
+                event = await self.set_percent(
+                    route, _required(body, "candidate"), float(percent), actor=who, reason=reason
+                )
             elif action == "rollback":
                 if not reason:
                     raise InvalidRequest("a rollback needs a 'reason'", param="reason")
@@ -414,7 +449,7 @@ class Rollout:
                                     break
                         except Exception as exc:
                             log.warning("webhook %s failed (%s), attempt %d", url, type(exc).__name__, attempt + 1)
-                        await asyncio.sleep(0.5 * 2 ** attempt)
+                        await asyncio.sleep(0.5 * 2**attempt)
 
 
 def _with_config(route: str, stored: dict | None, candidates: dict[str, float]) -> dict:

@@ -5,6 +5,7 @@ percents, canaries, kill switches and rollbacks) instead of falling back to the 
 The file is written whenever the state the replica holds changes, atomically (write a file of its own, then rename),
 on a worker thread; a missing or unreadable file is not an error, only a reason to use the config.
 """
+
 from __future__ import annotations
 
 import asyncio

@@ -3,6 +3,7 @@
 Light to import (the standard library and the admin client): the semantic_cache plugin answers
 POST /admin/cache/clear, audited as cache_clear.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,9 +22,14 @@ def clear(client: AdminClient, args: argparse.Namespace) -> int:
 @hookimpl
 def register_commands(commands):
     """`llmgate cache clear ROUTE`."""
-    cache_commands = add_command_group(commands, "cache", "the semantic cache",
-                                       "The semantic cache: invalidate a route's cached answers.")
-    p = add_admin_parser(cache_commands, "clear", "remove every cached answer of ROUTE (exact and semantic tiers), "
-                                                  "audited as cache_clear", clear)
+    cache_commands = add_command_group(
+        commands, "cache", "the semantic cache", "The semantic cache: invalidate a route's cached answers."
+    )
+    p = add_admin_parser(
+        cache_commands,
+        "clear",
+        "remove every cached answer of ROUTE (exact and semantic tiers), audited as cache_clear",
+        clear,
+    )
     add_route_arg(p)
     add_reason_arg(p)

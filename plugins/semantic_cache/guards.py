@@ -19,6 +19,7 @@ refuses the pair when they disagree:
 Each guard is a plain rule over the text, configurable (switched off, extra terms, extra opposite
 groups), and cheap: facts are extracted once per text and kept with the cache entry.
 """
+
 from __future__ import annotations
 
 import re
@@ -29,50 +30,171 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 # --- negation ------------------------------------------------------------------------------------
 
-NEGATORS = frozenset("""not no never none nobody nothing nowhere neither nor without cannot unable
+NEGATORS = frozenset(
+    """not no never none nobody nothing nowhere neither nor without cannot unable
     cant wont dont doesnt didnt isnt arent wasnt werent shouldnt couldnt wouldnt havent hasnt hadnt
-    mustnt neednt aint""".split())
+    mustnt neednt aint""".split()
+)
 
 # --- numbers -------------------------------------------------------------------------------------
 
-NUMBER_WORDS = {"zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
-                "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "fifteen": 15, "twenty": 20,
-                "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "ninety": 90, "hundred": 100,
-                "thousand": 1000, "single": 1, "double": 2, "twice": 2, "once": 1, "half": 0.5, "dozen": 12}
-ORDINALS = {"first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5, "sixth": 6, "seventh": 7,
-            "eighth": 8, "ninth": 9, "tenth": 10, "1st": 1, "2nd": 2, "3rd": 3, "4th": 4, "5th": 5}
+NUMBER_WORDS = {
+    "zero": 0,
+    "one": 1,
+    "two": 2,
+    "three": 3,
+    "four": 4,
+    "five": 5,
+    "six": 6,
+    "seven": 7,
+    "eight": 8,
+    "nine": 9,
+    "ten": 10,
+    "eleven": 11,
+    "twelve": 12,
+    "fifteen": 15,
+    "twenty": 20,
+    "thirty": 30,
+    "forty": 40,
+    "fifty": 50,
+    "sixty": 60,
+    "ninety": 90,
+    "hundred": 100,
+    "thousand": 1000,
+    "single": 1,
+    "double": 2,
+    "twice": 2,
+    "once": 1,
+    "half": 0.5,
+    "dozen": 12,
+}
+ORDINALS = {
+    "first": 1,
+    "second": 2,
+    "third": 3,
+    "fourth": 4,
+    "fifth": 5,
+    "sixth": 6,
+    "seventh": 7,
+    "eighth": 8,
+    "ninth": 9,
+    "tenth": 10,
+    "1st": 1,
+    "2nd": 2,
+    "3rd": 3,
+    "4th": 4,
+    "5th": 5,
+}
 # A unit after a number is part of the quantity: "10 GB" differs from "10 MB". Plurals fold.
 UNITS = {
-    "b": "b", "byte": "b", "kb": "kb", "mb": "mb", "gb": "gb", "tb": "tb", "pb": "pb", "kib": "kib", "mib": "mib",
-    "gib": "gib", "tib": "tib", "bps": "bps", "kbps": "kbps", "mbps": "mbps", "gbps": "gbps", "tbps": "tbps",
-    "ms": "ms", "millisecond": "ms", "s": "s", "sec": "s", "second": "s", "min": "min", "minute": "min",
-    "h": "h", "hr": "h", "hour": "h", "day": "day", "week": "week", "month": "month", "year": "year",
-    "%": "%", "percent": "%", "usd": "usd", "eur": "eur", "gbp": "gbp", "dollar": "usd", "euro": "eur",
-    "user": "user", "seat": "seat", "license": "license", "licence": "license", "device": "device",
-    "port": "port", "node": "node", "replica": "replica", "core": "core", "cpu": "cpu", "vcpu": "cpu",
-    "mtu": "mtu", "hop": "hop", "route": "route", "prefix": "prefix", "ghz": "ghz", "mhz": "mhz",
+    "b": "b",
+    "byte": "b",
+    "kb": "kb",
+    "mb": "mb",
+    "gb": "gb",
+    "tb": "tb",
+    "pb": "pb",
+    "kib": "kib",
+    "mib": "mib",
+    "gib": "gib",
+    "tib": "tib",
+    "bps": "bps",
+    "kbps": "kbps",
+    "mbps": "mbps",
+    "gbps": "gbps",
+    "tbps": "tbps",
+    "ms": "ms",
+    "millisecond": "ms",
+    "s": "s",
+    "sec": "s",
+    "second": "s",
+    "min": "min",
+    "minute": "min",
+    "h": "h",
+    "hr": "h",
+    "hour": "h",
+    "day": "day",
+    "week": "week",
+    "month": "month",
+    "year": "year",
+    "%": "%",
+    "percent": "%",
+    "usd": "usd",
+    "eur": "eur",
+    "gbp": "gbp",
+    "dollar": "usd",
+    "euro": "eur",
+    "user": "user",
+    "seat": "seat",
+    "license": "license",
+    "licence": "license",
+    "device": "device",
+    "port": "port",
+    "node": "node",
+    "replica": "replica",
+    "core": "core",
+    "cpu": "cpu",
+    "vcpu": "cpu",
+    "mtu": "mtu",
+    "hop": "hop",
+    "route": "route",
+    "prefix": "prefix",
+    "ghz": "ghz",
+    "mhz": "mhz",
 }
 
 # --- identifiers ---------------------------------------------------------------------------------
 
 _INTERFACE_PREFIXES = {
     # Cisco and Arista long names and their abbreviations fold to one name.
-    "gigabitethernet": "gigabitethernet", "gi": "gigabitethernet", "gig": "gigabitethernet",
-    "ge": "ge-", "xe": "xe-", "et": "et-",  # Junos (ge-0/0/1) when followed by "-"; see below
-    "tengigabitethernet": "tengigabitethernet", "te": "tengigabitethernet", "ten": "tengigabitethernet",
-    "fortygigabitethernet": "fortygigabitethernet", "fo": "fortygigabitethernet",
-    "hundredgige": "hundredgige", "hu": "hundredgige",
-    "fastethernet": "fastethernet", "fa": "fastethernet",
-    "ethernet": "ethernet", "eth": "eth", "ens": "ens", "enp": "enp", "eno": "eno", "wlan": "wlan",
-    "port-channel": "port-channel", "portchannel": "port-channel", "po": "port-channel",
-    "loopback": "loopback", "lo": "loopback", "tunnel": "tunnel", "tu": "tunnel",
-    "management": "management", "mgmt": "management", "ma": "management",
-    "serial": "serial", "se": "serial", "bundle-ether": "bundle-ether", "be": "bundle-ether",
-    "ae": "ae", "irb": "irb", "swp": "swp", "bond": "bond", "br": "br", "wg": "wg", "tun": "tun", "tap": "tap",
+    "gigabitethernet": "gigabitethernet",
+    "gi": "gigabitethernet",
+    "gig": "gigabitethernet",
+    "ge": "ge-",
+    "xe": "xe-",
+    "et": "et-",  # Junos (ge-0/0/1) when followed by "-"; see below
+    "tengigabitethernet": "tengigabitethernet",
+    "te": "tengigabitethernet",
+    "ten": "tengigabitethernet",
+    "fortygigabitethernet": "fortygigabitethernet",
+    "fo": "fortygigabitethernet",
+    "hundredgige": "hundredgige",
+    "hu": "hundredgige",
+    "fastethernet": "fastethernet",
+    "fa": "fastethernet",
+    "ethernet": "ethernet",
+    "eth": "eth",
+    "ens": "ens",
+    "enp": "enp",
+    "eno": "eno",
+    "wlan": "wlan",
+    "port-channel": "port-channel",
+    "portchannel": "port-channel",
+    "po": "port-channel",
+    "loopback": "loopback",
+    "lo": "loopback",
+    "tunnel": "tunnel",
+    "tu": "tunnel",
+    "management": "management",
+    "mgmt": "management",
+    "ma": "management",
+    "serial": "serial",
+    "se": "serial",
+    "bundle-ether": "bundle-ether",
+    "be": "bundle-ether",
+    "ae": "ae",
+    "irb": "irb",
+    "swp": "swp",
+    "bond": "bond",
+    "br": "br",
+    "wg": "wg",
+    "tun": "tun",
+    "tap": "tap",
 }
 _IF_NAMES = sorted(_INTERFACE_PREFIXES, key=len, reverse=True)
-INTERFACE_RE = re.compile(r"\b(" + "|".join(re.escape(p) for p in _IF_NAMES) + r")([ ]?)(-?\d+(?:[/:.]\d+)*)\b",
-                          re.IGNORECASE)
+INTERFACE_RE = re.compile(
+    r"\b(" + "|".join(re.escape(p) for p in _IF_NAMES) + r")([ ]?)(-?\d+(?:[/:.]\d+)*)\b", re.IGNORECASE
+)
 IPV4_RE = re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}(?:/\d{1,2})?\b")
 IPV6_RE = re.compile(r"(?<![\w:])(?:[0-9a-f]{0,4}:){2,7}[0-9a-f]{0,4}(?:/\d{1,3})?(?![\w:])", re.IGNORECASE)
 CIDR_RE = re.compile(r"(?<![\w.])/(\d{1,3})\b")
@@ -93,86 +215,97 @@ WORD_RE = re.compile(r"[A-Za-z][A-Za-z'’\-]*[A-Za-z]|[A-Za-z]")
 # --- entities ------------------------------------------------------------------------------------
 
 # Common words that are capitalised only because a sentence starts with them; never names.
-_COMMON = frozenset("""a an the i i'm i've i'd i'll me my mine we our you your he she it its they their them this
+_COMMON = frozenset(
+    """a an the i i'm i've i'd i'll me my mine we our you your he she it its they their them this
     that these those what which who whom whose why how when where whether if is are was were be been being am do
     does did done doing have has had having can could will would shall should may might must please hi hello hey
     thanks thank ok okay yes no not and or but so because also still just only even then than there here any
     some all every each both either neither none many much more most few less least other another same such
     after before since until while for from to of in on at by with without about into over under again
-    one two three is there's what's how's where's who's it's that's let let's tell show give help explain""".split())
+    one two three is there's what's how's where's who's it's that's let let's tell show give help explain""".split()
+)
 
 # Domain terms that name a thing even when written in lower case. Extend with `terms`.
-DOMAIN_TERMS = frozenset("""bgp ospf eigrp isis is-is rip mpls ldp rsvp vxlan evpn gre ipsec ikev2 wireguard openvpn
+DOMAIN_TERMS = frozenset(
+    """bgp ospf eigrp isis is-is rip mpls ldp rsvp vxlan evpn gre ipsec ikev2 wireguard openvpn
     stp rstp mstp lacp lldp cdp vrrp hsrp glbp bfd dhcp dns ntp snmp syslog netflow sflow ssh telnet tftp ftp sftp
     http https tls ssl tcp udp icmp arp nat pat acl qos vrf vpn ipv4 ipv6 radius tacacs ldap saml sso oauth mfa
     2fa totp sms paypal stripe visa mastercard amex ios android windows macos linux ubuntu chrome firefox safari
     okta azure aws gcp slack teams zoom jira salesforce cisco juniper arista junos nx-os eos fortinet palo
-    kubernetes docker nginx""".split())
+    kubernetes docker nginx""".split()
+)
 
 # --- actions and directions with opposite sides --------------------------------------------------
 
 # Each group lists its sides; a side is words (and two-word phrases) meaning the same thing.
-OPPOSITES: tuple[tuple[frozenset, ...], ...] = tuple(tuple(frozenset(side.split(",")) for side in group) for group in (
-    ("enable,enabled,activate,turn on,switch on", "disable,disabled,deactivate,turn off,switch off,off"),
-    ("up,online", "down,offline"),
-    ("start,begin,launch,bring up,no shutdown", "stop,end,halt,kill,bring down,shut down,shutdown,terminate"),
-    ("add,create,insert,attach,append,new", "remove,delete,drop,detach,erase,destroy,purge"),
-    ("allow,permit,whitelist,allowlist,unblock,accept", "deny,block,blacklist,blocklist,reject,forbid,ban,prevent"),
-    ("open,unlock,unlocked", "close,lock,locked"),
-    ("increase,raise,higher,more,extend,grow,expand,maximum,max,upgrade",
-     "decrease,lower,reduce,less,shrink,minimum,min,downgrade"),
-    ("install,installed", "uninstall,uninstalled"),
-    ("subscribe,subscribed,opt in,sign up", "unsubscribe,unsubscribed,opt out,cancel,cancelled,canceled"),
-    ("connect,connected,join,associate", "disconnect,disconnected,leave,dissociate"),
-    ("mount", "unmount"),
-    ("success,successful,successfully,succeeded,succeed", "fail,failed,failure,failing,unsuccessful"),
-    ("backup,back up", "restore"),
-    ("restart,reboot,reload,power cycle", "reset,factory reset,wipe,reimage"),
-    ("encrypt,encrypted,encryption", "decrypt,decrypted,decryption"),
-    ("import", "export"),
-    ("upload,uploading,upstream", "download,downloading,downstream"),
-    ("grant", "revoke"),
-    ("include", "exclude"),
-    ("promote", "demote"),
-    ("pause,suspend,freeze", "resume,unpause,unfreeze,continue"),
-    ("show,display,unhide", "hide"),
-    ("before,earlier,prior", "after,later"),
-    ("inbound,ingress,incoming,receive,received,rx", "outbound,egress,outgoing,send,sent,tx"),
-    ("source,src", "destination,dst,dest"),
-    ("tagged", "untagged"),
-    ("primary,master,active", "secondary,backup,standby,passive"),
-    ("first", "last"),
-    ("log in,login,sign in,signin,logged in", "log out,logout,sign out,signout,logged out"),
-    ("daily", "weekly", "monthly", "yearly,annual,annually"),
-    ("static", "dynamic"),
-    ("public", "private"),
-    ("internal", "external"),
-    ("refund,refunded", "charge,charged"),
-    ("buy,purchase", "sell"),
-    ("merge", "split"),
-    ("accept,approve", "decline,reject"),
-    ("ipv4", "ipv6"),
-    ("tcp", "udp"),
-    ("read", "write"),
-    ("fast,faster", "slow,slower"),
-    ("old,older,previous", "new,newer,latest,current"),
-))
+OPPOSITES: tuple[tuple[frozenset, ...], ...] = tuple(
+    tuple(frozenset(side.split(",")) for side in group)
+    for group in (
+        ("enable,enabled,activate,turn on,switch on", "disable,disabled,deactivate,turn off,switch off,off"),
+        ("up,online", "down,offline"),
+        ("start,begin,launch,bring up,no shutdown", "stop,end,halt,kill,bring down,shut down,shutdown,terminate"),
+        ("add,create,insert,attach,append,new", "remove,delete,drop,detach,erase,destroy,purge"),
+        ("allow,permit,whitelist,allowlist,unblock,accept", "deny,block,blacklist,blocklist,reject,forbid,ban,prevent"),
+        ("open,unlock,unlocked", "close,lock,locked"),
+        (
+            "increase,raise,higher,more,extend,grow,expand,maximum,max,upgrade",
+            "decrease,lower,reduce,less,shrink,minimum,min,downgrade",
+        ),
+        ("install,installed", "uninstall,uninstalled"),
+        ("subscribe,subscribed,opt in,sign up", "unsubscribe,unsubscribed,opt out,cancel,cancelled,canceled"),
+        ("connect,connected,join,associate", "disconnect,disconnected,leave,dissociate"),
+        ("mount", "unmount"),
+        ("success,successful,successfully,succeeded,succeed", "fail,failed,failure,failing,unsuccessful"),
+        ("backup,back up", "restore"),
+        ("restart,reboot,reload,power cycle", "reset,factory reset,wipe,reimage"),
+        ("encrypt,encrypted,encryption", "decrypt,decrypted,decryption"),
+        ("import", "export"),
+        ("upload,uploading,upstream", "download,downloading,downstream"),
+        ("grant", "revoke"),
+        ("include", "exclude"),
+        ("promote", "demote"),
+        ("pause,suspend,freeze", "resume,unpause,unfreeze,continue"),
+        ("show,display,unhide", "hide"),
+        ("before,earlier,prior", "after,later"),
+        ("inbound,ingress,incoming,receive,received,rx", "outbound,egress,outgoing,send,sent,tx"),
+        ("source,src", "destination,dst,dest"),
+        ("tagged", "untagged"),
+        ("primary,master,active", "secondary,backup,standby,passive"),
+        ("first", "last"),
+        ("log in,login,sign in,signin,logged in", "log out,logout,sign out,signout,logged out"),
+        ("daily", "weekly", "monthly", "yearly,annual,annually"),
+        ("static", "dynamic"),
+        ("public", "private"),
+        ("internal", "external"),
+        ("refund,refunded", "charge,charged"),
+        ("buy,purchase", "sell"),
+        ("merge", "split"),
+        ("accept,approve", "decline,reject"),
+        ("ipv4", "ipv6"),
+        ("tcp", "udp"),
+        ("read", "write"),
+        ("fast,faster", "slow,slower"),
+        ("old,older,previous", "new,newer,latest,current"),
+    )
+)
 
 
 @dataclass(frozen=True)
 class Facts:
     """What decides an answer, extracted once per text."""
+
     negated: bool
     numbers: frozenset
     identifiers: frozenset
     entities: frozenset
-    words: frozenset          # the text's words, lower case, for entity presence
-    order: tuple              # entities and identifiers in the order the text names them
-    actions: tuple            # per OPPOSITES group: frozenset of the sides the text names
+    words: frozenset  # the text's words, lower case, for entity presence
+    order: tuple  # entities and identifiers in the order the text names them
+    actions: tuple  # per OPPOSITES group: frozenset of the sides the text names
 
 
 class GuardConfig(BaseModel):
     """Which false-hit guards run (all by default), and domain words to add to them."""
+
     model_config = ConfigDict(extra="forbid")
     negation: bool = True
     numbers: bool = True
@@ -222,7 +355,7 @@ def _interface(prefix: str, space: str, number: str) -> str | None:
     if space and len(prefix) < 4 and "/" not in number:
         return None  # "be 3", "to 5": words before a number, not an interface
     canon = _INTERFACE_PREFIXES[prefix.lower()]
-    if canon.endswith("-"):          # Junos names need their dash: ge-0/0/1
+    if canon.endswith("-"):  # Junos names need their dash: ge-0/0/1
         if not number.startswith("-"):
             return None
         return f"if:{canon}{number[1:]}"
@@ -248,6 +381,7 @@ def extract(text: str, config: GuardConfig | None = None) -> Facts:
 
     def take(pattern: re.Pattern, make) -> None:
         nonlocal rest
+
         def replace(m: re.Match) -> str:
             value = make(m)
             if value is None:
@@ -256,14 +390,21 @@ def extract(text: str, config: GuardConfig | None = None) -> Facts:
                 identifiers.add(item)
                 position.setdefault(item, m.start())
             return " " * len(m.group(0))  # blanked at the same length, so positions stay the text's
+
         rest = pattern.sub(replace, rest)
 
     take(URL_RE, lambda m: "url:" + m.group(0).lower().rstrip(".,;:?!)"))
     take(EMAIL_RE, lambda m: "email:" + m.group(0).lower())
     take(MAC_RE, lambda m: "mac:" + re.sub(r"[^0-9a-f]", "", m.group(0).lower()))
     take(IPV4_RE, lambda m: "ip:" + m.group(0))
-    take(IPV6_RE, lambda m: "ip:" + m.group(0).lower() if m.group(0).count(":") >= 2 and
-         re.search(r"[0-9a-f]", m.group(0), re.IGNORECASE) else None)
+    take(
+        IPV6_RE,
+        lambda m: (
+            "ip:" + m.group(0).lower()
+            if m.group(0).count(":") >= 2 and re.search(r"[0-9a-f]", m.group(0), re.IGNORECASE)
+            else None
+        ),
+    )
     take(CIDR_RE, lambda m: "prefix:/" + m.group(1))
     take(ASN_RE, lambda m: "as:" + str(int(m.group(1) or m.group(2))))
     take(VLAN_RE, lambda m: _vlan_ids(m.group(1)))
@@ -302,8 +443,15 @@ def extract(text: str, config: GuardConfig | None = None) -> Facts:
     actions = tuple(frozenset(k for k, side in enumerate(group) if side & phrases) for group in config._groups)
     negated = any(w in NEGATORS or w.startswith("non-") for w in all_words)
     order = tuple(sorted(position, key=position.__getitem__))
-    return Facts(negated=negated, numbers=frozenset(numbers), identifiers=frozenset(identifiers),
-                 entities=frozenset(entities), words=frozenset(all_words), actions=actions, order=order)
+    return Facts(
+        negated=negated,
+        numbers=frozenset(numbers),
+        identifiers=frozenset(identifiers),
+        entities=frozenset(entities),
+        words=frozenset(all_words),
+        actions=actions,
+        order=order,
+    )
 
 
 def _mixed(m: re.Match) -> str | None:
@@ -316,16 +464,52 @@ def _mixed(m: re.Match) -> str | None:
     return "id:" + token
 
 
-NUMBER_SUFFIXED = frozenset({"1st", "2nd", "3rd", "4th", "5th", "2fa", "mp3", "mp4", "h264", "ipv4", "ipv6",
-                             "utf8", "utf-8", "802.1q", "802.1x", "p2p", "b2b", "e2e", "s3", "ec2"})
+NUMBER_SUFFIXED = frozenset(
+    {
+        "1st",
+        "2nd",
+        "3rd",
+        "4th",
+        "5th",
+        "2fa",
+        "mp3",
+        "mp4",
+        "h264",
+        "ipv4",
+        "ipv6",
+        "utf8",
+        "utf-8",
+        "802.1q",
+        "802.1x",
+        "p2p",
+        "b2b",
+        "e2e",
+        "s3",
+        "ec2",
+    }
+)
 
 
 def _pronoun_one(words: list[str], i: int) -> bool:
     """'one' as a pronoun ("which one", "this one", "one of"), not a count."""
     before = words[i - 1] if i else ""
     after = words[i + 1] if i + 1 < len(words) else ""
-    return before in {"which", "this", "that", "the", "any", "no", "every", "each", "another", "new", "old",
-                      "right", "wrong", "same"} or after in {"of", "more", "another", "by"}
+    return before in {
+        "which",
+        "this",
+        "that",
+        "the",
+        "any",
+        "no",
+        "every",
+        "each",
+        "another",
+        "new",
+        "old",
+        "right",
+        "wrong",
+        "same",
+    } or after in {"of", "more", "another", "by"}
 
 
 def _time_second(words: list[str], i: int) -> bool:
@@ -358,5 +542,10 @@ def check(a: Facts, b: Facts, config: GuardConfig | None = None) -> str | None:
 
 def _present(entities: frozenset, words: frozenset) -> bool:
     """Each entity occurs in the other text's words (a plural counts: VLAN / VLANs)."""
-    return all(e in words or f"{e}s" in words or (e.endswith("s") and e[:-1] in words)
-               or all(part in words for part in e.split("-") if part) for e in entities)
+    return all(
+        e in words
+        or f"{e}s" in words
+        or (e.endswith("s") and e[:-1] in words)
+        or all(part in words for part in e.split("-") if part)
+        for e in entities
+    )

@@ -13,6 +13,7 @@ Entries expire after their TTL (expired ones are never returned and are swept ou
 store holds at most `max_entries`: inserting past the bound evicts the least recently used entry.
 Not thread-safe: the plugin runs every call on one thread of its own, off the event loop.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -34,13 +35,13 @@ class Entry:
     scope: str
     route: str
     exact_key: str
-    text: str                      # the user turns the entry answers
-    facts: Any                     # guards.Facts of `text`
+    text: str  # the user turns the entry answers
+    facts: Any  # guards.Facts of `text`
     answer: dict[str, Any]
     expires_at: float
     request_id: str | None = None
     hits: int = 0
-    indexed: bool = False          # its vector is in the scope's partition
+    indexed: bool = False  # its vector is in the scope's partition
 
 
 class Vectors(Protocol):
@@ -96,8 +97,15 @@ class HnswVectors:
 
     def __init__(self, dimension: int, connectivity: int = 16, expansion_add: int = 64, expansion_search: int = 64):
         from usearch.index import Index  # the embeddings extra
-        self.index = Index(ndim=dimension, metric="ip", dtype="f16", connectivity=connectivity,
-                           expansion_add=expansion_add, expansion_search=expansion_search)
+
+        self.index = Index(
+            ndim=dimension,
+            metric="ip",
+            dtype="f16",
+            connectivity=connectivity,
+            expansion_add=expansion_add,
+            expansion_search=expansion_search,
+        )
 
     def __len__(self) -> int:
         return len(self.index)
@@ -120,8 +128,9 @@ def ann_available() -> bool:
 
 
 class CacheIndex:
-    def __init__(self, dimension: int | None, max_entries: int, clock: Callable[[], float] = time.time,
-                 ann: bool | None = None):
+    def __init__(
+        self, dimension: int | None, max_entries: int, clock: Callable[[], float] = time.time, ann: bool | None = None
+    ):
         self.dimension = dimension
         self.max_entries = max_entries
         self.clock = clock
@@ -170,23 +179,44 @@ class CacheIndex:
         entry.hits += 1
         self._touch(entry)
 
-    def add(self, *, scope: str, route: str, exact_key: str, text: str, facts: Any, answer: dict,
-            ttl: float, vector: np.ndarray | None, request_id: str | None = None,
-            expires_at: float | None = None) -> Entry:
+    def add(
+        self,
+        *,
+        scope: str,
+        route: str,
+        exact_key: str,
+        text: str,
+        facts: Any,
+        answer: dict,
+        ttl: float,
+        vector: np.ndarray | None,
+        request_id: str | None = None,
+        expires_at: float | None = None,
+    ) -> Entry:
         """Store an answer (replacing an entry with the same exact key), evicting past the size bound.
         `expires_at` (an absolute time) overrides `ttl`, for an entry copied from another replica."""
         old = self._exact.get(exact_key)
         if old is not None:
             self._remove(old)
-        entry = Entry(next(self._ids), scope, route, exact_key, text, facts, answer,
-                      expires_at if expires_at is not None else self.clock() + ttl, request_id)
+        entry = Entry(
+            next(self._ids),
+            scope,
+            route,
+            exact_key,
+            text,
+            facts,
+            answer,
+            expires_at if expires_at is not None else self.clock() + ttl,
+            request_id,
+        )
         self._entries[entry.id] = entry
         self._exact[exact_key] = entry
         if vector is not None and self.dimension:
             partition = self._partitions.get(scope)
             if partition is None:
-                partition = self._partitions[scope] = (HnswVectors(self.dimension) if self.ann
-                                                       else ExactVectors(self.dimension))
+                partition = self._partitions[scope] = (
+                    HnswVectors(self.dimension) if self.ann else ExactVectors(self.dimension)
+                )
             partition.add(entry.id, vector)
             entry.indexed = True
         while len(self._entries) > self.max_entries:
@@ -212,8 +242,13 @@ class CacheIndex:
         return len(gone)
 
     def stats(self) -> dict[str, Any]:
-        return {"entries": len(self._entries), "scopes": len(self._partitions), "evicted": self.evicted,
-                "expired": self.expired, "index": "hnsw" if self.ann else "exact"}
+        return {
+            "entries": len(self._entries),
+            "scopes": len(self._partitions),
+            "evicted": self.evicted,
+            "expired": self.expired,
+            "index": "hnsw" if self.ann else "exact",
+        }
 
     def _touch(self, entry: Entry) -> None:
         self._entries.move_to_end(entry.id)

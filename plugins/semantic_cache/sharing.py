@@ -10,6 +10,7 @@ way `max_entries` bounds each replica's.
 Redis being down never fails a request: a replica keeps serving and storing locally, counts what it
 could not share, and picks the stream up where it left off when Redis answers again.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -36,6 +37,7 @@ PAGE = 500
 @dataclass
 class SharedEntry:
     """What a replica needs to index another replica's answer."""
+
     scope: str
     route: str
     exact_key: str
@@ -47,9 +49,17 @@ class SharedEntry:
 
 
 def _encode_entry(replica: str, e: SharedEntry) -> dict[str, Any]:
-    fields = {"op": "add", "replica": replica, "scope": e.scope, "route": e.route, "exact": e.exact_key,
-              "text": e.text, "answer": json.dumps(e.answer, separators=(",", ":")),
-              "expires_at": repr(e.expires_at), "request_id": e.request_id or ""}
+    fields = {
+        "op": "add",
+        "replica": replica,
+        "scope": e.scope,
+        "route": e.route,
+        "exact": e.exact_key,
+        "text": e.text,
+        "answer": json.dumps(e.answer, separators=(",", ":")),
+        "expires_at": repr(e.expires_at),
+        "request_id": e.request_id or "",
+    }
     if e.vector is not None:
         fields["vector"] = np.asarray(e.vector, dtype="<f4").tobytes()
     return fields
@@ -58,24 +68,40 @@ def _encode_entry(replica: str, e: SharedEntry) -> dict[str, Any]:
 def _decode_entry(f: dict[bytes, bytes]) -> SharedEntry:
     text = lambda key: f[key].decode()  # noqa: E731
     vector = np.frombuffer(f[b"vector"], dtype="<f4").copy() if b"vector" in f else None
-    return SharedEntry(text(b"scope"), text(b"route"), text(b"exact"), text(b"text"), json.loads(f[b"answer"]),
-                       float(f[b"expires_at"]), vector, text(b"request_id") or None)
+    return SharedEntry(
+        text(b"scope"),
+        text(b"route"),
+        text(b"exact"),
+        text(b"text"),
+        json.loads(f[b"answer"]),
+        float(f[b"expires_at"]),
+        vector,
+        text(b"request_id") or None,
+    )
 
 
 class SharedEntries:
     """One replica's end of the stream: `publish_*` to share, `run()` applies what the others share."""
 
-    def __init__(self, url: str, max_entries: int, on_add: Callable[[SharedEntry], Awaitable[None]],
-                 on_clear: Callable[[str | None], Awaitable[None]], clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        url: str,
+        max_entries: int,
+        on_add: Callable[[SharedEntry], Awaitable[None]],
+        on_clear: Callable[[str | None], Awaitable[None]],
+        clock: Callable[[], float] = time.time,
+    ):
         import redis.asyncio as aioredis  # start-up: only when replicas share entries
+
         self.replica = uuid.uuid4().hex
         self.max_entries = max_entries
         self.on_add = on_add
         self.on_clear = on_clear
         self.clock = clock
         # Binary values (vectors), so not the state store's decoding client; a blocking pool waits under load.
-        self._pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=4, timeout=5,
-                                                             socket_connect_timeout=2, socket_timeout=10)
+        self._pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=4, timeout=5, socket_connect_timeout=2, socket_timeout=10
+        )
         self.client = aioredis.Redis(connection_pool=self._pool)
         self.last_id = "0-0"
         self.published = 0
@@ -112,8 +138,11 @@ class SharedEntries:
 
     def _lost(self, exc: Exception) -> None:
         if self.problem is None:
-            log.warning("semantic cache: entries are not shared while redis is unreachable (%s); "
-                        "serving from this replica's entries", type(exc).__name__)
+            log.warning(
+                "semantic cache: entries are not shared while redis is unreachable (%s); "
+                "serving from this replica's entries",
+                type(exc).__name__,
+            )
         self.problem = f"entries not shared: redis unreachable ({type(exc).__name__})"
 
     async def run(self) -> None:
@@ -165,5 +194,10 @@ class SharedEntries:
                 log.warning("semantic cache: skipped a malformed shared record %s (%s)", self.last_id, exc)
 
     def stats(self) -> dict[str, Any]:
-        return {"replica": self.replica[:8], "published": self.published, "applied": self.applied,
-                "unshared": self.unshared, "problem": self.problem}
+        return {
+            "replica": self.replica[:8],
+            "published": self.published,
+            "applied": self.applied,
+            "unshared": self.unshared,
+            "problem": self.problem,
+        }

@@ -3,6 +3,7 @@
 Light to import (the standard library and the admin client): the shadow plugin answers
 GET /admin/shadow/report from its SQLite file of comparisons.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,13 +30,27 @@ def _print_shadow(name: str, s: dict) -> None:
     print(f"shadow {name}: {s['count']} comparisons, about {_figure(s['requests_per_day'], '.1f')} requests/day")
     if not s["count"]:
         return
-    rows = [("error rate", p["error_rate"], sh["error_rate"], None, ".1%"),
-            *((f"latency {q} (ms)", p["latency_ms"][q], sh["latency_ms"][q], None, ".0f")
-              for q in ("p50", "p95", "p99")),
-            *((f"{kind} tokens (mean)", p[f"{kind}_tokens_mean"], sh[f"{kind}_tokens_mean"],
-               diff[f"{kind}_tokens_mean"], ".2f") for kind in ("prompt", "completion")),
-            ("cost per request (USD)", p["cost_per_request_usd"], sh["cost_per_request_usd"],
-             diff["cost_per_request_usd"], ".6f")]
+    rows = [
+        ("error rate", p["error_rate"], sh["error_rate"], None, ".1%"),
+        *((f"latency {q} (ms)", p["latency_ms"][q], sh["latency_ms"][q], None, ".0f") for q in ("p50", "p95", "p99")),
+        *(
+            (
+                f"{kind} tokens (mean)",
+                p[f"{kind}_tokens_mean"],
+                sh[f"{kind}_tokens_mean"],
+                diff[f"{kind}_tokens_mean"],
+                ".2f",
+            )
+            for kind in ("prompt", "completion")
+        ),
+        (
+            "cost per request (USD)",
+            p["cost_per_request_usd"],
+            sh["cost_per_request_usd"],
+            diff["cost_per_request_usd"],
+            ".6f",
+        ),
+    ]
     print(f"  {'':<26}{'primary':>12}{'shadow':>12}{'shadow-primary':>16}")
     for label, a, b, d, spec in rows:
         gap = "" if d is None else format(d, "+" + spec)
@@ -46,8 +61,10 @@ def _print_shadow(name: str, s: dict) -> None:
     if s["recent"]:
         print("  latest answers:")
     for pair in s["recent"]:
-        print(f"  {pair['request_id']}:\n    primary: {pair['primary_answer'] or '-'}\n"
-              f"    shadow:  {pair['shadow_answer'] or '-'}")
+        print(
+            f"  {pair['request_id']}:\n    primary: {pair['primary_answer'] or '-'}\n"
+            f"    shadow:  {pair['shadow_answer'] or '-'}"
+        )
 
 
 def report(client: AdminClient, args: argparse.Namespace) -> int:
@@ -55,8 +72,10 @@ def report(client: AdminClient, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(found, indent=2, sort_keys=True))
         return 0
-    print(f"route {found['route']}: shadow comparisons over the last {_span(args.since)} "
-          f"(sample rate {found['sample_rate']:g})")
+    print(
+        f"route {found['route']}: shadow comparisons over the last {_span(args.since)} "
+        f"(sample rate {found['sample_rate']:g})"
+    )
     if not found["shadows"]:
         print("  no shadow backends and no comparisons")
     for name, summary in found["shadows"].items():
@@ -67,12 +86,22 @@ def report(client: AdminClient, args: argparse.Namespace) -> int:
 @hookimpl
 def register_commands(commands):
     """`llmgate shadow report ROUTE [--since 24h]`."""
-    shadow_commands = add_command_group(commands, "shadow", "shadow traffic: how a route's shadow backends compare",
-                                        "Shadow traffic: how a route's shadow backends compare.")
-    p = add_admin_parser(shadow_commands, "report", "count, error rates, latency percentiles, token and cost "
-                                                    "differences and the projected monthly saving of each shadow "
-                                                    "backend of ROUTE", report)
+    shadow_commands = add_command_group(
+        commands,
+        "shadow",
+        "shadow traffic: how a route's shadow backends compare",
+        "Shadow traffic: how a route's shadow backends compare.",
+    )
+    p = add_admin_parser(
+        shadow_commands,
+        "report",
+        "count, error rates, latency percentiles, token and cost "
+        "differences and the projected monthly saving of each shadow "
+        "backend of ROUTE",
+        report,
+    )
     add_route_arg(p)
-    p.add_argument("--since", type=duration, default=duration("24h"),
-                   help="the window: seconds, or 30m, 24h, 7d (default 24h)")
+    p.add_argument(
+        "--since", type=duration, default=duration("24h"), help="the window: seconds, or 30m, 24h, 7d (default 24h)"
+    )
     add_json_arg(p, "the report")

@@ -8,6 +8,7 @@ batches; GET /admin/shadow/report (and `llmgate shadow report`) summarises those
 recorded comparison is handed to the `shadow_compared` hook, so an evaluator can score it and
 write the score back with `set_judge_score`.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -33,10 +34,26 @@ from gateway.storage.sqlite import APPEND_ONLY_CACHE_KIB, BatchWriter, SqliteThr
 
 log = logging.getLogger("llmgate.shadow")
 
-COLUMNS = ("ts", "request_id", "route", "primary_backend", "shadow_backend", "primary_status", "shadow_status",
-           "shadow_error", "primary_latency_ms", "shadow_latency_ms", "primary_prompt_tokens",
-           "primary_completion_tokens", "shadow_prompt_tokens", "shadow_completion_tokens", "primary_cost_usd",
-           "shadow_cost_usd", "primary_answer", "shadow_answer")
+COLUMNS = (
+    "ts",
+    "request_id",
+    "route",
+    "primary_backend",
+    "shadow_backend",
+    "primary_status",
+    "shadow_status",
+    "shadow_error",
+    "primary_latency_ms",
+    "shadow_latency_ms",
+    "primary_prompt_tokens",
+    "primary_completion_tokens",
+    "shadow_prompt_tokens",
+    "shadow_completion_tokens",
+    "primary_cost_usd",
+    "shadow_cost_usd",
+    "primary_answer",
+    "shadow_answer",
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS comparisons (
@@ -75,7 +92,7 @@ class Job:
     backend: str
     body: dict[str, Any]
     primary: dict[str, Any]  # the primary's half of the comparison row
-    link: Any = None         # the request's span, when tracing is on: the shadow call's span links to it
+    link: Any = None  # the request's span, when tracing is on: the shadow call's span links to it
 
 
 class Shadow:
@@ -105,22 +122,33 @@ class Shadow:
         # Unbounded: only the workers feed it, one row per shadow call, and a batch write is far faster than a call.
         self._writer = BatchWriter(self._db, _INSERT, queue_size=0, batch_size=BATCH_SIZE, name="shadow")
         self._writer.start()
-        self._workers = [asyncio.create_task(self._work(), name=f"shadow worker {i}")
-                         for i in range(self.settings.max_concurrent)]
+        self._workers = [
+            asyncio.create_task(self._work(), name=f"shadow worker {i}") for i in range(self.settings.max_concurrent)
+        ]
 
     @hookimpl
     def after_response(self, ctx):
         generation = ctx.generation
-        if (not ctx.route.shadow or not ctx.conversational or self.closing
-                or ctx.served_by not in generation.backends or not self._sampled(ctx.request_id)):
+        if (
+            not ctx.route.shadow
+            or not ctx.conversational
+            or self.closing
+            or ctx.served_by not in generation.backends
+            or not self._sampled(ctx.request_id)
+        ):
             return
         body = whole_answer_request(ctx.body)  # compared whole, even when the caller streamed
         usage = ctx.usage
         primary = {
-            "ts": ctx.received_at, "request_id": ctx.request_id, "route": ctx.route_name,
-            "primary_backend": ctx.served_by, "primary_status": ctx.status, "primary_latency_ms": ctx.latency_ms,
+            "ts": ctx.received_at,
+            "request_id": ctx.request_id,
+            "route": ctx.route_name,
+            "primary_backend": ctx.served_by,
+            "primary_status": ctx.status,
+            "primary_latency_ms": ctx.latency_ms,
             "primary_prompt_tokens": usage.get("prompt_tokens"),
-            "primary_completion_tokens": usage.get("completion_tokens"), "primary_cost_usd": ctx.cost_usd,
+            "primary_completion_tokens": usage.get("completion_tokens"),
+            "primary_cost_usd": ctx.cost_usd,
             "primary_answer": answer_text(ctx.response) if self.settings.bodies else None,
         }
         link = tracing.current_link() if self._gateway.hooks.tracer is not None else None
@@ -138,16 +166,25 @@ class Shadow:
 
     @hookimpl
     def admin_status(self, gateway):
-        return {"shadow": {"queued": self._jobs.qsize() if self._jobs else 0, "in_flight": self.in_flight,
-                           "completed": self.completed, "dropped": self.dropped, "errors": self.errors}}
+        return {
+            "shadow": {
+                "queued": self._jobs.qsize() if self._jobs else 0,
+                "in_flight": self.in_flight,
+                "completed": self.completed,
+                "dropped": self.dropped,
+                "errors": self.errors,
+            }
+        }
 
     @hookimpl
     def collect_metrics(self, gateway):
-        return [("llmgate_shadow_queue_depth", "Shadow calls waiting.", {}, self._jobs.qsize() if self._jobs else 0),
-                ("llmgate_shadow_in_flight", "Shadow calls being made.", {}, self.in_flight),
-                ("llmgate_shadow_calls_total", "Shadow calls recorded.", {}, self.completed),
-                ("llmgate_shadow_errors_total", "Shadow calls that failed.", {}, self.errors),
-                ("llmgate_shadow_dropped_total", "Shadow calls dropped (queue full, shutdown).", {}, self.dropped)]
+        return [
+            ("llmgate_shadow_queue_depth", "Shadow calls waiting.", {}, self._jobs.qsize() if self._jobs else 0),
+            ("llmgate_shadow_in_flight", "Shadow calls being made.", {}, self.in_flight),
+            ("llmgate_shadow_calls_total", "Shadow calls recorded.", {}, self.completed),
+            ("llmgate_shadow_errors_total", "Shadow calls that failed.", {}, self.errors),
+            ("llmgate_shadow_dropped_total", "Shadow calls dropped (queue full, shutdown).", {}, self.dropped),
+        ]
 
     @hookimpl
     def readiness(self, gateway):
@@ -182,14 +219,21 @@ class Shadow:
 
     def _sampled(self, request_id: str) -> bool:
         """Deterministic per request id, so a replayed request is mirrored (or not) the same way."""
-        return int(stable_hash("shadow", request_id)[:8], 16) / 2 ** 32 < self.settings.sample_rate
+        return int(stable_hash("shadow", request_id)[:8], 16) / 2**32 < self.settings.sample_rate
 
     async def _work(self) -> None:
         while True:
             job = await self._jobs.get()
-            with tracing.linked_span(self._gateway.hooks.tracer, f"shadow {job.backend}", job.link,
-                                     **{"llmgate.route": job.primary["route"], "llmgate.backend": job.backend,
-                                        "llmgate.request_id": job.primary["request_id"]}) as span:
+            with tracing.linked_span(
+                self._gateway.hooks.tracer,
+                f"shadow {job.backend}",
+                job.link,
+                **{
+                    "llmgate.route": job.primary["route"],
+                    "llmgate.backend": job.backend,
+                    "llmgate.request_id": job.primary["request_id"],
+                },
+            ) as span:
                 await self._serve(job, span)
 
     async def _serve(self, job: Job, span) -> None:
@@ -199,8 +243,7 @@ class Shadow:
         try:
             shadow = await self._call(job)
         except asyncio.CancelledError:
-            self._record(job, {"shadow_status": 499,
-                               "shadow_error": "the gateway stopped before the shadow answered"})
+            self._record(job, {"shadow_status": 499, "shadow_error": "the gateway stopped before the shadow answered"})
             raise
         finally:
             self.in_flight -= 1
@@ -208,10 +251,13 @@ class Shadow:
                 self._quiet.set()
             job.generation.leave()
         if span is not None:
-            tokens = {"prompt_tokens": shadow.get("shadow_prompt_tokens"),
-                      "completion_tokens": shadow.get("shadow_completion_tokens")}
-            span.set_attributes({"http.response.status_code": shadow["shadow_status"],
-                                 **tracing.usage_attributes(tokens)})
+            tokens = {
+                "prompt_tokens": shadow.get("shadow_prompt_tokens"),
+                "completion_tokens": shadow.get("shadow_completion_tokens"),
+            }
+            span.set_attributes(
+                {"http.response.status_code": shadow["shadow_status"], **tracing.usage_attributes(tokens)}
+            )
         row = self._record(job, shadow)
         await self._gateway.hooks.call("shadow_compared", comparison={**row, "messages": job.body.get("messages")})
 
@@ -227,18 +273,27 @@ class Shadow:
             answer = await backend.complete(job.body)
         except GatewayError as err:
             status = getattr(err, "upstream_status", None) or err.status
-            return {"shadow_status": status, "shadow_error": self._gateway.scrub(err.message),
-                    "shadow_latency_ms": (time.perf_counter() - started) * 1000}
+            return {
+                "shadow_status": status,
+                "shadow_error": self._gateway.scrub(err.message),
+                "shadow_latency_ms": (time.perf_counter() - started) * 1000,
+            }
         except Exception as exc:
             log.exception("shadow call to %s failed inside the gateway", job.backend)
-            return {"shadow_status": 500, "shadow_error": f"the gateway failed: {type(exc).__name__}",
-                    "shadow_latency_ms": (time.perf_counter() - started) * 1000}
+            return {
+                "shadow_status": 500,
+                "shadow_error": f"the gateway failed: {type(exc).__name__}",
+                "shadow_latency_ms": (time.perf_counter() - started) * 1000,
+            }
         usage = answer.get("usage") or {}
-        return {"shadow_status": 200, "shadow_latency_ms": (time.perf_counter() - started) * 1000,
-                "shadow_prompt_tokens": usage.get("prompt_tokens"),
-                "shadow_completion_tokens": usage.get("completion_tokens"),
-                "shadow_cost_usd": self._gateway.config.cost(job.backend, backend.model, usage),
-                "shadow_answer": answer_text(answer) if self.settings.bodies else None}
+        return {
+            "shadow_status": 200,
+            "shadow_latency_ms": (time.perf_counter() - started) * 1000,
+            "shadow_prompt_tokens": usage.get("prompt_tokens"),
+            "shadow_completion_tokens": usage.get("completion_tokens"),
+            "shadow_cost_usd": self._gateway.config.cost(job.backend, backend.model, usage),
+            "shadow_answer": answer_text(answer) if self.settings.bodies else None,
+        }
 
     def _record(self, job: Job, shadow: dict[str, Any]) -> dict[str, Any]:
         self.completed += 1
@@ -249,8 +304,10 @@ class Shadow:
 
     async def set_judge_score(self, request_id: str, shadow_backend: str, score: float) -> bool:
         """An evaluator's score (higher: the shadow did better) for a comparison; False when none matched."""
-        sql = ("UPDATE comparisons SET judge_score = ? WHERE id = (SELECT max(id) FROM comparisons "
-               "WHERE request_id = ? AND shadow_backend = ?)")
+        sql = (
+            "UPDATE comparisons SET judge_score = ? WHERE id = (SELECT max(id) FROM comparisons "
+            "WHERE request_id = ? AND shadow_backend = ?)"
+        )
         if self._writer is not None:
             with contextlib.suppress(TimeoutError):  # the comparison may still wait in a batch
                 await asyncio.wait_for(self._writer.flush(), FLUSH_TIMEOUT)
@@ -272,28 +329,49 @@ class Shadow:
         now = time.time()
         rows, recent = await self._db.run(lambda c: _read(c, name, now - since))
         shadows = list(dict.fromkeys([*route.shadow, *(r["shadow_backend"] for r in rows)]))
-        report = {"route": name, "since_s": since, "sample_rate": self.settings.sample_rate,
-                  "shadows": {s: summarise([r for r in rows if r["shadow_backend"] == s], recent.get(s, []),
-                                           since, self.settings.sample_rate) for s in shadows}}
+        report = {
+            "route": name,
+            "since_s": since,
+            "sample_rate": self.settings.sample_rate,
+            "shadows": {
+                s: summarise(
+                    [r for r in rows if r["shadow_backend"] == s], recent.get(s, []), since, self.settings.sample_rate
+                )
+                for s in shadows
+            },
+        }
         return web.json_response(report)
 
 
 def _read(conn: sqlite3.Connection, route: str, start: float) -> tuple[list[dict], dict[str, list[dict]]]:
     """The window's figures for a route, and each shadow's most recent answer pairs."""
+
     def query(sql: str, *params) -> list[dict]:
         cursor = conn.cursor()
         cursor.row_factory = sqlite3.Row
         return [dict(r) for r in cursor.execute(sql, params)]
 
-    rows = query("SELECT shadow_backend, primary_status, shadow_error, primary_latency_ms, shadow_latency_ms, "
-                 "primary_prompt_tokens, primary_completion_tokens, shadow_prompt_tokens, shadow_completion_tokens, "
-                 "primary_cost_usd, shadow_cost_usd, judge_score FROM comparisons WHERE route = ? AND ts >= ?",
-                 route, start)
-    recent = {shadow: query("SELECT request_id, ts, substr(primary_answer, 1, ?) AS primary_answer, "
-                            "substr(shadow_answer, 1, ?) AS shadow_answer FROM comparisons "
-                            "WHERE route = ? AND shadow_backend = ? AND ts >= ? ORDER BY id DESC LIMIT ?",
-                            ANSWER_PREVIEW, ANSWER_PREVIEW, route, shadow, start, RECENT_PAIRS)
-              for shadow in {r["shadow_backend"] for r in rows}}
+    rows = query(
+        "SELECT shadow_backend, primary_status, shadow_error, primary_latency_ms, shadow_latency_ms, "
+        "primary_prompt_tokens, primary_completion_tokens, shadow_prompt_tokens, shadow_completion_tokens, "
+        "primary_cost_usd, shadow_cost_usd, judge_score FROM comparisons WHERE route = ? AND ts >= ?",
+        route,
+        start,
+    )
+    recent = {
+        shadow: query(
+            "SELECT request_id, ts, substr(primary_answer, 1, ?) AS primary_answer, "
+            "substr(shadow_answer, 1, ?) AS shadow_answer FROM comparisons "
+            "WHERE route = ? AND shadow_backend = ? AND ts >= ? ORDER BY id DESC LIMIT ?",
+            ANSWER_PREVIEW,
+            ANSWER_PREVIEW,
+            route,
+            shadow,
+            start,
+            RECENT_PAIRS,
+        )
+        for shadow in {r["shadow_backend"] for r in rows}
+    }
     return rows, recent
 
 
@@ -333,8 +411,10 @@ def summarise(rows: list[dict], recent: list[dict], since: float, sample_rate: f
         "count": len(rows),
         "primary": primary,
         "shadow": shadow,
-        "difference": {key: _minus(shadow[key], primary[key])
-                       for key in ("prompt_tokens_mean", "completion_tokens_mean", "cost_per_request_usd")},
+        "difference": {
+            key: _minus(shadow[key], primary[key])
+            for key in ("prompt_tokens_mean", "completion_tokens_mean", "cost_per_request_usd")
+        },
         "requests_per_day": per_day,
         "projected_monthly_saving_usd": None if cost_gap is None or per_day is None else cost_gap * per_day * 30,
         "judge": {"mean": sum(scores) / len(scores), "count": len(scores)} if scores else None,

@@ -3,6 +3,7 @@
 Light to import (the standard library and the admin client): the traffic_log plugin answers
 GET /admin/traffic/{request_id} and GET /admin/traffic, reading its SQLite file off the event loop.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,34 +69,58 @@ def print_exchange(found: dict[str, Any], out: Callable[[str], None] = print) ->
     """One exchange as an operator reads it: what answered, how it went, what it cost, what was said."""
     e = found["exchange"]
     annotations = e.get("annotations") or {}
-    out(f"exchange {e['request_id']} at {_when(e['ts'], millis=True)}" + ("  (streamed)" if e["stream"] else "")
-        + (f"  [the latest of {found['matches']} with this id]" if found.get("matches", 1) > 1 else ""))
+    out(
+        f"exchange {e['request_id']} at {_when(e['ts'], millis=True)}"
+        + ("  (streamed)" if e["stream"] else "")
+        + (f"  [the latest of {found['matches']} with this id]" if found.get("matches", 1) > 1 else "")
+    )
     variant = e.get("variant") or "-"
     if e.get("served_by") and e["served_by"] != e.get("variant"):
         variant += f" (answered by {e['served_by']})"
     status = str(e["status"]) + (f" {e['error_type']}: {e['error_message']}" if e.get("error_type") else "")
-    rows = [("route", e["route"]), ("variant", variant),
-            ("dialect", e.get("dialect") or annotations.get("dialect") or "chat"), ("status", status),
-            ("latency", _number(e.get("latency_ms"), ".0f", " ms")
-             + (f" (first token {e['ttft_ms']:.0f} ms)" if e.get("ttft_ms") is not None else "")),
-            ("tokens", _tokens(e.get("prompt_tokens"), e.get("completion_tokens"))),
-            ("cost", _cost(e.get("cost_usd"))), ("cache", _cache(annotations))]
+    rows = [
+        ("route", e["route"]),
+        ("variant", variant),
+        ("dialect", e.get("dialect") or annotations.get("dialect") or "chat"),
+        ("status", status),
+        (
+            "latency",
+            _number(e.get("latency_ms"), ".0f", " ms")
+            + (f" (first token {e['ttft_ms']:.0f} ms)" if e.get("ttft_ms") is not None else ""),
+        ),
+        ("tokens", _tokens(e.get("prompt_tokens"), e.get("completion_tokens"))),
+        ("cost", _cost(e.get("cost_usd"))),
+        ("cache", _cache(annotations)),
+    ]
     if e.get("tenant"):
         rows.append(("tenant", e["tenant"]))
     for label, value in rows:
         out(f"  {label:<10} {value}")
     attempts = e.get("attempts") or []
-    out(f"  {'attempts':<10} " + ("; ".join(
-        f"{a.get('backend')} {a.get('status')} in {_number(a.get('latency_ms'), '.0f', ' ms')}"
-        + (f" ({a['error']})" if a.get("error") else "") for a in attempts) or "-"))
+    out(
+        f"  {'attempts':<10} "
+        + (
+            "; ".join(
+                f"{a.get('backend')} {a.get('status')} in {_number(a.get('latency_ms'), '.0f', ' ms')}"
+                + (f" ({a['error']})" if a.get("error") else "")
+                for a in attempts
+            )
+            or "-"
+        )
+    )
     for s in found.get("shadow_comparisons") or []:
-        judged = f", judge score {s['judge_score']:.2f} (1: the shadow did better)" \
-            if s.get("judge_score") is not None else ""
+        judged = (
+            f", judge score {s['judge_score']:.2f} (1: the shadow did better)"
+            if s.get("judge_score") is not None
+            else ""
+        )
         error = f" {s['shadow_error']}" if s.get("shadow_error") else ""
-        out(f"  {'shadow':<10} {s['shadow_backend']}: {s['shadow_status']}{error} in "
+        out(
+            f"  {'shadow':<10} {s['shadow_backend']}: {s['shadow_status']}{error} in "
             f"{_number(s.get('shadow_latency_ms'), '.0f', ' ms')}, "
             f"{_tokens(s.get('shadow_prompt_tokens'), s.get('shadow_completion_tokens'))} tokens, "
-            f"{_cost(s.get('shadow_cost_usd'))}{judged}")
+            f"{_cost(s.get('shadow_cost_usd'))}{judged}"
+        )
         if s.get("shadow_answer"):
             out(f"  {'':<10}   answered: {s['shadow_answer']}")
     if found.get("feedback"):
@@ -114,12 +139,17 @@ def print_exchange(found: dict[str, Any], out: Callable[[str], None] = print) ->
 
 def exchange_line(e: dict[str, Any]) -> str:
     """One exchange in a line of `llmgate traffic tail`."""
-    tokens = "-" if e.get("prompt_tokens") is None and e.get("completion_tokens") is None else \
-        f"{_number(e.get('prompt_tokens'), 'd')}+{_number(e.get('completion_tokens'), 'd')} tok"
+    tokens = (
+        "-"
+        if e.get("prompt_tokens") is None and e.get("completion_tokens") is None
+        else f"{_number(e.get('prompt_tokens'), 'd')}+{_number(e.get('completion_tokens'), 'd')} tok"
+    )
     cache = f"  cache {e['cache']}" if e.get("cache") else ""
-    return (f"{_when(e['ts'], millis=True)}  {e['request_id']}  {e['route']:<16} {e.get('variant') or '-':<16} "
-            f"{e['status']:>3}  {_number(e.get('latency_ms'), '.0f', ' ms'):>8}  {tokens:>12}  "
-            f"{_cost(e.get('cost_usd'))}{cache}")
+    return (
+        f"{_when(e['ts'], millis=True)}  {e['request_id']}  {e['route']:<16} {e.get('variant') or '-':<16} "
+        f"{e['status']:>3}  {_number(e.get('latency_ms'), '.0f', ' ms'):>8}  {tokens:>12}  "
+        f"{_cost(e.get('cost_usd'))}{cache}"
+    )
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -131,8 +161,16 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def follow(client: AdminClient, *, route: str | None, lines: int, count: int | None, interval: float,
-           emit: Callable[[dict[str, Any]], None], rounds: int | None = None) -> int:
+def follow(
+    client: AdminClient,
+    *,
+    route: str | None,
+    lines: int,
+    count: int | None,
+    interval: float,
+    emit: Callable[[dict[str, Any]], None],
+    rounds: int | None = None,
+) -> int:
     """Poll GET /admin/traffic and emit each exchange once, oldest first; the number emitted.
 
     Starts with the latest `lines` exchanges; stops after `count` exchanges or `rounds` polls (the
@@ -158,8 +196,14 @@ def cmd_tail(args: argparse.Namespace) -> int:
         print(json.dumps(exchange, sort_keys=True) if args.json else exchange_line(exchange), flush=True)
 
     try:
-        follow(AdminClient(args.url), route=args.route, lines=args.lines, count=args.count, interval=args.interval,
-               emit=emit)
+        follow(
+            AdminClient(args.url),
+            route=args.route,
+            lines=args.lines,
+            count=args.count,
+            interval=args.interval,
+            emit=emit,
+        )
     except BrokenPipeError:  # `llmgate traffic tail | head`
         sys.stderr.close()
     return 0
@@ -184,6 +228,7 @@ def _at_least(least: int) -> Callable[[str], int]:
         if value < least:
             raise argparse.ArgumentTypeError(f"not a count: {text!r} ({least} or more)")
         return value
+
     count.__name__ = "count"
     return count
 
@@ -191,24 +236,36 @@ def _at_least(least: int) -> Callable[[str], int]:
 @hookimpl
 def register_commands(commands):
     """`llmgate traffic show REQUEST_ID` and `llmgate traffic tail`."""
-    traffic = commands.add_parser("traffic", help="the traffic log: one exchange by its request id, or live traffic",
-                                  description="The traffic log of a running gateway (plugins.traffic_log), through "
-                                              "its admin API.")
+    traffic = commands.add_parser(
+        "traffic",
+        help="the traffic log: one exchange by its request id, or live traffic",
+        description="The traffic log of a running gateway (plugins.traffic_log), through its admin API.",
+    )
     actions = traffic.add_subparsers(dest="traffic_command", metavar="COMMAND", required=True)
     show = actions.add_parser(
-        "show", help="one exchange: route, variant, status, latency, tokens, cost, cache, shadow comparisons, "
-                     "feedback, attempts and the bodies as stored",
-        description="One exchange from the traffic log, found by the x-request-id its answer carried.")
+        "show",
+        help="one exchange: route, variant, status, latency, tokens, cost, cache, shadow comparisons, "
+        "feedback, attempts and the bodies as stored",
+        description="One exchange from the traffic log, found by the x-request-id its answer carried.",
+    )
     show.add_argument("request_id", metavar="REQUEST_ID", help="the exchange's id (its answer's x-request-id)")
     add_url_arg(show)
     add_json_arg(show, "the stored record, and what other plugins stored for it,")
     show.set_defaults(handler=cmd_show)
-    tail = actions.add_parser("tail", help="print each exchange as it is logged, one line each, until Ctrl-C",
-                              description="Follow the traffic log: time, request id, route, variant, status, "
-                                          "latency, tokens and cost of each exchange, as it is logged.")
+    tail = actions.add_parser(
+        "tail",
+        help="print each exchange as it is logged, one line each, until Ctrl-C",
+        description="Follow the traffic log: time, request id, route, variant, status, "
+        "latency, tokens and cost of each exchange, as it is logged.",
+    )
     tail.add_argument("--route", default=None, help="only this route's exchanges")
-    tail.add_argument("--lines", "-n", type=_at_least(0), default=10,
-                      help="how many of the latest exchanges to print first (default 10; 0: only new ones)")
+    tail.add_argument(
+        "--lines",
+        "-n",
+        type=_at_least(0),
+        default=10,
+        help="how many of the latest exchanges to print first (default 10; 0: only new ones)",
+    )
     tail.add_argument("--count", type=_at_least(1), default=None, help="stop after printing this many exchanges")
     tail.add_argument("--interval", type=_positive, default=1.0, help="seconds between polls (default 1)")
     add_url_arg(tail)

@@ -12,6 +12,7 @@ and the feedback other plugins stored for it) and GET /admin/traffic?after=CURSO
 logged since), read on a thread with a read-only connection of their own: `llmgate traffic show`
 and `llmgate traffic tail` (plugins.traffic_log.commands).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -35,9 +36,28 @@ from gateway.text.pii import scrub_value
 
 log = logging.getLogger("llmgate.traffic_log")
 
-COLUMNS = ("request_id", "ts", "route", "variant", "served_by", "status", "error_type", "error_message", "stream",
-           "latency_ms", "ttft_ms", "prompt_tokens", "completion_tokens", "cost_usd", "sticky_hash", "tenant",
-           "attempts", "annotations", "request", "response")
+COLUMNS = (
+    "request_id",
+    "ts",
+    "route",
+    "variant",
+    "served_by",
+    "status",
+    "error_type",
+    "error_message",
+    "stream",
+    "latency_ms",
+    "ttft_ms",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_usd",
+    "sticky_hash",
+    "tenant",
+    "attempts",
+    "annotations",
+    "request",
+    "response",
+)
 JSON_COLUMNS = frozenset({"attempts", "annotations", "request", "response"})
 
 SCHEMA = """
@@ -53,27 +73,61 @@ CREATE INDEX IF NOT EXISTS traffic_request_id ON traffic (request_id);
 _INSERT = f"INSERT INTO traffic ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
 
 # One line of `llmgate traffic tail`: no bodies, the cache's verdict out of the annotations.
-SUMMARY_COLUMNS = ("id", "ts", "request_id", "route", "variant", "served_by", "status", "error_type", "stream",
-                   "latency_ms", "ttft_ms", "prompt_tokens", "completion_tokens", "cost_usd", "tenant")
+SUMMARY_COLUMNS = (
+    "id",
+    "ts",
+    "request_id",
+    "route",
+    "variant",
+    "served_by",
+    "status",
+    "error_type",
+    "stream",
+    "latency_ms",
+    "ttft_ms",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_usd",
+    "tenant",
+)
 _SUMMARY = f"SELECT {', '.join(SUMMARY_COLUMNS)}, json_extract(annotations, '$.cache.result') FROM traffic"
 RECENT_LIMIT = 1000  # exchanges one GET /admin/traffic returns at most
 SHOW_FLUSH_SECONDS = 2.0  # how long a look-up waits for records still queued to be written
-SHADOW_COLUMNS = ("shadow_backend", "shadow_status", "shadow_error", "shadow_latency_ms", "shadow_prompt_tokens",
-                  "shadow_completion_tokens", "shadow_cost_usd", "shadow_answer", "judge_score")
+SHADOW_COLUMNS = (
+    "shadow_backend",
+    "shadow_status",
+    "shadow_error",
+    "shadow_latency_ms",
+    "shadow_prompt_tokens",
+    "shadow_completion_tokens",
+    "shadow_cost_usd",
+    "shadow_answer",
+    "judge_score",
+)
 
 
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     path: str = "var/traffic.db"
     bodies: bool = Field(True, description="store request and response bodies")
-    redact_pii: bool = Field(False, description="replace e-mails, phone numbers, card numbers, SSNs, IPs, AWS keys "
-                                                "and passwords in the stored bodies with typed placeholders")
+    redact_pii: bool = Field(
+        False,
+        description="replace e-mails, phone numbers, card numbers, SSNs, IPs, AWS keys "
+        "and passwords in the stored bodies with typed placeholders",
+    )
     queue_size: int = Field(10_000, ge=1)
     batch_size: int = Field(500, ge=1)
-    batch_wait_ms: float = Field(LOG_BATCH_WAIT_MS, ge=0, description="how long a batch waits for more records "
-                                 "before it is written: one transaction for many (0: each as it comes)")
-    spill_path: str | None = Field(None, description="where records go while the database refuses writes, replayed "
-                                                     "when it takes them (default: the log's path + '.spill')")
+    batch_wait_ms: float = Field(
+        LOG_BATCH_WAIT_MS,
+        ge=0,
+        description="how long a batch waits for more records "
+        "before it is written: one transaction for many (0: each as it comes)",
+    )
+    spill_path: str | None = Field(
+        None,
+        description="where records go while the database refuses writes, replayed "
+        "when it takes them (default: the log's path + '.spill')",
+    )
     spill_max_mb: float = Field(1024, gt=0, description="size bound of the spill file")
 
 
@@ -129,15 +183,17 @@ def find_exchange(path: str, request_id: str) -> tuple[dict[str, Any] | None, in
     """The latest record logged under `request_id`, and how many carry it (callers may reuse their own ids)."""
     conn = _read_only(path)
     try:
-        rows = conn.execute(f"SELECT {', '.join(COLUMNS)} FROM traffic WHERE request_id = ? ORDER BY id DESC",
-                            (request_id,)).fetchall()
+        rows = conn.execute(
+            f"SELECT {', '.join(COLUMNS)} FROM traffic WHERE request_id = ? ORDER BY id DESC", (request_id,)
+        ).fetchall()
     finally:
         conn.close()
     return (_decoded(dict(zip(COLUMNS, rows[0]))) if rows else None), len(rows)
 
 
-def recent_exchanges(path: str, *, after: int | None, limit: int,
-                     route: str | None = None) -> tuple[list[dict[str, Any]], int]:
+def recent_exchanges(
+    path: str, *, after: int | None, limit: int, route: str | None = None
+) -> tuple[list[dict[str, Any]], int]:
     """Exchanges logged after the cursor `after`, oldest first, and the cursor to ask with next time.
 
     Without `after`: the latest `limit` and the newest row's id, so a follower starts from now. One
@@ -183,15 +239,17 @@ def shadow_comparisons(path: str | None, record: dict[str, Any]) -> list[dict[st
     """The shadow plugin's comparisons of this exchange's answer, with the judge's score where it gave one.
 
     A comparison carries the exchange's route and arrival time, which its (route, ts) index finds."""
-    sql = (f"SELECT {', '.join(SHADOW_COLUMNS)} FROM comparisons WHERE route = ? AND ts = ? AND request_id = ? "
-           "ORDER BY id")
+    sql = (
+        f"SELECT {', '.join(SHADOW_COLUMNS)} FROM comparisons WHERE route = ? AND ts = ? AND request_id = ? ORDER BY id"
+    )
     return _stored_by_request(path, sql, (record["route"], record["ts"], record["request_id"]))
 
 
 def feedback_of(path: str | None, request_id: str) -> dict[str, Any] | None:
     """The user's rating of this exchange (plugins.feedback), if one was given."""
-    rows = _stored_by_request(path, "SELECT ts, rating, score, comment FROM feedback WHERE request_id = ?",
-                              (request_id,))
+    rows = _stored_by_request(
+        path, "SELECT ts, rating, score, comment FROM feedback WHERE request_id = ?", (request_id,)
+    )
     return rows[0] if rows else None
 
 
@@ -224,12 +282,19 @@ class TrafficLog:
     @hookimpl
     async def startup(self, gateway):
         await self._db.open()
-        spill = SpillFile(self.settings.spill_path or self.settings.path + ".spill",
-                          int(self.settings.spill_max_mb * 2**20))
-        self._writer = BatchWriter(self._db, _INSERT, queue_size=self.settings.queue_size,
-                                   batch_size=self.settings.batch_size, batch_wait=self.settings.batch_wait_ms / 1000,
-                                   to_row=functools.partial(_row, redact=self.settings.redact_pii), name="traffic log",
-                                   spill=spill)
+        spill = SpillFile(
+            self.settings.spill_path or self.settings.path + ".spill", int(self.settings.spill_max_mb * 2**20)
+        )
+        self._writer = BatchWriter(
+            self._db,
+            _INSERT,
+            queue_size=self.settings.queue_size,
+            batch_size=self.settings.batch_size,
+            batch_wait=self.settings.batch_wait_ms / 1000,
+            to_row=functools.partial(_row, redact=self.settings.redact_pii),
+            name="traffic log",
+            spill=spill,
+        )
         self._writer.start()
 
     @hookimpl
@@ -243,23 +308,37 @@ class TrafficLog:
 
     @hookimpl
     def collect_metrics(self, gateway):
-        return [("llmgate_traffic_log_queue_depth", "Records waiting to be written.", {},
-                 self._writer.qsize() if self._writer else 0),
-                ("llmgate_traffic_log_written_total", "Records written.", {}, self.written),
-                ("llmgate_traffic_log_spilled", "Records on disk waiting for the database.", {},
-                 self._writer.spilled if self._writer else 0),
-                ("llmgate_traffic_log_dropped_total", "Records dropped (queue full).", {}, self.dropped)]
+        return [
+            (
+                "llmgate_traffic_log_queue_depth",
+                "Records waiting to be written.",
+                {},
+                self._writer.qsize() if self._writer else 0,
+            ),
+            ("llmgate_traffic_log_written_total", "Records written.", {}, self.written),
+            (
+                "llmgate_traffic_log_spilled",
+                "Records on disk waiting for the database.",
+                {},
+                self._writer.spilled if self._writer else 0,
+            ),
+            ("llmgate_traffic_log_dropped_total", "Records dropped (queue full).", {}, self.dropped),
+        ]
 
     @hookimpl
     def readiness(self, gateway):
         problems = [f"{self.dropped} records dropped (queue full)"] if self.dropped else []
         writer = self._writer
         if writer is not None and writer.spilled:
-            problems.append(f"{writer.spilled} records spilled to disk: the database refused the last write "
-                            f"({writer.last_error}); replaying when it takes them")
+            problems.append(
+                f"{writer.spilled} records spilled to disk: the database refused the last write "
+                f"({writer.last_error}); replaying when it takes them"
+            )
         if writer is not None and writer.waiting:
-            problems.append(f"{writer.waiting + writer.qsize()} records waiting in memory: the database and the "
-                            f"spill file refused the last write ({writer.last_error}); retrying")
+            problems.append(
+                f"{writer.waiting + writer.qsize()} records waiting in memory: the database and the "
+                f"spill file refused the last write ({writer.last_error}); retrying"
+            )
         if writer is not None and writer.lost:
             problems.append(f"{writer.lost} records lost (the database refused them)")
         return {"traffic_log": "; ".join(problems) or None}
@@ -274,8 +353,11 @@ class TrafficLog:
             try:
                 return await asyncio.to_thread(fn, *args, **kwargs)
             except sqlite3.Error as exc:
-                raise GatewayError(f"the traffic log at {self.settings.path} cannot be read: {exc}", status=503,
-                                   type="traffic_log_unavailable") from None
+                raise GatewayError(
+                    f"the traffic log at {self.settings.path} cannot be read: {exc}",
+                    status=503,
+                    type="traffic_log_unavailable",
+                ) from None
 
         async def exchange(request: web.Request) -> web.Response:
             gateway.require_admin(request)
@@ -285,20 +367,29 @@ class TrafficLog:
                     await asyncio.wait_for(self._writer.flush(), SHOW_FLUSH_SECONDS)
             record, matches = await read(find_exchange, self.settings.path, request_id)
             if record is None:
-                raise NotFound(f"no exchange with id '{request_id}' in the traffic log", param="request_id",
-                               code="exchange_not_found")
+                raise NotFound(
+                    f"no exchange with id '{request_id}' in the traffic log",
+                    param="request_id",
+                    code="exchange_not_found",
+                )
             shadow = await read(shadow_comparisons, plugin_path("shadow"), record)
             feedback = await read(feedback_of, plugin_path("feedback"), request_id)
-            body = {"exchange": record, "matches": matches, "shadow_comparisons": shadow, "feedback": feedback,
-                    "bodies_stored": self.settings.bodies}
+            body = {
+                "exchange": record,
+                "matches": matches,
+                "shadow_comparisons": shadow,
+                "feedback": feedback,
+                "bodies_stored": self.settings.bodies,
+            }
             return web.json_response(body)
 
         async def recent(request: web.Request) -> web.Response:
             gateway.require_admin(request)
             after = _count(request.query, "after", None, 0)
             limit = min(_count(request.query, "limit", 100, 0 if after is None else 1), RECENT_LIMIT)
-            exchanges, cursor = await read(recent_exchanges, self.settings.path, after=after, limit=limit,
-                                           route=request.query.get("route") or None)
+            exchanges, cursor = await read(
+                recent_exchanges, self.settings.path, after=after, limit=limit, route=request.query.get("route") or None
+            )
             return web.json_response({"exchanges": exchanges, "cursor": cursor})
 
         return [web.get("/admin/traffic", recent), web.get("/admin/traffic/{request_id}", exchange)]

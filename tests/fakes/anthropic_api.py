@@ -11,6 +11,7 @@ refuses beside thinking, and a tool-use turn sent back without its thinking bloc
 signature that is not the one it gave. A tool_choice that forces a tool is obeyed: a text answer
 becomes a call of that tool with `{"answer": <the text>}`.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -22,9 +23,16 @@ from aiohttp import web
 
 from .behaviour import FakeUpstream, Reply, decide
 
-ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-               404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
-               529: "overloaded_error"}
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    529: "overloaded_error",
+}
 
 
 def _texts(content) -> list[str]:
@@ -82,10 +90,15 @@ def _thinking_problem(body: dict) -> str | None:
         return "Thinking may not be enabled when tool_choice forces tool use."
     assistants = [m for m in body["messages"] if m["role"] == "assistant"]
     last = assistants[-1]["content"] if assistants else []
-    if isinstance(last, list) and any(b.get("type") == "tool_use" for b in last) \
-            and last[0].get("type") not in ("thinking", "redacted_thinking"):
-        return ("messages: Expected `thinking` or `redacted_thinking`, but found `tool_use`. When `thinking` is "
-                "enabled, a final `assistant` message must start with a thinking block.")
+    if (
+        isinstance(last, list)
+        and any(b.get("type") == "tool_use" for b in last)
+        and last[0].get("type") not in ("thinking", "redacted_thinking")
+    ):
+        return (
+            "messages: Expected `thinking` or `redacted_thinking`, but found `tool_use`. When `thinking` is "
+            "enabled, a final `assistant` message must start with a thinking block."
+        )
     return None
 
 
@@ -97,10 +110,10 @@ def _problem(body: dict) -> str | None:
     if not isinstance(messages, list) or not messages:
         return "messages: at least one message is required"
     if messages[0].get("role") != "user":
-        return "messages: first message must use the \"user\" role"
+        return 'messages: first message must use the "user" role'
     for i, message in enumerate(messages):
         if i and message.get("role") == messages[i - 1].get("role"):
-            return f"messages: roles must alternate between \"user\" and \"assistant\" (messages.{i})"
+            return f'messages: roles must alternate between "user" and "assistant" (messages.{i})'
         for block in message["content"] if isinstance(message["content"], list) else ():
             if block.get("type") == "text" and not block.get("text"):
                 return f"messages.{i}: text content blocks must be non-empty"
@@ -108,9 +121,11 @@ def _problem(body: dict) -> str | None:
                 previous = messages[i - 1]["content"] if i else []
                 ids = {b.get("id") for b in previous if isinstance(b, dict) and b.get("type") == "tool_use"}
                 if block.get("tool_use_id") not in ids:
-                    return (f"messages.{i}: unexpected `tool_use_id` found in `tool_result` blocks: "
-                            f"{block.get('tool_use_id')}. Each `tool_result` block must have a corresponding "
-                            "`tool_use` block in the previous message.")
+                    return (
+                        f"messages.{i}: unexpected `tool_use_id` found in `tool_result` blocks: "
+                        f"{block.get('tool_use_id')}. Each `tool_result` block must have a corresponding "
+                        "`tool_use` block in the previous message."
+                    )
     temperature = body.get("temperature")
     if temperature is not None and not 0 <= temperature <= 1:
         return "temperature: Input should be less than or equal to 1"
@@ -148,15 +163,21 @@ class FakeAnthropic(FakeUpstream):
         return app
 
     def _error(self, status: int, message: str) -> web.Response:
-        return web.json_response({"type": "error", "error": {"type": ERROR_TYPES.get(status, "api_error"),
-                                                             "message": message}},
-                                 status=status, headers={"request-id": f"req_{uuid.uuid4().hex[:24]}"})
+        return web.json_response(
+            {"type": "error", "error": {"type": ERROR_TYPES.get(status, "api_error"), "message": message}},
+            status=status,
+            headers={"request-id": f"req_{uuid.uuid4().hex[:24]}"},
+        )
 
     def _usage(self, reply: Reply) -> dict:
         cached = min(self.cache_read_tokens, reply.prompt_tokens)
         written = min(self.cache_write_tokens, reply.prompt_tokens - cached)
-        return {"input_tokens": reply.prompt_tokens - cached - written, "cache_creation_input_tokens": written,
-                "cache_read_input_tokens": cached, "output_tokens": reply.completion_tokens}
+        return {
+            "input_tokens": reply.prompt_tokens - cached - written,
+            "cache_creation_input_tokens": written,
+            "cache_read_input_tokens": cached,
+            "output_tokens": reply.completion_tokens,
+        }
 
     @staticmethod
     def _thinking(body: dict, last_user: str) -> list[dict]:
@@ -181,8 +202,14 @@ class FakeAnthropic(FakeUpstream):
         if problem := _problem(body):
             return self._error(400, problem)
         messages = body["messages"]
-        last_user = next((" ".join(_texts(m["content"])) for m in reversed(messages)
-                          if m["role"] == "user" and _texts(m["content"])), "")
+        last_user = next(
+            (
+                " ".join(_texts(m["content"]))
+                for m in reversed(messages)
+                if m["role"] == "user" and _texts(m["content"])
+            ),
+            "",
+        )
         last = messages[-1]["content"]
         tool_result = None
         if isinstance(last, list) and last and last[-1].get("type") == "tool_result":
@@ -202,13 +229,22 @@ class FakeAnthropic(FakeUpstream):
         content: list[dict] = thinking + ([{"type": "text", "text": reply.text}] if reply.text else [])
         if reply.tool_name:
             content.append({"type": "tool_use", "id": "toolu_1", "name": reply.tool_name, "input": reply.tool_args})
-        return web.json_response({
-            "id": id, "type": "message", "role": "assistant", "model": body["model"], "content": content,
-            "stop_reason": "tool_use" if reply.tool_name else "end_turn", "stop_sequence": None,
-            "usage": self._usage(reply)})
+        return web.json_response(
+            {
+                "id": id,
+                "type": "message",
+                "role": "assistant",
+                "model": body["model"],
+                "content": content,
+                "stop_reason": "tool_use" if reply.tool_name else "end_turn",
+                "stop_sequence": None,
+                "usage": self._usage(reply),
+            }
+        )
 
-    async def _stream(self, request: web.Request, body: dict, reply: Reply, id: str,
-                      thinking: list[dict]) -> web.StreamResponse:
+    async def _stream(
+        self, request: web.Request, body: dict, reply: Reply, id: str, thinking: list[dict]
+    ) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
 
@@ -216,14 +252,33 @@ class FakeAnthropic(FakeUpstream):
             await response.write(f"event: {event}\ndata: {json.dumps({'type': event, **data})}\n\n".encode())
 
         usage = self._usage(reply)
-        await send("message_start", {"message": {
-            "id": id, "type": "message", "role": "assistant", "model": body["model"], "content": [],
-            "stop_reason": None, "stop_sequence": None, "usage": {**usage, "output_tokens": 1}}})
+        await send(
+            "message_start",
+            {
+                "message": {
+                    "id": id,
+                    "type": "message",
+                    "role": "assistant",
+                    "model": body["model"],
+                    "content": [],
+                    "stop_reason": None,
+                    "stop_sequence": None,
+                    "usage": {**usage, "output_tokens": 1},
+                }
+            },
+        )
         await send("ping", {})
         if self.stream_error_next:
             error, self.stream_error_next = self.stream_error_next, None
-            await send("error", {"error": {"type": error, "message": "Overloaded"
-                                           if error == "overloaded_error" else "scripted stream error"}})
+            await send(
+                "error",
+                {
+                    "error": {
+                        "type": error,
+                        "message": "Overloaded" if error == "overloaded_error" else "scripted stream error",
+                    }
+                },
+            )
             await response.write_eof()
             return response
         index = 0
@@ -231,14 +286,19 @@ class FakeAnthropic(FakeUpstream):
             if block["type"] == "redacted_thinking":
                 await send("content_block_start", {"index": index, "content_block": block})
             else:
-                await send("content_block_start", {"index": index, "content_block": {
-                    "type": "thinking", "thinking": "", "signature": ""}})
+                await send(
+                    "content_block_start",
+                    {"index": index, "content_block": {"type": "thinking", "thinking": "", "signature": ""}},
+                )
                 words = block["thinking"].split(" ")
                 for piece in (" ".join(words[:2]), " " + " ".join(words[2:])):
-                    await send("content_block_delta", {"index": index,
-                                                       "delta": {"type": "thinking_delta", "thinking": piece}})
-                await send("content_block_delta", {"index": index, "delta": {"type": "signature_delta",
-                                                                             "signature": block["signature"]}})
+                    await send(
+                        "content_block_delta", {"index": index, "delta": {"type": "thinking_delta", "thinking": piece}}
+                    )
+                await send(
+                    "content_block_delta",
+                    {"index": index, "delta": {"type": "signature_delta", "signature": block["signature"]}},
+                )
             await send("content_block_stop", {"index": index})
             index += 1
         if reply.text:
@@ -252,15 +312,25 @@ class FakeAnthropic(FakeUpstream):
             index += 1
         if reply.tool_name:
             args = json.dumps(reply.tool_args)
-            await send("content_block_start", {"index": index, "content_block": {
-                "type": "tool_use", "id": "toolu_1", "name": reply.tool_name, "input": {}}})
-            for part in ("", args[: len(args) // 2], args[len(args) // 2:]):  # the real API starts with ""
-                await send("content_block_delta", {"index": index,
-                                                   "delta": {"type": "input_json_delta", "partial_json": part}})
+            await send(
+                "content_block_start",
+                {
+                    "index": index,
+                    "content_block": {"type": "tool_use", "id": "toolu_1", "name": reply.tool_name, "input": {}},
+                },
+            )
+            for part in ("", args[: len(args) // 2], args[len(args) // 2 :]):  # the real API starts with ""
+                await send(
+                    "content_block_delta", {"index": index, "delta": {"type": "input_json_delta", "partial_json": part}}
+                )
             await send("content_block_stop", {"index": index})
-        await send("message_delta", {"delta": {"stop_reason": "tool_use" if reply.tool_name else "end_turn",
-                                               "stop_sequence": None},
-                                     "usage": {"output_tokens": reply.completion_tokens}})
+        await send(
+            "message_delta",
+            {
+                "delta": {"stop_reason": "tool_use" if reply.tool_name else "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": reply.completion_tokens},
+            },
+        )
         await send("message_stop", {})
         await response.write_eof()
         return response

@@ -11,6 +11,7 @@ a forced tool or a maxTokens not above the budget beside thinking, and a tool-us
 without its reasoning block or with a signature it did not give. A toolChoice that forces a tool is
 obeyed: a text answer becomes a call of that tool with `{"answer": <the text>}`.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -26,9 +27,16 @@ from aiohttp import web
 
 from .behaviour import FakeUpstream, Reply, decide
 
-ERROR_TYPES = {400: "ValidationException", 403: "AccessDeniedException", 404: "ResourceNotFoundException",
-               408: "ModelTimeoutException", 424: "ModelErrorException", 429: "ThrottlingException",
-               500: "InternalServerException", 503: "ServiceUnavailableException"}
+ERROR_TYPES = {
+    400: "ValidationException",
+    403: "AccessDeniedException",
+    404: "ResourceNotFoundException",
+    408: "ModelTimeoutException",
+    424: "ModelErrorException",
+    429: "ThrottlingException",
+    500: "InternalServerException",
+    503: "ServiceUnavailableException",
+}
 _PATH = re.compile(r"^/model/(?P<model>.+)/(?P<op>converse|converse-stream)$")
 
 
@@ -45,13 +53,17 @@ def encode_frame(headers: dict[str, str], payload: bytes) -> bytes:
 
 
 def event_frame(event_type: str, body: dict) -> bytes:
-    return encode_frame({":event-type": event_type, ":content-type": "application/json", ":message-type": "event"},
-                        json.dumps(body).encode())
+    return encode_frame(
+        {":event-type": event_type, ":content-type": "application/json", ":message-type": "event"},
+        json.dumps(body).encode(),
+    )
 
 
 def exception_frame(exception_type: str, message: str) -> bytes:
-    return encode_frame({":exception-type": exception_type, ":content-type": "application/json",
-                         ":message-type": "exception"}, json.dumps({"message": message}).encode())
+    return encode_frame(
+        {":exception-type": exception_type, ":content-type": "application/json", ":message-type": "exception"},
+        json.dumps({"message": message}).encode(),
+    )
 
 
 REDACTED = b"\x00opaque redacted reasoning\xff"
@@ -76,8 +88,9 @@ def _problem(body: dict) -> str | None:
     if not _thinking_on(body):
         return None
     thinking = body["additionalModelRequestFields"]["thinking"]
-    if thinking["type"] == "enabled" and thinking.get("budget_tokens", 0) >= \
-            (body.get("inferenceConfig") or {}).get("maxTokens", 0):
+    if thinking["type"] == "enabled" and thinking.get("budget_tokens", 0) >= (body.get("inferenceConfig") or {}).get(
+        "maxTokens", 0
+    ):
         return "`max_tokens` must be greater than `thinking.budget_tokens`"
     choice = (body.get("toolConfig") or {}).get("toolChoice") or {}
     if "any" in choice or "tool" in choice:
@@ -85,8 +98,10 @@ def _problem(body: dict) -> str | None:
     assistants = [m for m in body["messages"] if m.get("role") == "assistant"]
     last = assistants[-1]["content"] if assistants else []
     if any("toolUse" in b for b in last) and "reasoningContent" not in last[0]:
-        return ("Expected `thinking` or `redacted_thinking`, but found `tool_use`. When `thinking` is enabled, a "
-                "final `assistant` message must start with a thinking block.")
+        return (
+            "Expected `thinking` or `redacted_thinking`, but found `tool_use`. When `thinking` is enabled, a "
+            "final `assistant` message must start with a thinking block."
+        )
     return None
 
 
@@ -123,8 +138,14 @@ class FakeBedrock(FakeUpstream):
 
     def _decide(self, body: dict) -> Reply:
         messages = body.get("messages") or []
-        last_user = next((" ".join(_texts(m.get("content"))) for m in reversed(messages)
-                          if m.get("role") == "user" and _texts(m.get("content"))), "")
+        last_user = next(
+            (
+                " ".join(_texts(m.get("content")))
+                for m in reversed(messages)
+                if m.get("role") == "user" and _texts(m.get("content"))
+            ),
+            "",
+        )
         tool_result = None
         if messages and messages[-1].get("role") == "user":
             results = [b["toolResult"] for b in messages[-1].get("content", []) if "toolResult" in b]
@@ -157,8 +178,14 @@ class FakeBedrock(FakeUpstream):
 
     @staticmethod
     def _last_user(body: dict) -> str:
-        return next((" ".join(_texts(m.get("content"))) for m in reversed(body.get("messages") or [])
-                     if m.get("role") == "user" and _texts(m.get("content"))), "")
+        return next(
+            (
+                " ".join(_texts(m.get("content")))
+                for m in reversed(body.get("messages") or [])
+                if m.get("role") == "user" and _texts(m.get("content"))
+            ),
+            "",
+        )
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         m = _PATH.match(request.raw_path.split("?")[0])
@@ -183,14 +210,21 @@ class FakeBedrock(FakeUpstream):
         else:
             content = [{"text": reply.text}]
         content = reasoning + content
-        return web.json_response({
-            "output": {"message": {"role": "assistant", "content": content}},
-            "stopReason": "tool_use" if reply.tool_name else "end_turn",
-            "usage": self._usage(reply), "metrics": {"latencyMs": 1}})
+        return web.json_response(
+            {
+                "output": {"message": {"role": "assistant", "content": content}},
+                "stopReason": "tool_use" if reply.tool_name else "end_turn",
+                "usage": self._usage(reply),
+                "metrics": {"latencyMs": 1},
+            }
+        )
 
     def _usage(self, reply: Reply) -> dict:
-        usage = {"inputTokens": reply.prompt_tokens, "outputTokens": reply.completion_tokens,
-                 "totalTokens": reply.prompt_tokens + reply.completion_tokens}
+        usage = {
+            "inputTokens": reply.prompt_tokens,
+            "outputTokens": reply.completion_tokens,
+            "totalTokens": reply.prompt_tokens + reply.completion_tokens,
+        }
         if self.cache_read_tokens or self.cache_write_tokens:
             usage.update(cacheReadInputTokens=self.cache_read_tokens, cacheWriteInputTokens=self.cache_write_tokens)
             usage["totalTokens"] += self.cache_read_tokens + self.cache_write_tokens
@@ -215,19 +249,26 @@ class FakeBedrock(FakeUpstream):
             else:
                 text = content["reasoningText"]["text"]
                 for part in (text[:8], text[8:]):
-                    await send("contentBlockDelta", {"contentBlockIndex": index,
-                                                     "delta": {"reasoningContent": {"text": part}}})
-                await send("contentBlockDelta", {"contentBlockIndex": index, "delta": {"reasoningContent": {
-                    "signature": content["reasoningText"]["signature"]}}})
+                    await send(
+                        "contentBlockDelta", {"contentBlockIndex": index, "delta": {"reasoningContent": {"text": part}}}
+                    )
+                await send(
+                    "contentBlockDelta",
+                    {
+                        "contentBlockIndex": index,
+                        "delta": {"reasoningContent": {"signature": content["reasoningText"]["signature"]}},
+                    },
+                )
             await send("contentBlockStop", {"contentBlockIndex": index})
             index += 1
         if reply.tool_name:
             args = json.dumps(reply.tool_args)
-            await send("contentBlockStart", {"contentBlockIndex": index, "start": {
-                "toolUse": {"toolUseId": "tooluse_1", "name": reply.tool_name}}})
-            for part in (args[: len(args) // 2], args[len(args) // 2:]):
-                await send("contentBlockDelta", {"contentBlockIndex": index,
-                                                 "delta": {"toolUse": {"input": part}}})
+            await send(
+                "contentBlockStart",
+                {"contentBlockIndex": index, "start": {"toolUse": {"toolUseId": "tooluse_1", "name": reply.tool_name}}},
+            )
+            for part in (args[: len(args) // 2], args[len(args) // 2 :]):
+                await send("contentBlockDelta", {"contentBlockIndex": index, "delta": {"toolUse": {"input": part}}})
             stop = "tool_use"
         else:
             for i, piece in enumerate(reply.pieces):

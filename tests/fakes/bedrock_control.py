@@ -6,6 +6,7 @@ shapes boto3 sends and parses, and forwards every other request unchanged to the
 one boto3 `bedrock` client with one endpoint_url exercises the real code path for every call.
 A provisioned model is `Creating` until it has been read `creating_polls` times, then `InService`.
 """
+
 from __future__ import annotations
 
 import re
@@ -20,8 +21,9 @@ HOP_BY_HOP = {"host", "content-length", "transfer-encoding", "connection", "keep
 
 
 class BedrockControlFront:
-    def __init__(self, moto_url: str, region: str = "us-east-1", account: str = "123456789012",
-                 creating_polls: int = 1):
+    def __init__(
+        self, moto_url: str, region: str = "us-east-1", account: str = "123456789012", creating_polls: int = 1
+    ):
         self.moto_url = moto_url.rstrip("/")
         self.region, self.account = region, account
         self.creating_polls = creating_polls
@@ -53,8 +55,11 @@ class BedrockControlFront:
             return await self._create(request)
         found = self._find(unquote(m.group("id") or ""))
         if found is None:
-            return web.json_response({"message": f"provisioned model {m.group('id')} not found"}, status=404,
-                                     headers={"x-amzn-ErrorType": "ResourceNotFoundException"})
+            return web.json_response(
+                {"message": f"provisioned model {m.group('id')} not found"},
+                status=404,
+                headers={"x-amzn-ErrorType": "ResourceNotFoundException"},
+            )
         if request.method == "DELETE":
             self.provisioned.pop(found["provisionedModelArn"])
             self.deleted.append(found["provisionedModelArn"])
@@ -68,14 +73,18 @@ class BedrockControlFront:
 
     def _find(self, identifier: str) -> dict | None:
         return self.provisioned.get(identifier) or next(
-            (p for p in self.provisioned.values() if p["provisionedModelName"] == identifier), None)
+            (p for p in self.provisioned.values() if p["provisionedModelName"] == identifier), None
+        )
 
     async def _create(self, request: web.Request) -> web.Response:
         body = await request.json()
         missing = [k for k in ("modelUnits", "provisionedModelName", "modelId") if k not in body]
         if missing:
-            return web.json_response({"message": f"missing {', '.join(missing)}"}, status=400,
-                                     headers={"x-amzn-ErrorType": "ValidationException"})
+            return web.json_response(
+                {"message": f"missing {', '.join(missing)}"},
+                status=400,
+                headers={"x-amzn-ErrorType": "ValidationException"},
+            )
         token = body.get("clientRequestToken")
         for existing in self.provisioned.values():  # idempotent per client request token, as the service is
             if token and existing["_token"] == token:
@@ -83,17 +92,29 @@ class BedrockControlFront:
         arn = f"arn:aws:bedrock:{self.region}:{self.account}:provisioned-model/{uuid.uuid4().hex[:12]}"
         now = time.time()
         self.provisioned[arn] = {
-            "_token": token, "modelUnits": body["modelUnits"], "desiredModelUnits": body["modelUnits"],
-            "provisionedModelName": body["provisionedModelName"], "provisionedModelArn": arn,
-            "modelArn": body["modelId"], "desiredModelArn": body["modelId"],
-            "foundationModelArn": f"arn:aws:bedrock:{self.region}::foundation-model/base", "status": "Creating",
-            "creationTime": now, "lastModifiedTime": now}
+            "_token": token,
+            "modelUnits": body["modelUnits"],
+            "desiredModelUnits": body["modelUnits"],
+            "provisionedModelName": body["provisionedModelName"],
+            "provisionedModelArn": arn,
+            "modelArn": body["modelId"],
+            "desiredModelArn": body["modelId"],
+            "foundationModelArn": f"arn:aws:bedrock:{self.region}::foundation-model/base",
+            "status": "Creating",
+            "creationTime": now,
+            "lastModifiedTime": now,
+        }
         return web.json_response({"provisionedModelArn": arn}, status=201)
 
     async def _forward(self, request: web.Request) -> web.Response:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
-        async with self._session.request(request.method, self.moto_url + request.raw_path, headers=headers,
-                                         data=await request.read(), allow_redirects=False) as answer:
+        async with self._session.request(
+            request.method,
+            self.moto_url + request.raw_path,
+            headers=headers,
+            data=await request.read(),
+            allow_redirects=False,
+        ) as answer:
             body = await answer.read()
             kept = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP | {"content-encoding"}}
             return web.Response(status=answer.status, body=body, headers=kept)

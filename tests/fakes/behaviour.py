@@ -9,6 +9,7 @@ The last user message steers it, so one test can drive the same scenario through
 - otherwise: answer "echo: <text>" in a few chunks.
 A tool result in the conversation is answered with "tool said: <result>".
 """
+
 from __future__ import annotations
 
 import json

@@ -9,6 +9,7 @@
 - "cut": stream `cut_after` chunks, then close the socket (no [DONE]);
 - "slow": wait `delay` seconds before the first byte, then answer as "ok".
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -29,7 +30,7 @@ class FaultyOpenAI:
         self.retry_after = 1
         self.cut_after = 2
         self.chunks = 4
-        self.received = 0      # requests that reached this upstream
+        self.received = 0  # requests that reached this upstream
         self.url = ""
 
     def app(self) -> web.Application:
@@ -59,16 +60,30 @@ class FaultyOpenAI:
             await asyncio.sleep(self.delay)
         if body.get("stream"):
             return await self._stream(request, body, cut=mode == "cut")
-        return web.json_response({
-            "id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion", "created": int(time.time()),
-            "model": body["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": f"ok from {self.name}"},
-                         "finish_reason": "stop", "logprobs": None}],
-            "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}})
+        return web.json_response(
+            {
+                "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body["model"],
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": f"ok from {self.name}"},
+                        "finish_reason": "stop",
+                        "logprobs": None,
+                    }
+                ],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6},
+            }
+        )
 
     def _error(self, status: int, message: str, headers: dict | None = None) -> web.Response:
-        return web.json_response({"error": {"message": message, "type": "fake_error", "param": None, "code": None}},
-                                 status=status, headers=headers)
+        return web.json_response(
+            {"error": {"message": message, "type": "fake_error", "param": None, "code": None}},
+            status=status,
+            headers=headers,
+        )
 
     async def _stream(self, request: web.Request, body: dict, cut: bool) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -76,8 +91,13 @@ class FaultyOpenAI:
         chunk_id = f"chatcmpl-{uuid.uuid4().hex[:12]}"
 
         async def send(delta: dict, finish: str | None = None) -> None:
-            chunk = {"id": chunk_id, "object": "chat.completion.chunk", "created": int(time.time()),
-                     "model": body["model"], "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            chunk = {
+                "id": chunk_id,
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": body["model"],
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
             await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
 
         for i in range(self.chunks):

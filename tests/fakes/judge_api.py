@@ -9,6 +9,7 @@
 Asked whether two questions are the same (the semantic cache's verification), it answers
 `same_questions(q1, q2)` (default: always the same); `equivalence_asked` counts those questions.
 """
+
 from __future__ import annotations
 
 import json
@@ -67,8 +68,19 @@ class FakeJudge(FakeUpstream):
         system = body["messages"][0]["content"]
         user = body["messages"][-1]["content"]
         content = self._verdict(system, user)
-        return web.json_response({
-            "id": "chatcmpl-judge", "object": "chat.completion", "created": int(time.time()), "model": body["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": len(user.split()), "completion_tokens": len(content.split()),
-                      "total_tokens": len(user.split()) + len(content.split())}})
+        return web.json_response(
+            {
+                "id": "chatcmpl-judge",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body["model"],
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+                ],
+                "usage": {
+                    "prompt_tokens": len(user.split()),
+                    "completion_tokens": len(content.split()),
+                    "total_tokens": len(user.split()) + len(content.split()),
+                },
+            }
+        )

@@ -1,4 +1,5 @@
 """A fake OpenAI chat-completions server, speaking the real wire format (JSON and SSE)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -33,8 +34,9 @@ class FakeOpenAI(FakeUpstream):
         return app
 
     def _error(self, status: int, message: str) -> web.Response:
-        return web.json_response({"error": {"message": message, "type": "fake_error", "code": None, "param": None}},
-                                 status=status)
+        return web.json_response(
+            {"error": {"message": message, "type": "fake_error", "code": None, "param": None}}, status=status
+        )
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
@@ -57,16 +59,31 @@ class FakeOpenAI(FakeUpstream):
         message = {"role": "assistant", "content": reply.text or None}
         finish = "stop"
         if reply.tool_name:
-            message["tool_calls"] = [{"id": "call_1", "type": "function",
-                                      "function": {"name": reply.tool_name, "arguments": json.dumps(reply.tool_args)}}]
+            message["tool_calls"] = [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": reply.tool_name, "arguments": json.dumps(reply.tool_args)},
+                }
+            ]
             finish = "tool_calls"
-        return web.json_response({
-            "id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion", "created": int(time.time()),
-            "model": body["model"],
-            "choices": [{"index": i, "message": message, "finish_reason": finish, "logprobs": None}
-                        for i in range(body.get("n") or 1)],
-            "usage": {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens,
-                      "total_tokens": reply.prompt_tokens + reply.completion_tokens}})
+        return web.json_response(
+            {
+                "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body["model"],
+                "choices": [
+                    {"index": i, "message": message, "finish_reason": finish, "logprobs": None}
+                    for i in range(body.get("n") or 1)
+                ],
+                "usage": {
+                    "prompt_tokens": reply.prompt_tokens,
+                    "completion_tokens": reply.completion_tokens,
+                    "total_tokens": reply.prompt_tokens + reply.completion_tokens,
+                },
+            }
+        )
 
     async def embeddings(self, request: web.Request) -> web.Response:
         """Vectors a test can check: each input's length, its word count, then `dimensions` (default 4) in all."""
@@ -85,8 +102,14 @@ class FakeOpenAI(FakeUpstream):
             if body.get("encoding_format") == "base64":
                 vector = base64.b64encode(struct.pack(f"<{size}f", *vector)).decode()
             data.append({"object": "embedding", "index": i, "embedding": vector})
-        return web.json_response({"object": "list", "data": data, "model": body["model"],
-                                  "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+        return web.json_response(
+            {
+                "object": "list",
+                "data": data,
+                "model": body["model"],
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+        )
 
     async def _stream(self, request: web.Request, body: dict, reply: Reply) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -94,8 +117,13 @@ class FakeOpenAI(FakeUpstream):
         id, model = f"chatcmpl-{uuid.uuid4().hex[:12]}", body["model"]
 
         async def send(delta, finish=None, usage=None, choices=True):
-            chunk = {"id": id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
-                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}] if choices else []}
+            chunk = {
+                "id": id,
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}] if choices else [],
+            }
             if (body.get("stream_options") or {}).get("include_usage"):
                 chunk["usage"] = usage
             await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
@@ -103,9 +131,19 @@ class FakeOpenAI(FakeUpstream):
         await send({"role": "assistant", "content": ""})
         if reply.tool_name:
             args = json.dumps(reply.tool_args)
-            await send({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
-                                        "function": {"name": reply.tool_name, "arguments": ""}}]})
-            for part in (args[: len(args) // 2], args[len(args) // 2:]):
+            await send(
+                {
+                    "tool_calls": [
+                        {
+                            "index": 0,
+                            "id": "call_1",
+                            "type": "function",
+                            "function": {"name": reply.tool_name, "arguments": ""},
+                        }
+                    ]
+                }
+            )
+            for part in (args[: len(args) // 2], args[len(args) // 2 :]):
                 await send({"tool_calls": [{"index": 0, "function": {"arguments": part}}]})
             finish = "tool_calls"
         else:
@@ -117,8 +155,15 @@ class FakeOpenAI(FakeUpstream):
             finish = "stop"
         await send({}, finish)
         if (body.get("stream_options") or {}).get("include_usage"):
-            await send(None, usage={"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens,
-                                    "total_tokens": reply.prompt_tokens + reply.completion_tokens}, choices=False)
+            await send(
+                None,
+                usage={
+                    "prompt_tokens": reply.prompt_tokens,
+                    "completion_tokens": reply.completion_tokens,
+                    "total_tokens": reply.prompt_tokens + reply.completion_tokens,
+                },
+                choices=False,
+            )
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response

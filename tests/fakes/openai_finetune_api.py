@@ -5,6 +5,7 @@ It speaks what the official SDK sends: `files.create` (multipart, purpose "fine-
 model, the fine-tuned ones included. A job moves validating_files -> running -> succeeded when
 the test calls `advance(job_id)`, or by itself after `polls_per_step` retrievals at each step.
 """
+
 from __future__ import annotations
 
 import time
@@ -49,8 +50,11 @@ class FakeOpenAIFineTuning(FakeOpenAI):
             job["fine_tuned_model"] = f"ft:{job['model']}:fake-org:{job['suffix'] or 'custom'}:{job_id[-8:]}"
             job["trained_tokens"] = 1234
         if status == "failed":
-            job["error"] = {"code": "invalid_training_file", "message": "the training file has bad lines",
-                            "param": "training_file"}
+            job["error"] = {
+                "code": "invalid_training_file",
+                "message": "the training file has bad lines",
+                "param": "training_file",
+            }
         return job
 
     # --- the API --------------------------------------------------------------------------------
@@ -73,8 +77,15 @@ class FakeOpenAIFineTuning(FakeOpenAI):
         data = upload.file.read()
         file_id = f"file-{uuid.uuid4().hex[:24]}"
         self.file_bodies[file_id] = data
-        self.files[file_id] = {"id": file_id, "object": "file", "bytes": len(data), "created_at": int(time.time()),
-                               "filename": upload.filename, "purpose": purpose, "status": "processed"}
+        self.files[file_id] = {
+            "id": file_id,
+            "object": "file",
+            "bytes": len(data),
+            "created_at": int(time.time()),
+            "filename": upload.filename,
+            "purpose": purpose,
+            "status": "processed",
+        }
         return web.json_response(self.files[file_id])
 
     async def create_job(self, request: web.Request) -> web.Response:
@@ -90,15 +101,31 @@ class FakeOpenAIFineTuning(FakeOpenAI):
         hyper = (method.get(method["type"]) or {}).get("hyperparameters") or body.get("hyperparameters") or {}
         job_id = f"ftjob-{uuid.uuid4().hex[:24]}"
         self.jobs[job_id] = {
-            "id": job_id, "object": "fine_tuning.job", "created_at": int(time.time()), "error": None,
-            "fine_tuned_model": None, "finished_at": None, "model": body["model"], "organization_id": "org-fake",
-            "result_files": [], "seed": body.get("seed") or 42, "status": "validating_files", "trained_tokens": None,
-            "training_file": body["training_file"], "validation_file": body.get("validation_file"),
-            "hyperparameters": {"n_epochs": hyper.get("n_epochs", "auto"),
-                                "batch_size": hyper.get("batch_size", "auto"),
-                                "learning_rate_multiplier": hyper.get("learning_rate_multiplier", "auto")},
-            "method": method, "metadata": body.get("metadata"), "suffix": body.get("suffix"),
-            "estimated_finish": None, "integrations": []}
+            "id": job_id,
+            "object": "fine_tuning.job",
+            "created_at": int(time.time()),
+            "error": None,
+            "fine_tuned_model": None,
+            "finished_at": None,
+            "model": body["model"],
+            "organization_id": "org-fake",
+            "result_files": [],
+            "seed": body.get("seed") or 42,
+            "status": "validating_files",
+            "trained_tokens": None,
+            "training_file": body["training_file"],
+            "validation_file": body.get("validation_file"),
+            "hyperparameters": {
+                "n_epochs": hyper.get("n_epochs", "auto"),
+                "batch_size": hyper.get("batch_size", "auto"),
+                "learning_rate_multiplier": hyper.get("learning_rate_multiplier", "auto"),
+            },
+            "method": method,
+            "metadata": body.get("metadata"),
+            "suffix": body.get("suffix"),
+            "estimated_finish": None,
+            "integrations": [],
+        }
         return web.json_response(self.jobs[job_id])
 
     def _job(self, request: web.Request) -> dict | None:
