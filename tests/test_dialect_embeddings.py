@@ -127,3 +127,32 @@ def test_embeddings_need_a_key_like_any_request(make_gateway, tmp_path):
             client(gw, TEAM_KEY).embeddings.create(model="not-vectors", input="x")
         assert len(client(gw, TEAM_KEY).embeddings.create(model="vectors", input="x").data) == 1
         assert fake.headers[-1]["Authorization"] == f"Bearer {UPSTREAM_KEY}"
+
+
+@pytest.mark.parametrize("model, tokens", [("amazon.titan-embed-text-v2:0", 3), ("cohere.embed-english-v3", 3)])
+def test_bedrock_embedding_models_answer_through_invoke_model(
+    fake_bedrock, make_gateway, tmp_path, aws_env, model, tokens
+):
+    gw = make_gateway(
+        {
+            "backends": {"titan": {**backend_config("bedrock", fake_bedrock), "model": model}},
+            "routes": {"vectors": {"baseline": "titan"}},
+            "plugins": {"traffic_log": {"path": str(tmp_path / "traffic.db")}},
+        }
+    )
+    answer = client(gw).embeddings.create(model="vectors", input=["a b", "c"], encoding_format="float")
+    assert [d.embedding[:2] for d in answer.data] == [[3.0, 2.0], [1.0, 1.0]] and answer.usage.prompt_tokens == tokens
+    packed = json.loads(
+        client(gw).embeddings.with_raw_response.create(model="vectors", input="x", encoding_format="base64").text
+    )["data"][0]["embedding"]
+    assert struct.unpack("<4f", base64.b64decode(packed))[:2] == (1.0, 1.0)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client(gw).embeddings.create(model="vectors", input=[[1, 2]])
+    assert refused.value.body["param"] == "input"
+    with pytest.raises(openai.BadRequestError) as refused:
+        client(gw).embeddings.create(model="vectors", input="x", dimensions=300)
+    assert refused.value.body["param"] == "dimensions"
+    if model.startswith("amazon"):
+        sized = client(gw).embeddings.create(model="vectors", input="x", dimensions=256, encoding_format="float")
+        assert len(sized.data[0].embedding) == 256
+        assert fake_bedrock.requests[-1] == (model, {"inputText": "x", "dimensions": 256})

@@ -14,6 +14,7 @@ import base64
 import contextvars
 import json
 import re
+import struct
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -417,6 +418,78 @@ class BedrockBackend(Backend):
             _usage(response.get("usage") or {}),
         )
 
+    async def embed(self, body: dict[str, Any]) -> dict[str, Any]:
+        """An OpenAI embeddings request through InvokeModel: Titan Text Embeddings (v2: `dimensions` 256,
+        512 or 1024) one input a call, Cohere Embed all inputs in one call. Token arrays are refused
+        (these models take text); `encoding_format: base64` is honoured here (float32, little-endian)."""
+        family = embedding_family(self.model)
+        if family is None:
+            raise InvalidRequest(
+                f"backend '{self.name}' (bedrock) is not a Titan or Cohere embedding model: route embeddings "
+                "to one (amazon.titan-embed-text-v2:0, cohere.embed-...)",
+                param="model",
+                code="embeddings_not_supported",
+            )
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        if not all(isinstance(item, str) for item in inputs):
+            raise InvalidRequest(
+                f"backend '{self.name}' (bedrock) embeds text, not token ids: send 'input' as strings",
+                param="input",
+                code="unsupported_parameter",
+            )
+        dimensions = body.get("dimensions")
+        if dimensions is not None and (family != "titan-v2" or dimensions not in TITAN_DIMENSIONS):
+            allowed = ", ".join(map(str, TITAN_DIMENSIONS)) if family == "titan-v2" else "none (leave it out)"
+            raise InvalidRequest(
+                f"backend '{self.name}' ({self.model}) cannot make {dimensions}-dimension vectors: allowed {allowed}",
+                param="dimensions",
+                code="unsupported_parameter",
+            )
+        self._ready()
+        if family == "cohere":
+            answers = [await self._invoke({"texts": inputs, "input_type": "search_document"})]
+            vectors = answers[0].get("embeddings") or []
+            vectors = vectors.get("float", []) if isinstance(vectors, dict) else vectors
+            tokens = sum(len(text.split()) for text in inputs)  # Cohere on Bedrock reports no count
+        else:
+            request = {"dimensions": dimensions} if dimensions else {}
+            answers = [await self._invoke({"inputText": text, **request}) for text in inputs]
+            vectors = [answer["embedding"] for answer in answers]
+            tokens = sum(answer.get("inputTextTokenCount") or 0 for answer in answers)
+        base64_wanted = body.get("encoding_format") == "base64"
+        data = [
+            {"object": "embedding", "index": i, "embedding": _packed(v) if base64_wanted else v}
+            for i, v in enumerate(vectors)
+        ]
+        return {
+            "object": "list",
+            "data": data,
+            "model": self.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+
+    async def _invoke(self, payload: dict[str, Any]) -> dict[str, Any]:
+        call = asyncio.get_running_loop().run_in_executor(
+            self._executor,
+            contextvars.copy_context().run,
+            partial(
+                self._client.invoke_model,
+                modelId=self.model,
+                body=json.dumps(payload),
+                contentType="application/json",
+                accept="application/json",
+            ),
+        )
+        try:
+            response = await asyncio.wait_for(call, self.settings.timeout.total)
+            return json.loads(response["body"].read())
+        except TimeoutError:
+            raise UpstreamTimeout(
+                f"backend '{self.name}' did not answer within {self.settings.timeout.total:g}s"
+            ) from None
+        except Exception as exc:
+            raise self._error(exc) from None
+
     async def _events(self, request: dict[str, Any]) -> AsyncIterator[dict]:
         """converse_stream's blocking iterator, read by one pool thread and handed over with backpressure.
 
@@ -583,3 +656,21 @@ def _usage(u: dict) -> dict:
     cached, written = u.get("cacheReadInputTokens") or 0, u.get("cacheWriteInputTokens") or 0
     prompt = (u.get("inputTokens") or 0) + cached + written
     return usage(prompt, u.get("outputTokens") or 0, cached or None, cache_write=written or None)
+
+
+TITAN_DIMENSIONS = (256, 512, 1024)
+
+
+def embedding_family(model: str) -> str | None:
+    """Which Bedrock embedding API a model id speaks: titan-v2, titan (v1, no dimensions), cohere, or None."""
+    if "titan-embed-text-v2" in model:
+        return "titan-v2"
+    if "titan-embed" in model:
+        return "titan"
+    if "cohere.embed" in model:
+        return "cohere"
+    return None
+
+
+def _packed(vector: list[float]) -> str:
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()

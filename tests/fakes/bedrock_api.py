@@ -37,7 +37,7 @@ ERROR_TYPES = {
     500: "InternalServerException",
     503: "ServiceUnavailableException",
 }
-_PATH = re.compile(r"^/model/(?P<model>.+)/(?P<op>converse|converse-stream)$")
+_PATH = re.compile(r"^/model/(?P<model>.+)/(?P<op>converse|converse-stream|invoke)$")
 
 
 def encode_frame(headers: dict[str, str], payload: bytes) -> bytes:
@@ -195,6 +195,22 @@ class FakeBedrock(FakeUpstream):
         body = await request.json()
         if (failure := self.received(request, (model_id, body))) is not None:
             return failure
+        if m.group("op") == "invoke":  # an embedding model: Titan one text a call, Cohere a list
+            if "inputText" in body:
+                text, size = body["inputText"], body.get("dimensions") or 4
+                return web.json_response(
+                    {
+                        "embedding": ([float(len(text)), float(len(text.split()))] + [0.5] * size)[:size],
+                        "inputTextTokenCount": len(text.split()),
+                    }
+                )
+            return web.json_response(
+                {
+                    "id": "e1",
+                    "texts": body["texts"],
+                    "embeddings": {"float": [[float(len(t)), float(len(t.split())), 0.5, 0.5] for t in body["texts"]]},
+                }
+            )
         if problem := _problem(body):
             return self._error(400, problem)
         reply = self._decide(body)
