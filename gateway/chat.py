@@ -379,6 +379,15 @@ def completion_to_chunks(answer: dict) -> Iterator[dict]:
     for choice in answer.get("choices", ()):
         message = choice.get("message") or {}
         index = choice.get("index", 0)
+        thought = (
+            {"thinking_blocks": message["thinking_blocks"]}
+            if message.get("thinking_blocks")
+            else ({"reasoning_content": message["reasoning_content"]} if message.get("reasoning_content") else None)
+        )
+        if thought is not None:  # the reasoning first, whole blocks with their signatures, as a live stream ends them
+            c = chunk(id, model, {"role": "assistant", "content": "", **thought}, created=created)
+            c["choices"][0]["index"] = index
+            yield c
         first = {"role": "assistant", "content": message.get("content") or ""}
         if message.get("tool_calls"):
             first["tool_calls"] = [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]

@@ -218,3 +218,22 @@ def test_parameters_without_effect_are_named_in_a_header_and_the_log(fake_anthro
         lambda: r if len(r := list(read_records(str(tmp_path / "traffic.db")))) == 2 else None, "two logged exchanges"
     )
     assert [r["annotations"].get("ignored_params") for r in records] == [["service_tier"], ["store"]]
+
+
+def test_an_answer_replayed_as_a_stream_keeps_its_thinking_and_signature():
+    """A plugin's answer (a cache hit) is replayed as chunks: the thinking and its signature come out whole."""
+    from gateway.chat import StreamAssembler, completion, completion_to_chunks, usage
+    from gateway.dialects.anthropic import MessagesStream
+
+    block = {"type": "thinking", "thinking": "weigh it", "signature": "sig-123"}
+    message = {"role": "assistant", "content": "done", "reasoning_content": "weigh it", "thinking_blocks": [block]}
+    answer = completion("c", "m", message, "stop", usage(3, 4))
+    assembled, encoder = StreamAssembler(), MessagesStream("bot", "msg_1")
+    events = encoder.start()
+    for chunk in completion_to_chunks(answer):
+        assembled.add(chunk)
+        events += encoder.chunk(chunk)
+    events += encoder.finish(None)
+    assert assembled.result()["choices"][0]["message"] == message
+    text = events.decode()
+    assert '"signature_delta","signature":"sig-123"' in text and text.index("weigh it") < text.index('"done"')
