@@ -12,6 +12,7 @@ import time
 from typing import Any, Iterator
 
 from .bodies import check_encodable
+from .checks import is_int, is_number, require, shown
 from .errors import InvalidRequest
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -19,77 +20,57 @@ TOOL_CHOICES = frozenset({"none", "auto", "required"})
 RESPONSE_FORMATS = frozenset({"text", "json_object", "json_schema"})
 DEFAULT_MAX_MESSAGES = 2048  # a conversation longer than this is a mistake or an attack, not a chat
 MAX_TOKENS_LIMIT = 2**31 - 1  # what an int32 field (Bedrock's maxTokens, most servers') can hold
-SHOWN_CHARS = 60  # of a caller's value echoed in an error: enough to recognise it, never the whole of a hostile one
-
-
-def _require(condition: bool, message: str, param: str) -> None:
-    if not condition:
-        raise InvalidRequest(message, param=param, code="invalid_value")
-
-
-def _shown(value: Any) -> str:
-    """A caller's value as an error quotes it: its repr, cut short."""
-    text = repr(value)
-    return text if len(text) <= SHOWN_CHARS else f"{text[:SHOWN_CHARS]}... ({len(text)} characters)"
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _validate_message(i: int, message: Any) -> None:
     where = f"messages[{i}]"
-    _require(isinstance(message, dict), f"{where} must be an object", where)
+    require(isinstance(message, dict), f"{where} must be an object", where)
     role = message.get("role")
-    _require(
+    require(
         isinstance(role, str) and role in ROLES,
-        f"{where}.role must be one of {', '.join(sorted(ROLES))}, got {_shown(role)}",
+        f"{where}.role must be one of {', '.join(sorted(ROLES))}, got {shown(role)}",
         f"{where}.role",
     )
     content = message.get("content")
     if role == "assistant" and content is None:
-        _require(
+        require(
             bool(message.get("tool_calls") or message.get("function_call")),
             f"{where}.content is required unless the message has tool_calls",
             f"{where}.content",
         )
     else:
-        _require(
+        require(
             isinstance(content, (str, list)),
             f"{where}.content must be a string or an array of content parts",
             f"{where}.content",
         )
     if isinstance(content, list):
         for j, part in enumerate(content):
-            _require(
+            require(
                 isinstance(part, dict) and isinstance(part.get("type"), str),
                 f"{where}.content[{j}] must be an object with a 'type'",
                 f"{where}.content[{j}]",
             )
             if part["type"] == "text":
-                _require(
+                require(
                     isinstance(part.get("text"), str),
                     f"{where}.content[{j}].text must be a string",
                     f"{where}.content[{j}].text",
                 )
     name = message.get("name")
-    _require(name is None or isinstance(name, str), f"{where}.name must be a string", f"{where}.name")
+    require(name is None or isinstance(name, str), f"{where}.name must be a string", f"{where}.name")
     if role == "tool":
-        _require(
+        require(
             isinstance(message.get("tool_call_id"), str),
             f"{where}.tool_call_id is required for role 'tool'",
             f"{where}.tool_call_id",
         )
     tool_calls = message.get("tool_calls")
     if tool_calls is not None:
-        _require(isinstance(tool_calls, list), f"{where}.tool_calls must be an array", f"{where}.tool_calls")
+        require(isinstance(tool_calls, list), f"{where}.tool_calls must be an array", f"{where}.tool_calls")
         for j, call in enumerate(tool_calls):
             fn = call.get("function") if isinstance(call, dict) else None
-            _require(
+            require(
                 isinstance(fn, dict) and isinstance(fn.get("name"), str) and isinstance(call.get("id"), str),
                 f"{where}.tool_calls[{j}] needs an id and function.name",
                 f"{where}.tool_calls[{j}]",
@@ -100,27 +81,27 @@ def _validate_passthrough(body: dict) -> None:
     """Types of the parameters the gateway passes on or keys on (`user` picks the rollout bucket,
     `metadata` is logged): a wrong one would otherwise fail at a provider as an opaque error."""
     user = body.get("user")
-    _require(user is None or isinstance(user, str), "'user' must be a string", "user")
+    require(user is None or isinstance(user, str), "'user' must be a string", "user")
     metadata = body.get("metadata")
-    _require(
+    require(
         metadata is None or (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())),
         "'metadata' must be an object whose values are strings",
         "metadata",
     )
     seed = body.get("seed")
-    _require(seed is None or _is_int(seed), "'seed' must be an integer", "seed")
+    require(seed is None or is_int(seed), "'seed' must be an integer", "seed")
     for name in ("logprobs", "parallel_tool_calls"):
         value = body.get(name)
-        _require(value is None or isinstance(value, bool), f"'{name}' must be a boolean", name)
+        require(value is None or isinstance(value, bool), f"'{name}' must be a boolean", name)
     top = body.get("top_logprobs")
-    _require(
-        top is None or (_is_int(top) and 0 <= top <= 20),
+    require(
+        top is None or (is_int(top) and 0 <= top <= 20),
         "'top_logprobs' must be an integer from 0 to 20",
         "top_logprobs",
     )
     bias = body.get("logit_bias")
-    _require(
-        bias is None or (isinstance(bias, dict) and all(_is_number(v) for v in bias.values())),
+    require(
+        bias is None or (isinstance(bias, dict) and all(is_number(v) for v in bias.values())),
         "'logit_bias' must be an object mapping token ids to numbers",
         "logit_bias",
     )
@@ -128,16 +109,16 @@ def _validate_passthrough(body: dict) -> None:
 
 def validate_chat_request(body: Any, max_messages: int = DEFAULT_MAX_MESSAGES) -> dict:
     """Check a chat-completions body; raise InvalidRequest naming the parameter that is wrong."""
-    _require(isinstance(body, dict), "the request body must be a JSON object", "body")
-    _require(
+    require(isinstance(body, dict), "the request body must be a JSON object", "body")
+    require(
         isinstance(body.get("model"), str) and body["model"] != "",
         "you must provide a model parameter naming a route (GET /v1/models lists them)",
         "model",
     )
     messages = body.get("messages")
-    _require(messages is not None, "'messages' is a required parameter", "messages")
-    _require(isinstance(messages, list) and len(messages) > 0, "'messages' must be a non-empty array", "messages")
-    _require(
+    require(messages is not None, "'messages' is a required parameter", "messages")
+    require(isinstance(messages, list) and len(messages) > 0, "'messages' must be a non-empty array", "messages")
+    require(
         len(messages) <= max_messages,
         f"'messages' has {len(messages)} messages, more than this gateway's limit of {max_messages}",
         "messages",
@@ -146,13 +127,13 @@ def validate_chat_request(body: Any, max_messages: int = DEFAULT_MAX_MESSAGES) -
     for i, message in enumerate(messages):
         _validate_message(i, message)
     stream = body.get("stream", False)
-    _require(stream is None or isinstance(stream, bool), "'stream' must be a boolean", "stream")
+    require(stream is None or isinstance(stream, bool), "'stream' must be a boolean", "stream")
     options = body.get("stream_options")
     if options is not None:
-        _require(isinstance(options, dict), "'stream_options' must be an object", "stream_options")
-        _require(bool(stream), "'stream_options' is only allowed when 'stream' is true", "stream_options")
+        require(isinstance(options, dict), "'stream_options' must be an object", "stream_options")
+        require(bool(stream), "'stream_options' is only allowed when 'stream' is true", "stream_options")
     n = body.get("n")
-    _require(n is None or (_is_int(n) and 1 <= n <= 128), "'n' must be an integer from 1 to 128", "n")
+    require(n is None or (is_int(n) and 1 <= n <= 128), "'n' must be an integer from 1 to 128", "n")
     for name, low, high in (
         ("temperature", 0, 2),
         ("top_p", 0, 1),
@@ -160,21 +141,21 @@ def validate_chat_request(body: Any, max_messages: int = DEFAULT_MAX_MESSAGES) -
         ("frequency_penalty", -2, 2),
     ):
         value = body.get(name)
-        _require(
-            value is None or (_is_number(value) and low <= value <= high),
+        require(
+            value is None or (is_number(value) and low <= value <= high),
             f"'{name}' must be a number from {low} to {high}",
             name,
         )
     for name in ("max_tokens", "max_completion_tokens"):
         value = body.get(name)
-        _require(
-            value is None or (_is_int(value) and 0 < value <= MAX_TOKENS_LIMIT),
+        require(
+            value is None or (is_int(value) and 0 < value <= MAX_TOKENS_LIMIT),
             f"'{name}' must be a positive integer no larger than {MAX_TOKENS_LIMIT}",
             name,
         )
     _validate_passthrough(body)
     stop = body.get("stop")
-    _require(
+    require(
         stop is None
         or isinstance(stop, str)
         or (isinstance(stop, list) and len(stop) <= 4 and all(isinstance(s, str) for s in stop)),
@@ -183,10 +164,10 @@ def validate_chat_request(body: Any, max_messages: int = DEFAULT_MAX_MESSAGES) -
     )
     tools = body.get("tools")
     if tools is not None:
-        _require(isinstance(tools, list), "'tools' must be an array", "tools")
+        require(isinstance(tools, list), "'tools' must be an array", "tools")
         for i, tool in enumerate(tools):
             fn = tool.get("function") if isinstance(tool, dict) else None
-            _require(
+            require(
                 isinstance(fn, dict) and tool.get("type") == "function" and isinstance(fn.get("name"), str),
                 f"tools[{i}] must be {{'type': 'function', 'function': {{'name': ...}}}}",
                 f"tools[{i}]",
@@ -195,14 +176,14 @@ def validate_chat_request(body: Any, max_messages: int = DEFAULT_MAX_MESSAGES) -
     if choice is not None:
         function = choice.get("function") if isinstance(choice, dict) else None
         named = isinstance(function, dict) and isinstance(function.get("name"), str)
-        _require(
+        require(
             named or (isinstance(choice, str) and choice in TOOL_CHOICES),
             "'tool_choice' must be 'none', 'auto', 'required' or {'type': 'function', 'function': {'name': ...}}",
             "tool_choice",
         )
     fmt = body.get("response_format")
     if fmt is not None:
-        _require(
+        require(
             isinstance(fmt, dict) and isinstance(fmt.get("type"), str) and fmt["type"] in RESPONSE_FORMATS,
             "'response_format.type' must be one of text, json_object, json_schema",
             "response_format",
@@ -247,6 +228,15 @@ def whole_answer_request(body: dict) -> dict:
     request = {k: v for k, v in body.items() if k != "stream_options"}
     request["stream"] = False
     return request
+
+
+def reasoning_text(source: dict) -> str:
+    """The reasoning a message or a delta carries (`reasoning_content`, or `reasoning` as vLLM and OpenRouter
+    name it), "" when it has none."""
+    for key in ("reasoning_content", "reasoning"):
+        if isinstance(source.get(key), str) and source[key]:
+            return source[key]
+    return ""
 
 
 def answer_text(answer: dict | None) -> str | None:

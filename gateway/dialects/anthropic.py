@@ -11,34 +11,22 @@ import math
 
 from aiohttp import web
 
-from ..context import RequestContext, dumps
+from ..context import RequestContext
 from ..errors import GatewayError, InvalidRequest
 from ..gateway import GATEWAY
 from ..proxy import read_json
 from .anthropic_messages import StreamTranslator, error_body, from_chat_completion, to_chat_request
-from .base import DIALECT, Dialect, StreamEncoder, sse
+from .base import DIALECT, Dialect, EventStream, StreamEncoder
 
 
-class MessagesStream(StreamEncoder):
-    """A StreamTranslator's events as server-sent events (`event: <type>` and its JSON)."""
+class MessagesStream(EventStream):
+    """The Messages stream events; a broken stream ends with one `error` event."""
 
     def __init__(self, model: str, message_id: str):
-        self.translator = StreamTranslator(model, message_id)
+        super().__init__(StreamTranslator(model, message_id))
 
-    @staticmethod
-    def _sse(events) -> bytes:
-        return b"".join(sse(dumps(data), event=kind) for kind, data in events)
-
-    def start(self) -> bytes:
-        return self._sse(self.translator.start())
-
-    def chunk(self, chunk: dict) -> bytes:
-        return self._sse(self.translator.feed(chunk))
-
-    def finish(self, error: GatewayError | None) -> bytes:
-        if error is not None:
-            return self._sse(self.translator.fail(error.status, error.body()["error"]["message"]))
-        return self._sse(self.translator.finish())
+    def failed(self, error: GatewayError) -> list:
+        return self.translator.fail(error.status, error.body()["error"]["message"])
 
 
 class AnthropicMessages(Dialect):

@@ -52,7 +52,8 @@ import json
 import uuid
 from typing import Any
 
-from ..chat import MAX_TOKENS_LIMIT
+from ..chat import MAX_TOKENS_LIMIT, reasoning_text
+from ..checks import bad, is_int, is_number, require, shown
 from ..errors import InvalidRequest, presentable
 
 Event = tuple[str, dict]
@@ -137,28 +138,6 @@ ERROR_TYPES = {
 }
 
 
-def _bad(message: str, param: str, code: str = "invalid_value") -> InvalidRequest:
-    return InvalidRequest(message, param=param, code=code)
-
-
-def _require(condition: bool, message: str, param: str) -> None:
-    if not condition:
-        raise InvalidRequest(message, param=param, code="invalid_value")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else f"{text[:60]}..."
-
-
 # --- the request ---------------------------------------------------------------------------------------
 
 
@@ -166,7 +145,7 @@ def _marked(part: dict, block: dict, where: str) -> dict:
     """`part` with the cache_control marker of `block`, when it has one."""
     marker = block.get("cache_control")
     if marker is not None:
-        _require(
+        require(
             isinstance(marker, dict) and marker.get("type") == "ephemeral",
             f"{where}.cache_control must be {{'type': 'ephemeral'}} (with an optional 'ttl')",
             f"{where}.cache_control",
@@ -176,9 +155,9 @@ def _marked(part: dict, block: dict, where: str) -> dict:
 
 
 def _block_list(content: Any, where: str) -> list[dict]:
-    _require(isinstance(content, list), f"{where} must be a string or an array of content blocks", where)
+    require(isinstance(content, list), f"{where} must be a string or an array of content blocks", where)
     for j, block in enumerate(content):
-        _require(
+        require(
             isinstance(block, dict) and isinstance(block.get("type"), str),
             f"{where}[{j}] must be a content block: an object with a 'type'",
             f"{where}[{j}]",
@@ -187,19 +166,19 @@ def _block_list(content: Any, where: str) -> list[dict]:
 
 
 def _text(block: dict, where: str, ignored: dict) -> dict:
-    _require(isinstance(block.get("text"), str), f"{where}.text must be a string", f"{where}.text")
+    require(isinstance(block.get("text"), str), f"{where}.text must be a string", f"{where}.text")
     if block.get("citations"):
         ignored["citations"] = None
     return _marked({"type": "text", "text": block["text"]}, block, where)
 
 
 def _data_url(source: dict, where: str) -> str:
-    _require(
+    require(
         isinstance(source.get("media_type"), str) and source["media_type"] != "",
         f"{where}.source.media_type must name the data's type (image/png, application/pdf, ...)",
         f"{where}.source.media_type",
     )
-    _require(
+    require(
         isinstance(source.get("data"), str) and source["data"] != "",
         f"{where}.source.data must be the base64 bytes",
         f"{where}.source.data",
@@ -209,17 +188,17 @@ def _data_url(source: dict, where: str) -> str:
 
 def _source(block: dict, where: str, kinds: tuple[str, ...]) -> dict:
     source = block.get("source")
-    _require(isinstance(source, dict), f"{where}.source must be an object with a 'type'", f"{where}.source")
+    require(isinstance(source, dict), f"{where}.source must be an object with a 'type'", f"{where}.source")
     kind = source.get("type")
     if kind == "file":
-        raise _bad(
+        raise bad(
             f"{where}.source is a Files API file, which this gateway does not serve: send the content inline (base64)",
             f"{where}.source.type",
             "unsupported_source",
         )
-    _require(
+    require(
         kind in kinds,
-        f"{where}.source.type must be one of {', '.join(kinds)}, got {_shown(kind)}",
+        f"{where}.source.type must be one of {', '.join(kinds)}, got {shown(kind)}",
         f"{where}.source.type",
     )
     return source
@@ -228,7 +207,7 @@ def _source(block: dict, where: str, kinds: tuple[str, ...]) -> dict:
 def _image(block: dict, where: str) -> dict:
     source = _source(block, where, ("base64", "url"))
     if source["type"] == "url":
-        _require(
+        require(
             isinstance(source.get("url"), str) and source["url"] != "",
             f"{where}.source.url must be a URL",
             f"{where}.source.url",
@@ -247,7 +226,7 @@ def _document(block: dict, where: str, ignored: dict) -> list[dict]:
     if block.get("context") is not None:
         ignored["document.context"] = None
     if kind == "url":
-        raise _bad(
+        raise bad(
             f"{where}.source is a URL, which this gateway does not fetch: send the document as base64 "
             "(or its text as a text source)",
             f"{where}.source.type",
@@ -261,7 +240,7 @@ def _document(block: dict, where: str, ignored: dict) -> list[dict]:
     if block.get("title") is not None:
         ignored["document.title"] = None
     if kind == "text":
-        _require(
+        require(
             isinstance(source.get("data"), str),
             f"{where}.source.data must be the document's text",
             f"{where}.source.data",
@@ -278,8 +257,8 @@ def _document(block: dict, where: str, ignored: dict) -> list[dict]:
         elif item["type"] == "image":
             parts.append(_image(item, f"{at}[{k}]"))
         else:
-            raise _bad(
-                f"{at}[{k}].type must be text or image, got {_shown(item['type'])}",
+            raise bad(
+                f"{at}[{k}].type must be text or image, got {shown(item['type'])}",
                 f"{at}[{k}].type",
                 "unsupported_content",
             )
@@ -291,7 +270,7 @@ def _document(block: dict, where: str, ignored: dict) -> list[dict]:
 def _search_result(block: dict, where: str, ignored: dict) -> dict:
     """A search result as the text a model reads: its title, its source, then its text blocks."""
     for key in ("title", "source"):
-        _require(isinstance(block.get(key), str), f"{where}.{key} must be a string", f"{where}.{key}")
+        require(isinstance(block.get(key), str), f"{where}.{key} must be a string", f"{where}.{key}")
     texts = [
         _text(b, f"{where}.content[{k}]", ignored)["text"]
         for k, b in enumerate(_block_list(block.get("content"), f"{where}.content"))
@@ -303,13 +282,13 @@ def _search_result(block: dict, where: str, ignored: dict) -> dict:
 
 def _unsupported(kind: str, where: str, allowed: str, role: str) -> InvalidRequest:
     if kind in PROVIDER_BLOCKS:
-        return _bad(
+        return bad(
             f"{where}.type '{kind}' belongs to a provider-run tool, which no backend of this gateway runs",
             f"{where}.type",
             "unsupported_content",
         )
-    return _bad(
-        f"{where}.type {_shown(kind)} is not a content block of a {role} message this gateway "
+    return bad(
+        f"{where}.type {shown(kind)} is not a content block of a {role} message this gateway "
         f"translates: use one of {allowed}",
         f"{where}.type",
         "unsupported_content",
@@ -338,14 +317,14 @@ def _content(parts: list[dict]) -> str | list[dict]:
 
 def _tool_message(block: dict, where: str, ignored: dict, answerable: set[str]) -> dict:
     call_id = block.get("tool_use_id")
-    _require(
+    require(
         isinstance(call_id, str) and call_id != "",
         f"{where}.tool_use_id must name the tool_use it answers",
         f"{where}.tool_use_id",
     )
-    _require(
+    require(
         call_id in answerable,
-        f"{where}.tool_use_id {_shown(call_id)} answers no tool_use block of the latest assistant message: "
+        f"{where}.tool_use_id {shown(call_id)} answers no tool_use block of the latest assistant message: "
         "a tool_result must follow the assistant message that asked for it",
         f"{where}.tool_use_id",
     )
@@ -355,7 +334,7 @@ def _tool_message(block: dict, where: str, ignored: dict, answerable: set[str]) 
         parts = []
         for k, item in enumerate(_block_list(content, at)):
             if item["type"] == "tool_result":
-                raise _bad(
+                raise bad(
                     f"{at}[{k}].type: a tool_result cannot hold another tool_result",
                     f"{at}[{k}].type",
                     "unsupported_content",
@@ -363,14 +342,14 @@ def _tool_message(block: dict, where: str, ignored: dict, answerable: set[str]) 
             parts.extend(_user_parts(item, f"{at}[{k}]", ignored))
         content = _content(parts) if parts else ""
     else:
-        _require(
+        require(
             isinstance(content, str),
             f"{where}.content must be a string or an array of content blocks",
             f"{where}.content",
         )
     message: dict[str, Any] = {"role": "tool", "tool_call_id": call_id, "content": content}
     is_error = block.get("is_error")
-    _require(is_error is None or isinstance(is_error, bool), f"{where}.is_error must be a boolean", f"{where}.is_error")
+    require(is_error is None or isinstance(is_error, bool), f"{where}.is_error must be a boolean", f"{where}.is_error")
     if is_error:
         message["is_error"] = True
     return _marked(message, block, where)
@@ -380,7 +359,7 @@ def _user_messages(content: Any, where: str, ignored: dict, answerable: set[str]
     if isinstance(content, str):
         return [{"role": "user", "content": content}]
     blocks = _block_list(content, where)
-    _require(len(blocks) > 0, f"{where} must not be empty: give a string or at least one content block", where)
+    require(len(blocks) > 0, f"{where} must not be empty: give a string or at least one content block", where)
     results, parts = [], []
     for j, block in enumerate(blocks):
         if block["type"] == "tool_result":
@@ -394,13 +373,13 @@ def _user_messages(content: Any, where: str, ignored: dict, answerable: set[str]
 
 def _tool_call(block: dict, where: str) -> dict:
     for key in ("id", "name"):
-        _require(
+        require(
             isinstance(block.get(key), str) and block[key] != "",
             f"{where}.{key} must be a non-empty string",
             f"{where}.{key}",
         )
     arguments = block.get("input")
-    _require(isinstance(arguments, dict), f"{where}.input must be an object (the tool's arguments)", f"{where}.input")
+    require(isinstance(arguments, dict), f"{where}.input must be an object (the tool's arguments)", f"{where}.input")
     call = {
         "id": block["id"],
         "type": "function",
@@ -427,14 +406,14 @@ def _assistant_message(content: Any, where: str, ignored: dict) -> tuple[dict, s
             calls.append(_tool_call(block, at))
         elif kind == "thinking":
             for key in ("thinking", "signature"):
-                _require(
+                require(
                     isinstance(block.get(key), str),
                     f"{at}.{key} must be a string (send the block back as the answer gave it)",
                     f"{at}.{key}",
                 )
             thinking.append(dict(block))
         elif kind == "redacted_thinking":
-            _require(
+            require(
                 isinstance(block.get("data"), str),
                 f"{at}.data must be a string (send the block back as the answer gave it)",
                 f"{at}.data",
@@ -454,10 +433,10 @@ def _assistant_message(content: Any, where: str, ignored: dict) -> tuple[dict, s
 def _system_message(system: Any, where: str, ignored: dict) -> dict | None:
     if isinstance(system, str):
         return {"role": "system", "content": system} if system else None
-    _require(isinstance(system, list), f"{where} must be a string or an array of text blocks", where)
+    require(isinstance(system, list), f"{where} must be a string or an array of text blocks", where)
     parts = []
     for j, block in enumerate(_block_list(system, where)):
-        _require(
+        require(
             block["type"] == "text", f"{where}[{j}].type must be 'text': a system prompt is text", f"{where}[{j}].type"
         )
         parts.append(_text(block, f"{where}[{j}]", ignored))
@@ -465,43 +444,41 @@ def _system_message(system: Any, where: str, ignored: dict) -> dict | None:
 
 
 def _tools(tools: Any, ignored: dict) -> list[dict]:
-    _require(isinstance(tools, list), "'tools' must be an array of tool definitions", "tools")
+    require(isinstance(tools, list), "'tools' must be an array of tool definitions", "tools")
     out, names = [], set()
     for i, tool in enumerate(tools):
         where = f"tools[{i}]"
-        _require(isinstance(tool, dict), f"{where} must be an object", where)
+        require(isinstance(tool, dict), f"{where} must be an object", where)
         kind = tool.get("type")
         if kind not in (None, "custom"):
-            raise _bad(
-                f"{where}.type {_shown(kind)} is a tool Anthropic defines and runs or describes itself, "
+            raise bad(
+                f"{where}.type {shown(kind)} is a tool Anthropic defines and runs or describes itself, "
                 "which this gateway cannot do for other models: declare it as a custom tool (name, "
                 "description, input_schema) instead",
                 f"{where}.type",
                 "unsupported_tool",
             )
         name = tool.get("name")
-        _require(isinstance(name, str) and name != "", f"{where}.name must be a non-empty string", f"{where}.name")
-        _require(name not in names, f"{where}.name: a tool named {name!r} is already declared", f"{where}.name")
+        require(isinstance(name, str) and name != "", f"{where}.name must be a non-empty string", f"{where}.name")
+        require(name not in names, f"{where}.name: a tool named {name!r} is already declared", f"{where}.name")
         names.add(name)
         schema = tool.get("input_schema")
-        _require(
-            isinstance(schema, dict), f"{where}.input_schema must be a JSON schema object", f"{where}.input_schema"
-        )
+        require(isinstance(schema, dict), f"{where}.input_schema must be a JSON schema object", f"{where}.input_schema")
         function: dict[str, Any] = {"name": name}
         if tool.get("description") is not None:
-            _require(
+            require(
                 isinstance(tool["description"], str), f"{where}.description must be a string", f"{where}.description"
             )
             function["description"] = tool["description"]
         function["parameters"] = schema
         if tool.get("strict") is not None:
-            _require(isinstance(tool["strict"], bool), f"{where}.strict must be a boolean", f"{where}.strict")
+            require(isinstance(tool["strict"], bool), f"{where}.strict must be a boolean", f"{where}.strict")
             function["strict"] = tool["strict"]
         for key in tool:
             if key in TOOL_HINTS:
                 ignored[f"tools.{key}"] = None
             elif key not in TOOL_KEYS:
-                raise _bad(
+                raise bad(
                     f"{where}.{key} is not a tool field this gateway knows: remove it",
                     f"{where}.{key}",
                     "unknown_parameter",
@@ -511,15 +488,15 @@ def _tools(tools: Any, ignored: dict) -> list[dict]:
 
 
 def _tool_choice(choice: Any, names: set[str], chat: dict) -> None:
-    _require(
+    require(
         isinstance(choice, dict),
         "'tool_choice' must be an object: {'type': 'auto' | 'any' | 'tool' | 'none'}",
         "tool_choice",
     )
     kind = choice.get("type")
-    _require(
+    require(
         kind in ("auto", "any", "tool", "none"),
-        f"'tool_choice.type' must be auto, any, tool or none, got {_shown(kind)}",
+        f"'tool_choice.type' must be auto, any, tool or none, got {shown(kind)}",
         "tool_choice.type",
     )
     allowed = {
@@ -529,24 +506,24 @@ def _tool_choice(choice: Any, names: set[str], chat: dict) -> None:
         "none": ("type",),
     }[kind]
     for key in choice:
-        _require(
+        require(
             key in allowed,
             f"'tool_choice.{key}' is not a field of a tool_choice of type {kind!r}",
             f"tool_choice.{key}",
         )
     single = choice.get("disable_parallel_tool_use", False)
-    _require(
+    require(
         isinstance(single, bool),
         "'tool_choice.disable_parallel_tool_use' must be a boolean",
         "tool_choice.disable_parallel_tool_use",
     )
     if kind in ("any", "tool"):
-        _require(bool(names), f"'tool_choice' of type {kind!r} needs 'tools' to choose from", "tool_choice")
+        require(bool(names), f"'tool_choice' of type {kind!r} needs 'tools' to choose from", "tool_choice")
     if kind == "tool":
         name = choice.get("name")
-        _require(
+        require(
             isinstance(name, str) and name in names,
-            f"'tool_choice.name' must name one of the request's tools, got {_shown(name)}",
+            f"'tool_choice.name' must name one of the request's tools, got {shown(name)}",
             "tool_choice.name",
         )
         chat["tool_choice"] = {"type": "function", "function": {"name": name}}
@@ -557,15 +534,15 @@ def _tool_choice(choice: Any, names: set[str], chat: dict) -> None:
 
 
 def _thinking(value: Any) -> dict:
-    _require(
+    require(
         isinstance(value, dict) and value.get("type") in THINKING_TYPES,
         f"'thinking.type' must be one of {', '.join(THINKING_TYPES)}",
         "thinking.type",
     )
     if value["type"] == "enabled":
         budget = value.get("budget_tokens")
-        _require(
-            _is_int(budget) and 0 < budget <= MAX_TOKENS_LIMIT,
+        require(
+            is_int(budget) and 0 < budget <= MAX_TOKENS_LIMIT,
             "'thinking.budget_tokens' must be a positive integer (Anthropic asks for at least 1024)",
             "thinking.budget_tokens",
         )
@@ -573,7 +550,7 @@ def _thinking(value: Any) -> dict:
 
 
 def _json_format(fmt: Any, param: str) -> dict:
-    _require(
+    require(
         isinstance(fmt, dict) and fmt.get("type") == "json_schema" and isinstance(fmt.get("schema"), dict),
         f"'{param}' must be {{'type': 'json_schema', 'schema': {{...}}}}",
         param,
@@ -582,16 +559,16 @@ def _json_format(fmt: Any, param: str) -> dict:
 
 
 def _output_config(config: Any, chat: dict) -> None:
-    _require(isinstance(config, dict), "'output_config' must be an object", "output_config")
+    require(isinstance(config, dict), "'output_config' must be an object", "output_config")
     for key in config:
-        _require(
+        require(
             key in ("effort", "format"),
             f"'output_config.{key}' is not an output setting this gateway knows: it takes effort and format",
             f"output_config.{key}",
         )
     effort = config.get("effort")
     if effort is not None:
-        _require(
+        require(
             isinstance(effort, str) and effort in EFFORTS,
             f"'output_config.effort' must be one of {', '.join(EFFORTS)}",
             "output_config.effort",
@@ -619,7 +596,7 @@ def sticky_user(user_id: str) -> str:
 
 def _mark_last(messages: list[dict], marker: Any) -> None:
     """Top-level cache_control: the marker on the last block of the last message (unless it has one)."""
-    _require(
+    require(
         isinstance(marker, dict) and marker.get("type") == "ephemeral",
         "'cache_control' must be {'type': 'ephemeral'} (with an optional 'ttl')",
         "cache_control",
@@ -640,11 +617,11 @@ def to_chat_request(body: Any) -> tuple[dict, list[str]]:
 
     Raises InvalidRequest (400) naming the parameter that is wrong, unknown or cannot be translated.
     """
-    _require(isinstance(body, dict), "the request body must be a JSON object (a Messages API request)", "body")
+    require(isinstance(body, dict), "the request body must be a JSON object (a Messages API request)", "body")
     unknown = sorted(key for key in body if key not in KNOWN)
     if unknown:
         named = ", ".join(repr(key) for key in unknown)
-        raise _bad(
+        raise bad(
             f"unknown parameter{'s' if len(unknown) > 1 else ''} {named}: not a Messages API parameter this "
             "gateway knows (it refuses what it cannot honour rather than dropping it): remove "
             f"{'them' if len(unknown) > 1 else 'it'}",
@@ -653,26 +630,26 @@ def to_chat_request(body: Any) -> tuple[dict, list[str]]:
         )
     for name, why in REFUSED.items():
         if body.get(name) not in (None, [], {}):
-            raise _bad(f"'{name}' is not served: {why}", name, "unsupported_parameter")
+            raise bad(f"'{name}' is not served: {why}", name, "unsupported_parameter")
     model = body.get("model")
-    _require(
+    require(
         isinstance(model, str) and model != "",
         "'model' is required: the name of a route (GET /v1/models lists them)",
         "model",
     )
     max_tokens = body.get("max_tokens")
-    _require(
+    require(
         max_tokens is not None,
         "'max_tokens' is required by the Messages API: the most tokens to generate",
         "max_tokens",
     )
-    _require(
-        _is_int(max_tokens) and 0 < max_tokens <= MAX_TOKENS_LIMIT,
-        f"'max_tokens' must be a positive integer no larger than {MAX_TOKENS_LIMIT}, got {_shown(max_tokens)}",
+    require(
+        is_int(max_tokens) and 0 < max_tokens <= MAX_TOKENS_LIMIT,
+        f"'max_tokens' must be a positive integer no larger than {MAX_TOKENS_LIMIT}, got {shown(max_tokens)}",
         "max_tokens",
     )
     messages = body.get("messages")
-    _require(
+    require(
         isinstance(messages, list) and len(messages) > 0,
         "'messages' must be a non-empty array of {'role', 'content'} objects",
         "messages",
@@ -687,18 +664,18 @@ def to_chat_request(body: Any) -> tuple[dict, list[str]]:
     answerable: set[str] = set()
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
-        _require(isinstance(message, dict), f"{where} must be an object with a role and content", where)
+        require(isinstance(message, dict), f"{where} must be an object with a role and content", where)
         role = message.get("role")
-        _require(
-            role in ROLES, f"{where}.role must be user or assistant (or system), got {_shown(role)}", f"{where}.role"
+        require(
+            role in ROLES, f"{where}.role must be user or assistant (or system), got {shown(role)}", f"{where}.role"
         )
-        _require(
+        require(
             "content" in message,
             f"{where}.content is required (a string or an array of content blocks)",
             f"{where}.content",
         )
         for key in message:
-            _require(
+            require(
                 key in ("role", "content"),
                 f"{where}.{key} is not a message field: a message has role and content",
                 f"{where}.{key}",
@@ -713,26 +690,26 @@ def to_chat_request(body: Any) -> tuple[dict, list[str]]:
             system = _system_message(content, at, ignored)
             if system is not None:
                 chat_messages.append(system)
-    _require(bool(chat_messages), "'messages' has nothing to send: give at least one non-empty message", "messages")
+    require(bool(chat_messages), "'messages' has nothing to send: give at least one non-empty message", "messages")
 
     chat: dict[str, Any] = {"model": model, "messages": chat_messages, "max_tokens": max_tokens}
     for name in ("temperature", "top_p"):
         value = body.get(name)
         if value is not None:
-            _require(_is_number(value) and 0 <= value <= 1, f"'{name}' must be a number from 0 to 1", name)
+            require(is_number(value) and 0 <= value <= 1, f"'{name}' must be a number from 0 to 1", name)
             chat[name] = value
     top_k = body.get("top_k")
     if top_k is not None:
-        _require(_is_int(top_k) and top_k > 0, "'top_k' must be a positive integer", "top_k")
+        require(is_int(top_k) and top_k > 0, "'top_k' must be a positive integer", "top_k")
         chat["top_k"] = top_k
     stops = body.get("stop_sequences")
     if stops is not None:
-        _require(
+        require(
             isinstance(stops, list) and all(isinstance(s, str) and s for s in stops),
             "'stop_sequences' must be an array of non-empty strings",
             "stop_sequences",
         )
-        _require(
+        require(
             len(stops) <= MAX_STOP_SEQUENCES,
             f"'stop_sequences' may hold at most {MAX_STOP_SEQUENCES} sequences here (the chat backends' limit)",
             "stop_sequences",
@@ -752,26 +729,26 @@ def to_chat_request(body: Any) -> tuple[dict, list[str]]:
     if body.get("output_config") is not None:
         _output_config(body["output_config"], chat)
     if body.get("output_format") is not None:
-        _require(
+        require(
             "response_format" not in chat, "give 'output_format' or 'output_config.format', not both", "output_format"
         )
         chat["response_format"] = _json_format(body["output_format"], "output_format")
     metadata = body.get("metadata")
     if metadata is not None:
-        _require(isinstance(metadata, dict), "'metadata' must be an object", "metadata")
+        require(isinstance(metadata, dict), "'metadata' must be an object", "metadata")
         for key in metadata:
-            _require(
+            require(
                 key == "user_id", f"'metadata.{key}' is not a metadata field: metadata takes user_id", f"metadata.{key}"
             )
         user_id = metadata.get("user_id")
-        _require(user_id is None or isinstance(user_id, str), "'metadata.user_id' must be a string", "metadata.user_id")
+        require(user_id is None or isinstance(user_id, str), "'metadata.user_id' must be a string", "metadata.user_id")
         if user_id:
             chat["user"] = sticky_user(user_id)
     if body.get("cache_control") is not None:
         _mark_last(chat_messages, body["cache_control"])
     stream = body.get("stream")
     if stream is not None:
-        _require(isinstance(stream, bool), "'stream' must be a boolean", "stream")
+        require(isinstance(stream, bool), "'stream' must be a boolean", "stream")
         chat["stream"] = stream
         if stream:
             chat["stream_options"] = {"include_usage": True}  # the closing message_delta carries the usage
@@ -803,13 +780,6 @@ def anthropic_usage(usage: dict | None) -> dict:
     }
 
 
-def _reasoning_text(source: dict) -> str:
-    for key in ("reasoning_content", "reasoning"):
-        if isinstance(source.get(key), str) and source[key]:
-            return source[key]
-    return ""
-
-
 def _thinking_content(message: dict) -> list[dict]:
     blocks = [
         dict(b)
@@ -822,7 +792,7 @@ def _thinking_content(message: dict) -> list[dict]:
                 block.setdefault("signature", "")
                 block.setdefault("thinking", "")
         return blocks
-    text = _reasoning_text(message)
+    text = reasoning_text(message)
     return [{"type": "thinking", "thinking": text, "signature": ""}] if text else []
 
 
@@ -1040,7 +1010,7 @@ class StreamTranslator:
             if choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta") or {}
-            reasoning = _reasoning_text(delta)
+            reasoning = reasoning_text(delta)
             if reasoning:
                 if self._open != "thinking":
                     self._flush_calls(out)

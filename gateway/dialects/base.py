@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from aiohttp import web
 
+from ..context import dumps
 from ..errors import GatewayError
 
 if TYPE_CHECKING:
@@ -35,6 +36,31 @@ class StreamEncoder(ABC):
     @abstractmethod
     def finish(self, error: GatewayError | None) -> bytes:
         """The closing events: the end of the answer, or the error that broke the stream."""
+
+
+class EventStream(StreamEncoder):
+    """A dialect's stream translator (`start`, `feed`, `finish`, each a list of `(event, data)` pairs) as
+    server-sent events (`event: <type>` and its JSON); `failed` gives a broken stream's closing events."""
+
+    def __init__(self, translator: Any):
+        self.translator = translator
+
+    @staticmethod
+    def _sse(events: list[tuple[str, dict]]) -> bytes:
+        return b"".join(sse(dumps(data), event=kind) for kind, data in events)
+
+    def start(self) -> bytes:
+        return self._sse(self.translator.start())
+
+    def chunk(self, chunk: dict) -> bytes:
+        return self._sse(self.translator.feed(chunk))
+
+    def finish(self, error: GatewayError | None) -> bytes:
+        return self._sse(self.translator.finish() if error is None else self.failed(error))
+
+    @abstractmethod
+    def failed(self, error: GatewayError) -> list[tuple[str, dict]]:
+        """The events that end a stream broken by `error`."""
 
 
 class Endpoint(ABC):

@@ -10,11 +10,10 @@ them finds nothing, so an embeddings route changes model all at once, on purpose
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
 from ..bodies import check_encodable
+from ..checks import is_int, require
 from ..context import RequestContext
 from ..errors import GatewayError, InvalidRequest
 from ..proxy import call_chain, serve, write_json
@@ -34,15 +33,15 @@ def validate_embeddings_request(body: dict) -> dict:
             code="missing_input",
         )
     if isinstance(given, str):
-        _require(given != "", "'input' must not be an empty string", "input")
+        require(given != "", "'input' must not be an empty string", "input")
     elif isinstance(given, list):
-        _require(0 < len(given) <= MAX_INPUTS, f"'input' must hold 1 to {MAX_INPUTS} items", "input")
+        require(0 < len(given) <= MAX_INPUTS, f"'input' must hold 1 to {MAX_INPUTS} items", "input")
         if all(isinstance(item, str) for item in given):
             for i, item in enumerate(given):
-                _require(item != "", f"input[{i}] must not be an empty string", f"input[{i}]")
+                require(item != "", f"input[{i}] must not be an empty string", f"input[{i}]")
         elif not (
-            all(_is_int(t) for t in given)
-            or all(isinstance(item, list) and item and all(_is_int(t) for t in item) for item in given)
+            all(is_int(t) for t in given)
+            or all(isinstance(item, list) and item and all(is_int(t) for t in item) for item in given)
         ):
             raise InvalidRequest(
                 "'input' must be a string, an array of strings, an array of token ids, or an "
@@ -53,26 +52,17 @@ def validate_embeddings_request(body: dict) -> dict:
     else:
         raise InvalidRequest("'input' must be a string or an array", param="input", code="invalid_value")
     encoding = body.get("encoding_format", "float")
-    _require(encoding in ENCODINGS, f"'encoding_format' must be one of {', '.join(ENCODINGS)}", "encoding_format")
+    require(encoding in ENCODINGS, f"'encoding_format' must be one of {', '.join(ENCODINGS)}", "encoding_format")
     dimensions = body.get("dimensions")
-    _require(
-        dimensions is None or (_is_int(dimensions) and dimensions > 0),
+    require(
+        dimensions is None or (is_int(dimensions) and dimensions > 0),
         "'dimensions' must be a positive integer",
         "dimensions",
     )
     user = body.get("user")
-    _require(user is None or isinstance(user, str), "'user' must be a string", "user")
+    require(user is None or isinstance(user, str), "'user' must be a string", "user")
     check_encodable(body)
     return body
-
-
-def _require(condition: bool, message: str, param: str) -> None:
-    if not condition:
-        raise InvalidRequest(message, param=param, code="invalid_value")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def summary(answer: dict) -> dict:

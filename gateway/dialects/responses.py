@@ -48,9 +48,11 @@ import time
 import weakref
 from typing import Any
 
-from ..context import RequestContext, dumps
-from ..errors import GatewayError, InvalidRequest
-from .base import Dialect, StreamEncoder, sse
+from ..chat import reasoning_text
+from ..checks import bad, is_int, require, shown
+from ..context import RequestContext
+from ..errors import GatewayError
+from .base import Dialect, EventStream, StreamEncoder
 
 log = logging.getLogger("llmgate.dialects")
 
@@ -105,24 +107,6 @@ _ITEM_TYPES = "message, function_call, function_call_output or reasoning"
 _EMPTY_SCHEMA = {"type": "object", "properties": {}}
 
 
-def _bad(message: str, param: str, code: str = "invalid_value") -> InvalidRequest:
-    return InvalidRequest(message, param=param, code=code)
-
-
-def _require(condition: bool, message: str, param: str) -> None:
-    if not condition:
-        raise _bad(message, param)
-
-
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else f"{text[:60]}..."
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _has_instructions(request: dict) -> bool:
     return isinstance(request.get("instructions"), str) and request["instructions"] != ""
 
@@ -137,30 +121,30 @@ def to_chat_request(body: Any, previous: list[dict] | None = None) -> tuple[dict
     already resolved by the caller; it goes between the new instructions and the new input.
     Raises InvalidRequest naming the parameter to fix.
     """
-    _require(isinstance(body, dict), "the request body must be a JSON object", "body")
+    require(isinstance(body, dict), "the request body must be a JSON object", "body")
     ignored: list[str] = []
     for name, value in body.items():
         if name in _TRANSLATED:
             continue
         if name in _REFUSED:
             if value is not None:
-                raise _bad(_REFUSED[name], name, "unsupported_parameter")
+                raise bad(_REFUSED[name], name, "unsupported_parameter")
         elif name == "background":
-            _require(value is None or isinstance(value, bool), "'background' must be a boolean", name)
+            require(value is None or isinstance(value, bool), "'background' must be a boolean", name)
             if value:
-                raise _bad(
+                raise bad(
                     "background responses are not supported by this gateway: set 'background' to false "
                     "(or leave it out) and stream the answer instead",
                     name,
                     "unsupported_parameter",
                 )
         elif name == "truncation":
-            _require(value in (None, "auto", "disabled"), "'truncation' must be 'auto' or 'disabled'", name)
+            require(value in (None, "auto", "disabled"), "'truncation' must be 'auto' or 'disabled'", name)
             if value == "auto":
                 ignored.append(name)
         elif name == "top_logprobs":
-            _require(
-                value is None or (_is_int(value) and 0 <= value <= 20),
+            require(
+                value is None or (is_int(value) and 0 <= value <= 20),
                 "'top_logprobs' must be an integer from 0 to 20",
                 name,
             )
@@ -168,7 +152,7 @@ def to_chat_request(body: Any, previous: list[dict] | None = None) -> tuple[dict
                 ignored.append(name)
         elif name in _IGNORED:
             if name == "include":
-                _require(
+                require(
                     value is None or (isinstance(value, list) and all(isinstance(v, str) for v in value)),
                     "'include' must be an array of strings",
                     name,
@@ -176,7 +160,7 @@ def to_chat_request(body: Any, previous: list[dict] | None = None) -> tuple[dict
             if value is not None and value != []:
                 ignored.append(name)
         else:
-            raise _bad(
+            raise bad(
                 f"Unrecognized request argument supplied: '{name}'. Remove it: the Responses API "
                 "takes no such parameter (check its spelling)",
                 name,
@@ -184,13 +168,13 @@ def to_chat_request(body: Any, previous: list[dict] | None = None) -> tuple[dict
             )
 
     model = body.get("model")
-    _require(
+    require(
         isinstance(model, str) and model != "",
         "you must provide a model parameter naming a route (GET /v1/models lists them)",
         "model",
     )
     previous_id = body.get("previous_response_id")
-    _require(
+    require(
         previous_id is None or isinstance(previous_id, str),
         "'previous_response_id' must be a string",
         "previous_response_id",
@@ -199,18 +183,18 @@ def to_chat_request(body: Any, previous: list[dict] | None = None) -> tuple[dict
 
     messages: list[dict] = []
     instructions = body.get("instructions")
-    _require(instructions is None or isinstance(instructions, str), "'instructions' must be a string", "instructions")
+    require(instructions is None or isinstance(instructions, str), "'instructions' must be a string", "instructions")
     if _has_instructions(body):
         messages.append({"role": "system", "content": instructions})
     messages.extend(previous or ())
     items = body.get("input")
     if items is None:
-        _require(bool(previous), "'input' is required: a string, or an array of input items", "input")
+        require(bool(previous), "'input' is required: a string, or an array of input items", "input")
     elif isinstance(items, str):
         messages.append({"role": "user", "content": items})
     else:
-        _require(isinstance(items, list), "'input' must be a string or an array of input items", "input")
-        _require(bool(items) or bool(previous), "'input' must not be empty", "input")
+        require(isinstance(items, list), "'input' must be a string or an array of input items", "input")
+        require(bool(items) or bool(previous), "'input' must not be empty", "input")
         messages.extend(_items_to_messages(items, "input"))
     chat["messages"] = messages
 
@@ -225,13 +209,13 @@ def to_chat_request(body: Any, previous: list[dict] | None = None) -> tuple[dict
         if body.get("parallel_tool_calls") is not None:
             chat["parallel_tool_calls"] = body["parallel_tool_calls"]
     elif choice == "required" or isinstance(choice, dict):
-        raise _bad(
+        raise bad(
             "'tool_choice' asks for a tool call but the request has no tools: add function tools to "
             "'tools' or set tool_choice to 'auto'",
             "tool_choice",
         )
     elif body.get("parallel_tool_calls") is not None:
-        _require(
+        require(
             isinstance(body["parallel_tool_calls"], bool),
             "'parallel_tool_calls' must be a boolean",
             "parallel_tool_calls",
@@ -242,7 +226,7 @@ def to_chat_request(body: Any, previous: list[dict] | None = None) -> tuple[dict
         chat["response_format"] = fmt
     limit = body.get("max_output_tokens")
     if limit is not None:
-        _require(_is_int(limit) and limit > 0, "'max_output_tokens' must be a positive integer", "max_output_tokens")
+        require(is_int(limit) and limit > 0, "'max_output_tokens' must be a positive integer", "max_output_tokens")
         chat["max_tokens"] = limit
     for name in ("temperature", "top_p", "stream", "metadata"):
         if body.get(name) is not None:
@@ -251,8 +235,8 @@ def to_chat_request(body: Any, previous: list[dict] | None = None) -> tuple[dict
     if effort is not None:
         chat["reasoning_effort"] = effort
     user, safety = body.get("user"), body.get("safety_identifier")
-    _require(user is None or isinstance(user, str), "'user' must be a string", "user")
-    _require(safety is None or isinstance(safety, str), "'safety_identifier' must be a string", "safety_identifier")
+    require(user is None or isinstance(user, str), "'user' must be a string", "user")
+    require(safety is None or isinstance(safety, str), "'safety_identifier' must be a string", "safety_identifier")
     if safety is not None:
         chat["user"] = safety
         if user is not None and user != safety:
@@ -282,11 +266,11 @@ PROVIDER_TOOLS = frozenset(
 def _tools(tools: Any, ignored: list[str] | None = None) -> tuple[list[dict], set[str]]:
     if tools is None:
         return [], set()
-    _require(isinstance(tools, list), "'tools' must be an array of tools", "tools")
+    require(isinstance(tools, list), "'tools' must be an array of tools", "tools")
     out: list[dict] = []
     for i, tool in enumerate(tools):
         where = f"tools[{i}]"
-        _require(
+        require(
             isinstance(tool, dict) and isinstance(tool.get("type"), str),
             f"{where} must be an object with a 'type'",
             where,
@@ -297,7 +281,7 @@ def _tools(tools: Any, ignored: list[str] | None = None) -> tuple[list[dict], se
                 ignored.append(f"tools.{kind}")
             continue
         if kind != "function":
-            raise _bad(
+            raise bad(
                 f"{where}.type '{kind}' is not supported: this gateway serves function tools only "
                 f"(type 'function'); run {kind} in your own code and offer it as a function tool",
                 f"{where}.type",
@@ -305,17 +289,15 @@ def _tools(tools: Any, ignored: list[str] | None = None) -> tuple[list[dict], se
             )
         name = tool.get("name")
         if name is None and isinstance(tool.get("function"), dict):
-            raise _bad(
+            raise bad(
                 f"{where}.name is required: Responses function tools are flat ({{'type': 'function', "
                 "'name', 'parameters'}), not the chat form's {'function': {...}}",
                 f"{where}.name",
             )
-        _require(
-            isinstance(name, str) and name != "", f"{where}.name is required (a non-empty string)", f"{where}.name"
-        )
+        require(isinstance(name, str) and name != "", f"{where}.name is required (a non-empty string)", f"{where}.name")
         fn: dict[str, Any] = {"name": name}
         description = tool.get("description")
-        _require(
+        require(
             description is None or isinstance(description, str),
             f"{where}.description must be a string",
             f"{where}.description",
@@ -323,14 +305,14 @@ def _tools(tools: Any, ignored: list[str] | None = None) -> tuple[list[dict], se
         if description is not None:
             fn["description"] = description
         parameters = tool.get("parameters")
-        _require(
+        require(
             parameters is None or isinstance(parameters, dict),
             f"{where}.parameters must be a JSON schema object",
             f"{where}.parameters",
         )
         fn["parameters"] = parameters if parameters is not None else dict(_EMPTY_SCHEMA)
         strict = tool.get("strict")
-        _require(strict is None or isinstance(strict, bool), f"{where}.strict must be a boolean", f"{where}.strict")
+        require(strict is None or isinstance(strict, bool), f"{where}.strict must be a boolean", f"{where}.strict")
         if strict is not None:
             fn["strict"] = strict
         out.append({"type": "function", "function": fn})
@@ -342,13 +324,13 @@ def _tool_choice(choice: Any, names: set[str]) -> tuple[Any, set[str] | None]:
     if choice is None:
         return None, None
     if isinstance(choice, str):
-        _require(
+        require(
             choice in _TOOL_CHOICES,
-            f"'tool_choice' must be 'auto', 'none', 'required' or an object, got {_shown(choice)}",
+            f"'tool_choice' must be 'auto', 'none', 'required' or an object, got {shown(choice)}",
             "tool_choice",
         )
         return choice, None
-    _require(
+    require(
         isinstance(choice, dict) and isinstance(choice.get("type"), str),
         "'tool_choice' must be 'auto', 'none', 'required' or an object with a 'type'",
         "tool_choice",
@@ -356,33 +338,33 @@ def _tool_choice(choice: Any, names: set[str]) -> tuple[Any, set[str] | None]:
     kind = choice["type"]
     if kind == "function":
         name = choice.get("name")
-        _require(isinstance(name, str), "'tool_choice.name' is required with type 'function'", "tool_choice.name")
-        _require(
+        require(isinstance(name, str), "'tool_choice.name' is required with type 'function'", "tool_choice.name")
+        require(
             name in names,
-            f"'tool_choice.name' {_shown(name)} is not one of the function tools in 'tools'",
+            f"'tool_choice.name' {shown(name)} is not one of the function tools in 'tools'",
             "tool_choice.name",
         )
         return {"type": "function", "function": {"name": name}}, None
     if kind == "allowed_tools":
         mode, allowed = choice.get("mode"), choice.get("tools")
-        _require(mode in ("auto", "required"), "'tool_choice.mode' must be 'auto' or 'required'", "tool_choice.mode")
-        _require(isinstance(allowed, list), "'tool_choice.tools' must be an array of tools", "tool_choice.tools")
+        require(mode in ("auto", "required"), "'tool_choice.mode' must be 'auto' or 'required'", "tool_choice.mode")
+        require(isinstance(allowed, list), "'tool_choice.tools' must be an array of tools", "tool_choice.tools")
         keep: set[str] = set()
         for i, tool in enumerate(allowed):
             where = f"tool_choice.tools[{i}]"
-            _require(
+            require(
                 isinstance(tool, dict) and tool.get("type") == "function" and isinstance(tool.get("name"), str),
                 f"{where} must be {{'type': 'function', 'name': ...}} (only function tools are served)",
                 where,
             )
-            _require(
+            require(
                 tool["name"] in names,
-                f"{where}.name {_shown(tool['name'])} is not one of the tools in 'tools'",
+                f"{where}.name {shown(tool['name'])} is not one of the tools in 'tools'",
                 f"{where}.name",
             )
             keep.add(tool["name"])
         return mode, keep
-    raise _bad(
+    raise bad(
         f"'tool_choice.type' '{kind}' is not supported: this gateway serves function tools only; use 'auto', "
         "'none', 'required', {'type': 'function', 'name'} or {'type': 'allowed_tools', ...}",
         "tool_choice.type",
@@ -393,12 +375,12 @@ def _tool_choice(choice: Any, names: set[str]) -> tuple[Any, set[str] | None]:
 def _text_format(text: Any, ignored: list[str]) -> dict | None:
     if text is None:
         return None
-    _require(isinstance(text, dict), "'text' must be an object ({'format': ..., 'verbosity': ...})", "text")
+    require(isinstance(text, dict), "'text' must be an object ({'format': ..., 'verbosity': ...})", "text")
     for key, value in text.items():
         if key not in ("format", "verbosity") and value is not None:
             ignored.append(f"text.{key}")
     if text.get("verbosity") is not None:
-        _require(
+        require(
             text["verbosity"] in ("low", "medium", "high"),
             "'text.verbosity' must be 'low', 'medium' or 'high'",
             "text.verbosity",
@@ -407,22 +389,22 @@ def _text_format(text: Any, ignored: list[str]) -> dict | None:
     fmt = text.get("format")
     if fmt is None:
         return None
-    _require(isinstance(fmt, dict), "'text.format' must be an object with a 'type'", "text.format")
+    require(isinstance(fmt, dict), "'text.format' must be an object with a 'type'", "text.format")
     kind = fmt.get("type")
     if kind in ("text", "json_object"):
         return {"type": kind}
-    _require(
+    require(
         kind == "json_schema",
-        f"'text.format.type' must be 'text', 'json_object' or 'json_schema', got {_shown(kind)}",
+        f"'text.format.type' must be 'text', 'json_object' or 'json_schema', got {shown(kind)}",
         "text.format.type",
     )
     name, schema = fmt.get("name"), fmt.get("schema")
-    _require(
+    require(
         isinstance(name, str) and name != "",
         "'text.format.name' is required with type 'json_schema'",
         "text.format.name",
     )
-    _require(
+    require(
         isinstance(schema, dict),
         "'text.format.schema' is required with type 'json_schema': a JSON schema object",
         "text.format.schema",
@@ -430,7 +412,7 @@ def _text_format(text: Any, ignored: list[str]) -> dict | None:
     spec: dict[str, Any] = {"name": name, "schema": schema}
     for key, kind_ok in (("strict", bool), ("description", str)):
         value = fmt.get(key)
-        _require(
+        require(
             value is None or isinstance(value, kind_ok),
             f"'text.format.{key}' must be a {'boolean' if kind_ok is bool else 'string'}",
             f"text.format.{key}",
@@ -443,11 +425,9 @@ def _text_format(text: Any, ignored: list[str]) -> dict | None:
 def _reasoning(reasoning: Any, ignored: list[str]) -> str | None:
     if reasoning is None:
         return None
-    _require(
-        isinstance(reasoning, dict), "'reasoning' must be an object ({'effort': ..., 'summary': ...})", "reasoning"
-    )
+    require(isinstance(reasoning, dict), "'reasoning' must be an object ({'effort': ..., 'summary': ...})", "reasoning")
     effort = reasoning.get("effort")
-    _require(
+    require(
         effort is None or isinstance(effort, str),
         "'reasoning.effort' must be a string such as 'low', 'medium' or 'high'",
         "reasoning.effort",
@@ -489,7 +469,7 @@ def _items_to_messages(items: list, where: str) -> list[dict]:
     history = _History()
     for i, item in enumerate(items):
         at = f"{where}[{i}]"
-        _require(isinstance(item, dict), f"{at} must be an object: an input item ({_ITEM_TYPES})", at)
+        require(isinstance(item, dict), f"{at} must be an object: an input item ({_ITEM_TYPES})", at)
         kind = item.get("type")
         if kind is None and "role" not in item and "id" in item:
             kind = "item_reference"
@@ -497,13 +477,13 @@ def _items_to_messages(items: list, where: str) -> list[dict]:
             history.add(_message(item, at))
         elif kind == "function_call":
             call_id, name, arguments = item.get("call_id"), item.get("name"), item.get("arguments")
-            _require(
+            require(
                 isinstance(call_id, str) and call_id != "",
                 f"{at}.call_id is required (the id the model gave the call)",
                 f"{at}.call_id",
             )
-            _require(isinstance(name, str) and name != "", f"{at}.name is required", f"{at}.name")
-            _require(
+            require(isinstance(name, str) and name != "", f"{at}.name is required", f"{at}.name")
+            require(
                 isinstance(arguments, str),
                 f"{at}.arguments is required: the call's arguments as a JSON string",
                 f"{at}.arguments",
@@ -514,7 +494,7 @@ def _items_to_messages(items: list, where: str) -> list[dict]:
             )
         elif kind == "function_call_output":
             call_id = item.get("call_id")
-            _require(
+            require(
                 isinstance(call_id, str) and call_id != "",
                 f"{at}.call_id is required: the call_id of the function_call this answers",
                 f"{at}.call_id",
@@ -523,34 +503,34 @@ def _items_to_messages(items: list, where: str) -> list[dict]:
         elif kind == "reasoning":
             history.thinking.append(_reasoning_block(item, at))
         elif kind == "item_reference":
-            raise _bad(
+            raise bad(
                 f"{at} is an item_reference, which this gateway cannot resolve: send the item itself, or "
                 "previous_response_id for a whole earlier turn",
                 at,
                 "unsupported_item",
             )
         elif isinstance(kind, str):
-            raise _bad(
+            raise bad(
                 f"{at}.type '{kind}' is not supported: this gateway takes {_ITEM_TYPES} items",
                 f"{at}.type",
                 "unsupported_item",
             )
         else:
-            raise _bad(f"{at}.type must be a string: one of {_ITEM_TYPES}", f"{at}.type")
+            raise bad(f"{at}.type must be a string: one of {_ITEM_TYPES}", f"{at}.type")
     return history.messages
 
 
 def _message(item: dict, at: str) -> dict:
     role = item.get("role")
-    _require(
+    require(
         role in ("user", "assistant", "system", "developer"),
-        f"{at}.role must be 'user', 'assistant', 'system' or 'developer', got {_shown(role)}",
+        f"{at}.role must be 'user', 'assistant', 'system' or 'developer', got {shown(role)}",
         f"{at}.role",
     )
     content = item.get("content")
     if isinstance(content, str):
         return {"role": "system" if role == "developer" else role, "content": content}
-    _require(isinstance(content, list), f"{at}.content must be a string or an array of content parts", f"{at}.content")
+    require(isinstance(content, list), f"{at}.content must be a string or an array of content parts", f"{at}.content")
     if role == "user":
         parts = [_input_part(part, f"{at}.content[{j}]") for j, part in enumerate(content)]
         if len(parts) == 1 and parts[0]["type"] == "text":  # what every chat server takes: a plain string
@@ -559,36 +539,36 @@ def _message(item: dict, at: str) -> dict:
     texts = []
     for j, part in enumerate(content):
         where = f"{at}.content[{j}]"
-        _require(isinstance(part, dict), f"{where} must be an object with a 'type'", where)
+        require(isinstance(part, dict), f"{where} must be an object with a 'type'", where)
         kind = part.get("type")
         allowed = ("output_text", "refusal", "input_text") if role == "assistant" else ("input_text",)
-        _require(
+        require(
             kind in allowed,
-            f"{where}.type must be {' or '.join(repr(a) for a in allowed)} in a {role} message, got {_shown(kind)}",
+            f"{where}.type must be {' or '.join(repr(a) for a in allowed)} in a {role} message, got {shown(kind)}",
             f"{where}.type",
         )
         key = "refusal" if kind == "refusal" else "text"
-        _require(isinstance(part.get(key), str), f"{where}.{key} must be a string", f"{where}.{key}")
+        require(isinstance(part.get(key), str), f"{where}.{key} must be a string", f"{where}.{key}")
         texts.append(part[key])
     return {"role": "system" if role == "developer" else role, "content": "".join(texts)}
 
 
 def _input_part(part: Any, where: str) -> dict:
-    _require(isinstance(part, dict), f"{where} must be an object with a 'type'", where)
+    require(isinstance(part, dict), f"{where} must be an object with a 'type'", where)
     kind = part.get("type")
     if kind == "input_text":
-        _require(isinstance(part.get("text"), str), f"{where}.text must be a string", f"{where}.text")
+        require(isinstance(part.get("text"), str), f"{where}.text must be a string", f"{where}.text")
         return {"type": "text", "text": part["text"]}
     if kind == "input_image":
         if part.get("file_id") is not None:
-            raise _bad(
+            raise bad(
                 f"{where}.file_id: file ids need the OpenAI Files API, which this gateway does not serve; send "
                 "the image as image_url (an https URL or a data: URL)",
                 f"{where}.file_id",
                 "unsupported_file",
             )
         url = part.get("image_url")
-        _require(
+        require(
             isinstance(url, str) and url != "",
             f"{where}.image_url is required (an https URL or a data: URL)",
             f"{where}.image_url",
@@ -599,7 +579,7 @@ def _input_part(part: Any, where: str) -> dict:
         return {"type": "image_url", "image_url": image}
     if kind == "input_file":
         if part.get("file_id") is not None:
-            raise _bad(
+            raise bad(
                 f"{where}.file_id: file ids need the OpenAI Files API, which this gateway does not serve; send "
                 "the file's content as file_data (a base64 data: URL)",
                 f"{where}.file_id",
@@ -607,12 +587,12 @@ def _input_part(part: Any, where: str) -> dict:
             )
         data = part.get("file_data")
         if data is None and part.get("file_url") is not None:
-            raise _bad(
+            raise bad(
                 f"{where}.file_url is not supported: send the file's content as file_data (a base64 data: URL)",
                 f"{where}.file_url",
                 "unsupported_file",
             )
-        _require(
+        require(
             isinstance(data, str) and data != "",
             f"{where}.file_data is required (a base64 data: URL)",
             f"{where}.file_data",
@@ -622,16 +602,16 @@ def _input_part(part: Any, where: str) -> dict:
             file["filename"] = part["filename"]
         return {"type": "file", "file": file}
     if kind in ("output_text", "refusal"):
-        raise _bad(
+        raise bad(
             f"{where}.type '{kind}' belongs in assistant messages: use 'input_text' in a user message", f"{where}.type"
         )
-    raise _bad(f"{where}.type must be 'input_text', 'input_image' or 'input_file', got {_shown(kind)}", f"{where}.type")
+    raise bad(f"{where}.type must be 'input_text', 'input_image' or 'input_file', got {shown(kind)}", f"{where}.type")
 
 
 def _tool_output(output: Any, at: str) -> str | list[dict]:
     if isinstance(output, str):
         return output
-    _require(
+    require(
         isinstance(output, list),
         f"{at}.output is required: a string, or an array of input_text, input_image and input_file parts",
         f"{at}.output",
@@ -644,13 +624,13 @@ def _tool_output(output: Any, at: str) -> str | list[dict]:
 
 def _reasoning_block(item: dict, at: str) -> dict:
     summary = item.get("summary") or []
-    _require(
+    require(
         isinstance(summary, list) and all(isinstance(s, dict) and isinstance(s.get("text"), str) for s in summary),
         f"{at}.summary must be an array of {{'type': 'summary_text', 'text': ...}} parts",
         f"{at}.summary",
     )
     encrypted = item.get("encrypted_content")
-    _require(
+    require(
         encrypted is None or isinstance(encrypted, str),
         f"{at}.encrypted_content must be a string",
         f"{at}.encrypted_content",
@@ -663,7 +643,7 @@ def _reasoning_block(item: dict, at: str) -> dict:
     }
     content = item.get("content")
     if content:
-        _require(
+        require(
             isinstance(content, list) and all(isinstance(c, dict) and isinstance(c.get("text"), str) for c in content),
             f"{at}.content must be an array of {{'type': 'reasoning_text', 'text': ...}} parts",
             f"{at}.content",
@@ -763,13 +743,6 @@ def _finished(response: dict, output: list[dict], finish_reason: str | None, usa
     return response
 
 
-def _reasoning_text(source: dict) -> str | None:
-    for key in ("reasoning_content", "reasoning"):
-        if isinstance(source.get(key), str) and source[key]:
-            return source[key]
-    return None
-
-
 def _block_item(block: dict, item_id: str) -> dict:
     """A thinking block as a reasoning output item (complete)."""
     kind = block.get("type")
@@ -807,7 +780,7 @@ def from_chat_completion(answer: dict, *, response_id: str, model: str, request:
     blocks = message.get("thinking_blocks") or []
     if blocks:
         output.extend(_block_item(b, f"rs_{base}_{i}") for i, b in enumerate(blocks))
-    elif (thought := _reasoning_text(message)) is not None:
+    elif thought := reasoning_text(message):
         output.append(
             {
                 "id": f"rs_{base}_0",
@@ -1123,7 +1096,7 @@ class StreamTranslator:
             if choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta") or {}
-            thought = _reasoning_text(delta)
+            thought = reasoning_text(delta)
             if thought:
                 self._thought(out, thought)
             for block in delta.get("thinking_blocks") or ():
@@ -1178,26 +1151,11 @@ class StreamTranslator:
 STORED_KEY = "responses:{tenant}:{id}"  # tenant-scoped: another team's response id finds nothing
 
 
-class ResponsesStream(StreamEncoder):
-    """A StreamTranslator's events as server-sent events (`event: <type>` and its JSON)."""
+class ResponsesStream(EventStream):
+    """The Responses stream events; a broken stream ends with `error` and `response.failed`."""
 
-    def __init__(self, translator: StreamTranslator):
-        self.translator = translator
-
-    @staticmethod
-    def _sse(events: list[ItemEvent]) -> bytes:
-        return b"".join(sse(dumps(data), event=kind) for kind, data in events)
-
-    def start(self) -> bytes:
-        return self._sse(self.translator.start())
-
-    def chunk(self, chunk: dict) -> bytes:
-        return self._sse(self.translator.feed(chunk))
-
-    def finish(self, error: GatewayError | None) -> bytes:
-        if error is not None:
-            return self._sse(self.translator.error_event(error.code or error.type, error.body()["error"]["message"]))
-        return self._sse(self.translator.finish())
+    def failed(self, error: GatewayError) -> list[ItemEvent]:
+        return self.translator.error_event(error.code or error.type, error.body()["error"]["message"])
 
 
 class OpenAIResponses(Dialect):
@@ -1217,7 +1175,7 @@ class OpenAIResponses(Dialect):
         previous = None
         if body.get("previous_response_id") is not None:
             given = body["previous_response_id"]
-            _require(
+            require(
                 isinstance(given, str) and given != "",
                 "'previous_response_id' must be a response id",
                 "previous_response_id",
@@ -1227,8 +1185,8 @@ class OpenAIResponses(Dialect):
             previous = writing[0] if writing is not None else await gateway.store.get_expiring(key)
             if previous is None:
                 ttl = gateway.config.server.stored_responses_ttl
-                raise _bad(
-                    f"previous_response_id '{_shown(given)[1:-1]}' is not a response this gateway holds: it "
+                raise bad(
+                    f"previous_response_id '{shown(given)[1:-1]}' is not a response this gateway holds: it "
                     f"keeps answered turns for {ttl / 3600:g} hours, for the team that made them, and never "
                     "when the request said store: false; send the earlier items in 'input' instead",
                     "previous_response_id",
