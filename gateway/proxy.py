@@ -24,6 +24,7 @@ from . import tracing
 from .backends.base import Backend
 from .breaker import CLOSED, CircuitBreaker, CircuitOpen
 from .chat import StreamAssembler, completion_to_chunks, validate_chat_request
+from .config import RouteSettings
 from .context import REQUEST_CONTEXT, REQUEST_ID, Attempt, RequestContext, caller_key, dumps
 from .dialects.base import DIALECT, Dialect, Endpoint, StreamEncoder
 from .errors import (
@@ -300,16 +301,15 @@ def endpoint(dialect: Dialect) -> Callable[[web.Request], Awaitable[web.StreamRe
 Exchange = Callable[[web.Request, Gateway, Generation, RequestContext, Endpoint], Awaitable[web.StreamResponse]]
 
 
-async def serve(request: web.Request, dialect: Endpoint, exchange: Exchange | None = None) -> web.StreamResponse:
-    """Authenticate, read, route, then run the exchange (the conversational pipeline unless another is
-    given: embeddings) and tell `after_response` plugins, once the answer is out."""
+async def read_request(request: web.Request, dialect: Endpoint) -> tuple[str | None, dict, str, RouteSettings]:
+    """(tenant, body, route name, route) of a request to any dialect's endpoint: authenticated before its
+    body is read (a caller without a valid key costs us no more), then read, and its route found."""
     request[DIALECT] = dialect  # so that an error before the exchange starts is in the caller's shape too
     gateway = request.app[GATEWAY]
-    tenant = await gateway.authenticate(request)  # a caller without a valid key costs us no body read
+    tenant = await gateway.authenticate(request)
     body = await read_json(request, gateway.config.server.max_body_bytes)
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object", code="invalid_json")
-    generation = gateway.generation
     route_name = dialect.route_of(body)
     if not isinstance(route_name, str) or not route_name:
         raise InvalidRequest(
@@ -317,7 +317,15 @@ async def serve(request: web.Request, dialect: Endpoint, exchange: Exchange | No
             param="model",
             code="missing_model",
         )
-    route = await gateway.route_for(request, route_name)
+    return tenant, body, route_name, await gateway.route_for(request, route_name)
+
+
+async def serve(request: web.Request, dialect: Endpoint, exchange: Exchange | None = None) -> web.StreamResponse:
+    """Authenticate, read, route, then run the exchange (the conversational pipeline unless another is
+    given: embeddings) and tell `after_response` plugins, once the answer is out."""
+    tenant, body, route_name, route = await read_request(request, dialect)
+    gateway = request.app[GATEWAY]
+    generation = gateway.generation
     ctx = RequestContext(
         request_id=request[REQUEST_ID],
         route_name=route_name,

@@ -12,11 +12,10 @@ import math
 from aiohttp import web
 
 from ..context import RequestContext
-from ..errors import GatewayError, InvalidRequest
-from ..gateway import GATEWAY
-from ..proxy import read_json
+from ..errors import GatewayError
+from ..proxy import read_request
 from .anthropic_messages import StreamTranslator, error_body, from_chat_completion, to_chat_request
-from .base import DIALECT, Dialect, EventStream, StreamEncoder
+from .base import Dialect, EventStream, StreamEncoder
 
 
 class MessagesStream(EventStream):
@@ -64,12 +63,6 @@ MESSAGES = AnthropicMessages()
 
 async def count_tokens(request: web.Request) -> web.Response:
     """POST /v1/messages/count_tokens: the request's input tokens, estimated (no backend is called)."""
-    request[DIALECT] = MESSAGES
-    gateway = request.app[GATEWAY]
-    await gateway.authenticate(request)
-    body = await read_json(request, gateway.config.server.max_body_bytes)
-    if not isinstance(body, dict):
-        raise InvalidRequest("the request body must be a JSON object", code="invalid_json")
-    await gateway.route_for(request, body.get("model") if isinstance(body.get("model"), str) else "")
+    _, body, _, _ = await read_request(request, MESSAGES)
     chat, _ = to_chat_request({"max_tokens": 1, **{k: v for k, v in body.items() if k != "max_tokens"}})
     return web.json_response({"input_tokens": estimated_tokens(chat)})

@@ -56,7 +56,6 @@ from .counters import (
 log = logging.getLogger("llmgate.quotas")
 NAME = "quotas"
 # What an unreachable or hung Redis raises; anything else is a fault and is reported as one.
-SHARED_FAILURES = UNREACHABLE
 
 
 class Settings(BaseModel):
@@ -242,7 +241,7 @@ class Quotas:
             try:
                 async with asyncio.timeout(self.settings.redis_timeout_ms / 1000):
                     return "redis", limits, await self.shared.reserve(team, limits, estimate, member, now)
-            except SHARED_FAILURES as exc:
+            except UNREACHABLE as exc:
                 self._lose_shared(exc)
         if self.shared is not None:
             limits = limits.divided(self.settings.replicas)
@@ -257,7 +256,7 @@ class Quotas:
             try:
                 async with asyncio.timeout(self.settings.redis_timeout_ms / 1000):
                     return "redis", limits, await self.shared.usage(team, now)
-            except SHARED_FAILURES as exc:
+            except UNREACHABLE as exc:
                 self._lose_shared(exc)
         if self.shared is not None:
             limits = limits.divided(self.settings.replicas)
@@ -298,7 +297,7 @@ class Quotas:
                     finally:
                         for (team, day), delta in pending.items():  # not sent: keep for the next try
                             self._add_unsynced(team, day, delta)
-            except SHARED_FAILURES:
+            except UNREACHABLE:
                 continue
             self.lost_since = None
             self.local.clear()
@@ -336,7 +335,7 @@ class Quotas:
         try:  # a Redis reservation, or one made during an outage whose tokens were since sent to Redis
             async with asyncio.timeout(self.settings.redis_timeout_ms / 1000):
                 await self.shared.adjust(team, day, delta)
-        except SHARED_FAILURES as exc:
+        except UNREACHABLE as exc:
             self._lose_shared(exc)
             self._add_unsynced(team, day, delta)
 
