@@ -384,17 +384,7 @@ class BedrockBackend(Backend):
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         request, output = self._request(body)
         self._ready()
-        call = asyncio.get_running_loop().run_in_executor(
-            self._executor, contextvars.copy_context().run, partial(self._client.converse, **request)
-        )
-        try:
-            response = await asyncio.wait_for(call, self.settings.timeout.total)
-        except TimeoutError:
-            raise UpstreamTimeout(
-                f"backend '{self.name}' did not answer within {self.settings.timeout.total:g}s"
-            ) from None
-        except Exception as exc:
-            raise self._error(exc) from None
+        response = await self._call(self._client.converse, **request)
         blocks: list[turns.Block] = []
         for block in (response.get("output", {}).get("message") or {}).get("content", []):
             if "text" in block:
@@ -469,20 +459,21 @@ class BedrockBackend(Backend):
         }
 
     async def _invoke(self, payload: dict[str, Any]) -> dict[str, Any]:
+        def invoke() -> dict[str, Any]:  # the answer's body is read on the pool too: it is network I/O
+            response = self._client.invoke_model(
+                modelId=self.model, body=json.dumps(payload), contentType="application/json", accept="application/json"
+            )
+            return json.loads(response["body"].read())
+
+        return await self._call(invoke)
+
+    async def _call(self, operation, **request: Any) -> dict[str, Any]:
+        """One blocking runtime call on the pool, within the backend's total timeout; its failure as ours."""
         call = asyncio.get_running_loop().run_in_executor(
-            self._executor,
-            contextvars.copy_context().run,
-            partial(
-                self._client.invoke_model,
-                modelId=self.model,
-                body=json.dumps(payload),
-                contentType="application/json",
-                accept="application/json",
-            ),
+            self._executor, contextvars.copy_context().run, partial(operation, **request)
         )
         try:
-            response = await asyncio.wait_for(call, self.settings.timeout.total)
-            return json.loads(response["body"].read())
+            return await asyncio.wait_for(call, self.settings.timeout.total)
         except TimeoutError:
             raise UpstreamTimeout(
                 f"backend '{self.name}' did not answer within {self.settings.timeout.total:g}s"
