@@ -21,6 +21,29 @@ RESPONSE_FORMATS = frozenset({"text", "json_object", "json_schema"})
 DEFAULT_MAX_MESSAGES = 2048  # a conversation longer than this is a mistake or an attack, not a chat
 MAX_TOKENS_LIMIT = 2**31 - 1  # what an int32 field (Bedrock's maxTokens, most servers') can hold
 
+# The chat body's slot for what a dialect's request has beyond the chat form, kept in that API's own
+# shape for the backend kind that speaks it (Messages to `anthropic`): {"kind", "params" (top-level
+# fields), "tools" ({tool name: its extra fields}), "headers", "names" (what they are called in the
+# caller's request)}. Every other kind leaves it out, and the request path names `names` as ignored.
+# Only dialects write it: a chat-completions caller that sends it is refused.
+NATIVE = "x-llmgate-native"
+
+
+def native(body: dict, kind: str) -> dict | None:
+    """The request's own-API fields for a backend of `kind`, if the caller spoke its API."""
+    slot = body.get(NATIVE)
+    return slot if slot is not None and slot["kind"] == kind else None
+
+
+def native_slot(body: dict, kind: str) -> dict:
+    """The body's native slot for `kind`, made empty if it has none yet (for a dialect to fill)."""
+    return body.setdefault(NATIVE, {"kind": kind, "params": {}, "tools": {}, "headers": {}, "names": []})
+
+
+def without_native(body: dict) -> dict:
+    """The chat body without the native slot (what goes to a backend, or is compared)."""
+    return {k: v for k, v in body.items() if k != NATIVE} if NATIVE in body else body
+
 
 def _validate_message(i: int, message: Any) -> None:
     where = f"messages[{i}]"
@@ -171,6 +194,12 @@ def validate_chat_request(body: Any, max_messages: int = DEFAULT_MAX_MESSAGES) -
                 isinstance(fn, dict) and tool.get("type") == "function" and isinstance(fn.get("name"), str),
                 f"tools[{i}] must be {{'type': 'function', 'function': {{'name': ...}}}}",
                 f"tools[{i}]",
+            )
+            strict = fn.get("strict")
+            require(
+                strict is None or isinstance(strict, bool),
+                f"tools[{i}].function.strict must be a boolean",
+                f"tools[{i}].function.strict",
             )
     choice = body.get("tool_choice")
     if choice is not None:

@@ -23,7 +23,7 @@ from aiohttp import web
 from . import tracing
 from .backends.base import Backend
 from .breaker import CLOSED, CircuitBreaker, CircuitOpen
-from .chat import StreamAssembler, completion_to_chunks, validate_chat_request
+from .chat import NATIVE, StreamAssembler, completion_to_chunks, validate_chat_request
 from .config import RouteSettings
 from .context import REQUEST_CONTEXT, REQUEST_ID, Attempt, RequestContext, caller_key, dumps
 from .dialects.base import DIALECT, Dialect, Endpoint, StreamEncoder
@@ -378,6 +378,9 @@ def _served(ctx: RequestContext, generation: Generation) -> None:
     """What the backend that served ignores of the request (its kind's policy, gateway/backends/params.py)."""
     backend = generation.backends.get(ctx.served_by or "")
     if backend is not None:
+        slot = ctx.body.get(NATIVE)
+        if slot is not None and slot["kind"] != backend.kind:  # the caller's own-API fields, unsent
+            _note_ignored(ctx, slot["names"])
         _note_ignored(ctx, backend.ignored_params(ctx.body))
 
 

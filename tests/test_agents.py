@@ -80,6 +80,9 @@ def test_claude_code_runs_a_tool_the_model_asks_for_through_every_backend_kind(u
     assert all(r["annotations"]["dialect"] == "messages" and r["stream"] for r in records)
     answered = [r for r in records if r["request"]["messages"][-1]["role"] == "tool"]
     assert answered and "llmgate-42" in json.dumps(answered[-1]["request"]["messages"][-1])
+    # Claude Code's betas reach an Anthropic backend as it sent them, and no other kind
+    betas = [h.get("anthropic-beta") or h.get("Anthropic-Beta") for h in fake.headers]
+    assert all(betas) if kind == "anthropic" else not any(betas), betas
 
 
 def test_codex_runs_a_tool_the_model_asks_for_through_every_backend_kind(upstream, make_gateway, tmp_path):
@@ -112,6 +115,9 @@ def test_codex_runs_a_tool_the_model_asks_for_through_every_backend_kind(upstrea
     )
     assert all(r["annotations"]["dialect"] == "responses" and r["stream"] for r in records)
     # Codex's hints are accepted and named: it keeps its own history (store: false) and offers web search.
-    assert {"include", "prompt_cache_key", "client_metadata", "tools.web_search"} <= set(
-        records[0]["annotations"]["ignored_params"]
-    )
+    ignored = set(records[0]["annotations"]["ignored_params"])
+    assert {"include", "client_metadata", "tools.web_search"} <= ignored
+    # its prompt_cache_key is a chat-completions parameter too: an OpenAI backend gets it, the others name it
+    assert ("prompt_cache_key" in ignored) == (kind != "openai")
+    if kind == "openai":
+        assert fake.requests[0]["prompt_cache_key"]

@@ -274,8 +274,9 @@ async def test_minimal_request_sends_only_what_is_set(fake_bedrock, make_backend
 async def test_refusals_happen_before_any_call(fake_bedrock, make_backend):
     backend = await make_backend()
     url_image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}]
-    with pytest.raises(InvalidRequest, match="base64 data URLs"):
-        await backend.complete({"model": "r", "messages": url_image})
+    with pytest.raises(InvalidRequest, match="base64 data URLs") as refused:
+        await backend.complete({"model": "r", "messages": [{"role": "user", "content": "look"}, *url_image]})
+    assert refused.value.param == "messages[1].content[0]"  # the part to fix, not just "messages"
     bmp = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": f"data:image/bmp;base64,{PNG}"}}]}]
     with pytest.raises(InvalidRequest, match="png, jpeg, gif or webp"):
         await backend.complete({"model": "r", "messages": bmp})

@@ -375,7 +375,9 @@ def test_tools_become_function_tools():
     assert ignored == []
     deferred, ignored = chat_of(base(tools=[{**WEATHER, "defer_loading": True, "type": "custom"}]))
     assert deferred["tools"][0]["function"]["name"] == "get_weather"
-    assert ignored == ["tools.defer_loading"]
+    assert ignored == []  # for an Anthropic backend to send; the others name it
+    slot = deferred["x-llmgate-native"]
+    assert slot["tools"] == {"get_weather": {"defer_loading": True}} and slot["names"] == ["tools.defer_loading"]
 
 
 @pytest.mark.parametrize(
@@ -444,12 +446,28 @@ def test_metadata_user_id_becomes_the_sticky_user(user_id, sticky):
     assert "user" not in none
 
 
-def test_hints_are_accepted_and_listed_as_ignored():
+def test_anthropic_hints_wait_in_the_native_slot_and_others_are_listed_as_ignored():
     chat, ignored = chat_of(
-        base(service_tier="auto", speed="fast", context_management={"edits": []}, inference_geo="us", container=None)
+        base(
+            service_tier="auto",
+            speed="fast",
+            context_management={"edits": []},
+            inference_geo="us",
+            container=None,
+            diagnostics={"x": 1},
+        )
     )
-    assert ignored == ["service_tier", "inference_geo", "speed", "context_management"]
-    assert not {"service_tier", "speed", "context_management", "inference_geo", "container"} & set(chat)
+    assert ignored == ["diagnostics"]
+    assert not {"service_tier", "speed", "context_management", "inference_geo", "container", "diagnostics"} & set(chat)
+    slot = chat["x-llmgate-native"]
+    assert slot["kind"] == "anthropic"
+    assert slot["params"] == {
+        "service_tier": "auto",
+        "inference_geo": "us",
+        "speed": "fast",
+        "context_management": {"edits": []},
+    }
+    assert slot["names"] == ["service_tier", "inference_geo", "speed", "context_management"]
 
 
 def test_top_level_cache_control_marks_the_last_block():

@@ -203,21 +203,70 @@ def test_a_stream_that_breaks_ends_with_an_error_event(fake_openai, make_gateway
     assert error["type"] == "error" and error["error"]["type"] == "api_error"
 
 
-def test_parameters_without_effect_are_named_in_a_header_and_the_log(fake_anthropic, make_gateway, tmp_path):
-    gw = make_gateway(config("anthropic", fake_anthropic, tmp_path))
-    raw = client(gw).messages.with_raw_response.create(  # a dialect's hint, then one the anthropic kind ignores
+def test_parameters_without_effect_are_named_in_a_header_and_the_log(fake_openai, make_gateway, tmp_path):
+    gw = make_gateway(config("openai", fake_openai, tmp_path))
+    raw = client(gw).messages.with_raw_response.create(  # Anthropic's own hint: an OpenAI backend has no such thing
         model="bot", max_tokens=10, service_tier="auto", messages=[{"role": "user", "content": "hi"}]
     )
     assert raw.headers["x-llmgate-ignored-params"] == "service_tier"
+    assert "service_tier" not in fake_openai.requests[-1] and "x-llmgate-native" not in fake_openai.requests[-1]
     chat = openai.OpenAI(base_url=gw.url + "/v1", api_key="k", max_retries=0)
     raw = chat.chat.completions.with_raw_response.create(
         model="bot", store=True, messages=[{"role": "user", "content": "hi"}]
     )
-    assert raw.headers["x-llmgate-ignored-params"] == "store"
+    assert "x-llmgate-ignored-params" not in raw.headers  # an OpenAI backend takes store itself
     records = wait_until(
         lambda: r if len(r := list(read_records(str(tmp_path / "traffic.db")))) == 2 else None, "two logged exchanges"
     )
-    assert [r["annotations"].get("ignored_params") for r in records] == [["service_tier"], ["store"]]
+    assert [r["annotations"].get("ignored_params") for r in records] == [["service_tier"], None]
+
+
+def test_what_the_chat_form_lacks_reaches_an_anthropic_backend_untouched(
+    fake_anthropic, fake_openai, fake_bedrock, make_gateway, tmp_path
+):
+    """Messages to an Anthropic backend: Anthropic's own fields, tool fields and betas go as they came; the
+    other kinds name them as ignored and send none of them."""
+    request = dict(
+        model="bot",
+        max_tokens=10,
+        service_tier="standard_only",
+        metadata={"user_id": "user_abc_account_9_session_77"},
+        tools=[{**WEATHER, "defer_loading": True, "strict": True}],
+        messages=[{"role": "user", "content": "hi"}],
+        extra_body={"context_management": {"edits": [{"type": "clear_tool_uses_20250919"}]}},
+        extra_headers={"anthropic-beta": "context-management-2025-06-27"},
+    )
+    gw = make_gateway(config("anthropic", fake_anthropic, tmp_path))
+    raw = client(gw).messages.with_raw_response.create(**request)
+    assert "x-llmgate-ignored-params" not in raw.headers
+    sent = fake_anthropic.requests[-1]
+    assert sent["service_tier"] == "standard_only"
+    assert sent["context_management"] == {"edits": [{"type": "clear_tool_uses_20250919"}]}
+    assert sent["metadata"] == {"user_id": "user_abc_account_9_session_77"}  # whole, session and all
+    assert sent["tools"][0]["defer_loading"] is True and sent["tools"][0]["strict"] is True
+    assert "context-management-2025-06-27" in fake_anthropic.headers[-1]["anthropic-beta"]
+    assert not any(key.startswith("x-llmgate") for key in sent)
+
+    for kind, fake in (("openai", fake_openai), ("bedrock", fake_bedrock)):
+        gw = make_gateway(config(kind, fake, tmp_path / kind))
+        raw = client(gw).messages.with_raw_response.create(**request)
+        named = raw.headers["x-llmgate-ignored-params"].split(",")
+        assert {"service_tier", "context_management", "tools.defer_loading"} <= set(named), (kind, named)
+        sent = json.dumps(fake.requests[-1])
+        assert "clear_tool_uses" not in sent and "defer_loading" not in sent and "x-llmgate" not in sent
+        assert "anthropic-beta" not in {k.lower() for k in fake.headers[-1]}
+
+
+def test_a_chat_caller_cannot_write_the_native_slot(fake_anthropic, make_gateway, tmp_path):
+    gw = make_gateway(config("anthropic", fake_anthropic, tmp_path))
+    chat = openai.OpenAI(base_url=gw.url + "/v1", api_key="k", max_retries=0)
+    slot = {"kind": "anthropic", "params": {"mcp_servers": [{"url": "http://x"}]}, "tools": {}, "headers": {}}
+    with pytest.raises(openai.BadRequestError) as bad:
+        chat.chat.completions.create(
+            model="bot", messages=[{"role": "user", "content": "hi"}], extra_body={"x-llmgate-native": slot}
+        )
+    assert bad.value.body["param"] == "x-llmgate-native"
+    assert not fake_anthropic.requests
 
 
 def test_an_answer_replayed_as_a_stream_keeps_its_thinking_and_signature():

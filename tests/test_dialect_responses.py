@@ -74,6 +74,27 @@ def test_whole_and_streamed_answers_and_a_function_tool_round_trip(upstream, mak
     assert all(r["annotations"]["dialect"] == "responses" for r in records)
 
 
+def test_hints_chat_completions_shares_reach_an_openai_backend_and_others_name_them(
+    fake_openai, fake_anthropic, make_gateway, tmp_path
+):
+    """Responses to an OpenAI backend: what chat completions has too (prompt_cache_key, service_tier,
+    text.verbosity as verbosity) goes on; an Anthropic backend names them as ignored and sends none."""
+    hints = dict(prompt_cache_key="session-7", service_tier="flex", text={"verbosity": "low"}, store=False)
+    gw = make_gateway(config("openai", fake_openai, tmp_path))
+    raw = client(gw).responses.with_raw_response.create(model="bot", input="hi", **hints)
+    assert "x-llmgate-ignored-params" not in raw.headers
+    sent = fake_openai.requests[-1]
+    assert (sent["prompt_cache_key"], sent["service_tier"], sent["verbosity"]) == ("session-7", "flex", "low")
+    assert not any(key.startswith("x-llmgate") for key in sent)
+
+    gw = make_gateway(config("anthropic", fake_anthropic, tmp_path / "anthropic"))
+    raw = client(gw).responses.with_raw_response.create(model="bot", input="hi", **hints)
+    named = set(raw.headers["x-llmgate-ignored-params"].split(","))
+    assert {"prompt_cache_key", "service_tier", "text.verbosity"} <= named
+    sent = fake_anthropic.requests[-1]
+    assert not {"prompt_cache_key", "service_tier", "verbosity"} & set(sent) and "x-llmgate-native" not in sent
+
+
 def test_previous_response_id_continues_a_stored_turn_for_the_same_team_only(fake_openai, make_gateway, tmp_path):
     gw = make_gateway(
         config(

@@ -332,7 +332,11 @@ def test_codex_hints_are_accepted_and_listed_as_ignored():
         "text": {"verbosity": "low"},
     }
     chat, ignored = chat_of(body)
-    assert sorted(ignored) == sorted(["store", "include", "prompt_cache_key", "reasoning.summary", "text.verbosity"])
+    assert sorted(ignored) == sorted(["store", "include", "reasoning.summary"])
+    # chat completions has these too: an OpenAI backend gets them, the other kinds name them as ignored
+    assert chat["prompt_cache_key"] == "0b9d7c3e-session"
+    assert chat["x-llmgate-native"]["params"] == {"verbosity": "low"}
+    assert chat["x-llmgate-native"]["kind"] == "openai" and chat["x-llmgate-native"]["names"] == ["text.verbosity"]
     assert chat["reasoning_effort"] == "medium" and chat["stream"] is True and chat["parallel_tool_calls"] is False
     assert "response_format" not in chat
     assert chat["messages"] == [
@@ -343,7 +347,7 @@ def test_codex_hints_are_accepted_and_listed_as_ignored():
 
 
 def test_defaults_of_hints_are_not_reported():
-    _, ignored = chat_of(
+    chat, ignored = chat_of(
         {
             "model": "m",
             "input": "hi",
@@ -357,8 +361,8 @@ def test_defaults_of_hints_are_not_reported():
             "instructions": None,
         }
     )
-    assert ignored == []
-    _, ignored = chat_of(
+    assert ignored == [] and "service_tier" not in chat
+    chat, ignored = chat_of(
         {
             "model": "m",
             "input": "hi",
@@ -369,7 +373,8 @@ def test_defaults_of_hints_are_not_reported():
             "prompt_cache_retention": "24h",
         }
     )
-    assert ignored == ["truncation", "top_logprobs", "service_tier", "max_tool_calls", "prompt_cache_retention"]
+    assert ignored == ["truncation", "top_logprobs", "max_tool_calls"]
+    assert chat["service_tier"] == "flex" and chat["prompt_cache_retention"] == "24h"  # chat parameters too
 
 
 @pytest.mark.parametrize(

@@ -295,6 +295,11 @@ CASES: dict[str, Case] = {
         expect(lambda s, a, f: s["messages"][2]["content"][0]["is_error"] is True),
         expect(lambda s, a, f: s["messages"][2]["content"][0]["toolResult"]["status"] == "error"),
     ),
+    "tools[].function.strict": Case(
+        {"tools": [{**WEATHER, "function": {**WEATHER["function"], "strict": True}}]},
+        expect(lambda s, a, f: s["tools"][0]["strict"] is True),
+        expect(lambda s, a, f: s["toolConfig"]["tools"][0]["toolSpec"]["strict"] is True),
+    ),
 }
 
 ROWS = [(name, kind) for name in POLICY for kind in KINDS]
@@ -373,7 +378,7 @@ async def test_row(name, kind, make):
     else:
         assert ignored == []
     if outcome == "passed":
-        top = "messages" if is_field(name) else name
+        top = name.split("[")[0] if is_field(name) else name
         assert sent[top] == body[top]
     if outcome == "translated":
         check = getattr(case, kind)

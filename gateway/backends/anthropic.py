@@ -47,13 +47,15 @@ def _document(block: turns.Document) -> dict[str, Any]:
             text = base64.b64decode(block.data, validate=True).decode("utf-8")
         except ValueError:
             raise InvalidRequest(
-                "a text/plain file part's data is not base64 UTF-8 text", param="messages", code="invalid_value"
+                f"{block.where}: a text/plain file part's data is not base64 UTF-8 text",
+                param=block.where,
+                code="invalid_value",
             ) from None
         source = {"type": "text", "media_type": "text/plain", "data": text}
     else:
         raise InvalidRequest(
-            f"the Messages API takes PDF and plain-text documents, not {block.media_type}",
-            param="messages",
+            f"{block.where}: the Messages API takes PDF and plain-text documents, not {block.media_type}",
+            param=block.where,
             code="unsupported_content",
         )
     out: dict[str, Any] = {"type": "document", "source": source}
@@ -162,6 +164,7 @@ def to_messages_request(
                     "name": s.name,
                     **({"description": s.description} if s.description else {}),
                     "input_schema": s.parameters,
+                    **({"strict": s.strict} if s.strict is not None else {}),
                 },
                 s,
             )
@@ -232,8 +235,10 @@ class AnthropicBackend(HttpBackend):
         await super().start()
         self._url = self.settings.base_url.rstrip("/") + "/v1/messages"
 
-    def _request(self, body: dict) -> tuple[dict[str, Any], str | None]:
-        """The Messages request, and the name of the tool a JSON answer is forced through (if any)."""
+    def _request(self, body: dict) -> tuple[dict[str, Any], str | None, dict[str, str]]:
+        """The Messages request, the name of the tool a JSON answer is forced through (if any), and the
+        request's own headers (a Messages caller's `anthropic-beta`)."""
+        extra = chat.native(body, self.kind)
         body = self.upstream_body(body)
         check_parameters(body, self.name, self.kind)
         s = self.settings
@@ -245,18 +250,29 @@ class AnthropicBackend(HttpBackend):
             reasoning_effort_as=s.reasoning_effort_as,
         )
         output = turns.output_tool(body, self.name, self.kind, native=s.structured_output == "native")
-        return request, output.name if output else None
+        return request, output.name if output else None, self._native(request, extra)
+
+    def _native(self, request: dict[str, Any], extra: dict | None) -> dict[str, str]:
+        """A Messages caller's fields the chat form lacks, put back as they came (top-level fields, tool
+        fields such as defer_loading); its `anthropic-beta` joins the backend's own."""
+        if extra is None:
+            return {}
+        request.update(extra["params"])
+        for tool in request.get("tools", ()):
+            tool.update(extra["tools"].get(tool["name"], {}))
+        betas = [b for b in (self.settings.headers.get("anthropic-beta"), extra["headers"].get("anthropic-beta")) if b]
+        return {"anthropic-beta": ",".join(betas)} if betas else {}
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
-        request, output = self._request(body)
-        async with self.post(self._url, request) as resp:
+        request, output, headers = self._request(body)
+        async with self.post(self._url, request, headers) as resp:
             return from_message(await self.json_body(resp), output)
 
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        request, output = self._request(body)
+        request, output, headers = self._request(body)
         request["stream"] = True
         builder: turns.ChunkBuilder | None = None
-        async with self.post(self._url, request) as resp:
+        async with self.post(self._url, request, headers) as resp:
             async for event, data in iter_sse(resp.content):
                 try:
                     payload = json.loads(data)

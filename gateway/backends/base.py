@@ -14,6 +14,7 @@ from typing import Any, AsyncIterator, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..breaker import BreakerSettings, CircuitBreaker
+from ..chat import without_native
 from ..errors import InvalidRequest
 from .params import ignored_parameters
 
@@ -78,8 +79,9 @@ class Backend(ABC):
         ]
 
     def upstream_body(self, body: dict[str, Any]) -> dict[str, Any]:
-        """The caller's request as this backend sends it: its model, its default params, its system prompt."""
-        request = {**self.settings.params, **body, "model": self.model}
+        """The caller's request as this backend sends it: its model, its default params, its system prompt
+        (and without the native slot: a kind that reads it takes it from `body`, gateway/chat.py)."""
+        request = {**self.settings.params, **without_native(body), "model": self.model}
         if self._system is not None:
             request["messages"] = [self._system, *body["messages"]]
         return request

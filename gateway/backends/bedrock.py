@@ -177,26 +177,33 @@ class BedrockBackend(Backend):
     def _image(self, block: turns.Image) -> dict:
         if block.data is None:
             raise InvalidRequest(
-                f"backend '{self.name}' (bedrock) needs images inline as base64 data URLs, not links",
-                param="messages",
+                f"{block.where}: backend '{self.name}' (bedrock) needs images inline as base64 data URLs, "
+                "not links: fetch the image and send it as a data URL",
+                param=block.where,
                 code="unsupported_content",
             )
         fmt = IMAGE_FORMATS.get((block.media_type or "").lower())
         if fmt is None:
             raise InvalidRequest(
-                f"backend '{self.name}' (bedrock) takes png, jpeg, gif or webp images, not {block.media_type}",
-                param="messages",
+                f"{block.where}: backend '{self.name}' (bedrock) takes png, jpeg, gif or webp images, "
+                f"not {block.media_type}",
+                param=block.where,
                 code="unsupported_content",
             )
-        return {"image": {"format": fmt, "source": {"bytes": _bytes(block.data, "an image's data URL")}}}
+        return {
+            "image": {
+                "format": fmt,
+                "source": {"bytes": _bytes(block.data, f"{block.where}: the image's data URL", block.where)},
+            }
+        }
 
     def _document(self, block: turns.Document, names: set[str]) -> dict:
         fmt = DOCUMENT_FORMATS.get(block.media_type.lower())
         if fmt is None:
             raise InvalidRequest(
-                f"backend '{self.name}' (bedrock) takes documents as "
+                f"{block.where}: backend '{self.name}' (bedrock) takes documents as "
                 f"{', '.join(DOCUMENT_FORMATS.values())}, not {block.media_type}",
-                param="messages",
+                param=block.where,
                 code="unsupported_content",
             )
         name = " ".join(_NOT_IN_A_NAME.sub(" ", (block.name or "").rsplit(".", 1)[0]).split()) or "document"
@@ -209,7 +216,7 @@ class BedrockBackend(Backend):
             "document": {
                 "format": fmt,
                 "name": unique,
-                "source": {"bytes": _bytes(block.data, "a file part's data URL")},
+                "source": {"bytes": _bytes(block.data, f"{block.where}: the file part's data URL", block.where)},
             }
         }
 
@@ -331,6 +338,7 @@ class BedrockBackend(Backend):
                         "name": spec.name,
                         "inputSchema": {"json": spec.parameters},
                         **({"description": spec.description} if spec.description else {}),
+                        **({"strict": spec.strict} if spec.strict is not None else {}),
                     }
                 }
             )
@@ -608,11 +616,11 @@ def _moot_thinking(body: dict) -> bool:
     return (body.get("thinking") or {}).get("type") in ("adaptive", "disabled")
 
 
-def _bytes(data: str, what: str) -> bytes:
+def _bytes(data: str, what: str, where: str) -> bytes:
     try:
         return base64.b64decode(data, validate=True)
     except ValueError:
-        raise InvalidRequest(f"{what} is not valid base64", param="messages") from None
+        raise InvalidRequest(f"{what} is not valid base64", param=where) from None
 
 
 def _base64(data: bytes | str) -> str:

@@ -98,14 +98,19 @@ class HttpBackend(Backend):
         await self._session.close()
 
     @asynccontextmanager
-    async def post(self, url: str, body: dict[str, Any]) -> AsyncIterator[aiohttp.ClientResponse]:
-        """POST `body`; yield a 2xx response or raise an UpstreamError that says what went wrong."""
+    async def post(
+        self, url: str, body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """POST `body` (with this request's own `headers` beside the backend's); yield a 2xx response or
+        raise an UpstreamError that says what went wrong."""
         t = self.settings.timeout
         try:
             # traceparent of the attempt's span when tracing is on: the upstream's trace continues this one
             # serialized here, compact and ASCII (always encodable), rather than by aiohttp's JSON payload
             data = json.dumps(body, separators=(",", ":")).encode()
-            async with self._session.post(url, data=data, headers=tracing.inject(dict(JSON_BODY))) as resp:
+            async with self._session.post(
+                url, data=data, headers=tracing.inject({**JSON_BODY, **(headers or {})})
+            ) as resp:
                 if resp.status >= 400:
                     detail = self._without_credentials(error_detail(await resp.text(errors="replace")))
                     raise from_upstream_status(self.name, resp.status, detail, _retry_after(resp.headers))

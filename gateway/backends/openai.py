@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any, AsyncIterator
 
+from ..chat import native
 from ..errors import UpstreamError
 from .base import BackendSettings
 from .http import HttpBackend, error_detail, iter_sse
@@ -37,9 +38,17 @@ class OpenAIBackend(HttpBackend):
         self._url = self.settings.base_url.rstrip("/") + "/chat/completions"
         self._embeddings_url = self.settings.base_url.rstrip("/") + "/embeddings"
 
+    def _request(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The chat request as sent: every parameter passes (the server decides), and a Responses caller's
+        fields the chat form lacks but this API has (`text.verbosity` as `verbosity`) go with it."""
+        request = self.upstream_body(body)
+        check_parameters(request, self.name, self.kind)
+        if (extra := native(body, self.kind)) is not None:
+            request.update(extra["params"])
+        return request
+
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
-        check_parameters(body, self.name, self.kind)  # every parameter passes: the server decides
-        async with self.post(self._url, self.upstream_body(body)) as resp:
+        async with self.post(self._url, self._request(body)) as resp:
             return await self.json_body(resp)
 
     async def embed(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -48,8 +57,7 @@ class OpenAIBackend(HttpBackend):
             return await self.json_body(resp)
 
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        check_parameters(body, self.name, self.kind)
-        request = self.upstream_body(body)
+        request = self._request(body)
         request["stream"] = True
         request["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         async with self.post(self._url, request) as resp:

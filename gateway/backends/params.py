@@ -85,6 +85,7 @@ POLICY: dict[str, dict[str, str]] = {
     "messages[].content[].cache_control": _row(_T, _T),
     "messages[].content[].file": _row(_T, _T),
     "messages[].is_error": _row(_T, _T),
+    "tools[].function.strict": _row(_T, _T),
 }
 
 NOTES: dict[str, str] = {
@@ -151,6 +152,8 @@ NOTES: dict[str, str] = {
     "messages[].content[].file": "`file_data` data URLs: anthropic documents (PDF, plain text); bedrock "
     "`document` blocks (pdf, csv, doc, docx, xls, xlsx, html, txt, md)",
     "messages[].is_error": "a tool message's error flag: anthropic `is_error`, bedrock `status: error`",
+    "tools[].function.strict": "the tool's input follows its schema exactly: anthropic `strict` on the tool, bedrock "
+    "`toolSpec.strict`",
 }
 
 REASONS: dict[str, str] = {

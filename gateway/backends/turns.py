@@ -47,6 +47,7 @@ class Image:
     data: str | None = None
     url: str | None = None
     cache: dict | None = None
+    where: str = "messages"  # the part in the caller's request (`messages[1].content[0]`), for its errors
 
 
 @dataclass
@@ -55,6 +56,7 @@ class Document:
     data: str  # base64
     name: str | None = None
     cache: dict | None = None
+    where: str = "messages"
 
 
 @dataclass
@@ -131,8 +133,8 @@ def _part(part: dict, where: str) -> Text | Image | Document:
     if kind == "image_url":
         url = (part.get("image_url") or {}).get("url", "")
         if m := _data_url(url, where):
-            return Image(media_type=m.group("type"), data=m.group("data"), cache=cache)
-        return Image(media_type=None, url=url, cache=cache)
+            return Image(media_type=m.group("type"), data=m.group("data"), cache=cache, where=where)
+        return Image(media_type=None, url=url, cache=cache, where=where)
     if kind == "file":
         file = part.get("file") or {}
         m = _data_url(file.get("file_data") or "", where)
@@ -143,7 +145,7 @@ def _part(part: dict, where: str) -> Text | Image | Document:
                 param=f"{where}.file",
                 code="unsupported_content",
             )
-        return Document(m.group("type"), m.group("data"), file.get("filename"), cache)
+        return Document(m.group("type"), m.group("data"), file.get("filename"), cache, where)
     raise InvalidRequest(
         f"{where}: content parts of type '{kind}' are not supported by this backend",
         param=where,
@@ -258,6 +260,7 @@ class ToolSpec:
     description: str | None
     parameters: dict
     cache: dict | None = None
+    strict: bool | None = None  # the tool's input must follow its schema exactly (function.strict)
 
 
 def tool_specs(body: dict) -> list[ToolSpec]:
@@ -267,6 +270,7 @@ def tool_specs(body: dict) -> list[ToolSpec]:
             t["function"].get("description"),
             t["function"].get("parameters") or {"type": "object", "properties": {}},
             _cache(t, f"tools[{i}]"),
+            t["function"].get("strict"),
         )
         for i, t in enumerate(body.get("tools") or ())
     ]

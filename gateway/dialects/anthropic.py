@@ -11,6 +11,7 @@ import math
 
 from aiohttp import web
 
+from ..chat import native_slot
 from ..context import RequestContext
 from ..errors import GatewayError
 from ..proxy import read_request
@@ -32,7 +33,10 @@ class AnthropicMessages(Dialect):
     name = "messages"
 
     async def to_chat(self, ctx: RequestContext, gateway) -> tuple[dict, list[str]]:
-        return to_chat_request(ctx.body)
+        chat, ignored = to_chat_request(ctx.body)
+        if beta := ctx.headers.get("anthropic-beta"):  # the features a caller opts into: an Anthropic backend's to use
+            native_slot(chat, "anthropic")["headers"]["anthropic-beta"] = beta
+        return chat, ignored
 
     def answer(self, completion: dict, ctx: RequestContext) -> dict:
         return from_chat_completion(completion, model=ctx.route_name, message_id=f"msg_{ctx.request_id}")

@@ -33,6 +33,10 @@ backend that cannot use one drops the key before sending:
 - A tool_result with `is_error: true` becomes a tool message with `is_error: True`.
 - `metadata.user_id` becomes `user` (the rollout's sticky key): for Claude Code's user ids the
   account (else the device) part, so one person stays in one bucket across sessions.
+- What the chat form has no field for but Anthropic does goes in the native slot (`chat.NATIVE`), for
+  an Anthropic backend to send as it came: service_tier, inference_geo, speed, context_management,
+  the tools' defer_loading / eager_input_streaming / input_examples / allowed_callers, and
+  `metadata.user_id` whole; other backends name the first two groups as ignored.
 
 Message order: a user message's tool_result blocks become one `role: "tool"` message each, placed
 first (right after the assistant message whose tool_calls they answer: each must answer a tool_use
@@ -52,7 +56,7 @@ import json
 import uuid
 from typing import Any
 
-from ..chat import MAX_TOKENS_LIMIT, reasoning_text
+from ..chat import MAX_TOKENS_LIMIT, NATIVE, native_slot, reasoning_text
 from ..checks import bad, is_int, is_number, require, shown
 from ..errors import InvalidRequest, presentable
 
@@ -79,13 +83,15 @@ TRANSLATED = frozenset(
         "cache_control",
     }
 )
-IGNORED = ("service_tier", "inference_geo", "speed", "diagnostics", "context_management", "anthropic_version")
+# Passed untouched to an Anthropic backend (the chat form has no such field), named as ignored by others.
+NATIVE_PARAMS = ("service_tier", "inference_geo", "speed", "context_management")
+IGNORED = ("diagnostics", "anthropic_version")
 REFUSED = {
     "container": "a code-execution container belongs to provider-run tools, which no backend here runs",
     "mcp_servers": "MCP servers are called by Anthropic's servers, which no backend here is: run the MCP "
     "client yourself and declare its tools as custom tools",
 }
-KNOWN = TRANSLATED | frozenset(IGNORED) | frozenset(REFUSED)
+KNOWN = TRANSLATED | frozenset(NATIVE_PARAMS) | frozenset(IGNORED) | frozenset(REFUSED)
 
 ROLES = ("user", "assistant", "system")  # system: a mid-conversation system message (Claude Code sends them)
 THINKING_TYPES = ("enabled", "disabled", "adaptive", "between_tools")
@@ -443,7 +449,7 @@ def _system_message(system: Any, where: str, ignored: dict) -> dict | None:
     return {"role": "system", "content": _content(parts)} if parts else None
 
 
-def _tools(tools: Any, ignored: dict) -> list[dict]:
+def _tools(tools: Any, native: dict) -> list[dict]:
     require(isinstance(tools, list), "'tools' must be an array of tool definitions", "tools")
     out, names = [], set()
     for i, tool in enumerate(tools):
@@ -476,7 +482,9 @@ def _tools(tools: Any, ignored: dict) -> list[dict]:
             function["strict"] = tool["strict"]
         for key in tool:
             if key in TOOL_HINTS:
-                ignored[f"tools.{key}"] = None
+                native["tools"].setdefault(name, {})[key] = tool[key]
+                if f"tools.{key}" not in native["names"]:
+                    native["names"].append(f"tools.{key}")
             elif key not in TOOL_KEYS:
                 raise bad(
                     f"{where}.{key} is not a tool field this gateway knows: remove it",
@@ -656,6 +664,11 @@ def to_chat_request(body: Any) -> tuple[dict, list[str]]:
     )
 
     ignored: dict[str, None] = {name: None for name in IGNORED if name in body}
+    native = native_slot({}, "anthropic")
+    for name in NATIVE_PARAMS:
+        if body.get(name) is not None:
+            native["params"][name] = body[name]
+            native["names"].append(name)
     chat_messages: list[dict] = []
     if body.get("system") is not None:
         system = _system_message(body["system"], "system", ignored)
@@ -718,7 +731,7 @@ def to_chat_request(body: Any) -> tuple[dict, list[str]]:
             chat["stop"] = list(stops)
     names: set[str] = set()
     if body.get("tools") is not None:
-        tools = _tools(body["tools"], ignored)
+        tools = _tools(body["tools"], native)
         if tools:
             chat["tools"] = tools
             names = {tool["function"]["name"] for tool in tools}
@@ -744,6 +757,7 @@ def to_chat_request(body: Any) -> tuple[dict, list[str]]:
         require(user_id is None or isinstance(user_id, str), "'metadata.user_id' must be a string", "metadata.user_id")
         if user_id:
             chat["user"] = sticky_user(user_id)
+            native["params"]["metadata"] = {"user_id": user_id}  # as sent, session and all
     if body.get("cache_control") is not None:
         _mark_last(chat_messages, body["cache_control"])
     stream = body.get("stream")
@@ -752,6 +766,8 @@ def to_chat_request(body: Any) -> tuple[dict, list[str]]:
         chat["stream"] = stream
         if stream:
             chat["stream_options"] = {"include_usage": True}  # the closing message_delta carries the usage
+    if native["params"] or native["tools"]:
+        chat[NATIVE] = native
     return chat, list(ignored)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..chat import NATIVE
+from ..checks import bad
 from ..context import RequestContext, dumps
 from ..errors import GatewayError
 from .base import Dialect, StreamEncoder
@@ -31,6 +33,8 @@ class ChatCompletions(Dialect):
     name = "chat"
 
     async def to_chat(self, ctx: RequestContext, gateway) -> tuple[dict, list[str]]:
+        if isinstance(ctx.body, dict) and NATIVE in ctx.body:  # the other dialects' slot: no way around the policy
+            raise bad(f"'{NATIVE}' is not a chat-completions parameter: remove it", NATIVE, "unknown_parameter")
         return ctx.body, []
 
     def answer(self, completion: dict, ctx: RequestContext) -> dict:

@@ -29,9 +29,12 @@ Chat-form conventions this module relies on or introduces (beyond OpenAI's own c
   (n is the output index), so a stream and a whole answer to the same request name them alike.
 
 Hint parameters (sent by coding agents on every call):
-  store, include, prompt_cache_key, prompt_cache_retention, prompt_cache_options, service_tier,
-  max_tool_calls, context_management, stream_options, reasoning.summary, text.verbosity: ignored,
-  named in the ignored list when set (the dialect may act on `store` itself: the body is its to read);
+  prompt_cache_key, prompt_cache_retention, service_tier: the chat parameters of the same names (an
+  OpenAI backend gets them; the other kinds name them as ignored); text.verbosity: chat completions'
+  `verbosity` in the native slot (`chat.NATIVE`), for an OpenAI backend only, named as ignored by the
+  others; store, include, prompt_cache_options, max_tool_calls, context_management, stream_options,
+  reasoning.summary: ignored, named in the ignored list when set (the dialect may act on `store`
+  itself: the body is its to read);
   truncation "auto" and top_logprobs > 0: ignored, listed (truncation "disabled", top_logprobs 0 are
   what the gateway does anyway); background false: accepted, true: 400 (no background responses);
   conversation, prompt, moderation, image, access_programs, background_options: 400.
@@ -48,7 +51,7 @@ import time
 import weakref
 from typing import Any
 
-from ..chat import reasoning_text
+from ..chat import native_slot, reasoning_text
 from ..checks import bad, is_int, require, shown
 from ..context import RequestContext
 from ..errors import GatewayError
@@ -78,14 +81,14 @@ _TRANSLATED = frozenset(
         "previous_response_id",
     }
 )
+# Hints chat completions has too: passed as chat parameters (an OpenAI backend sends them; the other kinds
+# name them as ignored, per gateway/backends/params.py).
+_PASSED = frozenset({"prompt_cache_key", "prompt_cache_retention", "service_tier"})
 _IGNORED = frozenset(
     {
         "store",
         "include",
-        "prompt_cache_key",
-        "prompt_cache_retention",
         "prompt_cache_options",
-        "service_tier",
         "max_tool_calls",
         "context_management",
         "stream_options",
@@ -123,10 +126,15 @@ def to_chat_request(body: Any, previous: list[dict] | None = None) -> tuple[dict
     """
     require(isinstance(body, dict), "the request body must be a JSON object", "body")
     ignored: list[str] = []
+    passed: dict[str, Any] = {}
     for name, value in body.items():
         if name in _TRANSLATED:
             continue
-        if name in _REFUSED:
+        if name in _PASSED:
+            require(value is None or isinstance(value, str), f"'{name}' must be a string", name)
+            if value is not None:
+                passed[name] = value
+        elif name in _REFUSED:
             if value is not None:
                 raise bad(_REFUSED[name], name, "unsupported_parameter")
         elif name == "background":
@@ -179,7 +187,7 @@ def to_chat_request(body: Any, previous: list[dict] | None = None) -> tuple[dict
         "'previous_response_id' must be a string",
         "previous_response_id",
     )
-    chat: dict[str, Any] = {"model": model}
+    chat: dict[str, Any] = {"model": model, **passed}
 
     messages: list[dict] = []
     instructions = body.get("instructions")
@@ -221,7 +229,7 @@ def to_chat_request(body: Any, previous: list[dict] | None = None) -> tuple[dict
             "parallel_tool_calls",
         )
 
-    fmt = _text_format(body.get("text"), ignored)
+    fmt = _text_format(body.get("text"), ignored, chat)
     if fmt is not None:
         chat["response_format"] = fmt
     limit = body.get("max_output_tokens")
@@ -372,7 +380,7 @@ def _tool_choice(choice: Any, names: set[str]) -> tuple[Any, set[str] | None]:
     )
 
 
-def _text_format(text: Any, ignored: list[str]) -> dict | None:
+def _text_format(text: Any, ignored: list[str], chat: dict) -> dict | None:
     if text is None:
         return None
     require(isinstance(text, dict), "'text' must be an object ({'format': ..., 'verbosity': ...})", "text")
@@ -385,7 +393,10 @@ def _text_format(text: Any, ignored: list[str]) -> dict | None:
             "'text.verbosity' must be 'low', 'medium' or 'high'",
             "text.verbosity",
         )
-        ignored.append("text.verbosity")
+        # chat completions' `verbosity`, for an OpenAI backend; a hint the other kinds name as ignored
+        slot = native_slot(chat, "openai")
+        slot["params"]["verbosity"] = text["verbosity"]
+        slot["names"].append("text.verbosity")
     fmt = text.get("format")
     if fmt is None:
         return None

@@ -44,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from evaluators.judges import EquivalenceJudge, JudgeOutputError
 from gateway.admin import actor, audit, read_body
+from gateway.chat import NATIVE
 from gateway.context import RequestContext, stable_hash
 from gateway.errors import InvalidRequest
 from gateway.hookspecs import hookimpl
@@ -69,6 +70,7 @@ NEUTRAL_KEYS = frozenset(
         "service_tier",
         "safety_identifier",
         "prompt_cache_key",
+        "prompt_cache_retention",
     }
 )
 VERDICTS_LIMIT = 10_000
@@ -444,6 +446,8 @@ class SemanticCache:
         if not user_turns:
             return None, "no_user_turn"
         params = {k: v for k, v in body.items() if k not in NEUTRAL_KEYS}
+        if (slot := params.get(NATIVE)) is not None:  # a dialect's own fields: neutral ones (metadata) aside too
+            params[NATIVE] = {**slot, "params": {k: v for k, v in slot["params"].items() if k not in NEUTRAL_KEYS}}
         scope = stable_hash(NAME, ctx.route_name, self.tenant(ctx), _canonical(shape), _canonical(params))
         exact = stable_hash(scope, _canonical(user_turns))
         return Key(ctx.route_name, scope, exact, "\n".join(user_turns)), None
