@@ -13,7 +13,9 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
@@ -22,6 +24,7 @@ from gateway.gateway import GATEWAY
 from tests.conftest import UPSTREAM_KEY
 from tests.fakes.openai_api import FakeOpenAI
 from tests.support import free_port, serving, wait_until
+from tests.test_metrics import scrape
 from tests.test_routing import get_json
 
 ADMIN = "admin-token-for-shadow-tests"
@@ -258,6 +261,44 @@ def test_shadow_load_is_bounded_and_what_does_not_fit_is_dropped_and_counted(
     assert len(shadow_fake.requests) == 3
     wait_rows(tmp_path, 3)  # "completed" counts the call; its comparison row is written by the batched log writer
     assert report(gw)["shadows"]["cheap"]["count"] == 3
+
+
+class SlowShadow(FakeOpenAI):
+    """A shadow that takes `seconds` to answer, as an LLM does, and counts the calls it holds at once."""
+
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.seconds, self.holding, self.peak, self.finished = seconds, 0, 0, []
+
+    async def chat(self, request):
+        self.holding += 1
+        self.peak = max(self.peak, self.holding)
+        try:
+            await asyncio.sleep(self.seconds)
+            return await super().chat(request)
+        finally:
+            self.holding -= 1
+            self.finished.append(time.monotonic())
+
+
+def test_a_burst_on_a_slow_shadow_is_mirrored_whole_at_the_default_settings(fake_openai, make_gateway, tmp_path):
+    """40 requests within 2 s, a shadow answering in 2 s: every one is mirrored, all 40 in flight at once
+    (so the last is compared one shadow latency after it came, not 40 / concurrency latencies later)."""
+    slow = SlowShadow(2.0)
+    with serving(slow):
+        gw = make_gateway(config(fake_openai, tmp_path, cheap(slow)))
+        with ThreadPoolExecutor(40) as pool:
+            answers = list(pool.map(lambda i: ask(gw, f"burst {i}"), range(40)))
+        last_answer = time.monotonic()
+        assert all(a.status_code == 200 for a in answers)
+        wait_until(lambda: shadow_status(gw)["completed"] == 40, "all 40 shadow calls", timeout=30)
+    assert slow.peak == 40 and shadow_status(gw)["dropped"] == 0
+    print(f"last shadow answer {max(slow.finished) - last_answer:.2f} s after the last caller's answer")
+    wait_rows(tmp_path, 40)
+    mirrored = report(gw)["shadows"]["cheap"]["mirrored"]
+    assert mirrored == {"requests": 40, "mirrored": 40, "dropped": 0, "share": 1.0, "sample_rate": 1.0}
+    _, metrics = scrape(gw.url, ADMIN)
+    assert 'llmgate_shadow_mirrored_share{route="bot",shadow="cheap"} 1.0' in metrics
 
 
 def test_requests_answered_by_a_plugin_or_not_sampled_are_not_mirrored(

@@ -28,6 +28,11 @@ def _figure(value: float | None, spec: str) -> str:
 def _print_shadow(name: str, s: dict) -> None:
     p, sh, diff = s["primary"], s["shadow"], s["difference"]
     print(f"shadow {name}: {s['count']} comparisons, about {_figure(s['requests_per_day'], '.1f')} requests/day")
+    if (m := s.get("mirrored")) and m["requests"]:
+        print(
+            f"  mirrored {m['mirrored']} of {m['requests']} requests since start ({_figure(m['share'], '.1%')}; "
+            f"sample rate {m['sample_rate']:.0%}), {m['dropped']} dropped (queue full)"
+        )
     if not s["count"]:
         return
     rows = [

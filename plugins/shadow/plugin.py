@@ -1,12 +1,16 @@
 """shadow: mirror a route's requests to its `shadow` backends off the request path, and compare.
 
 `after_response` only puts one job per shadow backend on a bounded queue (dropped and counted
-when full); a fixed set of `max_concurrent` workers makes the shadow calls, so shadow load has a
-ceiling whatever the traffic, and a slow, failing or absent shadow never touches the caller's
-answer. Each comparison (both answers, tokens, latency, cost, errors) is written to SQLite in
-batches; GET /admin/shadow/report (and `llmgate shadow report`) summarises those rows. Each
-recorded comparison is handed to the `shadow_compared` hook, so an evaluator can score it and
-write the score back with `set_judge_score`.
+when full). Each job starts its call as soon as it is queued, up to `max_concurrent` calls in
+flight: concurrency follows the load (an LLM answering in 2 s at 50 requests a second needs about
+100 calls at once), and the cap and the queue bound what shadow traffic may hold (one request body
+per call or job), so a slow, failing or absent shadow never touches the caller's answer. What
+share of each route's requests was really mirrored (against the sample rate) is counted, and
+shown in the report, `/metrics` and the console. Each comparison (both answers, tokens,
+latency, cost, errors) is written to SQLite in batches; GET /admin/shadow/report (and
+`llmgate shadow report`) summarises those rows. Each recorded comparison is handed to the
+`shadow_compared` hook, so an evaluator can score it and write the score back with
+`set_judge_score`.
 """
 
 from __future__ import annotations
@@ -79,7 +83,13 @@ ANSWER_PREVIEW = 500
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     sample_rate: float = Field(1.0, ge=0, le=1, description="share of a route's requests mirrored")
-    max_concurrent: int = Field(4, ge=1, description="shadow calls in flight at once")
+    max_concurrent: int = Field(
+        256,
+        ge=1,
+        description="the most shadow calls in flight at once; calls start as requests are mirrored, so "
+        "concurrency follows the load up to this cap (each call holds one request body; the shadow "
+        "backend's own max_concurrency applies as well)",
+    )
     queue_size: int = Field(1000, ge=1, description="shadow calls waiting; more are dropped and counted")
     path: str = "var/shadow.db"
     bodies: bool = Field(True, description="store both answers' texts")
@@ -95,6 +105,24 @@ class Job:
     link: Any = None  # the request's span, when tracing is on: the shadow call's span links to it
 
 
+@dataclass
+class Mirrored:
+    """How much of one route's traffic one shadow really saw, since this process started."""
+
+    requests: int = 0  # the route's requests a shadow could have mirrored (answered by a backend)
+    mirrored: int = 0  # shadow calls made and recorded
+    dropped: int = 0  # sampled, but the queue was full (or the gateway stopped first)
+
+    def summary(self, sample_rate: float) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "mirrored": self.mirrored,
+            "dropped": self.dropped,
+            "share": self.mirrored / self.requests if self.requests else None,
+            "sample_rate": sample_rate,
+        }
+
+
 class Shadow:
     Settings = Settings
 
@@ -105,9 +133,12 @@ class Shadow:
         self.errors = 0
         self.in_flight = 0
         self.closing = False
+        self.mirrored: dict[tuple[str, str], Mirrored] = {}  # (route, shadow backend) -> its counts
         self._gateway = None
         self._jobs: asyncio.Queue[Job] | None = None
-        self._workers: list[asyncio.Task] = []
+        self._slots: asyncio.Semaphore | None = None
+        self._dispatcher: asyncio.Task | None = None
+        self._calls: set[asyncio.Task] = set()
         self._writer: BatchWriter | None = None
         self._quiet = asyncio.Event()  # set while no shadow call is in flight
         self._quiet.set()
@@ -122,20 +153,18 @@ class Shadow:
         # Unbounded: only the workers feed it, one row per shadow call, and a batch write is far faster than a call.
         self._writer = BatchWriter(self._db, _INSERT, queue_size=0, batch_size=BATCH_SIZE, name="shadow")
         self._writer.start()
-        self._workers = [
-            asyncio.create_task(self._work(), name=f"shadow worker {i}") for i in range(self.settings.max_concurrent)
-        ]
+        self._slots = asyncio.Semaphore(self.settings.max_concurrent)
+        self._dispatcher = asyncio.create_task(self._dispatch(), name="shadow dispatcher")
 
     @hookimpl
     def after_response(self, ctx):
         generation = ctx.generation
-        if (
-            not ctx.route.shadow
-            or not ctx.conversational
-            or self.closing
-            or ctx.served_by not in generation.backends
-            or not self._sampled(ctx.request_id)
-        ):
+        if not ctx.route.shadow or not ctx.conversational or self.closing or ctx.served_by not in generation.backends:
+            return
+        counts = [self._counts(ctx.route_name, name) for name in ctx.route.shadow if name != ctx.served_by]
+        for count in counts:
+            count.requests += 1
+        if not self._sampled(ctx.request_id):
             return
         body = whole_answer_request(ctx.body)  # compared whole, even when the caller streamed
         usage = ctx.usage
@@ -159,6 +188,7 @@ class Shadow:
                 self._jobs.put_nowait(Job(generation, name, body, primary, link))
             except asyncio.QueueFull:
                 self.dropped += 1
+                self._counts(ctx.route_name, name).dropped += 1
                 if self.dropped == 1 or self.dropped % 1000 == 0:
                     log.warning("shadow queue full: %d shadow calls dropped so far", self.dropped)
                 continue
@@ -176,9 +206,39 @@ class Shadow:
             }
         }
 
+    def _counts(self, route: str, shadow: str) -> Mirrored:
+        found = self.mirrored.get((route, shadow))
+        if found is None:
+            found = self.mirrored[(route, shadow)] = Mirrored()
+        return found
+
     @hookimpl
     def collect_metrics(self, gateway):
+        per_route = []
+        for (route, shadow), count in self.mirrored.items():
+            labels = {"route": route, "shadow": shadow}
+            per_route += [
+                (
+                    "llmgate_shadow_route_requests_total",
+                    "Requests a shadow could have mirrored.",
+                    labels,
+                    count.requests,
+                ),
+                (
+                    "llmgate_shadow_mirrored_total",
+                    "Requests mirrored to a shadow and compared.",
+                    labels,
+                    count.mirrored,
+                ),
+                (
+                    "llmgate_shadow_mirrored_share",
+                    "Share of a route's requests really mirrored to a shadow (the sample rate at most).",
+                    labels,
+                    count.mirrored / count.requests if count.requests else 0.0,
+                ),
+            ]
         return [
+            *per_route,
             ("llmgate_shadow_queue_depth", "Shadow calls waiting.", {}, self._jobs.qsize() if self._jobs else 0),
             ("llmgate_shadow_in_flight", "Shadow calls being made.", {}, self.in_flight),
             ("llmgate_shadow_calls_total", "Shadow calls recorded.", {}, self.completed),
@@ -204,16 +264,22 @@ class Shadow:
             return
         if unstarted := self._jobs.qsize():
             log.warning("shutdown: %d queued shadow calls dropped", unstarted)
+        self._dispatcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._dispatcher
         while not self._jobs.empty():
-            self._jobs.get_nowait().generation.leave()
+            job = self._jobs.get_nowait()
+            job.generation.leave()
             self.dropped += 1
+            self._counts(job.primary["route"], job.backend).dropped += 1
         try:
             await asyncio.wait_for(self._quiet.wait(), self.settings.drain_seconds)
         except TimeoutError:
             log.warning("shutdown: cancelling %d shadow calls still in flight", self.in_flight)
-        for worker in self._workers:
-            worker.cancel()  # a call still in flight is recorded as cancelled
-        await asyncio.gather(*self._workers, return_exceptions=True)
+        calls = list(self._calls)
+        for call in calls:
+            call.cancel()  # a call still in flight is recorded as cancelled
+        await asyncio.gather(*calls, return_exceptions=True)
         await self._writer.close()
         await self._db.close()
 
@@ -221,35 +287,53 @@ class Shadow:
         """Deterministic per request id, so a replayed request is mirrored (or not) the same way."""
         return int(stable_hash("shadow", request_id)[:8], 16) / 2**32 < self.settings.sample_rate
 
-    async def _work(self) -> None:
+    async def _dispatch(self) -> None:
+        """Start each queued job's call as soon as a slot is free: a job waits in the queue (where it is
+        counted and bounded), never in hand."""
         while True:
-            job = await self._jobs.get()
-            with tracing.linked_span(
-                self._gateway.hooks.tracer,
-                f"shadow {job.backend}",
-                job.link,
-                **{
-                    "llmgate.route": job.primary["route"],
-                    "llmgate.backend": job.backend,
-                    "llmgate.request_id": job.primary["request_id"],
-                },
-            ) as span:
-                await self._serve(job, span)
+            await self._slots.acquire()
+            try:
+                job = await self._jobs.get()
+            except asyncio.CancelledError:
+                self._slots.release()
+                raise
+            self.in_flight += 1  # counted from here, so shutdown waits for a call about to start
+            self._quiet.clear()
+            call = asyncio.create_task(self._work(job), name=f"shadow call to {job.backend}")
+            self._calls.add(call)
+            call.add_done_callback(lambda done, job=job: self._done(done, job))
+
+    def _done(self, call: asyncio.Task, job: Job) -> None:
+        """A call ended (or was cancelled before it began): free its slot and its generation."""
+        self._calls.discard(call)
+        self._slots.release()
+        job.generation.leave()
+        self.in_flight -= 1
+        if not self.in_flight:
+            self._quiet.set()
+        if not call.cancelled() and (exc := call.exception()) is not None:
+            log.error("a shadow call to %s failed inside the gateway", job.backend, exc_info=exc)
+
+    async def _work(self, job: Job) -> None:
+        with tracing.linked_span(
+            self._gateway.hooks.tracer,
+            f"shadow {job.backend}",
+            job.link,
+            **{
+                "llmgate.route": job.primary["route"],
+                "llmgate.backend": job.backend,
+                "llmgate.request_id": job.primary["request_id"],
+            },
+        ) as span:
+            await self._serve(job, span)
 
     async def _serve(self, job: Job, span) -> None:
         """One shadow call, recorded and handed to `shadow_compared` (inside the call's span, when tracing)."""
-        self.in_flight += 1
-        self._quiet.clear()
         try:
             shadow = await self._call(job)
         except asyncio.CancelledError:
             self._record(job, {"shadow_status": 499, "shadow_error": "the gateway stopped before the shadow answered"})
             raise
-        finally:
-            self.in_flight -= 1
-            if not self.in_flight:
-                self._quiet.set()
-            job.generation.leave()
         if span is not None:
             tokens = {
                 "prompt_tokens": shadow.get("shadow_prompt_tokens"),
@@ -297,6 +381,7 @@ class Shadow:
 
     def _record(self, job: Job, shadow: dict[str, Any]) -> dict[str, Any]:
         self.completed += 1
+        self._counts(job.primary["route"], job.backend).mirrored += 1
         self.errors += bool(shadow.get("shadow_error"))
         row = {**job.primary, "shadow_backend": job.backend, **shadow}
         self._writer.put_nowait(tuple(row.get(column) for column in COLUMNS))
@@ -334,9 +419,15 @@ class Shadow:
             "since_s": since,
             "sample_rate": self.settings.sample_rate,
             "shadows": {
-                s: summarise(
-                    [r for r in rows if r["shadow_backend"] == s], recent.get(s, []), since, self.settings.sample_rate
-                )
+                s: {
+                    **summarise(
+                        [r for r in rows if r["shadow_backend"] == s],
+                        recent.get(s, []),
+                        since,
+                        self.settings.sample_rate,
+                    ),
+                    "mirrored": self._counts(name, s).summary(self.settings.sample_rate),
+                }
                 for s in shadows
             },
         }

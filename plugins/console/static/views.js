@@ -192,6 +192,9 @@ function shadowBlock(name, status, shadow, openKeys) {
     const pp = s.primary, sh = s.shadow;
     parts.push(h("div", { class: "shadow-summary" },
       h("div", { class: "shadow-head" }, h("b", {}, backend), ` ${f.count(s.count)} comparisons`,
+        s.mirrored && s.mirrored.requests
+          ? h("span", { class: s.mirrored.dropped ? "alarm" : "" },
+            ` · mirrored ${f.pct(s.mirrored.share, 1)} of requests (${f.count(s.mirrored.dropped)} dropped)`) : "",
         s.judge ? ` · judge mean ${f.score(s.judge.mean)} (${s.judge.count})` : "",
         s.projected_monthly_saving_usd !== null && s.projected_monthly_saving_usd !== undefined
           ? h("span", { class: s.projected_monthly_saving_usd >= 0 ? "good" : "alarm" },
