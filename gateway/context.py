@@ -34,6 +34,12 @@ def stable_hash(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
 
+def sampled(rate: float, *key: str) -> bool:
+    """Deterministic per key (salt it with the sampler's name), so every replica, a replay and a test agree
+    on what a `rate` share samples."""
+    return int(stable_hash(*key)[:8], 16) / 2**32 < rate
+
+
 @dataclass
 class Attempt:
     backend: str

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from evaluators.judges import DEFAULT_CRITERIA, PairwiseJudge
 from gateway import tracing
 from gateway.chat import answer_text, whole_answer_request
-from gateway.context import stable_hash
+from gateway.context import sampled
 from gateway.errors import GatewayError
 from gateway.gateway import Generation
 from gateway.hookspecs import hookimpl
@@ -47,11 +47,6 @@ class Settings(BaseModel):
     max_concurrent: int = Field(2, ge=1, description="judgements in progress at once")
     queue_size: int = Field(200, ge=1, description="judgements waiting; more are dropped and counted")
     routes: list[str] | None = Field(None, description="judge only these routes (default: all)")
-
-
-def sampled(rate: float, *key: str) -> bool:
-    """Deterministic per key, so every replica (and a test) agrees on what is judged."""
-    return int(stable_hash("judge", *key)[:8], 16) / 2**32 < rate
 
 
 def utc_day() -> str:
@@ -165,7 +160,7 @@ class Judge:
         if ctx.served_by not in route.candidates or ctx.status >= 400 or not self._wanted(ctx.route_name):
             return
         answer = answer_text(ctx.response)
-        if not answer or not sampled(self.settings.sample_rate, ctx.request_id):
+        if not answer or not sampled(self.settings.sample_rate, "judge", ctx.request_id):
             return
         body = whole_answer_request(ctx.body)  # compared whole, even when the caller streamed
         self._submit(
@@ -187,7 +182,7 @@ class Judge:
             not shadow
             or not primary
             or not self._wanted(comparison["route"])
-            or not sampled(self.settings.sample_rate, comparison["request_id"], comparison["shadow_backend"])
+            or not sampled(self.settings.sample_rate, "judge", comparison["request_id"], comparison["shadow_backend"])
         ):
             return
         self._submit(

@@ -19,8 +19,8 @@ import openai
 import pytest
 from aiohttp import web
 
+from gateway.context import sampled
 from gateway.gateway import GATEWAY
-from plugins.judge import sampled
 from tests.fakes.judge_api import QUALITY_MARK, FakeJudge
 from tests.fakes.openai_api import FakeOpenAI
 from tests.support import ServerThread, gateway_thread
@@ -136,12 +136,12 @@ def test_sampled_candidate_answers_are_judged_against_the_baseline_and_reach_the
     cfg["routes"]["other"] = cfg["routes"]["bot"]
     gw = make_gateway(cfg)
     ids = [f"req-{i}" for i in range(12)]
-    chosen = [i for i in ids if sampled(0.5, i)]
+    chosen = [i for i in ids if sampled(0.5, "judge", i)]
     assert 0 < len(chosen) < len(ids)
     for i, request_id in enumerate(ids):
         code, variant, _, answer = ask(gw, f"question {i}", request_id=request_id)
         assert (code, variant, answer) == (200, "cand", f"echo: question {i} {QUALITY_MARK}")
-    for request_id in [i for i in (f"other-{k}" for k in range(10)) if sampled(0.5, i)][:2]:
+    for request_id in [i for i in (f"other-{k}" for k in range(10)) if sampled(0.5, "judge", i)][:2]:
         assert ask(gw, "elsewhere", request_id=request_id, route="other")[1] == "cand"  # a route not judged
 
     n = len(chosen)

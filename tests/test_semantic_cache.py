@@ -100,7 +100,7 @@ def test_a_near_miss_is_refused_by_a_guard(model, fake_openai, make_gateway, sto
 
 
 def test_with_guards_off_the_same_near_miss_would_be_served(model, fake_openai, make_gateway):
-    guards = {g: False for g in ("negation", "numbers", "identifiers", "entities", "actions", "order")}
+    guards = {g: False for g in ("negation", "numbers", "identifiers", "entities", "actions", "order", "content")}
     gw = make_gateway(config(fake_openai, guards=guards))
     cached(gw, "How do I enable two-factor authentication?")
     assert ask(gw, "How do I disable two-factor authentication?")[0] == "hit-semantic"
@@ -346,15 +346,23 @@ async def test_concurrent_lookups_are_embedded_together(model):
     assert embedder.batches <= 2, "twenty concurrent lookups share model calls"
 
 
-def test_the_evaluation_set_meets_the_targets_at_the_configured_threshold(model):
-    pairs = cache_eval.load_pairs()
-    assert len(pairs) >= 200
-    assert {p["kind"] for p in pairs} == {"paraphrase", "negation", "number", "entity", "action"}
-    assert {p["domain"] for p in pairs} == {"support", "netops"}
+def test_at_the_defaults_the_dev_sets_get_no_false_hit_and_a_verifier_gets_the_paraphrases_back(model):
+    """The dev sets (the guards were tuned on them; the held-out figures are in bench/results/cache_eval.json):
+    the defaults serve no near-miss, and a verifier, only asked about what the content guard refuses,
+    could serve most paraphrases above the threshold."""
+    pairs = cache_eval.load_pairs(*cache_eval.SETS["dev"])
+    assert len(pairs) >= 500 and {p["label"] for p in pairs} == {"paraphrase", "near_miss"}
     settings = cache_eval.Settings()
-    result = cache_eval.evaluate(pairs, cache_eval.score_pairs(pairs), settings.threshold, settings.guards)
-    assert result["false_hit_rate"] <= cache_eval.TARGET_FALSE_HIT, result["errors"]
-    assert result["paraphrase_hit_rate"] >= cache_eval.TARGET_PARAPHRASE_HIT
+    similarities = cache_eval.score_pairs(pairs)
+    default = cache_eval.evaluate(pairs, similarities, settings.threshold, settings.guards)
+    assert default["false_hit_rate"] <= cache_eval.TARGET_FALSE_HIT, default["errors"]
+    verifier = cache_eval.evaluate(
+        pairs, similarities, settings.threshold, settings.guards, cache_eval.Verify(backend="j")
+    )
+    assert verifier["false_hits"] == default["false_hits"]  # the judge is only asked: it adds no unchecked hit
+    above = [s >= settings.threshold for p, s in zip(pairs, similarities) if p["label"] == "paraphrase"]
+    assert verifier["paraphrase_hit_rate"] > default["paraphrase_hit_rate"]
+    assert verifier["paraphrase_hit_rate"] >= 0.7 * sum(above) / len(above)  # most of what the threshold lets by
 
 
 def test_the_embedding_similarity_evaluator_shares_the_loaded_model(model):
@@ -622,4 +630,104 @@ def test_verify_names_a_configured_backend(fake_openai):
 
     cfg = config(fake_openai, verify={"backend": "nowhere"})
     with pytest.raises(ConfigError, match="verify.backend: unknown backend 'nowhere'"):
+        Gateway(parse_config(cfg))
+
+
+# --- the content guard ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "asked, stored",
+    [
+        ("How do I raise the memory limit of a pod?", "How do I raise the CPU limit of a pod?"),  # a swapped word
+        ("Can I pause my subscription?", "Can I cancel my subscription?"),  # another action
+        ("Can I return it within 30 days?", "Can I return it after 30 days?"),  # a preposition flips it
+        ("Move money from savings to checking", "Move money to savings from checking"),  # the ends swapped
+        ("How do I list all interfaces?", "How do I list trunk interfaces?"),  # the scope narrowed
+    ],
+)
+def test_the_content_guard_refuses_a_question_that_changes_a_word_that_matters(asked, stored):
+    assert check(extract(asked), extract(stored)) == "content"
+
+
+@pytest.mark.parametrize(
+    "asked, stored",
+    [
+        ("How do I reset my password?", "What's the way to reset my password?"),  # the frame reworded
+        ("Is it possible to export my invoices?", "Can I export my invoices?"),
+        ("How do I move money from savings to checking?", "How can I move money to checking from savings?"),
+        ("How can I find the IP address of my router?", "Where do I look up my router's IP address?"),
+        ("Why does the app keep crashing?", "Why does the app crash?"),  # inflection and aspect
+    ],
+)
+def test_the_content_guard_lets_a_reworded_frame_through(asked, stored):
+    assert check(extract(asked), extract(stored)) is None
+
+
+def test_a_question_only_the_content_guard_refuses_is_the_verifiers_to_decide(
+    model, fake_openai, fake_judge, make_gateway
+):
+    gw = make_gateway(verifying(fake_openai, fake_judge, below=0.5))
+    cached(gw, "How do I enable two-factor authentication?")
+    fake_judge.same_questions = lambda asked, stored: "turn on" in asked
+    assert ask(gw, "How can I turn on two-factor authentication?")[0] == "hit-semantic"  # "turn on" for "enable"
+    assert ask(gw, "How do I disable two-factor authentication?")[0] == "miss"  # another guard: never asked
+    assert fake_judge.equivalence_asked == 1
+    # against "enable" the actions guard refuses; against the stored "disable" question the judge decides
+    assert ask(gw, "How can I switch off two-factor authentication?")[0] == "miss"
+    assert plugin(gw).refused["actions"] == 2 and plugin(gw).refused["judge"] == 1
+
+
+# --- measured precision --------------------------------------------------------------------------
+
+
+def rechecking(fake, judge, **recheck):
+    cfg = config(fake, recheck={"backend": "judge", "sample_rate": 1.0, "min_checks": 3, "floor": 0.6, **recheck})
+    cfg["backends"]["judge"] = {"kind": "openai", "base_url": judge.url + "/v1", "model": "judge", "api_key": "k"}
+    cfg["server"] = {"admin_token": "admin-token-for-cache-tests"}
+    return cfg
+
+
+def test_served_semantic_hits_are_rechecked_and_a_route_below_the_floor_stops_them(
+    model, fake_openai, fake_judge, make_gateway
+):
+    import json
+    import urllib.request
+
+    from tests.test_metrics import scrape
+
+    gw = make_gateway(rechecking(fake_openai, fake_judge))
+    cached(gw, "How do I reset my password?")
+    cached(gw, "How do I export my data?")
+    fake_judge.same_questions = lambda asked, stored: "export" in asked  # the judge finds the password hits wrong
+    for question in ("What's the way to reset my password?", "Is there a way to export my data?"):
+        assert ask(gw, question)[0] == "hit-semantic"
+    wait_until(lambda: plugin(gw).recheck.counts["same"] + plugin(gw).recheck.counts["different"] == 2, "two verdicts")
+    measured = plugin(gw).recheck.precision(ROUTE)
+    assert measured["precision"] == 0.5 and measured["checks"] == 2 and not plugin(gw).recheck.stopped
+    assert ask(gw, "What is the way to reset my password?")[0] == "hit-semantic"  # the third verdict: 1/3 < 0.6
+    wait_until(lambda: ROUTE in plugin(gw).recheck.stopped, "the route to stop semantic hits")
+    assert ask(gw, "Is there a way to export my data?")[0] == "miss"  # semantic hits are off on this route
+    assert ask(gw, "How do I export my data?")[0] == "hit-exact"  # the exact tier still serves
+    _, metrics = scrape(gw.url, "admin-token-for-cache-tests")
+    assert 'llmgate_cache_measured_precision{route="bot"} 0.333' in metrics
+    assert 'llmgate_cache_semantic_stopped{route="bot"} 1.0' in metrics
+    request = urllib.request.Request(
+        gw.url + "/admin/events?limit=5", headers={"Authorization": "Bearer admin-token-for-cache-tests"}
+    )
+    with urllib.request.urlopen(request) as resp:
+        events = json.loads(resp.read())["events"]
+    stopped = next(e for e in events if e["kind"] == "cache_semantic_stopped")
+    assert stopped["route"] == ROUTE and "below the floor of 60%" in stopped["reason"] and stopped["checks"] == 3
+
+    assert gw.call(plugin(gw).clear(ROUTE)) == 3  # clearing the route's cache starts its precision afresh
+    assert ROUTE not in plugin(gw).recheck.stopped and plugin(gw).recheck.precision(ROUTE) is None
+
+
+def test_recheck_names_a_configured_backend(fake_openai):
+    from gateway.config import ConfigError, parse_config
+    from gateway.gateway import Gateway
+
+    cfg = config(fake_openai, recheck={"backend": "nowhere"})
+    with pytest.raises(ConfigError, match="recheck.backend: unknown backend 'nowhere'"):
         Gateway(parse_config(cfg))

@@ -5,7 +5,8 @@ Small embedding models put a question and its near-misses ("enable X" / "disable
 cannot separate them. Each guard here extracts what decides an answer from both texts and
 refuses the pair when they disagree:
 
-- negation: one text is negated ("not", "n't", "never", "without", "unable", ...) and the other is not;
+- negation: the texts differ in how many negations they hold ("not", "n't", "never", "without",
+  "unable", ...): "doesn't ... when no one is home" is not "does ... when no one is home";
 - numbers: the numbers (with the unit that follows: "10 GB", "30 days"; number words count) differ;
 - identifiers: IP addresses and prefixes, AS numbers, VLAN ids, interface names (Gi0/1 is
   GigabitEthernet0/1, eth0, xe-0/0/1), MAC and e-mail addresses, URLs, quoted names, and any token
@@ -14,7 +15,14 @@ refuses the pair when they disagree:
   such as a protocol) does not occur in the other;
 - actions: the texts take opposite sides of an action or a direction (enable/disable, add/remove,
   allow/deny, upload/download, inbound/outbound, monthly/yearly, ...);
-- order: the names both texts give come in another order ("migrate from A to B" / "from B to A").
+- order: the names both texts give come in another order ("migrate from A to B" / "from B to A");
+- content: a word that carries the question's meaning (anything but the closed classes of English
+  function words and the words that only frame a question: "how do I", "what is the way to") is
+  in one text and not the other, compared by stem; or a word both name takes another preposition
+  ("within 30 days" / "after 30 days", "from savings" / "to savings"). This is the general test
+  the others are special cases of: a near-miss changes a word that matters, and no embedding of
+  this size tells "memory" for "CPU" from "RAM" for "memory". It gives up the paraphrases that
+  reword the question's own words (a verifier, `verify`, can take those back).
 
 Each guard is a plain rule over the text, configurable (switched off, extra terms, extra opposite
 groups), and cheap: facts are extracted once per text and kept with the cache entry.
@@ -27,6 +35,11 @@ import unicodedata
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+try:  # the embeddings extra, as the semantic tier that uses this guard
+    from snowballstemmer import stemmer as _snowball
+except ImportError:  # pragma: no cover - the exact tier alone needs no guards
+    _snowball = None
 
 # --- negation ------------------------------------------------------------------------------------
 
@@ -290,17 +303,89 @@ OPPOSITES: tuple[tuple[frozenset, ...], ...] = tuple(
 )
 
 
+# --- content ---------------------------------------------------------------------------------------
+
+# English function words (closed classes: determiners, pronouns, auxiliaries and modals, wh-words,
+# conjunctions, particles) and the words that only frame a request ("what is the way to", "can you
+# tell me", "is it possible to"): neither changes what is asked.
+FRAME = frozenset(
+    """a an the this that these those some any all each every no another other such what which who whom whose
+    when where why how whether if i me my mine myself we us our ours you your yours he him his she her it its
+    they them their theirs one ones someone something anyone anything there here is are was were be been being
+    am do does did done doing have has had having can could will would shall should may might must ought let
+    lets and or but so because as than then also too very really just quite only even still already yet
+    please pls hi hello hey thanks thank ok okay yes yeah quick question help need want wanted wondering wonder
+    like know tell show explain way ways steps step process procedure method possible able best
+    go going get got getting make sure actually currently exactly usually generally normally basically
+    anyway guys someone anybody im ive id ill youre its thats whats hows wheres whos theres there's doesnt dont
+    isnt cant wont didnt of find see view look lookup check display keep keeps kept""".split()
+)
+# Prepositions and particles: they change what is asked ("within" / "after", "from" / "to") but are
+# often reworded too, so they are compared by the word they attach to, not counted as words.
+PREPOSITIONS = frozenset(
+    """about above across after against along among around at before behind below beneath beside between beyond
+    by during except for from in inside into near off on onto out outside over past per since through
+    throughout to toward towards under underneath until up upon via with within without down""".split()
+)
+FRAMING_PREPOSITIONS = frozenset({"to", "for", "up"})  # "the way to", "the steps for", "unable to", "look up"
+_PORTER2 = _snowball("english") if _snowball is not None else None
+
+
+def stem(word: str) -> str:
+    """A word's Porter2 stem ("forgotten" and "forgot" are not folded: irregular forms stay apart)."""
+    return _PORTER2.stemWord(word) if _PORTER2 is not None else word
+
+
+_TOKEN_RE = re.compile(WORD_RE.pattern + "| {2,}")  # a run of spaces: an identifier blanked out
+
+
+def _content(rest: str) -> tuple[frozenset, frozenset]:
+    """(The stems of the words that carry meaning, {(stem, preposition)} for each preposition and the
+    meaning word it governs: the next one, unless an identifier comes first. A preposition right after
+    a framing word belongs to the frame: "the way to", "unable to", "the steps for".)"""
+    content, relations, pending, framed = set(), set(), [], True
+    for token in _TOKEN_RE.findall(rest):
+        if token.startswith(" "):  # "on 10.0.0.1": the preposition was the identifier's
+            pending, framed = [], False
+            continue
+        word = token.lower().replace("'", "").replace("’", "")
+        if word in PREPOSITIONS:
+            if not (framed and word in FRAMING_PREPOSITIONS):
+                pending.append(word)
+        elif word in FRAME or word in NEGATORS:
+            framed = True
+        else:
+            root = stem(word)
+            content.add(root)
+            relations.update((root, p) for p in pending)
+            pending, framed = [], False
+    return frozenset(content), frozenset(relations)
+
+
+def _prepositions_agree(a: Facts, b: Facts) -> bool:
+    """Each meaning word both texts name takes the same prepositions in both (or none in both)."""
+    by_a: dict[str, set] = {}
+    by_b: dict[str, set] = {}
+    for root, p in a.relations:
+        by_a.setdefault(root, set()).add(p)
+    for root, p in b.relations:
+        by_b.setdefault(root, set()).add(p)
+    return all(by_a.get(root, set()) == by_b.get(root, set()) for root in a.content & b.content)
+
+
 @dataclass(frozen=True)
 class Facts:
     """What decides an answer, extracted once per text."""
 
-    negated: bool
+    negated: int  # how many negations: "doesn't ... no one" is not "does ... no one"
     numbers: frozenset
     identifiers: frozenset
     entities: frozenset
     words: frozenset  # the text's words, lower case, for entity presence
     order: tuple  # entities and identifiers in the order the text names them
     actions: tuple  # per OPPOSITES group: frozenset of the sides the text names
+    content: frozenset = frozenset()  # the stems of the words that carry meaning
+    relations: frozenset = frozenset()  # (stem, preposition) pairs
 
 
 class GuardConfig(BaseModel):
@@ -313,6 +398,7 @@ class GuardConfig(BaseModel):
     entities: bool = True
     actions: bool = True
     order: bool = True
+    content: bool = True
     terms: list[str] = Field([], description="more domain terms that name a thing (product names, protocols)")
     opposites: list[list[str]] = Field([], description='more opposite groups, a side per item: ["promote", "demote"]')
     _groups: tuple = PrivateAttr(())
@@ -441,8 +527,9 @@ def extract(text: str, config: GuardConfig | None = None) -> Facts:
 
     phrases = set(all_words) | {f"{a} {b}" for a, b in zip(all_words, all_words[1:])}
     actions = tuple(frozenset(k for k, side in enumerate(group) if side & phrases) for group in config._groups)
-    negated = any(w in NEGATORS or w.startswith("non-") for w in all_words)
+    negated = sum(w in NEGATORS or w.startswith("non-") for w in all_words)
     order = tuple(sorted(position, key=position.__getitem__))
+    content, relations = _content(rest)
     return Facts(
         negated=negated,
         numbers=frozenset(numbers),
@@ -451,6 +538,8 @@ def extract(text: str, config: GuardConfig | None = None) -> Facts:
         words=frozenset(all_words),
         actions=actions,
         order=order,
+        content=content,
+        relations=relations,
     )
 
 
@@ -537,6 +626,8 @@ def check(a: Facts, b: Facts, config: GuardConfig | None = None) -> str | None:
         shared = set(a.order) & set(b.order)
         if [x for x in a.order if x in shared] != [x for x in b.order if x in shared]:
             return "order"  # "redistribute OSPF into BGP" is not "redistribute BGP into OSPF"
+    if config.content and (a.content != b.content or not _prepositions_agree(a, b)):
+        return "content"
     return None
 
 

@@ -51,6 +51,7 @@ from gateway.hookspecs import hookimpl
 
 from .guards import Facts, GuardConfig, check, extract, normalize
 from .index import CacheIndex, Entry
+from .recheck import Recheck, RecheckSettings
 from .sharing import SharedEntries, SharedEntry
 
 log = logging.getLogger("llmgate.semantic_cache")
@@ -77,7 +78,9 @@ VERDICTS_LIMIT = 10_000
 
 
 class Verify(BaseModel):
-    """Borderline semantic hits confirmed by a judge before they are served."""
+    """Borderline semantic hits confirmed by a judge before they are served: those only the content
+    guard refuses (a reworded question: the judge tells "turn on" for "enable" from "CPU" for
+    "memory"), and those less similar than `below`."""
 
     model_config = ConfigDict(extra="forbid")
     backend: str = Field(description="the configured backend that judges whether two questions are the same")
@@ -89,7 +92,7 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     routes: list[str] | None = Field(None, description="routes to cache; every route when unset")
     semantic: bool = Field(True, description="the embedding tier; off: the exact tier only")
-    threshold: float = Field(0.80, ge=0, le=1, description="cosine similarity a semantic hit needs")
+    threshold: float = Field(0.70, ge=0, le=1, description="cosine similarity a semantic hit needs")
     candidates: int = Field(5, ge=1, description="nearest entries checked against the guards")
     ttl_seconds: float = Field(86_400, gt=0)
     max_entries: int = Field(100_000, ge=1, description="entries kept; the least recently used go first")
@@ -123,6 +126,11 @@ class Settings(BaseModel):
         "Redis; unset: when the state store is Redis",
     )
     verify: Verify | None = Field(None, description="confirm borderline semantic hits with a judge backend")
+    recheck: RecheckSettings | None = Field(
+        None,
+        description="re-check a sample of served semantic hits with a judge backend, off the request path: "
+        "the measured precision, and a floor under which a route stops serving semantic hits",
+    )
 
 
 @dataclass
@@ -186,6 +194,7 @@ class SemanticCache:
         self.dropped = 0
         self._jobs: asyncio.Queue[StoreJob] | None = None
         self._tasks: list[asyncio.Task] = []
+        self.recheck: Recheck | None = None
 
     # --- lifetime ----------------------------------------------------------------------------------
 
@@ -197,13 +206,12 @@ class SemanticCache:
 
     @hookimpl
     def config_problems(self, config):
-        verify = self.settings.verify
-        if verify is not None and verify.backend not in config.settings.backends:
-            return [
-                f"plugins.semantic_cache.verify.backend: unknown backend '{verify.backend}' "
-                f"(defined: {', '.join(sorted(config.settings.backends)) or 'none'})"
-            ]
-        return []
+        defined = ", ".join(sorted(config.settings.backends)) or "none"
+        return [
+            f"plugins.semantic_cache.{name}.backend: unknown backend '{judge.backend}' (defined: {defined})"
+            for name, judge in (("verify", self.settings.verify), ("recheck", self.settings.recheck))
+            if judge is not None and judge.backend not in config.settings.backends
+        ]
 
     @hookimpl
     async def startup(self, gateway):
@@ -211,6 +219,9 @@ class SemanticCache:
         if self.settings.semantic:
             await self._start_embedder()
         self._jobs = asyncio.Queue(self.settings.queue_size)
+        if (recheck := self.settings.recheck) is not None:
+            self.recheck = Recheck(recheck, lambda: gateway.backends.get(recheck.backend), self._semantic_stopped)
+            self.recheck.start()
         self._tasks = [
             asyncio.create_task(self._store_forever(), name="semantic cache writer"),
             asyncio.create_task(self._sweep_forever(), name="semantic cache sweeper"),
@@ -248,8 +259,13 @@ class SemanticCache:
         self.embedder.start()
         self.index.dimension = model.dimension
 
+    async def _semantic_stopped(self, route: str, why: str) -> None:
+        await audit(self.gateway, "cache_semantic_stopped", route, NAME, reason=why, **self.recheck.precision(route))
+
     @hookimpl
     async def shutdown(self, gateway):
+        if self.recheck is not None:
+            await self.recheck.close()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -282,12 +298,44 @@ class SemanticCache:
                 "dropped": self.dropped,
                 "embedder": self.embedder.stats() if self.embedder else None,
                 "sharing": self.sharing.stats() if self.sharing else None,
+                "recheck": self.recheck.summary() if self.recheck else None,
             }
         }
+
+    @hookimpl
+    def collect_metrics(self, gateway):
+        if self.recheck is None:
+            return []
+        figures = []
+        for route in self.recheck.verdicts:
+            measured = self.recheck.precision(route)
+            figures += [
+                (
+                    "llmgate_cache_measured_precision",
+                    "Share of re-checked semantic hits the judge found right, over the recent window.",
+                    {"route": route},
+                    measured["precision"],
+                ),
+                (
+                    "llmgate_cache_rechecks",
+                    "Semantic hits in the precision window.",
+                    {"route": route},
+                    measured["checks"],
+                ),
+                (
+                    "llmgate_cache_semantic_stopped",
+                    "1 while a route serves no semantic hits (measured precision below the floor).",
+                    {"route": route},
+                    1.0 if route in self.recheck.stopped else 0.0,
+                ),
+            ]
+        return figures
 
     async def clear(self, route: str | None = None) -> int:
         """Invalidate a route's entries (all when None) here and, when shared, on every replica."""
         removed = await self._run(self.index.clear, route)
+        if self.recheck is not None:
+            self.recheck.reset(route)
         if self.sharing is not None:
             await self.sharing.publish_clear(route)
         return removed
@@ -340,14 +388,20 @@ class SemanticCache:
         if self.embedder is None:
             self.counts["miss"] += 1
             return None
+        if self.recheck is not None and ctx.route_name in self.recheck.stopped:
+            note["semantic"] = "stopped"  # its measured precision fell below the floor
+            self.counts["miss"] += 1
+            return None
         pending.vector = await self.embedder.embed(key.text)
         for similarity, candidate, refusal in await self._run(self._nearest, key.scope, pending):
-            if refusal is None and self._borderline(similarity):
+            if self._borderline(similarity, refusal):
                 refusal = await self._verify(pending.key, candidate)
                 note.setdefault("verified", []).append(
                     {"similarity": round(similarity, 4), "verdict": refusal or "same"}
                 )
             if refusal is None:
+                if self.recheck is not None:
+                    self.recheck.offer(ctx.request_id, ctx.route_name, key.text, candidate.text)
                 return self._hit(ctx, candidate, "hit-semantic", similarity)
             self.refused[refusal] += 1
             if "refused_by" not in note:  # the nearest refused candidate: what a threshold alone would have served
@@ -360,9 +414,11 @@ class SemanticCache:
         found = self.index.search(scope, pending.vector, self.settings.candidates, self.settings.threshold)
         return [(similarity, entry, check(pending.facts, entry.facts, self.guards)) for similarity, entry in found]
 
-    def _borderline(self, similarity: float) -> bool:
+    def _borderline(self, similarity: float, refusal: str | None) -> bool:
+        """A candidate the judge decides: one only the content guard refuses (a reworded question), or a
+        hit less similar than `below`. The other guards' refusals are certain (another number, a negation)."""
         verify = self.settings.verify
-        return verify is not None and similarity < verify.below
+        return verify is not None and (refusal == "content" or (refusal is None and similarity < verify.below))
 
     async def _verify(self, key: Key, entry: Entry) -> str | None:
         """None when the judge says the cached question is the same as this one, else why not ("judge", ...).

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from evaluators.stats import percentile
 from gateway import tracing
 from gateway.chat import answer_text, whole_answer_request
-from gateway.context import stable_hash
+from gateway.context import sampled
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.gateway import Generation
 from gateway.hookspecs import hookimpl
@@ -285,7 +285,7 @@ class Shadow:
 
     def _sampled(self, request_id: str) -> bool:
         """Deterministic per request id, so a replayed request is mirrored (or not) the same way."""
-        return int(stable_hash("shadow", request_id)[:8], 16) / 2**32 < self.settings.sample_rate
+        return sampled(self.settings.sample_rate, "shadow", request_id)
 
     async def _dispatch(self) -> None:
         """Start each queued job's call as soon as a slot is free: a job waits in the queue (where it is
