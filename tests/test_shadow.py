@@ -366,7 +366,17 @@ def test_the_report_compares_error_rates_tokens_costs_and_projects_the_saving(
     assert s["difference"]["cost_per_request_usd"] == pytest.approx(s_cost - p_cost)
     assert s["requests_per_day"] == pytest.approx(per_day)
     assert s["projected_monthly_saving_usd"] == pytest.approx((p_cost - s_cost) * per_day * 30)
-    assert s["judge"] == {"mean": 0.75, "count": 2}
+    assert s["judge"]["mean"] == 0.75 and s["judge"]["count"] == 2
+    assert s["judge"]["interval"] == pytest.approx([0.26, 1.24], abs=1e-3)  # 0.75 +- 1.96 x 0.25
+    assert (
+        s["primary"]["errors"]["n"] == 4
+        and s["primary"]["errors"]["interval"][0] < 0.25 < s["primary"]["errors"]["interval"][1]
+    )
+    paired = s["paired_difference"]  # the two requests both answered: hello there, one..four
+    assert paired["prompt_tokens"] == {"mean": 0.0, "interval": [0.0, 0.0], "n": 2}
+    assert paired["latency_ms"]["n"] == 2 and paired["cost_usd"]["mean"] == pytest.approx(
+        (cheap_cost(2, 3) - primary_cost(2, 3) + cheap_cost(4, 5) - primary_cost(4, 5)) / 2
+    )
     primary_ok = [r["primary_latency_ms"] for r in found if r["primary_status"] == 200]
     shadow_ok = [r["shadow_latency_ms"] for r in found if r["shadow_error"] is None]
     for q in (50, 95, 99):
@@ -390,7 +400,9 @@ def test_the_report_compares_error_rates_tokens_costs_and_projects_the_saving(
     assert re.search(r"completion tokens \(mean\)\s+4\.00\s+3\.67\s+-0\.33\n", text)
     assert re.search(rf"cost per request \(USD\)\s+{p_cost:.6f}\s+{s_cost:.6f}\s+{s_cost - p_cost:+.6f}\n", text)
     assert f"projected monthly saving: {(p_cost - s_cost) * per_day * 30:,.2f} USD" in text
-    assert "judge score: 0.750 mean of 2" in text
+    assert "judge score: 0.750 mean of 2 (95% 0.260 to 1.240)" in text
+    assert re.search(r"error rate 95% intervals: primary 4\.6% to 69\.9%, shadow 4\.6% to 69\.9% \(4 requests\)", text)
+    assert "completion tokens, shadow - primary on the same requests: +0.00 (95% +0.00 to +0.00, 2 pairs)" in text
     assert f"{ids[2]}:\n    primary: echo: x y z\n    shadow:  -" in text
     as_json = subprocess.run(cli + ["--since", "3600", "--json"], env=env, capture_output=True, text=True, timeout=60)
     assert json.loads(as_json.stdout)["shadows"] == body["shadows"]

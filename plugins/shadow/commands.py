@@ -60,9 +60,29 @@ def _print_shadow(name: str, s: dict) -> None:
     for label, a, b, d, spec in rows:
         gap = "" if d is None else format(d, "+" + spec)
         print(f"  {label:<26}{_figure(a, spec):>12}{_figure(b, spec):>12}{gap:>16}".rstrip())
+    pe, se = p.get("errors"), sh.get("errors")
+    if pe and se:
+        print(
+            f"  error rate 95% intervals: primary {pe['interval'][0]:.1%} to {pe['interval'][1]:.1%}, "
+            f"shadow {se['interval'][0]:.1%} to {se['interval'][1]:.1%} ({pe['n']} requests)"
+        )
+    for key, label, spec in (
+        ("latency_ms", "latency (ms)", "+.0f"),
+        ("prompt_tokens", "prompt tokens", "+.2f"),
+        ("completion_tokens", "completion tokens", "+.2f"),
+        ("cost_usd", "cost (USD)", "+.6f"),
+    ):
+        d = (s.get("paired_difference") or {}).get(key)
+        if d and d["interval"]:
+            low, high = d["interval"]
+            print(
+                f"  {label}, shadow - primary on the same requests: {d['mean']:{spec}} "
+                f"(95% {low:{spec}} to {high:{spec}}, {d['n']} pairs)"
+            )
     print(f"  projected monthly saving: {_figure(s['projected_monthly_saving_usd'], ',.2f')} USD")
-    if s.get("judge"):
-        print(f"  judge score: {s['judge']['mean']:.3f} mean of {s['judge']['count']}")
+    if judge := s.get("judge"):
+        band = f" (95% {judge['interval'][0]:.3f} to {judge['interval'][1]:.3f})" if judge.get("interval") else ""
+        print(f"  judge score: {judge['mean']:.3f} mean of {judge['count']}{band}")
     if s["recent"]:
         print("  latest answers:")
     for pair in s["recent"]:

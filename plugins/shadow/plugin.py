@@ -27,7 +27,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from evaluators.stats import percentile
+from evaluators.stats import mean_interval, percentile, rate_interval
 from gateway import tracing
 from gateway.chat import answer_text, whole_answer_request
 from gateway.context import sampled
@@ -478,8 +478,10 @@ def _minus(a: float | None, b: float | None) -> float | None:
 def _side(rows: list[dict], prefix: str, failed) -> dict[str, Any]:
     ok = [r for r in rows if not failed(r)]
     latencies = [r[f"{prefix}_latency_ms"] for r in ok]
+    errors = sum(1 for r in rows if failed(r))
     return {
-        "error_rate": sum(1 for r in rows if failed(r)) / len(rows) if rows else None,
+        "error_rate": errors / len(rows) if rows else None,
+        "errors": rate_interval(errors, len(rows)),
         "latency_ms": {f"p{p}": percentile(latencies, p) for p in (50, 95, 99)},
         "prompt_tokens_mean": _mean([r[f"{prefix}_prompt_tokens"] for r in ok]),
         "completion_tokens_mean": _mean([r[f"{prefix}_completion_tokens"] for r in ok]),
@@ -493,8 +495,11 @@ def summarise(rows: list[dict], recent: list[dict], since: float, sample_rate: f
     Latency, tokens and cost are over the calls that succeeded; requests per day scale the window's
     comparisons back up by the sample rate, and the monthly saving is what answering them all with
     the shadow instead would have saved (negative when the shadow costs more)."""
-    primary = _side(rows, "primary", lambda r: r["primary_status"] >= 400)
-    shadow = _side(rows, "shadow", lambda r: r["shadow_error"] is not None)
+    primary_failed = lambda r: r["primary_status"] >= 400  # noqa: E731
+    shadow_failed = lambda r: r["shadow_error"] is not None  # noqa: E731
+    primary = _side(rows, "primary", primary_failed)
+    shadow = _side(rows, "shadow", shadow_failed)
+    both = [r for r in rows if not primary_failed(r) and not shadow_failed(r)]  # paired: one request, two answers
     per_day = len(rows) / sample_rate / (since / 86400) if sample_rate else None
     cost_gap = _minus(primary["cost_per_request_usd"], shadow["cost_per_request_usd"])
     scores = [r["judge_score"] for r in rows if r["judge_score"] is not None]
@@ -506,8 +511,24 @@ def summarise(rows: list[dict], recent: list[dict], since: float, sample_rate: f
             key: _minus(shadow[key], primary[key])
             for key in ("prompt_tokens_mean", "completion_tokens_mean", "cost_per_request_usd")
         },
+        # the shadow minus the primary on the same requests, with a 95% interval and the pairs it rests on
+        "paired_difference": {
+            key: mean_interval([_minus(r[f"shadow_{column}"], r[f"primary_{column}"]) for r in both])
+            for key, column in (
+                ("latency_ms", "latency_ms"),
+                ("prompt_tokens", "prompt_tokens"),
+                ("completion_tokens", "completion_tokens"),
+                ("cost_usd", "cost_usd"),
+            )
+        },
         "requests_per_day": per_day,
         "projected_monthly_saving_usd": None if cost_gap is None or per_day is None else cost_gap * per_day * 30,
-        "judge": {"mean": sum(scores) / len(scores), "count": len(scores)} if scores else None,
+        "judge": {
+            "mean": sum(scores) / len(scores),
+            "count": len(scores),
+            "interval": mean_interval(scores)["interval"],
+        }
+        if scores
+        else None,
         "recent": recent,
     }

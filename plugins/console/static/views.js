@@ -195,7 +195,8 @@ function shadowBlock(name, status, shadow, openKeys) {
         s.mirrored && s.mirrored.requests
           ? h("span", { class: s.mirrored.dropped ? "alarm" : "" },
             ` · mirrored ${f.pct(s.mirrored.share, 1)} of requests (${f.count(s.mirrored.dropped)} dropped)`) : "",
-        s.judge ? ` · judge mean ${f.score(s.judge.mean)} (${s.judge.count})` : "",
+        s.judge ? ` · judge mean ${f.score(s.judge.mean)} (${s.judge.count}${s.judge.interval
+          ? `, 95% ${f.score(s.judge.interval[0])} to ${f.score(s.judge.interval[1])}` : ""})` : "",
         s.projected_monthly_saving_usd !== null && s.projected_monthly_saving_usd !== undefined
           ? h("span", { class: s.projected_monthly_saving_usd >= 0 ? "good" : "alarm" },
             ` · projected saving ${f.usd(s.projected_monthly_saving_usd)}/month`) : ""),
@@ -204,6 +205,8 @@ function shadowBlock(name, status, shadow, openKeys) {
           h("th", { class: "num" }, "shadow"), h("th", { class: "num" }, "difference"))),
         h("tbody", {},
           row("error rate", pp.error_rate, sh.error_rate, (v) => f.pct(v, 1), delta(pp.error_rate, sh.error_rate, (v) => f.pct(v, 1))),
+          row("error rate, 95%", pp.errors, sh.errors,
+            (e) => e ? `${f.pct(e.interval[0], 1)} to ${f.pct(e.interval[1], 1)}` : "–", `${f.count(pp.errors?.n || 0)} requests`),
           row("p50", pp.latency_ms?.p50, sh.latency_ms?.p50, f.ms, delta(pp.latency_ms?.p50, sh.latency_ms?.p50, f.ms)),
           row("p95", pp.latency_ms?.p95, sh.latency_ms?.p95, f.ms, delta(pp.latency_ms?.p95, sh.latency_ms?.p95, f.ms)),
           row("completion tokens", pp.completion_tokens_mean, sh.completion_tokens_mean, f.count,
