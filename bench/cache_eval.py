@@ -6,7 +6,10 @@ Sets (one JSON object a line: query, cached, label paraphrase|near_miss, kind, d
   bench/cache_dev_pairs.jsonl (360 pairs, ten domains, written apart from the code): the guards
   were tuned on these;
 - held-out: bench/cache_heldout_pairs.jsonl (452 pairs, twelve domains), written blind, before any
-  tuning, by someone who had not read the guards; never used to tune.
+  tuning, by someone who had not read the guards; never used to tune. Its first run (content guard
+  as first written) is in bench/results/HISTORY.md;
+- held-out-2: bench/cache_heldout2_pairs.jsonl (400 pairs, ten other domains), written blind after
+  that run, by another writer, and run once on the code as it then stood.
 
 Each pair is decided as the plugin decides it: a hit when the cosine similarity reaches the
 threshold and no guard refuses. Modes:
@@ -44,6 +47,7 @@ PAIRS = HERE / "cache_eval_pairs.jsonl"
 SETS = {
     "dev": [HERE / "cache_eval_pairs.jsonl", HERE / "cache_dev_pairs.jsonl"],
     "held-out": [HERE / "cache_heldout_pairs.jsonl"],
+    "held-out-2": [HERE / "cache_heldout2_pairs.jsonl"],
 }
 MODES = ("threshold", "word-guards", "default", "verifier")
 TARGET_FALSE_HIT = 0.01

@@ -31,7 +31,7 @@ def config(fake, **cache):
     return {
         "backends": {"up": {"kind": "openai", "base_url": fake.url + "/v1", "model": "m-up", "api_key": UPSTREAM_KEY}},
         "routes": {ROUTE: {"baseline": "up"}, "other": {"baseline": "up"}},
-        "plugins": {"semantic_cache": {"enabled": True, "timeout_ms": 10_000, **cache}},
+        "plugins": {"semantic_cache": {"enabled": True, "semantic": True, "timeout_ms": 10_000, **cache}},
     }
 
 
@@ -731,3 +731,20 @@ def test_recheck_names_a_configured_backend(fake_openai):
     cfg = config(fake_openai, recheck={"backend": "nowhere"})
     with pytest.raises(ConfigError, match="recheck.backend: unknown backend 'nowhere'"):
         Gateway(parse_config(cfg))
+
+
+def test_by_default_the_semantic_tier_serves_only_with_a_verifier(model, fake_openai, fake_judge, make_gateway):
+    """On unseen questions the guards alone still serve about 2% of near-misses: unset, the semantic tier waits
+    for a verifier, and the exact tier serves meanwhile."""
+    alone = config(fake_openai)
+    del alone["plugins"]["semantic_cache"]["semantic"]
+    gw = make_gateway(alone)
+    cached(gw, "How do I reset my password?")
+    assert ask(gw, "How do I reset my password?")[0] == "hit-exact"
+    assert ask(gw, "What's the way to reset my password?")[0] == "miss" and plugin(gw).embedder is None
+
+    verified = verifying(fake_openai, fake_judge, below=0.5)
+    del verified["plugins"]["semantic_cache"]["semantic"]
+    gw = make_gateway(verified)
+    cached(gw, "How do I reset my password?")
+    assert ask(gw, "What's the way to reset my password?")[0] == "hit-semantic"

@@ -91,7 +91,12 @@ class Verify(BaseModel):
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     routes: list[str] | None = Field(None, description="routes to cache; every route when unset")
-    semantic: bool = Field(True, description="the embedding tier; off: the exact tier only")
+    semantic: bool | None = Field(
+        None,
+        description="the embedding tier. Unset: on when `verify` is set, since on questions it was never tuned "
+        "on the guards alone still serve about 2% of near-misses (bench/results/cache_eval.md); true: on "
+        "without a verifier; false: the exact tier only",
+    )
     threshold: float = Field(0.70, ge=0, le=1, description="cosine similarity a semantic hit needs")
     candidates: int = Field(5, ge=1, description="nearest entries checked against the guards")
     ttl_seconds: float = Field(86_400, gt=0)
@@ -196,6 +201,11 @@ class SemanticCache:
         self._tasks: list[asyncio.Task] = []
         self.recheck: Recheck | None = None
 
+    @property
+    def semantic_on(self) -> bool:
+        s = self.settings
+        return s.semantic if s.semantic is not None else s.verify is not None
+
     # --- lifetime ----------------------------------------------------------------------------------
 
     async def _run(self, fn, *args, **kwargs):
@@ -216,7 +226,7 @@ class SemanticCache:
     @hookimpl
     async def startup(self, gateway):
         self.gateway = gateway
-        if self.settings.semantic:
+        if self.semantic_on:
             await self._start_embedder()
         self._jobs = asyncio.Queue(self.settings.queue_size)
         if (recheck := self.settings.recheck) is not None:
