@@ -70,7 +70,8 @@ $(VENV)/.installed-bench: $(VENV)/.installed-test
 	-bash bench/setup_litellm.sh
 
 # Benchmarks (figures only, no pass/fail in the tests): semantic-cache lookup latency with 100,000 entries
-# and the cache's hit and false-hit rates, then the gateway's overhead against the upstream direct, a
+# and the cache's hit and false-hit rates (dev and held-out sets), 1,000 simulated rollouts per scenario
+# (fixed against adaptive schedules), then the gateway's overhead against the upstream direct, a
 # minimal aiohttp forwarder and LiteLLM (about 95 minutes, a 10-minute memory soak included;
 # BENCH_ARGS="--soak 60 --duration 10" for a shorter run). JSON, Markdown and PNG in bench/results/.
 bench: install-test $(VENV)/.installed-bench .venv-litellm/.installed-1.106.2
@@ -78,6 +79,7 @@ bench: install-test $(VENV)/.installed-bench .venv-litellm/.installed-1.106.2
 	$(BIN)/python bench/dialects.py --output bench/results/dialects.json
 	$(BIN)/python bench/cache_latency.py --output bench/results/cache_latency.json
 	$(BIN)/python bench/cache_eval.py --output bench/results/cache_eval.json
+	$(BIN)/python bench/rollout_sim.py --output bench/results/rollout_sim.json
 	$(BIN)/python bench/overhead.py --output-dir bench/results $(BENCH_ARGS)
 	$(BIN)/python bench/plugin_costs.py --output-dir bench/results
 

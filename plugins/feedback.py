@@ -3,7 +3,9 @@
 POST /v1/feedback takes `{"request_id", "rating": "helpful" | "not_helpful" | 1-5, "comment"?}`
 from any caller of the API (the id in `x-request-id` is the caller's handle on an answer). The
 rating is normalised to 0..1 (helpful 1, not_helpful 0, r -> (r-1)/4) and reported as the
-variant's `feedback` score through `record_score`, so auto-rollback can hold a floor on it.
+variant's `feedback` score through `record_score`, so auto-rollback can hold a floor on it, and as
+its `complaint` score (1 for a rating below 0.5, else 0), which auto-rollback's complaints rule
+compares with the baseline's.
 
 Which route and variant answered: a bounded in-memory map of recent request ids, filled in
 `after_response` (a dict insert, nothing more), then the traffic log for older ones (read on a
@@ -199,4 +201,8 @@ class Feedback:
         counts[0] += 1
         counts[1] += score
         await gateway.hooks.call("record_score", route=route, variant=variant, name="feedback", value=score)
+        # a complaint (not_helpful, 1 or 2 of 5): auto-rollback's complaints rule compares their share
+        await gateway.hooks.call(
+            "record_score", route=route, variant=variant, name="complaint", value=1.0 if score < 0.5 else 0.0
+        )
         return web.json_response(record)

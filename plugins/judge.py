@@ -25,6 +25,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from evaluators.judges import DEFAULT_CRITERIA, PairwiseJudge
+from evaluators.stats import wilson_interval
 from gateway import tracing
 from gateway.chat import answer_text, whole_answer_request
 from gateway.context import sampled
@@ -87,8 +88,10 @@ class Tally:
 
     def summary(self) -> dict[str, Any]:
         n = self.wins + self.ties + self.losses
+        interval = wilson_interval(self.wins + 0.5 * self.ties, n)  # ties split (evaluators/stats.py)
         return {
             "win_rate": (self.wins + 0.5 * self.ties) / n if n else None,
+            "interval": list(interval) if interval else None,
             "judged": n,
             "wins": self.wins,
             "ties": self.ties,

@@ -7,6 +7,7 @@ import asyncio
 import itertools
 import json
 import random
+import re
 import threading
 import time
 import urllib.error
@@ -651,3 +652,92 @@ def test_operators_pause_resume_and_abort_and_requests_are_checked(upstreams, ma
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(request)
     assert err.value.code == 401
+
+
+# --- adaptive schedules: promotion by evidence ------------------------------------------------------
+
+
+def inject(gw, variant, calls, errors=0, latency_ms=800.0):
+    """Window counts as if `calls` answers came in the next second (a step counts its whole seconds only),
+    on the gateway's loop, as its own recording is."""
+    windows = gw.app[GATEWAY].pm.get_plugin("auto_rollback").windows
+    second = time.time() + 1
+
+    async def record():
+        for i in range(calls):
+            windows.record_attempt("bot", variant, 500 if i < errors else 200, latency_ms, now=second)
+
+    gw.call(record())
+
+
+def test_an_adaptive_schedule_advances_as_soon_as_the_evidence_allows_and_shows_its_intervals(
+    upstreams, make_gateway, capsys, monkeypatch
+):
+    from gateway.cli import main
+
+    baseline, candidate = upstreams(FakeOpenAI(api_key=UPSTREAM_KEY), FakeOpenAI(api_key=UPSTREAM_KEY))
+    gw = make_gateway(config(baseline, candidate, percent=0, min_samples=20))
+    inject(gw, "base", 400)  # the baseline's p95 before the schedule: the latency guardrail's limit
+    time.sleep(1.1)
+    code, started = admin(
+        gw, "/admin/routes/bot/schedule", {"candidate": "cand", "steps": [5, 50, 100], "mode": "adaptive"}
+    )
+    assert code == 200, started
+    schedule = schedule_of(gw)
+    assert schedule["mode"] == "adaptive" and schedule["latency_limit_ms"] == pytest.approx(800, rel=0.1)
+    time.sleep(0.3)  # evaluations without evidence: it waits (no hold: nothing else to wait for)
+    assert schedule_of(gw)["step"] == 0 and status(gw)["auto_rollback"]["decisions"]["bot"]["action"] == "continue"
+    for step in (1, 2):
+        inject(gw, "base", 3000)
+        inject(gw, "cand", 3000)
+        wait_until(lambda step=step: schedule_of(gw)["step"] == step, what=f"step {step + 1}")
+    inject(gw, "base", 6000)
+    inject(gw, "cand", 6000)
+    done = wait_until(lambda: (s := schedule_of(gw))["status"] == "done" and s, what="the rollout to complete")
+    last = done["last_analysis"]
+    assert last["action"] == "advance" and last["primary"]["status"] == "clear"
+    low, high = last["primary"]["interval"]
+    assert low <= 0 <= high and high - low < 0.05  # equal arms: the difference's interval holds 0, and is narrow
+    assert last["samples"]["primary"] == [12000, 12000]  # every step counts (not the traffic before it began)
+    assert len(last["guardrails"]) == 1 and next(iter(last["guardrails"])).startswith("slower than")
+    assert status(gw)["rollout"]["routes"]["bot"]["percents"] == {"cand": 100.0}
+    reasons = [e["reason"] for e in reversed(events(gw, kind="schedule"))]
+    assert reasons[1].startswith("step 1/3 (5%): shown fit for 50%")
+    monkeypatch.setenv("LLMGATE_ADMIN_TOKEN", TOKEN)
+    assert main(["status", "--url", gw.url]) == 0
+    out = capsys.readouterr().out
+    assert "adaptive, at most 21600s, done" in out and "evidence: advance: non-inferior" in out
+    assert re.search(r"error_rate=0\.0 \[0-0\.\d+\]", out), out
+
+
+def test_an_adaptive_schedule_rolls_a_harmful_candidate_back_at_once(upstreams, make_gateway):
+    baseline, candidate = upstreams(FakeOpenAI(api_key=UPSTREAM_KEY), FakeOpenAI(api_key=UPSTREAM_KEY))
+    # the sliding-window rules cannot act here: the schedule's own evidence must
+    gw = make_gateway(config(baseline, candidate, percent=0, min_samples=20, failure_limit=10_000))
+    code, _ = admin(
+        gw,
+        "/admin/routes/bot/schedule",
+        {"candidate": "cand", "steps": [5, 100], "mode": "adaptive", "evidence": {"min_samples": 50}},
+    )
+    assert code == 200
+    inject(gw, "base", 2000, errors=10)
+    inject(gw, "cand", 2000, errors=400)  # 20% errors against 0.5%
+    ended = wait_until(lambda: (s := schedule_of(gw))["status"] == "aborted" and s, what="the rollback")
+    assert ended["step"] == 0 and ended["last_analysis"]["action"] == "rollback"
+    assert "the evidence shows harm: primary" in ended["reason"]
+    rollback = events(gw, kind="rollback")
+    assert len(rollback) == 1 and rollback[0]["actor"] == "schedule" and rollback[0]["rule"] == "evidence"
+    assert status(gw)["rollout"]["routes"]["bot"]["percents"] == {}
+
+
+def test_adaptive_schedule_requests_are_checked(upstreams, make_gateway):
+    baseline, candidate = upstreams(FakeOpenAI(api_key=UPSTREAM_KEY), FakeOpenAI(api_key=UPSTREAM_KEY))
+    gw = make_gateway(config(baseline, candidate, percent=0))
+    code, body = admin(gw, "/admin/routes/bot/schedule", {"candidate": "cand", "steps": [5], "mode": "sometimes"})
+    assert code == 400 and body["error"]["param"] == "mode"
+    code, body = admin(
+        gw,
+        "/admin/routes/bot/schedule",
+        {"candidate": "cand", "steps": [5], "mode": "adaptive", "evidence": {"margin": 2}},
+    )
+    assert code == 400 and body["error"]["param"] == "evidence" and "margin" in body["error"]["message"]

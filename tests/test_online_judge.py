@@ -152,7 +152,15 @@ def test_sampled_candidate_answers_are_judged_against_the_baseline_and_reach_the
     )
     assert all(r["model"] == "m-base" and r["stream"] is False for r in baseline.requests)
     assert len(judge.requests) == 2 * n, "each judgement asks the judge in both orders"
-    assert judged["win_rate"] == {"bot": {"cand": {"win_rate": 1.0, "judged": n, "wins": n, "ties": 0, "losses": 0}}}
+    tally = judged["win_rate"]["bot"]["cand"]
+    assert {k: v for k, v in tally.items() if k != "interval"} == {
+        "win_rate": 1.0,
+        "judged": n,
+        "wins": n,
+        "ties": 0,
+        "losses": 0,
+    }
+    assert tally["interval"][1] == 1.0 and tally["interval"][0] < 1.0  # n wins of n: not certain
     assert (judged["errors"], judged["dropped"], judged["queued"], judged["budget_left_today"]) == (0, 0, 0, 1000 - n)
 
     figures = wait_until(
@@ -274,13 +282,13 @@ def test_shadow_comparisons_get_a_judge_score_and_the_report_shows_its_mean(serv
         conn.close()
     assert scores == {i: 1.0 for i in ids}
     assert len(primary.requests) == 3, "a shadow comparison is judged on the answers it already has"
-    assert judge_status(gw)["shadow_win_rate"] == {
-        "bot": {"cheap": {"win_rate": 1.0, "judged": 3, "wins": 3, "ties": 0, "losses": 0}}
-    }
+    shadow_tally = judge_status(gw)["shadow_win_rate"]["bot"]["cheap"]
+    assert shadow_tally["win_rate"] == 1.0 and shadow_tally["judged"] == 3 and shadow_tally["wins"] == 3
+    assert 0.4 < shadow_tally["interval"][0] < 1.0  # three wins of three: Wilson's interval is wide
     assert judge_status(gw)["win_rate"] == {} and windows_scores(gw, "cheap") == {}
 
     code, report = admin(gw, "/admin/shadow/report?route=bot")
-    assert code == 200 and report["shadows"]["cheap"]["judge"] == {"mean": 1.0, "count": 3}
+    assert code == 200 and report["shadows"]["cheap"]["judge"] == {"mean": 1.0, "count": 3, "interval": [1.0, 1.0]}
     out = subprocess.run(
         [sys.executable, "-m", "gateway", "shadow", "report", "bot", "--url", gw.url],
         env={**os.environ, "LLMGATE_ADMIN_TOKEN": TOKEN},

@@ -33,12 +33,17 @@ def status(client: AdminClient, args: argparse.Namespace) -> int:
             s = schedules[name]
             steps = " -> ".join(f"{p:g}" for p in s.get("steps", []))
             why = f": {s['reason']}" if s.get("reason") and s.get("status") != "running" else ""
+            adaptive = s.get("mode") == "adaptive"
             print(
                 f"  schedule {s.get('candidate')}: step {s.get('step', 0) + 1}/{len(s.get('steps', []))} "
-                f"({steps}), hold {s.get('hold_seconds', 0):g}s, {s.get('status')}{why}"
+                f"({steps}), {'adaptive, at most' if adaptive else 'hold'} {s.get('hold_seconds', 0):g}s, "
+                f"{s.get('status')}{why}"
             )
+            decision = ((body.get("auto_rollback") or {}).get("decisions") or {}).get(name)
+            if adaptive and decision:
+                print(f"    evidence: {decision['action']}: {decision['reason']}")
         for variant, figures in (windows.get(name) or {}).items():
-            print(f"  window {variant:<23} " + "  ".join(f"{k}={v}" for k, v in figures.items()))
+            print(f"  window {variant:<23} " + "  ".join(_figures(figures)))
         if route.get("shadow"):
             print(f"  shadow {', '.join(route['shadow'])}")
     events = client.get("/admin/events", limit=5)["events"]
@@ -46,6 +51,17 @@ def status(client: AdminClient, args: argparse.Namespace) -> int:
         print("last events:")
         print_events(events)
     return 0
+
+
+def _figures(figures: dict) -> list[str]:
+    """name=value, a figure's 95% interval (its `_interval` twin) beside it: `error_rate=0.01 [0.002-0.04]`."""
+    out = []
+    for key, value in figures.items():
+        if key.endswith("_interval"):
+            continue
+        band = figures.get(f"{key}_interval")
+        out.append(f"{key}={value}" + (f" [{band[0]:g}-{band[1]:g}]" if band else ""))
+    return out
 
 
 def events(client: AdminClient, args: argparse.Namespace) -> int:

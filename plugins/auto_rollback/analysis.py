@@ -41,6 +41,12 @@ class LatencyRule(_Strict):
     )
 
 
+class ComplaintRule(_Strict):
+    ratio: float = Field(2.0, gt=0, description="fails above this multiple of the baseline's complaint rate")
+    alpha: float = Field(0.01, gt=0, lt=1, description="and only when the rise is significant at this level")
+    min_samples: int = Field(20, ge=1, description="ratings the candidate needs (feedback is sparse)")
+
+
 class CostRule(_Strict):
     ratio: float | None = Field(1.2, gt=0, description="fails above this multiple of the baseline's cost per request")
     max_usd: float | None = Field(None, gt=0, description="or above this budget per request")
@@ -57,6 +63,13 @@ class Rules(_Strict):
 
     error_rate: ErrorRateRule | None = ErrorRateRule()
     p95_latency: LatencyRule | None = LatencyRule()
+    p95_ttft: LatencyRule | None = Field(
+        LatencyRule(), description="time to first token of streamed answers, as p95_latency"
+    )
+    complaints: ComplaintRule | None = Field(
+        ComplaintRule(),
+        description="negative feedback (the feedback plugin's `complaint` score) against the baseline's",
+    )
     cost_per_request: CostRule | None = CostRule()
     scores: dict[str, ScoreRule] = {"judge_win_rate": ScoreRule(floor=0.4)}
 
@@ -153,24 +166,46 @@ def _error_rate(rule: ErrorRateRule, cand: Figures, base: Figures, min_samples: 
     )
 
 
-def _p95_latency(rule: LatencyRule, cand: Figures, base: Figures, min_samples: int) -> Check:
-    n = cand.latency_n
+def _p95_latency(rule: LatencyRule, cand: Figures, base: Figures, min_samples: int, ttft: bool = False) -> Check:
+    name, what = ("p95_ttft", "streamed candidate calls") if ttft else ("p95_latency", "timed candidate calls")
+    n, base_n = (cand.ttft_n, base.ttft_n) if ttft else (cand.latency_n, base.latency_n)
     if n < min_samples:
-        return Check("p95_latency", None, f"{n} timed candidate calls, fewer than {min_samples}")
+        return Check(name, None, f"{n} {what}, fewer than {min_samples}")
+    (cand_p95, cand_hist), base_p95 = (
+        ((cand.p95_ttft_ms, cand.ttft), base.p95_ttft_ms) if ttft else ((cand.p95_ms, cand.latency), base.p95_ms)
+    )
     limits = []
-    if rule.ratio is not None and base.latency_n >= min_samples:
-        limits.append((rule.ratio * base.p95_ms, f"{rule.ratio:g}x baseline {base.p95_ms:.0f} ms"))
+    if rule.ratio is not None and base_n >= min_samples:
+        limits.append((rule.ratio * base_p95, f"{rule.ratio:g}x baseline {base_p95:.0f} ms"))
     if rule.max_ms is not None:
         limits.append((rule.max_ms, f"{rule.max_ms:g} ms"))
     if not limits:
-        return Check("p95_latency", None, f"baseline has {base.latency_n} timed calls, fewer than {min_samples}")
-    p95, verdicts = cand.p95_ms, []
+        return Check(name, None, f"baseline has {base_n} {what.split()[0]} calls, fewer than {min_samples}")
+    verdicts = []
     for limit, label in limits:
         # Under the limit, at most 5% of calls would exceed it: test that the candidate's share is higher.
-        p = rate_above_p(count_above(cand.latency, limit), n, 0.05)
-        verdicts.append((p95 > limit and p < rule.alpha, f"p95 {p95:.0f} ms vs limit {label} (p={p:.2g})"))
+        p = rate_above_p(count_above(cand_hist, limit), n, 0.05)
+        verdicts.append((cand_p95 > limit and p < rule.alpha, f"p95 {cand_p95:.0f} ms vs limit {label} (p={p:.2g})"))
     failing = [d for bad, d in verdicts if bad]
-    return Check("p95_latency", bool(failing), "; ".join(failing or [d for _, d in verdicts]))
+    return Check(name, bool(failing), "; ".join(failing or [d for _, d in verdicts]))
+
+
+def _complaints(rule: ComplaintRule, cand: Figures, base: Figures) -> Check:
+    """The playbook's "complaints at twice the baseline's": the share of ratings that are complaints."""
+    total, _, n = cand.scores.get("complaint", (0.0, 0.0, 0.0))
+    base_total, _, base_n = base.scores.get("complaint", (0.0, 0.0, 0.0))
+    if n < rule.min_samples or base_n < rule.min_samples:
+        return Check(
+            "complaints", None, f"{int(n)} candidate and {int(base_n)} baseline ratings, fewer than {rule.min_samples}"
+        )
+    rate, base_rate = total / n, base_total / base_n
+    p = two_proportion_p(total, n, base_total, base_n)
+    return Check(
+        "complaints",
+        rate > rule.ratio * base_rate and p < rule.alpha,
+        f"{rate:.1%} of {int(n)} ratings vs baseline {base_rate:.1%} of {int(base_n)} (limit: above {rule.ratio:g}x, "
+        f"p={p:.2g})",
+    )
 
 
 def _cost(rule: CostRule, cand: Figures, base: Figures, min_samples: int) -> Check:
@@ -213,6 +248,10 @@ def analyse(cand: Figures, base: Figures, policy: Policy) -> Analysis:
         checks.append(_error_rate(rules.error_rate, cand, base, n))
     if rules.p95_latency is not None:
         checks.append(_p95_latency(rules.p95_latency, cand, base, n))
+    if rules.p95_ttft is not None:
+        checks.append(_p95_latency(rules.p95_ttft, cand, base, n, ttft=True))
+    if rules.complaints is not None:
+        checks.append(_complaints(rules.complaints, cand, base))
     if rules.cost_per_request is not None:
         checks.append(_cost(rules.cost_per_request, cand, base, n))
     checks += [_score(name, rule, cand, n) for name, rule in sorted(rules.scores.items())]

@@ -16,10 +16,13 @@ from gateway.hookspecs import hookimpl
 
 def schedule(client: AdminClient, args: argparse.Namespace) -> int:
     if args.schedule_command == "start":
-        event = client.post(
-            f"/admin/routes/{args.route}/schedule",
-            {"candidate": args.candidate, "steps": args.steps, "hold_seconds": args.hold, "reason": args.reason},
-        )
+        body = {"candidate": args.candidate, "steps": args.steps, "reason": args.reason}
+        if args.hold is not None:
+            body["hold_seconds"] = args.hold
+        if args.adaptive:
+            body["mode"] = "adaptive"
+            body["evidence"] = {"primary": args.primary, "margin": args.margin}
+        event = client.post(f"/admin/routes/{args.route}/schedule", body)
     else:
         event = client.post(f"/admin/routes/{args.route}/schedule/{args.schedule_command}", {"reason": args.reason})
     print_events([event])
@@ -59,7 +62,24 @@ def register_commands(commands):
         default=percent_steps("5,25,50,100"),
         help="rising percents (default 5,25,50,100)",
     )
-    p.add_argument("--hold", type=float, default=300.0, help="seconds each step holds before its analysis (300)")
+    p.add_argument(
+        "--hold",
+        type=float,
+        default=None,
+        help="seconds each step holds before its analysis (300); adaptive: the longest a step waits (21600)",
+    )
+    p.add_argument(
+        "--adaptive",
+        action="store_true",
+        help="advance each step as soon as a sequential test shows the candidate not worse by more than "
+        "--margin (and its guardrails within theirs); roll back as soon as it shows harm",
+    )
+    p.add_argument(
+        "--primary",
+        default="success",
+        help="adaptive: the primary metric, 'success' (no error) or a score such as feedback (success)",
+    )
+    p.add_argument("--margin", type=float, default=0.02, help="adaptive: the loss on the primary allowed (0.02)")
     add_reason_arg(p)
     for action, help in (
         ("pause", "stop advancing; the candidate keeps its percent"),

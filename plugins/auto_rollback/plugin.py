@@ -28,6 +28,7 @@ import uuid
 from typing import Any
 
 from aiohttp import web
+from pydantic import ValidationError
 
 from gateway.admin import actor, audit, read_body
 from gateway.background import stop_tasks
@@ -38,12 +39,14 @@ from gateway.state.redis import UNREACHABLE
 from plugins.rollout.plugin import Rollout
 
 from .analysis import FAILED, INCONCLUSIVE, SUCCESSFUL, Analysis, Policy, Settings, analyse
+from .evidence import Evidence, judge_step, summary
 from .windows import Figures, Windows
 
 log = logging.getLogger("llmgate.auto_rollback")
 LEASE = "auto_rollback"
 SCHEDULE_KEY = "schedule:"
 RUNNING, PAUSED, ABORTED, DONE = "running", "paused", "aborted", "done"
+FIXED, ADAPTIVE = "fixed", "adaptive"
 
 
 # --- the plugin ---------------------------------------------------------------------------------
@@ -73,6 +76,7 @@ class AutoRollback:
         self.figures: dict[str, dict[str, dict]] = {}  # route -> variant -> window figures
         self.evaluations: dict[str, dict[str, dict]] = {}  # route -> candidate -> last verdict
         self.schedules: dict[str, dict] = {}
+        self.decisions: dict[str, dict] = {}  # route -> the adaptive schedule's latest decision
         self._policies: dict[str, Policy] = {}
         self._lease_until = 0.0  # time.monotonic() when our lease ends
         self._active_since: dict[tuple[str, str], float] = {}
@@ -146,6 +150,8 @@ class AutoRollback:
             self.windows.record_attempt(route, attempt.backend, status, latency)
         if ctx.served_by and ctx.cost_usd is not None:
             self.windows.record_cost(route, ctx.served_by, ctx.cost_usd)
+        if ctx.served_by and ctx.ttft_ms is not None and ctx.error is None:
+            self.windows.record_ttft(route, ctx.served_by, ctx.ttft_ms)
 
     @hookimpl
     def record_score(self, route, variant, name, value):
@@ -200,6 +206,7 @@ class AutoRollback:
     def _retention(self) -> float:
         longest = max([self.policy(r).window_seconds for r in self.gateway.config.settings.routes] or [0])
         hold = max([s.get("hold_seconds", 0) for s in self.schedules.values() if isinstance(s, dict)] or [0])
+        # an adaptive step is judged on all its seconds so far (at most hold_seconds, its time limit)
         return max(longest, hold) + 60
 
     async def _renew_lease(self) -> None:
@@ -339,6 +346,9 @@ class AutoRollback:
             why = f"{candidate} was rolled back by {record.get('actor')}: {record.get('reason')}"
             await self._transition(route, schedule, "schedule", status=ABORTED, reason=why)
             return
+        if schedule.get("mode") == ADAPTIVE:
+            await self._advance_on_evidence(route, schedule, now)
+            return
         # Counts are per second: a step is judged on the whole seconds after it began, so the
         # previous step's traffic never leaks in, and it holds for hold_seconds of those.
         begun = math.ceil(schedule["step_started"])
@@ -362,38 +372,9 @@ class AutoRollback:
                 reason=f"{where} passed its analysis: the rollout is complete",
             )
         elif result.outcome == SUCCESSFUL:
-            try:
-                await self.rollout.set_percent(
-                    route, candidate, steps[i + 1], actor="schedule", reason=f"{where} passed its analysis"
-                )
-            except GatewayError as err:
-                await self._transition(
-                    route,
-                    schedule,
-                    "schedule",
-                    status=PAUSED,
-                    last_analysis=analysis,
-                    reason=f"could not set {steps[i + 1]:g}%: {err.message}",
-                )
-                return
-            await self._transition(
-                route,
-                schedule,
-                "schedule",
-                step=i + 1,
-                step_started=time.time(),
-                last_analysis=analysis,
-                reason=f"{where} passed its analysis",
-            )
+            await self._next_step(route, schedule, analysis, f"{where} passed its analysis")
         elif result.outcome == INCONCLUSIVE:
-            await self._transition(
-                route,
-                schedule,
-                "schedule",
-                status=PAUSED,
-                last_analysis=analysis,
-                reason=f"inconclusive at {where}: {result.reason()}",
-            )
+            await self._pause(route, schedule, analysis, f"inconclusive at {where}: {result.reason()}")
         else:
             reason = f"{where} failed its analysis: {result.reason()}"
             await self.rollout.rollback(
@@ -405,6 +386,81 @@ class AutoRollback:
                 figures=result.figures(since=begun, until=now, failed=[c.rule for c in result.failed]),
             )
             await self._transition(route, schedule, "schedule", status=ABORTED, last_analysis=analysis, reason=reason)
+
+    async def _advance_on_evidence(self, route: str, schedule: dict, now: float) -> None:
+        """An adaptive step: every evaluation asks the sequential test (evidence.py) about every step so far;
+        it advances as soon as the evidence allows, rolls back on harm, and waits otherwise, at most
+        `hold_seconds` a step (then it pauses, saying what it lacked)."""
+        if schedule["status"] != RUNNING:
+            return
+        candidate, steps, i = schedule["candidate"], schedule["steps"], schedule["step"]
+        baseline = self.gateway.config.settings.routes[route].baseline
+        begun = math.ceil(schedule["step_started"])
+        base = [Figures().add(c) for c in schedule.get("closed", {}).get("baseline", [])]
+        cand = [Figures().add(c) for c in schedule.get("closed", {}).get("candidate", [])]
+        base.append(await self._read(route, baseline, begun, now))
+        cand.append(await self._read(route, candidate, begun, now))
+        exposure = steps[i + 1] / 100 if i + 1 < len(steps) else 1.0
+        evidence = Evidence(**schedule["evidence"])
+        decision = judge_step(evidence, base, cand, schedule.get("latency_limit_ms"), exposure)
+        where = f"step {i + 1}/{len(steps)} ({steps[i]:g}%)"
+        analysis = {"step": i + 1, "at": now, **summary(decision)}
+        self.decisions[route] = analysis  # every evaluation's, for status; the store keeps those that act
+        if decision.action == "advance" and cand[-1].requests < evidence.min_samples:
+            # the evidence may come from earlier steps: a step is still left only once its own share has been seen
+            analysis.update(
+                action="continue",
+                reason=f"{cand[-1].requests} candidate calls at this step, fewer than {evidence.min_samples}",
+            )
+            decision = None
+        if decision is not None and decision.action == "rollback":
+            reason = f"{where}: the evidence shows harm: {decision.reason}"
+            await self.rollout.rollback(route, candidate, actor="schedule", reason=reason, rule="evidence")
+            await self._transition(route, schedule, "schedule", status=ABORTED, last_analysis=analysis, reason=reason)
+        elif decision is not None and decision.action == "advance" and i + 1 == len(steps):
+            reason = f"{where}: shown not worse than the baseline: the rollout is complete ({decision.reason})"
+            await self._transition(route, schedule, "schedule", status=DONE, last_analysis=analysis, reason=reason)
+        elif decision is not None and decision.action == "advance":
+            closed = schedule.get("closed", {"baseline": [], "candidate": []})
+            await self._next_step(
+                route,
+                schedule,
+                analysis,
+                f"{where}: shown fit for {steps[i + 1]:g}% ({decision.reason})",
+                closed={
+                    "baseline": [*closed["baseline"], base[-1].counters()],
+                    "candidate": [*closed["candidate"], cand[-1].counters()],
+                },
+            )
+        elif now - begun >= schedule["hold_seconds"]:
+            await self._pause(
+                route,
+                schedule,
+                analysis,
+                f"no decision at {where} within {schedule['hold_seconds']:g}s: {analysis['reason']}",
+            )
+
+    async def _pause(self, route: str, schedule: dict, analysis: dict, reason: str) -> None:
+        await self._transition(route, schedule, "schedule", status=PAUSED, last_analysis=analysis, reason=reason)
+
+    async def _next_step(self, route: str, schedule: dict, analysis: dict, reason: str, **changes) -> None:
+        """Give the candidate the next step's percent and start that step (paused if the percent cannot be set)."""
+        candidate, steps, i = schedule["candidate"], schedule["steps"], schedule["step"]
+        try:
+            await self.rollout.set_percent(route, candidate, steps[i + 1], actor="schedule", reason=reason)
+        except GatewayError as err:
+            await self._pause(route, schedule, analysis, f"could not set {steps[i + 1]:g}%: {err.message}")
+            return
+        await self._transition(
+            route,
+            schedule,
+            "schedule",
+            step=i + 1,
+            step_started=time.time(),
+            last_analysis=analysis,
+            reason=reason,
+            **changes,
+        )
 
     def _require_rollout(self) -> None:
         if self.rollout is None:
@@ -454,8 +510,11 @@ class AutoRollback:
         *,
         actor: str,
         reason: str | None = None,
+        evidence: Evidence | None = None,
     ) -> dict:
-        """Begin a staged rollout: the first step's percent at once (re-enabling a rolled-back candidate)."""
+        """Begin a staged rollout: the first step's percent at once (re-enabling a rolled-back candidate).
+        With `evidence`, the schedule is adaptive: each step advances when the sequential test allows,
+        `hold_seconds` being then the longest a step may wait for it."""
         self._require_rollout()
         settings = self.gateway.config.settings.routes.get(route)
         if settings is None:
@@ -479,7 +538,11 @@ class AutoRollback:
             "actor": actor,
             "updated_at": now,
             "last_analysis": None,
+            "mode": FIXED if evidence is None else ADAPTIVE,
         }
+        if evidence is not None:
+            schedule["evidence"] = evidence.model_dump()
+            schedule["latency_limit_ms"] = await self._latency_limit(route, now)
 
         def claim(old: dict | None) -> dict:
             if isinstance(old, dict) and old.get("status") in (RUNNING, PAUSED):
@@ -512,6 +575,18 @@ class AutoRollback:
         )
         await self.gateway.store.publish({"kind": "schedule", "route": route})
         return event
+
+    async def _latency_limit(self, route: str, now: float) -> float | None:
+        """The latency an adaptive schedule counts calls above, fixed before it starts (a limit chosen from
+        the candidate's own data would bias the test): the latency rule's max_ms, else the baseline's p95
+        over the last window; None (no latency guardrail) when neither is known."""
+        policy = self.policy(route)
+        rule = policy.rules.p95_latency
+        if rule is not None and rule.max_ms is not None:
+            return rule.max_ms
+        baseline = self.gateway.config.settings.routes[route].baseline
+        figures = await self.windows.read(route, baseline, now - policy.window_seconds, now)
+        return figures.p95_ms if figures.latency_n >= policy.min_samples else None
 
     async def act_on_schedule(self, route: str, action: str, *, actor: str, reason: str | None) -> dict:
         """An operator pauses, resumes or aborts (to the baseline) a route's schedule."""
@@ -567,6 +642,7 @@ class AutoRollback:
                 "routes": self.figures,
                 "evaluations": self.evaluations,
                 "schedules": schedules,
+                "decisions": self.decisions,
             }
         }
 
@@ -589,9 +665,10 @@ class AutoRollback:
                 request.match_info["route"],
                 candidate,
                 _steps(body.get("steps")),
-                _hold(body.get("hold_seconds", 300)),
+                _hold(body.get("hold_seconds", 300 if body.get("mode", FIXED) == FIXED else 21_600)),
                 actor=actor(request),
                 reason=body.get("reason"),
+                evidence=_evidence(body),
             )
             return web.json_response(event)
 
@@ -623,6 +700,21 @@ def _steps(value: Any) -> list[float]:
             "'steps' must be rising percents above 0 and at most 100, e.g. [5, 25, 50, 100]", param="steps"
         )
     return [float(v) for v in value]
+
+
+def _evidence(body: dict) -> Evidence | None:
+    """An adaptive schedule's evidence settings (`mode: adaptive`, `evidence: {...}`), or None for a fixed one."""
+    mode = body.get("mode", FIXED)
+    if mode not in (FIXED, ADAPTIVE):
+        raise InvalidRequest(f"'mode' must be '{FIXED}' or '{ADAPTIVE}'", param="mode")
+    if mode == FIXED:
+        if body.get("evidence") is not None:
+            raise InvalidRequest("'evidence' is for mode 'adaptive'", param="evidence")
+        return None
+    try:
+        return Evidence(**(body.get("evidence") or {}))
+    except (TypeError, ValidationError) as exc:
+        raise InvalidRequest(f"'evidence' is not valid: {exc}", param="evidence") from None
 
 
 def _hold(value: Any) -> float:

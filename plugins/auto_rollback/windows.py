@@ -20,11 +20,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
+from evaluators.stats import Z95, wilson_interval
+
 GROWTH = 1.1  # each latency bucket is 10% wider than the one before
 TOP_BUCKET = 160  # 1.1**159 ms is about an hour: everything slower shares the last bucket
 # One shared name per latency bucket: formatting the name per call would leave a copy of it in every
 # second's counters (about 40% of their memory, kept for the whole retention).
 LATENCY_FIELDS = tuple(f"l{i}" for i in range(TOP_BUCKET + 1))
+TTFT_FIELDS = tuple(f"t{i}" for i in range(TOP_BUCKET + 1))  # time to first token, streamed answers
 REDIS_PREFIX = "llmgate:win:"
 REDIS_PAIRS = "llmgate:win:pairs"
 
@@ -127,6 +130,8 @@ class Figures:
     latency: dict[int, float] = field(default_factory=dict)
     cost_sum: float = 0.0
     cost_n: int = 0
+    cost_squares: float = 0.0
+    ttft: dict[int, float] = field(default_factory=dict)
     scores: dict[str, list[float]] = field(default_factory=dict)  # name -> [sum, sum of squares, count]
 
     def add(self, fields: Mapping[str, Any]) -> "Figures":
@@ -140,13 +145,26 @@ class Figures:
                 self.cost_sum += value
             elif name == "cn":
                 self.cost_n += int(value)
-            elif name[0] == "l" and name[1:].isdigit():
+            elif name == "cq":
+                self.cost_squares += value
+            elif name[0] in "lt" and name[1:].isdigit():
                 i = int(name[1:])
-                self.latency[i] = self.latency.get(i, 0) + value
+                histogram = self.latency if name[0] == "l" else self.ttft
+                histogram[i] = histogram.get(i, 0) + value
             elif name[:2] in ("s:", "q:", "k:"):
                 entry = self.scores.setdefault(name[2:], [0.0, 0.0, 0.0])
                 entry["sqk".index(name[0])] += value
         return self
+
+    def counters(self) -> dict[str, float]:
+        """The flat counters `add` reads back: how a closed step's figures are kept with its schedule."""
+        out: dict[str, float] = {"n": self.requests, "e": self.errors, "c": self.cost_sum, "cn": self.cost_n}
+        out["cq"] = self.cost_squares
+        out.update({LATENCY_FIELDS[i]: v for i, v in self.latency.items()})
+        out.update({TTFT_FIELDS[i]: v for i, v in self.ttft.items()})
+        for name, (total, squares, n) in self.scores.items():
+            out.update({f"s:{name}": total, f"q:{name}": squares, f"k:{name}": n})
+        return out
 
     @classmethod
     def merged(cls, buckets: Iterable[Mapping[str, Any]]) -> "Figures":
@@ -171,6 +189,14 @@ class Figures:
     def cost_per_request(self) -> float | None:
         return self.cost_sum / self.cost_n if self.cost_n else None
 
+    @property
+    def ttft_n(self) -> int:
+        return int(sum(self.ttft.values()))
+
+    @property
+    def p95_ttft_ms(self) -> float | None:
+        return quantile(self.ttft, 0.95)
+
     def score(self, name: str) -> tuple[float, float, int] | None:
         """(mean, standard deviation, count) of a reported score; None when none was reported."""
         total, squares, n = self.scores.get(name, (0.0, 0.0, 0.0))
@@ -180,26 +206,67 @@ class Figures:
         return mean, math.sqrt(max(0.0, squares / n - mean * mean)), int(n)
 
     def summary(self) -> dict[str, Any]:
+        """The figures an operator reads, each with its sample count and 95% interval: an error rate's
+        Wilson interval, a p95's from the ranks a binomial puts it between, a mean's from its spread."""
+
         def r(value, digits):
             return None if value is None else round(value, digits)
+
+        def band(interval, digits):
+            return None if interval is None else [r(interval[0], digits), r(interval[1], digits)]
 
         out = {
             "requests": self.requests,
             "errors": self.errors,
             "error_rate": r(self.error_rate, 4),
+            "error_rate_interval": band(wilson_interval(self.errors, self.requests), 4),
             "p95_ms": r(self.p95_ms, 1),
+            "p95_ms_interval": band(quantile_interval(self.latency, 0.95), 1),
+            "latency_n": self.latency_n,
             "cost_per_request": r(self.cost_per_request, 8),
+            "cost_per_request_interval": band(
+                _mean_interval(self.cost_sum, self.cost_squares, self.cost_n) if self.cost_squares else None, 8
+            ),
+            "cost_n": self.cost_n,
         }
+        if self.ttft_n:
+            out.update(
+                p95_ttft_ms=r(self.p95_ttft_ms, 1),
+                p95_ttft_ms_interval=band(quantile_interval(self.ttft, 0.95), 1),
+                ttft_n=self.ttft_n,
+            )
         for name in sorted(self.scores):
             if (found := self.score(name)) is not None:
+                total, squares, n = self.scores[name]
                 out[name] = round(found[0], 4)
+                out[f"{name}_interval"] = band(_mean_interval(total, squares, n), 4)
                 out[f"{name}_n"] = found[2]
         return out
 
 
+def quantile_interval(histogram: Mapping[int, float], q: float, z: float = Z95) -> tuple[float, float] | None:
+    """A distribution-free 95% interval for the q-quantile: the values at the ranks a binomial(n, q) puts
+    the quantile's rank between (n q +- z sqrt(n q (1 - q)))."""
+    n = sum(histogram.values())
+    if n < 2:
+        return None
+    spread = z * math.sqrt(q * (1 - q) / n)
+    low, high = quantile(histogram, max(0.0, q - spread)), quantile(histogram, min(1.0, q + spread))
+    return None if low is None or high is None else (low, high)
+
+
+def _mean_interval(total: float, squares: float, n: float, z: float = Z95) -> tuple[float, float] | None:
+    if n < 2:
+        return None
+    mean = total / n
+    variance = max(0.0, (squares - n * mean * mean) / (n - 1))
+    spread = z * math.sqrt(variance / n)
+    return mean - spread, mean + spread
+
+
 def _is_float_field(name: str) -> bool:
     """Cost and score sums are fractions; every other field counts."""
-    return name == "c" or name[:2] in ("s:", "q:")
+    return name in ("c", "cq") or name[:2] in ("s:", "q:")
 
 
 def is_error(status: int) -> bool:
@@ -244,7 +311,11 @@ class Windows:
         self._add(route, variant, fields, now)
 
     def record_cost(self, route: str, variant: str, cost_usd: float, now: float | None = None) -> None:
-        self._add(route, variant, {"c": cost_usd, "cn": 1}, now)
+        self._add(route, variant, {"c": cost_usd, "cn": 1, "cq": cost_usd * cost_usd}, now)
+
+    def record_ttft(self, route: str, variant: str, ms: float, now: float | None = None) -> None:
+        """A streamed answer's time to its first token."""
+        self._add(route, variant, {TTFT_FIELDS[latency_bucket(ms)]: 1}, now)
 
     def record_score(self, route: str, variant: str, name: str, value: float, now: float | None = None) -> None:
         self._add(route, variant, {f"s:{name}": value, f"q:{name}": value * value, f"k:{name}": 1}, now)

@@ -14,6 +14,7 @@ import time
 from collections import deque
 from typing import Any
 
+from evaluators.stats import wilson_interval
 from plugins.auto_rollback.windows import Figures, Windows, quantile
 
 CACHE_VARIANT = "semantic_cache"  # cache hits are counted in the windows under the plugin's name
@@ -36,7 +37,14 @@ def variant_figures(figures: Figures, seconds: int) -> dict[str, Any]:
         "cost_per_request": _round(figures.cost_per_request, 8),
         "judge_win_rate": None if judge is None else round(judge[0], 4),
         "judge_n": 0 if judge is None else judge[2],
+        # 95% intervals, so a table cell reads as the evidence it is (Wilson; a judge's ties split)
+        "error_rate_interval": _band(wilson_interval(figures.errors, figures.requests)),
+        "judge_interval": None if judge is None else _band(wilson_interval(judge[0] * judge[2], judge[2])),
     }
+
+
+def _band(interval: tuple[float, float] | None) -> list[float] | None:
+    return None if interval is None else [round(interval[0], 4), round(interval[1], 4)]
 
 
 class SeriesRing:

@@ -19,6 +19,11 @@ export const METRICS = [
   { key: "judge_win_rate", title: "Judge win rate", format: f.score, max: 1 },
 ];
 
+/** A figure's 95% interval under it, small: "0.2% to 3.1%". */
+function band(interval, fmt) {
+  return interval ? h("small", { class: "muted band" }, `${fmt(interval[0])} to ${fmt(interval[1])}`) : "";
+}
+
 /** The variants of a route in display order, each with its role and colour. */
 export function variantsOf(name, status, series) {
   const cfg = status.routes[name];
@@ -102,11 +107,13 @@ function variantsTable(name, status, series, variants) {
       h("td", { class: "share-cell" }, share === null ? h("span", { class: "muted" }, "–") : shareBar(share, v.color, rollout.killed)),
       h("td", { class: `state ${state.length ? "" : "empty"}` }, state),
       h("td", { class: "num", "data-label": "requests" }, f.count(x.requests)),
-      h("td", { class: `num ${x.error_rate > 0.05 ? "alarm" : ""}`, "data-label": "errors" }, f.pct(x.error_rate, 2)),
+      h("td", { class: `num ${x.error_rate > 0.05 ? "alarm" : ""}`, "data-label": "errors" }, f.pct(x.error_rate, 2),
+        band(x.error_rate_interval, (v) => f.pct(v, 1))),
       h("td", { class: "num", "data-label": "p50" }, f.ms(x.p50_ms)),
       h("td", { class: "num", "data-label": "p95" }, f.ms(x.p95_ms)),
       h("td", { class: "num", "data-label": "$ / 1k req" }, f.usd(per1k(x.cost_per_request))),
-      h("td", { class: "num", "data-label": "judge" }, x.judge_n ? `${f.score(x.judge_win_rate)} (${x.judge_n})` : "–"),
+      h("td", { class: "num", "data-label": "judge" }, x.judge_n ? `${f.score(x.judge_win_rate)} (${x.judge_n})` : "–",
+        x.judge_n ? band(x.judge_interval, f.score) : ""),
       h("td", { class: `verdict ${v.role === "candidate" ? "" : "empty"}`, "data-label": "verdict" },
         v.role === "candidate" ? verdict(evaluations[v.name]) : ""),
       h("td", { class: `actions ${actions.length ? "" : "empty"}` }, actions));
