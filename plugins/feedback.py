@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from evaluators.stats import wilson_interval
 from gateway.admin import read_body
 from gateway.errors import GatewayError, InvalidRequest, NotFound
 from gateway.gateway import GATEWAY
@@ -135,7 +136,12 @@ class Feedback:
     def admin_status(self, gateway):
         routes: dict[str, dict[str, dict]] = {}
         for (route, variant), (count, total) in sorted(self._counts.items()):
-            routes.setdefault(route, {})[variant] = {"count": int(count), "mean": total / count}
+            interval = wilson_interval(total, int(count))  # ratings in [0, 1]: as a proportion of helpful
+            routes.setdefault(route, {})[variant] = {
+                "count": int(count),
+                "mean": total / count,
+                "interval": list(interval) if interval else None,
+            }
         return {"feedback": {"routes": routes, "remembered": len(self._recent)}}
 
     async def _served(self, request_id: str, tenant: str | None) -> Served | None:

@@ -356,3 +356,24 @@ def test_schedule_and_promote_from_the_page(browser, fake_openai, make_gateway, 
     assert len(page.query_selector_all('#history-rows tr[data-kind="schedule"]')) >= 2
     context.close()
     assert not [p for p in problems if "Failed to load resource" not in p], problems
+
+
+def test_an_adaptive_schedule_shows_its_evidence(browser, fake_openai, make_gateway, tmp_path):
+    gw = make_gateway(console_config(fake_openai, tmp_path, shadow=False))
+    status, _, body = http(
+        gw.url,
+        "/admin/routes/bot/schedule",
+        method="POST",
+        body={"candidate": "cand-a", "steps": [10, 100], "mode": "adaptive"},
+    )
+    assert status == 200, body
+    context, page, problems = open_console(browser, gw.url, LAPTOP)
+    schedule = page.locator('section[data-route="bot"] .schedule')
+    try:
+        schedule.get_by_text("evidence: continue", exact=False).wait_for(timeout=20000)
+    except Exception:
+        raise AssertionError((schedule.inner_text(), problems)) from None
+    text = schedule.inner_text()
+    assert "adaptive, at most 6.0 h" in text and "primary −∞ to +∞ (0 / 0 calls)" in text, text
+    context.close()
+    assert not [p for p in problems if "Failed to load resource" not in p], problems

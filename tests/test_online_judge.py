@@ -355,9 +355,9 @@ def test_feedback_is_counted_per_variant_and_reaches_the_windows(serve, make_gat
         recorded = client.post("/feedback", body={"request_id": answers[variant][1], "rating": second}, cast_to=object)
         assert recorded["variant"] == variant and recorded["score"] == (second - 1) / 4
 
-    assert status(gw)["feedback"]["routes"] == {
-        "bot": {"base": {"count": 2, "mean": 0.5}, "cand": {"count": 2, "mean": 0.625}}
-    }
+    tallies = status(gw)["feedback"]["routes"]["bot"]
+    assert {v: (t["count"], t["mean"]) for v, t in tallies.items()} == {"base": (2, 0.5), "cand": (2, 0.625)}
+    assert all(t["interval"][0] < t["mean"] < t["interval"][1] for t in tallies.values())  # two ratings: wide
 
     def counted():
         figures = status(gw)["auto_rollback"]["routes"].get("bot", {})

@@ -19,6 +19,7 @@ baseline's.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -122,7 +123,9 @@ def summary(decision: Decision) -> dict[str, Any]:
     """What the schedule records and `llmgate status` shows: each metric's interval and samples."""
 
     def check(c) -> dict[str, Any]:
-        return {"status": c.status, "interval": [c.interval.low, c.interval.high], "detail": c.detail}
+        # an open end (no data yet) is null: JSON has no infinity
+        ends = [end if math.isfinite(end) else None for end in (c.interval.low, c.interval.high)]
+        return {"status": c.status, "interval": ends, "detail": c.detail}
 
     return {
         "action": decision.action,

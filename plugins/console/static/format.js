@@ -46,6 +46,13 @@ export function score(v) {
   return has(v) ? v.toFixed(2) : NONE;
 }
 
+/** A signed difference in points of a share: +1.2 pts, −0.4 pts. */
+export function signed(v) {
+  if (v === null || v === undefined) return "–";
+  const points = v * 100;
+  return `${points >= 0 ? "+" : "−"}${Math.abs(points).toFixed(1)} pts`;
+}
+
 export function time(ts) {
   if (!has(ts)) return NONE;
   const d = new Date(ts * 1000);

@@ -155,6 +155,17 @@ function charts(name, series, variants, cacheOn) {
   return h("div", { class: "charts" }, out);
 }
 
+/** The semantic cache's measured precision on this route (re-checked hits), and whether it stopped. */
+function cachePrecision(name, status) {
+  const recheck = status.semantic_cache?.recheck;
+  const measured = recheck?.routes?.[name];
+  if (!measured) return "";
+  const stopped = recheck.stopped?.[name];
+  return h("span", { class: stopped ? "alarm" : "", title: stopped || "" },
+    ` · cache precision ${f.pct(measured.precision, 1)} (${f.count(measured.checks)} re-checked, 95% `
+    + `${f.pct(measured.interval[0], 1)} to ${f.pct(measured.interval[1], 1)})${stopped ? ": semantic hits stopped" : ""}`);
+}
+
 function scheduleBlock(name, status) {
   const schedule = status.auto_rollback?.schedules?.[name];
   const cfg = status.routes[name];
@@ -170,12 +181,20 @@ function scheduleBlock(name, status) {
     class: `step ${i < schedule.step ? "past" : i === schedule.step ? "now" : ""}`,
   }, f.percent(p)));
   const began = schedule.step_started ? `step began ${f.ago(schedule.step_started)}` : "";
-  const analysis = schedule.last_analysis?.outcome ? `last analysis: ${schedule.last_analysis.outcome}` : "";
+  const adaptive = schedule.mode === "adaptive";
+  const decision = adaptive ? status.auto_rollback?.decisions?.[name] || schedule.last_analysis : null;
+  const analysis = adaptive
+    ? (decision ? `evidence: ${decision.action}, primary ${decision.primary.interval[0] === null ? "−∞"
+      : f.signed(decision.primary.interval[0])} to ${decision.primary.interval[1] === null ? "+∞"
+      : f.signed(decision.primary.interval[1])} (${decision.samples.primary.map(f.count).join(" / ")} calls)` : "")
+    : schedule.last_analysis?.outcome ? `last analysis: ${schedule.last_analysis.outcome}` : "";
   return h("div", { class: "schedule" },
     h("span", { class: "label" }, "Schedule"),
     badge(schedule.status, kind), h("b", {}, schedule.candidate),
     h("span", { class: "steps" }, steps),
-    h("span", { class: "muted" }, [`hold ${f.duration(schedule.hold_seconds)}`, began, analysis].filter(Boolean).join(" · ")),
+    h("span", { class: "muted", title: decision?.reason || "" },
+      [`${adaptive ? "adaptive, at most" : "hold"} ${f.duration(schedule.hold_seconds)}`, began, analysis]
+        .filter(Boolean).join(" · ")),
     schedule.reason ? h("span", { class: "muted", title: schedule.reason }, `“${schedule.reason}”`) : null,
     h("span", { class: "grow" }),
     schedule.status === "running" ? button("Pause", "schedule-pause", { route: name }) : null,
@@ -263,7 +282,8 @@ export function routeSection(name, status, series, shadow, openKeys) {
       h("span", { class: "muted" }, `baseline ${cfg.baseline}`,
         cfg.shadow?.length ? ` · shadow ${cfg.shadow.join(", ")}` : "",
         cfg.fallback?.length ? ` · fallback ${cfg.fallback.join(", ")}` : "",
-        cacheRate.n && status.semantic_cache ? ` · cache hits ${f.pct(cacheRate.hits / cacheRate.n, 0)}` : ""),
+        cacheRate.n && status.semantic_cache ? ` · cache hits ${f.pct(cacheRate.hits / cacheRate.n, 0)}` : "",
+        cachePrecision(name, status)),
       h("span", { class: "grow" }),
       button(rollout.killed ? "Kill switch off" : "Kill switch", "kill", { route: name, on: rollout.killed ? "false" : "true" },
         rollout.killed ? "" : "danger"),
