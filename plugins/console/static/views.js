@@ -216,6 +216,10 @@ function shadowBlock(name, status, shadow, openKeys) {
     const delta = (a, b, fmt) => (a === null || a === undefined || b === null || b === undefined) ? "–"
       : `${b - a >= 0 ? "+" : "−"}${fmt(Math.abs(b - a))}`;
     const pp = s.primary, sh = s.shadow;
+    // the shadow minus the primary on the requests both answered, with its 95% interval and pair count
+    const paired = (label, d, fmt) => d && d.interval ? h("tr", {}, h("th", { scope: "row" }, label),
+      h("td", { class: "num", colspan: 2 }, `${fmt(d.interval[0])} to ${fmt(d.interval[1])} (95%)`),
+      h("td", { class: "num muted" }, `${d.mean >= 0 ? "+" : "−"}${fmt(Math.abs(d.mean))}, ${f.count(d.n)} pairs`)) : "";
     parts.push(h("div", { class: "shadow-summary" },
       h("div", { class: "shadow-head" }, h("b", {}, backend), ` ${f.count(s.count)} comparisons`,
         s.mirrored && s.mirrored.requests
@@ -238,7 +242,9 @@ function shadowBlock(name, status, shadow, openKeys) {
           row("completion tokens", pp.completion_tokens_mean, sh.completion_tokens_mean, f.count,
             delta(pp.completion_tokens_mean, sh.completion_tokens_mean, f.count)),
           row("cost / 1k requests", per1k(pp.cost_per_request_usd), per1k(sh.cost_per_request_usd), f.usd,
-            delta(per1k(pp.cost_per_request_usd), per1k(sh.cost_per_request_usd), f.usd)))))));
+            delta(per1k(pp.cost_per_request_usd), per1k(sh.cost_per_request_usd), f.usd)),
+          paired("latency, same requests", s.paired_difference?.latency_ms, f.ms),
+          paired("cost / 1k, same requests", s.paired_difference?.cost_usd, (v) => f.usd(v * 1000)))))));
   }
   if (pairs.length) {
     parts.push(h("h4", {}, `Latest paired answers (${pairs.length})`));
