@@ -167,9 +167,10 @@ def test_series_and_shadow_pairs_follow_real_traffic(fake_openai, make_gateway, 
         total = sum(
             v["requests"] for s in body["samples"] for v in s["routes"].get("bot", {}).get("variants", {}).values()
         )
-        return body if total == 40 else None
+        judged = body["window"].get("bot", {}).get("cand-a", {}).get("judge_n")
+        return body if total == 40 and judged == 1 else None  # a sample taken before the score would lack it
 
-    series = wait_until(counted, what="the 40 requests in the console's series")
+    series = wait_until(counted, what="the 40 requests and the judge's score in the console's series")
     assert series["interval_seconds"] == 1 and series["sampling"] is True
     window = series["window"]["bot"]
     assert window["base"]["requests"] + window.get("cand-a", {"requests": 0})["requests"] == 40
