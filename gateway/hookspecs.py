@@ -13,8 +13,10 @@ Calling convention (pluggy has no async hooks, so the gateway calls implementati
 `gateway.hooks.call(name, **kwargs)`): an implementation may be a plain function or an `async def`;
 the gateway awaits what it returns. Each implementation runs in isolation: one that raises, or that
 exceeds its budget, is logged and skipped, unless its plugin is configured `fail_closed: true`, in
-which case the request fails with a 503. Raising a `gateway.errors.GatewayError` is never a fault:
-it is how a plugin refuses a request (a key, a quota, a policy) and the caller receives that error.
+which case the request fails with a 503; a fault in a hook that guards access (`authenticate`,
+`authorize`) always fails the request so: a crashing key check never lets a caller through.
+Raising a `gateway.errors.GatewayError` is never a fault: it is how a plugin refuses a request (a
+key, a quota, a policy) and the caller receives that error.
 
 Implementations run in the order the config's `plugins:` section lists their plugins, then the
 unlisted ones in registration order (`tryfirst`/`trylast` apply among those).
@@ -41,9 +43,13 @@ SPECS: dict[str, str] = {}
 TIMED: set[str] = set()
 # Hooks called in reverse plugin order.
 REVERSED: set[str] = set()
+# Hooks that guard access: an implementation that fails refuses the request, whatever `fail_closed` says.
+GUARDS: set[str] = set()
 
 
-def spec(phase: str, *, firstresult: bool = False, timed: bool = False, reverse: bool = False) -> Callable:
+def spec(
+    phase: str, *, firstresult: bool = False, timed: bool = False, reverse: bool = False, guard: bool = False
+) -> Callable:
     """Declare a hook in `phase`, and how the gateway calls it (see the module docstring)."""
     assert phase in PHASES, phase
 
@@ -53,6 +59,8 @@ def spec(phase: str, *, firstresult: bool = False, timed: bool = False, reverse:
             TIMED.add(function.__name__)
         if reverse:
             REVERSED.add(function.__name__)
+        if guard:
+            GUARDS.add(function.__name__)
         return hookspec(firstresult=firstresult)(function)
 
     return declare
@@ -113,7 +121,7 @@ def shutdown(gateway):
 # --- the request path, in order ------------------------------------------------------------------
 
 
-@spec(REQUEST, firstresult=True, timed=True)
+@spec(REQUEST, firstresult=True, timed=True, guard=True)
 def authenticate(request):
     """Return the tenant (a team name) the caller of an HTTP `request` acts as; raise a GatewayError
     (a 401) to refuse a caller without valid credentials.
@@ -124,7 +132,7 @@ def authenticate(request):
     nothing is scoped by tenant; the result becomes `ctx.tenant`."""
 
 
-@spec(REQUEST, timed=True)
+@spec(REQUEST, timed=True, guard=True)
 def authorize(ctx):
     """Refuse (raise a GatewayError, a 403) a caller that may not make this request.
 

@@ -203,7 +203,7 @@ class HookRunner:
         except GatewayError:
             raise
         except Exception as exc:
-            return self._fault(impl, exc)
+            return self._fault(impl, exc, hook_name)
         if inspect.isawaitable(result):
             return self._finish(impl, result, hook_name)
         return self._answered(impl, result)
@@ -219,7 +219,7 @@ class HookRunner:
         except GatewayError:
             raise
         except Exception as exc:
-            return self._fault(impl, exc)
+            return self._fault(impl, exc, hook_name)
         return self._answered(impl, result)
 
     def _answered(self, impl, result: Any) -> Any:
@@ -228,8 +228,9 @@ class HookRunner:
             log.info("hook %s.%s -> %r", impl.plugin_name, impl.function.__name__, result)
         return result
 
-    def _fault(self, impl, exc: Exception) -> None:
-        """Count and log a plugin's failure; the request goes on without it unless the plugin is fail-closed."""
+    def _fault(self, impl, exc: Exception, hook_name: str) -> None:
+        """Count and log a plugin's failure; the request goes on without it unless the plugin is fail-closed
+        or the hook guards access."""
         name = impl.plugin_name
         self.faults[name] = self.faults.get(name, 0) + 1
         if isinstance(exc, TimeoutError):
@@ -237,6 +238,8 @@ class HookRunner:
         else:
             log.error("plugin %s raised in %s", name, impl.function.__name__, exc_info=exc)
         settings = self.settings.get(name)
+        if hook_name in hookspecs.GUARDS:
+            raise PluginFault(f"plugin '{name}' failed checking access: the request is refused") from exc
         if settings and settings.fail_closed:
             raise PluginFault(f"plugin '{name}' failed and is configured fail-closed") from exc
         return None

@@ -46,6 +46,21 @@ class Raiser:
         raise ValueError("and here")
 
 
+class BrokenGuard:
+    """A key check that crashes: it must refuse, never let the caller through."""
+
+    @hookimpl
+    def authenticate(self, request):
+        if request.headers.get("x-break") == "authenticate":
+            raise RuntimeError("the key store answered garbage")
+        return None
+
+    @hookimpl
+    def authorize(self, ctx):
+        if ctx.headers.get("x-break") == "authorize":
+            raise KeyError("no such team")
+
+
 class Sleeper:
     @hookimpl
     async def before_route(self, ctx):

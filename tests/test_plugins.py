@@ -79,6 +79,16 @@ def test_a_fail_closed_plugin_fails_the_request_clearly(fake_openai, make_gatewa
     assert fake_openai.requests == []
 
 
+@pytest.mark.parametrize("hook", ["authenticate", "authorize"])
+def test_a_guard_that_crashes_refuses_even_when_not_fail_closed(fake_openai, make_gateway, hook):
+    gw = make_gateway(config(fake_openai, {"guard": {"module": "tests.plugins_for_tests:BrokenGuard"}}))
+    assert ask(gw).status_code == 200  # healthy: requests pass
+    with pytest.raises(openai.InternalServerError) as err:
+        ask(gw, extra_headers={"x-break": hook})
+    assert err.value.status_code == 503 and "failed checking access" in err.value.message
+    assert len(fake_openai.requests) == 1, "the refused request never reached the backend"
+
+
 def test_a_plugin_refuses_with_its_own_error(fake_openai, make_gateway):
     gw = make_gateway(config(fake_openai, {"refuser": {"module": "tests.plugins_for_tests:Refuser"}}))
     with pytest.raises(openai.RateLimitError) as err:

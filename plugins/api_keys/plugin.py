@@ -15,24 +15,34 @@ keys are never the caller's concern: callers only ever hold these client keys.
 
 Both run before any `before_route` plugin, wherever `plugins:` lists them: a cache hit never skips them.
 The team limits (`requests_per_minute`, `tokens_per_day`) are enforced by the `quotas` plugin.
+
+Keys can also be made at run time (runtime.py: `llmgate keys create|list|rotate|revoke`, the admin
+API's /admin/keys), kept hashed in the state store and seen by every replica; the config's keys keep
+working beside them. A key made at run time may name a team the config lacks (its routes are then
+the key's own) and carry its own routes and limits, within its team's.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import sys
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway.admin import actor, audit, read_body
 from gateway.config import ConfigError
 from gateway.context import caller_key
-from gateway.errors import PermissionDenied, Unauthorized
+from gateway.errors import InvalidRequest, PermissionDenied, Unauthorized
 from gateway.hookspecs import hookimpl
 
+from .runtime import KeyRequest, RuntimeKeys
+
+log = logging.getLogger("llmgate.api_keys")
 NAME = "api_keys"
 KEY_PREFIX = "sk-lg-"  # shaped like a provider key, so the log scrubber hides one anywhere it appears
 _HASHED = re.compile(r"sha256:[0-9a-f]{64}")
@@ -71,6 +81,9 @@ class Team(BaseModel):
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     teams: dict[str, Team] = {}
+    resync_seconds: float = Field(
+        30.0, gt=0, description="how often the keys made at run time are reloaded whole (changes arrive at once)"
+    )
 
     @model_validator(mode="after")
     def _one_team_per_key(self) -> "Settings":
@@ -89,6 +102,8 @@ class ApiKeys:
 
     def __init__(self, settings: Settings):
         self._install(settings)
+        self.runtime: RuntimeKeys | None = None
+        self.gateway = None
 
     def _install(self, settings: Settings) -> None:
         self.settings = settings
@@ -110,18 +125,40 @@ class ApiKeys:
             )
         given = hash_key(api_key)
         team, stored = self._by_hash.get(given, (None, ""))
-        if team is None or not hmac.compare_digest(given.encode(), stored.encode()):
+        if team is not None and hmac.compare_digest(given.encode(), stored.encode()):
+            return team
+        record, why = self.runtime.find(given) if self.runtime is not None else (None, None)
+        if why is not None:
+            raise Unauthorized(
+                f"this API key was {why}: ask the gateway's operator for a new key", code=f"{why}_api_key"
+            )
+        if record is None:
             raise Unauthorized(
                 "Incorrect API key provided: ask the gateway's operator for a key", code="invalid_api_key"
             )
-        return team
+        return record["team"]
+
+    def key_record(self, api_key: str | None) -> dict | None:
+        """The run-time record of a caller's key (its id, routes, limits); None for a config key or none."""
+        if not api_key or self.runtime is None:
+            return None
+        return self.runtime.find(hash_key(api_key))[0]
+
+    def allowed_routes(self, team: str, api_key: str | None) -> list[str] | None:
+        """The routes a caller may use: its team's (from the config), narrowed by its key's; None: all."""
+        team_routes = self.teams[team].routes if team in self.teams else None
+        record = self.key_record(api_key)
+        key_routes = record.get("routes") if record else None
+        if key_routes is None:
+            return team_routes
+        return key_routes if team_routes is None else [r for r in key_routes if r in team_routes]
 
     def team_of_request(self, request: web.Request) -> str:
         """The caller's team from an HTTP request's bearer key (for endpoints beside chat completions)."""
         return self.team_of(caller_key(request))
 
-    def check_route(self, team: str, route: str) -> None:
-        allowed = self.teams[team].routes
+    def check_route(self, team: str, route: str, api_key: str | None = None) -> None:
+        allowed = self.allowed_routes(team, api_key)
         if allowed is not None and route not in allowed:
             raise PermissionDenied(
                 f"your key's team may not use the model '{route}'", param="model", code="route_not_allowed"
@@ -135,14 +172,86 @@ class ApiKeys:
 
     @hookimpl
     def authorize(self, ctx):
-        if ctx.tenant in self.teams:  # a tenant another plugin authenticated is that plugin's to check
-            self.check_route(ctx.tenant, ctx.route_name)
+        # a tenant another plugin authenticated is that plugin's to check
+        if ctx.tenant in self.teams or self.key_record(ctx.api_key) is not None:
+            self.check_route(ctx.tenant, ctx.route_name, ctx.api_key)
 
     @hookimpl
     def visible_routes(self, request, routes):
         """Only the team's routes: a caller never learns another team's route names (401 without a key)."""
-        allowed = self.teams[self.team_of_request(request)].routes
+        key = caller_key(request)
+        allowed = self.allowed_routes(self.team_of(key), key)
         return list(routes) if allowed is None else [route for route in routes if route in allowed]
+
+    @hookimpl
+    async def startup(self, gateway):
+        self.gateway = gateway
+        self.runtime = RuntimeKeys(gateway.store, hash_key, new_key, self.settings.resync_seconds)
+        try:
+            await self.runtime.start()
+        except Exception as exc:  # the store is down at start: config keys serve, run-time keys come on resync
+            self.runtime.problem = f"keys made at run time not loaded yet: {type(exc).__name__}"
+            log.warning("api keys: %s", self.runtime.problem)
+
+    @hookimpl
+    async def shutdown(self, gateway):
+        if self.runtime is not None:
+            await self.runtime.close()
+
+    @hookimpl
+    def readiness(self, gateway):
+        return {NAME: self.runtime.problem if self.runtime is not None else None}
+
+    @hookimpl
+    def register_routes(self, gateway):
+        async def create(request: web.Request) -> web.Response:
+            """POST /admin/keys: a new key, shown once in the answer; audited as key_create (without the key)."""
+            gateway.require_admin(request)
+            body = await read_body(request)
+            try:
+                asked = KeyRequest(**{k: v for k, v in body.items() if k != "reason"})
+            except (TypeError, ValidationError) as exc:
+                raise InvalidRequest(f"the key request is not valid: {_problems(exc)}", param="body") from None
+            self._check_routes(asked.routes)
+            key, record = await self.runtime.create(asked, actor(request))
+            await audit(gateway, "key_create", None, actor(request), after=record, reason=body.get("reason"))
+            return web.json_response({"key": key, **record})
+
+        async def listing(request: web.Request) -> web.Response:
+            gateway.require_admin(request)
+            return web.json_response({"keys": self.runtime.listing(request.query.get("team"))})
+
+        async def act(request: web.Request) -> web.Response:
+            gateway.require_admin(request)
+            body = await read_body(request)
+            key_id, action, who = request.match_info["id"], request.match_info["action"], actor(request)
+            if action == "revoke":
+                record = await self.runtime.revoke(key_id, who)
+                await audit(gateway, "key_revoke", None, who, after=record, reason=body.get("reason"))
+                return web.json_response(record)
+            if action != "rotate":
+                raise InvalidRequest(f"no key action '{action}' (rotate, revoke)", param="action")
+            overlap = body.get("overlap_seconds", 3600)
+            if not isinstance(overlap, (int, float)) or isinstance(overlap, bool) or not 0 <= overlap <= 30 * 86400:
+                raise InvalidRequest("'overlap_seconds' must be 0 to 2592000 (30 days)", param="overlap_seconds")
+            key, record, previous = await self.runtime.rotate(key_id, float(overlap), who)
+            why = body.get("reason")
+            await audit(gateway, "key_rotate", None, who, before=previous, after=record, reason=why)
+            return web.json_response({"key": key, **record, "previous": previous})
+
+        return [
+            web.post("/admin/keys", create),
+            web.get("/admin/keys", listing),
+            web.post("/admin/keys/{id}/{action}", act),
+        ]
+
+    def _check_routes(self, routes: list[str] | None) -> None:
+        known = self.gateway.config.settings.routes
+        for route in routes or ():
+            if route not in known:
+                raise InvalidRequest(
+                    f"unknown route '{route}' (routes: {', '.join(sorted(known)) or 'none'})", param="routes"
+                )
 
     @hookimpl
     def config_problems(self, config):
@@ -175,17 +284,28 @@ class ApiKeys:
 
     @hookimpl
     def admin_status(self, gateway):
+        made = self.runtime.listing() if self.runtime is not None else []
+        live = [r for r in made if self.runtime.state_of(r) == "live"] if self.runtime is not None else []
         return {
             NAME: {
-                name: {
-                    "keys": len(team.keys),
-                    "routes": team.routes,
-                    "requests_per_minute": team.requests_per_minute,
-                    "tokens_per_day": team.tokens_per_day,
-                }
-                for name, team in self.teams.items()
+                **{
+                    name: {
+                        "keys": len(team.keys),
+                        "routes": team.routes,
+                        "requests_per_minute": team.requests_per_minute,
+                        "tokens_per_day": team.tokens_per_day,
+                    }
+                    for name, team in self.teams.items()
+                },
+                "keys_made_at_run_time": {"total": len(made), "live": len(live)},
             }
         }
+
+
+def _problems(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
+    return str(exc)
 
 
 # --- the command line (registered by plugins.api_keys.commands) --------------------------------

@@ -176,55 +176,66 @@ class Quotas:
             return None
         return Limits(settings.requests_per_minute, settings.tokens_per_day)
 
+    def _key_limits(self, ctx) -> tuple[str, Limits] | None:
+        """A run-time key's own limits, counted under `key:<id>` beside its team's."""
+        record = self._api_keys.key_record(ctx.api_key) if self._api_keys is not None else None
+        if record is None or (record.get("requests_per_minute") is None and record.get("tokens_per_day") is None):
+            return None
+        return f"key:{record['id']}", Limits(record.get("requests_per_minute"), record.get("tokens_per_day"))
+
     @hookimpl
     async def before_route(self, ctx):
         team = ctx.tenant
-        limits = self._limits(team) if team else None
-        if limits is None:
+        scopes = [(team, limits)] if team and (limits := self._limits(team)) is not None else []
+        if team and (key := self._key_limits(ctx)) is not None:
+            scopes.insert(0, key)  # the key's first: a key at its limit leaves its team's count alone
+        if not scopes:
             return None
         estimate = estimate_tokens(ctx.body, self.settings.default_max_tokens)
-        if limits.tokens_per_day is not None and estimate > limits.tokens_per_day:
-            raise InvalidRequest(
-                f"this request may use up to {estimate} tokens (prompt and max_tokens), more than "
-                f"your team's {limits.tokens_per_day} tokens per day: lower max_tokens",
-                param="max_tokens",
-                code="request_exceeds_daily_tokens",
-            )
-        engine, limits, decision = await self._reserve(team, limits, estimate)
-        if not decision.admitted:
-            raise self._refusal(team, limits, decision)
-        ctx.state[NAME] = {"team": team, "engine": engine, "day": decision.day, "reserved_tokens": estimate}
-        ctx.response_headers.update(_rate_headers(limits, decision))
+        notes = []
+        for scope, limits in scopes:
+            whose = "your key's" if scope.startswith("key:") else "your team's"
+            if limits.tokens_per_day is not None and estimate > limits.tokens_per_day:
+                raise InvalidRequest(
+                    f"this request may use up to {estimate} tokens (prompt and max_tokens), more than "
+                    f"{whose} {limits.tokens_per_day} tokens per day: lower max_tokens",
+                    param="max_tokens",
+                    code="request_exceeds_daily_tokens",
+                )
+            engine, limits, decision = await self._reserve(scope, limits, estimate)
+            if not decision.admitted:
+                raise self._refusal(scope, limits, decision)
+            notes.append({"team": scope, "engine": engine, "day": decision.day, "reserved_tokens": estimate})
+            ctx.response_headers.update(_rate_headers(limits, decision))
+        ctx.state[NAME] = notes
         return None
 
     @hookimpl
     def after_response(self, ctx):
-        note = ctx.state.get(NAME)
-        if not note:
-            return
-        charged = charged_tokens(ctx, note["reserved_tokens"])
-        delta = charged - note["reserved_tokens"]
-        if delta == 0 or self._corrections is None:
-            return
-        try:
-            self._corrections.put_nowait((note["team"], note["day"], delta, note["engine"]))
-        except asyncio.QueueFull:
-            self.dropped += 1
-            if self.dropped == 1 or self.dropped % 1000 == 0:
-                log.warning("quotas: correction queue full: %d token corrections dropped so far", self.dropped)
+        for note in ctx.state.get(NAME) or ():
+            charged = charged_tokens(ctx, note["reserved_tokens"])
+            delta = charged - note["reserved_tokens"]
+            if delta == 0 or self._corrections is None:
+                continue
+            try:
+                self._corrections.put_nowait((note["team"], note["day"], delta, note["engine"]))
+            except asyncio.QueueFull:
+                self.dropped += 1
+                if self.dropped == 1 or self.dropped % 1000 == 0:
+                    log.warning("quotas: correction queue full: %d token corrections dropped so far", self.dropped)
 
     def _refusal(self, team: str, limits: Limits, decision: Decision) -> RateLimited:
+        who = f"key '{team[4:]}'" if team.startswith("key:") else f"team '{team}'"
         if decision.refused_by == "requests":
             wait = max(1, math.ceil(decision.requests_reset))
             message = (
-                f"team '{team}' has reached its limit of {limits.requests_per_minute} requests per minute: "
-                f"retry in {wait} s"
+                f"{who} has reached its limit of {limits.requests_per_minute} requests per minute: retry in {wait} s"
             )
             code = "requests_per_minute_exceeded"
         else:
             wait = max(1, math.ceil(seconds_to_midnight(time.time())))
             message = (
-                f"team '{team}' has used {decision.tokens} of its {limits.tokens_per_day} tokens for "
+                f"{who} has used {decision.tokens} of its {limits.tokens_per_day} tokens for "
                 f"{decision.day} (UTC): the count starts again at midnight UTC, in {wait} s"
             )
             code = "tokens_per_day_exceeded"
