@@ -33,6 +33,7 @@ from gateway.admin import read_body
 from gateway.errors import GatewayError, InvalidRequest, NotFound
 from gateway.gateway import GATEWAY
 from gateway.hookspecs import hookimpl
+from gateway.storage.retention import Retention
 from gateway.storage.sqlite import SqliteThread
 from plugins.traffic_log.plugin import TrafficLog, read_records
 
@@ -57,6 +58,9 @@ class Settings(BaseModel):
         "unset: 10,000 with a traffic log (older ids are looked up there), else 100,000",
     )
     max_comment_chars: int = Field(2000, ge=0)
+    retention_days: float | None = Field(
+        365, gt=0, description="ratings older than this are deleted (hourly); null keeps them for ever"
+    )
 
 
 REMEMBER_WITH_LOG = 10_000  # the traffic log answers for older ids: memory is only the fast path
@@ -98,6 +102,7 @@ class Feedback:
         self._recent: OrderedDict[str, Served] = OrderedDict()  # request id -> what answered it
         self._counts: dict[tuple[str, str], list[float]] = {}  # (route, variant) -> [count, sum]
         self._db = SqliteThread(settings.path, SCHEMA)  # opened by the first rating
+        self.retention = Retention(self._db, "feedback", settings.retention_days)
         self._traffic_log: str | None = None
         self._remember = settings.remember or REMEMBER_WITHOUT_LOG
         # one Served per distinct answer, shared by every entry: a tuple and a route string per request
@@ -106,12 +111,14 @@ class Feedback:
 
     @hookimpl
     def startup(self, gateway):
+        self.retention.start()
         traffic_log = gateway.plugin(TrafficLog)
         self._traffic_log = traffic_log.settings.path if traffic_log is not None else None
         self._remember = self.settings.remember or (REMEMBER_WITH_LOG if self._traffic_log else REMEMBER_WITHOUT_LOG)
 
     @hookimpl
     async def shutdown(self, gateway):
+        await self.retention.close()
         await self._db.close()
 
     @hookimpl

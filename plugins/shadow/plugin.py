@@ -34,6 +34,7 @@ from gateway.context import sampled
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.gateway import Generation
 from gateway.hookspecs import hookimpl
+from gateway.storage.retention import Retention
 from gateway.storage.sqlite import APPEND_ONLY_CACHE_KIB, BatchWriter, SqliteThread
 
 log = logging.getLogger("llmgate.shadow")
@@ -94,6 +95,9 @@ class Settings(BaseModel):
     path: str = "var/shadow.db"
     bodies: bool = Field(True, description="store both answers' texts")
     drain_seconds: float = Field(5.0, ge=0, description="on shutdown, how long shadow calls in flight may finish")
+    retention_days: float | None = Field(
+        30, gt=0, description="comparisons older than this are deleted (hourly); null keeps them for ever"
+    )
 
 
 @dataclass
@@ -143,6 +147,7 @@ class Shadow:
         self._quiet = asyncio.Event()  # set while no shadow call is in flight
         self._quiet.set()
         self._db = SqliteThread(settings.path, SCHEMA, cache_kib=APPEND_ONLY_CACHE_KIB)
+        self.retention = Retention(self._db, "comparisons", settings.retention_days)
 
     @hookimpl
     async def startup(self, gateway):
@@ -154,6 +159,7 @@ class Shadow:
         self._writer = BatchWriter(self._db, _INSERT, queue_size=0, batch_size=BATCH_SIZE, name="shadow")
         self._writer.start()
         self._slots = asyncio.Semaphore(self.settings.max_concurrent)
+        self.retention.start()
         self._dispatcher = asyncio.create_task(self._dispatch(), name="shadow dispatcher")
 
     @hookimpl
@@ -259,6 +265,7 @@ class Shadow:
     async def shutdown(self, gateway):
         """Start no queued call, give those in flight `drain_seconds`, then flush and close."""
         self.closing = True
+        await self.retention.close()
         if self._writer is None:
             await self._db.close()
             return

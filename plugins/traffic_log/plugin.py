@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway.context import dumps
 from gateway.errors import GatewayError, InvalidRequest, NotFound
 from gateway.hookspecs import hookimpl
+from gateway.storage.retention import Retention
 from gateway.storage.spill import SpillFile
 from gateway.storage.sqlite import APPEND_ONLY_CACHE_KIB, LOG_BATCH_WAIT_MS, BatchWriter, SqliteThread
 from gateway.text.pii import scrub_value
@@ -129,6 +130,9 @@ class Settings(BaseModel):
         "when it takes them (default: the log's path + '.spill')",
     )
     spill_max_mb: float = Field(1024, gt=0, description="size bound of the spill file")
+    retention_days: float | None = Field(
+        30, gt=0, description="exchanges older than this are deleted (hourly); null keeps them for ever"
+    )
 
 
 def _row(record: dict[str, Any], redact: bool = False) -> tuple:
@@ -274,6 +278,7 @@ class TrafficLog:
         self.dropped = 0
         self._db = SqliteThread(settings.path, SCHEMA, cache_kib=APPEND_ONLY_CACHE_KIB)
         self._writer: BatchWriter | None = None
+        self.retention = Retention(self._db, "traffic", settings.retention_days)
 
     @property
     def written(self) -> int:
@@ -296,6 +301,7 @@ class TrafficLog:
             spill=spill,
         )
         self._writer.start()
+        self.retention.start()
 
     @hookimpl
     def after_response(self, ctx):
@@ -396,6 +402,7 @@ class TrafficLog:
 
     @hookimpl
     async def shutdown(self, gateway):
+        await self.retention.close()
         if self._writer is not None:
             await self._writer.close()
         await self._db.close()
