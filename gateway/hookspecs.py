@@ -228,6 +228,19 @@ def register_routes(gateway):
 
 
 @spec(OPERATOR)
+def user_requests(user):
+    """Return the request ids of the exchanges one end user (`user`, as the rollout knows them: the
+    request's `user`, `metadata.user_id`, `safety_identifier` or `x-llmgate-user`) has in this plugin's
+    store, for an erasure (POST /admin/erase); the ids of every plugin go to `erase_user`."""
+
+
+@spec(OPERATOR)
+def erase_user(user, request_ids):
+    """Delete everything this plugin stores of the end user `user` and of the exchanges `request_ids`
+    (a data-protection request); return {store name: rows removed}. Runs off the request path."""
+
+
+@spec(OPERATOR)
 def readiness(gateway):
     """Return {check name: problem text or None} to add to GET /readyz.
 

@@ -23,6 +23,7 @@ import asyncio
 import sqlite3
 import time
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from aiohttp import web
@@ -34,7 +35,7 @@ from gateway.errors import GatewayError, InvalidRequest, NotFound
 from gateway.gateway import GATEWAY
 from gateway.hookspecs import hookimpl
 from gateway.storage.retention import Retention
-from gateway.storage.sqlite import SqliteThread
+from gateway.storage.sqlite import SqliteThread, delete_requests
 from plugins.traffic_log.plugin import TrafficLog, read_records
 
 SCHEMA = """
@@ -115,6 +116,12 @@ class Feedback:
         traffic_log = gateway.plugin(TrafficLog)
         self._traffic_log = traffic_log.settings.path if traffic_log is not None else None
         self._remember = self.settings.remember or (REMEMBER_WITH_LOG if self._traffic_log else REMEMBER_WITHOUT_LOG)
+
+    @hookimpl
+    async def erase_user(self, user, request_ids):
+        if not Path(self.settings.path).exists():
+            return {"feedback": 0}
+        return {"feedback": await self._db.run(lambda conn: delete_requests(conn, "feedback", request_ids))}
 
     @hookimpl
     async def shutdown(self, gateway):

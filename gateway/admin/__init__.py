@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..context import stable_hash
 from ..errors import InvalidRequest
 from . import registry
 from .common import ACTOR_HEADER, actor, audit, read_body  # noqa: F401 (plugins import them from here)
@@ -47,5 +48,31 @@ def routes(gateway_key) -> list[web.RouteDef]:
         match = {k: request.query[k] for k in ("route", "kind") if request.query.get(k)}
         return web.json_response({"events": await gateway.store.events(limit=limit, **match)})
 
+    async def erase(request: web.Request) -> web.Response:
+        """POST /admin/erase {"user": ID}: every stored row of one end user, across the plugins' stores
+        (`user_requests`, then `erase_user`); audited with a hash of the id, never the id itself."""
+        gateway = request.app[gateway_key]
+        gateway.require_admin(request)
+        body = await read_body(request)
+        user = body.get("user")
+        if not isinstance(user, str) or not user.strip() or len(user) > 1000:
+            raise InvalidRequest("'user' must be the end user's id, as requests send it in 'user'", param="user")
+        request_ids: set[str] = set()
+        for found in (await gateway.hooks.call("user_requests", user=user)).values():
+            request_ids.update(found)
+        removed: dict[str, int] = {}
+        for counts in (await gateway.hooks.call("erase_user", user=user, request_ids=sorted(request_ids))).values():
+            removed.update(counts)
+        user_hash = stable_hash("erase", user)[:16]
+        await audit(
+            gateway, "erase_user", None, actor(request), after=removed, reason=body.get("reason"), user_hash=user_hash
+        )
+        return web.json_response({"user_hash": user_hash, "exchanges": len(request_ids), "removed": removed})
+
     # run-time model registration: /admin/models
-    return [web.get("/admin/status", status), web.get("/admin/events", events), *registry.routes(gateway_key)]
+    return [
+        web.get("/admin/status", status),
+        web.get("/admin/events", events),
+        web.post("/admin/erase", erase),
+        *registry.routes(gateway_key),
+    ]

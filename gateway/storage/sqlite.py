@@ -310,3 +310,15 @@ class BatchWriter:
         self.lost += len(batch)
         self.waiting = 0
         log.error("%s: %d rows lost (%d so far): %s", self.name, len(batch), self.lost, why)
+
+
+def delete_requests(conn: sqlite3.Connection, table: str, request_ids: list[str], chunk: int = 500) -> int:
+    """Delete a table's rows of the given request ids (an erasure), `chunk` ids a statement; the count."""
+    removed = 0
+    with conn:
+        for i in range(0, len(request_ids), chunk):
+            ids = request_ids[i : i + chunk]
+            removed += conn.execute(
+                f"DELETE FROM {table} WHERE request_id IN ({', '.join('?' for _ in ids)})", ids
+            ).rowcount
+    return removed

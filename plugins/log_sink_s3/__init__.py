@@ -31,7 +31,17 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from gateway.errors import Scrubber
 from gateway.hookspecs import hookimpl
 
-from .layout import Layout, decode_object, encode_object, hour_of, make_client, object_keys, partitions
+from .layout import (
+    Layout,
+    decode_object,
+    encode_object,
+    erase_objects,
+    hour_of,
+    make_client,
+    object_keys,
+    of_user,
+    partitions,
+)
 from .spool import Spool, SpoolWriter
 
 log = logging.getLogger("llmgate.log_sink_s3")
@@ -155,6 +165,17 @@ class LogSinkS3:
             self._drop(1, "queue full")
             return False
         return True
+
+    @hookimpl
+    async def erase_user(self, user, request_ids):
+        """The user's records waiting in the spool and in every object of the bucket (rewritten without them)."""
+        erased = of_user(user, set(request_ids))
+        spooled = await self._spool.forget(erased)
+        self.spooled -= spooled
+        removed, rewritten = await asyncio.get_running_loop().run_in_executor(
+            self._executor, erase_objects, self._client, self.settings.bucket, self.settings.prefix, erased
+        )
+        return {"log_sink_s3": removed + spooled, "log_sink_s3_objects_rewritten": rewritten}
 
     @hookimpl
     def admin_status(self, gateway):

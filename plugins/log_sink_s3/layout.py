@@ -12,11 +12,13 @@ from __future__ import annotations
 import gzip
 import json
 from datetime import datetime, timezone
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 from urllib.parse import quote
 
 import boto3
 from botocore.config import Config
+
+from gateway.context import stable_hash
 
 SUFFIX = ".jsonl.gz"
 
@@ -129,6 +131,45 @@ def partitions(
                     continue
                 found.setdefault(hour, []).append(hour_part)
     return dict(sorted(found.items()))
+
+
+def of_user(user: str, request_ids: set[str]) -> Callable[[dict[str, Any]], bool]:
+    """Whether a stored record belongs to an end user being erased: one of the exchanges found, or one
+    whose sticky user is theirs (kept longer here than in the traffic log, so matched by hash too)."""
+    hashes: dict[str, str] = {}
+
+    def erased(record: dict[str, Any]) -> bool:
+        if record.get("request_id") in request_ids:
+            return True
+        route = record.get("route") or ""
+        if route not in hashes:
+            hashes[route] = stable_hash(route, f"user:{user}")[:16]
+        return record.get("sticky_hash") == hashes[route]
+
+    return erased
+
+
+def erase_objects(client, bucket: str, prefix: str, erased: Callable[[dict[str, Any]], bool]) -> tuple[int, int]:
+    """Rewrite every object holding records `erased` picks, without them (delete it when none is left);
+    (records removed, objects rewritten). Reads the whole tree under `prefix`: erasures are rare."""
+    removed = rewritten = 0
+    for parts in partitions(client, bucket, prefix, None, None, None).values():
+        for part in parts:
+            for key in object_keys(client, bucket, part):
+                records = list(decode_object(client.get_object(Bucket=bucket, Key=key)["Body"].read()))
+                kept = [r for r in records if not erased(r)]
+                if len(kept) == len(records):
+                    continue
+                if kept:
+                    lines = [json.dumps(r, separators=(",", ":"), ensure_ascii=False) for r in kept]
+                    client.put_object(
+                        Bucket=bucket, Key=key, Body=encode_object(lines), ContentType="application/x-ndjson"
+                    )
+                else:
+                    client.delete_object(Bucket=bucket, Key=key)
+                removed += len(records) - len(kept)
+                rewritten += 1
+    return removed, rewritten
 
 
 def object_keys(client, bucket: str, partition: str) -> list[str]:

@@ -10,6 +10,7 @@ never duplicated.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from typing import Any, Callable, Protocol
 
@@ -105,6 +106,16 @@ class Spool:
             return planned if planned else transaction(conn, lambda c: _plan(c, batch_size, naming))
 
         return await self.db.run(load)
+
+    async def forget(self, erased: Callable[[dict], bool]) -> int:
+        """Delete the waiting records `erased` picks (an erasure), before they reach S3; how many went."""
+
+        def drop(conn: sqlite3.Connection) -> int:
+            gone = [(i,) for i, record in conn.execute("SELECT id, record FROM spool") if erased(json.loads(record))]
+            transaction(conn, lambda c: c.executemany("DELETE FROM spool WHERE id = ?", gone))
+            return len(gone)
+
+        return await self.db.run(drop)
 
     async def remove(self, ids: list[int]) -> None:
         await self.db.run(

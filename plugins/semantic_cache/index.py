@@ -241,6 +241,13 @@ class CacheIndex:
             self._remove(entry)
         return len(gone)
 
+    def forget(self, request_ids: set[str]) -> int:
+        """Remove the entries whose answer came from these exchanges (an erasure); how many went."""
+        gone = [e for e in self._entries.values() if e.request_id in request_ids]
+        for entry in gone:
+            self._remove(entry)
+        return len(gone)
+
     def stats(self) -> dict[str, Any]:
         return {
             "entries": len(self._entries),

@@ -351,6 +351,12 @@ class SemanticCache:
         return removed
 
     @hookimpl
+    async def erase_user(self, user, request_ids):
+        """Cached answers of the user's exchanges, on this replica (each replica's index is its own: run the
+        erasure on each, or clear the routes, when entries are shared)."""
+        return {NAME: await self._run(self.index.forget, set(request_ids))}
+
+    @hookimpl
     def register_routes(self, gateway):
         async def clear_endpoint(request: web.Request) -> web.Response:
             """POST /admin/cache/clear {"route": R}: drop the route's cached answers, audited as cache_clear."""

@@ -22,6 +22,7 @@ import math
 import sqlite3
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -35,7 +36,7 @@ from gateway.errors import GatewayError, InvalidRequest
 from gateway.gateway import Generation
 from gateway.hookspecs import hookimpl
 from gateway.storage.retention import Retention
-from gateway.storage.sqlite import APPEND_ONLY_CACHE_KIB, BatchWriter, SqliteThread
+from gateway.storage.sqlite import APPEND_ONLY_CACHE_KIB, BatchWriter, SqliteThread, delete_requests
 
 log = logging.getLogger("llmgate.shadow")
 
@@ -289,6 +290,14 @@ class Shadow:
         await asyncio.gather(*calls, return_exceptions=True)
         await self._writer.close()
         await self._db.close()
+
+    @hookimpl
+    async def erase_user(self, user, request_ids):
+        if not Path(self.settings.path).exists():
+            return {"shadow": 0}
+        if self._writer is not None:
+            await self._writer.flush()
+        return {"shadow": await self._db.run(lambda conn: delete_requests(conn, "comparisons", request_ids))}
 
     def _sampled(self, request_id: str) -> bool:
         """Deterministic per request id, so a replayed request is mirrored (or not) the same way."""

@@ -14,7 +14,7 @@ import urllib.parse
 from typing import Any, Callable
 
 from gateway.cli.client import AdminClient, AdminError
-from gateway.cli.common import add_json_arg, add_url_arg
+from gateway.cli.common import add_json_arg, add_reason_arg, add_url_arg
 from gateway.hookspecs import hookimpl
 
 PAGE = 100  # exchanges asked for per poll; a full page is followed by another poll at once
@@ -233,9 +233,17 @@ def _at_least(least: int) -> Callable[[str], int]:
     return count
 
 
+def cmd_erase(args: argparse.Namespace) -> int:
+    """POST /admin/erase: every stored row of one end user, with the counts per store."""
+    done = AdminClient(args.url).post("/admin/erase", {"user": args.user, "reason": args.reason})
+    removed = ", ".join(f"{store} {n}" for store, n in sorted(done["removed"].items())) or "no store answered"
+    print(f"erased user {done['user_hash']} (hash): {done['exchanges']} exchanges found; removed {removed}")
+    return 0
+
+
 @hookimpl
 def register_commands(commands):
-    """`llmgate traffic show REQUEST_ID` and `llmgate traffic tail`."""
+    """`llmgate traffic show REQUEST_ID`, `llmgate traffic tail` and `llmgate traffic erase --user ID`."""
     traffic = commands.add_parser(
         "traffic",
         help="the traffic log: one exchange by its request id, or live traffic",
@@ -271,3 +279,14 @@ def register_commands(commands):
     add_url_arg(tail)
     add_json_arg(tail, "each exchange as a line of JSON")
     tail.set_defaults(handler=cmd_tail)
+    erase = actions.add_parser(
+        "erase",
+        help="delete every stored row of one end user (a data-protection request), in every store",
+        description="Delete one end user's exchanges from the traffic log, the shadow comparisons, the "
+        "feedback, the S3 copies and the semantic cache, and print the counts. The user is the id requests "
+        "send as `user` (or x-llmgate-user); the audit event keeps only its hash.",
+    )
+    erase.add_argument("--user", required=True, help="the end user's id, as requests send it")
+    add_reason_arg(erase)
+    add_url_arg(erase)
+    erase.set_defaults(handler=cmd_erase)

@@ -27,12 +27,18 @@ from typing import Any, Iterator
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.context import dumps
+from gateway.context import dumps, stable_hash
 from gateway.errors import GatewayError, InvalidRequest, NotFound
 from gateway.hookspecs import hookimpl
 from gateway.storage.retention import Retention
 from gateway.storage.spill import SpillFile
-from gateway.storage.sqlite import APPEND_ONLY_CACHE_KIB, LOG_BATCH_WAIT_MS, BatchWriter, SqliteThread
+from gateway.storage.sqlite import (
+    APPEND_ONLY_CACHE_KIB,
+    LOG_BATCH_WAIT_MS,
+    BatchWriter,
+    SqliteThread,
+    delete_requests,
+)
 from gateway.text.pii import scrub_value
 
 log = logging.getLogger("llmgate.traffic_log")
@@ -399,6 +405,31 @@ class TrafficLog:
             return web.json_response({"exchanges": exchanges, "cursor": cursor})
 
         return [web.get("/admin/traffic", recent), web.get("/admin/traffic/{request_id}", exchange)]
+
+    @hookimpl
+    async def user_requests(self, user):
+        """The exchanges whose sticky user is `user` (on any route the log holds)."""
+        if self._writer is not None:
+            await self._writer.flush()  # an answer just given is in the log before it is searched
+
+        def find(conn: sqlite3.Connection) -> list[str]:
+            routes = [route for (route,) in conn.execute("SELECT DISTINCT route FROM traffic")]
+            hashes = [stable_hash(route, f"user:{user}")[:16] for route in routes]
+            found: set[str] = set()
+            for i in range(0, len(hashes), 500):
+                chunk = hashes[i : i + 500]
+                marks = ", ".join("?" for _ in chunk)
+                found.update(
+                    rid
+                    for (rid,) in conn.execute(f"SELECT request_id FROM traffic WHERE sticky_hash IN ({marks})", chunk)
+                )
+            return sorted(found)
+
+        return await self._db.run(find)
+
+    @hookimpl
+    async def erase_user(self, user, request_ids):
+        return {"traffic_log": await self._db.run(lambda conn: delete_requests(conn, "traffic", request_ids))}
 
     @hookimpl
     async def shutdown(self, gateway):
