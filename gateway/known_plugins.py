@@ -20,6 +20,7 @@ DEFAULT_PLUGINS = {
     "backends": "gateway.backends:BuiltinBackends",
     "api_keys": "plugins.api_keys.plugin:ApiKeys",
     "quotas": "plugins.quotas:Quotas",
+    "budgets": "plugins.budgets.plugin:Budgets",
     "traffic_log": "plugins.traffic_log.plugin:TrafficLog",
     "shadow": "plugins.shadow.plugin:Shadow",
     "rollout": "plugins.rollout.plugin:Rollout",
@@ -45,6 +46,7 @@ DEFAULT_PLUGINS = {
 COMMAND_MODULES = {
     "api_keys": "plugins.api_keys.commands",
     "traffic_log": "plugins.traffic_log.commands",
+    "budgets": "plugins.budgets.commands",
     "shadow": "plugins.shadow.commands",
     "rollout": "plugins.rollout.commands",
     "auto_rollback": "plugins.auto_rollback.commands",

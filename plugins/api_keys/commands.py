@@ -62,7 +62,7 @@ def _create(client: AdminClient, args: argparse.Namespace) -> int:
         body["expires_in_seconds"] = args.expires
     if args.routes:
         body["routes"] = args.routes.split(",")
-    for field in ("requests_per_minute", "tokens_per_day"):
+    for field in ("requests_per_minute", "tokens_per_day", "daily_usd", "monthly_usd"):
         if getattr(args, field) is not None:
             body[field] = getattr(args, field)
     made = client.post("/admin/keys", body)
@@ -124,6 +124,8 @@ def register_commands(commands):
     create.add_argument("--routes", help="routes it may call, comma-separated (within its team's)")
     create.add_argument("--requests-per-minute", dest="requests_per_minute", type=int, help="the key's own limit")
     create.add_argument("--tokens-per-day", dest="tokens_per_day", type=int, help="the key's own limit")
+    create.add_argument("--daily-usd", dest="daily_usd", type=float, help="the key's own daily budget (budgets)")
+    create.add_argument("--monthly-usd", dest="monthly_usd", type=float, help="the key's own monthly budget")
     add_reason_arg(create)
     listed = add_admin_parser(actions, "list", "the keys made at run time, newest first (never the keys)", _list)
     listed.add_argument("--team", help="only this team's")

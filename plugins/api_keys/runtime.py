@@ -42,6 +42,8 @@ class KeyRequest(BaseModel):
     routes: list[str] | None = Field(None, description="routes the key may call (within its team's); unset: the team's")
     requests_per_minute: int | None = Field(None, ge=1, description="this key's own limit, beside its team's")
     tokens_per_day: int | None = Field(None, ge=1, description="this key's own limit, beside its team's")
+    daily_usd: float | None = Field(None, gt=0, description="this key's own daily budget (the budgets plugin)")
+    monthly_usd: float | None = Field(None, gt=0, description="this key's own monthly budget")
 
 
 def key_id() -> str:
@@ -140,6 +142,8 @@ class RuntimeKeys:
             "routes": asked.routes,
             "requests_per_minute": asked.requests_per_minute,
             "tokens_per_day": asked.tokens_per_day,
+            "daily_usd": asked.daily_usd,
+            "monthly_usd": asked.monthly_usd,
             **({"rotated_from": like["id"]} if like else {}),
         }
         await self.store.set(PREFIX + digest, record)
@@ -183,6 +187,8 @@ class RuntimeKeys:
             routes=old.get("routes"),
             requests_per_minute=old.get("requests_per_minute"),
             tokens_per_day=old.get("tokens_per_day"),
+            daily_usd=old.get("daily_usd"),
+            monthly_usd=old.get("monthly_usd"),
             expires_in_seconds=None if old.get("expires_at") is None else max(1.0, old["expires_at"] - time.time()),
         )
         key, record = await self.create(asked, actor, like=old)
