@@ -238,3 +238,97 @@ def test_an_early_step_advances_on_the_evidence_its_exposure_needs():
     assert decide(*arms, exposure=1.0).action == CONTINUE
     with pytest.raises(ValueError):
         decide(*arms, exposure=0)
+
+
+# --- a pairwise judge's score against a known 0.5 ------------------------------------------------
+
+KNOWN = 10**12  # the baseline of a pairwise score, as plugins/auto_rollback/evidence.py passes it
+VERDICTS = 400  # per stream
+
+
+def _pairwise_stream(seed: int, wins: float, ties: float, n: int = VERDICTS) -> tuple[bool, bool, float]:
+    """(Arm form ever missed, MeanArm form ever missed, their final width ratio), checked after every verdict.
+
+    Judge verdicts 1 / 0.5 / 0 against a baseline known to score 0.5, in two strata (a share change
+    halfway), from 100 verdicts on (decide's min_samples); the true difference is the win rate - 0.5."""
+    rng = random.Random(seed)
+    truth = wins + ties / 2 - 0.5
+    arms, means = [Arm(), Arm()], [MeanArm(), MeanArm()]
+    known_arms, known_means = [Arm(KNOWN, KNOWN / 2)] * 2, [MeanArm(KNOWN, 0.5, 0.0)] * 2
+    missed_arm = missed_mean = False
+    for i in range(n):
+        k = 0 if i < n // 2 else 1
+        u = rng.random()
+        score = 1.0 if u < wins else 0.5 if u < wins + ties else 0.0
+        arms[k], means[k] = arms[k].add(score), means[k].add(score)
+        if i + 1 < 100:  # decide's min_samples
+            continue
+        low, high = proportion_difference_cs(known_arms, arms, 0.05, tau=0.02)
+        missed_arm = missed_arm or not low <= truth <= high
+        mlow, mhigh = mean_difference_cs(known_means, means, 0.05, tau=0.02)
+        missed_mean = missed_mean or not mlow <= truth <= mhigh
+    return missed_arm, missed_mean, (mhigh - mlow) / (high - low)
+
+
+@pytest.mark.parametrize("wins, ties", [(0.2, 0.6), (0.185, 0.58)])  # equal; 5 points worse (bench/rollout_sim)
+def test_a_pairwise_score_against_a_known_half_covers_however_often_it_is_checked(wins, ties):
+    """Both forms cover the win rate under continuous monitoring; the MeanArm one with the scores' variance.
+
+    As a proportion Arm the score's variance is taken as p (1 - p), about 0.25, whatever the ties;
+    as a MeanArm it is the 0 / 0.5 / 1 scores' own, (1 - ties) / 4 for an equal candidate (0.10 at
+    60% ties): 2.5 times the information, and an interval as much narrower as the boundary says."""
+    results = [_pairwise_stream(seed, wins, ties) for seed in range(STREAMS)]
+    for form, misses in (("Arm", sum(r[0] for r in results)), ("MeanArm", sum(r[1] for r in results))):
+        assert misses / STREAMS <= 0.05, f"{form}: missed the win rate in {misses} of {STREAMS} streams"
+    mean = wins + ties / 2
+    variance = wins + ties / 4 - mean * mean
+    information = VERDICTS / variance, VERDICTS / (mean * (1 - mean))
+    expected = half_width(information[0], 0.05, 0.02) / half_width(information[1], 0.05, 0.02)
+    ratios = sorted(r[2] for r in results)
+    assert ratios[STREAMS // 2] == pytest.approx(expected, rel=0.03)
+
+
+def test_decide_takes_a_pairwise_score_as_means_against_a_known_half():
+    """An equal candidate (60% ties) advances on the scores' variance where the proportion form still waits."""
+    rng = random.Random(11)
+    scores = [1.0 if u < 0.2 else 0.5 if u < 0.8 else 0.0 for u in (rng.random() for _ in range(12_000))]
+    as_means = decide(MeanArm(KNOWN, 0.5, 0.0), MeanArm.of(scores), margin=0.01)
+    as_arm = decide(Arm(KNOWN, KNOWN / 2), Arm(len(scores), sum(scores)), margin=0.01)
+    assert as_means.action == ADVANCE and as_arm.action == CONTINUE
+    assert as_means.primary_interval.half_width < 0.7 * as_arm.primary_interval.half_width
+    assert as_means.samples["primary"] == (KNOWN, 12_000)
+    worse = [1.0 if u < 0.14 else 0.5 if u < 0.7 else 0.0 for u in (rng.random() for _ in range(3_000))]  # 0.44
+    assert decide(MeanArm(KNOWN, 0.5, 0.0), MeanArm.of(worse), margin=0.01).action == ROLLBACK
+
+
+def test_a_one_sided_mixture_would_gain_little():
+    """Why each end is the two-sided boundary at 2 alpha / (1 + alpha), not its own half-normal mixture.
+
+    The half-normal mixture over the claim's side alone, 2 / sqrt(1 + x) exp(s^2 / 2A) Phi(s / sqrt(A))
+    with A = I + 1 / tau^2, reaches 1 / alpha at a margin with about 1.2% less information at
+    tau = 2 x margin: a second boundary for about 1% of the samples."""
+
+    def one_sided(information: float, alpha: float, tau: float) -> float:
+        a = information + 1 / (tau * tau)
+        x = tau * tau * information
+
+        def log_m(s: float) -> float:
+            return math.log(2 / math.sqrt(1 + x)) + s * s / (2 * a) + math.log(0.5 * math.erfc(-s / math.sqrt(2 * a)))
+
+        low, high = 0.0, half_width(information, one_sided_level(alpha), tau) * information
+        assert log_m(high) >= math.log(1 / alpha)  # the two-sided end is valid, so never tighter
+        for _ in range(100):
+            mid = (low + high) / 2
+            low, high = (mid, high) if log_m(mid) < math.log(1 / alpha) else (low, mid)
+        return high / information
+
+    def needed(width) -> float:
+        low, high = 1.0, 1e9
+        while high / low > 1 + 1e-9:
+            mid = math.sqrt(low * high)
+            low, high = (mid, high) if width(mid) > 0.02 else (low, mid)
+        return high
+
+    two = needed(lambda i: half_width(i, one_sided_level(0.05), 0.04))
+    one = needed(lambda i: one_sided(i, 0.05, 0.04))
+    assert 0.98 < one / two < 0.995
