@@ -10,8 +10,10 @@ seconds does not raise its error rates (bench/rollout_sim.py measures them).
 
 The primary is a proportion, higher is better: `success` (answers that were not errors), or a
 score in [0, 1] that variants report (`feedback`, an evaluator's score). A score only the
-candidate reports is pairwise (the judge's `judge_win_rate` against the baseline): it is tested
-against 0.5, a tie. Guardrails, lower is better: errors (unless the primary is success), the
+candidate reports is pairwise (the judge's `judge_win_rate` against the baseline): its mean is
+tested against 0.5, a tie, with the scores' own variance, and `margin` is then on the win rate
+(0.01 there is a 2-point loss of good answers: a worse answer turns a tie into a loss, half a point).
+Guardrails, lower is better: errors (unless the primary is success), the
 share of calls slower than a latency limit fixed when the schedule starts (the baseline's p95
 then, or the latency rule's `max_ms`), and the cost per request against `cost_ratio` times the
 baseline's.
@@ -68,6 +70,14 @@ def _score_arms(figures: list[Figures], name: str) -> list[Arm]:
     return arms
 
 
+def _score_mean(figures: Figures, name: str) -> MeanArm:
+    total, squares, n = figures.scores.get(name, (0.0, 0.0, 0.0))
+    if not n:
+        return MeanArm()
+    mean = total / n
+    return MeanArm(int(n), mean, max(0.0, squares - n * mean * mean))
+
+
 def judge_step(
     evidence: Evidence,
     base: list[Figures],
@@ -82,8 +92,11 @@ def judge_step(
     else:
         primary_cand = _score_arms(cand, evidence.primary)
         primary_base = _score_arms(base, evidence.primary)
-        if not any(a.n for a in primary_base):  # pairwise: the candidate's win rate against the baseline
-            primary_base = [Arm(PAIRWISE_N, PAIRWISE_N / 2) for _ in cand]
+        if not any(a.n for a in primary_base):
+            # pairwise: the candidate's win rate against the baseline, tested against a tie with the scores'
+            # own variance (ties make it far below a coin's 0.25: bench/rollout_sim.py, adaptive_paired_var)
+            primary_cand = [_score_mean(f, evidence.primary) for f in cand]
+            primary_base = [MeanArm(PAIRWISE_N, 0.5, 0.0) for _ in cand]
     guardrails = []
     if evidence.primary != "success":
         errors = (lambda f: f.errors, lambda f: f.requests)
