@@ -36,11 +36,11 @@ Policies:
   --judge-share-alt 20% is reported too) is also answered by the baseline (a shadow call, itself
   an error 1.5% of the time: then no verdict) and the judge scores the candidate's answer 1 (win),
   0.5 (tie) or 0 (loss). decide tests the score against a known 0.5, with the baseline passed as
-  plugins/auto_rollback/evidence.py passes it, Arm(10**12, 0.5 x 10**12) per step: decide then
+  Arm(10**12, 0.5 x 10**12) per step (plugins/auto_rollback/evidence.py's first form): decide then
   treats the score as a proportion, variance p (1 - p) = 0.25 whatever the ties.
 - adaptive_paired_var: the same verdicts passed as MeanArm (count, mean, M2 of the 0 / 0.5 / 1
-  scores) against MeanArm(10**12, 0.5, 0): the scores' own variance, (1 - ties) / 4. evidence.py
-  could do this (its window figures keep the scores' sum of squares); it does not today.
+  scores) against MeanArm(10**12, 0.5, 0): the scores' own variance, (1 - ties) / 4, as
+  plugins/auto_rollback/evidence.py now passes a pairwise score.
 
 The judge's verdicts, mapped from the scenarios' good-answer rates. Each answer is good or not,
 as in the other policies (the candidate's graded answers are the very ones judged); on one
@@ -118,7 +118,7 @@ JUDGE_SHARE = 1.0  # share of the candidate's answered calls that are judged aga
 JUDGE_SHARE_ALT = 0.2  # also reported
 JUDGE_TIES = 0.60  # tie rate for a candidate equal to the baseline (independent answers would give 0.58)
 PAIRED_MARGIN = MARGIN / 2  # win rate at least 0.5 - 0.01: the same 2 points on the good-answer rate
-PAIRWISE_N = 10**12  # the known baseline of a pairwise score, as plugins/auto_rollback/evidence.py passes it
+PAIRWISE_N = 10**12  # the known baseline of a pairwise score (plugins/auto_rollback/evidence.py's PAIRWISE_N)
 
 
 def judge_covariance(ties: float) -> float:
@@ -309,7 +309,7 @@ def _primary_cs(b: dict, c: dict, policy: str, alpha: float) -> tuple[np.ndarray
     """The primary's interval: good-answer rates (adaptive), or the judge's score against a known 0.5.
 
     adaptive_paired passes the score as decide's proportion Arm against Arm(10**12, 0.5 x 10**12), as
-    plugins/auto_rollback/evidence.py does: its variance is Bernoulli's, p (1 - p), about 0.25,
+    plugins/auto_rollback/evidence.py first did: its variance is Bernoulli's, p (1 - p), about 0.25,
     whatever the ties. adaptive_paired_var passes MeanArm(count, mean, M2) of the 0 / 0.5 / 1 scores
     against MeanArm(10**12, 0.5, 0): the scores' own variance, (1 - ties) / 4, about 0.10."""
     if policy == "adaptive":
@@ -377,7 +377,7 @@ def decide_directly(state: State, r: int, policy: str = "adaptive") -> str:
     exposure = ([s / 100 for s in STEPS[1:]] + [1.0])[state.step[r]]
     if policy == "adaptive":
         primary, margin = (arms(b, "ok", "good"), arms(c, "ok", "good")), MARGIN
-    elif policy == "adaptive_paired":  # as plugins/auto_rollback/evidence.py passes a pairwise score
+    elif policy == "adaptive_paired":  # a pairwise score as a proportion Arm (evidence.py's first form)
         primary = ([Arm(PAIRWISE_N, PAIRWISE_N / 2)] * k, arms(c, "pairs", "score"))
         margin = PAIRED_MARGIN
     else:
@@ -715,8 +715,8 @@ def markdown(report: dict) -> str:
         f"against the baseline's answer to the same request, {meta['judge_ties']:.0%} ties for an equal candidate; "
         f"tested against a known 0.5 with margin {PAIRED_MARGIN * 100:g} point on the win rate (the same "
         f"{MARGIN * 100:g} points on the good-answer rate). adaptive_paired passes the score as a proportion "
-        "Arm, as plugins/auto_rollback/evidence.py does (variance bounded by 0.25); adaptive_paired_var as a "
-        "MeanArm, with the scores' own variance (the window figures keep the sum of squares evidence.py would need).",
+        "Arm (variance bounded by 0.25), as plugins/auto_rollback/evidence.py first did; adaptive_paired_var as a "
+        "MeanArm, with the scores' own variance, as evidence.py now does.",
         "",
         *table(report["results"], cap),
         "",
