@@ -699,18 +699,18 @@ def test_served_semantic_hits_are_rechecked_and_a_route_below_the_floor_stops_th
     gw = make_gateway(rechecking(fake_openai, fake_judge))
     cached(gw, "How do I reset my password?")
     cached(gw, "How do I export my data?")
-    fake_judge.same_questions = lambda asked, stored: "export" in asked  # the judge finds the password hits wrong
+    fake_judge.same_questions = lambda asked, stored: False  # the judge finds every hit wrong
     for question in ("What's the way to reset my password?", "Is there a way to export my data?"):
         assert ask(gw, question)[0] == "hit-semantic"
-    wait_until(lambda: plugin(gw).recheck.counts["same"] + plugin(gw).recheck.counts["different"] == 2, "two verdicts")
+    wait_until(lambda: plugin(gw).recheck.counts["different"] == 2, "two verdicts")
     measured = plugin(gw).recheck.precision(ROUTE)
-    assert measured["precision"] == 0.5 and measured["checks"] == 2 and not plugin(gw).recheck.stopped
-    assert ask(gw, "What is the way to reset my password?")[0] == "hit-semantic"  # the third verdict: 1/3 < 0.6
+    assert measured["precision"] == 0.0 and measured["checks"] == 2 and not plugin(gw).recheck.stopped  # min_checks
+    assert ask(gw, "What is the way to reset my password?")[0] == "hit-semantic"  # third: 0/3, at most 56% < 60%
     wait_until(lambda: ROUTE in plugin(gw).recheck.stopped, "the route to stop semantic hits")
     assert ask(gw, "Is there a way to export my data?")[0] == "miss"  # semantic hits are off on this route
     assert ask(gw, "How do I export my data?")[0] == "hit-exact"  # the exact tier still serves
     _, metrics = scrape(gw.url, "admin-token-for-cache-tests")
-    assert 'llmgate_cache_measured_precision{route="bot"} 0.333' in metrics
+    assert 'llmgate_cache_measured_precision{route="bot"} 0.0' in metrics
     assert 'llmgate_cache_semantic_stopped{route="bot"} 1.0' in metrics
     request = urllib.request.Request(
         gw.url + "/admin/events?limit=5", headers={"Authorization": "Bearer admin-token-for-cache-tests"}

@@ -35,7 +35,9 @@ class AnthropicMessages(Dialect):
     async def to_chat(self, ctx: RequestContext, gateway) -> tuple[dict, list[str]]:
         chat, ignored = to_chat_request(ctx.body)
         if beta := ctx.headers.get("anthropic-beta"):  # the features a caller opts into: an Anthropic backend's to use
-            native_slot(chat, "anthropic")["headers"]["anthropic-beta"] = beta
+            slot = native_slot(chat, "anthropic")
+            slot["headers"]["anthropic-beta"] = beta
+            slot["names"].append("anthropic-beta")  # what the other kinds name as ignored
         return chat, ignored
 
     def answer(self, completion: dict, ctx: RequestContext) -> dict:

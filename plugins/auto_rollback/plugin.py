@@ -47,6 +47,7 @@ LEASE = "auto_rollback"
 SCHEDULE_KEY = "schedule:"
 RUNNING, PAUSED, ABORTED, DONE = "running", "paused", "aborted", "done"
 FIXED, ADAPTIVE = "fixed", "adaptive"
+MAX_HOLD = 86_400
 
 
 # --- the plugin ---------------------------------------------------------------------------------
@@ -205,7 +206,14 @@ class AutoRollback:
 
     def _retention(self) -> float:
         longest = max([self.policy(r).window_seconds for r in self.gateway.config.settings.routes] or [0])
-        hold = max([s.get("hold_seconds", 0) for s in self.schedules.values() if isinstance(s, dict)] or [0])
+        hold = max(
+            [
+                s.get("hold_seconds", 0)
+                for s in self.schedules.values()
+                if isinstance(s, dict) and s.get("status") in (RUNNING, PAUSED)  # an ended one needs no seconds
+            ]
+            or [0]
+        )
         # an adaptive step is judged on all its seconds so far (at most hold_seconds, its time limit)
         return max(longest, hold) + 60
 
@@ -718,6 +726,9 @@ def _evidence(body: dict) -> Evidence | None:
 
 
 def _hold(value: Any) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 or not math.isfinite(value):
-        raise InvalidRequest("'hold_seconds' must be a number of seconds, 0 or more", param="hold_seconds")
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= MAX_HOLD:
+        # the windows keep every second of the longest hold: bounded, so memory is
+        raise InvalidRequest(
+            f"'hold_seconds' must be a number of seconds from 0 to {MAX_HOLD} (a day)", param="hold_seconds"
+        )
     return float(value)

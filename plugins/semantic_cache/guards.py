@@ -30,7 +30,9 @@ groups), and cheap: facts are extracted once per text and kept with the cache en
 
 from __future__ import annotations
 
+import functools
 import re
+import threading
 import unicodedata
 from dataclasses import dataclass
 
@@ -328,12 +330,18 @@ PREPOSITIONS = frozenset(
     throughout to toward towards under underneath until up upon via with within without down""".split()
 )
 FRAMING_PREPOSITIONS = frozenset({"to", "for", "up"})  # "the way to", "the steps for", "unable to", "look up"
-_PORTER2 = _snowball("english") if _snowball is not None else None
+_STEMMERS = threading.local()  # a snowball stemmer keeps state on itself: one per thread (loop, index thread)
 
 
+@functools.lru_cache(maxsize=65_536)
 def stem(word: str) -> str:
     """A word's Porter2 stem ("forgotten" and "forgot" are not folded: irregular forms stay apart)."""
-    return _PORTER2.stemWord(word) if _PORTER2 is not None else word
+    if _snowball is None:
+        return word
+    stemmer = getattr(_STEMMERS, "english", None)
+    if stemmer is None:
+        stemmer = _STEMMERS.english = _snowball("english")
+    return stemmer.stemWord(word)
 
 
 _TOKEN_RE = re.compile(WORD_RE.pattern + "| {2,}")  # a run of spaces: an identifier blanked out
@@ -519,7 +527,13 @@ def extract(text: str, config: GuardConfig | None = None) -> Facts:
         token, low = m.group(0), m.group(0).lower()
         if low in _COMMON or _stem(low) in UNITS:
             continue
-        initial = re.search(r"(^|[.!?\n])\W*$", rest[: m.start()]) is not None  # capitalised as a sentence starts
+        # capitalised as a sentence starts: only what lies between it and the word before (a bounded look
+        # back, so a long text costs linear time, not quadratic)
+        start = m.start()
+        before = rest[max(0, start - 40) : start]
+        initial = re.search(r"[.!?\n]\W*$", before) is not None or (
+            start <= 40 and re.fullmatch(r"\W*", before) is not None
+        )
         acronym = len(token) > 1 and (token.isupper() or any(c.isupper() for c in token[1:]))
         if acronym or (not initial and token[0].isupper()) or low in config._terms:
             entities.add(low)

@@ -397,7 +397,8 @@ class SemanticCache:
         entry = await self._run(self.index.exact, key.exact)
         if entry is not None:
             return self._hit(ctx, entry, "hit-exact", 1.0)
-        pending = Pending(key, extract(key.text, self.guards))
+        # the guards' facts only matter to the semantic tier
+        pending = Pending(key, extract(key.text, self.guards) if self.embedder is not None else None)
         ctx.state[NAME] = pending  # for after_response, which stores the answer; gone with the request
         note: dict[str, Any] = {"result": "miss"}
         ctx.annotations["cache"] = note
@@ -409,8 +410,12 @@ class SemanticCache:
             self.counts["miss"] += 1
             return None
         pending.vector = await self.embedder.embed(key.text)
+        judged = False
         for similarity, candidate, refusal in await self._run(self._nearest, key.scope, pending):
-            if self._borderline(similarity, refusal):
+            if self._borderline(similarity, refusal) and judged:
+                refusal = refusal or "unverified"  # one verdict a lookup (the nearest's): never served unjudged
+            elif self._borderline(similarity, refusal):
+                judged = True
                 refusal = await self._verify(pending.key, candidate)
                 note.setdefault("verified", []).append(
                     {"similarity": round(similarity, 4), "verdict": refusal or "same"}
@@ -613,6 +618,8 @@ class SemanticCache:
 
     async def _clear_shared(self, route: str | None) -> None:
         await self._run(self.index.clear, route)
+        if self.recheck is not None:
+            self.recheck.reset(route)  # a clear on another replica starts this one's precision afresh too
 
     async def _sweep_forever(self) -> None:
         while True:

@@ -6,7 +6,8 @@ so a replay samples alike), puts each on a bounded queue (full: dropped and coun
 waiting), and a worker asks the configured judge backend, off the request path, whether the
 cached question's answer serves the new one. Each route keeps its last `window` verdicts; their
 share of "same" is the route's measured precision (a gauge, the console, `llmgate status`).
-When it falls below `floor` with at least `min_checks` verdicts, the route stops serving
+When even its 95% upper bound (Wilson) falls below `floor`, with at least `min_checks` verdicts,
+so noise alone does not trip it, the route stops serving
 semantic hits (the exact tier still serves), and an audited event says why; clearing the
 route's cache (`llmgate cache clear ROUTE`) starts it afresh.
 """
@@ -130,13 +131,19 @@ class Recheck:
         verdicts = self.verdicts.setdefault(route, deque(maxlen=s.window))
         verdicts.append(same)
         measured = sum(verdicts) / len(verdicts)
-        if route in self.stopped or len(verdicts) < s.min_checks or measured >= s.floor:
+        if route in self.stopped or len(verdicts) < s.min_checks:
+            return
+        _, upper = wilson_interval(sum(verdicts), len(verdicts))
+        if upper >= s.floor:  # stopped on evidence, not on noise: even its 95% upper bound must be below
             return
         why = (
-            f"measured precision {measured:.1%} over the last {len(verdicts)} re-checked semantic hits is below "
-            f"the floor of {s.floor:.0%}: semantic hits stopped (exact hits still served) until the route's cache "
-            "is cleared"
+            f"measured precision {measured:.1%} over the last {len(verdicts)} re-checked semantic hits (95% at most "
+            f"{upper:.1%}) is below the floor of {s.floor:.0%}: semantic hits stopped (exact hits still served) "
+            "until the route's cache is cleared"
         )
         self.stopped[route] = why
         log.warning("semantic cache on route %s: %s", route, why)
-        await self._suspended(route, why)
+        try:
+            await self._suspended(route, why)
+        except Exception as exc:  # the event could not be recorded: the stop stands, the worker goes on
+            log.warning("semantic cache: could not record the stop (%s)", type(exc).__name__)
