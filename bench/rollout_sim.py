@@ -734,28 +734,21 @@ def markdown(report: dict) -> str:
     ]
     if report.get("judge_alt"):
         j = report["judge_alt"]
-        lines += [
-            "",
-            f"## Judge share {j['judge_share']:.0%} ({j['rollouts']} rollouts per scenario)",
-            "",
+        intro = (
             f"The paired policies with {j['judge_share']:.0%} of the candidate's answered calls judged (same seeds "
-            "as above); fixed's medians from the main table.",
-            "",
-            *table(j["results"], cap, PAIRED),
-            "",
-            *_all_verdicts(j["outcomes"]),
-        ]
+            "as above); fixed's medians from the main table."
+        )
+        title = f"Judge share {j['judge_share']:.0%} ({j['rollouts']} rollouts per scenario)"
+        lines += _section(title, j, cap, [intro, ""], PAIRED)
     if report.get("sensitivity"):
         s = report["sensitivity"]
-        lines += [
-            "",
-            f"## Sensitivity: traffic x{s['scale']:g} ({s['rollouts']} rollouts per scenario)",
-            "",
-            *table(s["results"], cap),
-            "",
-            *_all_verdicts(s["outcomes"]),
-        ]
+        lines += _section(f"Sensitivity: traffic x{s['scale']:g} ({s['rollouts']} rollouts per scenario)", s, cap)
     return "\n".join(lines) + "\n"
+
+
+def _section(title: str, run: dict, cap: int, intro: list[str] = (), policies: tuple[str, ...] = POLICIES) -> list[str]:
+    """A further run's table and verdicts under its own heading (a judge share, a traffic scale)."""
+    return ["", f"## {title}", "", *intro, *table(run["results"], cap, policies), "", *_all_verdicts(run["outcomes"])]
 
 
 def plot(report: dict, path: Path) -> None:

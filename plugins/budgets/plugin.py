@@ -80,16 +80,13 @@ class Settings(BaseModel):
         return self
 
 
-def _budgets(scope: str, limits: Any) -> list[Budget]:
+def _budgets(scope: str, limits: dict[str, Any]) -> list[Budget]:
+    """A scope's budgets from its limits (a team's `Limits` dumped, or a run-time key's record)."""
     out = []
-    for period, name in (("day", "daily"), ("month", "monthly")):
-        limit = limits.get(f"{name}_usd") if isinstance(limits, dict) else getattr(limits, f"{name}_usd")
+    for period, name in ADJECTIVE.items():
+        limit = limits.get(f"{name}_usd")
         if limit is not None:
-            forecast = (
-                limits.get(f"forecast_{name}_usd")
-                if isinstance(limits, dict)
-                else getattr(limits, f"forecast_{name}_usd")
-            )
+            forecast = limits.get(f"forecast_{name}_usd")
             out.append(Budget(scope, period, float(limit), float(forecast or limit)))
     return out
 
@@ -131,12 +128,14 @@ class Budgets:
 
     # --- which budgets a request is under ---------------------------------------------------------
 
+    def _gateway_cap(self) -> list[Budget]:
+        cap = self.settings.gateway_daily_usd
+        return [] if cap is None else [Budget("gateway", "day", cap, cap)]
+
     def budgets_for(self, ctx) -> list[Budget]:
-        found = []
-        if self.settings.gateway_daily_usd is not None:
-            found.append(Budget("gateway", "day", self.settings.gateway_daily_usd, self.settings.gateway_daily_usd))
+        found = self._gateway_cap()
         if ctx.tenant and ctx.tenant in self.settings.teams:
-            found += _budgets(f"team:{ctx.tenant}", self.settings.teams[ctx.tenant])
+            found += _budgets(f"team:{ctx.tenant}", self.settings.teams[ctx.tenant].model_dump())
         api_keys = self.gateway.plugin(ApiKeys)
         record = api_keys.key_record(ctx.api_key) if api_keys is not None else None
         if record is not None:
@@ -275,11 +274,9 @@ class Budgets:
     # --- the operator surface -----------------------------------------------------------------------
 
     def _configured(self) -> list[Budget]:
-        found = []
-        if self.settings.gateway_daily_usd is not None:
-            found.append(Budget("gateway", "day", self.settings.gateway_daily_usd, self.settings.gateway_daily_usd))
+        found = self._gateway_cap()
         for team, limits in self.settings.teams.items():
-            found += _budgets(f"team:{team}", limits)
+            found += _budgets(f"team:{team}", limits.model_dump())
         return found
 
     @hookimpl
