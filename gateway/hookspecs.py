@@ -141,6 +141,26 @@ def authorize(ctx):
 
 
 @spec(REQUEST, timed=True)
+def guard_request(ctx):
+    """Rewrite or refuse an allowed request before any other plugin or backend sees it (a PII guard).
+
+    Runs after `authorize` and before `before_route`, for every dialect and embeddings: edit
+    `ctx.body` (the chat form, or the embeddings body) in place, or raise a GatewayError to refuse.
+    What it leaves is all the cache, the traffic log, shadows, judges and the backend ever see."""
+
+
+@spec(REQUEST, timed=True)
+def answer_filter(ctx):
+    """Return a `gateway.filters.AnswerFilter` that rewrites this request's answer before the caller
+    sees it (redaction), or None.
+
+    Asked once per request, just before the first byte of an answer (a backend's or a plugin's) is
+    written. The filter sees the whole answer, or each chunk of a stream in order (it may hold text
+    back across chunks and release it at the end); what it returns is what the caller, the traffic
+    log and the cache get. It may raise a GatewayError to end the answer with an error instead."""
+
+
+@spec(REQUEST, timed=True)
 def visible_routes(request, routes):
     """Return the names among `routes` that the caller of an HTTP `request` may learn about and use.
 

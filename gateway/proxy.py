@@ -1,10 +1,10 @@
 """The request path for every dialect (chat completions, messages, responses), as a short visible pipeline:
 
 `authenticate` (before the body is read) → read, translate into the chat form (gateway/dialects/)
-and validate → `authorize` → `before_route` plugins
+and validate → `authorize` → `guard_request` (may rewrite or refuse) → `before_route` plugins
 (may answer) → `choose_variant` → backend chain (retries on retryable errors, then the route's
-fallbacks) → write the answer in the caller's dialect (JSON or SSE) → `after_response` plugins,
-once the last byte is out.
+fallbacks) → `answer_filter`s → write the answer in the caller's dialect (JSON or SSE) →
+`after_response` plugins, once the last byte is out.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from .errors import (
     UnsupportedMediaType,
     UpstreamError,
 )
+from .filters import AnswerRefused, Filters
 from .gateway import GATEWAY, Gateway, Generation
 from .plugins import answer
 
@@ -187,14 +188,28 @@ def _headers(ctx: RequestContext) -> dict[str, str]:
 class SseWriter:
     """Writes a stream's chunks as the caller's dialect's server-sent events, assembling the whole answer."""
 
-    def __init__(self, response: web.StreamResponse, ctx: RequestContext, encoder: StreamEncoder):
+    def __init__(
+        self, response: web.StreamResponse, ctx: RequestContext, encoder: StreamEncoder, filters: Filters | None
+    ):
         self.response = response
         self.ctx = ctx
         self.encoder = encoder
+        self.filters = filters
         self.assembler = StreamAssembler()
         self.started = False
 
     async def send(self, chunk: dict) -> None:
+        if self.filters is not None:
+            chunk = self.filters.chunk(chunk)
+        await self._write(chunk)
+
+    async def release(self) -> None:
+        """What the filters held back, once the stream's last chunk has come."""
+        if self.filters is not None:
+            for chunk in self.filters.finish():
+                await self._write(chunk)
+
+    async def _write(self, chunk: dict) -> None:
         self.assembler.add(chunk)
         if self.ctx.first_token_at is None and any(
             (c.get("delta") or {}).get("content") or (c.get("delta") or {}).get("tool_calls")
@@ -235,13 +250,17 @@ async def _stream_answer(
 
     first, chunks = await call_chain(ctx, generation, start)
     _served(ctx, generation)
-    writer = SseWriter(await _prepare_sse(request, ctx), ctx, dialect.encoder(ctx))
+    filters = await answer_filters(request.app[GATEWAY], ctx)
+    writer = SseWriter(await _prepare_sse(request, ctx), ctx, dialect.encoder(ctx), filters)
     error: GatewayError | None = None
     try:
         if first is not None:
             await writer.send(first)
         async for chunk in chunks:
             await writer.send(chunk)
+        await writer.release()
+    except AnswerRefused as err:  # a filter ended it: the backend did nothing wrong
+        error = err
     except GatewayError as err:  # the stream broke after it started: tell the caller, never end silently
         error = err
         if (backend := generation.backends.get(ctx.served_by or "")) is not None:
@@ -272,15 +291,26 @@ async def write_json(request: web.Request, ctx: RequestContext, body: dict, stat
 
 async def _replay(request: web.Request, ctx: RequestContext, answer: dict, dialect: Dialect) -> web.StreamResponse:
     """Send an answer a plugin produced, as a stream if the caller asked for one."""
+    filters = await answer_filters(request.app[GATEWAY], ctx)
+    if filters is not None:
+        answer = filters.completion(answer)
     ctx.response = answer
     await dialect.answered(ctx, request.app[GATEWAY])
     if not ctx.stream:
         return await write_json(request, ctx, dialect.answer(answer, ctx))
-    writer = SseWriter(await _prepare_sse(request, ctx), ctx, dialect.encoder(ctx))
+    writer = SseWriter(await _prepare_sse(request, ctx), ctx, dialect.encoder(ctx), None)  # filtered whole
     for chunk in completion_to_chunks(answer):
         await writer.send(chunk)
     await writer.finish(None)
     return writer.response
+
+
+async def answer_filters(gateway: Gateway, ctx: RequestContext) -> Filters | None:
+    """The `answer_filter`s plugins give this request, in plugin order; None (the common case) for none."""
+    if not gateway.hooks.implemented("answer_filter"):
+        return None
+    filters = [f for f in (await gateway.hooks.call("answer_filter", ctx=ctx)).values() if f is not None]
+    return Filters(filters) if filters else None
 
 
 def _cost(generation: Generation, ctx: RequestContext) -> float | None:
@@ -393,6 +423,7 @@ async def _conversation(
     _note_ignored(ctx, ignored)
     validate_chat_request(ctx.body, gateway.config.server.max_messages)
     await gateway.hooks.call("authorize", ctx=ctx)
+    await gateway.hooks.call("guard_request", ctx=ctx)
     plugin, answered = answer(await gateway.hooks.call("before_route", ctx=ctx))
     if answered is not None:
         ctx.served_by = ctx.served_by or plugin
@@ -406,6 +437,8 @@ async def _conversation(
         return await _stream_answer(request, ctx, generation, dialect)
     ctx.response = await call_chain(ctx, generation, _completer(gateway.hooks.tracer, ctx))
     _served(ctx, generation)
+    if (filters := await answer_filters(gateway, ctx)) is not None:
+        ctx.response = filters.completion(ctx.response)
     await dialect.answered(ctx, gateway)
     return await write_json(request, ctx, dialect.answer(ctx.response, ctx))
 

@@ -90,6 +90,7 @@ async def _exchange(
 ) -> web.StreamResponse:
     validate_embeddings_request(ctx.body)
     await gateway.hooks.call("authorize", ctx=ctx)
+    await gateway.hooks.call("guard_request", ctx=ctx)
     ctx.variant = ctx.route.baseline
     answer = await call_chain(ctx, generation, lambda backend: backend.embed(ctx.body))
     usage = answer.get("usage") or {}

@@ -101,35 +101,55 @@ _RULES: list[tuple[str, re.Pattern, Callable[[re.Match], bool] | None, int]] = [
 ]
 
 
-def scrub(text: str, counts: Counter | None = None) -> tuple[str, Counter]:
+def find(text: str, kinds: frozenset[str] | None = None) -> list[tuple[int, int, str]]:
+    """Where the values are: (start, end, kind) spans of `text`, sorted and never overlapping.
+
+    An earlier kind in `KINDS` claims its text first; a later kind's match over claimed text is
+    not a value. `kinds` limits the search (all kinds by default)."""
+    claimed: list[tuple[int, int, str]] = []
+    for kind, pattern, check, group in _RULES:
+        if kinds is not None and kind not in kinds:
+            continue
+        if kind == "PASSWORD" and "ass" not in (lowered := text.lower()) and "pwd" not in lowered:
+            continue  # the cheap pre-check keeps the common case fast
+        for match in pattern.finditer(text):
+            if check is not None and not check(match):
+                continue
+            start, end = match.span(group)
+            if not any(start < e and s < end for s, e, _ in claimed):
+                claimed.append((start, end, kind))
+    return sorted(claimed)
+
+
+def redact(text: str, spans: list[tuple[int, int, str]]) -> str:
+    """`text` with each of `spans` (from `find`) replaced by its kind's placeholder."""
+    parts, at = [], 0
+    for start, end, kind in spans:
+        parts += (text[at:start], placeholder(kind))
+        at = end
+    parts.append(text[at:])
+    return "".join(parts)
+
+
+def scrub(text: str, counts: Counter | None = None, kinds: frozenset[str] | None = None) -> tuple[str, Counter]:
     """`text` with every value found replaced by its kind's placeholder, and the count per kind.
 
     Pass `counts` to add to a running tally (it is also returned)."""
     counts = Counter() if counts is None else counts
-    for kind, pattern, check, group in _RULES:
-        if kind == "PASSWORD" and "ass" not in text.lower() and "pwd" not in text.lower():
-            continue  # the cheap pre-check keeps the common case fast
-
-        def replace(match: re.Match, kind=kind, check=check, group=group) -> str:
-            if check is not None and not check(match):
-                return match.group(0)
-            counts[kind] += 1
-            if group == 0:
-                return placeholder(kind)
-            whole, start = match.group(0), match.start(group) - match.start(0)
-            return whole[:start] + placeholder(kind) + whole[match.end(group) - match.start(0) :]
-
-        text = pattern.sub(replace, text)
-    return text, counts
+    spans = find(text, kinds)
+    if not spans:
+        return text, counts
+    counts.update(kind for _, _, kind in spans)
+    return redact(text, spans), counts
 
 
-def scrub_value(value: Any, counts: Counter | None = None) -> Any:
+def scrub_value(value: Any, counts: Counter | None = None, kinds: frozenset[str] | None = None) -> Any:
     """A copy of a JSON value with every string scrubbed; `counts` (when given) gets the counts."""
     counts = Counter() if counts is None else counts
     if isinstance(value, str):
-        return scrub(value, counts)[0]
+        return scrub(value, counts, kinds)[0]
     if isinstance(value, list):
-        return [scrub_value(item, counts) for item in value]
+        return [scrub_value(item, counts, kinds) for item in value]
     if isinstance(value, dict):
-        return {key: scrub_value(item, counts) for key, item in value.items()}
+        return {key: scrub_value(item, counts, kinds) for key, item in value.items()}
     return value
