@@ -21,6 +21,7 @@ DEFAULT_PLUGINS = {
     "api_keys": "plugins.api_keys.plugin:ApiKeys",
     "quotas": "plugins.quotas:Quotas",
     "budgets": "plugins.budgets.plugin:Budgets",
+    "pii_guard": "plugins.pii_guard.plugin:PiiGuard",
     "traffic_log": "plugins.traffic_log.plugin:TrafficLog",
     "shadow": "plugins.shadow.plugin:Shadow",
     "rollout": "plugins.rollout.plugin:Rollout",
