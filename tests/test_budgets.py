@@ -129,3 +129,57 @@ def test_budget_settings_that_do_not_add_up_are_refused(fake_openai, tmp_path):
     cfg["plugins"]["budgets"] = {"enabled": True, "alerts": [80]}
     with pytest.raises(ConfigError, match="alerts are shares"):
         Gateway(parse_config(cfg))
+
+
+def test_a_spent_budget_falls_back_to_the_cheaper_route_then_refuses(fake_openai, make_gateway, tmp_path):
+    mini = {**backend_config("openai", fake_openai), "model": "gpt-mini"}
+    gw = make_gateway(
+        {
+            "backends": {"up": backend_config("openai", fake_openai), "mini": mini},
+            "routes": {"bot": {"baseline": "up"}, "bot-mini": {"baseline": "mini"}},
+            "prices": {"gpt-test": PRICE, "gpt-mini": {"input": 10.0, "output": 10.0}},
+            "plugins": {
+                "api_keys": {"enabled": True, "teams": {"support": {"keys": [hash_key(KEY)]}}},
+                "budgets": {
+                    "enabled": True,
+                    "teams": {"support": {"daily_usd": 0.01}},
+                    "fallback_routes": {"bot": "bot-mini"},
+                },
+            },
+        }
+    )
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key=KEY, max_retries=0)
+    served = []
+    for i in range(60):
+        try:
+            answer = client.chat.completions.with_raw_response.create(
+                model="bot", max_tokens=8, messages=[{"role": "user", "content": f"budget question {i}"}]
+            )
+        except openai.RateLimitError as err:
+            served.append(("refused", err.body["code"]))
+            break
+        served.append((answer.parse().model, answer.headers.get("x-llmgate-budget-fallback")))
+    models = [m for m, _ in served]
+    first_fallback = models.index("gpt-mini")
+    assert first_fallback > 3 and set(models[:first_fallback]) == {"gpt-test"}  # the dear route while it fits
+    assert served[first_fallback][1] == "bot; team:support day budget spent"
+    # then only the cheaper one: what was left, less than one dear request's worst case, buys several
+    assert set(models[first_fallback:-1]) == {"gpt-mini"} and len(models) - 1 - first_fallback > 3
+    assert served[-1] == ("refused", "budget_exceeded")  # until even that one would pass the budget
+
+
+def test_a_fallback_route_must_exist_and_be_cheaper(fake_openai):
+    from gateway.config import ConfigError, parse_config
+    from gateway.gateway import Gateway
+
+    cfg = {
+        "backends": {"up": backend_config("openai", fake_openai)},
+        "routes": {"bot": {"baseline": "up"}, "same": {"baseline": "up"}},
+        "prices": {"gpt-test": PRICE},
+        "plugins": {"budgets": {"enabled": True, "fallback_routes": {"bot": "botmini"}}},
+    }
+    with pytest.raises(ConfigError, match=r"fallback_routes.bot: 'botmini' is not a route \(routes: bot, same\)"):
+        Gateway(parse_config(cfg))
+    cfg["plugins"]["budgets"]["fallback_routes"] = {"bot": "same"}
+    with pytest.raises(ConfigError, match="'same' is not cheaper than 'bot'"):
+        Gateway(parse_config(cfg))

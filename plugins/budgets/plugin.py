@@ -47,6 +47,8 @@ from .counters import Budget, LocalSpend, RedisSpend, micro, period_end, period_
 log = logging.getLogger("llmgate.budgets")
 NAME = "budgets"
 ADJECTIVE = {"day": "daily", "month": "monthly"}
+FALLBACK_HEADER = "x-llmgate-budget-fallback"  # the route asked for, served by its cheaper one
+UNIT = {"prompt_tokens": 1_000_000, "completion_tokens": 1_000_000}  # what compares two routes' prices
 
 
 class Limits(BaseModel):
@@ -71,6 +73,9 @@ class Settings(BaseModel):
     alerts: list[float] = Field([0.8, 1.1, 1.2], description="shares of the forecast that send an alert")
     webhooks: list[str] = Field([], description="URLs each alert is POSTed to (and the event history)")
     default_max_tokens: int = Field(1024, ge=1, description="completion tokens priced when a request sets none")
+    fallback_routes: dict[str, str] = Field(
+        {}, description="route -> a cheaper route its requests go to once a team's or key's budget is spent"
+    )
     redis_timeout_ms: float = Field(250, gt=0, description="a Redis call slower than this counts Redis as down")
 
     @model_validator(mode="after")
@@ -91,6 +96,16 @@ def _budgets(scope: str, limits: dict[str, Any]) -> list[Budget]:
     return out
 
 
+def _dearest(config, route) -> float:
+    """A route's dearest backend's price of a million prompt and a million completion tokens (0 unpriced)."""
+    backends = config.settings.backends
+    costs = [
+        config.cost(name, (backends.get(name) or {}).get("model"), UNIT)
+        for name in [route.baseline, *route.candidates, *route.fallback]
+    ]
+    return max([c for c in costs if c is not None] or [0.0])
+
+
 class Budgets:
     Settings = Settings
     DEFAULT_ENABLED = False
@@ -103,6 +118,7 @@ class Budgets:
         self.gateway = None
         self.spent: dict[tuple[str, str], float] = {}  # (scope, period) -> last known USD, for /metrics
         self.refused = 0
+        self.fallbacks = 0
         self._corrections: asyncio.Queue | None = None
         self._alerts: asyncio.Queue | None = None
         self._tasks: list[asyncio.Task] = []
@@ -125,6 +141,25 @@ class Budgets:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    @hookimpl
+    def config_problems(self, config):
+        problems = []
+        routes = config.settings.routes
+        for route, cheaper in self.settings.fallback_routes.items():
+            where = f"plugins.{NAME}.fallback_routes.{route}"
+            if route not in routes or cheaper not in routes:
+                missing = route if route not in routes else cheaper
+                problems.append(f"{where}: {missing!r} is not a route (routes: {', '.join(routes)})")
+            elif cheaper == route or cheaper in self.settings.fallback_routes:
+                problems.append(f"{where}: a fallback is one step to another route that has none of its own")
+            elif _dearest(config, routes[cheaper]) >= _dearest(config, routes[route]):
+                problems.append(
+                    f"{where}: {cheaper!r} is not cheaper than {route!r} (the dearest of their backends' prices: "
+                    f"${_dearest(config, routes[cheaper]):g} against ${_dearest(config, routes[route]):g} "
+                    "per million prompt and completion tokens)"
+                )
+        return problems
 
     # --- which budgets a request is under ---------------------------------------------------------
 
@@ -178,6 +213,17 @@ class Budgets:
         now = time.time()
         amount = micro(self.worst_case(ctx))
         refused, used = await self._engine_call("reserve", budgets, amount, now)
+        cheaper = self.settings.fallback_routes.get(ctx.route_name)
+        if refused is not None and refused.scope != "gateway" and cheaper is not None:
+            spent, original = refused, ctx.route_name  # the cost breaker caps every route: it never falls back
+            ctx.route_name, ctx.route = cheaper, ctx.generation.config.settings.routes[cheaper]
+            amount = micro(self.worst_case(ctx))
+            refused, used = await self._engine_call("reserve", budgets, amount, now)
+            if refused is None:
+                self.fallbacks += 1
+                which = f"{spent.scope} {spent.period}"
+                ctx.annotations[NAME] = {"fallback_from": original, "budget": which}
+                ctx.response_headers[FALLBACK_HEADER] = f"{original}; {which} budget spent"
         if refused is not None:
             self.refused += 1
             raise self._refusal(refused, used, amount, now)
@@ -335,6 +381,7 @@ class Budgets:
         return {
             NAME: {
                 "refused": self.refused,
+                "fell_back": self.fallbacks,
                 "spent_usd": {f"{scope}:{period}": round(v, 6) for (scope, period), v in self.spent.items()},
             }
         }
