@@ -84,6 +84,37 @@ def test_unknown_or_missing_key_is_refused_in_the_openai_shape(fake_openai, make
     assert fake_openai.requests == []  # refused before any backend was called
 
 
+@pytest.mark.parametrize(
+    "header, says",
+    [
+        ({"Authorization": "Basic c3VwcG9ydDpodW50ZXIy"}, "scheme is 'Basic'"),
+        ({"Authorization": "Bearer"}, "says 'Bearer' but no key follows it"),
+        ({"Authorization": SUPPORT_KEY}, "no 'Bearer ' before the key"),
+        ({"Authorization": "Bearer " + SUPPORT_KEY + " extra"}, "printable characters without spaces"),
+        ({"x-api-key": "sk-lg-" + "x" * 600}, "at most 512"),
+    ],
+)
+def test_a_malformed_key_is_told_how_to_send_one_and_never_quoted(fake_openai, make_gateway, tmp_path, header, says):
+    gw = make_gateway(tenancy_config(fake_openai, tmp_path))
+    request = urllib.request.Request(
+        gw.url + "/v1/chat/completions",
+        method="POST",
+        headers={"Content-Type": "application/json", **header},
+        data=json.dumps({"model": "support-bot", "messages": [{"role": "user", "content": "hi"}]}).encode(),
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 401
+    error = json.loads(refused.value.read())["error"]
+    assert error["code"] == "malformed_api_key" and says in error["message"]
+    assert "Bearer <key>" in error["message"]
+    assert (
+        "c3VwcG9y" not in error["message"]
+        and "0123456789abcdef" not in error["message"]
+        and "xxxx" not in error["message"]
+    )
+
+
 def test_a_route_outside_the_team_is_forbidden(fake_openai, make_gateway, tmp_path):
     gw = make_gateway(tenancy_config(fake_openai, tmp_path))
     with pytest.raises(openai.PermissionDeniedError) as refused:

@@ -53,6 +53,20 @@ def hash_key(key: str) -> str:
     return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
 
 
+MAX_KEY_CHARS = 512  # a longer "key" is something else pasted into the header
+HOW_TO_SEND = "send it as 'Authorization: Bearer <key>' (or 'x-api-key: <key>')"
+
+
+def _header_problem(header: str) -> str:
+    """What is wrong with an Authorization header that carries no bearer key, never quoting a secret."""
+    word = header.split()[0]
+    if word.lower() == "bearer":
+        return "the Authorization header says 'Bearer' but no key follows it"
+    if word.isalpha() and len(word) <= 10 and len(header.split()) > 1:  # a scheme's name: Basic, Token, ...
+        return f"the Authorization header's scheme is '{word}', which llmgate does not take"
+    return "the Authorization header has no 'Bearer ' before the key"
+
+
 def new_key() -> str:
     """A fresh random client key (256 bits)."""
     return KEY_PREFIX + secrets.token_urlsafe(32)
@@ -119,9 +133,11 @@ class ApiKeys:
         on a hash that a caller cannot steer towards a valid key, and the stored hash is confirmed
         with a constant-time comparison. That keeps the check O(1) with thousands of keys."""
         if not api_key:
-            raise Unauthorized(
-                "You didn't provide an API key: send it as 'Authorization: Bearer <key>' (or 'x-api-key: <key>')",
-                code="missing_api_key",
+            raise Unauthorized(f"You didn't provide an API key: {HOW_TO_SEND}", code="missing_api_key")
+        if len(api_key) > MAX_KEY_CHARS or not api_key.isprintable() or any(c.isspace() for c in api_key):
+            raise Unauthorized(  # never echoed: it may be a secret pasted into the wrong place
+                f"the API key is malformed: a key is printable characters without spaces, at most {MAX_KEY_CHARS}",
+                code="malformed_api_key",
             )
         given = hash_key(api_key)
         team, stored = self._by_hash.get(given, (None, ""))
@@ -155,7 +171,10 @@ class ApiKeys:
 
     def team_of_request(self, request: web.Request) -> str:
         """The caller's team from an HTTP request's bearer key (for endpoints beside chat completions)."""
-        return self.team_of(caller_key(request))
+        key = caller_key(request)
+        if key is None and (header := request.headers.get("Authorization", "").strip()):
+            raise Unauthorized(f"{_header_problem(header)}: {HOW_TO_SEND}", code="malformed_api_key")
+        return self.team_of(key)
 
     def check_route(self, team: str, route: str, api_key: str | None = None) -> None:
         allowed = self.allowed_routes(team, api_key)
