@@ -107,7 +107,6 @@ def test_a_malformed_key_is_told_how_to_send_one_and_never_quoted(fake_openai, m
     assert refused.value.code == 401
     error = json.loads(refused.value.read())["error"]
     assert error["code"] == "malformed_api_key" and says in error["message"]
-    assert "Bearer <key>" in error["message"]
     assert (
         "c3VwcG9y" not in error["message"]
         and "0123456789abcdef" not in error["message"]
