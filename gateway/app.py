@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 import re
 import time
-from collections import Counter
 
 from aiohttp import web
 
@@ -29,6 +29,7 @@ RECEIVED = web.RequestKey("received", float)  # perf_counter() when the handler 
 # Request ids need to be unique, not secret: 128 bits from a generator seeded once from the OS, where
 # uuid4 would make a system call for each request.
 _request_ids = random.Random()
+os.register_at_fork(after_in_child=_request_ids.seed)  # each worker of several its own sequence
 
 
 def new_request_id() -> str:
@@ -181,7 +182,7 @@ def create_app(config: Config) -> web.Application:
         middlewares.insert(0, tracing.server_middleware(gateway.hooks.tracer))
     app = web.Application(client_max_size=config.server.max_body_bytes, middlewares=middlewares)
     app[GATEWAY] = gateway
-    app[proxy.IN_FLIGHT] = Counter()
+    app[proxy.IN_FLIGHT] = gateway.in_flight
 
     async def lifetime(app: web.Application):
         await gateway.start()

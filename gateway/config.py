@@ -8,6 +8,7 @@ missing can say which variable to set while the rest of the gateway serves.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import re
@@ -40,6 +41,9 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+MAX_WORKERS_PER_CORE = 4  # more processes than that only share the same cores at more memory
+
+
 class ServerSettings(Strict):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
@@ -58,6 +62,26 @@ class ServerSettings(Strict):
         description="uvloop: the event loop in C, a little less CPU a request; "
         "auto: uvloop where it is installed, else asyncio's own",
     )
+    workers: int | Literal["auto"] = Field(
+        1,
+        description="processes serving the one port (a prefork server): auto = this machine's cores; "
+        "every worker shares the state store, the traffic log and /metrics",
+    )
+
+    @field_validator("workers")
+    @classmethod
+    def _workers_fit(cls, value: int | str) -> int | str:
+        cores = os.cpu_count() or 1
+        if value != "auto" and not 1 <= value <= MAX_WORKERS_PER_CORE * cores:
+            raise ValueError(
+                f"server.workers is {value}: give 1 to {MAX_WORKERS_PER_CORE * cores} "
+                f"(this machine has {cores} cores), or auto for one a core"
+            )
+        return value
+
+    @property
+    def worker_count(self) -> int:
+        return (os.cpu_count() or 1) if self.workers == "auto" else int(self.workers)
 
 
 class StateSettings(Strict):
@@ -163,6 +187,17 @@ class Config:
     @property
     def server(self) -> ServerSettings:
         return self.settings.server
+
+    def with_workers(self, workers: str) -> "Config":
+        """This config with `server.workers` as the command line gives it (a number or auto)."""
+        value: int | str = int(workers) if workers.strip().isdigit() else workers.strip()
+        try:
+            server = ServerSettings.model_validate({**self.server.model_dump(), "workers": value})
+        except ValidationError as exc:
+            problems = [f"--workers: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()]
+            raise ConfigError(self.source, problems) from None
+        settings = self.settings.model_copy(update={"server": server})
+        return dataclasses.replace(self, settings=settings)
 
     def price_for(self, backend: str, model: str | None) -> Price | None:
         prices = self.settings.prices

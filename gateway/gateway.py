@@ -11,6 +11,7 @@ import asyncio
 import hmac
 import logging
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -27,7 +28,7 @@ from .state import StateStore, open_state_store
 P = TypeVar("P")
 log = logging.getLogger("llmgate")
 # Server settings a reload cannot apply: the listening socket and the event loop are made once, at start-up.
-RESTART_ONLY = ("host", "port", "event_loop")
+RESTART_ONLY = ("host", "port", "event_loop", "workers")
 
 
 @dataclass
@@ -92,6 +93,7 @@ class Gateway:
         # The config as the file says; `self.config` adds the models registered at run time (models_registry).
         self.file_config = config
         self.registered: dict[str, dict] = {}
+        self.in_flight: Counter = Counter()  # route -> chat requests being served now (the app's IN_FLIGHT)
         self._swap_lock = asyncio.Lock()
 
     def _check_plugins(self, config: Config) -> None:

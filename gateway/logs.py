@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import sys
 import threading
 import time
+import weakref
 from contextvars import ContextVar
 from typing import TextIO
 
@@ -105,6 +107,11 @@ class MalformedRequestLine(logging.Filter):
 _MALFORMED_REQUEST_LINE = MalformedRequestLine()
 
 
+def _restart(handler: "BackgroundWriter | None") -> None:
+    if handler is not None and handler in logging.getLogger().handlers:  # one in use, not one replaced
+        handler._start()
+
+
 class BackgroundWriter(logging.Handler):
     """Formats each record on the caller's thread (its arguments are read as they are now, and the
     secrets scrubbed), then queues the line for a writer thread that joins what has queued into one
@@ -118,9 +125,16 @@ class BackgroundWriter(logging.Handler):
         self.capacity = capacity
         self.pause = pause
         self.dropped = 0
-        self._lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()  # bounded by `capacity` in emit
+        self._lines: queue.SimpleQueue[str | None]  # bounded by `capacity` in emit
         self._hurry = threading.Event()  # set by flush and close: no rest before the next write
         self._queued = self._written = 0  # each counted by one thread: emit holds the handler's lock
+        self._start()
+        # A forked worker (server.workers) has no writer thread: it starts its own, with a queue of its own.
+        mine = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _restart(mine()))
+
+    def _start(self) -> None:
+        self._lines = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._write_forever, name="llmgate-log-writer", daemon=True)
         self._thread.start()
 

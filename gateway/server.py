@@ -7,6 +7,7 @@ import errno
 import gc
 import logging
 import signal
+import socket
 from typing import Callable
 
 from aiohttp import web
@@ -66,29 +67,51 @@ def loop_factory(config: Config) -> Callable[[], asyncio.AbstractEventLoop] | No
 
 
 def run(config: Config, config_path: str | None, host: str | None = None, port: int | None = None) -> None:
-    """Serve until stopped, on the event loop the config chooses."""
+    """Serve until stopped, on the event loop the config chooses: in this process, or in `server.workers`."""
+    if config.server.worker_count > 1:
+        from .workers import run_workers  # the prefork server: only for a config that asks for it
+
+        run_workers(config, config_path, host, port)
+        return
     with asyncio.Runner(loop_factory=loop_factory(config)) as runner:
         runner.run(serve(config, config_path, host, port))
 
 
-async def serve(config: Config, config_path: str | None, host: str | None = None, port: int | None = None) -> None:
+async def serve(
+    config: Config,
+    config_path: str | None,
+    host: str | None = None,
+    port: int | None = None,
+    *,
+    sockets: list[socket.socket] | None = None,
+    heartbeat: Callable[[], None] | None = None,
+    announce: bool = True,
+) -> None:
+    """Serve on `host:port`, or on `sockets` a prefork server bound (`heartbeat` then tells it this worker lives;
+    only the first worker `announce`s the banner)."""
     app = create_app(config)
     gateway = app[GATEWAY]
     host = host or config.server.host
     port = config.server.port if port is None else port
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=config.server.shutdown_timeout)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    if sockets:
+        sites = [web.SockSite(runner, sock) for sock in sockets]
+    else:
+        sites = [web.TCPSite(runner, host, port, reuse_address=True)]
     try:
-        await site.start()
+        for site in sites:
+            await site.start()
     except OSError as exc:
         await runner.cleanup()
         raise CannotListen(host, port, exc) from None
     settle_heap()
     bound = runner.addresses[0] if runner.addresses else (host, port)
     loop = asyncio.get_running_loop()
-    for line in banner(gateway, f"http://{bound[0]}:{bound[1]}", type(loop).__module__.partition(".")[0]):
-        log.info("%s", line)
+    if announce:
+        for line in banner(gateway, f"http://{bound[0]}:{bound[1]}", type(loop).__module__.partition(".")[0]):
+            log.info("%s", line)
+    beating = asyncio.create_task(_beat(heartbeat)) if heartbeat is not None else None
 
     stopping = asyncio.Event()
 
@@ -111,4 +134,16 @@ async def serve(config: Config, config_path: str | None, host: str | None = None
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await runner.cleanup()  # stop listening, finish in-flight requests, then the gateway's own shutdown
+        if beating is not None:
+            beating.cancel()
     log.info("stopped")
+
+
+HEARTBEAT_SECONDS = 2.0  # well inside the prefork server's worker timeout
+
+
+async def _beat(heartbeat: Callable[[], None]) -> None:
+    """Tell the prefork server this worker's loop still turns (a worker whose loop is stuck is replaced)."""
+    while True:
+        heartbeat()
+        await asyncio.sleep(HEARTBEAT_SECONDS)

@@ -15,6 +15,7 @@ default (scrapers usually sit behind a network boundary); `token` makes it ask f
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import re
@@ -29,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway.errors import Unauthorized
 from gateway.hookspecs import hookimpl
 from gateway.proxy import IN_FLIGHT
+from gateway.worker_metrics import SNAPSHOT_SECONDS, WorkerSnapshots
 
 log = logging.getLogger("llmgate.metrics")
 disable_created_metrics()  # no `_created` series beside every counter: half the exposition, no use to alerts
@@ -62,6 +64,8 @@ class Metrics:
 
     def __init__(self, settings: Settings):
         self.settings = settings
+        self._workers: WorkerSnapshots | None = None  # set in a worker of several (server.workers)
+        self._snapshotting: asyncio.Task | None = None
         self.registry = CollectorRegistry(auto_describe=False)
         by_request = ("route", "variant", "backend")
         r = self.registry
@@ -188,6 +192,14 @@ class Metrics:
     @hookimpl
     def startup(self, gateway):
         self._gateway = gateway
+        self._workers = WorkerSnapshots.from_env()
+        if self._workers is not None:
+            self._snapshotting = asyncio.create_task(self._snapshot_forever(), name="metrics snapshot")
+
+    @hookimpl
+    def shutdown(self, gateway):
+        if self._snapshotting is not None:
+            self._snapshotting.cancel()
 
     @hookimpl
     def register_routes(self, gateway):
@@ -206,13 +218,28 @@ class Metrics:
 
     async def endpoint(self, request: web.Request) -> web.Response:
         self._authorise(request)
+        body = await self._exposition(dict(request.app.get(IN_FLIGHT) or {}))
+        if self._workers is not None:  # one of several workers: the node's figures, every worker's added up
+            body = await asyncio.to_thread(self._workers.merged, body)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _exposition(self, in_flight: dict[str, int]) -> bytes:
         gateway = self._gateway
         figures = [
             f for found in (await gateway.hooks.call("collect_metrics", gateway=gateway)).values() for f in found
         ]
-        self._scrape.load(figures, dict(gateway.hooks.faults), dict(request.app.get(IN_FLIGHT) or {}))
-        body = generate_latest(self.registry)  # no await since `load`: a concurrent scrape cannot interleave
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        self._scrape.load(figures, dict(gateway.hooks.faults), in_flight)
+        return generate_latest(self.registry)  # no await since `load`: a concurrent scrape cannot interleave
+
+    async def _snapshot_forever(self) -> None:
+        """This worker's figures where the others' scrapes read them (the scrape-time ones included)."""
+        while True:
+            await asyncio.sleep(SNAPSHOT_SECONDS)
+            try:
+                body = await self._exposition(dict(self._gateway.in_flight))
+                await asyncio.to_thread(self._workers.write, body)
+            except Exception as exc:
+                log.warning("metrics: this worker's figures not written for the others: %s", exc)
 
 
 class _Children:

@@ -35,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (default: server.host, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default: server.port, 8080)")
     serve.add_argument(
+        "--workers",
+        help="processes serving the port: a number, or auto for one a core (default: server.workers, 1)",
+    )
+    serve.add_argument(
         "--log-level",
         default=os.environ.get("LLMGATE_LOG_LEVEL", "INFO"),
         help="DEBUG, INFO, WARNING or ERROR (default: $LLMGATE_LOG_LEVEL, else INFO)",
@@ -74,6 +78,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..server import CannotListen, run
 
     config = load_config(args.config)
+    if args.workers is not None:
+        config = config.with_workers(args.workers)
     setup_logging(Scrubber(config.secrets), args.log_level, args.log_json)
     try:
         run(config, config.source, args.host, args.port)  # a reload reads the file this start read

@@ -1,9 +1,18 @@
-"""The embedded state store: one SQLite file, durable across restarts, for a single node."""
+"""The embedded state store: one SQLite file, durable across restarts, for a single node.
+
+The processes of one node (`server.workers`) share the file. A change notice is a row of `notices`
+as well as a call to this process's listeners; every process reads the rows the others wrote every
+NOTICE_POLL_SECONDS, so a rollout change made through one worker reaches the others within that.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 import time
+import uuid
 from typing import Any
 
 from ..storage.sqlite import SqliteThread, transaction
@@ -15,7 +24,12 @@ CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL
 CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS expiring (key TEXT PRIMARY KEY, value TEXT NOT NULL, expires REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS expiring_expires ON expiring (expires);
+CREATE TABLE IF NOT EXISTS notices (id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, origin TEXT NOT NULL,
+    body TEXT NOT NULL);
 """
+NOTICE_POLL_SECONDS = 0.25  # how soon another process of the node hears of a change
+NOTICE_KEEP_SECONDS = 300  # a notice is kept this long: a process that paused longer resyncs
+log = logging.getLogger("llmgate.state")
 PURGE_EVERY = 256  # expired rows are deleted once in this many writes: the table stays the size of its TTL
 
 
@@ -26,12 +40,49 @@ class SqliteStateStore(StateStore):
         super().__init__()
         self._db = SqliteThread(path, SCHEMA)
         self._writes = 0
+        self._origin = uuid.uuid4().hex  # this process's notices, which its own listeners already heard
+        self._seen = 0
+        self._poller: asyncio.Task | None = None
 
     async def open(self) -> None:
         await self._db.open()
+        self._seen = await self._db.run(lambda c: c.execute("SELECT coalesce(max(id), 0) FROM notices").fetchone()[0])
+        self._poller = asyncio.create_task(self._poll_forever(), name="state notices")
 
     async def close(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
         await self._db.close()
+
+    async def _poll_forever(self) -> None:
+        polls = 0
+        while True:
+            await asyncio.sleep(NOTICE_POLL_SECONDS)
+            polls += 1
+            try:
+                await self._read_notices(purge=polls % 1000 == 0)
+            except Exception as exc:  # the file is locked or gone a while: the next poll tries again
+                log.warning("state notices not read: %s", exc)
+
+    async def _read_notices(self, purge: bool = False) -> None:
+        seen = self._seen
+
+        def read(c):
+            if purge:
+                c.execute("DELETE FROM notices WHERE ts < ?", (time.time() - NOTICE_KEEP_SECONDS,))
+            return c.execute("SELECT id, origin, body FROM notices WHERE id > ? ORDER BY id", (seen,)).fetchall()
+
+        rows = await self._db.run(read)
+        if not rows:
+            return
+        if seen and rows[0][0] > seen + 1:  # some were purged unread: what they said may be missed
+            await self._notify({"kind": "resync"})
+        self._seen = rows[-1][0]
+        for _, origin, body in rows:
+            if origin != self._origin:
+                await self._notify(json.loads(body))
 
     async def ping(self) -> bool:
         try:
@@ -68,7 +119,11 @@ class SqliteStateStore(StateStore):
         return await self._db.run(lambda c: transaction(c, swap))
 
     async def publish(self, message: dict[str, Any]) -> None:
-        await self._notify(message)  # one node: the only listeners are in this process
+        body, now = json.dumps(message), time.time()
+        await self._db.run(
+            lambda c: c.execute("INSERT INTO notices (ts, origin, body) VALUES (?, ?, ?)", (now, self._origin, body))
+        )
+        await self._notify(message)
 
     async def delete(self, key: str) -> None:
         await self._db.run(lambda c: c.execute("DELETE FROM state WHERE key = ?", (key,)))
