@@ -13,7 +13,6 @@ notices), the traffic log's file, and `/metrics`, which sums every worker's figu
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import math
 import os
@@ -28,8 +27,9 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.workers.base import Worker
 
 from .config import Config, load_config
+from .gateway import Gateway
+from .node import WORKERS_DIR_ENV, WORKERS_ENV
 from .server import CannotListen, loop_factory, serve
-from .worker_metrics import WORKERS_DIR_ENV
 
 log = logging.getLogger("llmgate.workers")
 WORKER_TIMEOUT_SECONDS = 30  # a worker whose loop has not turned for this long is replaced
@@ -68,6 +68,7 @@ class GatewayWorker(Worker):
         for sock in sockets:
             sock.setblocking(False)
         os.environ[WORKERS_DIR_ENV] = str(app.snapshots)
+        os.environ[WORKERS_ENV] = str(config.server.worker_count)
         with asyncio.Runner(loop_factory=loop_factory(config)) as runner:
             runner.run(serve(config, app.config_path, sockets=sockets, heartbeat=self.notify, announce=self.age == 1))
 
@@ -125,9 +126,11 @@ def run_workers(config: Config, config_path: str | None, host: str | None, port:
     host = host or config.server.host
     port = config.server.port if port is None else port
     check_port(host, port)
+    Gateway(config)  # the plugins' options checked here, once, rather than by each worker failing to boot
     log.info("serving on %s:%s with %d workers", host, port, config.server.worker_count)
     try:
         GatewayApplication(config, config_path, host, port).run()
     except SystemExit as exc:
         if exc.code not in (0, None):
-            raise CannotListen(host, port, OSError(errno.EIO, f"the workers stopped (exit {exc.code})")) from None
+            log.error("the workers stopped (exit %s): the lines above say why", exc.code)
+            raise

@@ -29,8 +29,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.errors import Unauthorized
 from gateway.hookspecs import hookimpl
+from gateway.node import SNAPSHOT_SECONDS, WorkerSnapshots
 from gateway.proxy import IN_FLIGHT
-from gateway.worker_metrics import SNAPSHOT_SECONDS, WorkerSnapshots
 
 log = logging.getLogger("llmgate.metrics")
 disable_created_metrics()  # no `_created` series beside every counter: half the exposition, no use to alerts

@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 import yaml
 
-from gateway.worker_metrics import WorkerSnapshots
+from gateway.node import WorkerSnapshots
 from tests.support import GatewayProcess
 from tests.test_rollout import USERS, admin, route_config, variants_for
 
@@ -107,3 +107,52 @@ def test_the_merge_sums_counters_and_labels_gauges_by_worker(tmp_path):
     assert f'worker="{dead.pid}"' not in merged
     lines = [line for line in merged.splitlines() if line.startswith("h_")]
     assert lines == ['h_bucket{le="1.0"} 4', 'h_bucket{le="+Inf"} 5', "h_count 5", "h_sum 2"]
+
+
+@pytest.mark.parametrize("limit", ["requests_per_minute", "daily_usd"])
+def test_quotas_and_budgets_hold_in_total_across_workers_without_redis(fake_openai, tmp_path, limit):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import openai
+
+    from plugins.api_keys.plugin import hash_key
+    from tests.conftest import backend_config
+
+    key = "sk-lg-workers-team-key-0123456789abcdef"
+    config = {
+        "server": {"workers": 2},
+        "state": {"sqlite_path": str(tmp_path / "state.db")},
+        "backends": {"up": backend_config("openai", fake_openai)},
+        "routes": {"bot": {"baseline": "up"}, "other": {"baseline": "up"}},
+        "prices": {"gpt-test": {"input": 100.0, "output": 100.0}},
+        "plugins": {
+            "api_keys": {"enabled": True, "teams": {"a": {"keys": [hash_key(key)], "requests_per_minute": 10}}},
+            "quotas": {"enabled": limit == "requests_per_minute"},
+            "budgets": {"enabled": limit == "daily_usd", "teams": {"a": {"daily_usd": 0.01}}},
+            "traffic_log": {"path": str(tmp_path / "traffic.db"), "batch_wait_ms": 0},
+        },
+    }
+    gw = GatewayProcess(config, tmp_path).start()
+
+    def ask(i):
+        client = openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0)  # a connection each
+        try:
+            client.chat.completions.create(
+                model="bot", max_tokens=8, messages=[{"role": "user", "content": f"question {i}"}]
+            )
+            return 200
+        except openai.RateLimitError as err:
+            return err.body["code"]
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(ask, range(60)))
+    finally:
+        gw.stop()
+    admitted = results.count(200)
+    if limit == "requests_per_minute":  # each worker admits 5: never 2 x 10 in the minute
+        assert 5 <= admitted <= 10 and "requests_per_minute_exceeded" in results, results
+    else:  # one counter in the state file: the day's $0.01 in total (about 14 answers), not per worker
+        with sqlite3.connect(tmp_path / "traffic.db") as conn:
+            spent = conn.execute("SELECT coalesce(sum(cost_usd), 0) FROM traffic WHERE status = 200").fetchone()[0]
+        assert 0.005 <= spent <= 0.01 and "budget_exceeded" in results, (spent, results)

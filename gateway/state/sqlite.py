@@ -11,9 +11,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import sqlite3
 import time
 import uuid
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from ..storage.sqlite import SqliteThread, transaction
 from .base import StateStore
@@ -30,6 +31,7 @@ CREATE TABLE IF NOT EXISTS notices (id INTEGER PRIMARY KEY AUTOINCREMENT, ts REA
 NOTICE_POLL_SECONDS = 0.25  # how soon another process of the node hears of a change
 NOTICE_KEEP_SECONDS = 300  # a notice is kept this long: a process that paused longer resyncs
 log = logging.getLogger("llmgate.state")
+T = TypeVar("T")
 PURGE_EVERY = 256  # expired rows are deleted once in this many writes: the table stays the size of its TTL
 
 
@@ -117,6 +119,11 @@ class SqliteStateStore(StateStore):
             return old, new
 
         return await self._db.run(lambda c: transaction(c, swap))
+
+    async def transact(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` in one write transaction on the store's file: the other processes of the node
+        (`server.workers`) wait for it, so a check and a write in `fn` are atomic across them."""
+        return await self._db.run(lambda c: transaction(c, fn))
 
     async def publish(self, message: dict[str, Any]) -> None:
         body, now = json.dumps(message), time.time()

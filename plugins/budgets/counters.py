@@ -8,8 +8,9 @@ limit, nothing is reserved and the request is refused. After the answer the rese
 corrected to the priced usage. So concurrent requests cannot together overshoot a budget by more
 than what their estimates missed (a prompt whose tokens the characters / 4 rule undercounts).
 
-`RedisSpend` keeps the counts in Redis (one Lua script a step, so replicas agree); `LocalSpend`
-in this process (one node, or while Redis is unreachable).
+`RedisSpend` keeps the counts in Redis (one Lua script a step, so replicas agree); `SqliteSpend` in
+the SQLite state file, one transaction a step, for a node of several workers without Redis;
+`LocalSpend` in this process (one process, or while Redis is unreachable).
 """
 
 from __future__ import annotations
@@ -107,6 +108,63 @@ class LocalSpend:
 
     async def reset(self, key: str) -> None:
         self.counts.pop(key, None)
+
+
+class SqliteSpend:
+    """The counters in the node's SQLite state file, shared by its workers."""
+
+    SCHEMA = "CREATE TABLE IF NOT EXISTS budget_spend (key TEXT PRIMARY KEY, micro INTEGER NOT NULL, expires REAL)"
+
+    def __init__(self, store) -> None:
+        self.store = store
+        self._ready = False
+
+    async def _run(self, fn):
+        if not self._ready:
+            await self.store.transact(lambda c: c.execute(self.SCHEMA))
+            self._ready = True
+        return await self.store.transact(fn)
+
+    async def reserve(self, budgets: list[Budget], amount: int, now: float) -> tuple[Budget | None, int]:
+        keys = [b.key(now) for b in budgets]
+
+        def take(c):
+            used = [_spent(c, key) for key in keys]
+            for budget, spent in zip(budgets, used):
+                if spent + amount > micro(budget.limit_usd):
+                    return budget, spent
+            for budget, key in zip(budgets, keys):
+                _put(c, key, amount, period_end(budget.period, now) + 86400)
+            return None, 0
+
+        return await self._run(take)
+
+    async def adjust(self, keys: list[str], delta: int) -> list[int]:
+        def change(c):
+            for key in keys:
+                _put(c, key, delta, None)
+            return [_spent(c, key) for key in keys]
+
+        return await self._run(change)
+
+    async def used(self, key: str) -> int:
+        return await self._run(lambda c: _spent(c, key))
+
+    async def reset(self, key: str) -> None:
+        await self._run(lambda c: c.execute("DELETE FROM budget_spend WHERE key = ?", (key,)))
+
+
+def _spent(c, key: str) -> int:
+    row = c.execute("SELECT micro FROM budget_spend WHERE key = ?", (key,)).fetchone()
+    return row[0] if row else 0
+
+
+def _put(c, key: str, delta: int, expires: float | None) -> None:
+    c.execute(
+        "INSERT INTO budget_spend (key, micro, expires) VALUES (?, max(0, ?), ?) ON CONFLICT(key) DO UPDATE "
+        "SET micro = max(0, micro + ?), expires = coalesce(excluded.expires, expires)",
+        (key, delta, expires, delta),
+    )
 
 
 class RedisSpend:

@@ -38,11 +38,12 @@ from gateway.admin import actor, audit, read_body
 from gateway.chat import max_tokens_of
 from gateway.errors import InvalidRequest, RateLimited
 from gateway.hookspecs import hookimpl
+from gateway.node import node_workers
 from gateway.state.redis import UNREACHABLE
 from plugins.api_keys.plugin import ApiKeys
 from plugins.quotas import estimate_tokens
 
-from .counters import Budget, LocalSpend, RedisSpend, micro, period_end, period_of
+from .counters import Budget, LocalSpend, RedisSpend, SqliteSpend, micro, period_end, period_of
 
 log = logging.getLogger("llmgate.budgets")
 NAME = "budgets"
@@ -129,6 +130,8 @@ class Budgets:
         client = getattr(gateway.store, "client", None)
         if gateway.store.engine == "redis" and client is not None:
             self.shared = RedisSpend(client)
+        elif gateway.store.engine == "sqlite" and node_workers() > 1:  # one counter for the node's workers
+            self.local = SqliteSpend(gateway.store)
         self._corrections = asyncio.Queue(10_000)
         self._alerts = asyncio.Queue(1000)
         self._tasks = [

@@ -17,7 +17,10 @@ that Redis would have admitted, at the price of admitting up to replicas x the l
 lasts; set it to the replica count to hold the totals instead). The loss and the recovery are each
 logged once; a probe notices Redis again within `probe_interval` seconds, the tokens used during
 the outage are added to the shared counts, and shared counting resumes. With the SQLite state
-(one node) the counts are kept in memory and start again when the gateway restarts.
+(one node) the counts are kept in memory and start again when the gateway restarts; a node of
+several workers (`server.workers`) without Redis gives each worker 1/workers of each limit, so the
+node never admits more than the limit in total (a team whose requests reach one worker more than
+another is refused a little before it).
 
 A request that the caller abandons mid-way keeps its reservation (it is never corrected).
 It needs `api_keys` (the loader refuses a config without it). List `quotas` before `semantic_cache`
@@ -40,6 +43,7 @@ from gateway.background import stop_tasks
 from gateway.chat import max_tokens_of
 from gateway.errors import InvalidRequest, RateLimited
 from gateway.hookspecs import hookimpl
+from gateway.node import node_workers
 from gateway.state.redis import UNREACHABLE
 from plugins.api_keys.plugin import ApiKeys
 
@@ -254,8 +258,7 @@ class Quotas:
                     return "redis", limits, await self.shared.reserve(team, limits, estimate, member, now)
             except UNREACHABLE as exc:
                 self._lose_shared(exc)
-        if self.shared is not None:
-            limits = limits.divided(self.settings.replicas)
+        limits = self._local_share(limits)
         decision = self.local.reserve(team, limits, estimate, member, now)
         if self.shared is not None and decision.admitted:
             self._add_unsynced(team, decision.day, estimate)
@@ -269,9 +272,14 @@ class Quotas:
                     return "redis", limits, await self.shared.usage(team, now)
             except UNREACHABLE as exc:
                 self._lose_shared(exc)
-        if self.shared is not None:
-            limits = limits.divided(self.settings.replicas)
+        limits = self._local_share(limits)
         return "local", limits, self.local.usage(team, now)
+
+    def _local_share(self, limits: Limits) -> Limits:
+        """What this process may admit counting alone: its share among the node's workers (they share no
+        counter without Redis), and among the replicas while Redis is unreachable."""
+        parts = node_workers() * (self.settings.replicas if self.shared is not None else 1)
+        return limits.divided(parts) if parts > 1 else limits
 
     def _add_unsynced(self, team: str, day: str, delta: int) -> None:
         self._unsynced[(team, day)] = self._unsynced.get((team, day), 0) + delta

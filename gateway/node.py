@@ -1,4 +1,5 @@
-"""One /metrics for every worker of a node (`server.workers`): each worker's figures, summed.
+"""What the worker processes of one node (`server.workers`) know of each other: how many they are, and
+one /metrics for all of them, each worker's figures summed.
 
 Each worker writes its own exposition to a file in a folder the arbiter names
 (`LLMGATE_WORKERS_DIR`) every SNAPSHOT_SECONDS and when it is scraped; whichever worker answers
@@ -16,6 +17,14 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 WORKERS_DIR_ENV = "LLMGATE_WORKERS_DIR"
+WORKERS_ENV = "LLMGATE_WORKERS"
+
+
+def node_workers() -> int:
+    """How many worker processes serve this node (1 outside a prefork server)."""
+    return int(os.environ.get(WORKERS_ENV) or 1)
+
+
 SNAPSHOT_SECONDS = 1.0  # how stale another worker's figures may be in a scrape
 SUMMED = frozenset({"counter", "histogram", "summary"})
 
