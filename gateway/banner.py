@@ -21,7 +21,7 @@ def route_readiness(gateway) -> dict[str, tuple[list[str], list[str]]]:
     missing = gateway.missing_credentials()
     readiness = {}
     for name, route in gateway.config.settings.routes.items():
-        chain = list(dict.fromkeys([route.baseline, *route.candidates, *route.fallback]))
+        chain = route.answering()
         readiness[name] = (
             [b for b in chain if b not in missing],
             [f"{b} needs {', '.join(missing[b])}" for b in chain if b in missing],

@@ -8,6 +8,7 @@ parameters through for backends that understand them.
 from __future__ import annotations
 
 import json
+import math
 import time
 from typing import Any, Iterator
 
@@ -222,6 +223,29 @@ def validate_chat_request(body: Any, max_messages: int = DEFAULT_MAX_MESSAGES) -
 
 def max_tokens_of(body: dict) -> int | None:
     return body.get("max_completion_tokens") or body.get("max_tokens")
+
+
+def estimate_prompt_tokens(body: dict) -> int:
+    """A chat request's prompt in tokens, roughly: its characters / 4 (messages, tool calls, tools). Cheap
+    enough for every request, without a tokenizer: what a quota reserves and what a context window is
+    checked against."""
+    chars = 0
+    for message in body.get("messages") or ():
+        content = message.get("content")
+        if isinstance(content, str):
+            chars += len(content)
+        elif isinstance(content, list):
+            chars += sum(len(part.get("text") or "") for part in content if isinstance(part, dict))
+        chars += sum(len(json.dumps(call)) for call in message.get("tool_calls") or ())
+    if body.get("tools"):
+        chars += len(json.dumps(body["tools"]))
+    return math.ceil(chars / 4)
+
+
+def estimate_tokens(body: dict, default_max_tokens: int) -> int:
+    """What a request may use at most, roughly: its prompt's characters / 4 plus the completion it allows."""
+    completion = (max_tokens_of(body) or default_max_tokens) * (body.get("n") or 1)
+    return estimate_prompt_tokens(body) + completion
 
 
 def stop_list(body: dict) -> list[str]:

@@ -114,8 +114,19 @@ class RouteSettings(Strict):
     candidates: dict[str, float] = {}
     shadow: list[str] = []
     fallback: list[str] = []
+    context_fallback: list[str] = Field(
+        [],
+        description="backends with longer context windows, tried in order when a prompt is too long for the "
+        "backend that had it (its too-long error, or its configured context_window); without any, the caller "
+        "gets that 400",
+    )
     retries: int = Field(1, ge=0, le=5, description="extra tries per backend on retryable errors")
     description: str = ""
+
+    def answering(self) -> list[str]:
+        """Every backend a request to this route may be answered by, once each: the baseline, candidates,
+        fallbacks, context fallbacks (shadows answer no one)."""
+        return list(dict.fromkeys([self.baseline, *self.candidates, *self.fallback, *self.context_fallback]))
 
     @field_validator("candidates")
     @classmethod
@@ -157,6 +168,7 @@ class GatewaySettings(Strict):
             refs += [(f"candidates.{b}", b) for b in route.candidates]
             refs += [(f"shadow[{i}]", b) for i, b in enumerate(route.shadow)]
             refs += [(f"fallback[{i}]", b) for i, b in enumerate(route.fallback)]
+            refs += [(f"context_fallback[{i}]", b) for i, b in enumerate(route.context_fallback)]
             for where, backend in refs:
                 if backend not in self.backends:
                     problems.append(

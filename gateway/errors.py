@@ -124,7 +124,9 @@ class StoreUnavailable(GatewayError):
 class UpstreamError(GatewayError):
     """The backend answered with an error, or could not be reached.
 
-    `retryable` says whether the same request may succeed on a second try or on another backend.
+    `retryable` says whether the same request may succeed on a second try or on another backend;
+    `too_long`, that the prompt does not fit this backend's context window (one with a longer one may
+    take it: the route's `context_fallback`).
     """
 
     status, type = 502, "upstream_error"
@@ -136,11 +138,13 @@ class UpstreamError(GatewayError):
         upstream_status: int | None = None,
         retryable: bool = False,
         retry_after: float | None = None,
+        too_long: bool = False,
         **kw,
     ):
         super().__init__(message, **kw)
         self.upstream_status = upstream_status
         self.retryable = retryable
+        self.too_long = too_long
         if not retryable:
             self.retry = False
         self.retry_after = retry_after
@@ -155,13 +159,33 @@ class UpstreamTimeout(UpstreamError):
 
 
 RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
+CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"  # OpenAI's code for it, which the SDKs and frameworks know
+# How providers say a prompt does not fit the model's context window: OpenAI's code and message (vLLM and
+# DeepSeek say it the same way; the Responses API "exceeds the context window"), llama.cpp's error type
+# and message, Anthropic's (Claude on Bedrock too: "prompt is too long: 210000 tokens > 200000 maximum",
+# "input length and `max_tokens` exceed context limit"), and Bedrock's ValidationException.
+_TOO_LONG = re.compile(
+    r"context_length_exceeded|maximum context length|exceeds? the context window|exceed_context_size"
+    r"|exceeds the available context size|prompt is too long|exceed context limit|input is too long"
+    r"|too many input tokens",
+    re.IGNORECASE,
+)
 
 
-def from_upstream_status(backend: str, status: int, detail: str, retry_after: float | None = None) -> UpstreamError:
+def prompt_too_long(status: int, text: str) -> bool:
+    """Whether an upstream's error (its status and body, or message) says the prompt is longer than its window."""
+    return status in (400, 413, 422) and _TOO_LONG.search(text) is not None
+
+
+def from_upstream_status(
+    backend: str, status: int, detail: str, retry_after: float | None = None, body: str | None = None
+) -> UpstreamError:
     """Map an upstream HTTP error to what the caller should see.
 
     The caller's own mistakes (400, 404, 413, 422) stay 400s; the gateway's problems with its
     provider (401, 403: our key) and the provider's failures become 502; a provider's 429 stays 429.
+    A prompt too long for the backend's window (read from the whole error `body` where there is one:
+    OpenAI says it in `code`) is a 400 with the code `context_length_exceeded`, marked `too_long`.
     """
     message = f"backend '{backend}' answered {status}: {detail}" if detail else f"backend '{backend}' answered {status}"
     retryable = status in RETRYABLE_STATUSES
@@ -177,7 +201,15 @@ def from_upstream_status(backend: str, status: int, detail: str, retry_after: fl
             headers=headers,
         )
     if status in (400, 404, 413, 422):
-        return UpstreamError(message, status=400, type="invalid_request_error", upstream_status=status)
+        too_long = prompt_too_long(status, body or detail)
+        return UpstreamError(
+            message,
+            status=400,
+            type="invalid_request_error",
+            upstream_status=status,
+            code=CONTEXT_LENGTH_EXCEEDED if too_long else None,
+            too_long=too_long,
+        )
     return UpstreamError(message, upstream_status=status, retryable=retryable, retry_after=retry_after)
 
 

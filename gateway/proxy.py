@@ -3,8 +3,8 @@
 `authenticate` (before the body is read) → read, translate into the chat form (gateway/dialects/)
 and validate → `authorize` → `guard_request` (may rewrite or refuse) → `before_route` plugins
 (may answer) → `choose_variant` → backend chain (retries on retryable errors, then the route's
-fallbacks) → `answer_filter`s → write the answer in the caller's dialect (JSON or SSE) →
-`after_response` plugins, once the last byte is out.
+fallbacks) → `answer_filter`s → write the answer in the caller's dialect (JSON or SSE), with
+`before_answer_end` plugins just before its last bytes → `after_response` plugins, once they are out.
 """
 
 from __future__ import annotations
@@ -23,11 +23,19 @@ from aiohttp import web
 from . import tracing
 from .backends.base import Backend
 from .breaker import CLOSED, CircuitBreaker, CircuitOpen
-from .chat import NATIVE, StreamAssembler, completion_to_chunks, validate_chat_request
+from .chat import (
+    NATIVE,
+    StreamAssembler,
+    completion_to_chunks,
+    estimate_prompt_tokens,
+    max_tokens_of,
+    validate_chat_request,
+)
 from .config import RouteSettings
 from .context import REQUEST_CONTEXT, REQUEST_ID, Attempt, RequestContext, caller_key, dumps
 from .dialects.base import DIALECT, Dialect, Endpoint, StreamEncoder
 from .errors import (
+    CONTEXT_LENGTH_EXCEEDED,
     NO_KEYS_HINT,
     BodyTooLarge,
     GatewayError,
@@ -80,10 +88,41 @@ def backend_chain(ctx: RequestContext) -> list[str]:
     return list(dict.fromkeys(order))
 
 
+def context_chain(ctx: RequestContext) -> list[str]:
+    """Where a prompt too long for a backend goes on: the route's `context_fallback`, less the backends
+    the request already went to (or was skipped for)."""
+    tried = {attempt.backend for attempt in ctx.attempts}
+    return [name for name in dict.fromkeys(ctx.route.context_fallback) if name not in tried]
+
+
+def does_not_fit(ctx: RequestContext, backend: Backend) -> UpstreamError | None:
+    """The too-long error `backend` would answer, known before calling it: its configured context window
+    cannot hold the prompt (estimated at 4 characters a token, its system prompt included) and max_tokens."""
+    window = backend.settings.context_window
+    if window is None or not ctx.conversational:
+        return None
+    body = backend.upstream_body(ctx.body)
+    prompt, answer = estimate_prompt_tokens(body), max_tokens_of(body) or 0
+    if prompt + answer <= window:
+        return None
+    asked = f"the prompt (about {prompt} tokens)" + (f" and max_tokens {answer} do" if answer else " does")
+    return UpstreamError(
+        f"backend '{backend.name}' was skipped: {asked} not fit its context window of {window} tokens",
+        status=400,
+        type="invalid_request_error",
+        code=CONTEXT_LENGTH_EXCEEDED,
+        too_long=True,
+    )
+
+
 def _backoff(attempt: int, retry_after: float | None) -> float:
     if retry_after is not None:
         return min(retry_after, 2.0)
     return random.uniform(0, min(2.0, 0.1 * 2**attempt))  # full jitter
+
+
+class _Untried(Exception):
+    """A backend's breaker let no try through: the chain moves on without a failure of its own."""
 
 
 async def call_chain(ctx: RequestContext, generation: Generation, call: Callable[[Backend], Awaitable[T]]) -> T:
@@ -91,16 +130,23 @@ async def call_chain(ctx: RequestContext, generation: Generation, call: Callable
 
     A retryable failure is retried on the same backend `route.retries` times; a failure that is
     the backend's (5xx, 429, timeout, missing credentials) moves on to the next backend; a failure
-    that is the caller's (4xx) ends the chain at once. A backend whose circuit breaker is open is
-    skipped; when every backend was skipped so, the caller gets a 503 `circuit_open` with Retry-After.
+    that is the caller's (4xx) ends the chain at once, except a prompt too long for the backend (its
+    upstream said so, or its configured `context_window` cannot hold it, when it is skipped without a
+    call): that moves the request to the route's `context_fallback` and along it, or, without one, is
+    the caller's 400. A backend whose circuit breaker is open is skipped; when every backend was
+    skipped so, the caller gets a 503 `circuit_open` with Retry-After.
     """
     last_error: GatewayError | None = None
     uncredentialed: list[str] = []
     open_circuits: list[CircuitBreaker] = []
-    for name in backend_chain(ctx):
+    chain, position, on_context_chain = backend_chain(ctx), 0, False
+    while position < len(chain):
+        name, position = chain[position], position + 1
         backend = generation.backends[name]
-        missing = backend.missing_credentials()
-        if missing:
+        if (too_long := does_not_fit(ctx, backend)) is not None:
+            ctx.attempts.append(Attempt(name, too_long.status, 0.0, too_long.message))
+            last_error = too_long
+        elif missing := backend.missing_credentials():
             uncredentialed.append(f"backend '{name}' needs {', '.join(missing)}")
             last_error = MissingCredentials(
                 f"no credentials to serve route '{ctx.route_name}': {'; '.join(uncredentialed)} "
@@ -109,41 +155,19 @@ async def call_chain(ctx: RequestContext, generation: Generation, call: Callable
             )
             ctx.attempts.append(Attempt(name, last_error.status, 0.0, f"missing {', '.join(missing)}"))
             continue
-        breaker, tried = backend.breaker, False
-        for attempt in range(ctx.route.retries + 1):
-            if not breaker.allow():
-                open_circuits.append(breaker)
-                ctx.attempts.append(Attempt(name, CircuitOpen.status, 0.0, "circuit open"))
-                break
-            tried = True
-            started = time.perf_counter()
+        else:
             try:
-                result = await call(backend)
-            except UpstreamError as err:
-                breaker.record(err)
-                elapsed = (time.perf_counter() - started) * 1000
-                ctx.upstream_ms += elapsed
-                ctx.attempts.append(Attempt(name, err.upstream_status or err.status, elapsed, err.message))
-                last_error = err
-                if not err.retryable or attempt == ctx.route.retries:
-                    break
-                if breaker.state != CLOSED:
-                    continue  # it just opened: no pause, the next turn skips to the next backend
-                pause = _backoff(attempt, err.retry_after)
-                await asyncio.sleep(pause)
-                ctx.upstream_ms += pause * 1000
+                return await _tries(ctx, name, backend, call, open_circuits)
+            except _Untried:
                 continue
-            except BaseException:
-                breaker.released()  # cancelled, or failed inside the gateway: nothing learnt about the backend
-                raise
-            breaker.succeeded()
-            elapsed = (time.perf_counter() - started) * 1000
-            ctx.upstream_ms += elapsed
-            ctx.attempts.append(Attempt(name, 200, elapsed))
-            ctx.served_by = name
-            return result
-        if tried and last_error.status < 500 and last_error.status != 429:
-            raise last_error
+            except UpstreamError as err:
+                last_error = err
+                if not err.too_long:
+                    if err.status < 500 and err.status != 429:
+                        raise
+                    continue
+        if not on_context_chain:  # too long here: what is left to try is the context fallback
+            chain, position, on_context_chain = context_chain(ctx), 0, True
     if last_error is None:
         names = ", ".join(f"'{b.backend}'" for b in open_circuits)
         retry_after = min(b.retry_after() for b in open_circuits)
@@ -153,6 +177,52 @@ async def call_chain(ctx: RequestContext, generation: Generation, call: Callable
             f"{max(1, math.ceil(retry_after))}s",
             retry_after,
         )
+    raise last_error
+
+
+async def _tries(
+    ctx: RequestContext,
+    name: str,
+    backend: Backend,
+    call: Callable[[Backend], Awaitable[T]],
+    open_circuits: list[CircuitBreaker],
+) -> T:
+    """`call` on one backend of the chain, tried again `route.retries` times after a retryable failure:
+    its answer, else its last failure raised (`_Untried` when its breaker let no try through)."""
+    breaker, last_error = backend.breaker, None
+    for attempt in range(ctx.route.retries + 1):
+        if not breaker.allow():
+            open_circuits.append(breaker)
+            ctx.attempts.append(Attempt(name, CircuitOpen.status, 0.0, "circuit open"))
+            break
+        started = time.perf_counter()
+        try:
+            result = await call(backend)
+        except UpstreamError as err:
+            breaker.record(err)
+            elapsed = (time.perf_counter() - started) * 1000
+            ctx.upstream_ms += elapsed
+            ctx.attempts.append(Attempt(name, err.upstream_status or err.status, elapsed, err.message))
+            last_error = err
+            if not err.retryable or attempt == ctx.route.retries:
+                break
+            if breaker.state != CLOSED:
+                continue  # it just opened: no pause, the next turn skips to the next backend
+            pause = _backoff(attempt, err.retry_after)
+            await asyncio.sleep(pause)
+            ctx.upstream_ms += pause * 1000
+            continue
+        except BaseException:
+            breaker.released()  # cancelled, or failed inside the gateway: nothing learnt about the backend
+            raise
+        breaker.succeeded()
+        elapsed = (time.perf_counter() - started) * 1000
+        ctx.upstream_ms += elapsed
+        ctx.attempts.append(Attempt(name, 200, elapsed))
+        ctx.served_by = name
+        return result
+    if last_error is None:
+        raise _Untried
     raise last_error
 
 
@@ -222,10 +292,11 @@ class SseWriter:
         if data:
             await self.response.write(data)
 
-    async def finish(self, error: GatewayError | None) -> None:
+    async def finish(self, gateway: Gateway, error: GatewayError | None) -> None:
         data = self.encoder.finish(error)
         if not self.started:
             data = self.encoder.start() + data
+        await answer_ends(gateway, self.ctx)
         await self.response.write(data)
         await self.response.write_eof()
 
@@ -276,11 +347,26 @@ async def _stream_answer(
         ctx.error, ctx.status = error, error.status
     else:
         await dialect.answered(ctx, request.app[GATEWAY])
-    await writer.finish(error)
+    await writer.finish(request.app[GATEWAY], error)
     return writer.response
 
 
+async def answer_ends(gateway: Gateway, ctx: RequestContext) -> None:
+    """The answer is complete, its last bytes not yet written: finish the exchange's record (its end,
+    its cost) and let `before_answer_end` plugins keep it, so a caller who saw the answer end can
+    find it logged. Whatever they raise, the answer still ends."""
+    ctx.finished_at = time.perf_counter()
+    ctx.cost_usd = _cost(ctx.generation, ctx)
+    if not gateway.hooks.implemented("before_answer_end"):
+        return
+    try:
+        await gateway.hooks.call("before_answer_end", ctx=ctx)
+    except GatewayError as err:  # a refusal, or a fail-closed plugin's fault: too late to change the answer
+        log.error("request %s: before_answer_end failed, the answer ends anyway: %s", ctx.request_id, err.message)
+
+
 async def write_json(request: web.Request, ctx: RequestContext, body: dict, status: int = 200) -> web.Response:
+    await answer_ends(request.app[GATEWAY], ctx)  # before the headers: the wait counts in the overhead
     response = web.Response(
         body=dumps(body).encode(), status=status, content_type="application/json", headers=_headers(ctx)
     )
@@ -301,7 +387,7 @@ async def _replay(request: web.Request, ctx: RequestContext, answer: dict, diale
     writer = SseWriter(await _prepare_sse(request, ctx), ctx, dialect.encoder(ctx), None)  # filtered whole
     for chunk in completion_to_chunks(answer):
         await writer.send(chunk)
-    await writer.finish(None)
+    await writer.finish(request.app[GATEWAY], None)
     return writer.response
 
 
@@ -352,7 +438,9 @@ async def read_request(request: web.Request, dialect: Endpoint) -> tuple[str | N
 
 async def serve(request: web.Request, dialect: Endpoint, exchange: Exchange | None = None) -> web.StreamResponse:
     """Authenticate, read, route, then run the exchange (the conversational pipeline unless another is
-    given: embeddings) and tell `after_response` plugins, once the answer is out."""
+    given: embeddings) and tell `after_response` plugins, once the answer is out. The exchange's end
+    and cost are set as its answer ends (`answer_ends`) and again here, after the last byte (a caller
+    that went away never got that far), as `after_response` has always seen them."""
     tenant, body, route_name, route = await read_request(request, dialect)
     gateway = request.app[GATEWAY]
     generation = gateway.generation

@@ -1,3 +1,4 @@
+import contextlib
 import os
 
 import pytest
@@ -13,6 +14,13 @@ def fake_openai():
     fake = FakeOpenAI(api_key="sk-upstream-secret-0123456789")
     with serving(fake):
         yield fake
+
+
+@pytest.fixture
+def openai_fakes():
+    """Start keyless fake OpenAI servers, as many as a test asks for (`openai_fakes()` serves one more)."""
+    with contextlib.ExitStack() as stack:
+        yield lambda: stack.enter_context(serving(FakeOpenAI()))
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ BASE = {
     "routes": {"support-bot": {"baseline": "base"}},
     "plugins": {"traffic_log": {"enabled": False}},
 }
-ROUTE_KEYS = "baseline, candidates, description, fallback, retries, shadow"
+ROUTE_KEYS = "baseline, candidates, context_fallback, description, fallback, retries, shadow"
 
 
 def config_with(**sections) -> dict:

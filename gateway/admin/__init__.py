@@ -26,7 +26,13 @@ def routes(gateway_key) -> list[web.RouteDef]:
         settings = gateway.config.settings
         body: dict[str, Any] = {
             "routes": {
-                name: {"baseline": r.baseline, "candidates": r.candidates, "shadow": r.shadow, "fallback": r.fallback}
+                name: {
+                    "baseline": r.baseline,
+                    "candidates": r.candidates,
+                    "shadow": r.shadow,
+                    "fallback": r.fallback,
+                    "context_fallback": r.context_fallback,
+                }
                 for name, r in settings.routes.items()
             },
             "state_store": {"engine": gateway.store.engine, "degraded": gateway.store.degraded},

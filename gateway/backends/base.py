@@ -43,6 +43,13 @@ class BackendSettings(BaseModel):
     params: dict[str, Any] = Field(
         {}, description="request parameters this backend uses where the caller sets none (temperature, max_tokens, ...)"
     )
+    context_window: int | None = Field(
+        None,
+        gt=0,
+        description="tokens the model takes, prompt and answer together: a request whose prompt (estimated "
+        "at 4 characters a token) plus max_tokens cannot fit skips this backend without a call, for the "
+        "route's context_fallback; unset: only the upstream's own too-long error moves a request",
+    )
 
     @field_validator("params")
     @classmethod

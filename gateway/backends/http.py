@@ -112,8 +112,9 @@ class HttpBackend(Backend):
                 url, data=data, headers=tracing.inject({**JSON_BODY, **(headers or {})})
             ) as resp:
                 if resp.status >= 400:
-                    detail = self._without_credentials(error_detail(await resp.text(errors="replace")))
-                    raise from_upstream_status(self.name, resp.status, detail, _retry_after(resp.headers))
+                    text = await resp.text(errors="replace")
+                    detail = self._without_credentials(error_detail(text))
+                    raise from_upstream_status(self.name, resp.status, detail, _retry_after(resp.headers), text)
                 yield resp
         except UpstreamError:
             raise

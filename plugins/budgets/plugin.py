@@ -35,13 +35,12 @@ from aiohttp import ClientSession, ClientTimeout, web
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.admin import actor, audit, read_body
-from gateway.chat import max_tokens_of
+from gateway.chat import estimate_tokens, max_tokens_of
 from gateway.errors import InvalidRequest, RateLimited
 from gateway.hookspecs import hookimpl
 from gateway.node import node_workers
 from gateway.state.redis import UNREACHABLE
 from plugins.api_keys.plugin import ApiKeys
-from plugins.quotas import estimate_tokens
 
 from .counters import Budget, LocalSpend, RedisSpend, SqliteSpend, micro, period_end, period_of
 
@@ -100,10 +99,7 @@ def _budgets(scope: str, limits: dict[str, Any]) -> list[Budget]:
 def _dearest(config, route) -> float:
     """A route's dearest backend's price of a million prompt and a million completion tokens (0 unpriced)."""
     backends = config.settings.backends
-    costs = [
-        config.cost(name, (backends.get(name) or {}).get("model"), UNIT)
-        for name in [route.baseline, *route.candidates, *route.fallback]
-    ]
+    costs = [config.cost(name, (backends.get(name) or {}).get("model"), UNIT) for name in route.answering()]
     return max([c for c in costs if c is not None] or [0.0])
 
 
@@ -186,14 +182,12 @@ class Budgets:
         total = estimate_tokens(ctx.body, self.settings.default_max_tokens)
         completion = (max_tokens_of(ctx.body) or self.settings.default_max_tokens) * (ctx.body.get("n") or 1)
         usage = {"prompt_tokens": total - completion, "completion_tokens": completion}
-        route = ctx.route
-        names = [route.baseline, *route.candidates, *route.fallback]
         generation = ctx.generation
         costs = [
             self.gateway.config.cost(
                 name, generation.backends[name].model if name in generation.backends else None, usage
             )
-            for name in names
+            for name in ctx.route.answering()
         ]
         return max([c for c in costs if c is not None] or [0.0])
 

@@ -30,7 +30,6 @@ for cache hits to count as requests (they are charged no tokens).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import time
@@ -40,7 +39,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.background import stop_tasks
-from gateway.chat import max_tokens_of
+from gateway.chat import estimate_tokens
 from gateway.errors import InvalidRequest, RateLimited
 from gateway.hookspecs import hookimpl
 from gateway.node import node_workers
@@ -71,22 +70,6 @@ class Settings(BaseModel):
     redis_timeout_ms: float = Field(250, gt=0, description="a Redis call slower than this counts as Redis being down")
     probe_interval: float = Field(1.0, gt=0, description="seconds between checks for Redis while it is down")
     queue_size: int = Field(10_000, ge=1, description="token corrections waiting to be applied")
-
-
-def estimate_tokens(body: dict, default_max_tokens: int) -> int:
-    """What a request may use at most, roughly: its prompt's characters / 4 plus the completion it allows."""
-    chars = 0
-    for message in body.get("messages") or ():
-        content = message.get("content")
-        if isinstance(content, str):
-            chars += len(content)
-        elif isinstance(content, list):
-            chars += sum(len(part.get("text") or "") for part in content if isinstance(part, dict))
-        chars += sum(len(json.dumps(call)) for call in message.get("tool_calls") or ())
-    if body.get("tools"):
-        chars += len(json.dumps(body["tools"]))
-    completion = (max_tokens_of(body) or default_max_tokens) * (body.get("n") or 1)
-    return math.ceil(chars / 4) + completion
 
 
 def charged_tokens(ctx, reserved: int) -> int:

@@ -169,6 +169,20 @@ class FakeAnthropic(FakeUpstream):
             headers={"request-id": f"req_{uuid.uuid4().hex[:24]}"},
         )
 
+    def _too_long(self, tokens: int, limit: int) -> web.Response:
+        """The Messages API's answer to a prompt longer than the model's window."""
+        return web.json_response(
+            {
+                "type": "error",
+                "error": {
+                    "type": "invalid_request_error",
+                    "message": f"prompt is too long: {tokens} tokens > {limit} maximum",
+                },
+                "request_id": f"req_{uuid.uuid4().hex[:24]}",
+            },
+            status=400,
+        )
+
     def _usage(self, reply: Reply) -> dict:
         cached = min(self.cache_read_tokens, reply.prompt_tokens)
         written = min(self.cache_write_tokens, reply.prompt_tokens - cached)
@@ -218,6 +232,8 @@ class FakeAnthropic(FakeUpstream):
         words = len(str(body.get("system") or "").split()) + sum(_words(m["content"]) for m in messages)
         reply = decide(last_user, tools, tool_result, words)
         _forced(body, reply, last_user)
+        if (refused := self.too_long(reply)) is not None:
+            return refused
         if reply.delay:
             await asyncio.sleep(reply.delay)
         if reply.status:

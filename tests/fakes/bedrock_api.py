@@ -136,6 +136,14 @@ class FakeBedrock(FakeUpstream):
         kind = ERROR_TYPES.get(status, "InternalServerException")
         return web.json_response({"message": message}, status=status, headers={"x-amzn-ErrorType": kind})
 
+    def _too_long(self, tokens: int, limit: int) -> web.Response:
+        """Bedrock's answer to a prompt longer than the model's window: a ValidationException."""
+        return web.json_response(
+            {"message": "Input is too long for requested model."},
+            status=400,
+            headers={"x-amzn-ErrorType": "ValidationException"},
+        )
+
     def _decide(self, body: dict) -> Reply:
         messages = body.get("messages") or []
         last_user = next(
@@ -214,6 +222,8 @@ class FakeBedrock(FakeUpstream):
         if problem := _problem(body):
             return self._error(400, problem)
         reply = self._decide(body)
+        if (refused := self.too_long(reply)) is not None:
+            return refused
         if reply.delay:
             await asyncio.sleep(reply.delay)
         if reply.status:

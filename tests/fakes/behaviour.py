@@ -4,6 +4,8 @@ The last user message steers it, so one test can drive the same scenario through
 - "[tool]" with tools offered: call the first tool with {"city": "Paris"};
 - "[call NAME {json}]" with a tool NAME offered: call it with those arguments (an agent's own tool);
 - "[status 503]" (any code): answer with that HTTP error;
+- "[too long]": answer the provider's own prompt-too-long error (as does a prompt of more words than the
+  fake's `max_prompt_tokens`, its context window: each fake counts a word a token);
 - "[sleep 0.5]": wait that many seconds before answering;
 - "[cut]": start streaming, then drop the connection;
 - otherwise: answer "echo: <text>" in a few chunks.
@@ -28,6 +30,7 @@ class Reply:
     status: int | None = None
     delay: float = 0.0
     cut: bool = False
+    too_long: bool = False
     prompt_tokens: int = 0
     completion_tokens: int = 0
 
@@ -45,6 +48,7 @@ def decide(last_user_text: str, tool_names: list[str], tool_result: str | None, 
         reply.status = int(m.group(1))
         return reply
     reply.cut = "[cut]" in last_user_text
+    reply.too_long = "[too long]" in last_user_text
     if tool_result is not None:
         reply.text = f"tool said: {tool_result}"
     elif (m := re.search(r"\[call (\w+) (\{.*?\})\]", last_user_text)) and m.group(1) in tool_names:
@@ -65,6 +69,7 @@ class FakeUpstream:
         self.requests: list[Any] = []
         self.headers: list[dict] = []
         self.failures: list[int] = []
+        self.max_prompt_tokens: int | None = None  # the model's context window, in the fake's tokens (words)
 
     def fail_next(self, *statuses: int) -> None:
         """The next requests answer these HTTP statuses, in order, in the provider's error shape."""
@@ -76,5 +81,16 @@ class FakeUpstream:
         self.headers.append(dict(request.headers))
         return self._error(self.failures.pop(0), "scripted failure") if self.failures else None
 
+    def too_long(self, reply: Reply) -> web.Response | None:
+        """The provider's own prompt-too-long error, when the prompt is steered so or longer than the window."""
+        limit = self.max_prompt_tokens
+        if not reply.too_long and (limit is None or reply.prompt_tokens <= limit):
+            return None
+        limit = limit or max(1, reply.prompt_tokens - 1)
+        return self._too_long(max(reply.prompt_tokens, limit + 1), limit)
+
     def _error(self, status: int, message: str) -> web.Response:
+        raise NotImplementedError
+
+    def _too_long(self, tokens: int, limit: int) -> web.Response:
         raise NotImplementedError

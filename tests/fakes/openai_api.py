@@ -38,6 +38,15 @@ class FakeOpenAI(FakeUpstream):
             {"error": {"message": message, "type": "fake_error", "code": None, "param": None}}, status=status
         )
 
+    def _too_long(self, tokens: int, limit: int) -> web.Response:
+        """OpenAI's answer to a prompt longer than the model's window (a 400 whose code says so)."""
+        message = (
+            f"This model's maximum context length is {limit} tokens. However, your messages resulted in "
+            f"{tokens} tokens. Please reduce the length of the messages."
+        )
+        error = {"message": message, "type": "invalid_request_error", "param": "messages"}
+        return web.json_response({"error": {**error, "code": "context_length_exceeded"}}, status=400)
+
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         if (failure := self.received(request, body)) is not None:
@@ -50,6 +59,8 @@ class FakeOpenAI(FakeUpstream):
         tools = [t["function"]["name"] for t in body.get("tools") or []]
         words = sum(len(_text(m.get("content")).split()) for m in messages)
         reply = decide(last_user, tools, tool_result, words)
+        if (refused := self.too_long(reply)) is not None:
+            return refused
         if reply.delay:
             await asyncio.sleep(reply.delay)
         if reply.status:
