@@ -79,8 +79,9 @@ $(VENV_PRESIDIO)/.installed-2.2.366:
 # Benchmarks (figures only, no pass/fail in the tests): semantic-cache lookup latency with 100,000 entries
 # and the cache's hit and false-hit rates (dev and held-out sets), the PII detectors' precision, recall and
 # latency (the regex scrubber against Presidio, under a minute), 1,000 simulated rollouts per scenario
-# (fixed against adaptive schedules), then the gateway's overhead against the upstream direct, a
-# minimal aiohttp forwarder and LiteLLM (about 95 minutes, a 10-minute memory soak included;
+# (fixed against adaptive schedules), what the traffic log's acknowledged durability adds to latency (about
+# 2 minutes), then the gateway's overhead against the upstream direct, a minimal aiohttp forwarder and
+# LiteLLM (about 95 minutes, a 10-minute memory soak included;
 # BENCH_ARGS="--soak 60 --duration 10" for a shorter run). JSON, Markdown and PNG in bench/results/.
 bench: install-test $(VENV)/.installed-bench .venv-litellm/.installed-1.106.2 $(VENV_PRESIDIO)/.installed-2.2.366
 	$(BIN)/python bench/cli_startup.py --output bench/results/cli_startup.json
@@ -89,6 +90,7 @@ bench: install-test $(VENV)/.installed-bench .venv-litellm/.installed-1.106.2 $(
 	$(BIN)/python bench/cache_eval.py --output bench/results/cache_eval.json
 	$(BIN)/python bench/pii_eval.py --output bench/results/pii_eval.json
 	$(BIN)/python bench/rollout_sim.py --output bench/results/rollout_sim.json
+	$(BIN)/python bench/durability.py --output bench/results/durability.json
 	$(BIN)/python bench/overhead.py --output-dir bench/results $(BENCH_ARGS)
 	$(BIN)/python bench/plugin_costs.py --output-dir bench/results
 

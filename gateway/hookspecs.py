@@ -185,6 +185,21 @@ def choose_variant(ctx):
     With no answer the route's baseline serves. `ctx.route` holds the route's settings."""
 
 
+@spec(REQUEST)
+def before_answer_end(ctx):
+    """Make what must outlive the answer durable before the caller sees it end (the traffic log's
+    `durability: acknowledged`); may wait, but cannot refuse or change the answer.
+
+    Called once the answer is complete and just before its last bytes go out: for a JSON answer
+    (an error's too) before any of it is written, for a stream before its final events and its end.
+    `ctx` is the finished exchange: `response` (assembled for streams), `status`, `error`,
+    `finished_at`, `cost_usd`; `after_response` follows as always. Not timed, because a commit under
+    load can outlast a plugin's `timeout_ms`: an implementation bounds its own wait. What one raises
+    (a GatewayError and `fail_closed` included) is logged and the answer still ends. A caller gone
+    before this point never reaches it; one whose write fails after it may reach it again with an
+    error answer, so an implementation that keeps something notes it in `ctx.state`."""
+
+
 @spec(REQUEST, timed=True)
 def after_response(ctx):
     """Observe a finished exchange: `ctx.response` (assembled for streams), `ctx.error`, timings, usage.

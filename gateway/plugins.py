@@ -64,6 +64,16 @@ def requirements(plugin: Any) -> tuple[str, ...]:
     return tuple(getattr(plugin, "requires", ()))
 
 
+def unknown_routes(where: str, named, config: Config) -> list[str]:
+    """`config_problems` for the routes a plugin's options name (`where`: their key) that the config lacks."""
+    routes = config.settings.routes
+    return [
+        f"{where} names {route!r}, which is not a route (routes: {', '.join(routes)})"
+        for route in named
+        if route not in routes
+    ]
+
+
 def plugin_order(pm: pluggy.PluginManager, listed: list[str]) -> list[str]:
     """Registered plugins in the order their hooks run: as `plugins:` lists them, then the rest in
     registration order, each moved after what it `requires` or `uses` (so their `startup` has run

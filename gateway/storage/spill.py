@@ -10,6 +10,10 @@ inserts every row and records the id in the database in one transaction, then de
 a crash between the commit and the delete leaves a file whose id the database already holds, and
 the next replay only deletes it. So each row is written exactly once. A torn last line (a crash
 during an append) is skipped with a warning. Every method runs on the database's thread.
+
+An append returns once its rows are on disk (fsynced, and a new file's directory entry too): a row
+spilled is as durable as a row committed with an fsync, through a crash of the process or of the
+machine, which is why the traffic log's acknowledged mode counts a spilled record as kept.
 """
 
 from __future__ import annotations
@@ -26,6 +30,19 @@ from typing import Callable
 log = logging.getLogger("llmgate.spill")
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS replayed_spills (id TEXT PRIMARY KEY, rows INTEGER NOT NULL, ts REAL NOT NULL);"
+
+
+def _sync_directory(path: Path) -> None:
+    """fsync a directory; a failure is logged, not raised: the rows are on disk, and raising would make
+    the caller append them again."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        log.warning("%s: could not fsync the directory (%s): a power loss may lose the new spill file", path, exc)
 
 
 class SpillFull(OSError):
@@ -96,6 +113,8 @@ class SpillFile:
         self._id = spill_id
         self._size += len(data)
         self.rows += len(rows)
+        if header:  # a new file: its name must outlive a crash of the machine too, not only its bytes
+            _sync_directory(self.path.parent)
 
     def replay(
         self, conn: sqlite3.Connection, insert: Callable[[sqlite3.Connection, list[tuple]], int], now: float

@@ -16,6 +16,8 @@ from .spill import SpillFile
 T = TypeVar("T")
 APPEND_ONLY_CACHE_KIB = 512  # the page cache of a log's connection: the pages appends touch, not a read cache
 LOG_BATCH_WAIT_MS = 50  # how long a log's batch waits for more rows: a group commit, at most this much later
+# What an acknowledged row became (BatchWriter.put_nowait(..., acknowledge=True)): durable, or not.
+WRITTEN, SPILLED, LOST = "written", "spilled", "lost"
 BUSY_TIMEOUT_MS = 5000  # how long a write waits for another connection's lock before it counts as refused
 log = logging.getLogger("llmgate.sqlite")
 
@@ -76,6 +78,19 @@ def transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any
     return result
 
 
+@contextlib.contextmanager
+def _synchronous_full(conn: sqlite3.Connection, full: bool = True):
+    """Commits within fsync the WAL (synchronous=FULL); the connection's NORMAL after."""
+    if not full:
+        yield
+        return
+    conn.execute("PRAGMA synchronous=FULL")
+    try:
+        yield
+    finally:
+        conn.execute("PRAGMA synchronous=NORMAL")
+
+
 class BatchWriter:
     """Rows queued from the event loop and written in batches by one task, off the request path.
 
@@ -94,6 +109,14 @@ class BatchWriter:
     while the queue behind it fills (and sheds); at `close` those retries stop after
     `close_timeout` seconds and what is still unwritten is logged and counted in `lost`.
     `waiting`, `spilled` and `last_error` say what is pending meanwhile.
+
+    A row put with `acknowledge=True` gets a future that says when it is durable, for a caller
+    that must not go on before (the traffic log's acknowledged mode): WRITTEN once the transaction
+    holding it committed, with an fsync (SQLite's synchronous=FULL for that one transaction; the
+    others keep NORMAL, which a process crash never undoes but a power loss may), SPILLED once it
+    is in the spill file (fsynced too), LOST if it was dropped. Such a row does not wait for
+    `batch_wait`, and every acknowledged row put before a batch is taken shares that batch's
+    future: one commit and one wake-up for many waiting requests.
     """
 
     close_timeout = 10.0
@@ -115,6 +138,10 @@ class BatchWriter:
         self._hurry = asyncio.Event()  # set by `flush` and `close`: a batch waiting for more rows goes at once
         self._queued = self._handled = 0  # rows put; rows written, spilled or lost (for `flush`)
         self._flushes: list[tuple[int, asyncio.Future]] = []
+        # [position of the last acknowledged row, future]: one per batch-to-be, oldest first; the last
+        # one takes new acknowledged rows while `_acks_open` (until the writer takes a batch).
+        self._acks: list[list] = []
+        self._acks_open = False
         self._spill = spill
         self._queue: asyncio.Queue = asyncio.Queue(queue_size)
         self._task: asyncio.Task | None = None
@@ -134,9 +161,21 @@ class BatchWriter:
     def start(self) -> None:
         self._task = asyncio.create_task(self._write_forever(), name=f"{self.name} writer")
 
-    def put_nowait(self, item: Any) -> None:
+    def put_nowait(self, item: Any, acknowledge: bool = False) -> asyncio.Future | None:
+        """Queue a row; with `acknowledge`, the future of its durability (WRITTEN, SPILLED or LOST),
+        shared with the other rows of its batch: await it through `asyncio.wait` or `shield`, since
+        cancelling it would cancel theirs."""
         self._queue.put_nowait(item)
         self._queued += 1
+        if not acknowledge:
+            return None
+        if self._acks_open:
+            self._acks[-1][0] = self._queued
+        else:
+            self._acks.append([self._queued, asyncio.get_running_loop().create_future()])
+            self._acks_open = True
+        self._hurry.set()  # a caller waits on it: no batch wait
+        return self._acks[-1][1]
 
     async def flush(self) -> None:
         """Return once every row queued before the call is written (or spilled, or counted lost), without
@@ -161,6 +200,14 @@ class BatchWriter:
                 waiting.append((target, done))
         self._flushes = waiting
 
+    def _settle_acks(self, outcome: str, everything: bool = False) -> None:
+        """Resolve the futures of acknowledged rows now handled (all of them at `close`: LOST if unwritten)."""
+        while self._acks and (everything or self._acks[0][0] <= self._handled):
+            target, done = self._acks.pop(0)
+            if not done.done():
+                done.set_result(outcome if target <= self._handled else LOST)
+        self._acks_open = self._acks_open and bool(self._acks)
+
     def qsize(self) -> int:
         return self._queue.qsize()
 
@@ -174,6 +221,7 @@ class BatchWriter:
             finally:
                 self._task = None
                 self._settle_flushes(everything=True)
+                self._settle_acks(LOST, everything=True)
 
     async def _write_forever(self) -> None:
         if self._spill is not None:
@@ -193,6 +241,7 @@ class BatchWriter:
                     await asyncio.wait_for(self._hurry.wait(), self._batch_wait)
             if self._give_up_at is None:  # closing keeps it set: no later batch waits either
                 self._hurry.clear()
+            self._acks_open = False  # acknowledged rows from now on belong to a later batch
             batch, done = [], False
             while True:
                 if item is None:
@@ -202,20 +251,25 @@ class BatchWriter:
                 if len(batch) >= self._batch_size or queue.empty():
                     break
                 item = queue.get_nowait()
+            outcome = WRITTEN
             if batch or (done and self.spilled):
-                await self._flush(batch, last=done)
+                outcome = await self._flush(batch, last=done) or WRITTEN  # a subclass's may say nothing
             self._handled += len(batch)
             self._settle_flushes()
+            self._settle_acks(outcome)
             if done:
                 if self.spilled:
                     log.warning("%s: %d rows stay in %s for the next start", self.name, self.spilled, self._spill.path)
                 return
 
-    async def _flush(self, batch: list, last: bool = False) -> None:
+    async def _flush(self, batch: list, last: bool = False) -> str:
+        """Write, spill or (at shutdown, after retries) lose a batch; which of WRITTEN, SPILLED, LOST."""
+        # fsynced when an acknowledged row waits for this batch (a later commit's fsync covers the rows before it)
+        sync = bool(self._acks) and self._acks[0][0] <= self._handled + len(batch)
         pause, tries = 0.1, 0
         while True:
             try:
-                await self._db.run(lambda c: self._write(c, batch, last))
+                outcome = await self._db.run(lambda c: self._write(c, batch, last, sync))
             except (sqlite3.OperationalError, OSError) as exc:  # refused by the database and the spill file
                 tries += 1
                 self.waiting, self.last_error = len(batch), str(exc)
@@ -223,50 +277,58 @@ class BatchWriter:
                     log.warning("%s: %d rows refused (%s); retrying", self.name, len(batch), exc)
                 if self._give_up_at is not None and time.monotonic() > self._give_up_at:
                     self._lose(batch, f"still refused at shutdown: {exc}")
-                    return
+                    return LOST
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 5.0)
                 continue
             except Exception as exc:  # a batch that cannot even be made into rows: retrying would block the rest
                 log.exception("%s: could not write %d rows", self.name, len(batch))
                 self._lose(batch, str(exc))
-                return
+                return LOST
             if tries:
                 log.warning("%s: %d rows taken after %d refused tries", self.name, len(batch), tries)
             self.waiting = 0
-            return
+            return outcome
 
-    def _write(self, conn: sqlite3.Connection, batch: list, last: bool) -> None:
+    def _write(self, conn: sqlite3.Connection, batch: list, last: bool, sync: bool = False) -> str:
         """On the database's thread: replay the spill file when due, then write or spill the batch.
 
-        Rows are made here: serialising (and redacting) a record is no work for the event loop."""
+        Rows are made here: serialising (and redacting) a record is no work for the event loop. A
+        replay is always fsynced, since the spill file is deleted after it; the batch when `sync`."""
         rows = [self._to_row(item) for item in batch]
         spill = self._spill
         if spill is not None and spill.rows and (last or time.monotonic() >= self._replay_at):
-            conn.execute("PRAGMA busy_timeout=0")  # a retry: a database still locked answers at once
-            try:
-                replayed = spill.replay(conn, self._insert_rows, time.time())
-            except sqlite3.OperationalError as exc:
-                self._refused(exc)
-            else:
-                self.written += replayed
-                self._replay_pause, self.last_error = 0.1, None
-                log.warning("%s: %d spilled rows written", self.name, replayed)
-            finally:
-                conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            with _synchronous_full(conn):
+                self._replay(conn, spill)
         if spill is not None and spill.rows:  # still refused: behind the spilled rows, in order
             if rows:
                 spill.append(rows)
-            return
+            return SPILLED
+        lost = self.lost
         try:
-            self.written += transaction(conn, lambda c: self._insert_rows(c, rows))
+            with _synchronous_full(conn, sync):
+                self.written += transaction(conn, lambda c: self._insert_rows(c, rows))
         except sqlite3.OperationalError as exc:  # locked, full, I/O: may pass
             if spill is None:
                 raise
             self._refused(exc)
             spill.append(rows)
-            return
+            return SPILLED
         self.last_error = None
+        return WRITTEN if self.lost == lost else LOST
+
+    def _replay(self, conn: sqlite3.Connection, spill: SpillFile) -> None:
+        conn.execute("PRAGMA busy_timeout=0")  # a retry: a database still locked answers at once
+        try:
+            replayed = spill.replay(conn, self._insert_rows, time.time())
+        except sqlite3.OperationalError as exc:
+            self._refused(exc)
+        else:
+            self.written += replayed
+            self._replay_pause, self.last_error = 0.1, None
+            log.warning("%s: %d spilled rows written", self.name, replayed)
+        finally:
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
     def _insert_rows(self, conn: sqlite3.Connection, rows: list[tuple]) -> int:
         """Insert rows inside the caller's transaction; returns how many went in. A row the database

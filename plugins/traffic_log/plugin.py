@@ -7,6 +7,12 @@ and committed rows survive a crash (WAL). While the database refuses writes (loc
 process, a full disk), records go to a spill file on disk and are replayed when it takes them
 again, or at the next start.
 
+That default (`durability: batched`) loses the records still in memory when the process dies (at
+most the last batch). `durability: acknowledged` (gateway-wide or per route) queues the record at
+`before_answer_end` instead and holds the answer's last bytes until the commit (fsynced) or the
+spill file holds it, so an answer the caller saw end is in the log; the waiting answers share
+their batch's one commit. After `ack_timeout_ms` the answer ends anyway, its record still queued.
+
 For operators it answers GET /admin/traffic/{request_id} (one exchange, with the shadow comparisons
 and the feedback other plugins stored for it) and GET /admin/traffic?after=CURSOR (the exchanges
 logged since), read on a thread with a read-only connection of their own: `llmgate traffic show`
@@ -21,8 +27,9 @@ import functools
 import json
 import logging
 import sqlite3
+from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
@@ -30,11 +37,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway.context import dumps, stable_hash
 from gateway.errors import GatewayError, InvalidRequest, NotFound
 from gateway.hookspecs import hookimpl
+from gateway.plugins import unknown_routes
 from gateway.storage.retention import Retention
 from gateway.storage.spill import SpillFile
 from gateway.storage.sqlite import (
     APPEND_ONLY_CACHE_KIB,
     LOG_BATCH_WAIT_MS,
+    LOST,
     BatchWriter,
     SqliteThread,
     delete_requests,
@@ -42,6 +51,9 @@ from gateway.storage.sqlite import (
 from gateway.text.pii import scrub_value
 
 log = logging.getLogger("llmgate.traffic_log")
+NAME = "traffic_log"
+BATCHED, ACKNOWLEDGED = "batched", "acknowledged"
+Durability = Literal["batched", "acknowledged"]
 
 COLUMNS = (
     "request_id",
@@ -113,6 +125,13 @@ SHADOW_COLUMNS = (
 )
 
 
+class RouteOptions(BaseModel):
+    """A route's own options: what it leaves unset, the gateway-wide ones decide."""
+
+    model_config = ConfigDict(extra="forbid")
+    durability: Durability | None = Field(None, description="this route's durability (batched or acknowledged)")
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     path: str = "var/traffic.db"
@@ -138,6 +157,19 @@ class Settings(BaseModel):
     spill_max_mb: float = Field(1024, gt=0, description="size bound of the spill file")
     retention_days: float | None = Field(
         30, gt=0, description="exchanges older than this are deleted (hourly); null keeps them for ever"
+    )
+    durability: Durability = Field(
+        BATCHED,
+        description="batched: a record is committed with its batch after the answer (a crash of the process "
+        "loses at most the last batch); acknowledged: the answer's last bytes wait for the commit that holds it",
+    )
+    routes: dict[str, RouteOptions] = Field({}, description="route -> its own options (durability)")
+    ack_timeout_ms: float = Field(
+        10_000,
+        gt=0,
+        description="how long an acknowledged answer waits for its commit before it ends anyway (its record "
+        "stays queued, written once); above the database's 5 s lock wait, so a locked log still acknowledges "
+        "through the spill file",
     )
 
 
@@ -282,6 +314,8 @@ class TrafficLog:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.dropped = 0
+        self.acknowledged: Counter = Counter()  # outcome (written, spilled) -> acknowledged answers
+        self.unacknowledged: Counter = Counter()  # reason (timeout, lost, queue_full) -> answers that ended unkept
         self._db = SqliteThread(settings.path, SCHEMA, cache_kib=APPEND_ONLY_CACHE_KIB)
         self._writer: BatchWriter | None = None
         self.retention = Retention(self._db, "traffic", settings.retention_days)
@@ -309,14 +343,70 @@ class TrafficLog:
         self._writer.start()
         self.retention.start()
 
+    def durability(self, route: str) -> str:
+        options = self.settings.routes.get(route)
+        return options.durability if options is not None and options.durability else self.settings.durability
+
+    @hookimpl
+    def config_problems(self, config):
+        return unknown_routes(f"plugins.{NAME}.routes", self.settings.routes, config)
+
+    @hookimpl
+    def config_reloaded(self, gateway, config):
+        """The durability options take effect at once; the file, the batches and the rest at a restart."""
+        fresh = config.plugin_options(NAME, Settings)
+        self.settings = self.settings.model_copy(
+            update={name: getattr(fresh, name) for name in ("durability", "routes", "ack_timeout_ms")}
+        )
+
+    @hookimpl
+    def before_answer_end(self, ctx):
+        if self._writer is None or NAME in ctx.state or self.durability(ctx.route_name) != ACKNOWLEDGED:
+            return None
+        return self._acknowledge(ctx)
+
+    async def _acknowledge(self, ctx) -> None:
+        """Queue the record and wait until it is durable: the caller's answer ends after that."""
+        ctx.state[NAME] = ACKNOWLEDGED  # queued here (or dropped): after_response leaves it
+        try:
+            kept = self._writer.put_nowait(ctx.record(bodies=self.settings.bodies), acknowledge=True)
+        except asyncio.QueueFull:
+            self._dropped()
+            self._unkept("queue_full", ctx)
+            return
+        # wait, not shield: the future is the whole batch's, and this request may be cancelled
+        await asyncio.wait((kept,), timeout=self.settings.ack_timeout_ms / 1000)
+        if not kept.done():
+            self._unkept("timeout", ctx)
+        elif kept.result() == LOST:
+            self._unkept(LOST, ctx)
+        else:
+            self.acknowledged[kept.result()] += 1
+
+    def _unkept(self, reason: str, ctx) -> None:
+        self.unacknowledged[reason] += 1
+        total = sum(self.unacknowledged.values())
+        if total == 1 or total % 1000 == 0:
+            log.warning(
+                "traffic log: request %s ended before its record was kept (%s); %d so far",
+                ctx.request_id,
+                reason,
+                total,
+            )
+
     @hookimpl
     def after_response(self, ctx):
+        if NAME in ctx.state:  # the acknowledged mode queued it already
+            return
         try:
             self._writer.put_nowait(ctx.record(bodies=self.settings.bodies))
         except asyncio.QueueFull:
-            self.dropped += 1
-            if self.dropped == 1 or self.dropped % 1000 == 0:
-                log.warning("traffic log queue full: %d records dropped so far", self.dropped)
+            self._dropped()
+
+    def _dropped(self) -> None:
+        self.dropped += 1
+        if self.dropped == 1 or self.dropped % 1000 == 0:
+            log.warning("traffic log queue full: %d records dropped so far", self.dropped)
 
     @hookimpl
     def collect_metrics(self, gateway):
@@ -335,6 +425,24 @@ class TrafficLog:
                 self._writer.spilled if self._writer else 0,
             ),
             ("llmgate_traffic_log_dropped_total", "Records dropped (queue full).", {}, self.dropped),
+            *(
+                (
+                    "llmgate_traffic_log_acknowledged_total",
+                    "Acknowledged answers whose record was kept before they ended, by how.",
+                    {"outcome": outcome},
+                    self.acknowledged[outcome],
+                )
+                for outcome in ("written", "spilled")
+            ),
+            *(
+                (
+                    "llmgate_traffic_log_unacknowledged_total",
+                    "Acknowledged answers that ended before their record was kept, by why.",
+                    {"reason": reason},
+                    n,
+                )
+                for reason, n in self.unacknowledged.items()
+            ),
         ]
 
     @hookimpl
@@ -353,6 +461,11 @@ class TrafficLog:
             )
         if writer is not None and writer.lost:
             problems.append(f"{writer.lost} records lost (the database refused them)")
+        if self.unacknowledged:
+            why = ", ".join(f"{reason}: {n}" for reason, n in sorted(self.unacknowledged.items()))
+            problems.append(
+                f"{sum(self.unacknowledged.values())} acknowledged answers ended before their record was kept ({why})"
+            )
         return {"traffic_log": "; ".join(problems) or None}
 
     @hookimpl
