@@ -8,7 +8,8 @@ faults from the hook runner, in-flight requests from the proxy. Each gateway has
 registry, so several gateways in one process keep their counts apart.
 
 Labels are bounded: route, variant, backend (names from the config), status class, error type,
-plugin: never a tenant, user, key or request id. The endpoint is open on the daemon's port by
+plugin, and on the spend series the caller's team (the config's teams and the key store's, at most
+MAX_TEAMS): never a user, key or request id. The endpoint is open on the daemon's port by
 default (scrapers usually sit behind a network boundary); `token` makes it ask for
 `Authorization: Bearer <token>`, `admin: true` for the admin token.
 """
@@ -42,6 +43,7 @@ SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 CACHE_RESULTS = frozenset({"hit-exact", "hit-semantic", "miss", "bypass"})
 NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 MAX_LABEL = 100  # route and backend names are the config's; a longer one is cut, never trusted whole
+MAX_TEAMS = 1000  # teams come from the config and the key store; past this many, a tenant counts as "other"
 
 
 class Settings(BaseModel):
@@ -105,6 +107,18 @@ class Metrics:
         self.cost = Counter(
             "llmgate_cost_usd", "Spend in US dollars, priced by the config's prices.", by_request, registry=r
         )
+        self.spend = Counter(
+            "llmgate_spend_usd",
+            "Spend in US dollars per team (the caller key's) and route.",
+            ("team", "route"),
+            registry=r,
+        )
+        self.team_tokens = Counter(
+            "llmgate_team_tokens",
+            "Tokens used per team and route, by kind (prompt, completion).",
+            ("team", "route", "kind"),
+            registry=r,
+        )
         self.attempts = Counter(
             "llmgate_upstream_attempts",
             "Backend attempts (retries and fallbacks included).",
@@ -134,6 +148,8 @@ class Metrics:
             registry=r,
         )
         self._by_request: dict[tuple[str, str, str], _Children] = {}  # bounded: names come from the config
+        self._by_team: dict[tuple[str, str], _Children] = {}  # bounded: MAX_TEAMS teams, the config's routes
+        self._teams: set[str] = set()
         self._scrape = _ScrapeTime()
         r.register(self._scrape)
         self._gateway = None
@@ -163,12 +179,15 @@ class Metrics:
             series.ttft.observe(ctx.ttft_ms / 1000)
         if ctx.overhead_ms is not None:
             series.overhead.observe(ctx.overhead_ms / 1000)
+        team = self._team_series(ctx.tenant, route)
         usage = ctx.usage
         for kind, key in (("prompt", "prompt_tokens"), ("completion", "completion_tokens")):
             if isinstance(usage.get(key), int) and usage[key] > 0:
                 series.of(self.tokens, kind).inc(usage[key])
+                team.of(self.team_tokens, kind).inc(usage[key])
         if ctx.cost_usd:
             series.cost.inc(ctx.cost_usd)
+            team.of(self.spend).inc(ctx.cost_usd)
         for attempt in ctx.attempts:
             self.attempts.labels(route, _label(attempt.backend), status_class(attempt.status)).inc()
         cache = ctx.annotations.get("cache")
@@ -177,6 +196,19 @@ class Metrics:
             self.cache.labels(route, result if result in CACHE_RESULTS else "other").inc()
         if ctx.served_by and not ctx.attempts and ctx.error is None:
             self.answered_by_plugin.labels(route, backend).inc()
+
+    def _team_series(self, tenant: str | None, route: str) -> "_Children":
+        """The spend series of the caller's team on `route` (no team: ""; past MAX_TEAMS teams: "other")."""
+        team = _label(tenant)
+        if team not in self._teams:
+            if len(self._teams) < MAX_TEAMS:
+                self._teams.add(team)
+            else:
+                team = "other"
+        found = self._by_team.get((team, route))
+        if found is None:
+            found = self._by_team[(team, route)] = _Children(self, (team, route), per_request=False)
+        return found
 
     @hookimpl
     def record_score(self, route, variant, name, value):
@@ -243,12 +275,17 @@ class Metrics:
 
 
 class _Children:
-    """The series one (route, variant, backend) counts into, resolved once: `labels()` hashes and locks each time."""
+    """The series one (route, variant, backend), or one (team, route), counts into, resolved once: `labels()`
+    hashes and locks each time."""
 
-    def __init__(self, metrics: Metrics, key: tuple[str, str, str]):
+    def __init__(self, metrics: Metrics, key: tuple[str, ...], per_request: bool = True):
+        """`per_request`: the (route, variant, backend) series, resolved at once; else only through `of`."""
         self.key = key
-        self.duration, self.ttft, self.cost = (m.labels(*key) for m in (metrics.duration, metrics.ttft, metrics.cost))
-        self.overhead = metrics.overhead.labels(key[0])
+        if per_request:
+            self.duration, self.ttft, self.cost = (
+                m.labels(*key) for m in (metrics.duration, metrics.ttft, metrics.cost)
+            )
+            self.overhead = metrics.overhead.labels(key[0])
         self._found: dict[tuple, Any] = {}
 
     def of(self, metric, *extra: str):

@@ -378,3 +378,33 @@ def test_an_adaptive_schedule_shows_its_evidence(browser, fake_openai, make_gate
     assert "adaptive, at most 6.0 h" in text and "primary −∞ to +∞ (0 / 0 calls)" in text, text
     context.close()
     assert not [p for p in problems if "Failed to load resource" not in p], problems
+
+
+def test_the_spend_panel_shows_each_teams_spend_today_and_this_month(browser, fake_openai, make_gateway, tmp_path):
+    from plugins.api_keys.plugin import hash_key
+
+    key = "sk-lg-console-spend-key-0123456789abcd"
+    config = console_config(fake_openai, tmp_path, shadow=False)
+    config["plugins"]["api_keys"] = {"enabled": True, "teams": {"support": {"keys": [hash_key(key)]}}}
+    config["plugins"]["usage"] = {"enabled": True}
+    gw = make_gateway(config)
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0)
+    for i in range(3):
+        client.chat.completions.create(model="bot", messages=[{"role": "user", "content": f"spend {i}"}], user=f"s{i}")
+
+    def counted():
+        report = json.loads(http(gw.url, "/v1/usage?group_by=team,route")[2])
+        return report if report["total"]["requests"] == 3 else None
+
+    report = wait_until(counted, "the three requests counted")
+    tokens = report["total"]["prompt_tokens"] + report["total"]["completion_tokens"]
+    context, page, problems = open_console(browser, gw.url, LAPTOP)
+    row = page.wait_for_selector('#spend tr[data-team="support"][data-route="bot"]', timeout=20000)
+    today, today_tokens, month, month_tokens = [cell.inner_text() for cell in row.query_selector_all("td")][2:]
+    assert today == month and today.startswith("$") and today != "$0", (today, month)
+    assert today_tokens == month_tokens == str(tokens)
+    assert "this month, UTC" in page.inner_text("#spend-period")
+    assert page.inner_text("#spend tr.total").split()[0] == "total"
+    screenshot(page, "console-spend.png")
+    context.close()
+    assert not [p for p in problems if "Failed to load resource" not in p], problems

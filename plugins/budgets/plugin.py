@@ -41,6 +41,7 @@ from gateway.hookspecs import hookimpl
 from gateway.node import node_workers
 from gateway.state.redis import UNREACHABLE
 from plugins.api_keys.plugin import ApiKeys
+from plugins.usage.plugin import Usage
 
 from .counters import Budget, LocalSpend, RedisSpend, SqliteSpend, micro, period_end, period_of
 
@@ -106,7 +107,7 @@ def _dearest(config, route) -> float:
 class Budgets:
     Settings = Settings
     DEFAULT_ENABLED = False
-    uses = ("api_keys",)  # a team's budget needs the team, which comes from the caller's key
+    uses = ("api_keys", "usage")  # the team comes from the caller's key; usage seeds the counters kept here
 
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -128,12 +129,29 @@ class Budgets:
             self.shared = RedisSpend(client)
         elif gateway.store.engine == "sqlite" and node_workers() > 1:  # one counter for the node's workers
             self.local = SqliteSpend(gateway.store)
+        else:
+            await self._seed(gateway)
         self._corrections = asyncio.Queue(10_000)
         self._alerts = asyncio.Queue(1000)
         self._tasks = [
             asyncio.create_task(self._correct_forever(), name="budget corrections"),
             asyncio.create_task(self._alert_forever(), name="budget alerts"),
         ]
+
+    async def _seed(self, gateway) -> None:
+        """Counting in this process alone (no Redis, one worker), start from what today and this month
+        already cost, as the usage plugin's durable aggregates say: a restart gives no budget back."""
+        usage = gateway.plugin(Usage)
+        if usage is None:
+            return
+        now = time.time()
+        today = time.strftime("%Y-%m-%d", time.gmtime(now))
+        try:
+            for period, first in (("day", today), ("month", today[:8] + "01")):
+                for scope, usd in (await usage.spent_by(first, today)).items():
+                    self.local.counts[Budget(scope, period, 0, 0).key(now)] = micro(usd)
+        except Exception as exc:  # the store is away: counted from zero, as without the usage plugin
+            log.warning("budgets: spend so far not read from usage (%s): counting from zero", type(exc).__name__)
 
     @hookimpl
     async def shutdown(self, gateway):

@@ -15,7 +15,8 @@ gzipped when the browser accepts it.
 
 Two read-only endpoints add what the admin API lacks (plugins/console/series.py and
 plugins/console/pairs.py): GET /admin/console/series, recent per-variant figures for the charts,
-and GET /admin/console/shadow/pairs, paired answers of a route's shadow comparisons.
+and GET /admin/console/shadow/pairs, paired answers of a route's shadow comparisons. The spend panel
+reads GET /v1/usage (the usage plugin's) with the admin token, like any operator's client.
 """
 
 from __future__ import annotations

@@ -22,6 +22,10 @@ several workers (`server.workers`) without Redis gives each worker 1/workers of 
 node never admits more than the limit in total (a team whose requests reach one worker more than
 another is refused a little before it).
 
+GET /v1/usage answers the caller's team with these counts; with the `usage` plugin on, that plugin
+answers it instead (spend and tokens by day, key, route and variant) and keeps these counts in a
+team's answer.
+
 A request that the caller abandons mid-way keeps its reservation (it is never corrected).
 It needs `api_keys` (the loader refuses a config without it). List `quotas` before `semantic_cache`
 for cache hits to count as requests (they are charged no tokens).
@@ -129,6 +133,8 @@ class Quotas:
 
     @hookimpl
     def register_routes(self, gateway):
+        if gateway.enabled("usage"):  # it answers /v1/usage then, with these figures in a team's answer
+            return []
         return [web.get("/v1/usage", self._usage_endpoint)]
 
     @hookimpl
@@ -344,34 +350,36 @@ class Quotas:
     # --- GET /v1/usage ------------------------------------------------------------------------
 
     async def _usage_endpoint(self, request: web.Request) -> web.Response:
-        """The caller's own team: requests in the last minute, tokens today, the limits and when they reset."""
+        """The caller's own team (the usage plugin's endpoint adds days, keys, routes and USD)."""
         team = await self._gateway.authenticate(request)
-        limits = self._limits(team)
+        return web.json_response(await self.team_usage(team))
+
+    async def team_usage(self, team: str) -> dict:
+        """A team's counts now: requests in the last minute, tokens today, the limits and when they reset."""
+        limits = self._limits(team) or Limits(None, None)  # a run-time key's team the config lacks: no limits
         engine, limits, usage = await self._usage(team, limits)
         now = time.time()
         to_midnight = seconds_to_midnight(now)
-        return web.json_response(
-            {
-                "object": "usage",
-                "team": team,
-                "engine": engine,
-                "degraded": self.lost_since is not None,
-                "requests": {
-                    "used": usage.requests,
-                    "limit": limits.requests_per_minute,
-                    "window_seconds": WINDOW_SECONDS,
-                    "resets_in_seconds": round(usage.requests_reset, 3),
-                    "resets_at": round(now + usage.requests_reset, 3) if usage.requests else None,
-                },
-                "tokens": {
-                    "used": usage.tokens,
-                    "limit": limits.tokens_per_day,
-                    "day": usage.day,
-                    "resets_in_seconds": round(to_midnight, 3),
-                    "resets_at": round(now + to_midnight, 3),
-                },
-            }
-        )
+        return {
+            "object": "usage",
+            "team": team,
+            "engine": engine,
+            "degraded": self.lost_since is not None,
+            "requests": {
+                "used": usage.requests,
+                "limit": limits.requests_per_minute,
+                "window_seconds": WINDOW_SECONDS,
+                "resets_in_seconds": round(usage.requests_reset, 3),
+                "resets_at": round(now + usage.requests_reset, 3) if usage.requests else None,
+            },
+            "tokens": {
+                "used": usage.tokens,
+                "limit": limits.tokens_per_day,
+                "day": usage.day,
+                "resets_in_seconds": round(to_midnight, 3),
+                "resets_at": round(now + to_midnight, 3),
+            },
+        }
 
 
 def _rate_headers(limits: Limits, decision: Decision) -> dict[str, str]:

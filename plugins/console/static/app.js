@@ -4,11 +4,12 @@
 import { $, h, replace } from "./dom.js";
 import { api, session, Unauthorized, Unreachable } from "./api.js";
 import { setupActions } from "./actions.js";
-import { eventRow, routeSection } from "./views.js";
+import { eventRow, routeSection, spendRows } from "./views.js";
 import * as f from "./format.js";
 
 const POLL_MS = 5000;
 const SHADOW_MS = 30000;
+const SPEND_MS = 30000;
 const BACKOFF_S = [2, 4, 8, 16, 30];
 const EVENTS = 200;
 
@@ -17,6 +18,7 @@ const state = {
   events: [],
   series: { samples: [], window: {}, capacity: 180, interval_seconds: 5 },
   shadow: {},            // route -> {report, pairs, at}
+  spend: null,           // {report, at}: GET /v1/usage this month, by team, route and day
   lastOk: null,          // when the gateway last answered (ms)
   down: null,            // {since, failures, retryAt, reason} while unreachable
   timer: null,
@@ -92,6 +94,14 @@ async function fetchShadow(force) {
   }));
 }
 
+async function fetchSpend(force) {
+  if (!state.status?.usage) { state.spend = null; return; }
+  if (!force && state.spend && Date.now() - state.spend.at < SPEND_MS) return;
+  const to = new Date().toISOString().slice(0, 10); // usage is counted per UTC day
+  const report = await api.get(`/v1/usage?from=${to.slice(0, 8)}01&to=${to}&group_by=team,route,day`);
+  state.spend = { report, at: Date.now() };
+}
+
 function mergeSeries(fresh) {
   const samples = state.series.samples.concat(fresh.samples || []);
   const newest = samples.length ? samples[samples.length - 1].t : 0;
@@ -113,6 +123,10 @@ async function refresh({ forceShadow = false } = {}) {
   await fetchShadow(forceShadow).catch((err) => {
     if (err instanceof Unreachable || err instanceof Unauthorized) throw err;
     console.warn("shadow report:", err.message); // one panel's problem; the rest still renders
+  });
+  await fetchSpend(forceShadow).catch((err) => {
+    if (err instanceof Unreachable || err instanceof Unauthorized) throw err;
+    console.warn("spend:", err.message);
   });
   markUp();
   render();
@@ -179,7 +193,20 @@ function render() {
     state.rendered.set(name, inputs);
   }
   for (const child of [...container.children]) if (!keep.has(child.id)) child.remove();
+  renderSpend();
   renderHistory(names);
+}
+
+function renderSpend() {
+  const usage = state.status.usage;
+  const key = JSON.stringify([Boolean(usage), state.spend?.at]);
+  if (state.rendered.get("#spend") === key) return;
+  state.rendered.set("#spend", key);
+  $("#spend").hidden = false;
+  const report = state.spend?.report;
+  $("#spend-period").textContent = !usage ? "the usage plugin is off (plugins.usage.enabled)"
+    : report ? `today ${report.to} and this month, UTC · updated ${f.time(state.spend.at / 1000)}` : "loading…";
+  replace($("#spend-rows"), report ? spendRows(report) : []);
 }
 
 function renderHistory(names) {
@@ -218,7 +245,9 @@ function start() {
     state.status = null;
     replace($("#routes"));
     state.rendered.clear();
+    state.spend = null;
     $("#history").hidden = true;
+    $("#spend").hidden = true;
     showLogin("");
   });
   $("#banner-retry").addEventListener("click", () => tick());

@@ -1,5 +1,5 @@
 // What the page shows, as functions of the data: one section per route (variants, charts,
-// schedule, shadow comparison) and the event history. Each returns fresh nodes; app.js decides
+// schedule, shadow comparison), the spend per team and route, and the event history. Each returns fresh nodes; app.js decides
 // when to put them on the page. Buttons carry data-action; actions.js handles them.
 
 import { h } from "./dom.js";
@@ -341,4 +341,31 @@ export function eventRow(event, openKeys) {
     h("td", { class: "change" }, changeText(event)),
     h("td", { class: "why" }, event.reason || "", extra,
       detail ? h("details", { dataset: { key }, open: openKeys.has(key) }, h("summary", {}, "figures that fired it"), detail) : null));
+}
+
+/** Spend per team and route, today and this month (UTC), from GET /v1/usage grouped by team, route and day. */
+export function spendRows(report) {
+  const sums = new Map();
+  const total = { today: 0, todayTokens: 0, month: 0, monthTokens: 0 };
+  for (const r of report.rows || []) {
+    const key = JSON.stringify([r.team, r.route]);
+    const s = sums.get(key) || { team: r.team, route: r.route, today: 0, todayTokens: 0, month: 0, monthTokens: 0 };
+    const tokens = r.prompt_tokens + r.completion_tokens;
+    s.month += r.cost_usd; s.monthTokens += tokens;
+    if (r.day === report.to) { s.today += r.cost_usd; s.todayTokens += tokens; }
+    sums.set(key, s);
+  }
+  const rows = [...sums.values()].sort((a, b) => b.month - a.month || String(a.team).localeCompare(String(b.team)));
+  if (!rows.length) return [h("tr", {}, h("td", { colspan: 6, class: "muted" }, "No spend recorded this month."))];
+  for (const s of rows) for (const k of Object.keys(total)) total[k] += s[k];
+  const line = (s, attrs, team, route) => h("tr", attrs,
+    h("td", { class: "team" }, team), h("td", { class: "route-name" }, route),
+    h("td", { class: "num", "data-label": "today" }, f.usd(s.today)),
+    h("td", { class: "num", "data-label": "tokens today" }, f.count(s.todayTokens)),
+    h("td", { class: "num", "data-label": "this month" }, f.usd(s.month)),
+    h("td", { class: "num", "data-label": "tokens this month" }, f.count(s.monthTokens)));
+  return [
+    ...rows.map((s) => line(s, { dataset: { team: s.team || "", route: s.route } }, s.team || h("span", { class: "muted" }, "no team"), s.route)),
+    line(total, { class: "total" }, h("b", {}, "total"), ""),
+  ];
 }
