@@ -200,7 +200,7 @@ class Metrics:
     def _team_series(self, tenant: str | None, route: str) -> "_Children":
         """The spend series of the caller's team on `route` (no team: ""; past MAX_TEAMS teams: "other")."""
         team = _label(tenant)
-        if team not in self._teams:
+        if team and team not in self._teams:
             if len(self._teams) < MAX_TEAMS:
                 self._teams.add(team)
             else:

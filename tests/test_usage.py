@@ -361,3 +361,19 @@ def test_what_the_log_held_before_usage_was_on_is_counted_at_its_first_start(fak
     report = usage(gw.url, "group_by=team,key")  # counted at start-up, before the first query
     assert report["rows"] == [{"team": "support", "key": None, "key_name": None, **report["total"]}]
     assert report["total"]["requests"] == 3  # logged without the key's name: the plugin was not there to note it
+
+
+def test_the_spend_series_team_label_is_bounded(monkeypatch):
+    from plugins import metrics
+
+    monkeypatch.setattr(metrics, "MAX_TEAMS", 2)
+    figures = metrics.Metrics(metrics.Settings())
+    teams = ["support", "sales", "support", "third", None, "fourth"]
+    assert [figures._team_series(t, "bot").key for t in teams] == [
+        ("support", "bot"),
+        ("sales", "bot"),
+        ("support", "bot"),
+        ("other", "bot"),  # past MAX_TEAMS teams: one series for the rest, however many a plugin names
+        ("", "bot"),  # no team (no api_keys): never counted against the bound
+        ("other", "bot"),
+    ]
