@@ -47,6 +47,7 @@ class System:
     unique_prompts: bool = False  # a new question per request (a cache miss every time)
     expect_cache: str | None = None  # the x-llmgate-cache header a request must carry once warm
     only_plugins: frozenset[str] | None = None  # every installed plugin but these switched off
+    workers: int = 1  # server.workers: processes serving the port
 
 
 SYSTEMS = {
@@ -56,6 +57,7 @@ SYSTEMS = {
         System("forwarder", "minimal aiohttp forwarder", "forwarder"),
         System("llmgate-bare", "llmgate, plugins off", "llmgate", "bare.yaml", only_plugins=frozenset()),
         System("llmgate-full", "llmgate, rollout + shadow + log", "llmgate", "full.yaml"),
+        System("llmgate-full-2w", "llmgate full, 2 workers", "llmgate", "full.yaml", workers=2),
         System(
             "llmgate-cache-miss",
             "llmgate, semantic cache miss",
@@ -236,6 +238,8 @@ def _llmgate_config(system: System, workdir: Path) -> Path:
         for plugin in discover():
             if plugin != "backends" and plugin not in system.only_plugins:
                 plugins[plugin] = {**(plugins.get(plugin) or {}), "enabled": False}
+    if system.workers != 1:
+        raw.setdefault("server", {})["workers"] = system.workers
     path = workdir / "gateway.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path

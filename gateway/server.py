@@ -67,12 +67,7 @@ def loop_factory(config: Config) -> Callable[[], asyncio.AbstractEventLoop] | No
 
 
 def run(config: Config, config_path: str | None, host: str | None = None, port: int | None = None) -> None:
-    """Serve until stopped, on the event loop the config chooses: in this process, or in `server.workers`."""
-    if config.server.worker_count > 1:
-        from .workers import run_workers  # the prefork server: only for a config that asks for it
-
-        run_workers(config, config_path, host, port)
-        return
+    """Serve until stopped in this process, on the event loop the config chooses (gateway.workers runs several)."""
     with asyncio.Runner(loop_factory=loop_factory(config)) as runner:
         runner.run(serve(config, config_path, host, port))
 

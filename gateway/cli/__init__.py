@@ -81,6 +81,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.workers is not None:
         config = config.with_workers(args.workers)
     setup_logging(Scrubber(config.secrets), args.log_level, args.log_json)
+    if config.server.worker_count > 1:
+        from ..workers import run_workers as run  # the prefork server: only for a config that asks for it
     try:
         run(config, config.source, args.host, args.port)  # a reload reads the file this start read
     except CannotListen as exc:
