@@ -5,6 +5,11 @@ where one probe request at a time may pass: its success closes the breaker, its 
 again for another `open_seconds`. Only the backend's failures count (5xx, 429, timeouts, broken
 connections); a caller's own mistake (a 4xx) says nothing about the backend's health.
 
+With `max_open_seconds` set, it opens as Envoy's outlier detection ejects a host: each opening waits
+`open_seconds` × the openings counted so far, up to `max_open_seconds`, and every `open_seconds` it
+stays closed forgives one, so a backend that keeps failing is kept out longer and longer while one
+that failed once long ago starts again from `open_seconds` (pools give each member such a breaker).
+
 Each backend object holds its breaker, so a config reload that leaves a backend unchanged keeps
 its breaker's state; a backend whose settings change is a new upstream and starts closed.
 Every transition is logged as a `breaker_changed` line.
@@ -31,6 +36,12 @@ class BreakerSettings(BaseModel):
     enabled: bool = True
     failures: int = Field(5, ge=1, description="backend-side failures in a row that open the breaker")
     open_seconds: float = Field(30.0, gt=0, description="seconds an open breaker refuses requests before a probe")
+    max_open_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="growing openings, up to this many seconds: each opening lasts open_seconds times the "
+        "openings counted, one forgiven per open_seconds closed; unset: every opening lasts open_seconds",
+    )
 
 
 class CircuitOpen(GatewayError):
@@ -63,6 +74,9 @@ class CircuitBreaker:
         self.opened_at: float | None = None
         self.last_failure: str | None = None
         self.times_opened = 0
+        self.open_for = self.settings.open_seconds  # how long the current (or last) opening lasts
+        self._openings = 0  # counted towards the next opening's length (max_open_seconds), less those forgiven
+        self._closed_at: float | None = None
         self._probing = False
 
     def allow(self) -> bool:
@@ -72,18 +86,25 @@ class CircuitBreaker:
         if not self.settings.enabled or self.state == CLOSED:
             return True
         if self.state == OPEN:
-            if self._clock() - self.opened_at < self.settings.open_seconds:
+            if self._clock() - self.opened_at < self.open_for:
                 return False
-            self._move(HALF_OPEN, f"{self.settings.open_seconds:g}s passed: probing")
+            self._move(HALF_OPEN, f"{self.open_for:g}s passed: probing")
         if self._probing:
             return False
         self._probing = True
         return True
 
+    def available(self) -> bool:
+        """Whether `allow` would say yes now, without taking the probe: for a balancer choosing between backends."""
+        if not self.settings.enabled or self.state == CLOSED:
+            return True
+        return self.current_state() == HALF_OPEN and not self._probing
+
     def succeeded(self) -> None:
         self._probing = False
         self.consecutive_failures = 0
         if self.state != CLOSED:
+            self._closed_at = self._clock()
             self._move(CLOSED, "a probe succeeded")
 
     def failed(self, reason: str) -> None:
@@ -109,9 +130,9 @@ class CircuitBreaker:
     def retry_after(self) -> float:
         """Seconds until a request may pass again (0 when it may now)."""
         if self.state == OPEN:
-            return max(0.0, self.settings.open_seconds - (self._clock() - self.opened_at))
+            return max(0.0, self.open_for - (self._clock() - self.opened_at))
         if self.state == HALF_OPEN and self._probing:
-            return self.settings.open_seconds
+            return self.open_for
         return 0.0
 
     def snapshot(self) -> dict:
@@ -122,18 +143,26 @@ class CircuitBreaker:
             "last_failure": self.last_failure,
             "retry_after_seconds": round(self.retry_after(), 3),
             "failures": self.settings.failures,
-            "open_seconds": self.settings.open_seconds,
+            "open_seconds": self.open_for,
         }
 
     def current_state(self) -> str:
         """The state a request would see now: an open breaker whose time is up reads as half-open."""
-        if self.state == OPEN and self._clock() - self.opened_at >= self.settings.open_seconds:
+        if self.state == OPEN and self._clock() - self.opened_at >= self.open_for:
             return HALF_OPEN
         return self.state
 
     def _open(self, why: str) -> None:
         self.opened_at = self._clock()
         self.times_opened += 1
+        base, longest = self.settings.open_seconds, self.settings.max_open_seconds
+        if longest is not None:
+            if self._closed_at is not None:  # one opening forgiven for each open_seconds it stayed closed
+                self._openings = max(0, self._openings - int((self.opened_at - self._closed_at) // base))
+                self._closed_at = None
+            self._openings = min(self._openings + 1, math.ceil(longest / base))  # counted no further than the cap
+            self.open_for = min(base * self._openings, max(base, longest))
+            why = f"{why}, for {self.open_for:g}s"
         self._move(OPEN, why)
 
     def _move(self, state: str, why: str) -> None:
@@ -151,12 +180,13 @@ class CircuitBreaker:
 
 
 def breaker_problems(backends: dict) -> str | None:
-    """One line for /readyz naming each backend whose breaker is not closed (None when all are)."""
+    """One line for /readyz naming each backend (a pool's member as pool/member) whose breaker is not
+    closed (None when all are)."""
     problems = []
-    for name, backend in sorted(backends.items()):
-        state = backend.breaker.current_state()
+    breakers = {name: b for backend in backends.values() for name, b in backend.breakers().items()}
+    for name, breaker in sorted(breakers.items()):
+        state = breaker.current_state()
         if state != CLOSED:
-            problems.append(
-                f"backend '{name}' circuit {state.replace('_', '-')} (last failure: {backend.breaker.last_failure})"
-            )
+            state = state.replace("_", "-")
+            problems.append(f"backend '{name}' circuit {state} (last failure: {breaker.last_failure})")
     return "; ".join(problems) or None

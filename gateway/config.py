@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import re
 import types
@@ -20,6 +21,8 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .breaker import BreakerSettings
 
 DEFAULT_CONFIG_PATH = "config/gateway.yaml"  # a checkout's, relative to the working directory
 # The starter config, shipped inside the package (config/gateway.yaml links to it: one file, no copy to drift).
@@ -139,6 +142,73 @@ class RouteSettings(Strict):
         return value
 
 
+class PoolMember(Strict):
+    backend: str = Field(description="a backend of the config: one deployment of the pool's model")
+    weight: float = Field(1.0, description="its share of the pool's traffic, against the other members' weights")
+
+    @field_validator("weight", mode="before")
+    @classmethod
+    def _positive(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+            raise ValueError(f"weight must be a positive number, got {value!r}")
+        return value
+
+
+class Ejection(BreakerSettings):
+    """A pool member's breaker: Envoy's outlier detection, ejected for longer each time it fails again."""
+
+    max_open_seconds: float | None = Field(
+        300.0,
+        gt=0,
+        description="the longest ejection: each lasts open_seconds times the ejections counted, one forgiven "
+        "per open_seconds back in the pool",
+    )
+
+
+class PoolSettings(Strict):
+    members: list[PoolMember] = Field(
+        default_factory=list,
+        validate_default=True,
+        description="the deployments: {backend, weight} each, or a backend's name (weight 1)",
+    )
+    balance: Literal["weighted", "least_in_flight", "latency"] = Field(
+        "weighted",
+        description="weighted: at random by weight; least_in_flight: the fewest requests in flight for its "
+        "weight; latency: the cheaper of two drawn by weight, its latency (an EWMA) times its requests in flight",
+    )
+    affinity: Literal["none", "user"] = Field(
+        "none",
+        description="user: a request naming its user (user, x-llmgate-user, the caller's key) goes to the member "
+        "that user hashes to, keeping prompt and prefix caches warm; an ejected member moves only its own users",
+    )
+    ejection: Ejection = Field(Ejection(), description="each member's own breaker")
+    latency_half_life: float = Field(
+        10.0,
+        gt=0,
+        description="seconds after which a member's latency estimate, not renewed by a request, counts half: "
+        "a member once slow is tried again",
+    )
+    description: str = ""
+
+    @field_validator("members", mode="before")
+    @classmethod
+    def _named(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"backend": item} if isinstance(item, str) else item for item in value]
+        return value
+
+    @field_validator("members")
+    @classmethod
+    def _some(cls, value: list[PoolMember]) -> list[PoolMember]:
+        if not value:
+            raise ValueError("a pool needs at least one member: list its backends as {backend: NAME, weight: N}")
+        names = [m.backend for m in value]
+        if twice := sorted({n for n in names if names.count(n) > 1}):
+            listed = ", ".join(f"'{n}'" for n in twice)
+            raise ValueError(f"{listed} listed more than once: give each backend one entry, with its weight")
+        return value
+
+
 class PluginSettings(BaseModel):
     """The keys the core reads from each plugin's section; the rest belong to the plugin."""
 
@@ -156,13 +226,15 @@ class GatewaySettings(Strict):
     server: ServerSettings = ServerSettings()
     state: StateSettings = StateSettings()
     backends: dict[str, dict[str, Any]] = {}
+    pools: dict[str, PoolSettings] = {}
     routes: dict[str, RouteSettings] = {}
     prices: dict[str, Price] = {}
     plugins: dict[str, PluginSettings] = {}
 
     @model_validator(mode="after")
     def _references(self) -> "GatewaySettings":
-        problems = []
+        problems = self._pool_problems()
+        serving = {**self.backends, **self.pools}  # what a route may name
         for route_name, route in self.routes.items():
             refs = [("baseline", route.baseline)]
             refs += [(f"candidates.{b}", b) for b in route.candidates]
@@ -170,11 +242,9 @@ class GatewaySettings(Strict):
             refs += [(f"fallback[{i}]", b) for i, b in enumerate(route.fallback)]
             refs += [(f"context_fallback[{i}]", b) for i, b in enumerate(route.context_fallback)]
             for where, backend in refs:
-                if backend not in self.backends:
-                    problems.append(
-                        f"routes.{route_name}.{where}: unknown backend '{backend}' "
-                        + choices(backend, self.backends, "defined")
-                    )
+                if backend not in serving:
+                    known = choices(backend, serving, "defined")
+                    problems.append(f"routes.{route_name}.{where}: unknown backend '{backend}' {known}")
             if route.baseline in route.candidates:
                 problems.append(
                     f"routes.{route_name}.candidates.{route.baseline}: the baseline cannot also be a candidate"
@@ -185,6 +255,31 @@ class GatewaySettings(Strict):
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+    def deployments(self, name: str) -> list[str]:
+        """What a route's `name` may be priced as: a pool and each of its members' backends, or the backend."""
+        pool = self.pools.get(name)
+        return [name] if pool is None else [name, *(member.backend for member in pool.members)]
+
+    def _pool_problems(self) -> list[str]:
+        """What keeps a pool from serving: a name a backend has too, a member that is not a backend."""
+        problems = []
+        for name, pool in self.pools.items():
+            if name in self.backends:
+                problems.append(
+                    f"pools.{name}: '{name}' is a backend's name too, so a route naming it would be ambiguous: "
+                    "rename the pool or the backend"
+                )
+            for i, member in enumerate(pool.members):
+                where = f"pools.{name}.members[{i}].backend"
+                if member.backend in self.backends:
+                    continue
+                if member.backend in self.pools:
+                    problems.append(f"{where}: '{member.backend}' is a pool: a member is a backend, pools do not nest")
+                else:
+                    known = choices(member.backend, self.backends, "defined")
+                    problems.append(f"{where}: unknown backend '{member.backend}' {known}")
+        return problems
 
 
 @dataclass

@@ -42,10 +42,23 @@ def sampled(rate: float, *key: str) -> bool:
 
 @dataclass
 class Attempt:
-    backend: str
+    backend: str  # the chain's name for it: a backend, or a pool (the variant)
     status: int
     latency_ms: float
     error: str | None = None
+    member: str | None = None  # the pool's member the try went to
+
+    def row(self) -> dict[str, Any]:
+        """As the traffic log keeps it: `member` only where the try went to a pool's member."""
+        row = dict(self.__dict__)
+        if row["member"] is None:
+            del row["member"]
+        return row
+
+    @property
+    def target(self) -> str:
+        """Where the try went, as x-llmgate-tried names it: the backend, or pool/member."""
+        return self.backend if self.member is None else f"{self.backend}/{self.member}"
 
 
 @dataclass
@@ -99,6 +112,13 @@ class RequestContext:
         return f"request:{self.request_id}"
 
     @property
+    def affinity_key(self) -> str | None:
+        """The sticky key when it names someone (a user, an API key), for a pool's affinity; None when it is
+        only this request's own."""
+        key = self.sticky_key
+        return None if key.startswith("request:") else key
+
+    @property
     def conversational(self) -> bool:
         """A conversation (chat, messages, responses): `body` has messages. Embeddings are not: a plugin
         that mirrors, caches or judges answers leaves them alone."""
@@ -136,7 +156,7 @@ class RequestContext:
             "cost_usd": self.cost_usd,
             "sticky_hash": stable_hash(self.route_name, self.sticky_key)[:16],
             "tenant": self.tenant,
-            "attempts": [a.__dict__ for a in self.attempts],
+            "attempts": [a.row() for a in self.attempts],
             # the dialect is noted where it is not chat completions (records written before dialects are chat)
             "annotations": self.annotations
             if self.dialect == "chat"

@@ -23,6 +23,7 @@ from .backends.base import Backend
 from .config import Config, ConfigError, RouteSettings, _format_validation, choices
 from .errors import NotFound, Scrubber, Unauthorized
 from .plugins import HookRunner, answer, build_plugin_manager
+from .pools import build_pools
 from .state import StateStore, open_state_store
 
 P = TypeVar("P")
@@ -51,7 +52,8 @@ class Generation:
 def build_backends(
     config: Config, kinds: dict[str, type[Backend]], reuse: dict[str, Backend] | None = None
 ) -> dict[str, Backend]:
-    """Validate each backend's settings against its kind and make it; reuse unchanged ones."""
+    """Validate each backend's settings against its kind and make it, then the pools over them; reuse
+    unchanged ones (a breaker, a pool's ejections and latencies live on)."""
     problems, backends = [], {}
     for name, raw in config.settings.backends.items():
         kind_cls = kinds.get(raw["kind"])
@@ -73,6 +75,7 @@ def build_backends(
             backends[name] = kind_cls(name, settings, unset)
     if problems:
         raise ConfigError(config.source, problems)
+    backends.update(build_pools(config, backends, reuse))  # named like backends: a route takes either
     return backends
 
 

@@ -47,6 +47,7 @@ from .errors import (
 from .filters import AnswerRefused, Filters
 from .gateway import GATEWAY, Gateway, Generation
 from .plugins import answer
+from .pools import MEMBER, Pool
 
 log = logging.getLogger("llmgate.proxy")
 T = TypeVar("T")
@@ -170,7 +171,7 @@ async def call_chain(ctx: RequestContext, generation: Generation, call: Callable
             chain, position, on_context_chain = context_chain(ctx), 0, True
     if last_error is None:
         names = ", ".join(f"'{b.backend}'" for b in open_circuits)
-        retry_after = min(b.retry_after() for b in open_circuits)
+        retry_after = min((b.retry_after() for b in open_circuits), default=1.0)
         raise CircuitOpen(
             f"route '{ctx.route_name}' cannot be served now: the circuit breaker of every backend "
             f"it may use is open after repeated failures ({names}); retry after "
@@ -183,18 +184,27 @@ async def call_chain(ctx: RequestContext, generation: Generation, call: Callable
 async def _tries(
     ctx: RequestContext,
     name: str,
-    backend: Backend,
+    target: Backend,
     call: Callable[[Backend], Awaitable[T]],
     open_circuits: list[CircuitBreaker],
 ) -> T:
-    """`call` on one backend of the chain, tried again `route.retries` times after a retryable failure:
-    its answer, else its last failure raised (`_Untried` when its breaker let no try through)."""
-    breaker, last_error = backend.breaker, None
+    """`call` on one backend of the chain, tried again `route.retries` times after a retryable failure (a
+    pool's next try on another member): its answer, else its last failure raised (`_Untried` when no
+    try got through: an open breaker, a pool without a healthy member)."""
+    last_error: UpstreamError | None = None
+    tried: list[str] = []
     for attempt in range(ctx.route.retries + 1):
+        backend = target.pick(ctx.affinity_key, tried)
+        if backend is None:  # a pool whose every member is ejected: passed over as an open breaker is
+            open_circuits.extend(b for b in target.breakers().values() if not b.available())
+            ctx.attempts.append(Attempt(name, CircuitOpen.status, 0.0, "no healthy member"))
+            break
+        breaker, member = backend.breaker, (None if backend is target else backend.name)
         if not breaker.allow():
             open_circuits.append(breaker)
-            ctx.attempts.append(Attempt(name, CircuitOpen.status, 0.0, "circuit open"))
+            ctx.attempts.append(Attempt(name, CircuitOpen.status, 0.0, "circuit open", member))
             break
+        tried.append(backend.name)
         started = time.perf_counter()
         try:
             result = await call(backend)
@@ -202,7 +212,7 @@ async def _tries(
             breaker.record(err)
             elapsed = (time.perf_counter() - started) * 1000
             ctx.upstream_ms += elapsed
-            ctx.attempts.append(Attempt(name, err.upstream_status or err.status, elapsed, err.message))
+            ctx.attempts.append(Attempt(name, err.upstream_status or err.status, elapsed, err.message, member))
             last_error = err
             if not err.retryable or attempt == ctx.route.retries:
                 break
@@ -218,8 +228,10 @@ async def _tries(
         breaker.succeeded()
         elapsed = (time.perf_counter() - started) * 1000
         ctx.upstream_ms += elapsed
-        ctx.attempts.append(Attempt(name, 200, elapsed))
+        ctx.attempts.append(Attempt(name, 200, elapsed, member=member))
         ctx.served_by = name
+        if member is not None:
+            ctx.annotations[MEMBER] = member
         return result
     if last_error is None:
         raise _Untried
@@ -249,7 +261,7 @@ def _headers(ctx: RequestContext) -> dict[str, str]:
     if ctx.served_by:  # only what answered: a variant chosen but never reached names no one
         headers["x-llmgate-variant"] = ctx.served_by
     if ctx.attempts:
-        headers[TRIED_HEADER] = ",".join(dict.fromkeys(attempt.backend for attempt in ctx.attempts))
+        headers[TRIED_HEADER] = ",".join(dict.fromkeys(attempt.target for attempt in ctx.attempts))
     if ctx.error is not None:
         headers.update(ctx.error.response_headers())
     return headers
@@ -334,7 +346,7 @@ async def _stream_answer(
         error = err
     except GatewayError as err:  # the stream broke after it started: tell the caller, never end silently
         error = err
-        if (backend := generation.backends.get(ctx.served_by or "")) is not None:
+        if (backend := answered_by(ctx, generation)) is not None:
             backend.breaker.record(err)
     except Exception:
         log.exception("request %s: the stream failed inside the gateway", ctx.request_id)
@@ -399,10 +411,24 @@ async def answer_filters(gateway: Gateway, ctx: RequestContext) -> Filters | Non
     return Filters(filters) if filters else None
 
 
-def _cost(generation: Generation, ctx: RequestContext) -> float | None:
-    """Priced with the config the request ran on, even if a reload came in between."""
+def answered_by(ctx: RequestContext, generation: Generation) -> Backend | None:
+    """The backend whose answer the caller got: `served_by`'s, or the member of the pool it names."""
     backend = generation.backends.get(ctx.served_by or "")
-    return generation.config.cost(ctx.served_by or "", backend.model if backend else None, ctx.usage)
+    if isinstance(backend, Pool) and (member := backend.member(ctx.annotations.get(MEMBER, ""))) is not None:
+        return member
+    return backend
+
+
+def _cost(generation: Generation, ctx: RequestContext) -> float | None:
+    """Priced with the config the request ran on, even if a reload came in between; a pool's member by its
+    own name's price where it has one, else by the pool's, else by its model's."""
+    backend = answered_by(ctx, generation)
+    model = backend.model if backend else None
+    if backend is not None and backend.name != ctx.served_by:
+        cost = generation.config.cost(backend.name, None, ctx.usage)
+        if cost is not None:
+            return cost
+    return generation.config.cost(ctx.served_by or "", model, ctx.usage)
 
 
 def endpoint(dialect: Dialect) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -494,7 +520,7 @@ def _note_ignored(ctx: RequestContext, names: list[str]) -> None:
 
 def _served(ctx: RequestContext, generation: Generation) -> None:
     """What the backend that served ignores of the request (its kind's policy, gateway/backends/params.py)."""
-    backend = generation.backends.get(ctx.served_by or "")
+    backend = answered_by(ctx, generation)
     if backend is not None:
         slot = ctx.body.get(NATIVE)
         if slot is not None and slot["kind"] != backend.kind:  # the caller's own-API fields, unsent

@@ -53,7 +53,7 @@ def test_a_misspelt_route_key_names_the_nearest_and_every_allowed_key():
 def test_a_misspelt_server_key():
     assert problems_of(config_with(server={"max_body_byte": 1024})) == [
         "server.max_body_byte: unknown key (did you mean 'max_body_bytes'? allowed: admin_token, event_loop, host, "
-        "max_body_bytes, max_messages, port, shutdown_timeout, stored_responses_ttl)"
+        "max_body_bytes, max_messages, port, shutdown_timeout, stored_responses_ttl, workers)"
     ]
 
 
@@ -61,7 +61,7 @@ def test_a_misspelt_top_level_key():
     raw = copy.deepcopy(BASE)
     raw["route"] = raw.pop("routes")
     assert problems_of(raw) == [
-        "route: unknown key (did you mean 'routes'? allowed: backends, plugins, prices, routes, server, state)"
+        "route: unknown key (did you mean 'routes'? allowed: backends, plugins, pools, prices, routes, server, state)"
     ]
 
 
@@ -109,7 +109,7 @@ def test_a_misspelt_key_of_a_backend_kind_and_its_breaker(tmp_path, capsys):
     assert "backends.base.base_ulr: unknown key (did you mean 'base_url'? allowed: api_key, base_url, breaker," in err
     assert (
         "backends.base.breaker.failure: unknown key (did you mean 'failures'? allowed: enabled, failures, "
-        "open_seconds)" in err
+        "max_open_seconds, open_seconds)" in err
     )
 
 

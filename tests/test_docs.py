@@ -67,12 +67,20 @@ def test_config_reference_lists_the_core_and_backend_keys(site):
         "server.max_body_bytes",
         "state.redis_url",
         "routes.&lt;name&gt;.fallback",
+        "routes.&lt;name&gt;.context_fallback",
+        "backends.&lt;name&gt;.context_window",
         "prices.&lt;backend or model&gt;.cached_input",
         "backends.&lt;name&gt;.timeout.first_byte",
         "backends.&lt;name&gt;.anthropic_version",
         "plugins.&lt;name&gt;.fail_closed",
     ):
         assert f"<code>{key}</code>" in html, key
+
+
+def test_pool_options_are_generated_on_their_page(site):
+    html = page(site, "pools")
+    for key in ("members[].weight", "balance", "affinity", "ejection.max_open_seconds", "latency_half_life"):
+        assert f"<code>pools.&lt;name&gt;.{key}</code>" in html, key
 
 
 def test_cli_reference_shows_the_parser(site):

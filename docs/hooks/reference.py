@@ -7,7 +7,7 @@ reference cannot drift from the code:
 - `<!-- hookspecs -->`: every hookspec in gateway/hookspecs.py, by phase (signature, how it is called, docstring).
 - `<!-- options: NAME -->`: the options of the built-in plugin NAME (`gateway.plugins.DEFAULT_PLUGINS`),
   from its nested pydantic `Settings` model.
-- `<!-- config: SECTION -->`: a config section: server, state, routes, prices, backends (the keys
+- `<!-- config: SECTION -->`: a config section: server, state, routes, pools, prices, backends (the keys
   every backend takes, then each kind's own), plugins (the core keys of every plugin section).
 - `<!-- cli -->`: every `llmgate` command and subcommand from `gateway.cli.build_parser()`.
 - `<!-- parameters -->`: what each backend kind does with each chat parameter, from
@@ -39,7 +39,7 @@ log = get_plugin_logger(__name__)
 
 ROOT = Path(__file__).resolve().parents[2]
 MARKER = re.compile(r"^<!--\s*(hookspecs|cli|options|config|parameters)\s*(?::\s*([\w.-]+))?\s*-->[ \t]*$", re.M)
-CONFIG_SECTIONS = ("server", "state", "routes", "prices", "backends", "plugins")
+CONFIG_SECTIONS = ("server", "state", "routes", "pools", "prices", "backends", "plugins")
 _shown_options: set[str] = set()
 
 
@@ -247,7 +247,8 @@ def _notes(model: type) -> dict[str, str]:
 
 
 def _nested(tp: Any) -> tuple[str, type] | None:
-    """('' | '.<name>', model) when a field holds a model directly, optionally, or as the values of a map."""
+    """('' | '.<name>' | '[]', model) when a field holds a model directly, optionally, as the values of a map,
+    or as the items of a list."""
     tp = _strip_annotated(tp)
     args = _union_args(tp)
     if args is not None:
@@ -255,6 +256,9 @@ def _nested(tp: Any) -> tuple[str, type] | None:
         return _nested(models[0]) if len(models) == 1 else None
     if _is_model(tp):
         return "", tp
+    if typing.get_origin(tp) is list:
+        (item,) = typing.get_args(tp) or (None,)
+        return ("[]", item) if _is_model(_strip_annotated(item)) else None
     if typing.get_origin(tp) is dict:
         key, value = typing.get_args(tp) or (None, None)
         value = _strip_annotated(value)
@@ -344,6 +348,8 @@ def config_section(name: str) -> str:
         return settings_table(config.StateSettings, "state.")
     if name == "routes":
         return settings_table(config.RouteSettings, "routes.<name>.")
+    if name == "pools":
+        return settings_table(config.PoolSettings, "pools.<name>.")
     if name == "prices":
         return settings_table(config.Price, "prices.<backend or model>.")
     if name == "plugins":

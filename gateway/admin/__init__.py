@@ -36,7 +36,11 @@ def routes(gateway_key) -> list[web.RouteDef]:
                 for name, r in settings.routes.items()
             },
             "state_store": {"engine": gateway.store.engine, "degraded": gateway.store.degraded},
-            "breakers": {name: backend.breaker.snapshot() for name, backend in gateway.backends.items()},
+            "breakers": {
+                name: breaker.snapshot()
+                for backend in gateway.backends.values()
+                for name, breaker in backend.breakers().items()
+            },
         }
         for sections in (await gateway.hooks.call("admin_status", gateway=gateway)).values():
             body.update(sections)  # each plugin returns {section: data}, as the hookspec says

@@ -66,6 +66,8 @@ def problems_of(name: str, record: dict, config: Config, kinds: dict) -> list[st
         return [f"'{name}' is not a valid backend name (letters, digits, . _ : -)"]
     if name in config.settings.backends:
         return [f"'{name}' is already a backend of the config file"]
+    if name in config.settings.pools:
+        return [f"'{name}' is already a pool of the config file"]
     routes = record.get("shadow") or []
     problems = [f"shadow: no route named '{r}'" for r in routes if r not in config.settings.routes]
     try:

@@ -9,6 +9,7 @@ raised as `UpstreamError` / `UpstreamTimeout` with `retryable` set, so the route
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Collection
 from typing import Any, AsyncIterator, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -84,6 +85,14 @@ class Backend(ABC):
             for f in self.secret_fields
             if getattr(self.settings, f, None) is None and f in self._unset_env
         ]
+
+    def pick(self, key: str | None = None, avoid: Collection[str] = ()) -> Backend | None:
+        """The backend that takes a try of a request: this one (a pool picks one of its members, gateway/pools.py)."""
+        return self
+
+    def breakers(self) -> dict[str, CircuitBreaker]:
+        """The breakers that say whether it serves, by name: its own (a pool's members' their own)."""
+        return {self.name: self.breaker}
 
     def upstream_body(self, body: dict[str, Any]) -> dict[str, Any]:
         """The caller's request as this backend sends it: its model, its default params, its system prompt

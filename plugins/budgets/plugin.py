@@ -100,7 +100,8 @@ def _budgets(scope: str, limits: dict[str, Any]) -> list[Budget]:
 def _dearest(config, route) -> float:
     """A route's dearest backend's price of a million prompt and a million completion tokens (0 unpriced)."""
     backends = config.settings.backends
-    costs = [config.cost(name, (backends.get(name) or {}).get("model"), UNIT) for name in route.answering()]
+    names = [name for backend in route.answering() for name in config.settings.deployments(backend)]
+    costs = [config.cost(name, (backends.get(name) or {}).get("model"), UNIT) for name in names]
     return max([c for c in costs if c is not None] or [0.0])
 
 
@@ -205,7 +206,8 @@ class Budgets:
             self.gateway.config.cost(
                 name, generation.backends[name].model if name in generation.backends else None, usage
             )
-            for name in ctx.route.answering()
+            for backend in ctx.route.answering()
+            for name in generation.config.settings.deployments(backend)
         ]
         return max([c for c in costs if c is not None] or [0.0])
 

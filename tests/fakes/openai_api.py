@@ -23,9 +23,10 @@ def _text(content) -> str:
 class FakeOpenAI(FakeUpstream):
     """Records every request it receives; `fail_next` makes the next N requests fail with a status."""
 
-    def __init__(self, api_key: str | None = None):
+    def __init__(self, api_key: str | None = None, delay: float = 0.0):
         self.api_key = api_key
         super().__init__()
+        self.delay = delay  # seconds every answer waits: a slower deployment
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -61,8 +62,8 @@ class FakeOpenAI(FakeUpstream):
         reply = decide(last_user, tools, tool_result, words)
         if (refused := self.too_long(reply)) is not None:
             return refused
-        if reply.delay:
-            await asyncio.sleep(reply.delay)
+        if reply.delay or self.delay:
+            await asyncio.sleep(reply.delay + self.delay)
         if reply.status:
             return self._error(reply.status, f"upstream says {reply.status}")
         if body.get("stream"):
