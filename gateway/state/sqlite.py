@@ -1,8 +1,8 @@
 """The embedded state store: one SQLite file, durable across restarts, for a single node.
 
-The processes of one node (`server.workers`) share the file. A change notice is a row of `notices`
-as well as a call to this process's listeners; every process reads the rows the others wrote every
-NOTICE_POLL_SECONDS, so a rollout change made through one worker reaches the others within that.
+The processes of one node (`server.workers`) share the file. Among them, a change notice is a row of
+`notices` as well as a call to this process's listeners; every worker reads the rows the others wrote
+every NOTICE_POLL_SECONDS, so a rollout change made through one worker reaches the others within that.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import time
 import uuid
 from typing import Any, Callable, TypeVar
 
+from ..node import node_workers
 from ..storage.sqlite import SqliteThread, transaction
 from .base import StateStore
 
@@ -45,11 +46,16 @@ class SqliteStateStore(StateStore):
         self._origin = uuid.uuid4().hex  # this process's notices, which its own listeners already heard
         self._seen = 0
         self._poller: asyncio.Task | None = None
+        self._shared = False  # whether other processes of the node share the file (server.workers)
 
     async def open(self) -> None:
         await self._db.open()
-        self._seen = await self._db.run(lambda c: c.execute("SELECT coalesce(max(id), 0) FROM notices").fetchone()[0])
-        self._poller = asyncio.create_task(self._poll_forever(), name="state notices")
+        self._shared = node_workers() > 1  # one process alone has no one to tell, nor anyone to hear
+        if self._shared:
+            self._seen = await self._db.run(
+                lambda c: c.execute("SELECT coalesce(max(id), 0) FROM notices").fetchone()[0]
+            )
+            self._poller = asyncio.create_task(self._poll_forever(), name="state notices")
 
     async def close(self) -> None:
         if self._poller is not None:
@@ -126,10 +132,9 @@ class SqliteStateStore(StateStore):
         return await self._db.run(lambda c: transaction(c, fn))
 
     async def publish(self, message: dict[str, Any]) -> None:
-        body, now = json.dumps(message), time.time()
-        await self._db.run(
-            lambda c: c.execute("INSERT INTO notices (ts, origin, body) VALUES (?, ?, ?)", (now, self._origin, body))
-        )
+        if self._shared:
+            row = (time.time(), self._origin, json.dumps(message))
+            await self._db.run(lambda c: c.execute("INSERT INTO notices (ts, origin, body) VALUES (?, ?, ?)", row))
         await self._notify(message)
 
     async def delete(self, key: str) -> None:

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from gateway.errors import InvalidRequest
 from gateway.filters import AnswerRefused
 from gateway.hookspecs import hookimpl
+from gateway.plugins import unknown_routes
 from gateway.text.pii import KINDS, find, redact
 
 from .stream import Spans, StreamRedactor
@@ -93,11 +94,7 @@ class PiiGuard:
 
     @hookimpl
     def config_problems(self, config):
-        return [
-            f"plugins.{NAME}.routes names {route!r}, which is not a route (routes: {', '.join(config.settings.routes)})"
-            for route in self.settings.routes
-            if route not in config.settings.routes
-        ]
+        return unknown_routes(f"plugins.{NAME}.routes", self.settings.routes, config)
 
     def policy(self, route: str, team: str | None) -> Effective:
         """The strictest of the gateway-wide policy, the route's and the team's."""
