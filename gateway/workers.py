@@ -105,6 +105,7 @@ class GatewayApplication(BaseApplication):
         return None
 
     def run(self) -> None:
+        self.snapshots.mkdir(parents=True, exist_ok=True)  # there from the start, gone with the arbiter
         try:
             GatewayArbiter(self).run()
         finally:

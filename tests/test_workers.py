@@ -44,6 +44,9 @@ def test_two_workers_share_rollout_log_metrics_and_signals(fake_openai, tmp_path
         # both workers answered: each wrote its own figures, each counted some of the requests
         folders = list(tmp_path.glob("workers-*"))
         assert len(folders) == 1
+        deadline = time.monotonic() + 5  # each worker writes its figures every few tenths of a second
+        while len(list(folders[0].glob("*.prom"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
         time.sleep(1.5)
         counts = {p.stem: metric(p.read_text(), "llmgate_requests_total") for p in folders[0].glob("*.prom")}
         assert len(counts) == 2 and all(n > 0 for n in counts.values()), counts
