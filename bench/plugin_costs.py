@@ -43,10 +43,11 @@ WHOLE = "whole config"
 def request_path_plugins(config: str = CONFIG) -> list[str]:
     """The plugins `config` enables that implement a hook a caller waits on, in load order."""
     sys.path.insert(0, str(ROOT))
-    from gateway.plugins import REQUEST_HOOKS, _import, discover, is_enabled
+    from gateway.hookspecs import TIMED
+    from gateway.plugins import _import, discover, is_enabled
 
     configured = yaml.safe_load((BENCH / "configs" / config).read_text()).get("plugins") or {}
-    hooks, found = REQUEST_HOOKS | {"authenticate"}, []
+    hooks, found = TIMED | {"authenticate"}, []
     for name, target in discover().items():
         if name == "backends":
             continue
