@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import logging
-import os
-import random
 import re
+import secrets
 import time
 
 from aiohttp import web
@@ -13,7 +12,7 @@ from aiohttp import web
 from . import admin, proxy, tracing
 from .breaker import breaker_problems
 from .config import Config
-from .context import REQUEST_CONTEXT, REQUEST_ID, dumps
+from .context import CLIENT_REQUEST_ID, REQUEST_CONTEXT, REQUEST_ID, dumps
 from .dialects import anthropic, embeddings, responses
 from .dialects.base import DIALECT
 from .dialects.chat_completions import ChatCompletions
@@ -26,14 +25,13 @@ from .proxy import OVERHEAD_HEADER
 log = logging.getLogger("llmgate")
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 RECEIVED = web.RequestKey("received", float)  # perf_counter() when the handler chain began
-# Request ids need to be unique, not secret: 128 bits from a generator seeded once from the OS, where
-# uuid4 would make a system call for each request.
-_request_ids = random.Random()
-os.register_at_fork(after_in_child=_request_ids.seed)  # each worker of several its own sequence
+CLIENT_REQUEST_ID_HEADER = "x-client-request-id"  # the caller's own x-request-id, echoed for correlation
 
 
 def new_request_id() -> str:
-    return f"{_request_ids.getrandbits(128):032x}"
+    """An exchange's id: 128 bits of the operating system's randomness, so no caller predicts (and takes) the
+    next one. It is the exchange's key (feedback, lookups, erasure): a caller never chooses it."""
+    return secrets.token_hex(16)
 
 
 def _error_response(err: GatewayError, request: web.Request) -> web.Response:
@@ -49,7 +47,9 @@ async def errors_middleware(request: web.Request, handler) -> web.StreamResponse
     """Give every request an id (in its log lines too), an access line, and every failure the OpenAI error shape."""
     request[RECEIVED] = time.perf_counter()
     given = request.headers.get("x-request-id", "")
-    request[REQUEST_ID] = given if _SAFE_REQUEST_ID.fullmatch(given) else new_request_id()
+    request[REQUEST_ID] = new_request_id()
+    if _SAFE_REQUEST_ID.fullmatch(given):  # kept beside the id, for the caller's correlation, never as the key
+        request[CLIENT_REQUEST_ID] = given
     bound = current_request_id.set(request[REQUEST_ID])
     response = None
     try:
@@ -62,7 +62,8 @@ async def errors_middleware(request: web.Request, handler) -> web.StreamResponse
             if ctx is not None and ctx.latency_ms is not None
             else (time.perf_counter() - request[RECEIVED]) * 1000
         )
-        log_access(request.method, request.path, response.status if response is not None else 499, latency, ctx)
+        status = 499 if response is None or (ctx is not None and ctx.status == 499) else response.status
+        log_access(request.method, request.path, status, latency, ctx)
         current_request_id.reset(bound)
 
 
@@ -117,6 +118,8 @@ async def _handle(request: web.Request, handler) -> web.StreamResponse:
 async def _stamp_request_id(request: web.Request, response: web.StreamResponse) -> None:
     if REQUEST_ID in request and "x-request-id" not in response.headers:
         response.headers["x-request-id"] = request[REQUEST_ID]
+    if CLIENT_REQUEST_ID in request and CLIENT_REQUEST_ID_HEADER not in response.headers:
+        response.headers[CLIENT_REQUEST_ID_HEADER] = request[CLIENT_REQUEST_ID]
     if RECEIVED in request and OVERHEAD_HEADER not in response.headers:  # no upstream: all of it is the gateway's
         response.headers[OVERHEAD_HEADER] = f"{(time.perf_counter() - request[RECEIVED]) * 1000:.3f}"
 

@@ -167,6 +167,7 @@ class RequestContext:
 
 
 REQUEST_ID = web.RequestKey("request_id", str)
+CLIENT_REQUEST_ID = web.RequestKey("client_request_id", str)  # the caller's x-request-id: correlation only
 REQUEST_CONTEXT = web.RequestKey("request_context", RequestContext)  # for the access log and the server span
 
 

@@ -143,22 +143,25 @@ class Gateway:
         return answer(await self.hooks.call("authenticate", request=request))[1]
 
     async def route_for(self, request: web.Request, name: str) -> RouteSettings:
-        """The route a caller asked for; a 404 names only the routes that caller may see."""
+        """The route a caller asked for; a 404 names only the routes that caller may see, and a route it may not
+        use answers the same 404 as one that does not exist (a caller learns no route names by asking)."""
         route = self.config.settings.routes.get(name)
-        if route is None:
+        if route is None or self.hooks.implemented("visible_routes"):
             visible, scoped = await self.visible_routes(request)
-            raise no_such_route(name, sorted(visible), scoped)
+            if route is None or name not in visible:
+                raise no_such_route(name, sorted(visible), scoped)
         return route
 
     def require_admin(self, request: web.Request) -> None:
         """Refuse an admin request without the admin token (compared in constant time)."""
         expected = self.config.server.admin_token or os.environ.get("LLMGATE_ADMIN_TOKEN")
-        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
+        given = given.strip() if scheme.lower() == "bearer" else ""  # a bare token is no credential
         if not expected:
             raise Unauthorized(
                 "admin actions are disabled: set server.admin_token or LLMGATE_ADMIN_TOKEN", code="admin_disabled"
             )
-        if not hmac.compare_digest(given.encode(), expected.encode()):
+        if not given or not hmac.compare_digest(given.encode(), expected.encode()):
             raise Unauthorized(
                 "a valid admin token is required (Authorization: Bearer <token>)", code="invalid_admin_token"
             )
@@ -260,11 +263,11 @@ class Gateway:
 def no_such_route(name: str, visible: list[str], scoped: bool) -> NotFound:
     """The 404 for an unknown model: lists `visible`, which a plugin may have narrowed to the caller's."""
     if scoped:
-        known = ", ".join(visible) or "none"
-        message = f"the model '{name}' does not exist or is not available to you (routes available to you: {known})"
+        known = f"routes available to you: {', '.join(visible) or 'none'}"
     else:
-        known = ", ".join(visible) or "none configured"
-        message = f"the model '{name}' does not exist: it is not a route of this gateway (routes: {known})"
+        known = f"routes: {', '.join(visible) or 'none configured'}"
+    # OpenAI's own words: the same for a route that does not exist and for one the caller may not use
+    message = f"The model `{name}` does not exist or you do not have access to it ({known})"
     return NotFound(message, param="model", code="model_not_found")
 
 

@@ -32,7 +32,7 @@ from .chat import (
     validate_chat_request,
 )
 from .config import RouteSettings
-from .context import REQUEST_CONTEXT, REQUEST_ID, Attempt, RequestContext, caller_key, dumps
+from .context import CLIENT_REQUEST_ID, REQUEST_CONTEXT, REQUEST_ID, Attempt, RequestContext, caller_key, dumps
 from .dialects.base import DIALECT, Dialect, Endpoint, StreamEncoder
 from .errors import (
     CONTEXT_LENGTH_EXCEEDED,
@@ -267,6 +267,43 @@ def _headers(ctx: RequestContext) -> dict[str, str]:
     return headers
 
 
+CLIENT_CLOSED = 499  # nginx's status for a request whose caller went away before its answer ended
+
+
+class CallerGone(Exception):
+    """The caller closed the connection while its stream was being written."""
+
+
+def client_closed() -> GatewayError:
+    return GatewayError(
+        "the caller closed the connection before the stream ended",
+        status=CLIENT_CLOSED,
+        type="client_closed_request",
+        code="client_closed",
+    )
+
+
+def usage_so_far(answer: dict, body: dict) -> tuple[dict, bool]:
+    """The usage of a stream cut short: the upstream's where it sent the completion's count, else counted
+    as a context window is (4 characters a token: the text, reasoning and tool calls streamed so far, and
+    the prompt); and whether it was counted here."""
+    usage = dict(answer.get("usage") or {})
+    if isinstance(usage.get("completion_tokens"), int) and usage["completion_tokens"] > 0:
+        return usage, False
+    chars = 0
+    for choice in answer.get("choices") or ():
+        message = choice.get("message") or {}
+        chars += len(message.get("content") or "") + len(message.get("reasoning_content") or "")
+        calls = message.get("tool_calls") or ()
+        chars += sum(len((call.get("function") or {}).get("arguments") or "") for call in calls)
+    prompt = usage.get("prompt_tokens")
+    if not isinstance(prompt, int):
+        prompt = estimate_prompt_tokens(body)
+    completion = math.ceil(chars / 4)
+    counted = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    return {**usage, **counted}, True
+
+
 class SseWriter:
     """Writes a stream's chunks as the caller's dialect's server-sent events, assembling the whole answer."""
 
@@ -302,7 +339,13 @@ class SseWriter:
         if not self.started:
             data, self.started = self.encoder.start() + data, True
         if data:
+            await self._send(data)
+
+    async def _send(self, data: bytes) -> None:
+        try:
             await self.response.write(data)
+        except ConnectionResetError:  # the caller's side: the upstream's failures come as UpstreamErrors
+            raise CallerGone from None
 
     async def finish(self, gateway: Gateway, error: GatewayError | None) -> None:
         data = self.encoder.finish(error)
@@ -342,6 +385,8 @@ async def _stream_answer(
         async for chunk in chunks:
             await writer.send(chunk)
         await writer.release()
+    except CallerGone:  # the caller left: no one to tell, but the exchange is still recorded and charged
+        error = client_closed()
     except AnswerRefused as err:  # a filter ended it: the backend did nothing wrong
         error = err
     except GatewayError as err:  # the stream broke after it started: tell the caller, never end silently
@@ -354,6 +399,12 @@ async def _stream_answer(
     finally:
         await chunks.aclose()
         ctx.response = writer.assembler.result()
+    if error is not None and error.status == CLIENT_CLOSED:
+        ctx.error, ctx.status = error, error.status
+        ctx.response["usage"], counted = usage_so_far(ctx.response, ctx.body)
+        if counted:
+            ctx.annotations["usage_counted"] = True  # not the upstream's figures: what had streamed, counted
+        return writer.response  # the exchange ends in serve(): its cost, after_response (log, metrics, quotas)
     if error is not None:
         error.message = request.app[GATEWAY].scrub(error.message)
         ctx.error, ctx.status = error, error.status
@@ -481,6 +532,8 @@ async def serve(request: web.Request, dialect: Endpoint, exchange: Exchange | No
         generation=generation,
         dialect=dialect.name,
     )
+    if CLIENT_REQUEST_ID in request:  # the caller's own id, logged beside the exchange's for its correlation
+        ctx.annotations["client_request_id"] = request[CLIENT_REQUEST_ID]
     request[REQUEST_CONTEXT] = ctx
     in_flight = request.app[IN_FLIGHT]
     in_flight[route_name] += 1

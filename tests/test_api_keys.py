@@ -114,12 +114,12 @@ def test_a_malformed_key_is_told_how_to_send_one_and_never_quoted(fake_openai, m
     )
 
 
-def test_a_route_outside_the_team_is_forbidden(fake_openai, make_gateway, tmp_path):
+def test_a_route_outside_the_team_is_as_unknown_as_one_that_does_not_exist(fake_openai, make_gateway, tmp_path):
     gw = make_gateway(tenancy_config(fake_openai, tmp_path))
-    with pytest.raises(openai.PermissionDeniedError) as refused:
+    with pytest.raises(openai.NotFoundError) as refused:
         ask(gw, SUPPORT_KEY, route="sales-bot")
-    assert refused.value.status_code == 403
-    assert refused.value.body["type"] == "permission_error"
+    assert refused.value.status_code == 404
+    assert refused.value.body["code"] == "model_not_found"
     assert refused.value.body["param"] == "model"
     assert fake_openai.requests == []
 
@@ -197,9 +197,9 @@ def test_a_plugin_listed_before_api_keys_cannot_answer_an_unknown_key_or_a_forbi
     with pytest.raises(openai.AuthenticationError) as refused:
         ask(gw, "sk-lg-not-a-key-of-this-gateway-000000", text="cached?")
     assert refused.value.body["code"] == "invalid_api_key"
-    with pytest.raises(openai.PermissionDeniedError) as forbidden:
+    with pytest.raises(openai.NotFoundError) as forbidden:
         ask(gw, SUPPORT_KEY, route="sales-bot", text="cached?")
-    assert forbidden.value.body["code"] == "route_not_allowed"
+    assert forbidden.value.body["code"] == "model_not_found"
 
     # An unknown key is refused on its headers: the body is never read (here: not valid JSON at all).
     request = urllib.request.Request(
@@ -300,7 +300,7 @@ def test_no_secret_reaches_the_logs_the_hook_traces_or_the_files(tmp_path):
                 lambda: ask(gw, sales_key, route="stale-bot"),  # upstream 401 echoing the stale key
                 lambda: ask(gw, sales_key, text="[status 500]"),  # upstream failure
                 lambda: ask(gw, guessed_key),  # unknown key
-                lambda: ask(gw, support_key, route="stale-bot"),  # route outside the team
+                lambda: ask(gw, support_key, route="stale-bot"),  # route outside the team: as if unknown
                 *[lambda: ask(gw, sales_key)] * 3,  # past the team's quota
             ]
             for fail in failures:
@@ -309,7 +309,7 @@ def test_no_secret_reaches_the_logs_the_hook_traces_or_the_files(tmp_path):
                 except openai.APIStatusError as err:
                     answers.append(f"{err.status_code} {err.response.text} {dict(err.response.headers)}")
             statuses = [a.split(" ", 1)[0] for a in answers[2:]]
-            assert statuses[:4] == ["502", "502", "401", "403"] and statuses[-1] == "429"
+            assert statuses[:4] == ["502", "502", "401", "404"] and statuses[-1] == "429"
             for token, path in (
                 (sales_key, "/v1/usage"),
                 (guessed_key, "/v1/usage"),
@@ -323,7 +323,9 @@ def test_no_secret_reaches_the_logs_the_hook_traces_or_the_files(tmp_path):
                 except urllib.error.HTTPError as err:
                     answers.append(f"{err.code} {err.read().decode()}")
             assert [a.split(" ", 1)[0] for a in answers[-4:]] == ["200", "401", "200", "401"]
-            wait_for_records(tmp_path / "traffic.db", 8)  # all but the unknown key's: refused before its body was read
+            # all but the unknown key's (refused before its body was read) and the other team's route's (refused as an
+            # unknown route is, before an exchange starts)
+            wait_for_records(tmp_path / "traffic.db", 7)
         finally:
             assert gw.stop() == 0
     assert fake.headers[0]["Authorization"] == f"Bearer {provider_key}"  # the provider did get its key
@@ -383,10 +385,10 @@ def test_an_unknown_model_names_only_the_callers_routes(fake_openai, make_gatewa
     assert "available to you: none" in audit_404.value.body["message"]
     assert "support-bot" not in audit_404.value.body["message"] and "sales-bot" not in audit_404.value.body["message"]
 
-    # A route that exists but is another team's stays a 403 that names only the route asked for.
-    with pytest.raises(openai.PermissionDeniedError) as forbidden:
+    # A route that exists but is another team's answers the same 404 as one that does not exist.
+    with pytest.raises(openai.NotFoundError) as forbidden:
         ask(gw, SUPPORT_KEY, route="sales-bot")
-    assert forbidden.value.body["code"] == "route_not_allowed" and "support-bot" not in forbidden.value.body["message"]
+    assert forbidden.value.body == {**support_404.value.body, "message": message.replace("no-such-bot", "sales-bot")}
 
     # Without a valid key an unknown model is a 401 like any other request: no route names at all.
     with pytest.raises(openai.AuthenticationError) as guessed:
@@ -414,7 +416,7 @@ def test_without_the_plugin_an_unknown_model_names_every_route(fake_openai, make
     with pytest.raises(openai.NotFoundError) as unknown:
         ask(gw, "any-key-at-all", route="no-such-bot")
     assert unknown.value.body["message"] == (
-        "the model 'no-such-bot' does not exist: it is not a route of this gateway (routes: sales-bot, support-bot)"
+        "The model `no-such-bot` does not exist or you do not have access to it (routes: sales-bot, support-bot)"
     )
     assert [m.id for m in client(gw, "any-key-at-all").models.list()] == ["support-bot", "sales-bot"]
     assert raw_request(gw, "/v1/models", None)[0] == 200
@@ -485,15 +487,18 @@ def test_a_team_rates_only_its_own_requests(fake_openai, make_gateway, tmp_path)
     assert _stored_ratings(tmp_path / "feedback.db") == [(support_id, "support-bot"), (sales_id, "sales-bot")]
 
 
-def test_a_request_id_two_teams_chose_is_rated_as_each_teams_own(fake_openai, make_gateway, tmp_path):
-    """Callers may name their requests (x-request-id): the newest in memory is sales', yet support finds its own
-    in the traffic log, and sales cannot reach support's request through the shared name."""
+def test_a_request_id_two_teams_chose_is_no_exchange_id(fake_openai, make_gateway, tmp_path):
+    """Callers may name their requests (x-request-id), but the name is only theirs to correlate: each exchange
+    gets the gateway's own id, so a shared name reaches no one's exchange and rates nothing."""
     gw = make_gateway(isolation_config(fake_openai, tmp_path))
-    assert _ask_for_id(gw, SUPPORT_KEY, "support-bot", "order-1234") == "order-1234"
-    assert _ask_for_id(gw, SALES_KEY, "sales-bot", "order-1234") == "order-1234"
+    support_id = _ask_for_id(gw, SUPPORT_KEY, "support-bot", "order-1234")
+    sales_id = _ask_for_id(gw, SALES_KEY, "sales-bot", "order-1234")
+    assert len({support_id, sales_id, "order-1234"}) == 3
     wait_for_records(tmp_path / "traffic.db", 2)
-    status, rated = raw_request(gw, "/v1/feedback", SUPPORT_KEY, {"request_id": "order-1234", "rating": 5})
+    status, by_name = raw_request(gw, "/v1/feedback", SUPPORT_KEY, {"request_id": "order-1234", "rating": 5})
+    assert status == 404 and by_name["error"]["code"] == "request_not_found"
+    status, rated = raw_request(gw, "/v1/feedback", SUPPORT_KEY, {"request_id": support_id, "rating": 5})
     assert status == 200 and rated["route"] == "support-bot"
-    assert _stored_ratings(tmp_path / "feedback.db") == [("order-1234", "support-bot")]
-    status, audit = raw_request(gw, "/v1/feedback", AUDIT_KEY, {"request_id": "order-1234", "rating": 5})
+    assert _stored_ratings(tmp_path / "feedback.db") == [(support_id, "support-bot")]
+    status, audit = raw_request(gw, "/v1/feedback", AUDIT_KEY, {"request_id": support_id, "rating": 5})
     assert status == 404 and audit["error"]["code"] == "request_not_found"

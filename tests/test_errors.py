@@ -117,7 +117,7 @@ def test_unknown_route_is_404(gw):
     with pytest.raises(openai.NotFoundError) as err:
         ask(client(gw), model="no-such-route")
     assert err.value.code == "model_not_found"
-    assert "'no-such-route' does not exist" in err.value.message
+    assert "The model `no-such-route` does not exist or you do not have access to it" in err.value.message
     assert "bot" in err.value.message  # says which routes exist
 
 

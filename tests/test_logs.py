@@ -63,17 +63,18 @@ def test_request_lines_carry_the_request_id_and_the_access_line_says_what_happen
     raw = client.chat.completions.with_raw_response.create(
         model="bot", messages=[{"role": "user", "content": "hi"}], extra_headers={"x-request-id": "req-logs-1"}
     )
-    assert raw.headers["x-request-id"] == "req-logs-1"
+    assert raw.headers["x-client-request-id"] == "req-logs-1"  # the caller's, echoed; the exchange has its own
+    request_id = raw.headers["x-request-id"]
 
     # after_response runs once the answer is out: wait for its lines rather than assume they are there
     lines = wait_until(
         lambda: (got := json_lines()) and any(line["logger"] == "llmgate.access" for line in got) and got
     )
     fault = [line for line in lines if line["logger"] == "llmgate.plugins"]
-    assert fault and all(line["request_id"] == "req-logs-1" for line in fault)
+    assert fault and all(line["request_id"] == request_id for line in fault)
     assert fault[0]["level"] == "error" and "exception" in fault[0]
     [access] = [line for line in lines if line["logger"] == "llmgate.access"]
-    assert access["request_id"] == "req-logs-1"
+    assert access["request_id"] == request_id
     assert (access["method"], access["path"], access["status"]) == ("POST", "/v1/chat/completions", 200)
     assert (access["route"], access["variant"], access["served_by"]) == ("bot", "base", "base")
     assert access["latency_ms"] >= access["overhead_ms"] >= 0
@@ -89,9 +90,10 @@ def test_unrouted_requests_get_an_access_line_too(fake_openai, make_gateway, jso
     request = urllib.request.Request(gw.url + "/v1/models", headers={"x-request-id": "req-models"})
     with urllib.request.urlopen(request) as resp:
         assert resp.status == 200
+        request_id = resp.headers["x-request-id"]
     lines = wait_until(lambda: [line for line in json_lines() if line["logger"] == "llmgate.access"])
     [access] = lines
-    assert (access["request_id"], access["path"], access["status"]) == ("req-models", "/v1/models", 200)
+    assert (access["request_id"], access["path"], access["status"]) == (request_id, "/v1/models", 200)
     assert "route" not in access
 
 
@@ -133,7 +135,7 @@ def test_the_daemon_writes_json_lines_with_log_json(fake_openai, tmp_path):
         _, stderr = proc.communicate(timeout=30)
     # every log line is JSON (a library's own warnings, printed outside logging, are not log lines)
     lines = [json.loads(line) for line in stderr.decode().splitlines() if line.startswith("{")]
-    [access] = [line for line in lines if line.get("request_id") == "req-daemon"]
+    [access] = [line for line in lines if line.get("path") == "/v1/chat/completions"]
     assert access["logger"] == "llmgate.access" and access["route"] == "bot" and access["status"] == 200
     assert isinstance(access["overhead_ms"], float)
     assert not [line for line in lines if line.get("path") == "/healthz" and line["level"] == "info"]  # probes: DEBUG

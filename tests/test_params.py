@@ -21,7 +21,7 @@ import pytest
 from gateway.backends.anthropic import AnthropicBackend
 from gateway.backends.bedrock import BedrockBackend
 from gateway.backends.openai import OpenAIBackend
-from gateway.backends.params import HARMLESS, KINDS, OUTCOMES, POLICY, is_field
+from gateway.backends.params import CLIENT_SETTINGS, HARMLESS, KINDS, OUTCOMES, POLICY, is_field
 from gateway.chat import StreamAssembler
 from gateway.errors import InvalidRequest
 from tests.conftest import UPSTREAM_KEY, backend_config
@@ -229,6 +229,7 @@ CASES: dict[str, Case] = {
     "functions": Case({"functions": [{"name": "f", "parameters": {"type": "object"}}]}),
     "function_call": Case({"function_call": "auto"}),
     "store": Case({"store": True}),
+    **{name: Case({name: "http://127.0.0.1:9/v1"}) for name in CLIENT_SETTINGS},
     "prompt_cache_key": Case({"prompt_cache_key": "k-1"}),
     "prompt_cache_retention": Case({"prompt_cache_retention": "24h"}),
     "service_tier": Case({"service_tier": "flex"}),

@@ -106,12 +106,13 @@ def test_backend_without_credentials_falls_back(config, make_gateway, second_ope
     assert answer.model == "m-spare"
 
 
-def test_request_id_is_kept_when_the_caller_sends_one(config, make_gateway):
+def test_a_callers_request_id_is_echoed_beside_the_gateways_own(config, make_gateway):
     gw = make_gateway(config)
     raw = client(gw).chat.completions.with_raw_response.create(
         model="bot", messages=[{"role": "user", "content": "hi"}], extra_headers={"x-request-id": "caller-id-42"}
     )
-    assert raw.headers["x-request-id"] == "caller-id-42"
+    assert raw.headers["x-client-request-id"] == "caller-id-42"  # for the caller's correlation
+    assert raw.headers["x-request-id"] != "caller-id-42" and len(raw.headers["x-request-id"]) == 32
     raw = client(gw).chat.completions.with_raw_response.create(
         model="bot", messages=[{"role": "user", "content": "hi"}], extra_headers={"x-request-id": "bad id\twith tab"}
     )

@@ -83,7 +83,7 @@ def test_a_key_made_on_one_replica_works_on_the_other_and_a_revoked_one_fails_on
     wait_until(lambda: status_of(two, key) == 200, "the other replica to take the new key")
     took = time.monotonic() - started
     assert status_of(one, key) == 200 and status_of(one, CONFIG_KEY) == 200  # the config's key still works
-    assert status_of(two, key, route="sales-bot") == 403  # within its team's routes
+    assert status_of(two, key, route="sales-bot") == 404  # within its team's routes: another is unknown to it
     # the Anthropic SDK sends it as x-api-key
     messages = anthropic.Anthropic(base_url=two.url, api_key=key, max_retries=0).messages.create(
         model="support-bot", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
@@ -123,7 +123,7 @@ def test_rotation_overlaps_then_the_old_key_expires_and_a_keys_own_limits_hold(
     assert code == 200, made
     old = made["key"]
     assert status_of(gw, old, route="sales-bot") == 200  # a team the config lacks: the key's routes
-    assert status_of(gw, old, route="support-bot") == 403
+    assert status_of(gw, old, route="support-bot") == 404
     code, rotated = admin(gw, "POST", f"/admin/keys/{made['id']}/rotate", {"overlap_seconds": 1})
     assert code == 200 and rotated["previous"]["rotated_to"] == rotated["id"]
     new = rotated["key"]

@@ -9,7 +9,11 @@ under `models:<backend name>`:
 
 `backend` is a backend entry as in the config's `backends:`; `like` names a configured backend
 whose settings (kind, region, endpoint, credentials) it copies before its own keys apply, so a
-registration never carries a secret (other secrets may only be `${VAR}` references). The
+registration never carries a secret: it holds none itself (no literal key, and no `${VAR}`, which
+only the operator's config file expands, never what the admin API is sent), and the credentials
+`like` copies go only to the host they were configured for: a registration that moves to another
+host (a new `base_url` or `endpoint_url`, another kind) gets none of them. Each registration is in
+the audit with the host it sends to and whether it carries the copied credentials. The
 Gateway merges every record into the config it builds a Generation from (at start-up, on SIGHUP
 and when a change notice arrives), so a registration survives restarts and, with Redis, reaches
 every replica. The config file wins a name clash, and a record that does not fit the config
@@ -22,11 +26,12 @@ import logging
 import re
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from pydantic import ValidationError
 
-from ..config import Config, _format_validation, _interpolate, choices
+from ..config import Config, _format_validation, choices
 from ..errors import InvalidRequest, NotFound
 from .common import actor, audit, read_body
 
@@ -36,28 +41,75 @@ KEY = "models:"
 NOTICE = "models"  # the change notice's kind
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,99}")
 _SECRET_KEY = re.compile(r"key|token|secret|password|credential", re.IGNORECASE)
-_ENV_ONLY = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::-[^}]*)?\}")
+# what `like` copies only to the host it was configured for: the keys, and headers that carry a credential
+_CREDENTIAL_FIELDS = frozenset(
+    {"api_key", "aws_access_key_id", "aws_secret_access_key", "aws_session_token", "profile"}
+)
+_CREDENTIAL_HEADER = re.compile(r"authorization|key|token|secret|cookie", re.IGNORECASE)
+_HOST_FIELDS = ("base_url", "endpoint_url")
 
 
-def _backend_settings(name: str, record: dict, config: Config) -> tuple[dict[str, Any], dict[str, str], set[str]]:
-    """The backend entry a record stands for, with the unset variables and secrets it refers to."""
+def _host(settings: dict[str, Any], kinds: dict) -> str:
+    """Where a backend entry sends its requests: scheme://host[:port] of its URL (or its kind's default)."""
+    for field in _HOST_FIELDS:
+        if isinstance(settings.get(field), str):
+            parts = urlsplit(settings[field].strip())
+            return f"{parts.scheme.lower()}://{(parts.netloc.rpartition('@')[2]).lower()}"
+    kind = kinds.get(settings.get("kind"))
+    default = getattr(kind, "Settings", None) and kind.Settings.model_fields.get("base_url")
+    if default is not None and isinstance(default.default, str):
+        return _host({"base_url": default.default}, kinds)
+    if settings.get("region"):  # Bedrock: the region's own endpoint
+        return f"https://bedrock-runtime.{settings['region']}.amazonaws.com"
+    return f"{settings.get('kind')}:"
+
+
+def _without_credentials(settings: dict[str, Any]) -> dict[str, Any]:
+    kept = {k: v for k, v in settings.items() if k not in _CREDENTIAL_FIELDS}
+    if isinstance(kept.get("headers"), dict):
+        kept["headers"] = {k: v for k, v in kept["headers"].items() if not _CREDENTIAL_HEADER.search(k)}
+    return kept
+
+
+_NOT_EXPANDED = (
+    "{where}: ${{VAR}} is expanded only in the config file; a registration refers to credentials "
+    "with 'like' (a configured backend of the same host)"
+)
+
+
+def _env_references(node: Any, path: str = "backend") -> list[str]:
+    """Where `node` (what the admin API was sent) names an environment variable: never expanded there."""
+    if isinstance(node, dict):
+        return [p for k, v in node.items() for p in _env_references(v, f"{path}.{k}")]
+    if isinstance(node, list):
+        return [p for i, v in enumerate(node) for p in _env_references(v, f"{path}[{i}]")]
+    return [path] if isinstance(node, str) and "${" in node else []
+
+
+def _backend_settings(
+    name: str, record: dict, config: Config, kinds: dict
+) -> tuple[dict[str, Any], dict[str, str], bool]:
+    """The backend entry a record stands for, the unset variables it refers to (the config's, through
+    `like`), and whether it carries the credentials `like` copied (only to the host they are for)."""
     wanted = dict(record.get("backend") or {})
     like = wanted.pop("like", None)
-    unset: dict[str, str] = {}
-    secrets: set[str] = set()
-    base: dict[str, Any] = {}
-    if like is not None:
-        if like not in config.settings.backends:
-            raise ValueError(f"like: no configured backend '{like}'")
-        base = dict(config.settings.backends[like])
-        prefix = f"backends.{like}."
-        unset = {
-            f"backends.{name}.{path[len(prefix) :]}": var
-            for path, var in config.unset_env.items()
-            if path.startswith(prefix)
-        }
-    own = _interpolate(wanted, f"backends.{name}", unset, secrets)
-    return {**base, **own}, unset, secrets
+    if references := _env_references(wanted):
+        raise ValueError(_NOT_EXPANDED.format(where=references[0]))
+    if like is None:
+        return wanted, {}, False
+    if like not in config.settings.backends:
+        raise ValueError(f"like: no configured backend '{like}'")
+    base = dict(config.settings.backends[like])
+    settings = {**base, **wanted}
+    if _host(settings, kinds) != _host(base, kinds) or settings.get("kind") != base.get("kind"):
+        return {**_without_credentials(base), **wanted}, {}, False
+    prefix = f"backends.{like}."
+    unset = {
+        f"backends.{name}.{path[len(prefix) :]}": var
+        for path, var in config.unset_env.items()
+        if path.startswith(prefix)
+    }
+    return settings, unset, True
 
 
 def problems_of(name: str, record: dict, config: Config, kinds: dict) -> list[str]:
@@ -71,7 +123,7 @@ def problems_of(name: str, record: dict, config: Config, kinds: dict) -> list[st
     routes = record.get("shadow") or []
     problems = [f"shadow: no route named '{r}'" for r in routes if r not in config.settings.routes]
     try:
-        settings, unset, _ = _backend_settings(name, record, config)
+        settings, unset, _ = _backend_settings(name, record, config, kinds)
     except ValueError as exc:
         return problems + [str(exc)]
     kind = kinds.get(settings.get("kind"))
@@ -92,28 +144,23 @@ def merged(config: Config, records: dict[str, dict], kinds: dict) -> Config:
         return config
     backends = dict(config.settings.backends)
     routes = dict(config.settings.routes)
-    unset, secrets = dict(config.unset_env), set(config.secrets)
+    unset = dict(config.unset_env)
     for key, record in sorted(records.items()):
         name = key.removeprefix(KEY)
         if problems := problems_of(name, record, config, kinds):
             log.error("registered model %s left out: %s", name, "; ".join(problems))
             continue
-        backends[name], more_unset, more_secrets = _backend_settings(name, record, config)
+        backends[name], more_unset, _ = _backend_settings(name, record, config, kinds)
         unset.update(more_unset)
-        secrets |= more_secrets
         for route in record.get("shadow") or []:
             if name not in routes[route].shadow:
                 routes[route] = routes[route].model_copy(update={"shadow": [*routes[route].shadow, name]})
     settings = config.settings.model_copy(update={"backends": backends, "routes": routes})
-    return Config(settings=settings, source=config.source, unset_env=unset, secrets=secrets)
+    return Config(settings=settings, source=config.source, unset_env=unset, secrets=set(config.secrets))
 
 
 def _literal_secrets(backend: dict) -> list[str]:
-    return [
-        k
-        for k, v in backend.items()
-        if _SECRET_KEY.search(k) and isinstance(v, str) and v != "none" and not _ENV_ONLY.fullmatch(v)
-    ]
+    return [k for k, v in backend.items() if _SECRET_KEY.search(k) and isinstance(v, str) and v != "none"]
 
 
 async def register(
@@ -133,10 +180,12 @@ async def register(
         raise InvalidRequest(
             "'backend' must be an object with 'like' (a configured backend to copy) or 'kind'", param="backend"
         )
+    if references := _env_references(backend):
+        raise InvalidRequest(_NOT_EXPANDED.format(where=references[0]), param="backend")
     if secrets := _literal_secrets(backend):
         raise InvalidRequest(
-            f"backend.{secrets[0]}: pass secrets as ${{VAR}} references or copy them with 'like'; "
-            "a registration is stored in the state store",
+            f"backend.{secrets[0]}: a registration carries no secret (it is stored in the state store): "
+            "copy a configured backend's credentials with 'like', for that backend's host",
             param="backend",
         )
     if not isinstance(shadow, list) or not all(isinstance(r, str) for r in shadow):
@@ -154,6 +203,7 @@ async def register(
     await gateway.store.set(KEY + name, record)
     await gateway.refresh_registered()
     await gateway.store.publish({"kind": NOTICE, "name": name})
+    settings, _, credentials = _backend_settings(name, record, gateway.file_config, gateway.kinds)
     for route in shadow or [None]:
         await audit(
             gateway,
@@ -164,6 +214,8 @@ async def register(
             after=backend,
             reason=reason,
             backend=name,
+            host=_host(settings, gateway.kinds),
+            credentials=f"copied from '{backend['like']}'" if credentials else None,
         )
     return record
 

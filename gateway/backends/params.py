@@ -42,6 +42,24 @@ def _row(anthropic: str, bedrock: str, openai: str = _P) -> dict[str, str]:
     return {"openai": openai, "anthropic": anthropic, "bedrock": bedrock}
 
 
+# What configures an API client (where it connects, with which key), which SDKs and proxies such as LiteLLM
+# take beside a request: sent in a body it is refused on every kind, never passed on to an upstream, since
+# the gateway alone chooses where a request goes and with what credentials.
+CLIENT_SETTINGS = (
+    "base_url",
+    "api_base",
+    "api_key",
+    "api_version",
+    "api_type",
+    "organization",
+    "project",
+    "default_headers",
+    "extra_headers",
+    "default_query",
+    "max_retries",
+)
+
+
 POLICY: dict[str, dict[str, str]] = {
     "model": _row(_T, _T, _T),
     "messages": _row(_T, _T),
@@ -80,6 +98,7 @@ POLICY: dict[str, dict[str, str]] = {
     "prompt_cache_retention": _row(_I, _I),
     "service_tier": _row(_I, _I),
     "prediction": _row(_I, _I),
+    **{name: _row(_R, _R, _R) for name in CLIENT_SETTINGS},
     # fields inside messages and tools
     "messages[].thinking_blocks": _row(_T, _T),
     "messages[].content[].cache_control": _row(_T, _T),
@@ -143,6 +162,7 @@ NOTES: dict[str, str] = {
     "prompt_cache_retention": "a cache hint; cache_control's `ttl` sets a cache point's lifetime",
     "service_tier": "a capacity hint; the answer is the same",
     "prediction": "a latency hint; the answer is the same",
+    **{name: "an API client's setting, not a request's: the gateway chooses the upstream" for name in CLIENT_SETTINGS},
     "messages[].thinking_blocks": "an assistant message's thinking / redacted_thinking blocks go back first in "
     "its turn, signatures unchanged (bedrock: `reasoningContent`, Claude models "
     "only); answers carry `reasoning_content` and `thinking_blocks`",
@@ -171,6 +191,11 @@ REASONS: dict[str, str] = {
     "web_search_options": "the provider's web search is not run through this gateway",
     "functions": "'functions' is the deprecated form of 'tools': send 'tools'",
     "function_call": "'function_call' is the deprecated form of 'tool_choice': send 'tool_choice'",
+    **{
+        name: f"'{name}' configures an API client, it is no request parameter: the gateway chooses the upstream "
+        "and its credentials, and sends no caller's setting of them on"
+        for name in CLIENT_SETTINGS
+    },
 }
 
 

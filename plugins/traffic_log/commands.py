@@ -153,7 +153,10 @@ def exchange_line(e: dict[str, Any]) -> str:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    found = _get(AdminClient(args.url), "/admin/traffic/" + urllib.parse.quote(args.request_id, safe=""))
+    path = "/admin/traffic/" + urllib.parse.quote(args.request_id, safe="")
+    if args.team:
+        path += "?" + urllib.parse.urlencode({"team": args.team})
+    found = _get(AdminClient(args.url), path)
     if args.json:
         print(json.dumps(found, indent=2, sort_keys=True, ensure_ascii=False))
     else:
@@ -257,6 +260,7 @@ def register_commands(commands):
         description="One exchange from the traffic log, found by the x-request-id its answer carried.",
     )
     show.add_argument("request_id", metavar="REQUEST_ID", help="the exchange's id (its answer's x-request-id)")
+    show.add_argument("--team", help="only this team's exchange: another team's is not found")
     add_url_arg(show)
     add_json_arg(show, "the stored record, and what other plugins stored for it,")
     show.set_defaults(handler=cmd_show)

@@ -221,13 +221,16 @@ def _decoded(record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def find_exchange(path: str, request_id: str) -> tuple[dict[str, Any] | None, int]:
-    """The latest record logged under `request_id`, and how many carry it (callers may reuse their own ids)."""
+def find_exchange(path: str, request_id: str, team: str | None = None) -> tuple[dict[str, Any] | None, int]:
+    """The latest record logged under `request_id` (with `team`, only that team's: another's is as unknown as an
+    id never seen), and how many carry it (records written before ids were the gateway's own may share one)."""
+    where, params = "request_id = ?", (request_id,)
+    if team is not None:
+        where, params = where + " AND tenant = ?", (request_id, team)
     conn = _read_only(path)
     try:
-        rows = conn.execute(
-            f"SELECT {', '.join(COLUMNS)} FROM traffic WHERE request_id = ? ORDER BY id DESC", (request_id,)
-        ).fetchall()
+        sql = f"SELECT {', '.join(COLUMNS)} FROM traffic WHERE {where} ORDER BY id DESC"
+        rows = conn.execute(sql, params).fetchall()
     finally:
         conn.close()
     return (_decoded(dict(zip(COLUMNS, rows[0]))) if rows else None), len(rows)
@@ -490,7 +493,8 @@ class TrafficLog:
             if self._writer is not None:  # a record still queued is found too: an operator looks one up at once
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._writer.flush(), SHOW_FLUSH_SECONDS)
-            record, matches = await read(find_exchange, self.settings.path, request_id)
+            team = request.query.get("team") or None  # a team's view: another team's exchange is not found
+            record, matches = await read(find_exchange, self.settings.path, request_id, team)
             if record is None:
                 raise NotFound(
                     f"no exchange with id '{request_id}' in the traffic log",
