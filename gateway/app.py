@@ -10,6 +10,7 @@ import time
 from aiohttp import web
 
 from . import admin, proxy, tracing
+from .banner import NO_ROUTE, unanswerable
 from .breaker import breaker_problems
 from .config import Config
 from .context import CLIENT_REQUEST_ID, REQUEST_CONTEXT, REQUEST_ID, dumps
@@ -132,7 +133,9 @@ async def readyz(request: web.Request) -> web.Response:
     """Ready when the config is loaded and the state store answers; lists what would fail a request.
 
     A shared store (Redis) that is away leaves the gateway serving with the state it last knew, so
-    it reads "degraded" (200): failing the probe would take every replica out at once."""
+    it reads "degraded" (200): failing the probe would take every replica out at once. A route that
+    cannot answer (its backends lack credentials) is named under `degraded.routes` as the banner names
+    it; when no route can answer, the status is "degraded" too (200: a caller's 503 names what to set)."""
     gateway = request.app[GATEWAY]
     store_ok = await gateway.store.ping()
     degraded = {
@@ -143,11 +146,14 @@ async def readyz(request: web.Request) -> web.Response:
     }
     if problem := breaker_problems(gateway.backends):
         degraded["breakers"] = problem
+    if problem := unanswerable(gateway):
+        degraded["routes"] = problem
+    answering = not problem or not problem.startswith(NO_ROUTE)
     serving = store_ok or gateway.store.engine == "redis"
     if not store_ok and serving:
         degraded.setdefault("state_store", gateway.store.degraded or "redis does not answer")
     body = {
-        "status": ("ready" if store_ok else "degraded") if serving else "not_ready",
+        "status": ("ready" if store_ok and answering else "degraded") if serving else "not_ready",
         "config": gateway.config.source,
         "state_store": {"engine": gateway.store.engine, "reachable": store_ok},
         "missing_credentials": gateway.missing_credentials(),

@@ -11,6 +11,8 @@ import os
 
 from .errors import NO_KEYS_HINT
 
+NO_ROUTE = "no route can answer"
+
 
 def _admin_on(gateway) -> bool:
     return bool(gateway.config.server.admin_token or os.environ.get("LLMGATE_ADMIN_TOKEN"))
@@ -27,6 +29,16 @@ def route_readiness(gateway) -> dict[str, tuple[list[str], list[str]]]:
             [f"{b} needs {', '.join(missing[b])}" for b in chain if b in missing],
         )
     return readiness
+
+
+def unanswerable(gateway) -> str | None:
+    """For /readyz, in the banner's words: each route that cannot answer and why (None when all can)."""
+    routes = route_readiness(gateway)
+    blocked = [f"route {name}: cannot answer: {'; '.join(why)}" for name, (ready, why) in routes.items() if not ready]
+    if not blocked:
+        return None
+    lead = f"{NO_ROUTE} (set the variables and restart; " if len(blocked) == len(routes) else "("
+    return f"{lead}{len(blocked)} of {len(routes)} routes) " + " | ".join(blocked)
 
 
 def route_line(name: str, ready: list[str], blocked: list[str]) -> str:

@@ -163,7 +163,10 @@ class Gateway:
             )
         if not given or not hmac.compare_digest(given.encode(), expected.encode()):
             raise Unauthorized(
-                "a valid admin token is required (Authorization: Bearer <token>)", code="invalid_admin_token"
+                "a valid admin token is required (Authorization: Bearer <token>): the gateway's is server.admin_token "
+                "in its config, else the LLMGATE_ADMIN_TOKEN it started with (`make demo` prints the one it made "
+                "for its run); the token sent is not it",
+                code="invalid_admin_token",
             )
 
     def missing_credentials(self) -> dict[str, list[str]]:
@@ -260,6 +263,9 @@ class Gateway:
             await backend.close()
 
 
+DEMO_ROUTE = "demo"  # config/demo.yaml's route, which the README's tour asks for
+
+
 def no_such_route(name: str, visible: list[str], scoped: bool) -> NotFound:
     """The 404 for an unknown model: lists `visible`, which a plugin may have narrowed to the caller's."""
     if scoped:
@@ -268,6 +274,8 @@ def no_such_route(name: str, visible: list[str], scoped: bool) -> NotFound:
         known = f"routes: {', '.join(visible) or 'none configured'}"
     # OpenAI's own words: the same for a route that does not exist and for one the caller may not use
     message = f"The model `{name}` does not exist or you do not have access to it ({known})"
+    if not scoped and name == DEMO_ROUTE:  # the tour's request sent to `make run`
+        message += f"; '{name}' is the route `make demo` serves (a local model, no provider keys needed)"
     return NotFound(message, param="model", code="model_not_found")
 
 

@@ -181,3 +181,65 @@ def test_an_unknown_plugin_suggests_the_nearest(tmp_path, capsys):
 def test_a_valid_config_still_passes(tmp_path):
     """The checks add no problem to a config that has none."""
     assert main(["check-config", str(_written(tmp_path, config_with()))]) == 0
+
+
+# --- one run names every problem it can find ----------------------------------------------------------
+
+
+def test_check_config_reports_every_phase_in_one_run(tmp_path, capsys):
+    """A misspelt key (schema), an unknown backend (references), two plugins' bad options, an unknown plugin
+    and an unknown kind (backends): each phase runs on what the ones before left usable."""
+    raw = config_with(
+        server={"max_body_byte": 1024},
+        routes={"support-bot": {"baseline": "base", "candidate": {"base": 5}}, "other": {"baseline": "nope"}},
+        plugins={
+            "traffic_log": {"path": str(tmp_path / "t.db"), "bodys": True},
+            "shadow": {"pathh": "x"},
+            "nosuch": {},
+        },
+    )
+    raw["backends"]["odd"] = {"kind": "teleport", "model": "x"}
+    status, err = check_config(tmp_path, capsys, raw)
+    assert status == 1
+    problems = [line.removeprefix("  - ") for line in err.splitlines()[1:]]
+    assert [p.split(":")[0] for p in problems] == [
+        "server.max_body_byte",
+        "routes.support-bot.candidate",
+        "routes.other.baseline",
+        "plugins.nosuch",
+        "plugins.traffic_log.bodys",
+        "plugins.shadow.pathh",
+        "backends.odd.kind",
+    ]
+    assert "did you mean 'candidates'?" in problems[1] and "did you mean 'bodies'?" in problems[4]
+    assert "not checked" not in err  # every phase could run
+
+
+def test_a_route_without_a_baseline_leaves_the_other_routes_checked(tmp_path, capsys):
+    raw = config_with(routes={"a": {"candidates": {"base": 5}}, "b": {"baseline": "base", "fallback": ["zz"]}})
+    raw["plugins"]["judge"] = {"enabled": True, "bogus": 1}
+    status, err = check_config(tmp_path, capsys, raw)
+    assert status == 1
+    assert "routes.a.baseline: Field required" in err
+    assert "routes.b.fallback[0]: unknown backend 'zz'" in err
+    assert "plugins.judge.bogus: unknown key" in err and "plugins.judge.backend: Field required" in err
+
+
+def test_a_file_that_is_not_a_config_says_what_was_not_checked(tmp_path, capsys):
+    path = tmp_path / "gateway.yaml"
+    for text in ("routes: [", "- 1\n"):
+        path.write_text(text)
+        assert main(["check-config", str(path)]) == 1
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert last.startswith("  - not checked: the keys and values, the references between sections, the plugins")
+        assert last.endswith("the file could not be read as a config")
+
+
+def test_a_valid_config_is_still_one_line_and_the_missing_keys(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("SUGGEST_TEST_KEY", raising=False)
+    raw = config_with()
+    raw["backends"]["keyed"] = {"kind": "anthropic", "model": "c", "api_key": "${SUGGEST_TEST_KEY}"}
+    assert main(["check-config", str(_written(tmp_path, raw))]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "valid: 2 backends, 1 routes, plugins: " in out[0]
+    assert out[1:] == ["  backend keyed: set SUGGEST_TEST_KEY before it can serve"]

@@ -15,6 +15,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import openai
@@ -180,6 +182,47 @@ def test_the_first_request_with_no_keys_fails_at_once_and_points_to_the_demo(run
         running["clone"], "traffic", "show", "0" * 32, "--url", running["url"], env={"LLMGATE_ADMIN_TOKEN": TOKEN}
     )
     assert unknown.returncode == 1 and "0" * 32 in unknown.stderr
+
+
+def test_the_tours_route_under_make_run_points_to_the_demo_and_readiness_says_why(running):
+    chat = {"model": "demo", "user": "alice", "messages": [{"role": "user", "content": "hi"}]}
+    client = openai.OpenAI(base_url=running["url"] + "/v1", api_key="demo", max_retries=0)
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.chat.completions.create(**chat)
+    assert "'demo' is the route `make demo` serves" in caught.value.body["message"]
+    guessed = urllib.request.Request(running["url"] + "/admin/status", headers={"Authorization": "Bearer guess-0000"})
+    with pytest.raises(urllib.error.HTTPError) as refused:  # a guessed token: where the real one comes from
+        urllib.request.urlopen(guessed, timeout=10)
+    said = json.loads(refused.value.read())["error"]["message"]
+    assert refused.value.code == 401 and "LLMGATE_ADMIN_TOKEN" in said and "make demo" in said
+    assert "guess-0000" not in said and TOKEN not in said
+    with urllib.request.urlopen(running["url"] + "/readyz", timeout=10) as answered:
+        ready = json.loads(answered.read())
+    assert ready["status"] == "degraded" and ready["degraded"]["routes"].startswith("no route can answer")
+    assert "route support-bot: cannot answer: claude-base needs ANTHROPIC_API_KEY" in ready["degraded"]["routes"]
+
+
+def _readme_blocks(kind: str) -> list[str]:
+    parts = (ROOT / "README.md").read_text().split("```")
+    return [part.removeprefix(kind).strip() for part in parts[1::2] if part.startswith(kind + "\n")]
+
+
+def test_the_readme_asks_make_run_for_a_route_it_serves_and_installs_what_it_uses():
+    routes = _llmgate_routes(ROOT / "config" / "gateway.yaml")
+    shell = _readme_blocks("sh")
+    first_curl = next(block for block in shell if "curl" in block)
+    assert json.loads(first_curl.split("-d '", 1)[1].split("'", 1)[0])["model"] in routes
+    commands = [line.strip() for block in shell for line in block.splitlines()]
+    assert not [line for line in commands if line.startswith("llmgate ")], "llmgate is .venv/bin/llmgate"
+    readme = (ROOT / "README.md").read_text()
+    assert readme.index(".venv/bin/pip install openai") < readme.index("from openai import OpenAI")
+    assert "about 8 minutes on 2 cores" in readme  # the cold llama.cpp build, as measured
+
+
+def _llmgate_routes(path: Path) -> set[str]:
+    import yaml
+
+    return set(yaml.safe_load(path.read_text())["routes"])
 
 
 def test_a_busy_port_is_one_line_that_says_how_to_choose_another(running, tmp_path):

@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         "check-config",
         aliases=["check"],
         help="validate a config file and say what is missing",
-        description="Load FILE as the daemon would; exit 1 and name each problem if it is invalid.",
+        description="Load FILE as the daemon would; exit 1 and name every problem one run can find if it is invalid.",
     )
     check.add_argument(
         "file", nargs="?", default=None, help="the config file to check (default: as serve finds one without --config)"
@@ -113,18 +113,19 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from ..config import load_config  # start-up, as in cmd_serve: the config and every plugin
-    from ..gateway import Gateway
+    from .check import check  # start-up, as in cmd_serve: the config and every plugin
 
-    config = load_config(args.file)
-    gateway = Gateway(config)
-    settings = config.settings
+    report = check(args.file)
+    if report.problems or report.skipped:
+        raise report.error()  # every problem found, then what could not be checked and why
+    settings = report.config.settings
     print(
-        f"{config.source}: valid: {len(settings.backends)} backends, {len(settings.routes)} routes, "
-        f"plugins: {', '.join(sorted(name for name, _ in gateway.pm.list_name_plugin()))}"
+        f"{report.source}: valid: {len(settings.backends)} backends, {len(settings.routes)} routes, "
+        f"plugins: {', '.join(report.plugins)}"
     )
-    for backend, missing in gateway.missing_credentials().items():
-        print(f"  backend {backend}: set {', '.join(missing)} before it can serve")
+    for name, backend in report.backends.items():
+        if missing := backend.missing_credentials():
+            print(f"  backend {name}: set {', '.join(missing)} before it can serve")
     return 0
 
 
