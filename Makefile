@@ -93,6 +93,7 @@ bench: install-test $(VENV)/.installed-bench .venv-litellm/.installed-1.106.2 $(
 	$(BIN)/python bench/durability.py --output bench/results/durability.json
 	$(BIN)/python bench/overhead.py --output-dir bench/results $(BENCH_ARGS)
 	$(BIN)/python bench/plugin_costs.py --output-dir bench/results
+	$(BIN)/python bench/redis_ops.py --output bench/results/redis_ops.json
 
 # The benchmark harness's own tests (a few real processes on loopback).
 bench-test: $(VENV)/.installed-bench

@@ -89,7 +89,20 @@ class ServerSettings(Strict):
 
 class StateSettings(Strict):
     sqlite_path: str = "var/llmgate.db"
-    redis_url: str | None = None
+    redis_url: str | None = Field(
+        None,
+        description="redis://host:port/db (one node), redis+cluster://host:port,host:port (a Redis Cluster) "
+        "or redis+sentinel://host:port,host:port/service_name (a Sentinel service); rediss for TLS",
+    )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_names_a_redis(cls, url: str | None) -> str | None:
+        from .state.redis_connect import parse_redis_url  # imports nothing of redis-py
+
+        if url is not None:
+            parse_redis_url(url)  # a ValueError naming the accepted forms
+        return url
 
 
 class Price(Strict):

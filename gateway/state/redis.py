@@ -9,14 +9,14 @@ import logging
 import time
 from typing import Any
 
-import redis.asyncio as aioredis
+from redis.exceptions import ClusterDownError, RedisClusterException, WatchError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.exceptions import WatchError
 
 from ..background import stop_tasks
 from ..errors import StoreUnavailable
 from .base import StateStore
+from .redis_connect import RedisClient, mget
 
 log = logging.getLogger("llmgate.state")
 PREFIX = "llmgate:state:"
@@ -32,8 +32,11 @@ end
 return 0
 """
 MAX_EVENTS = 10_000
-# What a Redis that is away raises: an operational state to report in a line, never a traceback.
-UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError, StoreUnavailable)
+# What a Redis that is away raises: an operational state to report in a line, never a traceback. On a
+# cluster also a cluster without a master for a slot (ClusterDownError), or none of its nodes answering
+# (RedisClusterException: "cannot be connected"; redis-py raises it for more, all about reaching nodes).
+AWAY = (RedisConnectionError, RedisTimeoutError, OSError, ClusterDownError, RedisClusterException)
+UNREACHABLE = (*AWAY, TimeoutError, StoreUnavailable)
 
 
 def _reachable(method):
@@ -43,7 +46,7 @@ def _reachable(method):
     async def call(self, *args, **kwargs):
         try:
             return await method(self, *args, **kwargs)
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        except AWAY as exc:
             raise StoreUnavailable(
                 f"the state store (redis) is unreachable, nothing was changed: {type(exc).__name__}",
                 code="state_store_unavailable",
@@ -58,16 +61,9 @@ class RedisStateStore(StateStore):
     def __init__(self, url: str, max_connections: int = 32):
         super().__init__()
         self._url = url
-        # A blocking pool waits for a free connection under load instead of raising.
-        self._pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=5,
-            socket_connect_timeout=2,
-            socket_timeout=5,
-            decode_responses=True,
-        )
-        self.client = aioredis.Redis(connection_pool=self._pool)
+        self._connection = RedisClient(url, decode_responses=True, max_connections=max_connections)
+        self.mode = self._connection.mode  # "single", "cluster" or "sentinel" (redis_connect)
+        self.client = self._connection.client
         self._extend_lease = self.client.register_script(EXTEND_LEASE)
         self._listener: asyncio.Task | None = None
         self._lost: str | None = None
@@ -80,8 +76,7 @@ class RedisStateStore(StateStore):
         # redis-py can swallow a cancellation inside get_message, so the listener also checks a flag.
         self._closing = True
         await stop_tasks([self._listener])
-        await self.client.aclose()
-        await self._pool.disconnect()
+        await self._connection.aclose()
 
     @property
     def degraded(self) -> str | None:
@@ -89,13 +84,21 @@ class RedisStateStore(StateStore):
 
     async def _listen(self) -> None:
         """Receive change notices; after a lost connection, reconnect and ask listeners to resync."""
-        backoff = 0.1
+        backoff, attempt = 0.1, 0
         while not self._closing:
-            # Its own connection, pinged when idle so that a dead server is noticed within seconds.
-            client = aioredis.Redis.from_url(
-                self._url, decode_responses=True, socket_connect_timeout=2, health_check_interval=2
+            # Its own connection, pinged when idle so that a dead server is noticed within seconds; on a
+            # cluster one node's (the next listed after a failure): PUBLISH reaches every node's subscribers.
+            connection = RedisClient(
+                self._url,
+                decode_responses=True,
+                max_connections=2,
+                socket_timeout=None,
+                health_check_interval=2,
+                attempt=attempt,
+                single_node=True,
             )
-            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            attempt += 1
+            pubsub = connection.client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(CHANNEL)
                 if self._lost is not None:
@@ -118,7 +121,7 @@ class RedisStateStore(StateStore):
             finally:
                 try:
                     await pubsub.aclose()
-                    await client.aclose()
+                    await connection.aclose()
                 except Exception:
                     pass
 
@@ -176,7 +179,7 @@ class RedisStateStore(StateStore):
         keys = [k async for k in self.client.scan_iter(match=_glob_escape(PREFIX + prefix) + "*", count=500)]
         if not keys:
             return {}
-        values = await self.client.mget(keys)
+        values = await mget(self.client, keys)  # on a cluster SCAN visits every master, MGET each slot
         return {k[len(PREFIX) :]: json.loads(v) for k, v in sorted(zip(keys, values)) if v is not None}
 
     @_reachable

@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from gateway.state.redis_connect import tagged_prefix
+
 PREFIX = "llmgate:spend:"
 MICRO = 1_000_000
 
@@ -174,19 +176,25 @@ class RedisSpend:
         self.client = client
         self._reserve = client.register_script(RESERVE)
         self._adjust = client.register_script(ADJUST)
+        # One script reserves against every budget a request meets (its team's, its key's, the gateway's),
+        # so on a cluster all the counters share one slot: `{llmgate:spend}:team:x:d:...`.
+        self._prefix = tagged_prefix(client, PREFIX)
+
+    def _name(self, key: str) -> str:
+        return self._prefix + key.removeprefix(PREFIX)
 
     async def reserve(self, budgets: list[Budget], amount: int, now: float) -> tuple[Budget | None, int]:
-        keys = [b.key(now) for b in budgets]
+        keys = [self._name(b.key(now)) for b in budgets]
         limits = [micro(b.limit_usd) for b in budgets]
         ends = [int(period_end(b.period, now)) + 86400 for b in budgets]  # kept a day past its period
         refused, used = await self._reserve(keys=keys, args=[amount, *limits, *ends])
         return (budgets[int(refused) - 1], int(used)) if int(refused) else (None, 0)
 
     async def adjust(self, keys: list[str], delta: int) -> list[int]:
-        return [int(v) for v in await self._adjust(keys=keys, args=[delta])]
+        return [int(v) for v in await self._adjust(keys=[self._name(k) for k in keys], args=[delta])]
 
     async def used(self, key: str) -> int:
-        return int(await self.client.get(key) or 0)
+        return int(await self.client.get(self._name(key)) or 0)
 
     async def reset(self, key: str) -> None:
-        await self.client.delete(key)
+        await self.client.delete(self._name(key))

@@ -19,6 +19,8 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+from gateway.state.redis_connect import hash_tag
+
 WINDOW_SECONDS = 60.0
 DAY_SECONDS = 86_400
 KEY_PREFIX = "llmgate:quota:"
@@ -127,9 +129,11 @@ class RedisCounters:
         self._adjust = client.register_script(ADJUST)
         self._peek = client.register_script(PEEK)
         self._ping = client.ping
+        self._client = client
 
-    @staticmethod
-    def _keys(team: str, day: str) -> list[str]:
+    def _keys(self, team: str, day: str) -> list[str]:
+        """A team's two keys, one script's: on a cluster `{team}` puts them in one slot."""
+        team = hash_tag(self._client, team)
         return [f"{KEY_PREFIX}requests:{team}", f"{KEY_PREFIX}tokens:{team}:{day}"]
 
     async def ping(self) -> bool:

@@ -91,18 +91,17 @@ class SharedEntries:
         on_clear: Callable[[str | None], Awaitable[None]],
         clock: Callable[[], float] = time.time,
     ):
-        import redis.asyncio as aioredis  # start-up: only when replicas share entries
+        from gateway.state.redis_connect import RedisClient  # start-up: redis-py only when replicas share
 
         self.replica = uuid.uuid4().hex
         self.max_entries = max_entries
         self.on_add = on_add
         self.on_clear = on_clear
         self.clock = clock
-        # Binary values (vectors), so not the state store's decoding client; a blocking pool waits under load.
-        self._pool = aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=4, timeout=5, socket_connect_timeout=2, socket_timeout=10
-        )
-        self.client = aioredis.Redis(connection_pool=self._pool)
+        # Binary values (vectors), so not the state store's decoding client; one node, a cluster (one stream:
+        # one slot) or a Sentinel's master, as the URL says.
+        self._connection = RedisClient(url, decode_responses=False, max_connections=4, socket_timeout=10)
+        self.client = self._connection.client
         self.last_id = "0-0"
         self.published = 0
         self.applied = 0
@@ -119,8 +118,7 @@ class SharedEntries:
         # redis-py can swallow a cancellation inside a blocking read, so the loop also checks a flag.
         self._closing = True
         await stop_tasks([self._task])
-        await self.client.aclose()
-        await self._pool.disconnect()
+        await self._connection.aclose()
 
     async def publish_add(self, entry: SharedEntry) -> None:
         await self._publish(_encode_entry(self.replica, entry))

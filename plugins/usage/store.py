@@ -24,6 +24,8 @@ import time
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
+from gateway.state.redis_connect import tagged_prefix
+
 log = logging.getLogger("llmgate.usage")
 
 MEASURES = ("requests", "prompt_tokens", "completion_tokens", "cache_read_tokens", "cache_write_tokens", "cost_usd")
@@ -181,6 +183,8 @@ class RedisUsage:
     def __init__(self, client, keep_days: int | None) -> None:
         self.client = client
         self.keep_days = keep_days
+        # One MULTI adds a flush's days (two across midnight): on a cluster every day's hash shares a slot.
+        self._prefix = tagged_prefix(client, PREFIX)
 
     async def add(self, counts: dict[Key, list]) -> None:
         pipe = self.client.pipeline(transaction=True)
@@ -189,18 +193,18 @@ class RedisUsage:
             for measure, value in zip(MEASURES, values):
                 if value:
                     increment = pipe.hincrbyfloat if measure == "cost_usd" else pipe.hincrby
-                    increment(PREFIX + day, base + measure, value)
+                    increment(self._prefix + day, base + measure, value)
         if self.keep_days is not None:
             for day in {key[0] for key in counts}:
                 start = datetime.combine(date.fromisoformat(day), datetime.min.time(), timezone.utc).timestamp()
-                pipe.expireat(PREFIX + day, int(start) + (self.keep_days + 1) * 86400)
+                pipe.expireat(self._prefix + day, int(start) + (self.keep_days + 1) * 86400)
         await pipe.execute()
 
     async def read(self, first: str, last: str, team: str | None) -> list[tuple]:
         wanted = days(first, last)
         pipe = self.client.pipeline(transaction=False)
         for day in wanted:
-            pipe.hgetall(PREFIX + day)
+            pipe.hgetall(self._prefix + day)
         sums: dict[Key, list] = {}
         for day, fields in zip(wanted, await pipe.execute()):
             for field, value in fields.items():
