@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import queue
+import re
 import sys
 import threading
 import time
@@ -55,6 +56,22 @@ LOG_WRITE_PAUSE = 0.05  # seconds the writer rests after a write that did not fi
 LOG_CLOSE_SECONDS = 5.0  # how long closing waits for the queued lines to be written
 
 
+# What a caller could put in a path, a header, a model or team name to forge a log line or drive a terminal:
+# C0 and C1 controls (newlines, ESC), DEL, the Unicode line and paragraph separators and the bidi overrides.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_UNSAFE_IN_TRACEBACK = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _escape_char(match: re.Match) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escaped(text: str, unsafe: re.Pattern = _UNSAFE) -> str:
+    """`text` with every character that could end a log line or reach a terminal written as an escape (\\x0a)."""
+    return unsafe.sub(_escape_char, text) if unsafe.search(text) else text
+
+
 class ScrubbingFormatter(logging.Formatter):
     """Formats a record, then removes secrets from the whole text (message, arguments and traceback)."""
 
@@ -63,10 +80,22 @@ class ScrubbingFormatter(logging.Formatter):
         self.scrub = scrub
         self.as_json = as_json
 
+    def _text(self, record: logging.LogRecord) -> str:
+        """One line: the message escaped whole; a traceback on the lines after it, escaped but for its newlines,
+        each of them indented, so no line it holds reads as a record of its own."""
+        record.message = escaped(record.getMessage())
+        record.asctime = self.formatTime(record, self.datefmt)
+        text = self.formatMessage(record)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            text += "\n  " + escaped(record.exc_text, _UNSAFE_IN_TRACEBACK).replace("\n", "\n  ")
+        return text
+
     def format(self, record: logging.LogRecord) -> str:
         request_id = getattr(record, "request_id", None) or current_request_id.get()
         if not self.as_json:
-            text = super().format(record)
+            text = self._text(record)
             return self.scrub(
                 f"{text} [request {request_id}]" if request_id and record.name != access_log.name else text
             )

@@ -10,7 +10,6 @@ fallbacks) → `answer_filter`s → write the answer in the caller's dialect (JS
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import random
@@ -22,6 +21,7 @@ from aiohttp import web
 
 from . import tracing
 from .backends.base import Backend
+from .bodies import parse_json
 from .breaker import CLOSED, CircuitBreaker, CircuitOpen
 from .chat import (
     NATIVE,
@@ -76,11 +76,7 @@ async def read_json(request: web.Request, max_bytes: int) -> Any:
         ) from None
     if not raw:
         raise InvalidRequest("the request body is empty: send a JSON object", code="invalid_json")
-    try:
-        return json.loads(raw)
-    except (ValueError, RecursionError) as exc:
-        reason = "it nests too deeply" if isinstance(exc, RecursionError) else str(exc)
-        raise InvalidRequest(f"the request body is not valid JSON: {reason}", code="invalid_json") from None
+    return parse_json(raw)  # refused at MAX_DEPTH before anything else reads it
 
 
 def backend_chain(ctx: RequestContext) -> list[str]:

@@ -226,13 +226,22 @@ DEEP_NESTING = [
         b'{"model": "bot", "messages": ' + nested(10_000, "[", "]") + b"}",
     ),
     chat(
-        "deep nesting in a pass-through field, under the parser's limit",
+        "deep nesting in a pass-through field, at the stated limit of 128 levels",
         "deep-nesting",
         200,
         b'{"model": "bot", "messages": [{"role": "user", "content": "hi"}], "x_extension": '
+        + nested(127, '{"a":', "}")
+        + b"}",
+        why="within the limit, so it is passed on and logged",
+    ),
+    chat(
+        "deep nesting in a pass-through field, under the parser's limit but past the stated one",
+        "deep-nesting",
+        400,
+        b'{"model": "bot", "messages": [{"role": "user", "content": "hi"}], "x_extension": '
         + nested(900, '{"a":', "}")
         + b"}",
-        why="parses, so it is passed on and logged: neither may crash on its depth",
+        why="parses, but the encoder could not write it back: refused before anything reads it",
     ),
     chat(
         "10,000 nested objects to the feedback endpoint",

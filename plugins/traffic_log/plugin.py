@@ -182,7 +182,10 @@ def _row(record: dict[str, Any], redact: bool = False) -> tuple:
 def _json_text(value: Any) -> str:
     """JSON text SQLite can store: a refused request may hold a lone surrogate ("\\ud800"), which no UTF-8
     encoder writes and which would lose the whole batch; escaped, it reads back as it was sent."""
-    text = dumps(value)
+    try:
+        text = dumps(value)
+    except (RecursionError, ValueError):  # nested past the encoder, or a cycle: never a request's (MAX_DEPTH)
+        return dumps({"unstorable": f"{type(value).__name__} nested too deeply to store"})
     if text.isascii():
         return text
     try:
