@@ -57,6 +57,9 @@ def _label(value: Any) -> str:
     return "" if value is None else str(value)[:MAX_LABEL]
 
 
+REFUSED = frozenset({401, 403})  # a caller without a valid key, or without the right to the route
+
+
 def status_class(status: int) -> str:
     return f"{status // 100}xx"
 
@@ -141,6 +144,12 @@ class Metrics:
             buckets=SCORE_BUCKETS,
             registry=r,
         )
+        self.refused = Counter(
+            "llmgate_requests_refused",
+            "Requests refused for their credentials (401) or their permissions (403), by the error's code.",
+            ("reason",),
+            registry=r,
+        )
         self.rollout_events = Counter(
             "llmgate_rollout_events",
             "Rollout changes made on this replica, by kind (rollback, promote, rollout, kill, ...).",
@@ -173,6 +182,8 @@ class Metrics:
         series.of(self.requests, status_class(ctx.status)).inc()
         if ctx.error is not None:
             series.of(self.errors, _label(ctx.error.type)).inc()
+            if ctx.status in REFUSED:
+                self.refused.labels(_label(ctx.error.code or ctx.error.type)).inc()
         if ctx.latency_ms is not None:
             series.duration.observe(ctx.latency_ms / 1000)
         if ctx.ttft_ms is not None:

@@ -117,3 +117,47 @@ def test_a_value_the_encoder_cannot_write_is_a_marker_not_a_lost_batch():
     for _ in range(5000):
         deep = [deep]
     assert json.loads(_json_text({"note": deep})) == {"unstorable": "dict nested too deeply to store"}
+
+
+def rss_kib(pid: int) -> int:
+    status = open(f"/proc/{pid}/status").read()
+    return int(status.split("VmRSS:")[1].split()[0])
+
+
+def test_unauthenticated_bodies_cost_no_disk_and_no_lasting_memory(fake_openai, tmp_path):
+    settings = config(fake_openai, tmp_path)
+    settings["plugins"]["api_keys"] = {"enabled": True, "teams": {"a": {"keys": ["sha256:" + "0" * 64]}}}
+    gw = GatewayProcess(settings, tmp_path).start()
+    big = json.dumps({"model": "bot", "messages": [{"role": "user", "content": "x" * 5_000_000}]}).encode()
+    try:
+        baseline, stored = rss_kib(gw.proc.pid), sum(p.stat().st_size for p in tmp_path.glob("traffic.db*"))
+        for _ in range(20):
+            request = urllib.request.Request(
+                gw.url + "/v1/chat/completions", data=big, headers={"Content-Type": "application/json"}
+            )
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=30)
+            assert refused.value.code == 401
+        after = rss_kib(gw.proc.pid)
+    finally:
+        gw.stop()
+    grown = sum(p.stat().st_size for p in tmp_path.glob("traffic.db*")) - stored
+    assert grown < 1_000_000, grown  # 20 bodies of 5 MB: 100 MB had they been stored
+    assert after < baseline + 100 * 1024, (baseline, after)
+
+
+def test_a_refused_exchange_is_a_record_without_bodies_and_a_counted_refusal(tmp_path):
+    from gateway.config import RouteSettings
+    from gateway.context import RequestContext
+    from gateway.errors import PermissionDenied
+    from plugins import metrics
+    from plugins.traffic_log.plugin import Settings, TrafficLog
+
+    error = PermissionDenied("not yours", code="route_not_allowed")
+    ctx = RequestContext("r1", "bot", RouteSettings(baseline="up"), {"messages": ["x" * 1000]}, {}, status=403)
+    ctx.error = error
+    record = TrafficLog(Settings(path=str(tmp_path / "t.db")))._record(ctx)
+    assert record["status"] == 403 and record["request"] is None and record["response"] is None
+    figures = metrics.Metrics(metrics.Settings())
+    figures.after_response(ctx)
+    assert figures.refused.labels("route_not_allowed")._value.get() == 1

@@ -375,7 +375,7 @@ class TrafficLog:
         """Queue the record and wait until it is durable: the caller's answer ends after that."""
         ctx.state[NAME] = ACKNOWLEDGED  # queued here (or dropped): after_response leaves it
         try:
-            kept = self._writer.put_nowait(ctx.record(bodies=self.settings.bodies), acknowledge=True)
+            kept = self._writer.put_nowait(self._record(ctx), acknowledge=True)
         except asyncio.QueueFull:
             self._dropped()
             self._unkept("queue_full", ctx)
@@ -388,6 +388,11 @@ class TrafficLog:
             self._unkept(LOST, ctx)
         else:
             self.acknowledged[kept.result()] += 1
+
+    def _record(self, ctx) -> dict:
+        """The exchange's row; a refused request's (401, 403) without bodies: a caller without the right to
+        the route stores nothing of what it sent."""
+        return ctx.record(bodies=self.settings.bodies and ctx.status not in (401, 403))
 
     def _unkept(self, reason: str, ctx) -> None:
         self.unacknowledged[reason] += 1
@@ -405,7 +410,7 @@ class TrafficLog:
         if NAME in ctx.state:  # the acknowledged mode queued it already
             return
         try:
-            self._writer.put_nowait(ctx.record(bodies=self.settings.bodies))
+            self._writer.put_nowait(self._record(ctx))
         except asyncio.QueueFull:
             self._dropped()
 
