@@ -701,3 +701,37 @@ def test_trigger_starts_on_drift_below_a_fraction_of_the_baseline(tmp_path, fine
     assert len(finetune_api.jobs) == 1
     stored = gw.call(gw.app[GATEWAY].store.get("retrain_trigger:bot"))
     assert stored["last_job"] in decision and stored["reference"] is None  # the next baseline is measured afresh
+
+
+# --- what a plain install carries ------------------------------------------------------------------
+
+
+def test_a_plain_install_carries_what_retraining_imports():
+    """`make run` installs the base dependencies only: the SDKs a job's provider imports are among them,
+    and no test extra's package is imported by the shipped code."""
+    import ast
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+
+    def names(requirements):
+        return {
+            r.split(";")[0].split("[")[0].split("<")[0].split(">")[0].split("=")[0].strip().lower()
+            for r in requirements
+        }
+
+    base, test_only = names(project["dependencies"]), names(project["optional-dependencies"]["test"])
+    assert {"openai", "boto3"} <= base
+    imported = set()
+    for layer in ("gateway", "plugins", "evaluators", "flywheel"):
+        for path in (root / layer).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    imported |= {a.name.split(".")[0].lower() for a in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                    imported.add(node.module.split(".")[0].lower())
+    assert "openai" in imported
+    test_modules = {name.replace("-", "_") for name in test_only} | {"agents", "moto"}
+    assert imported & test_modules == set(), "shipped code imports a test-only package"

@@ -457,7 +457,7 @@ class OpenAIProvider(Provider):
 
     def client(self):
         if self._client is None:
-            import openai  # optional: the OpenAI SDK is not a dependency of the package
+            import openai  # start-up: the SDK is a dependency, imported only when an OpenAI job runs
 
             base_url = self.settings.base_url or self.backend.get("base_url") or "https://api.openai.com/v1"
             api_key = self.settings.api_key or self.backend.get("api_key")
