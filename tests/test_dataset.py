@@ -660,3 +660,137 @@ def test_the_builder_reads_the_s3_sink_when_the_config_enables_it(
     ]
     assert sorted(r["messages"][0]["content"] for r in written) == sorted(questions)
     assert all(r["messages"][1]["content"] == "echo: " + r["messages"][0]["content"] for r in written)
+
+
+# --- tool use, and the formats of every model family Bedrock customizes ------------------------------
+
+TRACK_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "track_order",
+        "description": "where an order is",
+        "parameters": {"type": "object", "properties": {"order": {"type": "string"}, "email": {"type": "string"}}},
+    },
+}
+
+
+def _tool_log(tmp_path: Path, n: int = 40) -> str:
+    """n tool-use exchanges (a call, then the tool's answer answered), n plain ones, n two-turn ones."""
+    rng, now, contexts = random.Random(3), time.time(), []
+
+    def words(k=12):
+        return " ".join(rng.choice(WORDS) for _ in range(k))
+
+    for i in range(n):
+        call = {
+            "id": f"call_{i}",
+            "type": "function",
+            "function": {"name": "track_order", "arguments": json.dumps({"order": f"A{i}", "email": f"u{i}@shop.io"})},
+        }
+        question = f"where is order A{i}: {words()}"
+        contexts.append(
+            exchange(
+                f"tool-call-{i}",
+                now - 3000 + i,
+                [{"role": "user", "content": question}],
+                None,
+                finish="tool_calls",
+                tool_calls=[call],
+                tools=[TRACK_TOOL],
+            )
+        )
+        answered = [
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": f"call_{i}", "content": f"order A{i} left the {words(4)}"},
+        ]
+        contexts.append(
+            exchange(f"tool-answer-{i}", now - 2000 + i, answered, f"It is on its way: {words()}", tools=[TRACK_TOOL])
+        )
+        contexts.append(exchange(f"plain-{i}", now - 1000 + i, [{"role": "user", "content": words()}], words()))
+        two_turns = [
+            {"role": "user", "content": words()},
+            {"role": "assistant", "content": words()},
+            {"role": "user", "content": words()},
+        ]
+        contexts.append(exchange(f"turns-{i}", now - 500 + i, two_turns, words()))
+    log_path = tmp_path / "traffic.db"
+    write_exchanges(log_path, contexts)
+    config = {
+        "backends": {"base": {"kind": "openai", "model": "m", "api_key": "none", "base_url": "http://127.0.0.1:9/v1"}},
+        "routes": {"support-bot": {"baseline": "base"}},
+        "plugins": {"traffic_log": {"path": str(log_path)}},
+    }
+    return write_config(tmp_path, config)
+
+
+def test_tool_use_exchanges_are_training_examples_where_the_format_takes_them(tmp_path):
+    config_path = _tool_log(tmp_path)
+    manifest = build(config_path, tmp_path / "openai", "--format", "openai", "--split", "100/0/0")
+    assert manifest["counts"]["kept"] == 160 and manifest["counts"]["tool_use"] == 80
+    records = [json.loads(line) for line in lines_of(tmp_path / "openai" / "train.jsonl")]
+    calls = [r for r in records if r["messages"][-1].get("tool_calls")]
+    answers = [r for r in records if any(m["role"] == "tool" for m in r["messages"])]
+    assert len(calls) == len(answers) == 40
+    call = calls[0]
+    assert call["tools"] == [TRACK_TOOL]
+    assert call["messages"][-1]["role"] == "assistant" and "content" not in call["messages"][-1]
+    arguments = json.loads(call["messages"][-1]["tool_calls"][0]["function"]["arguments"])
+    assert arguments["email"] == "[EMAIL]" and arguments["order"].startswith("A")  # scrubbed inside the arguments
+    assert manifest["pii_replaced"]["EMAIL"] == 80
+    answer = answers[0]["messages"]
+    assert [m["role"] for m in answer] == ["user", "assistant", "tool", "assistant"]
+    assert answer[2]["tool_call_id"] == answer[1]["tool_calls"][0]["id"]
+    assert validate_lines(lines_of(tmp_path / "openai" / "train.jsonl"), make_format("openai"), "train").ok
+
+    for fmt in ("bedrock", "nova"):
+        manifest = build(config_path, tmp_path / fmt, "--format", fmt, "--split", "50/50/0")
+        assert manifest["dropped"] == {"tools_unsupported_by_format": 80}, fmt
+        assert manifest["counts"]["kept"] == 80 and manifest["counts"]["tool_use"] == 0
+        assert "only openai does" in manifest["drop_reasons"]["tools_unsupported_by_format"]
+    for fmt in ("titan", "llama"):
+        manifest = build(config_path, tmp_path / fmt, "--format", fmt, "--split", "100/0/0")
+        assert manifest["dropped"] == {"tools_unsupported_by_format": 80, "multi_turn_unsupported_by_format": 40}
+        assert manifest["counts"]["kept"] == 40
+
+
+def test_each_family_gets_its_documented_record_shape(tmp_path):
+    config_path = _tool_log(tmp_path, n=10)
+    build(config_path, tmp_path / "nova", "--format", "nova", "--split", "100/0/0")
+    nova = [json.loads(line) for line in lines_of(tmp_path / "nova" / "train.jsonl")]
+    assert all(r["schemaVersion"] == "bedrock-conversation-2024" for r in nova)
+    assert {len(r["messages"]) for r in nova} == {2, 4}  # Nova keeps several turns
+    assert all(set(block) == {"text"} for r in nova for m in r["messages"] for block in m["content"])
+    build(config_path, tmp_path / "titan", "--format", "titan", "--split", "100/0/0")
+    titan = [json.loads(line) for line in lines_of(tmp_path / "titan" / "train.jsonl")]
+    assert all(set(r) == {"prompt", "completion"} for r in titan) and len(titan) == 10
+
+    nova_fmt, good = make_format("nova"), nova[0]
+    assert nova_fmt.record_problems(good) == []
+    reserved = {**good, "messages": [{"role": "user", "content": [{"text": "User: hi [EOS]"}]}, good["messages"][-1]]}
+    assert nova_fmt.record_problems(reserved) == ["messages[0]: holds the reserved words User:, [EOS]"]
+    assert nova_fmt.file_problems(7, "train") == ["7 records: a nova train file needs at least 8"]
+    assert nova_fmt.file_problems(20_001, "train") == ["20001 records: a nova train file may hold at most 20000"]
+    titan_fmt = make_format("titan")
+    assert titan_fmt.record_problems({"prompt": "q", "completion": ""}) == ["'completion' must be non-empty text"]
+    assert titan_fmt.record_problems({"prompt": "q" * 4096 * 6, "completion": "a"}) == [
+        "about 4097 tokens, more than the 4096 a record may hold"
+    ]
+    openai_fmt = make_format("openai")
+    stray = {
+        "tools": [TRACK_TOOL],
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {
+                "role": "assistant",
+                "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "refund", "arguments": "{"}}],
+            },
+            {"role": "tool", "tool_call_id": "c2", "content": "done"},
+            {"role": "assistant", "content": "ok"},
+        ],
+    }
+    assert openai_fmt.record_problems(stray) == [
+        "messages[1].tool_calls[0]: calls 'refund', which 'tools' does not offer",
+        "messages[1].tool_calls[0]: 'arguments' must be a JSON text",
+        "messages[2]: a tool message must answer an earlier tool call by its 'tool_call_id'",
+    ]

@@ -735,3 +735,24 @@ def test_a_plain_install_carries_what_retraining_imports():
     assert "openai" in imported
     test_modules = {name.replace("-", "_") for name in test_only} | {"agents", "moto"}
     assert imported & test_modules == set(), "shipped code imports a test-only package"
+
+
+def test_each_bedrock_family_takes_its_own_dataset_format(tmp_path):
+    from plugins.retrain.providers import BedrockProvider, BedrockSettings, Dataset, bedrock_format
+
+    assert [
+        bedrock_format(m)
+        for m in (
+            HAIKU,
+            "amazon.nova-micro-v1:0:128k",
+            "amazon.titan-text-express-v1",
+            "meta.llama3-1-8b-instruct-v1:0",
+        )
+    ] == ["bedrock", "nova", "titan", "llama"]
+    provider = BedrockProvider(BedrockSettings())
+    nova = Dataset.read(make_dataset(tmp_path / "nova", "nova"))
+    provider.check_dataset(nova, "arn:aws:bedrock:us-east-1::foundation-model/amazon.nova-lite-v1:0:300k")
+    with pytest.raises(RetrainError, match=f"the dataset is in nova format; bedrock needs bedrock for {HAIKU}"):
+        provider.check_dataset(nova, HAIKU)
+    with pytest.raises(RetrainError, match="'format' must be one of openai, bedrock, nova, titan, llama"):
+        Dataset.read(make_dataset(tmp_path / "x", "claude"))

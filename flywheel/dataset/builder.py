@@ -2,12 +2,13 @@
 
 `llmgate dataset build` reads a route's logged exchanges (flywheel.traffic_source: the local
 traffic log or the S3 sink), keeps those that pass the filters (time, variant, status, judge
-score, user feedback), cleans them (incomplete answers and tool or image content dropped, PII
-replaced by typed placeholders, per-message length bounds, exact then near duplicates removed),
-converts them to a provider's format (flywheel.dataset.formats), splits them 80/10/10 by a seeded
-hash (the same input and seed give the same files), and writes train/validation/test JSONL plus
-`manifest.json`: counts, filters, the source's time range, file hashes, what was dropped and why,
-and the PII replaced per kind. Each record is dropped for the first reason that applies.
+score, user feedback), cleans them (incomplete answers and image content dropped, tool-use
+exchanges kept for the formats that train them, PII replaced by typed placeholders,
+per-message length bounds, exact then near duplicates removed), converts them to a provider's
+format (flywheel.dataset.formats), splits them 80/10/10 by a seeded hash (the same input and
+seed give the same files), and writes train/validation/test JSONL plus `manifest.json`: counts,
+filters, the source's time range, file hashes, what was dropped and why, and the PII replaced
+per kind. Each record is dropped for the first reason that applies.
 
 `llmgate dataset validate FILE --format F` checks a file line by line and names every bad line.
 
@@ -29,9 +30,9 @@ from typing import Any, Iterable
 
 from flywheel import traffic_source
 from gateway.config import Config, load_config
-from gateway.text.pii import KINDS, scrub
+from gateway.text.pii import KINDS, scrub, scrub_value
 
-from .formats import SPLITS, ChatFormat, make_format, split_of, validate_file
+from .formats import SPLITS, ChatFormat, Unfit, make_format, split_of, validate_file
 from .near_duplicates import NearDuplicateIndex
 
 # Why a record was left out, in the order the checks run (the manifest repeats the ones that occurred).
@@ -44,7 +45,10 @@ REASONS = {
     "feedback_mismatch": "the user rating does not match --feedback",
     "no_bodies": "the traffic log kept no request or response body",
     "incomplete": "no answer text, an answer cut off (length, content filter), or no user turn to answer",
-    "unsupported_content": "tools, tool calls, or content other than text",
+    "unsupported_content": "content other than text (images, audio), a tool that is not a function, or a tool "
+    "call with no tool offered",
+    "tools_unsupported_by_format": "a tool-use exchange, and the format takes no tool-use examples (only openai does)",
+    "multi_turn_unsupported_by_format": "several user turns, and the format holds one prompt and its completion",
     "too_short": "a message shorter than --min-chars",
     "too_long": "a message longer than --max-chars",
     "invalid_for_format": "the record breaks the format's rules or its token limit",
@@ -80,6 +84,7 @@ class Example:
     ts: float
     line: str  # the record in the output format, as written
     pii: Counter = field(default_factory=Counter)
+    tool_use: bool = False  # a tool-use example: tool calls, the tools' answers, the tools offered
 
 
 class Drop(Exception):
@@ -107,24 +112,53 @@ def _text(content: Any) -> str:
     raise Drop("unsupported_content", "content that is not text")
 
 
-def conversation_of(record: dict[str, Any]) -> dict[str, Any]:
-    """The exchange as {"system", "messages"}: the request's turns and the answer the caller got.
+def _tools_of(request: dict[str, Any]) -> list[dict] | None:
+    """The function tools a request offered (None: none); other kinds of tool cannot be trained."""
+    if request.get("functions"):
+        raise Drop("unsupported_content", "legacy 'functions' instead of 'tools'")
+    tools = request.get("tools")
+    if not tools:
+        return None
+    if not isinstance(tools, list) or not all(
+        isinstance(t, dict) and t.get("type") == "function" and isinstance(t.get("function"), dict) for t in tools
+    ):
+        raise Drop("unsupported_content", "a tool that is not a function")
+    return tools
 
-    System (and developer) messages are joined into `system`; consecutive turns of one role are
-    joined, as the providers would read them. Raises Drop when the exchange cannot be an example."""
+
+def _tool_calls(message: dict[str, Any], tools: list[dict] | None) -> list[dict] | None:
+    calls = message.get("tool_calls")
+    if message.get("function_call"):
+        raise Drop("unsupported_content", "a legacy function_call")
+    if not calls:
+        return None
+    if tools is None:
+        raise Drop("unsupported_content", "a tool call with no tool offered")
+    if not isinstance(calls, list) or not all(
+        isinstance(c, dict) and c.get("type", "function") == "function" for c in calls
+    ):
+        raise Drop("unsupported_content", "a tool call that is not a function call")
+    return [{"id": c.get("id"), "type": "function", "function": dict(c.get("function") or {})} for c in calls]
+
+
+def conversation_of(record: dict[str, Any]) -> dict[str, Any]:
+    """The exchange as {"system", "tools", "messages"}: the request's turns and the answer the caller got.
+
+    System (and developer) messages are joined into `system`; consecutive text turns of one role
+    are joined, as the providers would read them. Tool calls, the tools' answers and the tools
+    offered are kept (a format without tool use drops them later, for that reason). Raises Drop
+    when the exchange cannot be an example."""
     request, response = record.get("request"), record.get("response")
     if not isinstance(request, dict) or not isinstance(response, dict):
         raise Drop("no_bodies", "the traffic log kept no bodies (plugins.traffic_log.bodies: false)")
-    if request.get("tools") or request.get("functions"):
-        raise Drop("unsupported_content", "the request offered tools")
+    tools = _tools_of(request)
     choices = response.get("choices") or []
     answer = (choices[0].get("message") or {}) if choices and isinstance(choices[0], dict) else {}
-    if answer.get("tool_calls") or answer.get("function_call"):
-        raise Drop("unsupported_content", "the answer called a tool")
+    answer_calls = _tool_calls(answer, tools)
     if choices and choices[0].get("finish_reason") in TRUNCATED:
         raise Drop("incomplete", f"the answer was cut off ({choices[0]['finish_reason']})")
     answer_text = _text(answer.get("content"))
-    if not answer_text.strip():
+    if not answer_text.strip() and not answer_calls:
         raise Drop("incomplete", "no answer text")
     system, turns = [], []
     for message in request.get("messages") or []:
@@ -132,32 +166,65 @@ def conversation_of(record: dict[str, Any]) -> dict[str, Any]:
         if role in ("system", "developer"):
             system.append(_text(message.get("content")))
         elif role in ("user", "assistant"):
-            if message.get("tool_calls"):
-                raise Drop("unsupported_content", "a tool call in the conversation")
+            calls = _tool_calls(message, tools) if role == "assistant" else None
             text = _text(message.get("content"))
-            if turns and turns[-1]["role"] == role:
+            if calls:
+                turns.append({"role": role, "content": text or None, "tool_calls": calls})
+            elif turns and turns[-1]["role"] == role and not turns[-1].get("tool_calls"):
                 turns[-1]["content"] += "\n\n" + text
             else:
                 turns.append({"role": role, "content": text})
+        elif role == "tool" and tools is not None:
+            turns.append(
+                {"role": "tool", "content": _text(message.get("content")), "tool_call_id": message.get("tool_call_id")}
+            )
         else:
             raise Drop("unsupported_content", f"a {role!r} message")
-    if not turns or turns[-1]["role"] != "user" or turns[0]["role"] != "user":
-        raise Drop("incomplete", "the conversation does not start and end with the user's turn")
-    turns.append({"role": "assistant", "content": answer_text})
-    return {"system": "\n\n".join(s for s in system if s) or None, "messages": turns}
+    if not turns or turns[-1]["role"] not in ("user", "tool") or turns[0]["role"] != "user":
+        raise Drop("incomplete", "the conversation does not start with the user's turn and end with one to answer")
+    final = {"role": "assistant", "content": answer_text or None}
+    if answer_calls:
+        final["tool_calls"] = answer_calls
+    turns.append(final)
+    return {"system": "\n\n".join(s for s in system if s) or None, "tools": tools, "messages": turns}
+
+
+def _scrub_call(call: dict[str, Any], counts: Counter) -> dict[str, Any]:
+    """A tool call with PII replaced inside its arguments (kept a JSON text when it was one)."""
+    function = dict(call["function"])
+    arguments = function.get("arguments")
+    if isinstance(arguments, str):
+        try:
+            function["arguments"] = json.dumps(scrub_value(json.loads(arguments), counts), ensure_ascii=False)
+        except ValueError:
+            function["arguments"] = scrub(arguments, counts)[0]
+    return {**call, "function": function}
 
 
 def scrub_conversation(conversation: dict[str, Any]) -> tuple[dict[str, Any], Counter]:
     counts: Counter = Counter()
     system = scrub(conversation["system"], counts)[0] if conversation.get("system") else None
-    messages = [{"role": m["role"], "content": scrub(m["content"], counts)[0]} for m in conversation["messages"]]
-    return {"system": system, "messages": messages}, counts
+    messages = []
+    for m in conversation["messages"]:
+        message = {**m, "content": scrub(m["content"], counts)[0] if m.get("content") else m.get("content")}
+        if m.get("tool_calls"):
+            message["tool_calls"] = [_scrub_call(c, counts) for c in m["tool_calls"]]
+        messages.append(message)
+    return {"system": system, "tools": conversation.get("tools"), "messages": messages}, counts
+
+
+def _texts(conversation: dict[str, Any]) -> list[str]:
+    """Every text of a conversation a person wrote or read: the system prompt, turns, tool calls."""
+    texts = [conversation["system"]] if conversation.get("system") else []
+    for m in conversation["messages"]:
+        if m.get("content"):
+            texts.append(m["content"])
+        texts += [json.dumps(c["function"], sort_keys=True) for c in m.get("tool_calls") or ()]
+    return texts
 
 
 def _check_lengths(conversation: dict[str, Any], options: BuildOptions) -> None:
-    texts = ([conversation["system"]] if conversation.get("system") else []) + [
-        m["content"] for m in conversation["messages"]
-    ]
+    texts = _texts(conversation)
     if any(len(t.strip()) < options.min_chars for t in texts):
         raise Drop("too_short", f"a message shorter than {options.min_chars} characters")
     if any(len(t) > options.max_chars for t in texts):
@@ -247,7 +314,10 @@ def select_examples(
             selection.check(record, options)
             conversation, pii = scrub_conversation(conversation_of(record))
             _check_lengths(conversation, options)
-            converted = fmt.convert(conversation)
+            try:
+                converted = fmt.fit(conversation)
+            except Unfit as unfit:
+                raise Drop(unfit.reason, str(unfit)) from None
             if fmt.record_problems(converted):
                 raise Drop("invalid_for_format")
             line = _dumps(converted)
@@ -255,13 +325,12 @@ def select_examples(
             if digest in exact:
                 raise Drop("duplicate_exact")
             exact.add(digest)
-            text = "\n".join([conversation.get("system") or ""] + [m["content"] for m in conversation["messages"]])
-            if near.seen(text):
+            if near.seen("\n".join(_texts(conversation))):
                 raise Drop("duplicate_near")
         except Drop as drop:
             dropped[drop.reason] += 1
             continue
-        kept.append(Example(record["request_id"], ts, line, pii))
+        kept.append(Example(record["request_id"], ts, line, pii, bool(conversation.get("tools"))))
     return kept
 
 
@@ -352,6 +421,7 @@ def build(config: Config, options: BuildOptions) -> dict[str, Any]:
             "kept": len(written),
             **{name: len(parts[name]) for name in SPLITS},
             "dropped": sum(dropped.values()),
+            "tool_use": sum(e.tool_use for e in written),
         },
         "dropped": {reason: dropped[reason] for reason in REASONS if dropped[reason]},
         "drop_reasons": {reason: why for reason, why in REASONS.items() if dropped[reason]},

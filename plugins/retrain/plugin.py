@@ -156,13 +156,13 @@ class Launcher:
         """Check everything that can be checked here, record the job, then upload and create it."""
         provider = self._provider(provider_name)
         dataset = Dataset.read(dataset_dir)
-        provider.check_dataset(dataset)
+        base = provider.base_model(base_model)
+        provider.check_dataset(dataset, base)
         if dataset.train_examples < self.min_examples:
             raise RetrainError(
                 f"{dataset.path}: {dataset.train_examples} training examples, fewer than the "
                 f"{self.min_examples} a job needs (plugins.retrain.min_examples)"
             )
-        base = provider.base_model(base_model)
         checked = provider.check_hyperparameters(base, hyperparameters or {})
         job_id, now = _new_id(), time.time()
         job = {

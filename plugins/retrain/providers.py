@@ -24,12 +24,28 @@ class RetrainError(Exception):
     """A launch or a step cannot be done as asked; the message says what to change."""
 
 
+# The dataset formats (flywheel/dataset/formats.py) and the base-model families that train on each.
+FORMATS = ("openai", "bedrock", "nova", "titan", "llama")
+BEDROCK_FORMATS = [
+    ("anthropic.claude", "bedrock"),
+    ("amazon.nova-", "nova"),
+    ("amazon.titan-text", "titan"),
+    ("meta.llama", "llama"),
+]
+
+
+def bedrock_format(base_model: str) -> str | None:
+    """The dataset format a Bedrock base model trains on (None: a family llmgate does not build for)."""
+    model_id = base_model.rsplit("foundation-model/", 1)[-1]
+    return next((fmt for prefix, fmt in BEDROCK_FORMATS if model_id.startswith(prefix)), None)
+
+
 # --- the dataset directory -----------------------------------------------------------------------
 
 
 @dataclass
 class Dataset:
-    """DIR/train.jsonl, DIR/validation.jsonl (optional), DIR/manifest.json ({"format": "openai"|"bedrock", ...})."""
+    """DIR/train.jsonl, DIR/validation.jsonl (optional), DIR/manifest.json ({"format": one of FORMATS, ...})."""
 
     path: Path
     format: str
@@ -48,8 +64,8 @@ class Dataset:
             raise RetrainError(f"{path}: no manifest.json (is this a dataset directory?)") from None
         except (OSError, ValueError) as exc:
             raise RetrainError(f"{path / 'manifest.json'}: cannot be read as JSON: {exc}") from None
-        if not isinstance(manifest, dict) or manifest.get("format") not in ("openai", "bedrock"):
-            raise RetrainError(f'{path / "manifest.json"}: \'format\' must be "openai" or "bedrock"')
+        if not isinstance(manifest, dict) or manifest.get("format") not in FORMATS:
+            raise RetrainError(f"{path / 'manifest.json'}: 'format' must be one of {', '.join(FORMATS)}")
         train = path / "train.jsonl"
         if not train.is_file():
             raise RetrainError(f"{path}: no train.jsonl")
@@ -273,7 +289,7 @@ class Provider(ABC):
     def serving_backend(self, job: dict) -> dict[str, Any]:
         """The backend entry that serves the new model (see gateway.admin.registry)."""
 
-    def check_dataset(self, dataset: Dataset) -> None:
+    def check_dataset(self, dataset: Dataset, base_model: str | None = None) -> None:
         if dataset.format != self.dataset_format:
             raise RetrainError(
                 f"{dataset.path}: the dataset is in {dataset.format} format; {self.name} needs "
@@ -321,6 +337,17 @@ class BedrockProvider(Provider):
         if not model:
             raise RetrainError("name the base model: --base-model or plugins.retrain.bedrock.base_model")
         return model
+
+    def check_dataset(self, dataset: Dataset, base_model: str | None = None) -> None:
+        """Each Bedrock family trains on its own record shape: Claude, Nova, Titan, Llama."""
+        wanted = bedrock_format(base_model) if base_model else None
+        allowed = {fmt for _, fmt in BEDROCK_FORMATS}
+        if (wanted and dataset.format != wanted) or dataset.format not in allowed:
+            needs = wanted or " or ".join(sorted(allowed))
+            raise RetrainError(
+                f"{dataset.path}: the dataset is in {dataset.format} format; bedrock needs {needs}"
+                f"{f' for {base_model}' if wanted else ''} (build it with that format)"
+            )
 
     def check_hyperparameters(self, base_model: str, given: dict[str, Any]) -> dict[str, Any]:
         bounds = bedrock_bounds(base_model)
