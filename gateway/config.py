@@ -71,6 +71,68 @@ class ServerSettings(Strict):
         "every worker shares the state store, the traffic log and /metrics",
     )
 
+    header_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="seconds a request's line and headers may take from their first byte (a new connection's "
+        "from its opening): a client sends them in one packet, a slow-loris never finishes them",
+    )
+    body_min_rate: int = Field(
+        1024,
+        ge=0,
+        description="bytes a second a request body must average once body_grace has passed, or the "
+        "connection is closed with a 408 (0: no minimum); the answer, however long it streams, is not timed",
+    )
+    body_grace: float = Field(10.0, ge=0, description="seconds a request body may take before body_min_rate applies")
+    keepalive_timeout: float = Field(
+        75.0,
+        gt=0,
+        description="seconds an idle keep-alive connection stays open between requests (above a load "
+        "balancer's own idle timeout, 60 s on AWS, so that it closes first)",
+    )
+    max_connections: int | Literal["auto"] = Field(
+        "auto",
+        description="client connections served at once by each process; auto: half its descriptor limit "
+        "(the other half for upstream connections and files) less probe_connections. Past it a new "
+        "connection may only ask /healthz or /readyz",
+    )
+    probe_connections: int = Field(
+        16,
+        ge=1,
+        description="connections kept past max_connections for health probes (/healthz, /readyz); past "
+        "those, a new connection is closed as soon as it is accepted",
+    )
+    max_connections_per_client: int | None = Field(
+        None,
+        ge=1,
+        description="connections one client address may hold (unset: no limit); behind a trusted proxy, "
+        "requests in flight of the address X-Forwarded-For names",
+    )
+    trusted_proxies: list[str] = Field(
+        [],
+        description="addresses or networks (10.0.0.0/8) of proxies whose X-Forwarded-For names the client; "
+        "from any other peer the header is ignored",
+    )
+
+    @field_validator("max_connections")
+    @classmethod
+    def _cap_positive(cls, value: int | str) -> int | str:
+        if value != "auto" and value < 1:
+            raise ValueError(f"server.max_connections is {value}: give a positive number, or auto")
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_are_networks(cls, values: list[str]) -> list[str]:
+        import ipaddress
+
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ValueError(f"server.trusted_proxies: {value!r} is not an address or network") from None
+        return values
+
     @field_validator("workers")
     @classmethod
     def _workers_fit(cls, value: int | str) -> int | str:

@@ -15,6 +15,7 @@ from aiohttp import web
 from .app import create_app
 from .banner import banner
 from .config import Config, ConfigError, load_config
+from .connections import Guard, GuardedRunner
 from .gateway import GATEWAY
 
 log = logging.getLogger("llmgate")
@@ -88,7 +89,10 @@ async def serve(
     gateway = app[GATEWAY]
     host = host or config.server.host
     port = config.server.port if port is None else port
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=config.server.shutdown_timeout)
+    guard = Guard(config.server)  # header and body timeouts, keep-alive, the connection caps
+    runner = GuardedRunner(
+        app, guard, handle_signals=False, access_log=None, shutdown_timeout=config.server.shutdown_timeout
+    )
     await runner.setup()
     if sockets:
         sites = [web.SockSite(runner, sock) for sock in sockets]
@@ -106,7 +110,14 @@ async def serve(
     if announce:
         for line in banner(gateway, f"http://{bound[0]}:{bound[1]}", type(loop).__module__.partition(".")[0]):
             log.info("%s", line)
+        log.info(
+            "connections: at most %d at once (descriptor limit %d), %d more for health probes",
+            guard.cap,
+            guard.limit,
+            config.server.probe_connections,
+        )
     beating = asyncio.create_task(_beat(heartbeat)) if heartbeat is not None else None
+    sweeping = asyncio.create_task(guard.run())
 
     stopping = asyncio.Event()
 
@@ -129,6 +140,7 @@ async def serve(
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await runner.cleanup()  # stop listening, finish in-flight requests, then the gateway's own shutdown
+        sweeping.cancel()
         if beating is not None:
             beating.cancel()
     log.info("stopped")

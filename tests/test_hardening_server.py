@@ -1,7 +1,12 @@
 """Hardening (issue 28) against a real `llmgate serve`: deep JSON refused at one depth, unforgeable log lines."""
 
+import concurrent.futures
+import contextlib
 import json
 import re
+import resource
+import select
+import socket
 import subprocess
 import sys
 import time
@@ -124,26 +129,222 @@ def rss_kib(pid: int) -> int:
     return int(status.split("VmRSS:")[1].split()[0])
 
 
-def test_unauthenticated_bodies_cost_no_disk_and_no_lasting_memory(fake_openai, tmp_path):
-    settings = config(fake_openai, tmp_path)
+def with_keys(fake, tmp_path, **server) -> dict:
+    settings = config(fake, tmp_path)
     settings["plugins"]["api_keys"] = {"enabled": True, "teams": {"a": {"keys": ["sha256:" + "0" * 64]}}}
-    gw = GatewayProcess(settings, tmp_path).start()
-    big = json.dumps({"model": "bot", "messages": [{"role": "user", "content": "x" * 5_000_000}]}).encode()
+    settings["server"] = server
+    return settings
+
+
+def test_unauthenticated_bodies_cost_no_disk_and_no_lasting_memory(fake_openai, tmp_path):
+    import openai
+
+    gw = GatewayProcess(with_keys(fake_openai, tmp_path), tmp_path).start()
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key="sk-not-a-key", max_retries=0, timeout=30)
     try:
         baseline, stored = rss_kib(gw.proc.pid), sum(p.stat().st_size for p in tmp_path.glob("traffic.db*"))
-        for _ in range(20):
-            request = urllib.request.Request(
-                gw.url + "/v1/chat/completions", data=big, headers={"Content-Type": "application/json"}
-            )
-            with pytest.raises(urllib.error.HTTPError) as refused:
-                urllib.request.urlopen(request, timeout=30)
-            assert refused.value.code == 401
+        for _ in range(20):  # the SDK reads the 401 though its body was not: the connection closed under it
+            with pytest.raises(openai.AuthenticationError):
+                client.chat.completions.create(model="bot", messages=[{"role": "user", "content": "x" * 5_000_000}])
         after = rss_kib(gw.proc.pid)
     finally:
         gw.stop()
     grown = sum(p.stat().st_size for p in tmp_path.glob("traffic.db*")) - stored
     assert grown < 1_000_000, grown  # 20 bodies of 5 MB: 100 MB had they been stored
     assert after < baseline + 100 * 1024, (baseline, after)
+
+
+def head(path: str = "/v1/chat/completions", length: int | None = None, extra: str = "") -> bytes:
+    lines = [f"POST {path} HTTP/1.1", "Host: gw", "Content-Type: application/json"]
+    lines += [f"Content-Length: {length}"] if length is not None else []
+    return ("\r\n".join(lines) + "\r\n" + extra + "\r\n").encode()
+
+
+def read_to_close(sock: socket.socket, timeout: float) -> tuple[bytes, float]:
+    """What the gateway sent until it closed the connection, and when (from now) it closed it."""
+    sock.settimeout(timeout)
+    started, got = time.monotonic(), b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(65536):
+            got += chunk
+    return got, time.monotonic() - started
+
+
+def test_a_refused_body_is_not_read_its_connection_is_closed(fake_openai, tmp_path):
+    gw = GatewayProcess(with_keys(fake_openai, tmp_path), tmp_path).start()
+    try:
+        with socket.create_connection(("127.0.0.1", gw.port)) as sock:
+            sock.sendall(head(length=5_000_000) + b"{" * 1000)  # 1 KB of a 5 MB body, then nothing more
+            answer, closed = read_to_close(sock, 20)
+    finally:
+        gw.stop()
+    assert answer.startswith(b"HTTP/1.1 401 ") and b"Connection: close" in answer, answer[:200]
+    assert closed < 5, closed  # before: the 401, then 10 s of reading the body to throw it away
+
+
+@contextlib.contextmanager
+def descriptor_limit(limit: int):
+    """A lower RLIMIT_NOFILE for the processes started meanwhile (a child inherits it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def get(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            return answer.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def open_slowly(port: int, count: int) -> list[socket.socket]:
+    """`count` connections that each began a request's headers and will never finish them."""
+    socks = []
+    for _ in range(count):
+        sock = socket.create_connection(("127.0.0.1", port))
+        with contextlib.suppress(OSError):  # one refused at the cap may already be closed
+            sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: gw\r\nX-Slow: ")
+        socks.append(sock)
+    return socks
+
+
+def still_open(socks: list[socket.socket]) -> int:
+    """How many of `socks` the gateway has not closed (a byte each keeps a slow-loris's headers coming)."""
+    count = 0
+    for sock in socks:
+        sock.setblocking(False)
+        try:
+            sock.send(b"a")
+            while chunk := sock.recv(65536):  # a 408 before the close
+                del chunk
+        except BlockingIOError:
+            count += 1  # nothing to read and not closed
+        except OSError:
+            pass
+    return count
+
+
+def test_slow_loris_connections_are_closed_within_the_header_timeout_and_probes_still_answer(fake_openai, tmp_path):
+    settings = config(fake_openai, tmp_path)
+    settings["server"] = {"header_timeout": 2}
+    with descriptor_limit(256):  # auto: 112 connections and 16 for probes
+        gw = GatewayProcess(settings, tmp_path).start()
+    socks = []
+    try:
+        socks = open_slowly(gw.port, 500)
+        started = time.monotonic()
+        time.sleep(1.2)  # the oldest have waited past EVICT_AFTER: a new client takes its place
+        assert get(gw.url + "/healthz") == 200
+        assert get(gw.url + "/v1/models") == 200
+        wait_until(lambda: still_open(socks) == 0, "every slow connection closed", timeout=10)
+        closed_after = time.monotonic() - started
+        assert get(gw.url + "/readyz") == 200
+    finally:
+        for sock in socks:
+            sock.close()
+        gw.stop()
+    assert closed_after < 2 + 1.5, closed_after  # the timeout and a sweep's tick; before: never
+    log = gw.log()
+    assert "Too many open files" not in log and "out of system resource" not in log
+    assert "whose request headers were not complete in time" in log
+
+
+def stream(url: str, content: str, forwarded: str | None = None) -> tuple[int, str]:
+    body = json.dumps({"model": "bot", "stream": True, "messages": [{"role": "user", "content": content}]}).encode()
+    headers = {"Content-Type": "application/json", **({"X-Forwarded-For": forwarded} if forwarded else {})}
+    request = urllib.request.Request(url + "/v1/chat/completions", data=body, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def test_at_the_cap_busy_connections_leave_room_for_probes_and_long_streams_are_not_cut(fake_openai, tmp_path):
+    settings = config(fake_openai, tmp_path)
+    settings["server"] = {"max_connections": 4, "probe_connections": 2, "header_timeout": 1, "body_grace": 1}
+    gw = GatewayProcess(settings, tmp_path).start()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            streams = [pool.submit(stream, gw.url, "[sleep 3] long answer") for _ in range(4)]
+            wait_until(lambda: len(fake_openai.requests) >= 4, "four streams in flight")
+            assert get(gw.url + "/v1/models") == 503
+            assert get(gw.url + "/healthz") == 200 and get(gw.url + "/readyz") == 200
+            answers = [s.result() for s in streams]
+        whole = [status == 200 and text.count("data: ") > 4 and "data: [DONE]" in text for status, text in answers]
+        assert all(whole), answers
+        assert get(gw.url + "/v1/models") == 200
+    finally:
+        gw.stop()
+
+
+def test_a_body_slower_than_the_minimum_rate_is_a_408(fake_openai, tmp_path):
+    settings = config(fake_openai, tmp_path)
+    settings["server"] = {"body_grace": 1, "body_min_rate": 1000}
+    gw = GatewayProcess(settings, tmp_path).start()
+    try:
+        with socket.create_connection(("127.0.0.1", gw.port)) as sock:
+            sock.sendall(head(length=100_000))
+            started = time.monotonic()
+            with contextlib.suppress(OSError):
+                while time.monotonic() - started < 10:
+                    sock.sendall(b" " * 50)  # 100 bytes a second
+                    time.sleep(0.5)
+                    if select.select([sock], [], [], 0)[0]:
+                        break
+            answer, _ = read_to_close(sock, 5)
+            closed = time.monotonic() - started
+    finally:
+        gw.stop()
+    assert answer.startswith(b"HTTP/1.1 408 ") and b"slower than 1000 bytes a second" in answer, answer
+    assert closed < 4, closed
+
+
+def test_one_address_holds_at_most_its_connections_and_x_forwarded_for_counts_only_from_a_trusted_proxy(
+    fake_openai, tmp_path
+):
+    settings = config(fake_openai, tmp_path)
+    settings["server"] = {"max_connections_per_client": 2}
+    gw = GatewayProcess(settings, tmp_path).start()
+    try:
+        held = [socket.create_connection(("127.0.0.1", gw.port)) for _ in range(2)]
+        with socket.create_connection(("127.0.0.1", gw.port)) as third:
+            third.sendall(b"GET /healthz HTTP/1.1\r\nHost: gw\r\nX-Forwarded-For: 198.51.100.9\r\n\r\n")
+            answer, _ = read_to_close(third, 5)
+        assert answer.startswith(b"HTTP/1.1 429 ") and b"too_many_connections" in answer, answer
+        for sock in held:
+            sock.close()
+        wait_until(lambda: get(gw.url + "/healthz") == 200, "a slot again")
+    finally:
+        gw.stop()
+
+    settings["server"]["trusted_proxies"] = ["127.0.0.0/8"]  # loopback is the proxy: requests count per client
+    gw = GatewayProcess(settings, tmp_path).start()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            slow = [pool.submit(stream, gw.url, "[sleep 2] hi", "203.0.113.7, 127.0.0.1") for _ in range(2)]
+            wait_until(lambda: len(fake_openai.requests) >= 2, "two requests of 203.0.113.7 in flight")
+            status, text = stream(gw.url, "hi", "203.0.113.7")
+            assert status == 429 and "too_many_connections" in text
+            assert stream(gw.url, "hi", "203.0.113.8")[0] == 200  # another client behind the same proxy
+            assert [s.result()[0] for s in slow] == [200, 200]
+    finally:
+        gw.stop()
+
+
+def test_the_client_behind_trusted_proxies_is_the_nearest_untrusted_hop():
+    from gateway.config import ServerSettings
+    from gateway.connections import Guard
+
+    guard = Guard(ServerSettings(trusted_proxies=["10.0.0.0/8", "192.0.2.1"]), limit=1024)
+    assert guard.client_address("10.1.1.1", ["198.51.100.1, 10.0.0.2"]) == "198.51.100.1"
+    assert guard.client_address("10.1.1.1", ["6.6.6.6, 198.51.100.1", "192.0.2.1"]) == "198.51.100.1"  # forged
+    assert guard.client_address("10.1.1.1", []) == "10.1.1.1"
+    assert guard.cap == 1024 // 2 - 16
 
 
 def test_a_refused_exchange_is_a_record_without_bodies_and_a_counted_refusal(tmp_path):

@@ -5,9 +5,9 @@ as the Anthropic SDK does. The config holds only each key's SHA-256 (`sha256:<he
 `llmgate keys new` / `llmgate keys hash`), so a leaked config file leaks no key. `authenticate`
 answers 401 (`authentication_error`) for a missing or unknown key before the request's body is read,
 and names the team, which becomes `ctx.tenant` (the traffic log records it, the semantic cache
-scopes by it, feedback and usage use it); `authorize` answers 403 (`permission_error`) for a route
-outside the team's `routes`, before any plugin may answer; `visible_routes` makes GET /v1/models
-and a 404's list of routes name only the team's routes.
+scopes by it, feedback and usage use it); `visible_routes` makes a route outside the team's `routes`
+answer the same 404 as one that does not exist, and GET /v1/models and a 404's list of routes name only
+the team's routes (`authorize` still refuses such a route with a 403, should another way reach it).
 
 Off by default. While it is off, any key (or none) passes through as before and `ctx.tenant`
 stays unset. While it is on, every chat request needs a configured key. The gateway's provider
