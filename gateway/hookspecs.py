@@ -263,16 +263,20 @@ def register_routes(gateway):
 
 
 @spec(OPERATOR)
-def user_requests(user):
+def user_requests(user, team):
     """Return the request ids of the exchanges one end user (`user`, as the rollout knows them: the
     request's `user`, `metadata.user_id`, `safety_identifier` or `x-llmgate-user`) has in this plugin's
-    store, for an erasure (POST /admin/erase); the ids of every plugin go to `erase_user`."""
+    store, for an erasure (POST /admin/erase); the ids of every plugin go to `erase_user`. `team` (a
+    tenant) narrows it to that team's exchanges (a user id is a team's own: another team's "alice" is
+    someone else); None: every team's."""
 
 
 @spec(OPERATOR)
-def erase_user(user, request_ids):
+def erase_user(user, request_ids, team):
     """Delete everything this plugin stores of the end user `user` and of the exchanges `request_ids`
-    (a data-protection request); return {store name: rows removed}. Runs off the request path."""
+    (a data-protection request); return {store name: rows removed}. Runs off the request path. With
+    `team` set, only what is that team's: rows found by the user alone (not by request id) must be the
+    team's too."""
 
 
 @spec(OPERATOR)

@@ -362,3 +362,65 @@ def test_a_refused_exchange_is_a_record_without_bodies_and_a_counted_refusal(tmp
     figures = metrics.Metrics(metrics.Settings())
     figures.after_response(ctx)
     assert figures.refused.labels("route_not_allowed")._value.get() == 1
+
+
+def test_a_retrained_openai_model_is_registered_like_a_configured_backend_never_with_a_key(tmp_path):
+    from plugins.retrain.providers import OpenAIProvider, OpenAIProviderSettings, RetrainError
+
+    job = {"serving_model": "ft:gpt-4o-mini:org::x1"}
+    like = OpenAIProvider(OpenAIProviderSettings(backend="base")).serving_backend(job)
+    assert like == {"like": "base", "model": "ft:gpt-4o-mini:org::x1"}  # what the admin API registers
+    keyed = OpenAIProvider(OpenAIProviderSettings(api_key="sk-direct", base_url="https://api.example/v1"))
+    with pytest.raises(RetrainError, match="plugins.retrain.openai.backend is not set"):
+        keyed.serving_backend(job)  # before: {"api_key": "${OPENAI_API_KEY}", ...}, which the admin API refuses
+    with pytest.raises(RetrainError, match="backend is not set"):
+        keyed.start("rt-1", None, "gpt-4o-mini", {}, "bot")  # refused at launch, before anything is uploaded
+    assert keyed._client is None
+
+
+def test_a_team_erases_only_its_own_user_and_the_admin_names_a_team(make_gateway, fake_openai, tmp_path):
+    import openai
+
+    from plugins.api_keys.plugin import hash_key
+
+    keys = {"a": "sk-team-a-0123456789abcdef", "b": "sk-team-b-0123456789abcdef"}
+    gw = make_gateway(
+        {
+            "server": {"admin_token": "admin-0123456789"},
+            "backends": {
+                "up": {"kind": "openai", "base_url": fake_openai.url + "/v1", "model": "m", "api_key": UPSTREAM_KEY}
+            },
+            "routes": {"bot": {"baseline": "up"}},
+            "plugins": {
+                "traffic_log": {"path": str(tmp_path / "traffic.db"), "batch_wait_ms": 0},
+                "api_keys": {"enabled": True, "teams": {t: {"keys": [hash_key(k)]} for t, k in keys.items()}},
+            },
+        }
+    )
+    for team, key in keys.items():  # one user id, two teams: two people
+        client = openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0)
+        for _ in range(2):
+            client.chat.completions.create(model="bot", user="alice", messages=[{"role": "user", "content": team}])
+    tenants = lambda: sorted(r["tenant"] for r in read_records(str(tmp_path / "traffic.db")))  # noqa: E731
+    wait_until(lambda: len(tenants()) == 4, "the four records")
+
+    def erase(token: str, body: dict) -> tuple[int, dict]:
+        request = urllib.request.Request(
+            gw.url + "/admin/erase",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+    status, body = erase(keys["a"], {"user": "alice", "team": "b"})
+    assert status == 403 and body["error"]["code"] == "team_not_allowed"
+    status, body = erase(keys["a"], {"user": "alice"})
+    assert status == 200 and body["team"] == "a" and body["exchanges"] == 2, body
+    assert tenants() == ["b", "b"]  # before: team b's alice went too (and a team key could not erase)
+    assert erase("sk-not-a-key", {"user": "alice"})[0] == 401
+    status, body = erase("admin-0123456789", {"user": "alice", "team": "b"})
+    assert status == 200 and body["exchanges"] == 2 and tenants() == []

@@ -496,6 +496,7 @@ def test_provider_errors_are_recorded_without_secrets(tmp_path, finetune_api, mo
     monkeypatch.setenv("FT_KEY", "sk-wrong-key-0123456789abcdef")
     config = openai_setup(tmp_path, finetune_api)
     config["plugins"]["retrain"]["openai"] = {
+        "backend": "base",  # its key, overridden: the calls fail
         "base_url": finetune_api.url + "/v1",
         "api_key": "${FT_KEY}",
         "base_model": "gpt-4o-mini",

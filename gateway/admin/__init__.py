@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from ..context import stable_hash
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, PermissionDenied, Unauthorized
 from . import registry
 from .common import ACTOR_HEADER, actor, audit, read_body  # noqa: F401 (plugins import them from here)
 
@@ -59,25 +59,40 @@ def routes(gateway_key) -> list[web.RouteDef]:
         return web.json_response({"events": await gateway.store.events(limit=limit, **match)})
 
     async def erase(request: web.Request) -> web.Response:
-        """POST /admin/erase {"user": ID}: every stored row of one end user, across the plugins' stores
-        (`user_requests`, then `erase_user`); audited with a hash of the id, never the id itself."""
+        """POST /admin/erase {"user": ID, "team": T}: every stored row of one end user, across the plugins'
+        stores (`user_requests`, then `erase_user`); audited with a hash of the id, never the id itself.
+        A team's key erases that team's user only; the admin token any team's (`team`), or every team's."""
         gateway = request.app[gateway_key]
-        gateway.require_admin(request)
+        caller_team = await _team_or_admin(gateway, request)  # before the body is read
         body = await read_body(request)
-        user = body.get("user")
+        user, team = body.get("user"), body.get("team")
         if not isinstance(user, str) or not user.strip() or len(user) > 1000:
             raise InvalidRequest("'user' must be the end user's id, as requests send it in 'user'", param="user")
+        if team is not None and (not isinstance(team, str) or not team):
+            raise InvalidRequest("'team' must be a team's name", param="team")
+        if caller_team is not None:
+            if team not in (None, caller_team):
+                raise PermissionDenied(
+                    f"your key's team '{caller_team}' may erase its own users only, not team '{team}'s",
+                    param="team",
+                    code="team_not_allowed",
+                )
+            team = caller_team
         request_ids: set[str] = set()
-        for found in (await gateway.hooks.call("user_requests", user=user)).values():
+        for found in (await gateway.hooks.call("user_requests", user=user, team=team)).values():
             request_ids.update(found)
         removed: dict[str, int] = {}
-        for counts in (await gateway.hooks.call("erase_user", user=user, request_ids=sorted(request_ids))).values():
+        erased = await gateway.hooks.call("erase_user", user=user, request_ids=sorted(request_ids), team=team)
+        for counts in erased.values():
             removed.update(counts)
         user_hash = stable_hash("erase", user)[:16]
+        who = actor(request) if caller_team is None else f"team:{caller_team}"
         await audit(
-            gateway, "erase_user", None, actor(request), after=removed, reason=body.get("reason"), user_hash=user_hash
+            gateway, "erase_user", None, who, after=removed, reason=body.get("reason"), user_hash=user_hash, team=team
         )
-        return web.json_response({"user_hash": user_hash, "exchanges": len(request_ids), "removed": removed})
+        return web.json_response(
+            {"user_hash": user_hash, "team": team, "exchanges": len(request_ids), "removed": removed}
+        )
 
     # run-time model registration: /admin/models
     return [
@@ -86,3 +101,15 @@ def routes(gateway_key) -> list[web.RouteDef]:
         web.post("/admin/erase", erase),
         *registry.routes(gateway_key),
     ]
+
+
+async def _team_or_admin(gateway, request: web.Request) -> str | None:
+    """None for the admin token (any team); else the team of the caller's key, or a 401."""
+    try:
+        gateway.require_admin(request)
+        return None
+    except Unauthorized as refused:
+        team = await gateway.authenticate(request)
+        if team is None:  # no plugin names teams: only the operator may do it
+            raise refused from None
+        return team

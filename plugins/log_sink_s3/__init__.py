@@ -167,9 +167,9 @@ class LogSinkS3:
         return True
 
     @hookimpl
-    async def erase_user(self, user, request_ids):
+    async def erase_user(self, user, request_ids, team):
         """The user's records waiting in the spool and in every object of the bucket (rewritten without them)."""
-        erased = of_user(user, set(request_ids))
+        erased = of_user(user, set(request_ids), team)
         spooled = await self._spool.forget(erased)
         self.spooled -= spooled
         removed, rewritten = await asyncio.get_running_loop().run_in_executor(

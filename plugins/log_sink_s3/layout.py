@@ -133,9 +133,10 @@ def partitions(
     return dict(sorted(found.items()))
 
 
-def of_user(user: str, request_ids: set[str]) -> Callable[[dict[str, Any]], bool]:
+def of_user(user: str, request_ids: set[str], team: str | None = None) -> Callable[[dict[str, Any]], bool]:
     """Whether a stored record belongs to an end user being erased: one of the exchanges found, or one
-    whose sticky user is theirs (kept longer here than in the traffic log, so matched by hash too)."""
+    whose sticky user is theirs (kept longer here than in the traffic log, so matched by hash too), of
+    `team` when one is named (another team's user of the same id is someone else)."""
     hashes: dict[str, str] = {}
 
     def erased(record: dict[str, Any]) -> bool:
@@ -144,7 +145,7 @@ def of_user(user: str, request_ids: set[str]) -> Callable[[dict[str, Any]], bool
         route = record.get("route") or ""
         if route not in hashes:
             hashes[route] = stable_hash(route, f"user:{user}")[:16]
-        return record.get("sticky_hash") == hashes[route]
+        return record.get("sticky_hash") == hashes[route] and (team is None or record.get("tenant") == team)
 
     return erased
 

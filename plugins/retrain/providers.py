@@ -240,8 +240,8 @@ class OpenAIProviderSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     backend: str | None = Field(
         None,
-        description="a configured openai backend: its base_url and api_key make the "
-        "fine-tuning calls, and the new model is served like it",
+        description="a configured openai backend (needed to launch a job): its base_url and api_key make "
+        "the fine-tuning calls unless set here, and the new model is registered like it (a key by reference)",
     )
     base_url: str | None = None
     api_key: str | None = None
@@ -508,6 +508,7 @@ class OpenAIProvider(Provider):
         )
 
     def start(self, job_id, dataset, base_model, hyperparameters, model_name) -> dict[str, Any]:
+        self.serving_backend({"serving_model": base_model})  # refused before anything is paid for, not once trained
         client = self.client()
         with dataset.train.open("rb") as f:
             training_file = client.files.create(file=(f"{job_id}-train.jsonl", f), purpose="fine-tune").id
@@ -557,11 +558,10 @@ class OpenAIProvider(Provider):
         return {"provider_status": found.status, "status": self.TRAINING.get(found.status, "cancelling")}
 
     def serving_backend(self, job: dict) -> dict[str, Any]:
-        if self.settings.backend:
-            return {"like": self.settings.backend, "model": job["serving_model"]}
-        return {
-            "kind": "openai",
-            "model": job["serving_model"],
-            "base_url": self.settings.base_url or "https://api.openai.com/v1",
-            "api_key": "${OPENAI_API_KEY}",
-        }
+        """Served like the configured backend: a registration names its key by reference, never carries one."""
+        if not self.settings.backend:
+            raise RetrainError(
+                "plugins.retrain.openai.backend is not set: name the configured openai backend the trained "
+                "model is served like (its base_url and key), since a registration carries no key"
+            )
+        return {"like": self.settings.backend, "model": job["serving_model"]}

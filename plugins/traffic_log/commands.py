@@ -238,7 +238,8 @@ def _at_least(least: int) -> Callable[[str], int]:
 
 def cmd_erase(args: argparse.Namespace) -> int:
     """POST /admin/erase: every stored row of one end user, with the counts per store."""
-    done = AdminClient(args.url).post("/admin/erase", {"user": args.user, "reason": args.reason})
+    asked = {"user": args.user, "reason": args.reason, **({"team": args.team} if args.team else {})}
+    done = AdminClient(args.url).post("/admin/erase", asked)
     removed = ", ".join(f"{store} {n}" for store, n in sorted(done["removed"].items())) or "no store answered"
     print(f"erased user {done['user_hash']} (hash): {done['exchanges']} exchanges found; removed {removed}")
     return 0
@@ -291,6 +292,7 @@ def register_commands(commands):
         "send as `user` (or x-llmgate-user); the audit event keeps only its hash.",
     )
     erase.add_argument("--user", required=True, help="the end user's id, as requests send it")
+    erase.add_argument("--team", help="only this team's user of that id (another team's is someone else)")
     add_reason_arg(erase)
     add_url_arg(erase)
     erase.set_defaults(handler=cmd_erase)

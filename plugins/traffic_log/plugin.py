@@ -532,8 +532,8 @@ class TrafficLog:
         return [web.get("/admin/traffic", recent), web.get("/admin/traffic/{request_id}", exchange)]
 
     @hookimpl
-    async def user_requests(self, user):
-        """The exchanges whose sticky user is `user` (on any route the log holds)."""
+    async def user_requests(self, user, team):
+        """The exchanges whose sticky user is `user` (on any route the log holds), of `team` when it is named."""
         if self._writer is not None:
             await self._writer.flush()  # an answer just given is in the log before it is searched
 
@@ -541,13 +541,12 @@ class TrafficLog:
             routes = [route for (route,) in conn.execute("SELECT DISTINCT route FROM traffic")]
             hashes = [stable_hash(route, f"user:{user}")[:16] for route in routes]
             found: set[str] = set()
+            scoped, scope = (" AND tenant = ?", [team]) if team is not None else ("", [])
             for i in range(0, len(hashes), 500):
                 chunk = hashes[i : i + 500]
                 marks = ", ".join("?" for _ in chunk)
-                found.update(
-                    rid
-                    for (rid,) in conn.execute(f"SELECT request_id FROM traffic WHERE sticky_hash IN ({marks})", chunk)
-                )
+                query = f"SELECT request_id FROM traffic WHERE sticky_hash IN ({marks}){scoped}"
+                found.update(rid for (rid,) in conn.execute(query, [*chunk, *scope]))
             return sorted(found)
 
         return await self._db.run(find)
