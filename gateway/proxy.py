@@ -122,7 +122,9 @@ class _Untried(Exception):
     """A backend's breaker let no try through: the chain moves on without a failure of its own."""
 
 
-async def call_chain(ctx: RequestContext, generation: Generation, call: Callable[[Backend], Awaitable[T]]) -> T:
+async def call_chain(
+    ctx: RequestContext, generation: Generation, call: Callable[[Backend], Awaitable[T]], settle: bool = True
+) -> T:
     """Run `call` on each backend of the chain until one succeeds.
 
     A retryable failure is retried on the same backend `route.retries` times; a failure that is
@@ -131,7 +133,8 @@ async def call_chain(ctx: RequestContext, generation: Generation, call: Callable
     upstream said so, or its configured `context_window` cannot hold it, when it is skipped without a
     call): that moves the request to the route's `context_fallback` and along it, or, without one, is
     the caller's 400. A backend whose circuit breaker is open is skipped; when every backend was
-    skipped so, the caller gets a 503 `circuit_open` with Retry-After.
+    skipped so, the caller gets a 503 `circuit_open` with Retry-After. With `settle` False a success
+    leaves the breaker's verdict to the caller (a stream is a success only once it ends well).
     """
     last_error: GatewayError | None = None
     uncredentialed: list[str] = []
@@ -154,7 +157,7 @@ async def call_chain(ctx: RequestContext, generation: Generation, call: Callable
             continue
         else:
             try:
-                return await _tries(ctx, name, backend, call, open_circuits)
+                return await _tries(ctx, name, backend, call, open_circuits, settle)
             except _Untried:
                 continue
             except UpstreamError as err:
@@ -183,6 +186,7 @@ async def _tries(
     target: Backend,
     call: Callable[[Backend], Awaitable[T]],
     open_circuits: list[CircuitBreaker],
+    settle: bool = True,
 ) -> T:
     """`call` on one backend of the chain, tried again `route.retries` times after a retryable failure (a
     pool's next try on another member): its answer, else its last failure raised (`_Untried` when no
@@ -221,7 +225,8 @@ async def _tries(
         except BaseException:
             breaker.released()  # cancelled, or failed inside the gateway: nothing learnt about the backend
             raise
-        breaker.succeeded()
+        if settle:
+            breaker.succeeded()
         elapsed = (time.perf_counter() - started) * 1000
         ctx.upstream_ms += elapsed
         ctx.attempts.append(Attempt(name, 200, elapsed, member=member))
@@ -234,16 +239,50 @@ async def _tries(
     raise last_error
 
 
-async def open_stream(backend: Backend, body: dict) -> tuple[dict | None, AsyncIterator[dict]]:
-    """Start a stream and wait for its first chunk, so a failure to start can still fall back."""
+MAX_HELD = 16  # leading chunks that say nothing (a role) held back while a stream may still fall back
+
+
+def _says_something(chunk: dict) -> bool:
+    """Whether a chunk carries any of the answer: text, reasoning, a tool call, a finish (a role alone does not)."""
+    for choice in chunk.get("choices") or ():
+        if choice.get("finish_reason"):
+            return True
+        for key, value in (choice.get("delta") or {}).items():
+            if value and key != "role":
+                return True
+    return False
+
+
+def _finishes(chunk: dict) -> bool:
+    return any(choice.get("finish_reason") for choice in chunk.get("choices") or ())
+
+
+def truncated(backend: str) -> UpstreamError:
+    """A stream that ended without a finish_reason: cut short, whatever its framing said (a clean end of the
+    body, `[DONE]`, a JSON body instead of events), so never a success."""
+    return UpstreamError(
+        f"backend '{backend}' ended the stream before the answer was complete (no finish_reason)", retryable=True
+    )
+
+
+async def open_stream(backend: Backend, body: dict) -> tuple[list[dict], AsyncIterator[dict]]:
+    """Start a stream and wait for its first chunk that says something (held with the role-only ones before
+    it), so a failure to start, or a stream that ends before it said anything, can still fall back."""
     chunks = backend.stream(body).__aiter__()
+    held: list[dict] = []
     try:
-        return await chunks.__anext__(), chunks
-    except StopAsyncIteration:
-        return None, chunks
+        while len(held) < MAX_HELD:
+            try:
+                chunk = await chunks.__anext__()
+            except StopAsyncIteration:
+                raise truncated(backend.name) from None
+            held.append(chunk)
+            if _says_something(chunk):
+                break
     except BaseException:
         await chunks.aclose()
         raise
+    return held, chunks
 
 
 def _headers(ctx: RequestContext) -> dict[str, str]:
@@ -365,21 +404,36 @@ async def _stream_answer(
 ) -> web.StreamResponse:
     tracer = request.app[GATEWAY].hooks.tracer
 
-    async def start(backend: Backend) -> tuple[dict | None, AsyncIterator[dict]]:
+    async def start(backend: Backend) -> tuple[list[dict], AsyncIterator[dict]]:
         with tracing.upstream_span(tracer, backend, ctx.route_name) as span:
-            first, chunks = await open_stream(backend, ctx.body)
-        return first, chunks if span is None else tracing.StreamSpan(chunks, span)
+            held, chunks = await open_stream(backend, ctx.body)
+        return held, chunks if span is None else tracing.StreamSpan(chunks, span)
 
-    first, chunks = await call_chain(ctx, generation, start)
-    _served(ctx, generation)
-    filters = await answer_filters(request.app[GATEWAY], ctx)
-    writer = SseWriter(await _prepare_sse(request, ctx), ctx, dialect.encoder(ctx), filters)
-    error: GatewayError | None = None
+    held, chunks = await call_chain(ctx, generation, start, settle=False)
+    backend = answered_by(ctx, generation)
+    breaker = backend.breaker  # told once the stream ends: a stream cut short is the backend's failure
     try:
-        if first is not None:
-            await writer.send(first)
-        async for chunk in chunks:
+        _served(ctx, generation)
+        filters = await answer_filters(request.app[GATEWAY], ctx)
+        writer = SseWriter(await _prepare_sse(request, ctx), ctx, dialect.encoder(ctx), filters)
+    except BaseException:
+        breaker.released()
+        await chunks.aclose()
+        raise
+    error: GatewayError | None = None
+    settled = finished = False
+    try:
+        for chunk in held:
+            finished = finished or _finishes(chunk)
             await writer.send(chunk)
+        async for chunk in chunks:
+            if not finished:
+                finished = _finishes(chunk)
+            await writer.send(chunk)
+        if not finished:  # the body ended cleanly, but the answer did not: never a silent end
+            raise truncated(backend.name)
+        breaker.succeeded()
+        settled = True
         await writer.release()
     except CallerGone:  # the caller left: no one to tell, but the exchange is still recorded and charged
         error = client_closed()
@@ -387,12 +441,16 @@ async def _stream_answer(
         error = err
     except GatewayError as err:  # the stream broke after it started: tell the caller, never end silently
         error = err
-        if (backend := answered_by(ctx, generation)) is not None:
-            backend.breaker.record(err)
+        if not settled:
+            breaker.record(err)
+            settled = True
+            _broke(ctx, err)
     except Exception:
         log.exception("request %s: the stream failed inside the gateway", ctx.request_id)
         error = GatewayError(f"the stream failed inside the gateway (request id {ctx.request_id})")
     finally:
+        if not settled:
+            breaker.released()
         await chunks.aclose()
         ctx.response = writer.assembler.result()
     if error is not None and error.status == CLIENT_CLOSED:
@@ -408,6 +466,13 @@ async def _stream_answer(
         await dialect.answered(ctx, request.app[GATEWAY])
     await writer.finish(request.app[GATEWAY], error)
     return writer.response
+
+
+def _broke(ctx: RequestContext, error: GatewayError) -> None:
+    """The try whose stream broke after it started is logged with its failure, not as the 200 it began as."""
+    attempt = ctx.attempts[-1]
+    attempt.status = getattr(error, "upstream_status", None) or error.status
+    attempt.error = error.message
 
 
 async def answer_ends(gateway: Gateway, ctx: RequestContext) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any, AsyncIterator
 
-from ..chat import native
+from ..chat import completion_to_chunks, native
 from ..errors import UpstreamError
 from .base import BackendSettings
 from .http import HttpBackend, error_detail, iter_sse
@@ -61,6 +61,16 @@ class OpenAIBackend(HttpBackend):
         request["stream"] = True
         request["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         async with self.post(self._url, request) as resp:
+            if resp.content_type == "application/json":  # a server that answered whole: replayed, if it is whole
+                answer = await self.json_body(resp)
+                if "error" in answer or not answer.get("choices"):
+                    raise UpstreamError(
+                        f"backend '{self.name}' answered a stream request with JSON that is not a completion",
+                        retryable=True,
+                    )
+                for chunk in completion_to_chunks(answer):
+                    yield chunk
+                return
             async for _event, data in iter_sse(resp.content):
                 if data == "[DONE]":
                     return
