@@ -9,9 +9,7 @@ import time
 
 from aiohttp import web
 
-from . import admin, proxy, tracing
-from .banner import NO_ROUTE, unanswerable
-from .breaker import breaker_problems
+from . import admin, proxy, readiness, tracing
 from .config import Config
 from .context import CLIENT_REQUEST_ID, REQUEST_CONTEXT, REQUEST_ID, dumps
 from .dialects import anthropic, embeddings, responses
@@ -129,40 +127,6 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-async def readyz(request: web.Request) -> web.Response:
-    """Ready when the config is loaded and the state store answers; lists what would fail a request.
-
-    A shared store (Redis) that is away leaves the gateway serving with the state it last knew, so
-    it reads "degraded" (200): failing the probe would take every replica out at once. A route that
-    cannot answer (its backends lack credentials) is named under `degraded.routes` as the banner names
-    it; when no route can answer, the status is "degraded" too (200: a caller's 503 names what to set)."""
-    gateway = request.app[GATEWAY]
-    store_ok = await gateway.store.ping()
-    degraded = {
-        name: problem
-        for checks in (await gateway.hooks.call("readiness", gateway=gateway)).values()
-        for name, problem in checks.items()
-        if problem
-    }
-    if problem := breaker_problems(gateway.backends):
-        degraded["breakers"] = problem
-    if problem := unanswerable(gateway):
-        degraded["routes"] = problem
-    answering = not problem or not problem.startswith(NO_ROUTE)
-    serving = store_ok or gateway.store.engine == "redis"
-    if not store_ok and serving:
-        degraded.setdefault("state_store", gateway.store.degraded or "redis does not answer")
-    body = {
-        "status": ("ready" if store_ok and answering else "degraded") if serving else "not_ready",
-        "config": gateway.config.source,
-        "state_store": {"engine": gateway.store.engine, "reachable": store_ok},
-        "missing_credentials": gateway.missing_credentials(),
-        "degraded": degraded,
-        "plugin_faults": dict(gateway.hooks.faults),
-    }
-    return web.json_response(body, status=200 if serving else 503)
-
-
 async def list_models(request: web.Request) -> web.Response:
     """The routes the caller may use (every route unless a plugin, api_keys say, narrows them)."""
     routes, _ = await request.app[GATEWAY].visible_routes(request)
@@ -199,6 +163,7 @@ def create_app(config: Config) -> web.Application:
         await gateway.stop()
 
     app.cleanup_ctx.append(lifetime)
+    readiness.install(app)  # after the gateway's start: it pings the store the gateway opened
     app.on_response_prepare.append(_stamp_request_id)
     app.router.add_post("/v1/chat/completions", proxy.endpoint(ChatCompletions()))
     app.router.add_post("/v1/messages", proxy.endpoint(anthropic.MESSAGES))
@@ -208,7 +173,7 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model}", get_model)
     app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/readyz", readiness.readyz)
     app.router.add_routes(admin.routes(GATEWAY))
     for route_defs in gateway.hooks.collect("register_routes", gateway=gateway).values():
         app.router.add_routes(route_defs)

@@ -133,7 +133,8 @@ class SpillFile:
                 inserted = insert(conn, rows)
                 conn.execute("INSERT INTO replayed_spills (id, rows, ts) VALUES (?, ?, ?)", (spill_id, len(rows), now))
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # a full disk has rolled it back already: keep its reason, not ROLLBACK's
+                conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
         self.path.unlink(missing_ok=True)

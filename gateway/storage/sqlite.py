@@ -72,7 +72,8 @@ def transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any
     try:
         result = fn(conn)
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # a full disk has rolled it back already: keep its reason, not ROLLBACK's
+            conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
     return result
