@@ -75,16 +75,20 @@ class Guard:
     """The limits and the live connections one serving process shares."""
 
     def __init__(self, settings: ServerSettings, limit: int | None = None):
-        self.settings = settings
         self.limit = descriptor_limit() if limit is None else limit
-        self.cap = connection_cap(settings, self.limit)
-        self.trusted = [ipaddress.ip_network(net, strict=False) for net in settings.trusted_proxies]
+        self.configure(settings)
         self.handlers: set[GuardedHandler] = set()
         self.serving = 0  # admitted connections that are not probes-only
         self.probing = 0
         self.by_address: Counter[str] = Counter()
         self.waiting: dict[GuardedHandler, float] = {}  # serving connections between requests, oldest first
         self.closed: Counter[str] = Counter()  # why connections were closed or refused, since the last sweep
+
+    def configure(self, settings: ServerSettings) -> None:
+        """Take a (reloaded) config's limits; connections already open keep their counts."""
+        self.settings = settings
+        self.cap = connection_cap(settings, self.limit)
+        self.trusted = [ipaddress.ip_network(net, strict=False) for net in settings.trusted_proxies]
         self.tick = min(1.0, settings.header_timeout / 4)
 
     def is_trusted(self, address: str | None) -> bool:
@@ -94,6 +98,7 @@ class Guard:
             ip = ipaddress.ip_address(address)
         except ValueError:
             return False
+        ip = getattr(ip, "ipv4_mapped", None) or ip  # ::ffff:10.0.0.1 on a dual-stack socket is 10.0.0.1
         return any(ip in net for net in self.trusted)
 
     def client_address(self, peer: str | None, forwarded: list[str]) -> str | None:

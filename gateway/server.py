@@ -124,6 +124,7 @@ async def serve(
     async def reload() -> None:
         try:
             await gateway.reload(load_config(config_path))
+            guard.configure(gateway.config.server)
             settle_heap(reclaim=True)
         except ConfigError as exc:
             log.error("reload refused, still serving the previous config: %s", exc)

@@ -6,6 +6,7 @@ import json
 import re
 import resource
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -201,6 +202,14 @@ def get(url: str) -> int:
         return err.code
 
 
+def get_or_reset(url: str) -> int | None:
+    """get(), or None when the connection broke before an answer was read."""
+    try:
+        return get(url)
+    except (urllib.error.URLError, ConnectionError):
+        return None
+
+
 def open_slowly(port: int, count: int) -> list[socket.socket]:
     """`count` connections that each began a request's headers and will never finish them."""
     socks = []
@@ -319,6 +328,11 @@ def test_one_address_holds_at_most_its_connections_and_x_forwarded_for_counts_on
         for sock in held:
             sock.close()
         wait_until(lambda: get(gw.url + "/healthz") == 200, "a slot again")
+        gw.write_config({**settings, "server": {"max_connections_per_client": 1}})
+        gw.proc.send_signal(signal.SIGHUP)  # the limits follow a reload
+        with socket.create_connection(("127.0.0.1", gw.port)) as first:
+            wait_until(lambda: get_or_reset(gw.url + "/healthz") == 429, "the reloaded limit")
+            del first
     finally:
         gw.stop()
 
