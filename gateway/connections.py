@@ -15,7 +15,7 @@ import json
 import logging
 import resource
 from collections import Counter
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
@@ -74,8 +74,14 @@ def raw_answer(status: int, reason: str, message: str, code: str) -> bytes:
 class Guard:
     """The limits and the live connections one serving process shares."""
 
-    def __init__(self, settings: ServerSettings, limit: int | None = None):
+    def __init__(
+        self,
+        settings: ServerSettings,
+        limit: int | None = None,
+        may_send_body: Callable[[web.BaseRequest], Awaitable[bool]] | None = None,
+    ):
         self.limit = descriptor_limit() if limit is None else limit
+        self.may_send_body = may_send_body  # whether a request's headers authenticate it (Expect: 100-continue)
         self.configure(settings)
         self.handlers: set[GuardedHandler] = set()
         self.serving = 0  # admitted connections that are not probes-only
@@ -296,6 +302,16 @@ class GuardedHandler(RequestHandler):
                 message = f"the request body arrived slower than {self.guard.settings.body_min_rate} bytes a second"
             self.transport.write(raw_answer(408, "Request Timeout", message, "request_timeout"))
         self.force_close()
+
+    async def _handle_request(self, request: web.BaseRequest, start_time: float | None, request_handler):
+        # aiohttp answers "100 Continue" before any handler runs, which asks for the body; withheld from a
+        # request its headers do not authenticate, its client sends no body before the 401.
+        if request.headers.get("Expect", "").lower() == "100-continue" and self.guard.may_send_body is not None:
+            if not await self.guard.may_send_body(request):
+                headers = request.headers.copy()
+                del headers["Expect"]
+                request = request.clone(headers=headers)
+        return await super()._handle_request(request, start_time, request_handler)
 
     async def finish_response(self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None):
         # A refusal (401, 413, ...) of a body not read: close rather than read the rest to throw it away (up

@@ -16,6 +16,7 @@ from .app import create_app
 from .banner import banner
 from .config import Config, ConfigError, load_config
 from .connections import Guard, GuardedRunner
+from .errors import GatewayError
 from .gateway import GATEWAY
 
 log = logging.getLogger("llmgate")
@@ -89,7 +90,7 @@ async def serve(
     gateway = app[GATEWAY]
     host = host or config.server.host
     port = config.server.port if port is None else port
-    guard = Guard(config.server)  # header and body timeouts, keep-alive, the connection caps
+    guard = Guard(config.server, may_send_body=lambda request: _authenticated(gateway, request))
     runner = GuardedRunner(
         app, guard, handle_signals=False, access_log=None, shutdown_timeout=config.server.shutdown_timeout
     )
@@ -145,6 +146,20 @@ async def serve(
         if beating is not None:
             beating.cancel()
     log.info("stopped")
+
+
+async def _authenticated(gateway, request: web.BaseRequest) -> bool:
+    """Whether a request's headers alone pass the admin token or the `authenticate` hook (none: anyone)."""
+    try:
+        gateway.require_admin(request)
+        return True
+    except GatewayError:
+        pass
+    try:
+        await gateway.authenticate(request)
+        return True
+    except GatewayError:
+        return False
 
 
 HEARTBEAT_SECONDS = 2.0  # well inside the prefork server's worker timeout

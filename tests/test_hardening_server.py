@@ -438,3 +438,20 @@ def test_a_team_erases_only_its_own_user_and_the_admin_names_a_team(make_gateway
     assert erase("sk-not-a-key", {"user": "alice"})[0] == 401
     status, body = erase("admin-0123456789", {"user": "alice", "team": "b"})
     assert status == 200 and body["exchanges"] == 2 and tenants() == []
+
+
+def test_an_unauthenticated_request_is_not_asked_for_its_body(fake_openai, tmp_path):
+    from plugins.api_keys.plugin import hash_key
+
+    settings = with_keys(fake_openai, tmp_path)
+    settings["plugins"]["api_keys"]["teams"]["a"]["keys"].append(hash_key("sk-team-a-0123456789abcdef"))
+    gw = GatewayProcess(settings, tmp_path).start()
+    try:
+        for key, first in ((None, b"HTTP/1.1 401 "), ("sk-team-a-0123456789abcdef", b"HTTP/1.1 100 Continue")):
+            with socket.create_connection(("127.0.0.1", gw.port)) as sock:
+                auth = f"Authorization: Bearer {key}\r\n" if key else ""
+                sock.sendall(head(length=5_000_000, extra="Expect: 100-continue\r\n" + auth))
+                sock.settimeout(10)
+                assert sock.recv(65536).startswith(first), key  # before: 100 Continue for both
+    finally:
+        gw.stop()
