@@ -10,6 +10,9 @@ With `max_open_seconds` set, it opens as Envoy's outlier detection ejects a host
 stays closed forgives one, so a backend that keeps failing is kept out longer and longer while one
 that failed once long ago starts again from `open_seconds` (pools give each member such a breaker).
 
+A provider's Retry-After longer than the gateway waits between retries cools the backend down for that
+long (`cool_down`): no request goes to it until then, whatever the breaker's state.
+
 Each backend object holds its breaker, so a config reload that leaves a backend unchanged keeps
 its breaker's state; a backend whose settings change is a new upstream and starts closed.
 Every transition is logged as a `breaker_changed` line.
@@ -78,11 +81,14 @@ class CircuitBreaker:
         self._openings = 0  # counted towards the next opening's length (max_open_seconds), less those forgiven
         self._closed_at: float | None = None
         self._probing = False
+        self._cool_until: float | None = None  # the provider's Retry-After: nothing goes to it before
 
     def allow(self) -> bool:
         """May a request go to the backend now? In half-open, True for one probe at a time.
 
         A True must be followed by exactly one of `succeeded`, `failed` or `released`."""
+        if self._cool_until is not None and self.cooling():
+            return False
         if not self.settings.enabled or self.state == CLOSED:
             return True
         if self.state == OPEN:
@@ -96,6 +102,8 @@ class CircuitBreaker:
 
     def available(self) -> bool:
         """Whether `allow` would say yes now, without taking the probe: for a balancer choosing between backends."""
+        if self._cool_until is not None and self.cooling():
+            return False
         if not self.settings.enabled or self.state == CLOSED:
             return True
         return self.current_state() == HALF_OPEN and not self._probing
@@ -127,8 +135,29 @@ class CircuitBreaker:
         else:
             self.released()
 
+    def cool_down(self, seconds: float) -> None:
+        """The provider asked for `seconds` of rest (a Retry-After longer than a retry waits): none goes to it
+        until then, so the request moves along its chain at once rather than retry inside that window."""
+        self._cool_until = self._clock() + seconds
+        log.warning("breaker_cooling backend=%s seconds=%g reason=%s", self.backend, seconds, self.last_failure)
+
+    def cooling(self) -> float:
+        """Seconds of the provider's Retry-After still to wait (0 when none)."""
+        if self._cool_until is None:
+            return 0.0
+        left = self._cool_until - self._clock()
+        if left <= 0:
+            self._cool_until = None
+            return 0.0
+        return left
+
     def retry_after(self) -> float:
         """Seconds until a request may pass again (0 when it may now)."""
+        if cooling := self.cooling():
+            return max(cooling, self._breaker_retry_after())
+        return self._breaker_retry_after()
+
+    def _breaker_retry_after(self) -> float:
         if self.state == OPEN:
             return max(0.0, self.open_for - (self._clock() - self.opened_at))
         if self.state == HALF_OPEN and self._probing:
@@ -144,6 +173,7 @@ class CircuitBreaker:
             "retry_after_seconds": round(self.retry_after(), 3),
             "failures": self.settings.failures,
             "open_seconds": self.open_for,
+            "cooling_down_seconds": round(self.cooling(), 3),
         }
 
     def current_state(self) -> str:
@@ -189,4 +219,6 @@ def breaker_problems(backends: dict) -> str | None:
         if state != CLOSED:
             state = state.replace("_", "-")
             problems.append(f"backend '{name}' circuit {state} (last failure: {breaker.last_failure})")
+        elif cooling := breaker.cooling():
+            problems.append(f"backend '{name}' cooling down for {cooling:.0f}s more, as it asked (Retry-After)")
     return "; ".join(problems) or None

@@ -199,6 +199,12 @@ class RouteSettings(Strict):
         "gets that 400",
     )
     retries: int = Field(1, ge=0, le=5, description="extra tries per backend on retryable errors")
+    deadline: float | None = Field(
+        None,
+        gt=0,
+        description="seconds a request may take in all: every try, retry, backoff and fallback, a stream to "
+        "its end, each try given what is left; past it the caller gets a 504; unset: the gateway's deadline",
+    )
     description: str = ""
 
     def answering(self) -> list[str]:
@@ -300,6 +306,12 @@ PLUGIN_CORE_KEYS = (*PluginSettings.model_fields, "module")
 class GatewaySettings(Strict):
     server: ServerSettings = ServerSettings()
     state: StateSettings = StateSettings()
+    deadline: float | None = Field(
+        None,
+        gt=0,
+        description="seconds a request may take in all, for each route that sets no deadline of its own; "
+        "unset: only each backend's own timeouts bound a try",
+    )
     backends: dict[str, dict[str, Any]] = {}
     pools: dict[str, PoolSettings] = {}
     routes: dict[str, RouteSettings] = {}

@@ -43,6 +43,7 @@ from .errors import (
     MissingCredentials,
     UnsupportedMediaType,
     UpstreamError,
+    UpstreamTimeout,
 )
 from .filters import AnswerRefused, Filters
 from .gateway import GATEWAY, Gateway, Generation
@@ -112,10 +113,52 @@ def does_not_fit(ctx: RequestContext, backend: Backend) -> UpstreamError | None:
     )
 
 
+RETRY_AFTER_CAP = 2.0  # the longest a provider's Retry-After is waited for on the same backend; longer cools it down
+
+
 def _backoff(attempt: int, retry_after: float | None) -> float:
     if retry_after is not None:
-        return min(retry_after, 2.0)
+        return min(retry_after, RETRY_AFTER_CAP)
     return random.uniform(0, min(2.0, 0.1 * 2**attempt))  # full jitter
+
+
+class DeadlineExceeded(UpstreamTimeout):
+    """The request's deadline passed: no time is left for another try, retry or fallback."""
+
+
+def deadline_of(ctx: RequestContext) -> float | None:
+    """When the request must have its answer (perf_counter): its route's `deadline`, else the gateway's."""
+    seconds = ctx.route.deadline
+    if seconds is None and ctx.generation is not None:
+        seconds = ctx.generation.config.settings.deadline
+    return None if seconds is None else ctx.started + seconds
+
+
+def past_deadline(ctx: RequestContext, deadline: float) -> DeadlineExceeded:
+    seconds = deadline - ctx.started
+    return DeadlineExceeded(
+        f"route '{ctx.route_name}' did not answer within its deadline of {seconds:g}s "
+        "(every try, retry and fallback included)"
+    )
+
+
+def until(deadline: float | None) -> asyncio.Timeout:
+    """A timeout at `deadline` (perf_counter), or none: what is left of the request's time, for one try."""
+    return asyncio.timeout(None if deadline is None else deadline - time.perf_counter())
+
+
+async def _within(ctx: RequestContext, deadline: float | None, call: Callable[[Backend], Awaitable[T]], backend) -> T:
+    """One try, given what is left of the request's deadline; cut there as DeadlineExceeded."""
+    if deadline is None:
+        return await call(backend)
+    timer = until(deadline)
+    try:
+        async with timer:
+            return await call(backend)
+    except TimeoutError:
+        if timer.expired():
+            raise past_deadline(ctx, deadline) from None
+        raise
 
 
 class _Untried(Exception):
@@ -133,9 +176,12 @@ async def call_chain(
     upstream said so, or its configured `context_window` cannot hold it, when it is skipped without a
     call): that moves the request to the route's `context_fallback` and along it, or, without one, is
     the caller's 400. A backend whose circuit breaker is open is skipped; when every backend was
-    skipped so, the caller gets a 503 `circuit_open` with Retry-After. With `settle` False a success
-    leaves the breaker's verdict to the caller (a stream is a success only once it ends well).
+    skipped so, the caller gets a 503 `circuit_open` with Retry-After (a 429 when each is cooling down
+    after a provider's Retry-After). The request's deadline bounds it all: past it, the caller's 504.
+    With `settle` False a success leaves the breaker's verdict to the caller (a stream is a success only
+    once it ends well).
     """
+    deadline = deadline_of(ctx)
     last_error: GatewayError | None = None
     uncredentialed: list[str] = []
     open_circuits: list[CircuitBreaker] = []
@@ -157,11 +203,13 @@ async def call_chain(
             continue
         else:
             try:
-                return await _tries(ctx, name, backend, call, open_circuits, settle)
+                return await _tries(ctx, name, backend, call, open_circuits, settle, deadline)
             except _Untried:
                 continue
             except UpstreamError as err:
                 last_error = err
+                if isinstance(err, DeadlineExceeded):
+                    raise
                 if not err.too_long:
                     if err.status < 500 and err.status != 429:
                         raise
@@ -171,6 +219,17 @@ async def call_chain(
     if last_error is None:
         names = ", ".join(f"'{b.backend}'" for b in open_circuits)
         retry_after = min((b.retry_after() for b in open_circuits), default=1.0)
+        if open_circuits and all(b.cooling() for b in open_circuits):
+            seconds = max(1, math.ceil(retry_after))
+            raise UpstreamError(
+                f"route '{ctx.route_name}' cannot be served now: every backend it may use asked for a pause "
+                f"(Retry-After: {names}); retry after {seconds}s",
+                status=429,
+                type="rate_limit_error",
+                retryable=True,
+                retry_after=retry_after,
+                headers={"Retry-After": str(seconds)},
+            )
         raise CircuitOpen(
             f"route '{ctx.route_name}' cannot be served now: the circuit breaker of every backend "
             f"it may use is open after repeated failures ({names}); retry after "
@@ -187,6 +246,7 @@ async def _tries(
     call: Callable[[Backend], Awaitable[T]],
     open_circuits: list[CircuitBreaker],
     settle: bool = True,
+    deadline: float | None = None,
 ) -> T:
     """`call` on one backend of the chain, tried again `route.retries` times after a retryable failure (a
     pool's next try on another member): its answer, else its last failure raised (`_Untried` when no
@@ -194,6 +254,8 @@ async def _tries(
     last_error: UpstreamError | None = None
     tried: list[str] = []
     for attempt in range(ctx.route.retries + 1):
+        if deadline is not None and time.perf_counter() >= deadline:
+            raise past_deadline(ctx, deadline)
         backend = target.pick(ctx.affinity_key, tried)
         if backend is None:  # a pool whose every member is ejected: passed over as an open breaker is
             open_circuits.extend(b for b in target.breakers().values() if not b.available())
@@ -202,23 +264,39 @@ async def _tries(
         breaker, member = backend.breaker, (None if backend is target else backend.name)
         if not breaker.allow():
             open_circuits.append(breaker)
-            ctx.attempts.append(Attempt(name, CircuitOpen.status, 0.0, "circuit open", member))
+            if cooling := breaker.cooling():
+                skipped = Attempt(name, 429, 0.0, f"cooling down for {cooling:.0f}s more (Retry-After)", member)
+            else:
+                skipped = Attempt(name, CircuitOpen.status, 0.0, "circuit open", member)
+            ctx.attempts.append(skipped)
             break
         tried.append(backend.name)
         started = time.perf_counter()
         try:
-            result = await call(backend)
+            result = await _within(ctx, deadline, call, backend)
         except UpstreamError as err:
-            breaker.record(err)
+            if isinstance(err, DeadlineExceeded):  # cut by the request's time, not the backend's own timeouts
+                breaker.released()
+            else:
+                breaker.record(err)
             elapsed = (time.perf_counter() - started) * 1000
             ctx.upstream_ms += elapsed
             ctx.attempts.append(Attempt(name, err.upstream_status or err.status, elapsed, err.message, member))
             last_error = err
+            if isinstance(err, DeadlineExceeded):
+                raise
+            if err.retry_after is not None and err.retry_after > RETRY_AFTER_CAP:
+                breaker.cool_down(err.retry_after)  # no retry inside the provider's window: on along the chain
+                if backend is target:
+                    break
+                continue  # a pool: another member, at once
             if not err.retryable or attempt == ctx.route.retries:
                 break
             if breaker.state != CLOSED:
                 continue  # it just opened: no pause, the next turn skips to the next backend
             pause = _backoff(attempt, err.retry_after)
+            if deadline is not None:
+                pause = max(0.0, min(pause, deadline - time.perf_counter()))
             await asyncio.sleep(pause)
             ctx.upstream_ms += pause * 1000
             continue
@@ -422,14 +500,24 @@ async def _stream_answer(
         raise
     error: GatewayError | None = None
     settled = finished = False
+    deadline = deadline_of(ctx)
+    timer = until(deadline)  # the rest of the request's deadline, for the stream's rest (one timer, no await)
     try:
-        for chunk in held:
-            finished = finished or _finishes(chunk)
-            await writer.send(chunk)
-        async for chunk in chunks:
-            if not finished:
-                finished = _finishes(chunk)
-            await writer.send(chunk)
+        try:
+            async with timer:
+                for chunk in held:
+                    finished = finished or _finishes(chunk)
+                    await writer.send(chunk)
+                async for chunk in chunks:
+                    if not finished:
+                        finished = _finishes(chunk)
+                    await writer.send(chunk)
+        except TimeoutError:
+            if not timer.expired():
+                raise
+            error = past_deadline(ctx, deadline)
+            _broke(ctx, error)
+            raise error from None
         if not finished:  # the body ended cleanly, but the answer did not: never a silent end
             raise truncated(backend.name)
         breaker.succeeded()
@@ -438,6 +526,8 @@ async def _stream_answer(
     except CallerGone:  # the caller left: no one to tell, but the exchange is still recorded and charged
         error = client_closed()
     except AnswerRefused as err:  # a filter ended it: the backend did nothing wrong
+        error = err
+    except DeadlineExceeded as err:  # the request's time is up: the backend is told nothing about its health
         error = err
     except GatewayError as err:  # the stream broke after it started: tell the caller, never end silently
         error = err

@@ -15,7 +15,7 @@ BASE = {
     "routes": {"support-bot": {"baseline": "base"}},
     "plugins": {"traffic_log": {"enabled": False}},
 }
-ROUTE_KEYS = "baseline, candidates, context_fallback, description, fallback, retries, shadow"
+ROUTE_KEYS = "baseline, candidates, context_fallback, deadline, description, fallback, retries, shadow"
 
 
 def config_with(**sections) -> dict:
@@ -61,7 +61,8 @@ def test_a_misspelt_top_level_key():
     raw = copy.deepcopy(BASE)
     raw["route"] = raw.pop("routes")
     assert problems_of(raw) == [
-        "route: unknown key (did you mean 'routes'? allowed: backends, plugins, pools, prices, routes, server, state)"
+        "route: unknown key (did you mean 'routes'? "
+        "allowed: backends, deadline, plugins, pools, prices, routes, server, state)"
     ]
 
 
