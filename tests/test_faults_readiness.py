@@ -5,7 +5,9 @@ A full disk keeps its own reason (SQLite's "database or disk is full"), not the 
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 import signal
 import sqlite3
@@ -162,3 +164,23 @@ def test_readyz_keeps_saying_the_disk_is_full_while_it_is(upstream, tmp_path):
         if gw is not None:
             gw.stop()
         subprocess.run(["umount", "-l", str(disk)])
+
+
+def test_a_store_away_again_during_a_resync_is_a_warning_not_an_error_traceback(caplog):
+    """Redis restarting empty: each replica's registry re-reads it on the resync notice, and a store still
+    waking up then raises StoreUnavailable; that is a state to report in a line, not a bug's traceback."""
+    from gateway.errors import StoreUnavailable
+    from gateway.state.sqlite import SqliteStateStore
+
+    store = SqliteStateStore.__new__(SqliteStateStore)
+    store._listeners = []
+
+    async def registry(message):
+        raise StoreUnavailable("the state store (redis) is unreachable, nothing was changed: ConnectionError")
+
+    store.subscribe(registry)
+    caplog.set_level(logging.WARNING, logger="llmgate.state")
+    asyncio.run(store._notify({"kind": "resync"}))
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING and record.exc_info is None
+    assert "unreachable" in record.getMessage()

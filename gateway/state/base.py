@@ -6,6 +6,8 @@ import logging
 from abc import ABC, abstractmethod
 from typing import Any, Awaitable, Callable
 
+from ..errors import StoreUnavailable
+
 log = logging.getLogger("llmgate.state")
 Listener = Callable[[dict[str, Any]], Awaitable[None] | None]
 
@@ -33,6 +35,8 @@ class StateStore(ABC):
                 result = listener(message)
                 if result is not None:
                     await result
+            except StoreUnavailable as exc:  # the store went away again mid-resync: a state, not a bug
+                log.warning("state change listener stopped on %r: %s", message, exc.message)
             except Exception:
                 log.exception("state change listener failed on %r", message)
 
