@@ -757,3 +757,40 @@ def test_each_bedrock_family_takes_its_own_dataset_format(tmp_path):
         provider.check_dataset(nova, HAIKU)
     with pytest.raises(RetrainError, match="'format' must be one of openai, bedrock, nova, titan, llama"):
         Dataset.read(make_dataset(tmp_path / "x", "claude"))
+
+
+async def test_a_job_over_its_cost_cap_is_refused_before_anything_is_sent(tmp_path, finetune_api):
+    from gateway.config import load_config
+    from plugins.retrain.plugin import CostCap
+
+    config = load_config(write_config(tmp_path, openai_setup(tmp_path, finetune_api)))
+    settings = Settings.model_validate(config.settings.plugins["retrain"].model_extra)
+    store = open_state_store(StateSettings(sqlite_path=str(tmp_path / "jobs.db")))
+    await store.open()
+    try:
+        launcher = Launcher(store, providers_for(settings, config), None, "test")
+        dataset = make_dataset(tmp_path / "ds", "openai", examples=400)
+        size = (dataset / "train.jsonl").stat().st_size
+        with pytest.raises(
+            RetrainError,
+            match=r"estimated cost \$\d+\.\d\d \([\d,]+ tokens x 4 epochs at \$25 a million\) "
+            r"is over the cap \$0\.01: not started",
+        ):
+            await launcher.launch(
+                "openai",
+                str(dataset),
+                "bot",
+                hyperparameters={"n_epochs": 4},
+                cost=CostCap(usd_per_million_tokens=25, max_usd=0.01),
+            )
+        assert finetune_api.files == {} and await launcher.jobs() == []
+        job = await launcher.launch("openai", str(dataset), "bot", cost=CostCap(usd_per_million_tokens=25, max_usd=5))
+        tokens = (size + 3) // 4
+        assert job["estimated_cost"] == {
+            "tokens": tokens,
+            "epochs": 3,
+            "usd": round(tokens * 3 * 25 / 1e6, 6),
+            "cap_usd": 5,
+        }
+    finally:
+        await store.close()

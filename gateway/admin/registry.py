@@ -120,8 +120,12 @@ def problems_of(name: str, record: dict, config: Config, kinds: dict) -> list[st
         return [f"'{name}' is already a backend of the config file"]
     if name in config.settings.pools:
         return [f"'{name}' is already a pool of the config file"]
-    routes = record.get("shadow") or []
-    problems = [f"shadow: no route named '{r}'" for r in routes if r not in config.settings.routes]
+    problems = [
+        f"{field}: no route named '{r}'"
+        for field in ("shadow", "candidate")
+        for r in record.get(field) or []
+        if r not in config.settings.routes
+    ]
     try:
         settings, unset, _ = _backend_settings(name, record, config, kinds)
     except ValueError as exc:
@@ -155,6 +159,9 @@ def merged(config: Config, records: dict[str, dict], kinds: dict) -> Config:
         for route in record.get("shadow") or []:
             if name not in routes[route].shadow:
                 routes[route] = routes[route].model_copy(update={"shadow": [*routes[route].shadow, name]})
+        for route in record.get("candidate") or []:  # a candidate at 0% until the rollout gives it users
+            if name not in routes[route].candidates:
+                routes[route] = routes[route].model_copy(update={"candidates": {**routes[route].candidates, name: 0}})
     settings = config.settings.model_copy(update={"backends": backends, "routes": routes})
     return Config(settings=settings, source=config.source, unset_env=unset, secrets=set(config.secrets))
 
@@ -172,8 +179,11 @@ async def register(
     *,
     reason: str | None = None,
     details: dict | None = None,
+    candidate: list[str] | None = None,
 ) -> dict:
     """Store a registration, audit it, rebuild this gateway's backends and tell the other replicas.
+
+    `candidate` names routes where the model is a candidate (at 0% until a rollout moves users).
 
     Returns the record. Raises InvalidRequest when it does not fit the config."""
     if not isinstance(backend, dict) or not (backend.get("like") or backend.get("kind")):
@@ -193,6 +203,7 @@ async def register(
     record = {
         "backend": backend,
         "shadow": shadow,
+        **({"candidate": candidate} if candidate else {}),
         "registered_by": who,
         "registered_at": time.time(),
         "details": details or {},

@@ -66,6 +66,25 @@ class Settings(BaseModel):
 
 
 Register = Callable[[dict, dict], Awaitable[None]]  # (job, backend entry) -> registered
+EPOCH_NAMES = ("n_epochs", "epochCount")
+DEFAULT_EPOCHS = 3  # OpenAI's "auto" and the Bedrock families' defaults are 1 to 5: a middle guess
+
+
+class CostCap(BaseModel):
+    """What training costs and the most one job may cost; the estimate counts the training file's
+    tokens (4 characters a token) times the epochs, the provider's training price per token."""
+
+    model_config = ConfigDict(extra="forbid")
+    usd_per_million_tokens: float = Field(gt=0, description="the provider's training price per million tokens")
+    max_usd: float | None = Field(None, gt=0, description="refuse a job whose estimate is more than this")
+
+
+def estimate_cost(dataset: Dataset, hyperparameters: dict[str, Any], cost: CostCap) -> dict[str, Any]:
+    """The job's estimated training cost, before anything is sent."""
+    tokens = (dataset.train.stat().st_size + 3) // 4
+    epochs = next((hyperparameters[k] for k in EPOCH_NAMES if isinstance(hyperparameters.get(k), int)), DEFAULT_EPOCHS)
+    usd = tokens * epochs * cost.usd_per_million_tokens / 1_000_000
+    return {"tokens": tokens, "epochs": epochs, "usd": round(usd, 6), "cap_usd": cost.max_usd}
 
 
 def describe(exc: BaseException) -> str:
@@ -152,8 +171,15 @@ class Launcher:
         hyperparameters: dict[str, Any] | None = None,
         backend_name: str | None = None,
         origin: str = "cli",
+        register_as: str = "shadow",
+        cost: "CostCap | None" = None,
+        details: dict[str, Any] | None = None,
     ) -> dict:
-        """Check everything that can be checked here, record the job, then upload and create it."""
+        """Check everything that can be checked here, record the job, then upload and create it.
+
+        `register_as` "shadow" mirrors the route's traffic to the model once it serves; "backend"
+        only registers it (the flywheel gates it offline first). `cost` refuses a job whose
+        estimate is over its cap before anything is uploaded."""
         provider = self._provider(provider_name)
         dataset = Dataset.read(dataset_dir)
         base = provider.base_model(base_model)
@@ -164,6 +190,13 @@ class Launcher:
                 f"{self.min_examples} a job needs (plugins.retrain.min_examples)"
             )
         checked = provider.check_hyperparameters(base, hyperparameters or {})
+        estimate = estimate_cost(dataset, checked, cost) if cost is not None else None
+        if estimate is not None and cost.max_usd is not None and estimate["usd"] > cost.max_usd:
+            raise RetrainError(
+                f"the job's estimated cost ${estimate['usd']:.2f} ({estimate['tokens']:,} tokens x "
+                f"{estimate['epochs']} epochs at ${cost.usd_per_million_tokens:g} a million) is over the cap "
+                f"${cost.max_usd:g}: not started"
+            )
         job_id, now = _new_id(), time.time()
         job = {
             "id": job_id,
@@ -176,6 +209,9 @@ class Launcher:
             "hyperparameters": checked,
             "backend_name": backend_name or f"{route}-{job_id}",
             "origin": origin,
+            "register_as": register_as,
+            "estimated_cost": estimate,
+            "details": details or {},
             "created": now,
             "updated": now,
             "last_polled": None,
@@ -304,10 +340,10 @@ class Retrain:
                 gateway,
                 job["backend_name"],
                 backend,
-                [job["route"]],
+                shadow_routes(job),
                 f"retrain ({job['id']})",
                 reason=registered_reason(job),
-                details={"job": job["id"], "result_model": job.get("result_model")},
+                details={"job": job["id"], "result_model": job.get("result_model"), **(job.get("details") or {})},
             )
 
         holder = f"gateway@{socket.gethostname()}:{os.getpid()}"
@@ -374,6 +410,11 @@ def settings_from(config) -> Settings:
     return config.plugin_options("retrain", Settings)
 
 
+def shadow_routes(job: dict) -> list[str]:
+    """Where a finished job's model is mirrored: its route, unless the job says it is gated first."""
+    return [job["route"]] if job.get("register_as", "shadow") == "shadow" else []
+
+
 def registered_reason(job: dict) -> str:
     """The register_model event's reason: the job, and why an operator launched it when they said."""
     return f"retraining job {job['id']} finished" + (f" (launched: {job['reason']})" if job.get("reason") else "")
@@ -431,9 +472,9 @@ async def _run(args: argparse.Namespace) -> int:
             {
                 "name": job["backend_name"],
                 "backend": backend,
-                "shadow": [job["route"]],
+                "shadow": shadow_routes(job),
                 "reason": registered_reason(job),
-                "details": {"job": job["id"], "result_model": job.get("result_model")},
+                "details": {"job": job["id"], "result_model": job.get("result_model"), **(job.get("details") or {})},
             },
         )
 

@@ -68,6 +68,25 @@ class Settings(BaseModel):
     check_interval: float = Field(60.0, gt=0, description="seconds between checks")
 
 
+def drift_reason(drift: Drift, scores, state: dict, now: float) -> str | None:
+    """Whether the window's mean of (ts, value) `scores` drifted below `fraction` x the reference.
+
+    The first full window sets the reference in `state` when none is configured (kept in the store)."""
+    values = [v for ts, v in scores if now - drift.window_seconds < ts <= now]
+    if len(values) < drift.min_samples:
+        return None
+    mean = sum(values) / len(values)
+    reference = drift.baseline if drift.baseline is not None else state.get("reference")
+    if reference is None:
+        state["reference"], state["reference_at"] = mean, now  # the first full window is the baseline
+        return None
+    if mean < drift.fraction * reference:
+        return (
+            f"drift: {drift.score} {mean:.3f} over {len(values)} scores < {drift.fraction:g} x baseline {reference:.3f}"
+        )
+    return None
+
+
 class RetrainTrigger:
     Settings = Settings
     DEFAULT_ENABLED = False  # starting training jobs costs money: opt in
@@ -139,10 +158,6 @@ class RetrainTrigger:
             log.info("retrain trigger %s: %s", route, decision)
         return decisions
 
-    def _window_mean(self, route: str, drift: Drift, now: float) -> tuple[float | None, int]:
-        values = [v for ts, v in self.scores[route] if now - drift.window_seconds < ts <= now]
-        return (sum(values) / len(values) if len(values) >= drift.min_samples else None), len(values)
-
     def _reason(self, route: str, rule: RouteTrigger, state: dict, now: float) -> str | None:
         """Why a job is due now (None: it is not)."""
         if (
@@ -150,21 +165,7 @@ class RetrainTrigger:
             and now - (state.get("last_launch") or state["first_seen"]) >= rule.every_seconds
         ):
             return f"schedule: every {rule.every_seconds:g}s"
-        if rule.drift is None:
-            return None
-        mean, count = self._window_mean(route, rule.drift, now)
-        if mean is None:
-            return None
-        reference = rule.drift.baseline if rule.drift.baseline is not None else state.get("reference")
-        if reference is None:
-            state["reference"], state["reference_at"] = mean, now  # the first full window is the baseline
-            return None
-        if mean < rule.drift.fraction * reference:
-            return (
-                f"drift: {rule.drift.score} {mean:.3f} over {count} scores < {rule.drift.fraction:g} x "
-                f"baseline {reference:.3f}"
-            )
-        return None
+        return drift_reason(rule.drift, self.scores[route], state, now) if rule.drift is not None else None
 
     async def _decide(self, route: str, rule: RouteTrigger, state: dict, now: float) -> tuple[str, dict]:
         reason = self._reason(route, rule, state, now)
