@@ -19,6 +19,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 from pathlib import Path
 
 from gunicorn import glogging
@@ -32,6 +33,7 @@ from .node import WORKERS_DIR_ENV, WORKERS_ENV
 from .server import CannotListen, loop_factory, serve
 
 log = logging.getLogger("llmgate.workers")
+LISTEN_BACKLOG = 2048  # connections the kernel queues on each socket before a worker accepts them
 WORKER_TIMEOUT_SECONDS = 30  # a worker whose loop has not turned for this long is replaced
 
 
@@ -65,12 +67,41 @@ class GatewayWorker(Worker):
         app: GatewayApplication = self.app
         config = load_config(app.config_path) if app.config_path else app.config  # a replacement reads the file
         sockets = [listener.sock for listener in self.sockets]
+        sockets += [own for own in map(own_listener, sockets) if own is not None]
         for sock in sockets:
             sock.setblocking(False)
         os.environ[WORKERS_DIR_ENV] = str(app.snapshots)
         os.environ[WORKERS_ENV] = str(config.server.worker_count)
         with asyncio.Runner(loop_factory=loop_factory(config)) as runner:
             runner.run(serve(config, app.config_path, sockets=sockets, heartbeat=self.notify, announce=self.age == 1))
+
+
+def own_listener(shared: socket.socket) -> socket.socket | None:
+    """A listening socket of this worker's own on the shared one's address, where the kernel balances them.
+
+    On the one socket every worker inherits, the worker that wakes first accepts every connection
+    waiting (a burst of 32 keep-alive clients all went to one of two workers): the others sit idle
+    while it saturates. Sockets bound with SO_REUSEPORT share a port and Linux spreads new connections
+    over them by a hash of the addresses. The shared socket stays served too (the arbiter's, which
+    the kernel counts as one more member of the group), so no connection waits on a socket nobody
+    accepts. None where the platform does not balance (SO_REUSEPORT elsewhere only shares the port).
+    """
+    if not sys.platform.startswith("linux") or shared.family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    own = socket.socket(shared.family, socket.SOCK_STREAM)
+    try:
+        own.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        own.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if shared.family == socket.AF_INET6:
+            v6only = shared.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+            own.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, v6only)
+        own.bind(shared.getsockname())
+        own.listen(LISTEN_BACKLOG)
+    except OSError as exc:  # the shared socket alone still serves
+        own.close()
+        log.warning("this worker accepts on the shared socket only (%s): connections may gather on one worker", exc)
+        return None
+    return own
 
 
 class GatewayArbiter(Arbiter):
@@ -94,6 +125,8 @@ class GatewayApplication(BaseApplication):
             "workers": server.worker_count,
             "worker_class": GatewayWorker,
             "timeout": WORKER_TIMEOUT_SECONDS,
+            "reuse_port": True,  # each worker adds a socket of its own on the port (own_listener)
+            "backlog": LISTEN_BACKLOG,
             "graceful_timeout": math.ceil(server.shutdown_timeout) + 5,  # the drain, then the plugins' own shutdown
             "logger_class": GatewayLogger,
             "proc_name": "llmgate",

@@ -418,7 +418,7 @@ def test_the_report_compares_error_rates_tokens_costs_and_projects_the_saving(
     )
     assert refused.returncode == 1 and "401" in refused.stderr
     status, missing = admin_get(gw, "/admin/shadow/report?route=nope")
-    assert status == 404 and "'nope'" in missing["error"]["message"]
+    assert status == 404 and "`nope`" in missing["error"]["message"]
     assert admin_get(gw, "/admin/shadow/report?route=bot&since=-5")[0] == 400
 
 

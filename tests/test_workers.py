@@ -37,19 +37,23 @@ def test_two_workers_share_rollout_log_metrics_and_signals(fake_openai, tmp_path
     }
     gw = GatewayProcess(config, tmp_path).start()
     try:
+        # /healthz answered by one worker: wait until the other serves too (each writes its figures once it
+        # serves), or every connection of the first burst may go to the first
+        folders = list(tmp_path.glob("workers-*"))
+        assert len(folders) == 1
+        deadline = time.monotonic() + 15
+        while len(list(folders[0].glob("*.prom"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
         users = USERS[:400]
         before = variants_for(gw.url, users)
         assert 20 <= list(before.values()).count("cand-a") <= 70
 
-        # both workers answered: each wrote its own figures, each counted some of the requests
-        folders = list(tmp_path.glob("workers-*"))
-        assert len(folders) == 1
-        deadline = time.monotonic() + 5  # each worker writes its figures every few tenths of a second
-        while len(list(folders[0].glob("*.prom"))) < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        time.sleep(1.5)
+        # both workers answered, neither a token share: 32 keep-alive connections opened at once spread
+        # over the workers' own sockets (on one shared socket, one worker took all 32)
+        time.sleep(1.5)  # each worker writes its figures every few tenths of a second
         counts = {p.stem: metric(p.read_text(), "llmgate_requests_total") for p in folders[0].glob("*.prom")}
-        assert len(counts) == 2 and all(n > 0 for n in counts.values()), counts
+        assert len(counts) == 2 and sum(counts.values()) == len(users), counts
+        assert all(n >= 0.15 * len(users) for n in counts.values()), counts
         for _ in range(6):  # whichever worker answers the scrape, it reports both
             assert metric(scrape(gw.url), "llmgate_requests_total") == len(users)
 
