@@ -18,13 +18,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import multiprocessing
+import sys
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
-import aiohttp
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from rawhttp import ConnectionFailed, RawHttpPool
 
 OK = "ok"
 
@@ -76,40 +81,39 @@ def _has_content(line: bytes) -> bool:
     return any((choice.get("delta") or {}).get("content") for choice in chunk.get("choices") or ())
 
 
-async def _one(session: aiohttp.ClientSession, spec: LoadSpec, body: bytes, due_at: float, t0: float, clock) -> Sample:
+async def _one(pool: RawHttpPool, spec: LoadSpec, body: bytes, due_at: float, t0: float, clock) -> Sample:
     sent = clock()
     ttft = math.nan
+    done = False
+
+    def on_line(line: bytes) -> None:
+        nonlocal ttft, done
+        if math.isnan(ttft) and _has_content(line):
+            ttft = clock() - due_at
+        if line.startswith(b"data: [DONE]"):
+            done = True
+
     try:
-        async with session.post(spec.url, data=body, headers={"Content-Type": "application/json"}) as resp:
-            if resp.status != 200:
-                await resp.read()
-                return Sample(due_at - t0, sent - due_at, math.nan, math.nan, f"http_{resp.status}")
-            if spec.stream:
-                done = False
-                async for line in resp.content:
-                    if math.isnan(ttft) and _has_content(line):
-                        ttft = clock() - due_at
-                    if line.startswith(b"data: [DONE]"):
-                        done = True
-                if not done:
-                    return Sample(due_at - t0, sent - due_at, math.nan, ttft, "incomplete")
-            else:
-                payload = await resp.read()
-                if b'"choices"' not in payload:
-                    return Sample(due_at - t0, sent - due_at, math.nan, math.nan, "incomplete")
-    except asyncio.TimeoutError:
+        async with asyncio.timeout(spec.timeout):
+            status, payload = await pool.post(body, on_line if spec.stream else None)
+    except TimeoutError:
         return Sample(due_at - t0, sent - due_at, math.nan, ttft, "timeout")
-    except (aiohttp.ClientError, OSError):
+    except (ConnectionFailed, OSError):
         return Sample(due_at - t0, sent - due_at, math.nan, ttft, "connection")
+    if status != 200:
+        return Sample(due_at - t0, sent - due_at, math.nan, math.nan, f"http_{status}")
+    if (spec.stream and not done) or (not spec.stream and b'"choices"' not in payload):
+        return Sample(due_at - t0, sent - due_at, math.nan, ttft, "incomplete")
     return Sample(due_at - t0, sent - due_at, clock() - due_at, ttft, OK)
 
 
-def _session(spec: LoadSpec) -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=None),
-        timeout=aiohttp.ClientTimeout(total=spec.timeout),
-        headers=spec.headers,
-    )
+@contextlib.contextmanager
+def _session(spec: LoadSpec):
+    pool = RawHttpPool(spec.url, spec.headers)
+    try:
+        yield pool
+    finally:
+        pool.close()
 
 
 async def _open_loop(spec: LoadSpec, worker: int, start_wall: float) -> list[Sample]:
@@ -125,7 +129,7 @@ async def _open_loop(spec: LoadSpec, worker: int, start_wall: float) -> list[Sam
         tasks.discard(task)
         samples.append(task.result())
 
-    async with _session(spec) as session:
+    with _session(spec) as session:
         for i in range(worker, total, spec.workers):
             due_at = t0 + i / spec.rate
             delay = due_at - clock()
@@ -142,8 +146,18 @@ async def _open_loop(spec: LoadSpec, worker: int, start_wall: float) -> list[Sam
     return samples
 
 
+def _run(coroutine):
+    """On uvloop where installed: the generator's own CPU is taken from the machine it measures on."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coroutine)
+
+
 def _worker_main(spec: LoadSpec, worker: int, start_wall: float, conn) -> None:
-    samples = asyncio.run(_open_loop(spec, worker, start_wall))
+    samples = _run(_open_loop(spec, worker, start_wall))
     conn.send([tuple(asdict(s).values()) for s in samples])
     conn.close()
 
@@ -172,7 +186,7 @@ async def _sequential(spec: LoadSpec, count: int) -> list[Sample]:
     loop = asyncio.get_running_loop()
     clock = loop.time
     samples = []
-    async with _session(spec) as session:
+    with _session(spec) as session:
         t0 = clock()
         for i in range(count):
             now = clock()
@@ -182,7 +196,7 @@ async def _sequential(spec: LoadSpec, count: int) -> list[Sample]:
 
 def sequential(spec: LoadSpec, count: int) -> list[Sample]:
     """One request at a time, `count` of them: the latency a lone caller sees."""
-    return asyncio.run(_sequential(spec, count))
+    return _run(_sequential(spec, count))
 
 
 def _percentiles(values: list[float], scale: float = 1000.0) -> dict[str, float] | None:

@@ -59,7 +59,7 @@ def test_streams_report_time_to_first_token_before_the_last_byte(fast_upstream):
     spec = loadgen.LoadSpec(url=fast_upstream + "/v1/chat/completions", stream=True)
     samples = loadgen.sequential(spec, 5)
     assert [s.outcome for s in samples] == [loadgen.OK] * 5
-    assert all(0.02 <= s.ttft < s.latency for s in samples)
+    assert all(0.019 <= s.ttft < s.latency for s in samples)  # uvloop's timers are whole milliseconds
 
 
 def test_errors_are_counted_not_hidden(fast_upstream):

@@ -120,7 +120,13 @@ def main() -> None:
     parser.add_argument("--chunk-interval", type=float, default=0.002, help="seconds between streamed chunks")
     args = parser.parse_args()
     upstream = FixedLatencyUpstream(args.latency, args.chunks, args.chunk_interval)
-    web.run_app(upstream.app(), host=args.host, port=args.port, access_log=None, print=None, backlog=4096)
+    try:  # uvloop where installed: the upstream's CPU is taken from the machine the proxy is measured on
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    except ImportError:
+        loop = None
+    web.run_app(upstream.app(), host=args.host, port=args.port, access_log=None, print=None, backlog=4096, loop=loop)
 
 
 if __name__ == "__main__":
