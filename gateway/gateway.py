@@ -159,7 +159,9 @@ class Gateway:
         given = given.strip() if scheme.lower() == "bearer" else ""  # a bare token is no credential
         if not expected:
             raise Unauthorized(
-                "admin actions are disabled: set server.admin_token or LLMGATE_ADMIN_TOKEN", code="admin_disabled"
+                "admin actions are disabled on this gateway: start it with LLMGATE_ADMIN_TOKEN set (or "
+                "server.admin_token in its config) to turn them on; `make demo` makes one for its run and prints it",
+                code="admin_disabled",
             )
         if not given or not hmac.compare_digest(given.encode(), expected.encode()):
             raise Unauthorized(

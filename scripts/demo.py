@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if not port_is_free(args.port):
-        print(f"demo: port {args.port} is in use; try `make demo DEMO_PORT={args.port + 10}`", file=sys.stderr)
+        print(f"demo: port {args.port} is in use; try `make demo PORT={args.port + 10}`", file=sys.stderr)
         return 1
 
     # SIGTERM (from `kill` or make) ends the demo the same way Ctrl-C does: through the finally below.

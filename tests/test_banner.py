@@ -97,3 +97,12 @@ def test_a_wrong_admin_token_says_where_the_token_comes_from_and_the_tour_route_
     status, body = _get(gw.url + "/v1/chat/completions", body=chat)
     assert status == 404 and "routes: mixed" in body["error"]["message"]
     assert "'demo' is the route `make demo` serves" in body["error"]["message"]
+
+
+def test_admin_actions_with_no_admin_token_configured_say_how_to_turn_them_on(monkeypatch, make_gateway):
+    monkeypatch.delenv("LLMGATE_ADMIN_TOKEN", raising=False)
+    gw = make_gateway({"backends": BACKENDS, "routes": {"mixed": {"baseline": "local"}}})
+    status, body = _get(gw.url + "/admin/status", token="anything")
+    message = body["error"]["message"]
+    assert status == 401 and body["error"]["code"] == "admin_disabled"
+    assert "LLMGATE_ADMIN_TOKEN" in message and "server.admin_token" in message and "make demo" in message
