@@ -40,6 +40,7 @@ DEFAULT_PLUGINS = {
     "embeddings_build": "gateway.text.embeddings_build",
     "retrain": "plugins.retrain.plugin:Retrain",
     "retrain_trigger": "plugins.retrain.trigger:RetrainTrigger",
+    "flywheel": "flywheel.pipeline.plugin:Flywheel",
 }
 
 # The module holding each built-in plugin's `register_commands`: argument parsing only, each handler
@@ -59,6 +60,7 @@ COMMAND_MODULES = {
     "roi": "flywheel.roi.commands",
     "embeddings_build": "gateway.text.embeddings_build",
     "retrain": "plugins.retrain.commands",
+    "flywheel": "flywheel.pipeline.commands",
 }
 
 

@@ -68,6 +68,21 @@ class Settings(BaseModel):
     check_interval: float = Field(60.0, gt=0, description="seconds between checks")
 
 
+async def every(interval: float, step, what: str) -> None:
+    """Run `step()` every `interval` seconds for ever; a failing round is logged, the next one tries again."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await step()
+        except Exception as exc:  # the store or a provider is away
+            log.warning("%s failed: %s", what, exc)
+
+
+def lease_seconds(interval: float) -> float:
+    """How long a deciding replica's lease lasts: three rounds, at least 30 s, so a pause never splits it."""
+    return max(3 * interval, 30)
+
+
 def drift_reason(drift: Drift, scores, state: dict, now: float) -> str | None:
     """Whether the window's mean of (ts, value) `scores` drifted below `fraction` x the reference.
 
@@ -135,18 +150,13 @@ class RetrainTrigger:
         return {"retrain_trigger": {"last_decision": self.last_decision}}
 
     async def _check_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.check_interval)
-            try:
-                await self.check_once()
-            except Exception as exc:  # the store or a provider is away: the next round tries again
-                log.warning("retrain trigger check failed: %s", exc)
+        await every(self.settings.check_interval, self.check_once, "retrain trigger check")
 
     async def check_once(self, now: float | None = None) -> dict[str, str]:
         """Decide for every route (when this replica holds the lease); {route: what was decided}."""
         now = time.time() if now is None else now
         store = self.gateway.store
-        if not await store.acquire_lease(LEASE, self._holder, max(3 * self.settings.check_interval, 30)):
+        if not await store.acquire_lease(LEASE, self._holder, lease_seconds(self.settings.check_interval)):
             return {}
         decisions = {}
         for route, rule in self.settings.routes.items():

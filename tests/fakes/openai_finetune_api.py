@@ -4,15 +4,21 @@ It speaks what the official SDK sends: `files.create` (multipart, purpose "fine-
 `fine_tuning.jobs.create/retrieve/cancel/list`, and chat completions (from FakeOpenAI) for any
 model, the fine-tuned ones included. A job moves validating_files -> running -> succeeded when
 the test calls `advance(job_id)`, or by itself after `polls_per_step` retrievals at each step.
+
+How a fine-tuned model answers: the Nth job's model takes the Nth of `styles` ("plain": as the
+base model; "thorough": the base model's answer with judge_api.QUALITY_MARK, which the oracle
+judge prefers); a model named in `failing` answers 500, a deployment that degraded.
 """
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
 from aiohttp import web
 
+from .judge_api import QUALITY_MARK
 from .openai_api import FakeOpenAI
 
 STEPS = ["validating_files", "running", "succeeded"]
@@ -27,6 +33,35 @@ class FakeOpenAIFineTuning(FakeOpenAI):
         self.jobs: dict[str, dict] = {}
         self.polls_per_step = polls_per_step
         self._polls: dict[str, int] = {}
+        self.styles: list[str] = []  # the Nth job's model answers in the Nth style
+        self.model_styles: dict[str, str] = {}  # or a model named here, in its style
+        self.failing: set[str] = set()  # models that answer 500
+        self.answered: dict[str, int] = {}  # model -> chat requests it answered
+
+    def style_of(self, model: str) -> str:
+        if model in self.model_styles:
+            return self.model_styles[model]
+        job = next((j for j in self.jobs.values() if j["fine_tuned_model"] == model), None)
+        if job is None:
+            return "plain"
+        index = list(self.jobs).index(job["id"])
+        return self.styles[index] if index < len(self.styles) else "plain"
+
+    async def chat(self, request: web.Request):
+        body = await request.json()
+        model = body.get("model", "")
+        self.answered[model] = self.answered.get(model, 0) + 1
+        if model in self.failing:
+            self.requests.append(body)
+            return self._error(500, f"{model} is degraded")
+        response = await super().chat(request)
+        if self.style_of(model) == "thorough" and not body.get("stream") and response.status == 200:
+            answer = json.loads(response.body)
+            for choice in answer["choices"]:
+                if choice["message"].get("content"):
+                    choice["message"]["content"] += f" {QUALITY_MARK}"
+            return web.json_response(answer)
+        return response
 
     def app(self) -> web.Application:
         app = super().app()
