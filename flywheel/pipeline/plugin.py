@@ -125,7 +125,8 @@ class RouteFlywheel(BaseModel):
     min_examples: int = Field(100, ge=1, description="stop a run whose dataset has fewer training examples")
     first_window_seconds: float = Field(30 * 86400, gt=0, description="the first build reads this far back")
     dataset: dict[str, Any] = Field(
-        {}, description="the builder's options: min_judge_score, feedback, split, seed, max_chars, variants"
+        {},
+        description="the builder's options: min_judge_score, feedback, split (percents), seed, max_chars, variants",
     )
     cost: CostCap | None = None
     gate: GateSettings
@@ -397,6 +398,8 @@ class Flywheel:
     async def _step_dataset(self, run: dict, rule: RouteFlywheel) -> dict:
         out = Path(self.settings.workdir) / run["route"] / run["id"] / "dataset"
         extra = dict(rule.dataset)
+        if "split" in extra and abs(sum(extra["split"]) - 100) < 1e-6:  # percents, as `--split 80/10/10` takes them
+            extra["split"] = [share / 100 for share in extra["split"]]
         options = BuildOptions(
             route=run["route"],
             format=make_format(self._format(rule)),
