@@ -30,7 +30,10 @@ def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, fl
     centre = p + z * z / (2 * n)
     spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
     denominator = 1 + z * z / n
-    return max(0.0, (centre - spread) / denominator), min(1.0, (centre + spread) / denominator)
+    # At 0 and n the bound is exactly 0 or 1; the float arithmetic can land a hair inside it.
+    low = 0.0 if successes <= 0 else max(0.0, (centre - spread) / denominator)
+    high = 1.0 if successes >= n else min(1.0, (centre + spread) / denominator)
+    return low, high
 
 
 def percentile(values: list[float], p: float) -> float | None:

@@ -103,8 +103,9 @@ def wait_for_http(url: str, timeout: float = 20.0) -> None:
 class GatewayProcess:
     """`llmgate serve` as a real process, for signals and restarts."""
 
-    def __init__(self, config: dict, workdir: Path, env: dict | None = None):
+    def __init__(self, config: dict, workdir: Path, env: dict | None = None, nofile: int | None = None):
         self.port = free_port()
+        self.nofile = nofile  # the child's RLIMIT_NOFILE, lowered for it alone (the test process keeps its own)
         self.config_path = workdir / "gateway.yaml"
         self.write_config(config)
         self.workdir = workdir
@@ -127,9 +128,16 @@ class GatewayProcess:
             env=self.env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            preexec_fn=self._limit_descriptors if self.nofile else None,
         )
         wait_for_http(self.url + "/healthz")
         return self
+
+    def _limit_descriptors(self) -> None:
+        import resource
+
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, hard))
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

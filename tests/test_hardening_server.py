@@ -4,7 +4,6 @@ import concurrent.futures
 import contextlib
 import json
 import re
-import resource
 import select
 import signal
 import socket
@@ -183,17 +182,6 @@ def test_a_refused_body_is_not_read_its_connection_is_closed(fake_openai, tmp_pa
     assert closed < 5, closed  # before: the 401, then 10 s of reading the body to throw it away
 
 
-@contextlib.contextmanager
-def descriptor_limit(limit: int):
-    """A lower RLIMIT_NOFILE for the processes started meanwhile (a child inherits it)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-
-
 def get(url: str) -> int:
     try:
         with urllib.request.urlopen(url, timeout=10) as answer:
@@ -240,8 +228,7 @@ def still_open(socks: list[socket.socket]) -> int:
 def test_slow_loris_connections_are_closed_within_the_header_timeout_and_probes_still_answer(fake_openai, tmp_path):
     settings = config(fake_openai, tmp_path)
     settings["server"] = {"header_timeout": 2}
-    with descriptor_limit(256):  # auto: 112 connections and 16 for probes
-        gw = GatewayProcess(settings, tmp_path).start()
+    gw = GatewayProcess(settings, tmp_path, nofile=256).start()  # auto: 112 connections and 16 for probes
     socks = []
     try:
         socks = open_slowly(gw.port, 500)

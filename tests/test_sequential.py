@@ -21,12 +21,18 @@ from evaluators.sequential import (
     one_sided_level,
     proportion_difference_cs,
 )
-from evaluators.stats import Z95
+from evaluators.stats import Z95, wilson_interval
 
 STREAMS = 400
 
 
 # --- the boundary --------------------------------------------------------------------------------
+
+
+def test_all_or_none_of_n_reaches_the_bound_exactly():
+    # n wins of n: the upper bound is 1, not a float a hair below (which read as "certainly worse than perfect")
+    assert [n for n in range(1, 400) if wilson_interval(n, n)[1] != 1.0 or wilson_interval(0, n)[0] != 0.0] == []
+    assert 0 < wilson_interval(13, 13)[0] < 1
 
 
 def test_the_boundary_is_where_the_mixture_likelihood_ratio_reaches_one_over_alpha():
