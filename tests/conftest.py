@@ -6,6 +6,8 @@ import pytest
 from tests.fakes.openai_api import FakeOpenAI
 from tests.support import ServerThread, gateway_thread, serving
 
+pytest_plugins = ["tests.browser"]  # the `browser` fixture, for every test that looks at the console
+
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")  # never probe the metadata address for credentials
 
 

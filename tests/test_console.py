@@ -5,32 +5,19 @@ its rollback button works, and it says so when the daemon goes away. Screenshots
 import contextlib
 import gzip
 import json
-import os
 import threading
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import openai
-import pytest
 
 from gateway.gateway import GATEWAY
+from tests.browser import screenshot
 from tests.conftest import UPSTREAM_KEY
 from tests.support import wait_until
 
 TOKEN = "console-admin-token-0123456789"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-ARTIFACTS = Path(os.environ.get("LLMGATE_TEST_ARTIFACTS", Path(__file__).parent / "artifacts"))
 LAPTOP = {"width": 1366, "height": 900}
 PHONE = {"width": 390, "height": 844}
 
@@ -194,17 +181,6 @@ def test_series_and_shadow_pairs_follow_real_traffic(fake_openai, make_gateway, 
 # --- the page, in a real browser ---------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is absent: apt-get install -y chromium chromium-driver")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (never `playwright install`)")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
 def open_console(browser, url: str, viewport: dict, **options):
     context = browser.new_context(viewport=viewport, **options)
     page = context.new_page()
@@ -217,14 +193,6 @@ def open_console(browser, url: str, viewport: dict, **options):
     page.click("#login-submit")
     page.wait_for_selector('section[data-route="bot"] tr[data-variant="cand-a"]', timeout=20000)
     return context, page, problems
-
-
-def screenshot(page, name: str) -> Path:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    path = ARTIFACTS / name
-    page.screenshot(path=str(path), full_page=True)
-    print(f"console screenshot: {path}")
-    return path
 
 
 def confirm(page, fields: dict[str, str]) -> dict:

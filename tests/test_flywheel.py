@@ -20,6 +20,7 @@ import urllib.request
 import pytest
 
 from gateway.cli import main as cli
+from tests.browser import screenshot
 from tests.conftest import UPSTREAM_KEY
 from tests.fakes.judge_api import FakeJudge
 from tests.fakes.openai_finetune_api import FakeOpenAIFineTuning
@@ -198,6 +199,33 @@ def model_record(gw: GatewayProcess, name: str) -> dict:
     return call(gw.url + "/admin/models")[2]["models"][name]
 
 
+def console(browser, gw: GatewayProcess, models: dict[str, str], name: str) -> tuple[dict, dict]:
+    """What the console's Models panel shows, once it shows `models` ({name: lifecycle}):
+    ({model: its row's cells}, {run: its row's cells}); no error on the page."""
+    context = browser.new_context(viewport={"width": 1366, "height": 900})
+    page = context.new_page()
+    problems = []
+    page.on("pageerror", lambda exc: problems.append(str(exc)))
+    page.goto(gw.url + "/console")
+    page.fill("#login-token", ADMIN)
+    page.click("#login-submit")
+    for model, lifecycle in models.items():
+        page.wait_for_selector(f'#models tr[data-model="{model}"][data-lifecycle="{lifecycle}"]', timeout=20000)
+    page.wait_for_selector("#flywheel tr[data-run]", timeout=20000)
+
+    def cells(selector: str, key: str) -> dict:
+        return {
+            row.get_attribute(key): [cell.inner_text() for cell in row.query_selector_all(":scope > td")]
+            for row in page.query_selector_all(selector)
+        }
+
+    shown = cells("#models-rows tr[data-model]", "data-model"), cells("#flywheel-rows tr[data-run]", "data-run")
+    screenshot(page, name)
+    context.close()
+    assert not problems, problems
+    return shown
+
+
 @pytest.fixture
 def upstreams():
     ft = FakeOpenAIFineTuning(api_key=UPSTREAM_KEY, polls_per_step=1)
@@ -206,7 +234,7 @@ def upstreams():
         yield ft, judge
 
 
-def test_a_better_model_goes_from_logged_traffic_to_every_user(tmp_path, upstreams, capsys, monkeypatch):
+def test_a_better_model_goes_from_logged_traffic_to_every_user(tmp_path, upstreams, capsys, monkeypatch, browser):
     ft, judge = upstreams
     ft.styles = ["thorough"]  # the model this run trains answers better than the base model
     gw = GatewayProcess(config_for(tmp_path, ft, judge, min_interval=3600), tmp_path).start()
@@ -278,11 +306,24 @@ def test_a_better_model_goes_from_logged_traffic_to_every_user(tmp_path, upstrea
         assert cli(["models", "--url", gw.url]) == 0
         out = capsys.readouterr().out
         assert f"{model}  serving" in out and "offline gate: pass against base" in out
+
+        # and the console's Models panel: where the model is, where it came from, how it was judged
+        models, runs = console(browser, gw, {model: "serving"}, "console-flywheel-promoted.png")
+        name, lifecycle, traffic, upstream_model, lineage, gate_cell, shadow_cell, last = models[model]
+        assert lifecycle == "serving" and traffic == "candidate of bot" and upstream_model == record["backend"]["model"]
+        assert f"run {run['id']}" in lineage and "train " in lineage and f"job {run['job']}" in lineage
+        assert gate_cell.startswith("pass") and f"{gate['win_rate']:.2f}" in gate_cell
+        assert shadow_cell.startswith(f"{run['evaluation']['shadow']['judge']['mean']:.2f}")
+        run_id, route, step, trigger, run_model, started, steps = runs[run["id"]]
+        assert (route, step, run_model) == ("bot", "promoted", model) and trigger == run["trigger"]
+        assert [line.split()[0] for line in steps.splitlines()] == states(run)
     finally:
         gw.stop()
 
 
-def test_a_worse_model_stops_at_the_gate_and_one_that_degrades_in_canary_is_rolled_back(tmp_path, upstreams, capsys):
+def test_a_worse_model_stops_at_the_gate_and_one_that_degrades_in_canary_is_rolled_back(
+    tmp_path, upstreams, capsys, browser
+):
     ft, judge = upstreams
     ft.styles = ["plain", "thorough"]  # the first run's model is no better than the base model
     gw = GatewayProcess(config_for(tmp_path, ft, judge, min_interval=0), tmp_path).start()
@@ -325,5 +366,13 @@ def test_a_worse_model_stops_at_the_gate_and_one_that_degrades_in_canary_is_roll
         assert status["rollout"]["routes"]["bot"]["percents"].get(second["model"], 0) == 0
         kinds = {e["kind"] for e in call(gw.url + "/admin/events?limit=200")[2]["events"]}
         assert {"flywheel", "register_model", "schedule", "rollback"} <= kinds
+
+        # on-call opens the console: both models, each run stopped and why
+        models, runs = console(
+            browser, gw, {first["model"]: "rejected", second["model"]: "rolled_back"}, "console-flywheel-stopped.png"
+        )
+        assert models[first["model"]][2] == "no traffic" and models[first["model"]][5].startswith("fail")
+        assert runs[first["id"]][2].startswith("stopped") and first["stop_reason"] in runs[first["id"]][2]
+        assert second["stop_reason"] in runs[second["id"]][2]
     finally:
         gw.stop()

@@ -4,12 +4,13 @@
 import { $, h, replace } from "./dom.js";
 import { api, session, Unauthorized, Unreachable } from "./api.js";
 import { setupActions } from "./actions.js";
-import { eventRow, routeSection, spendRows } from "./views.js";
+import { eventRow, modelRows, routeSection, runRows, spendRows } from "./views.js";
 import * as f from "./format.js";
 
 const POLL_MS = 5000;
 const SHADOW_MS = 30000;
 const SPEND_MS = 30000;
+const MODELS_MS = 15000;
 const BACKOFF_S = [2, 4, 8, 16, 30];
 const EVENTS = 200;
 
@@ -19,6 +20,7 @@ const state = {
   series: { samples: [], window: {}, capacity: 180, interval_seconds: 5 },
   shadow: {},            // route -> {report, pairs, at}
   spend: null,           // {report, at}: GET /v1/usage this month, by team, route and day
+  models: null,          // {models, runs, at}: GET /admin/models and, with the flywheel on, GET /admin/flywheel
   lastOk: null,          // when the gateway last answered (ms)
   down: null,            // {since, failures, retryAt, reason} while unreachable
   timer: null,
@@ -102,6 +104,15 @@ async function fetchSpend(force) {
   state.spend = { report, at: Date.now() };
 }
 
+async function fetchModels(force) {
+  if (!force && state.models && Date.now() - state.models.at < MODELS_MS) return;
+  const [registry, flywheel] = await Promise.all([
+    api.get("/admin/models"),
+    state.status?.flywheel ? api.get("/admin/flywheel") : null,
+  ]);
+  state.models = { models: registry.models, runs: flywheel?.runs ?? null, at: Date.now() };
+}
+
 function mergeSeries(fresh) {
   const samples = state.series.samples.concat(fresh.samples || []);
   const newest = samples.length ? samples[samples.length - 1].t : 0;
@@ -127,6 +138,10 @@ async function refresh({ forceShadow = false } = {}) {
   await fetchSpend(forceShadow).catch((err) => {
     if (err instanceof Unreachable || err instanceof Unauthorized) throw err;
     console.warn("spend:", err.message);
+  });
+  await fetchModels(forceShadow).catch((err) => {
+    if (err instanceof Unreachable || err instanceof Unauthorized) throw err;
+    console.warn("models:", err.message);
   });
   markUp();
   render();
@@ -194,7 +209,20 @@ function render() {
   }
   for (const child of [...container.children]) if (!keep.has(child.id)) child.remove();
   renderSpend();
+  renderModels();
   renderHistory(names);
+}
+
+function renderModels() {
+  const key = JSON.stringify([state.models?.at]);
+  if (state.rendered.get("#models") === key) return;
+  state.rendered.set("#models", key);
+  $("#models").hidden = false;
+  const known = state.models;
+  $("#models-period").textContent = known ? `run-time registry · updated ${f.time(known.at / 1000)}` : "loading…";
+  replace($("#models-rows"), known ? modelRows(known.models) : []);
+  $("#flywheel").hidden = !known?.runs;
+  if (known?.runs) replace($("#flywheel-rows"), runRows(known.runs));
 }
 
 function renderSpend() {
@@ -246,8 +274,10 @@ function start() {
     replace($("#routes"));
     state.rendered.clear();
     state.spend = null;
+    state.models = null;
     $("#history").hidden = true;
     $("#spend").hidden = true;
+    $("#models").hidden = true;
     showLogin("");
   });
   $("#banner-retry").addEventListener("click", () => tick());

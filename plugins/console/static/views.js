@@ -1,5 +1,6 @@
 // What the page shows, as functions of the data: one section per route (variants, charts,
-// schedule, shadow comparison), the spend per team and route, and the event history. Each returns fresh nodes; app.js decides
+// schedule, shadow comparison), the spend per team and route, the models registered at run time
+// with the flywheel's runs, and the event history. Each returns fresh nodes; app.js decides
 // when to put them on the page. Buttons carry data-action; actions.js handles them.
 
 import { h } from "./dom.js";
@@ -368,4 +369,65 @@ export function spendRows(report) {
     ...rows.map((s) => line(s, { dataset: { team: s.team || "", route: s.route } }, s.team || h("span", { class: "muted" }, "no team"), s.route)),
     line(total, { class: "total" }, h("b", {}, "total"), ""),
   ];
+}
+
+const LIFECYCLE_KIND = { serving: "ok", evaluated: "ok", canary: "warn", shadow: "warn", training: "",
+  rejected: "bad", rolled_back: "bad", retired: "" };
+
+function gateCell(gate) {
+  if (!gate) return h("span", { class: "muted" }, f.NONE);
+  const ci = gate.ci95 || {};
+  const kind = gate.verdict === "pass" ? "ok" : gate.verdict === "fail" ? "bad" : "warn";
+  return [badge(gate.verdict, kind, `against ${gate.against || "?"}`), " ",
+    `${f.score(gate.win_rate)} `, h("small", { class: "muted band" }, `${f.score(ci.low)} to ${f.score(ci.high)}`),
+    h("small", { class: "muted" }, ` · ${f.count(gate.judged)} of ${f.count(gate.cases)} judged`)];
+}
+
+/** The run-time registry (GET /admin/models): where each model is, where it came from, how it was judged. */
+export function modelRows(models) {
+  const entries = Object.entries(models || {}).sort(([, a], [, b]) => (b.registered_at || 0) - (a.registered_at || 0));
+  if (!entries.length) return [h("tr", {}, h("td", { colspan: 8, class: "muted" }, "No models registered at run time."))];
+  return entries.map(([name, r]) => {
+    const d = r.details || {};
+    const lineage = d.lineage || {};
+    const dataset = lineage.dataset || {};
+    const counts = dataset.counts || {};
+    const traffic = r.candidate?.length ? `candidate of ${r.candidate.join(", ")}`
+      : r.shadow?.length ? `shadow of ${r.shadow.join(", ")}` : "no traffic";
+    const lifecycle = d.lifecycle || "registered";
+    const shadow = d.evaluation?.shadow?.judge;
+    const last = (d.lifecycle_history || []).slice(-1)[0];
+    return h("tr", { dataset: { model: name, lifecycle } },
+      h("td", { class: "model-name" }, name, r.serving ? "" : h("small", { class: "muted" }, " (not serving)")),
+      h("td", {}, badge(lifecycle, LIFECYCLE_KIND[lifecycle] || "")),
+      h("td", {}, traffic),
+      h("td", { class: "mono upstream", title: r.backend?.model }, r.backend?.model || f.NONE),
+      h("td", { class: "lineage" }, lineage.run
+        ? [`run ${lineage.run} (${lineage.trigger || "?"})`, h("br", {}),
+          h("small", { class: "muted" }, `${dataset.format || "?"}: train ${f.count(counts.train)}, test ${f.count(counts.test)}`
+            + (d.job ? ` · job ${d.job}` : "") + (lineage.cost_usd !== undefined ? ` · ${f.usd(lineage.cost_usd)}` : ""))]
+        : h("span", { class: "muted" }, f.NONE)),
+      h("td", { class: "gate" }, gateCell(d.evaluation?.gate)),
+      h("td", { class: "num" }, shadow ? [f.score(shadow.mean), h("small", { class: "muted" }, ` over ${f.count(shadow.count)}`)]
+        : f.NONE),
+      h("td", { class: "why" }, last ? [h("small", { class: "muted" }, `${f.ago(last.ts)} `), last.note || last.lifecycle] : f.NONE));
+  });
+}
+
+/** The flywheel's runs (GET /admin/flywheel), newest first: each step's note, so a stopped run says why. */
+export function runRows(runs) {
+  const list = [...(runs || [])].sort((a, b) => b.created - a.created);
+  if (!list.length) return [h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No flywheel run yet."))];
+  return list.map((run) => {
+    const kind = run.state === "promoted" ? "ok" : run.state === "stopped" ? "bad" : "warn";
+    return h("tr", { dataset: { run: run.id, state: run.state } },
+      h("td", { class: "mono" }, run.id),
+      h("td", { class: "route-name" }, run.route),
+      h("td", {}, badge(run.state, kind), run.stop_reason ? h("div", { class: "muted" }, run.stop_reason) : ""),
+      h("td", {}, run.trigger || f.NONE),
+      h("td", { class: "mono" }, run.model || f.NONE),
+      h("td", {}, f.time(run.created)),
+      h("td", { class: "why" }, h("ol", { class: "run-steps" }, (run.history || []).map((step) =>
+        h("li", {}, h("b", {}, step.state), ` ${f.time(step.ts)}`, step.note ? h("small", { class: "muted" }, ` ${step.note}`) : "")))));
+  });
 }
