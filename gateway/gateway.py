@@ -98,6 +98,8 @@ class Gateway:
         self.registered: dict[str, dict] = {}
         self.in_flight: Counter = Counter()  # route -> chat requests being served now (the app's IN_FLIGHT)
         self._swap_lock = asyncio.Lock()
+        # (when, why) the last reload of the file was refused, until one succeeds: /readyz says it.
+        self.reload_refused: tuple[float, str] | None = None
 
     def _check_plugins(self, config: Config) -> None:
         problems = [p for found in self.hooks.collect("config_problems", config=config).values() for p in found]

@@ -5,14 +5,14 @@ last verdict: a Redis that is paused, sleeping or gone makes the answer "degrade
 two, and the answer itself always takes as long as reading a few fields does. A Kubernetes probe with a
 one-second timeout therefore never takes every replica out because Redis is slow.
 
-A reload refused (SIGHUP with an invalid file) is said there too, until a reload succeeds: the daemon
-says so only in its log, so a handler on the `llmgate` logger notes those lines.
+A reload refused (SIGHUP with an invalid file) is said there too, until a reload succeeds (the daemon
+notes it on the gateway, `Gateway.reload_refused`), so a rollout of a bad ConfigMap shows in the probe
+and not only in a log line.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 
 from aiohttp import web
@@ -72,38 +72,27 @@ class StoreProbe:
         return bool(self.ok), self.problem
 
 
-class ReloadWatch(logging.Handler):
-    """Notes the daemon's 'reload refused' / 'reload failed' lines, and forgets them at the next reload done."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.refused: str | None = None
-
-    def emit(self, record: logging.LogRecord) -> None:
-        message = record.msg if isinstance(record.msg, str) else ""
-        if message.startswith(("reload refused", "reload failed")):
-            detail = record.getMessage().split(":", 1)[-1].strip().splitlines()
-            first = next((line.strip(" -") for line in detail[1:] if line.strip()), detail[0] if detail else "")
-            when = time.strftime("%H:%M:%S", time.localtime(record.created))
-            self.refused = f"the reload at {when} was refused, still serving the previous config: {first[:300]}"
-        elif record.args and isinstance(record.args, tuple) and record.args[0] == "config reloaded from":
-            self.refused = None
+def reload_problem(refused: tuple[float, str] | None) -> str | None:
+    """The refused reload in a line: when, and the config error's first specific line."""
+    if refused is None:
+        return None
+    when, error = refused
+    lines = error.strip().splitlines() or [""]
+    first = next((line.strip(" -") for line in lines[1:] if line.strip()), lines[0])
+    at = time.strftime("%H:%M:%S", time.localtime(when))
+    return f"the reload at {at} was refused, still serving the previous config: {first[:300]}"
 
 
 PROBE = web.AppKey("readiness_probe", StoreProbe)
-RELOADS = web.AppKey("reload_watch", ReloadWatch)
 
 
 def install(app: web.Application) -> None:
-    """Probe the store while the app runs, and watch the daemon's reload lines."""
+    """Probe the store while the app runs."""
 
     async def lifetime(app: web.Application):
         app[PROBE] = probe = StoreProbe(app[GATEWAY])
-        app[RELOADS] = watch = ReloadWatch()
-        logging.getLogger("llmgate").addHandler(watch)
         await probe.start()
         yield
-        logging.getLogger("llmgate").removeHandler(watch)
         await probe.stop()
 
     app.cleanup_ctx.append(lifetime)
@@ -128,7 +117,7 @@ async def readyz(request: web.Request) -> web.Response:
         degraded["breakers"] = problem
     if problem := unanswerable(gateway):
         degraded["routes"] = problem
-    if refused := request.app[RELOADS].refused:
+    if refused := reload_problem(gateway.reload_refused):
         degraded["config_reload"] = refused
     answering = not problem or not problem.startswith(NO_ROUTE)
     serving = store_ok or gateway.store.engine == "redis"

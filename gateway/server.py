@@ -8,6 +8,7 @@ import gc
 import logging
 import signal
 import socket
+import time
 from typing import Callable
 
 from aiohttp import web
@@ -127,10 +128,13 @@ async def serve(
             await gateway.reload(load_config(config_path))
             guard.configure(gateway.config.server)
             settle_heap(reclaim=True)
+            gateway.reload_refused = None
         except ConfigError as exc:
             log.error("reload refused, still serving the previous config: %s", exc)
-        except Exception:
+            gateway.reload_refused = (time.time(), str(exc))
+        except Exception as exc:
             log.exception("reload failed, still serving the previous config")
+            gateway.reload_refused = (time.time(), f"{type(exc).__name__}: {exc}")
 
     loop.add_signal_handler(signal.SIGTERM, stopping.set)
     loop.add_signal_handler(signal.SIGINT, stopping.set)
