@@ -88,7 +88,8 @@ class Guard:
         self.probing = 0
         self.by_address: Counter[str] = Counter()
         self.waiting: dict[GuardedHandler, float] = {}  # serving connections between requests, oldest first
-        self.closed: Counter[str] = Counter()  # why connections were closed or refused, since the last sweep
+        self.closed: Counter[str] = Counter()  # why connections were closed or refused, since the start
+        self._logged: Counter[str] = Counter()  # what the sweep's log line has said of them
 
     def configure(self, settings: ServerSettings) -> None:
         """Take a (reloaded) config's limits; connections already open keep their counts."""
@@ -184,12 +185,32 @@ class Guard:
             if why is not None:
                 self.closed[why] += 1
                 handler.time_out(why)
-        if self.closed:
+        fresh = self.closed - self._logged
+        if fresh:
             log.warning(
                 "closed or refused connections: %s",
-                ", ".join(f"{n} {REASONS[why]}" for why, n in sorted(self.closed.items())),
+                ", ".join(f"{n} {REASONS[why]}" for why, n in sorted(fresh.items())),
             )
-            self.closed.clear()
+            self._logged = self.closed.copy()
+
+    def figures(self) -> list[tuple[str, str, dict, float]]:
+        """The connections as metric figures (name, help, labels, value): open ones by kind, the cap, and
+        those closed or refused since the start by reason, so a slow-loris wave shows on a dashboard."""
+        found = [
+            ("llmgate_connections_open", "Client connections open now.", {"kind": "serve"}, self.serving),
+            ("llmgate_connections_open", "Client connections open now.", {"kind": "probes"}, self.probing),
+            ("llmgate_connections_limit", "Connections served at most at once (server.max_connections).", {}, self.cap),
+        ]
+        for why in REASONS:
+            found.append(
+                (
+                    "llmgate_connections_closed_total",
+                    "Client connections the gateway closed or refused, by reason.",
+                    {"reason": why},
+                    self.closed[why],
+                )
+            )
+        return found
 
     async def run(self) -> None:
         """Sweep every tick until cancelled."""

@@ -100,6 +100,7 @@ class Gateway:
         self._swap_lock = asyncio.Lock()
         # (when, why) the last reload of the file was refused, until one succeeds: /readyz says it.
         self.reload_refused: tuple[float, str] | None = None
+        self.connections = None  # the server's connection guard (gateway/connections.py) once it serves
 
     def _check_plugins(self, config: Config) -> None:
         problems = [p for found in self.hooks.collect("config_problems", config=config).values() for p in found]

@@ -92,6 +92,7 @@ async def serve(
     host = host or config.server.host
     port = config.server.port if port is None else port
     guard = Guard(config.server, may_send_body=lambda request: _authenticated(gateway, request))
+    gateway.connections = guard
     runner = GuardedRunner(
         app, guard, handle_signals=False, access_log=None, shutdown_timeout=config.server.shutdown_timeout
     )

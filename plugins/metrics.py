@@ -271,6 +271,8 @@ class Metrics:
         figures = [
             f for found in (await gateway.hooks.call("collect_metrics", gateway=gateway)).values() for f in found
         ]
+        if gateway.connections is not None:
+            figures += gateway.connections.figures()
         self._scrape.load(figures, dict(gateway.hooks.faults), in_flight)
         return generate_latest(self.registry)  # no await since `load`: a concurrent scrape cannot interleave
 

@@ -239,6 +239,8 @@ def test_slow_loris_connections_are_closed_within_the_header_timeout_and_probes_
         wait_until(lambda: still_open(socks) == 0, "every slow connection closed", timeout=10)
         closed_after = time.monotonic() - started
         assert get(gw.url + "/readyz") == 200
+        with urllib.request.urlopen(gw.url + "/metrics", timeout=10) as answer:
+            metrics = answer.read().decode()
     finally:
         for sock in socks:
             sock.close()
@@ -247,6 +249,17 @@ def test_slow_loris_connections_are_closed_within_the_header_timeout_and_probes_
     log = gw.log()
     assert "Too many open files" not in log and "out of system resource" not in log
     assert "whose request headers were not complete in time" in log
+    # and on a dashboard: the closures by reason, the open connections back down, the cap
+    figures = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("llmgate_connections_")
+    }
+    closed = figures['llmgate_connections_closed_total{reason="head"}'] + figures.get(
+        'llmgate_connections_closed_total{reason="evicted"}', 0
+    )
+    assert closed + figures['llmgate_connections_closed_total{reason="cap"}'] >= 500 and closed >= 100, figures
+    assert figures["llmgate_connections_limit"] == 112 and figures['llmgate_connections_open{kind="serve"}'] <= 2
 
 
 def stream(url: str, content: str, forwarded: str | None = None) -> tuple[int, str]:
