@@ -82,8 +82,9 @@ $(VENV_PRESIDIO)/.installed-2.2.366:
 # (fixed against adaptive schedules), what the traffic log's acknowledged durability adds to latency (about
 # 2 minutes), then the gateway's overhead against the upstream direct, a minimal aiohttp forwarder and
 # LiteLLM (about 95 minutes, a 10-minute memory soak included; BENCH_ARGS="--soak 60 --duration 10" for a
-# shorter run), and 30 minutes of memory under upstream faults (bench/fault_soak.py). JSON, Markdown and PNG in
-# bench/results/.
+# shorter run), the CPU a request of the forwarder, the core and each plugin alone in every dialect (about 55
+# minutes), a profile of the full config (a flame graph SVG and the top functions by self time), and 30
+# minutes of memory under upstream faults (bench/fault_soak.py). JSON, Markdown, PNG and SVG in bench/results/.
 bench: install-test $(VENV)/.installed-bench .venv-litellm/.installed-1.106.2 $(VENV_PRESIDIO)/.installed-2.2.366
 	$(BIN)/python bench/cli_startup.py --output bench/results/cli_startup.json
 	$(BIN)/python bench/dialects.py --output bench/results/dialects.json
@@ -94,6 +95,7 @@ bench: install-test $(VENV)/.installed-bench .venv-litellm/.installed-1.106.2 $(
 	$(BIN)/python bench/durability.py --output bench/results/durability.json
 	$(BIN)/python bench/overhead.py --output-dir bench/results $(BENCH_ARGS)
 	$(BIN)/python bench/plugin_costs.py --output-dir bench/results
+	$(BIN)/python bench/profiling.py --output-dir bench/results
 	$(BIN)/python bench/redis_ops.py --output bench/results/redis_ops.json
 	$(BIN)/python bench/fault_soak.py --output bench/results/fault_soak.json
 

@@ -23,6 +23,8 @@ except ImportError:  # asyncio's own loop
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 UPSTREAM = web.AppKey("upstream", str)
 PASSED_HEADERS = ("Content-Type", "Authorization")
+# every dialect's endpoint, each passed to the same path upstream (bench/upstream.py answers them all)
+PATHS = ("/v1/chat/completions", "/v1/messages", "/v1/responses", "/v1/embeddings")
 
 
 async def forward(request: web.Request) -> web.StreamResponse:
@@ -52,7 +54,8 @@ def create_app(upstream: str) -> web.Application:
         await app[SESSION].close()
 
     app.cleanup_ctx.append(session)
-    app.router.add_post("/v1/chat/completions", forward)
+    for path in PATHS:
+        app.router.add_post(path, forward)
     app.router.add_get("/healthz", lambda request: web.json_response({"status": "ok"}))
     return app
 

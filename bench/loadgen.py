@@ -49,6 +49,32 @@ class LoadSpec:
     max_in_flight: int = 4000
     headers: dict = field(default_factory=lambda: {"Authorization": "Bearer bench-key"})
     workers: int = 1
+    dialect: str = "chat"  # which API the requests speak (DIALECTS); `url` is the chat completions one
+
+
+CHAT_PATH = "/v1/chat/completions"
+# Each inbound dialect: its path, the request for a prompt (streamed or not), the bytes a complete whole
+# answer carries, and, for a stream, the line of its first content and the line of its end.
+DIALECTS = {
+    "chat": (CHAT_PATH, lambda p: {"messages": [{"role": "user", "content": p}], "temperature": 0}, b'"choices"'),
+    "messages": (
+        "/v1/messages",
+        lambda p: {"max_tokens": 64, "messages": [{"role": "user", "content": p}], "temperature": 0},
+        b'"content"',
+    ),
+    "responses": ("/v1/responses", lambda p: {"input": p, "temperature": 0}, b'"output"'),
+    "embeddings": ("/v1/embeddings", lambda p: {"input": p}, b'"embedding"'),
+}
+STREAM_MARKERS = {  # dialect: (first content, the stream's end); chat's first content is read from its JSON
+    "chat": (None, b"data: [DONE]"),
+    "messages": (b"text_delta", b"message_stop"),
+    "responses": (b"output_text.delta", b"response.completed"),
+}
+
+
+def dialect_url(url: str, dialect: str) -> str:
+    """The endpoint of `dialect` on the server whose chat completions endpoint is `url`."""
+    return url.removesuffix(CHAT_PATH) + DIALECTS[dialect][0] if url.endswith(CHAT_PATH) else url
 
 
 @dataclass
@@ -64,7 +90,7 @@ def _body(spec: LoadSpec, i: int) -> bytes:
     prompt = (
         f"{spec.prompt} (question {i} of a unique series, {time.time_ns()})" if spec.unique_prompts else spec.prompt
     )
-    body = {"model": spec.model, "messages": [{"role": "user", "content": prompt}], "temperature": 0}
+    body = {"model": spec.model, **DIALECTS[spec.dialect][1](prompt)}
     if spec.stream:
         body["stream"] = True
     return json.dumps(body).encode()
@@ -86,11 +112,13 @@ async def _one(pool: RawHttpPool, spec: LoadSpec, body: bytes, due_at: float, t0
     ttft = math.nan
     done = False
 
+    first, end = STREAM_MARKERS.get(spec.dialect, (None, b"data: [DONE]"))
+
     def on_line(line: bytes) -> None:
         nonlocal ttft, done
-        if math.isnan(ttft) and _has_content(line):
+        if math.isnan(ttft) and (_has_content(line) if first is None else first in line):
             ttft = clock() - due_at
-        if line.startswith(b"data: [DONE]"):
+        if end in line:
             done = True
 
     try:
@@ -102,14 +130,14 @@ async def _one(pool: RawHttpPool, spec: LoadSpec, body: bytes, due_at: float, t0
         return Sample(due_at - t0, sent - due_at, math.nan, ttft, "connection")
     if status != 200:
         return Sample(due_at - t0, sent - due_at, math.nan, math.nan, f"http_{status}")
-    if (spec.stream and not done) or (not spec.stream and b'"choices"' not in payload):
+    if (spec.stream and not done) or (not spec.stream and DIALECTS[spec.dialect][2] not in payload):
         return Sample(due_at - t0, sent - due_at, math.nan, ttft, "incomplete")
     return Sample(due_at - t0, sent - due_at, clock() - due_at, ttft, OK)
 
 
 @contextlib.contextmanager
 def _session(spec: LoadSpec):
-    pool = RawHttpPool(spec.url, spec.headers)
+    pool = RawHttpPool(dialect_url(spec.url, spec.dialect), spec.headers)
     try:
         yield pool
     finally:
@@ -255,6 +283,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--model", default="bench")
     parser.add_argument("--stream", action="store_true")
+    parser.add_argument("--dialect", choices=sorted(DIALECTS), default="chat", help="the API the requests speak")
     parser.add_argument("--unique-prompts", action="store_true")
     parser.add_argument("--sequential", type=int, default=0, help="send N requests one at a time instead")
     args = parser.parse_args()
@@ -266,6 +295,7 @@ def main() -> None:
         stream=args.stream,
         unique_prompts=args.unique_prompts,
         workers=args.workers,
+        dialect=args.dialect,
     )
     if args.sequential:
         print(json.dumps(summarize(sequential(spec, args.sequential), None, None), indent=2))

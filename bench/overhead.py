@@ -95,6 +95,7 @@ class Bench:
         self.running: Running | None = None
         self.restarts: list[dict] = []
         self.peak_rss_mb: float | None = None
+        self.dialect = "chat"  # the API the load speaks (loadgen.DIALECTS)
 
     def spec(
         self, system: System, rate: float, duration: float, stream: bool = False, target: Running | None = None
@@ -110,6 +111,7 @@ class Bench:
             workers=workers,
             timeout=self.args.timeout,
             headers={"Authorization": f"Bearer {target.api_key}"},
+            dialect=self.dialect,
         )
 
     def paired(

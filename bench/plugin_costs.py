@@ -14,6 +14,12 @@ The main figure is CPU per request of the gateway's process (every thread), adde
 On a shared machine it is steadier than latency, and it is what a plugin takes from the event
 loop's headroom: at a given rate, latency under load grows with how busy that loop is.
 
+The minimal aiohttp forwarder (bench/forwarder.py) is measured the same way, paired with the core:
+the floor for a Python proxy. All of it is done for each inbound dialect (--dialects: chat
+completions, Anthropic messages, responses, embeddings), the same processes answering each; the
+forwarder passes each dialect's request to the same path of the fake upstream, which answers them
+all, so its figure is what forwarding that dialect's bytes costs, with no translation.
+
     .venv/bin/python bench/plugin_costs.py --output-dir bench/results
 """
 
@@ -38,6 +44,10 @@ from systems import BENCH, ROOT, SYSTEMS, Running, System, start_system, start_u
 CONFIG = "full.yaml"
 CORE = "core"
 WHOLE = "whole config"
+FORWARDER = "forwarder"
+DIALECTS = ("chat", "messages", "responses", "embeddings")
+FLOOR_RATIO = 2.0  # the target: the whole config's CPU a request at most this many times the forwarder's
+DIALECT_BUDGET_MS = 0.3  # the target: each dialect within this of chat completions
 
 
 def request_path_plugins(config: str = CONFIG) -> list[str]:
@@ -58,11 +68,13 @@ def request_path_plugins(config: str = CONFIG) -> list[str]:
     return found
 
 
-def systems_to_measure(plugins: list[str]) -> dict[str, System]:
+def systems_to_measure(plugins: list[str], forwarder: bool = False) -> dict[str, System]:
     measured = {CORE: System("plugins-none", "core: every plugin off", "llmgate", CONFIG, only_plugins=frozenset())}
     for name in plugins:
         measured[name] = System(f"plugin-{name}", f"core + {name}", "llmgate", CONFIG, only_plugins=frozenset({name}))
     measured[WHOLE] = SYSTEMS["llmgate-full"]
+    if forwarder:
+        measured[FORWARDER] = SYSTEMS["forwarder"]
     return measured
 
 
@@ -112,8 +124,59 @@ def costs(runs: dict[str, list[dict]], pairs: dict[str, list[dict]], rate: float
     return rows
 
 
+def _table(rows: list[dict]) -> list[str]:
+    lines = [
+        "| config | CPU ms/req | added over the core | share of a core added | p50 ms | +p50 over the core "
+        "| p99 ms | errors | added in each pair |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    fmt = report._fmt
+    for row in rows:
+        share = None if row["added_core_share"] is None else f"{100 * row['added_core_share']:.1f}%"
+        lines.append(
+            f"| {row['name']} | {fmt(row['cpu_ms_per_request'], 3)} | {fmt(row['added_cpu_ms'], 3)} | "
+            f"{fmt(share)} | {fmt(row['p50'])} | {fmt(row['added_p50'])} | {fmt(row['p99'])} | "
+            f"{row['errors']} | {', '.join(fmt(c, 3) for c in row['added_runs'])} |"
+        )
+    alone = [r["added_cpu_ms"] for r in rows if r["name"] not in (CORE, WHOLE, FORWARDER)]
+    whole = next((r for r in rows if r["name"] == WHOLE), {}).get("added_cpu_ms")
+    if alone and None not in alone and whole is not None:
+        lines += [
+            "",
+            f"The plugins alone add {sum(alone):.3f} ms of CPU a request between them; the whole config adds "
+            f"{whole:.3f} ms. The spread of a config's pairs is the noise floor of its figure.",
+        ]
+    return lines
+
+
+def floor_figures(by_dialect: dict[str, list[dict]]) -> dict[str, dict]:
+    """Per dialect: the forwarder's, the core's and the whole config's CPU a request (medians of their runs),
+    the whole config's as a multiple of the forwarder's (the target: FLOOR_RATIO), and its difference from
+    chat completions' whole config (the target: DIALECT_BUDGET_MS)."""
+    figures = {}
+    for dialect, rows in by_dialect.items():
+        cpu = {row["name"]: row["cpu_ms_per_request"] for row in rows}
+        runs = {row["name"]: row["runs"] for row in rows}
+        whole, forwarder = cpu.get(WHOLE), cpu.get(FORWARDER)
+        ratio = None if not whole or not forwarder else round(whole / forwarder, 2)
+        figures[dialect] = {
+            "forwarder": forwarder,
+            "core": cpu.get(CORE),
+            "whole": whole,
+            "whole_runs": runs.get(WHOLE, []),
+            "forwarder_runs": runs.get(FORWARDER, []),
+            "ratio": ratio,
+            "ratio_met": None if ratio is None else ratio <= FLOOR_RATIO,
+        }
+    chat = (figures.get("chat") or {}).get("whole")
+    for dialect, f in figures.items():
+        f["whole_minus_chat"] = None if chat is None or f["whole"] is None else round(f["whole"] - chat, 3)
+    return figures
+
+
 def markdown(results: dict) -> str:
     meta, rate = results["meta"], results["meta"]["rate"]
+    by_dialect = results.get("by_dialect") or {"chat": results["costs"]}
     lines = [
         f"# What each plugin costs a request ({meta['started']})",
         "",
@@ -122,27 +185,31 @@ def markdown(results: dict) -> str:
         f"{rate:g} RPS open loop for {meta['duration']:g} s right after a run of the core, {meta['repeats']} such "
         "pairs in rotating order; what a config adds is the median of its pairs' differences, the other figures "
         "the medians of its runs. CPU is the gateway process's, all threads, per request answered.",
-        "",
-        "| config | CPU ms/req | added over the core | share of a core added | p50 ms | +p50 over the core "
-        "| p99 ms | errors | added in each pair |",
-        "|---|---|---|---|---|---|---|---|---|",
     ]
     fmt = report._fmt
-    for row in results["costs"]:
-        share = None if row["added_core_share"] is None else f"{100 * row['added_core_share']:.1f}%"
-        lines.append(
-            f"| {row['name']} | {fmt(row['cpu_ms_per_request'], 3)} | {fmt(row['added_cpu_ms'], 3)} | "
-            f"{fmt(share)} | {fmt(row['p50'])} | {fmt(row['added_p50'])} | {fmt(row['p99'])} | "
-            f"{row['errors']} | {', '.join(fmt(c, 3) for c in row['added_runs'])} |"
-        )
-    alone = [r["added_cpu_ms"] for r in results["costs"] if r["name"] not in (CORE, WHOLE)]
-    whole = next(r for r in results["costs"] if r["name"] == WHOLE)["added_cpu_ms"]
-    if alone and None not in alone and whole is not None:
+    floors = floor_figures(by_dialect)
+    if any(f["forwarder"] is not None for f in floors.values()):
         lines += [
             "",
-            f"The plugins alone add {sum(alone):.3f} ms of CPU a request between them; the whole config adds "
-            f"{whole:.3f} ms. The spread of a config's pairs is the noise floor of its figure.",
+            "## Against the floor",
+            "",
+            "The minimal aiohttp forwarder (bench/forwarder.py) beside the core and the whole config, in each "
+            f"dialect. Targets: the whole config at most {FLOOR_RATIO:g}x the forwarder's CPU a request; each "
+            f"dialect's whole config within {DIALECT_BUDGET_MS} ms of chat completions'.",
+            "",
+            "| dialect | forwarder CPU ms/req | core | whole config | whole / forwarder | "
+            f"<= {FLOOR_RATIO:g}x | whole config's runs | whole minus chat (ms) |",
+            "|---|---|---|---|---|---|---|---|",
         ]
+        for dialect, f in floors.items():
+            met = "–" if f["ratio_met"] is None else "met" if f["ratio_met"] else "**not met**"
+            lines.append(
+                f"| {dialect} | {fmt(f['forwarder'], 3)} | {fmt(f['core'], 3)} | {fmt(f['whole'], 3)} | "
+                f"{fmt(f['ratio'])}x | {met} | {', '.join(fmt(c, 3) for c in f['whole_runs'])} | "
+                f"{fmt(f['whole_minus_chat'], 3)} |"
+            )
+    for dialect, rows in by_dialect.items():
+        lines += ["", f"## {dialect}", "", *_table(rows)]
     return "\n".join(lines) + "\n"
 
 
@@ -157,6 +224,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help=f"comma-separated plugins to measure (default: every request-path plugin {CONFIG} enables)",
     )
+    parser.add_argument(
+        "--dialects", default=",".join(DIALECTS), help=f"comma-separated inbound dialects ({', '.join(DIALECTS)})"
+    )
+    parser.add_argument("--no-forwarder", action="store_true", help="leave out the forwarder's pairs")
     parser.add_argument("--output-dir", default=str(Path(__file__).resolve().parent / "results"))
     parser.add_argument("--name", default="plugin_costs", help="file name stem of the results")
     return parser.parse_args(argv)
@@ -164,8 +235,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    plugins = args.plugins.split(",") if args.plugins else request_path_plugins()
-    measured = systems_to_measure(plugins)
+    plugins = [p for p in args.plugins.split(",") if p] if args.plugins is not None else request_path_plugins()
+    dialects = [d for d in args.dialects.split(",") if d]
+    measured = systems_to_measure(plugins, forwarder=not args.no_forwarder)
     # the overhead harness's defaults for everything else (upstream, timeouts, pauses between runs)
     bench_args = overhead.parse_args(
         ["--rates", f"{args.rate:g}", "--duration", str(args.duration), "--warmup", str(args.warmup)]
@@ -179,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         "repeats": args.repeats,
         "config": CONFIG,
         "plugins": plugins,
+        "dialects": dialects,
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     workdir = Path(tempfile.mkdtemp(prefix="llmgate-plugin-costs-"))
@@ -187,15 +260,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     bench = overhead.Bench(bench_args, upstream, workdir)
     started: dict[str, Running] = {}
-    runs: dict[str, list[dict]] = {name: [] for name in measured}
-    pairs: dict[str, list[dict]] = {name: [] for name in measured if name != CORE}
+    runs = {d: {name: [] for name in measured} for d in dialects}
+    pairs = {d: {name: [] for name in measured if name != CORE} for d in dialects}
 
-    def measure(name: str) -> dict:
+    def measure(dialect: str, name: str) -> dict:
         bench.running = started[name]
         figures = _run_figures(bench.open_loop(measured[name], args.rate, args.duration, may_restart=False))
-        runs[name].append(figures)
+        runs[dialect][name].append(figures)
         overhead.log(
-            f"  {name}: {figures['cpu_ms_per_request']} ms CPU a request, p50 {figures['p50']} "
+            f"  {dialect} {name}: {figures['cpu_ms_per_request']} ms CPU a request, p50 {figures['p50']} "
             f"p99 {figures['p99']} ms, errors {figures['errors']}"
         )
         return figures
@@ -205,18 +278,31 @@ def main(argv: list[str] | None = None) -> int:
             started[name] = start_system(system, upstream, workdir)
             bench.running = started[name]
             bench.warm_up(system)
-        others = list(pairs)
-        for repeat in range(args.repeats):
-            for name in others[repeat % len(others) :] + others[: repeat % len(others)]:
-                core = measure(CORE)
-                pairs[name].append({"core": core, "measured": measure(name)})
+        for dialect in dialects:
+            bench.dialect = dialect
+            for name in measured:  # each process's first requests in this dialect are not measured
+                bench.running = started[name]
+                bench.open_loop(measured[name], args.rate / 2, args.warmup, may_restart=False)
+            others = list(pairs[dialect])
+            for repeat in range(args.repeats):
+                for name in others[repeat % len(others) :] + others[: repeat % len(others)]:
+                    core = measure(dialect, CORE)
+                    pairs[dialect][name].append({"core": core, "measured": measure(dialect, name)})
     finally:
         bench.running = None
         for running in started.values():
             running.stop()
         upstream_process.stop()
     meta["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    results = {"meta": meta, "runs": runs, "pairs": pairs, "costs": costs(runs, pairs, args.rate)}
+    by_dialect = {d: costs(runs[d], pairs[d], args.rate) for d in dialects}
+    results = {
+        "meta": meta,
+        "runs": runs,
+        "pairs": pairs,
+        "by_dialect": by_dialect,
+        "floor": floor_figures(by_dialect),
+        "costs": by_dialect.get("chat") or next(iter(by_dialect.values()), []),
+    }
     (out / f"{args.name}.json").write_text(json.dumps(results, indent=1))
     (out / f"{args.name}.md").write_text(markdown(results))
     overhead.log(f"wrote {out / args.name}.json and .md")

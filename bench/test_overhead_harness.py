@@ -86,6 +86,21 @@ def test_forwarder_passes_answers_and_its_resources_are_sampled(fast_upstream, t
     assert running.process.popen.poll() is not None  # stopped
 
 
+def test_the_forwarder_and_the_upstream_speak_every_dialect_the_load_can_send(fast_upstream, tmp_path):
+    running = start_system(SYSTEMS["forwarder"], fast_upstream, tmp_path)
+    try:
+        outcomes = {
+            dialect: loadgen.summarize(
+                loadgen.open_loop(loadgen.LoadSpec(url=running.url, rate=20, duration=0.5, dialect=dialect)), 20, 0.5
+            )["outcomes"]
+            for dialect in loadgen.DIALECTS
+        }
+    finally:
+        running.stop()
+    assert outcomes == {dialect: {"ok": 10} for dialect in loadgen.DIALECTS}
+    assert loadgen.dialect_url(running.url, "messages").endswith("/v1/messages")
+
+
 def test_a_system_s_run_is_paired_with_a_direct_run_and_carries_what_it_added_over_it(fast_upstream, tmp_path):
     import overhead
 
@@ -283,6 +298,50 @@ def test_profile_summary_leaves_out_samples_caught_waiting_or_inside_a_c_event_l
     assert (summary["samples"], summary["waiting_samples"]) == (40, 60)  # the line after the call is work
     assert summary["event_loop_samples"] == 25
     assert {row["function"] for row in summary["by_owner"]} == {"asyncio", "gateway/proxy"}
+
+
+def test_the_flame_graph_draws_each_frame_as_wide_as_its_samples_and_leaves_waits_out(tmp_path):
+    import xml.dom.minidom
+
+    source = (profiling.STDLIB / "selectors.py").read_text().splitlines()
+    epoll = next(i for i, text in enumerate(source) if text.lstrip().startswith("class EpollSelector"))
+    poll = next(i for i, text in enumerate(source[epoll:], epoll + 1) if "self._selector.poll(" in text)
+    stacks = tmp_path / "stacks.txt"
+    stacks.write_text(
+        "run (asyncio/runners.py:118);serve (/work/main/gateway/proxy.py:200);dumps (json/__init__.py:231) 30\n"
+        "run (asyncio/runners.py:118);after_response (/work/main/plugins/traffic_log/plugin.py:80) 10\n"
+        f"run_forever (asyncio/base_events.py:607);EpollSelector.select (selectors.py:{poll}) 60\n"
+    )
+    svg = tmp_path / "flame.svg"
+    assert profiling.flamegraph_svg(stacks, svg, "test", width=420) == 40
+    groups = xml.dom.minidom.parse(str(svg)).getElementsByTagName("g")
+    title, rect = (lambda g: g.getElementsByTagName("title")[0]), (lambda g: g.getElementsByTagName("rect")[0])
+    rects = {title(g).firstChild.data: float(rect(g).getAttribute("width")) for g in groups}
+    assert rects["run (asyncio/runners.py): 40 samples, 100.0%"] == 400
+    assert rects["serve (gateway/proxy.py): 30 samples, 75.0%"] == 300
+    assert not any("EpollSelector" in title for title in rects)
+    text = profiling.top_markdown(
+        profiling.summarize(stacks),
+        {"system": "s", "rate": 300, "seconds": 10, "sample_rate": 200, "dialect": "chat", "started": "now"}
+        | {"svg": "flame.svg", "collapsed": "stacks.txt"},
+    )
+    assert "| 1 | `dumps (json/__init__.py)` | 30 | 75.0% |" in text
+
+
+def test_the_floor_table_sets_the_whole_config_against_the_forwarder_and_chat_completions():
+    import plugin_costs
+
+    def row(name, cpu):
+        return {"name": name, "cpu_ms_per_request": cpu, "runs": [cpu]}
+
+    floors = plugin_costs.floor_figures(
+        {
+            "chat": [row(plugin_costs.CORE, 0.8), row(plugin_costs.WHOLE, 1.0), row(plugin_costs.FORWARDER, 0.45)],
+            "messages": [row(plugin_costs.WHOLE, 1.2), row(plugin_costs.FORWARDER, 0.5)],
+        }
+    )
+    assert floors["chat"]["ratio"] == 2.22 and floors["chat"]["ratio_met"] is False
+    assert floors["messages"]["ratio"] == 2.4 and floors["messages"]["whole_minus_chat"] == 0.2
 
 
 def test_repeated_runs_report_each_percentile_s_median_so_one_stalled_run_does_not_move_it():

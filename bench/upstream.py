@@ -21,6 +21,7 @@ from aiohttp import web
 
 WORDS = ("Your", " order", " shipped", " yesterday", " and", " arrives", " on", " Friday", ".")
 _ids = itertools.count()
+EMBEDDING = [round(0.001 * i, 3) for i in range(384)]  # one vector for every input: a small model's size
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
@@ -43,6 +44,10 @@ class FixedLatencyUpstream:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=16 * 2**20)
         app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_post("/v1/embeddings", self.embeddings)
+        # the other dialects' own APIs, answered whole: what the forwarder passes on when it is measured in them
+        app.router.add_post("/v1/messages", self.messages)
+        app.router.add_post("/v1/responses", self.responses)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/healthz", self.healthz)
         return app
@@ -53,6 +58,63 @@ class FixedLatencyUpstream:
     async def models(self, request: web.Request) -> web.Response:
         return web.json_response(
             {"object": "list", "data": [{"id": "bench-model", "object": "model", "created": 0, "owned_by": "bench"}]}
+        )
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.served += 1
+        given = body.get("input")
+        inputs = given if isinstance(given, list) else [given]
+        await asyncio.sleep(self.latency)
+        return web.json_response(
+            {
+                "object": "list",
+                "data": [{"object": "embedding", "index": i, "embedding": EMBEDDING} for i in range(len(inputs))],
+                "model": body.get("model", "bench-model"),
+                "usage": {"prompt_tokens": len(inputs) * 8, "total_tokens": len(inputs) * 8},
+            }
+        )
+
+    async def messages(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.served += 1
+        await asyncio.sleep(self.latency)
+        return web.json_response(
+            {
+                "id": f"msg_{next(_ids)}",
+                "type": "message",
+                "role": "assistant",
+                "model": body.get("model", "bench-model"),
+                "content": [{"type": "text", "text": "".join(WORDS)}],
+                "stop_reason": "end_turn",
+                "stop_sequence": None,
+                "usage": {"input_tokens": 8, "output_tokens": len(WORDS)},
+            }
+        )
+
+    async def responses(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.served += 1
+        await asyncio.sleep(self.latency)
+        text = "".join(WORDS)
+        return web.json_response(
+            {
+                "id": f"resp_{next(_ids)}",
+                "object": "response",
+                "created_at": int(time.time()),
+                "status": "completed",
+                "model": body.get("model", "bench-model"),
+                "output": [
+                    {
+                        "type": "message",
+                        "id": f"msg_{next(_ids)}",
+                        "status": "completed",
+                        "role": "assistant",
+                        "content": [{"type": "output_text", "text": text, "annotations": []}],
+                    }
+                ],
+                "usage": {"input_tokens": 8, "output_tokens": len(WORDS), "total_tokens": 8 + len(WORDS)},
+            }
         )
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
