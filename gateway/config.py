@@ -84,6 +84,13 @@ class ServerSettings(Strict):
         "connection is closed with a 408 (0: no minimum); the answer, however long it streams, is not timed",
     )
     body_grace: float = Field(10.0, ge=0, description="seconds a request body may take before body_min_rate applies")
+    write_timeout: float = Field(
+        60.0,
+        ge=0,
+        description="seconds an answer's unsent bytes may wait with the client taking none of them, or the "
+        "connection is closed (0: no limit); a client reading slowly, or a stream whose model is slow, is "
+        "not cut: only one that stopped reading holds the answer, the upstream call and the memory",
+    )
     keepalive_timeout: float = Field(
         75.0,
         gt=0,

@@ -1,5 +1,6 @@
-"""The daemon's sockets under limits: a slow client's headers or body, an idle keep-alive, and too many
-connections (in all or from one address) cannot hold the process's descriptors.
+"""The daemon's sockets under limits: a slow client's headers or body, a client that stopped reading its
+answer, an idle keep-alive, and too many connections (in all or from one address) cannot hold the
+process's descriptors.
 
 aiohttp reads a request lazily and times only idle keep-alives, so each connection's handler here notes
 when its request head began and the bytes it received; one sweep a tick closes those past their limits.
@@ -223,6 +224,7 @@ class Guard:
 REASONS = {
     "head": "whose request headers were not complete in time (server.header_timeout)",
     "body": "whose request body came slower than server.body_min_rate",
+    "write": "that took none of their answer for server.write_timeout",
     "cap": "past the connection cap and the probes' headroom (server.max_connections, probe_connections)",
     "per_client": "past one address's cap (server.max_connections_per_client)",
     "evicted": "waiting longest for a request, to make room at the cap (server.max_connections)",
@@ -232,7 +234,17 @@ REASONS = {
 class GuardedHandler(RequestHandler):
     """aiohttp's connection handler, noting what the sweep needs and closing a refused body's connection."""
 
-    __slots__ = ("guard", "address", "holds", "probes_only", "admitted", "head_since", "received", "body_clock")
+    __slots__ = (
+        "guard",
+        "address",
+        "holds",
+        "probes_only",
+        "admitted",
+        "head_since",
+        "received",
+        "body_clock",
+        "write_clock",
+    )
 
     def __init__(self, manager: Server, *, guard: Guard, **kwargs: Any):
         super().__init__(manager, **kwargs)
@@ -244,6 +256,7 @@ class GuardedHandler(RequestHandler):
         self.head_since: float | None = None
         self.received = 0
         self.body_clock: tuple[float, int] | None = None
+        self.write_clock: tuple[float, int] | None = None  # (since, bytes sent) while the client takes none
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
@@ -294,8 +307,10 @@ class GuardedHandler(RequestHandler):
             self.guard.waiting.pop(self, None)
 
     def overdue(self, now: float) -> str | None:
-        """'head' or 'body' when this connection is past a limit, else None."""
+        """'head', 'body' or 'write' when this connection is past a limit, else None."""
         settings = self.guard.settings
+        if self._write_stalled(now, settings.write_timeout):
+            return "write"
         if not self._request_in_progress:
             self.body_clock = None
             if self.head_since is not None and now - self.head_since > settings.header_timeout:
@@ -314,8 +329,28 @@ class GuardedHandler(RequestHandler):
             return "body"
         return None
 
+    def _write_stalled(self, now: float, timeout: float) -> bool:
+        """Whether no byte of the answer has reached the kernel for `timeout` seconds while some wait to.
+        Sampled once a sweep as the bytes written less those unsent (aiohttp's writer counts the first): a
+        stream refills its buffer as the client reads, so the unsent bytes alone do not show progress."""
+        unsent = self.transport.get_write_buffer_size() if self.transport is not None and timeout else 0
+        if not unsent:
+            self.write_clock = None
+            return False
+        writer = getattr(self._current_request, "_payload_writer", None)
+        sent = getattr(writer, "output_size", 0) - unsent  # once the handler is done: only the unsent fall
+        if self.write_clock is None or sent > self.write_clock[1]:
+            self.write_clock = (now, sent)
+            return False
+        return now - self.write_clock[0] > timeout
+
     def time_out(self, why: str) -> None:
-        """Answer 408 and close: the client learns why, the descriptor is free at once."""
+        """Answer 408 and close: the client learns why, the descriptor is free at once. A client that stopped
+        reading gets nothing more: the unsent answer is dropped with the connection."""
+        if why == "write":
+            if self.transport is not None:
+                self.transport.abort()
+            return
         if self.transport is not None:
             if why == "head":
                 message = f"the request headers did not arrive within {self.guard.settings.header_timeout:g} s"

@@ -455,3 +455,56 @@ def test_an_unauthenticated_request_is_not_asked_for_its_body(fake_openai, tmp_p
                 assert sock.recv(65536).startswith(first), key  # before: 100 Continue for both
     finally:
         gw.stop()
+
+
+def metric(url: str, sample: str) -> float:
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as answer:
+        lines = answer.read().decode().splitlines()
+    return next((float(line.rsplit(" ", 1)[1]) for line in lines if line.rsplit(" ", 1)[0] == sample), 0.0)
+
+
+def ask_for_a_long_answer(port: int, stream: bool, receive_buffer: int | None = None) -> socket.socket:
+    """A request whose answer (the fake's echo) is about 8 MB, more than the kernel's send buffer holds
+    (tcp_wmem's 4 MB at most), on a socket with the receive buffer given (else the kernel's)."""
+    sock = socket.socket()
+    if receive_buffer:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.connect(("127.0.0.1", port))
+    content = " ".join(["a" * 1000] * 8000) if stream else "a" * 8_000_000
+    body = json.dumps({"model": "bot", "stream": stream, "messages": [{"role": "user", "content": content}]})
+    sock.sendall(head(length=len(body)) + body.encode())
+    return sock
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_a_client_that_stops_reading_is_cut_off_after_the_write_timeout_and_a_slow_reader_is_not(
+    fake_openai, tmp_path, stream
+):
+    settings = config(fake_openai, tmp_path)
+    settings["server"] = {"write_timeout": 2}
+    gw = GatewayProcess(settings, tmp_path).start()
+    try:
+        stalled = ask_for_a_long_answer(gw.port, stream, receive_buffer=4096)  # and never reads
+        slow = ask_for_a_long_answer(gw.port, stream)
+        slow.settimeout(30)
+        got, ended = b"", False
+        started = time.monotonic()
+        while time.monotonic() - started < 30:  # about 2 MB a second: slower than loopback, but reading
+            chunk = slow.recv(1024 * 1024)
+            got += chunk
+            if not chunk or got.endswith(b"0\r\n\r\n") or (not stream and len(got) > 8_000_000):
+                ended = True
+                break
+            time.sleep(0.5)
+        wait_until(lambda: metric(gw.url, 'llmgate_connections_closed_total{reason="write"}') == 1, "the cut", 10)
+        assert ended, "the slow reader got its whole answer"
+        # the slow reader got its whole answer; the stalled one's connection is gone
+        assert got.startswith(b"HTTP/1.1 200") and (
+            b"data: [DONE]" in got if stream else got.count(b"a" * 1000) >= 2999
+        )
+        leftover, _ = read_to_close(stalled, 10)
+        assert len(leftover) < 8_000_000, "the stalled client never got the whole answer"
+        assert metric(gw.url, 'llmgate_connections_closed_total{reason="write"}') == 1
+    finally:
+        gw.stop()
+    assert "that took none of their answer for server.write_timeout" in gw.log()

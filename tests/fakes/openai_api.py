@@ -29,7 +29,7 @@ class FakeOpenAI(FakeUpstream):
         self.delay = delay  # seconds every answer waits: a slower deployment
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(client_max_size=32 * 1024 * 1024)  # OpenAI's own limit is far above aiohttp's 1 MB
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/embeddings", self.embeddings)
         return app
