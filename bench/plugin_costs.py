@@ -26,6 +26,7 @@ all, so its figure is what forwarding that dialect's bytes costs, with no transl
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -45,6 +46,7 @@ CONFIG = "full.yaml"
 CORE = "core"
 WHOLE = "whole config"
 FORWARDER = "forwarder"
+BASELINE = "whole config, baseline tree"
 DIALECTS = ("chat", "messages", "responses", "embeddings")
 FLOOR_RATIO = 2.0  # the target: the whole config's CPU a request at most this many times the forwarder's
 DIALECT_BUDGET_MS = 0.3  # the target: each dialect within this of chat completions
@@ -68,13 +70,17 @@ def request_path_plugins(config: str = CONFIG) -> list[str]:
     return found
 
 
-def systems_to_measure(plugins: list[str], forwarder: bool = False) -> dict[str, System]:
+def systems_to_measure(plugins: list[str], forwarder: bool = False, baseline: str | None = None) -> dict[str, System]:
     measured = {CORE: System("plugins-none", "core: every plugin off", "llmgate", CONFIG, only_plugins=frozenset())}
     for name in plugins:
         measured[name] = System(f"plugin-{name}", f"core + {name}", "llmgate", CONFIG, only_plugins=frozenset({name}))
     measured[WHOLE] = SYSTEMS["llmgate-full"]
     if forwarder:
         measured[FORWARDER] = SYSTEMS["forwarder"]
+    if baseline:  # the same config served by another checkout: a before-and-after in one run
+        measured[BASELINE] = dataclasses.replace(
+            SYSTEMS["llmgate-full"], name="llmgate-full-baseline", label=f"llmgate full from {baseline}", tree=baseline
+        )
     return measured
 
 
@@ -138,7 +144,7 @@ def _table(rows: list[dict]) -> list[str]:
             f"{fmt(share)} | {fmt(row['p50'])} | {fmt(row['added_p50'])} | {fmt(row['p99'])} | "
             f"{row['errors']} | {', '.join(fmt(c, 3) for c in row['added_runs'])} |"
         )
-    alone = [r["added_cpu_ms"] for r in rows if r["name"] not in (CORE, WHOLE, FORWARDER)]
+    alone = [r["added_cpu_ms"] for r in rows if r["name"] not in (CORE, WHOLE, FORWARDER, BASELINE)]
     whole = next((r for r in rows if r["name"] == WHOLE), {}).get("added_cpu_ms")
     if alone and None not in alone and whole is not None:
         lines += [
@@ -157,9 +163,11 @@ def floor_figures(by_dialect: dict[str, list[dict]]) -> dict[str, dict]:
     for dialect, rows in by_dialect.items():
         cpu = {row["name"]: row["cpu_ms_per_request"] for row in rows}
         runs = {row["name"]: row["runs"] for row in rows}
-        whole, forwarder = cpu.get(WHOLE), cpu.get(FORWARDER)
+        whole, forwarder, baseline = cpu.get(WHOLE), cpu.get(FORWARDER), cpu.get(BASELINE)
         ratio = None if not whole or not forwarder else round(whole / forwarder, 2)
         figures[dialect] = {
+            "baseline": baseline,
+            "baseline_ratio": None if not baseline or not forwarder else round(baseline / forwarder, 2),
             "forwarder": forwarder,
             "core": cpu.get(CORE),
             "whole": whole,
@@ -208,6 +216,24 @@ def markdown(results: dict) -> str:
                 f"{fmt(f['ratio'])}x | {met} | {', '.join(fmt(c, 3) for c in f['whole_runs'])} | "
                 f"{fmt(f['whole_minus_chat'], 3)} |"
             )
+    if any(f.get("baseline") is not None for f in floors.values()):
+        lines += [
+            "",
+            "## Before and after",
+            "",
+            f"The whole config served by the baseline tree (`{meta.get('baseline_tree')}`) and by this one, in "
+            "the same run, each paired with the same core: what the change saved is the baseline's CPU a "
+            "request less this tree's, and the ratio to the forwarder before and after.",
+            "",
+            "| dialect | baseline CPU ms/req | this tree | saved (ms) | baseline / forwarder | this / forwarder |",
+            "|---|---|---|---|---|---|",
+        ]
+        for dialect, f in floors.items():
+            saved = None if f["baseline"] is None or f["whole"] is None else round(f["baseline"] - f["whole"], 3)
+            lines.append(
+                f"| {dialect} | {fmt(f['baseline'], 3)} | {fmt(f['whole'], 3)} | {fmt(saved, 3)} | "
+                f"{fmt(f['baseline_ratio'])}x | {fmt(f['ratio'])}x |"
+            )
     for dialect, rows in by_dialect.items():
         lines += ["", f"## {dialect}", "", *_table(rows)]
     return "\n".join(lines) + "\n"
@@ -228,6 +254,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--dialects", default=",".join(DIALECTS), help=f"comma-separated inbound dialects ({', '.join(DIALECTS)})"
     )
     parser.add_argument("--no-forwarder", action="store_true", help="leave out the forwarder's pairs")
+    parser.add_argument(
+        "--baseline-tree",
+        default=None,
+        help="another checkout (a git worktree of an earlier commit) whose whole config is measured beside "
+        "this one's, paired with the same core: the before-and-after of a change in one run",
+    )
     parser.add_argument("--output-dir", default=str(Path(__file__).resolve().parent / "results"))
     parser.add_argument("--name", default="plugin_costs", help="file name stem of the results")
     return parser.parse_args(argv)
@@ -237,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     plugins = [p for p in args.plugins.split(",") if p] if args.plugins is not None else request_path_plugins()
     dialects = [d for d in args.dialects.split(",") if d]
-    measured = systems_to_measure(plugins, forwarder=not args.no_forwarder)
+    measured = systems_to_measure(plugins, forwarder=not args.no_forwarder, baseline=args.baseline_tree)
     # the overhead harness's defaults for everything else (upstream, timeouts, pauses between runs)
     bench_args = overhead.parse_args(
         ["--rates", f"{args.rate:g}", "--duration", str(args.duration), "--warmup", str(args.warmup)]
@@ -252,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": CONFIG,
         "plugins": plugins,
         "dialects": dialects,
+        "baseline_tree": args.baseline_tree,
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     workdir = Path(tempfile.mkdtemp(prefix="llmgate-plugin-costs-"))

@@ -24,6 +24,11 @@ TARGET_SOAK_GROWTH = 5.0
 TARGET_SYSTEM = "llmgate-full"
 TARGET_WORKERS_SYSTEM = "llmgate-full-2w"  # issue 25: two workers on this 2-core machine
 TARGET_WORKERS_FACTOR = 1.3
+# issue 30: the floor, a minimal aiohttp forwarder measured in the same run
+FLOOR_SYSTEM = "forwarder"
+FLOOR_FACTOR = 2.0  # added latency, CPU a request and time to first token: at most this many times the floor's
+FLOOR_SEQUENTIAL_MS = 0.5  # and the sequential added latency under this
+FLOOR_RATE_SHARE = 0.75  # the sustained rate: at least this share of the floor's
 
 
 def _at_rate(system: dict, rate: float) -> dict | None:
@@ -110,6 +115,58 @@ def targets(results: dict) -> list[dict]:
             "met": None if not soak else soak["growth_percent"] < TARGET_SOAK_GROWTH,
         }
     )
+    return rows
+
+
+def floor_targets(results: dict) -> list[dict]:
+    """Issue 30's targets: llmgate-full against the minimal forwarder (the floor) in the same run, with the
+    spread over the runs where a figure has several."""
+    systems = results["systems"]
+    full, floor = systems.get(TARGET_SYSTEM), systems.get(FLOOR_SYSTEM)
+    if not full or not floor:
+        return []
+    direct = systems.get("direct", {})
+    rows = []
+
+    def ratio_row(target: str, ours: float | None, theirs: float | None, spread: str = "", limit=None) -> None:
+        if ours is None or theirs is None:
+            rows.append({"target": target, "value": None, "met": None})
+            return
+        ratio = ours / theirs if theirs > 0 else float("inf")
+        met = ratio <= FLOOR_FACTOR and (limit is None or ours < limit)
+        value = f"{ours:.2f} vs {theirs:.2f} ({ratio:.2f}x){spread}"
+        rows.append({"target": target, "value": value, "met": met})
+
+    seq = [(_overhead(s.get("sequential"), direct.get("sequential")) or {}).get("p50") for s in (full, floor)]
+    ratio_row(
+        f"sequential added p50 <= {FLOOR_FACTOR:g}x the forwarder's and < {FLOOR_SEQUENTIAL_MS} ms",
+        *seq,
+        limit=FLOOR_SEQUENTIAL_MS,
+    )
+    added = overheads(results)
+    at = [added.get(name, {}).get(TARGET_RATE) or {} for name in (TARGET_SYSTEM, FLOOR_SYSTEM)]
+    runs = (_at_rate(full, TARGET_RATE) or {}).get("runs", [])
+    each = [run["added"]["p99"] for run in runs if run.get("added")]
+    spread = f"; llmgate's runs {min(each):.2f}-{max(each):.2f}" if len(each) > 1 else ""
+    p99_target = f"p99 added at {TARGET_RATE} RPS <= {FLOOR_FACTOR:g}x the forwarder's"
+    ratio_row(p99_target, at[0].get("p99"), at[1].get("p99"), spread)
+    cpu = [((_at_rate(s, TARGET_RATE) or {}).get("resources") or {}).get("cpu_ms_per_request") for s in (full, floor)]
+    ratio_row(f"CPU ms a request at {TARGET_RATE} RPS <= {FLOOR_FACTOR:g}x the forwarder's", *cpu)
+    ttft = [(_overhead(s.get("stream"), direct.get("stream"), "ttft_ms") or {}).get("p50") for s in (full, floor)]
+    ratio_row(f"streamed time to first token added (p50) <= {FLOOR_FACTOR:g}x the forwarder's", *ttft)
+    ours, theirs = (s.get("max_sustained") or {} for s in (full, floor))
+    target = f"sustained rate >= {FLOOR_RATE_SHARE:.0%} of the forwarder's, 0 errors"
+    if ours.get("rate") and theirs.get("rate"):
+        share = ours["rate"] / theirs["rate"]
+        rows.append(
+            {
+                "target": target,
+                "value": f"{ours['rate']} vs {theirs['rate']} RPS ({share:.0%}), {ours.get('errors')} errors",
+                "met": share >= FLOOR_RATE_SHARE and not ours.get("errors"),
+            }
+        )
+    else:
+        rows.append({"target": target, "value": None, "met": None})
     return rows
 
 
@@ -283,6 +340,17 @@ def markdown(results: dict) -> str:
         met = {True: "yes", False: "**no**", None: "not measured"}[row["met"]]
         lines.append(f"| {row['target']} | {_fmt(row['value'])} | {met} |")
     lines.append("")
+    if floor_rows := floor_targets(results):
+        lines += [
+            f"## Against the floor ({TARGET_SYSTEM} and the minimal aiohttp forwarder, this run)",
+            "",
+            "| target | llmgate vs forwarder | met |",
+            "|---|---|---|",
+        ]
+        for row in floor_rows:
+            met = {True: "yes", False: "**no**", None: "not measured"}[row["met"]]
+            lines.append(f"| {row['target']} | {_fmt(row['value'])} | {met} |")
+        lines.append("")
     seen = resolution(results)
     if seen:
         each = ", ".join(f"{run['p99']:.2f}" for run in seen["runs"])
@@ -451,6 +519,7 @@ def plot(results: dict, path: Path) -> Path | None:
 def write(results: dict, out: Path, name: str) -> list[Path]:
     """<name>.md and <name>.png in `out`; the paths written."""
     results["targets"] = targets(results)
+    results["floor_targets"] = floor_targets(results)
     results["resolution"] = resolution(results)
     md = out / f"{name}.md"
     md.write_text(markdown(results))

@@ -48,6 +48,7 @@ class System:
     expect_cache: str | None = None  # the x-llmgate-cache header a request must carry once warm
     only_plugins: frozenset[str] | None = None  # every installed plugin but these switched off
     workers: int = 1  # server.workers: processes serving the port
+    tree: str | None = None  # another checkout whose gateway/ and plugins/ serve (a before-and-after run)
 
 
 SYSTEMS = {
@@ -292,6 +293,7 @@ def start_system(system: System, upstream: str, workdir: Path) -> Running:
                 "BENCH_STATE_DIR": str(home),
                 "AWS_EC2_METADATA_DISABLED": "true",
                 "HF_HUB_OFFLINE": "1",
+                **({"PYTHONPATH": system.tree} if system.tree else {}),
             },
         )
     elif system.kind == "litellm":

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from . import admin, proxy, readiness, tracing
 from .config import Config
-from .context import CLIENT_REQUEST_ID, REQUEST_CONTEXT, REQUEST_ID, dumps
+from .context import CLIENT_REQUEST_ID, REQUEST_CONTEXT, REQUEST_ID, dumps_bytes
 from .dialects import anthropic, embeddings, responses
 from .dialects.base import DIALECT
 from .dialects.chat_completions import ChatCompletions
@@ -38,7 +38,7 @@ def _error_response(err: GatewayError, request: web.Request) -> web.Response:
     headers = {"x-request-id": request[REQUEST_ID], **err.response_headers()}
     dialect = request.get(DIALECT)
     body = err.body() if dialect is None else dialect.error_body(err)
-    return web.Response(body=dumps(body).encode(), status=err.status, content_type="application/json", headers=headers)
+    return web.Response(body=dumps_bytes(body), status=err.status, content_type="application/json", headers=headers)
 
 
 @web.middleware

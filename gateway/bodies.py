@@ -10,11 +10,31 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
+
+import orjson
 
 from .errors import InvalidRequest
 
 MAX_DEPTH = 128  # arrays and objects inside one another in a request body; the top-level object is depth 1
+# A run of 20 digits may be an integer past 64 bits, which orjson reads as a float: such a body goes the
+# standard library's way, which keeps it exact (a string holding such a run only takes the slower way).
+_LONG_DIGITS = re.compile(rb"[0-9]{20}")
+_LONG_DIGITS_TEXT = re.compile(r"[0-9]{20}")
+
+
+def loads(raw: bytes | str) -> Any:
+    """JSON parsed as `json.loads` parses it, by orjson (several times faster) where that gives the same:
+    strict JSON without a 20-digit number. What orjson refuses (NaN, a lone surrogate, deep nesting, a
+    byte-order mark) is parsed, or refused with the same error, by the standard library."""
+    long_digits = _LONG_DIGITS if type(raw) is bytes else _LONG_DIGITS_TEXT
+    if long_digits.search(raw) is None:
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(raw)
 
 
 def parse_json(raw: bytes) -> Any:
@@ -24,15 +44,21 @@ def parse_json(raw: bytes) -> Any:
     975 deep) that its encoder then cannot write back, which failed far from its cause (a 500, a lost
     traffic-log record). A body with fewer brackets than the limit cannot be too deep: two C-speed
     counts decide it for almost every request; only the others are walked."""
+    body = _parse(raw)
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and depth_of(body) > MAX_DEPTH:
+        raise _too_deep()
+    return body
+
+
+def _parse(raw: bytes) -> Any:
+    """`loads(raw)`; what it accepts beyond JSON (NaN, lone surrogates) is refused later, by name
+    (check_encodable); what it refuses, with the standard library's own message."""
     try:
-        body = json.loads(raw)
+        return loads(raw)
     except RecursionError:
         raise _too_deep() from None
     except ValueError as exc:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
-    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and depth_of(body) > MAX_DEPTH:
-        raise _too_deep()
-    return body
 
 
 def _too_deep() -> InvalidRequest:

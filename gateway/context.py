@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
 
+import orjson
 from aiohttp import web
 
 if TYPE_CHECKING:
@@ -173,3 +174,13 @@ REQUEST_CONTEXT = web.RequestKey("request_context", RequestContext)  # for the a
 
 def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def dumps_bytes(value: Any) -> bytes:
+    """`dumps(value)` as UTF-8 bytes, made by orjson (about ten times faster on an answer) where it can: what
+    it refuses (an integer past 64 bits, a key that is not a string, a lone surrogate, nesting past its
+    limit) goes the standard library's way, to the same text or the same error as before."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:  # orjson.JSONEncodeError
+        return dumps(value).encode()

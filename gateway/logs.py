@@ -79,6 +79,19 @@ class ScrubbingFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
         self.scrub = scrub
         self.as_json = as_json
+        self._second: tuple[int, str] = (-1, "")  # the last second formatted, and its text (one tuple: threads)
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """logging's own stamp (`2026-12-04 18:49:00,123`), its date and time formatted once a second rather
+        than once a line: the access log writes a line a request."""
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        known, text = self._second
+        if second != known:
+            text = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(record.created))
+            self._second = (second, text)
+        return f"{text},{int(record.msecs):03d}"
 
     def _text(self, record: logging.LogRecord) -> str:
         """One line: the message escaped whole; a traceback on the lines after it, escaped but for its newlines,

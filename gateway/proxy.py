@@ -32,7 +32,7 @@ from .chat import (
     validate_chat_request,
 )
 from .config import RouteSettings
-from .context import CLIENT_REQUEST_ID, REQUEST_CONTEXT, REQUEST_ID, Attempt, RequestContext, caller_key, dumps
+from .context import CLIENT_REQUEST_ID, REQUEST_CONTEXT, REQUEST_ID, Attempt, RequestContext, caller_key, dumps_bytes
 from .dialects.base import DIALECT, Dialect, Endpoint, StreamEncoder
 from .errors import (
     CONTEXT_LENGTH_EXCEEDED,
@@ -582,7 +582,7 @@ async def answer_ends(gateway: Gateway, ctx: RequestContext) -> None:
 async def write_json(request: web.Request, ctx: RequestContext, body: dict, status: int = 200) -> web.Response:
     await answer_ends(request.app[GATEWAY], ctx)  # before the headers: the wait counts in the overhead
     response = web.Response(
-        body=dumps(body).encode(), status=status, content_type="application/json", headers=_headers(ctx)
+        body=dumps_bytes(body), status=status, content_type="application/json", headers=_headers(ctx)
     )
     await response.prepare(request)
     await response.write_eof()

@@ -50,6 +50,41 @@ async def test_expiring_values_are_gone_after_their_ttl_and_apart_from_the_other
         await store.close()
 
 
+async def test_expiring_values_put_together_are_committed_together_and_each_put_returns_once_kept(state_settings):
+    """The turns a busy gateway stores (a Responses request each) go in one transaction per batch."""
+    import asyncio
+
+    store = open_state_store(state_settings)
+    await store.open()
+    try:
+        await asyncio.gather(*(store.put_expiring(f"resp:{i}", {"n": i}, ttl_seconds=60) for i in range(200)))
+        assert [await store.get_expiring(f"resp:{i}") for i in range(200)] == [{"n": i} for i in range(200)]
+        await asyncio.gather(
+            store.put_expiring("resp:same", {"n": 1}, ttl_seconds=60),
+            store.put_expiring("resp:same", {"n": 2}, ttl_seconds=60),
+        )
+        assert await store.get_expiring("resp:same") == {"n": 2}  # the later put wins, as it did alone
+        if state_settings.redis_url is None:  # the embedded engine batches its writes
+            commits = []
+            run = store._db.run
+            store._db.run = lambda fn: commits.append(fn) or run(fn)
+            await asyncio.gather(*(store.put_expiring(f"resp:b{i}", {"n": i}, ttl_seconds=60) for i in range(100)))
+            assert 1 <= len(commits) <= 2, "at most the batch begun and the one behind it"
+            pending = asyncio.ensure_future(store.put_expiring("resp:late", {"n": 0}, ttl_seconds=60))
+            await asyncio.sleep(0)
+            pending.cancel()  # its caller went away: the row is still written, before the store closes
+    finally:
+        await store.close()
+    again = open_state_store(state_settings)
+    await again.open()
+    try:
+        assert await again.get_expiring("resp:199") == {"n": 199}
+        if state_settings.redis_url is None:  # the embedded engine batches its writes
+            assert await again.get_expiring("resp:late") == {"n": 0}
+    finally:
+        await again.close()
+
+
 async def test_state_survives_a_restart(state_settings):
     first = open_state_store(state_settings)
     await first.open()

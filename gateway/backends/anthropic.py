@@ -8,10 +8,10 @@ Anthropic's answers and stream events.
 from __future__ import annotations
 
 import base64
-import json
 from typing import Any, AsyncIterator, Literal
 
 from .. import chat
+from ..bodies import loads
 from ..errors import InvalidRequest, UpstreamError
 from . import turns
 from .base import BackendSettings
@@ -275,7 +275,7 @@ class AnthropicBackend(HttpBackend):
         async with self.post(self._url, request, headers) as resp:
             async for event, data in iter_sse(resp.content):
                 try:
-                    payload = json.loads(data)
+                    payload = loads(data)
                 except ValueError:
                     raise UpstreamError(
                         f"backend '{self.name}' sent a stream event that is not JSON", retryable=True

@@ -11,6 +11,8 @@ from typing import Any, AsyncIterator
 import aiohttp
 
 from .. import tracing
+from ..bodies import loads
+from ..context import dumps_bytes
 from ..errors import UpstreamError, UpstreamTimeout, from_upstream_status
 from .base import Backend
 
@@ -106,8 +108,8 @@ class HttpBackend(Backend):
         t = self.settings.timeout
         try:
             # traceparent of the attempt's span when tracing is on: the upstream's trace continues this one
-            # serialized here, compact and ASCII (always encodable), rather than by aiohttp's JSON payload
-            data = json.dumps(body, separators=(",", ":")).encode()
+            # serialized here, compact UTF-8 by orjson (a lone surrogate cannot reach here: bodies.check_encodable)
+            data = dumps_bytes(body)
             async with self._session.post(
                 url, data=data, headers=tracing.inject({**JSON_BODY, **(headers or {})})
             ) as resp:
@@ -136,7 +138,11 @@ class HttpBackend(Backend):
 
     async def json_body(self, resp: aiohttp.ClientResponse) -> dict[str, Any]:
         try:
-            body = await resp.json(content_type=None)
+            if resp.charset in (None, "utf-8", "UTF-8"):  # read as aiohttp would, parsed once by orjson
+                raw = (await resp.read()).strip()
+                body = loads(raw.decode("utf-8")) if raw else None
+            else:
+                body = await resp.json(content_type=None)
         except ValueError:
             raise UpstreamError(
                 f"backend '{self.name}' answered with a body that is not JSON", retryable=True

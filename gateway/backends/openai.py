@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any, AsyncIterator
 
+from ..bodies import loads
 from ..chat import completion_to_chunks, native
 from ..errors import UpstreamError
 from .base import BackendSettings
@@ -75,7 +75,7 @@ class OpenAIBackend(HttpBackend):
                 if data == "[DONE]":
                     return
                 try:
-                    chunk = json.loads(data)
+                    chunk = loads(data)
                 except ValueError:
                     raise UpstreamError(
                         f"backend '{self.name}' sent a stream event that is not JSON", retryable=True

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from aiohttp import web
 
-from ..context import dumps
+from ..context import dumps_bytes
 from ..errors import GatewayError
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ class EventStream(StreamEncoder):
 
     @staticmethod
     def _sse(events: list[tuple[str, dict]]) -> bytes:
-        return b"".join(sse(dumps(data), event=kind) for kind, data in events)
+        return b"".join(sse(dumps_bytes(data), event=kind) for kind, data in events)
 
     def start(self) -> bytes:
         return self._sse(self.translator.start())
@@ -104,7 +104,7 @@ class Dialect(Endpoint):
 DIALECT = web.RequestKey("dialect", Endpoint)  # the dialect of the endpoint a request came to (for its errors)
 
 
-def sse(data: str, event: str | None = None) -> bytes:
-    """One server-sent event."""
-    head = f"event: {event}\n" if event else ""
-    return f"{head}data: {data}\n\n".encode()
+def sse(data: str | bytes, event: str | None = None) -> bytes:
+    """One server-sent event (`data` as text, or as UTF-8 bytes)."""
+    head = f"event: {event}\n".encode() if event else b""
+    return b"%sdata: %s\n\n" % (head, data if type(data) is bytes else data.encode())

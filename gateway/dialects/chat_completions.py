@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..chat import NATIVE
 from ..checks import bad
-from ..context import RequestContext, dumps
+from ..context import RequestContext, dumps_bytes
 from ..errors import GatewayError
 from .base import Dialect, StreamEncoder
 
@@ -21,11 +21,11 @@ class ChatStream(StreamEncoder):
                 return b""
             if "usage" in chunk:
                 chunk = {k: v for k, v in chunk.items() if k != "usage"}
-        return b"data: " + dumps(chunk).encode() + b"\n\n"
+        return b"data: " + dumps_bytes(chunk) + b"\n\n"
 
     def finish(self, error: GatewayError | None) -> bytes:
         if error is not None:
-            return b"data: " + dumps(error.body()).encode() + b"\n\n"
+            return b"data: " + dumps_bytes(error.body()) + b"\n\n"
         return b"data: [DONE]\n\n"
 
 

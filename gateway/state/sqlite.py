@@ -36,6 +36,11 @@ T = TypeVar("T")
 PURGE_EVERY = 256  # expired rows are deleted once in this many writes: the table stays the size of its TTL
 
 
+def _retrieved(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class SqliteStateStore(StateStore):
     engine = "sqlite"
 
@@ -47,6 +52,9 @@ class SqliteStateStore(StateStore):
         self._seen = 0
         self._poller: asyncio.Task | None = None
         self._shared = False  # whether other processes of the node share the file (server.workers)
+        self._expiring: dict[str, tuple[str, float]] = {}  # rows waiting for the next batch, by key
+        self._expiring_batch: asyncio.Future | None = None  # the batch they will go in, not yet begun
+        self._expiring_last: asyncio.Future | None = None  # the latest batch, begun or not
 
     async def open(self) -> None:
         await self._db.open()
@@ -62,6 +70,8 @@ class SqliteStateStore(StateStore):
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
+        if self._expiring_last is not None:  # the rows put before the close are written first
+            await asyncio.wait([self._expiring_last])
         await self._db.close()
 
     async def _poll_forever(self) -> None:
@@ -173,15 +183,29 @@ class SqliteStateStore(StateStore):
         return await self._db.run(select)
 
     async def put_expiring(self, key: str, value: Any, ttl_seconds: float) -> None:
-        text, now = json.dumps(value), time.time()
-        self._writes += 1
-        purge = self._writes % PURGE_EVERY == 0
+        """Kept with the others put while the write before them runs, in one transaction (a group commit):
+        the Responses API stores a turn a request, and a thread hop and a commit each cost more than the
+        row. Returns once the row is committed, as before."""
+        self._expiring[key] = (json.dumps(value), time.time() + ttl_seconds)
+        if self._expiring_batch is None:
+            self._expiring_batch = asyncio.ensure_future(self._write_expiring(self._expiring_last))
+            self._expiring_batch.add_done_callback(_retrieved)  # its callers may all have gone: no warning
+            self._expiring_last = self._expiring_batch
+        await asyncio.shield(self._expiring_batch)
+
+    async def _write_expiring(self, previous: asyncio.Future | None) -> None:
+        if previous is not None and not previous.done():
+            await asyncio.wait([previous])  # the rows put meanwhile join this batch
+        rows, self._expiring, self._expiring_batch = self._expiring, {}, None  # a put from now opens the next
+        now = time.time()
+        purge = self._writes // PURGE_EVERY != (self._writes + len(rows)) // PURGE_EVERY
+        self._writes += len(rows)
 
         def put(c):
-            c.execute(
+            c.executemany(
                 "INSERT INTO expiring (key, value, expires) VALUES (?, ?, ?) ON CONFLICT(key) DO UPDATE "
                 "SET value = excluded.value, expires = excluded.expires",
-                (key, text, now + ttl_seconds),
+                [(key, text, expires) for key, (text, expires) in rows.items()],
             )
             if purge:
                 c.execute("DELETE FROM expiring WHERE expires < ?", (now,))

@@ -31,6 +31,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
+import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -182,6 +183,10 @@ def _row(record: dict[str, Any], redact: bool = False) -> tuple:
 def _json_text(value: Any) -> str:
     """JSON text SQLite can store: a refused request may hold a lone surrogate ("\\ud800"), which no UTF-8
     encoder writes and which would lose the whole batch; escaped, it reads back as it was sent."""
+    try:
+        return orjson.dumps(value).decode()  # valid UTF-8 by construction; what orjson refuses goes on below
+    except TypeError:  # orjson.JSONEncodeError: a lone surrogate, an integer past 64 bits, deep nesting
+        pass
     try:
         text = dumps(value)
     except (RecursionError, ValueError):  # nested past the encoder, or a cycle: never a request's (MAX_DEPTH)
