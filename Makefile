@@ -96,6 +96,7 @@ bench: install-test $(VENV)/.installed-bench .venv-litellm/.installed-1.106.2 $(
 	$(BIN)/python bench/overhead.py --output-dir bench/results $(BENCH_ARGS)
 	$(BIN)/python bench/plugin_costs.py --output-dir bench/results
 	$(BIN)/python bench/profiling.py --output-dir bench/results
+	$(BIN)/python bench/inflight_memory.py --output bench/results/inflight_memory.json
 	$(BIN)/python bench/redis_ops.py --output bench/results/redis_ops.json
 	$(BIN)/python bench/fault_soak.py --output bench/results/fault_soak.json
 
