@@ -184,3 +184,13 @@ def dumps_bytes(value: Any) -> bytes:
         return orjson.dumps(value)
     except TypeError:  # orjson.JSONEncodeError
         return dumps(value).encode()
+
+
+def dumps_encodable(value: Any) -> bytes:
+    """`dumps_bytes(value)`, or, where no UTF-8 can hold it (a lone surrogate, which an upstream's JSON may
+    carry into a judge's prompt or a stored row), ASCII JSON whose escapes read back as it was: for what
+    must always be written, an upstream request or a traffic-log row."""
+    try:
+        return dumps_bytes(value)
+    except UnicodeEncodeError:
+        return json.dumps(value, separators=(",", ":")).encode()

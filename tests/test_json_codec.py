@@ -8,7 +8,7 @@ import json
 import pytest
 
 from gateway.bodies import MAX_DEPTH, loads, parse_json
-from gateway.context import dumps, dumps_bytes
+from gateway.context import dumps, dumps_bytes, dumps_encodable
 from gateway.errors import InvalidRequest
 
 BODIES = [
@@ -93,3 +93,12 @@ def _leaves(value):
             yield from _leaves(item)
     else:
         yield value
+
+
+def test_dumps_encodable_always_writes_and_reads_back_what_it_was_given():
+    plain = {"content": "héllo ✓", "n": [1, 2.5]}
+    assert dumps_encodable(plain) == dumps_bytes(plain)
+    lone = {"answer": "cut \ud800 here", "n": 1}
+    written = dumps_encodable(lone)
+    assert written.isascii() and json.loads(written) == lone
+

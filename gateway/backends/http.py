@@ -12,7 +12,7 @@ import aiohttp
 
 from .. import tracing
 from ..bodies import loads
-from ..context import dumps_bytes
+from ..context import dumps_encodable
 from ..errors import UpstreamError, UpstreamTimeout, from_upstream_status
 from .base import Backend
 
@@ -108,8 +108,8 @@ class HttpBackend(Backend):
         t = self.settings.timeout
         try:
             # traceparent of the attempt's span when tracing is on: the upstream's trace continues this one
-            # serialized here, compact UTF-8 by orjson (a lone surrogate cannot reach here: bodies.check_encodable)
-            data = dumps_bytes(body)
+            # serialized here, compact, and always encodable (a judge's prompt may quote an upstream's lone surrogate)
+            data = dumps_encodable(body)
             async with self._session.post(
                 url, data=data, headers=tracing.inject({**JSON_BODY, **(headers or {})})
             ) as resp:

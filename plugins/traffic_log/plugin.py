@@ -31,11 +31,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
-import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.context import dumps, stable_hash
+from gateway.context import dumps, dumps_encodable, stable_hash
 from gateway.errors import GatewayError, InvalidRequest, NotFound
 from gateway.hookspecs import hookimpl
 from gateway.plugins import unknown_routes
@@ -184,20 +183,9 @@ def _json_text(value: Any) -> str:
     """JSON text SQLite can store: a refused request may hold a lone surrogate ("\\ud800"), which no UTF-8
     encoder writes and which would lose the whole batch; escaped, it reads back as it was sent."""
     try:
-        return orjson.dumps(value).decode()  # valid UTF-8 by construction; what orjson refuses goes on below
-    except TypeError:  # orjson.JSONEncodeError: a lone surrogate, an integer past 64 bits, deep nesting
-        pass
-    try:
-        text = dumps(value)
+        return dumps_encodable(value).decode()
     except (RecursionError, ValueError):  # nested past the encoder, or a cycle: never a request's (MAX_DEPTH)
         return dumps({"unstorable": f"{type(value).__name__} nested too deeply to store"})
-    if text.isascii():
-        return text
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return json.dumps(value, separators=(",", ":"))
-    return text
 
 
 def read_records(path: str, where: str = "", params: tuple = ()) -> Iterator[dict[str, Any]]:
