@@ -101,4 +101,3 @@ def test_dumps_encodable_always_writes_and_reads_back_what_it_was_given():
     lone = {"answer": "cut \ud800 here", "n": 1}
     written = dumps_encodable(lone)
     assert written.isascii() and json.loads(written) == lone
-
