@@ -25,7 +25,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from systems import DEFAULT_KEY, SYSTEMS, start_system, start_upstream  # noqa: E402
+from systems import SYSTEMS, start_system, start_upstream  # noqa: E402
 
 
 async def _wave(url: str, api_key: str, size: int, prompt_bytes: int, sample_at: float, sample) -> dict:
@@ -59,9 +59,7 @@ def measure(name: str, upstream: str, workdir: Path, args: argparse.Namespace) -
         sample = running.process.rss_mb
         waves = []
         for size in [args.waves[0], *args.waves]:  # the first wave twice: the second is the baseline
-            waves.append(
-                asyncio.run(_wave(url, running.api_key or DEFAULT_KEY, size, args.prompt_bytes, args.sample_at, sample))
-            )
+            waves.append(asyncio.run(_wave(url, running.api_key, size, args.prompt_bytes, args.sample_at, sample)))
             time.sleep(1.0)
         waves = waves[1:]
         steps = []
