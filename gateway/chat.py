@@ -13,7 +13,7 @@ import time
 from typing import Any, Iterator
 
 from .bodies import check_encodable
-from .checks import is_int, is_number, require, shown
+from .checks import bad, is_int, is_number, shown
 from .errors import InvalidRequest
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -48,116 +48,96 @@ def without_native(body: dict) -> dict:
 
 def _validate_message(i: int, message: Any) -> None:
     where = f"messages[{i}]"
-    require(isinstance(message, dict), f"{where} must be an object", where)
+    if not isinstance(message, dict):
+        raise bad(f"{where} must be an object", where)
     role = message.get("role")
-    require(
-        isinstance(role, str) and role in ROLES,
-        f"{where}.role must be one of {', '.join(sorted(ROLES))}, got {shown(role)}",
-        f"{where}.role",
-    )
+    if not (isinstance(role, str) and role in ROLES):
+        raise bad(f"{where}.role must be one of {', '.join(sorted(ROLES))}, got {shown(role)}", f"{where}.role")
     content = message.get("content")
     if role == "assistant" and content is None:
-        require(
-            bool(message.get("tool_calls") or message.get("function_call")),
-            f"{where}.content is required unless the message has tool_calls",
-            f"{where}.content",
-        )
-    else:
-        require(
-            isinstance(content, (str, list)),
-            f"{where}.content must be a string or an array of content parts",
-            f"{where}.content",
-        )
+        if not (message.get("tool_calls") or message.get("function_call")):
+            raise bad(f"{where}.content is required unless the message has tool_calls", f"{where}.content")
+    elif not isinstance(content, (str, list)):
+        raise bad(f"{where}.content must be a string or an array of content parts", f"{where}.content")
     if isinstance(content, list):
         for j, part in enumerate(content):
-            require(
-                isinstance(part, dict) and isinstance(part.get("type"), str),
-                f"{where}.content[{j}] must be an object with a 'type'",
-                f"{where}.content[{j}]",
-            )
+            if not (isinstance(part, dict) and isinstance(part.get("type"), str)):
+                raise bad(f"{where}.content[{j}] must be an object with a 'type'", f"{where}.content[{j}]")
             if part["type"] == "text":
-                require(
-                    isinstance(part.get("text"), str),
-                    f"{where}.content[{j}].text must be a string",
-                    f"{where}.content[{j}].text",
-                )
+                if not isinstance(part.get("text"), str):
+                    raise bad(f"{where}.content[{j}].text must be a string", f"{where}.content[{j}].text")
     name = message.get("name")
-    require(name is None or isinstance(name, str), f"{where}.name must be a string", f"{where}.name")
+    if not (name is None or isinstance(name, str)):
+        raise bad(f"{where}.name must be a string", f"{where}.name")
     if role == "tool":
-        require(
-            isinstance(message.get("tool_call_id"), str),
-            f"{where}.tool_call_id is required for role 'tool'",
-            f"{where}.tool_call_id",
-        )
+        if not isinstance(message.get("tool_call_id"), str):
+            raise bad(f"{where}.tool_call_id is required for role 'tool'", f"{where}.tool_call_id")
     tool_calls = message.get("tool_calls")
     if tool_calls is not None:
-        require(isinstance(tool_calls, list), f"{where}.tool_calls must be an array", f"{where}.tool_calls")
+        if not isinstance(tool_calls, list):
+            raise bad(f"{where}.tool_calls must be an array", f"{where}.tool_calls")
         for j, call in enumerate(tool_calls):
             fn = call.get("function") if isinstance(call, dict) else None
-            require(
-                isinstance(fn, dict) and isinstance(fn.get("name"), str) and isinstance(call.get("id"), str),
-                f"{where}.tool_calls[{j}] needs an id and function.name",
-                f"{where}.tool_calls[{j}]",
-            )
+            if not (isinstance(fn, dict) and isinstance(fn.get("name"), str) and isinstance(call.get("id"), str)):
+                raise bad(f"{where}.tool_calls[{j}] needs an id and function.name", f"{where}.tool_calls[{j}]")
 
 
 def _validate_passthrough(body: dict) -> None:
     """Types of the parameters the gateway passes on or keys on (`user` picks the rollout bucket,
     `metadata` is logged): a wrong one would otherwise fail at a provider as an opaque error."""
     user = body.get("user")
-    require(user is None or isinstance(user, str), "'user' must be a string", "user")
+    if not (user is None or isinstance(user, str)):
+        raise bad("'user' must be a string", "user")
     metadata = body.get("metadata")
-    require(
-        metadata is None or (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())),
-        "'metadata' must be an object whose values are strings",
-        "metadata",
-    )
+    if not (metadata is None or (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values()))):
+        raise bad("'metadata' must be an object whose values are strings", "metadata")
     seed = body.get("seed")
-    require(seed is None or is_int(seed), "'seed' must be an integer", "seed")
+    if not (seed is None or is_int(seed)):
+        raise bad("'seed' must be an integer", "seed")
     for name in ("logprobs", "parallel_tool_calls"):
         value = body.get(name)
-        require(value is None or isinstance(value, bool), f"'{name}' must be a boolean", name)
+        if not (value is None or isinstance(value, bool)):
+            raise bad(f"'{name}' must be a boolean", name)
     top = body.get("top_logprobs")
-    require(
-        top is None or (is_int(top) and 0 <= top <= 20),
-        "'top_logprobs' must be an integer from 0 to 20",
-        "top_logprobs",
-    )
+    if not (top is None or (is_int(top) and 0 <= top <= 20)):
+        raise bad("'top_logprobs' must be an integer from 0 to 20", "top_logprobs")
     bias = body.get("logit_bias")
-    require(
-        bias is None or (isinstance(bias, dict) and all(is_number(v) for v in bias.values())),
-        "'logit_bias' must be an object mapping token ids to numbers",
-        "logit_bias",
-    )
+    if not (bias is None or (isinstance(bias, dict) and all(is_number(v) for v in bias.values()))):
+        raise bad("'logit_bias' must be an object mapping token ids to numbers", "logit_bias")
 
 
-def validate_chat_request(body: Any, max_messages: int = DEFAULT_MAX_MESSAGES) -> dict:
-    """Check a chat-completions body; raise InvalidRequest naming the parameter that is wrong."""
-    require(isinstance(body, dict), "the request body must be a JSON object", "body")
-    require(
-        isinstance(body.get("model"), str) and body["model"] != "",
-        "you must provide a model parameter naming a route (GET /v1/models lists them)",
-        "model",
-    )
+def validate_chat_request(body: Any, max_messages: int = DEFAULT_MAX_MESSAGES, encodable: bool = False) -> dict:
+    """Check a chat-completions body; raise InvalidRequest naming the parameter that is wrong. `encodable`: the
+    caller knows it holds no NaN, infinity or lone surrogate (it was parsed as strict JSON), so no walk looks."""
+    if not isinstance(body, dict):
+        raise bad("the request body must be a JSON object", "body")
+    if not (isinstance(body.get("model"), str) and body["model"] != ""):
+        raise bad("you must provide a model parameter naming a route (GET /v1/models lists them)", "model")
     messages = body.get("messages")
-    require(messages is not None, "'messages' is a required parameter", "messages")
-    require(isinstance(messages, list) and len(messages) > 0, "'messages' must be a non-empty array", "messages")
-    require(
-        len(messages) <= max_messages,
-        f"'messages' has {len(messages)} messages, more than this gateway's limit of {max_messages}",
-        "messages",
-    )
-    check_encodable(body)
+    if not messages is not None:
+        raise bad("'messages' is a required parameter", "messages")
+    if not (isinstance(messages, list) and len(messages) > 0):
+        raise bad("'messages' must be a non-empty array", "messages")
+    if not len(messages) <= max_messages:
+        raise bad(
+            f"'messages' has {len(messages)} messages, more than this gateway's limit of {max_messages}", "messages"
+        )
+    if not encodable:
+        check_encodable(body)
     for i, message in enumerate(messages):
         _validate_message(i, message)
     stream = body.get("stream", False)
-    require(stream is None or isinstance(stream, bool), "'stream' must be a boolean", "stream")
+    if not (stream is None or isinstance(stream, bool)):
+        raise bad("'stream' must be a boolean", "stream")
     options = body.get("stream_options")
     if options is not None:
-        require(isinstance(options, dict), "'stream_options' must be an object", "stream_options")
-        require(bool(stream), "'stream_options' is only allowed when 'stream' is true", "stream_options")
+        if not isinstance(options, dict):
+            raise bad("'stream_options' must be an object", "stream_options")
+        if not stream:
+            raise bad("'stream_options' is only allowed when 'stream' is true", "stream_options")
     n = body.get("n")
-    require(n is None or (is_int(n) and 1 <= n <= 128), "'n' must be an integer from 1 to 128", "n")
+    if not (n is None or (is_int(n) and 1 <= n <= 128)):
+        raise bad("'n' must be an integer from 1 to 128", "n")
     for name, low, high in (
         ("temperature", 0, 2),
         ("top_p", 0, 1),
@@ -165,59 +145,44 @@ def validate_chat_request(body: Any, max_messages: int = DEFAULT_MAX_MESSAGES) -
         ("frequency_penalty", -2, 2),
     ):
         value = body.get(name)
-        require(
-            value is None or (is_number(value) and low <= value <= high),
-            f"'{name}' must be a number from {low} to {high}",
-            name,
-        )
+        if not (value is None or (is_number(value) and low <= value <= high)):
+            raise bad(f"'{name}' must be a number from {low} to {high}", name)
     for name in ("max_tokens", "max_completion_tokens"):
         value = body.get(name)
-        require(
-            value is None or (is_int(value) and 0 < value <= MAX_TOKENS_LIMIT),
-            f"'{name}' must be a positive integer no larger than {MAX_TOKENS_LIMIT}",
-            name,
-        )
+        if not (value is None or (is_int(value) and 0 < value <= MAX_TOKENS_LIMIT)):
+            raise bad(f"'{name}' must be a positive integer no larger than {MAX_TOKENS_LIMIT}", name)
     _validate_passthrough(body)
     stop = body.get("stop")
-    require(
+    if not (
         stop is None
         or isinstance(stop, str)
-        or (isinstance(stop, list) and len(stop) <= 4 and all(isinstance(s, str) for s in stop)),
-        "'stop' must be a string or an array of at most 4 strings",
-        "stop",
-    )
+        or (isinstance(stop, list) and len(stop) <= 4 and all(isinstance(s, str) for s in stop))
+    ):
+        raise bad("'stop' must be a string or an array of at most 4 strings", "stop")
     tools = body.get("tools")
     if tools is not None:
-        require(isinstance(tools, list), "'tools' must be an array", "tools")
+        if not isinstance(tools, list):
+            raise bad("'tools' must be an array", "tools")
         for i, tool in enumerate(tools):
             fn = tool.get("function") if isinstance(tool, dict) else None
-            require(
-                isinstance(fn, dict) and tool.get("type") == "function" and isinstance(fn.get("name"), str),
-                f"tools[{i}] must be {{'type': 'function', 'function': {{'name': ...}}}}",
-                f"tools[{i}]",
-            )
+            if not (isinstance(fn, dict) and tool.get("type") == "function" and isinstance(fn.get("name"), str)):
+                raise bad(f"tools[{i}] must be {{'type': 'function', 'function': {{'name': ...}}}}", f"tools[{i}]")
             strict = fn.get("strict")
-            require(
-                strict is None or isinstance(strict, bool),
-                f"tools[{i}].function.strict must be a boolean",
-                f"tools[{i}].function.strict",
-            )
+            if not (strict is None or isinstance(strict, bool)):
+                raise bad(f"tools[{i}].function.strict must be a boolean", f"tools[{i}].function.strict")
     choice = body.get("tool_choice")
     if choice is not None:
         function = choice.get("function") if isinstance(choice, dict) else None
         named = isinstance(function, dict) and isinstance(function.get("name"), str)
-        require(
-            named or (isinstance(choice, str) and choice in TOOL_CHOICES),
-            "'tool_choice' must be 'none', 'auto', 'required' or {'type': 'function', 'function': {'name': ...}}",
-            "tool_choice",
-        )
+        if not (named or (isinstance(choice, str) and choice in TOOL_CHOICES)):
+            raise bad(
+                "'tool_choice' must be 'none', 'auto', 'required' or {'type': 'function', 'function': {'name': ...}}",
+                "tool_choice",
+            )
     fmt = body.get("response_format")
     if fmt is not None:
-        require(
-            isinstance(fmt, dict) and isinstance(fmt.get("type"), str) and fmt["type"] in RESPONSE_FORMATS,
-            "'response_format.type' must be one of text, json_object, json_schema",
-            "response_format",
-        )
+        if not (isinstance(fmt, dict) and isinstance(fmt.get("type"), str) and fmt["type"] in RESPONSE_FORMATS):
+            raise bad("'response_format.type' must be one of text, json_object, json_schema", "response_format")
     return body
 
 

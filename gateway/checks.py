@@ -11,13 +11,10 @@ SHOWN_CHARS = 60  # of a caller's value echoed in an error: enough to recognise 
 
 
 def bad(message: str, param: str, code: str = "invalid_value") -> InvalidRequest:
-    """The 400 for a bad parameter: `param` names it, `message` says what to send instead."""
+    """The 400 for a bad parameter: `param` names it, `message` says what to send instead. Raised as
+    `if not ok: raise bad(...)`, so a message quoting the caller's value is made only for a request that
+    fails: validators run on every request, and most of their checks pass."""
     return InvalidRequest(message, param=param, code=code)
-
-
-def require(condition: bool, message: str, param: str) -> None:
-    if not condition:
-        raise bad(message, param)
 
 
 def shown(value: Any) -> str:

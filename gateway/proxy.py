@@ -56,6 +56,8 @@ IN_FLIGHT = web.AppKey("in_flight", Counter)  # route -> chat requests being ser
 OVERHEAD_HEADER = "x-llmgate-overhead-ms"
 TRIED_HEADER = "x-llmgate-tried"  # every backend the request was sent to (or skipped for), in order
 IGNORED_HEADER = "x-llmgate-ignored-params"  # parameters accepted but without effect (hints, on this path)
+# Whether the body was strict JSON (bodies.parse_json): then no walk looks for what only lax JSON can hold.
+STRICT_JSON = web.RequestKey("strict_json", bool)
 
 
 async def read_json(request: web.Request, max_bytes: int) -> Any:
@@ -77,7 +79,8 @@ async def read_json(request: web.Request, max_bytes: int) -> Any:
         ) from None
     if not raw:
         raise InvalidRequest("the request body is empty: send a JSON object", code="invalid_json")
-    return parse_json(raw)  # refused at MAX_DEPTH before anything else reads it
+    body, request[STRICT_JSON] = parse_json(raw)  # refused at MAX_DEPTH before anything else reads it
+    return body
 
 
 def backend_chain(ctx: RequestContext) -> list[str]:
@@ -739,7 +742,9 @@ async def _conversation(
     ctx.inbound = ctx.body
     ctx.body, ignored = await dialect.to_chat(ctx, gateway)
     _note_ignored(ctx, ignored)
-    validate_chat_request(ctx.body, gateway.config.server.max_messages)
+    # the caller's own body, parsed as strict JSON, holds nothing unencodable: no walk to look for it
+    encodable = ctx.body is ctx.inbound and request.get(STRICT_JSON, False)
+    validate_chat_request(ctx.body, gateway.config.server.max_messages, encodable=encodable)
     await gateway.hooks.call("authorize", ctx=ctx)
     await gateway.hooks.call("guard_request", ctx=ctx)
     plugin, answered = answer(await gateway.hooks.call("before_route", ctx=ctx))

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from gateway.bodies import MAX_DEPTH, loads, parse_json
+from gateway.bodies import MAX_DEPTH, depth_of, loads, parse_json
 from gateway.context import dumps, dumps_bytes, dumps_encodable
 from gateway.errors import InvalidRequest
 
@@ -22,6 +22,8 @@ BODIES = [
     '  {"spaced" : [ ] }  ',
     '"just a string"',
     "[]",
+    '{"s": "é 12345678901234567890 ✓", "n": 1234567890123456789}',  # a run in a non-ASCII string; 19 digits
+    '{"lone": "\\ud800 then 123456789012345678901"}',
 ]
 
 
@@ -46,9 +48,43 @@ def test_loads_refuses_what_json_refuses_with_its_message(text):
 def test_parse_json_keeps_the_depth_limit_and_names_bad_json():
     with pytest.raises(InvalidRequest, match="deeper than 128 levels"):
         parse_json(b"[" * (MAX_DEPTH + 1) + b"]" * (MAX_DEPTH + 1))
-    assert parse_json(b"[" * MAX_DEPTH + b"]" * MAX_DEPTH) is not None
+    assert parse_json(b"[" * MAX_DEPTH + b"]" * MAX_DEPTH)[0] is not None
     with pytest.raises(InvalidRequest, match="not valid JSON"):
         parse_json(b'{"model": }')
+
+
+@pytest.mark.parametrize(
+    ("raw", "strict"),
+    [
+        (b'{"model": "m", "messages": [{"role": "user", "content": "h\\u00e9 \\ud83d\\ude00"}]}', True),
+        (b'{"temperature": NaN}', False),  # only the standard library reads these: check_encodable must look
+        (b'{"max_tokens": 1e400}', False),
+        (b'{"content": "\\ud800"}', False),
+        (b'{"seed": 123456789012345678901}', False),  # exact, by the standard library
+    ],
+)
+def test_parse_json_says_whether_the_body_was_strict_json(raw, strict):
+    """Strict means orjson read it, so it holds nothing the encodability walk refuses; the validator skips
+    that walk only then."""
+    body, was_strict = parse_json(raw)
+    assert body == json.loads(raw) or repr(body) == repr(json.loads(raw))
+    assert was_strict is strict
+
+
+def _depth(value) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
+
+@pytest.mark.parametrize(
+    "value",
+    [1, "s", [], {}, [[], [[]]], {"a": [{"b": {}}], "c": 1}, [1, [2, [3, [4]]], {"k": [[]]}], {"x": [[[[[[0]]]]]]}],
+)
+def test_depth_of_counts_the_deepest_nesting(value):
+    assert depth_of(value) == _depth(value)
 
 
 @pytest.mark.parametrize(

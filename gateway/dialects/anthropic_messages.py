@@ -57,7 +57,7 @@ import uuid
 from typing import Any
 
 from ..chat import MAX_TOKENS_LIMIT, NATIVE, native_slot, reasoning_text
-from ..checks import bad, is_int, is_number, require, shown
+from ..checks import bad, is_int, is_number, shown
 from ..errors import InvalidRequest, presentable
 
 Event = tuple[str, dict]
@@ -151,50 +151,47 @@ def _marked(part: dict, block: dict, where: str) -> dict:
     """`part` with the cache_control marker of `block`, when it has one."""
     marker = block.get("cache_control")
     if marker is not None:
-        require(
-            isinstance(marker, dict) and marker.get("type") == "ephemeral",
-            f"{where}.cache_control must be {{'type': 'ephemeral'}} (with an optional 'ttl')",
-            f"{where}.cache_control",
-        )
+        if not (isinstance(marker, dict) and marker.get("type") == "ephemeral"):
+            raise bad(
+                f"{where}.cache_control must be {{'type': 'ephemeral'}} (with an optional 'ttl')",
+                f"{where}.cache_control",
+            )
         part["cache_control"] = marker
     return part
 
 
 def _block_list(content: Any, where: str) -> list[dict]:
-    require(isinstance(content, list), f"{where} must be a string or an array of content blocks", where)
+    if not isinstance(content, list):
+        raise bad(f"{where} must be a string or an array of content blocks", where)
     for j, block in enumerate(content):
-        require(
-            isinstance(block, dict) and isinstance(block.get("type"), str),
-            f"{where}[{j}] must be a content block: an object with a 'type'",
-            f"{where}[{j}]",
-        )
+        if not (isinstance(block, dict) and isinstance(block.get("type"), str)):
+            raise bad(f"{where}[{j}] must be a content block: an object with a 'type'", f"{where}[{j}]")
     return content
 
 
 def _text(block: dict, where: str, ignored: dict) -> dict:
-    require(isinstance(block.get("text"), str), f"{where}.text must be a string", f"{where}.text")
+    if not isinstance(block.get("text"), str):
+        raise bad(f"{where}.text must be a string", f"{where}.text")
     if block.get("citations"):
         ignored["citations"] = None
     return _marked({"type": "text", "text": block["text"]}, block, where)
 
 
 def _data_url(source: dict, where: str) -> str:
-    require(
-        isinstance(source.get("media_type"), str) and source["media_type"] != "",
-        f"{where}.source.media_type must name the data's type (image/png, application/pdf, ...)",
-        f"{where}.source.media_type",
-    )
-    require(
-        isinstance(source.get("data"), str) and source["data"] != "",
-        f"{where}.source.data must be the base64 bytes",
-        f"{where}.source.data",
-    )
+    if not (isinstance(source.get("media_type"), str) and source["media_type"] != ""):
+        raise bad(
+            f"{where}.source.media_type must name the data's type (image/png, application/pdf, ...)",
+            f"{where}.source.media_type",
+        )
+    if not (isinstance(source.get("data"), str) and source["data"] != ""):
+        raise bad(f"{where}.source.data must be the base64 bytes", f"{where}.source.data")
     return f"data:{source['media_type']};base64,{source['data']}"
 
 
 def _source(block: dict, where: str, kinds: tuple[str, ...]) -> dict:
     source = block.get("source")
-    require(isinstance(source, dict), f"{where}.source must be an object with a 'type'", f"{where}.source")
+    if not isinstance(source, dict):
+        raise bad(f"{where}.source must be an object with a 'type'", f"{where}.source")
     kind = source.get("type")
     if kind == "file":
         raise bad(
@@ -202,22 +199,16 @@ def _source(block: dict, where: str, kinds: tuple[str, ...]) -> dict:
             f"{where}.source.type",
             "unsupported_source",
         )
-    require(
-        kind in kinds,
-        f"{where}.source.type must be one of {', '.join(kinds)}, got {shown(kind)}",
-        f"{where}.source.type",
-    )
+    if kind not in kinds:
+        raise bad(f"{where}.source.type must be one of {', '.join(kinds)}, got {shown(kind)}", f"{where}.source.type")
     return source
 
 
 def _image(block: dict, where: str) -> dict:
     source = _source(block, where, ("base64", "url"))
     if source["type"] == "url":
-        require(
-            isinstance(source.get("url"), str) and source["url"] != "",
-            f"{where}.source.url must be a URL",
-            f"{where}.source.url",
-        )
+        if not (isinstance(source.get("url"), str) and source["url"] != ""):
+            raise bad(f"{where}.source.url must be a URL", f"{where}.source.url")
         url = source["url"]
     else:
         url = _data_url(source, where)
@@ -246,11 +237,8 @@ def _document(block: dict, where: str, ignored: dict) -> list[dict]:
     if block.get("title") is not None:
         ignored["document.title"] = None
     if kind == "text":
-        require(
-            isinstance(source.get("data"), str),
-            f"{where}.source.data must be the document's text",
-            f"{where}.source.data",
-        )
+        if not isinstance(source.get("data"), str):
+            raise bad(f"{where}.source.data must be the document's text", f"{where}.source.data")
         return [_marked({"type": "text", "text": source["data"]}, block, where)]
     inner = source.get("content")  # a content source: the document given as blocks
     if isinstance(inner, str):
@@ -276,7 +264,8 @@ def _document(block: dict, where: str, ignored: dict) -> list[dict]:
 def _search_result(block: dict, where: str, ignored: dict) -> dict:
     """A search result as the text a model reads: its title, its source, then its text blocks."""
     for key in ("title", "source"):
-        require(isinstance(block.get(key), str), f"{where}.{key} must be a string", f"{where}.{key}")
+        if not isinstance(block.get(key), str):
+            raise bad(f"{where}.{key} must be a string", f"{where}.{key}")
     texts = [
         _text(b, f"{where}.content[{k}]", ignored)["text"]
         for k, b in enumerate(_block_list(block.get("content"), f"{where}.content"))
@@ -323,17 +312,14 @@ def _content(parts: list[dict]) -> str | list[dict]:
 
 def _tool_message(block: dict, where: str, ignored: dict, answerable: set[str]) -> dict:
     call_id = block.get("tool_use_id")
-    require(
-        isinstance(call_id, str) and call_id != "",
-        f"{where}.tool_use_id must name the tool_use it answers",
-        f"{where}.tool_use_id",
-    )
-    require(
-        call_id in answerable,
-        f"{where}.tool_use_id {shown(call_id)} answers no tool_use block of the latest assistant message: "
-        "a tool_result must follow the assistant message that asked for it",
-        f"{where}.tool_use_id",
-    )
+    if not (isinstance(call_id, str) and call_id != ""):
+        raise bad(f"{where}.tool_use_id must name the tool_use it answers", f"{where}.tool_use_id")
+    if call_id not in answerable:
+        raise bad(
+            f"{where}.tool_use_id {shown(call_id)} answers no tool_use block of the latest assistant message: "
+            "a tool_result must follow the assistant message that asked for it",
+            f"{where}.tool_use_id",
+        )
     content = block.get("content", "")
     if isinstance(content, list):
         at = f"{where}.content"
@@ -347,15 +333,12 @@ def _tool_message(block: dict, where: str, ignored: dict, answerable: set[str]) 
                 )
             parts.extend(_user_parts(item, f"{at}[{k}]", ignored))
         content = _content(parts) if parts else ""
-    else:
-        require(
-            isinstance(content, str),
-            f"{where}.content must be a string or an array of content blocks",
-            f"{where}.content",
-        )
+    elif not isinstance(content, str):
+        raise bad(f"{where}.content must be a string or an array of content blocks", f"{where}.content")
     message: dict[str, Any] = {"role": "tool", "tool_call_id": call_id, "content": content}
     is_error = block.get("is_error")
-    require(is_error is None or isinstance(is_error, bool), f"{where}.is_error must be a boolean", f"{where}.is_error")
+    if not (is_error is None or isinstance(is_error, bool)):
+        raise bad(f"{where}.is_error must be a boolean", f"{where}.is_error")
     if is_error:
         message["is_error"] = True
     return _marked(message, block, where)
@@ -365,7 +348,8 @@ def _user_messages(content: Any, where: str, ignored: dict, answerable: set[str]
     if isinstance(content, str):
         return [{"role": "user", "content": content}]
     blocks = _block_list(content, where)
-    require(len(blocks) > 0, f"{where} must not be empty: give a string or at least one content block", where)
+    if not len(blocks) > 0:
+        raise bad(f"{where} must not be empty: give a string or at least one content block", where)
     results, parts = [], []
     for j, block in enumerate(blocks):
         if block["type"] == "tool_result":
@@ -379,13 +363,11 @@ def _user_messages(content: Any, where: str, ignored: dict, answerable: set[str]
 
 def _tool_call(block: dict, where: str) -> dict:
     for key in ("id", "name"):
-        require(
-            isinstance(block.get(key), str) and block[key] != "",
-            f"{where}.{key} must be a non-empty string",
-            f"{where}.{key}",
-        )
+        if not (isinstance(block.get(key), str) and block[key] != ""):
+            raise bad(f"{where}.{key} must be a non-empty string", f"{where}.{key}")
     arguments = block.get("input")
-    require(isinstance(arguments, dict), f"{where}.input must be an object (the tool's arguments)", f"{where}.input")
+    if not isinstance(arguments, dict):
+        raise bad(f"{where}.input must be an object (the tool's arguments)", f"{where}.input")
     call = {
         "id": block["id"],
         "type": "function",
@@ -412,18 +394,12 @@ def _assistant_message(content: Any, where: str, ignored: dict) -> tuple[dict, s
             calls.append(_tool_call(block, at))
         elif kind == "thinking":
             for key in ("thinking", "signature"):
-                require(
-                    isinstance(block.get(key), str),
-                    f"{at}.{key} must be a string (send the block back as the answer gave it)",
-                    f"{at}.{key}",
-                )
+                if not isinstance(block.get(key), str):
+                    raise bad(f"{at}.{key} must be a string (send the block back as the answer gave it)", f"{at}.{key}")
             thinking.append(dict(block))
         elif kind == "redacted_thinking":
-            require(
-                isinstance(block.get("data"), str),
-                f"{at}.data must be a string (send the block back as the answer gave it)",
-                f"{at}.data",
-            )
+            if not isinstance(block.get("data"), str):
+                raise bad(f"{at}.data must be a string (send the block back as the answer gave it)", f"{at}.data")
             thinking.append(dict(block))
         else:
             raise _unsupported(kind, at, ASSISTANT_BLOCKS, "assistant")
@@ -439,22 +415,24 @@ def _assistant_message(content: Any, where: str, ignored: dict) -> tuple[dict, s
 def _system_message(system: Any, where: str, ignored: dict) -> dict | None:
     if isinstance(system, str):
         return {"role": "system", "content": system} if system else None
-    require(isinstance(system, list), f"{where} must be a string or an array of text blocks", where)
+    if not isinstance(system, list):
+        raise bad(f"{where} must be a string or an array of text blocks", where)
     parts = []
     for j, block in enumerate(_block_list(system, where)):
-        require(
-            block["type"] == "text", f"{where}[{j}].type must be 'text': a system prompt is text", f"{where}[{j}].type"
-        )
+        if not block["type"] == "text":
+            raise bad(f"{where}[{j}].type must be 'text': a system prompt is text", f"{where}[{j}].type")
         parts.append(_text(block, f"{where}[{j}]", ignored))
     return {"role": "system", "content": _content(parts)} if parts else None
 
 
 def _tools(tools: Any, native: dict) -> list[dict]:
-    require(isinstance(tools, list), "'tools' must be an array of tool definitions", "tools")
+    if not isinstance(tools, list):
+        raise bad("'tools' must be an array of tool definitions", "tools")
     out, names = [], set()
     for i, tool in enumerate(tools):
         where = f"tools[{i}]"
-        require(isinstance(tool, dict), f"{where} must be an object", where)
+        if not isinstance(tool, dict):
+            raise bad(f"{where} must be an object", where)
         kind = tool.get("type")
         if kind not in (None, "custom"):
             raise bad(
@@ -465,20 +443,23 @@ def _tools(tools: Any, native: dict) -> list[dict]:
                 "unsupported_tool",
             )
         name = tool.get("name")
-        require(isinstance(name, str) and name != "", f"{where}.name must be a non-empty string", f"{where}.name")
-        require(name not in names, f"{where}.name: a tool named {name!r} is already declared", f"{where}.name")
+        if not (isinstance(name, str) and name != ""):
+            raise bad(f"{where}.name must be a non-empty string", f"{where}.name")
+        if not name not in names:
+            raise bad(f"{where}.name: a tool named {name!r} is already declared", f"{where}.name")
         names.add(name)
         schema = tool.get("input_schema")
-        require(isinstance(schema, dict), f"{where}.input_schema must be a JSON schema object", f"{where}.input_schema")
+        if not isinstance(schema, dict):
+            raise bad(f"{where}.input_schema must be a JSON schema object", f"{where}.input_schema")
         function: dict[str, Any] = {"name": name}
         if tool.get("description") is not None:
-            require(
-                isinstance(tool["description"], str), f"{where}.description must be a string", f"{where}.description"
-            )
+            if not isinstance(tool["description"], str):
+                raise bad(f"{where}.description must be a string", f"{where}.description")
             function["description"] = tool["description"]
         function["parameters"] = schema
         if tool.get("strict") is not None:
-            require(isinstance(tool["strict"], bool), f"{where}.strict must be a boolean", f"{where}.strict")
+            if not isinstance(tool["strict"], bool):
+                raise bad(f"{where}.strict must be a boolean", f"{where}.strict")
             function["strict"] = tool["strict"]
         for key in tool:
             if key in TOOL_HINTS:
@@ -496,17 +477,11 @@ def _tools(tools: Any, native: dict) -> list[dict]:
 
 
 def _tool_choice(choice: Any, names: set[str], chat: dict) -> None:
-    require(
-        isinstance(choice, dict),
-        "'tool_choice' must be an object: {'type': 'auto' | 'any' | 'tool' | 'none'}",
-        "tool_choice",
-    )
+    if not isinstance(choice, dict):
+        raise bad("'tool_choice' must be an object: {'type': 'auto' | 'any' | 'tool' | 'none'}", "tool_choice")
     kind = choice.get("type")
-    require(
-        kind in ("auto", "any", "tool", "none"),
-        f"'tool_choice.type' must be auto, any, tool or none, got {shown(kind)}",
-        "tool_choice.type",
-    )
+    if kind not in ("auto", "any", "tool", "none"):
+        raise bad(f"'tool_choice.type' must be auto, any, tool or none, got {shown(kind)}", "tool_choice.type")
     allowed = {
         "auto": ("type", "disable_parallel_tool_use"),
         "any": ("type", "disable_parallel_tool_use"),
@@ -514,26 +489,18 @@ def _tool_choice(choice: Any, names: set[str], chat: dict) -> None:
         "none": ("type",),
     }[kind]
     for key in choice:
-        require(
-            key in allowed,
-            f"'tool_choice.{key}' is not a field of a tool_choice of type {kind!r}",
-            f"tool_choice.{key}",
-        )
+        if key not in allowed:
+            raise bad(f"'tool_choice.{key}' is not a field of a tool_choice of type {kind!r}", f"tool_choice.{key}")
     single = choice.get("disable_parallel_tool_use", False)
-    require(
-        isinstance(single, bool),
-        "'tool_choice.disable_parallel_tool_use' must be a boolean",
-        "tool_choice.disable_parallel_tool_use",
-    )
+    if not isinstance(single, bool):
+        raise bad("'tool_choice.disable_parallel_tool_use' must be a boolean", "tool_choice.disable_parallel_tool_use")
     if kind in ("any", "tool"):
-        require(bool(names), f"'tool_choice' of type {kind!r} needs 'tools' to choose from", "tool_choice")
+        if not names:
+            raise bad(f"'tool_choice' of type {kind!r} needs 'tools' to choose from", "tool_choice")
     if kind == "tool":
         name = choice.get("name")
-        require(
-            isinstance(name, str) and name in names,
-            f"'tool_choice.name' must name one of the request's tools, got {shown(name)}",
-            "tool_choice.name",
-        )
+        if not (isinstance(name, str) and name in names):
+            raise bad(f"'tool_choice.name' must name one of the request's tools, got {shown(name)}", "tool_choice.name")
         chat["tool_choice"] = {"type": "function", "function": {"name": name}}
     elif names:  # without tools, auto and none are what happens anyway (and chat APIs refuse a tool_choice alone)
         chat["tool_choice"] = {"auto": "auto", "any": "required", "none": "none"}[kind]
@@ -542,45 +509,37 @@ def _tool_choice(choice: Any, names: set[str], chat: dict) -> None:
 
 
 def _thinking(value: Any) -> dict:
-    require(
-        isinstance(value, dict) and value.get("type") in THINKING_TYPES,
-        f"'thinking.type' must be one of {', '.join(THINKING_TYPES)}",
-        "thinking.type",
-    )
+    if not (isinstance(value, dict) and value.get("type") in THINKING_TYPES):
+        raise bad(f"'thinking.type' must be one of {', '.join(THINKING_TYPES)}", "thinking.type")
     if value["type"] == "enabled":
         budget = value.get("budget_tokens")
-        require(
-            is_int(budget) and 0 < budget <= MAX_TOKENS_LIMIT,
-            "'thinking.budget_tokens' must be a positive integer (Anthropic asks for at least 1024)",
-            "thinking.budget_tokens",
-        )
+        if not (is_int(budget) and 0 < budget <= MAX_TOKENS_LIMIT):
+            raise bad(
+                "'thinking.budget_tokens' must be a positive integer (Anthropic asks for at least 1024)",
+                "thinking.budget_tokens",
+            )
     return dict(value)
 
 
 def _json_format(fmt: Any, param: str) -> dict:
-    require(
-        isinstance(fmt, dict) and fmt.get("type") == "json_schema" and isinstance(fmt.get("schema"), dict),
-        f"'{param}' must be {{'type': 'json_schema', 'schema': {{...}}}}",
-        param,
-    )
+    if not (isinstance(fmt, dict) and fmt.get("type") == "json_schema" and isinstance(fmt.get("schema"), dict)):
+        raise bad(f"'{param}' must be {{'type': 'json_schema', 'schema': {{...}}}}", param)
     return {"type": "json_schema", "json_schema": {"name": "output", "schema": fmt["schema"], "strict": True}}
 
 
 def _output_config(config: Any, chat: dict) -> None:
-    require(isinstance(config, dict), "'output_config' must be an object", "output_config")
+    if not isinstance(config, dict):
+        raise bad("'output_config' must be an object", "output_config")
     for key in config:
-        require(
-            key in ("effort", "format"),
-            f"'output_config.{key}' is not an output setting this gateway knows: it takes effort and format",
-            f"output_config.{key}",
-        )
+        if key not in ("effort", "format"):
+            raise bad(
+                f"'output_config.{key}' is not an output setting this gateway knows: it takes effort and format",
+                f"output_config.{key}",
+            )
     effort = config.get("effort")
     if effort is not None:
-        require(
-            isinstance(effort, str) and effort in EFFORTS,
-            f"'output_config.effort' must be one of {', '.join(EFFORTS)}",
-            "output_config.effort",
-        )
+        if not (isinstance(effort, str) and effort in EFFORTS):
+            raise bad(f"'output_config.effort' must be one of {', '.join(EFFORTS)}", "output_config.effort")
         chat["reasoning_effort"] = EFFORTS[effort]
     if config.get("format") is not None:
         chat["response_format"] = _json_format(config["format"], "output_config.format")
@@ -604,11 +563,8 @@ def sticky_user(user_id: str) -> str:
 
 def _mark_last(messages: list[dict], marker: Any) -> None:
     """Top-level cache_control: the marker on the last block of the last message (unless it has one)."""
-    require(
-        isinstance(marker, dict) and marker.get("type") == "ephemeral",
-        "'cache_control' must be {'type': 'ephemeral'} (with an optional 'ttl')",
-        "cache_control",
-    )
+    if not (isinstance(marker, dict) and marker.get("type") == "ephemeral"):
+        raise bad("'cache_control' must be {'type': 'ephemeral'} (with an optional 'ttl')", "cache_control")
     last = messages[-1]
     if last["role"] == "tool":
         last.setdefault("cache_control", marker)
@@ -625,7 +581,8 @@ def to_chat_request(body: Any) -> tuple[dict, list[str]]:
 
     Raises InvalidRequest (400) naming the parameter that is wrong, unknown or cannot be translated.
     """
-    require(isinstance(body, dict), "the request body must be a JSON object (a Messages API request)", "body")
+    if not isinstance(body, dict):
+        raise bad("the request body must be a JSON object (a Messages API request)", "body")
     unknown = sorted(key for key in body if key not in KNOWN)
     if unknown:
         named = ", ".join(repr(key) for key in unknown)
@@ -640,28 +597,19 @@ def to_chat_request(body: Any) -> tuple[dict, list[str]]:
         if body.get(name) not in (None, [], {}):
             raise bad(f"'{name}' is not served: {why}", name, "unsupported_parameter")
     model = body.get("model")
-    require(
-        isinstance(model, str) and model != "",
-        "'model' is required: the name of a route (GET /v1/models lists them)",
-        "model",
-    )
+    if not (isinstance(model, str) and model != ""):
+        raise bad("'model' is required: the name of a route (GET /v1/models lists them)", "model")
     max_tokens = body.get("max_tokens")
-    require(
-        max_tokens is not None,
-        "'max_tokens' is required by the Messages API: the most tokens to generate",
-        "max_tokens",
-    )
-    require(
-        is_int(max_tokens) and 0 < max_tokens <= MAX_TOKENS_LIMIT,
-        f"'max_tokens' must be a positive integer no larger than {MAX_TOKENS_LIMIT}, got {shown(max_tokens)}",
-        "max_tokens",
-    )
+    if not max_tokens is not None:
+        raise bad("'max_tokens' is required by the Messages API: the most tokens to generate", "max_tokens")
+    if not (is_int(max_tokens) and 0 < max_tokens <= MAX_TOKENS_LIMIT):
+        raise bad(
+            f"'max_tokens' must be a positive integer no larger than {MAX_TOKENS_LIMIT}, got {shown(max_tokens)}",
+            "max_tokens",
+        )
     messages = body.get("messages")
-    require(
-        isinstance(messages, list) and len(messages) > 0,
-        "'messages' must be a non-empty array of {'role', 'content'} objects",
-        "messages",
-    )
+    if not (isinstance(messages, list) and len(messages) > 0):
+        raise bad("'messages' must be a non-empty array of {'role', 'content'} objects", "messages")
 
     ignored: dict[str, None] = {name: None for name in IGNORED if name in body}
     native = native_slot({}, "anthropic")
@@ -677,22 +625,16 @@ def to_chat_request(body: Any) -> tuple[dict, list[str]]:
     answerable: set[str] = set()
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
-        require(isinstance(message, dict), f"{where} must be an object with a role and content", where)
+        if not isinstance(message, dict):
+            raise bad(f"{where} must be an object with a role and content", where)
         role = message.get("role")
-        require(
-            role in ROLES, f"{where}.role must be user or assistant (or system), got {shown(role)}", f"{where}.role"
-        )
-        require(
-            "content" in message,
-            f"{where}.content is required (a string or an array of content blocks)",
-            f"{where}.content",
-        )
+        if role not in ROLES:
+            raise bad(f"{where}.role must be user or assistant (or system), got {shown(role)}", f"{where}.role")
+        if "content" not in message:
+            raise bad(f"{where}.content is required (a string or an array of content blocks)", f"{where}.content")
         for key in message:
-            require(
-                key in ("role", "content"),
-                f"{where}.{key} is not a message field: a message has role and content",
-                f"{where}.{key}",
-            )
+            if key not in ("role", "content"):
+                raise bad(f"{where}.{key} is not a message field: a message has role and content", f"{where}.{key}")
         content, at = message["content"], f"{where}.content"
         if role == "user":
             chat_messages.extend(_user_messages(content, at, ignored, answerable))
@@ -703,30 +645,30 @@ def to_chat_request(body: Any) -> tuple[dict, list[str]]:
             system = _system_message(content, at, ignored)
             if system is not None:
                 chat_messages.append(system)
-    require(bool(chat_messages), "'messages' has nothing to send: give at least one non-empty message", "messages")
+    if not chat_messages:
+        raise bad("'messages' has nothing to send: give at least one non-empty message", "messages")
 
     chat: dict[str, Any] = {"model": model, "messages": chat_messages, "max_tokens": max_tokens}
     for name in ("temperature", "top_p"):
         value = body.get(name)
         if value is not None:
-            require(is_number(value) and 0 <= value <= 1, f"'{name}' must be a number from 0 to 1", name)
+            if not (is_number(value) and 0 <= value <= 1):
+                raise bad(f"'{name}' must be a number from 0 to 1", name)
             chat[name] = value
     top_k = body.get("top_k")
     if top_k is not None:
-        require(is_int(top_k) and top_k > 0, "'top_k' must be a positive integer", "top_k")
+        if not (is_int(top_k) and top_k > 0):
+            raise bad("'top_k' must be a positive integer", "top_k")
         chat["top_k"] = top_k
     stops = body.get("stop_sequences")
     if stops is not None:
-        require(
-            isinstance(stops, list) and all(isinstance(s, str) and s for s in stops),
-            "'stop_sequences' must be an array of non-empty strings",
-            "stop_sequences",
-        )
-        require(
-            len(stops) <= MAX_STOP_SEQUENCES,
-            f"'stop_sequences' may hold at most {MAX_STOP_SEQUENCES} sequences here (the chat backends' limit)",
-            "stop_sequences",
-        )
+        if not (isinstance(stops, list) and all(isinstance(s, str) and s for s in stops)):
+            raise bad("'stop_sequences' must be an array of non-empty strings", "stop_sequences")
+        if not len(stops) <= MAX_STOP_SEQUENCES:
+            raise bad(
+                f"'stop_sequences' may hold at most {MAX_STOP_SEQUENCES} sequences here (the chat backends' limit)",
+                "stop_sequences",
+            )
         if stops:
             chat["stop"] = list(stops)
     names: set[str] = set()
@@ -742,19 +684,19 @@ def to_chat_request(body: Any) -> tuple[dict, list[str]]:
     if body.get("output_config") is not None:
         _output_config(body["output_config"], chat)
     if body.get("output_format") is not None:
-        require(
-            "response_format" not in chat, "give 'output_format' or 'output_config.format', not both", "output_format"
-        )
+        if not "response_format" not in chat:
+            raise bad("give 'output_format' or 'output_config.format', not both", "output_format")
         chat["response_format"] = _json_format(body["output_format"], "output_format")
     metadata = body.get("metadata")
     if metadata is not None:
-        require(isinstance(metadata, dict), "'metadata' must be an object", "metadata")
+        if not isinstance(metadata, dict):
+            raise bad("'metadata' must be an object", "metadata")
         for key in metadata:
-            require(
-                key == "user_id", f"'metadata.{key}' is not a metadata field: metadata takes user_id", f"metadata.{key}"
-            )
+            if not key == "user_id":
+                raise bad(f"'metadata.{key}' is not a metadata field: metadata takes user_id", f"metadata.{key}")
         user_id = metadata.get("user_id")
-        require(user_id is None or isinstance(user_id, str), "'metadata.user_id' must be a string", "metadata.user_id")
+        if not (user_id is None or isinstance(user_id, str)):
+            raise bad("'metadata.user_id' must be a string", "metadata.user_id")
         if user_id:
             chat["user"] = sticky_user(user_id)
             native["params"]["metadata"] = {"user_id": user_id}  # as sent, session and all
@@ -762,7 +704,8 @@ def to_chat_request(body: Any) -> tuple[dict, list[str]]:
         _mark_last(chat_messages, body["cache_control"])
     stream = body.get("stream")
     if stream is not None:
-        require(isinstance(stream, bool), "'stream' must be a boolean", "stream")
+        if not isinstance(stream, bool):
+            raise bad("'stream' must be a boolean", "stream")
         chat["stream"] = stream
         if stream:
             chat["stream_options"] = {"include_usage": True}  # the closing message_delta carries the usage

@@ -13,18 +13,19 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..bodies import check_encodable
-from ..checks import is_int, require
+from ..checks import bad, is_int
 from ..context import RequestContext
 from ..errors import GatewayError, InvalidRequest
-from ..proxy import call_chain, serve, write_json
+from ..proxy import STRICT_JSON, call_chain, serve, write_json
 from .base import Endpoint
 
 MAX_INPUTS = 2048  # OpenAI's own limit on the items of one request
 ENCODINGS = ("float", "base64")
 
 
-def validate_embeddings_request(body: dict) -> dict:
-    """Check an embeddings body; raise InvalidRequest naming the parameter that is wrong."""
+def validate_embeddings_request(body: dict, encodable: bool = False) -> dict:
+    """Check an embeddings body; raise InvalidRequest naming the parameter that is wrong (`encodable`: as
+    validate_chat_request's)."""
     given = body.get("input")
     if given is None:
         raise InvalidRequest(
@@ -33,12 +34,15 @@ def validate_embeddings_request(body: dict) -> dict:
             code="missing_input",
         )
     if isinstance(given, str):
-        require(given != "", "'input' must not be an empty string", "input")
+        if not given != "":
+            raise bad("'input' must not be an empty string", "input")
     elif isinstance(given, list):
-        require(0 < len(given) <= MAX_INPUTS, f"'input' must hold 1 to {MAX_INPUTS} items", "input")
+        if not 0 < len(given) <= MAX_INPUTS:
+            raise bad(f"'input' must hold 1 to {MAX_INPUTS} items", "input")
         if all(isinstance(item, str) for item in given):
             for i, item in enumerate(given):
-                require(item != "", f"input[{i}] must not be an empty string", f"input[{i}]")
+                if not item != "":
+                    raise bad(f"input[{i}] must not be an empty string", f"input[{i}]")
         elif not (
             all(is_int(t) for t in given)
             or all(isinstance(item, list) and item and all(is_int(t) for t in item) for item in given)
@@ -52,16 +56,16 @@ def validate_embeddings_request(body: dict) -> dict:
     else:
         raise InvalidRequest("'input' must be a string or an array", param="input", code="invalid_value")
     encoding = body.get("encoding_format", "float")
-    require(encoding in ENCODINGS, f"'encoding_format' must be one of {', '.join(ENCODINGS)}", "encoding_format")
+    if encoding not in ENCODINGS:
+        raise bad(f"'encoding_format' must be one of {', '.join(ENCODINGS)}", "encoding_format")
     dimensions = body.get("dimensions")
-    require(
-        dimensions is None or (is_int(dimensions) and dimensions > 0),
-        "'dimensions' must be a positive integer",
-        "dimensions",
-    )
+    if not (dimensions is None or (is_int(dimensions) and dimensions > 0)):
+        raise bad("'dimensions' must be a positive integer", "dimensions")
     user = body.get("user")
-    require(user is None or isinstance(user, str), "'user' must be a string", "user")
-    check_encodable(body)
+    if not (user is None or isinstance(user, str)):
+        raise bad("'user' must be a string", "user")
+    if not encodable:  # parsed as strict JSON, it holds nothing unencodable: no walk to look for it
+        check_encodable(body)
     return body
 
 
@@ -88,7 +92,7 @@ class Embeddings(Endpoint):
 async def _exchange(
     request: web.Request, gateway, generation, ctx: RequestContext, endpoint: Endpoint
 ) -> web.StreamResponse:
-    validate_embeddings_request(ctx.body)
+    validate_embeddings_request(ctx.body, encodable=request.get(STRICT_JSON, False))
     await gateway.hooks.call("authorize", ctx=ctx)
     await gateway.hooks.call("guard_request", ctx=ctx)
     ctx.variant = ctx.route.baseline

@@ -52,7 +52,7 @@ import weakref
 from typing import Any
 
 from ..chat import native_slot, reasoning_text
-from ..checks import bad, is_int, require, shown
+from ..checks import bad, is_int, shown
 from ..context import RequestContext
 from ..errors import GatewayError
 from .base import Dialect, EventStream, StreamEncoder
@@ -124,21 +124,24 @@ def to_chat_request(body: Any, previous: list[dict] | None = None) -> tuple[dict
     already resolved by the caller; it goes between the new instructions and the new input.
     Raises InvalidRequest naming the parameter to fix.
     """
-    require(isinstance(body, dict), "the request body must be a JSON object", "body")
+    if not isinstance(body, dict):
+        raise bad("the request body must be a JSON object", "body")
     ignored: list[str] = []
     passed: dict[str, Any] = {}
     for name, value in body.items():
         if name in _TRANSLATED:
             continue
         if name in _PASSED:
-            require(value is None or isinstance(value, str), f"'{name}' must be a string", name)
+            if not (value is None or isinstance(value, str)):
+                raise bad(f"'{name}' must be a string", name)
             if value is not None:
                 passed[name] = value
         elif name in _REFUSED:
             if value is not None:
                 raise bad(_REFUSED[name], name, "unsupported_parameter")
         elif name == "background":
-            require(value is None or isinstance(value, bool), "'background' must be a boolean", name)
+            if not (value is None or isinstance(value, bool)):
+                raise bad("'background' must be a boolean", name)
             if value:
                 raise bad(
                     "background responses are not supported by this gateway: set 'background' to false "
@@ -147,24 +150,19 @@ def to_chat_request(body: Any, previous: list[dict] | None = None) -> tuple[dict
                     "unsupported_parameter",
                 )
         elif name == "truncation":
-            require(value in (None, "auto", "disabled"), "'truncation' must be 'auto' or 'disabled'", name)
+            if value not in (None, "auto", "disabled"):
+                raise bad("'truncation' must be 'auto' or 'disabled'", name)
             if value == "auto":
                 ignored.append(name)
         elif name == "top_logprobs":
-            require(
-                value is None or (is_int(value) and 0 <= value <= 20),
-                "'top_logprobs' must be an integer from 0 to 20",
-                name,
-            )
+            if not (value is None or (is_int(value) and 0 <= value <= 20)):
+                raise bad("'top_logprobs' must be an integer from 0 to 20", name)
             if value:
                 ignored.append(name)
         elif name in _IGNORED:
             if name == "include":
-                require(
-                    value is None or (isinstance(value, list) and all(isinstance(v, str) for v in value)),
-                    "'include' must be an array of strings",
-                    name,
-                )
+                if not (value is None or (isinstance(value, list) and all(isinstance(v, str) for v in value))):
+                    raise bad("'include' must be an array of strings", name)
             if value is not None and value != []:
                 ignored.append(name)
         else:
@@ -176,33 +174,31 @@ def to_chat_request(body: Any, previous: list[dict] | None = None) -> tuple[dict
             )
 
     model = body.get("model")
-    require(
-        isinstance(model, str) and model != "",
-        "you must provide a model parameter naming a route (GET /v1/models lists them)",
-        "model",
-    )
+    if not (isinstance(model, str) and model != ""):
+        raise bad("you must provide a model parameter naming a route (GET /v1/models lists them)", "model")
     previous_id = body.get("previous_response_id")
-    require(
-        previous_id is None or isinstance(previous_id, str),
-        "'previous_response_id' must be a string",
-        "previous_response_id",
-    )
+    if not (previous_id is None or isinstance(previous_id, str)):
+        raise bad("'previous_response_id' must be a string", "previous_response_id")
     chat: dict[str, Any] = {"model": model, **passed}
 
     messages: list[dict] = []
     instructions = body.get("instructions")
-    require(instructions is None or isinstance(instructions, str), "'instructions' must be a string", "instructions")
+    if not (instructions is None or isinstance(instructions, str)):
+        raise bad("'instructions' must be a string", "instructions")
     if _has_instructions(body):
         messages.append({"role": "system", "content": instructions})
     messages.extend(previous or ())
     items = body.get("input")
     if items is None:
-        require(bool(previous), "'input' is required: a string, or an array of input items", "input")
+        if not previous:
+            raise bad("'input' is required: a string, or an array of input items", "input")
     elif isinstance(items, str):
         messages.append({"role": "user", "content": items})
     else:
-        require(isinstance(items, list), "'input' must be a string or an array of input items", "input")
-        require(bool(items) or bool(previous), "'input' must not be empty", "input")
+        if not isinstance(items, list):
+            raise bad("'input' must be a string or an array of input items", "input")
+        if not (items or previous):
+            raise bad("'input' must not be empty", "input")
         messages.extend(_items_to_messages(items, "input"))
     chat["messages"] = messages
 
@@ -223,18 +219,16 @@ def to_chat_request(body: Any, previous: list[dict] | None = None) -> tuple[dict
             "tool_choice",
         )
     elif body.get("parallel_tool_calls") is not None:
-        require(
-            isinstance(body["parallel_tool_calls"], bool),
-            "'parallel_tool_calls' must be a boolean",
-            "parallel_tool_calls",
-        )
+        if not isinstance(body["parallel_tool_calls"], bool):
+            raise bad("'parallel_tool_calls' must be a boolean", "parallel_tool_calls")
 
     fmt = _text_format(body.get("text"), ignored, chat)
     if fmt is not None:
         chat["response_format"] = fmt
     limit = body.get("max_output_tokens")
     if limit is not None:
-        require(is_int(limit) and limit > 0, "'max_output_tokens' must be a positive integer", "max_output_tokens")
+        if not (is_int(limit) and limit > 0):
+            raise bad("'max_output_tokens' must be a positive integer", "max_output_tokens")
         chat["max_tokens"] = limit
     for name in ("temperature", "top_p", "stream", "metadata"):
         if body.get(name) is not None:
@@ -243,8 +237,10 @@ def to_chat_request(body: Any, previous: list[dict] | None = None) -> tuple[dict
     if effort is not None:
         chat["reasoning_effort"] = effort
     user, safety = body.get("user"), body.get("safety_identifier")
-    require(user is None or isinstance(user, str), "'user' must be a string", "user")
-    require(safety is None or isinstance(safety, str), "'safety_identifier' must be a string", "safety_identifier")
+    if not (user is None or isinstance(user, str)):
+        raise bad("'user' must be a string", "user")
+    if not (safety is None or isinstance(safety, str)):
+        raise bad("'safety_identifier' must be a string", "safety_identifier")
     if safety is not None:
         chat["user"] = safety
         if user is not None and user != safety:
@@ -274,15 +270,13 @@ PROVIDER_TOOLS = frozenset(
 def _tools(tools: Any, ignored: list[str] | None = None) -> tuple[list[dict], set[str]]:
     if tools is None:
         return [], set()
-    require(isinstance(tools, list), "'tools' must be an array of tools", "tools")
+    if not isinstance(tools, list):
+        raise bad("'tools' must be an array of tools", "tools")
     out: list[dict] = []
     for i, tool in enumerate(tools):
         where = f"tools[{i}]"
-        require(
-            isinstance(tool, dict) and isinstance(tool.get("type"), str),
-            f"{where} must be an object with a 'type'",
-            where,
-        )
+        if not (isinstance(tool, dict) and isinstance(tool.get("type"), str)):
+            raise bad(f"{where} must be an object with a 'type'", where)
         kind = tool["type"]
         if kind in PROVIDER_TOOLS and ignored is not None:
             if f"tools.{kind}" not in ignored:
@@ -302,25 +296,21 @@ def _tools(tools: Any, ignored: list[str] | None = None) -> tuple[list[dict], se
                 "'name', 'parameters'}), not the chat form's {'function': {...}}",
                 f"{where}.name",
             )
-        require(isinstance(name, str) and name != "", f"{where}.name is required (a non-empty string)", f"{where}.name")
+        if not (isinstance(name, str) and name != ""):
+            raise bad(f"{where}.name is required (a non-empty string)", f"{where}.name")
         fn: dict[str, Any] = {"name": name}
         description = tool.get("description")
-        require(
-            description is None or isinstance(description, str),
-            f"{where}.description must be a string",
-            f"{where}.description",
-        )
+        if not (description is None or isinstance(description, str)):
+            raise bad(f"{where}.description must be a string", f"{where}.description")
         if description is not None:
             fn["description"] = description
         parameters = tool.get("parameters")
-        require(
-            parameters is None or isinstance(parameters, dict),
-            f"{where}.parameters must be a JSON schema object",
-            f"{where}.parameters",
-        )
+        if not (parameters is None or isinstance(parameters, dict)):
+            raise bad(f"{where}.parameters must be a JSON schema object", f"{where}.parameters")
         fn["parameters"] = parameters if parameters is not None else dict(_EMPTY_SCHEMA)
         strict = tool.get("strict")
-        require(strict is None or isinstance(strict, bool), f"{where}.strict must be a boolean", f"{where}.strict")
+        if not (strict is None or isinstance(strict, bool)):
+            raise bad(f"{where}.strict must be a boolean", f"{where}.strict")
         if strict is not None:
             fn["strict"] = strict
         out.append({"type": "function", "function": fn})
@@ -332,44 +322,38 @@ def _tool_choice(choice: Any, names: set[str]) -> tuple[Any, set[str] | None]:
     if choice is None:
         return None, None
     if isinstance(choice, str):
-        require(
-            choice in _TOOL_CHOICES,
-            f"'tool_choice' must be 'auto', 'none', 'required' or an object, got {shown(choice)}",
-            "tool_choice",
-        )
+        if choice not in _TOOL_CHOICES:
+            raise bad(
+                f"'tool_choice' must be 'auto', 'none', 'required' or an object, got {shown(choice)}", "tool_choice"
+            )
         return choice, None
-    require(
-        isinstance(choice, dict) and isinstance(choice.get("type"), str),
-        "'tool_choice' must be 'auto', 'none', 'required' or an object with a 'type'",
-        "tool_choice",
-    )
+    if not (isinstance(choice, dict) and isinstance(choice.get("type"), str)):
+        raise bad("'tool_choice' must be 'auto', 'none', 'required' or an object with a 'type'", "tool_choice")
     kind = choice["type"]
     if kind == "function":
         name = choice.get("name")
-        require(isinstance(name, str), "'tool_choice.name' is required with type 'function'", "tool_choice.name")
-        require(
-            name in names,
-            f"'tool_choice.name' {shown(name)} is not one of the function tools in 'tools'",
-            "tool_choice.name",
-        )
+        if not isinstance(name, str):
+            raise bad("'tool_choice.name' is required with type 'function'", "tool_choice.name")
+        if name not in names:
+            raise bad(
+                f"'tool_choice.name' {shown(name)} is not one of the function tools in 'tools'", "tool_choice.name"
+            )
         return {"type": "function", "function": {"name": name}}, None
     if kind == "allowed_tools":
         mode, allowed = choice.get("mode"), choice.get("tools")
-        require(mode in ("auto", "required"), "'tool_choice.mode' must be 'auto' or 'required'", "tool_choice.mode")
-        require(isinstance(allowed, list), "'tool_choice.tools' must be an array of tools", "tool_choice.tools")
+        if mode not in ("auto", "required"):
+            raise bad("'tool_choice.mode' must be 'auto' or 'required'", "tool_choice.mode")
+        if not isinstance(allowed, list):
+            raise bad("'tool_choice.tools' must be an array of tools", "tool_choice.tools")
         keep: set[str] = set()
         for i, tool in enumerate(allowed):
             where = f"tool_choice.tools[{i}]"
-            require(
-                isinstance(tool, dict) and tool.get("type") == "function" and isinstance(tool.get("name"), str),
-                f"{where} must be {{'type': 'function', 'name': ...}} (only function tools are served)",
-                where,
-            )
-            require(
-                tool["name"] in names,
-                f"{where}.name {shown(tool['name'])} is not one of the tools in 'tools'",
-                f"{where}.name",
-            )
+            if not (isinstance(tool, dict) and tool.get("type") == "function" and isinstance(tool.get("name"), str)):
+                raise bad(
+                    f"{where} must be {{'type': 'function', 'name': ...}} (only function tools are served)", where
+                )
+            if tool["name"] not in names:
+                raise bad(f"{where}.name {shown(tool['name'])} is not one of the tools in 'tools'", f"{where}.name")
             keep.add(tool["name"])
         return mode, keep
     raise bad(
@@ -383,16 +367,14 @@ def _tool_choice(choice: Any, names: set[str]) -> tuple[Any, set[str] | None]:
 def _text_format(text: Any, ignored: list[str], chat: dict) -> dict | None:
     if text is None:
         return None
-    require(isinstance(text, dict), "'text' must be an object ({'format': ..., 'verbosity': ...})", "text")
+    if not isinstance(text, dict):
+        raise bad("'text' must be an object ({'format': ..., 'verbosity': ...})", "text")
     for key, value in text.items():
         if key not in ("format", "verbosity") and value is not None:
             ignored.append(f"text.{key}")
     if text.get("verbosity") is not None:
-        require(
-            text["verbosity"] in ("low", "medium", "high"),
-            "'text.verbosity' must be 'low', 'medium' or 'high'",
-            "text.verbosity",
-        )
+        if text["verbosity"] not in ("low", "medium", "high"):
+            raise bad("'text.verbosity' must be 'low', 'medium' or 'high'", "text.verbosity")
         # chat completions' `verbosity`, for an OpenAI backend; a hint the other kinds name as ignored
         slot = native_slot(chat, "openai")
         slot["params"]["verbosity"] = text["verbosity"]
@@ -400,34 +382,29 @@ def _text_format(text: Any, ignored: list[str], chat: dict) -> dict | None:
     fmt = text.get("format")
     if fmt is None:
         return None
-    require(isinstance(fmt, dict), "'text.format' must be an object with a 'type'", "text.format")
+    if not isinstance(fmt, dict):
+        raise bad("'text.format' must be an object with a 'type'", "text.format")
     kind = fmt.get("type")
     if kind in ("text", "json_object"):
         return {"type": kind}
-    require(
-        kind == "json_schema",
-        f"'text.format.type' must be 'text', 'json_object' or 'json_schema', got {shown(kind)}",
-        "text.format.type",
-    )
+    if not kind == "json_schema":
+        raise bad(
+            f"'text.format.type' must be 'text', 'json_object' or 'json_schema', got {shown(kind)}", "text.format.type"
+        )
     name, schema = fmt.get("name"), fmt.get("schema")
-    require(
-        isinstance(name, str) and name != "",
-        "'text.format.name' is required with type 'json_schema'",
-        "text.format.name",
-    )
-    require(
-        isinstance(schema, dict),
-        "'text.format.schema' is required with type 'json_schema': a JSON schema object",
-        "text.format.schema",
-    )
+    if not (isinstance(name, str) and name != ""):
+        raise bad("'text.format.name' is required with type 'json_schema'", "text.format.name")
+    if not isinstance(schema, dict):
+        raise bad(
+            "'text.format.schema' is required with type 'json_schema': a JSON schema object", "text.format.schema"
+        )
     spec: dict[str, Any] = {"name": name, "schema": schema}
     for key, kind_ok in (("strict", bool), ("description", str)):
         value = fmt.get(key)
-        require(
-            value is None or isinstance(value, kind_ok),
-            f"'text.format.{key}' must be a {'boolean' if kind_ok is bool else 'string'}",
-            f"text.format.{key}",
-        )
+        if not (value is None or isinstance(value, kind_ok)):
+            raise bad(
+                f"'text.format.{key}' must be a {'boolean' if kind_ok is bool else 'string'}", f"text.format.{key}"
+            )
         if value is not None:
             spec[key] = value
     return {"type": "json_schema", "json_schema": spec}
@@ -436,13 +413,11 @@ def _text_format(text: Any, ignored: list[str], chat: dict) -> dict | None:
 def _reasoning(reasoning: Any, ignored: list[str]) -> str | None:
     if reasoning is None:
         return None
-    require(isinstance(reasoning, dict), "'reasoning' must be an object ({'effort': ..., 'summary': ...})", "reasoning")
+    if not isinstance(reasoning, dict):
+        raise bad("'reasoning' must be an object ({'effort': ..., 'summary': ...})", "reasoning")
     effort = reasoning.get("effort")
-    require(
-        effort is None or isinstance(effort, str),
-        "'reasoning.effort' must be a string such as 'low', 'medium' or 'high'",
-        "reasoning.effort",
-    )
+    if not (effort is None or isinstance(effort, str)):
+        raise bad("'reasoning.effort' must be a string such as 'low', 'medium' or 'high'", "reasoning.effort")
     for key, value in reasoning.items():
         if key != "effort" and value is not None:
             ignored.append(f"reasoning.{key}")
@@ -480,7 +455,8 @@ def _items_to_messages(items: list, where: str) -> list[dict]:
     history = _History()
     for i, item in enumerate(items):
         at = f"{where}[{i}]"
-        require(isinstance(item, dict), f"{at} must be an object: an input item ({_ITEM_TYPES})", at)
+        if not isinstance(item, dict):
+            raise bad(f"{at} must be an object: an input item ({_ITEM_TYPES})", at)
         kind = item.get("type")
         if kind is None and "role" not in item and "id" in item:
             kind = "item_reference"
@@ -488,28 +464,20 @@ def _items_to_messages(items: list, where: str) -> list[dict]:
             history.add(_message(item, at))
         elif kind == "function_call":
             call_id, name, arguments = item.get("call_id"), item.get("name"), item.get("arguments")
-            require(
-                isinstance(call_id, str) and call_id != "",
-                f"{at}.call_id is required (the id the model gave the call)",
-                f"{at}.call_id",
-            )
-            require(isinstance(name, str) and name != "", f"{at}.name is required", f"{at}.name")
-            require(
-                isinstance(arguments, str),
-                f"{at}.arguments is required: the call's arguments as a JSON string",
-                f"{at}.arguments",
-            )
+            if not (isinstance(call_id, str) and call_id != ""):
+                raise bad(f"{at}.call_id is required (the id the model gave the call)", f"{at}.call_id")
+            if not (isinstance(name, str) and name != ""):
+                raise bad(f"{at}.name is required", f"{at}.name")
+            if not isinstance(arguments, str):
+                raise bad(f"{at}.arguments is required: the call's arguments as a JSON string", f"{at}.arguments")
             message = history.assistant(joins=True)
             message.setdefault("tool_calls", []).append(
                 {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
             )
         elif kind == "function_call_output":
             call_id = item.get("call_id")
-            require(
-                isinstance(call_id, str) and call_id != "",
-                f"{at}.call_id is required: the call_id of the function_call this answers",
-                f"{at}.call_id",
-            )
+            if not (isinstance(call_id, str) and call_id != ""):
+                raise bad(f"{at}.call_id is required: the call_id of the function_call this answers", f"{at}.call_id")
             history.add({"role": "tool", "tool_call_id": call_id, "content": _tool_output(item.get("output"), at)})
         elif kind == "reasoning":
             history.thinking.append(_reasoning_block(item, at))
@@ -533,15 +501,13 @@ def _items_to_messages(items: list, where: str) -> list[dict]:
 
 def _message(item: dict, at: str) -> dict:
     role = item.get("role")
-    require(
-        role in ("user", "assistant", "system", "developer"),
-        f"{at}.role must be 'user', 'assistant', 'system' or 'developer', got {shown(role)}",
-        f"{at}.role",
-    )
+    if role not in ("user", "assistant", "system", "developer"):
+        raise bad(f"{at}.role must be 'user', 'assistant', 'system' or 'developer', got {shown(role)}", f"{at}.role")
     content = item.get("content")
     if isinstance(content, str):
         return {"role": "system" if role == "developer" else role, "content": content}
-    require(isinstance(content, list), f"{at}.content must be a string or an array of content parts", f"{at}.content")
+    if not isinstance(content, list):
+        raise bad(f"{at}.content must be a string or an array of content parts", f"{at}.content")
     if role == "user":
         parts = [_input_part(part, f"{at}.content[{j}]") for j, part in enumerate(content)]
         if len(parts) == 1 and parts[0]["type"] == "text":  # what every chat server takes: a plain string
@@ -550,25 +516,29 @@ def _message(item: dict, at: str) -> dict:
     texts = []
     for j, part in enumerate(content):
         where = f"{at}.content[{j}]"
-        require(isinstance(part, dict), f"{where} must be an object with a 'type'", where)
+        if not isinstance(part, dict):
+            raise bad(f"{where} must be an object with a 'type'", where)
         kind = part.get("type")
         allowed = ("output_text", "refusal", "input_text") if role == "assistant" else ("input_text",)
-        require(
-            kind in allowed,
-            f"{where}.type must be {' or '.join(repr(a) for a in allowed)} in a {role} message, got {shown(kind)}",
-            f"{where}.type",
-        )
+        if kind not in allowed:
+            raise bad(
+                f"{where}.type must be {' or '.join(repr(a) for a in allowed)} in a {role} message, got {shown(kind)}",
+                f"{where}.type",
+            )
         key = "refusal" if kind == "refusal" else "text"
-        require(isinstance(part.get(key), str), f"{where}.{key} must be a string", f"{where}.{key}")
+        if not isinstance(part.get(key), str):
+            raise bad(f"{where}.{key} must be a string", f"{where}.{key}")
         texts.append(part[key])
     return {"role": "system" if role == "developer" else role, "content": "".join(texts)}
 
 
 def _input_part(part: Any, where: str) -> dict:
-    require(isinstance(part, dict), f"{where} must be an object with a 'type'", where)
+    if not isinstance(part, dict):
+        raise bad(f"{where} must be an object with a 'type'", where)
     kind = part.get("type")
     if kind == "input_text":
-        require(isinstance(part.get("text"), str), f"{where}.text must be a string", f"{where}.text")
+        if not isinstance(part.get("text"), str):
+            raise bad(f"{where}.text must be a string", f"{where}.text")
         return {"type": "text", "text": part["text"]}
     if kind == "input_image":
         if part.get("file_id") is not None:
@@ -579,11 +549,8 @@ def _input_part(part: Any, where: str) -> dict:
                 "unsupported_file",
             )
         url = part.get("image_url")
-        require(
-            isinstance(url, str) and url != "",
-            f"{where}.image_url is required (an https URL or a data: URL)",
-            f"{where}.image_url",
-        )
+        if not (isinstance(url, str) and url != ""):
+            raise bad(f"{where}.image_url is required (an https URL or a data: URL)", f"{where}.image_url")
         image: dict[str, Any] = {"url": url}
         if part.get("detail") in _IMAGE_DETAILS:
             image["detail"] = part["detail"]
@@ -603,11 +570,8 @@ def _input_part(part: Any, where: str) -> dict:
                 f"{where}.file_url",
                 "unsupported_file",
             )
-        require(
-            isinstance(data, str) and data != "",
-            f"{where}.file_data is required (a base64 data: URL)",
-            f"{where}.file_data",
-        )
+        if not (isinstance(data, str) and data != ""):
+            raise bad(f"{where}.file_data is required (a base64 data: URL)", f"{where}.file_data")
         file = {"file_data": data}
         if isinstance(part.get("filename"), str):
             file["filename"] = part["filename"]
@@ -622,11 +586,11 @@ def _input_part(part: Any, where: str) -> dict:
 def _tool_output(output: Any, at: str) -> str | list[dict]:
     if isinstance(output, str):
         return output
-    require(
-        isinstance(output, list),
-        f"{at}.output is required: a string, or an array of input_text, input_image and input_file parts",
-        f"{at}.output",
-    )
+    if not isinstance(output, list):
+        raise bad(
+            f"{at}.output is required: a string, or an array of input_text, input_image and input_file parts",
+            f"{at}.output",
+        )
     parts = [_input_part(part, f"{at}.output[{j}]") for j, part in enumerate(output)]
     if all(p["type"] == "text" for p in parts):
         return "".join(p["text"] for p in parts)
@@ -635,17 +599,11 @@ def _tool_output(output: Any, at: str) -> str | list[dict]:
 
 def _reasoning_block(item: dict, at: str) -> dict:
     summary = item.get("summary") or []
-    require(
-        isinstance(summary, list) and all(isinstance(s, dict) and isinstance(s.get("text"), str) for s in summary),
-        f"{at}.summary must be an array of {{'type': 'summary_text', 'text': ...}} parts",
-        f"{at}.summary",
-    )
+    if not (isinstance(summary, list) and all(isinstance(s, dict) and isinstance(s.get("text"), str) for s in summary)):
+        raise bad(f"{at}.summary must be an array of {{'type': 'summary_text', 'text': ...}} parts", f"{at}.summary")
     encrypted = item.get("encrypted_content")
-    require(
-        encrypted is None or isinstance(encrypted, str),
-        f"{at}.encrypted_content must be a string",
-        f"{at}.encrypted_content",
-    )
+    if not (encrypted is None or isinstance(encrypted, str)):
+        raise bad(f"{at}.encrypted_content must be a string", f"{at}.encrypted_content")
     block = {
         "type": "reasoning",
         "id": item.get("id"),
@@ -654,11 +612,12 @@ def _reasoning_block(item: dict, at: str) -> dict:
     }
     content = item.get("content")
     if content:
-        require(
-            isinstance(content, list) and all(isinstance(c, dict) and isinstance(c.get("text"), str) for c in content),
-            f"{at}.content must be an array of {{'type': 'reasoning_text', 'text': ...}} parts",
-            f"{at}.content",
-        )
+        if not (
+            isinstance(content, list) and all(isinstance(c, dict) and isinstance(c.get("text"), str) for c in content)
+        ):
+            raise bad(
+                f"{at}.content must be an array of {{'type': 'reasoning_text', 'text': ...}} parts", f"{at}.content"
+            )
         block["content"] = [{"type": "reasoning_text", "text": c["text"]} for c in content]
     return block
 
@@ -1186,11 +1145,8 @@ class OpenAIResponses(Dialect):
         previous = None
         if body.get("previous_response_id") is not None:
             given = body["previous_response_id"]
-            require(
-                isinstance(given, str) and given != "",
-                "'previous_response_id' must be a response id",
-                "previous_response_id",
-            )
+            if not (isinstance(given, str) and given != ""):
+                raise bad("'previous_response_id' must be a response id", "previous_response_id")
             key = STORED_KEY.format(tenant=ctx.tenant or "", id=given)
             writing = self._writing.get(gateway.store, {}).get(key)
             previous = writing[0] if writing is not None else await gateway.store.get_expiring(key)
