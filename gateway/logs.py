@@ -24,7 +24,7 @@ import threading
 import time
 import weakref
 from contextvars import ContextVar
-from typing import TextIO
+from typing import Any, Mapping, TextIO
 
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web import RequestPayloadError
@@ -82,50 +82,54 @@ class ScrubbingFormatter(logging.Formatter):
         self._second: tuple[int, str] = (-1, "")  # the last second formatted, and its text (one tuple: threads)
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        """logging's own stamp (`2026-12-04 18:49:00,123`), its date and time formatted once a second rather
-        than once a line: the access log writes a line a request."""
         if datefmt is not None:
             return super().formatTime(record, datefmt)
-        second = int(record.created)
+        return self.stamp(record.created)
+
+    def stamp(self, created: float) -> str:
+        """logging's own stamp (`2026-12-04 18:49:00,123`), its date and time formatted once a second rather
+        than once a line: the access log writes a line a request."""
+        second = int(created)
         known, text = self._second
         if second != known:
-            text = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(record.created))
+            text = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(created))
             self._second = (second, text)
-        return f"{text},{int(record.msecs):03d}"
-
-    def _text(self, record: logging.LogRecord) -> str:
-        """One line: the message escaped whole; a traceback on the lines after it, escaped but for its newlines,
-        each of them indented, so no line it holds reads as a record of its own."""
-        record.message = escaped(record.getMessage())
-        record.asctime = self.formatTime(record, self.datefmt)
-        text = self.formatMessage(record)
-        if record.exc_info and not record.exc_text:
-            record.exc_text = self.formatException(record.exc_info)
-        if record.exc_text:
-            text += "\n  " + escaped(record.exc_text, _UNSAFE_IN_TRACEBACK).replace("\n", "\n  ")
-        return text
+        return f"{text},{int((created - second) * 1000):03d}"
 
     def format(self, record: logging.LogRecord) -> str:
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
         request_id = getattr(record, "request_id", None) or current_request_id.get()
+        fields = record.__dict__
+        return self.line(record.name, record.levelname, record.created, record.getMessage(), request_id, fields)
+
+    def line(
+        self, name: str, level: str, created: float, message: str, request_id: str | None, fields: Mapping[str, Any]
+    ) -> str:
+        """One record's line, from its parts (a LogRecord's, or the access line's own: log_access): the
+        message escaped whole; a traceback (`exc_text`) on the lines after it, escaped but for its
+        newlines, each of them indented, so no line it holds reads as a record of its own."""
+        traceback = fields.get("exc_text")
         if not self.as_json:
-            text = self._text(record)
-            return self.scrub(
-                f"{text} [request {request_id}]" if request_id and record.name != access_log.name else text
-            )
+            text = f"{self.stamp(created)} {level} {name}: {escaped(message)}"
+            if traceback:
+                text += "\n  " + escaped(traceback, _UNSAFE_IN_TRACEBACK).replace("\n", "\n  ")
+            return self.scrub(f"{text} [request {request_id}]" if request_id and name != access_log.name else text)
+        second = int(created)
         entry = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int((created - second) * 1000):03d}Z",
+            "level": level.lower(),
+            "logger": name,
+            "message": message,
         }
         if request_id:
             entry["request_id"] = request_id
         for key in FIELDS[1:]:
-            value = getattr(record, key, None)
+            value = fields.get(key)
             if value is not None:
                 entry[key] = value
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+        if traceback:
+            entry["exception"] = traceback
         return self.scrub(json.dumps(entry, default=str))
 
 
@@ -186,6 +190,14 @@ class BackgroundWriter(logging.Handler):
         except Exception:
             self.handleError(record)
             return
+        self._put(line)
+
+    def put(self, line: str) -> None:
+        """Queue a line made without a LogRecord (log_access), under the lock that `emit` runs under."""
+        with self.lock:
+            self._put(line)
+
+    def _put(self, line: str) -> None:
         if self._lines.qsize() >= self.capacity:
             self.dropped += 1
             return
@@ -244,6 +256,25 @@ def setup_logging(scrub: Scrubber, level: str = "INFO", as_json: bool = False) -
     logging.getLogger("aiohttp.server").addFilter(_MALFORMED_REQUEST_LINE)
 
 
+def _sole_writer(level: int) -> BackgroundWriter | None:
+    """The gateway's own writer when it is the one handler an access line reaches, with no filter on the way:
+    the line is then made and queued without a LogRecord, as the same text, for the line every request
+    writes. Anything else set up (a test's capture, an embedding application's handler) gets the record."""
+    logger: logging.Logger | None = access_log
+    if access_log.filters:
+        return None
+    handlers: list[logging.Handler] = []
+    while logger is not None:
+        handlers += logger.handlers
+        logger = logger.parent if logger.propagate else None
+    if len(handlers) != 1:
+        return None
+    writer = handlers[0]
+    if type(writer) is not BackgroundWriter or writer.filters or level < writer.level:
+        return None
+    return writer if isinstance(writer.formatter, ScrubbingFormatter) else None
+
+
 def log_access(method: str, path: str, status: int, latency_ms: float, ctx=None) -> None:
     """The request's access line; `ctx` (a chat request's RequestContext) adds what the gateway decided."""
     level = logging.DEBUG if path in QUIET_PATHS else logging.INFO
@@ -265,4 +296,9 @@ def log_access(method: str, path: str, status: int, latency_ms: float, ctx=None)
             f" route={ctx.route_name} variant={ctx.variant} served_by={ctx.served_by}"
             f" overhead={fields['overhead_ms']}ms"
         )
-    access_log.log(level, text, extra=fields)
+    writer = _sole_writer(level)
+    if writer is None:
+        access_log.log(level, text, extra=fields)
+        return
+    name = logging.getLevelName(level)
+    writer.put(writer.formatter.line(access_log.name, name, time.time(), text, current_request_id.get(), fields))

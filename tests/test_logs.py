@@ -13,14 +13,16 @@ import sys
 import threading
 import time
 import urllib.request
+from types import SimpleNamespace
 
 import openai
 import pytest
 import yaml
 
+from gateway import logs
 from gateway.errors import Scrubber
 from gateway.hookspecs import hookimpl
-from gateway.logs import BackgroundWriter, ScrubbingFormatter
+from gateway.logs import BackgroundWriter, ScrubbingFormatter, current_request_id, log_access
 from tests.conftest import UPSTREAM_KEY, backend_config
 from tests.support import free_port, wait_for_http, wait_until
 
@@ -217,3 +219,57 @@ def test_flushing_or_closing_the_writer_writes_every_queued_line():
     logger.info("the last")
     writer.close()
     assert stream.getvalue().splitlines() == [f"INFO line {i}" for i in range(1000)] + ["INFO the last"]
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_the_access_line_made_without_a_log_record_is_the_line_logging_makes(as_json):
+    """Where the gateway's writer is the one handler, log_access queues its line without a LogRecord (the
+    line every request writes); any other handler set up gets the record. Both lines are the same text,
+    escaped and scrubbed alike."""
+    formatter = ScrubbingFormatter(Scrubber({UPSTREAM_KEY}), as_json=as_json)
+    direct, captured = io.StringIO(), io.StringIO()
+    writer = BackgroundWriter(direct)
+    writer.setFormatter(formatter)
+    root, access = logging.getLogger(), logging.getLogger("llmgate.access")
+    saved = root.handlers[:]
+    root.handlers[:] = [writer]
+    access.setLevel(logging.INFO)
+    ctx = SimpleNamespace(
+        route_name="bot",
+        variant="base",
+        served_by="base",
+        overhead_ms=0.1234,
+        upstream_ms=12.0,
+        ttft_ms=None,
+        error=None,
+    )
+    path = f"/v1/chat/completions/{UPSTREAM_KEY}\n2026-12-04 forged line"
+    token = current_request_id.set("req-1")
+    try:
+        log_access("POST", path, 200, 3.21, ctx)
+        assert logs._sole_writer(logging.INFO) is writer
+        writer.flush()
+        capture = logging.StreamHandler(captured)
+        capture.setFormatter(formatter)
+        root.addHandler(capture)  # two handlers: the record's way, for both
+        assert logs._sole_writer(logging.INFO) is None
+        log_access("POST", path, 200, 3.21, ctx)
+        writer.flush()
+    finally:
+        current_request_id.reset(token)
+        root.handlers[:] = saved
+        access.setLevel(logging.NOTSET)
+        writer.close()
+    first, second = direct.getvalue().splitlines()
+    [other] = captured.getvalue().splitlines()
+    assert UPSTREAM_KEY not in first  # the line written is one line, the caller's newline escaped
+    assert ("\\n2026-12-04 forged" if as_json else "\\x0a2026-12-04 forged") in first
+    if as_json:
+        lines = [json.loads(line) for line in (first, second, other)]
+        for line in lines:
+            del line["ts"]
+        assert lines[0] == lines[1] == lines[2]
+        assert lines[0]["request_id"] == "req-1" and lines[0]["overhead_ms"] == 0.123
+    else:
+        assert first[23:] == second[23:] == other[23:]  # past the time stamp
+        assert first[23:].startswith(" INFO llmgate.access: POST /v1/chat/completions/***\\x0a")
