@@ -53,6 +53,42 @@ class LoadSpec:
 
 
 CHAT_PATH = "/v1/chat/completions"
+
+
+def agent_conversation(prompt: str, turns: int = 20) -> dict:
+    """A coding agent's turn as chat completions carries it (what Claude Code or Codex sends each step,
+    through a translating client): a system prompt, `turns` rounds of a request, a tool call and its
+    result, ten tools, then `prompt`. About 36 KB and 62 messages: the size of body where reading and
+    checking it, not the hop, is what a gateway spends."""
+    messages = [{"role": "system", "content": "You are a coding agent working in a repository. " * 20}]
+    for i in range(turns):
+        messages += [
+            {"role": "user", "content": f"Step {i}: read the module, find the bug and fix it. " * 5},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": f"call_{i}",
+                        "type": "function",
+                        "function": {"name": "read_file", "arguments": json.dumps({"path": f"src/module_{i}.py"})},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": f"call_{i}", "content": "def handler(request):\n    return 1\n" * 30},
+        ]
+    messages.append({"role": "user", "content": prompt})
+    tool = {"type": "object", "properties": {"path": {"type": "string"}, "text": {"type": "string"}}}
+    tools = [
+        {
+            "type": "function",
+            "function": {"name": f"tool_{i}", "description": "Acts on the repository.", "parameters": tool},
+        }
+        for i in range(10)
+    ]
+    return {"messages": messages, "tools": tools, "temperature": 0, "max_tokens": 1000}
+
+
 # Each inbound dialect: its path, the request for a prompt (streamed or not), the bytes a complete whole
 # answer carries, and, for a stream, the line of its first content and the line of its end.
 DIALECTS = {
@@ -64,6 +100,7 @@ DIALECTS = {
     ),
     "responses": ("/v1/responses", lambda p: {"input": p, "temperature": 0}, b'"output"'),
     "embeddings": ("/v1/embeddings", lambda p: {"input": p}, b'"embedding"'),
+    "agent": (CHAT_PATH, agent_conversation, b'"choices"'),  # chat completions with an agent's whole turn
 }
 STREAM_MARKERS = {  # dialect: (first content, the stream's end); chat's first content is read from its JSON
     "chat": (None, b"data: [DONE]"),

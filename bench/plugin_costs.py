@@ -48,6 +48,9 @@ WHOLE = "whole config"
 FORWARDER = "forwarder"
 BASELINE = "whole config, baseline tree"
 DIALECTS = ("chat", "messages", "responses", "embeddings")
+# Not a dialect: chat completions carrying a coding agent's whole turn (loadgen.agent_conversation), the
+# body size where reading and checking a request costs more than the hop. Judged by no dialect's target.
+AGENT = "agent"
 FLOOR_RATIO = 2.0  # the target: the whole config's CPU a request at most this many times the forwarder's
 DIALECT_BUDGET_MS = 0.3  # the target: each dialect within this of chat completions
 
@@ -174,10 +177,13 @@ def floor_figures(by_dialect: dict[str, list[dict]]) -> dict[str, dict]:
             "whole_runs": runs.get(WHOLE, []),
             "forwarder_runs": runs.get(FORWARDER, []),
             "ratio": ratio,
-            "ratio_met": None if ratio is None else ratio <= FLOOR_RATIO,
+            "ratio_met": None if ratio is None or dialect == AGENT else ratio <= FLOOR_RATIO,
         }
     chat = (figures.get("chat") or {}).get("whole")
     for dialect, f in figures.items():
+        if dialect == AGENT:  # a larger body, not another dialect: no distance from chat's to judge
+            f["whole_minus_chat"] = None
+            continue
         f["whole_minus_chat"] = None if chat is None or f["whole"] is None else round(f["whole"] - chat, 3)
     return figures
 
@@ -251,7 +257,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"comma-separated plugins to measure (default: every request-path plugin {CONFIG} enables)",
     )
     parser.add_argument(
-        "--dialects", default=",".join(DIALECTS), help=f"comma-separated inbound dialects ({', '.join(DIALECTS)})"
+        "--dialects",
+        default=",".join(DIALECTS),
+        help=f"comma-separated inbound dialects ({', '.join(DIALECTS)}), and {AGENT}: chat completions with a "
+        "coding agent's 36 KB turn",
     )
     parser.add_argument("--no-forwarder", action="store_true", help="leave out the forwarder's pairs")
     parser.add_argument(

@@ -338,10 +338,14 @@ def test_the_floor_table_sets_the_whole_config_against_the_forwarder_and_chat_co
         {
             "chat": [row(plugin_costs.CORE, 0.8), row(plugin_costs.WHOLE, 1.0), row(plugin_costs.FORWARDER, 0.45)],
             "messages": [row(plugin_costs.WHOLE, 1.2), row(plugin_costs.FORWARDER, 0.5)],
+            plugin_costs.AGENT: [row(plugin_costs.WHOLE, 2.2), row(plugin_costs.FORWARDER, 0.66)],
         }
     )
     assert floors["chat"]["ratio"] == 2.22 and floors["chat"]["ratio_met"] is False
     assert floors["messages"]["ratio"] == 2.4 and floors["messages"]["whole_minus_chat"] == 0.2
+    # an agent's larger body is shown against the forwarder, but judged by no dialect's target
+    agent = floors[plugin_costs.AGENT]
+    assert agent["ratio"] == 3.33 and agent["ratio_met"] is None and agent["whole_minus_chat"] is None
 
 
 def test_repeated_runs_report_each_percentile_s_median_so_one_stalled_run_does_not_move_it():
