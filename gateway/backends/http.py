@@ -19,26 +19,46 @@ from .base import Backend
 JSON_BODY = {"Content-Type": "application/json"}
 
 
+MAX_SSE_LINE = 2 * 2**20  # the longest line of a stream an upstream may send (aiohttp's own readline limit here)
+
+
+async def _lines(content: aiohttp.StreamReader) -> AsyncIterator[list[bytes]]:
+    """The stream's lines, without their newlines, as many as each network read completes."""
+    pending = b""
+    async for piece in content.iter_any():
+        lines = (pending + piece).split(b"\n") if pending else piece.split(b"\n")
+        pending = lines.pop()  # after the last newline: not a whole line yet
+        if len(pending) > MAX_SSE_LINE:
+            raise UpstreamError(f"the upstream sent a stream line longer than {MAX_SSE_LINE} bytes", retryable=True)
+        yield lines
+    if pending:  # the last line, ended by the end of the body
+        yield [pending]
+
+
 async def iter_sse(content: aiohttp.StreamReader) -> AsyncIterator[tuple[str | None, str]]:
-    """Yield (event, data) for each server-sent event; comments and ids are skipped."""
+    """Yield (event, data) for each server-sent event; comments and ids are skipped.
+
+    Lines are split here from what each read brings (one await a read, not one a line): a stream of a
+    few hundred events was paying aiohttp's line reader twice an event."""
     event: str | None = None
     data: list[str] = []
-    async for raw in content:
-        line = raw.decode("utf-8").rstrip("\r\n")
-        if not line:
-            if data:
-                yield event, "\n".join(data)
-            event, data = None, []
-            continue
-        if line.startswith(":"):
-            continue
-        field, _, value = line.partition(":")
-        if value.startswith(" "):
-            value = value[1:]
-        if field == "data":
-            data.append(value)
-        elif field == "event":
-            event = value
+    async for lines in _lines(content):
+        for raw in lines:
+            line = raw.decode("utf-8").rstrip("\r")
+            if not line:
+                if data:
+                    yield event, "\n".join(data)
+                event, data = None, []
+                continue
+            if line.startswith(":"):
+                continue
+            field, _, value = line.partition(":")
+            if value.startswith(" "):
+                value = value[1:]
+            if field == "data":
+                data.append(value)
+            elif field == "event":
+                event = value
     if data:
         yield event, "\n".join(data)
 
