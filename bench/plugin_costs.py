@@ -18,7 +18,9 @@ The minimal aiohttp forwarder (bench/forwarder.py) is measured the same way, pai
 the floor for a Python proxy. All of it is done for each inbound dialect (--dialects: chat
 completions, Anthropic messages, responses, embeddings), the same processes answering each; the
 forwarder passes each dialect's request to the same path of the fake upstream, which answers them
-all, so its figure is what forwarding that dialect's bytes costs, with no translation.
+all, so its figure is what forwarding that dialect's bytes costs, with no translation. Last comes
+`agent`: chat completions carrying a coding agent's 36 KB turn (loadgen.agent_conversation), where
+reading, checking and logging the body is the larger part of a request's cost.
 
     .venv/bin/python bench/plugin_costs.py --output-dir bench/results
 """
@@ -258,7 +260,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--dialects",
-        default=",".join(DIALECTS),
+        default=",".join((*DIALECTS, AGENT)),
         help=f"comma-separated inbound dialects ({', '.join(DIALECTS)}), and {AGENT}: chat completions with a "
         "coding agent's 36 KB turn",
     )
