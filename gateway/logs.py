@@ -84,17 +84,18 @@ class ScrubbingFormatter(logging.Formatter):
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         if datefmt is not None:
             return super().formatTime(record, datefmt)
-        return self.stamp(record.created)
+        return self.stamp(record.created, record.msecs)
 
-    def stamp(self, created: float) -> str:
+    def stamp(self, created: float, msecs: float | None = None) -> str:
         """logging's own stamp (`2026-12-04 18:49:00,123`), its date and time formatted once a second rather
-        than once a line: the access log writes a line a request."""
+        than once a line: the access log writes a line a request. `msecs`: a record's own (Python 3.13
+        counts them from the clock's nanoseconds), else counted from `created`."""
         second = int(created)
         known, text = self._second
         if second != known:
             text = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(created))
             self._second = (second, text)
-        return f"{text},{int((created - second) * 1000):03d}"
+        return f"{text},{int((created - second) * 1000 if msecs is None else msecs):03d}"
 
     def format(self, record: logging.LogRecord) -> str:
         if record.exc_info and not record.exc_text:
@@ -104,20 +105,27 @@ class ScrubbingFormatter(logging.Formatter):
         return self.line(record.name, record.levelname, record.created, record.getMessage(), request_id, fields)
 
     def line(
-        self, name: str, level: str, created: float, message: str, request_id: str | None, fields: Mapping[str, Any]
+        self,
+        name: str,
+        level: str,
+        created: float,
+        message: str,
+        request_id: str | None,
+        fields: Mapping[str, Any],
     ) -> str:
         """One record's line, from its parts (a LogRecord's, or the access line's own: log_access): the
         message escaped whole; a traceback (`exc_text`) on the lines after it, escaped but for its
         newlines, each of them indented, so no line it holds reads as a record of its own."""
         traceback = fields.get("exc_text")
         if not self.as_json:
-            text = f"{self.stamp(created)} {level} {name}: {escaped(message)}"
+            text = f"{self.stamp(created, fields.get('msecs'))} {level} {name}: {escaped(message)}"
             if traceback:
                 text += "\n  " + escaped(traceback, _UNSAFE_IN_TRACEBACK).replace("\n", "\n  ")
             return self.scrub(f"{text} [request {request_id}]" if request_id and name != access_log.name else text)
-        second = int(created)
+        msecs = fields.get("msecs")
+        msecs = (created - int(created)) * 1000 if msecs is None else msecs
         entry = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int((created - second) * 1000):03d}Z",
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(msecs):03d}Z",
             "level": level.lower(),
             "logger": name,
             "message": message,
@@ -297,8 +305,13 @@ def log_access(method: str, path: str, status: int, latency_ms: float, ctx=None)
             f" overhead={fields['overhead_ms']}ms"
         )
     writer = _sole_writer(level)
-    if writer is None:
-        access_log.log(level, text, extra=fields)
-        return
-    name = logging.getLevelName(level)
-    writer.put(writer.formatter.line(access_log.name, name, time.time(), text, current_request_id.get(), fields))
+    if writer is not None:
+        try:
+            name = logging.getLevelName(level)
+            writer.put(
+                writer.formatter.line(access_log.name, name, time.time(), text, current_request_id.get(), fields)
+            )
+            return
+        except Exception:  # never the request's failure: the record's way reports it as logging does
+            pass
+    access_log.log(level, text, extra=fields)

@@ -23,6 +23,7 @@ BODIES = [
     '"just a string"',
     "[]",
     '{"s": "é 12345678901234567890 ✓", "n": 1234567890123456789}',  # a run in a non-ASCII string; 19 digits
+    '{"below": -9223372036854775809, "least": -9223372036854775808}',  # 19 digits past int64's least: exact
     '{"lone": "\\ud800 then 123456789012345678901"}',
 ]
 

@@ -74,4 +74,6 @@ def test_events_are_the_same_however_the_reads_cut_the_stream(size):
 
 def test_a_line_longer_than_the_limit_is_the_upstream_s_failure_not_unbounded_memory():
     with pytest.raises(UpstreamError, match=f"longer than {MAX_SSE_LINE} bytes"):
-        asyncio.run(_read([b"data: " + b"x" * 2**20] * 3))
+        asyncio.run(_read([b"data: " + b"x" * 2**20] * 3))  # arriving over several reads
+    with pytest.raises(UpstreamError, match=f"longer than {MAX_SSE_LINE} bytes"):
+        asyncio.run(_read([b"data: " + b"x" * (3 * 2**20) + b"\n\n"]))  # whole, in one read
