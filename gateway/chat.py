@@ -114,11 +114,11 @@ def validate_chat_request(body: Any, max_messages: int = DEFAULT_MAX_MESSAGES, e
     if not (isinstance(body.get("model"), str) and body["model"] != ""):
         raise bad("you must provide a model parameter naming a route (GET /v1/models lists them)", "model")
     messages = body.get("messages")
-    if not messages is not None:
+    if messages is None:
         raise bad("'messages' is a required parameter", "messages")
     if not (isinstance(messages, list) and len(messages) > 0):
         raise bad("'messages' must be a non-empty array", "messages")
-    if not len(messages) <= max_messages:
+    if len(messages) > max_messages:
         raise bad(
             f"'messages' has {len(messages)} messages, more than this gateway's limit of {max_messages}", "messages"
         )

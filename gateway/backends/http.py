@@ -26,11 +26,10 @@ async def _lines(content: aiohttp.StreamReader) -> AsyncIterator[list[bytes]]:
     """The stream's lines, without their newlines, as many as each network read completes."""
     pending = b""
     async for piece in content.iter_any():
-        lines = (pending + piece).split(b"\n") if pending else piece.split(b"\n")
+        buffer = pending + piece if pending else piece
+        lines = buffer.split(b"\n")
         pending = lines.pop()  # after the last newline: not a whole line yet
-        if len(pending) > MAX_SSE_LINE or (
-            len(piece) > MAX_SSE_LINE and max(map(len, lines), default=0) > MAX_SSE_LINE
-        ):
+        if len(buffer) > MAX_SSE_LINE and max(map(len, (pending, *lines))) > MAX_SSE_LINE:
             raise UpstreamError(f"the upstream sent a stream line longer than {MAX_SSE_LINE} bytes", retryable=True)
         yield lines
     if pending:  # the last line, ended by the end of the body

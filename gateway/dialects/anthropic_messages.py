@@ -348,7 +348,7 @@ def _user_messages(content: Any, where: str, ignored: dict, answerable: set[str]
     if isinstance(content, str):
         return [{"role": "user", "content": content}]
     blocks = _block_list(content, where)
-    if not len(blocks) > 0:
+    if not blocks:
         raise bad(f"{where} must not be empty: give a string or at least one content block", where)
     results, parts = [], []
     for j, block in enumerate(blocks):
@@ -419,7 +419,7 @@ def _system_message(system: Any, where: str, ignored: dict) -> dict | None:
         raise bad(f"{where} must be a string or an array of text blocks", where)
     parts = []
     for j, block in enumerate(_block_list(system, where)):
-        if not block["type"] == "text":
+        if block["type"] != "text":
             raise bad(f"{where}[{j}].type must be 'text': a system prompt is text", f"{where}[{j}].type")
         parts.append(_text(block, f"{where}[{j}]", ignored))
     return {"role": "system", "content": _content(parts)} if parts else None
@@ -445,7 +445,7 @@ def _tools(tools: Any, native: dict) -> list[dict]:
         name = tool.get("name")
         if not (isinstance(name, str) and name != ""):
             raise bad(f"{where}.name must be a non-empty string", f"{where}.name")
-        if not name not in names:
+        if name in names:
             raise bad(f"{where}.name: a tool named {name!r} is already declared", f"{where}.name")
         names.add(name)
         schema = tool.get("input_schema")
@@ -600,7 +600,7 @@ def to_chat_request(body: Any) -> tuple[dict, list[str]]:
     if not (isinstance(model, str) and model != ""):
         raise bad("'model' is required: the name of a route (GET /v1/models lists them)", "model")
     max_tokens = body.get("max_tokens")
-    if not max_tokens is not None:
+    if max_tokens is None:
         raise bad("'max_tokens' is required by the Messages API: the most tokens to generate", "max_tokens")
     if not (is_int(max_tokens) and 0 < max_tokens <= MAX_TOKENS_LIMIT):
         raise bad(
@@ -664,7 +664,7 @@ def to_chat_request(body: Any) -> tuple[dict, list[str]]:
     if stops is not None:
         if not (isinstance(stops, list) and all(isinstance(s, str) and s for s in stops)):
             raise bad("'stop_sequences' must be an array of non-empty strings", "stop_sequences")
-        if not len(stops) <= MAX_STOP_SEQUENCES:
+        if len(stops) > MAX_STOP_SEQUENCES:
             raise bad(
                 f"'stop_sequences' may hold at most {MAX_STOP_SEQUENCES} sequences here (the chat backends' limit)",
                 "stop_sequences",
@@ -684,7 +684,7 @@ def to_chat_request(body: Any) -> tuple[dict, list[str]]:
     if body.get("output_config") is not None:
         _output_config(body["output_config"], chat)
     if body.get("output_format") is not None:
-        if not "response_format" not in chat:
+        if "response_format" in chat:
             raise bad("give 'output_format' or 'output_config.format', not both", "output_format")
         chat["response_format"] = _json_format(body["output_format"], "output_format")
     metadata = body.get("metadata")
@@ -692,7 +692,7 @@ def to_chat_request(body: Any) -> tuple[dict, list[str]]:
         if not isinstance(metadata, dict):
             raise bad("'metadata' must be an object", "metadata")
         for key in metadata:
-            if not key == "user_id":
+            if key != "user_id":
                 raise bad(f"'metadata.{key}' is not a metadata field: metadata takes user_id", f"metadata.{key}")
         user_id = metadata.get("user_id")
         if not (user_id is None or isinstance(user_id, str)):

@@ -34,14 +34,14 @@ def validate_embeddings_request(body: dict, encodable: bool = False) -> dict:
             code="missing_input",
         )
     if isinstance(given, str):
-        if not given != "":
+        if given == "":
             raise bad("'input' must not be an empty string", "input")
     elif isinstance(given, list):
         if not 0 < len(given) <= MAX_INPUTS:
             raise bad(f"'input' must hold 1 to {MAX_INPUTS} items", "input")
         if all(isinstance(item, str) for item in given):
             for i, item in enumerate(given):
-                if not item != "":
+                if item == "":
                     raise bad(f"input[{i}] must not be an empty string", f"input[{i}]")
         elif not (
             all(is_int(t) for t in given)

@@ -387,7 +387,7 @@ def _text_format(text: Any, ignored: list[str], chat: dict) -> dict | None:
     kind = fmt.get("type")
     if kind in ("text", "json_object"):
         return {"type": kind}
-    if not kind == "json_schema":
+    if kind != "json_schema":
         raise bad(
             f"'text.format.type' must be 'text', 'json_object' or 'json_schema', got {shown(kind)}", "text.format.type"
         )
