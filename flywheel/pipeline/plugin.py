@@ -316,7 +316,13 @@ class Flywheel:
         return run
 
     async def _change(self, run: dict, new_state: str | None = None, note: str | None = None, **fields) -> dict:
+        """Write a run's step. The model's record is written first: whoever sees the run's new step
+        sees the model where that step put it, and a crash between the two writes only repeats the
+        annotation when the run is taken up again (the other order could leave it out for good)."""
         now, old_state = time.time(), run["state"]
+        moved = bool(new_state) and new_state != old_state
+        if moved and (fields.get("model") or run.get("model")):
+            await self._lifecycle({**run, **fields}, new_state, note)
 
         def change(old: dict | None) -> dict:
             current = old or run
@@ -327,11 +333,9 @@ class Flywheel:
             return updated
 
         _, run = await self.gateway.store.update(RUN_KEY + run["id"], change)
-        if new_state and new_state != old_state:
+        if moved:
             log.info("flywheel run %s (%s): %s -> %s: %s", run["id"], run["route"], old_state, new_state, note)
             await self._event(run, old_state, new_state, note)
-            if run.get("model"):
-                await self._lifecycle(run, new_state, note)
         return run
 
     async def _event(self, run: dict, before: str | None, after: str, note: str | None) -> None:
