@@ -468,14 +468,19 @@ class SseWriter:
         if not self.started:
             data = self.encoder.start() + data
         await answer_ends(gateway, self.ctx)
-        await self.response.write(data)
-        await self.response.write_eof()
+        await self.response.write_eof(data)  # the last event and the end of the body in one write
+
+
+class SseResponse(web.StreamResponse):
+    """An event stream whose headers leave with its first event, in one write (aiohttp sends a stream's
+    headers alone by default): a stream is prepared only once its first event is in hand, so holding
+    them back delays nothing, and saves a send on the way to the first token."""
+
+    _send_headers_immediately = False
 
 
 async def _prepare_sse(request: web.Request, ctx: RequestContext) -> web.StreamResponse:
-    response = web.StreamResponse(
-        headers={**_headers(ctx), "Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-    )
+    response = SseResponse(headers={**_headers(ctx), "Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
     return response
 
